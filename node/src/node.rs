@@ -1,0 +1,152 @@
+//! Wiring: opens the database, starts the stages, RPC and metrics, and shuts them down in order.
+
+use crate::cli::NodeArgs;
+use eyre::{WrapErr, bail};
+use kestrel_pipeline::{
+    SequentialExecutor,
+    mempool::{IngressStage, TxPool, Validator},
+    stages::{COMMIT_QUEUE_MAX, CommitStage, EXECUTION_QUEUE_MAX, ExecutionStage, OrderingConfig, OrderingStage, RecentHashes},
+    state::LatestState,
+    status::ChainStatus,
+};
+use kestrel_pipeline::stages::ordering_parent;
+use kestrel_storage::{ChainView, Overlay, Store};
+use kestrel_types::ChainSpec;
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::{AtomicBool, Ordering}},
+    thread,
+};
+
+pub fn run(args: NodeArgs) -> eyre::Result<()> {
+    let mut spec = match (&args.genesis, args.dev) {
+        (Some(path), _) => ChainSpec::from_genesis_file(path)?,
+        (None, true) => ChainSpec::dev(),
+        (None, false) => bail!("give --dev or --genesis FILE"),
+    };
+    if let Some(gas_limit) = args.gas_limit {
+        spec.gas_limit = gas_limit;
+    }
+    let spec = Arc::new(spec);
+
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(args.metrics)
+        .install()
+        .wrap_err_with(|| format!("starting metrics on {}", args.metrics))?;
+    describe_metrics();
+    metrics::gauge!("kestrel_node_info", "version" => env!("CARGO_PKG_VERSION"), "chain_id" => spec.chain_id.to_string()).set(1.0);
+
+    std::fs::create_dir_all(&args.datadir).wrap_err("creating datadir")?;
+    let store = Arc::new(Store::open(&args.datadir).wrap_err("opening database")?);
+    let genesis = store.init_genesis(&spec).wrap_err("initialising genesis")?;
+    let head_number = store.view(|r| r.head())??.unwrap_or(0);
+    let head = store.view(|r| r.header(head_number))??.expect("head header exists");
+    let head_hash = store.view(|r| r.block_hash(head_number))??.expect("head hash exists");
+    tracing::info!(target: "node", chain_id = spec.chain_id, genesis = %genesis.hash, head = head_number, %head_hash, "database open");
+
+    let status = Arc::new(ChainStatus::default());
+    for field in [&status.proposed, &status.executed, &status.committed] {
+        ChainStatus::set(field, head_number);
+    }
+    let pool = Arc::new(TxPool::new());
+    let state = LatestState { store: store.clone(), overlay: Arc::new(Overlay::default()) };
+    let hashes = Arc::new(RecentHashes::new(store.clone()));
+    let stop = Arc::new(AtomicBool::new(false));
+
+    let (proposals_tx, proposals_rx) = crossbeam_channel::bounded(EXECUTION_QUEUE_MAX);
+    let (executed_tx, executed_rx) = crossbeam_channel::bounded(COMMIT_QUEUE_MAX);
+    let (results_tx, results_rx) = crossbeam_channel::unbounded();
+
+    let (ingress, ingress_threads) = IngressStage {
+        pool: pool.clone(),
+        validator: Validator::new(spec.clone(), spec.gas_limit),
+        state: state.clone(),
+        status: status.clone(),
+    }
+    .spawn(args.ingress_threads);
+
+    let ordering = OrderingStage {
+        config: OrderingConfig {
+            block_time_ms: args.block_time_ms,
+            gas_limit: spec.gas_limit,
+            execution_delay: args.execution_delay,
+            beneficiary: args.beneficiary,
+        },
+        pool: pool.clone(),
+        status: status.clone(),
+        results: results_rx,
+        proposals: proposals_tx,
+        stop: stop.clone(),
+    };
+    let parent = ordering_parent(&head);
+    let mut threads = vec![spawn("ordering", move || ordering.run(head_number, parent))];
+    let execution = ExecutionStage {
+        spec: spec.clone(),
+        executor: Box::new(SequentialExecutor),
+        state: state.clone(),
+        hashes: hashes.clone(),
+        status: status.clone(),
+        proposals: proposals_rx,
+        executed: executed_tx,
+    };
+    threads.push(spawn("execution", move || execution.run()));
+    let commit = CommitStage {
+        state: state.clone(),
+        hashes,
+        pool: pool.clone(),
+        status: status.clone(),
+        executed: executed_rx,
+        results: results_tx,
+        parent_hash: head_hash,
+    };
+    threads.push(spawn("commit", move || commit.run()));
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("rpc")
+        .build()?;
+    let rpc_addr = SocketAddr::new(args.http_addr, args.http_port);
+    runtime.block_on(async {
+        let ctx = kestrel_rpc::RpcContext { store: store.clone(), spec: spec.clone(), pool, ingress, status };
+        let config = kestrel_rpc::RpcConfig { addr: rpc_addr, ..Default::default() };
+        let (bound, server) = kestrel_rpc::start(config, ctx).await.wrap_err("starting JSON-RPC")?;
+        tracing::info!(target: "node", %bound, "JSON-RPC listening");
+        wait_for_signal().await;
+        tracing::info!(target: "node", "shutting down: finishing in-flight blocks");
+        server.stop().ok();
+        server.stopped().await;
+        eyre::Ok(())
+    })?;
+    drop(runtime);
+    // Ordering stops proposing; execution and commit drain what was proposed, then hang up.
+    stop.store(true, Ordering::Release);
+    for t in threads.into_iter().chain(ingress_threads) {
+        if t.join().is_err() {
+            bail!("a stage panicked");
+        }
+    }
+    let committed = store.view(|r| r.head())??.unwrap_or(0);
+    drop(state);
+    drop(store);
+    tracing::info!(target: "node", committed, "database closed");
+    Ok(())
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> thread::JoinHandle<()> {
+    thread::Builder::new().name(name.into()).spawn(f).expect("spawn stage thread")
+}
+
+async fn wait_for_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn describe_metrics() {
+    kestrel_storage::describe_metrics();
+    kestrel_rpc::describe_metrics();
+    kestrel_pipeline::describe_metrics();
+}

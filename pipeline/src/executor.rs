@@ -1,0 +1,180 @@
+//! Block execution behind one trait, so the sequential executor here and the parallel one that
+//! follows are drop-ins for each other and can be compared on the same blocks.
+
+use crate::evm::{BlockHashes, Hardforks, StateDb, bundle_to_changes, evm_env};
+use alloy_consensus::{Header, ReceiptEnvelope};
+use alloy_eips::{eip2935::HISTORY_STORAGE_ADDRESS, eip4895::Withdrawal};
+use alloy_evm::{
+    EvmFactory,
+    block::{BlockExecutionError, BlockExecutor},
+    eth::{
+        EthBlockExecutionCtx, EthBlockExecutor, EthEvmFactory, receipt_builder::AlloyReceiptBuilder,
+    },
+};
+use alloy_hardforks::EthereumHardforks;
+use alloy_primitives::B256;
+use kestrel_storage::{StateView, StorageError};
+use kestrel_types::{ChainSpec, RecoveredTx, StateChanges, state::KECCAK_EMPTY};
+use revm::database::{State, states::bundle_state::BundleRetention};
+use std::borrow::Cow;
+
+/// What to do with a transaction that cannot be included (bad nonce, cannot pay, gas beyond what
+/// is left in the block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InvalidTxPolicy {
+    /// Leave it out of the block (the node's own blocks: ordering happens before execution).
+    Skip,
+    /// Reject the whole block (importing someone else's executed block, e.g. conformance tests).
+    Reject,
+}
+
+/// One block to execute.
+pub struct BlockInput<'a> {
+    /// Number, timestamp, beneficiary, gas limit, base fee, mix hash, blob and beacon-root fields
+    /// must be final; parent hash and roots are not read.
+    pub header: &'a Header,
+    pub txs: &'a [RecoveredTx],
+    pub withdrawals: &'a [Withdrawal],
+    pub policy: InvalidTxPolicy,
+}
+
+/// The result of executing one block.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlockOutput {
+    pub changes: StateChanges,
+    /// One per included transaction.
+    pub receipts: Vec<ReceiptEnvelope>,
+    /// Indexes into the input of the transactions included, in order.
+    pub included: Vec<usize>,
+    /// Indexes of transactions left out under [`InvalidTxPolicy::Skip`], with the reason.
+    pub dropped: Vec<(usize, String)>,
+    pub gas_used: u64,
+    pub blob_gas_used: u64,
+    /// EIP-7685 requests hash (Prague and later).
+    pub requests_hash: Option<B256>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("transaction {index} invalid: {reason}")]
+    InvalidTx { index: usize, reason: String },
+    #[error("block invalid: {0}")]
+    InvalidBlock(String),
+    #[error("execution failed: {0}")]
+    Internal(String),
+}
+
+pub trait Executor: Send {
+    fn execute(
+        &mut self,
+        spec: &ChainSpec,
+        input: BlockInput<'_>,
+        state: &dyn StateView,
+        hashes: &dyn BlockHashes,
+    ) -> Result<BlockOutput, ExecError>;
+}
+
+/// Executes transactions one after another with revm (through alloy-evm's Ethereum block
+/// executor, which also applies the system calls and withdrawals of each fork).
+#[derive(Debug, Default)]
+pub struct SequentialExecutor;
+
+impl Executor for SequentialExecutor {
+    fn execute(
+        &mut self,
+        spec: &ChainSpec,
+        input: BlockInput<'_>,
+        state: &dyn StateView,
+        hashes: &dyn BlockHashes,
+    ) -> Result<BlockOutput, ExecError> {
+        let header = input.header;
+        let forks = Hardforks::new(spec);
+        let parent_hash = parent_hash_for_history(&forks, header, state, hashes)?;
+        let mut db = State::builder()
+            .with_database(StateDb { state, hashes })
+            .with_bundle_update()
+            .build();
+        let evm = EthEvmFactory::default().create_evm(&mut db, evm_env(spec, header));
+        let ctx = EthBlockExecutionCtx {
+            parent_hash,
+            parent_beacon_block_root: header.parent_beacon_block_root,
+            ommers: &[],
+            withdrawals: header
+                .withdrawals_root
+                .map(|_| Cow::Borrowed(input.withdrawals)),
+            extra_data: header.extra_data.clone(),
+            tx_count_hint: Some(input.txs.len()),
+            slot_number: None,
+        };
+        let mut executor = EthBlockExecutor::new(evm, ctx, forks, AlloyReceiptBuilder::default());
+        executor
+            .apply_pre_execution_changes()
+            .map_err(fatal_or_block)?;
+
+        let mut included = Vec::with_capacity(input.txs.len());
+        let mut dropped = Vec::new();
+        for (index, tx) in input.txs.iter().enumerate() {
+            let recovered =
+                alloy_consensus::transaction::Recovered::new_unchecked(tx.tx(), tx.sender());
+            match executor.execute_transaction(recovered) {
+                Ok(_) => included.push(index),
+                Err(BlockExecutionError::Validation(err)) => match input.policy {
+                    InvalidTxPolicy::Skip => dropped.push((index, err.to_string())),
+                    InvalidTxPolicy::Reject => {
+                        return Err(ExecError::InvalidTx {
+                            index,
+                            reason: err.to_string(),
+                        });
+                    }
+                },
+                Err(err) => return Err(ExecError::Internal(err.to_string())),
+            }
+        }
+        let (_evm, result) = executor.finish().map_err(fatal_or_block)?;
+        let requests_hash = forks
+            .is_prague_active_at_timestamp(header.timestamp)
+            .then(|| result.requests.requests_hash());
+        db.merge_transitions(BundleRetention::PlainState);
+        let changes = bundle_to_changes(db.take_bundle());
+        Ok(BlockOutput {
+            changes,
+            receipts: result.receipts,
+            included,
+            dropped,
+            gas_used: result.gas_used,
+            blob_gas_used: result.blob_gas_used,
+            requests_hash,
+        })
+    }
+}
+
+/// The parent hash the EIP-2935 system call stores. Reading it can mean waiting for the state
+/// root stage, so it is read only when the history contract exists (otherwise the call has no
+/// effect whatever its input).
+fn parent_hash_for_history(
+    forks: &Hardforks,
+    header: &Header,
+    state: &dyn StateView,
+    hashes: &dyn BlockHashes,
+) -> Result<B256, ExecError> {
+    if header.number == 0 || !forks.is_prague_active_at_timestamp(header.timestamp) {
+        return Ok(B256::ZERO);
+    }
+    let has_code = state
+        .account(HISTORY_STORAGE_ADDRESS)?
+        .is_some_and(|a| a.code_hash != KECCAK_EMPTY);
+    if has_code {
+        Ok(hashes.block_hash(header.number - 1)?)
+    } else {
+        Ok(B256::ZERO)
+    }
+}
+
+fn fatal_or_block(err: BlockExecutionError) -> ExecError {
+    match err {
+        BlockExecutionError::Validation(err) => ExecError::InvalidBlock(err.to_string()),
+        err => ExecError::Internal(err.to_string()),
+    }
+}

@@ -1,0 +1,153 @@
+//! The ingress stage: raw transactions from RPC are decoded, their senders recovered (~30 µs
+//! each, so not on RPC threads), validated against the latest state and admitted to the pool.
+
+use super::{PoolError, TxPool, Validator};
+use crate::{state::LatestState, status::ChainStatus};
+use alloy_primitives::{B256, Bytes};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use kestrel_types::RecoveredTx;
+use std::{sync::Arc, thread, time::Instant};
+use tokio::sync::oneshot;
+
+/// Most raw transactions waiting for recovery; beyond it `eth_sendRawTransaction` answers busy.
+pub const INGRESS_QUEUE_MAX: usize = 65_536;
+/// Requests one worker validates under one state snapshot.
+const INGRESS_BATCH_MAX: usize = 512;
+
+struct Request {
+    raw: Bytes,
+    reply: oneshot::Sender<Result<B256, PoolError>>,
+}
+
+/// RPC's side of the ingress stage.
+#[derive(Clone)]
+pub struct IngressHandle {
+    tx: Sender<Request>,
+}
+
+impl IngressHandle {
+    /// Submits a raw EIP-2718 transaction; resolves once it is admitted or refused.
+    pub async fn submit(&self, raw: Bytes) -> Result<B256, PoolError> {
+        let (reply, rx) = oneshot::channel();
+        match self.tx.try_send(Request { raw, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => return Err(PoolError::Busy),
+            Err(TrySendError::Disconnected(_)) => return Err(PoolError::ShuttingDown),
+        }
+        metrics::gauge!("kestrel_ingress_queue_depth").set(self.tx.len() as f64);
+        rx.await.unwrap_or(Err(PoolError::ShuttingDown))
+    }
+}
+
+pub struct IngressStage {
+    pub pool: Arc<TxPool>,
+    pub validator: Validator,
+    pub state: LatestState,
+    pub status: Arc<ChainStatus>,
+}
+
+impl IngressStage {
+    /// Starts `workers` threads; they exit once every handle is dropped and the queue is drained.
+    pub fn spawn(self, workers: usize) -> (IngressHandle, Vec<thread::JoinHandle<()>>) {
+        let (tx, rx) = crossbeam_channel::bounded(INGRESS_QUEUE_MAX);
+        let stage = Arc::new(self);
+        let threads = (0..workers.max(1))
+            .map(|i| {
+                let (stage, rx) = (stage.clone(), rx.clone());
+                thread::Builder::new()
+                    .name(format!("ingress-{i}"))
+                    .spawn(move || stage.run(rx))
+                    .expect("spawn ingress thread")
+            })
+            .collect();
+        (IngressHandle { tx }, threads)
+    }
+
+    fn run(&self, rx: Receiver<Request>) {
+        while let Ok(first) = rx.recv() {
+            let started = Instant::now();
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter().take(INGRESS_BATCH_MAX - 1));
+            let n = batch.len();
+            // Stateless work first, outside the state snapshot.
+            let base_fee = ChainStatus::get(&self.status.next_base_fee);
+            let now_secs = unix_secs();
+            let recovered: Vec<(Request, Result<RecoveredTx, PoolError>)> = batch
+                .into_iter()
+                .map(|req| {
+                    let result = self.recover(&req.raw, now_secs, base_fee);
+                    (req, result)
+                })
+                .collect();
+            let admitted = self.state.with_view(|view| {
+                recovered
+                    .into_iter()
+                    .map(|(req, result)| {
+                        let result = result.and_then(|tx| {
+                            let account = view
+                                .account(tx.sender())
+                                .map_err(|e| PoolError::Internal(e.to_string()))?;
+                            let state_nonce = self.validator.check_state(&tx, account)?;
+                            // The pool knows of in-flight transactions the state does not show yet.
+                            if self
+                                .pool
+                                .tracked_next_nonce(tx.sender())
+                                .is_some_and(|n| tx.nonce() < n)
+                            {
+                                return Err(PoolError::NonceTooLow);
+                            }
+                            self.pool.insert(tx, state_nonce)
+                        });
+                        (req.reply, result)
+                    })
+                    .collect::<Vec<_>>()
+            });
+            match admitted {
+                Ok(replies) => {
+                    for (reply, result) in replies {
+                        if let Err(err) = &result {
+                            metrics::counter!("kestrel_mempool_rejected_total", "reason" => reason_label(err)).increment(1);
+                        }
+                        let _ = reply.send(result);
+                    }
+                }
+                Err(err) => tracing::error!(target: "pipeline::ingress", %err, "state read failed"),
+            }
+            metrics::counter!("kestrel_ingress_txs_total").increment(n as u64);
+            metrics::histogram!("kestrel_ingress_batch_seconds")
+                .record(started.elapsed().as_secs_f64());
+            let size = self.pool.size();
+            metrics::gauge!("kestrel_mempool_pending_txs").set(size.pending as f64);
+            metrics::gauge!("kestrel_mempool_queued_txs").set(size.queued as f64);
+        }
+    }
+
+    fn recover(&self, raw: &[u8], now_secs: u64, base_fee: u64) -> Result<RecoveredTx, PoolError> {
+        if raw.len() > super::TX_SIZE_MAX {
+            return Err(PoolError::Oversized);
+        }
+        let tx = RecoveredTx::decode(raw).map_err(|e| PoolError::Decode(e.to_string()))?;
+        self.validator
+            .check_stateless(&tx, raw.len(), now_secs, base_fee)?;
+        RecoveredTx::recover(tx).map_err(|_| PoolError::InvalidSender)
+    }
+}
+
+/// A bounded label for the rejection counter.
+fn reason_label(err: &PoolError) -> &'static str {
+    match err {
+        PoolError::NonceTooLow => "nonce_too_low",
+        PoolError::InsufficientFunds => "insufficient_funds",
+        PoolError::AlreadyKnown => "already_known",
+        PoolError::ReplacementUnderpriced => "replacement_underpriced",
+        PoolError::Underpriced | PoolError::FeeCapBelowBaseFee => "underpriced",
+        PoolError::PoolFull | PoolError::SenderLimit | PoolError::Busy => "full",
+        _ => "invalid",
+    }
+}
+
+pub(crate) fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,358 @@
+//! The transaction pool and the ingress stage in front of it.
+//!
+//! Per-sender queues ordered by nonce: the run of nonces starting at the sender's next nonce is
+//! *pending* (executable), the rest is *queued* (waiting for a gap to fill). Ordering takes pending
+//! transactions by tip; a taken transaction is *in flight* until the block holding it commits.
+//!
+//! Limits: [`POOL_TXS_MAX`] transactions in all, [`SENDER_TXS_MAX`] per sender. When the pool is
+//! full, a new transaction evicts the queued transaction with the highest nonce of the sender with
+//! the most queued ones; if nothing is queued, the new transaction is refused (`txpool is full`).
+
+mod error;
+mod ingress;
+mod validate;
+
+pub use error::PoolError;
+pub use ingress::{INGRESS_QUEUE_MAX, IngressHandle, IngressStage};
+pub use validate::{TX_SIZE_MAX, Validator};
+
+use alloy_consensus::Transaction;
+use alloy_primitives::{Address, B256, map::HashMap};
+use kestrel_types::{BlockNumber, RecoveredTx};
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, BinaryHeap};
+
+/// Most transactions the pool holds.
+pub const POOL_TXS_MAX: usize = 500_000;
+/// Most transactions one sender may have in the pool.
+pub const SENDER_TXS_MAX: usize = 4_096;
+/// A replacement must raise both fee cap and tip by this many percent.
+pub const REPLACE_BUMP_PERCENT: u128 = 10;
+
+#[derive(Debug, Default)]
+struct SenderQueue {
+    /// The next nonce ordering will take from this sender.
+    next_nonce: u64,
+    txs: BTreeMap<u64, RecoveredTx>,
+    /// Last proposed block holding one of this sender's transactions, until it commits.
+    in_flight_until: Option<BlockNumber>,
+}
+
+impl SenderQueue {
+    fn pending_len(&self) -> usize {
+        let mut n = self.next_nonce;
+        while self.txs.contains_key(&n) {
+            n += 1;
+        }
+        (n - self.next_nonce) as usize
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    by_hash: HashMap<B256, Address>,
+    senders: HashMap<Address, SenderQueue>,
+}
+
+impl Inner {
+    fn remove_tx(&mut self, sender: Address, nonce: u64) -> Option<RecoveredTx> {
+        let queue = self.senders.get_mut(&sender)?;
+        let tx = queue.txs.remove(&nonce)?;
+        self.by_hash.remove(&tx.hash());
+        if queue.txs.is_empty() && queue.in_flight_until.is_none() {
+            self.senders.remove(&sender);
+        }
+        Some(tx)
+    }
+
+    /// Makes room for one transaction when full; false if nothing can be evicted.
+    fn evict_one(&mut self) -> bool {
+        let victim = self
+            .senders
+            .iter()
+            .map(|(addr, q)| (q.txs.len() - q.pending_len(), *addr))
+            .filter(|(queued, _)| *queued > 0)
+            .max();
+        let Some((_, sender)) = victim else {
+            return false;
+        };
+        let nonce = *self.senders[&sender]
+            .txs
+            .keys()
+            .next_back()
+            .expect("queued tx exists");
+        self.remove_tx(sender, nonce);
+        metrics::counter!("kestrel_mempool_evicted_total").increment(1);
+        true
+    }
+}
+
+/// Counts of pending and queued transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PoolSize {
+    pub pending: usize,
+    pub queued: usize,
+}
+
+#[derive(Debug, Default)]
+pub struct TxPool {
+    inner: Mutex<Inner>,
+}
+
+impl TxPool {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, hash: &B256) -> Option<RecoveredTx> {
+        let inner = self.inner.lock();
+        let sender = inner.by_hash.get(hash)?;
+        inner.senders[sender]
+            .txs
+            .values()
+            .find(|tx| tx.hash() == *hash)
+            .cloned()
+    }
+
+    /// The nonce the sender's next transaction should carry, counting its pending and in-flight
+    /// transactions; `None` if the pool knows nothing of this sender.
+    pub fn pending_nonce(&self, sender: Address) -> Option<u64> {
+        let inner = self.inner.lock();
+        let q = inner.senders.get(&sender)?;
+        Some(q.next_nonce + q.pending_len() as u64)
+    }
+
+    /// The next nonce of `sender` as far as the pool is concerned (its in-flight transactions
+    /// count), if the pool tracks it.
+    pub(crate) fn tracked_next_nonce(&self, sender: Address) -> Option<u64> {
+        self.inner.lock().senders.get(&sender).map(|q| q.next_nonce)
+    }
+
+    pub fn size(&self) -> PoolSize {
+        let inner = self.inner.lock();
+        let pending: usize = inner.senders.values().map(SenderQueue::pending_len).sum();
+        PoolSize {
+            pending,
+            queued: inner.by_hash.len() - pending,
+        }
+    }
+
+    /// Inserts a validated transaction. `state_nonce` is the sender's nonce in the latest state.
+    pub(crate) fn insert(&self, tx: RecoveredTx, state_nonce: u64) -> Result<B256, PoolError> {
+        let hash = tx.hash();
+        let sender = tx.sender();
+        let mut inner = self.inner.lock();
+        if inner.by_hash.contains_key(&hash) {
+            return Err(PoolError::AlreadyKnown);
+        }
+        let queue = inner.senders.entry(sender).or_default();
+        if queue.in_flight_until.is_none() {
+            queue.next_nonce = queue.next_nonce.max(state_nonce);
+        }
+        if tx.nonce() < queue.next_nonce {
+            return Err(PoolError::NonceTooLow);
+        }
+        if let Some(old) = queue.txs.get(&tx.nonce()) {
+            if !is_sufficient_bump(old, &tx) {
+                return Err(PoolError::ReplacementUnderpriced);
+            }
+            let old_hash = old.hash();
+            queue.txs.insert(tx.nonce(), tx);
+            inner.by_hash.remove(&old_hash);
+            inner.by_hash.insert(hash, sender);
+            metrics::counter!("kestrel_mempool_replaced_total").increment(1);
+            return Ok(hash);
+        }
+        if queue.txs.len() >= SENDER_TXS_MAX {
+            return Err(PoolError::SenderLimit);
+        }
+        if inner.by_hash.len() >= POOL_TXS_MAX && !inner.evict_one() {
+            return Err(PoolError::PoolFull);
+        }
+        let queue = inner.senders.entry(sender).or_default();
+        queue.txs.insert(tx.nonce(), tx);
+        inner.by_hash.insert(hash, sender);
+        metrics::counter!("kestrel_mempool_admitted_total").increment(1);
+        Ok(hash)
+    }
+
+    /// Takes pending transactions for block `number`: highest tip first across senders, each
+    /// sender's in nonce order, while their gas limits fit in `gas_limit` and their fee cap covers
+    /// `base_fee`. Taken transactions leave the pool and are in flight until `on_committed`.
+    pub fn take_block(
+        &self,
+        number: BlockNumber,
+        gas_limit: u64,
+        base_fee: u64,
+        max_txs: usize,
+    ) -> Vec<RecoveredTx> {
+        let mut inner = self.inner.lock();
+        // Heap of each sender's next executable transaction, by tip then arrival of the sender.
+        let mut heads: BinaryHeap<(u128, std::cmp::Reverse<u64>, Address)> = inner
+            .senders
+            .iter()
+            .filter_map(|(addr, q)| {
+                let tx = q.txs.get(&q.next_nonce)?;
+                Some((tip(tx, base_fee)?, std::cmp::Reverse(q.next_nonce), *addr))
+            })
+            .collect();
+        let mut taken = Vec::new();
+        let mut gas_left = gas_limit;
+        while let Some((_, _, sender)) = heads.pop() {
+            if taken.len() >= max_txs {
+                break;
+            }
+            let queue = inner.senders.get_mut(&sender).expect("sender in heap");
+            let nonce = queue.next_nonce;
+            let gas = queue.txs[&nonce].gas_limit();
+            if gas > gas_left {
+                continue;
+            }
+            gas_left -= gas;
+            queue.next_nonce += 1;
+            queue.in_flight_until = Some(number);
+            if let Some(next) = queue.txs.get(&queue.next_nonce)
+                && let Some(t) = tip(next, base_fee)
+            {
+                heads.push((t, std::cmp::Reverse(queue.next_nonce), sender));
+            }
+            let tx = queue.txs.remove(&nonce).expect("head tx exists");
+            inner.by_hash.remove(&tx.hash());
+            taken.push(tx);
+        }
+        taken
+    }
+
+    /// Block `number` is committed: senders whose last in-flight block it was go back to their
+    /// state nonce (`nonce_of` reads it), which also un-sticks senders whose transactions were
+    /// dropped at execution; transactions below that nonce are gone for good.
+    pub fn on_committed(&self, number: BlockNumber, mut nonce_of: impl FnMut(Address) -> u64) {
+        let mut inner = self.inner.lock();
+        let done: Vec<Address> = inner
+            .senders
+            .iter()
+            .filter(|(_, q)| q.in_flight_until.is_some_and(|n| n <= number))
+            .map(|(a, _)| *a)
+            .collect();
+        for sender in done {
+            let state_nonce = nonce_of(sender);
+            let queue = inner.senders.get_mut(&sender).expect("listed sender");
+            queue.in_flight_until = None;
+            queue.next_nonce = state_nonce;
+            let stale: Vec<u64> = queue.txs.range(..state_nonce).map(|(n, _)| *n).collect();
+            for nonce in stale {
+                inner.remove_tx(sender, nonce);
+            }
+            if inner.senders.get(&sender).is_some_and(|q| q.txs.is_empty()) {
+                inner.senders.remove(&sender);
+            }
+        }
+    }
+}
+
+/// The effective tip of `tx` at `base_fee`, or `None` if its fee cap is below the base fee.
+fn tip(tx: &RecoveredTx, base_fee: u64) -> Option<u128> {
+    tx.tx().effective_tip_per_gas(base_fee)
+}
+
+fn is_sufficient_bump(old: &RecoveredTx, new: &RecoveredTx) -> bool {
+    let bumped = |old: u128, new: u128| new * 100 >= old * (100 + REPLACE_BUMP_PERCENT);
+    let old_tip = old
+        .tx()
+        .max_priority_fee_per_gas()
+        .unwrap_or(old.tx().max_fee_per_gas());
+    let new_tip = new
+        .tx()
+        .max_priority_fee_per_gas()
+        .unwrap_or(new.tx().max_fee_per_gas());
+    bumped(old.tx().max_fee_per_gas(), new.tx().max_fee_per_gas()) && bumped(old_tip, new_tip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
+    use alloy_primitives::{Signature, TxKind, U256};
+
+    /// A real secp256k1-signed EIP-1559 transfer.
+    fn signed(key: u8, nonce: u64, tip: u128, fee_cap: u128) -> RecoveredTx {
+        let tx = TxEip1559 {
+            chain_id: 1337,
+            nonce,
+            gas_limit: 21_000,
+            max_fee_per_gas: fee_cap,
+            max_priority_fee_per_gas: tip,
+            to: TxKind::Call(Address::with_last_byte(0xee)),
+            value: U256::from(1),
+            ..Default::default()
+        };
+        let secret = secp256k1::SecretKey::from_slice(&[key; 32]).unwrap();
+        let msg = secp256k1::Message::from_digest(tx.signature_hash().0);
+        let (rec, bytes) = secp256k1::SECP256K1
+            .sign_ecdsa_recoverable(&msg, &secret)
+            .serialize_compact();
+        let sig = Signature::from_bytes_and_parity(&bytes, i32::from(rec) != 0);
+        RecoveredTx::recover(TxEnvelope::Eip1559(tx.into_signed(sig))).unwrap()
+    }
+
+    #[test]
+    fn pending_and_queued_follow_nonce_gaps() {
+        let pool = TxPool::new();
+        pool.insert(signed(1, 0, 1, 100), 0).unwrap();
+        pool.insert(signed(1, 2, 1, 100), 0).unwrap();
+        assert_eq!(pool.size(), PoolSize { pending: 1, queued: 1 });
+        assert_eq!(pool.insert(signed(1, 0, 1, 100), 0), Err(PoolError::AlreadyKnown));
+        pool.insert(signed(1, 1, 1, 100), 0).unwrap();
+        assert_eq!(pool.size(), PoolSize { pending: 3, queued: 0 });
+        assert_eq!(pool.pending_nonce(signed(1, 0, 1, 1).sender()), Some(3));
+    }
+
+    #[test]
+    fn replacement_needs_ten_percent_on_both_fees() {
+        let pool = TxPool::new();
+        pool.insert(signed(1, 0, 10, 100), 0).unwrap();
+        assert_eq!(pool.insert(signed(1, 0, 10, 109), 0), Err(PoolError::ReplacementUnderpriced));
+        assert_eq!(pool.insert(signed(1, 0, 10, 200), 0), Err(PoolError::ReplacementUnderpriced));
+        let better = signed(1, 0, 11, 110);
+        pool.insert(better.clone(), 0).unwrap();
+        assert_eq!(pool.get(&better.hash()), Some(better));
+        assert_eq!(pool.size().pending, 1);
+    }
+
+    #[test]
+    fn take_block_orders_by_tip_keeps_nonce_order_and_respects_gas_and_base_fee() {
+        let pool = TxPool::new();
+        let low = signed(1, 0, 1, 100);
+        let high0 = signed(2, 0, 50, 100);
+        let high1 = signed(2, 1, 50, 100);
+        let below_base_fee = signed(3, 0, 1, 5);
+        for tx in [&low, &high0, &high1, &below_base_fee] {
+            pool.insert(tx.clone(), 0).unwrap();
+        }
+        let taken = pool.take_block(1, 63_000, 10, 100);
+        assert_eq!(taken, vec![high0, high1, low]);
+        assert_eq!(pool.size(), PoolSize { pending: 1, queued: 0 });
+        // In flight: a stale nonce is refused until the block commits.
+        assert_eq!(pool.insert(signed(2, 1, 50, 100), 0), Err(PoolError::NonceTooLow));
+        assert_eq!(pool.tracked_next_nonce(signed(2, 0, 1, 1).sender()), Some(2));
+    }
+
+    #[test]
+    fn commit_resets_senders_whose_transactions_were_dropped() {
+        let pool = TxPool::new();
+        let sender = signed(4, 0, 1, 100).sender();
+        pool.insert(signed(4, 0, 1, 100), 0).unwrap();
+        pool.insert(signed(4, 1, 1, 100), 0).unwrap();
+        assert_eq!(pool.take_block(7, 1_000_000, 1, 1).len(), 1);
+        // The taken transaction was dropped at execution: the state nonce is still 0.
+        pool.on_committed(7, |_| 0);
+        assert_eq!(pool.tracked_next_nonce(sender), Some(0));
+        assert_eq!(pool.size(), PoolSize { pending: 0, queued: 1 });
+        // A new nonce-0 transaction fills the gap; both go out and commit.
+        pool.insert(signed(4, 0, 2, 100), 0).unwrap();
+        assert_eq!(pool.take_block(8, 1_000_000, 1, 10).len(), 2);
+        pool.on_committed(8, |_| 2);
+        assert_eq!(pool.size(), PoolSize::default());
+        assert_eq!(pool.pending_nonce(sender), None);
+    }
+}

@@ -1,0 +1,101 @@
+//! The state root and commit stage: applies each executed block to the database, computes its
+//! state root incrementally, seals the Ethereum header and commits the block atomically. Then the
+//! block leaves the overlay, its hash is published, the pool learns the new nonces and ordering
+//! receives the execution result for a later proposal to carry.
+
+use crate::{mempool::TxPool, stages::RecentHashes, state::LatestState, status::ChainStatus};
+use alloy_primitives::B256;
+use crossbeam_channel::{Receiver, Sender};
+use kestrel_storage::{ChainView, StorageError};
+use kestrel_types::{ExecutedBlock, ExecutionResult, Proposal, SealedBlock};
+use std::{sync::Arc, time::Instant};
+
+pub struct CommitStage {
+    pub state: LatestState,
+    pub hashes: Arc<RecentHashes>,
+    pub pool: Arc<TxPool>,
+    pub status: Arc<ChainStatus>,
+    pub executed: Receiver<(ExecutedBlock, Proposal)>,
+    pub results: Sender<ExecutionResult>,
+    /// Hash of the last committed block.
+    pub parent_hash: B256,
+}
+
+impl CommitStage {
+    /// Runs until execution hangs up and every executed block is committed.
+    pub fn run(mut self) {
+        while let Ok((block, proposal)) = self.executed.recv() {
+            let number = block.header.number;
+            let sealed = match self.commit(block) {
+                Ok(sealed) => sealed,
+                Err(err) => {
+                    // A block we cannot persist must not be acknowledged; stop rather than diverge.
+                    tracing::error!(target: "pipeline::commit", number, %err, "commit failed");
+                    panic!("commit of block {number} failed: {err}");
+                }
+            };
+            self.check_delayed_result(&proposal);
+            self.parent_hash = sealed.hash;
+            self.state.overlay.remove_through(number);
+            self.hashes.insert(number, sealed.hash);
+            ChainStatus::set(&self.status.committed, number);
+            let state = &self.state;
+            self.pool.on_committed(number, |sender| {
+                state
+                    .with_view(|v| v.account(sender))
+                    .ok()
+                    .and_then(Result::ok)
+                    .flatten()
+                    .map_or(0, |a| a.nonce)
+            });
+            metrics::gauge!("kestrel_chain_committed_block").set(number as f64);
+            // Ordering gone means shutdown; the result is then not needed.
+            let _ = self.results.send(sealed.result());
+            tracing::info!(target: "pipeline::commit", number, hash = %sealed.hash, txs = sealed.txs.len(), gas = sealed.header.gas_used, "committed");
+        }
+    }
+
+    fn commit(&self, block: ExecutedBlock) -> Result<SealedBlock, StorageError> {
+        let started = Instant::now();
+        let mut writer = self.state.store.begin_block()?;
+        let state_root = writer.apply_state(&block.changes)?;
+        let root_done = Instant::now();
+        let mut header = block.header;
+        header.parent_hash = self.parent_hash;
+        header.state_root = state_root;
+        let sealed = SealedBlock {
+            hash: header.hash_slow(),
+            header,
+            txs: block.txs,
+            receipts: block.receipts,
+        };
+        writer.insert_block(&sealed)?;
+        writer.commit()?;
+        metrics::histogram!("kestrel_stateroot_block_seconds")
+            .record((root_done - started).as_secs_f64());
+        metrics::histogram!("kestrel_commit_block_seconds")
+            .record(root_done.elapsed().as_secs_f64());
+        Ok(sealed)
+    }
+
+    /// The proposal carried the result of an earlier block: it must match what we committed. A
+    /// mismatch means this node computed a different state than the proposer; raise the alarm.
+    fn check_delayed_result(&self, proposal: &Proposal) {
+        let Some(carried) = proposal.delayed_result else {
+            return;
+        };
+        let ours = self
+            .state
+            .store
+            .view(|r| r.block_hash(carried.number))
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        if ours != Some(carried.block_hash) {
+            metrics::counter!("kestrel_consensus_delayed_result_mismatch_total").increment(1);
+            tracing::error!(target: "pipeline::commit", number = carried.number, carried = %carried.block_hash, ?ours, "delayed execution result mismatch");
+        } else {
+            metrics::counter!("kestrel_consensus_delayed_results_verified_total").increment(1);
+        }
+    }
+}

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Sets up and runs every test: Rust unit/property tests, then the end-to-end tests against the
+# release binary (web3.py + the crash-recovery test with pytest, viem with node's test runner).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+START=$SECONDS
+
+step() { echo; echo "=== [$((SECONDS - START))s] $* ==="; }
+
+step "setup"
+bash scripts/setup.sh
+
+step "cargo build --release --bin kestrel"
+cargo build --release --bin kestrel
+export KESTREL_BIN="${KESTREL_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/kestrel}"
+
+step "cargo test --workspace --release"
+cargo test --workspace --release
+
+# --- Ethereum conformance tests ------------------------------------------------------------------
+# TODO(lead): run the BlockchainTests in ../shared/fixtures through the real import path here.
+# ---------------------------------------------------------------------------------------------------
+
+step "end-to-end: pytest tests/e2e (web3.py, crash recovery)"
+tests/e2e/.venv/bin/python -m pytest -q tests/e2e
+
+step "end-to-end: node --test (viem)"
+(cd tests/e2e && node --test ./*.test.mjs)
+
+step "all tests passed in $((SECONDS - START))s"

@@ -1,0 +1,353 @@
+//! Byte layouts of keys and values. Integers in keys are big-endian so that MDBX's bytewise key
+//! order is numeric order; values use compact encodings (trimmed integers, optional hashes left
+//! out when they equal the common default).
+
+use crate::StorageError;
+use alloy_consensus::ReceiptEnvelope;
+use alloy_eips::eip2718::{Decodable2718, Encodable2718};
+use alloy_primitives::{Address, B256, U256};
+use alloy_trie::{BranchNodeCompact, EMPTY_ROOT_HASH, Nibbles, TrieAccount, TrieMask};
+use kestrel_types::{AccountInfo, BlockNumber, RecoveredTx, state::KECCAK_EMPTY};
+
+fn corrupt(table: &'static str, reason: impl Into<String>) -> StorageError {
+    StorageError::Corrupt { table, reason: reason.into() }
+}
+
+/// An account as the flat tables store it; the hashed table also keeps its storage root, so that
+/// re-hashing an account leaf never needs the account's storage trie.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct AccountRecord {
+    pub info: AccountInfo,
+    pub storage_root: B256,
+}
+
+const HAS_CODE: u8 = 1;
+const HAS_STORAGE: u8 = 2;
+/// Flags byte, nonce length byte, nonce, balance, code hash, storage root.
+const ACCOUNT_RECORD_LEN_MAX: usize = 2 + 8 + 32 + 32 + 32;
+
+impl AccountRecord {
+    /// `[flags][nonce length][nonce][balance][code hash if not empty][storage root if not empty]`
+    /// with nonce and balance big-endian without leading zeros; the balance takes the bytes left
+    /// between the nonce and the hashes.
+    pub fn encode(&self) -> ([u8; ACCOUNT_RECORD_LEN_MAX], usize) {
+        let mut out = [0u8; ACCOUNT_RECORD_LEN_MAX];
+        let mut flags = 0;
+        let nonce = self.info.nonce.to_be_bytes();
+        let nonce = trim(&nonce);
+        let balance = self.info.balance.to_be_bytes::<32>();
+        let balance = trim(&balance);
+        out[1] = nonce.len() as u8;
+        let mut at = 2;
+        for part in [nonce, balance] {
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        if self.info.code_hash != KECCAK_EMPTY {
+            flags |= HAS_CODE;
+            out[at..at + 32].copy_from_slice(self.info.code_hash.as_slice());
+            at += 32;
+        }
+        if self.storage_root != EMPTY_ROOT_HASH {
+            flags |= HAS_STORAGE;
+            out[at..at + 32].copy_from_slice(self.storage_root.as_slice());
+            at += 32;
+        }
+        out[0] = flags;
+        (out, at)
+    }
+
+    pub fn decode(table: &'static str, bytes: &[u8]) -> Result<Self, StorageError> {
+        let (&flags, rest) = bytes.split_first().ok_or_else(|| corrupt(table, "empty account"))?;
+        let (&nonce_len, rest) =
+            rest.split_first().ok_or_else(|| corrupt(table, "truncated account"))?;
+        let hashes = 32 * (flags & HAS_CODE != 0) as usize + 32 * (flags & HAS_STORAGE != 0) as usize;
+        let nonce_len = nonce_len as usize;
+        if flags & !(HAS_CODE | HAS_STORAGE) != 0 || nonce_len > 8 || rest.len() < nonce_len + hashes
+        {
+            return Err(corrupt(table, format!("bad account record {}", hex(bytes))));
+        }
+        let balance_len = rest.len() - nonce_len - hashes;
+        if balance_len > 32 {
+            return Err(corrupt(table, format!("bad account balance {}", hex(bytes))));
+        }
+        let (nonce, rest) = rest.split_at(nonce_len);
+        let (balance, mut rest) = rest.split_at(balance_len);
+        let mut take_hash = |present: bool, default: B256| {
+            if !present {
+                return default;
+            }
+            let (hash, tail) = rest.split_at(32);
+            rest = tail;
+            B256::from_slice(hash)
+        };
+        let code_hash = take_hash(flags & HAS_CODE != 0, KECCAK_EMPTY);
+        let storage_root = take_hash(flags & HAS_STORAGE != 0, EMPTY_ROOT_HASH);
+        let mut nonce_bytes = [0u8; 8];
+        nonce_bytes[8 - nonce.len()..].copy_from_slice(nonce);
+        Ok(Self {
+            info: AccountInfo {
+                nonce: u64::from_be_bytes(nonce_bytes),
+                balance: U256::from_be_slice(balance),
+                code_hash,
+            },
+            storage_root,
+        })
+    }
+
+    /// The account leaf value of the state trie.
+    pub fn trie_rlp(&self, out: &mut Vec<u8>) {
+        out.clear();
+        let account = TrieAccount::new(
+            self.info.nonce,
+            self.info.balance,
+            self.storage_root,
+            self.info.code_hash,
+        );
+        alloy_rlp::Encodable::encode(&account, out);
+    }
+}
+
+/// Big-endian bytes without leading zeros (empty for zero).
+pub(crate) fn trim(bytes: &[u8]) -> &[u8] {
+    let zeros = bytes.iter().take_while(|b| **b == 0).count();
+    &bytes[zeros..]
+}
+
+/// A storage value: big-endian without leading zeros. Zero is never stored.
+pub(crate) fn encode_slot_value(value: &U256) -> ([u8; 32], usize) {
+    let bytes = value.to_be_bytes::<32>();
+    let len = trim(&bytes).len();
+    let mut out = [0u8; 32];
+    out[..len].copy_from_slice(&bytes[32 - len..]);
+    (out, len)
+}
+
+pub(crate) fn decode_slot_value(table: &'static str, bytes: &[u8]) -> Result<U256, StorageError> {
+    if bytes.is_empty() || bytes.len() > 32 || bytes[0] == 0 {
+        return Err(corrupt(table, format!("bad storage value {}", hex(bytes))));
+    }
+    Ok(U256::from_be_slice(bytes))
+}
+
+/// Plain storage key: address ‖ slot (big-endian).
+pub(crate) fn plain_slot_key(address: &Address, slot: &U256) -> [u8; 52] {
+    let mut key = [0u8; 52];
+    key[..20].copy_from_slice(address.as_slice());
+    key[20..].copy_from_slice(&slot.to_be_bytes::<32>());
+    key
+}
+
+/// Hashed storage key: keccak(address) ‖ keccak(slot).
+pub(crate) fn hashed_slot_key(hashed_address: &B256, hashed_slot: &B256) -> [u8; 64] {
+    let mut key = [0u8; 64];
+    key[..32].copy_from_slice(hashed_address.as_slice());
+    key[32..].copy_from_slice(hashed_slot.as_slice());
+    key
+}
+
+/// Trie node key: the trie's key prefix (empty for the account trie, the hashed address for a
+/// storage trie) followed by the node's path, one byte per nibble, so that a node sorts right
+/// before the nodes below it.
+pub(crate) fn node_key(prefix: &[u8], path: &Nibbles, out: &mut Vec<u8>) {
+    out.clear();
+    out.extend_from_slice(prefix);
+    out.extend(path.iter());
+}
+
+pub(crate) fn node_path(table: &'static str, nibbles: &[u8]) -> Result<Nibbles, StorageError> {
+    if nibbles.len() >= 64 || nibbles.iter().any(|n| *n > 0xf) {
+        return Err(corrupt(table, format!("bad trie path {}", hex(nibbles))));
+    }
+    Ok(Nibbles::from_nibbles_unchecked(nibbles))
+}
+
+/// `[state mask][tree mask][hash mask]` (u16 big-endian each), the child hashes, then the root
+/// hash if the node has one (only the root node does).
+pub(crate) fn encode_node(node: &BranchNodeCompact, out: &mut Vec<u8>) {
+    out.clear();
+    for mask in [node.state_mask, node.tree_mask, node.hash_mask] {
+        out.extend_from_slice(&mask.get().to_be_bytes());
+    }
+    for hash in node.hashes.iter().chain(node.root_hash.iter()) {
+        out.extend_from_slice(hash.as_slice());
+    }
+}
+
+pub(crate) fn decode_node(
+    table: &'static str,
+    bytes: &[u8],
+) -> Result<BranchNodeCompact, StorageError> {
+    let bad = || corrupt(table, format!("bad trie node {}", hex(bytes)));
+    if bytes.len() < 6 || !(bytes.len() - 6).is_multiple_of(32) {
+        return Err(bad());
+    }
+    let mask = |i: usize| TrieMask::new(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
+    let (state_mask, tree_mask, hash_mask) = (mask(0), mask(2), mask(4));
+    let mut hashes: Vec<B256> = bytes[6..].chunks_exact(32).map(B256::from_slice).collect();
+    let root_hash = match hashes.len().checked_sub(hash_mask.count_ones() as usize) {
+        Some(0) => None,
+        Some(1) => hashes.pop(),
+        _ => return Err(bad()),
+    };
+    if !tree_mask.is_subset_of(state_mask) || !hash_mask.is_subset_of(state_mask) {
+        return Err(bad());
+    }
+    Ok(BranchNodeCompact::new(state_mask, tree_mask, hash_mask, hashes, root_hash))
+}
+
+/// Block body: per transaction `[sender][length u32][EIP-2718 bytes]`.
+pub(crate) fn encode_body(txs: &[RecoveredTx]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(txs.iter().map(|tx| 24 + tx.encoded_len()).sum());
+    for tx in txs {
+        out.extend_from_slice(tx.sender().as_slice());
+        out.extend_from_slice(&(tx.encoded_len() as u32).to_be_bytes());
+        tx.tx().encode_2718(&mut out);
+    }
+    out
+}
+
+pub(crate) fn decode_body(table: &'static str, bytes: &[u8]) -> Result<Vec<RecoveredTx>, StorageError> {
+    let mut txs = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        if rest.len() < 20 {
+            return Err(corrupt(table, "truncated sender"));
+        }
+        let (sender, tail) = rest.split_at(20);
+        let (raw, tail) = split_framed(table, tail)?;
+        let tx = RecoveredTx::decode(raw).map_err(|e| corrupt(table, e.to_string()))?;
+        txs.push(RecoveredTx::new_unchecked(tx, Address::from_slice(sender)));
+        rest = tail;
+    }
+    Ok(txs)
+}
+
+/// Receipts: per receipt `[length u32][EIP-2718 bytes]`.
+pub(crate) fn encode_receipts(receipts: &[ReceiptEnvelope]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for receipt in receipts {
+        out.extend_from_slice(&(receipt.encode_2718_len() as u32).to_be_bytes());
+        receipt.encode_2718(&mut out);
+    }
+    out
+}
+
+pub(crate) fn decode_receipts(
+    table: &'static str,
+    bytes: &[u8],
+) -> Result<Vec<ReceiptEnvelope>, StorageError> {
+    let mut receipts = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let (mut raw, tail) = split_framed(table, rest)?;
+        let receipt =
+            ReceiptEnvelope::decode_2718(&mut raw).map_err(|e| corrupt(table, e.to_string()))?;
+        if !raw.is_empty() {
+            return Err(corrupt(table, "trailing bytes after receipt"));
+        }
+        receipts.push(receipt);
+        rest = tail;
+    }
+    Ok(receipts)
+}
+
+fn split_framed<'a>(
+    table: &'static str,
+    bytes: &'a [u8],
+) -> Result<(&'a [u8], &'a [u8]), StorageError> {
+    if bytes.len() < 4 {
+        return Err(corrupt(table, "truncated length"));
+    }
+    let (len, rest) = bytes.split_at(4);
+    let len = u32::from_be_bytes(len.try_into().expect("4 bytes")) as usize;
+    if rest.len() < len {
+        return Err(corrupt(table, "truncated item"));
+    }
+    Ok(rest.split_at(len))
+}
+
+/// Transaction location: block number ‖ index in the block.
+pub(crate) fn encode_tx_location(number: BlockNumber, index: u32) -> [u8; 12] {
+    let mut out = [0u8; 12];
+    out[..8].copy_from_slice(&number.to_be_bytes());
+    out[8..].copy_from_slice(&index.to_be_bytes());
+    out
+}
+
+pub(crate) fn decode_tx_location(
+    table: &'static str,
+    bytes: &[u8],
+) -> Result<(BlockNumber, u32), StorageError> {
+    let bytes: [u8; 12] =
+        bytes.try_into().map_err(|_| corrupt(table, format!("bad tx location {}", hex(bytes))))?;
+    Ok((
+        u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
+        u32::from_be_bytes(bytes[8..].try_into().expect("4 bytes")),
+    ))
+}
+
+pub(crate) fn decode_number(table: &'static str, bytes: &[u8]) -> Result<BlockNumber, StorageError> {
+    let bytes: [u8; 8] =
+        bytes.try_into().map_err(|_| corrupt(table, format!("bad block number {}", hex(bytes))))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
+pub(crate) fn decode_hash(table: &'static str, bytes: &[u8]) -> Result<B256, StorageError> {
+    B256::try_from(bytes).map_err(|_| corrupt(table, format!("bad hash {}", hex(bytes))))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    alloy_primitives::hex::encode(bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn account_record_roundtrip(
+            nonce: u64,
+            balance: [u8; 32],
+            balance_bytes in 0usize..=32,
+            code: Option<[u8; 32]>,
+            root: Option<[u8; 32]>,
+        ) {
+            let mut balance = balance;
+            balance[..32 - balance_bytes].fill(0);
+            let record = AccountRecord {
+                info: AccountInfo {
+                    nonce,
+                    balance: U256::from_be_bytes(balance),
+                    code_hash: code.map_or(KECCAK_EMPTY, B256::from),
+                },
+                storage_root: root.map_or(EMPTY_ROOT_HASH, B256::from),
+            };
+            let (bytes, len) = record.encode();
+            prop_assert_eq!(AccountRecord::decode("test", &bytes[..len]).unwrap(), record);
+        }
+
+        #[test]
+        fn slot_value_roundtrip(value: [u8; 32]) {
+            let value = U256::from_be_bytes(value);
+            prop_assume!(!value.is_zero());
+            let (bytes, len) = encode_slot_value(&value);
+            prop_assert_eq!(decode_slot_value("test", &bytes[..len]).unwrap(), value);
+        }
+    }
+
+    #[test]
+    fn node_roundtrip() {
+        let hashes = vec![B256::repeat_byte(1), B256::repeat_byte(2)];
+        for root in [None, Some(B256::repeat_byte(3))] {
+            let node =
+                BranchNodeCompact::new(0b1011_0000_0000_0011, 0b1, 0b11, hashes.clone(), root);
+            let mut bytes = Vec::new();
+            encode_node(&node, &mut bytes);
+            assert_eq!(decode_node("test", &bytes).unwrap(), node);
+        }
+        assert!(decode_node("test", &[0, 1, 0, 0, 0, 1]).is_err(), "hash mask without hash");
+    }
+}

@@ -1,0 +1,9 @@
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("mdbx: {0}")]
+    Mdbx(#[from] libmdbx::Error),
+    #[error("corrupt record in {table}: {reason}")]
+    Corrupt { table: &'static str, reason: String },
+    #[error("database holds a different genesis (stored {stored}, expected {expected})")]
+    GenesisMismatch { stored: alloy_primitives::B256, expected: alloy_primitives::B256 },
+}

@@ -1,0 +1,79 @@
+//! Executed-but-uncommitted blocks, newest last. Reads fall through newest → oldest → database.
+
+use crate::{StateView, StorageError};
+use alloy_primitives::{Address, B256, Bytes, U256};
+use kestrel_types::{AccountInfo, BlockNumber, StateChanges};
+use parking_lot::RwLock;
+use std::sync::Arc;
+
+/// Shared between the execution stage (pushes) and the commit stage (removes after commit).
+#[derive(Default)]
+pub struct Overlay {
+    layers: RwLock<Vec<(BlockNumber, Arc<StateChanges>)>>,
+}
+
+impl Overlay {
+    pub fn push(&self, number: BlockNumber, changes: Arc<StateChanges>) {
+        self.layers.write().push((number, changes));
+    }
+    /// Drops layers of blocks up to and including `number`; call only after they are committed.
+    pub fn remove_through(&self, number: BlockNumber) {
+        self.layers.write().retain(|(n, _)| *n > number);
+    }
+    /// Take the snapshot BEFORE opening the database snapshot: then a block missing here is
+    /// already visible in the database.
+    pub fn snapshot(&self) -> Vec<Arc<StateChanges>> {
+        self.layers.read().iter().map(|(_, c)| c.clone()).collect()
+    }
+    pub fn len(&self) -> usize {
+        self.layers.read().len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A state view of `layers` (oldest first) over `base`.
+pub struct OverlayView<'a, V> {
+    pub layers: &'a [Arc<StateChanges>],
+    pub base: &'a V,
+}
+
+impl<V: StateView> StateView for OverlayView<'_, V> {
+    fn account(&self, address: Address) -> Result<Option<AccountInfo>, StorageError> {
+        for layer in self.layers.iter().rev() {
+            if let Some(acc) = layer.accounts.get(&address) {
+                return Ok(*acc);
+            }
+        }
+        self.base.account(address)
+    }
+
+    fn storage(&self, address: Address, slot: U256) -> Result<U256, StorageError> {
+        for layer in self.layers.iter().rev() {
+            // A deleted account has no storage, whatever slots the layer lists for it (as
+            // `BlockWriter::apply_state` applies it).
+            if layer.accounts.get(&address) == Some(&None) {
+                return Ok(U256::ZERO);
+            }
+            if let Some(change) = layer.storage.get(&address) {
+                if let Some(value) = change.slots.get(&slot) {
+                    return Ok(*value);
+                }
+                if change.wiped {
+                    return Ok(U256::ZERO);
+                }
+            }
+        }
+        self.base.storage(address, slot)
+    }
+
+    fn code(&self, code_hash: B256) -> Result<Option<Bytes>, StorageError> {
+        for layer in self.layers.iter().rev() {
+            if let Some(code) = layer.codes.get(&code_hash) {
+                return Ok(Some(code.clone()));
+            }
+        }
+        self.base.code(code_hash)
+    }
+}

@@ -1,0 +1,273 @@
+//! Incremental Merkle-Patricia roots over the hashed tables.
+//!
+//! The trie tables keep, by nibble path, the branch nodes the [`HashBuilder`] asks to store
+//! ([`BranchNodeCompact`]: which children exist, which are stored branches, and the hashes of the
+//! branch children). A stored node at path `p` depends only on the keys under `p`, so after a
+//! block it is still right unless a changed key lies under `p`.
+//!
+//! To update a root, the walk visits the stored nodes that have a changed key below them, depth
+//! first and in key order, and feeds the hash builder: for a child with no change below, its
+//! stored hash (one element standing for the whole subtree); for a changed child that is a stored
+//! branch, that branch's children, recursively; for any other child (a leaf, a branch of leaves,
+//! or new keys), the leaves read from the hashed table. The hash builder then rebuilds exactly the
+//! nodes on the changed paths and reports them; the visited nodes it no longer reports are gone
+//! from the trie and are deleted. This is reth's design (`TrieWalker` + `TrieNodeIter`), written
+//! as a recursion over the stored nodes.
+
+use crate::{
+    StorageError,
+    codec::{self, AccountRecord},
+    tables,
+};
+use alloy_primitives::{B256, U256};
+use alloy_trie::{BranchNodeCompact, HashBuilder, Nibbles};
+use libmdbx::{Cursor, DatabaseKind, RW, Table, Transaction, WriteFlags};
+
+/// What the leaves of a trie are, and so how a hashed-table value becomes a leaf value.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Leaves {
+    /// Hashed account records; the leaf is the RLP of the trie account.
+    Accounts,
+    /// Storage values; the leaf is the RLP of the value.
+    Storage,
+}
+
+impl Leaves {
+    fn table(self) -> &'static str {
+        match self {
+            Leaves::Accounts => tables::HASHED_ACCOUNTS,
+            Leaves::Storage => tables::HASHED_STORAGE,
+        }
+    }
+
+    fn nodes_table(self) -> &'static str {
+        match self {
+            Leaves::Accounts => tables::ACCOUNT_TRIE,
+            Leaves::Storage => tables::STORAGE_TRIE,
+        }
+    }
+
+    fn leaf_value(self, stored: &[u8], out: &mut Vec<u8>) -> Result<(), StorageError> {
+        match self {
+            Leaves::Accounts => AccountRecord::decode(self.table(), stored)?.trie_rlp(out),
+            Leaves::Storage => {
+                let value = codec::decode_slot_value(self.table(), stored)?;
+                out.clear();
+                alloy_rlp::Encodable::encode(&value, out);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One trie to update: its leaves, its key prefix in both the hashed table and the node table
+/// (empty for the account trie, the hashed address for a storage trie), and the keys (hashed,
+/// below the prefix) that changed since the stored nodes were written, sorted.
+pub(crate) struct TrieInput<'a> {
+    pub leaves: Leaves,
+    pub prefix: &'a [u8],
+    pub changed: &'a [B256],
+}
+
+/// The cursors a trie update reads through: over the hashed table of the leaves, and over the
+/// node table.
+pub(crate) struct TrieCursors<'t> {
+    pub hashed: Cursor<'t, RW>,
+    pub nodes: Cursor<'t, RW>,
+}
+
+/// The new root and the number of node writes and deletions.
+pub(crate) struct TrieUpdate {
+    pub root: B256,
+    pub nodes_written: u64,
+}
+
+/// Updates the stored nodes of one trie after its hashed table changed at `input.changed`, and
+/// returns its root.
+pub(crate) fn update<E: DatabaseKind>(
+    txn: &Transaction<'_, RW, E>,
+    nodes_table: &Table<'_>,
+    cursors: &mut TrieCursors<'_>,
+    input: &TrieInput<'_>,
+) -> Result<TrieUpdate, StorageError> {
+    debug_assert!(input.changed.is_sorted(), "changed keys must be sorted");
+    let mut walk = Walk {
+        cursors,
+        input,
+        hb: HashBuilder::default().with_updates(true),
+        visited: Vec::new(),
+        key: Vec::with_capacity(input.prefix.len() + 64),
+        value: Vec::with_capacity(128),
+    };
+    walk.descend(Nibbles::default())?;
+    let root = walk.hb.root();
+    let (_, updates) = walk.hb.split();
+
+    let mut nodes_written = 0;
+    let mut key = Vec::with_capacity(input.prefix.len() + 64);
+    for path in &walk.visited {
+        if !updates.contains_key(path) {
+            codec::node_key(input.prefix, path, &mut key);
+            let existed = txn.del(nodes_table, &key, None)?;
+            assert!(existed, "visited trie node {path:?} vanished");
+            nodes_written += 1;
+        }
+    }
+    let mut value = Vec::with_capacity(6 + 17 * 32);
+    for (path, node) in &updates {
+        codec::node_key(input.prefix, path, &mut key);
+        codec::encode_node(node, &mut value);
+        txn.put(nodes_table, &key, &value, WriteFlags::UPSERT)?;
+        nodes_written += 1;
+    }
+    Ok(TrieUpdate { root, nodes_written })
+}
+
+struct Walk<'a, 'c, 't> {
+    cursors: &'a mut TrieCursors<'t>,
+    input: &'a TrieInput<'c>,
+    hb: HashBuilder,
+    /// Paths of the stored nodes whose children were fed to the hash builder.
+    visited: Vec<Nibbles>,
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+impl Walk<'_, '_, '_> {
+    /// Feeds every key under `path` to the hash builder, given that a stored branch may lie at or
+    /// below `path` (the root, or a child whose tree-mask bit is set).
+    fn descend(&mut self, path: Nibbles) -> Result<(), StorageError> {
+        let (lo, hi) = key_range(&path);
+        let Some((node_path, node)) = self.first_node_under(&path)? else {
+            return self.emit_leaves(lo, hi);
+        };
+        if node_path.len() == path.len() {
+            return self.visit(node_path, node);
+        }
+        // An extension led from `path` to the branch at `node_path`: every key under `path` was
+        // under the branch, so only keys added by this block can lie beside it.
+        let (node_lo, node_hi) = key_range(&node_path);
+        if node_lo > lo {
+            let before = B256::from(U256::from_be_bytes(node_lo.0) - U256::from(1));
+            if self.any_changed(&lo, &before) {
+                self.emit_leaves(lo, before)?;
+            }
+        }
+        self.visit(node_path, node)?;
+        if node_hi < hi {
+            let after = B256::from(U256::from_be_bytes(node_hi.0) + U256::from(1));
+            if self.any_changed(&after, &hi) {
+                self.emit_leaves(after, hi)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Feeds the children of the stored branch at `path`.
+    fn visit(&mut self, path: Nibbles, node: BranchNodeCompact) -> Result<(), StorageError> {
+        self.visited.push(path);
+        for nibble in 0..16u8 {
+            let mut child = path;
+            child.push_unchecked(nibble);
+            let (lo, hi) = key_range(&child);
+            let changed = self.any_changed(&lo, &hi);
+            if !node.state_mask.is_bit_set(nibble) {
+                if changed {
+                    self.emit_leaves(lo, hi)?;
+                }
+            } else if !changed && node.hash_mask.is_bit_set(nibble) {
+                // The hash is of a branch exactly at `child` (the hash builder clears the bit of
+                // an extension child), so it stays valid wherever the parent ends up.
+                let stored_below = node.tree_mask.is_bit_set(nibble);
+                self.hb.add_branch(child, node.hash_for_nibble(nibble), stored_below);
+            } else if node.tree_mask.is_bit_set(nibble) {
+                self.descend(child)?;
+            } else {
+                self.emit_leaves(lo, hi)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The stored node with the smallest path starting with `path`: the branch at `path`, or the
+    /// branch an extension at `path` leads to.
+    fn first_node_under(
+        &mut self,
+        path: &Nibbles,
+    ) -> Result<Option<(Nibbles, BranchNodeCompact)>, StorageError> {
+        let table = self.input.leaves.nodes_table();
+        codec::node_key(self.input.prefix, path, &mut self.key);
+        match self.cursors.nodes.set_range::<Vec<u8>, Vec<u8>>(&self.key)? {
+            Some((key, value)) if key.starts_with(&self.key) => {
+                let node_path = codec::node_path(table, &key[self.input.prefix.len()..])?;
+                Ok(Some((node_path, codec::decode_node(table, &value)?)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// Feeds the leaves with keys in `lo..=hi` from the hashed table.
+    fn emit_leaves(&mut self, lo: B256, hi: B256) -> Result<(), StorageError> {
+        let prefix = self.input.prefix;
+        self.key.clear();
+        self.key.extend_from_slice(prefix);
+        self.key.extend_from_slice(lo.as_slice());
+        let mut entry = self.cursors.hashed.set_range::<Vec<u8>, Vec<u8>>(&self.key)?;
+        while let Some((key, value)) = entry {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let Ok(hashed_key) = B256::try_from(&key[prefix.len()..]) else {
+                return Err(StorageError::Corrupt {
+                    table: self.input.leaves.table(),
+                    reason: format!("key of {} bytes", key.len()),
+                });
+            };
+            if hashed_key > hi {
+                break;
+            }
+            self.input.leaves.leaf_value(&value, &mut self.value)?;
+            self.hb.add_leaf(Nibbles::unpack(hashed_key), &self.value);
+            entry = self.cursors.hashed.next()?;
+        }
+        Ok(())
+    }
+
+    fn any_changed(&self, lo: &B256, hi: &B256) -> bool {
+        let changed = self.input.changed;
+        let first = changed.partition_point(|key| key < lo);
+        first < changed.len() && changed[first] <= *hi
+    }
+}
+
+/// The smallest and the largest 32-byte key starting with `path`.
+fn key_range(path: &Nibbles) -> (B256, B256) {
+    let mut lo = [0u8; 32];
+    let mut hi = [0xffu8; 32];
+    for (i, nibble) in path.iter().enumerate() {
+        let byte = i / 2;
+        if i % 2 == 0 {
+            lo[byte] = nibble << 4;
+            hi[byte] = (nibble << 4) | 0x0f;
+        } else {
+            lo[byte] |= nibble;
+            hi[byte] = (hi[byte] & 0xf0) | nibble;
+        }
+    }
+    (B256::from(lo), B256::from(hi))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_range_bounds_the_prefix() {
+        let (lo, hi) = key_range(&Nibbles::default());
+        assert_eq!((lo, hi), (B256::ZERO, B256::repeat_byte(0xff)));
+        let (lo, hi) = key_range(&Nibbles::from_nibbles([0xa, 0xb, 0xc]));
+        assert_eq!(&lo[..3], &[0xab, 0xc0, 0]);
+        assert_eq!(&hi[..3], &[0xab, 0xcf, 0xff]);
+        assert!(lo[3..].iter().all(|b| *b == 0) && hi[3..].iter().all(|b| *b == 0xff));
+    }
+}

@@ -1,0 +1,71 @@
+"""Small helpers shared by the web3.py end-to-end tests. Every wait is bounded."""
+
+from __future__ import annotations
+
+import time
+
+import requests
+from eth_utils import keccak
+from web3 import Web3
+
+from kestrel_node import CHAIN_ID, RPC_TIMEOUT_S
+
+RECEIPT_TIMEOUT_S = 30.0
+BLOCKS_TIMEOUT_S = 20.0
+
+
+def wait_receipt(w3: Web3, tx_hash, timeout: float = RECEIPT_TIMEOUT_S):
+    return w3.eth.wait_for_transaction_receipt(tx_hash, timeout=timeout, poll_latency=0.1)
+
+
+def wait_blocks(w3: Web3, count: int, timeout: float = BLOCKS_TIMEOUT_S) -> int:
+    """Wait until `count` more blocks are committed; returns the new head number."""
+    start = w3.eth.block_number
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        head = w3.eth.block_number
+        if head >= start + count:
+            return head
+        time.sleep(0.1)
+    raise TimeoutError(f"head did not advance {count} blocks from {start} within {timeout}s")
+
+
+def fees(w3: Web3, tip_wei: int = 1_000_000_000) -> dict:
+    """EIP-1559 fee fields comfortably above the current base fee."""
+    base = w3.eth.get_block("latest")["baseFeePerGas"]
+    return {"maxFeePerGas": 2 * base + tip_wei, "maxPriorityFeePerGas": tip_wei}
+
+
+def sign(w3: Web3, account, tx: dict) -> bytes:
+    """Fill chainId/nonce/gas/fee defaults and sign locally; returns the raw transaction."""
+    tx = dict(tx)
+    tx.setdefault("chainId", CHAIN_ID)
+    if "nonce" not in tx:
+        tx["nonce"] = w3.eth.get_transaction_count(account.address, "pending")
+    tx.setdefault("gas", 21_000)
+    if "gasPrice" not in tx and "maxFeePerGas" not in tx:
+        tx.update(fees(w3))
+    return bytes(account.sign_transaction(tx).raw_transaction)
+
+
+def send_signed(w3: Web3, account, tx: dict):
+    """sign() then eth_sendRawTransaction; returns the tx hash."""
+    return w3.eth.send_raw_transaction(sign(w3, account, tx))
+
+
+def tx_hash_of(raw: bytes) -> str:
+    return "0x" + keccak(raw).hex()
+
+
+def raw_rpc(url: str, method: str, params: list | None = None) -> dict:
+    """One JSON-RPC request over plain HTTP; the whole response (result or error), unprocessed."""
+    body = {"jsonrpc": "2.0", "id": 1, "method": method, "params": params or []}
+    return requests.post(url, json=body, timeout=RPC_TIMEOUT_S).json()
+
+
+def account_state(w3: Web3, address: str) -> dict:
+    """What a rejected transaction must not change."""
+    return {
+        "balance": w3.eth.get_balance(address, "latest"),
+        "nonce": w3.eth.get_transaction_count(address, "latest"),
+    }

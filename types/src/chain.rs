@@ -1,0 +1,235 @@
+//! Chain specification: chain id, fork schedule, block gas limit and the genesis allocation.
+//! Built in for `--dev`, or read from a geth-style genesis JSON.
+
+use crate::state::{AccountInfo, KECCAK_EMPTY};
+use alloy_genesis::Genesis;
+use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
+use std::{collections::BTreeMap, path::Path};
+
+/// Default block gas limit of a Kestrel chain.
+pub const GAS_LIMIT_DEFAULT: u64 = 200_000_000;
+/// Base fee of the genesis block when the genesis file does not give one (1 gwei, as geth).
+pub const GENESIS_BASE_FEE: u64 = 1_000_000_000;
+/// Chain id of the built-in dev chain (as geth `--dev`, Hardhat and anvil).
+pub const DEV_CHAIN_ID: u64 = 1337;
+
+/// Private keys of the ten accounts of the mnemonic
+/// `test test test test test test test test test test test junk` (m/44'/60'/0'/0/i), the accounts
+/// Hardhat, anvil and their tutorials use.
+pub const DEV_PRIVATE_KEYS: [&str; 10] = [
+    "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80",
+    "59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d",
+    "5de4111afa1a4b94908f83103eb1f1706367c2e68ca870fc3fb9a804cdab365a",
+    "7c852118294e51e653712a81e05800f419141751be58f605c371e15141b007a6",
+    "47e179ec197488593b187f80a00eb0da91f1b9d0b13f8733639f19c30a34926a",
+    "8b3a350cf5c34c9194ca85829a2df0ec3153be0318b5e2d3348e872092edffba",
+    "92db14e403b83dfe3df233f83dfa3a0d7096f21ca9b0d6d6b8d88b2b4ec1564e",
+    "4bbbf85ce3377467afe5d46f804f221813b2bb87f24d81f60f1fcdbf7cbf4356",
+    "dbda1821b80551c9d65939329250298aa3472ba22feea921c0cf5d620ea67b97",
+    "2a871d0798f97d79848a013d4936a73bf4cc922c825d33c1cf7073dff6d409c6",
+];
+
+/// The forks Kestrel executes. Earlier forks are not supported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Fork {
+    Cancun,
+    Prague,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GenesisError {
+    #[error("reading genesis file {path}: {source}")]
+    Io { path: String, source: std::io::Error },
+    #[error("parsing genesis file: {0}")]
+    Json(#[from] serde_json::Error),
+    #[error("genesis config: {0}")]
+    Config(String),
+}
+
+/// One account of the genesis allocation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenesisAlloc {
+    pub info: AccountInfo,
+    pub code: Option<Bytes>,
+    pub storage: BTreeMap<U256, U256>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainSpec {
+    pub chain_id: u64,
+    /// Activation timestamp of Cancun; `None` means active from genesis if Prague is not.
+    pub cancun_time: Option<u64>,
+    /// Activation timestamp of Prague.
+    pub prague_time: Option<u64>,
+    pub gas_limit: u64,
+    pub genesis_timestamp: u64,
+    pub genesis_base_fee: u64,
+    pub genesis_extra_data: Bytes,
+    pub genesis_coinbase: Address,
+    pub alloc: BTreeMap<Address, GenesisAlloc>,
+}
+
+impl ChainSpec {
+    /// The built-in dev chain: chain id 1337, Prague from genesis, ten dev accounts with 10,000 ETH.
+    pub fn dev() -> Self {
+        let balance = U256::from(10_000u64) * U256::from(10u64).pow(U256::from(18u64));
+        let alloc = dev_accounts()
+            .into_iter()
+            .map(|(addr, _)| {
+                let alloc = GenesisAlloc {
+                    info: AccountInfo::with_balance(balance),
+                    code: None,
+                    storage: BTreeMap::new(),
+                };
+                (addr, alloc)
+            })
+            .collect();
+        Self {
+            chain_id: DEV_CHAIN_ID,
+            cancun_time: Some(0),
+            prague_time: Some(0),
+            gas_limit: GAS_LIMIT_DEFAULT,
+            genesis_timestamp: 0,
+            genesis_base_fee: GENESIS_BASE_FEE,
+            genesis_extra_data: Bytes::new(),
+            genesis_coinbase: Address::ZERO,
+            alloc,
+        }
+    }
+
+    /// Reads a geth-style genesis JSON (`config.chainId`, `alloc`, `gasLimit`, `timestamp`,
+    /// `baseFeePerGas`, `cancunTime`, `pragueTime`). Without fork times, Prague is active from
+    /// genesis.
+    pub fn from_genesis_file(path: &Path) -> Result<Self, GenesisError> {
+        let text = std::fs::read_to_string(path).map_err(|source| GenesisError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_genesis_json(&text)
+    }
+
+    pub fn from_genesis_json(text: &str) -> Result<Self, GenesisError> {
+        let genesis: Genesis = serde_json::from_str(text)?;
+        Self::from_genesis(genesis)
+    }
+
+    pub fn from_genesis(genesis: Genesis) -> Result<Self, GenesisError> {
+        let cfg = &genesis.config;
+        if cfg.chain_id == 0 {
+            return Err(GenesisError::Config("config.chainId must be set and non-zero".into()));
+        }
+        let (cancun_time, prague_time) = match (cfg.cancun_time, cfg.prague_time) {
+            (None, None) => (Some(0), Some(0)),
+            (None, Some(_)) => {
+                return Err(GenesisError::Config("pragueTime without cancunTime".into()));
+            }
+            (c, p) => (c, p),
+        };
+        if cancun_time.is_some_and(|t| t > genesis.timestamp) {
+            return Err(GenesisError::Config(
+                "Kestrel starts at Cancun: cancunTime must be at or before the genesis timestamp"
+                    .into(),
+            ));
+        }
+        let gas_limit = if genesis.gas_limit == 0 { GAS_LIMIT_DEFAULT } else { genesis.gas_limit };
+        let alloc = genesis
+            .alloc
+            .into_iter()
+            .map(|(addr, acc)| {
+                let code = acc.code.filter(|c| !c.is_empty());
+                let info = AccountInfo {
+                    nonce: acc.nonce.unwrap_or(0),
+                    balance: acc.balance,
+                    code_hash: code.as_ref().map_or(KECCAK_EMPTY, keccak256),
+                };
+                let storage = acc
+                    .storage
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (U256::from_be_bytes(k.0), U256::from_be_bytes(v.0)))
+                    .filter(|(_, v)| !v.is_zero())
+                    .collect();
+                (addr, GenesisAlloc { info, code, storage })
+            })
+            .collect();
+        Ok(Self {
+            chain_id: cfg.chain_id,
+            cancun_time,
+            prague_time,
+            gas_limit,
+            genesis_timestamp: genesis.timestamp,
+            genesis_base_fee: genesis.base_fee_per_gas.map_or(GENESIS_BASE_FEE, |b| b as u64),
+            genesis_extra_data: genesis.extra_data,
+            genesis_coinbase: genesis.coinbase,
+            alloc,
+        })
+    }
+
+    /// The fork in force for a block with this timestamp.
+    pub fn fork_at(&self, timestamp: u64) -> Fork {
+        match self.prague_time {
+            Some(t) if timestamp >= t => Fork::Prague,
+            _ => Fork::Cancun,
+        }
+    }
+}
+
+/// The ten dev accounts: (address, private key).
+pub fn dev_accounts() -> Vec<(Address, B256)> {
+    DEV_PRIVATE_KEYS
+        .iter()
+        .map(|k| {
+            let key = B256::from_slice(&hex_decode(k));
+            (address_of_key(&key), key)
+        })
+        .collect()
+}
+
+/// The Ethereum address of a secp256k1 private key.
+pub fn address_of_key(key: &B256) -> Address {
+    let secret = secp256k1::SecretKey::from_slice(key.as_slice()).expect("valid private key");
+    let public = secp256k1::PublicKey::from_secret_key(secp256k1::SECP256K1, &secret);
+    Address::from_raw_public_key(&public.serialize_uncompressed()[1..])
+}
+
+fn hex_decode(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::address;
+
+    #[test]
+    fn dev_accounts_are_the_hardhat_ones() {
+        let accounts = dev_accounts();
+        assert_eq!(accounts[0].0, address!("f39Fd6e51aad88F6F4ce6aB8827279cffFb92266"));
+        assert_eq!(accounts[1].0, address!("70997970C51812dc3A010C7d01b50e0d17dc79C8"));
+        assert_eq!(accounts[9].0, address!("a0Ee7A142d267C1f36714E4a8F75612F20a79720"));
+    }
+
+    #[test]
+    fn geth_genesis_parses() {
+        let json = r#"{
+            "config": {"chainId": 42, "cancunTime": 0},
+            "gasLimit": "0x1c9c380", "timestamp": "0x10", "difficulty": "0x0",
+            "alloc": {"0x1000000000000000000000000000000000000001": {
+                "balance": "0x10", "nonce": "0x2", "code": "0x6001",
+                "storage": {"0x01": "0x02"}}}
+        }"#;
+        let spec = ChainSpec::from_genesis_json(json).unwrap();
+        assert_eq!(spec.chain_id, 42);
+        assert_eq!(spec.gas_limit, 30_000_000);
+        assert_eq!(spec.fork_at(16), Fork::Cancun);
+        let acc = spec.alloc.values().next().unwrap();
+        assert_eq!(acc.info.nonce, 2);
+        assert_eq!(acc.storage.get(&U256::from(1)), Some(&U256::from(2)));
+    }
+
+    #[test]
+    fn genesis_without_chain_id_is_rejected() {
+        let err = ChainSpec::from_genesis_json(r#"{"config": {}, "alloc": {}}"#).unwrap_err();
+        assert!(err.to_string().contains("chainId"), "{err}");
+    }
+}

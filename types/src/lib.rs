@@ -1,0 +1,16 @@
+//! Types shared by every Kestrel crate: the chain specification and genesis, what ordering hands to
+//! execution (a [`Proposal`]), what execution hands to the state root and commit stages, and the
+//! state changes one block makes.
+
+pub mod block;
+pub mod chain;
+pub mod state;
+pub mod tx;
+
+pub use block::{ExecutedBlock, ExecutionResult, Proposal, SealedBlock};
+pub use chain::{ChainSpec, Fork, GenesisError};
+pub use state::{AccountInfo, StateChanges, StorageChange};
+pub use tx::{RecoveredTx, TxError};
+
+/// Height of a block in the chain (the genesis block is 0).
+pub type BlockNumber = u64;
