@@ -1,1 +1,102 @@
-//! placeholder
+//! Deterministic workloads for Kestrel's benchmarks: funded accounts, signed blocks, and an
+//! in-memory state to execute them on (so executor benches measure execution, not disk).
+
+use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
+use alloy_primitives::{Address, B256, Bytes, Signature, TxKind, U256, map::HashMap};
+use kestrel_pipeline::evm::BlockHashes;
+use kestrel_storage::{StateView, StorageError};
+use kestrel_types::{AccountInfo, RecoveredTx};
+
+/// Chain id of the bench chain.
+pub const CHAIN_ID: u64 = 1337;
+
+/// Accounts and code held in memory.
+#[derive(Debug, Default, Clone)]
+pub struct MemState {
+    pub accounts: HashMap<Address, AccountInfo>,
+    pub storage: HashMap<(Address, U256), U256>,
+    pub codes: HashMap<B256, Bytes>,
+}
+
+impl StateView for MemState {
+    fn account(&self, address: Address) -> Result<Option<AccountInfo>, StorageError> {
+        Ok(self.accounts.get(&address).copied())
+    }
+    fn storage(&self, address: Address, slot: U256) -> Result<U256, StorageError> {
+        Ok(self
+            .storage
+            .get(&(address, slot))
+            .copied()
+            .unwrap_or_default())
+    }
+    fn code(&self, code_hash: B256) -> Result<Option<Bytes>, StorageError> {
+        Ok(self.codes.get(&code_hash).cloned())
+    }
+}
+
+/// Block hashes for benches: a pure function of the number.
+pub struct FakeHashes;
+impl BlockHashes for FakeHashes {
+    fn block_hash(&self, number: u64) -> Result<B256, StorageError> {
+        Ok(alloy_primitives::keccak256(number.to_be_bytes()))
+    }
+}
+
+/// The private key of bench account `i` (never zero).
+pub fn key(i: u64) -> secp256k1::SecretKey {
+    let mut bytes = [0u8; 32];
+    bytes[24..].copy_from_slice(&(i + 1).to_be_bytes());
+    bytes[0] = 0x42;
+    secp256k1::SecretKey::from_slice(&bytes).expect("valid key")
+}
+
+pub fn address(i: u64) -> Address {
+    let public = secp256k1::PublicKey::from_secret_key(secp256k1::SECP256K1, &key(i));
+    Address::from_raw_public_key(&public.serialize_uncompressed()[1..])
+}
+
+/// Signs an EIP-1559 transaction with account `i`'s key.
+pub fn sign(i: u64, tx: TxEip1559) -> RecoveredTx {
+    let msg = secp256k1::Message::from_digest(tx.signature_hash().0);
+    let (rec, bytes) = secp256k1::SECP256K1
+        .sign_ecdsa_recoverable(&msg, &key(i))
+        .serialize_compact();
+    let sig = Signature::from_bytes_and_parity(&bytes, i32::from(rec) != 0);
+    RecoveredTx::new_unchecked(TxEnvelope::Eip1559(tx.into_signed(sig)), address(i))
+}
+
+/// `n` funded accounts (each 1,000 ETH) and their addresses.
+pub fn funded_state(n: u64) -> (MemState, Vec<Address>) {
+    let mut state = MemState::default();
+    let balance = U256::from(1_000u64) * U256::from(10u64).pow(U256::from(18));
+    let addresses: Vec<Address> = (0..n).map(address).collect();
+    for a in &addresses {
+        state
+            .accounts
+            .insert(*a, AccountInfo::with_balance(balance));
+    }
+    (state, addresses)
+}
+
+/// `txs` ETH transfers, sender `i` pays account `(i * 7919 + 1) % accounts`, all senders distinct.
+pub fn transfer_block(accounts: &[Address], txs: usize, base_fee: u64) -> Vec<RecoveredTx> {
+    assert!(txs <= accounts.len(), "one transfer per sender");
+    (0..txs as u64)
+        .map(|i| {
+            let to = accounts[((i * 7919 + 1) % accounts.len() as u64) as usize];
+            sign(
+                i,
+                TxEip1559 {
+                    chain_id: CHAIN_ID,
+                    nonce: 0,
+                    gas_limit: 21_000,
+                    max_fee_per_gas: u128::from(base_fee) * 2,
+                    max_priority_fee_per_gas: 1,
+                    to: TxKind::Call(to),
+                    value: U256::from(1_000 + i),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect()
+}

@@ -5,7 +5,11 @@ use clap::{Args, Parser, Subcommand};
 use std::{net::SocketAddr, path::PathBuf};
 
 #[derive(Debug, Parser)]
-#[command(name = "kestrel", version, about = "Kestrel: a pipelined EVM validator node")]
+#[command(
+    name = "kestrel",
+    version,
+    about = "Kestrel: a pipelined EVM validator node"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -2,19 +2,25 @@
 
 use crate::cli::NodeArgs;
 use eyre::{WrapErr, bail};
+use kestrel_pipeline::stages::ordering_parent;
 use kestrel_pipeline::{
     SequentialExecutor,
     mempool::{IngressStage, TxPool, Validator},
-    stages::{COMMIT_QUEUE_MAX, CommitStage, EXECUTION_QUEUE_MAX, ExecutionStage, OrderingConfig, OrderingStage, RecentHashes},
+    stages::{
+        COMMIT_QUEUE_MAX, CommitStage, EXECUTION_QUEUE_MAX, ExecutionStage, OrderingConfig,
+        OrderingStage, RecentHashes,
+    },
     state::LatestState,
     status::ChainStatus,
 };
-use kestrel_pipeline::stages::ordering_parent;
 use kestrel_storage::{ChainView, Overlay, Store};
 use kestrel_types::ChainSpec;
 use std::{
     net::SocketAddr,
-    sync::{Arc, atomic::{AtomicBool, Ordering}},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     thread,
 };
 
@@ -40,8 +46,12 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     let store = Arc::new(Store::open(&args.datadir).wrap_err("opening database")?);
     let genesis = store.init_genesis(&spec).wrap_err("initialising genesis")?;
     let head_number = store.view(|r| r.head())??.unwrap_or(0);
-    let head = store.view(|r| r.header(head_number))??.expect("head header exists");
-    let head_hash = store.view(|r| r.block_hash(head_number))??.expect("head hash exists");
+    let head = store
+        .view(|r| r.header(head_number))??
+        .expect("head header exists");
+    let head_hash = store
+        .view(|r| r.block_hash(head_number))??
+        .expect("head hash exists");
     tracing::info!(target: "node", chain_id = spec.chain_id, genesis = %genesis.hash, head = head_number, %head_hash, "database open");
 
     let status = Arc::new(ChainStatus::default());
@@ -49,7 +59,10 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
         ChainStatus::set(field, head_number);
     }
     let pool = Arc::new(TxPool::new());
-    let state = LatestState { store: store.clone(), overlay: Arc::new(Overlay::default()) };
+    let state = LatestState {
+        store: store.clone(),
+        overlay: Arc::new(Overlay::default()),
+    };
     let hashes = Arc::new(RecentHashes::new(store.clone()));
     let stop = Arc::new(AtomicBool::new(false));
 
@@ -108,9 +121,20 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
         .build()?;
     let rpc_addr = SocketAddr::new(args.http_addr, args.http_port);
     runtime.block_on(async {
-        let ctx = kestrel_rpc::RpcContext { store: store.clone(), spec: spec.clone(), pool, ingress, status };
-        let config = kestrel_rpc::RpcConfig { addr: rpc_addr, ..Default::default() };
-        let (bound, server) = kestrel_rpc::start(config, ctx).await.wrap_err("starting JSON-RPC")?;
+        let ctx = kestrel_rpc::RpcContext {
+            store: store.clone(),
+            spec: spec.clone(),
+            pool,
+            ingress,
+            status,
+        };
+        let config = kestrel_rpc::RpcConfig {
+            addr: rpc_addr,
+            ..Default::default()
+        };
+        let (bound, server) = kestrel_rpc::start(config, ctx)
+            .await
+            .wrap_err("starting JSON-RPC")?;
         tracing::info!(target: "node", %bound, "JSON-RPC listening");
         wait_for_signal().await;
         tracing::info!(target: "node", "shutting down: finishing in-flight blocks");
@@ -134,11 +158,15 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> thread::JoinHandle<()> {
-    thread::Builder::new().name(name.into()).spawn(f).expect("spawn stage thread")
+    thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .expect("spawn stage thread")
 }
 
 async fn wait_for_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

@@ -7,7 +7,8 @@ use alloy_evm::{EvmEnv, eth::spec::EthExecutorSpec};
 use alloy_hardforks::{EthereumHardfork, EthereumHardforks, ForkCondition};
 use alloy_primitives::{Address, B256, U256};
 use kestrel_storage::{StateView, StorageError};
-use kestrel_types::{AccountInfo, ChainSpec, StateChanges, StorageChange};
+use alloy_eips::eip7840::BlobParams;
+use kestrel_types::{AccountInfo, ChainSpec, Fork, StateChanges, StorageChange};
 use revm::{
     bytecode::Bytecode,
     database::{BundleState, DBErrorMarker},
@@ -59,7 +60,12 @@ impl EthExecutorSpec for Hardforks {
 /// The revm environment for executing `header` (its number, timestamp, beneficiary, gas limit,
 /// base fee and blob fields must be set; hashes need not be).
 pub fn evm_env(spec: &ChainSpec, header: &Header) -> EvmEnv<SpecId> {
-    let mut env = EvmEnv::for_eth_block(header, Hardforks::new(spec), spec.chain_id, None);
+    let blob_params = match spec.fork_at(header.timestamp) {
+        Fork::Cancun => BlobParams::cancun(),
+        Fork::Prague => BlobParams::prague(),
+    };
+    let mut env =
+        EvmEnv::for_eth_block(header, Hardforks::new(spec), spec.chain_id, Some(blob_params));
     // Kestrel blocks carry their randomness in `mix_hash` as Ethereum post-merge blocks do.
     env.block_env.prevrandao = Some(header.mix_hash);
     env

@@ -15,28 +15,91 @@ pub use executor::{
 /// Declares the pipeline's metrics with their help texts (see docs/metrics.md).
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
-    describe_counter!("kestrel_ingress_txs_total", "Raw transactions received by the ingress stage");
-    describe_histogram!("kestrel_ingress_batch_seconds", "Time to recover and validate one ingress batch");
-    describe_gauge!("kestrel_ingress_queue_depth", "Raw transactions waiting for sender recovery");
-    describe_counter!("kestrel_mempool_admitted_total", "Transactions admitted to the pool");
-    describe_counter!("kestrel_mempool_rejected_total", "Transactions refused, by reason");
-    describe_counter!("kestrel_mempool_replaced_total", "Transactions replaced by a higher-fee one");
-    describe_counter!("kestrel_mempool_evicted_total", "Queued transactions evicted because the pool was full");
-    describe_gauge!("kestrel_mempool_pending_txs", "Executable transactions in the pool");
-    describe_gauge!("kestrel_mempool_queued_txs", "Transactions waiting for a nonce gap to fill");
+    describe_counter!(
+        "kestrel_ingress_txs_total",
+        "Raw transactions received by the ingress stage"
+    );
+    describe_histogram!(
+        "kestrel_ingress_batch_seconds",
+        "Time to recover and validate one ingress batch"
+    );
+    describe_gauge!(
+        "kestrel_ingress_queue_depth",
+        "Raw transactions waiting for sender recovery"
+    );
+    describe_counter!(
+        "kestrel_mempool_admitted_total",
+        "Transactions admitted to the pool"
+    );
+    describe_counter!(
+        "kestrel_mempool_rejected_total",
+        "Transactions refused, by reason"
+    );
+    describe_counter!(
+        "kestrel_mempool_replaced_total",
+        "Transactions replaced by a higher-fee one"
+    );
+    describe_counter!(
+        "kestrel_mempool_evicted_total",
+        "Queued transactions evicted because the pool was full"
+    );
+    describe_gauge!(
+        "kestrel_mempool_pending_txs",
+        "Executable transactions in the pool"
+    );
+    describe_gauge!(
+        "kestrel_mempool_queued_txs",
+        "Transactions waiting for a nonce gap to fill"
+    );
     describe_counter!("kestrel_ordering_proposals_total", "Blocks proposed");
-    describe_counter!("kestrel_ordering_txs_total", "Transactions ordered into proposals");
-    describe_histogram!("kestrel_ordering_propose_seconds", "Time to build one proposal");
-    describe_gauge!("kestrel_execution_queue_depth", "Proposals waiting for execution");
-    describe_histogram!("kestrel_execution_block_seconds", "Time to execute one block");
+    describe_counter!(
+        "kestrel_ordering_txs_total",
+        "Transactions ordered into proposals"
+    );
+    describe_histogram!(
+        "kestrel_ordering_propose_seconds",
+        "Time to build one proposal"
+    );
+    describe_gauge!(
+        "kestrel_execution_queue_depth",
+        "Proposals waiting for execution"
+    );
+    describe_histogram!(
+        "kestrel_execution_block_seconds",
+        "Time to execute one block"
+    );
     describe_counter!("kestrel_execution_blocks_total", "Blocks executed");
-    describe_counter!("kestrel_execution_txs_total", "Transactions included by execution");
-    describe_counter!("kestrel_execution_dropped_txs_total", "Transactions left out because they were invalid at execution");
+    describe_counter!(
+        "kestrel_execution_txs_total",
+        "Transactions included by execution"
+    );
+    describe_counter!(
+        "kestrel_execution_dropped_txs_total",
+        "Transactions left out because they were invalid at execution"
+    );
     describe_counter!("kestrel_execution_gas_total", "Gas used by executed blocks");
-    describe_gauge!("kestrel_commit_queue_depth", "Executed blocks waiting for the state root and commit");
-    describe_histogram!("kestrel_stateroot_block_seconds", "Time to apply state and compute one block's state root");
-    describe_histogram!("kestrel_commit_block_seconds", "Time to write and durably commit one block");
-    describe_gauge!("kestrel_chain_committed_block", "Number of the last committed block");
-    describe_counter!("kestrel_consensus_delayed_results_verified_total", "Delayed execution results that matched our own");
-    describe_counter!("kestrel_consensus_delayed_result_mismatch_total", "Delayed execution results that differ from our own (alarm)");
+    describe_gauge!(
+        "kestrel_commit_queue_depth",
+        "Executed blocks waiting for the state root and commit"
+    );
+    describe_histogram!(
+        "kestrel_stateroot_block_seconds",
+        "Time to apply state and compute one block's state root"
+    );
+    describe_histogram!(
+        "kestrel_commit_block_seconds",
+        "Time to write and durably commit one block"
+    );
+    describe_gauge!(
+        "kestrel_chain_committed_block",
+        "Number of the last committed block"
+    );
+    describe_counter!(
+        "kestrel_consensus_delayed_results_verified_total",
+        "Delayed execution results that matched our own"
+    );
+    describe_counter!(
+        "kestrel_consensus_delayed_result_mismatch_total",
+        "Delayed execution results that differ from our own (alarm)"
+    );
 }

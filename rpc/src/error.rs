@@ -31,6 +31,8 @@ pub enum RpcError {
     /// Only the state after the committed head is kept.
     #[error("historical state not available")]
     HistoricalState,
+    #[error("request beyond head block: requested {requested}, head {head}")]
+    BeyondHead { requested: u64, head: u64 },
     #[error("unknown block")]
     UnknownBlock,
     #[error("invalid block range params")]
@@ -79,7 +81,7 @@ impl RpcError {
 impl From<RpcError> for ErrorObjectOwned {
     fn from(err: RpcError) -> Self {
         let data = match &err {
-            Self::Reverted(data) => Some(data.clone()),
+            RpcError::Reverted(data) => Some(data.clone()),
             _ => None,
         };
         ErrorObjectOwned::owned(err.code(), err.to_string(), data)

@@ -1,1 +1,115 @@
-//! placeholder
+//! Kestrel's Ethereum JSON-RPC server (HTTP), answering as geth does so that wallets and tools
+//! (web3.py, viem, ethers, Foundry, MetaMask) work unchanged.
+//!
+//! It serves committed blocks and the state after the committed head from the store, pending
+//! transactions and nonces from the pool, and hands raw transactions to the ingress stage. Block
+//! tags are explained in [`chain`](crate::chain)'s docs: `latest`, `pending`, `safe` and
+//! `finalized` are all the committed head.
+
+mod api;
+mod call;
+mod chain;
+pub mod error;
+mod fees;
+mod handler;
+mod logs;
+mod metrics;
+
+pub use api::EthApiServer;
+pub use call::CALL_GAS_CAP;
+pub use error::RpcError;
+pub use fees::{FEE_HISTORY_BLOCKS_MAX, FEE_HISTORY_PERCENTILES_MAX, SUGGESTED_TIP_WEI};
+pub use metrics::describe_metrics;
+
+use jsonrpsee::{
+    RpcModule,
+    server::{
+        BatchRequestConfig, Server, ServerConfig, ServerHandle, middleware::rpc::RpcServiceBuilder,
+    },
+};
+use kestrel_pipeline::{
+    mempool::{IngressHandle, TxPool},
+    status::ChainStatus,
+};
+use std::{collections::HashSet, net::SocketAddr, sync::Arc};
+
+/// Default listen address: localhost only, geth's port.
+pub const ADDR_DEFAULT: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8545);
+/// Largest request body accepted (a batch, or one transaction of up to 128 KiB, hex-encoded).
+pub const REQUEST_BODY_BYTES_MAX: u32 = 16 * 1024 * 1024;
+/// Largest response body sent (a block with full transactions, a batch, a log query).
+pub const RESPONSE_BODY_BYTES_MAX: u32 = 64 * 1024 * 1024;
+/// Most open connections.
+pub const CONNECTIONS_MAX: u32 = 1000;
+/// Most calls in one batch.
+pub const BATCH_LEN_MAX: u32 = 10_000;
+/// Most blocks one `eth_getLogs` scans.
+pub const BLOCK_RANGE_MAX: u64 = 10_000;
+/// Most logs one `eth_getLogs` returns.
+pub const LOGS_MAX: usize = 10_000;
+/// Most EVM runs (`eth_call`, `eth_estimateGas`) and block scans (`eth_getLogs`,
+/// `eth_feeHistory`) in progress at once; more wait. Two cores are shared with the pipeline.
+pub const EXECUTIONS_CONCURRENT_MAX: usize = 4;
+
+/// What the RPC server reads and writes.
+#[derive(Clone)]
+pub struct RpcContext {
+    pub store: Arc<kestrel_storage::Store>,
+    pub spec: Arc<kestrel_types::ChainSpec>,
+    pub pool: Arc<TxPool>,
+    pub ingress: IngressHandle,
+    pub status: Arc<ChainStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcConfig {
+    pub addr: SocketAddr,
+    pub max_request_body_bytes: u32,
+    pub max_response_body_bytes: u32,
+    pub max_connections: u32,
+    pub max_batch_len: u32,
+}
+
+impl Default for RpcConfig {
+    fn default() -> Self {
+        Self {
+            addr: ADDR_DEFAULT,
+            max_request_body_bytes: REQUEST_BODY_BYTES_MAX,
+            max_response_body_bytes: RESPONSE_BODY_BYTES_MAX,
+            max_connections: CONNECTIONS_MAX,
+            max_batch_len: BATCH_LEN_MAX,
+        }
+    }
+}
+
+/// Binds `config.addr` and serves until the returned handle is stopped (or dropped). Returns the
+/// bound address (useful with port 0).
+pub async fn start(config: RpcConfig, ctx: RpcContext) -> Result<(SocketAddr, ServerHandle), RpcError> {
+    let mut module = RpcModule::new(());
+    module.merge(handler::EthRpc::new(ctx).into_rpc())?;
+    let methods: Arc<HashSet<&'static str>> = Arc::new(module.method_names().collect());
+
+    let server_config = ServerConfig::builder()
+        .http_only()
+        .max_request_body_size(config.max_request_body_bytes)
+        .max_response_body_size(config.max_response_body_bytes)
+        .max_connections(config.max_connections)
+        .set_batch_request_config(BatchRequestConfig::Limit(config.max_batch_len))
+        .build();
+    let max_response_body_bytes = config.max_response_body_bytes as usize;
+    let rpc_middleware = RpcServiceBuilder::new().layer_fn(move |inner| metrics::RpcMetrics {
+        inner,
+        methods: methods.clone(),
+        max_response_body_bytes,
+    });
+    let server = Server::builder()
+        .set_config(server_config)
+        .set_rpc_middleware(rpc_middleware)
+        .build(config.addr)
+        .await
+        .map_err(RpcError::Bind)?;
+    let addr = server.local_addr().map_err(RpcError::Bind)?;
+    tracing::info!(target: "rpc::server", %addr, "JSON-RPC server listening");
+    Ok((addr, server.start(module)))
+}

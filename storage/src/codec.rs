@@ -10,7 +10,10 @@ use alloy_trie::{BranchNodeCompact, EMPTY_ROOT_HASH, Nibbles, TrieAccount, TrieM
 use kestrel_types::{AccountInfo, BlockNumber, RecoveredTx, state::KECCAK_EMPTY};
 
 fn corrupt(table: &'static str, reason: impl Into<String>) -> StorageError {
-    StorageError::Corrupt { table, reason: reason.into() }
+    StorageError::Corrupt {
+        table,
+        reason: reason.into(),
+    }
 }
 
 /// An account as the flat tables store it; the hashed table also keeps its storage root, so that
@@ -58,18 +61,27 @@ impl AccountRecord {
     }
 
     pub fn decode(table: &'static str, bytes: &[u8]) -> Result<Self, StorageError> {
-        let (&flags, rest) = bytes.split_first().ok_or_else(|| corrupt(table, "empty account"))?;
-        let (&nonce_len, rest) =
-            rest.split_first().ok_or_else(|| corrupt(table, "truncated account"))?;
-        let hashes = 32 * (flags & HAS_CODE != 0) as usize + 32 * (flags & HAS_STORAGE != 0) as usize;
+        let (&flags, rest) = bytes
+            .split_first()
+            .ok_or_else(|| corrupt(table, "empty account"))?;
+        let (&nonce_len, rest) = rest
+            .split_first()
+            .ok_or_else(|| corrupt(table, "truncated account"))?;
+        let hashes =
+            32 * (flags & HAS_CODE != 0) as usize + 32 * (flags & HAS_STORAGE != 0) as usize;
         let nonce_len = nonce_len as usize;
-        if flags & !(HAS_CODE | HAS_STORAGE) != 0 || nonce_len > 8 || rest.len() < nonce_len + hashes
+        if flags & !(HAS_CODE | HAS_STORAGE) != 0
+            || nonce_len > 8
+            || rest.len() < nonce_len + hashes
         {
             return Err(corrupt(table, format!("bad account record {}", hex(bytes))));
         }
         let balance_len = rest.len() - nonce_len - hashes;
         if balance_len > 32 {
-            return Err(corrupt(table, format!("bad account balance {}", hex(bytes))));
+            return Err(corrupt(
+                table,
+                format!("bad account balance {}", hex(bytes)),
+            ));
         }
         let (nonce, rest) = rest.split_at(nonce_len);
         let (balance, mut rest) = rest.split_at(balance_len);
@@ -193,7 +205,9 @@ pub(crate) fn decode_node(
     if !tree_mask.is_subset_of(state_mask) || !hash_mask.is_subset_of(state_mask) {
         return Err(bad());
     }
-    Ok(BranchNodeCompact::new(state_mask, tree_mask, hash_mask, hashes, root_hash))
+    Ok(BranchNodeCompact::new(
+        state_mask, tree_mask, hash_mask, hashes, root_hash,
+    ))
 }
 
 /// Block body: per transaction `[sender][length u32][EIP-2718 bytes]`.
@@ -207,7 +221,10 @@ pub(crate) fn encode_body(txs: &[RecoveredTx]) -> Vec<u8> {
     out
 }
 
-pub(crate) fn decode_body(table: &'static str, bytes: &[u8]) -> Result<Vec<RecoveredTx>, StorageError> {
+pub(crate) fn decode_body(
+    table: &'static str,
+    bytes: &[u8],
+) -> Result<Vec<RecoveredTx>, StorageError> {
     let mut txs = Vec::new();
     let mut rest = bytes;
     while !rest.is_empty() {
@@ -279,17 +296,22 @@ pub(crate) fn decode_tx_location(
     table: &'static str,
     bytes: &[u8],
 ) -> Result<(BlockNumber, u32), StorageError> {
-    let bytes: [u8; 12] =
-        bytes.try_into().map_err(|_| corrupt(table, format!("bad tx location {}", hex(bytes))))?;
+    let bytes: [u8; 12] = bytes
+        .try_into()
+        .map_err(|_| corrupt(table, format!("bad tx location {}", hex(bytes))))?;
     Ok((
         u64::from_be_bytes(bytes[..8].try_into().expect("8 bytes")),
         u32::from_be_bytes(bytes[8..].try_into().expect("4 bytes")),
     ))
 }
 
-pub(crate) fn decode_number(table: &'static str, bytes: &[u8]) -> Result<BlockNumber, StorageError> {
-    let bytes: [u8; 8] =
-        bytes.try_into().map_err(|_| corrupt(table, format!("bad block number {}", hex(bytes))))?;
+pub(crate) fn decode_number(
+    table: &'static str,
+    bytes: &[u8],
+) -> Result<BlockNumber, StorageError> {
+    let bytes: [u8; 8] = bytes
+        .try_into()
+        .map_err(|_| corrupt(table, format!("bad block number {}", hex(bytes))))?;
     Ok(u64::from_be_bytes(bytes))
 }
 
@@ -348,6 +370,9 @@ mod tests {
             encode_node(&node, &mut bytes);
             assert_eq!(decode_node("test", &bytes).unwrap(), node);
         }
-        assert!(decode_node("test", &[0, 1, 0, 0, 0, 1]).is_err(), "hash mask without hash");
+        assert!(
+            decode_node("test", &[0, 1, 0, 0, 0, 1]).is_err(),
+            "hash mask without hash"
+        );
     }
 }

@@ -5,5 +5,8 @@ pub enum StorageError {
     #[error("corrupt record in {table}: {reason}")]
     Corrupt { table: &'static str, reason: String },
     #[error("database holds a different genesis (stored {stored}, expected {expected})")]
-    GenesisMismatch { stored: alloy_primitives::B256, expected: alloy_primitives::B256 },
+    GenesisMismatch {
+        stored: alloy_primitives::B256,
+        expected: alloy_primitives::B256,
+    },
 }

@@ -3,7 +3,7 @@
 
 use alloy_consensus::{EMPTY_OMMER_ROOT_HASH, Header};
 use alloy_eips::eip7685::EMPTY_REQUESTS_HASH;
-use alloy_primitives::{Address, B256, B64, Bloom, U256};
+use alloy_primitives::{Address, B64, B256, Bloom, U256};
 use alloy_trie::{
     EMPTY_ROOT_HASH, TrieAccount,
     root::{state_root_unhashed, storage_root_unhashed},
@@ -21,7 +21,10 @@ pub fn state_root_from_alloc(alloc: &BTreeMap<Address, GenesisAlloc>) -> B256 {
             .map(|(slot, value)| (B256::from(*slot), *value));
         let storage_root = storage_root_unhashed(storage);
         let info = account.info;
-        (*address, TrieAccount::new(info.nonce, info.balance, storage_root, info.code_hash))
+        (
+            *address,
+            TrieAccount::new(info.nonce, info.balance, storage_root, info.code_hash),
+        )
     }))
 }
 
@@ -61,10 +64,16 @@ pub(crate) fn genesis_changes(spec: &ChainSpec) -> StateChanges {
         changes.accounts.insert(*address, Some(account.info));
         if let Some(code) = &account.code {
             let hash = changes.insert_code(code.clone());
-            assert_eq!(hash, account.info.code_hash, "genesis code of {address} has another hash");
+            assert_eq!(
+                hash, account.info.code_hash,
+                "genesis code of {address} has another hash"
+            );
         }
         if !account.storage.is_empty() {
-            let change = StorageChange { wiped: false, slots: account.storage.clone() };
+            let change = StorageChange {
+                wiped: false,
+                slots: account.storage.clone(),
+            };
             changes.storage.insert(*address, change);
         }
     }

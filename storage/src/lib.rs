@@ -165,8 +165,16 @@ impl Store {
         }
         let mut writer = self.begin_block()?;
         let root = writer.apply_state(&genesis::genesis_changes(spec))?;
-        assert_eq!(root, header.state_root, "incremental genesis root differs from scratch root");
-        let block = SealedBlock { hash: expected, header, txs: Vec::new(), receipts: Vec::new() };
+        assert_eq!(
+            root, header.state_root,
+            "incremental genesis root differs from scratch root"
+        );
+        let block = SealedBlock {
+            hash: expected,
+            header,
+            txs: Vec::new(),
+            receipts: Vec::new(),
+        };
         writer.insert_block(&block)?;
         writer.commit()?;
         Ok(block)
@@ -175,13 +183,19 @@ impl Store {
     /// Runs `f` over one consistent snapshot.
     pub fn view<R>(&self, f: impl FnOnce(&Reader<'_>) -> R) -> Result<R, StorageError> {
         let txn = self.db.begin_ro_txn()?;
-        let reader = Reader { txn: &txn, tables: Tables::open(&txn)? };
+        let reader = Reader {
+            txn: &txn,
+            tables: Tables::open(&txn)?,
+        };
         Ok(f(&reader))
     }
 
     /// Starts the write transaction of the next block; waits while another one is open.
     pub fn begin_block(&self) -> Result<BlockWriter<'_>, StorageError> {
-        Ok(BlockWriter { txn: self.db.begin_rw_txn()?, db: &self.db })
+        Ok(BlockWriter {
+            txn: self.db.begin_rw_txn()?,
+            db: &self.db,
+        })
     }
 }
 
@@ -189,23 +203,32 @@ impl Reader<'_> {
     /// The root of `address`'s storage trie (`None` if the account does not exist).
     pub fn storage_root(&self, address: Address) -> Result<Option<B256>, StorageError> {
         let hashed = keccak256(address);
-        Ok(read_hashed_account(self.txn, &self.tables.hashed_accounts, &hashed)?
-            .map(|record| record.storage_root))
+        Ok(
+            read_hashed_account(self.txn, &self.tables.hashed_accounts, &hashed)?
+                .map(|record| record.storage_root),
+        )
     }
 }
 
 impl StateView for Reader<'_> {
     fn account(&self, address: Address) -> Result<Option<AccountInfo>, StorageError> {
-        let Some(bytes) = self.txn.get::<Cow<'_, [u8]>>(&self.tables.plain_accounts, address)?
+        let Some(bytes) = self
+            .txn
+            .get::<Cow<'_, [u8]>>(&self.tables.plain_accounts, address)?
         else {
             return Ok(None);
         };
-        Ok(Some(AccountRecord::decode(tables::PLAIN_ACCOUNTS, &bytes)?.info))
+        Ok(Some(
+            AccountRecord::decode(tables::PLAIN_ACCOUNTS, &bytes)?.info,
+        ))
     }
 
     fn storage(&self, address: Address, slot: U256) -> Result<U256, StorageError> {
         let key = codec::plain_slot_key(&address, &slot);
-        match self.txn.get::<Cow<'_, [u8]>>(&self.tables.plain_storage, key)? {
+        match self
+            .txn
+            .get::<Cow<'_, [u8]>>(&self.tables.plain_storage, key)?
+        {
             Some(bytes) => codec::decode_slot_value(tables::PLAIN_STORAGE, &bytes),
             None => Ok(U256::ZERO),
         }
@@ -225,8 +248,9 @@ impl ChainView for Reader<'_> {
     }
 
     fn header(&self, number: BlockNumber) -> Result<Option<Header>, StorageError> {
-        let Some(bytes) =
-            self.txn.get::<Cow<'_, [u8]>>(&self.tables.headers, number.to_be_bytes())?
+        let Some(bytes) = self
+            .txn
+            .get::<Cow<'_, [u8]>>(&self.tables.headers, number.to_be_bytes())?
         else {
             return Ok(None);
         };
@@ -252,15 +276,27 @@ impl ChainView for Reader<'_> {
         let Some(header) = self.header(number)? else {
             return Ok(None);
         };
-        let missing = |table| StorageError::Corrupt { table, reason: format!("block {number}") };
-        let hash = self.block_hash(number)?.ok_or_else(|| missing(tables::CANONICAL_HASHES))?;
+        let missing = |table| StorageError::Corrupt {
+            table,
+            reason: format!("block {number}"),
+        };
+        let hash = self
+            .block_hash(number)?
+            .ok_or_else(|| missing(tables::CANONICAL_HASHES))?;
         let body = self
             .txn
             .get::<Cow<'_, [u8]>>(&self.tables.bodies, number.to_be_bytes())?
             .ok_or_else(|| missing(tables::BODIES))?;
         let txs = codec::decode_body(tables::BODIES, &body)?;
-        let receipts = self.receipts(number)?.ok_or_else(|| missing(tables::RECEIPTS))?;
-        Ok(Some(SealedBlock { hash, header, txs, receipts }))
+        let receipts = self
+            .receipts(number)?
+            .ok_or_else(|| missing(tables::RECEIPTS))?;
+        Ok(Some(SealedBlock {
+            hash,
+            header,
+            txs,
+            receipts,
+        }))
     }
 
     fn receipts(&self, number: BlockNumber) -> Result<Option<Vec<ReceiptEnvelope>>, StorageError> {
@@ -367,8 +403,18 @@ impl BlockWriter<'_> {
                     txn.del(&tables.hashed_storage, hashed_key, None)?;
                 } else {
                     let (bytes, len) = codec::encode_slot_value(value);
-                    txn.put(&tables.plain_storage, plain_key, &bytes[..len], WriteFlags::UPSERT)?;
-                    txn.put(&tables.hashed_storage, hashed_key, &bytes[..len], WriteFlags::UPSERT)?;
+                    txn.put(
+                        &tables.plain_storage,
+                        plain_key,
+                        &bytes[..len],
+                        WriteFlags::UPSERT,
+                    )?;
+                    txn.put(
+                        &tables.hashed_storage,
+                        hashed_key,
+                        &bytes[..len],
+                        WriteFlags::UPSERT,
+                    )?;
                 }
                 changed_slots.push(hashed_slot);
             }
@@ -395,17 +441,26 @@ impl BlockWriter<'_> {
                     None
                 }
                 Some(info) => {
-                    let plain = AccountRecord { info: *info, storage_root: EMPTY_ROOT_HASH };
+                    let plain = AccountRecord {
+                        info: *info,
+                        storage_root: EMPTY_ROOT_HASH,
+                    };
                     let (bytes, len) = plain.encode();
-                    txn.put(&tables.plain_accounts, address, &bytes[..len], WriteFlags::UPSERT)?;
+                    txn.put(
+                        &tables.plain_accounts,
+                        address,
+                        &bytes[..len],
+                        WriteFlags::UPSERT,
+                    )?;
                     let storage_root = match storage_roots.get(address) {
                         Some(root) => *root,
-                        None => {
-                            read_hashed_account(txn, &tables.hashed_accounts, &hashed_address)?
-                                .map_or(EMPTY_ROOT_HASH, |old| old.storage_root)
-                        }
+                        None => read_hashed_account(txn, &tables.hashed_accounts, &hashed_address)?
+                            .map_or(EMPTY_ROOT_HASH, |old| old.storage_root),
                     };
-                    Some(AccountRecord { info: *info, storage_root })
+                    Some(AccountRecord {
+                        info: *info,
+                        storage_root,
+                    })
                 }
             };
             updates.push((hashed_address, record));
@@ -419,7 +474,13 @@ impl BlockWriter<'_> {
             let Some(old) = old else {
                 panic!("storage changed for {address}, which does not exist");
             };
-            updates.push((hashed_address, Some(AccountRecord { storage_root: *storage_root, ..old })));
+            updates.push((
+                hashed_address,
+                Some(AccountRecord {
+                    storage_root: *storage_root,
+                    ..old
+                }),
+            ));
         }
         updates.sort_unstable_by_key(|(hashed, _)| *hashed);
         let mut changed_accounts = Vec::with_capacity(updates.len());
@@ -441,8 +502,11 @@ impl BlockWriter<'_> {
             hashed: txn.cursor(&tables.hashed_accounts)?,
             nodes: txn.cursor(&tables.account_trie)?,
         };
-        let input =
-            TrieInput { leaves: Leaves::Accounts, prefix: &[], changed: &changed_accounts };
+        let input = TrieInput {
+            leaves: Leaves::Accounts,
+            prefix: &[],
+            changed: &changed_accounts,
+        };
         let update = trie::update(txn, &tables.account_trie, &mut cursors, &input)?;
         nodes_written += update.nodes_written;
 
@@ -464,21 +528,40 @@ impl BlockWriter<'_> {
             Some(head) => {
                 assert_eq!(number, head + 1, "block {number} inserted on head {head}");
                 let parent = read_block_hash(txn, &tables, head)?;
-                assert_eq!(parent, Some(block.header.parent_hash), "block {number}'s parent");
+                assert_eq!(
+                    parent,
+                    Some(block.header.parent_hash),
+                    "block {number}'s parent"
+                );
             }
         }
         let key = number.to_be_bytes();
         let mut header = Vec::with_capacity(block.header.length());
         block.header.encode(&mut header);
         txn.put(&tables.headers, key, &header, WriteFlags::UPSERT)?;
-        txn.put(&tables.canonical_hashes, key, block.hash, WriteFlags::UPSERT)?;
+        txn.put(
+            &tables.canonical_hashes,
+            key,
+            block.hash,
+            WriteFlags::UPSERT,
+        )?;
         txn.put(&tables.block_numbers, block.hash, key, WriteFlags::UPSERT)?;
-        txn.put(&tables.bodies, key, codec::encode_body(&block.txs), WriteFlags::UPSERT)?;
+        txn.put(
+            &tables.bodies,
+            key,
+            codec::encode_body(&block.txs),
+            WriteFlags::UPSERT,
+        )?;
         let receipts = codec::encode_receipts(&block.receipts);
         txn.put(&tables.receipts, key, receipts, WriteFlags::UPSERT)?;
         for (index, tx) in block.txs.iter().enumerate() {
             let location = codec::encode_tx_location(number, index as u32);
-            txn.put(&tables.tx_locations, tx.hash(), location, WriteFlags::UPSERT)?;
+            txn.put(
+                &tables.tx_locations,
+                tx.hash(),
+                location,
+                WriteFlags::UPSERT,
+            )?;
         }
         txn.put(&tables.metadata, HEAD_KEY, key, WriteFlags::UPSERT)?;
         Ok(())
@@ -488,7 +571,8 @@ impl BlockWriter<'_> {
     pub fn commit(self) -> Result<(), StorageError> {
         let started = Instant::now();
         self.txn.commit()?;
-        metrics::histogram!("kestrel_storage_commit_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("kestrel_storage_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
         let size = self.db.info()?.geometry().current_size();
         metrics::gauge!("kestrel_storage_db_size_bytes").set(size as f64);
         Ok(())

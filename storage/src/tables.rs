@@ -1,6 +1,6 @@
 //! The MDBX tables. Keys and values are laid out in `codec`.
 
-use libmdbx::{DatabaseKind, Table, TableFlags, Transaction, TransactionKind, RW};
+use libmdbx::{DatabaseKind, RW, Table, TableFlags, Transaction, TransactionKind};
 
 /// address → account record (nonce, balance, code hash).
 pub(crate) const PLAIN_ACCOUNTS: &str = "PlainAccounts";

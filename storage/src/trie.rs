@@ -120,7 +120,10 @@ pub(crate) fn update<E: DatabaseKind>(
         txn.put(nodes_table, &key, &value, WriteFlags::UPSERT)?;
         nodes_written += 1;
     }
-    Ok(TrieUpdate { root, nodes_written })
+    Ok(TrieUpdate {
+        root,
+        nodes_written,
+    })
 }
 
 struct Walk<'a, 'c, 't> {
@@ -179,7 +182,8 @@ impl Walk<'_, '_, '_> {
                 // The hash is of a branch exactly at `child` (the hash builder clears the bit of
                 // an extension child), so it stays valid wherever the parent ends up.
                 let stored_below = node.tree_mask.is_bit_set(nibble);
-                self.hb.add_branch(child, node.hash_for_nibble(nibble), stored_below);
+                self.hb
+                    .add_branch(child, node.hash_for_nibble(nibble), stored_below);
             } else if node.tree_mask.is_bit_set(nibble) {
                 self.descend(child)?;
             } else {
@@ -197,7 +201,11 @@ impl Walk<'_, '_, '_> {
     ) -> Result<Option<(Nibbles, BranchNodeCompact)>, StorageError> {
         let table = self.input.leaves.nodes_table();
         codec::node_key(self.input.prefix, path, &mut self.key);
-        match self.cursors.nodes.set_range::<Vec<u8>, Vec<u8>>(&self.key)? {
+        match self
+            .cursors
+            .nodes
+            .set_range::<Vec<u8>, Vec<u8>>(&self.key)?
+        {
             Some((key, value)) if key.starts_with(&self.key) => {
                 let node_path = codec::node_path(table, &key[self.input.prefix.len()..])?;
                 Ok(Some((node_path, codec::decode_node(table, &value)?)))
@@ -212,7 +220,10 @@ impl Walk<'_, '_, '_> {
         self.key.clear();
         self.key.extend_from_slice(prefix);
         self.key.extend_from_slice(lo.as_slice());
-        let mut entry = self.cursors.hashed.set_range::<Vec<u8>, Vec<u8>>(&self.key)?;
+        let mut entry = self
+            .cursors
+            .hashed
+            .set_range::<Vec<u8>, Vec<u8>>(&self.key)?;
         while let Some((key, value)) = entry {
             if !key.starts_with(prefix) {
                 break;

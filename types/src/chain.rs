@@ -39,7 +39,10 @@ pub enum Fork {
 #[derive(Debug, thiserror::Error)]
 pub enum GenesisError {
     #[error("reading genesis file {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("parsing genesis file: {0}")]
     Json(#[from] serde_json::Error),
     #[error("genesis config: {0}")]
@@ -116,7 +119,9 @@ impl ChainSpec {
     pub fn from_genesis(genesis: Genesis) -> Result<Self, GenesisError> {
         let cfg = &genesis.config;
         if cfg.chain_id == 0 {
-            return Err(GenesisError::Config("config.chainId must be set and non-zero".into()));
+            return Err(GenesisError::Config(
+                "config.chainId must be set and non-zero".into(),
+            ));
         }
         let (cancun_time, prague_time) = match (cfg.cancun_time, cfg.prague_time) {
             (None, None) => (Some(0), Some(0)),
@@ -131,7 +136,11 @@ impl ChainSpec {
                     .into(),
             ));
         }
-        let gas_limit = if genesis.gas_limit == 0 { GAS_LIMIT_DEFAULT } else { genesis.gas_limit };
+        let gas_limit = if genesis.gas_limit == 0 {
+            GAS_LIMIT_DEFAULT
+        } else {
+            genesis.gas_limit
+        };
         let alloc = genesis
             .alloc
             .into_iter()
@@ -149,7 +158,14 @@ impl ChainSpec {
                     .map(|(k, v)| (U256::from_be_bytes(k.0), U256::from_be_bytes(v.0)))
                     .filter(|(_, v)| !v.is_zero())
                     .collect();
-                (addr, GenesisAlloc { info, code, storage })
+                (
+                    addr,
+                    GenesisAlloc {
+                        info,
+                        code,
+                        storage,
+                    },
+                )
             })
             .collect();
         Ok(Self {
@@ -158,7 +174,9 @@ impl ChainSpec {
             prague_time,
             gas_limit,
             genesis_timestamp: genesis.timestamp,
-            genesis_base_fee: genesis.base_fee_per_gas.map_or(GENESIS_BASE_FEE, |b| b as u64),
+            genesis_base_fee: genesis
+                .base_fee_per_gas
+                .map_or(GENESIS_BASE_FEE, |b| b as u64),
             genesis_extra_data: genesis.extra_data,
             genesis_coinbase: genesis.coinbase,
             alloc,
@@ -193,7 +211,10 @@ pub fn address_of_key(key: &B256) -> Address {
 }
 
 fn hex_decode(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -204,9 +225,18 @@ mod tests {
     #[test]
     fn dev_accounts_are_the_hardhat_ones() {
         let accounts = dev_accounts();
-        assert_eq!(accounts[0].0, address!("f39Fd6e51aad88F6F4ce6aB8827279cffFb92266"));
-        assert_eq!(accounts[1].0, address!("70997970C51812dc3A010C7d01b50e0d17dc79C8"));
-        assert_eq!(accounts[9].0, address!("a0Ee7A142d267C1f36714E4a8F75612F20a79720"));
+        assert_eq!(
+            accounts[0].0,
+            address!("f39Fd6e51aad88F6F4ce6aB8827279cffFb92266")
+        );
+        assert_eq!(
+            accounts[1].0,
+            address!("70997970C51812dc3A010C7d01b50e0d17dc79C8")
+        );
+        assert_eq!(
+            accounts[9].0,
+            address!("a0Ee7A142d267C1f36714E4a8F75612F20a79720")
+        );
     }
 
     #[test]

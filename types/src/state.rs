@@ -4,9 +4,8 @@ use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
 use std::collections::BTreeMap;
 
 /// keccak256 of empty code.
-pub const KECCAK_EMPTY: B256 = alloy_primitives::b256!(
-    "c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470"
-);
+pub const KECCAK_EMPTY: B256 =
+    alloy_primitives::b256!("c5d2460186f7233c927e7db2dcc703c0e500b653ca82273b7bfad8045d85a470");
 
 /// An account as the flat state stores it. The storage root lives in the trie, not here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -18,7 +17,11 @@ pub struct AccountInfo {
 
 impl AccountInfo {
     pub fn with_balance(balance: U256) -> Self {
-        Self { nonce: 0, balance, code_hash: KECCAK_EMPTY }
+        Self {
+            nonce: 0,
+            balance,
+            code_hash: KECCAK_EMPTY,
+        }
     }
     /// EIP-161 empty: no nonce, no balance, no code.
     pub fn is_empty(&self) -> bool {

@@ -2,10 +2,7 @@
 //! of this type always carries a checked signature (the typestate that keeps unverified input out of
 //! the mempool and blocks).
 
-use alloy_consensus::{
-    Transaction, TxEnvelope,
-    transaction::SignerRecoverable,
-};
+use alloy_consensus::{Transaction, TxEnvelope, transaction::SignerRecoverable};
 use alloy_eips::eip2718::{Decodable2718, Encodable2718};
 use alloy_primitives::{Address, B256, Bytes};
 use std::sync::Arc;
@@ -44,14 +41,20 @@ impl RecoveredTx {
 
     /// Recovers the sender from the signature (secp256k1, ~30 µs).
     pub fn recover(tx: TxEnvelope) -> Result<Self, TxError> {
-        let sender = tx.recover_signer().map_err(|e| TxError::Signature(e.to_string()))?;
+        let sender = tx
+            .recover_signer()
+            .map_err(|e| TxError::Signature(e.to_string()))?;
         Ok(Self::new_unchecked(tx, sender))
     }
 
     /// Builds from a sender recovered earlier (e.g. read back from our own database).
     pub fn new_unchecked(tx: TxEnvelope, sender: Address) -> Self {
         let encoded_len = tx.encode_2718_len();
-        Self(Arc::new(Inner { tx, sender, encoded_len }))
+        Self(Arc::new(Inner {
+            tx,
+            sender,
+            encoded_len,
+        }))
     }
 
     pub fn tx(&self) -> &TxEnvelope {

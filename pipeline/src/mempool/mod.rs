@@ -300,10 +300,25 @@ mod tests {
         let pool = TxPool::new();
         pool.insert(signed(1, 0, 1, 100), 0).unwrap();
         pool.insert(signed(1, 2, 1, 100), 0).unwrap();
-        assert_eq!(pool.size(), PoolSize { pending: 1, queued: 1 });
-        assert_eq!(pool.insert(signed(1, 0, 1, 100), 0), Err(PoolError::AlreadyKnown));
+        assert_eq!(
+            pool.size(),
+            PoolSize {
+                pending: 1,
+                queued: 1
+            }
+        );
+        assert_eq!(
+            pool.insert(signed(1, 0, 1, 100), 0),
+            Err(PoolError::AlreadyKnown)
+        );
         pool.insert(signed(1, 1, 1, 100), 0).unwrap();
-        assert_eq!(pool.size(), PoolSize { pending: 3, queued: 0 });
+        assert_eq!(
+            pool.size(),
+            PoolSize {
+                pending: 3,
+                queued: 0
+            }
+        );
         assert_eq!(pool.pending_nonce(signed(1, 0, 1, 1).sender()), Some(3));
     }
 
@@ -311,8 +326,14 @@ mod tests {
     fn replacement_needs_ten_percent_on_both_fees() {
         let pool = TxPool::new();
         pool.insert(signed(1, 0, 10, 100), 0).unwrap();
-        assert_eq!(pool.insert(signed(1, 0, 10, 109), 0), Err(PoolError::ReplacementUnderpriced));
-        assert_eq!(pool.insert(signed(1, 0, 10, 200), 0), Err(PoolError::ReplacementUnderpriced));
+        assert_eq!(
+            pool.insert(signed(1, 0, 10, 109), 0),
+            Err(PoolError::ReplacementUnderpriced)
+        );
+        assert_eq!(
+            pool.insert(signed(1, 0, 10, 200), 0),
+            Err(PoolError::ReplacementUnderpriced)
+        );
         let better = signed(1, 0, 11, 110);
         pool.insert(better.clone(), 0).unwrap();
         assert_eq!(pool.get(&better.hash()), Some(better));
@@ -331,10 +352,22 @@ mod tests {
         }
         let taken = pool.take_block(1, 63_000, 10, 100);
         assert_eq!(taken, vec![high0, high1, low]);
-        assert_eq!(pool.size(), PoolSize { pending: 1, queued: 0 });
+        assert_eq!(
+            pool.size(),
+            PoolSize {
+                pending: 1,
+                queued: 0
+            }
+        );
         // In flight: a stale nonce is refused until the block commits.
-        assert_eq!(pool.insert(signed(2, 1, 50, 100), 0), Err(PoolError::NonceTooLow));
-        assert_eq!(pool.tracked_next_nonce(signed(2, 0, 1, 1).sender()), Some(2));
+        assert_eq!(
+            pool.insert(signed(2, 1, 50, 100), 0),
+            Err(PoolError::NonceTooLow)
+        );
+        assert_eq!(
+            pool.tracked_next_nonce(signed(2, 0, 1, 1).sender()),
+            Some(2)
+        );
     }
 
     #[test]
@@ -347,7 +380,13 @@ mod tests {
         // The taken transaction was dropped at execution: the state nonce is still 0.
         pool.on_committed(7, |_| 0);
         assert_eq!(pool.tracked_next_nonce(sender), Some(0));
-        assert_eq!(pool.size(), PoolSize { pending: 0, queued: 1 });
+        assert_eq!(
+            pool.size(),
+            PoolSize {
+                pending: 0,
+                queued: 1
+            }
+        );
         // A new nonce-0 transaction fills the gap; both go out and commit.
         pool.insert(signed(4, 0, 2, 100), 0).unwrap();
         assert_eq!(pool.take_block(8, 1_000_000, 1, 10).len(), 2);

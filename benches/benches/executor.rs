@@ -1,0 +1,159 @@
+//! Sequential executor vs bare revm on the same block of 10,000 ETH transfers over 100,000 funded
+//! accounts, in one run. Prints one JSON line with the medians and their ratio, then runs the
+//! criterion groups.
+
+use alloy_consensus::{Header, Transaction};
+use criterion::{BatchSize, Criterion, criterion_group};
+use kestrel_benches::{FakeHashes, MemState, funded_state, transfer_block};
+use kestrel_pipeline::{BlockInput, Executor, InvalidTxPolicy, SequentialExecutor};
+use kestrel_types::{ChainSpec, RecoveredTx};
+use revm::{
+    Context, ExecuteCommitEvm, MainBuilder, MainContext,
+    context::TxEnv,
+    database::{CacheDB, EmptyDB},
+    primitives::TxKind,
+};
+use std::time::Instant;
+
+const ACCOUNTS: u64 = 100_000;
+const TXS: usize = 10_000;
+const BASE_FEE: u64 = 7;
+const SAMPLES: usize = 7;
+
+struct Setup {
+    spec: ChainSpec,
+    header: Header,
+    state: MemState,
+    txs: Vec<RecoveredTx>,
+}
+
+fn setup() -> Setup {
+    let (state, accounts) = funded_state(ACCOUNTS);
+    let txs = transfer_block(&accounts, TXS, BASE_FEE);
+    let spec = ChainSpec::dev();
+    let header = Header {
+        number: 1,
+        gas_limit: 1_000_000_000,
+        base_fee_per_gas: Some(BASE_FEE),
+        timestamp: 1,
+        withdrawals_root: Some(alloy_consensus::constants::EMPTY_WITHDRAWALS),
+        blob_gas_used: Some(0),
+        excess_blob_gas: Some(0),
+        parent_beacon_block_root: Some(Default::default()),
+        ..Default::default()
+    };
+    Setup {
+        spec,
+        header,
+        state,
+        txs,
+    }
+}
+
+fn run_kestrel(s: &Setup) -> u64 {
+    let input = BlockInput {
+        header: &s.header,
+        txs: &s.txs,
+        withdrawals: &[],
+        policy: InvalidTxPolicy::Reject,
+    };
+    let out = SequentialExecutor
+        .execute(&s.spec, input, &s.state, &FakeHashes)
+        .expect("block executes");
+    assert_eq!(out.receipts.len(), TXS, "every transfer included");
+    out.gas_used
+}
+
+fn revm_db(s: &Setup) -> CacheDB<EmptyDB> {
+    let mut db = CacheDB::<EmptyDB>::default();
+    for (addr, acc) in &s.state.accounts {
+        db.insert_account_info(
+            *addr,
+            revm::state::AccountInfo {
+                balance: acc.balance,
+                nonce: acc.nonce,
+                code_hash: acc.code_hash,
+                ..Default::default()
+            },
+        );
+    }
+    db
+}
+
+/// Bare revm: the same transactions through `transact_commit`, no block executor around it.
+fn run_revm(s: &Setup, db: CacheDB<EmptyDB>) -> u64 {
+    let mut evm = Context::mainnet()
+        .with_db(db)
+        .modify_cfg_chained(|c| c.chain_id = kestrel_benches::CHAIN_ID)
+        .modify_block_chained(|b| {
+            b.basefee = BASE_FEE;
+            b.gas_limit = 1_000_000_000;
+            b.number = revm::primitives::U256::from(1);
+        })
+        .build_mainnet();
+    let mut gas = 0;
+    for tx in &s.txs {
+        let env = TxEnv {
+            tx_type: 2,
+            caller: tx.sender(),
+            gas_limit: tx.gas_limit(),
+            gas_price: tx.tx().max_fee_per_gas(),
+            gas_priority_fee: tx.tx().max_priority_fee_per_gas(),
+            kind: TxKind::Call(tx.tx().to().expect("transfer")),
+            value: tx.tx().value(),
+            nonce: tx.nonce(),
+            chain_id: Some(kestrel_benches::CHAIN_ID),
+            ..Default::default()
+        };
+        let result = evm.transact_commit(env).expect("transfer executes");
+        assert!(result.is_success());
+        gas += result.tx_gas_used();
+    }
+    gas
+}
+
+fn median_secs(mut f: impl FnMut() -> f64) -> f64 {
+    let mut v: Vec<f64> = (0..SAMPLES).map(|_| f()).collect();
+    v.sort_by(f64::total_cmp);
+    v[SAMPLES / 2]
+}
+
+fn side_by_side(s: &Setup) {
+    let kestrel = median_secs(|| {
+        let t = Instant::now();
+        assert_eq!(run_kestrel(s), 21_000 * TXS as u64);
+        t.elapsed().as_secs_f64()
+    });
+    let revm = median_secs(|| {
+        let db = revm_db(s);
+        let t = Instant::now();
+        assert_eq!(run_revm(s, db), 21_000 * TXS as u64);
+        t.elapsed().as_secs_f64()
+    });
+    println!(
+        "{}",
+        serde_json::json!({
+            "bench": "executor_transfers",
+            "accounts": ACCOUNTS,
+            "txs": TXS,
+            "kestrel_sequential_txs_per_s": (TXS as f64 / kestrel).round(),
+            "bare_revm_txs_per_s": (TXS as f64 / revm).round(),
+            "kestrel_over_revm": (revm / kestrel * 1000.0).round() / 1000.0,
+        })
+    );
+}
+
+fn benches(c: &mut Criterion) {
+    let s = setup();
+    side_by_side(&s);
+    let mut group = c.benchmark_group("transfers_10k");
+    group.sample_size(10);
+    group.bench_function("kestrel_sequential", |b| b.iter(|| run_kestrel(&s)));
+    group.bench_function("bare_revm", |b| {
+        b.iter_batched(|| revm_db(&s), |db| run_revm(&s, db), BatchSize::LargeInput)
+    });
+    group.finish();
+}
+
+criterion_group!(executor, benches);
+criterion::criterion_main!(executor);

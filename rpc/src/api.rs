@@ -1,0 +1,112 @@
+//! The JSON-RPC methods Kestrel serves, with geth's names and parameter shapes.
+
+use alloy_eips::{BlockId, BlockNumberOrTag};
+use alloy_primitives::{Address, B256, Bytes, U64, U256};
+use alloy_rpc_types_eth::{
+    Block, FeeHistory, Filter, Index, Log, SyncStatus, Transaction, TransactionReceipt,
+    TransactionRequest,
+};
+use jsonrpsee::{core::RpcResult, proc_macros::rpc};
+
+/// A missing block parameter means `latest`.
+#[rpc(server)]
+pub trait EthApi {
+    #[method(name = "web3_clientVersion")]
+    fn client_version(&self) -> RpcResult<String>;
+
+    /// The chain id in decimal.
+    #[method(name = "net_version")]
+    fn net_version(&self) -> RpcResult<String>;
+
+    #[method(name = "eth_chainId")]
+    fn chain_id(&self) -> RpcResult<U64>;
+
+    /// The committed head.
+    #[method(name = "eth_blockNumber")]
+    async fn block_number(&self) -> RpcResult<U64>;
+
+    /// Always `false`: a single validator has nothing to sync from.
+    #[method(name = "eth_syncing")]
+    fn syncing(&self) -> RpcResult<SyncStatus>;
+
+    /// Always empty: the node holds no keys.
+    #[method(name = "eth_accounts")]
+    fn accounts(&self) -> RpcResult<Vec<Address>>;
+
+    #[method(name = "eth_getBalance")]
+    async fn balance(&self, address: Address, block: Option<BlockId>) -> RpcResult<U256>;
+
+    /// With `pending`, counts the sender's transactions in the pool.
+    #[method(name = "eth_getTransactionCount")]
+    async fn transaction_count(&self, address: Address, block: Option<BlockId>) -> RpcResult<U64>;
+
+    #[method(name = "eth_getCode")]
+    async fn code(&self, address: Address, block: Option<BlockId>) -> RpcResult<Bytes>;
+
+    #[method(name = "eth_getStorageAt")]
+    async fn storage_at(&self, address: Address, slot: U256, block: Option<BlockId>) -> RpcResult<B256>;
+
+    #[method(name = "eth_call")]
+    async fn call(&self, request: TransactionRequest, block: Option<BlockId>) -> RpcResult<Bytes>;
+
+    #[method(name = "eth_estimateGas")]
+    async fn estimate_gas(&self, request: TransactionRequest, block: Option<BlockId>) -> RpcResult<U64>;
+
+    /// The next block's base fee plus the suggested tip.
+    #[method(name = "eth_gasPrice")]
+    async fn gas_price(&self) -> RpcResult<U256>;
+
+    #[method(name = "eth_maxPriorityFeePerGas")]
+    fn max_priority_fee_per_gas(&self) -> RpcResult<U256>;
+
+    #[method(name = "eth_feeHistory")]
+    async fn fee_history(
+        &self,
+        block_count: U64,
+        newest_block: BlockNumberOrTag,
+        reward_percentiles: Option<Vec<f64>>,
+    ) -> RpcResult<FeeHistory>;
+
+    #[method(name = "eth_sendRawTransaction")]
+    async fn send_raw_transaction(&self, raw: Bytes) -> RpcResult<B256>;
+
+    /// Committed transactions, then pending ones (without block fields).
+    #[method(name = "eth_getTransactionByHash")]
+    async fn transaction_by_hash(&self, hash: B256) -> RpcResult<Option<Transaction>>;
+
+    /// `null` until the transaction's block is committed.
+    #[method(name = "eth_getTransactionReceipt")]
+    async fn transaction_receipt(&self, hash: B256) -> RpcResult<Option<TransactionReceipt>>;
+
+    #[method(name = "eth_getBlockReceipts")]
+    async fn block_receipts(&self, block: BlockId) -> RpcResult<Option<Vec<TransactionReceipt>>>;
+
+    #[method(name = "eth_getBlockByNumber")]
+    async fn block_by_number(&self, block: BlockNumberOrTag, full: bool) -> RpcResult<Option<Block>>;
+
+    #[method(name = "eth_getBlockByHash")]
+    async fn block_by_hash(&self, hash: B256, full: bool) -> RpcResult<Option<Block>>;
+
+    #[method(name = "eth_getBlockTransactionCountByNumber")]
+    async fn block_transaction_count_by_number(&self, block: BlockNumberOrTag) -> RpcResult<Option<U64>>;
+
+    #[method(name = "eth_getBlockTransactionCountByHash")]
+    async fn block_transaction_count_by_hash(&self, hash: B256) -> RpcResult<Option<U64>>;
+
+    #[method(name = "eth_getTransactionByBlockNumberAndIndex")]
+    async fn transaction_by_block_number_and_index(
+        &self,
+        block: BlockNumberOrTag,
+        index: Index,
+    ) -> RpcResult<Option<Transaction>>;
+
+    #[method(name = "eth_getTransactionByBlockHashAndIndex")]
+    async fn transaction_by_block_hash_and_index(
+        &self,
+        hash: B256,
+        index: Index,
+    ) -> RpcResult<Option<Transaction>>;
+
+    #[method(name = "eth_getLogs")]
+    async fn logs(&self, filter: Filter) -> RpcResult<Vec<Log>>;
+}

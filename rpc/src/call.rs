@@ -1,0 +1,282 @@
+//! `eth_call` and `eth_estimateGas`: a transaction request executed with revm on the state after
+//! the committed head, in that block's environment, nothing committed.
+//!
+//! As geth does for calls: any nonce is accepted, senders may have code, and a request without
+//! fee fields pays nothing and skips the base fee check. Gas is capped at [`CALL_GAS_CAP`].
+
+use crate::error::RpcError;
+use alloy_consensus::Header;
+use alloy_evm::{Evm, EvmEnv, EvmFactory, eth::EthEvmFactory, rpc::TryIntoTxEnv};
+use alloy_primitives::{B256, Bytes, TxKind, U256};
+use alloy_rpc_types_eth::TransactionRequest;
+use alloy_sol_types::{Panic, Revert, SolError};
+use kestrel_pipeline::evm::{BlockHashes, DbError, StateDb, evm_env};
+use kestrel_storage::{ChainView, StateView, StorageError};
+use kestrel_types::{ChainSpec, state::KECCAK_EMPTY};
+use revm::{
+    Database,
+    context::{
+        TxEnv,
+        result::{EVMError, ExecutionResult, HaltReason, InvalidTransaction},
+    },
+    database::{State, bal::EvmDatabaseError},
+};
+
+/// What an EVM over `State<StateDb>` fails with.
+type CallEvmError = EVMError<EvmDatabaseError<DbError>>;
+
+/// Most gas one call or estimate may use (geth's `--rpc.gascap` default).
+pub const CALL_GAS_CAP: u64 = 50_000_000;
+/// Gas of a plain transfer, the least any transaction needs.
+const TX_GAS: u64 = 21_000;
+/// Gas a value-carrying CALL hands the callee for free; part of geth's first estimate guess.
+const CALL_STIPEND: u64 = 2_300;
+/// An estimate may be this much (relative) above the least gas that works; bisecting further is
+/// wasted work since wallets add a margin anyway (geth's `estimateGasErrorRatio`).
+const ESTIMATE_ERROR_RATIO: f64 = 0.015;
+
+/// What a call runs against: the committed head's header and the state after it.
+pub(crate) struct CallContext<'a> {
+    pub spec: &'a ChainSpec,
+    pub header: &'a Header,
+    pub state: &'a dyn StateView,
+    pub hashes: &'a dyn BlockHashes,
+}
+
+/// `BLOCKHASH` for calls. They run on the head, whose ancestors are all committed.
+pub(crate) struct ChainHashes<'a, C>(pub &'a C);
+
+impl<C: ChainView + Sync> BlockHashes for ChainHashes<'_, C> {
+    fn block_hash(&self, number: u64) -> Result<B256, StorageError> {
+        Ok(self.0.block_hash(number)?.unwrap_or_default())
+    }
+}
+
+/// Runs `request` and returns its output; a revert or halt is an error.
+pub(crate) fn call(ctx: &CallContext<'_>, mut request: TransactionRequest) -> Result<Bytes, RpcError> {
+    request.gas = Some(request.gas.map_or(CALL_GAS_CAP, |gas| gas.min(CALL_GAS_CAP)));
+    let env = call_env(ctx);
+    let tx = tx_env(request, &env)?;
+    let mut db = State::builder().with_database(StateDb { state: ctx.state, hashes: ctx.hashes }).build();
+    let mut evm = EthEvmFactory::default().create_evm(&mut db, env);
+    match execute(&mut evm, tx)? {
+        ExecutionResult::Success { output, .. } => Ok(output.into_data()),
+        ExecutionResult::Revert { output, .. } => Err(RpcError::Reverted(output)),
+        ExecutionResult::Halt { reason, .. } => Err(RpcError::Execution(halt_message(&reason))),
+    }
+}
+
+/// The least gas limit (within [`ESTIMATE_ERROR_RATIO`]) with which `request` succeeds, found as
+/// geth's estimator does: cap by the block gas limit, the sender's funds and [`CALL_GAS_CAP`]; run
+/// at the cap; then bisect upwards from the gas the capped run used.
+pub(crate) fn estimate_gas(ctx: &CallContext<'_>, request: TransactionRequest) -> Result<u64, RpcError> {
+    let mut hi = request.gas.filter(|gas| *gas >= TX_GAS).unwrap_or(ctx.header.gas_limit);
+    let fee_cap = request.max_fee_per_gas.or(request.gas_price).unwrap_or(0);
+    let has_data = request.input.input().is_some_and(|data| !data.is_empty());
+    let env = call_env(ctx);
+    let mut tx = tx_env(request, &env)?;
+    let mut db = State::builder().with_database(StateDb { state: ctx.state, hashes: ctx.hashes }).build();
+
+    if fee_cap != 0 {
+        let balance = db.basic(tx.caller).map_err(db_error)?.map_or(U256::ZERO, |a| a.balance);
+        if tx.value >= balance {
+            return Err(RpcError::InsufficientFundsForTransfer);
+        }
+        let allowance = (balance - tx.value) / U256::from(fee_cap);
+        hi = hi.min(allowance.saturating_to());
+    }
+    hi = hi.min(CALL_GAS_CAP);
+
+    // A plain transfer needs exactly 21,000 unless something (an access list) adds to it.
+    let plain_transfer = match tx.kind {
+        TxKind::Call(to) if !has_data => {
+            db.basic(to).map_err(db_error)?.is_none_or(|a| a.code_hash == KECCAK_EMPTY)
+        }
+        _ => false,
+    };
+    let mut evm = EthEvmFactory::default().create_evm(&mut db, env);
+    let mut run = |gas_limit: u64| {
+        tx.gas_limit = gas_limit;
+        execute_with_gas(&mut evm, tx.clone())
+    };
+    if plain_transfer && run(TX_GAS)?.is_some_and(|r| r.is_success()) {
+        return Ok(TX_GAS);
+    }
+
+    let (used, spent) = match run(hi)? {
+        Some(ExecutionResult::Success { gas, .. }) => (gas.tx_gas_used(), gas.total_gas_spent()),
+        Some(ExecutionResult::Revert { output, .. }) => return Err(RpcError::Reverted(output)),
+        Some(ExecutionResult::Halt { reason: HaltReason::OutOfGas(_), .. }) | None => {
+            return Err(RpcError::GasRequiredExceedsAllowance(hi));
+        }
+        Some(ExecutionResult::Halt { reason, .. }) => {
+            return Err(RpcError::Execution(halt_message(&reason)));
+        }
+    };
+    // Below the gas the unconstrained run used, nothing can succeed.
+    let mut lo = used - 1;
+    // Most transactions succeed with what they spent before refunds plus the 1/64 that each call
+    // level withholds; trying that first usually ends the search at once.
+    let optimistic = (spent + CALL_STIPEND) * 64 / 63;
+    if optimistic < hi {
+        if run(optimistic)?.is_some_and(|r| r.is_success()) {
+            hi = optimistic;
+        } else {
+            lo = optimistic;
+        }
+    }
+    while lo + 1 < hi {
+        if ((hi - lo) as f64 / hi as f64) < ESTIMATE_ERROR_RATIO {
+            break;
+        }
+        // Skewed low: most transactions need little more than they used.
+        let mid = ((hi + lo) / 2).min(lo * 2);
+        if run(mid)?.is_some_and(|r| r.is_success()) {
+            hi = mid;
+        } else {
+            lo = mid;
+        }
+    }
+    Ok(hi)
+}
+
+/// The head block's environment, with the checks geth skips for calls turned off.
+fn call_env(ctx: &CallContext<'_>) -> EvmEnv {
+    let mut env = evm_env(ctx.spec, ctx.header);
+    env.cfg_env.disable_nonce_check = true;
+    // Fees are checked against the base fee only when the request gives them (alloy-evm's
+    // `CallFees` does that while converting the request).
+    env.cfg_env.disable_base_fee = true;
+    // Calls "from" a contract are how tools simulate contract-initiated calls.
+    env.cfg_env.disable_eip3607 = true;
+    // The gas cap, not the block gas limit, bounds a call: geth's call gas pool is unlimited.
+    env.cfg_env.disable_block_gas_limit = true;
+    env
+}
+
+fn tx_env(request: TransactionRequest, env: &EvmEnv) -> Result<TxEnv, RpcError> {
+    request.try_into_tx_env(env).map_err(|err| RpcError::Execution(err.to_string()))
+}
+
+/// Executes `tx`; a transaction that cannot run is an error.
+fn execute<E>(evm: &mut E, tx: TxEnv) -> Result<ExecutionResult, RpcError>
+where
+    E: Evm<Tx = TxEnv, HaltReason = HaltReason, Error = CallEvmError>,
+{
+    let caller = tx.caller;
+    evm.transact(tx).map(|r| r.result).map_err(|err| match err {
+        EVMError::Transaction(err) => RpcError::Execution(invalid_tx_message(&err, caller)),
+        err => evm_error(err),
+    })
+}
+
+/// Like [`execute`], but a gas limit below the intrinsic gas is a failed run (`None`), which the
+/// estimator answers by raising the limit.
+fn execute_with_gas<E>(evm: &mut E, tx: TxEnv) -> Result<Option<ExecutionResult>, RpcError>
+where
+    E: Evm<Tx = TxEnv, HaltReason = HaltReason, Error = CallEvmError>,
+{
+    let caller = tx.caller;
+    match evm.transact(tx) {
+        Ok(r) => Ok(Some(r.result)),
+        Err(EVMError::Transaction(
+            InvalidTransaction::CallGasCostMoreThanGasLimit { .. }
+            | InvalidTransaction::GasFloorMoreThanGasLimit { .. },
+        )) => Ok(None),
+        Err(EVMError::Transaction(err)) => Err(RpcError::Execution(invalid_tx_message(&err, caller))),
+        Err(err) => Err(evm_error(err)),
+    }
+}
+
+fn evm_error(err: CallEvmError) -> RpcError {
+    match err {
+        EVMError::Database(err) => db_error(err),
+        err => RpcError::Internal(err.to_string()),
+    }
+}
+
+fn db_error(err: EvmDatabaseError<DbError>) -> RpcError {
+    match err {
+        EvmDatabaseError::Database(DbError(err)) => RpcError::Storage(err),
+        err => RpcError::Internal(err.to_string()),
+    }
+}
+
+/// geth's messages for transactions that cannot run, where wallets match on them.
+fn invalid_tx_message(err: &InvalidTransaction, caller: alloy_primitives::Address) -> String {
+    match err {
+        InvalidTransaction::LackOfFundForMaxFee { fee, balance } => format!(
+            "insufficient funds for gas * price + value: address {caller} have {balance} want {fee}"
+        ),
+        InvalidTransaction::CallGasCostMoreThanGasLimit { initial_gas, gas_limit } => {
+            format!("intrinsic gas too low: have {gas_limit}, want {initial_gas}")
+        }
+        InvalidTransaction::GasFloorMoreThanGasLimit { gas_floor, gas_limit } => {
+            format!("insufficient gas for floor data gas cost: have {gas_limit}, want {gas_floor}")
+        }
+        InvalidTransaction::GasPriceLessThanBasefee => "max fee per gas less than block base fee".into(),
+        InvalidTransaction::PriorityFeeGreaterThanMaxFee => {
+            "max priority fee per gas higher than max fee per gas".into()
+        }
+        InvalidTransaction::CreateInitCodeSizeLimit => "max initcode size exceeded".into(),
+        InvalidTransaction::InvalidChainId => "invalid chain id".into(),
+        err => err.to_string(),
+    }
+}
+
+/// geth's messages for the ways execution can halt.
+fn halt_message(reason: &HaltReason) -> String {
+    match reason {
+        HaltReason::OutOfGas(_) => "out of gas".into(),
+        HaltReason::OpcodeNotFound | HaltReason::InvalidFEOpcode => "invalid opcode".into(),
+        HaltReason::InvalidJump => "invalid jump destination".into(),
+        HaltReason::StackOverflow => "stack limit reached 1024 (1023)".into(),
+        HaltReason::OutOfOffset => "return data out of bounds".into(),
+        HaltReason::CreateCollision => "contract address collision".into(),
+        HaltReason::CreateContractSizeLimit => "max code size exceeded".into(),
+        HaltReason::CreateContractStartingWithEF => "invalid code: must not begin with 0xef".into(),
+        HaltReason::CreateInitCodeSizeLimit => "max initcode size exceeded".into(),
+        HaltReason::NonceOverflow => "nonce uint64 overflow".into(),
+        HaltReason::CallTooDeep => "max call depth exceeded".into(),
+        HaltReason::OutOfFunds => "insufficient balance for transfer".into(),
+        HaltReason::StateChangeDuringStaticCall | HaltReason::CallNotAllowedInsideStatic => {
+            "write protection".into()
+        }
+        reason => reason.to_string(),
+    }
+}
+
+/// The message of a reverted call: geth's "execution reverted", with the reason when the revert
+/// data is a Solidity `Error(string)` or `Panic(uint256)`.
+pub(crate) fn revert_message(data: &[u8]) -> String {
+    match revert_reason(data) {
+        Some(reason) => format!("execution reverted: {reason}"),
+        None => "execution reverted".into(),
+    }
+}
+
+fn revert_reason(data: &[u8]) -> Option<String> {
+    if let Ok(revert) = Revert::abi_decode(data) {
+        return Some(revert.reason);
+    }
+    let panic = Panic::abi_decode(data).ok()?;
+    Some(panic_reason(panic.code))
+}
+
+/// geth's descriptions of Solidity's panic codes.
+fn panic_reason(code: U256) -> String {
+    let known = match u64::try_from(code) {
+        Ok(0x00) => "generic panic",
+        Ok(0x01) => "assert(false)",
+        Ok(0x11) => "arithmetic underflow or overflow",
+        Ok(0x12) => "division or modulo by zero",
+        Ok(0x21) => "enum overflow",
+        Ok(0x22) => "invalid encoded storage byte array accessed",
+        Ok(0x31) => "out-of-bounds array access; popping on an empty array",
+        Ok(0x32) => "out-of-bounds access of an array or bytesN",
+        Ok(0x41) => "out of memory",
+        Ok(0x51) => "uninitialized function",
+        _ => return format!("unknown panic code: {code:#x}"),
+    };
+    known.into()
+}

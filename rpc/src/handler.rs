@@ -1,0 +1,316 @@
+//! The methods of [`EthApiServer`] over the node's store, pool and ingress stage.
+//!
+//! Store reads (MDBX read transactions) and EVM runs block, so they run on tokio's blocking pool;
+//! EVM runs and log scans, which can take long, are further limited to
+//! [`EXECUTIONS_CONCURRENT_MAX`] at a time.
+
+use crate::{
+    EXECUTIONS_CONCURRENT_MAX, RpcContext,
+    api::EthApiServer,
+    call::{self, CallContext, ChainHashes},
+    chain::{self, check_state_block},
+    error::RpcError,
+    fees::{self, SUGGESTED_TIP_WEI},
+    logs,
+};
+use alloy_eips::{BlockId, BlockNumberOrTag};
+use alloy_primitives::{Address, B256, Bytes, U64, U256};
+use alloy_rpc_types_eth::{
+    Block, FeeHistory, Filter, Index, Log, SyncStatus, Transaction, TransactionReceipt,
+    TransactionRequest,
+};
+use jsonrpsee::core::{RpcResult, async_trait};
+use kestrel_pipeline::status::ChainStatus;
+use kestrel_storage::{ChainView, Reader, StateView};
+use kestrel_types::{AccountInfo, state::KECCAK_EMPTY};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+pub(crate) struct EthRpc {
+    ctx: RpcContext,
+    executions: Arc<Semaphore>,
+}
+
+impl EthRpc {
+    pub fn new(ctx: RpcContext) -> Self {
+        Self { ctx, executions: Arc::new(Semaphore::new(EXECUTIONS_CONCURRENT_MAX)) }
+    }
+
+    /// Runs `f` over one store snapshot on the blocking pool.
+    async fn read<T, F>(&self, f: F) -> Result<T, RpcError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Reader<'_>) -> Result<T, RpcError> + Send + 'static,
+    {
+        let store = self.ctx.store.clone();
+        tokio::task::spawn_blocking(move || store.view(f))
+            .await
+            .map_err(|err| RpcError::Internal(err.to_string()))??
+    }
+
+    /// [`Self::read`] for the long-running requests, at most [`EXECUTIONS_CONCURRENT_MAX`] at once;
+    /// the rest wait their turn.
+    async fn read_heavy<T, F>(&self, f: F) -> Result<T, RpcError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Reader<'_>) -> Result<T, RpcError> + Send + 'static,
+    {
+        let _permit = self.executions.acquire().await.expect("semaphore is never closed");
+        self.read(f).await
+    }
+
+    /// Runs `f` with the call context of the head block, once `block` is checked to name it.
+    async fn with_call_context<T, F>(&self, block: Option<BlockId>, f: F) -> Result<T, RpcError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&CallContext<'_>) -> Result<T, RpcError> + Send + 'static,
+    {
+        let spec = self.ctx.spec.clone();
+        self.read_heavy(move |reader| {
+            let head = check_state_block(reader, block)?;
+            let header = reader.header(head)?.ok_or(RpcError::HeaderNotFound)?;
+            let hashes = ChainHashes(reader);
+            f(&CallContext { spec: &spec, header: &header, state: reader, hashes: &hashes })
+        })
+        .await
+    }
+
+    /// The base fee of the next block: what ordering will charge, or the head's until ordering
+    /// has published one (zero: a base fee never falls to zero once above it).
+    fn next_base_fee(&self, head_base_fee: u64) -> u64 {
+        match ChainStatus::get(&self.ctx.status.next_base_fee) {
+            0 => head_base_fee,
+            fee => fee,
+        }
+    }
+
+    async fn head_base_fee(&self) -> Result<u64, RpcError> {
+        self.read(|reader| {
+            let head = chain::head(reader)?;
+            let header = reader.header(head)?.ok_or(RpcError::HeaderNotFound)?;
+            Ok(header.base_fee_per_gas.unwrap_or_default())
+        })
+        .await
+    }
+
+    async fn account_field<T, F>(&self, address: Address, block: Option<BlockId>, f: F) -> RpcResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Reader<'_>, Option<AccountInfo>) -> Result<T, RpcError>
+            + Send
+            + 'static,
+    {
+        let value = self
+            .read(move |reader| {
+                check_state_block(reader, block)?;
+                let account = reader.account(address)?;
+                f(reader, account)
+            })
+            .await?;
+        Ok(value)
+    }
+
+    async fn block_by_id(&self, id: BlockId, full: bool) -> RpcResult<Option<Block>> {
+        let block =
+            self.read(move |reader| Ok(chain::find_block(reader, id)?.map(|b| chain::rpc_block(&b, full)))).await?;
+        Ok(block)
+    }
+
+    async fn transaction_count_by_id(&self, id: BlockId) -> RpcResult<Option<U64>> {
+        let count = self
+            .read(move |reader| Ok(chain::find_block(reader, id)?.map(|b| U64::from(b.txs.len()))))
+            .await?;
+        Ok(count)
+    }
+
+    async fn transaction_by_id_and_index(&self, id: BlockId, index: Index) -> RpcResult<Option<Transaction>> {
+        let tx = self
+            .read(move |reader| {
+                let block = chain::find_block(reader, id)?;
+                Ok(block.filter(|b| index.0 < b.txs.len()).map(|b| chain::rpc_transaction(&b, index.0)))
+            })
+            .await?;
+        Ok(tx)
+    }
+}
+
+fn client_version() -> String {
+    format!(
+        "kestrel/v{}/{}-{}",
+        env!("CARGO_PKG_VERSION"),
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    )
+}
+
+#[async_trait]
+impl EthApiServer for EthRpc {
+    fn client_version(&self) -> RpcResult<String> {
+        Ok(client_version())
+    }
+
+    fn net_version(&self) -> RpcResult<String> {
+        Ok(self.ctx.spec.chain_id.to_string())
+    }
+
+    fn chain_id(&self) -> RpcResult<U64> {
+        Ok(U64::from(self.ctx.spec.chain_id))
+    }
+
+    async fn block_number(&self) -> RpcResult<U64> {
+        Ok(U64::from(self.read(|reader| chain::head(reader)).await?))
+    }
+
+    fn syncing(&self) -> RpcResult<SyncStatus> {
+        Ok(SyncStatus::None)
+    }
+
+    fn accounts(&self) -> RpcResult<Vec<Address>> {
+        Ok(Vec::new())
+    }
+
+    async fn balance(&self, address: Address, block: Option<BlockId>) -> RpcResult<U256> {
+        self.account_field(address, block, |_, account| Ok(account.map_or(U256::ZERO, |a| a.balance)))
+            .await
+    }
+
+    async fn transaction_count(&self, address: Address, block: Option<BlockId>) -> RpcResult<U64> {
+        let nonce = self.account_field(address, block, |_, account| Ok(account.map_or(0, |a| a.nonce))).await?;
+        let pending = matches!(block, Some(BlockId::Number(BlockNumberOrTag::Pending)));
+        let pool_nonce = pending.then(|| self.ctx.pool.pending_nonce(address)).flatten();
+        Ok(U64::from(pool_nonce.map_or(nonce, |n| n.max(nonce))))
+    }
+
+    async fn code(&self, address: Address, block: Option<BlockId>) -> RpcResult<Bytes> {
+        self.account_field(address, block, |reader, account| match account {
+            Some(account) if account.code_hash != KECCAK_EMPTY => {
+                Ok(reader.code(account.code_hash)?.unwrap_or_default())
+            }
+            _ => Ok(Bytes::new()),
+        })
+        .await
+    }
+
+    async fn storage_at(&self, address: Address, slot: U256, block: Option<BlockId>) -> RpcResult<B256> {
+        let value = self
+            .read(move |reader| {
+                check_state_block(reader, block)?;
+                Ok(reader.storage(address, slot)?)
+            })
+            .await?;
+        Ok(B256::from(value))
+    }
+
+    async fn call(&self, request: TransactionRequest, block: Option<BlockId>) -> RpcResult<Bytes> {
+        Ok(self.with_call_context(block, move |ctx| call::call(ctx, request)).await?)
+    }
+
+    async fn estimate_gas(&self, request: TransactionRequest, block: Option<BlockId>) -> RpcResult<U64> {
+        let gas = self.with_call_context(block, move |ctx| call::estimate_gas(ctx, request)).await?;
+        Ok(U64::from(gas))
+    }
+
+    async fn gas_price(&self) -> RpcResult<U256> {
+        let head_base_fee = self.head_base_fee().await?;
+        // The committed head lags ordering by the pipeline's depth: the larger of the two base
+        // fees keeps a legacy transaction priced this way valid in either block.
+        let base_fee = head_base_fee.max(self.next_base_fee(head_base_fee));
+        Ok(U256::from(u128::from(base_fee) + SUGGESTED_TIP_WEI))
+    }
+
+    fn max_priority_fee_per_gas(&self) -> RpcResult<U256> {
+        Ok(U256::from(SUGGESTED_TIP_WEI))
+    }
+
+    async fn fee_history(
+        &self,
+        block_count: U64,
+        newest_block: BlockNumberOrTag,
+        reward_percentiles: Option<Vec<f64>>,
+    ) -> RpcResult<FeeHistory> {
+        let head_base_fee = self.head_base_fee().await?;
+        let next_base_fee = self.next_base_fee(head_base_fee);
+        let history = self
+            .read_heavy(move |reader| {
+                fees::fee_history(
+                    reader,
+                    block_count.to(),
+                    newest_block,
+                    reward_percentiles.as_deref(),
+                    next_base_fee,
+                )
+            })
+            .await?;
+        Ok(history)
+    }
+
+    async fn send_raw_transaction(&self, raw: Bytes) -> RpcResult<B256> {
+        Ok(self.ctx.ingress.submit(raw).await.map_err(RpcError::Pool)?)
+    }
+
+    async fn transaction_by_hash(&self, hash: B256) -> RpcResult<Option<Transaction>> {
+        let committed = self
+            .read(move |reader| {
+                Ok(chain::find_transaction(reader, hash)?.map(|(b, i)| chain::rpc_transaction(&b, i)))
+            })
+            .await?;
+        if committed.is_some() {
+            return Ok(committed);
+        }
+        let Some(tx) = self.ctx.pool.get(&hash) else { return Ok(None) };
+        let head_base_fee = self.head_base_fee().await?;
+        Ok(Some(chain::pending_transaction(&tx, self.next_base_fee(head_base_fee))))
+    }
+
+    async fn transaction_receipt(&self, hash: B256) -> RpcResult<Option<TransactionReceipt>> {
+        let receipt = self
+            .read(move |reader| {
+                Ok(chain::find_transaction(reader, hash)?.map(|(b, i)| chain::rpc_receipt(&b, i)))
+            })
+            .await?;
+        Ok(receipt)
+    }
+
+    async fn block_receipts(&self, block: BlockId) -> RpcResult<Option<Vec<TransactionReceipt>>> {
+        let receipts = self
+            .read(move |reader| Ok(chain::find_block(reader, block)?.map(|b| chain::rpc_receipts(&b))))
+            .await?;
+        Ok(receipts)
+    }
+
+    async fn block_by_number(&self, block: BlockNumberOrTag, full: bool) -> RpcResult<Option<Block>> {
+        self.block_by_id(BlockId::Number(block), full).await
+    }
+
+    async fn block_by_hash(&self, hash: B256, full: bool) -> RpcResult<Option<Block>> {
+        self.block_by_id(BlockId::from(hash), full).await
+    }
+
+    async fn block_transaction_count_by_number(&self, block: BlockNumberOrTag) -> RpcResult<Option<U64>> {
+        self.transaction_count_by_id(BlockId::Number(block)).await
+    }
+
+    async fn block_transaction_count_by_hash(&self, hash: B256) -> RpcResult<Option<U64>> {
+        self.transaction_count_by_id(BlockId::from(hash)).await
+    }
+
+    async fn transaction_by_block_number_and_index(
+        &self,
+        block: BlockNumberOrTag,
+        index: Index,
+    ) -> RpcResult<Option<Transaction>> {
+        self.transaction_by_id_and_index(BlockId::Number(block), index).await
+    }
+
+    async fn transaction_by_block_hash_and_index(
+        &self,
+        hash: B256,
+        index: Index,
+    ) -> RpcResult<Option<Transaction>> {
+        self.transaction_by_id_and_index(BlockId::from(hash), index).await
+    }
+
+    async fn logs(&self, filter: Filter) -> RpcResult<Vec<Log>> {
+        Ok(self.read_heavy(move |reader| logs::get_logs(reader, &filter)).await?)
+    }
+}

@@ -1,0 +1,205 @@
+//! Blocks, durability and the overlay.
+
+use super::temp_store;
+use crate::{
+    ChainView, Overlay, OverlayView, StateView, StorageError, Store, genesis_header,
+};
+use alloy_consensus::{
+    Eip658Value, Receipt, ReceiptEnvelope, ReceiptWithBloom, SignableTransaction, TxEip1559,
+    TxEnvelope,
+};
+use alloy_primitives::{Address, B256, Bytes, Log, Signature, TxKind, U256, address};
+use kestrel_types::{AccountInfo, ChainSpec, RecoveredTx, SealedBlock, StateChanges};
+use std::sync::Arc;
+
+fn transfer(nonce: u64) -> RecoveredTx {
+    let tx = TxEip1559 {
+        chain_id: 1337,
+        nonce,
+        gas_limit: 21_000,
+        max_fee_per_gas: 2_000_000_000,
+        max_priority_fee_per_gas: 1,
+        to: TxKind::Call(Address::with_last_byte(7)),
+        value: U256::from(nonce + 1),
+        ..Default::default()
+    };
+    let tx = TxEnvelope::from(tx.into_signed(Signature::test_signature()));
+    RecoveredTx::recover(tx).expect("test signature recovers")
+}
+
+fn receipt(cumulative_gas_used: u64) -> ReceiptEnvelope {
+    let log = Log::new_unchecked(Address::with_last_byte(9), vec![B256::repeat_byte(1)], Bytes::from_static(b"data"));
+    let receipt = Receipt { status: Eip658Value::Eip658(true), cumulative_gas_used, logs: vec![log] };
+    ReceiptEnvelope::Eip1559(ReceiptWithBloom::from(receipt))
+}
+
+/// The child of `parent` with `txs` and one receipt per transaction.
+fn child(parent: &SealedBlock, txs: Vec<RecoveredTx>) -> SealedBlock {
+    let mut header = parent.header.clone();
+    header.number += 1;
+    header.parent_hash = parent.hash;
+    header.timestamp += 1;
+    let receipts = (1..=txs.len() as u64).map(|i| receipt(21_000 * i)).collect();
+    SealedBlock { hash: header.hash_slow(), header, txs, receipts }
+}
+
+fn commit_block(store: &Store, block: &SealedBlock, changes: &StateChanges) {
+    let mut writer = store.begin_block().unwrap();
+    writer.apply_state(changes).unwrap();
+    writer.insert_block(block).unwrap();
+    writer.commit().unwrap();
+}
+
+#[test]
+fn blocks_receipts_and_tx_index_round_trip() {
+    let (_dir, store) = temp_store();
+    let genesis = store.init_genesis(&ChainSpec::dev()).unwrap();
+    let block = child(&genesis, vec![transfer(0), transfer(1), transfer(2)]);
+    commit_block(&store, &block, &StateChanges::default());
+
+    store
+        .view(|reader| {
+            assert_eq!(reader.head().unwrap(), Some(1));
+            assert_eq!(reader.header(1).unwrap(), Some(block.header.clone()));
+            assert_eq!(reader.block_hash(1).unwrap(), Some(block.hash));
+            assert_eq!(reader.block_number(block.hash).unwrap(), Some(1));
+            assert_eq!(reader.block_number(genesis.hash).unwrap(), Some(0));
+            let stored = reader.block(1).unwrap().unwrap();
+            assert_eq!(stored.hash, block.hash);
+            assert_eq!(stored.header, block.header);
+            assert_eq!(stored.txs, block.txs);
+            assert_eq!(stored.receipts, block.receipts);
+            assert_eq!(reader.receipts(1).unwrap(), Some(block.receipts.clone()));
+            for (index, tx) in block.txs.iter().enumerate() {
+                assert_eq!(reader.tx_location(tx.hash()).unwrap(), Some((1, index as u32)));
+            }
+            assert_eq!(reader.tx_location(B256::repeat_byte(5)).unwrap(), None);
+            assert!(reader.block(2).unwrap().is_none());
+            assert!(reader.receipts(2).unwrap().is_none());
+        })
+        .unwrap();
+}
+
+#[test]
+fn reopened_store_sees_committed_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let address = address!("0x00000000000000000000000000000000000000aa");
+    let genesis;
+    {
+        let store = Store::open(dir.path()).unwrap();
+        genesis = store.init_genesis(&ChainSpec::dev()).unwrap();
+        let mut changes = StateChanges::default();
+        changes.accounts.insert(address, Some(AccountInfo::with_balance(U256::from(5))));
+        changes.storage.entry(address).or_default().slots.insert(U256::from(1), U256::from(9));
+        commit_block(&store, &child(&genesis, vec![transfer(0)]), &changes);
+    }
+    let store = Store::open(dir.path()).unwrap();
+    // Opening again is idempotent and keeps what was there.
+    assert_eq!(store.init_genesis(&ChainSpec::dev()).unwrap().hash, genesis.hash);
+    store
+        .view(|reader| {
+            assert_eq!(reader.head().unwrap(), Some(1));
+            assert_eq!(reader.account(address).unwrap().unwrap().balance, U256::from(5));
+            assert_eq!(reader.storage(address, U256::from(1)).unwrap(), U256::from(9));
+        })
+        .unwrap();
+}
+
+#[test]
+fn dropped_writer_leaves_nothing() {
+    let (_dir, store) = temp_store();
+    let genesis = store.init_genesis(&ChainSpec::dev()).unwrap();
+    let address = address!("0x00000000000000000000000000000000000000bb");
+    let block = child(&genesis, vec![transfer(0)]);
+    {
+        let mut changes = StateChanges::default();
+        changes.accounts.insert(address, Some(AccountInfo::with_balance(U256::from(1))));
+        let mut writer = store.begin_block().unwrap();
+        let root = writer.apply_state(&changes).unwrap();
+        assert_ne!(root, genesis.header.state_root);
+        writer.insert_block(&block).unwrap();
+    }
+    store
+        .view(|reader| {
+            assert_eq!(reader.head().unwrap(), Some(0));
+            assert_eq!(reader.account(address).unwrap(), None);
+            assert_eq!(reader.block_number(block.hash).unwrap(), None);
+            assert_eq!(reader.tx_location(block.txs[0].hash()).unwrap(), None);
+        })
+        .unwrap();
+    // The next writer starts from the committed state.
+    let mut writer = store.begin_block().unwrap();
+    assert_eq!(writer.apply_state(&StateChanges::default()).unwrap(), genesis.header.state_root);
+}
+
+#[test]
+fn other_genesis_is_rejected() {
+    let (_dir, store) = temp_store();
+    let genesis = store.init_genesis(&ChainSpec::dev()).unwrap();
+    let mut other = ChainSpec::dev();
+    other.gas_limit += 1;
+    let err = store.init_genesis(&other).unwrap_err();
+    let expected = genesis_header(&other).hash_slow();
+    assert!(
+        matches!(err, StorageError::GenesisMismatch { stored, expected: e }
+            if stored == genesis.hash && e == expected),
+        "{err}"
+    );
+}
+
+#[test]
+fn overlay_reads_fall_through_to_the_database() {
+    let (_dir, store) = temp_store();
+    let kept = address!("0x0000000000000000000000000000000000000001");
+    let wiped = address!("0x0000000000000000000000000000000000000002");
+    let deleted = address!("0x0000000000000000000000000000000000000003");
+    let code = Bytes::from_static(&[0x60, 0x00]);
+    let mut base = StateChanges::default();
+    let code_hash = base.insert_code(code.clone());
+    for address in [kept, wiped, deleted] {
+        let info = AccountInfo { nonce: 1, balance: U256::from(100), code_hash };
+        base.accounts.insert(address, Some(info));
+        let slots = &mut base.storage.entry(address).or_default().slots;
+        slots.insert(U256::from(1), U256::from(11));
+        slots.insert(U256::from(2), U256::from(22));
+    }
+    let mut writer = store.begin_block().unwrap();
+    writer.apply_state(&base).unwrap();
+    writer.commit().unwrap();
+
+    // Older layer: a new balance for `kept`, slot 1 of `kept` changed, `wiped` wiped with one
+    // new slot, `deleted` deleted.
+    let mut older = StateChanges::default();
+    older.accounts.insert(kept, Some(AccountInfo { nonce: 2, balance: U256::from(50), code_hash }));
+    older.storage.entry(kept).or_default().slots.insert(U256::from(1), U256::from(111));
+    let change = older.storage.entry(wiped).or_default();
+    change.wiped = true;
+    change.slots.insert(U256::from(3), U256::from(33));
+    older.accounts.insert(deleted, None);
+    // Newer layer: slot 1 of `kept` cleared.
+    let mut newer = StateChanges::default();
+    newer.storage.entry(kept).or_default().slots.insert(U256::from(1), U256::ZERO);
+
+    let overlay = Overlay::default();
+    overlay.push(1, Arc::new(older));
+    overlay.push(2, Arc::new(newer));
+    let layers = overlay.snapshot();
+    store
+        .view(|reader| {
+            let view = OverlayView { layers: &layers, base: reader };
+            assert_eq!(view.account(kept).unwrap().unwrap().balance, U256::from(50));
+            assert_eq!(view.storage(kept, U256::from(1)).unwrap(), U256::ZERO);
+            assert_eq!(view.storage(kept, U256::from(2)).unwrap(), U256::from(22));
+            assert_eq!(view.account(wiped).unwrap().unwrap().balance, U256::from(100));
+            assert_eq!(view.storage(wiped, U256::from(2)).unwrap(), U256::ZERO);
+            assert_eq!(view.storage(wiped, U256::from(3)).unwrap(), U256::from(33));
+            assert_eq!(view.account(deleted).unwrap(), None);
+            assert_eq!(view.storage(deleted, U256::from(1)).unwrap(), U256::ZERO);
+            assert_eq!(view.code(code_hash).unwrap(), Some(code.clone()));
+            // The database underneath is unchanged.
+            assert_eq!(reader.storage(wiped, U256::from(2)).unwrap(), U256::from(22));
+        })
+        .unwrap();
+    overlay.remove_through(1);
+    assert_eq!(overlay.len(), 1);
+}
