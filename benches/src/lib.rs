@@ -100,3 +100,113 @@ pub fn transfer_block(accounts: &[Address], txs: usize, base_fee: u64) -> Vec<Re
         })
         .collect()
 }
+
+/// Runtime code of `tests/e2e/contracts/Token.sol` (solc 0.8.37, optimizer 200 runs, Prague);
+/// regenerate with `node -e "import('./compile.mjs').then(m => console.log(m.compileToken().deployedBytecode))"`
+/// in tests/e2e.
+pub const TOKEN_RUNTIME_HEX: &str = include_str!("token.hex");
+/// Where the bench token lives.
+pub const TOKEN: Address = Address::new([0x70; 20]);
+/// Storage slot of `balanceOf` in Token.sol's layout (name, symbol, totalSupply, balanceOf).
+const BALANCE_OF_SLOT: u64 = 3;
+/// Token balance every holder starts with.
+pub const TOKEN_BALANCE: u64 = 1_000_000;
+
+/// The storage slot of `balanceOf[holder]`.
+pub fn token_balance_slot(holder: Address) -> U256 {
+    let mut preimage = [0u8; 64];
+    preimage[12..32].copy_from_slice(holder.as_slice());
+    preimage[32..].copy_from_slice(&U256::from(BALANCE_OF_SLOT).to_be_bytes::<32>());
+    U256::from_be_bytes(alloy_primitives::keccak256(preimage).0)
+}
+
+/// Deploys the token into `state` with every account in `holders` holding [`TOKEN_BALANCE`].
+pub fn deploy_token(state: &mut MemState, holders: &[Address]) {
+    let code =
+        Bytes::from(alloy_primitives::hex::decode(TOKEN_RUNTIME_HEX.trim()).expect("token hex"));
+    let code_hash = alloy_primitives::keccak256(&code);
+    state.codes.insert(code_hash, code);
+    state.accounts.insert(
+        TOKEN,
+        AccountInfo {
+            nonce: 1,
+            balance: U256::ZERO,
+            code_hash,
+        },
+    );
+    for h in holders {
+        state
+            .storage
+            .insert((TOKEN, token_balance_slot(*h)), U256::from(TOKEN_BALANCE));
+    }
+    // totalSupply, so the token's own view of itself is consistent.
+    state.storage.insert(
+        (TOKEN, U256::from(2)),
+        U256::from(TOKEN_BALANCE) * U256::from(holders.len()),
+    );
+}
+
+/// `txs` ERC-20 `transfer`s of the token, sender `i` to account `(i * 7919 + 1) % accounts`.
+pub fn erc20_block(accounts: &[Address], txs: usize, base_fee: u64) -> Vec<RecoveredTx> {
+    assert!(txs <= accounts.len(), "one transfer per sender");
+    (0..txs as u64)
+        .map(|i| {
+            let to = accounts[((i * 7919 + 1) % accounts.len() as u64) as usize];
+            let mut data = Vec::with_capacity(68);
+            data.extend_from_slice(&[0xa9, 0x05, 0x9c, 0xbb]);
+            data.extend_from_slice(&[0u8; 12]);
+            data.extend_from_slice(to.as_slice());
+            data.extend_from_slice(&U256::from(1 + i % 100).to_be_bytes::<32>());
+            sign(
+                i,
+                TxEip1559 {
+                    chain_id: CHAIN_ID,
+                    nonce: 0,
+                    gas_limit: 80_000,
+                    max_fee_per_gas: u128::from(base_fee) * 2,
+                    max_priority_fee_per_gas: 1,
+                    to: TxKind::Call(TOKEN),
+                    value: U256::ZERO,
+                    input: data.into(),
+                    ..Default::default()
+                },
+            )
+        })
+        .collect()
+}
+
+/// Lets bare revm (`CacheDB<&MemState>`) read the same state the Kestrel executor reads.
+impl revm::DatabaseRef for MemState {
+    type Error = std::convert::Infallible;
+
+    fn basic_ref(&self, address: Address) -> Result<Option<revm::state::AccountInfo>, Self::Error> {
+        Ok(self
+            .accounts
+            .get(&address)
+            .map(|a| revm::state::AccountInfo {
+                balance: a.balance,
+                nonce: a.nonce,
+                code_hash: a.code_hash,
+                code: None,
+                ..Default::default()
+            }))
+    }
+    fn code_by_hash_ref(&self, code_hash: B256) -> Result<revm::bytecode::Bytecode, Self::Error> {
+        Ok(self
+            .codes
+            .get(&code_hash)
+            .cloned()
+            .map(revm::bytecode::Bytecode::new_raw)
+            .unwrap_or_default())
+    }
+    fn storage_ref(&self, address: Address, index: U256) -> Result<U256, Self::Error> {
+        Ok(self
+            .storage
+            .get(&(address, index))
+            .copied()
+            .unwrap_or_default())
+    }
+    fn block_hash_ref(&self, number: u64) -> Result<B256, Self::Error> {
+        Ok(alloy_primitives::keccak256(number.to_be_bytes()))
+    }
+}

@@ -24,6 +24,12 @@ use std::{
     thread,
 };
 
+/// Histogram buckets for every `_seconds` metric: 100 µs to 30 s.
+const SECONDS_BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    10.0, 30.0,
+];
+
 pub fn run(args: NodeArgs) -> eyre::Result<()> {
     let mut spec = match (&args.genesis, args.dev) {
         (Some(path), _) => ChainSpec::from_genesis_file(path)?,
@@ -37,6 +43,10 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
 
     metrics_exporter_prometheus::PrometheusBuilder::new()
         .with_http_listener(args.metrics)
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Suffix("_seconds".into()),
+            &SECONDS_BUCKETS,
+        )?
         .install()
         .wrap_err_with(|| format!("starting metrics on {}", args.metrics))?;
     describe_metrics();

@@ -3,11 +3,11 @@
 //! [`StateChanges`].
 
 use alloy_consensus::Header;
+use alloy_eips::eip7840::BlobParams;
 use alloy_evm::{EvmEnv, eth::spec::EthExecutorSpec};
 use alloy_hardforks::{EthereumHardfork, EthereumHardforks, ForkCondition};
 use alloy_primitives::{Address, B256, U256};
 use kestrel_storage::{StateView, StorageError};
-use alloy_eips::eip7840::BlobParams;
 use kestrel_types::{AccountInfo, ChainSpec, Fork, StateChanges, StorageChange};
 use revm::{
     bytecode::Bytecode,
@@ -60,15 +60,24 @@ impl EthExecutorSpec for Hardforks {
 /// The revm environment for executing `header` (its number, timestamp, beneficiary, gas limit,
 /// base fee and blob fields must be set; hashes need not be).
 pub fn evm_env(spec: &ChainSpec, header: &Header) -> EvmEnv<SpecId> {
-    let blob_params = match spec.fork_at(header.timestamp) {
-        Fork::Cancun => BlobParams::cancun(),
-        Fork::Prague => BlobParams::prague(),
-    };
-    let mut env =
-        EvmEnv::for_eth_block(header, Hardforks::new(spec), spec.chain_id, Some(blob_params));
+    let blob_params = blob_params(spec.fork_at(header.timestamp));
+    let mut env = EvmEnv::for_eth_block(
+        header,
+        Hardforks::new(spec),
+        spec.chain_id,
+        Some(blob_params),
+    );
     // Kestrel blocks carry their randomness in `mix_hash` as Ethereum post-merge blocks do.
     env.block_env.prevrandao = Some(header.mix_hash);
     env
+}
+
+/// The blob limits and fee parameters of a fork (EIP-4844, raised by EIP-7691 in Prague).
+pub fn blob_params(fork: Fork) -> BlobParams {
+    match fork {
+        Fork::Cancun => BlobParams::cancun(),
+        Fork::Prague => BlobParams::prague(),
+    }
 }
 
 /// Hashes of earlier blocks, for `BLOCKHASH` and the EIP-2935 history contract. Execution runs

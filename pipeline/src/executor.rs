@@ -6,7 +6,7 @@ use alloy_consensus::{Header, ReceiptEnvelope};
 use alloy_eips::{eip2935::HISTORY_STORAGE_ADDRESS, eip4895::Withdrawal};
 use alloy_evm::{
     EvmFactory,
-    block::{BlockExecutionError, BlockExecutor},
+    block::{BlockExecutionError, BlockExecutor, BlockValidationError},
     eth::{
         EthBlockExecutionCtx, EthBlockExecutor, EthEvmFactory, receipt_builder::AlloyReceiptBuilder,
     },
@@ -15,7 +15,10 @@ use alloy_hardforks::EthereumHardforks;
 use alloy_primitives::B256;
 use kestrel_storage::{StateView, StorageError};
 use kestrel_types::{ChainSpec, RecoveredTx, StateChanges, state::KECCAK_EMPTY};
-use revm::database::{State, states::bundle_state::BundleRetention};
+use revm::{
+    context::result::InvalidTransaction,
+    database::{State, states::bundle_state::BundleRetention},
+};
 use std::borrow::Cow;
 
 /// What to do with a transaction that cannot be included (bad nonce, cannot pay, gas beyond what
@@ -59,11 +62,45 @@ pub enum ExecError {
     #[error("storage: {0}")]
     Storage(#[from] StorageError),
     #[error("transaction {index} invalid: {reason}")]
-    InvalidTx { index: usize, reason: String },
+    InvalidTx { index: usize, reason: TxInvalid },
     #[error("block invalid: {0}")]
     InvalidBlock(String),
     #[error("execution failed: {0}")]
     Internal(String),
+}
+
+/// Why a transaction cannot be included in a block. Typed, so that block import can tell the
+/// reasons apart (e.g. to match the Ethereum tests' expected exceptions).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TxInvalid {
+    /// revm's checks: nonce, fees, balance, intrinsic gas, blob fields.
+    #[error(transparent)]
+    Evm(InvalidTransaction),
+    /// Its gas limit is more than the gas the block has left.
+    #[error("gas limit {gas_limit} is more than the block's remaining {available}")]
+    BlockGasExceeded { gas_limit: u64, available: u64 },
+    /// Any other reason the block executor gives.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<BlockValidationError> for TxInvalid {
+    fn from(err: BlockValidationError) -> Self {
+        match err {
+            BlockValidationError::InvalidTx { error, .. } => match error.as_invalid_tx_err() {
+                Some(invalid) => Self::Evm(invalid.clone()),
+                None => Self::Other(error.to_string()),
+            },
+            BlockValidationError::TransactionGasLimitMoreThanAvailableBlockGas {
+                transaction_gas_limit,
+                block_available_gas,
+            } => Self::BlockGasExceeded {
+                gas_limit: transaction_gas_limit,
+                available: block_available_gas,
+            },
+            err => Self::Other(err.to_string()),
+        }
+    }
 }
 
 pub trait Executor: Send {
@@ -125,7 +162,7 @@ impl Executor for SequentialExecutor {
                     InvalidTxPolicy::Reject => {
                         return Err(ExecError::InvalidTx {
                             index,
-                            reason: err.to_string(),
+                            reason: err.into(),
                         });
                     }
                 },

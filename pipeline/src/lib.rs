@@ -3,6 +3,7 @@
 
 pub mod evm;
 pub mod executor;
+pub mod import;
 pub mod mempool;
 pub mod stages;
 pub mod state;

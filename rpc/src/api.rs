@@ -44,13 +44,22 @@ pub trait EthApi {
     async fn code(&self, address: Address, block: Option<BlockId>) -> RpcResult<Bytes>;
 
     #[method(name = "eth_getStorageAt")]
-    async fn storage_at(&self, address: Address, slot: U256, block: Option<BlockId>) -> RpcResult<B256>;
+    async fn storage_at(
+        &self,
+        address: Address,
+        slot: U256,
+        block: Option<BlockId>,
+    ) -> RpcResult<B256>;
 
     #[method(name = "eth_call")]
     async fn call(&self, request: TransactionRequest, block: Option<BlockId>) -> RpcResult<Bytes>;
 
     #[method(name = "eth_estimateGas")]
-    async fn estimate_gas(&self, request: TransactionRequest, block: Option<BlockId>) -> RpcResult<U64>;
+    async fn estimate_gas(
+        &self,
+        request: TransactionRequest,
+        block: Option<BlockId>,
+    ) -> RpcResult<U64>;
 
     /// The next block's base fee plus the suggested tip.
     #[method(name = "eth_gasPrice")]
@@ -82,13 +91,20 @@ pub trait EthApi {
     async fn block_receipts(&self, block: BlockId) -> RpcResult<Option<Vec<TransactionReceipt>>>;
 
     #[method(name = "eth_getBlockByNumber")]
-    async fn block_by_number(&self, block: BlockNumberOrTag, full: bool) -> RpcResult<Option<Block>>;
+    async fn block_by_number(
+        &self,
+        block: BlockNumberOrTag,
+        full: bool,
+    ) -> RpcResult<Option<Block>>;
 
     #[method(name = "eth_getBlockByHash")]
     async fn block_by_hash(&self, hash: B256, full: bool) -> RpcResult<Option<Block>>;
 
     #[method(name = "eth_getBlockTransactionCountByNumber")]
-    async fn block_transaction_count_by_number(&self, block: BlockNumberOrTag) -> RpcResult<Option<U64>>;
+    async fn block_transaction_count_by_number(
+        &self,
+        block: BlockNumberOrTag,
+    ) -> RpcResult<Option<U64>>;
 
     #[method(name = "eth_getBlockTransactionCountByHash")]
     async fn block_transaction_count_by_hash(&self, hash: B256) -> RpcResult<Option<U64>>;

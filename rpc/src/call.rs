@@ -53,11 +53,23 @@ impl<C: ChainView + Sync> BlockHashes for ChainHashes<'_, C> {
 }
 
 /// Runs `request` and returns its output; a revert or halt is an error.
-pub(crate) fn call(ctx: &CallContext<'_>, mut request: TransactionRequest) -> Result<Bytes, RpcError> {
-    request.gas = Some(request.gas.map_or(CALL_GAS_CAP, |gas| gas.min(CALL_GAS_CAP)));
+pub(crate) fn call(
+    ctx: &CallContext<'_>,
+    mut request: TransactionRequest,
+) -> Result<Bytes, RpcError> {
+    request.gas = Some(
+        request
+            .gas
+            .map_or(CALL_GAS_CAP, |gas| gas.min(CALL_GAS_CAP)),
+    );
     let env = call_env(ctx);
     let tx = tx_env(request, &env)?;
-    let mut db = State::builder().with_database(StateDb { state: ctx.state, hashes: ctx.hashes }).build();
+    let mut db = State::builder()
+        .with_database(StateDb {
+            state: ctx.state,
+            hashes: ctx.hashes,
+        })
+        .build();
     let mut evm = EthEvmFactory::default().create_evm(&mut db, env);
     match execute(&mut evm, tx)? {
         ExecutionResult::Success { output, .. } => Ok(output.into_data()),
@@ -69,16 +81,30 @@ pub(crate) fn call(ctx: &CallContext<'_>, mut request: TransactionRequest) -> Re
 /// The least gas limit (within [`ESTIMATE_ERROR_RATIO`]) with which `request` succeeds, found as
 /// geth's estimator does: cap by the block gas limit, the sender's funds and [`CALL_GAS_CAP`]; run
 /// at the cap; then bisect upwards from the gas the capped run used.
-pub(crate) fn estimate_gas(ctx: &CallContext<'_>, request: TransactionRequest) -> Result<u64, RpcError> {
-    let mut hi = request.gas.filter(|gas| *gas >= TX_GAS).unwrap_or(ctx.header.gas_limit);
+pub(crate) fn estimate_gas(
+    ctx: &CallContext<'_>,
+    request: TransactionRequest,
+) -> Result<u64, RpcError> {
+    let mut hi = request
+        .gas
+        .filter(|gas| *gas >= TX_GAS)
+        .unwrap_or(ctx.header.gas_limit);
     let fee_cap = request.max_fee_per_gas.or(request.gas_price).unwrap_or(0);
     let has_data = request.input.input().is_some_and(|data| !data.is_empty());
     let env = call_env(ctx);
     let mut tx = tx_env(request, &env)?;
-    let mut db = State::builder().with_database(StateDb { state: ctx.state, hashes: ctx.hashes }).build();
+    let mut db = State::builder()
+        .with_database(StateDb {
+            state: ctx.state,
+            hashes: ctx.hashes,
+        })
+        .build();
 
     if fee_cap != 0 {
-        let balance = db.basic(tx.caller).map_err(db_error)?.map_or(U256::ZERO, |a| a.balance);
+        let balance = db
+            .basic(tx.caller)
+            .map_err(db_error)?
+            .map_or(U256::ZERO, |a| a.balance);
         if tx.value >= balance {
             return Err(RpcError::InsufficientFundsForTransfer);
         }
@@ -89,9 +115,10 @@ pub(crate) fn estimate_gas(ctx: &CallContext<'_>, request: TransactionRequest) -
 
     // A plain transfer needs exactly 21,000 unless something (an access list) adds to it.
     let plain_transfer = match tx.kind {
-        TxKind::Call(to) if !has_data => {
-            db.basic(to).map_err(db_error)?.is_none_or(|a| a.code_hash == KECCAK_EMPTY)
-        }
+        TxKind::Call(to) if !has_data => db
+            .basic(to)
+            .map_err(db_error)?
+            .is_none_or(|a| a.code_hash == KECCAK_EMPTY),
         _ => false,
     };
     let mut evm = EthEvmFactory::default().create_evm(&mut db, env);
@@ -106,7 +133,11 @@ pub(crate) fn estimate_gas(ctx: &CallContext<'_>, request: TransactionRequest) -
     let (used, spent) = match run(hi)? {
         Some(ExecutionResult::Success { gas, .. }) => (gas.tx_gas_used(), gas.total_gas_spent()),
         Some(ExecutionResult::Revert { output, .. }) => return Err(RpcError::Reverted(output)),
-        Some(ExecutionResult::Halt { reason: HaltReason::OutOfGas(_), .. }) | None => {
+        Some(ExecutionResult::Halt {
+            reason: HaltReason::OutOfGas(_),
+            ..
+        })
+        | None => {
             return Err(RpcError::GasRequiredExceedsAllowance(hi));
         }
         Some(ExecutionResult::Halt { reason, .. }) => {
@@ -155,7 +186,9 @@ fn call_env(ctx: &CallContext<'_>) -> EvmEnv {
 }
 
 fn tx_env(request: TransactionRequest, env: &EvmEnv) -> Result<TxEnv, RpcError> {
-    request.try_into_tx_env(env).map_err(|err| RpcError::Execution(err.to_string()))
+    request
+        .try_into_tx_env(env)
+        .map_err(|err| RpcError::Execution(err.to_string()))
 }
 
 /// Executes `tx`; a transaction that cannot run is an error.
@@ -183,7 +216,9 @@ where
             InvalidTransaction::CallGasCostMoreThanGasLimit { .. }
             | InvalidTransaction::GasFloorMoreThanGasLimit { .. },
         )) => Ok(None),
-        Err(EVMError::Transaction(err)) => Err(RpcError::Execution(invalid_tx_message(&err, caller))),
+        Err(EVMError::Transaction(err)) => {
+            Err(RpcError::Execution(invalid_tx_message(&err, caller)))
+        }
         Err(err) => Err(evm_error(err)),
     }
 }
@@ -208,13 +243,21 @@ fn invalid_tx_message(err: &InvalidTransaction, caller: alloy_primitives::Addres
         InvalidTransaction::LackOfFundForMaxFee { fee, balance } => format!(
             "insufficient funds for gas * price + value: address {caller} have {balance} want {fee}"
         ),
-        InvalidTransaction::CallGasCostMoreThanGasLimit { initial_gas, gas_limit } => {
+        InvalidTransaction::CallGasCostMoreThanGasLimit {
+            initial_gas,
+            gas_limit,
+        } => {
             format!("intrinsic gas too low: have {gas_limit}, want {initial_gas}")
         }
-        InvalidTransaction::GasFloorMoreThanGasLimit { gas_floor, gas_limit } => {
+        InvalidTransaction::GasFloorMoreThanGasLimit {
+            gas_floor,
+            gas_limit,
+        } => {
             format!("insufficient gas for floor data gas cost: have {gas_limit}, want {gas_floor}")
         }
-        InvalidTransaction::GasPriceLessThanBasefee => "max fee per gas less than block base fee".into(),
+        InvalidTransaction::GasPriceLessThanBasefee => {
+            "max fee per gas less than block base fee".into()
+        }
         InvalidTransaction::PriorityFeeGreaterThanMaxFee => {
             "max priority fee per gas higher than max fee per gas".into()
         }
@@ -279,4 +322,237 @@ fn panic_reason(code: U256) -> String {
         _ => return format!("unknown panic code: {code:#x}"),
     };
     known.into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_utils::{BASE_FEE, FakeChain, GAS_LIMIT};
+    use alloy_primitives::{Address, address, hex};
+    use alloy_rpc_types_eth::TransactionInput;
+
+    const CALLER: Address = address!("00000000000000000000000000000000000ca11e");
+    /// Returns the word 42.
+    const RETURNER: Address = address!("0000000000000000000000000000000000000042");
+    /// Reverts with `Error("insufficient balance")`.
+    const REVERTER: Address = address!("00000000000000000000000000000000000000ee");
+    /// Sets storage slot 0 to 1 (a fresh slot: 22,100 gas).
+    const STORER: Address = address!("0000000000000000000000000000000000000055");
+    /// Loops until out of gas.
+    const LOOPER: Address = address!("0000000000000000000000000000000000000100");
+
+    fn error_string(reason: &str) -> Bytes {
+        Revert::from(reason).abi_encode().into()
+    }
+
+    fn chain() -> FakeChain {
+        let mut chain = FakeChain::new();
+        chain.set_account(CALLER, U256::from(10u64).pow(U256::from(18)), None);
+        chain.set_account(
+            RETURNER,
+            U256::ZERO,
+            Some(hex!("602a60005260206000f3").into()),
+        );
+        // CODECOPY the revert data (after this 12-byte prefix) to memory, then REVERT with it.
+        let data = error_string("insufficient balance");
+        let mut code = vec![
+            0x60,
+            data.len() as u8,
+            0x60,
+            12,
+            0x60,
+            0,
+            0x39,
+            0x60,
+            data.len() as u8,
+            0x60,
+            0,
+            0xfd,
+        ];
+        code.extend_from_slice(&data);
+        chain.set_account(REVERTER, U256::ZERO, Some(code.into()));
+        chain.set_account(STORER, U256::ZERO, Some(hex!("600160005500").into()));
+        chain.set_account(LOOPER, U256::ZERO, Some(hex!("5b600056").into()));
+        chain
+    }
+
+    fn with_ctx<T>(chain: &FakeChain, f: impl FnOnce(&CallContext<'_>) -> T) -> T {
+        let spec = ChainSpec::dev();
+        let header = chain.blocks.last().unwrap().header.clone();
+        let hashes = ChainHashes(chain);
+        f(&CallContext {
+            spec: &spec,
+            header: &header,
+            state: chain,
+            hashes: &hashes,
+        })
+    }
+
+    fn request(from: Address, to: Address) -> TransactionRequest {
+        TransactionRequest::default().from(from).to(to)
+    }
+
+    #[test]
+    fn revert_reasons_are_decoded_as_geth_does() {
+        assert_eq!(
+            revert_message(&error_string("insufficient balance")),
+            "execution reverted: insufficient balance"
+        );
+        assert_eq!(
+            revert_message(&Panic::from(U256::from(0x11)).abi_encode()),
+            "execution reverted: arithmetic underflow or overflow"
+        );
+        assert_eq!(
+            revert_message(&Panic::from(U256::from(1)).abi_encode()),
+            "execution reverted: assert(false)"
+        );
+        assert_eq!(
+            revert_message(&Panic::from(U256::from(0x99)).abi_encode()),
+            "execution reverted: unknown panic code: 0x99"
+        );
+        assert_eq!(revert_message(&[]), "execution reverted");
+        // A custom error: no reason to show, the data says it all.
+        assert_eq!(revert_message(&hex!("deadbeef0000")), "execution reverted");
+        assert_eq!(
+            revert_message(&hex!("08c379a0")),
+            "execution reverted",
+            "truncated Error(string)"
+        );
+    }
+
+    #[test]
+    fn reverted_call_is_code_3_with_the_data() {
+        let chain = chain();
+        let err = with_ctx(&chain, |ctx| call(ctx, request(CALLER, REVERTER))).unwrap_err();
+        let object = jsonrpsee::types::ErrorObjectOwned::from(err);
+        assert_eq!(object.code(), 3);
+        assert_eq!(object.message(), "execution reverted: insufficient balance");
+        let data: Bytes = serde_json::from_str(object.data().unwrap().get()).unwrap();
+        assert_eq!(data, error_string("insufficient balance"));
+    }
+
+    #[test]
+    fn call_returns_output_and_runs_from_anyone() {
+        let chain = chain();
+        let out = with_ctx(&chain, |ctx| call(ctx, request(CALLER, RETURNER))).unwrap();
+        assert_eq!(out[..], B256::with_last_byte(42)[..]);
+        // No sender, a sender with code, a wrong nonce: geth runs them all.
+        let mut req = TransactionRequest::default().to(RETURNER);
+        assert!(with_ctx(&chain, |ctx| call(ctx, req.clone())).is_ok());
+        req = request(STORER, RETURNER).nonce(99);
+        assert!(with_ctx(&chain, |ctx| call(ctx, req)).is_ok());
+        // Calling an account without code returns nothing.
+        assert_eq!(
+            with_ctx(&chain, |ctx| call(ctx, request(CALLER, Address::ZERO))).unwrap(),
+            Bytes::new()
+        );
+    }
+
+    #[test]
+    fn call_fee_and_funds_errors_are_geths() {
+        let chain = chain();
+        let poor = Address::repeat_byte(0x77);
+        let req = request(poor, RETURNER).gas_price(BASE_FEE as u128);
+        let err = with_ctx(&chain, |ctx| call(ctx, req)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "insufficient funds for gas * price + value: address {poor} have 0 want {}",
+                CALL_GAS_CAP as u128 * BASE_FEE as u128
+            )
+        );
+        assert_eq!(err.code(), -32000);
+        let req = request(CALLER, RETURNER)
+            .max_fee_per_gas(1)
+            .max_priority_fee_per_gas(1);
+        let err = with_ctx(&chain, |ctx| call(ctx, req)).unwrap_err();
+        assert_eq!(err.to_string(), "max fee per gas less than block base fee");
+        let err = with_ctx(&chain, |ctx| call(ctx, request(CALLER, LOOPER))).unwrap_err();
+        assert_eq!(err.to_string(), "out of gas");
+    }
+
+    #[test]
+    fn estimates() {
+        let chain = chain();
+        // A plain transfer is exactly 21,000.
+        let transfer = request(CALLER, Address::repeat_byte(1)).value(U256::from(1));
+        assert_eq!(
+            with_ctx(&chain, |ctx| estimate_gas(ctx, transfer)).unwrap(),
+            TX_GAS
+        );
+
+        // A fresh SSTORE: 21,000 + two PUSH1 + 22,100; the estimate may be up to 1.5% above.
+        let exact = 21_000 + 6 + 22_100;
+        let estimate = with_ctx(&chain, |ctx| estimate_gas(ctx, request(CALLER, STORER))).unwrap();
+        assert!(
+            (exact..=exact + exact * 15 / 1000).contains(&estimate),
+            "{estimate}"
+        );
+        let at = |gas: u64| {
+            with_ctx(&chain, |ctx| {
+                call(ctx, request(CALLER, STORER).gas_limit(gas))
+            })
+        };
+        assert!(at(estimate).is_ok());
+        assert!(at(exact - 1).is_err());
+
+        let err = with_ctx(&chain, |ctx| estimate_gas(ctx, request(CALLER, REVERTER))).unwrap_err();
+        assert_eq!(
+            (err.code(), err.to_string()),
+            (3, "execution reverted: insufficient balance".into())
+        );
+        let err = with_ctx(&chain, |ctx| estimate_gas(ctx, request(CALLER, LOOPER))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("gas required exceeds allowance ({GAS_LIMIT})")
+        );
+        let err = with_ctx(&chain, |ctx| {
+            estimate_gas(ctx, request(CALLER, LOOPER).gas_limit(100_000))
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "gas required exceeds allowance (100000)");
+        // Data to an account without code costs the EIP-7623 floor: 21,000 + 10 per token (4 per
+        // non-zero byte, 1 per zero byte).
+        let data = TransactionInput::new(Bytes::from_static(&[1, 0]));
+        let req = request(CALLER, Address::repeat_byte(1)).input(data);
+        let floor = 21_000 + 10 * 5;
+        let estimate = with_ctx(&chain, |ctx| estimate_gas(ctx, req)).unwrap();
+        assert!(
+            (floor..=floor + floor * 15 / 1000).contains(&estimate),
+            "{estimate}"
+        );
+    }
+
+    #[test]
+    fn estimates_are_capped_by_the_senders_funds() {
+        let mut chain = chain();
+        let sender = Address::repeat_byte(0x33);
+        let fee = 10u128;
+        chain.set_account(sender, U256::from(30_000 * fee), None);
+        let req = request(sender, STORER)
+            .max_fee_per_gas(fee)
+            .max_priority_fee_per_gas(0);
+        let mut chain_low_base = chain;
+        // The request's fee cap must cover the block's base fee.
+        chain_low_base
+            .blocks
+            .last_mut()
+            .unwrap()
+            .header
+            .base_fee_per_gas = Some(1);
+        let err = with_ctx(&chain_low_base, |ctx| estimate_gas(ctx, req.clone())).unwrap_err();
+        assert_eq!(err.to_string(), "gas required exceeds allowance (30000)");
+        let transfer = request(sender, Address::repeat_byte(1))
+            .max_fee_per_gas(fee)
+            .max_priority_fee_per_gas(0);
+        assert_eq!(
+            with_ctx(&chain_low_base, |ctx| estimate_gas(ctx, transfer.clone())).unwrap(),
+            TX_GAS
+        );
+        let err = with_ctx(&chain_low_base, |ctx| {
+            estimate_gas(ctx, transfer.value(U256::from(30_000 * fee)))
+        })
+        .unwrap_err();
+        assert_eq!(err.to_string(), "insufficient funds for transfer");
+    }
 }

@@ -1,17 +1,11 @@
 //! Committed blocks, transactions and receipts in their JSON-RPC shapes, and what block a tag or
-//! id names.
-//!
-//! # Block tags
-//!
-//! RPC serves only *committed* blocks: executed, their state root computed, and durably written.
-//! Kestrel's single-validator ordering finalizes a block when it proposes it (there is no fork to
-//! choose between), so `latest`, `pending`, `safe` and `finalized` all name the committed head;
-//! `earliest` is genesis. Only the state after the head is kept: state queries for any other
-//! block answer "historical state not available".
+//! id names (the crate docs explain the tags).
 
 use crate::error::RpcError;
-use alloy_consensus::{Sealed, Transaction as _, TxEnvelope, transaction::Recovered};
-use alloy_consensus::transaction::TransactionInfo;
+use alloy_consensus::{
+    Sealed, Transaction as _, TxEnvelope,
+    transaction::{Recovered, TransactionInfo},
+};
 use alloy_eips::{BlockId, BlockNumberOrTag, eip4895::Withdrawals};
 use alloy_primitives::{B256, U256};
 use alloy_rlp::Encodable;
@@ -19,12 +13,14 @@ use alloy_rpc_types_eth::{Block, BlockTransactions, Header, Log, Transaction, Tr
 use kestrel_storage::{ChainView, StorageError};
 use kestrel_types::{BlockNumber, RecoveredTx, SealedBlock};
 
-/// The committed head. The node writes genesis before it serves RPC, so an empty store is a bug.
+/// The committed head.
 pub(crate) fn head(chain: &impl ChainView) -> Result<BlockNumber, RpcError> {
-    chain.head()?.ok_or_else(|| RpcError::Internal("no committed block".into()))
+    Ok(chain
+        .head()?
+        .expect("the node writes genesis before it serves RPC"))
 }
 
-/// The block number a tag names (see the module docs); may be past the head.
+/// The block number a tag names (see the crate docs); may be past the head.
 pub(crate) fn resolve_tag(tag: BlockNumberOrTag, head: BlockNumber) -> BlockNumber {
     match tag {
         BlockNumberOrTag::Latest
@@ -63,7 +59,10 @@ pub(crate) fn check_state_block(
 }
 
 /// A committed block by id, with its transactions and receipts.
-pub(crate) fn find_block(chain: &impl ChainView, id: BlockId) -> Result<Option<SealedBlock>, RpcError> {
+pub(crate) fn find_block(
+    chain: &impl ChainView,
+    id: BlockId,
+) -> Result<Option<SealedBlock>, RpcError> {
     let head = head(chain)?;
     Ok(match block_number(chain, id, head)? {
         Some(n) => chain.block(n)?,
@@ -73,9 +72,16 @@ pub(crate) fn find_block(chain: &impl ChainView, id: BlockId) -> Result<Option<S
 
 /// A block as `eth_getBlockBy*` returns it: full transactions or their hashes.
 pub(crate) fn rpc_block(block: &SealedBlock, full: bool) -> Block {
-    let withdrawals = block.header.withdrawals_root.map(|_| Withdrawals::default());
+    let withdrawals = block
+        .header
+        .withdrawals_root
+        .map(|_| Withdrawals::default());
     let transactions = if full {
-        BlockTransactions::Full((0..block.txs.len()).map(|i| rpc_transaction(block, i)).collect())
+        BlockTransactions::Full(
+            (0..block.txs.len())
+                .map(|i| rpc_transaction(block, i))
+                .collect(),
+        )
     } else {
         BlockTransactions::Hashes(block.txs.iter().map(RecoveredTx::hash).collect())
     };
@@ -85,7 +91,12 @@ pub(crate) fn rpc_block(block: &SealedBlock, full: bool) -> Block {
         Some(U256::ZERO),
         Some(U256::from(block_size(block, withdrawals.as_ref()))),
     );
-    Block { header, uncles: Vec::new(), transactions, withdrawals }
+    Block {
+        header,
+        uncles: Vec::new(),
+        transactions,
+        withdrawals,
+    }
 }
 
 /// The length of the block's RLP encoding, which `size` reports.
@@ -95,7 +106,11 @@ fn block_size(block: &SealedBlock, withdrawals: Option<&Withdrawals>) -> usize {
         ommers: Vec::new(),
         withdrawals: withdrawals.cloned(),
     };
-    alloy_consensus::Block { header: block.header.clone(), body }.length()
+    alloy_consensus::Block {
+        header: block.header.clone(),
+        body,
+    }
+    .length()
 }
 
 /// Transaction `index` of a committed block.
@@ -137,16 +152,26 @@ pub(crate) fn rpc_receipts(block: &SealedBlock) -> Vec<TransactionReceipt> {
 
 /// The receipt of transaction `index` of a committed block.
 pub(crate) fn rpc_receipt(block: &SealedBlock, index: usize) -> TransactionReceipt {
-    let first_log_index = block.receipts[..index].iter().map(|r| r.logs().len() as u64).sum();
+    let first_log_index = block.receipts[..index]
+        .iter()
+        .map(|r| r.logs().len() as u64)
+        .sum();
     rpc_receipt_at(block, index, first_log_index)
 }
 
 /// `first_log_index`: logs of the block's earlier transactions (log indexes are block-wide).
 fn rpc_receipt_at(block: &SealedBlock, index: usize, first_log_index: u64) -> TransactionReceipt {
-    assert_eq!(block.txs.len(), block.receipts.len(), "block {} receipts", block.number());
+    assert_eq!(
+        block.txs.len(),
+        block.receipts.len(),
+        "block {} receipts",
+        block.number()
+    );
     let tx = &block.txs[index];
     let receipt = &block.receipts[index];
-    let cumulative_before = index.checked_sub(1).map_or(0, |i| block.receipts[i].cumulative_gas_used());
+    let cumulative_before = index
+        .checked_sub(1)
+        .map_or(0, |i| block.receipts[i].cumulative_gas_used());
     let mut log_index = first_log_index;
     let inner = receipt.clone().map_logs(|inner| {
         let log = Log {
@@ -183,9 +208,235 @@ pub(crate) fn find_transaction(
     chain: &impl ChainView,
     hash: B256,
 ) -> Result<Option<(SealedBlock, usize)>, RpcError> {
-    let Some((number, index)) = chain.tx_location(hash)? else { return Ok(None) };
-    let block = chain.block(number)?.ok_or_else(|| {
-        RpcError::Internal(format!("transaction {hash} indexed in missing block {number}"))
-    })?;
+    let Some((number, index)) = chain.tx_location(hash)? else {
+        return Ok(None);
+    };
+    // One snapshot: the index and the block it points to are written together.
+    let block = chain.block(number)?;
+    let block =
+        block.unwrap_or_else(|| panic!("transaction {hash} indexed in missing block {number}"));
     Ok(Some((block, index as usize)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_utils::{BASE_FEE, FakeChain, TestTx, log, tx_1559, tx_legacy};
+    use alloy_eips::RpcBlockHash;
+    use alloy_primitives::{Address, TxKind, address};
+
+    const ALICE: Address = address!("00000000000000000000000000000000000a11ce");
+    const BOB: Address = address!("0000000000000000000000000000000000000b0b");
+
+    /// Genesis, then block 1: a legacy transfer (2 logs), a creation (no logs), an EIP-1559
+    /// transfer (1 log).
+    fn chain() -> FakeChain {
+        let mut chain = FakeChain::new();
+        let logs = |n: usize| {
+            (0..n)
+                .map(|i| log(BOB, vec![B256::with_last_byte(i as u8)]))
+                .collect()
+        };
+        chain.push_block(vec![
+            TestTx {
+                tx: tx_legacy(ALICE, 0, TxKind::Call(BOB), 3 * BASE_FEE as u128),
+                gas_used: 30_000,
+                logs: logs(2),
+            },
+            TestTx {
+                tx: tx_legacy(ALICE, 1, TxKind::Create, 2 * BASE_FEE as u128),
+                gas_used: 50_000,
+                logs: logs(0),
+            },
+            TestTx {
+                tx: tx_1559(BOB, 7, TxKind::Call(ALICE), 5 * BASE_FEE as u128, 2),
+                gas_used: 21_000,
+                logs: logs(1),
+            },
+        ]);
+        chain
+    }
+
+    #[test]
+    fn tags_name_the_committed_head() {
+        for tag in [
+            BlockNumberOrTag::Latest,
+            BlockNumberOrTag::Pending,
+            BlockNumberOrTag::Safe,
+            BlockNumberOrTag::Finalized,
+        ] {
+            assert_eq!(resolve_tag(tag, 42), 42, "{tag}");
+        }
+        assert_eq!(resolve_tag(BlockNumberOrTag::Earliest, 42), 0);
+        assert_eq!(resolve_tag(BlockNumberOrTag::Number(50), 42), 50);
+    }
+
+    #[test]
+    fn state_is_served_only_at_the_head() {
+        let chain = chain();
+        let head_hash = chain.blocks[1].hash;
+        assert_eq!(check_state_block(&chain, None).unwrap(), 1);
+        assert_eq!(
+            check_state_block(&chain, Some(BlockId::latest())).unwrap(),
+            1
+        );
+        assert_eq!(
+            check_state_block(&chain, Some(BlockId::pending())).unwrap(),
+            1
+        );
+        assert_eq!(
+            check_state_block(&chain, Some(BlockId::number(1))).unwrap(),
+            1
+        );
+        assert_eq!(
+            check_state_block(&chain, Some(BlockId::from(head_hash))).unwrap(),
+            1
+        );
+        assert!(matches!(
+            check_state_block(&chain, Some(BlockId::number(0))),
+            Err(RpcError::HistoricalState)
+        ));
+        assert!(matches!(
+            check_state_block(&chain, Some(BlockId::earliest())),
+            Err(RpcError::HistoricalState)
+        ));
+        assert!(matches!(
+            check_state_block(&chain, Some(BlockId::number(2))),
+            Err(RpcError::HeaderNotFound)
+        ));
+        let unknown = BlockId::Hash(RpcBlockHash::from_hash(B256::repeat_byte(7), None));
+        assert!(matches!(
+            check_state_block(&chain, Some(unknown)),
+            Err(RpcError::HeaderNotFound)
+        ));
+        // At genesis, `earliest` is the head.
+        assert_eq!(
+            check_state_block(&FakeChain::new(), Some(BlockId::earliest())).unwrap(),
+            0
+        );
+    }
+
+    #[test]
+    fn blocks_past_the_head_are_absent() {
+        let chain = chain();
+        assert!(find_block(&chain, BlockId::number(2)).unwrap().is_none());
+        assert_eq!(
+            find_block(&chain, BlockId::latest())
+                .unwrap()
+                .unwrap()
+                .number(),
+            1
+        );
+        assert_eq!(
+            find_block(&chain, BlockId::earliest())
+                .unwrap()
+                .unwrap()
+                .number(),
+            0
+        );
+    }
+
+    #[test]
+    fn receipts_carry_positions_gas_and_prices() {
+        let chain = chain();
+        let block = &chain.blocks[1];
+        let receipts = rpc_receipts(block);
+        assert_eq!(receipts.len(), 3);
+        for (i, r) in receipts.iter().enumerate() {
+            assert_eq!(
+                r,
+                &rpc_receipt(block, i),
+                "single and whole-block receipts agree"
+            );
+            assert_eq!(r.transaction_index, Some(i as u64));
+            assert_eq!(r.transaction_hash, block.txs[i].hash());
+            assert_eq!(r.block_hash, Some(block.hash));
+            assert_eq!(r.block_number, Some(1));
+        }
+        assert_eq!(
+            receipts.iter().map(|r| r.gas_used).collect::<Vec<_>>(),
+            [30_000, 50_000, 21_000]
+        );
+        // Legacy pays its gas price; EIP-1559 pays base fee + min(tip, fee cap - base fee).
+        assert_eq!(receipts[0].effective_gas_price, 3 * BASE_FEE as u128);
+        assert_eq!(receipts[2].effective_gas_price, BASE_FEE as u128 + 2);
+        assert_eq!(
+            (
+                receipts[0].from,
+                receipts[0].to,
+                receipts[0].contract_address
+            ),
+            (ALICE, Some(BOB), None)
+        );
+        assert_eq!(receipts[1].to, None);
+        assert_eq!(receipts[1].contract_address, Some(ALICE.create(1)));
+        // Log indexes run across the block.
+        let indexes: Vec<_> = receipts
+            .iter()
+            .flat_map(|r| r.inner.logs().iter().map(|l| l.log_index))
+            .collect();
+        assert_eq!(indexes, [Some(0), Some(1), Some(2)]);
+        let last = &receipts[2].inner.logs()[0];
+        assert_eq!(
+            (last.transaction_index, last.transaction_hash),
+            (Some(2), Some(block.txs[2].hash()))
+        );
+    }
+
+    #[test]
+    fn block_json_has_the_post_merge_header_fields() {
+        let chain = chain();
+        let block = &chain.blocks[1];
+        let json = serde_json::to_value(rpc_block(block, false)).unwrap();
+        for field in [
+            "hash",
+            "parentHash",
+            "number",
+            "timestamp",
+            "gasLimit",
+            "gasUsed",
+            "baseFeePerGas",
+            "withdrawalsRoot",
+            "blobGasUsed",
+            "excessBlobGas",
+            "parentBeaconBlockRoot",
+            "requestsHash",
+            "size",
+            "totalDifficulty",
+            "logsBloom",
+            "miner",
+            "mixHash",
+            "nonce",
+            "uncles",
+            "withdrawals",
+        ] {
+            assert!(json.get(field).is_some(), "missing {field}: {json}");
+        }
+        assert_eq!(
+            json["transactions"][2],
+            serde_json::to_value(block.txs[2].hash()).unwrap()
+        );
+        assert_eq!(json["withdrawals"], serde_json::json!([]));
+
+        let full = serde_json::to_value(rpc_block(block, true)).unwrap();
+        let tx = &full["transactions"][2];
+        assert_eq!(tx["blockHash"], serde_json::to_value(block.hash).unwrap());
+        assert_eq!(tx["transactionIndex"], "0x2");
+        assert_eq!(tx["from"], serde_json::to_value(BOB).unwrap());
+        assert_eq!(tx["gasPrice"], format!("{:#x}", BASE_FEE + 2));
+        // `size` is the RLP length of the whole block.
+        let size = u64::from_str_radix(json["size"].as_str().unwrap().trim_start_matches("0x"), 16)
+            .unwrap();
+        assert!(size > alloy_rlp::encode(&block.header).len() as u64);
+    }
+
+    #[test]
+    fn pending_transactions_have_no_block_fields() {
+        let tx = tx_1559(ALICE, 3, TxKind::Call(BOB), 10, 1);
+        let json = serde_json::to_value(pending_transaction(&tx, 5)).unwrap();
+        assert_eq!(json["blockHash"], serde_json::Value::Null);
+        assert_eq!(json["blockNumber"], serde_json::Value::Null);
+        assert_eq!(json["transactionIndex"], serde_json::Value::Null);
+        assert_eq!(json["gasPrice"], "0x6");
+    }
 }

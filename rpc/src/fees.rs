@@ -34,7 +34,10 @@ pub(crate) fn fee_history(
     let head = head(chain)?;
     let newest = resolve_tag(newest, head);
     if newest > head {
-        return Err(RpcError::BeyondHead { requested: newest, head });
+        return Err(RpcError::BeyondHead {
+            requested: newest,
+            head,
+        });
     }
     let count = block_count.min(FEE_HISTORY_BLOCKS_MAX).min(newest + 1);
     if count == 0 {
@@ -51,12 +54,18 @@ pub(crate) fn fee_history(
         let header = if let Some(percentiles) = percentiles {
             let block = chain.block(number)?.ok_or(RpcError::HeaderNotFound)?;
             let rewards = block_rewards(&block, percentiles);
-            history.reward.as_mut().expect("set with percentiles").push(rewards);
+            history
+                .reward
+                .as_mut()
+                .expect("set with percentiles")
+                .push(rewards);
             block.header
         } else {
             chain.header(number)?.ok_or(RpcError::HeaderNotFound)?
         };
-        history.base_fee_per_gas.push(header.base_fee_per_gas.unwrap_or_default().into());
+        history
+            .base_fee_per_gas
+            .push(header.base_fee_per_gas.unwrap_or_default().into());
         history.gas_used_ratio.push(if header.gas_limit == 0 {
             0.0
         } else {
@@ -64,7 +73,11 @@ pub(crate) fn fee_history(
         });
     }
     let next = if newest < head {
-        chain.header(newest + 1)?.ok_or(RpcError::HeaderNotFound)?.base_fee_per_gas.unwrap_or_default()
+        chain
+            .header(newest + 1)?
+            .ok_or(RpcError::HeaderNotFound)?
+            .base_fee_per_gas
+            .unwrap_or_default()
     } else {
         next_base_fee
     };
@@ -83,7 +96,9 @@ fn check_percentiles(percentiles: &[f64]) -> Result<(), RpcError> {
     }
     for (i, p) in percentiles.iter().enumerate() {
         if !(0.0..=100.0).contains(p) || (i > 0 && *p <= percentiles[i - 1]) {
-            return Err(RpcError::InvalidParams(format!("invalid reward percentile: {p}")));
+            return Err(RpcError::InvalidParams(format!(
+                "invalid reward percentile: {p}"
+            )));
         }
     }
     Ok(())
@@ -100,7 +115,10 @@ fn block_rewards(block: &SealedBlock, percentiles: &[f64]) -> Vec<u128> {
         .map(|(tx, receipt)| {
             let gas_used = receipt.cumulative_gas_used() - cumulative_before;
             cumulative_before = receipt.cumulative_gas_used();
-            (gas_used, tx.tx().effective_tip_per_gas(base_fee).unwrap_or_default())
+            (
+                gas_used,
+                tx.tx().effective_tip_per_gas(base_fee).unwrap_or_default(),
+            )
         })
         .collect();
     reward_percentiles(&mut txs, block.header.gas_used, percentiles)
@@ -131,4 +149,106 @@ pub(crate) fn reward_percentiles(
             txs[index].1
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_utils::{BASE_FEE, FakeChain, GAS_LIMIT, TestTx, tx_1559};
+    use alloy_primitives::{Address, TxKind};
+
+    #[test]
+    fn percentiles_follow_cumulative_gas() {
+        // Tips 1..=4 with gas 10, 20, 30, 40 (100 total), given out of order. The threshold is
+        // truncated to whole gas, as geth does.
+        let mut txs = vec![(30, 3), (10, 1), (40, 4), (20, 2)];
+        let rewards = reward_percentiles(
+            &mut txs,
+            100,
+            &[0.0, 10.0, 11.0, 30.0, 31.0, 60.0, 61.0, 100.0],
+        );
+        assert_eq!(rewards, [1, 1, 2, 2, 3, 3, 4, 4]);
+        assert_eq!(reward_percentiles(&mut [], 0, &[25.0, 75.0]), [0, 0]);
+        assert_eq!(
+            reward_percentiles(&mut [(21_000, 7)], 21_000, &[50.0, 100.0]),
+            [7, 7]
+        );
+    }
+
+    #[test]
+    fn percentiles_are_checked() {
+        assert!(check_percentiles(&[0.0, 25.0, 100.0]).is_ok());
+        assert!(check_percentiles(&[]).is_ok());
+        for bad in [&[-1.0][..], &[101.0], &[50.0, 50.0], &[60.0, 40.0]] {
+            let err = check_percentiles(bad).unwrap_err();
+            assert_eq!(err.code(), -32602, "{bad:?}");
+        }
+        assert!(check_percentiles(&vec![1.0; FEE_HISTORY_PERCENTILES_MAX + 1]).is_err());
+    }
+
+    #[test]
+    fn history_over_committed_blocks() {
+        let mut chain = FakeChain::new();
+        let sender = Address::repeat_byte(1);
+        // Block 1: tips 2 gwei (fee cap allows) and 5 wei.
+        let tx_a = tx_1559(
+            sender,
+            0,
+            TxKind::Call(sender),
+            10 * BASE_FEE as u128,
+            2 * BASE_FEE as u128,
+        );
+        let tx_b = tx_1559(sender, 1, TxKind::Call(sender), 2 * BASE_FEE as u128, 5);
+        chain.push_block(vec![
+            TestTx {
+                tx: tx_a,
+                gas_used: 21_000,
+                logs: vec![],
+            },
+            TestTx {
+                tx: tx_b,
+                gas_used: 63_000,
+                logs: vec![],
+            },
+        ]);
+        chain.push_block(Vec::new());
+
+        let next = 123;
+        let h = fee_history(
+            &chain,
+            2,
+            BlockNumberOrTag::Latest,
+            Some(&[10.0, 90.0]),
+            next,
+        )
+        .unwrap();
+        assert_eq!(h.oldest_block, 1);
+        assert_eq!(
+            h.base_fee_per_gas,
+            [BASE_FEE as u128, BASE_FEE as u128, next as u128]
+        );
+        assert_eq!(h.gas_used_ratio, [84_000.0 / GAS_LIMIT as f64, 0.0]);
+        // 10% of 84,000 gas is within the cheaper tip's 63,000; 90% needs the 2 gwei one.
+        assert_eq!(
+            h.reward,
+            Some(vec![vec![5, 2 * BASE_FEE as u128], vec![0, 0]])
+        );
+        assert_eq!(h.base_fee_per_blob_gas, [0, 0, 0]);
+        assert_eq!(h.blob_gas_used_ratio, [0.0, 0.0]);
+
+        // Not ending at the head: the next entry is the following block's base fee.
+        let h = fee_history(&chain, 5, BlockNumberOrTag::Number(1), None, next).unwrap();
+        assert_eq!(h.oldest_block, 0);
+        assert_eq!(h.base_fee_per_gas.len(), 3);
+        assert_eq!(h.base_fee_per_gas[2], BASE_FEE as u128);
+        assert_eq!(h.reward, None);
+
+        let err = fee_history(&chain, 1, BlockNumberOrTag::Number(3), None, next).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "request beyond head block: requested 3, head 2"
+        );
+        let empty = fee_history(&chain, 0, BlockNumberOrTag::Latest, None, next).unwrap();
+        assert!(empty.base_fee_per_gas.is_empty() && empty.gas_used_ratio.is_empty());
+    }
 }

@@ -33,7 +33,10 @@ pub(crate) struct EthRpc {
 
 impl EthRpc {
     pub fn new(ctx: RpcContext) -> Self {
-        Self { ctx, executions: Arc::new(Semaphore::new(EXECUTIONS_CONCURRENT_MAX)) }
+        Self {
+            ctx,
+            executions: Arc::new(Semaphore::new(EXECUTIONS_CONCURRENT_MAX)),
+        }
     }
 
     /// Runs `f` over one store snapshot on the blocking pool.
@@ -55,7 +58,11 @@ impl EthRpc {
         T: Send + 'static,
         F: FnOnce(&Reader<'_>) -> Result<T, RpcError> + Send + 'static,
     {
-        let _permit = self.executions.acquire().await.expect("semaphore is never closed");
+        let _permit = self
+            .executions
+            .acquire()
+            .await
+            .expect("semaphore is never closed");
         self.read(f).await
     }
 
@@ -70,7 +77,12 @@ impl EthRpc {
             let head = check_state_block(reader, block)?;
             let header = reader.header(head)?.ok_or(RpcError::HeaderNotFound)?;
             let hashes = ChainHashes(reader);
-            f(&CallContext { spec: &spec, header: &header, state: reader, hashes: &hashes })
+            f(&CallContext {
+                spec: &spec,
+                header: &header,
+                state: reader,
+                hashes: &hashes,
+            })
         })
         .await
     }
@@ -93,12 +105,15 @@ impl EthRpc {
         .await
     }
 
-    async fn account_field<T, F>(&self, address: Address, block: Option<BlockId>, f: F) -> RpcResult<T>
+    async fn account_field<T, F>(
+        &self,
+        address: Address,
+        block: Option<BlockId>,
+        f: F,
+    ) -> RpcResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Reader<'_>, Option<AccountInfo>) -> Result<T, RpcError>
-            + Send
-            + 'static,
+        F: FnOnce(&Reader<'_>, Option<AccountInfo>) -> Result<T, RpcError> + Send + 'static,
     {
         let value = self
             .read(move |reader| {
@@ -111,8 +126,11 @@ impl EthRpc {
     }
 
     async fn block_by_id(&self, id: BlockId, full: bool) -> RpcResult<Option<Block>> {
-        let block =
-            self.read(move |reader| Ok(chain::find_block(reader, id)?.map(|b| chain::rpc_block(&b, full)))).await?;
+        let block = self
+            .read(move |reader| {
+                Ok(chain::find_block(reader, id)?.map(|b| chain::rpc_block(&b, full)))
+            })
+            .await?;
         Ok(block)
     }
 
@@ -123,11 +141,17 @@ impl EthRpc {
         Ok(count)
     }
 
-    async fn transaction_by_id_and_index(&self, id: BlockId, index: Index) -> RpcResult<Option<Transaction>> {
+    async fn transaction_by_id_and_index(
+        &self,
+        id: BlockId,
+        index: Index,
+    ) -> RpcResult<Option<Transaction>> {
         let tx = self
             .read(move |reader| {
                 let block = chain::find_block(reader, id)?;
-                Ok(block.filter(|b| index.0 < b.txs.len()).map(|b| chain::rpc_transaction(&b, index.0)))
+                Ok(block
+                    .filter(|b| index.0 < b.txs.len())
+                    .map(|b| chain::rpc_transaction(&b, index.0)))
             })
             .await?;
         Ok(tx)
@@ -170,14 +194,22 @@ impl EthApiServer for EthRpc {
     }
 
     async fn balance(&self, address: Address, block: Option<BlockId>) -> RpcResult<U256> {
-        self.account_field(address, block, |_, account| Ok(account.map_or(U256::ZERO, |a| a.balance)))
-            .await
+        self.account_field(address, block, |_, account| {
+            Ok(account.map_or(U256::ZERO, |a| a.balance))
+        })
+        .await
     }
 
     async fn transaction_count(&self, address: Address, block: Option<BlockId>) -> RpcResult<U64> {
-        let nonce = self.account_field(address, block, |_, account| Ok(account.map_or(0, |a| a.nonce))).await?;
+        let nonce = self
+            .account_field(address, block, |_, account| {
+                Ok(account.map_or(0, |a| a.nonce))
+            })
+            .await?;
         let pending = matches!(block, Some(BlockId::Number(BlockNumberOrTag::Pending)));
-        let pool_nonce = pending.then(|| self.ctx.pool.pending_nonce(address)).flatten();
+        let pool_nonce = pending
+            .then(|| self.ctx.pool.pending_nonce(address))
+            .flatten();
         Ok(U64::from(pool_nonce.map_or(nonce, |n| n.max(nonce))))
     }
 
@@ -191,7 +223,12 @@ impl EthApiServer for EthRpc {
         .await
     }
 
-    async fn storage_at(&self, address: Address, slot: U256, block: Option<BlockId>) -> RpcResult<B256> {
+    async fn storage_at(
+        &self,
+        address: Address,
+        slot: U256,
+        block: Option<BlockId>,
+    ) -> RpcResult<B256> {
         let value = self
             .read(move |reader| {
                 check_state_block(reader, block)?;
@@ -202,11 +239,19 @@ impl EthApiServer for EthRpc {
     }
 
     async fn call(&self, request: TransactionRequest, block: Option<BlockId>) -> RpcResult<Bytes> {
-        Ok(self.with_call_context(block, move |ctx| call::call(ctx, request)).await?)
+        Ok(self
+            .with_call_context(block, move |ctx| call::call(ctx, request))
+            .await?)
     }
 
-    async fn estimate_gas(&self, request: TransactionRequest, block: Option<BlockId>) -> RpcResult<U64> {
-        let gas = self.with_call_context(block, move |ctx| call::estimate_gas(ctx, request)).await?;
+    async fn estimate_gas(
+        &self,
+        request: TransactionRequest,
+        block: Option<BlockId>,
+    ) -> RpcResult<U64> {
+        let gas = self
+            .with_call_context(block, move |ctx| call::estimate_gas(ctx, request))
+            .await?;
         Ok(U64::from(gas))
     }
 
@@ -251,15 +296,21 @@ impl EthApiServer for EthRpc {
     async fn transaction_by_hash(&self, hash: B256) -> RpcResult<Option<Transaction>> {
         let committed = self
             .read(move |reader| {
-                Ok(chain::find_transaction(reader, hash)?.map(|(b, i)| chain::rpc_transaction(&b, i)))
+                Ok(chain::find_transaction(reader, hash)?
+                    .map(|(b, i)| chain::rpc_transaction(&b, i)))
             })
             .await?;
         if committed.is_some() {
             return Ok(committed);
         }
-        let Some(tx) = self.ctx.pool.get(&hash) else { return Ok(None) };
+        let Some(tx) = self.ctx.pool.get(&hash) else {
+            return Ok(None);
+        };
         let head_base_fee = self.head_base_fee().await?;
-        Ok(Some(chain::pending_transaction(&tx, self.next_base_fee(head_base_fee))))
+        Ok(Some(chain::pending_transaction(
+            &tx,
+            self.next_base_fee(head_base_fee),
+        )))
     }
 
     async fn transaction_receipt(&self, hash: B256) -> RpcResult<Option<TransactionReceipt>> {
@@ -273,12 +324,18 @@ impl EthApiServer for EthRpc {
 
     async fn block_receipts(&self, block: BlockId) -> RpcResult<Option<Vec<TransactionReceipt>>> {
         let receipts = self
-            .read(move |reader| Ok(chain::find_block(reader, block)?.map(|b| chain::rpc_receipts(&b))))
+            .read(move |reader| {
+                Ok(chain::find_block(reader, block)?.map(|b| chain::rpc_receipts(&b)))
+            })
             .await?;
         Ok(receipts)
     }
 
-    async fn block_by_number(&self, block: BlockNumberOrTag, full: bool) -> RpcResult<Option<Block>> {
+    async fn block_by_number(
+        &self,
+        block: BlockNumberOrTag,
+        full: bool,
+    ) -> RpcResult<Option<Block>> {
         self.block_by_id(BlockId::Number(block), full).await
     }
 
@@ -286,7 +343,10 @@ impl EthApiServer for EthRpc {
         self.block_by_id(BlockId::from(hash), full).await
     }
 
-    async fn block_transaction_count_by_number(&self, block: BlockNumberOrTag) -> RpcResult<Option<U64>> {
+    async fn block_transaction_count_by_number(
+        &self,
+        block: BlockNumberOrTag,
+    ) -> RpcResult<Option<U64>> {
         self.transaction_count_by_id(BlockId::Number(block)).await
     }
 
@@ -299,7 +359,8 @@ impl EthApiServer for EthRpc {
         block: BlockNumberOrTag,
         index: Index,
     ) -> RpcResult<Option<Transaction>> {
-        self.transaction_by_id_and_index(BlockId::Number(block), index).await
+        self.transaction_by_id_and_index(BlockId::Number(block), index)
+            .await
     }
 
     async fn transaction_by_block_hash_and_index(
@@ -307,10 +368,13 @@ impl EthApiServer for EthRpc {
         hash: B256,
         index: Index,
     ) -> RpcResult<Option<Transaction>> {
-        self.transaction_by_id_and_index(BlockId::from(hash), index).await
+        self.transaction_by_id_and_index(BlockId::from(hash), index)
+            .await
     }
 
     async fn logs(&self, filter: Filter) -> RpcResult<Vec<Log>> {
-        Ok(self.read_heavy(move |reader| logs::get_logs(reader, &filter)).await?)
+        Ok(self
+            .read_heavy(move |reader| logs::get_logs(reader, &filter))
+            .await?)
     }
 }

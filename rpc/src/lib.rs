@@ -2,9 +2,13 @@
 //! (web3.py, viem, ethers, Foundry, MetaMask) work unchanged.
 //!
 //! It serves committed blocks and the state after the committed head from the store, pending
-//! transactions and nonces from the pool, and hands raw transactions to the ingress stage. Block
-//! tags are explained in [`chain`](crate::chain)'s docs: `latest`, `pending`, `safe` and
-//! `finalized` are all the committed head.
+//! transactions and nonces from the pool, and hands raw transactions to the ingress stage.
+//!
+//! Block tags: RPC serves only *committed* blocks (executed, state root computed, durably
+//! written). Kestrel's single-validator ordering finalizes a block when it proposes it, so
+//! `latest`, `pending`, `safe` and `finalized` all name the committed head; `earliest` is genesis.
+//! Only the state after the head is kept: state queries for other blocks answer "historical state
+//! not available".
 
 mod api;
 mod call;
@@ -15,12 +19,12 @@ mod handler;
 mod logs;
 mod metrics;
 
-pub use api::EthApiServer;
 pub use call::CALL_GAS_CAP;
 pub use error::RpcError;
 pub use fees::{FEE_HISTORY_BLOCKS_MAX, FEE_HISTORY_PERCENTILES_MAX, SUGGESTED_TIP_WEI};
 pub use metrics::describe_metrics;
 
+use api::EthApiServer as _;
 use jsonrpsee::{
     RpcModule,
     server::{
@@ -85,7 +89,10 @@ impl Default for RpcConfig {
 
 /// Binds `config.addr` and serves until the returned handle is stopped (or dropped). Returns the
 /// bound address (useful with port 0).
-pub async fn start(config: RpcConfig, ctx: RpcContext) -> Result<(SocketAddr, ServerHandle), RpcError> {
+pub async fn start(
+    config: RpcConfig,
+    ctx: RpcContext,
+) -> Result<(SocketAddr, ServerHandle), RpcError> {
     let mut module = RpcModule::new(());
     module.merge(handler::EthRpc::new(ctx).into_rpc())?;
     let methods: Arc<HashSet<&'static str>> = Arc::new(module.method_names().collect());
@@ -113,3 +120,6 @@ pub async fn start(config: RpcConfig, ctx: RpcContext) -> Result<(SocketAddr, Se
     tracing::info!(target: "rpc::server", %addr, "JSON-RPC server listening");
     Ok((addr, server.start(module)))
 }
+
+#[cfg(test)]
+mod test_utils;

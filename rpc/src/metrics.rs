@@ -26,7 +26,10 @@ pub fn describe_metrics() {
         "Time to answer one JSON-RPC call, by method"
     );
     describe_counter!(REQUESTS_TOTAL, "JSON-RPC calls received, by method");
-    describe_counter!(ERRORS_TOTAL, "JSON-RPC calls answered with an error, by method and code");
+    describe_counter!(
+        ERRORS_TOTAL,
+        "JSON-RPC calls answered with an error, by method and code"
+    );
 }
 
 /// The middleware: wraps jsonrpsee's RPC service of one connection.
@@ -76,7 +79,8 @@ where
     fn batch<'a>(&self, batch: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
         let service = self.clone();
         async move {
-            let mut responses = BatchResponseBuilder::new_with_limit(service.max_response_body_bytes);
+            let mut responses =
+                BatchResponseBuilder::new_with_limit(service.max_response_body_bytes);
             let mut got_notification = false;
             for entry in batch.into_iter() {
                 let response = match entry {
@@ -104,7 +108,10 @@ where
         }
     }
 
-    fn notification<'a>(&self, n: Notification<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
+    fn notification<'a>(
+        &self,
+        n: Notification<'a>,
+    ) -> impl Future<Output = MethodResponse> + Send + 'a {
         self.inner.notification(n)
     }
 }
@@ -112,7 +119,8 @@ where
 fn record(method: &'static str, error_code: Option<i32>, started: Option<Instant>) {
     counter!(REQUESTS_TOTAL, "method" => method).increment(1);
     if let Some(started) = started {
-        histogram!(REQUEST_DURATION_SECONDS, "method" => method).record(started.elapsed().as_secs_f64());
+        histogram!(REQUEST_DURATION_SECONDS, "method" => method)
+            .record(started.elapsed().as_secs_f64());
     }
     if let Some(code) = error_code {
         counter!(ERRORS_TOTAL, "method" => method, "code" => code.to_string()).increment(1);

@@ -9,6 +9,50 @@ use alloy_primitives::{Address, B256, U256};
 use alloy_trie::{BranchNodeCompact, EMPTY_ROOT_HASH, Nibbles, TrieAccount, TrieMask};
 use kestrel_types::{AccountInfo, BlockNumber, RecoveredTx, state::KECCAK_EMPTY};
 
+/// A key or value copied out of MDBX into a fixed buffer, so that cursor scans do not allocate
+/// (in a write transaction every read is a copy).
+pub(crate) struct Buf<const N: usize> {
+    len: usize,
+    bytes: [u8; N],
+}
+
+impl<const N: usize> std::ops::Deref for Buf<N> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.bytes[..self.len]
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{len} bytes do not fit a {max}-byte buffer")]
+struct TooLong {
+    len: usize,
+    max: usize,
+}
+
+impl<const N: usize> libmdbx::Decodable<'_> for Buf<N> {
+    fn decode(data: &[u8]) -> Result<Self, libmdbx::Error> {
+        if data.len() > N {
+            let error = TooLong {
+                len: data.len(),
+                max: N,
+            };
+            return Err(libmdbx::Error::DecodeError(Box::new(error)));
+        }
+        let mut bytes = [0u8; N];
+        bytes[..data.len()].copy_from_slice(data);
+        Ok(Self {
+            len: data.len(),
+            bytes,
+        })
+    }
+}
+
+/// Longest hashed-table key: hashed address ‖ hashed slot.
+pub(crate) const HASHED_KEY_LEN_MAX: usize = 64;
+/// Longest hashed-table value: an account record.
+pub(crate) const HASHED_VALUE_LEN_MAX: usize = ACCOUNT_RECORD_LEN_MAX;
+
 fn corrupt(table: &'static str, reason: impl Into<String>) -> StorageError {
     StorageError::Corrupt {
         table,

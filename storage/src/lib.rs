@@ -31,7 +31,7 @@ use alloy_trie::EMPTY_ROOT_HASH;
 use kestrel_types::{AccountInfo, BlockNumber, ChainSpec, SealedBlock, StateChanges};
 use libmdbx::{
     Database, DatabaseOptions, Mode, RO, RW, ReadWriteOptions, SyncMode, Table, Transaction,
-    TransactionKind, WriteFlags, WriteMap,
+    TransactionKind, WriteFlags,
 };
 use std::{borrow::Cow, collections::BTreeMap, path::Path, time::Instant};
 
@@ -67,6 +67,11 @@ const READERS_MAX: u32 = 256;
 /// Tables and the slack MDBX needs to open them.
 const TABLES_MAX: u64 = 32;
 
+/// How MDBX writes: dirty pages are buffered in the heap and written at commit. Writing through
+/// the memory map instead (`WriteMap`) took a page fault per newly dirtied page, which cost more
+/// than the copy at commit.
+type Env = libmdbx::NoWriteMap;
+
 /// How commits reach the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
@@ -81,20 +86,20 @@ pub enum Durability {
 
 /// The database. Cheap to share behind an `Arc`; many readers, one writer at a time.
 pub struct Store {
-    db: Database<WriteMap>,
+    db: Database<Env>,
 }
 
 /// A consistent read snapshot (one MDBX read transaction).
 pub struct Reader<'s> {
-    txn: &'s Transaction<'s, RO, WriteMap>,
+    txn: &'s Transaction<'s, RO, Env>,
     tables: Tables<'s>,
 }
 
 /// One block's write transaction: state, trie and block data commit atomically. Dropping it
 /// without [`BlockWriter::commit`] discards everything written through it.
 pub struct BlockWriter<'s> {
-    txn: Transaction<'s, RW, WriteMap>,
-    db: &'s Database<WriteMap>,
+    txn: Transaction<'s, RW, Env>,
+    db: &'s Database<Env>,
 }
 
 /// Declares the storage metrics; call once after installing the recorder.
@@ -144,7 +149,7 @@ impl Store {
             }),
             ..Default::default()
         };
-        let db = Database::<WriteMap>::open_with_options(dir, options)?;
+        let db = Database::<Env>::open_with_options(dir, options)?;
         let txn = db.begin_rw_txn()?;
         tables::create_all(&txn)?;
         txn.commit()?;
@@ -200,6 +205,13 @@ impl Store {
 }
 
 impl Reader<'_> {
+    /// The state root computed from the flat hashed state alone, without the stored trie nodes
+    /// or the storage roots kept with the accounts. Reads the whole state (seconds for millions
+    /// of accounts): a check of the incremental root, not something to call per block.
+    pub fn state_root_from_scratch(&self) -> Result<B256, StorageError> {
+        trie::state_root_from_scratch(self.txn, &self.tables)
+    }
+
     /// The root of `address`'s storage trie (`None` if the account does not exist).
     pub fn storage_root(&self, address: Address) -> Result<Option<B256>, StorageError> {
         let hashed = keccak256(address);
@@ -315,7 +327,7 @@ impl ChainView for Reader<'_> {
 }
 
 fn read_head<K: TransactionKind>(
-    txn: &Transaction<'_, K, WriteMap>,
+    txn: &Transaction<'_, K, Env>,
     tables: &Tables<'_>,
 ) -> Result<Option<BlockNumber>, StorageError> {
     txn.get::<Cow<'_, [u8]>>(&tables.metadata, HEAD_KEY)?
@@ -324,7 +336,7 @@ fn read_head<K: TransactionKind>(
 }
 
 fn read_block_hash<K: TransactionKind>(
-    txn: &Transaction<'_, K, WriteMap>,
+    txn: &Transaction<'_, K, Env>,
     tables: &Tables<'_>,
     number: BlockNumber,
 ) -> Result<Option<B256>, StorageError> {
@@ -334,7 +346,7 @@ fn read_block_hash<K: TransactionKind>(
 }
 
 fn read_hashed_account<K: TransactionKind>(
-    txn: &Transaction<'_, K, WriteMap>,
+    txn: &Transaction<'_, K, Env>,
     table: &Table<'_>,
     hashed_address: &B256,
 ) -> Result<Option<AccountRecord>, StorageError> {
@@ -345,7 +357,7 @@ fn read_hashed_account<K: TransactionKind>(
 
 /// Deletes every entry whose key starts with `prefix`.
 fn delete_prefix(
-    txn: &Transaction<'_, RW, WriteMap>,
+    txn: &Transaction<'_, RW, Env>,
     table: &Table<'_>,
     prefix: &[u8],
 ) -> Result<(), StorageError> {
@@ -581,7 +593,7 @@ impl BlockWriter<'_> {
 
 /// Deletes all storage of an account: plain, hashed, and its storage trie.
 fn wipe_storage(
-    txn: &Transaction<'_, RW, WriteMap>,
+    txn: &Transaction<'_, RW, Env>,
     tables: &Tables<'_>,
     address: &Address,
     hashed_address: &B256,

@@ -17,11 +17,12 @@
 use crate::{
     StorageError,
     codec::{self, AccountRecord},
-    tables,
+    tables::{self, Tables},
 };
 use alloy_primitives::{B256, U256};
 use alloy_trie::{BranchNodeCompact, HashBuilder, Nibbles};
-use libmdbx::{Cursor, DatabaseKind, RW, Table, Transaction, WriteFlags};
+use libmdbx::{Cursor, DatabaseKind, RW, Table, Transaction, TransactionKind, WriteFlags};
+use std::borrow::Cow;
 
 /// What the leaves of a trie are, and so how a hashed-table value becomes a leaf value.
 #[derive(Debug, Clone, Copy)]
@@ -93,6 +94,7 @@ pub(crate) fn update<E: DatabaseKind>(
     debug_assert!(input.changed.is_sorted(), "changed keys must be sorted");
     let mut walk = Walk {
         cursors,
+        scanned: None,
         input,
         hb: HashBuilder::default().with_updates(true),
         visited: Vec::new(),
@@ -126,8 +128,26 @@ pub(crate) fn update<E: DatabaseKind>(
     })
 }
 
+/// A hashed-table entry read without allocating.
+type HashedEntry = (
+    codec::Buf<{ codec::HASHED_KEY_LEN_MAX }>,
+    codec::Buf<{ codec::HASHED_VALUE_LEN_MAX }>,
+);
+
+/// Where the hashed cursor stopped: on `next`, the first entry after key `to`.
+struct Scanned {
+    to: B256,
+    next: Option<HashedEntry>,
+}
+
+/// How many entries a scan steps over before it seeks instead: a few leaves, or a branch of
+/// leaves whose hash the walk took from its parent.
+const STEPS_BEFORE_SEEK: usize = 4;
+
 struct Walk<'a, 'c, 't> {
     cursors: &'a mut TrieCursors<'t>,
+    /// Where the last leaf scan left the hashed cursor (`None` after the cursor moved otherwise).
+    scanned: Option<Scanned>,
     input: &'a TrieInput<'c>,
     hb: HashBuilder,
     /// Paths of the stored nodes whose children were fed to the hash builder.
@@ -216,32 +236,64 @@ impl Walk<'_, '_, '_> {
 
     /// Feeds the leaves with keys in `lo..=hi` from the hashed table.
     fn emit_leaves(&mut self, lo: B256, hi: B256) -> Result<(), StorageError> {
-        let prefix = self.input.prefix;
-        self.key.clear();
-        self.key.extend_from_slice(prefix);
-        self.key.extend_from_slice(lo.as_slice());
-        let mut entry = self
-            .cursors
-            .hashed
-            .set_range::<Vec<u8>, Vec<u8>>(&self.key)?;
-        while let Some((key, value)) = entry {
-            if !key.starts_with(prefix) {
+        let mut entry = self.first_entry_from(&lo)?;
+        while let Some((key, value)) = &entry {
+            let Some(hashed_key) = self.hashed_key(key)? else {
                 break;
-            }
-            let Ok(hashed_key) = B256::try_from(&key[prefix.len()..]) else {
-                return Err(StorageError::Corrupt {
-                    table: self.input.leaves.table(),
-                    reason: format!("key of {} bytes", key.len()),
-                });
             };
             if hashed_key > hi {
                 break;
             }
-            self.input.leaves.leaf_value(&value, &mut self.value)?;
+            self.input.leaves.leaf_value(value, &mut self.value)?;
             self.hb.add_leaf(Nibbles::unpack(hashed_key), &self.value);
             entry = self.cursors.hashed.next()?;
         }
+        self.scanned = Some(Scanned {
+            to: hi,
+            next: entry,
+        });
         Ok(())
+    }
+
+    /// The first hashed-table entry at or after `prefix ‖ lo`. The walk reads leaves in key
+    /// order, and the leaf children of a branch mostly lie a few entries apart, so stepping on
+    /// from where the last scan stopped usually beats a seek from the top of the B-tree.
+    fn first_entry_from(&mut self, lo: &B256) -> Result<Option<HashedEntry>, StorageError> {
+        if let Some(Scanned { to, next }) = self.scanned.take()
+            && to < *lo
+        {
+            // `next` is the first entry after `to`.
+            let mut entry = next;
+            for _ in 0..=STEPS_BEFORE_SEEK {
+                match &entry {
+                    Some((key, _)) => match self.hashed_key(key)? {
+                        Some(hashed_key) if hashed_key < *lo => {}
+                        _ => return Ok(entry),
+                    },
+                    None => return Ok(None),
+                }
+                entry = self.cursors.hashed.next()?;
+            }
+        }
+        self.key.clear();
+        self.key.extend_from_slice(self.input.prefix);
+        self.key.extend_from_slice(lo.as_slice());
+        Ok(self.cursors.hashed.set_range(&self.key)?)
+    }
+
+    /// The key below this trie's prefix, or `None` if `key` lies past this trie.
+    fn hashed_key(&self, key: &[u8]) -> Result<Option<B256>, StorageError> {
+        let prefix = self.input.prefix;
+        if !key.starts_with(prefix) {
+            return Ok(None);
+        }
+        match B256::try_from(&key[prefix.len()..]) {
+            Ok(hashed_key) => Ok(Some(hashed_key)),
+            Err(_) => Err(StorageError::Corrupt {
+                table: self.input.leaves.table(),
+                reason: format!("key of {} bytes", key.len()),
+            }),
+        }
     }
 
     fn any_changed(&self, lo: &B256, hi: &B256) -> bool {
@@ -249,6 +301,56 @@ impl Walk<'_, '_, '_> {
         let first = changed.partition_point(|key| key < lo);
         first < changed.len() && changed[first] <= *hi
     }
+}
+
+/// The state root computed from the hashed tables alone, as if no trie node were stored and no
+/// account record kept its storage root: the reference the incremental root must equal. Reads
+/// the whole state.
+pub(crate) fn state_root_from_scratch<K: TransactionKind, E: DatabaseKind>(
+    txn: &Transaction<'_, K, E>,
+    tables: &Tables<'_>,
+) -> Result<B256, StorageError> {
+    let mut accounts = txn.cursor(&tables.hashed_accounts)?;
+    let mut storage = txn.cursor(&tables.hashed_storage)?;
+    let mut slot = storage.first::<Cow<'_, [u8]>, Cow<'_, [u8]>>()?;
+    let mut hb = HashBuilder::default();
+    let mut leaf = Vec::with_capacity(128);
+    for entry in accounts.iter_start::<Cow<'_, [u8]>, Cow<'_, [u8]>>() {
+        let (hashed_address, value) = entry?;
+        let mut record = AccountRecord::decode(tables::HASHED_ACCOUNTS, &value)?;
+        // Both tables are sorted by hashed address, so this account's slots come next.
+        let mut storage_hb = HashBuilder::default();
+        while let Some((key, value)) = &slot {
+            if key.len() != 64 || key[..32] < hashed_address[..] {
+                return Err(StorageError::Corrupt {
+                    table: tables::HASHED_STORAGE,
+                    reason: format!(
+                        "slot without account {}",
+                        alloy_primitives::hex::encode(key)
+                    ),
+                });
+            }
+            if key[..32] != hashed_address[..] {
+                break;
+            }
+            Leaves::Storage.leaf_value(value, &mut leaf)?;
+            storage_hb.add_leaf(Nibbles::unpack(&key[32..]), &leaf);
+            slot = storage.next()?;
+        }
+        record.storage_root = storage_hb.root();
+        record.trie_rlp(&mut leaf);
+        hb.add_leaf(Nibbles::unpack(&hashed_address), &leaf);
+    }
+    if let Some((key, _)) = slot {
+        return Err(StorageError::Corrupt {
+            table: tables::HASHED_STORAGE,
+            reason: format!(
+                "slot without account {}",
+                alloy_primitives::hex::encode(key)
+            ),
+        });
+    }
+    Ok(hb.root())
 }
 
 /// The smallest and the largest 32-byte key starting with `path`.

@@ -68,7 +68,7 @@ export async function startNode() {
   const child = spawn(bin, args, {
     cwd: dir,
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { RUST_LOG: 'info', RUST_BACKTRACE: '1', ...process.env },
+    env: { RUST_LOG: 'info', RUST_BACKTRACE: '1', NO_COLOR: '1', ...process.env },
   });
   child.stdout.pipe(log);
   child.stderr.pipe(log);

@@ -10,7 +10,7 @@ every transaction that was never receipted. At the end the client drains its tra
 the balances and nonces must match exactly the receipts it saw.
 
 Randomness is seeded: SEED=<n> replays a run (the seed is printed and in every failure message).
-KESTREL_CRASH_CYCLES (default 6) sets the number of kill/restart cycles.
+KESTREL_CRASH_CYCLES (default 8) sets the number of kill/restart cycles.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from eth_utils import to_checksum_address
 from kestrel_node import CHAIN_ID, DEV_BALANCE_WEI, DEV_KEYS, KestrelNode
 
 SEED = int(os.environ.get("SEED", random.SystemRandom().randrange(2**32)))
-CYCLES = int(os.environ.get("KESTREL_CRASH_CYCLES", "6"))
+CYCLES = int(os.environ.get("KESTREL_CRASH_CYCLES", "8"))
 UPTIME_S = (1.0, 5.0)            # how long the node runs between kills (uniform)
 EARLY_KILL_CHANCE = 0.25         # some cycles also kill a node that is still starting up
 SENDERS = 4                      # dev accounts 1..4
 RECIPIENTS = 8                   # fresh addresses
-INFLIGHT_PER_SENDER_MAX = 6      # unreceipted transactions per sender
+INFLIGHT_PER_SENDER_MAX = 10     # unreceipted transactions per sender
 RESEND_AFTER_S = 5.0             # resend a transaction unreceipted this long
 CLIENT_TICK_S = 0.05
 HTTP_TIMEOUT_S = 2.0

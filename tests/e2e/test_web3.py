@@ -153,6 +153,8 @@ def test_eth_transfer(w3, dev_accounts, tx_type, sender_idx, recipient_idx):
     value = 123_456_789 * GWEI + tx_type  # odd amounts catch rounding
     bal_s0 = w3.eth.get_balance(sender.address)
     bal_r0 = w3.eth.get_balance(recipient)
+    coinbase = w3.eth.get_block("latest")["miner"]
+    bal_c0 = w3.eth.get_balance(coinbase)
     nonce0 = w3.eth.get_transaction_count(sender.address)
 
     tx = {"to": recipient, "value": value, "nonce": nonce0, "chainId": CHAIN_ID}
@@ -206,6 +208,10 @@ def test_eth_transfer(w3, dev_accounts, tx_type, sender_idx, recipient_idx):
     assert w3.eth.get_balance(recipient) == bal_r0 + value
     assert w3.eth.get_balance(sender.address) == bal_s0 - value - r["gasUsed"] * r["effectiveGasPrice"]
     assert w3.eth.get_transaction_count(sender.address) == nonce0 + 1
+    # The base fee is burnt; only the priority fee reaches the fee recipient (no other traffic now).
+    assert block["miner"] == coinbase
+    tip = r["effectiveGasPrice"] - block["baseFeePerGas"]
+    assert w3.eth.get_balance(coinbase) == bal_c0 + r["gasUsed"] * tip
 
 
 def test_several_transactions_from_one_sender_in_order(w3, funded_account):
@@ -389,6 +395,104 @@ def test_reverted_transaction_is_mined_with_status_0(w3, token, dev_accounts):
     assert 21_000 < r["gasUsed"] < gas
     assert w3.eth.get_transaction_count(sender.address) == nonce0 + 1
     assert w3.eth.get_balance(sender.address) == bal0 - r["gasUsed"] * r["effectiveGasPrice"]
+
+
+def test_eth_to_contract_without_receive_reverts(w3, token, funded_account):
+    c = token["contract"]
+    sender = funded_account(ETHER)
+    r = wait_receipt(w3, send_signed(w3, sender, {"to": c.address, "value": 10**15, "gas": 50_000}))
+    assert r["status"] == 0
+    assert w3.eth.get_balance(c.address) == 0
+    assert w3.eth.get_balance(sender.address) == ETHER - r["gasUsed"] * r["effectiveGasPrice"]
+
+
+def logs_bloom(logs) -> bytes:
+    """The 2048-bit bloom of the yellow paper over each log's address and topics."""
+    bloom = bytearray(256)
+    for log in logs:
+        for item in [bytes.fromhex(log["address"][2:])] + [bytes(t) for t in log["topics"]]:
+            h = keccak(item)
+            for i in (0, 2, 4):
+                bit = ((h[i] << 8) | h[i + 1]) & 2047
+                bloom[255 - bit // 8] |= 1 << (bit % 8)
+    return bytes(bloom)
+
+
+def test_token_block_with_several_transactions(w3, token, funded_account):
+    """Several token transfers in flight at once: per-block log indexes, cumulative gas, blooms,
+    and a transfer that empties a balance (storage cleared: gas refund) with exact ETH accounting."""
+    c, deployer = token["contract"], token["deployer"]
+    holder = funded_account(ETHER)
+    sink = Account.create().address
+    f = fees(w3)
+    nonce = w3.eth.get_transaction_count(deployer.address)
+    hashes = [send_signed(w3, deployer, {"to": c.address, "gas": 100_000, "nonce": nonce + i, **f,
+                                         "data": c.encode_abi("transfer", [holder.address, 1_000 + i])})
+              for i in range(4)]
+    receipts = [wait_receipt(w3, h) for h in hashes]
+    assert all(r["status"] == 1 for r in receipts)
+    assert c.functions.balanceOf(holder.address).call() == 4_006
+
+    for number in sorted({r["blockNumber"] for r in receipts}):
+        block = w3.eth.get_block(number, full_transactions=True)
+        block_receipts = [w3.eth.get_transaction_receipt(t["hash"]) for t in block["transactions"]]
+        cumulative = 0
+        all_logs = []
+        for i, (t, br) in enumerate(zip(block["transactions"], block_receipts)):
+            assert t["transactionIndex"] == i and br["transactionIndex"] == i
+            assert t["blockHash"] == block["hash"] and br["blockHash"] == block["hash"]
+            cumulative += br["gasUsed"]
+            assert br["cumulativeGasUsed"] == cumulative
+            assert bytes(br["logsBloom"]) == logs_bloom(br["logs"])
+            all_logs += br["logs"]
+        assert block["gasUsed"] == cumulative
+        assert [l["logIndex"] for l in all_logs] == list(range(len(all_logs))), "logIndex is per block"
+        assert bytes(block["logsBloom"]) == logs_bloom(all_logs)
+        got = w3.eth.get_logs({"blockHash": block["hash"]})
+        assert [(l["transactionHash"], l["logIndex"]) for l in got] == [
+            (l["transactionHash"], l["logIndex"]) for l in all_logs]
+
+    # Empty the holder's balance: its storage slot goes to zero and earns a refund.
+    bal0 = w3.eth.get_balance(holder.address)
+    r = wait_receipt(w3, send_signed(w3, holder, {"to": c.address, "gas": 100_000,
+                                                  "data": c.encode_abi("transfer", [sink, 4_006])}))
+    assert r["status"] == 1
+    assert c.functions.balanceOf(holder.address).call() == 0
+    assert c.functions.balanceOf(sink).call() == 4_006
+    assert w3.eth.get_balance(holder.address) == bal0 - r["gasUsed"] * r["effectiveGasPrice"]
+
+
+def test_eip7702_set_code_delegation(w3, token, funded_account):
+    """Prague: a type-4 transaction installs a delegation (0xef0100 || address) in an EOA, and
+    calls to the EOA run the delegate's code against the EOA's own storage."""
+    c = token["contract"]
+    sender = funded_account(ETHER)
+    authority = Account.create()  # signs the authorization only; holds no ETH
+    auth = authority.sign_authorization({"chainId": CHAIN_ID, "address": c.address, "nonce": 0})
+    r = wait_receipt(w3, send_signed(w3, sender, {
+        "type": 4, "to": sender.address, "value": 0, "gas": 100_000,
+        "authorizationList": [auth]}))
+    assert r["status"] == 1
+    assert r["type"] == 4
+    assert hx(w3.eth.get_code(authority.address)) == "0xef0100" + c.address[2:].lower()
+    assert w3.eth.get_transaction_count(authority.address) == 1  # the authorization used nonce 0
+    delegated = w3.eth.contract(address=authority.address, abi=c.abi)
+    assert delegated.functions.decimals().call() == 18  # code of the token ...
+    assert delegated.functions.totalSupply().call() == 0  # ... storage of the EOA
+
+
+def test_initcode_too_large_never_executes(w3, node, funded_account):
+    """EIP-3860: init code over 49152 bytes makes a creation invalid. geth refuses it at the pool
+    ("max initcode size exceeded"); a node may also take it and leave it out at execution."""
+    sender = funded_account(ETHER)
+    before = account_state(w3, sender.address)
+    raw = sign(w3, sender, {"data": b"\x00" * (49_152 + 1), "gas": 5_000_000, "value": 0})
+    out = raw_rpc(node.url, "eth_sendRawTransaction", ["0x" + raw.hex()])
+    if "error" in out:
+        assert "max initcode size exceeded" in out["error"]["message"], out
+    wait_blocks(w3, 3)
+    assert raw_rpc(node.url, "eth_getTransactionReceipt", [tx_hash_of(raw)])["result"] is None
+    assert account_state(w3, sender.address) == before
 
 
 # ---------------------------------------------------------------------------------------------

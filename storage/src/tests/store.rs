@@ -1,9 +1,7 @@
 //! Blocks, durability and the overlay.
 
 use super::temp_store;
-use crate::{
-    ChainView, Overlay, OverlayView, StateView, StorageError, Store, genesis_header,
-};
+use crate::{ChainView, Overlay, OverlayView, StateView, StorageError, Store, genesis_header};
 use alloy_consensus::{
     Eip658Value, Receipt, ReceiptEnvelope, ReceiptWithBloom, SignableTransaction, TxEip1559,
     TxEnvelope,
@@ -28,8 +26,16 @@ fn transfer(nonce: u64) -> RecoveredTx {
 }
 
 fn receipt(cumulative_gas_used: u64) -> ReceiptEnvelope {
-    let log = Log::new_unchecked(Address::with_last_byte(9), vec![B256::repeat_byte(1)], Bytes::from_static(b"data"));
-    let receipt = Receipt { status: Eip658Value::Eip658(true), cumulative_gas_used, logs: vec![log] };
+    let log = Log::new_unchecked(
+        Address::with_last_byte(9),
+        vec![B256::repeat_byte(1)],
+        Bytes::from_static(b"data"),
+    );
+    let receipt = Receipt {
+        status: Eip658Value::Eip658(true),
+        cumulative_gas_used,
+        logs: vec![log],
+    };
     ReceiptEnvelope::Eip1559(ReceiptWithBloom::from(receipt))
 }
 
@@ -39,8 +45,15 @@ fn child(parent: &SealedBlock, txs: Vec<RecoveredTx>) -> SealedBlock {
     header.number += 1;
     header.parent_hash = parent.hash;
     header.timestamp += 1;
-    let receipts = (1..=txs.len() as u64).map(|i| receipt(21_000 * i)).collect();
-    SealedBlock { hash: header.hash_slow(), header, txs, receipts }
+    let receipts = (1..=txs.len() as u64)
+        .map(|i| receipt(21_000 * i))
+        .collect();
+    SealedBlock {
+        hash: header.hash_slow(),
+        header,
+        txs,
+        receipts,
+    }
 }
 
 fn commit_block(store: &Store, block: &SealedBlock, changes: &StateChanges) {
@@ -71,7 +84,10 @@ fn blocks_receipts_and_tx_index_round_trip() {
             assert_eq!(stored.receipts, block.receipts);
             assert_eq!(reader.receipts(1).unwrap(), Some(block.receipts.clone()));
             for (index, tx) in block.txs.iter().enumerate() {
-                assert_eq!(reader.tx_location(tx.hash()).unwrap(), Some((1, index as u32)));
+                assert_eq!(
+                    reader.tx_location(tx.hash()).unwrap(),
+                    Some((1, index as u32))
+                );
             }
             assert_eq!(reader.tx_location(B256::repeat_byte(5)).unwrap(), None);
             assert!(reader.block(2).unwrap().is_none());
@@ -89,18 +105,34 @@ fn reopened_store_sees_committed_data() {
         let store = Store::open(dir.path()).unwrap();
         genesis = store.init_genesis(&ChainSpec::dev()).unwrap();
         let mut changes = StateChanges::default();
-        changes.accounts.insert(address, Some(AccountInfo::with_balance(U256::from(5))));
-        changes.storage.entry(address).or_default().slots.insert(U256::from(1), U256::from(9));
+        changes
+            .accounts
+            .insert(address, Some(AccountInfo::with_balance(U256::from(5))));
+        changes
+            .storage
+            .entry(address)
+            .or_default()
+            .slots
+            .insert(U256::from(1), U256::from(9));
         commit_block(&store, &child(&genesis, vec![transfer(0)]), &changes);
     }
     let store = Store::open(dir.path()).unwrap();
     // Opening again is idempotent and keeps what was there.
-    assert_eq!(store.init_genesis(&ChainSpec::dev()).unwrap().hash, genesis.hash);
+    assert_eq!(
+        store.init_genesis(&ChainSpec::dev()).unwrap().hash,
+        genesis.hash
+    );
     store
         .view(|reader| {
             assert_eq!(reader.head().unwrap(), Some(1));
-            assert_eq!(reader.account(address).unwrap().unwrap().balance, U256::from(5));
-            assert_eq!(reader.storage(address, U256::from(1)).unwrap(), U256::from(9));
+            assert_eq!(
+                reader.account(address).unwrap().unwrap().balance,
+                U256::from(5)
+            );
+            assert_eq!(
+                reader.storage(address, U256::from(1)).unwrap(),
+                U256::from(9)
+            );
         })
         .unwrap();
 }
@@ -113,7 +145,9 @@ fn dropped_writer_leaves_nothing() {
     let block = child(&genesis, vec![transfer(0)]);
     {
         let mut changes = StateChanges::default();
-        changes.accounts.insert(address, Some(AccountInfo::with_balance(U256::from(1))));
+        changes
+            .accounts
+            .insert(address, Some(AccountInfo::with_balance(U256::from(1))));
         let mut writer = store.begin_block().unwrap();
         let root = writer.apply_state(&changes).unwrap();
         assert_ne!(root, genesis.header.state_root);
@@ -129,7 +163,10 @@ fn dropped_writer_leaves_nothing() {
         .unwrap();
     // The next writer starts from the committed state.
     let mut writer = store.begin_block().unwrap();
-    assert_eq!(writer.apply_state(&StateChanges::default()).unwrap(), genesis.header.state_root);
+    assert_eq!(
+        writer.apply_state(&StateChanges::default()).unwrap(),
+        genesis.header.state_root
+    );
 }
 
 #[test]
@@ -157,7 +194,11 @@ fn overlay_reads_fall_through_to_the_database() {
     let mut base = StateChanges::default();
     let code_hash = base.insert_code(code.clone());
     for address in [kept, wiped, deleted] {
-        let info = AccountInfo { nonce: 1, balance: U256::from(100), code_hash };
+        let info = AccountInfo {
+            nonce: 1,
+            balance: U256::from(100),
+            code_hash,
+        };
         base.accounts.insert(address, Some(info));
         let slots = &mut base.storage.entry(address).or_default().slots;
         slots.insert(U256::from(1), U256::from(11));
@@ -170,15 +211,32 @@ fn overlay_reads_fall_through_to_the_database() {
     // Older layer: a new balance for `kept`, slot 1 of `kept` changed, `wiped` wiped with one
     // new slot, `deleted` deleted.
     let mut older = StateChanges::default();
-    older.accounts.insert(kept, Some(AccountInfo { nonce: 2, balance: U256::from(50), code_hash }));
-    older.storage.entry(kept).or_default().slots.insert(U256::from(1), U256::from(111));
+    older.accounts.insert(
+        kept,
+        Some(AccountInfo {
+            nonce: 2,
+            balance: U256::from(50),
+            code_hash,
+        }),
+    );
+    older
+        .storage
+        .entry(kept)
+        .or_default()
+        .slots
+        .insert(U256::from(1), U256::from(111));
     let change = older.storage.entry(wiped).or_default();
     change.wiped = true;
     change.slots.insert(U256::from(3), U256::from(33));
     older.accounts.insert(deleted, None);
     // Newer layer: slot 1 of `kept` cleared.
     let mut newer = StateChanges::default();
-    newer.storage.entry(kept).or_default().slots.insert(U256::from(1), U256::ZERO);
+    newer
+        .storage
+        .entry(kept)
+        .or_default()
+        .slots
+        .insert(U256::from(1), U256::ZERO);
 
     let overlay = Overlay::default();
     overlay.push(1, Arc::new(older));
@@ -186,18 +244,27 @@ fn overlay_reads_fall_through_to_the_database() {
     let layers = overlay.snapshot();
     store
         .view(|reader| {
-            let view = OverlayView { layers: &layers, base: reader };
+            let view = OverlayView {
+                layers: &layers,
+                base: reader,
+            };
             assert_eq!(view.account(kept).unwrap().unwrap().balance, U256::from(50));
             assert_eq!(view.storage(kept, U256::from(1)).unwrap(), U256::ZERO);
             assert_eq!(view.storage(kept, U256::from(2)).unwrap(), U256::from(22));
-            assert_eq!(view.account(wiped).unwrap().unwrap().balance, U256::from(100));
+            assert_eq!(
+                view.account(wiped).unwrap().unwrap().balance,
+                U256::from(100)
+            );
             assert_eq!(view.storage(wiped, U256::from(2)).unwrap(), U256::ZERO);
             assert_eq!(view.storage(wiped, U256::from(3)).unwrap(), U256::from(33));
             assert_eq!(view.account(deleted).unwrap(), None);
             assert_eq!(view.storage(deleted, U256::from(1)).unwrap(), U256::ZERO);
             assert_eq!(view.code(code_hash).unwrap(), Some(code.clone()));
             // The database underneath is unchanged.
-            assert_eq!(reader.storage(wiped, U256::from(2)).unwrap(), U256::from(22));
+            assert_eq!(
+                reader.storage(wiped, U256::from(2)).unwrap(),
+                U256::from(22)
+            );
         })
         .unwrap();
     overlay.remove_through(1);
