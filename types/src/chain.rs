@@ -112,7 +112,13 @@ impl ChainSpec {
     }
 
     pub fn from_genesis_json(text: &str) -> Result<Self, GenesisError> {
-        let genesis: Genesis = serde_json::from_str(text)?;
+        // alloy's `ChainConfig` defaults a missing chain id to mainnet's 1; a genesis file that
+        // forgets it must be refused, not silently become chain 1.
+        let value: serde_json::Value = serde_json::from_str(text)?;
+        if value.pointer("/config/chainId").is_none() {
+            return Err(GenesisError::Config("config.chainId must be set".into()));
+        }
+        let genesis: Genesis = serde_json::from_value(value)?;
         Self::from_genesis(genesis)
     }
 

@@ -11,6 +11,8 @@ pub enum PoolError {
     Unprotected,
     #[error("transaction type not supported")]
     TxTypeNotSupported,
+    #[error("max initcode size exceeded: code size {size}, limit {limit}")]
+    InitcodeTooLarge { size: usize, limit: usize },
     #[error("oversized data")]
     Oversized,
     #[error("intrinsic gas too low")]

@@ -52,6 +52,8 @@ impl SenderQueue {
 struct Inner {
     by_hash: HashMap<B256, Address>,
     senders: HashMap<Address, SenderQueue>,
+    /// Transactions taken into a proposal, until that block commits (so RPC can still find them).
+    in_flight: HashMap<B256, (BlockNumber, RecoveredTx)>,
 }
 
 impl Inner {
@@ -104,8 +106,12 @@ impl TxPool {
         Self::default()
     }
 
+    /// A transaction waiting in the pool or in a proposed block that has not committed yet.
     pub fn get(&self, hash: &B256) -> Option<RecoveredTx> {
         let inner = self.inner.lock();
+        if let Some((_, tx)) = inner.in_flight.get(hash) {
+            return Some(tx.clone());
+        }
         let sender = inner.by_hash.get(hash)?;
         inner.senders[sender]
             .txs
@@ -218,6 +224,7 @@ impl TxPool {
             }
             let tx = queue.txs.remove(&nonce).expect("head tx exists");
             inner.by_hash.remove(&tx.hash());
+            inner.in_flight.insert(tx.hash(), (number, tx.clone()));
             taken.push(tx);
         }
         taken
@@ -228,6 +235,7 @@ impl TxPool {
     /// dropped at execution; transactions below that nonce are gone for good.
     pub fn on_committed(&self, number: BlockNumber, mut nonce_of: impl FnMut(Address) -> u64) {
         let mut inner = self.inner.lock();
+        inner.in_flight.retain(|_, (n, _)| *n > number);
         let done: Vec<Address> = inner
             .senders
             .iter()
@@ -351,7 +359,12 @@ mod tests {
             pool.insert(tx.clone(), 0).unwrap();
         }
         let taken = pool.take_block(1, 63_000, 10, 100);
-        assert_eq!(taken, vec![high0, high1, low]);
+        assert_eq!(taken, vec![high0.clone(), high1, low]);
+        assert_eq!(
+            pool.get(&high0.hash()),
+            Some(high0.clone()),
+            "in flight stays visible"
+        );
         assert_eq!(
             pool.size(),
             PoolSize {
@@ -364,10 +377,15 @@ mod tests {
             pool.insert(signed(2, 1, 50, 100), 0),
             Err(PoolError::NonceTooLow)
         );
+        let sender2 = high0.sender();
+        assert_eq!(pool.tracked_next_nonce(sender2), Some(2));
+        pool.on_committed(1, |a| if a == sender2 { 2 } else { 1 });
         assert_eq!(
-            pool.tracked_next_nonce(signed(2, 0, 1, 1).sender()),
-            Some(2)
+            pool.get(&high0.hash()),
+            None,
+            "committed: served from the chain"
         );
+        assert_eq!(pool.tracked_next_nonce(sender2), None);
     }
 
     #[test]

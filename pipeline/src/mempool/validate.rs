@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 /// Largest transaction accepted, encoded (geth's `txMaxSize`).
 pub const TX_SIZE_MAX: usize = 128 * 1024;
+/// EIP-3860: largest init code of a contract creation.
+pub const INITCODE_SIZE_MAX: usize = 2 * 24_576;
 
 #[derive(Debug, Clone)]
 pub struct Validator {
@@ -48,6 +50,12 @@ impl Validator {
             Some(id) if id == self.spec.chain_id => {}
             Some(_) => return Err(PoolError::InvalidChainId),
             None => return Err(PoolError::Unprotected),
+        }
+        if tx.is_create() && tx.input().len() > INITCODE_SIZE_MAX {
+            return Err(PoolError::InitcodeTooLarge {
+                size: tx.input().len(),
+                limit: INITCODE_SIZE_MAX,
+            });
         }
         if tx.gas_limit() > self.block_gas_limit {
             return Err(PoolError::ExceedsBlockGasLimit);
