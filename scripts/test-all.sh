@@ -18,9 +18,9 @@ export KESTREL_BIN="${KESTREL_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/kes
 step "cargo test --workspace --release"
 cargo test --workspace --release
 
-# --- Ethereum conformance tests ------------------------------------------------------------------
-# TODO(lead): run the BlockchainTests in ../shared/fixtures through the real import path here.
-# ---------------------------------------------------------------------------------------------------
+step "Ethereum conformance: BlockchainTests through the import path (sequential executor)"
+FIXTURES="${KESTREL_FIXTURES:-$ROOT/../shared/fixtures/ethereum-tests}"
+cargo run --release --bin ef-tests -- "$FIXTURES"
 
 step "end-to-end: pytest tests/e2e (web3.py, crash recovery)"
 tests/e2e/.venv/bin/python -m pytest -q tests/e2e

@@ -147,6 +147,7 @@ impl Store {
                 growth_step: Some(DB_GROWTH_STEP_BYTES),
                 shrink_threshold: Some(2 * DB_GROWTH_STEP_BYTES),
             }),
+            page_size: std::env::var("KESTREL_PAGE_SIZE").ok().map(|v| libmdbx::PageSize::Set(v.parse().unwrap())),
             ..Default::default()
         };
         let db = Database::<Env>::open_with_options(dir, options)?;
