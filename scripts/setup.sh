@@ -2,7 +2,8 @@
 # Installs what building and testing Kestrel needs on a fresh Debian machine that has Rust.
 # Idempotent: each step is skipped when its result is already there.
 #
-#   scripts/setup.sh          build deps + the end-to-end test deps (Python venv, npm packages)
+#   scripts/setup.sh          build deps + the end-to-end test deps (Python venv, npm packages,
+#                             prometheus/promtool for tests/metrics)
 #   scripts/setup.sh build    build deps only (what scripts/dev.sh needs)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -55,4 +56,6 @@ if [ "$(cat "$E2E/node_modules/.package-lock.sha256" 2>/dev/null)" != "$lock_sum
   (cd "$E2E" && npm ci --no-audit --no-fund --loglevel=error)
   echo "$lock_sum" > "$E2E/node_modules/.package-lock.sha256"
 fi
+# Metrics tests (tests/metrics): a real Prometheus server and promtool, from the Debian package.
+command -v prometheus >/dev/null && command -v promtool >/dev/null || apt_install prometheus
 echo "setup: done"

@@ -25,6 +25,9 @@ cargo run --release --bin ef-tests -- "$FIXTURES"
 step "end-to-end: pytest tests/e2e (web3.py, crash recovery)"
 tests/e2e/.venv/bin/python -m pytest -q tests/e2e
 
+step "metrics: pytest tests/metrics (real Prometheus, promtool, Grafana dashboard)"
+tests/e2e/.venv/bin/python -m pytest -q tests/metrics
+
 step "end-to-end: node --test (viem)"
 (cd tests/e2e && node --test ./*.test.mjs)
 

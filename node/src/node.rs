@@ -184,6 +184,7 @@ async fn wait_for_signal() {
 }
 
 fn describe_metrics() {
+    metrics::describe_gauge!("kestrel_node_info", "Node version and chain id in labels (always 1)");
     kestrel_storage::describe_metrics();
     kestrel_rpc::describe_metrics();
     kestrel_pipeline::describe_metrics();
