@@ -1,24 +1,28 @@
-//! Sequential executor vs bare revm on the same blocks of 10,000 ETH transfers and 10,000 ERC-20
-//! transfers over 100,000 funded accounts, in one run. Prints one JSON line per workload with the
-//! medians and their ratio, then runs the criterion groups.
+//! Sequential executor vs parallel executor (2 workers) vs bare revm on the same blocks of 10,000
+//! ETH transfers and 10,000 ERC-20 transfers over 100,000 funded accounts, in one run. Prints one
+//! JSON line per workload with the medians and their ratios, then runs the criterion groups.
 
 use alloy_consensus::{Header, Transaction};
 use criterion::{BatchSize, Criterion, criterion_group};
 use kestrel_benches::{
     FakeHashes, MemState, deploy_token, erc20_block, funded_state, transfer_block,
 };
-use kestrel_pipeline::{BlockInput, Executor, InvalidTxPolicy, SequentialExecutor};
+use kestrel_pipeline::{
+    BlockInput, Executor, InvalidTxPolicy, ParallelExecutor, SequentialExecutor,
+};
 use kestrel_types::{ChainSpec, RecoveredTx};
 use revm::{
     Context, ExecuteCommitEvm, MainBuilder, MainContext, context::TxEnv, database::CacheDB,
     primitives::TxKind,
 };
-use std::time::Instant;
+use std::{num::NonZeroUsize, time::Instant};
 
 const ACCOUNTS: u64 = 100_000;
 const TXS: usize = 10_000;
 const BASE_FEE: u64 = 7;
 const SAMPLES: usize = 7;
+/// Workers of the parallel executor (the bench machine has 2 cores).
+const PARALLEL_THREADS: NonZeroUsize = NonZeroUsize::new(2).expect("non-zero");
 
 struct Setup {
     name: &'static str,
@@ -59,14 +63,18 @@ fn setup(name: &'static str) -> Setup {
     }
 }
 
-fn run_kestrel(s: &Setup) -> u64 {
+fn parallel() -> ParallelExecutor {
+    ParallelExecutor::new(PARALLEL_THREADS)
+}
+
+fn run_kestrel(s: &Setup, executor: &mut dyn Executor) -> u64 {
     let input = BlockInput {
         header: &s.header,
         txs: &s.txs,
         withdrawals: &[],
         policy: InvalidTxPolicy::Reject,
     };
-    let out = SequentialExecutor
+    let out = executor
         .execute(&s.spec, input, &s.state, &FakeHashes)
         .expect("block executes");
     assert_eq!(out.receipts.len(), TXS, "every transfer included");
@@ -126,7 +134,13 @@ fn side_by_side(s: &Setup) {
     let expected_gas = run_revm(s, revm_db(s));
     let kestrel = median_secs(|| {
         let t = Instant::now();
-        assert_eq!(run_kestrel(s), expected_gas);
+        assert_eq!(run_kestrel(s, &mut SequentialExecutor), expected_gas);
+        t.elapsed().as_secs_f64()
+    });
+    let parallel = median_secs(|| {
+        let mut executor = parallel();
+        let t = Instant::now();
+        assert_eq!(run_kestrel(s, &mut executor), expected_gas);
         t.elapsed().as_secs_f64()
     });
     let revm = median_secs(|| {
@@ -142,6 +156,9 @@ fn side_by_side(s: &Setup) {
             "accounts": ACCOUNTS,
             "txs": TXS,
             "kestrel_sequential_txs_per_s": (TXS as f64 / kestrel).round(),
+            "kestrel_parallel_threads": PARALLEL_THREADS.get(),
+            "kestrel_parallel_txs_per_s": (TXS as f64 / parallel).round(),
+            "parallel_over_sequential": (kestrel / parallel * 1000.0).round() / 1000.0,
             "bare_revm_txs_per_s": (TXS as f64 / revm).round(),
             "kestrel_over_revm": (revm / kestrel * 1000.0).round() / 1000.0,
         })
@@ -154,7 +171,12 @@ fn benches(c: &mut Criterion) {
         side_by_side(&s);
         let mut group = c.benchmark_group(format!("{name}_10k"));
         group.sample_size(10);
-        group.bench_function("kestrel_sequential", |b| b.iter(|| run_kestrel(&s)));
+        group.bench_function("kestrel_sequential", |b| {
+            b.iter(|| run_kestrel(&s, &mut SequentialExecutor))
+        });
+        group.bench_function("kestrel_parallel_2", |b| {
+            b.iter(|| run_kestrel(&s, &mut parallel()))
+        });
         group.bench_function("bare_revm", |b| {
             b.iter_batched(|| revm_db(&s), |db| run_revm(&s, db), BatchSize::LargeInput)
         });

@@ -13,7 +13,7 @@ use crate::{
 };
 use clap::{Parser, ValueEnum};
 use eyre::WrapErr;
-use kestrel_pipeline::{Executor, SequentialExecutor};
+use kestrel_pipeline::{Executor, ParallelExecutor, SequentialExecutor};
 use std::{
     cell::Cell,
     collections::BTreeMap,
@@ -33,9 +33,16 @@ struct Args {
     /// Which executor runs the blocks.
     #[arg(long, value_enum, default_value_t = ExecutorKind::Sequential)]
     executor: ExecutorKind,
-    /// Worker threads; each runs whole test files.
+    /// Test-runner worker threads; each runs whole test files.
     #[arg(long, default_value_t = default_threads())]
     threads: NonZeroUsize,
+    /// Threads the parallel executor runs each block on (default: `--threads`).
+    #[arg(long)]
+    exec_threads: Option<NonZeroUsize>,
+    /// With `--executor parallel`: blocks with fewer transactions run sequentially. The
+    /// fixtures' blocks are small, so the default 0 sends every block through the parallel path.
+    #[arg(long, default_value_t = 0)]
+    parallel_min_txs: usize,
     /// Run only the tests whose name or file path contains this.
     #[arg(long)]
     filter: Option<String>,
@@ -54,6 +61,16 @@ fn default_threads() -> NonZeroUsize {
     std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
 }
 
+fn executor(args: &Args) -> Box<dyn Executor> {
+    match args.executor {
+        ExecutorKind::Sequential => Box::new(SequentialExecutor),
+        ExecutorKind::Parallel => Box::new(
+            ParallelExecutor::new(args.exec_threads.unwrap_or(args.threads))
+                .with_min_txs(args.parallel_min_txs),
+        ),
+    }
+}
+
 /// The result of one test, in the order the tests are reported.
 struct Report {
     name: String,
@@ -62,10 +79,6 @@ struct Report {
 
 fn main() -> eyre::Result<ExitCode> {
     let args = Args::parse();
-    if args.executor == ExecutorKind::Parallel {
-        eprintln!("error: parallel executor not available yet");
-        return Ok(ExitCode::from(2));
-    }
     let mut files = Vec::new();
     for path in &args.paths {
         collect_json(path, &mut files).wrap_err_with(|| format!("reading {}", path.display()))?;
@@ -125,14 +138,17 @@ fn run_files(files: &[PathBuf], args: &Args) -> eyre::Result<Vec<Vec<Report>>> {
         let workers: Vec<_> = (0..args.threads.get())
             .map(|_| {
                 scope.spawn(|| {
-                    let mut executor = SequentialExecutor;
+                    let mut executor = executor(args);
                     let mut done = Vec::new();
                     loop {
                         let index = next.fetch_add(1, Ordering::Relaxed);
                         let Some(file) = files.get(index) else {
                             return done;
                         };
-                        done.push((index, run_file(file, args.filter.as_deref(), &mut executor)));
+                        done.push((
+                            index,
+                            run_file(file, args.filter.as_deref(), &mut *executor),
+                        ));
                     }
                 })
             })

@@ -1,8 +1,8 @@
 //! Command-line interface.
 
 use alloy_primitives::Address;
-use clap::{Args, Parser, Subcommand};
-use std::{net::SocketAddr, path::PathBuf};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -56,4 +56,24 @@ pub struct NodeArgs {
     /// Threads recovering senders of incoming transactions.
     #[arg(long, default_value_t = 2)]
     pub ingress_threads: usize,
+    /// How blocks are executed. Sequential is the default until the parallel executor is faster
+    /// than it (BENCHMARKS.md).
+    #[arg(long, value_enum, default_value_t = ExecutorKind::Sequential)]
+    pub executor: ExecutorKind,
+    /// Worker threads of the parallel executor (default: the available cores).
+    #[arg(long, default_value_t = available_cores())]
+    pub exec_threads: NonZeroUsize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecutorKind {
+    /// One transaction after another.
+    Sequential,
+    /// Speculatively on `--exec-threads` workers, committed in block order (blocks under 64
+    /// transactions still run sequentially).
+    Parallel,
+}
+
+fn available_cores() -> NonZeroUsize {
+    std::thread::available_parallelism().unwrap_or(NonZeroUsize::MIN)
 }

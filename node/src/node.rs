@@ -1,10 +1,10 @@
 //! Wiring: opens the database, starts the stages, RPC and metrics, and shuts them down in order.
 
-use crate::cli::NodeArgs;
+use crate::cli::{ExecutorKind, NodeArgs};
 use eyre::{WrapErr, bail};
 use kestrel_pipeline::stages::ordering_parent;
 use kestrel_pipeline::{
-    SequentialExecutor,
+    Executor, ParallelExecutor, SequentialExecutor,
     mempool::{IngressStage, TxPool, Validator},
     stages::{
         COMMIT_QUEUE_MAX, CommitStage, EXECUTION_QUEUE_MAX, ExecutionStage, OrderingConfig,
@@ -105,7 +105,10 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     let mut threads = vec![spawn("ordering", move || ordering.run(head_number, parent))];
     let execution = ExecutionStage {
         spec: spec.clone(),
-        executor: Box::new(SequentialExecutor),
+        executor: match args.executor {
+            ExecutorKind::Sequential => Box::new(SequentialExecutor) as Box<dyn Executor>,
+            ExecutorKind::Parallel => Box::new(ParallelExecutor::new(args.exec_threads)),
+        },
         state: state.clone(),
         hashes: hashes.clone(),
         status: status.clone(),
@@ -184,7 +187,10 @@ async fn wait_for_signal() {
 }
 
 fn describe_metrics() {
-    metrics::describe_gauge!("kestrel_node_info", "Node version and chain id in labels (always 1)");
+    metrics::describe_gauge!(
+        "kestrel_node_info",
+        "Node version and chain id in labels (always 1)"
+    );
     kestrel_storage::describe_metrics();
     kestrel_rpc::describe_metrics();
     kestrel_pipeline::describe_metrics();

@@ -134,17 +134,7 @@ impl Executor for SequentialExecutor {
             .with_bundle_update()
             .build();
         let evm = EthEvmFactory::default().create_evm(&mut db, evm_env(spec, header));
-        let ctx = EthBlockExecutionCtx {
-            parent_hash,
-            parent_beacon_block_root: header.parent_beacon_block_root,
-            ommers: &[],
-            withdrawals: header
-                .withdrawals_root
-                .map(|_| Cow::Borrowed(input.withdrawals)),
-            extra_data: header.extra_data.clone(),
-            tx_count_hint: Some(input.txs.len()),
-            slot_number: None,
-        };
+        let ctx = execution_ctx(&input, parent_hash);
         let mut executor = EthBlockExecutor::new(evm, ctx, forks, AlloyReceiptBuilder::default());
         executor
             .apply_pre_execution_changes()
@@ -187,10 +177,30 @@ impl Executor for SequentialExecutor {
     }
 }
 
+/// alloy-evm's context for executing `input`; shared with the parallel executor so both run the
+/// same system calls and withdrawals.
+pub(crate) fn execution_ctx<'a>(
+    input: &BlockInput<'a>,
+    parent_hash: B256,
+) -> EthBlockExecutionCtx<'a> {
+    let header = input.header;
+    EthBlockExecutionCtx {
+        parent_hash,
+        parent_beacon_block_root: header.parent_beacon_block_root,
+        ommers: &[],
+        withdrawals: header
+            .withdrawals_root
+            .map(|_| Cow::Borrowed(input.withdrawals)),
+        extra_data: header.extra_data.clone(),
+        tx_count_hint: Some(input.txs.len()),
+        slot_number: None,
+    }
+}
+
 /// The parent hash the EIP-2935 system call stores. Reading it can mean waiting for the state
 /// root stage, so it is read only when the history contract exists (otherwise the call has no
 /// effect whatever its input).
-fn parent_hash_for_history(
+pub(crate) fn parent_hash_for_history(
     forks: &Hardforks,
     header: &Header,
     state: &dyn StateView,
@@ -209,7 +219,7 @@ fn parent_hash_for_history(
     }
 }
 
-fn fatal_or_block(err: BlockExecutionError) -> ExecError {
+pub(crate) fn fatal_or_block(err: BlockExecutionError) -> ExecError {
     match err {
         BlockExecutionError::Validation(err) => ExecError::InvalidBlock(err.to_string()),
         err => ExecError::Internal(err.to_string()),

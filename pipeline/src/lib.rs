@@ -5,6 +5,7 @@ pub mod evm;
 pub mod executor;
 pub mod import;
 pub mod mempool;
+pub mod parallel;
 pub mod stages;
 pub mod state;
 pub mod status;
@@ -12,6 +13,7 @@ pub mod status;
 pub use executor::{
     BlockInput, BlockOutput, ExecError, Executor, InvalidTxPolicy, SequentialExecutor,
 };
+pub use parallel::{PARALLEL_MIN_TXS, ParallelExecutor};
 
 /// Declares the pipeline's metrics with their help texts (see docs/metrics.md).
 pub fn describe_metrics() {
@@ -79,6 +81,22 @@ pub fn describe_metrics() {
         "Transactions left out because they were invalid at execution"
     );
     describe_counter!("kestrel_execution_gas_total", "Gas used by executed blocks");
+    describe_counter!(
+        "kestrel_execution_reexecutions_total",
+        "Transactions the parallel executor re-executed at commit (invalid reads or replay)"
+    );
+    describe_counter!(
+        "kestrel_execution_validation_failures_total",
+        "Speculative executions whose reads had changed by commit"
+    );
+    describe_counter!(
+        "kestrel_execution_sequential_fallback_total",
+        "Blocks the parallel executor ran sequentially (too few transactions)"
+    );
+    describe_histogram!(
+        "kestrel_execution_parallel_phase_seconds",
+        "Time per block in each parallel execution phase (execute, validate, commit)"
+    );
     describe_gauge!(
         "kestrel_commit_queue_depth",
         "Executed blocks waiting for the state root and commit"
