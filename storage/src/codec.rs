@@ -218,40 +218,77 @@ pub(crate) fn node_path(table: &'static str, nibbles: &[u8]) -> Result<Nibbles, 
     Ok(Nibbles::from_nibbles_unchecked(nibbles))
 }
 
-/// `[state mask][tree mask][hash mask]` (u16 big-endian each), the child hashes, then the root
-/// hash if the node has one (only the root node does).
-pub(crate) fn encode_node(node: &BranchNodeCompact, out: &mut Vec<u8>) {
+/// A trie branch node as stored: the hash builder's [`BranchNodeCompact`], plus the hashes of
+/// the children that are single leaves (the hash builder keeps only branch children's hashes),
+/// so that an unchanged leaf beside a changed one need not be read and hashed again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoredNode {
+    pub branch: BranchNodeCompact,
+    /// Children that are leaves with a known hash; disjoint from the tree and hash masks.
+    pub leaf_mask: TrieMask,
+    pub leaf_hashes: Vec<B256>,
+}
+
+impl StoredNode {
+    /// The hash of the leaf child at `nibble`, which `leaf_mask` must hold.
+    pub fn leaf_hash(&self, nibble: u8) -> B256 {
+        let below = *self.leaf_mask & (*TrieMask::from_nibble(nibble) - 1);
+        self.leaf_hashes[below.count_ones() as usize]
+    }
+}
+
+/// `[state mask][tree mask][hash mask][leaf mask]` (u16 big-endian each), the branch children's
+/// hashes, the leaf children's hashes, then the root hash if the node has one (only the root
+/// node does).
+pub(crate) fn encode_node(node: &StoredNode, out: &mut Vec<u8>) {
     out.clear();
-    for mask in [node.state_mask, node.tree_mask, node.hash_mask] {
+    let branch = &node.branch;
+    for mask in [
+        branch.state_mask,
+        branch.tree_mask,
+        branch.hash_mask,
+        node.leaf_mask,
+    ] {
         out.extend_from_slice(&mask.get().to_be_bytes());
     }
-    for hash in node.hashes.iter().chain(node.root_hash.iter()) {
+    let hashes = branch
+        .hashes
+        .iter()
+        .chain(&node.leaf_hashes)
+        .chain(branch.root_hash.iter());
+    for hash in hashes {
         out.extend_from_slice(hash.as_slice());
     }
 }
 
-pub(crate) fn decode_node(
-    table: &'static str,
-    bytes: &[u8],
-) -> Result<BranchNodeCompact, StorageError> {
+pub(crate) fn decode_node(table: &'static str, bytes: &[u8]) -> Result<StoredNode, StorageError> {
     let bad = || corrupt(table, format!("bad trie node {}", hex(bytes)));
-    if bytes.len() < 6 || !(bytes.len() - 6).is_multiple_of(32) {
+    if bytes.len() < 8 || !(bytes.len() - 8).is_multiple_of(32) {
         return Err(bad());
     }
     let mask = |i: usize| TrieMask::new(u16::from_be_bytes([bytes[i], bytes[i + 1]]));
-    let (state_mask, tree_mask, hash_mask) = (mask(0), mask(2), mask(4));
-    let mut hashes: Vec<B256> = bytes[6..].chunks_exact(32).map(B256::from_slice).collect();
-    let root_hash = match hashes.len().checked_sub(hash_mask.count_ones() as usize) {
+    let (state_mask, tree_mask, hash_mask, leaf_mask) = (mask(0), mask(2), mask(4), mask(6));
+    let mut hashes: Vec<B256> = bytes[8..].chunks_exact(32).map(B256::from_slice).collect();
+    let children = (hash_mask.count_ones() + leaf_mask.count_ones()) as usize;
+    let root_hash = match hashes.len().checked_sub(children) {
         Some(0) => None,
         Some(1) => hashes.pop(),
         _ => return Err(bad()),
     };
-    if !tree_mask.is_subset_of(state_mask) || !hash_mask.is_subset_of(state_mask) {
+    let valid = tree_mask.is_subset_of(state_mask)
+        && hash_mask.is_subset_of(state_mask)
+        && leaf_mask.is_subset_of(state_mask)
+        && (*leaf_mask & (*tree_mask | *hash_mask)) == 0;
+    if !valid {
         return Err(bad());
     }
-    Ok(BranchNodeCompact::new(
-        state_mask, tree_mask, hash_mask, hashes, root_hash,
-    ))
+    let leaf_hashes = hashes.split_off(hash_mask.count_ones() as usize);
+    let branch = BranchNodeCompact::new(state_mask, tree_mask, hash_mask, hashes, root_hash);
+    Ok(StoredNode {
+        branch,
+        leaf_mask,
+        leaf_hashes,
+    })
 }
 
 /// Block body: per transaction `[sender][length u32][EIP-2718 bytes]`.
@@ -408,15 +445,28 @@ mod tests {
     fn node_roundtrip() {
         let hashes = vec![B256::repeat_byte(1), B256::repeat_byte(2)];
         for root in [None, Some(B256::repeat_byte(3))] {
-            let node =
+            let branch =
                 BranchNodeCompact::new(0b1011_0000_0000_0011, 0b1, 0b11, hashes.clone(), root);
+            let leaf_hashes = vec![B256::repeat_byte(4), B256::repeat_byte(5)];
+            let node = StoredNode {
+                branch,
+                leaf_mask: TrieMask::new(0b1010_0000_0000_0000),
+                leaf_hashes,
+            };
             let mut bytes = Vec::new();
             encode_node(&node, &mut bytes);
-            assert_eq!(decode_node("test", &bytes).unwrap(), node);
+            let decoded = decode_node("test", &bytes).unwrap();
+            assert_eq!(decoded, node);
+            assert_eq!(decoded.leaf_hash(13), B256::repeat_byte(4));
+            assert_eq!(decoded.leaf_hash(15), B256::repeat_byte(5));
         }
         assert!(
-            decode_node("test", &[0, 1, 0, 0, 0, 1]).is_err(),
+            decode_node("test", &[0, 1, 0, 0, 0, 1, 0, 0]).is_err(),
             "hash mask without hash"
+        );
+        assert!(
+            decode_node("test", &[0, 1, 0, 0, 0, 1, 0, 1]).is_err(),
+            "leaf and hash child"
         );
     }
 }

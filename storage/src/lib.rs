@@ -59,8 +59,8 @@ pub trait ChainView {
 
 /// Largest database file: far above what a node needs, and only address space until used.
 const DB_SIZE_MAX_BYTES: isize = 4 << 40;
-/// Step by which the file grows (and the free tail above which it shrinks): large enough that a
-/// block rarely remaps the file, small enough for test databases.
+/// Step by which the file grows (it shrinks when twice this is free at its end): large enough
+/// that a block rarely remaps the file, small enough for test databases.
 const DB_GROWTH_STEP_BYTES: isize = 128 << 20;
 /// Concurrent read snapshots (RPC handlers, execution, state root).
 const READERS_MAX: u32 = 256;
@@ -147,7 +147,6 @@ impl Store {
                 growth_step: Some(DB_GROWTH_STEP_BYTES),
                 shrink_threshold: Some(2 * DB_GROWTH_STEP_BYTES),
             }),
-            page_size: std::env::var("KESTREL_PAGE_SIZE").ok().map(|v| libmdbx::PageSize::Set(v.parse().unwrap())),
             ..Default::default()
         };
         let db = Database::<Env>::open_with_options(dir, options)?;

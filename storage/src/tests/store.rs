@@ -270,3 +270,22 @@ fn overlay_reads_fall_through_to_the_database() {
     overlay.remove_through(1);
     assert_eq!(overlay.len(), 1);
 }
+
+#[test]
+fn readers_run_beside_a_writer_on_other_threads() {
+    let (_dir, store) = temp_store();
+    let store = Arc::new(store);
+    let genesis = store.init_genesis(&ChainSpec::dev()).unwrap();
+    let mut writer = store.begin_block().unwrap();
+    writer
+        .insert_block(&child(&genesis, vec![transfer(0)]))
+        .unwrap();
+    let reader = {
+        let store = Arc::clone(&store);
+        std::thread::spawn(move || store.view(|r| r.head().unwrap()).unwrap())
+    };
+    // The snapshot does not see the open write transaction.
+    assert_eq!(reader.join().unwrap(), Some(0));
+    writer.commit().unwrap();
+    assert_eq!(store.view(|r| r.head().unwrap()).unwrap(), Some(1));
+}
