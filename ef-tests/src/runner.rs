@@ -12,9 +12,10 @@ use kestrel_pipeline::{
     import::{ImportError, check_state_root, decode_block, execute_block, validate_header},
 };
 use kestrel_storage::{
-    ChainView, Durability, StateView, StorageError, Store, genesis_header, state_root_from_alloc,
+    ChainView, Durability, StateView, StorageError, Store, genesis_changes, genesis_header,
+    state_root_from_alloc,
 };
-use kestrel_types::{ChainSpec, Fork, SealedBlock, StateChanges, StorageChange};
+use kestrel_types::{ChainSpec, Fork, SealedBlock, StateChanges};
 use std::{cell::Cell, collections::HashMap, fmt::Display};
 use tempfile::TempDir;
 
@@ -549,25 +550,6 @@ fn chain_spec(test: &BlockchainTest, fork: Fork, genesis: &Header) -> ChainSpec 
             .map(|(address, account)| (*address, account.to_alloc()))
             .collect(),
     }
-}
-
-/// The allocation as the state changes of block 0 (what `Store::init_genesis` writes).
-fn genesis_changes(spec: &ChainSpec) -> StateChanges {
-    let mut changes = StateChanges::default();
-    for (address, account) in &spec.alloc {
-        changes.accounts.insert(*address, Some(account.info));
-        if let Some(code) = &account.code {
-            changes.insert_code(code.clone());
-        }
-        if !account.storage.is_empty() {
-            let change = StorageChange {
-                wiped: false,
-                slots: account.storage.clone(),
-            };
-            changes.storage.insert(*address, change);
-        }
-    }
-    changes
 }
 
 /// The first header field where `expected` and `got` differ, as (name, expected, got).

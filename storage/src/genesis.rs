@@ -58,7 +58,7 @@ pub fn genesis_header(spec: &ChainSpec) -> Header {
 }
 
 /// The allocation as the state changes of block 0.
-pub(crate) fn genesis_changes(spec: &ChainSpec) -> StateChanges {
+pub fn genesis_changes(spec: &ChainSpec) -> StateChanges {
     let mut changes = StateChanges::default();
     for (address, account) in &spec.alloc {
         changes.accounts.insert(*address, Some(account.info));

@@ -16,7 +16,7 @@ mod trie;
 mod tests;
 
 pub use error::StorageError;
-pub use genesis::{genesis_header, state_root_from_alloc};
+pub use genesis::{genesis_changes, genesis_header, state_root_from_alloc};
 pub use overlay::{Overlay, OverlayView};
 
 use crate::{
