@@ -6,7 +6,7 @@ use alloy_consensus::{Header, ReceiptEnvelope};
 use alloy_eips::{eip2935::HISTORY_STORAGE_ADDRESS, eip4895::Withdrawal};
 use alloy_evm::{
     EvmFactory,
-    block::{BlockExecutionError, BlockExecutor, BlockValidationError},
+    block::{BlockExecutionError, BlockExecutionResult, BlockExecutor, BlockValidationError},
     eth::{
         EthBlockExecutionCtx, EthBlockExecutor, EthEvmFactory, receipt_builder::AlloyReceiptBuilder,
     },
@@ -129,10 +129,7 @@ impl Executor for SequentialExecutor {
         let header = input.header;
         let forks = Hardforks::new(spec);
         let parent_hash = parent_hash_for_history(&forks, header, state, hashes)?;
-        let mut db = State::builder()
-            .with_database(StateDb { state, hashes })
-            .with_bundle_update()
-            .build();
+        let mut db = block_state(state, hashes);
         let evm = EthEvmFactory::default().create_evm(&mut db, evm_env(spec, header));
         let ctx = execution_ctx(&input, parent_hash);
         let mut executor = EthBlockExecutor::new(evm, ctx, forks, AlloyReceiptBuilder::default());
@@ -160,20 +157,44 @@ impl Executor for SequentialExecutor {
             }
         }
         let (_evm, result) = executor.finish().map_err(fatal_or_block)?;
-        let requests_hash = forks
-            .is_prague_active_at_timestamp(header.timestamp)
-            .then(|| result.requests.requests_hash());
-        db.merge_transitions(BundleRetention::PlainState);
-        let changes = bundle_to_changes(db.take_bundle());
-        Ok(BlockOutput {
-            changes,
-            receipts: result.receipts,
-            included,
-            dropped,
-            gas_used: result.gas_used,
-            blob_gas_used: result.blob_gas_used,
-            requests_hash,
-        })
+        Ok(block_output(
+            &forks, header, &mut db, result, included, dropped,
+        ))
+    }
+}
+
+/// revm's `State` over `state`, tracking the bundle both executors turn into [`StateChanges`].
+pub(crate) fn block_state<'a>(
+    state: &'a dyn StateView,
+    hashes: &'a dyn BlockHashes,
+) -> State<StateDb<'a>> {
+    State::builder()
+        .with_database(StateDb { state, hashes })
+        .with_bundle_update()
+        .build()
+}
+
+/// The [`BlockOutput`] of a finished block: alloy-evm's result plus the state changes in `db`.
+pub(crate) fn block_output(
+    forks: &Hardforks,
+    header: &Header,
+    db: &mut State<StateDb<'_>>,
+    result: BlockExecutionResult<ReceiptEnvelope>,
+    included: Vec<usize>,
+    dropped: Vec<(usize, String)>,
+) -> BlockOutput {
+    let requests_hash = forks
+        .is_prague_active_at_timestamp(header.timestamp)
+        .then(|| result.requests.requests_hash());
+    db.merge_transitions(BundleRetention::PlainState);
+    BlockOutput {
+        changes: bundle_to_changes(db.take_bundle()),
+        receipts: result.receipts,
+        included,
+        dropped,
+        gas_used: result.gas_used,
+        blob_gas_used: result.blob_gas_used,
+        requests_hash,
     }
 }
 

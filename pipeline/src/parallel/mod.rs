@@ -29,10 +29,10 @@ mod mv;
 mod worker;
 
 use crate::{
-    evm::{BlockHashes, DbError, Hardforks, StateDb, bundle_to_changes, evm_env},
+    evm::{BlockHashes, DbError, Hardforks, StateDb, evm_env},
     executor::{
         BlockInput, BlockOutput, ExecError, Executor, InvalidTxPolicy, SequentialExecutor,
-        execution_ctx, fatal_or_block, parent_hash_for_history,
+        block_output, block_state, execution_ctx, fatal_or_block, parent_hash_for_history,
     },
 };
 use alloy_consensus::{Transaction, transaction::Recovered};
@@ -41,7 +41,6 @@ use alloy_evm::{
     block::{BlockExecutionError, BlockExecutor},
     eth::{EthBlockExecutor, EthEvmFactory, EthTxResult, receipt_builder::AlloyReceiptBuilder},
 };
-use alloy_hardforks::EthereumHardforks;
 use alloy_primitives::{Address, B256, U256, map::HashMap};
 use crossbeam_channel::{Receiver, Sender};
 use kestrel_storage::{StateView, StorageError};
@@ -51,7 +50,7 @@ use revm::{
     Database,
     bytecode::Bytecode,
     context::{Cfg, result::ResultAndState},
-    database::{State, states::bundle_state::BundleRetention},
+    database::State,
     database_interface::bal::EvmDatabaseError,
     primitives::hardfork::SpecId,
     state::{Account, AccountInfo, EvmState, TransactionId},
@@ -138,10 +137,7 @@ fn execute_parallel(
     let header = input.header;
     let forks = Hardforks::new(spec);
     let parent_hash = parent_hash_for_history(&forks, header, state, hashes)?;
-    let mut db = State::builder()
-        .with_database(StateDb { state, hashes })
-        .with_bundle_update()
-        .build();
+    let mut db = block_state(state, hashes);
     let env = evm_env(spec, header);
     let gas_limit_cap = env.cfg_env.tx_gas_limit_cap();
     let evm = EthEvmFactory::default().create_evm(&mut db, env.clone());
@@ -207,11 +203,14 @@ fn execute_parallel(
 
     let finishing = Instant::now();
     let (_evm, result) = executor.finish().map_err(fatal_or_block)?;
-    let requests_hash = forks
-        .is_prague_active_at_timestamp(header.timestamp)
-        .then(|| result.requests.requests_hash());
-    db.merge_transitions(BundleRetention::PlainState);
-    let changes = bundle_to_changes(db.take_bundle());
+    let output = block_output(
+        &forks,
+        header,
+        &mut db,
+        result,
+        committer.included,
+        committer.dropped,
+    );
     let commit_time = committer.commit_time + finishing.elapsed();
 
     let phase = |name: &'static str, time: Duration| {
@@ -224,15 +223,7 @@ fn execute_parallel(
     );
     phase("validate", committer.validate_time);
     phase("commit", commit_time);
-    Ok(BlockOutput {
-        changes,
-        receipts: result.receipts,
-        included: committer.included,
-        dropped: committer.dropped,
-        gas_used: result.gas_used,
-        blob_gas_used: result.blob_gas_used,
-        requests_hash,
-    })
+    Ok(output)
 }
 
 /// Reads the accounts every transaction certainly loads (sender, recipient) and the recipients'
