@@ -1,6 +1,8 @@
 //! Deterministic workloads for Kestrel's benchmarks: funded accounts, signed blocks, and an
 //! in-memory state to execute them on (so executor benches measure execution, not disk).
 
+pub mod workload;
+
 use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
 use alloy_primitives::{Address, B256, Bytes, Signature, TxKind, U256, map::HashMap};
 use kestrel_pipeline::evm::BlockHashes;
@@ -120,14 +122,20 @@ pub fn token_balance_slot(holder: Address) -> U256 {
     U256::from_be_bytes(alloy_primitives::keccak256(preimage).0)
 }
 
-/// Deploys the token into `state` with every account in `holders` holding [`TOKEN_BALANCE`].
+/// Deploys the token at [`TOKEN`] into `state` with every account in `holders` holding
+/// [`TOKEN_BALANCE`].
 pub fn deploy_token(state: &mut MemState, holders: &[Address]) {
+    deploy_token_at(state, TOKEN, holders);
+}
+
+/// Deploys Token.sol at `token` with every account in `holders` holding [`TOKEN_BALANCE`].
+pub fn deploy_token_at(state: &mut MemState, token: Address, holders: &[Address]) {
     let code =
         Bytes::from(alloy_primitives::hex::decode(TOKEN_RUNTIME_HEX.trim()).expect("token hex"));
     let code_hash = alloy_primitives::keccak256(&code);
     state.codes.insert(code_hash, code);
     state.accounts.insert(
-        TOKEN,
+        token,
         AccountInfo {
             nonce: 1,
             balance: U256::ZERO,
@@ -137,11 +145,11 @@ pub fn deploy_token(state: &mut MemState, holders: &[Address]) {
     for h in holders {
         state
             .storage
-            .insert((TOKEN, token_balance_slot(*h)), U256::from(TOKEN_BALANCE));
+            .insert((token, token_balance_slot(*h)), U256::from(TOKEN_BALANCE));
     }
     // totalSupply, so the token's own view of itself is consistent.
     state.storage.insert(
-        (TOKEN, U256::from(2)),
+        (token, U256::from(2)),
         U256::from(TOKEN_BALANCE) * U256::from(holders.len()),
     );
 }

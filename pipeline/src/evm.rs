@@ -109,16 +109,7 @@ impl revm::Database for StateDb<'_> {
     type Error = DbError;
 
     fn basic(&mut self, address: Address) -> Result<Option<revm::state::AccountInfo>, DbError> {
-        Ok(self
-            .state
-            .account(address)?
-            .map(|a| revm::state::AccountInfo {
-                balance: a.balance,
-                nonce: a.nonce,
-                code_hash: a.code_hash,
-                code: None,
-                ..Default::default()
-            }))
+        Ok(self.state.account(address)?.map(revm_account))
     }
 
     fn code_by_hash(&mut self, code_hash: B256) -> Result<Bytecode, DbError> {
@@ -135,6 +126,17 @@ impl revm::Database for StateDb<'_> {
 
     fn block_hash(&mut self, number: u64) -> Result<B256, DbError> {
         Ok(self.hashes.block_hash(number)?)
+    }
+}
+
+/// revm's view of a stored account: the code is loaded by hash when needed.
+pub(crate) fn revm_account(a: AccountInfo) -> revm::state::AccountInfo {
+    revm::state::AccountInfo {
+        balance: a.balance,
+        nonce: a.nonce,
+        code_hash: a.code_hash,
+        code: None,
+        ..Default::default()
     }
 }
 

@@ -13,7 +13,7 @@ pub mod status;
 pub use executor::{
     BlockInput, BlockOutput, ExecError, Executor, InvalidTxPolicy, SequentialExecutor,
 };
-pub use parallel::{PARALLEL_MIN_TXS, ParallelExecutor};
+pub use parallel::{BlockStats, PARALLEL_MIN_TXS, ParallelExecutor};
 
 /// Declares the pipeline's metrics with their help texts (see docs/metrics.md).
 pub fn describe_metrics() {
@@ -91,7 +91,13 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "kestrel_execution_sequential_fallback_total",
-        "Blocks the parallel executor ran sequentially (too few transactions)"
+        "Blocks the parallel executor ran sequentially: reason=small (too few transactions) or \
+         reason=conflicts (the rest of a block whose commits re-executed too much)"
+    );
+    describe_counter!(
+        "kestrel_execution_relaxed_merges_total",
+        "Plain transfers whose recipient balance changed before commit, committed by re-applying \
+         the credit instead of re-executing"
     );
     describe_histogram!(
         "kestrel_execution_parallel_phase_seconds",

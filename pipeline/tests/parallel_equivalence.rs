@@ -41,6 +41,14 @@ const COUNTER: (u8, &[u8]) = (
     ],
 );
 
+/// `SSTORE(0, SELFBALANCE)`: reads its own balance, which calls with value change.
+const SELF_BALANCE: (u8, &[u8]) = (0xc4, &[0x47, 0x60, 0x00, 0x55, 0x00]);
+/// `SELFDESTRUCT(CALLER)`: sends its balance to the caller (Cancun: the account stays).
+const DESTRUCT: (u8, &[u8]) = (0xc5, &[0x33, 0xff]);
+
+/// A beneficiary that does not exist before the block.
+const FRESH_BENEFICIARY: Address = Address::new([0xbe; 20]);
+
 fn contract(byte: u8) -> Address {
     Address::new([byte; 20])
 }
@@ -73,6 +81,13 @@ enum Op {
         from: u64,
         which: u8,
         arg: u64,
+        value: u64,
+    },
+    /// Creates a contract whose init code self-destructs: created and deleted in one
+    /// transaction, its value sent back.
+    CreateDestroy {
+        from: u64,
+        value: u64,
     },
     /// Deploys a counter; later `CallDeployed` ops call the latest one deployed.
     Deploy {
@@ -91,14 +106,25 @@ fn op() -> impl Strategy<Value = Op> {
     let account = 0..ACCOUNTS;
     // Low indexes more often, so some senders and recipients are hot.
     let hot = prop_oneof![3 => 0..2u64, 1 => 0..ACCOUNTS];
-    let contracts = vec![READ_COINBASE.0, SET_SLOT.0, REVERTS.0, COUNTER.0];
+    let contracts = vec![
+        READ_COINBASE.0,
+        SET_SLOT.0,
+        REVERTS.0,
+        COUNTER.0,
+        SELF_BALANCE.0,
+        DESTRUCT.0,
+    ];
+    // Recipients: hot accounts (many senders paying one), any account (the beneficiary among
+    // them), or a contract.
+    let recipient = prop_oneof![2 => 0..2u64, 2 => 0..ACCOUNTS, 1 => 100..102u64];
     prop_oneof![
-        4 => (hot.clone(), account.clone(), 0..5_000u64)
+        4 => (hot.clone(), recipient, 0..5_000u64)
             .prop_map(|(from, to, value)| Op::Transfer { from, to, value }),
         3 => (account.clone(), hot.clone(), 0..200u64)
             .prop_map(|(from, to, amount)| Op::Erc20 { from, to, amount }),
-        3 => (hot, prop::sample::select(contracts), 0..3u64)
-            .prop_map(|(from, which, arg)| Op::Call { from, which, arg }),
+        3 => (hot, prop::sample::select(contracts), 0..3u64, 0..3u64)
+            .prop_map(|(from, which, arg, value)| Op::Call { from, which, arg, value }),
+        1 => (account.clone(), 0..3u64).prop_map(|(from, value)| Op::CreateDestroy { from, value }),
         1 => account.clone().prop_map(|from| Op::Deploy { from }),
         1 => account.clone().prop_map(|from| Op::CallDeployed { from }),
         1 => account.prop_map(|from| Op::BadNonce { from }),
@@ -108,7 +134,14 @@ fn op() -> impl Strategy<Value = Op> {
 fn state() -> MemState {
     let (mut state, accounts) = funded_state(ACCOUNTS);
     deploy_token(&mut state, &accounts);
-    for (byte, code) in [READ_COINBASE, SET_SLOT, REVERTS, COUNTER] {
+    for (byte, code) in [
+        READ_COINBASE,
+        SET_SLOT,
+        REVERTS,
+        COUNTER,
+        SELF_BALANCE,
+        DESTRUCT,
+    ] {
         let code = Bytes::from_static(code);
         let code_hash = alloy_primitives::keccak256(&code);
         state.codes.insert(code_hash, code);
@@ -133,7 +166,12 @@ fn block(ops: &[Op]) -> Vec<RecoveredTx> {
         let (from, to, value, input, gas_limit, nonce_skip) = match *op {
             Op::Transfer { from, to, value } => (
                 from,
-                TxKind::Call(address(to)),
+                // 100 and 101: transfers to contracts with code.
+                TxKind::Call(match to {
+                    100 => contract(SELF_BALANCE.0),
+                    101 => contract(DESTRUCT.0),
+                    _ => address(to),
+                }),
                 value,
                 Bytes::new(),
                 21_000,
@@ -146,15 +184,28 @@ fn block(ops: &[Op]) -> Vec<RecoveredTx> {
                 data.extend_from_slice(&U256::from(amount).to_be_bytes::<32>());
                 (from, TxKind::Call(TOKEN), 0, data.into(), 80_000, 0)
             }
-            Op::Call { from, which, arg } => (
+            Op::Call {
+                from,
+                which,
+                arg,
+                value,
+            } => (
                 from,
                 TxKind::Call(contract(which)),
-                0,
+                value,
                 U256::from(arg).to_be_bytes::<32>().to_vec().into(),
                 100_000,
                 0,
             ),
             Op::Deploy { from } => (from, TxKind::Create, 0, counter_init_code(), 200_000, 0),
+            Op::CreateDestroy { from, value } => (
+                from,
+                TxKind::Create,
+                value,
+                Bytes::from_static(DESTRUCT.1),
+                100_000,
+                0,
+            ),
             Op::CallDeployed { from } => match deployed {
                 Some(to) => (from, TxKind::Call(to), 0, Bytes::new(), 100_000, 0),
                 None => continue,
@@ -186,10 +237,10 @@ fn block(ops: &[Op]) -> Vec<RecoveredTx> {
     txs
 }
 
-fn header(gas_limit: u64) -> Header {
+fn header(gas_limit: u64, beneficiary: Address) -> Header {
     Header {
         number: 1,
-        beneficiary: address(BENEFICIARY_INDEX),
+        beneficiary,
         gas_limit,
         base_fee_per_gas: Some(BASE_FEE),
         timestamp: 1,
@@ -234,9 +285,16 @@ proptest! {
         // Sometimes too little gas for the whole block, so late transactions are invalid.
         gas_limit in prop_oneof![3 => Just(30_000_000u64), 1 => 300_000..2_000_000u64],
         reject in any::<bool>(),
+        // A funded account that also sends and receives, or one that does not exist yet.
+        fresh_beneficiary in prop::bool::weighted(0.2),
     ) {
         let state = state();
-        let header = header(gas_limit);
+        let beneficiary = if fresh_beneficiary {
+            FRESH_BENEFICIARY
+        } else {
+            address(BENEFICIARY_INDEX)
+        };
+        let header = header(gas_limit, beneficiary);
         let txs = block(&ops);
         let policy = if reject { InvalidTxPolicy::Reject } else { InvalidTxPolicy::Skip };
         let expected = run(&mut SequentialExecutor, &state, &header, &txs, policy);
@@ -254,7 +312,7 @@ proptest! {
 fn bench_workloads_match() {
     let (mut state, accounts) = funded_state(300);
     deploy_token(&mut state, &accounts);
-    let header = header(1_000_000_000);
+    let header = header(1_000_000_000, address(BENEFICIARY_INDEX));
     for txs in [
         kestrel_benches::transfer_block(&accounts, 300, BASE_FEE),
         kestrel_benches::erc20_block(&accounts, 300, BASE_FEE),

@@ -36,7 +36,8 @@ use libmdbx::{
 use std::{borrow::Cow, collections::BTreeMap, path::Path, time::Instant};
 
 /// Reads of account state. Implemented by a database snapshot, by the overlay, and by test fakes.
-pub trait StateView {
+/// `Sync`: the parallel executor's threads read the block's starting state directly.
+pub trait StateView: Sync {
     fn account(&self, address: Address) -> Result<Option<AccountInfo>, StorageError>;
     /// Zero when the slot is unset.
     fn storage(&self, address: Address, slot: U256) -> Result<U256, StorageError>;

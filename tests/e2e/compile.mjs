@@ -1,10 +1,12 @@
-// Compiles contracts/Token.sol with solc-js (the npm `solc` package: a wasm build that
-// works offline) and prints {abi, bytecode, deployedBytecode, compiler} as JSON.
+// Compiles contracts/Token.sol (or another contract of contracts/) with solc-js (the npm `solc`
+// package: a wasm build that works offline) and prints {abi, bytecode, deployedBytecode,
+// compiler} as JSON.
 //
-//   node compile.mjs              # JSON on stdout
-//   node compile.mjs --out FILE   # JSON written to FILE
+//   node compile.mjs                       # Token, JSON on stdout
+//   node compile.mjs --contract Pair       # contracts/Pair.sol
+//   node compile.mjs --out FILE            # JSON written to FILE
 //
-// Also importable: `import { compileToken } from './compile.mjs'`.
+// Also importable: `import { compileToken, compileContract } from './compile.mjs'`.
 import { readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,22 +16,28 @@ const HERE = dirname(fileURLToPath(import.meta.url));
 export const EVM_VERSION = 'prague';
 
 export function compileToken() {
-  const source = readFileSync(join(HERE, 'contracts', 'Token.sol'), 'utf8');
+  return compileContract('Token');
+}
+
+/// Compiles contracts/<name>.sol; imports resolve inside contracts/.
+export function compileContract(name) {
+  const read = (file) => readFileSync(join(HERE, 'contracts', file), 'utf8');
   const input = {
     language: 'Solidity',
-    sources: { 'Token.sol': { content: source } },
+    sources: { [`${name}.sol`]: { content: read(`${name}.sol`) } },
     settings: {
       evmVersion: EVM_VERSION,
       optimizer: { enabled: true, runs: 200 },
       outputSelection: { '*': { '*': ['abi', 'evm.bytecode.object', 'evm.deployedBytecode.object'] } },
     },
   };
-  const output = JSON.parse(solc.compile(JSON.stringify(input)));
+  const findImports = (path) => ({ contents: read(path.replace(/^\.\//, '')) });
+  const output = JSON.parse(solc.compile(JSON.stringify(input), { import: findImports }));
   const errors = (output.errors ?? []).filter((e) => e.severity === 'error');
   if (errors.length > 0) {
     throw new Error(`solc failed:\n${errors.map((e) => e.formattedMessage).join('\n')}`);
   }
-  const contract = output.contracts['Token.sol'].Token;
+  const contract = output.contracts[`${name}.sol`][name];
   return {
     abi: contract.abi,
     bytecode: `0x${contract.evm.bytecode.object}`,
@@ -40,7 +48,9 @@ export function compileToken() {
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
-  const artifact = JSON.stringify(compileToken(), null, 2);
+  const nameIdx = process.argv.indexOf('--contract');
+  const name = nameIdx === -1 ? 'Token' : process.argv[nameIdx + 1];
+  const artifact = JSON.stringify(compileContract(name), null, 2);
   const outIdx = process.argv.indexOf('--out');
   if (outIdx !== -1) {
     writeFileSync(process.argv[outIdx + 1], `${artifact}\n`);

@@ -15,6 +15,7 @@ EVENT_ONLY = {"kestrel_mempool_evicted_total", "kestrel_consensus_delayed_result
 PARALLEL_ONLY = {
     "kestrel_execution_parallel_phase_seconds",
     "kestrel_execution_reexecutions_total",
+    "kestrel_execution_relaxed_merges_total",
     "kestrel_execution_sequential_fallback_total",
     "kestrel_execution_validation_failures_total",
 }

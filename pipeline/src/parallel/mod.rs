@@ -1,29 +1,32 @@
-//! The parallel executor: transactions run speculatively on worker threads, each reading the
-//! writes of earlier transactions from a multi-version memory, and are validated and committed
-//! in block order by the calling thread.
+//! The parallel executor: transactions run speculatively on `threads` threads, each reading
+//! the writes of earlier transactions from a multi-version memory, and are validated and
+//! committed in block order by the calling thread.
 //!
-//! This first increment is optimistic concurrency with in-order commit (the Block-STM execution
-//! and validation split without its concurrent scheduler):
+//! Optimistic concurrency with in-order commit (Block-STM's execution/validation split; the
+//! committing thread is Block-STM's ordered commit, and re-executes what fails validation once
+//! its dependencies are committed instead of spinning on them):
 //!
-//! - Workers take transactions in block order and execute each once with revm, through a
-//!   `Database` that reads the latest earlier write from [`mv::MvMemory`], else the block's
-//!   starting state, and records every account and slot value it read.
+//! - Threads take transactions in block order and execute each once with revm, through a
+//!   `Database` that reads the latest earlier write from [`mv::MvMemory`], else what the
+//!   pre-execution system calls wrote, else the block's starting `StateView` (read directly:
+//!   `StateView` is `Sync`), and records every account and slot value it read. They also build
+//!   the receipt (bloom included, a third of a swap's sequential cost).
 //! - The calling thread owns alloy-evm's `EthBlockExecutor` over revm's `State`, exactly as the
 //!   sequential executor does: it runs the pre-execution system calls, then for each transaction
 //!   in order validates the recorded reads *by value* against the state the block has reached.
 //!   If all match, the speculative result is what sequential execution would produce and is
 //!   committed as is; otherwise the transaction is re-executed right there, sequentially, and
-//!   its writes replace the stale ones for the workers that follow. Withdrawals and the Prague
-//!   requests run after the last transaction, again through the same executor. Receipts, gas and
-//!   the state changes therefore come from the same code as the sequential executor's.
-//! - The beneficiary's fee credit is deferred (a commutative delta added at commit); a
-//!   transaction that reads the beneficiary's account any other way is re-executed at commit.
-//! - Only the calling thread reads the block's `StateView`, which the `Executor` trait does not
-//!   require to be `Sync`: workers ask it for base-state values it did not prefetch.
-//!
-//! Not yet: ESTIMATE markers and dependency waits (a transaction that reads a location an
-//! earlier, still-running transaction writes is simply re-executed at commit), and concurrent
-//! validation.
+//!   its writes replace the stale ones for the threads that follow. While the next transaction
+//!   to commit is still running elsewhere, the calling thread speculates too. Withdrawals and the
+//!   Prague requests run after the last transaction through the same executor, so receipts, gas
+//!   and state changes come from the same code as the sequential executor's.
+//! - Hot spots: the beneficiary's fee credit is deferred (summed, and added before anything that
+//!   may read the beneficiary and at the end); a transaction that reads the beneficiary is
+//!   re-executed at commit. The recipient of a plain value transfer is validated on existence,
+//!   nonce and code only, and its credit re-applied to the current balance (relaxed merge).
+//! - Adaptive: blocks under [`PARALLEL_MIN_TXS`] run sequentially, and a block whose commits
+//!   re-execute more than half of a window of [`ADAPT_WINDOW`] transactions continues
+//!   sequentially (a contended block would otherwise pay for speculation and re-execution).
 
 mod mv;
 mod worker;
@@ -39,28 +42,29 @@ use alloy_consensus::{Transaction, transaction::Recovered};
 use alloy_evm::{
     Evm, EvmEnv, EvmFactory,
     block::{BlockExecutionError, BlockExecutor},
-    eth::{EthBlockExecutor, EthEvmFactory, EthTxResult, receipt_builder::AlloyReceiptBuilder},
+    eth::{EthBlockExecutor, EthEvmFactory, receipt_builder::AlloyReceiptBuilder},
 };
-use alloy_primitives::{Address, B256, U256, map::HashMap};
-use crossbeam_channel::{Receiver, Sender};
-use kestrel_storage::{StateView, StorageError};
-use kestrel_types::{ChainSpec, RecoveredTx, state::KECCAK_EMPTY};
+use alloy_hardforks::EthereumHardforks;
+use alloy_primitives::{Address, U256, map::HashMap};
+use crossbeam_channel::Receiver;
+use kestrel_storage::StateView;
+use kestrel_types::{ChainSpec, RecoveredTx};
+use mv::{Loc, MvMemory, Val};
 use parking_lot::Mutex;
 use revm::{
-    Database,
-    bytecode::Bytecode,
-    context::{Cfg, result::ResultAndState},
+    Database, DatabaseCommit,
+    context::Cfg,
     database::State,
     database_interface::bal::EvmDatabaseError,
     primitives::hardfork::SpecId,
-    state::{Account, AccountInfo, EvmState, TransactionId},
+    state::{Account, EvmState, TransactionId},
 };
 use std::{
     num::NonZeroUsize,
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
-use worker::{Answer, Ask, Outcome, Read, Speculative, ToMain};
+use worker::{Outcome, Read, Speculative, Speculator};
 
 /// Blocks with fewer transactions run sequentially: below this, spawning workers and validating
 /// costs more than it saves (see BENCHMARKS.md).
@@ -71,6 +75,17 @@ pub const PARALLEL_MIN_TXS: usize = 64;
 pub struct ParallelExecutor {
     threads: NonZeroUsize,
     min_txs: usize,
+    last_block: Option<BlockStats>,
+}
+
+/// What the parallel executor did with the last block it executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BlockStats {
+    pub txs: usize,
+    /// Executions beyond the first of each transaction.
+    pub reexecutions: usize,
+    /// The block (or its rest, after too many re-executions) ran sequentially.
+    pub sequential: bool,
 }
 
 impl ParallelExecutor {
@@ -78,6 +93,7 @@ impl ParallelExecutor {
         Self {
             threads,
             min_txs: PARALLEL_MIN_TXS,
+            last_block: None,
         }
     }
 
@@ -86,6 +102,11 @@ impl ParallelExecutor {
     pub fn with_min_txs(mut self, min_txs: usize) -> Self {
         self.min_txs = min_txs;
         self
+    }
+
+    /// What happened to the last block executed (`None` before the first, or if it failed).
+    pub fn last_block(&self) -> Option<BlockStats> {
+        self.last_block
     }
 }
 
@@ -97,35 +118,51 @@ impl Executor for ParallelExecutor {
         state: &dyn StateView,
         hashes: &dyn BlockHashes,
     ) -> Result<BlockOutput, ExecError> {
-        if input.txs.is_empty() || input.txs.len() < self.min_txs {
-            metrics::counter!("kestrel_execution_sequential_fallback_total").increment(1);
-            return SequentialExecutor.execute(spec, input, state, hashes);
+        self.last_block = None;
+        let txs = input.txs.len();
+        if txs == 0 || txs < self.min_txs {
+            metrics::counter!("kestrel_execution_sequential_fallback_total", "reason" => "small")
+                .increment(1);
+            let output = SequentialExecutor.execute(spec, input, state, hashes)?;
+            self.last_block = Some(BlockStats {
+                txs,
+                reexecutions: 0,
+                sequential: true,
+            });
+            return Ok(output);
         }
-        execute_parallel(self.threads, spec, input, state, hashes)
+        let (output, stats) = execute_parallel(self.threads, spec, input, state, hashes)?;
+        self.last_block = Some(stats);
+        Ok(output)
     }
 }
 
-/// What workers share: read-only inputs, the multi-version memory and the outcome slots.
+/// What the threads share: read-only inputs, the multi-version memory and the outcome slots.
 pub(super) struct Shared<'a> {
     txs: &'a [RecoveredTx],
     env: EvmEnv<SpecId>,
+    /// The block's starting state; workers read it directly.
+    base: &'a dyn StateView,
     hashes: &'a dyn BlockHashes,
+    /// What the pre-execution system calls wrote (beacon roots, block hash history).
+    pre: HashMap<Loc, Val>,
     beneficiary: Address,
-    mv: mv::MvMemory,
-    /// Accounts of the senders and recipients, and the recipients' code, read before the workers
-    /// start (after the system calls), so most workers never wait for the calling thread.
-    accounts: Prefetched,
-    codes: HashMap<B256, Bytecode>,
+    mv: MvMemory,
     next_tx: AtomicUsize,
-    /// Set when the block is rejected: workers stop taking transactions.
+    /// Set when the rest of the block runs sequentially (or the block is rejected): workers stop
+    /// taking transactions.
     abandoned: AtomicBool,
     outcomes: Box<[Mutex<Option<Outcome>>]>,
 }
 
 type BlockDb<'a> = State<StateDb<'a>>;
 
-/// Accounts read before the workers start, `None` where the account does not exist.
-type Prefetched = HashMap<Address, Option<AccountInfo>>;
+/// Commits are judged in windows of this many transactions ...
+const ADAPT_WINDOW: usize = 32;
+/// ... and if more than this many of a window had to be re-executed, parallel execution costs
+/// more than it saves (every re-execution is sequential work after speculative work): the rest of
+/// the block runs sequentially.
+const ADAPT_MAX_REEXECUTIONS: usize = ADAPT_WINDOW / 2;
 
 fn execute_parallel(
     threads: NonZeroUsize,
@@ -133,7 +170,7 @@ fn execute_parallel(
     input: BlockInput<'_>,
     state: &dyn StateView,
     hashes: &dyn BlockHashes,
-) -> Result<BlockOutput, ExecError> {
+) -> Result<(BlockOutput, BlockStats), ExecError> {
     let header = input.header;
     let forks = Hardforks::new(spec);
     let parent_hash = parent_hash_for_history(&forks, header, state, hashes)?;
@@ -147,15 +184,14 @@ fn execute_parallel(
         .apply_pre_execution_changes()
         .map_err(fatal_or_block)?;
 
-    let (accounts, codes) = prefetch(executor.evm_mut().db_mut(), input.txs, header.beneficiary)?;
     let shared = Shared {
         txs: input.txs,
         env,
+        base: state,
         hashes,
+        pre: pre_execution_writes(executor.evm_mut().db_mut()),
         beneficiary: header.beneficiary,
-        mv: mv::MvMemory::new(input.txs.len()),
-        accounts,
-        codes,
+        mv: MvMemory::new(input.txs.len()),
         next_tx: AtomicUsize::new(0),
         abandoned: AtomicBool::new(false),
         outcomes: input.txs.iter().map(|_| Mutex::default()).collect(),
@@ -165,37 +201,33 @@ fn execute_parallel(
         policy: input.policy,
         block_gas_limit: header.gas_limit,
         gas_limit_cap,
+        cancun: forks.is_cancun_active_at_timestamp(header.timestamp),
         gas_used: 0,
         included: Vec::with_capacity(input.txs.len()),
         dropped: Vec::new(),
+        reward: None,
+        sequential: false,
+        window_reexecutions: 0,
+        stats: BlockStats {
+            txs: input.txs.len(),
+            ..BlockStats::default()
+        },
         validate_time: Duration::ZERO,
         commit_time: Duration::ZERO,
     };
-    let workers = threads.get().min(input.txs.len());
+    // The calling thread is one of the `threads`: it commits, and speculates while it waits.
+    let workers = threads.get().min(input.txs.len()) - 1;
     let started = Instant::now();
-    let (to_main, from_workers) = crossbeam_channel::unbounded();
     let committed = std::thread::scope(|scope| {
-        let mut answers = Vec::with_capacity(workers);
-        for index in 0..workers {
-            // One outstanding question per worker: it waits for the answer.
-            let (answer_tx, answer_rx) = crossbeam_channel::bounded(1);
-            answers.push(answer_tx);
-            let (shared, to_main) = (&shared, to_main.clone());
-            scope.spawn(move || worker::run(shared, index, to_main, answer_rx));
+        let (done_tx, done_rx) = crossbeam_channel::unbounded();
+        for _ in 0..workers {
+            let (shared, done_tx) = (&shared, done_tx.clone());
+            scope.spawn(move || worker::run(shared, done_tx));
         }
-        drop(to_main);
-        let committed = committer.commit_all(&mut executor, &from_workers, &answers);
-        if committed.is_err() {
-            shared.abandoned.store(true, Ordering::Relaxed);
-        }
-        // Workers still running may be waiting for an answer: serve them until all have left.
-        for message in from_workers.iter() {
-            if let ToMain::Ask { worker, ask } = message {
-                let answer = serve(executor.evm_mut().db_mut(), ask);
-                // A worker that has left no longer needs its answer.
-                let _ = answers[worker].send(answer);
-            }
-        }
+        drop(done_tx);
+        let committed = committer.commit_all(&mut executor, &done_rx);
+        // Workers still running finish the transaction in hand and leave.
+        shared.abandoned.store(true, Ordering::Relaxed);
         committed
     });
     let execute_time = started.elapsed();
@@ -223,56 +255,26 @@ fn execute_parallel(
     );
     phase("validate", committer.validate_time);
     phase("commit", commit_time);
-    Ok(output)
+    Ok((output, committer.stats))
 }
 
-/// Reads the accounts every transaction certainly loads (sender, recipient) and the recipients'
-/// code. The beneficiary is left out: workers must never see it (see [`worker::Speculation`]).
-fn prefetch(
-    db: &mut BlockDb<'_>,
-    txs: &[RecoveredTx],
-    beneficiary: Address,
-) -> Result<(Prefetched, HashMap<B256, Bytecode>), ExecError> {
-    let mut accounts = HashMap::default();
-    let mut codes = HashMap::default();
-    for tx in txs {
-        for address in [Some(tx.sender()), tx.tx().to()].into_iter().flatten() {
-            if address == beneficiary || accounts.contains_key(&address) {
-                continue;
-            }
-            let info = db.basic(address).map_err(db_error)?;
-            if let Some(info) = &info
-                && info.code_hash != KECCAK_EMPTY
-                && !codes.contains_key(&info.code_hash)
-                && let Some(code) = committed_code(db, info.code_hash)?
-            {
-                codes.insert(info.code_hash, code);
-            }
-            accounts.insert(address, info);
+/// The accounts and slots the pre-execution system calls wrote, as the transactions must see
+/// them.
+fn pre_execution_writes(db: &BlockDb<'_>) -> HashMap<Loc, Val> {
+    let mut pre = HashMap::default();
+    let Some(transitions) = &db.transition_state else {
+        return pre;
+    };
+    for (address, account) in &transitions.transitions {
+        pre.insert(Loc::Basic(*address), Val::Basic(account.info.clone()));
+        for (slot, value) in &account.storage {
+            pre.insert(
+                Loc::Storage(*address, *slot),
+                Val::Storage(value.present_value),
+            );
         }
     }
-    Ok((accounts, codes))
-}
-
-/// Code by hash as far as the committed transactions know it, without caching a miss in `State`
-/// (the code may be deployed by a transaction not committed yet).
-fn committed_code(db: &BlockDb<'_>, code_hash: B256) -> Result<Option<Bytecode>, StorageError> {
-    if let Some(code) = db.cache.contracts.get(&code_hash) {
-        return Ok(Some(code.clone()));
-    }
-    Ok(db.database.state.code(code_hash)?.map(Bytecode::new_raw))
-}
-
-/// Answers a worker's base-state read from the state the block has reached so far.
-fn serve(db: &mut BlockDb<'_>, ask: Ask) -> Answer {
-    let answer = match ask {
-        Ask::Basic(address) => db.basic(address).map(Answer::Basic).ok(),
-        Ask::Storage(address, slot) => db.storage(address, slot).map(Answer::Storage).ok(),
-        Ask::Code(code_hash) => committed_code(db, code_hash).map(Answer::Code).ok(),
-    };
-    // The worker gives up and the committing thread re-executes the transaction, reading the
-    // same state itself, so the error is reported from there.
-    answer.unwrap_or(Answer::Failed)
+    pre
 }
 
 /// The calling thread's side: validation and commit in block order.
@@ -281,9 +283,18 @@ struct Committer<'s, 'a> {
     policy: InvalidTxPolicy,
     block_gas_limit: u64,
     gas_limit_cap: u64,
+    cancun: bool,
     gas_used: u64,
     included: Vec<usize>,
     dropped: Vec<(usize, String)>,
+    /// Fee credits of committed speculative transactions not yet added to the beneficiary
+    /// (`None`: nothing committed since the last flush). Added in one write before anything
+    /// that may read the beneficiary, and at the end: the sum is the same.
+    reward: Option<U256>,
+    /// The rest of the block runs sequentially (too many re-executions).
+    sequential: bool,
+    window_reexecutions: usize,
+    stats: BlockStats,
     validate_time: Duration,
     commit_time: Duration,
 }
@@ -302,36 +313,64 @@ type BlockExec<'e, 'db, 'a> = EthBlockExecutor<
 >;
 
 impl Committer<'_, '_> {
-    /// Commits every transaction in block order, waiting for the workers' outcomes and answering
-    /// their questions meanwhile.
+    /// Commits every transaction in block order, speculating on transactions not yet taken
+    /// while the next one to commit is still running elsewhere.
     fn commit_all(
         &mut self,
         executor: &mut BlockExec<'_, '_, '_>,
-        from_workers: &Receiver<ToMain>,
-        answers: &[Sender<Answer>],
+        done_rx: &Receiver<usize>,
     ) -> Result<(), ExecError> {
-        let txs = self.shared.txs.len();
+        let shared = self.shared;
+        let txs = shared.txs.len();
         let mut done = vec![false; txs];
+        let mut speculator = Speculator::new(shared);
         for index in 0..txs {
+            if self.sequential {
+                self.replay(executor, index)?;
+                continue;
+            }
             while !done[index] {
-                match from_workers.recv() {
-                    Ok(ToMain::Done(finished)) => done[finished] = true,
-                    Ok(ToMain::Ask { worker, ask }) => {
-                        let answer = serve(executor.evm_mut().db_mut(), ask);
-                        answers[worker]
-                            .send(answer)
-                            .expect("a worker waits for its answer");
-                    }
-                    Err(_) => panic!("workers left before finishing transaction {index}"),
+                for finished in done_rx.try_iter() {
+                    done[finished] = true;
+                }
+                if done[index] {
+                    break;
+                }
+                if let Some(next) = speculator.take() {
+                    let outcome = speculator.execute(next);
+                    *shared.outcomes[next].lock() = Some(outcome);
+                    done[next] = true;
+                } else {
+                    let finished = done_rx
+                        .recv()
+                        .unwrap_or_else(|_| panic!("workers left before transaction {index}"));
+                    done[finished] = true;
                 }
             }
-            let outcome = self.shared.outcomes[index]
+            let outcome = shared.outcomes[index]
                 .lock()
                 .take()
                 .expect("a finished transaction has an outcome");
             self.commit(executor, index, outcome)?;
+            self.adapt(index);
         }
-        Ok(())
+        self.flush_reward(executor)
+    }
+
+    /// Switches the rest of the block to sequential execution when the last window of commits
+    /// re-executed too much.
+    fn adapt(&mut self, index: usize) {
+        if !(index + 1).is_multiple_of(ADAPT_WINDOW) {
+            return;
+        }
+        if self.window_reexecutions > ADAPT_MAX_REEXECUTIONS {
+            self.sequential = true;
+            self.stats.sequential = true;
+            self.shared.abandoned.store(true, Ordering::Relaxed);
+            metrics::counter!("kestrel_execution_sequential_fallback_total", "reason" => "conflicts")
+                .increment(1);
+        }
+        self.window_reexecutions = 0;
     }
 
     fn commit(
@@ -345,56 +384,118 @@ impl Committer<'_, '_> {
         // block has left. An optimistic execution does not know the gas used before it.
         let fits =
             tx.tx().gas_limit().min(self.gas_limit_cap) <= self.block_gas_limit - self.gas_used;
-        let speculative = match outcome {
-            Outcome::Executed(speculative) if fits => {
-                let started = Instant::now();
-                let valid = reads_still_valid(executor.evm_mut().db_mut(), &speculative.reads)?;
-                self.validate_time += started.elapsed();
-                if !valid {
-                    metrics::counter!("kestrel_execution_validation_failures_total").increment(1);
-                }
-                valid.then_some(speculative)
-            }
-            Outcome::Executed(_) | Outcome::Replay => None,
+        let Outcome::Executed(speculative) = outcome else {
+            return self.replay(executor, index);
         };
+        if !fits {
+            return self.replay(executor, index);
+        }
+        let Speculative {
+            result,
+            mut state,
+            reads,
+            reward,
+            mut receipt,
+        } = *speculative;
         let started = Instant::now();
-        let committed = match speculative {
-            Some(speculative) => {
-                let Speculative {
-                    result,
-                    mut state,
-                    reward,
-                    ..
-                } = *speculative;
-                credit_beneficiary(
-                    executor.evm_mut().db_mut(),
-                    &mut state,
-                    self.shared.beneficiary,
-                    reward,
-                )?;
-                self.commit_output(executor, index, tx, ResultAndState { result, state });
-                Ok(())
+        let validity = validate(
+            executor.evm_mut().db_mut(),
+            &reads,
+            &mut state,
+            tx.tx().value(),
+        )?;
+        self.validate_time += started.elapsed();
+        match validity {
+            Validity::Stale => {
+                metrics::counter!("kestrel_execution_validation_failures_total").increment(1);
+                return self.replay(executor, index);
             }
-            None => self.replay(executor, index, tx),
-        };
+            Validity::Patched => {
+                metrics::counter!("kestrel_execution_relaxed_merges_total").increment(1);
+                // Later speculations read the credited balance, not the stale one.
+                let writes = mv::writes_of(&state, self.shared.beneficiary);
+                self.shared.mv.publish(index, writes);
+            }
+            Validity::Valid => {}
+        }
+        let started = Instant::now();
+        *self.reward.get_or_insert(U256::ZERO) += reward;
+        // What alloy-evm's `commit_transaction` does, with the receipt built by the speculating
+        // thread.
+        let gas = result.gas();
+        executor.block_regular_gas_used += gas.block_regular_gas_used();
+        executor.block_state_gas_used += gas.block_state_gas_used();
+        executor.cumulative_tx_gas_used += gas.tx_gas_used();
+        if self.cancun {
+            let blob_gas = tx.tx().blob_gas_used().unwrap_or_default();
+            executor.blob_gas_used = executor.blob_gas_used.saturating_add(blob_gas);
+        }
+        receipt
+            .as_receipt_with_bloom_mut()
+            .expect("Ethereum receipts have a bloom")
+            .receipt
+            .cumulative_gas_used = executor.cumulative_tx_gas_used;
+        executor.receipts.push(receipt);
+        executor.evm_mut().db_mut().commit(state);
+        self.gas_used += gas.tx_gas_used();
+        self.included.push(index);
         self.commit_time += started.elapsed();
-        committed
+        Ok(())
+    }
+
+    /// Adds the deferred fee credits to the beneficiary, as revm's `reward_beneficiary` would
+    /// have one by one: the beneficiary touched, its balance increased unless that overflows.
+    fn flush_reward(&mut self, executor: &mut BlockExec<'_, '_, '_>) -> Result<(), ExecError> {
+        let Some(reward) = self.reward.take() else {
+            return Ok(());
+        };
+        let beneficiary = self.shared.beneficiary;
+        let db = executor.evm_mut().db_mut();
+        let mut account = match db.basic(beneficiary).map_err(db_error)? {
+            Some(info) => Account::from(info),
+            None => Account::new_not_existing(TransactionId::ZERO),
+        };
+        if let Some(balance) = account.info.balance.checked_add(reward) {
+            account.info.balance = balance;
+        }
+        account.mark_touch();
+        db.commit(std::iter::once((beneficiary, account)).collect());
+        Ok(())
     }
 
     /// Re-executes a transaction on the calling thread exactly as the sequential executor does,
-    /// and publishes its writes for the workers still to run.
+    /// and publishes its writes for the transactions still to speculate.
     fn replay(
         &mut self,
         executor: &mut BlockExec<'_, '_, '_>,
         index: usize,
-        tx: &RecoveredTx,
     ) -> Result<(), ExecError> {
-        metrics::counter!("kestrel_execution_reexecutions_total").increment(1);
+        let started = Instant::now();
+        let replayed = self.replay_inner(executor, index);
+        self.commit_time += started.elapsed();
+        replayed
+    }
+
+    fn replay_inner(
+        &mut self,
+        executor: &mut BlockExec<'_, '_, '_>,
+        index: usize,
+    ) -> Result<(), ExecError> {
+        // The replayed transaction may read the beneficiary.
+        self.flush_reward(executor)?;
+        if !self.sequential {
+            metrics::counter!("kestrel_execution_reexecutions_total").increment(1);
+            self.stats.reexecutions += 1;
+            self.window_reexecutions += 1;
+        }
+        let tx = &self.shared.txs[index];
         let recovered = Recovered::new_unchecked(tx.tx(), tx.sender());
         match executor.execute_transaction_without_commit(recovered) {
             Ok(output) => {
-                let writes = mv::writes_of(&output.result.state, self.shared.beneficiary);
-                self.shared.mv.publish(index, writes);
+                if !self.sequential {
+                    let writes = mv::writes_of(&output.result.state, self.shared.beneficiary);
+                    self.shared.mv.publish(index, writes);
+                }
                 self.gas_used += executor.commit_transaction(output).tx_gas_used();
                 self.included.push(index);
                 Ok(())
@@ -416,28 +517,29 @@ impl Committer<'_, '_> {
             Err(err) => Err(ExecError::Internal(err.to_string())),
         }
     }
-
-    fn commit_output(
-        &mut self,
-        executor: &mut BlockExec<'_, '_, '_>,
-        index: usize,
-        tx: &RecoveredTx,
-        result: ResultAndState,
-    ) {
-        let output = EthTxResult {
-            result,
-            blob_gas_used: tx.tx().blob_gas_used().unwrap_or_default(),
-            tx_type: tx.tx().tx_type(),
-        };
-        self.gas_used += executor.commit_transaction(output).tx_gas_used();
-        self.included.push(index);
-    }
 }
 
-/// Whether every value a speculative execution read is still the value in the block's state
-/// after the transactions before it. If so, revm (deterministic in what it reads) would produce
-/// the same result now.
-fn reads_still_valid(db: &mut BlockDb<'_>, reads: &[Read]) -> Result<bool, ExecError> {
+enum Validity {
+    /// Every read is what the block's state holds now: the speculative result is exactly what
+    /// sequential execution would produce.
+    Valid,
+    /// Valid after re-applying a plain transfer's credit to the recipient's current balance.
+    Patched,
+    /// Must be re-executed.
+    Stale,
+}
+
+/// Checks every value a speculative execution read against the block's state after the
+/// transactions before it. revm is deterministic in what it reads, so if all match it would
+/// produce the same result now. A [`Read::Credit`] only needs the recipient's existence, nonce
+/// and code to match: its balance in `state` is then set to the current balance plus `value`.
+fn validate(
+    db: &mut BlockDb<'_>,
+    reads: &[Read],
+    state: &mut EvmState,
+    value: U256,
+) -> Result<Validity, ExecError> {
+    let mut validity = Validity::Valid;
     for read in reads {
         let same = match read {
             Read::Basic(address, seen) => {
@@ -447,12 +549,34 @@ fn reads_still_valid(db: &mut BlockDb<'_>, reads: &[Read]) -> Result<bool, ExecE
             Read::Storage(address, slot, seen) => {
                 db.storage(*address, *slot).map_err(db_error)? == *seen
             }
+            Read::Credit(address, seen) => {
+                let now = db.basic(*address).map_err(db_error)?;
+                if now.as_ref().map(|i| (i.nonce, i.code_hash)) != *seen {
+                    false
+                } else if let Some(now) = now {
+                    let credited = state
+                        .get_mut(address)
+                        .expect("a credited recipient is in the transaction's state");
+                    match now.balance.checked_add(value) {
+                        Some(balance) if balance == credited.info.balance => true,
+                        Some(balance) => {
+                            credited.info.balance = balance;
+                            validity = Validity::Patched;
+                            true
+                        }
+                        None => false,
+                    }
+                } else {
+                    // Did not exist then and does not now: the speculative credit is right.
+                    true
+                }
+            }
         };
         if !same {
-            return Ok(false);
+            return Ok(Validity::Stale);
         }
     }
-    Ok(true)
+    Ok(validity)
 }
 
 fn db_error(err: EvmDatabaseError<DbError>) -> ExecError {
@@ -460,29 +584,4 @@ fn db_error(err: EvmDatabaseError<DbError>) -> ExecError {
         EvmDatabaseError::Database(err) => ExecError::Storage(err.0),
         EvmDatabaseError::Bal(err) => ExecError::Internal(err.to_string()),
     }
-}
-
-/// Adds the deferred fee credit to a speculative result, as revm's `reward_beneficiary` would
-/// have: the beneficiary as the block's state has it now, touched, its balance increased unless
-/// that overflows.
-fn credit_beneficiary(
-    db: &mut BlockDb<'_>,
-    state: &mut EvmState,
-    beneficiary: Address,
-    reward: U256,
-) -> Result<(), ExecError> {
-    assert!(
-        !state.contains_key(&beneficiary),
-        "a speculative execution that loads the beneficiary is replayed, not committed"
-    );
-    let mut account = match db.basic(beneficiary).map_err(db_error)? {
-        Some(info) => Account::from(info),
-        None => Account::new_not_existing(TransactionId::ZERO),
-    };
-    if let Some(balance) = account.info.balance.checked_add(reward) {
-        account.info.balance = balance;
-    }
-    account.mark_touch();
-    state.insert(beneficiary, account);
-    Ok(())
 }

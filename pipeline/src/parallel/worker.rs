@@ -1,16 +1,18 @@
-//! A worker: executes transactions speculatively with revm, reading through the multi-version
-//! memory, and records what it read so the committing thread can validate it.
+//! Speculative execution: one transaction with revm, reading through the multi-version memory,
+//! recording what it read so the committing thread can validate it, and building its receipt
+//! (bloom included) off the committing thread.
 
 use super::{
+    super::evm::revm_account,
     Shared,
     mv::{Loc, Val, writes_of},
 };
+use alloy_consensus::{Eip658Value, ReceiptEnvelope, Transaction as _, TxType};
 use alloy_evm::{
     FromRecoveredTx, eth::EthEvmBuilder, eth::EthEvmContext, precompiles::PrecompilesMap,
 };
 use alloy_primitives::{Address, B256, U256, map::HashMap};
-use crossbeam_channel::{Receiver, Sender};
-use kestrel_types::state::KECCAK_EMPTY;
+use kestrel_types::{RecoveredTx, state::KECCAK_EMPTY};
 use revm::{
     ExecuteEvm,
     bytecode::Bytecode,
@@ -33,29 +35,12 @@ pub(super) enum Read {
     /// `(nonce, balance, code_hash)`, `None` if the account did not exist.
     Basic(Address, Option<(u64, U256, B256)>),
     Storage(Address, U256, U256),
-}
-
-/// A base-state read the worker cannot answer itself. Only the committing thread may touch the
-/// block's `StateView` (the `Executor` trait does not require it to be `Sync`).
-#[derive(Debug)]
-pub(super) enum Ask {
-    Basic(Address),
-    Storage(Address, U256),
-    Code(B256),
-}
-
-#[derive(Debug)]
-pub(super) enum Answer {
-    Basic(Option<AccountInfo>),
-    Storage(U256),
-    /// `None`: the code is not known yet (deployed by a transaction not yet committed).
-    Code(Option<Bytecode>),
-    Failed,
-}
-
-pub(super) enum ToMain {
-    Ask { worker: usize, ask: Ask },
-    Done(usize),
+    /// The recipient of a plain value transfer: only `(nonce, code_hash)` and existence matter,
+    /// because the transaction adds to its balance and nothing reads it. If the balance changed
+    /// before commit, the credit is re-applied to the new balance instead of re-executing
+    /// (pevm's lazy balance updates, Monad's relaxed merge): balance-only conflicts on hot
+    /// recipients cost nothing.
+    Credit(Address, Option<(u64, B256)>),
 }
 
 /// A speculative execution that may be committed if its reads are still valid.
@@ -65,6 +50,8 @@ pub(super) struct Speculative {
     pub(super) state: EvmState,
     pub(super) reads: Vec<Read>,
     pub(super) reward: U256,
+    /// The receipt with its bloom; the committing thread fills in the cumulative gas.
+    pub(super) receipt: ReceiptEnvelope,
 }
 
 pub(super) enum Outcome {
@@ -96,12 +83,12 @@ impl std::fmt::Debug for WorkerDb<'_, '_> {
     }
 }
 
-struct WorkerDb<'s, 'a> {
+pub(super) struct WorkerDb<'s, 'a> {
     shared: &'s Shared<'a>,
-    worker: usize,
-    to_main: Sender<ToMain>,
-    answers: Receiver<Answer>,
     tx: usize,
+    /// The recipient whose read becomes a [`Read::Credit`], if the transaction is a plain
+    /// value transfer.
+    credit_to: Option<Address>,
     reads: Vec<Read>,
     reward: U256,
     /// Code is content-addressed, so what one transaction loaded is valid for every other.
@@ -109,15 +96,13 @@ struct WorkerDb<'s, 'a> {
 }
 
 impl WorkerDb<'_, '_> {
-    fn ask(&self, ask: Ask) -> Result<Answer, Speculation> {
-        let worker = self.worker;
-        self.to_main
-            .send(ToMain::Ask { worker, ask })
-            .map_err(|_| Speculation::Failed)?;
-        match self.answers.recv() {
-            Ok(Answer::Failed) | Err(_) => Err(Speculation::Failed),
-            Ok(answer) => Ok(answer),
-        }
+    /// The value at `loc` before this transaction: the latest earlier write in the block, else
+    /// the pre-execution system calls' write, else the block's starting state.
+    fn before(&self, loc: &Loc) -> Option<Val> {
+        self.shared
+            .mv
+            .read(loc, self.tx)
+            .or_else(|| self.shared.pre.get(loc).cloned())
     }
 }
 
@@ -130,19 +115,26 @@ impl revm::Database for WorkerDb<'_, '_> {
         if address == self.shared.beneficiary {
             return Err(Speculation::Beneficiary);
         }
-        let info = match self.shared.mv.read(&Loc::Basic(address), self.tx) {
+        let info = match self.before(&Loc::Basic(address)) {
             Some(Val::Basic(info)) => info,
             Some(Val::Storage(_)) => unreachable!("basic location holds account values"),
-            None => match self.shared.accounts.get(&address) {
-                Some(info) => info.clone(),
-                None => match self.ask(Ask::Basic(address))? {
-                    Answer::Basic(info) => info,
-                    answer => unreachable!("asked for an account, got {answer:?}"),
-                },
-            },
+            None => self
+                .shared
+                .base
+                .account(address)
+                .map_err(|_| Speculation::Failed)?
+                .map(revm_account),
         };
-        let seen = info.as_ref().map(|i| (i.nonce, i.balance, i.code_hash));
-        self.reads.push(Read::Basic(address, seen));
+        let credit = self.credit_to == Some(address)
+            && info.as_ref().is_none_or(|i| i.code_hash == KECCAK_EMPTY);
+        self.reads.push(if credit {
+            Read::Credit(address, info.as_ref().map(|i| (i.nonce, i.code_hash)))
+        } else {
+            Read::Basic(
+                address,
+                info.as_ref().map(|i| (i.nonce, i.balance, i.code_hash)),
+            )
+        });
         Ok(info)
     }
 
@@ -150,31 +142,30 @@ impl revm::Database for WorkerDb<'_, '_> {
         if code_hash == KECCAK_EMPTY {
             return Ok(Bytecode::default());
         }
-        if let Some(code) = self
-            .codes
-            .get(&code_hash)
-            .or_else(|| self.shared.codes.get(&code_hash))
-        {
+        if let Some(code) = self.codes.get(&code_hash) {
             return Ok(code.clone());
         }
-        match self.ask(Ask::Code(code_hash))? {
-            Answer::Code(Some(code)) => {
-                self.codes.insert(code_hash, code.clone());
-                Ok(code)
-            }
-            Answer::Code(None) => Err(Speculation::MissingCode),
-            answer => unreachable!("asked for code, got {answer:?}"),
-        }
+        let code = self
+            .shared
+            .base
+            .code(code_hash)
+            .map_err(|_| Speculation::Failed)?
+            // Deployed by a transaction of this block: the committing thread knows it.
+            .ok_or(Speculation::MissingCode)?;
+        let code = Bytecode::new_raw(code);
+        self.codes.insert(code_hash, code.clone());
+        Ok(code)
     }
 
     fn storage(&mut self, address: Address, index: U256) -> Result<U256, Speculation> {
-        let value = match self.shared.mv.read(&Loc::Storage(address, index), self.tx) {
+        let value = match self.before(&Loc::Storage(address, index)) {
             Some(Val::Storage(value)) => value,
             Some(Val::Basic(_)) => unreachable!("storage location holds slot values"),
-            None => match self.ask(Ask::Storage(address, index))? {
-                Answer::Storage(value) => value,
-                answer => unreachable!("asked for storage, got {answer:?}"),
-            },
+            None => self
+                .shared
+                .base
+                .storage(address, index)
+                .map_err(|_| Speculation::Failed)?,
         };
         self.reads.push(Read::Storage(address, index, value));
         Ok(value)
@@ -190,7 +181,7 @@ impl revm::Database for WorkerDb<'_, '_> {
 }
 
 type WorkerCtx<'s, 'a> = EthEvmContext<WorkerDb<'s, 'a>>;
-type WorkerEvm<'s, 'a> = RevmEvm<
+pub(super) type WorkerEvm<'s, 'a> = RevmEvm<
     WorkerCtx<'s, 'a>,
     NoOpInspector,
     EthInstructions<EthInterpreter, WorkerCtx<'s, 'a>>,
@@ -234,60 +225,107 @@ impl<'s, 'a> Handler for DeferredReward<'s, 'a> {
     }
 }
 
-/// Takes transactions in block order until none are left (or the block is abandoned), executing
-/// each once.
-pub(super) fn run(
-    shared: &Shared<'_>,
-    worker: usize,
-    to_main: Sender<ToMain>,
-    answers: Receiver<Answer>,
-) {
-    let db = WorkerDb {
-        shared,
-        worker,
-        to_main: to_main.clone(),
-        answers,
-        tx: 0,
-        reads: Vec::new(),
-        reward: U256::ZERO,
-        codes: HashMap::default(),
-    };
-    let mut evm: WorkerEvm<'_, '_> = EthEvmBuilder::new(db, shared.env.clone())
-        .build()
-        .into_inner();
-    let mut handler = DeferredReward(std::marker::PhantomData);
-    while !shared.abandoned.load(Ordering::Relaxed) {
-        let index = shared.next_tx.fetch_add(1, Ordering::Relaxed);
-        let Some(tx) = shared.txs.get(index) else {
-            break;
+/// One thread's speculative executor: a revm instance reused across transactions.
+pub(super) struct Speculator<'s, 'a> {
+    shared: &'s Shared<'a>,
+    evm: WorkerEvm<'s, 'a>,
+}
+
+impl<'s, 'a> Speculator<'s, 'a> {
+    pub(super) fn new(shared: &'s Shared<'a>) -> Self {
+        let db = WorkerDb {
+            shared,
+            tx: 0,
+            credit_to: None,
+            reads: Vec::new(),
+            reward: U256::ZERO,
+            codes: HashMap::default(),
         };
+        let evm = EthEvmBuilder::new(db, shared.env.clone())
+            .build()
+            .into_inner();
+        Self { shared, evm }
+    }
+
+    /// Takes the next transaction not yet handed out, if any (and the block is still on).
+    pub(super) fn take(&self) -> Option<usize> {
+        if self.shared.abandoned.load(Ordering::Relaxed) {
+            return None;
+        }
+        let index = self.shared.next_tx.fetch_add(1, Ordering::Relaxed);
+        (index < self.shared.txs.len()).then_some(index)
+    }
+
+    /// Executes transaction `index` and publishes its writes to the multi-version memory.
+    pub(super) fn execute(&mut self, index: usize) -> Outcome {
+        let shared = self.shared;
+        let tx = &shared.txs[index];
         {
-            let db = evm.ctx.db_mut();
+            let db = self.evm.ctx.db_mut();
             db.tx = index;
             db.reads.clear();
             db.reward = U256::ZERO;
+            db.credit_to = plain_transfer_recipient(tx, shared.beneficiary);
         }
-        evm.ctx
+        self.evm
+            .ctx
             .set_tx(TxEnv::from_recovered_tx(tx.tx(), tx.sender()));
-        let result = handler.run(&mut evm);
-        let state = evm.finalize();
-        let outcome = match result {
-            Ok(result) => {
-                shared
-                    .mv
-                    .publish(index, writes_of(&state, shared.beneficiary));
-                let db = evm.ctx.db_mut();
-                Outcome::Executed(Box::new(Speculative {
-                    result,
-                    state,
-                    reads: std::mem::take(&mut db.reads),
-                    reward: db.reward,
-                }))
-            }
-            Err(_) => Outcome::Replay,
+        let result = DeferredReward(std::marker::PhantomData).run(&mut self.evm);
+        let state = self.evm.finalize();
+        let Ok(result) = result else {
+            return Outcome::Replay;
         };
+        shared
+            .mv
+            .publish(index, writes_of(&state, shared.beneficiary));
+        let receipt = receipt(tx.tx().tx_type(), &result);
+        let db = self.evm.ctx.db_mut();
+        Outcome::Executed(Box::new(Speculative {
+            result,
+            state,
+            reads: std::mem::take(&mut db.reads),
+            reward: db.reward,
+            receipt,
+        }))
+    }
+}
+
+/// The recipient of a transaction that only moves value to an account without code (checked
+/// when the account is read): no input, a non-zero value (so the recipient is never left empty,
+/// whatever its balance), not the sender, the beneficiary or a precompile, and no EIP-7702
+/// authorizations that could give the recipient code.
+fn plain_transfer_recipient(tx: &RecoveredTx, beneficiary: Address) -> Option<Address> {
+    let envelope = tx.tx();
+    let to = envelope.to()?;
+    let precompile_range = to.0[..18].iter().all(|b| *b == 0);
+    let plain = envelope.input().is_empty()
+        && !envelope.value().is_zero()
+        && envelope.tx_type() != TxType::Eip7702
+        && to != tx.sender()
+        && to != beneficiary
+        && !precompile_range;
+    plain.then_some(to)
+}
+
+/// The receipt alloy-evm's `AlloyReceiptBuilder` builds, with the cumulative gas left at zero.
+fn receipt(tx_type: TxType, result: &ExecutionResult<HaltReason>) -> ReceiptEnvelope {
+    let receipt = alloy_consensus::Receipt {
+        status: Eip658Value::Eip658(result.is_success()),
+        cumulative_gas_used: 0,
+        logs: result.logs().to_vec(),
+    }
+    .with_bloom();
+    ReceiptEnvelope::from_typed(tx_type, receipt)
+}
+
+/// A worker thread: executes transactions in block order until none are left or the block is
+/// abandoned, storing each outcome and telling the committing thread.
+pub(super) fn run(shared: &Shared<'_>, done: crossbeam_channel::Sender<usize>) {
+    let mut speculator = Speculator::new(shared);
+    while let Some(index) = speculator.take() {
+        let outcome = speculator.execute(index);
         *shared.outcomes[index].lock() = Some(outcome);
-        if to_main.send(ToMain::Done(index)).is_err() {
+        if done.send(index).is_err() {
             break;
         }
     }

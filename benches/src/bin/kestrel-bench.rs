@@ -1,0 +1,245 @@
+//! `kestrel-bench`: executor benchmarks from the command line.
+//!
+//! ```text
+//! kestrel-bench exec --workload raw|erc20|uniswap|hot --txs N --threads T \
+//!     --executor sequential|parallel [--hot-ratio R] [--pairs P] [--runs K] --json
+//! kestrel-bench compare --workload ... --txs N --threads T [--runs K] --json
+//! ```
+//!
+//! `exec` builds a deterministic block and state (100,000 funded accounts by default), executes
+//! the block `--runs` times, checks every result without trusting the executor (balances, token
+//! supply, pair reserves) and prints the median run. `compare` runs sequential and parallel
+//! alternately on the same block and prints both with their ratio, so that a noisy machine
+//! affects both alike.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kestrel_benches::{
+    FakeHashes,
+    workload::{Bench, Params, Workload},
+};
+use kestrel_pipeline::{
+    BlockInput, BlockOutput, Executor, InvalidTxPolicy, ParallelExecutor, SequentialExecutor,
+};
+use serde_json::json;
+use std::{num::NonZeroUsize, process::ExitCode, time::Instant};
+
+#[derive(Debug, Parser)]
+#[command(name = "kestrel-bench", about = "Kestrel executor benchmarks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Execute one block with one executor and report its throughput.
+    Exec {
+        #[command(flatten)]
+        block: BlockArgs,
+        #[arg(long, value_enum, default_value_t = ExecutorKind::Parallel)]
+        executor: ExecutorKind,
+    },
+    /// Execute one block with the sequential and the parallel executor, alternately.
+    Compare {
+        #[command(flatten)]
+        block: BlockArgs,
+    },
+}
+
+#[derive(Debug, Args)]
+struct BlockArgs {
+    #[arg(long, value_enum)]
+    workload: Workload,
+    /// Transactions in the block.
+    #[arg(long, default_value_t = 10_000)]
+    txs: usize,
+    /// Funded accounts in the state.
+    #[arg(long, default_value_t = 100_000)]
+    accounts: u64,
+    /// Worker threads of the parallel executor.
+    #[arg(long, default_value_t = NonZeroUsize::new(2).expect("non-zero"))]
+    threads: NonZeroUsize,
+    /// `hot`: fraction of transactions paying the one hot account.
+    #[arg(long, default_value_t = 0.5)]
+    hot_ratio: f64,
+    /// `uniswap`: independent pairs the swaps spread over (1: all on one pair).
+    #[arg(long, default_value_t = 100)]
+    pairs: u64,
+    /// Timed runs; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    runs: usize,
+    /// One JSON line instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ExecutorKind {
+    Sequential,
+    Parallel,
+}
+
+impl ExecutorKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Sequential => "sequential",
+            Self::Parallel => "parallel",
+        }
+    }
+}
+
+/// The median run of one executor.
+struct Measured {
+    executor: ExecutorKind,
+    wall_s: f64,
+    gas_used: u64,
+    reexecutions: usize,
+    sequential_fallback: bool,
+}
+
+impl Measured {
+    fn json(&self, txs: usize) -> serde_json::Value {
+        json!({
+            "executor": self.executor.name(),
+            "wall_time_s": self.wall_s,
+            "txs_per_s": (txs as f64 / self.wall_s).round(),
+            "gas_per_s": (self.gas_used as f64 / self.wall_s).round(),
+            "gas_used": self.gas_used,
+            "reexecutions": self.reexecutions,
+            "sequential_fallback": self.sequential_fallback,
+        })
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let (block, executors) = match &cli.command {
+        Command::Exec { block, executor } => (block, vec![*executor]),
+        Command::Compare { block } => (
+            block,
+            vec![ExecutorKind::Sequential, ExecutorKind::Parallel],
+        ),
+    };
+    if block.runs == 0 {
+        eprintln!("error: --runs must be at least 1");
+        return ExitCode::FAILURE;
+    }
+    let bench = Bench::new(Params {
+        workload: block.workload,
+        txs: block.txs,
+        accounts: block.accounts,
+        hot_ratio: block.hot_ratio,
+        pairs: block.pairs,
+    });
+    let mut runs: Vec<Vec<Measured>> = executors.iter().map(|_| Vec::new()).collect();
+    for _ in 0..block.runs {
+        // Alternate so that a slow phase of a noisy machine hits every executor alike.
+        for (kind, measured) in executors.iter().zip(&mut runs) {
+            match run(&bench, *kind, block.threads) {
+                Ok(m) => measured.push(m),
+                Err(err) => {
+                    eprintln!("error: {} executor: {err}", kind.name());
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
+    }
+    let medians: Vec<Measured> = runs
+        .into_iter()
+        .map(|mut v| {
+            v.sort_by(|a, b| a.wall_s.total_cmp(&b.wall_s));
+            v.swap_remove(v.len() / 2)
+        })
+        .collect();
+    report(&bench, block, &medians);
+    ExitCode::SUCCESS
+}
+
+/// Executes the block once and checks the result.
+fn run(bench: &Bench, kind: ExecutorKind, threads: NonZeroUsize) -> Result<Measured, String> {
+    let input = BlockInput {
+        header: &bench.header,
+        txs: &bench.txs,
+        withdrawals: &[],
+        policy: InvalidTxPolicy::Reject,
+    };
+    let mut parallel = ParallelExecutor::new(threads);
+    let executor: &mut dyn Executor = match kind {
+        ExecutorKind::Sequential => &mut SequentialExecutor,
+        ExecutorKind::Parallel => &mut parallel,
+    };
+    let started = Instant::now();
+    let out: BlockOutput = executor
+        .execute(&bench.spec, input, &bench.state, &FakeHashes)
+        .map_err(|e| e.to_string())?;
+    let wall_s = started.elapsed().as_secs_f64();
+    bench
+        .verify(&out)
+        .map_err(|e| format!("wrong result: {e}"))?;
+    let stats = parallel.last_block();
+    Ok(Measured {
+        executor: kind,
+        wall_s,
+        gas_used: out.gas_used,
+        reexecutions: stats.map_or(0, |s| s.reexecutions),
+        sequential_fallback: stats.is_some_and(|s| s.sequential),
+    })
+}
+
+fn report(bench: &Bench, block: &BlockArgs, medians: &[Measured]) {
+    let txs = bench.txs.len();
+    let mut line = json!({
+        "workload": block.workload,
+        "txs": txs,
+        "accounts": block.accounts,
+        "threads": block.threads.get(),
+        "runs": block.runs,
+        "verified": true,
+    });
+    match block.workload {
+        Workload::Hot => line["hot_ratio"] = json!(block.hot_ratio),
+        Workload::Uniswap => line["pairs"] = json!(block.pairs),
+        Workload::Raw | Workload::Erc20 => {}
+    }
+    if let [one] = medians {
+        merge(&mut line, one.json(txs));
+    } else {
+        for m in medians {
+            line[m.executor.name()] = m.json(txs);
+        }
+        let ratio = medians[0].wall_s / medians[1].wall_s;
+        line["parallel_over_sequential"] = json!((ratio * 1000.0).round() / 1000.0);
+    }
+    if block.json {
+        println!("{line}");
+        return;
+    }
+    println!(
+        "{:?}: {} transactions, {} threads, median of {} runs, result verified",
+        block.workload, txs, block.threads, block.runs
+    );
+    for m in medians {
+        println!(
+            "  {:<10} {:>10.0} tx/s {:>8.1} Mgas/s {:>8.2} ms  {} re-executions{}",
+            m.executor.name(),
+            txs as f64 / m.wall_s,
+            m.gas_used as f64 / m.wall_s / 1e6,
+            m.wall_s * 1e3,
+            m.reexecutions,
+            if m.sequential_fallback {
+                " (ran sequentially)"
+            } else {
+                ""
+            },
+        );
+    }
+    if let Some(ratio) = line.get("parallel_over_sequential") {
+        println!("  parallel / sequential: {ratio}x");
+    }
+}
+
+fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
+    if let (Some(into), serde_json::Value::Object(from)) = (into.as_object_mut(), from) {
+        into.extend(from);
+    }
+}
