@@ -1,5 +1,30 @@
-//! Validator-to-validator networking on monoio (io_uring): transport, gossip and block sync.
+//! Validator-to-validator transport on monoio (io_uring, with an epoll fallback).
 //!
-//! Empty until the multi-validator issue: the dev chain has one validator and nothing to send.
-//! The crate exists now so the workspace shows the architecture and the dependency direction
-//! (`node` → `net` → `consensus` types) is fixed from the start.
+//! TCP connections between validators identified by their secp256k1 keys, a versioned
+//! length-prefixed frame codec ([`frame`]), a handshake in which each side signs the other's fresh
+//! challenge ([`handshake`]), per-peer bounded outbound queues, and reconnection with backoff.
+//! Payloads are opaque bytes tagged with a [`Kind`]; consensus, transaction forwarding and sync
+//! decide what they mean. `docs/NETWORK.md` describes the wire format and the limits.
+//!
+//! The runtime runs on its own thread; [`NetworkHandle`] is used from ordinary threads and
+//! inbound messages arrive on a crossbeam channel.
+
+mod config;
+mod error;
+pub mod frame;
+pub mod handshake;
+mod metrics;
+mod network;
+mod peer;
+mod queue;
+mod signal;
+
+pub use crate::metrics::describe_metrics;
+pub use config::{
+    BULK_QUEUE_MAX_DEFAULT, CONSENSUS_QUEUE_MAX_DEFAULT, FRAME_PAYLOAD_MAX_BYTES_DEFAULT,
+    INBOUND_QUEUE_MAX_DEFAULT, NetConfig, PeerConfig,
+};
+pub use error::{FrameError, HandshakeError, NetError, SendError};
+pub use frame::Kind;
+pub use network::{Driver, Inbound, Network, NetworkHandle, PENDING_HANDSHAKES_MAX};
+pub use peer::PeerId;

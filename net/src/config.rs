@@ -1,0 +1,82 @@
+//! Network configuration: who we are, where we listen, who the other validators are, and the
+//! limits.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use secp256k1::{PublicKey, SecretKey};
+
+use crate::peer::PeerId;
+
+/// Default cap on one frame's payload: a full block proposal fits with room to spare.
+pub const FRAME_PAYLOAD_MAX_BYTES_DEFAULT: u32 = 16 * 1024 * 1024;
+/// Default bound of each peer's consensus lane (messages).
+pub const CONSENSUS_QUEUE_MAX_DEFAULT: usize = 1024;
+/// Default bound of each peer's bulk lane (tx forwarding and sync, messages).
+pub const BULK_QUEUE_MAX_DEFAULT: usize = 4096;
+/// Default bound of the inbound channel to the node (messages, all peers).
+pub const INBOUND_QUEUE_MAX_DEFAULT: usize = 8192;
+
+/// Another validator: its key and where it listens.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub id: PeerId,
+    pub addr: SocketAddr,
+}
+
+/// Everything `Network::start` needs.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Our validator key; the handshake proves we hold it.
+    pub secret_key: SecretKey,
+    /// Chain id (or any network id): peers with another id are refused in the handshake.
+    pub network_id: u64,
+    /// Where to accept connections.
+    pub listen_addr: SocketAddr,
+    /// The validator set. Our own entry, if present, is ignored.
+    pub peers: Vec<PeerConfig>,
+    /// Largest payload accepted or sent; a peer announcing more is disconnected.
+    pub frame_payload_max_bytes: u32,
+    /// Per-peer consensus lane bound; when full the oldest message is dropped.
+    pub consensus_queue_max: usize,
+    /// Per-peer bulk lane bound; when full the new message is refused.
+    pub bulk_queue_max: usize,
+    /// Bound of the channel to the node; when full, connections stop reading (TCP backpressure).
+    pub inbound_queue_max: usize,
+    /// Time for the whole handshake, from connect or accept.
+    pub handshake_timeout: Duration,
+    /// First reconnection delay; doubles per failure up to `backoff_max`, with jitter.
+    pub backoff_initial: Duration,
+    /// Cap of the reconnection delay.
+    pub backoff_max: Duration,
+}
+
+impl NetConfig {
+    /// A configuration with the default limits.
+    pub fn new(
+        secret_key: SecretKey,
+        network_id: u64,
+        listen_addr: SocketAddr,
+        peers: Vec<PeerConfig>,
+    ) -> Self {
+        Self {
+            secret_key,
+            network_id,
+            listen_addr,
+            peers,
+            frame_payload_max_bytes: FRAME_PAYLOAD_MAX_BYTES_DEFAULT,
+            consensus_queue_max: CONSENSUS_QUEUE_MAX_DEFAULT,
+            bulk_queue_max: BULK_QUEUE_MAX_DEFAULT,
+            inbound_queue_max: INBOUND_QUEUE_MAX_DEFAULT,
+            handshake_timeout: Duration::from_secs(5),
+            backoff_initial: Duration::from_millis(100),
+            // Short: a restarted validator with the higher key waits for this redial.
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+
+    /// Our own id.
+    pub fn local_id(&self) -> PeerId {
+        PeerId::from(PublicKey::from_secret_key_global(&self.secret_key))
+    }
+}

@@ -1,0 +1,54 @@
+//! Metric names (`kestrel_net_<what>_<unit>`) and their help text. Per-peer series are labelled
+//! with the peer's key: bounded by the validator set.
+
+use metrics::{describe_counter, describe_gauge};
+
+pub(crate) const PEERS_CONNECTED: &str = "kestrel_net_peers_connected";
+pub(crate) const RECEIVED_BYTES_TOTAL: &str = "kestrel_net_received_bytes_total";
+pub(crate) const SENT_BYTES_TOTAL: &str = "kestrel_net_sent_bytes_total";
+pub(crate) const OUTBOUND_QUEUE_DEPTH: &str = "kestrel_net_outbound_queue_depth";
+pub(crate) const OUTBOUND_DROPPED_TOTAL: &str = "kestrel_net_outbound_dropped_total";
+pub(crate) const HANDSHAKE_FAILURES_TOTAL: &str = "kestrel_net_handshake_failures_total";
+pub(crate) const PROTOCOL_ERRORS_TOTAL: &str = "kestrel_net_protocol_errors_total";
+pub(crate) const REPLACED_CONNECTIONS_TOTAL: &str = "kestrel_net_replaced_connections_total";
+pub(crate) const DIAL_FAILURES_TOTAL: &str = "kestrel_net_dial_failures_total";
+
+/// Registers help text with the installed recorder; call once after installing it.
+pub fn describe_metrics() {
+    describe_gauge!(
+        PEERS_CONNECTED,
+        "Validators with an authenticated connection"
+    );
+    describe_counter!(
+        RECEIVED_BYTES_TOTAL,
+        "Bytes read from a peer's connection, by peer"
+    );
+    describe_counter!(
+        SENT_BYTES_TOTAL,
+        "Bytes written to a peer's connection, by peer"
+    );
+    describe_gauge!(
+        OUTBOUND_QUEUE_DEPTH,
+        "Messages waiting to be sent to a peer, both lanes"
+    );
+    describe_counter!(
+        OUTBOUND_DROPPED_TOTAL,
+        "Outbound messages dropped because a peer's queue was full, by peer and kind"
+    );
+    describe_counter!(
+        HANDSHAKE_FAILURES_TOTAL,
+        "Handshakes that failed, by reason"
+    );
+    describe_counter!(
+        PROTOCOL_ERRORS_TOTAL,
+        "Connections closed for a bad frame after the handshake, by reason"
+    );
+    describe_counter!(
+        REPLACED_CONNECTIONS_TOTAL,
+        "Connections replaced by a newer one from the same peer (it reconnected)"
+    );
+    describe_counter!(
+        DIAL_FAILURES_TOTAL,
+        "Outbound connection attempts that failed, by peer"
+    );
+}
