@@ -231,19 +231,23 @@ fn execute_parallel(
         committed
     });
     let execute_time = started.elapsed();
+    let Committer {
+        included,
+        dropped,
+        stats,
+        validate_time,
+        commit_time,
+        ..
+    } = committer;
+    // Freeing a block's worth of speculative writes takes a while: not on the block's path.
+    let Shared { mv, outcomes, .. } = shared;
+    std::thread::spawn(move || drop((mv, outcomes)));
     committed?;
 
     let finishing = Instant::now();
     let (_evm, result) = executor.finish().map_err(fatal_or_block)?;
-    let output = block_output(
-        &forks,
-        header,
-        &mut db,
-        result,
-        committer.included,
-        committer.dropped,
-    );
-    let commit_time = committer.commit_time + finishing.elapsed();
+    let output = block_output(&forks, header, &mut db, result, included, dropped);
+    let finish_time = finishing.elapsed();
 
     let phase = |name: &'static str, time: Duration| {
         metrics::histogram!("kestrel_execution_parallel_phase_seconds", "phase" => name)
@@ -251,11 +255,11 @@ fn execute_parallel(
     };
     phase(
         "execute",
-        execute_time.saturating_sub(committer.validate_time + committer.commit_time),
+        execute_time.saturating_sub(validate_time + commit_time),
     );
-    phase("validate", committer.validate_time);
-    phase("commit", commit_time);
-    Ok((output, committer.stats))
+    phase("validate", validate_time);
+    phase("commit", commit_time + finish_time);
+    Ok((output, stats))
 }
 
 /// The accounts and slots the pre-execution system calls wrote, as the transactions must see

@@ -6,10 +6,12 @@
 //! block has actually reached, so a stale or missing entry costs a re-execution, never a wrong
 //! result. That is why there are no ESTIMATE markers or incarnation numbers here yet.
 
-use alloy_primitives::{Address, U256, map::HashMap};
+use alloy_primitives::{
+    Address, U256,
+    map::{Entry, HashMap},
+};
 use parking_lot::Mutex;
 use revm::state::{AccountInfo, EvmState};
-use std::collections::BTreeMap;
 
 /// A location a transaction can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -27,11 +29,62 @@ pub(super) enum Val {
     Storage(U256),
 }
 
-/// Shards keyed by one byte of the location, so workers writing different accounts rarely
+/// Shards keyed by one byte of the location, so threads writing different accounts rarely
 /// contend on one lock.
 const SHARDS: usize = 256;
 
-type Versions = BTreeMap<usize, Val>;
+/// The writes at one location, by transaction index. Nearly every location is written by one
+/// transaction of a block, so that case needs no allocation beyond the map entry.
+#[derive(Debug)]
+enum Versions {
+    One(usize, Val),
+    /// Sorted by transaction index.
+    Many(Vec<(usize, Val)>),
+}
+
+impl Versions {
+    /// The write of the latest transaction before `tx`.
+    fn before(&self, tx: usize) -> Option<&Val> {
+        match self {
+            Self::One(writer, val) => (*writer < tx).then_some(val),
+            Self::Many(versions) => versions
+                .iter()
+                .rev()
+                .find(|(writer, _)| *writer < tx)
+                .map(|(_, val)| val),
+        }
+    }
+
+    fn insert(&mut self, tx: usize, val: Val) {
+        match self {
+            Self::One(writer, old) if *writer == tx => *old = val,
+            Self::One(..) => {
+                let Self::One(writer, old) = std::mem::replace(self, Self::Many(Vec::new())) else {
+                    unreachable!("matched One")
+                };
+                let mut versions = vec![(writer, old)];
+                let at = versions.partition_point(|(w, _)| *w < tx);
+                versions.insert(at, (tx, val));
+                *self = Self::Many(versions);
+            }
+            Self::Many(versions) => match versions.binary_search_by_key(&tx, |(w, _)| *w) {
+                Ok(at) => versions[at].1 = val,
+                Err(at) => versions.insert(at, (tx, val)),
+            },
+        }
+    }
+
+    /// Removes `tx`'s write; `true` if nothing is left.
+    fn remove(&mut self, tx: usize) -> bool {
+        match self {
+            Self::One(writer, _) => *writer == tx,
+            Self::Many(versions) => {
+                versions.retain(|(w, _)| *w != tx);
+                versions.is_empty()
+            }
+        }
+    }
+}
 
 pub(super) struct MvMemory {
     shards: Box<[Mutex<HashMap<Loc, Versions>>]>,
@@ -57,9 +110,7 @@ impl MvMemory {
 
     /// The latest value written at `loc` by a transaction before `tx`.
     pub(super) fn read(&self, loc: &Loc, tx: usize) -> Option<Val> {
-        let shard = self.shard(loc).lock();
-        let (_, val) = shard.get(loc)?.range(..tx).next_back()?;
-        Some(val.clone())
+        self.shard(loc).lock().get(loc)?.before(tx).cloned()
     }
 
     /// Replaces whatever `tx` published before with `writes`.
@@ -67,16 +118,18 @@ impl MvMemory {
         let mut written = self.written[tx].lock();
         for loc in written.drain(..) {
             let mut shard = self.shard(&loc).lock();
-            if let Some(versions) = shard.get_mut(&loc) {
-                versions.remove(&tx);
+            if shard.get_mut(&loc).is_some_and(|v| v.remove(tx)) {
+                shard.remove(&loc);
             }
         }
+        written.reserve(writes.len());
         for (loc, val) in writes {
-            self.shard(&loc)
-                .lock()
-                .entry(loc)
-                .or_default()
-                .insert(tx, val);
+            match self.shard(&loc).lock().entry(loc) {
+                Entry::Occupied(mut versions) => versions.get_mut().insert(tx, val),
+                Entry::Vacant(slot) => {
+                    slot.insert(Versions::One(tx, val));
+                }
+            }
             written.push(loc);
         }
     }
