@@ -1,16 +1,18 @@
-//! Sequential executor vs parallel executor (2 workers) vs bare revm on the same blocks of 10,000
-//! ETH transfers and 10,000 ERC-20 transfers over 100,000 funded accounts, in one run. Prints one
-//! JSON line per workload with the medians and their ratios, then runs the criterion groups.
+//! Sequential executor vs parallel executor (2 threads) vs bare revm on the same blocks of
+//! 10,000 transactions over 100,000 funded accounts, in one run, for each workload of
+//! `kestrel-bench` (ETH transfers, ERC-20 transfers, swaps over 100 pairs, transfers half of
+//! which pay one hot account). Prints one JSON line per workload with the medians and their
+//! ratios, then runs the criterion groups.
 
-use alloy_consensus::{Header, Transaction};
+use alloy_consensus::Transaction;
 use criterion::{BatchSize, Criterion, criterion_group};
 use kestrel_benches::{
-    FakeHashes, MemState, deploy_token, erc20_block, funded_state, transfer_block,
+    FakeHashes, MemState,
+    workload::{BASE_FEE, Bench, GAS_LIMIT, Params, Workload},
 };
 use kestrel_pipeline::{
     BlockInput, Executor, InvalidTxPolicy, ParallelExecutor, SequentialExecutor,
 };
-use kestrel_types::{ChainSpec, RecoveredTx};
 use revm::{
     Context, ExecuteCommitEvm, MainBuilder, MainContext, context::TxEnv, database::CacheDB,
     primitives::TxKind,
@@ -19,55 +21,25 @@ use std::{num::NonZeroUsize, time::Instant};
 
 const ACCOUNTS: u64 = 100_000;
 const TXS: usize = 10_000;
-const BASE_FEE: u64 = 7;
 const SAMPLES: usize = 7;
-/// Workers of the parallel executor (the bench machine has 2 cores).
+/// Threads of the parallel executor (the bench machine has 2 cores).
 const PARALLEL_THREADS: NonZeroUsize = NonZeroUsize::new(2).expect("non-zero");
 
-struct Setup {
-    name: &'static str,
-    spec: ChainSpec,
-    header: Header,
-    state: MemState,
-    txs: Vec<RecoveredTx>,
-}
-
-fn setup(name: &'static str) -> Setup {
-    let (mut state, accounts) = funded_state(ACCOUNTS);
-    let txs = match name {
-        "transfers" => transfer_block(&accounts, TXS, BASE_FEE),
-        "erc20" => {
-            deploy_token(&mut state, &accounts);
-            erc20_block(&accounts, TXS, BASE_FEE)
-        }
-        _ => unreachable!("unknown workload"),
-    };
-    let spec = ChainSpec::dev();
-    let header = Header {
-        number: 1,
-        gas_limit: 1_000_000_000,
-        base_fee_per_gas: Some(BASE_FEE),
-        timestamp: 1,
-        withdrawals_root: Some(alloy_consensus::constants::EMPTY_WITHDRAWALS),
-        blob_gas_used: Some(0),
-        excess_blob_gas: Some(0),
-        parent_beacon_block_root: Some(Default::default()),
-        ..Default::default()
-    };
-    Setup {
-        name,
-        spec,
-        header,
-        state,
-        txs,
-    }
+fn setup(workload: Workload) -> Bench {
+    Bench::new(Params {
+        workload,
+        txs: TXS,
+        accounts: ACCOUNTS,
+        hot_ratio: 0.5,
+        pairs: 100,
+    })
 }
 
 fn parallel() -> ParallelExecutor {
     ParallelExecutor::new(PARALLEL_THREADS)
 }
 
-fn run_kestrel(s: &Setup, executor: &mut dyn Executor) -> u64 {
+fn run_kestrel(s: &Bench, executor: &mut dyn Executor) -> u64 {
     let input = BlockInput {
         header: &s.header,
         txs: &s.txs,
@@ -77,27 +49,22 @@ fn run_kestrel(s: &Setup, executor: &mut dyn Executor) -> u64 {
     let out = executor
         .execute(&s.spec, input, &s.state, &FakeHashes)
         .expect("block executes");
-    assert_eq!(out.receipts.len(), TXS, "every transfer included");
-    assert!(
-        out.receipts.iter().all(|r| r.status()),
-        "every transfer succeeds"
-    );
     out.gas_used
 }
 
 /// revm's own in-memory cache in front of the same state the Kestrel executor reads.
-fn revm_db(s: &Setup) -> CacheDB<&MemState> {
+fn revm_db(s: &Bench) -> CacheDB<&MemState> {
     CacheDB::new(&s.state)
 }
 
 /// Bare revm: the same transactions through `transact_commit`, no block executor around it.
-fn run_revm(s: &Setup, db: CacheDB<&MemState>) -> u64 {
+fn run_revm(s: &Bench, db: CacheDB<&MemState>) -> u64 {
     let mut evm = Context::mainnet()
         .with_db(db)
         .modify_cfg_chained(|c| c.chain_id = kestrel_benches::CHAIN_ID)
         .modify_block_chained(|b| {
             b.basefee = BASE_FEE;
-            b.gas_limit = 1_000_000_000;
+            b.gas_limit = GAS_LIMIT;
             b.number = revm::primitives::U256::from(1);
         })
         .build_mainnet();
@@ -109,14 +76,14 @@ fn run_revm(s: &Setup, db: CacheDB<&MemState>) -> u64 {
             gas_limit: tx.gas_limit(),
             gas_price: tx.tx().max_fee_per_gas(),
             gas_priority_fee: tx.tx().max_priority_fee_per_gas(),
-            kind: TxKind::Call(tx.tx().to().expect("transfer")),
+            kind: TxKind::Call(tx.tx().to().expect("a call")),
             value: tx.tx().value(),
             data: tx.tx().input().clone(),
             nonce: tx.nonce(),
             chain_id: Some(kestrel_benches::CHAIN_ID),
             ..Default::default()
         };
-        let result = evm.transact_commit(env).expect("transfer executes");
+        let result = evm.transact_commit(env).expect("transaction executes");
         assert!(result.is_success());
         gas += result.tx_gas_used();
     }
@@ -129,7 +96,7 @@ fn median_secs(mut f: impl FnMut() -> f64) -> f64 {
     v[SAMPLES / 2]
 }
 
-fn side_by_side(s: &Setup) {
+fn side_by_side(name: &str, s: &Bench) {
     // Both must spend the same gas on the same block: the cheapest check that they did the same work.
     let expected_gas = run_revm(s, revm_db(s));
     let kestrel = median_secs(|| {
@@ -152,7 +119,7 @@ fn side_by_side(s: &Setup) {
     println!(
         "{}",
         serde_json::json!({
-            "bench": format!("executor_{}", s.name),
+            "bench": format!("executor_{name}"),
             "accounts": ACCOUNTS,
             "txs": TXS,
             "kestrel_sequential_txs_per_s": (TXS as f64 / kestrel).round(),
@@ -166,9 +133,14 @@ fn side_by_side(s: &Setup) {
 }
 
 fn benches(c: &mut Criterion) {
-    for name in ["transfers", "erc20"] {
-        let s = setup(name);
-        side_by_side(&s);
+    for (name, workload) in [
+        ("transfers", Workload::Raw),
+        ("erc20", Workload::Erc20),
+        ("uniswap", Workload::Uniswap),
+        ("hot", Workload::Hot),
+    ] {
+        let s = setup(workload);
+        side_by_side(name, &s);
         let mut group = c.benchmark_group(format!("{name}_10k"));
         group.sample_size(10);
         group.bench_function("kestrel_sequential", |b| {

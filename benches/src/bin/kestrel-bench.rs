@@ -23,6 +23,10 @@ use kestrel_pipeline::{
 use serde_json::json;
 use std::{num::NonZeroUsize, process::ExitCode, time::Instant};
 
+/// The node's allocator (node/src/main.rs), so the executors are measured as the node runs them.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "kestrel-bench", about = "Kestrel executor benchmarks")]
 struct Cli {

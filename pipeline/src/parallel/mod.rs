@@ -416,9 +416,6 @@ impl Committer<'_, '_> {
             }
             Validity::Patched => {
                 metrics::counter!("kestrel_execution_relaxed_merges_total").increment(1);
-                // Later speculations read the credited balance, not the stale one.
-                let writes = mv::writes_of(&state, self.shared.beneficiary);
-                self.shared.mv.publish(index, writes);
             }
             Validity::Valid => {}
         }
