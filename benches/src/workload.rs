@@ -50,6 +50,22 @@ pub struct Bench {
     pub txs: Vec<RecoveredTx>,
 }
 
+/// Block 1 of the dev chain (Prague) at [`BASE_FEE`], with no blobs or withdrawals.
+pub fn header(gas_limit: u64, beneficiary: Address) -> Header {
+    Header {
+        number: 1,
+        beneficiary,
+        gas_limit,
+        base_fee_per_gas: Some(BASE_FEE),
+        timestamp: 1,
+        withdrawals_root: Some(alloy_consensus::constants::EMPTY_WITHDRAWALS),
+        blob_gas_used: Some(0),
+        excess_blob_gas: Some(0),
+        parent_beacon_block_root: Some(Default::default()),
+        ..Default::default()
+    }
+}
+
 /// Runtime code of `tests/e2e/contracts/Pair.sol` (solc 0.8.37, optimizer 200 runs, Prague);
 /// regenerate with `node compile.mjs --contract Pair` in tests/e2e.
 pub const PAIR_RUNTIME_HEX: &str = include_str!("pair.hex");
@@ -104,21 +120,10 @@ impl Bench {
             }
             Workload::Hot => hot_block(&accounts, params.txs, params.hot_ratio),
         };
-        let header = Header {
-            number: 1,
-            gas_limit: GAS_LIMIT,
-            base_fee_per_gas: Some(BASE_FEE),
-            timestamp: 1,
-            withdrawals_root: Some(alloy_consensus::constants::EMPTY_WITHDRAWALS),
-            blob_gas_used: Some(0),
-            excess_blob_gas: Some(0),
-            parent_beacon_block_root: Some(Default::default()),
-            ..Default::default()
-        };
         Self {
             params,
             spec: ChainSpec::dev(),
-            header,
+            header: header(GAS_LIMIT, Address::ZERO),
             state,
             txs,
         }

@@ -9,6 +9,7 @@ use alloy_consensus::{Header, TxEip1559};
 use alloy_primitives::{Address, Bytes, TxKind, U256};
 use kestrel_benches::{
     CHAIN_ID, FakeHashes, MemState, TOKEN, address, deploy_token, funded_state, sign,
+    workload::{BASE_FEE, header},
 };
 use kestrel_pipeline::{
     BlockInput, BlockOutput, ExecError, Executor, InvalidTxPolicy, ParallelExecutor,
@@ -19,7 +20,6 @@ use proptest::prelude::*;
 use std::num::NonZeroUsize;
 
 const ACCOUNTS: u64 = 12;
-const BASE_FEE: u64 = 7;
 /// The block's fee recipient: a funded account, so transfers from and to it conflict for real.
 const BENEFICIARY_INDEX: u64 = ACCOUNTS - 1;
 
@@ -235,21 +235,6 @@ fn block(ops: &[Op]) -> Vec<RecoveredTx> {
         ));
     }
     txs
-}
-
-fn header(gas_limit: u64, beneficiary: Address) -> Header {
-    Header {
-        number: 1,
-        beneficiary,
-        gas_limit,
-        base_fee_per_gas: Some(BASE_FEE),
-        timestamp: 1,
-        withdrawals_root: Some(alloy_consensus::constants::EMPTY_WITHDRAWALS),
-        blob_gas_used: Some(0),
-        excess_blob_gas: Some(0),
-        parent_beacon_block_root: Some(Default::default()),
-        ..Default::default()
-    }
 }
 
 fn run(
