@@ -1,0 +1,149 @@
+//! `kestrel-bench` end to end (the real binary), and the result check it relies on: a block
+//! result that is wrong in any of the ways the check looks at must be rejected.
+
+use kestrel_benches::{
+    FakeHashes,
+    workload::{Bench, HOT, Params, TOKEN_A, Workload},
+};
+use kestrel_pipeline::{BlockInput, BlockOutput, Executor, InvalidTxPolicy, SequentialExecutor};
+use serde_json::Value;
+use std::process::Command;
+
+fn kestrel_bench(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_kestrel-bench"))
+        .args(args)
+        .output()
+        .expect("kestrel-bench runs");
+    assert!(
+        out.status.success(),
+        "kestrel-bench {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).expect("utf-8");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "--json prints one line: {stdout}");
+    serde_json::from_str(lines[0]).expect("a JSON line")
+}
+
+#[test]
+fn exec_prints_one_verified_json_line_per_workload() {
+    for workload in ["raw", "erc20", "uniswap", "hot"] {
+        let mut gas = Vec::new();
+        for executor in ["sequential", "parallel"] {
+            let line = kestrel_bench(&[
+                "exec",
+                "--workload",
+                workload,
+                "--txs",
+                "300",
+                "--accounts",
+                "400",
+                "--threads",
+                "2",
+                "--executor",
+                executor,
+                "--runs",
+                "1",
+                "--json",
+            ]);
+            assert_eq!(line["workload"], workload);
+            assert_eq!(line["executor"], executor);
+            assert_eq!(line["txs"], 300);
+            assert_eq!(line["threads"], 2);
+            assert_eq!(line["verified"], true);
+            assert!(line["txs_per_s"].as_f64().expect("txs_per_s") > 0.0);
+            assert!(line["gas_per_s"].as_f64().expect("gas_per_s") > 0.0);
+            assert!(line["wall_time_s"].as_f64().expect("wall_time_s") > 0.0);
+            assert!(line["reexecutions"].is_u64(), "{line}");
+            gas.push(line["gas_used"].as_u64().expect("gas_used"));
+        }
+        assert_eq!(
+            gas[0], gas[1],
+            "{workload}: both executors spend the same gas"
+        );
+    }
+}
+
+#[test]
+fn fully_contended_block_continues_sequentially() {
+    let line = kestrel_bench(&[
+        "compare",
+        "--workload",
+        "uniswap",
+        "--pairs",
+        "1",
+        "--txs",
+        "300",
+        "--accounts",
+        "400",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    assert_eq!(line["parallel"]["sequential_fallback"], true, "{line}");
+    assert!(line["parallel_over_sequential"].as_f64().is_some());
+}
+
+fn executed(workload: Workload) -> (Bench, BlockOutput) {
+    let bench = Bench::new(Params {
+        workload,
+        txs: 50,
+        accounts: 60,
+        hot_ratio: 0.5,
+        pairs: 3,
+    });
+    let input = BlockInput {
+        header: &bench.header,
+        txs: &bench.txs,
+        withdrawals: &[],
+        policy: InvalidTxPolicy::Reject,
+    };
+    let out = SequentialExecutor
+        .execute(&bench.spec, input, &bench.state, &FakeHashes)
+        .expect("block executes");
+    (bench, out)
+}
+
+#[test]
+fn verify_rejects_wrong_results() {
+    for workload in [
+        Workload::Raw,
+        Workload::Erc20,
+        Workload::Uniswap,
+        Workload::Hot,
+    ] {
+        let (bench, out) = executed(workload);
+        bench.verify(&out).expect("the sequential result is right");
+
+        let mut missing = out.clone();
+        missing.included.pop();
+        assert!(
+            bench.verify(&missing).is_err(),
+            "{workload:?}: a missing transaction"
+        );
+    }
+
+    // One wei more for the hot account: ETH from nowhere.
+    let (bench, mut out) = executed(Workload::Hot);
+    let hot = out
+        .changes
+        .accounts
+        .get_mut(&HOT)
+        .expect("hot account paid")
+        .as_mut()
+        .expect("exists");
+    hot.balance += alloy_primitives::U256::from(1);
+    assert!(bench.verify(&out).is_err(), "minted ETH");
+
+    // One token more for some holder: supply changed.
+    let (bench, mut out) = executed(Workload::Uniswap);
+    let slots = &mut out
+        .changes
+        .storage
+        .get_mut(&TOKEN_A)
+        .expect("token A moved")
+        .slots;
+    let value = slots.values_mut().next().expect("a changed balance");
+    *value += alloy_primitives::U256::from(1);
+    assert!(bench.verify(&out).is_err(), "minted tokens");
+}
