@@ -2,13 +2,25 @@
 //! shape of monad-bft (`update(event) -> Vec<Command>`): no sockets, clocks, threads or disk.
 //! Time and execution results come in as events; proposals and timers go out as commands, and a
 //! driver carries them out. The single-validator instance here is what the dev chain runs; the
-//! multi-validator BFT instance implements the same events and commands.
+//! multi-validator BFT instance ([`bft`]) has its own events and commands, since it also speaks
+//! to peers.
 
 use std::collections::BTreeMap;
 
+pub mod bft;
+pub mod error;
+#[cfg(test)]
+mod sim;
+
 /// Round of consensus. With one validator every round produces a block.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Hash)]
 pub struct Round(pub u64);
+
+impl Round {
+    pub fn next(self) -> Round {
+        Round(self.0 + 1)
+    }
+}
 
 pub use kestrel_types::ExecutionResult;
 

@@ -1,0 +1,787 @@
+//! The BFT state machine: pacemaker (rounds, timeouts), voting and safety rules, vote and timeout
+//! aggregation, the two-chain commit rule, block sync and the delayed execution result check.
+
+use super::SYNC_BLOCKS_MAX;
+use super::metrics as m;
+use super::types::{
+    Block, BlockId, BlockRequest, CertCache, Message, Proposal, QuorumCert, SignerSig, Timeout,
+    TimeoutCert, TimeoutSig, Unverified, Vote,
+};
+use super::validators::{ValidatorIndex, ValidatorKey, ValidatorSet};
+use crate::Round;
+use crate::error::ValidatorSetError;
+use alloy_primitives::B256;
+use kestrel_types::{BlockNumber, ExecutionResult};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+
+/// Votes and timeouts further than this many rounds ahead are dropped, so a Byzantine validator
+/// cannot fill memory with far-future rounds.
+const ROUNDS_AHEAD_MAX: u64 = 1_000;
+/// Uncommitted blocks held. A Byzantine leader can sign any number of blocks for its round, so
+/// beyond this new ones are dropped until a commit prunes the tree.
+const BLOCKS_MAX: usize = 4_096;
+/// Blocks held whose parent is still being fetched.
+const ORPHANS_MAX: usize = 256;
+/// Block ids being fetched.
+const WANTED_MAX: usize = 1_024;
+/// Committed blocks kept to answer sync requests (deeper sync is the driver's, from storage).
+const COMMITTED_KEPT: usize = 256;
+/// Own execution results and unchecked claims kept.
+const RESULTS_KEPT: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How long a round waits for progress before this validator times out.
+    pub round_timeout_ms: u64,
+    /// D: the block at height N carries the execution result of block N − D.
+    pub execution_delay: u64,
+}
+
+/// What must be on disk before a vote or timeout leaves the node, so a restarted validator
+/// never votes twice in a round nor reports a lower QC than one it acted on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SafetyState {
+    /// Highest round this validator voted or timed out in; it never votes at or below it again.
+    pub highest_voted_round: Round,
+    pub high_qc: QuorumCert,
+}
+
+impl SafetyState {
+    pub fn genesis() -> Self {
+        Self {
+            highest_voted_round: Round(0),
+            high_qc: QuorumCert::genesis(),
+        }
+    }
+}
+
+/// A finalized block with a certificate for it (its child's QC): enough to restart from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommittedBlock {
+    pub block: Block,
+    pub qc: QuorumCert,
+}
+
+impl CommittedBlock {
+    pub fn genesis() -> Self {
+        Self {
+            block: Block::genesis(),
+            qc: QuorumCert::genesis(),
+        }
+    }
+}
+
+// Events are moved once into `update` and dropped; boxing messages would only add an
+// allocation per message.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// First event after construction: starts the round timer (and proposes, if leader).
+    Start,
+    /// A message from validator `from`, as decoded from the network.
+    Message {
+        from: ValidatorIndex,
+        message: Unverified<Message>,
+    },
+    /// A `ScheduleTimeout` came due.
+    Timeout { round: Round },
+    /// The payload asked for by `RequestPayload` is built (and available to peers).
+    PayloadReady { round: Round, payload_hash: B256 },
+    /// Execution finished a committed block.
+    Executed(ExecutionResult),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Command {
+    /// Make this durable before carrying out any later command of the same `update`.
+    PersistSafety(SafetyState),
+    /// Send to every other validator.
+    Broadcast(Message),
+    SendTo(ValidatorIndex, Message),
+    /// Deliver `Event::Timeout { round }` at `at_ms` (stale timers are ignored, so no cancel).
+    ScheduleTimeout {
+        round: Round,
+        at_ms: u64,
+    },
+    /// This validator leads `round`: build a payload on `parent` and answer with `PayloadReady`.
+    RequestPayload {
+        round: Round,
+        height: BlockNumber,
+        parent: BlockId,
+    },
+    /// These blocks are final, in height order: execute them and persist the last as the root.
+    Commit(Vec<CommittedBlock>),
+    /// A block carried an execution result different from ours. `certified`: the block was
+    /// finalized anyway, so our own execution is the odd one out and we stopped voting.
+    ExecutionMismatch {
+        ours: ExecutionResult,
+        theirs: ExecutionResult,
+        certified: bool,
+    },
+}
+
+#[derive(Debug, Default)]
+struct RoundVotes {
+    voters: HashSet<ValidatorIndex>,
+    by_block: HashMap<BlockId, (BlockNumber, Vec<SignerSig>, u64)>,
+    done: bool,
+}
+
+#[derive(Debug)]
+struct RoundTimeouts {
+    sigs: Vec<TimeoutSig>,
+    stake: u64,
+    high_qc: QuorumCert,
+    done: bool,
+}
+
+/// One validator's consensus state machine.
+#[derive(Debug)]
+pub struct Bft {
+    config: Config,
+    key: ValidatorKey,
+    me: ValidatorIndex,
+    validators: ValidatorSet,
+    certs: CertCache,
+    round: Round,
+    safety: SafetyState,
+    high_qc: QuorumCert,
+    /// The TC that ended the previous round, if one did.
+    last_tc: Option<TimeoutCert>,
+    /// Last round this validator proposed in.
+    proposed: Round,
+    /// Last round a valid proposal arrived for.
+    proposal_seen: Round,
+    root: CommittedBlock,
+    root_id: BlockId,
+    /// The root and the blocks above it that connect to it.
+    blocks: HashMap<BlockId, Block>,
+    /// Blocks waiting for their parent, by parent id.
+    orphans: HashMap<BlockId, Vec<Block>>,
+    orphan_count: usize,
+    /// Ids requested from peers; only these are accepted from a `Blocks` answer.
+    wanted: HashSet<BlockId>,
+    history: HashMap<BlockId, Block>,
+    history_order: VecDeque<BlockId>,
+    votes: BTreeMap<Round, RoundVotes>,
+    timeouts: BTreeMap<Round, RoundTimeouts>,
+    own_results: BTreeMap<BlockNumber, ExecutionResult>,
+    /// Results carried by committed blocks that our execution has not reached yet.
+    committed_claims: BTreeMap<BlockNumber, ExecutionResult>,
+    /// A current-round block waiting for our own execution result before we vote.
+    pending_vote: Option<BlockId>,
+    halted: bool,
+}
+
+impl Bft {
+    /// `root` is the last committed block and `safety` the last persisted safety state (both
+    /// `genesis()` on a fresh chain).
+    pub fn new(
+        config: Config,
+        key: ValidatorKey,
+        validators: ValidatorSet,
+        root: CommittedBlock,
+        safety: SafetyState,
+    ) -> Result<Self, ValidatorSetError> {
+        assert!(
+            config.round_timeout_ms > 0,
+            "round timeout must be positive"
+        );
+        let me = validators
+            .index_of(&key.id())
+            .ok_or(ValidatorSetError::NotAMember)?;
+        let high_qc = if safety.high_qc.round >= root.qc.round {
+            safety.high_qc.clone()
+        } else {
+            root.qc.clone()
+        };
+        let root_id = root.block.id();
+        let mut history = HashMap::new();
+        history.insert(root_id, root.block.clone());
+        Ok(Self {
+            config,
+            key,
+            me,
+            validators,
+            certs: CertCache::default(),
+            round: high_qc.round.next(),
+            safety,
+            high_qc,
+            last_tc: None,
+            proposed: Round(0),
+            proposal_seen: Round(0),
+            blocks: HashMap::from([(root_id, root.block.clone())]),
+            root,
+            root_id,
+            orphans: HashMap::new(),
+            orphan_count: 0,
+            wanted: HashSet::new(),
+            history,
+            history_order: VecDeque::from([root_id]),
+            votes: BTreeMap::new(),
+            timeouts: BTreeMap::new(),
+            own_results: BTreeMap::new(),
+            committed_claims: BTreeMap::new(),
+            pending_vote: None,
+            halted: false,
+        })
+    }
+
+    pub fn round(&self) -> Round {
+        self.round
+    }
+
+    pub fn me(&self) -> ValidatorIndex {
+        self.me
+    }
+
+    /// The last committed block.
+    pub fn root(&self) -> &CommittedBlock {
+        &self.root
+    }
+
+    /// True once this node's execution disagreed with a finalized block: it no longer votes,
+    /// proposes or times out, and needs an operator.
+    pub fn is_halted(&self) -> bool {
+        self.halted
+    }
+
+    pub fn update(&mut self, now_ms: u64, event: Event) -> Vec<Command> {
+        let mut out = Vec::new();
+        match event {
+            Event::Start => self.enter_round(now_ms, &mut out),
+            Event::Message { from, message } => {
+                match message.verify(&self.validators, &mut self.certs) {
+                    Ok(msg) => self.on_message(now_ms, from, msg.into_inner(), &mut out),
+                    Err(_) => metrics::counter!(m::INVALID_MESSAGES).increment(1),
+                }
+            }
+            Event::Timeout { round } => self.on_local_timeout(now_ms, round, &mut out),
+            Event::PayloadReady {
+                round,
+                payload_hash,
+            } => self.on_payload(now_ms, round, payload_hash, &mut out),
+            Event::Executed(result) => self.on_executed(now_ms, result, &mut out),
+        }
+        out
+    }
+
+    fn on_message(&mut self, now: u64, from: ValidatorIndex, msg: Message, out: &mut Vec<Command>) {
+        match msg {
+            Message::Proposal(p) => self.on_proposal(now, p, out),
+            Message::Vote(v) => self.on_vote(now, v, out),
+            Message::Timeout(t) => self.on_timeout(now, t, out),
+            Message::BlockRequest(r) => self.on_block_request(from, r, out),
+            Message::Blocks(blocks) => self.on_blocks(now, from, blocks, out),
+        }
+    }
+
+    fn enter_round(&mut self, now: u64, out: &mut Vec<Command>) {
+        metrics::gauge!(m::ROUND).set(self.round.0 as f64);
+        out.push(Command::ScheduleTimeout {
+            round: self.round,
+            at_ms: now + self.config.round_timeout_ms,
+        });
+        if !self.halted && self.validators.leader(self.round) == self.me {
+            out.push(Command::RequestPayload {
+                round: self.round,
+                height: self.high_qc.height + 1,
+                parent: self.high_qc.block_id,
+            });
+        }
+    }
+
+    fn advance(&mut self, now: u64, round: Round, tc: Option<TimeoutCert>, out: &mut Vec<Command>) {
+        if round <= self.round {
+            return;
+        }
+        self.round = round;
+        self.last_tc = tc;
+        self.votes.retain(|r, _| r.0 + 1 >= round.0);
+        self.timeouts.retain(|r, _| *r >= round);
+        self.enter_round(now, out);
+    }
+
+    /// A verified QC: raise the high QC, fetch its block if missing, commit, advance the round.
+    fn process_qc(&mut self, now: u64, qc: &QuorumCert, out: &mut Vec<Command>) {
+        if qc.round > self.high_qc.round {
+            self.high_qc = qc.clone();
+        }
+        if qc.height > self.root.block.height && !self.blocks.contains_key(&qc.block_id) {
+            self.request_block(qc, out);
+        }
+        self.try_commit(now, qc, out);
+        if qc.round >= self.round {
+            self.advance(now, qc.round.next(), None, out);
+        }
+    }
+
+    fn process_tc(&mut self, now: u64, tc: &TimeoutCert, out: &mut Vec<Command>) {
+        self.process_qc(now, &tc.high_qc, out);
+        if tc.round >= self.round {
+            self.advance(now, tc.round.next(), Some(tc.clone()), out);
+        }
+    }
+
+    fn on_proposal(&mut self, now: u64, p: Proposal, out: &mut Vec<Command>) {
+        self.process_qc(now, &p.block.qc, out);
+        if let Some(tc) = &p.last_tc {
+            self.process_tc(now, tc, out);
+        }
+        if p.block.round == self.round {
+            self.proposal_seen = self.round;
+        }
+        self.receive_block(now, p.block, out);
+    }
+
+    /// A block that is either signed by its leader or hash-linked to a certified id.
+    fn receive_block(&mut self, now: u64, block: Block, out: &mut Vec<Command>) {
+        if block.height <= self.root.block.height {
+            return;
+        }
+        if self.blocks.contains_key(&block.parent()) {
+            self.insert_blocks(now, block, out);
+        } else if self.orphan_count < ORPHANS_MAX {
+            // Its parent was requested when its QC was processed.
+            self.orphan_count += 1;
+            self.orphans.entry(block.parent()).or_default().push(block);
+        }
+    }
+
+    /// Insert `block` (whose parent is held) and every orphan that now connects.
+    fn insert_blocks(&mut self, now: u64, block: Block, out: &mut Vec<Command>) {
+        let mut work = vec![block];
+        while let Some(b) = work.pop() {
+            let id = b.id();
+            let Some(parent) = self.blocks.get(&b.parent()) else {
+                continue; // pruned by a commit on another branch meanwhile
+            };
+            if b.height != parent.height + 1
+                || b.height <= self.root.block.height
+                || self.blocks.len() >= BLOCKS_MAX
+            {
+                continue;
+            }
+            if self.blocks.insert(id, b.clone()).is_some() {
+                continue;
+            }
+            self.wanted.remove(&id);
+            if let Some(children) = self.orphans.remove(&id) {
+                self.orphan_count -= children.len();
+                work.extend(children);
+            }
+            self.process_qc(now, &b.qc, out);
+            self.maybe_vote(now, &b, id, out);
+        }
+        let high_qc = self.high_qc.clone();
+        self.try_commit(now, &high_qc, out);
+    }
+
+    /// Ask a signer of `qc` (it voted, so it holds the block) for the block and its ancestors.
+    fn request_block(&mut self, qc: &QuorumCert, out: &mut Vec<Command>) {
+        if self.wanted.len() >= WANTED_MAX {
+            self.wanted.clear();
+        }
+        self.wanted.insert(qc.block_id);
+        let signers: Vec<_> = qc.signers().filter(|s| *s != self.me).collect();
+        if signers.is_empty() {
+            return;
+        }
+        // Rotate through the signers so a silent one does not stall sync.
+        let peer = signers[(self.round.0 as usize) % signers.len()];
+        let count = (qc.height - self.root.block.height).min(SYNC_BLOCKS_MAX as u64) as u16;
+        out.push(Command::SendTo(
+            peer,
+            Message::BlockRequest(BlockRequest {
+                block_id: qc.block_id,
+                count,
+            }),
+        ));
+    }
+
+    fn on_block_request(&mut self, from: ValidatorIndex, r: BlockRequest, out: &mut Vec<Command>) {
+        let mut blocks = Vec::new();
+        let mut id = r.block_id;
+        while blocks.len() < usize::from(r.count) {
+            let Some(b) = self.blocks.get(&id).or_else(|| self.history.get(&id)) else {
+                break;
+            };
+            id = b.parent();
+            blocks.push(b.clone());
+        }
+        if !blocks.is_empty() {
+            out.push(Command::SendTo(from, Message::Blocks(blocks)));
+        }
+    }
+
+    fn on_blocks(
+        &mut self,
+        now: u64,
+        from: ValidatorIndex,
+        blocks: Vec<Block>,
+        out: &mut Vec<Command>,
+    ) {
+        let mut lowest_missing = None;
+        for block in blocks {
+            let id = block.id();
+            // Only ids we asked for (named by a verified QC, or parents of such blocks, which
+            // the hash chain authenticates) are accepted: a forged block has another id.
+            if !self.wanted.remove(&id) || block.height <= self.root.block.height {
+                continue;
+            }
+            if self.blocks.contains_key(&block.parent()) {
+                self.insert_blocks(now, block, out);
+            } else {
+                self.wanted.insert(block.parent());
+                lowest_missing = Some((block.parent(), block.height - 1));
+                self.receive_block(now, block, out);
+            }
+        }
+        // The answer stopped short of a block we hold: ask the same peer for the rest.
+        if let Some((id, height)) = lowest_missing
+            && !self.blocks.contains_key(&id)
+            && height > self.root.block.height
+        {
+            let count = (height - self.root.block.height).min(SYNC_BLOCKS_MAX as u64) as u16;
+            out.push(Command::SendTo(
+                from,
+                Message::BlockRequest(BlockRequest {
+                    block_id: id,
+                    count,
+                }),
+            ));
+        }
+    }
+
+    /// Voting rule (two-chain HotStuff / Jolteon): vote once per round, only in the current
+    /// round, for a block that extends the previous round's QC, or, after a TC, a QC at least as
+    /// high as any in the TC. The second case is what keeps a committed block from being
+    /// abandoned: a quorum that voted for its child holds its QC, and any TC contains one of them.
+    fn maybe_vote(&mut self, now: u64, b: &Block, id: BlockId, out: &mut Vec<Command>) {
+        if self.halted || b.round != self.round || b.round <= self.safety.highest_voted_round {
+            return;
+        }
+        let extends = b.qc.round.next() == b.round
+            || self
+                .last_tc
+                .as_ref()
+                .is_some_and(|tc| tc.round.next() == b.round && b.qc.round >= tc.high_qc.round);
+        if !extends || !self.delayed_result_ok(b, id, out) {
+            return;
+        }
+        self.safety = SafetyState {
+            highest_voted_round: b.round,
+            high_qc: self.high_qc.clone(),
+        };
+        out.push(Command::PersistSafety(self.safety.clone()));
+        let vote = Vote::new(b.round, b.height, id, self.me, &self.key);
+        metrics::counter!(m::VOTES).increment(1);
+        let next = self.validators.leader(b.round.next());
+        if next == self.me {
+            self.on_vote(now, vote, out);
+        } else {
+            out.push(Command::SendTo(next, Message::Vote(vote)));
+        }
+    }
+
+    /// The delayed execution result must be for height − D and equal our own result for that
+    /// block. A vote vouches for the result too, so without our own result (execution behind)
+    /// we do not vote (yet); a proposal without a result (its leader's execution behind) is fine.
+    /// This is what lets a *committed* mismatch mean that our execution diverged (at least f+1
+    /// honest voters checked it): see `check_committed_result`. Here a mismatch only refuses
+    /// the vote, since the leader may be lying.
+    fn delayed_result_ok(&mut self, b: &Block, id: BlockId, out: &mut Vec<Command>) -> bool {
+        let Some(theirs) = b.delayed_result else {
+            return true;
+        };
+        if theirs.number + self.config.execution_delay != b.height {
+            return false;
+        }
+        match self.own_results.get(&theirs.number) {
+            Some(ours) if *ours == theirs => true,
+            Some(ours) => {
+                let ours = *ours;
+                self.alarm(ours, theirs, false, out);
+                false
+            }
+            // Usually execution is a moment behind the commit that this very proposal
+            // completed: vote when the result arrives, if the round is still on.
+            None => {
+                self.pending_vote = Some(id);
+                false
+            }
+        }
+    }
+
+    fn on_vote(&mut self, now: u64, v: Vote, out: &mut Vec<Command>) {
+        if self.validators.leader(v.round.next()) != self.me
+            || v.round.0 + 1 < self.round.0
+            || v.round.0 > self.round.0 + ROUNDS_AHEAD_MAX
+        {
+            return;
+        }
+        let quorum = self.validators.quorum_stake();
+        let stake = self.validators.stake(v.signer);
+        let rv = self.votes.entry(v.round).or_default();
+        // One vote per validator per round: an equivocator's second vote is ignored.
+        if rv.done || !rv.voters.insert(v.signer) {
+            return;
+        }
+        let (height, sigs, total) =
+            rv.by_block
+                .entry(v.block_id)
+                .or_insert((v.height, Vec::new(), 0));
+        if *height != v.height {
+            return;
+        }
+        sigs.push(SignerSig {
+            signer: v.signer,
+            signature: v.signature,
+        });
+        *total += stake;
+        if *total < quorum {
+            return;
+        }
+        rv.done = true;
+        let mut signatures = sigs.clone();
+        signatures.sort_by_key(|s| s.signer);
+        let qc = QuorumCert {
+            round: v.round,
+            height: v.height,
+            block_id: v.block_id,
+            signatures,
+        };
+        metrics::counter!(m::QCS).increment(1);
+        self.process_qc(now, &qc, out);
+    }
+
+    fn on_timeout(&mut self, now: u64, t: Timeout, out: &mut Vec<Command>) {
+        self.process_qc(now, &t.high_qc, out);
+        if let Some(tc) = &t.last_tc {
+            self.process_tc(now, tc, out);
+        }
+        if t.round < self.round || t.round.0 > self.round.0 + ROUNDS_AHEAD_MAX {
+            return;
+        }
+        let quorum = self.validators.quorum_stake();
+        let stake = self.validators.stake(t.signer);
+        let rt = self
+            .timeouts
+            .entry(t.round)
+            .or_insert_with(|| RoundTimeouts {
+                sigs: Vec::new(),
+                stake: 0,
+                high_qc: t.high_qc.clone(),
+                done: false,
+            });
+        if rt.done || rt.sigs.iter().any(|s| s.signer == t.signer) {
+            return;
+        }
+        rt.sigs.push(TimeoutSig {
+            signer: t.signer,
+            high_qc_round: t.high_qc.round,
+            signature: t.signature,
+        });
+        rt.stake += stake;
+        if t.high_qc.round > rt.high_qc.round {
+            rt.high_qc = t.high_qc;
+        }
+        if rt.stake < quorum {
+            // f+1 timeouts include an honest one: the round is lost, so join now rather than
+            // wait out our own timer (Bracha-style; it keeps validators that entered the round
+            // late from costing everyone a second timeout).
+            let joined = rt.sigs.iter().any(|s| s.signer == self.me);
+            if !joined && t.round == self.round && rt.stake >= self.validators.validity_stake() {
+                self.on_local_timeout(now, t.round, out);
+            }
+            return;
+        }
+        rt.done = true;
+        let mut signatures = rt.sigs.clone();
+        signatures.sort_by_key(|s| s.signer);
+        let tc = TimeoutCert {
+            round: t.round,
+            high_qc: rt.high_qc.clone(),
+            signatures,
+        };
+        metrics::counter!(m::TCS).increment(1);
+        self.process_tc(now, &tc, out);
+    }
+
+    fn on_local_timeout(&mut self, now: u64, round: Round, out: &mut Vec<Command>) {
+        if round != self.round || self.halted {
+            return;
+        }
+        if self.safety.highest_voted_round < round {
+            metrics::counter!(m::TIMEOUTS).increment(1);
+            if self.proposal_seen < round {
+                metrics::counter!(m::LEADER_FAILURES).increment(1);
+            }
+        }
+        // Timing out counts as voting: no vote in this round afterwards.
+        self.safety = SafetyState {
+            highest_voted_round: self.safety.highest_voted_round.max(round),
+            high_qc: self.high_qc.clone(),
+        };
+        out.push(Command::PersistSafety(self.safety.clone()));
+        let last_tc = self.last_tc.clone().filter(|tc| tc.round.next() == round);
+        let t = Timeout::new(round, self.high_qc.clone(), last_tc, self.me, &self.key);
+        out.push(Command::Broadcast(Message::Timeout(t.clone())));
+        // Keep re-sending until the round ends: a partition may have eaten this one.
+        out.push(Command::ScheduleTimeout {
+            round,
+            at_ms: now + self.config.round_timeout_ms,
+        });
+        self.on_timeout(now, t, out);
+    }
+
+    fn on_payload(&mut self, now: u64, round: Round, payload_hash: B256, out: &mut Vec<Command>) {
+        if round != self.round
+            || self.proposed >= round
+            || self.halted
+            || self.validators.leader(round) != self.me
+        {
+            return;
+        }
+        self.proposed = round;
+        let height = self.high_qc.height + 1;
+        let last_tc = self.last_tc.clone().filter(|tc| tc.round.next() == round);
+        assert!(
+            self.high_qc.round.next() == round || last_tc.is_some(),
+            "entered round {round:?} without a QC or TC for the round before"
+        );
+        let block = Block {
+            round,
+            height,
+            author: self.me,
+            timestamp_ms: now,
+            payload_hash,
+            qc: self.high_qc.clone(),
+            delayed_result: height
+                .checked_sub(self.config.execution_delay)
+                .and_then(|n| self.own_results.get(&n).copied()),
+        };
+        let proposal = Proposal::new(block, last_tc, &self.key);
+        metrics::counter!(m::PROPOSALS).increment(1);
+        out.push(Command::Broadcast(Message::Proposal(proposal.clone())));
+        self.on_proposal(now, proposal, out);
+    }
+
+    /// Two-chain commit rule: a QC for block B whose own QC is for the round just before B's
+    /// (B's parent P was certified in round r, B in r+1) finalizes P and its ancestors. P is
+    /// speculatively final once certified; final one round later.
+    fn try_commit(&mut self, now: u64, qc: &QuorumCert, out: &mut Vec<Command>) {
+        let Some(b) = self.blocks.get(&qc.block_id) else {
+            return;
+        };
+        if b.qc.round.next() != b.round {
+            return;
+        }
+        let target = b.qc.block_id;
+        let target_qc = b.qc.clone();
+        match self.blocks.get(&target) {
+            Some(p) if p.height > self.root.block.height => {}
+            _ => return,
+        }
+        let mut chain = Vec::new();
+        let (mut id, mut qc) = (target, target_qc);
+        while id != self.root_id {
+            let block = match self.blocks.get(&id) {
+                Some(b) if b.height > self.root.block.height => b.clone(),
+                // A finalized block that does not extend our root: more than f validators are
+                // Byzantine, or this code is wrong. Either way going on would fork.
+                _ => panic!(
+                    "conflicting commit below height {}",
+                    self.root.block.height + 1
+                ),
+            };
+            id = block.parent();
+            let parent_qc = block.qc.clone();
+            chain.push(CommittedBlock { block, qc });
+            qc = parent_qc;
+        }
+        chain.reverse();
+        for c in &chain {
+            let latency_s = now.saturating_sub(c.block.timestamp_ms) as f64 / 1000.0;
+            metrics::histogram!(m::COMMIT_LATENCY).record(latency_s);
+            if let Some(theirs) = c.block.delayed_result {
+                self.check_committed_result(theirs, out);
+            }
+            let id = c.block.id();
+            self.history.insert(id, c.block.clone());
+            self.history_order.push_back(id);
+            if self.history_order.len() > COMMITTED_KEPT {
+                let old = self.history_order.pop_front().expect("non-empty");
+                self.history.remove(&old);
+            }
+        }
+        let new_root = chain.last().expect("at least the target").clone();
+        self.root_id = new_root.block.id();
+        self.root = new_root;
+        metrics::gauge!(m::HEIGHT).set(self.root.block.height as f64);
+        let (root_round, root_height, root_id) =
+            (self.root.block.round, self.root.block.height, self.root_id);
+        self.blocks
+            .retain(|id, b| *id == root_id || (b.round > root_round && b.height > root_height));
+        self.orphans.retain(|_, children| {
+            children.retain(|b| b.height > root_height);
+            !children.is_empty()
+        });
+        self.orphan_count = self.orphans.values().map(Vec::len).sum();
+        out.push(Command::Commit(chain));
+    }
+
+    fn check_committed_result(&mut self, theirs: ExecutionResult, out: &mut Vec<Command>) {
+        match self.own_results.get(&theirs.number) {
+            Some(ours) if *ours != theirs => {
+                let ours = *ours;
+                self.alarm(ours, theirs, true, out);
+            }
+            Some(_) => {}
+            None => {
+                self.committed_claims.insert(theirs.number, theirs);
+                while self.committed_claims.len() > RESULTS_KEPT {
+                    self.committed_claims.pop_first();
+                }
+            }
+        }
+    }
+
+    fn on_executed(&mut self, now: u64, result: ExecutionResult, out: &mut Vec<Command>) {
+        if let Some(theirs) = self.committed_claims.remove(&result.number)
+            && theirs != result
+        {
+            self.alarm(result, theirs, true, out);
+        }
+        self.own_results.insert(result.number, result);
+        while self.own_results.len() > RESULTS_KEPT {
+            self.own_results.pop_first();
+        }
+        if let Some(id) = self.pending_vote.take()
+            && let Some(block) = self.blocks.get(&id).cloned()
+        {
+            self.maybe_vote(now, &block, id, out);
+        }
+    }
+
+    /// A quorum finalized a result we disagree with (`certified`): our execution diverged, and
+    /// voting on would fork us silently, so stop. Otherwise only the proposal is refused.
+    fn alarm(
+        &mut self,
+        ours: ExecutionResult,
+        theirs: ExecutionResult,
+        certified: bool,
+        out: &mut Vec<Command>,
+    ) {
+        metrics::counter!(m::RESULT_MISMATCH).increment(1);
+        if certified {
+            self.halted = true;
+            metrics::gauge!(m::HALTED).set(1.0);
+        }
+        out.push(Command::ExecutionMismatch {
+            ours,
+            theirs,
+            certified,
+        });
+    }
+}
