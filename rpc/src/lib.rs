@@ -16,12 +16,14 @@ mod chain;
 pub mod error;
 mod fees;
 mod handler;
+mod health;
 mod logs;
 mod metrics;
 
 pub use call::CALL_GAS_CAP;
 pub use error::RpcError;
 pub use fees::{FEE_HISTORY_BLOCKS_MAX, FEE_HISTORY_PERCENTILES_MAX, SUGGESTED_TIP_WEI};
+pub use health::{HEALTH_PATH, STALL_BLOCK_TIMES};
 pub use metrics::describe_metrics;
 
 use api::EthApiServer as _;
@@ -55,6 +57,8 @@ pub const LOGS_MAX: usize = 10_000;
 /// Most EVM runs (`eth_call`, `eth_estimateGas`) and block scans (`eth_getLogs`,
 /// `eth_feeHistory`) in progress at once; more wait. Two cores are shared with the pipeline.
 pub const EXECUTIONS_CONCURRENT_MAX: usize = 4;
+/// Block interval `/health` judges the head's age by, unless the node says otherwise.
+pub const BLOCK_TIME_MS_DEFAULT: u64 = 500;
 
 /// What the RPC server reads and writes.
 #[derive(Clone)]
@@ -73,6 +77,9 @@ pub struct RpcConfig {
     pub max_response_body_bytes: u32,
     pub max_connections: u32,
     pub max_batch_len: u32,
+    /// The node's block interval: `/health` answers 503 once the head is
+    /// [`STALL_BLOCK_TIMES`] intervals old.
+    pub block_time_ms: u64,
 }
 
 impl Default for RpcConfig {
@@ -83,6 +90,7 @@ impl Default for RpcConfig {
             max_response_body_bytes: RESPONSE_BODY_BYTES_MAX,
             max_connections: CONNECTIONS_MAX,
             max_batch_len: BATCH_LEN_MAX,
+            block_time_ms: BLOCK_TIME_MS_DEFAULT,
         }
     }
 }
@@ -93,6 +101,11 @@ pub async fn start(
     config: RpcConfig,
     ctx: RpcContext,
 ) -> Result<(SocketAddr, ServerHandle), RpcError> {
+    let health = health::HealthLayer {
+        status: ctx.status.clone(),
+        store: ctx.store.clone(),
+        max_age_ms: config.block_time_ms.saturating_mul(STALL_BLOCK_TIMES),
+    };
     let mut module = RpcModule::new(());
     module.merge(handler::EthRpc::new(ctx).into_rpc())?;
     let methods: Arc<HashSet<&'static str>> = Arc::new(module.method_names().collect());
@@ -113,6 +126,7 @@ pub async fn start(
     let server = Server::builder()
         .set_config(server_config)
         .set_rpc_middleware(rpc_middleware)
+        .set_http_middleware(tower::ServiceBuilder::new().layer(health))
         .build(config.addr)
         .await
         .map_err(RpcError::Bind)?;

@@ -6,13 +6,20 @@ use crate::{state::LatestState, status::ChainStatus};
 use alloy_primitives::{B256, Bytes};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use kestrel_types::RecoveredTx;
-use std::{sync::Arc, thread, time::Instant};
+use std::{
+    sync::Arc,
+    thread,
+    time::{Duration, Instant},
+};
 use tokio::sync::oneshot;
 
 /// Most raw transactions waiting for recovery; beyond it `eth_sendRawTransaction` answers busy.
 pub const INGRESS_QUEUE_MAX: usize = 65_536;
 /// Requests one worker validates under one state snapshot.
 const INGRESS_BATCH_MAX: usize = 512;
+/// Each worker refreshes the pool size gauges at most this often: counting walks every sender
+/// under the pool lock, which under load (100k senders) costs more than the batch itself.
+const POOL_GAUGES_INTERVAL: Duration = Duration::from_millis(250);
 
 struct Request {
     raw: Bytes,
@@ -64,6 +71,7 @@ impl IngressStage {
     }
 
     fn run(&self, rx: Receiver<Request>) {
+        let mut gauges_at: Option<Instant> = None;
         while let Ok(first) = rx.recv() {
             let started = Instant::now();
             let mut batch = vec![first];
@@ -116,9 +124,12 @@ impl IngressStage {
             metrics::counter!("kestrel_ingress_txs_total").increment(n as u64);
             metrics::histogram!("kestrel_ingress_batch_seconds")
                 .record(started.elapsed().as_secs_f64());
-            let size = self.pool.size();
-            metrics::gauge!("kestrel_mempool_pending_txs").set(size.pending as f64);
-            metrics::gauge!("kestrel_mempool_queued_txs").set(size.queued as f64);
+            if gauges_at.is_none_or(|at| at.elapsed() >= POOL_GAUGES_INTERVAL) {
+                gauges_at = Some(Instant::now());
+                let size = self.pool.size();
+                metrics::gauge!("kestrel_mempool_pending_txs").set(size.pending as f64);
+                metrics::gauge!("kestrel_mempool_queued_txs").set(size.queued as f64);
+            }
         }
     }
 

@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# End-to-end benchmark: the same pre-signed load against a single Kestrel validator
+# (`kestrel node --dev`) and against anvil, one after the other, from the same genesis.
+#
+#   benches/e2e.sh                       # 100,000 senders, transfer/ERC-20 mix, 60 s at 12,000 tx/s
+#   DURATION=10 ACCOUNTS=10000 RATE=5000 benches/e2e.sh
+#   SKIP_ANVIL=1 benches/e2e.sh          # Kestrel only
+#   KESTREL_BIN, KESTREL_LOADGEN_BIN     # other binaries than $CARGO_TARGET_DIR/release/*
+#
+# Writes into $OUT (default target/e2e-bench/<time>): genesis.json, kestrel.json/.svg,
+# anvil.json/.svg (kestrel-loadgen reports and charts), kestrel-metrics.txt (the node's /metrics
+# after the run), logs, and summary.json with both side by side. Exits non-zero if the Kestrel
+# run fails its checks (a lost transaction or a wrong balance).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+
+ACCOUNTS="${ACCOUNTS:-100000}"
+RATE="${RATE:-12000}"
+DURATION="${DURATION:-60}"
+WORKLOAD="${WORKLOAD:-mixed}"
+HOT_RATIO="${HOT_RATIO:-0}"
+CONCURRENCY="${CONCURRENCY:-4}"
+BATCH="${BATCH:-1000}"
+SEED="${SEED:-1}"
+# Large enough that neither node's block gas limit binds at the offered rate.
+GAS_LIMIT="${GAS_LIMIT:-2000000000}"
+BLOCK_TIME_MS="${BLOCK_TIME_MS:-500}"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+OUT="${OUT:-$TARGET/e2e-bench/$(date -u +%Y%m%dT%H%M%SZ)}"
+ANVIL="${ANVIL:-$ROOT/tests/e2e/node_modules/.bin/anvil}"
+START_TIMEOUT_S=120
+
+mkdir -p "$OUT"
+echo "e2e: results in $OUT"
+
+# SKIP_BUILD=1 uses the binaries as they are (e.g. while the tree is being edited).
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --bin kestrel --bin kestrel-loadgen
+KESTREL="${KESTREL_BIN:-$TARGET/release/kestrel}"
+LOADGEN="${KESTREL_LOADGEN_BIN:-$TARGET/release/kestrel-loadgen}"
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Waits until the JSON-RPC endpoint answers eth_chainId, or the process dies.
+wait_rpc() {
+  local url="$1" pid="$2"
+  for _ in $(seq $((START_TIMEOUT_S * 10))); do
+    kill -0 "$pid" 2>/dev/null || { echo "e2e: node exited during start-up" >&2; return 1; }
+    curl -sf -X POST -H 'content-type: application/json' \
+      --data '{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}' "$url" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "e2e: $url did not answer within ${START_TIMEOUT_S}s" >&2
+  return 1
+}
+
+stop() {
+  local pid="$1"
+  kill -TERM "$pid" 2>/dev/null || return 0
+  for _ in $(seq 300); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+  kill -KILL "$pid" 2>/dev/null || true
+}
+
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do stop "$p"; done; }
+trap cleanup EXIT
+
+LOAD=(--workload "$WORKLOAD" --accounts "$ACCOUNTS" --seed "$SEED" --rate "$RATE"
+      --duration "$DURATION" --hot-ratio "$HOT_RATIO" --concurrency "$CONCURRENCY"
+      --batch "$BATCH" --genesis-funded --drain-timeout "${DRAIN_TIMEOUT:-120}")
+
+"$LOADGEN" --genesis-out "$OUT/genesis.json" --accounts "$ACCOUNTS" --seed "$SEED" \
+  --genesis-gas-limit "$GAS_LIMIT"
+
+# (a) Kestrel, single validator (the dev chain's setup; --genesis replaces --dev's accounts).
+PORT="$(free_port)"; METRICS="$(free_port)"
+"$KESTREL" node --genesis "$OUT/genesis.json" --datadir "$OUT/kestrel-data" \
+  --http-port "$PORT" --metrics "127.0.0.1:$METRICS" --block-time-ms "$BLOCK_TIME_MS" \
+  --gas-limit "$GAS_LIMIT" >"$OUT/kestrel.log" 2>&1 &
+KPID=$!; PIDS+=("$KPID")
+wait_rpc "http://127.0.0.1:$PORT" "$KPID"
+echo "e2e: kestrel up on $PORT"
+set +e
+"$LOADGEN" --rpc "http://127.0.0.1:$PORT" "${LOAD[@]}" --label kestrel \
+  --report "$OUT/kestrel.json" --chart "$OUT/kestrel.svg"
+KESTREL_RC=$?
+set -e
+curl -sf "http://127.0.0.1:$METRICS/metrics" >"$OUT/kestrel-metrics.txt" || true
+stop "$KPID"
+du -sh "$OUT/kestrel-data" | cut -f1 >"$OUT/kestrel-datadir-size.txt"
+rm -rf "$OUT/kestrel-data"
+
+# (b) anvil, same genesis and load. Interval mining at the same block time; one slot per epoch
+# so its `finalized` tag trails `latest` by two blocks instead of 64.
+ANVIL_RC=skipped
+if [ -z "${SKIP_ANVIL:-}" ]; then
+  APORT="$(free_port)"
+  "$ANVIL" --init "$OUT/genesis.json" --port "$APORT" --hardfork prague \
+    --block-time "$(python3 -c "print($BLOCK_TIME_MS / 1000)")" --gas-limit "$GAS_LIMIT" \
+    --slots-in-an-epoch 1 --no-request-size-limit \
+    --prune-history >"$OUT/anvil.log" 2>&1 &
+  APID=$!; PIDS+=("$APID")
+  # anvil's result is a reference: its failure is reported, it does not fail the benchmark.
+  set +e
+  if wait_rpc "http://127.0.0.1:$APORT" "$APID"; then
+    echo "e2e: anvil up on $APORT"
+    "$LOADGEN" --rpc "http://127.0.0.1:$APORT" "${LOAD[@]}" --label anvil \
+      --report "$OUT/anvil.json" --chart "$OUT/anvil.svg"
+    ANVIL_RC=$?
+  else
+    ANVIL_RC=start-failed
+  fi
+  set -e
+  stop "$APID"
+fi
+
+# Side by side.
+python3 - "$OUT" "$KESTREL_RC" "$ANVIL_RC" <<'EOF'
+import json, sys
+from pathlib import Path
+out, krc, arc = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+runs = {n: json.loads((out / f"{n}.json").read_text()) for n in ("kestrel", "anvil")
+        if (out / f"{n}.json").exists()}
+def row(r):
+    f = r["figures"]
+    return {
+        "txs": f["txs"], "accepted": f["accepted"], "included": f["included"],
+        "finalized": f["finalized"], "lost": r["verify"]["lost"],
+        "pending_at_end": r["verify"].get("pending", 0),
+        **{k: round(v, 1) if v else v for k, v in f["rates"].items()},
+        "inclusion_p50_ms": (f["latency_to_inclusion"] or {}).get("p50_ms"),
+        "inclusion_p99_ms": (f["latency_to_inclusion"] or {}).get("p99_ms"),
+        "finality_p50_ms": (f["latency_to_finality"] or {}).get("p50_ms"),
+        "finality_p99_ms": (f["latency_to_finality"] or {}).get("p99_ms"),
+        "signing_tps": round(r["signing_tps"]),
+        "checks_passed": not r["verify"]["problems"],
+    }
+summary = {n: row(r) for n, r in runs.items()}
+summary["exit_codes"] = {"kestrel": krc, "anvil": arc}
+if "kestrel" in runs and "anvil" in runs and summary["anvil"]["included_tps"]:
+    summary["included_tps_ratio_kestrel_over_anvil"] = round(
+        summary["kestrel"]["included_tps"] / summary["anvil"]["included_tps"], 2)
+(out / "summary.json").write_text(json.dumps(summary, indent=2))
+names = [n for n in ("kestrel", "anvil") if n in runs]
+keys = list(summary[names[0]].keys())
+print(f"{'':22}" + "".join(f"{n:>14}" for n in names))
+for k in keys:
+    print(f"{k:22}" + "".join(f"{str(summary[n][k]):>14}" for n in names))
+if "included_tps_ratio_kestrel_over_anvil" in summary:
+    print(f"included TPS ratio kestrel/anvil: {summary['included_tps_ratio_kestrel_over_anvil']}")
+EOF
+exit "$KESTREL_RC"

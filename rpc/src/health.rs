@@ -1,0 +1,148 @@
+//! `GET /health` on the JSON-RPC port, for load balancers: 200 while the node follows the chain,
+//! 503 when its committed head is older than [`STALL_BLOCK_TIMES`] block times. That covers a
+//! node that stopped committing (stalled) and one still catching up after a restart (behind): in
+//! both, the newest block it serves was made too long ago.
+
+use http::{Method, Response, StatusCode, header};
+use jsonrpsee::{
+    core::BoxError,
+    server::{HttpBody, HttpRequest},
+};
+use kestrel_pipeline::status::ChainStatus;
+use kestrel_storage::{ChainView as _, Store};
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{SystemTime, UNIX_EPOCH},
+};
+use tower::{Layer, Service};
+
+pub const HEALTH_PATH: &str = "/health";
+/// A head older than this many block times means the node is not following the chain. Ten
+/// leaves room for a slow commit (~1 s for a large block) and the header's 1 s resolution.
+pub const STALL_BLOCK_TIMES: u64 = 10;
+
+/// The verdict and the JSON body that explains it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    pub status: StatusCode,
+    pub body: String,
+}
+
+/// Judges a head whose header says `head_timestamp_s`, at wall-clock `now_ms`.
+pub fn judge(head: u64, head_timestamp_s: u64, now_ms: u64, max_age_ms: u64) -> Health {
+    // The header has second resolution: the head may be up to 1 s younger than it says.
+    let age_ms = now_ms.saturating_sub(head_timestamp_s.saturating_mul(1000));
+    let (status, word) = if age_ms <= max_age_ms {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "stalled")
+    };
+    let body = serde_json::json!({
+        "status": word,
+        "head": head,
+        "head_age_ms": age_ms,
+        "max_age_ms": max_age_ms,
+    })
+    .to_string();
+    Health { status, body }
+}
+
+#[derive(Clone)]
+pub struct HealthLayer {
+    pub status: Arc<ChainStatus>,
+    pub store: Arc<Store>,
+    pub max_age_ms: u64,
+}
+
+impl<S> Layer<S> for HealthLayer {
+    type Service = HealthService<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        HealthService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct HealthService<S> {
+    inner: S,
+    layer: HealthLayer,
+}
+
+impl HealthLayer {
+    fn check(&self) -> Health {
+        let head = ChainStatus::get(&self.status.committed);
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        match self.store.view(|r| r.header(head)) {
+            Ok(Ok(Some(header))) => judge(head, header.timestamp, now_ms, self.max_age_ms),
+            // A head the store cannot show is not a node to send traffic to.
+            other => Health {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                body: serde_json::json!({
+                    "status": "error",
+                    "head": head,
+                    "error": format!("{other:?}"),
+                })
+                .to_string(),
+            },
+        }
+    }
+}
+
+impl<S, B> Service<HttpRequest<B>> for HealthService<S>
+where
+    S: Service<HttpRequest<B>, Response = Response<HttpBody>>,
+    S::Error: Into<BoxError> + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<HttpBody>;
+    type Error = BoxError;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send + 'static>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, request: HttpRequest<B>) -> Self::Future {
+        if request.method() != Method::GET || request.uri().path() != HEALTH_PATH {
+            let fut = self.inner.call(request);
+            return Box::pin(async move { fut.await.map_err(Into::into) });
+        }
+        let health = self.layer.check();
+        let response = Response::builder()
+            .status(health.status)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(HttpBody::from(health.body))
+            .map_err(BoxError::from);
+        Box::pin(async move { response })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_head_is_healthy_old_head_is_not() {
+        let now_ms = 1_000_000_000;
+        let fresh = judge(7, now_ms / 1000 - 1, now_ms, 5_000);
+        assert_eq!(fresh.status, StatusCode::OK);
+        assert!(fresh.body.contains(r#""status":"ok""#), "{}", fresh.body);
+        let old = judge(7, now_ms / 1000 - 6, now_ms, 5_000);
+        assert_eq!(old.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(old.body.contains(r#""head_age_ms":6000"#), "{}", old.body);
+    }
+
+    #[test]
+    fn head_from_the_future_counts_as_fresh() {
+        // Clock skew between the proposer and this node must not read as a stall.
+        assert_eq!(judge(1, 2_000, 1_000_000, 5_000).status, StatusCode::OK);
+    }
+}
