@@ -11,8 +11,8 @@ step() { echo; echo "=== [$((SECONDS - START))s] $* ==="; }
 step "setup"
 bash scripts/setup.sh
 
-step "cargo build --release --bin kestrel"
-cargo build --release --bin kestrel
+step "cargo build --release --bin kestrel --bin kestrel-loadgen"
+cargo build --release --bin kestrel --bin kestrel-loadgen
 export KESTREL_BIN="${KESTREL_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/kestrel}"
 
 step "cargo test --workspace --release"
@@ -27,6 +27,12 @@ tests/e2e/.venv/bin/python -m pytest -q tests/e2e
 
 step "metrics: pytest tests/metrics (real Prometheus, promtool, Grafana dashboard)"
 tests/e2e/.venv/bin/python -m pytest -q tests/metrics
+
+step "load generator: pytest tests/loadgen (kestrel-loadgen, lost-transaction proxy, /health)"
+tests/e2e/.venv/bin/python -m pytest -q tests/loadgen
+
+step "testnet: pytest tests/testnet (4 validators on loopback: agreement, a crash and catch-up, no quorum)"
+tests/e2e/.venv/bin/python -m pytest -q tests/testnet
 
 step "end-to-end: node --test (viem)"
 (cd tests/e2e && node --test ./*.test.mjs)

@@ -1,12 +1,22 @@
 //! `kestrel`: the node binary.
 
 mod cli;
+mod config;
+mod keys;
 mod node;
+mod testnet;
+mod validator;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
+
+/// mimalloc: the parallel executor's threads free what other threads allocated, which contends on
+/// glibc's arenas (BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> eyre::Result<()> {
-    let cli = cli::Cli::parse();
+    let matches = cli::Cli::command().get_matches();
+    let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     tracing_subscriber::fmt()
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
@@ -15,6 +25,19 @@ fn main() -> eyre::Result<()> {
         )
         .init();
     match cli.command {
-        cli::Command::Node(args) => node::run(args),
+        cli::Command::Node(mut args) => {
+            if let Some(path) = args.config.clone() {
+                let given = matches.subcommand_matches("node").expect("node subcommand");
+                config::Config::load(&path)?.apply(&mut args, |id| {
+                    matches!(
+                        given.value_source(id),
+                        Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                    )
+                });
+            }
+            node::run(*args)
+        }
+        cli::Command::Keygen(args) => Ok(keys::keygen(&args)?),
+        cli::Command::InitTestnet(args) => Ok(testnet::run(&args)?),
     }
 }

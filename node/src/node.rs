@@ -1,6 +1,8 @@
 //! Wiring: opens the database, starts the stages, RPC and metrics, and shuts them down in order.
 
 use crate::cli::{ExecutorKind, NodeArgs};
+use crate::{keys::ValidatorKey, testnet, validator};
+use alloy_primitives::Address;
 use eyre::{WrapErr, bail};
 use kestrel_pipeline::stages::ordering_parent;
 use kestrel_pipeline::{
@@ -39,6 +41,13 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     if let Some(gas_limit) = args.gas_limit {
         spec.gas_limit = gas_limit;
     }
+    // A genesis listing several validators runs BFT consensus over the validator network.
+    let bft = validator::Setup::load(&args)?;
+    let validator = match &bft {
+        Some(setup) => Some(setup.address()),
+        None => validator_address(&args)?,
+    };
+    let beneficiary = args.beneficiary.or(validator).unwrap_or(Address::ZERO);
     let spec = Arc::new(spec);
 
     metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -88,21 +97,42 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     }
     .spawn(args.ingress_threads);
 
-    let ordering = OrderingStage {
-        config: OrderingConfig {
-            block_time_ms: args.block_time_ms,
-            gas_limit: spec.gas_limit,
-            execution_delay: args.execution_delay,
-            beneficiary: args.beneficiary,
-        },
-        pool: pool.clone(),
-        status: status.clone(),
-        results: results_rx,
-        proposals: proposals_tx,
-        stop: stop.clone(),
+    let mut threads = match bft {
+        Some(setup) => vec![validator::start(
+            setup,
+            validator::Wiring {
+                spec: spec.clone(),
+                store: store.clone(),
+                pool: pool.clone(),
+                ingress: ingress.clone(),
+                status: status.clone(),
+                results: results_rx,
+                proposals: proposals_tx,
+                stop: stop.clone(),
+                datadir: args.datadir.clone(),
+                beneficiary,
+                block_time_ms: args.block_time_ms,
+                execution_delay: args.execution_delay,
+            },
+        )?],
+        None => {
+            let ordering = OrderingStage {
+                config: OrderingConfig {
+                    block_time_ms: args.block_time_ms,
+                    gas_limit: spec.gas_limit,
+                    execution_delay: args.execution_delay,
+                    beneficiary,
+                },
+                pool: pool.clone(),
+                status: status.clone(),
+                results: results_rx,
+                proposals: proposals_tx,
+                stop: stop.clone(),
+            };
+            let parent = ordering_parent(&head);
+            vec![spawn("ordering", move || ordering.run(head_number, parent))]
+        }
     };
-    let parent = ordering_parent(&head);
-    let mut threads = vec![spawn("ordering", move || ordering.run(head_number, parent))];
     let execution = ExecutionStage {
         spec: spec.clone(),
         executor: match args.executor {
@@ -168,6 +198,46 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     drop(store);
     tracing::info!(target: "node", committed, "database closed");
     Ok(())
+}
+
+/// Checks the validator key against a genesis of at most one validator and returns the
+/// validator's address (a larger set is `validator::Setup`'s).
+fn validator_address(args: &NodeArgs) -> eyre::Result<Option<Address>> {
+    let key = args
+        .validator_key
+        .as_deref()
+        .map(ValidatorKey::load)
+        .transpose()?;
+    let validators = args
+        .genesis
+        .as_deref()
+        .map(testnet::read_validators)
+        .transpose()?
+        .flatten();
+    let genesis_validator = validators.and_then(|set| set.into_iter().next());
+    let key = match (key, &genesis_validator) {
+        (Some(key), _) => key,
+        (None, Some(v)) => bail!(
+            "the genesis names validator {}: give its key with --validator-key FILE or \
+             [validator] key_file",
+            v.pubkey
+        ),
+        (None, None) => return Ok(None),
+    };
+    if let Some(v) = &genesis_validator
+        && key.public_key() != v.pubkey
+    {
+        bail!(
+            "the validator key is {}, not the genesis validator {}",
+            key.public_key(),
+            v.pubkey
+        );
+    }
+    if args.p2p_listen.is_some() || !args.p2p_peers.is_empty() {
+        tracing::warn!(target: "node", "p2p listen and peers are ignored: a single validator has no peers");
+    }
+    tracing::info!(target: "node", address = %key.address(), pubkey = %key.public_key(), "validator key loaded");
+    Ok(Some(key.address()))
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> thread::JoinHandle<()> {

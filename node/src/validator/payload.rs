@@ -1,0 +1,166 @@
+//! A block's payload: what a leader proposes besides the consensus block, i.e. everything
+//! execution needs that the block does not carry. The block gives height, round, timestamp and the
+//! delayed execution result; consensus names the payload by the hash of its encoding.
+
+use alloy_primitives::{Address, B256, Bytes, keccak256};
+use alloy_rlp::{Decodable, Encodable, RlpDecodable, RlpEncodable};
+use kestrel_consensus::bft::Block;
+use kestrel_pipeline::stages::ParentFees;
+use kestrel_types::{Proposal, RecoveredTx};
+use std::sync::Arc;
+
+/// Most transactions a payload may carry: a bound on work per block besides gas.
+pub const PAYLOAD_TXS_MAX: usize = 50_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PayloadError {
+    #[error("malformed payload: {0}")]
+    Rlp(#[from] alloy_rlp::Error),
+    #[error("{0} trailing bytes after the payload")]
+    TrailingBytes(usize),
+    #[error("{0} transactions, more than {PAYLOAD_TXS_MAX}")]
+    TooManyTxs(usize),
+    #[error("transactions' gas {gas} exceeds the block gas limit {limit}")]
+    GasOverLimit { gas: u64, limit: u64 },
+    #[error("transaction {index}: {source}")]
+    Tx {
+        index: usize,
+        source: kestrel_types::TxError,
+    },
+}
+
+/// The encoding: an RLP list, transactions as their EIP-2718 bytes.
+#[derive(RlpEncodable, RlpDecodable)]
+struct PayloadWire {
+    beneficiary: Address,
+    gas_limit: u64,
+    base_fee: u64,
+    txs: Vec<Bytes>,
+}
+
+/// A decoded payload with its encoding and hash. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Payload(Arc<Inner>);
+
+#[derive(Debug)]
+struct Inner {
+    beneficiary: Address,
+    gas_limit: u64,
+    base_fee: u64,
+    gas_committed: u64,
+    txs: Vec<RecoveredTx>,
+    bytes: Bytes,
+    hash: B256,
+}
+
+impl Payload {
+    /// A leader's payload from transactions it took from its pool.
+    pub fn build(
+        beneficiary: Address,
+        gas_limit: u64,
+        base_fee: u64,
+        txs: Vec<RecoveredTx>,
+    ) -> Self {
+        let wire = PayloadWire {
+            beneficiary,
+            gas_limit,
+            base_fee,
+            txs: txs.iter().map(RecoveredTx::encoded).collect(),
+        };
+        let mut bytes = Vec::with_capacity(wire.length());
+        wire.encode(&mut bytes);
+        Self::from_parts(wire, txs, bytes.into())
+    }
+
+    /// A payload received from a peer. Recovers every sender (~30 µs a transaction), so a block
+    /// whose payload decodes is one every validator can execute identically.
+    pub fn decode(bytes: Bytes) -> Result<Self, PayloadError> {
+        let mut buf = &bytes[..];
+        let wire = PayloadWire::decode(&mut buf)?;
+        if !buf.is_empty() {
+            return Err(PayloadError::TrailingBytes(buf.len()));
+        }
+        if wire.txs.len() > PAYLOAD_TXS_MAX {
+            return Err(PayloadError::TooManyTxs(wire.txs.len()));
+        }
+        let txs = wire
+            .txs
+            .iter()
+            .enumerate()
+            .map(|(index, raw)| {
+                RecoveredTx::decode(raw)
+                    .and_then(RecoveredTx::recover)
+                    .map_err(|source| PayloadError::Tx { index, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let payload = Self::from_parts(wire, txs, bytes);
+        if payload.0.gas_committed > payload.0.gas_limit {
+            return Err(PayloadError::GasOverLimit {
+                gas: payload.0.gas_committed,
+                limit: payload.0.gas_limit,
+            });
+        }
+        Ok(payload)
+    }
+
+    fn from_parts(wire: PayloadWire, txs: Vec<RecoveredTx>, bytes: Bytes) -> Self {
+        // Saturating: a hostile payload's sum must not wrap below the limit check.
+        let gas_committed = txs
+            .iter()
+            .fold(0u64, |sum, tx| sum.saturating_add(tx.gas_limit()));
+        Self(Arc::new(Inner {
+            beneficiary: wire.beneficiary,
+            gas_limit: wire.gas_limit,
+            base_fee: wire.base_fee,
+            gas_committed,
+            txs,
+            hash: keccak256(&bytes),
+            bytes,
+        }))
+    }
+
+    pub fn hash(&self) -> B256 {
+        self.0.hash
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        &self.0.bytes
+    }
+
+    pub fn base_fee(&self) -> u64 {
+        self.0.base_fee
+    }
+
+    pub fn tx_count(&self) -> usize {
+        self.0.txs.len()
+    }
+
+    pub fn txs(&self) -> &[RecoveredTx] {
+        &self.0.txs
+    }
+
+    /// What the next block's base fee follows from.
+    pub fn fees(&self) -> ParentFees {
+        ParentFees {
+            gas_limit: self.0.gas_limit,
+            gas_committed: self.0.gas_committed,
+            base_fee: self.0.base_fee,
+        }
+    }
+
+    /// The proposal the execution stage runs for the finalized `block` carrying this payload.
+    pub fn proposal(&self, block: &Block) -> Proposal {
+        debug_assert_eq!(block.payload_hash, self.0.hash);
+        Proposal {
+            number: block.height,
+            round: block.round.0,
+            timestamp_ms: block.timestamp_ms,
+            beneficiary: self.0.beneficiary,
+            gas_limit: self.0.gas_limit,
+            base_fee: self.0.base_fee,
+            gas_committed: self.0.gas_committed,
+            txs: self.0.txs.clone(),
+            delayed_result: block.delayed_result,
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! What a validator keeps on disk besides the database: the safety state consensus must never
+//! forget (so a restarted validator never votes twice in a round), and the log of finalized
+//! blocks with their certificates and payloads (to restart consensus from, re-execute after a
+//! crash, and serve block sync).
+
+use super::wire::{SyncedBlock, decode_all};
+use alloy_primitives::keccak256;
+use alloy_rlp::{Encodable, RlpDecodable, RlpEncodable};
+use kestrel_consensus::{
+    Round,
+    bft::{CommittedBlock, QuorumCert, SafetyState},
+};
+use std::{
+    fs::{File, OpenOptions},
+    io::{self, Read, Seek, SeekFrom, Write},
+    os::unix::fs::FileExt,
+    path::{Path, PathBuf},
+};
+
+const SAFETY_FILE: &str = "safety.rlp";
+const LOG_FILE: &str = "blocks.log";
+/// Record header: body length (u32 BE), then the first 4 bytes of keccak256(body), which tells a
+/// torn or garbage tail from a record.
+const RECORD_HEADER_BYTES: usize = 8;
+/// Largest record: a block with a full payload fits many times over.
+const RECORD_BYTES_MAX: usize = 64 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path}: {reason}")]
+    Corrupt { path: PathBuf, reason: String },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
+#[derive(RlpEncodable, RlpDecodable)]
+struct SafetyWire {
+    highest_voted_round: Round,
+    high_qc: QuorumCert,
+}
+
+/// The persisted [`SafetyState`]: replaced atomically (write, fsync, rename, fsync the directory).
+pub struct SafetyFile {
+    dir: PathBuf,
+}
+
+impl SafetyFile {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// The last stored state, or the genesis state on a fresh validator.
+    pub fn load(&self) -> Result<SafetyState, StoreError> {
+        let path = self.dir.join(SAFETY_FILE);
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SafetyState::genesis()),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let wire: SafetyWire = decode_all(&bytes).map_err(|e| StoreError::Corrupt {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(SafetyState {
+            highest_voted_round: wire.highest_voted_round,
+            high_qc: wire.high_qc,
+        })
+    }
+
+    /// Durable when it returns: a vote or timeout may leave the node after this.
+    pub fn store(&self, state: &SafetyState) -> Result<(), StoreError> {
+        let wire = SafetyWire {
+            highest_voted_round: state.highest_voted_round,
+            high_qc: state.high_qc.clone(),
+        };
+        let mut bytes = Vec::with_capacity(wire.length());
+        wire.encode(&mut bytes);
+        let tmp = self.dir.join(format!("{SAFETY_FILE}.tmp"));
+        let path = self.dir.join(SAFETY_FILE);
+        let mut file = File::create(&tmp).map_err(io_err(&tmp))?;
+        file.write_all(&bytes)
+            .and_then(|()| file.sync_all())
+            .map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))
+    }
+}
+
+/// Append-only log of finalized blocks, heights 1, 2, 3, ... without gaps.
+pub struct ChainLog {
+    path: PathBuf,
+    file: File,
+    /// Offset of each record: `offsets[h - 1]` is height h's.
+    offsets: Vec<u64>,
+    end: u64,
+    head: CommittedBlock,
+    dirty: bool,
+}
+
+impl ChainLog {
+    /// Opens (or creates) the log in `dir`, dropping a torn last record (a crash mid-append; the
+    /// block was not handed to execution, since that waits for the fsync).
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let path = dir.join(LOG_FILE);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        let len = file.metadata().map_err(io_err(&path))?.len();
+        let mut log = Self {
+            path: path.clone(),
+            file: file.try_clone().map_err(io_err(&path))?,
+            offsets: Vec::new(),
+            end: 0,
+            head: CommittedBlock::genesis(),
+            dirty: false,
+        };
+        file.seek(SeekFrom::Start(0)).map_err(io_err(&path))?;
+        let mut reader = io::BufReader::new(&mut file);
+        let mut header = [0u8; RECORD_HEADER_BYTES];
+        while log.end + RECORD_HEADER_BYTES as u64 <= len {
+            reader.read_exact(&mut header).map_err(io_err(&path))?;
+            let body_len = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+            if body_len > RECORD_BYTES_MAX
+                || log.end + (RECORD_HEADER_BYTES + body_len) as u64 > len
+            {
+                break;
+            }
+            let mut body = vec![0u8; body_len];
+            reader.read_exact(&mut body).map_err(io_err(&path))?;
+            if keccak256(&body)[..4] != header[4..] {
+                break;
+            }
+            let record: SyncedBlock = decode_all(&body).map_err(|e| log.corrupt(e))?;
+            let expected = log.offsets.len() as u64 + 1;
+            if record.block.height != expected || record.block.parent() != log.head.block.id() {
+                return Err(log.corrupt(format!(
+                    "record at offset {} is height {}, expected {expected} on the previous block",
+                    log.end, record.block.height
+                )));
+            }
+            log.offsets.push(log.end);
+            log.end += (RECORD_HEADER_BYTES + body_len) as u64;
+            log.head = record.committed();
+        }
+        if log.end < len {
+            tracing::warn!(target: "node::validator", path = %path.display(), dropped = len - log.end, "dropping a torn record at the end of the block log");
+            log.file.set_len(log.end).map_err(io_err(&path))?;
+            log.file.sync_all().map_err(io_err(&path))?;
+        }
+        Ok(log)
+    }
+
+    fn corrupt(&self, reason: impl ToString) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// The last finalized block (genesis on a fresh log).
+    pub fn head(&self) -> &CommittedBlock {
+        &self.head
+    }
+
+    pub fn height(&self) -> u64 {
+        self.offsets.len() as u64
+    }
+
+    /// Appends the next block; durable after [`ChainLog::sync`].
+    pub fn append(&mut self, block: &SyncedBlock) -> Result<(), StoreError> {
+        assert_eq!(
+            block.block.height,
+            self.height() + 1,
+            "log heights are consecutive"
+        );
+        assert_eq!(
+            block.block.parent(),
+            self.head.block.id(),
+            "log blocks form a chain"
+        );
+        let mut body = Vec::with_capacity(block.length());
+        block.encode(&mut body);
+        assert!(
+            body.len() <= RECORD_BYTES_MAX,
+            "record of {} bytes",
+            body.len()
+        );
+        let mut record = Vec::with_capacity(RECORD_HEADER_BYTES + body.len());
+        record.extend_from_slice(&(body.len() as u32).to_be_bytes());
+        record.extend_from_slice(&keccak256(&body)[..4]);
+        record.extend_from_slice(&body);
+        self.file.write_all(&record).map_err(io_err(&self.path))?;
+        self.offsets.push(self.end);
+        self.end += record.len() as u64;
+        self.head = block.committed();
+        self.dirty = true;
+        Ok(())
+    }
+
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        if self.dirty {
+            self.file.sync_data().map_err(io_err(&self.path))?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+
+    /// The block at `height` (1 ..= `height()`).
+    pub fn read(&self, height: u64) -> Result<SyncedBlock, StoreError> {
+        let index = usize::try_from(height - 1).expect("height fits usize");
+        let start = self.offsets[index];
+        let end = self.offsets.get(index + 1).copied().unwrap_or(self.end);
+        let mut record = vec![0u8; (end - start) as usize];
+        self.file
+            .read_exact_at(&mut record, start)
+            .map_err(io_err(&self.path))?;
+        decode_all(&record[RECORD_HEADER_BYTES..]).map_err(|e| self.corrupt(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::{B256, Bytes};
+    use kestrel_consensus::bft::{Block, BlockId};
+
+    fn chain(n: u64) -> Vec<SyncedBlock> {
+        let mut parent = Block::genesis();
+        (1..=n)
+            .map(|height| {
+                let block = Block {
+                    round: Round(height),
+                    height,
+                    timestamp_ms: height * 1000,
+                    payload_hash: B256::with_last_byte(height as u8),
+                    qc: QuorumCert {
+                        round: parent.round,
+                        height: parent.height,
+                        block_id: parent.id(),
+                        signatures: Vec::new(),
+                    },
+                    ..Block::genesis()
+                };
+                parent = block.clone();
+                SyncedBlock {
+                    qc: QuorumCert {
+                        round: block.round,
+                        height,
+                        block_id: block.id(),
+                        signatures: Vec::new(),
+                    },
+                    block,
+                    payload: Bytes::from(vec![height as u8; 10]),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn log_survives_reopen_and_drops_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocks = chain(5);
+        {
+            let mut log = ChainLog::open(dir.path()).unwrap();
+            assert_eq!(log.head().block.id(), BlockId::genesis());
+            for b in &blocks {
+                log.append(b).unwrap();
+            }
+            log.sync().unwrap();
+            assert_eq!(log.read(3).unwrap(), blocks[2]);
+        }
+        // A crash mid-append leaves part of a record.
+        let path = dir.path().join(LOG_FILE);
+        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
+        file.write_all(&[0, 0, 1, 0, 9, 9]).unwrap();
+        drop(file);
+        let log = ChainLog::open(dir.path()).unwrap();
+        assert_eq!(log.height(), 5);
+        assert_eq!(log.head(), &blocks[4].committed());
+        assert_eq!(log.read(1).unwrap(), blocks[0]);
+        assert_eq!(log.read(5).unwrap(), blocks[4]);
+    }
+
+    #[test]
+    fn safety_state_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = SafetyFile::new(dir.path());
+        assert_eq!(file.load().unwrap(), SafetyState::genesis());
+        let state = SafetyState {
+            highest_voted_round: Round(42),
+            high_qc: chain(1)[0].qc.clone(),
+        };
+        file.store(&state).unwrap();
+        assert_eq!(file.load().unwrap(), state);
+    }
+}

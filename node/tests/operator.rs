@@ -1,0 +1,262 @@
+//! The operator commands through the real binary: `keygen`, `init-testnet`, `node --config`.
+
+use std::{
+    collections::HashSet,
+    io::{Read, Write},
+    net::{TcpListener, TcpStream},
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    process::{Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kestrel");
+/// How long a node gets to start answering JSON-RPC, and to shut down.
+const NODE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn kestrel(args: &[&str]) -> Output {
+    Command::new(BIN).args(args).output().expect("run kestrel")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `eth_chainId` over a bare HTTP/1.1 request; `None` while nothing answers.
+fn eth_chain_id(port: u16) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}"#;
+    let request = format!(
+        "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let json = response.split("\r\n\r\n").nth(1)?;
+    let value: serde_json::Value = serde_json::from_str(json).ok()?;
+    value["result"].as_str().map(str::to_owned)
+}
+
+fn key_secret(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap().trim().to_owned()
+}
+
+fn init_testnet(out: &Path, validators: u16, ports: [u16; 3]) -> Output {
+    kestrel(&[
+        "init-testnet",
+        "--validators",
+        &validators.to_string(),
+        "--out",
+        out.to_str().unwrap(),
+        "--chain-id",
+        "31337",
+        "--base-p2p-port",
+        &ports[0].to_string(),
+        "--base-rpc-port",
+        &ports[1].to_string(),
+        "--base-metrics-port",
+        &ports[2].to_string(),
+    ])
+}
+
+#[test]
+fn keygen_writes_a_private_key_file_once_and_never_prints_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("validator.key");
+    let out = kestrel(&["keygen", "--out", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(mode(&path), 0o600);
+    let secret = key_secret(&path);
+    assert_eq!(secret.len(), 64, "hex secret");
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("public key: 0x0"), "{stdout}");
+    assert!(stdout.contains("address:    0x"), "{stdout}");
+    assert!(!stdout.contains(&secret) && !text(&out.stderr).contains(&secret));
+
+    let again = kestrel(&["keygen", "--out", path.to_str().unwrap()]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("refusing to overwrite"),
+        "{}",
+        text(&again.stderr)
+    );
+    assert_eq!(key_secret(&path), secret, "the key is untouched");
+}
+
+#[test]
+fn init_testnet_gives_each_validator_its_own_ports_key_and_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = init_testnet(dir.path(), 4, [30303, 8545, 9100]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    let genesis: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("genesis.json")).unwrap())
+            .unwrap();
+    assert_eq!(genesis["config"]["chainId"], 31337);
+    let validators = genesis["kestrel"]["validators"].as_array().unwrap();
+    assert_eq!(validators.len(), 4);
+    // The Hardhat dev accounts are funded.
+    assert!(
+        genesis["alloc"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .any(|a| a.eq_ignore_ascii_case("0xf39Fd6e51aad88F6F4ce6aB8827279cffFb92266"))
+    );
+
+    let mut ports = HashSet::new();
+    let mut secrets = HashSet::new();
+    for (i, v) in validators.iter().enumerate() {
+        let vdir = dir.path().join(format!("validator-{i}"));
+        assert_eq!(mode(&vdir), 0o700);
+        assert_eq!(mode(&vdir.join("validator.key")), 0o600);
+        let secret = key_secret(&vdir.join("validator.key"));
+        assert!(!text(&out.stdout).contains(&secret), "secret printed");
+        secrets.insert(secret);
+        let config: toml::Table =
+            toml::from_str(&std::fs::read_to_string(vdir.join("config.toml")).unwrap()).unwrap();
+        let p2p: std::net::SocketAddr = v["p2p"].as_str().unwrap().parse().unwrap();
+        let metrics: std::net::SocketAddr = config["metrics"]["listen"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let rpc = config["rpc"]["http_port"].as_integer().unwrap() as u16;
+        assert!(p2p.ip().is_loopback() && metrics.ip().is_loopback());
+        for port in [p2p.port(), rpc, metrics.port()] {
+            assert!(ports.insert(port), "port {port} used twice");
+        }
+    }
+    assert_eq!(secrets.len(), 4, "distinct keys");
+
+    let again = init_testnet(dir.path(), 4, [30303, 8545, 9100]);
+    assert!(
+        !again.status.success(),
+        "an existing testnet is not overwritten"
+    );
+}
+
+/// A 1-validator testnet runs: the config's genesis and key are used, a flag overrides the file's
+/// RPC port, the node answers `eth_chainId`, stops cleanly on SIGTERM, and never logs its key.
+#[test]
+fn one_validator_testnet_runs_from_its_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = init_testnet(dir.path(), 1, [free_port(), free_port(), free_port()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let vdir = dir.path().join("validator-0");
+    let rpc_port = free_port();
+    let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
+    let mut node = Command::new(BIN)
+        .args(["node", "--config"])
+        .arg(vdir.join("config.toml"))
+        .args(["--http-port", &rpc_port.to_string()])
+        .env("RUST_LOG", "debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let started = Instant::now();
+    let chain_id = loop {
+        if let Some(id) = eth_chain_id(rpc_port) {
+            break id;
+        }
+        if let Some(status) = node.try_wait().unwrap() {
+            panic!(
+                "node exited with {status}: {}",
+                std::fs::read_to_string(dir.path().join("node.log")).unwrap()
+            );
+        }
+        assert!(started.elapsed() < NODE_TIMEOUT, "node did not answer");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(chain_id, "0x7a69", "chain id 31337 from the genesis");
+    assert!(vdir.join("data").is_dir(), "datadir relative to the config");
+
+    let term = Command::new("kill")
+        .args(["-TERM", &node.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = node.try_wait().unwrap() {
+            break status;
+        }
+        assert!(started.elapsed() < NODE_TIMEOUT, "node did not stop");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "clean shutdown: {status}");
+
+    let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap();
+    let secret = key_secret(&vdir.join("validator.key"));
+    assert!(!log.contains(&secret), "the validator key was logged");
+    let genesis = std::fs::read_to_string(dir.path().join("genesis.json")).unwrap();
+    let genesis: serde_json::Value = serde_json::from_str(&genesis).unwrap();
+    let pubkey = genesis["kestrel"]["validators"][0]["pubkey"]
+        .as_str()
+        .unwrap();
+    assert!(log.contains(pubkey), "the public key is logged: {log}");
+}
+
+#[test]
+fn a_genesis_validator_must_run_with_its_own_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = init_testnet(dir.path(), 1, [free_port(), free_port(), free_port()]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let genesis = dir.path().join("genesis.json");
+    let genesis = genesis.to_str().unwrap();
+    let out = kestrel(&["node", "--genesis", genesis]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("give its key"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let other = dir.path().join("other.key");
+    assert!(
+        kestrel(&["keygen", "--out", other.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let out = kestrel(&[
+        "node",
+        "--genesis",
+        genesis,
+        "--validator-key",
+        other.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("not the genesis validator"), "{stderr}");
+    assert!(!stderr.contains(&key_secret(&other)), "the key was printed");
+}
+
+#[test]
+fn an_unknown_config_key_is_an_error_naming_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(&config, "dev = true\n[rpc]\nhttp_prot = 8545\n").unwrap();
+    let out = kestrel(&["node", "--config", config.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("node.toml"), "{stderr}");
+    assert!(stderr.contains("unknown field `http_prot`"), "{stderr}");
+}
