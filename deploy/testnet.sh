@@ -125,11 +125,6 @@ if ((${#failed[@]} > 0)); then
         # The error, without a backtrace RUST_BACKTRACE may have added; else the log's end.
         grep -m1 -A3 '^Error' "$dir/validator-$i/node.log" >&2 || tail -n 5 "$dir/validator-$i/node.log" >&2
     done
-    if ((n > 1)) && grep -q "multi-validator consensus is not wired" "$dir/validator-${failed[0]}/node.log"; then
-        echo >&2
-        echo "This build runs a single validator: BFT consensus and the validator transport are" >&2
-        echo "not wired into the node yet, so a $n-validator testnet cannot run. Use N=1." >&2
-    fi
     stop_all "$dir" >/dev/null
     exit 1
 fi
