@@ -28,7 +28,7 @@ use kestrel_consensus::{
 use kestrel_net::{Inbound, Kind, Network, NetworkHandle, PeerId};
 use kestrel_pipeline::{
     mempool::TxPool,
-    stages::{ParentFees, next_base_fee, ordering_parent},
+    stages::{ParentFees, next_base_fee, now_ms, ordering_parent},
     status::ChainStatus,
 };
 use kestrel_storage::{ChainView, Store};
@@ -41,7 +41,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 const SYNC_BLOCKS_TOTAL: &str = "kestrel_sync_blocks_total";
@@ -1005,12 +1005,6 @@ fn verify_qc(qc: &QuorumCert, set: &ValidatorSet) -> Result<(), String> {
 fn fatal(what: &str) -> ! {
     tracing::error!(target: "node::validator", "{what}; stopping");
     std::process::exit(1);
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 #[cfg(test)]

@@ -18,7 +18,9 @@ mod ordering;
 pub use commit::CommitStage;
 pub use execution::ExecutionStage;
 pub use hashes::RecentHashes;
-pub use ordering::{OrderingConfig, OrderingStage, ParentFees, next_base_fee, ordering_parent};
+pub use ordering::{
+    OrderingConfig, OrderingStage, ParentFees, next_base_fee, now_ms, ordering_parent,
+};
 
 /// Proposals waiting for execution.
 pub const EXECUTION_QUEUE_MAX: usize = 8;

@@ -137,7 +137,8 @@ impl OrderingStage {
     }
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the Unix epoch: the clock consensus state machines are driven with.
+pub fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
