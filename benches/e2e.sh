@@ -5,6 +5,7 @@
 #   benches/e2e.sh                       # 100,000 senders, transfer/ERC-20 mix, 60 s at 12,000 tx/s
 #   DURATION=10 ACCOUNTS=10000 RATE=5000 benches/e2e.sh
 #   SKIP_ANVIL=1 benches/e2e.sh          # Kestrel only
+#   WORKLOAD=swap PAIRS=10 benches/e2e.sh # Uniswap-V2-style swaps over 10 pairs
 #   KESTREL_BIN, KESTREL_LOADGEN_BIN     # other binaries than $CARGO_TARGET_DIR/release/*
 #
 # Writes into $OUT (default target/e2e-bench/<time>): genesis.json, kestrel.json/.svg,
@@ -20,6 +21,7 @@ RATE="${RATE:-12000}"
 DURATION="${DURATION:-60}"
 WORKLOAD="${WORKLOAD:-mixed}"
 HOT_RATIO="${HOT_RATIO:-0}"
+PAIRS="${PAIRS:-10}"
 CONCURRENCY="${CONCURRENCY:-4}"
 BATCH="${BATCH:-1000}"
 SEED="${SEED:-1}"
@@ -65,11 +67,12 @@ PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do stop "$p"; done; }
 trap cleanup EXIT
 
-LOAD=(--workload "$WORKLOAD" --accounts "$ACCOUNTS" --seed "$SEED" --rate "$RATE"
+LOAD=(--workload "$WORKLOAD" --pairs "$PAIRS" --accounts "$ACCOUNTS" --seed "$SEED" --rate "$RATE"
       --duration "$DURATION" --hot-ratio "$HOT_RATIO" --concurrency "$CONCURRENCY"
       --batch "$BATCH" --genesis-funded --drain-timeout "${DRAIN_TIMEOUT:-120}")
 
-"$LOADGEN" --genesis-out "$OUT/genesis.json" --accounts "$ACCOUNTS" --seed "$SEED" \
+"$LOADGEN" --genesis-out "$OUT/genesis.json" --workload "$WORKLOAD" --pairs "$PAIRS" \
+  --accounts "$ACCOUNTS" --seed "$SEED" \
   --genesis-gas-limit "$GAS_LIMIT"
 
 # (a) Kestrel, single validator (the dev chain's setup; --genesis replaces --dev's accounts).

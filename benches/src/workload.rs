@@ -263,8 +263,9 @@ impl Bench {
 }
 
 /// Tokens A and B and `pairs` pairs of them, each with [`PAIR_RESERVE`] of both; the first
-/// `txs` accounts hold both tokens and have approved the pair they swap on.
-fn deploy_pairs(state: &mut MemState, accounts: &[Address], txs: usize, pairs: u64) {
+/// `txs` accounts hold both tokens and have approved the pair they swap on (`i % pairs`).
+/// Also the state `kestrel-loadgen --workload swap --genesis-out` writes into its genesis.
+pub fn deploy_pairs(state: &mut MemState, accounts: &[Address], txs: usize, pairs: u64) {
     let traders = &accounts[..txs];
     let pair_addresses: Vec<Address> = (0..pairs).map(pair).collect();
     for token in [TOKEN_A, TOKEN_B] {
@@ -311,13 +312,7 @@ fn deploy_pairs(state: &mut MemState, accounts: &[Address], txs: usize, pairs: u
 fn swap_block(txs: usize, pairs: u64) -> Vec<RecoveredTx> {
     (0..txs as u64)
         .map(|i| {
-            let mut data = Vec::with_capacity(100);
-            // swap(uint256,bool,address)
-            data.extend_from_slice(&keccak256("swap(uint256,bool,address)")[..4]);
-            data.extend_from_slice(&U256::from(1_000 + i % 100).to_be_bytes::<32>());
-            data.extend_from_slice(&U256::from(i % 2).to_be_bytes::<32>());
-            data.extend_from_slice(&[0u8; 12]);
-            data.extend_from_slice(address(i).as_slice());
+            let data = swap_input(U256::from(1_000 + i % 100), i % 2 == 1, address(i));
             sign(
                 i,
                 TxEip1559 {
@@ -328,12 +323,24 @@ fn swap_block(txs: usize, pairs: u64) -> Vec<RecoveredTx> {
                     max_priority_fee_per_gas: 1,
                     to: TxKind::Call(pair(i % pairs)),
                     value: U256::ZERO,
-                    input: data.into(),
+                    input: data,
                     ..Default::default()
                 },
             )
         })
         .collect()
+}
+
+/// Pair.sol's `swap(amountIn, zeroForOne, to)` call: pulls `amount_in` of token0 (token1 if not
+/// `zero_for_one`) from the caller, who approved the pair, and sends the output to `to`.
+pub fn swap_input(amount_in: U256, zero_for_one: bool, to: Address) -> Bytes {
+    let mut data = Vec::with_capacity(100);
+    data.extend_from_slice(&keccak256("swap(uint256,bool,address)")[..4]);
+    data.extend_from_slice(&amount_in.to_be_bytes::<32>());
+    data.extend_from_slice(&U256::from(u8::from(zero_for_one)).to_be_bytes::<32>());
+    data.extend_from_slice(&[0u8; 12]);
+    data.extend_from_slice(to.as_slice());
+    data.into()
 }
 
 /// Transfers from distinct senders; transaction `i` pays [`HOT`] when `i * ratio` crosses an

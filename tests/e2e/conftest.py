@@ -24,13 +24,7 @@ HERE = Path(__file__).resolve().parent
 COMPILE_TIMEOUT_S = 120
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed:
-        for n in kestrel_node.NODES:
-            report.sections.append((f"kestrel node log ({n.datadir})", n.log_tail()))
+pytest_runtest_makereport = kestrel_node.log_tails_hook()
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,8 @@
 """Start, stop and crash a `kestrel node --dev` process for the end-to-end tests.
 
 Used by conftest.py (one node per test session) and test_crash.py (a node that is
-killed with SIGKILL and restarted on the same datadir).
+killed with SIGKILL and restarted on the same datadir); `log_tails_hook` is the failure-log hook
+of every test folder's conftest.
 
 The binary is $KESTREL_BIN, or target/release/kestrel under the repository root.
 Every node listens on free loopback ports, so tests can run next to a developer's node.
@@ -218,6 +219,25 @@ class KestrelNode:
             parts.append(_tail(self.log_dir / f"kestrel-{self.starts - 1}.log", lines // 4))
         parts.append(_tail(self.log_path, lines))
         return "\n".join(parts)
+
+
+def log_tails_hook(title: str = "kestrel node log", extra_logs=None):
+    """A `pytest_runtest_makereport` hook for a conftest (`pytest_runtest_makereport =
+    log_tails_hook()`): a failing test gets the tail of every node's log attached to its report,
+    as sections "<title> (<datadir>)", then the (title, text) sections `extra_logs()` returns."""
+    import pytest  # here, not at the top: the helpers above also serve scripts
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(item, call):
+        outcome = yield
+        report = outcome.get_result()
+        if report.failed:
+            for n in NODES:
+                report.sections.append((f"{title} ({n.datadir})", n.log_tail()))
+            for section in extra_logs() if extra_logs else ():
+                report.sections.append(section)
+
+    return pytest_runtest_makereport
 
 
 def _tail(path: Path, lines: int) -> str:

@@ -7,7 +7,6 @@ The load generator is $KESTREL_LOADGEN_BIN, or kestrel-loadgen next to the kestr
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 from pathlib import Path
@@ -19,15 +18,8 @@ from kestrel_node import KestrelNode, kestrel_bin
 
 LOADGEN_TIMEOUT_S = 180.0
 
-
-# The e2e tests' hook that attaches every node's log tail to a failing test, loaded under another
-# name (this file is also a `conftest`).
-_spec = importlib.util.spec_from_file_location(
-    "e2e_conftest", kestrel_node.REPO_ROOT / "tests" / "e2e" / "conftest.py"
-)
-_e2e_conftest = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_e2e_conftest)
-pytest_runtest_makereport = _e2e_conftest.pytest_runtest_makereport
+# A failing test gets the tail of every node's log.
+pytest_runtest_makereport = kestrel_node.log_tails_hook()
 
 
 def loadgen_bin() -> Path:

@@ -1,12 +1,13 @@
 """kestrel-loadgen against a real node: a clean run passes its own checks and writes its report
-and chart; a node that silently drops one transaction makes it fail; /health tells a live node
-from a stalled one."""
+and chart; a swap run deploys its pairs, and its checks replay the swaps; a node that silently
+drops one transaction makes it fail; /health tells a live node from a stalled one."""
 
 from __future__ import annotations
 
 import json
 import time
 
+import pytest
 import requests
 from eth_account import Account
 from web3 import Web3
@@ -21,6 +22,25 @@ HEALTH_TIMEOUT_S = 30.0
 LOOP_INIT_CODE = "0x5b600056"
 # Gas for the loop: minutes of execution, so the chain stops committing meanwhile.
 LOOP_GAS = 300_000_000_000
+# What the loadgen gives each pair and each sender of both tokens (kestrel_benches::workload).
+PAIR_RESERVE = 10**12
+TOKEN_BALANCE = 10**6
+# Pair.sol getReserves(), Token.sol balanceOf(address).
+GET_RESERVES = "0x0902f1ac"
+BALANCE_OF = "0x70a08231"
+
+
+def every_tx_included(out, report, txs: int) -> dict:
+    """The report of a run that exited 0 having had all its `txs` transactions accepted,
+    included and finalized, none refused."""
+    assert out.returncode == 0, out.stdout + out.stderr
+    r = json.loads(report.read_text())
+    f = r["figures"]
+    assert f["txs"] == txs
+    assert f["accepted"] == f["included"] == f["finalized"] == txs, f
+    assert f["rejected"] == 0 and f["errors"] == {}, f
+    assert sum(b["ours"] for b in r["blocks"]) == txs
+    return r
 
 
 def test_clean_run_exits_zero_with_full_report(start_node, tmp_path):
@@ -31,12 +51,8 @@ def test_clean_run_exits_zero_with_full_report(start_node, tmp_path):
         "--duration", "3", "--hot-ratio", "0.2", "--hot-accounts", "3", "--batch", "50",
         "--concurrency", "2", "--report", str(report), "--chart", str(chart),
     )
-    assert out.returncode == 0, out.stdout + out.stderr
-    r = json.loads(report.read_text())
+    r = every_tx_included(out, report, 1200)
     f = r["figures"]
-    assert f["txs"] == 1200
-    assert f["accepted"] == f["included"] == f["finalized"] == 1200, f
-    assert f["rejected"] == 0 and f["errors"] == {}, f
     assert f["rates"]["offered_tps"] == 400
     for rate in ("submitted_tps", "included_tps", "finalized_tps"):
         assert f["rates"][rate] > 0, f["rates"]
@@ -47,19 +63,62 @@ def test_clean_run_exits_zero_with_full_report(start_node, tmp_path):
     assert f["latency_to_finality"]["p99_ms"] >= f["latency_to_inclusion"]["p99_ms"]
     assert sum(s["finalized"] for s in f["timeline"]) == 1200
     assert r["verify"] == {
-        "lost": 0, "pending": 0, "stranded": 0, "checked_accounts": 40, "problems": [],
+        "lost": 0, "pending": 0, "stranded": 0, "checked_accounts": 40, "checked_pairs": 0,
+        "problems": [],
     }
     assert r["signing_seconds"] > 0 and r["workload"] == "mixed"
-    assert sum(b["ours"] for b in r["blocks"]) == 1200
     assert chart.read_text().lstrip().startswith("<svg")
 
 
-def test_silently_dropped_transaction_is_reported_lost(start_node):
+def eth_call(w3: Web3, to: str, data: str) -> bytes:
+    return bytes(w3.eth.call({"to": Web3.to_checksum_address(to), "data": data}))
+
+
+def test_swap_run_deploys_pairs_and_checks_their_reserves(start_node, tmp_path):
     node = start_node()
-    with SwallowingProxy(node.url, nth=25) as proxy:
+    report = tmp_path / "report.json"
+    out = run_loadgen(
+        "--rpc", node.url, "--workload", "swap", "--pairs", "3", "--accounts", "40",
+        "--rate", "400", "--duration", "3", "--hot-ratio", "0.2", "--batch", "50",
+        "--concurrency", "2", "--report", str(report),
+    )
+    r = every_tx_included(out, report, 1200)
+    assert r["figures"]["rates"]["included_tps"] > 0, r["figures"]["rates"]
+    # The sampled senders' ETH, nonces and both token balances, and the three pairs' reserves
+    # (replayed in block order), are what the included swaps imply.
+    assert r["verify"] == {
+        "lost": 0, "pending": 0, "stranded": 0, "checked_accounts": 40, "checked_pairs": 3,
+        "problems": [],
+    }
+    assert r["workload"] == "swap" and r["pairs"] == 3
+    # Independently of the loadgen: every pair traded, holds what its reserves say, and its
+    # constant product grew by the 0.3% fees.
+    w3 = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 10}))
+    c = r["contracts"]
+    assert len(c["pairs"]) == 3
+    for pair in c["pairs"]:
+        raw = eth_call(w3, pair, GET_RESERVES)
+        r0, r1 = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:64], "big")
+        assert (r0, r1) != (PAIR_RESERVE, PAIR_RESERVE), "pair never traded"
+        assert r0 * r1 > PAIR_RESERVE**2
+        word = bytes(12) + bytes.fromhex(pair[2:])
+        held = [int.from_bytes(eth_call(w3, t, BALANCE_OF + word.hex()), "big")
+                for t in (c["token_a"], c["token_b"])]
+        assert held == [r0, r1]
+
+
+# The `nth` eth_sendRawTransaction the proxy swallows: the 5th of the run, after the set-up's.
+# transfer, 20 senders: 20 fundings. swap, 20 senders, 2 pairs: 2 token and 2 pair deployments,
+# 3 per pair (reserves of both tokens, sync), 3 per sender (ETH and both tokens), then 2
+# approvals per sender: 4 + 6 + 60 + 40.
+@pytest.mark.parametrize("workload,setup_txs", [("transfer", 20), ("swap", 110)])
+def test_silently_dropped_transaction_is_reported_lost(start_node, workload, setup_txs):
+    node = start_node()
+    with SwallowingProxy(node.url, nth=setup_txs + 5) as proxy:
         out = run_loadgen(
-            "--rpc", proxy.url, "--workload", "transfer", "--accounts", "20", "--rate", "200",
-            "--duration", "1", "--batch", "10", "--concurrency", "1", "--drain-timeout", "4",
+            "--rpc", proxy.url, "--workload", workload, "--pairs", "2", "--accounts", "20",
+            "--rate", "200", "--duration", "1", "--batch", "10", "--concurrency", "1",
+            "--drain-timeout", "4",
         )
     assert proxy.swallowed is not None
     assert out.returncode != 0, out.stdout + out.stderr

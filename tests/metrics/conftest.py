@@ -25,15 +25,9 @@ from web3 import Web3
 SERVERS: list[PrometheusServer] = []
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item, call):
-    outcome = yield
-    report = outcome.get_result()
-    if report.failed:
-        for n in kestrel_node.NODES:
-            report.sections.append((f"kestrel node log ({n.datadir})", n.log_tail()))
-        for p in SERVERS:
-            report.sections.append((f"prometheus log ({p.workdir})", p.log_tail()))
+pytest_runtest_makereport = kestrel_node.log_tails_hook(
+    extra_logs=lambda: [(f"prometheus log ({p.workdir})", p.log_tail()) for p in SERVERS]
+)
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ use crate::{
     track::Tracker,
 };
 use eyre::eyre;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::{
     collections::BTreeMap,
     sync::{
@@ -49,19 +49,9 @@ impl Follower {
         let mut seen = Vec::new();
         loop {
             let last_round = stop.load(Ordering::Acquire);
-            let heads = self
-                .client
-                .batch(
-                    "eth_getBlockByNumber",
-                    [json!(["finalized", false]), json!(["latest", false])],
-                )
-                .await?;
-            let number_of = |r: &Result<Value, String>| -> eyre::Result<u64> {
-                let block = r.as_ref().map_err(|e| eyre!("block tag: {e}"))?;
-                quantity(&block["number"])
-            };
-            let finalized = number_of(&heads[0])?;
-            let latest = number_of(&heads[1])?;
+            // The head number alone: asking for the `latest` block would ship all its
+            // transaction hashes every poll.
+            let latest = quantity(&self.client.call("eth_blockNumber", json!([])).await?)?;
             while next <= latest {
                 let upto = latest.min(next + BLOCKS_PER_BATCH - 1);
                 let blocks = self
@@ -79,8 +69,9 @@ impl Follower {
                         .ok_or_else(|| eyre!("block {n} without transactions"))?;
                     let ours: Vec<u32> = hashes
                         .iter()
-                        .filter_map(|h| h.as_str()?.parse().ok())
-                        .filter_map(|h| self.tracker.included(&h, at))
+                        .enumerate()
+                        .filter_map(|(x, h)| Some((x, h.as_str()?.parse().ok()?)))
+                        .filter_map(|(x, h)| self.tracker.included(&h, n, x, at))
                         .collect();
                     seen.push(SeenBlock {
                         number: n,
@@ -93,6 +84,21 @@ impl Follower {
                 }
                 next = upto + 1;
             }
+            // Only while some of ours wait for finality (the `finalized` block carries all its
+            // transaction hashes too).
+            let finalized = if pending.is_empty() {
+                finalized_upto
+            } else {
+                let block = self
+                    .client
+                    .call("eth_getBlockByNumber", json!(["finalized", false]))
+                    .await?;
+                // A block committed since the scan above is final before it is seen: count it
+                // at the next poll, once it is in `pending`.
+                quantity(&block["number"])
+                    .map_err(|e| eyre!("finalized block: {e}"))?
+                    .min(next - 1)
+            };
             if finalized > finalized_upto {
                 let at = self.tracker.now_us();
                 let rest = pending.split_off(&(finalized + 1));

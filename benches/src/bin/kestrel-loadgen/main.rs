@@ -1,10 +1,12 @@
 //! `kestrel-loadgen`: a load generator for any Ethereum JSON-RPC node (Kestrel, anvil, geth...).
 //!
 //! It derives sender accounts from a seed, funds them (from a dev account, or through a genesis it
-//! writes with `--genesis-out`), pre-signs every transaction, sends them at an offered rate over
+//! writes with `--genesis-out`), deploys the workload's contracts (an ERC-20 token; for `swap`, two
+//! tokens and Uniswap-V2-style pairs of them), pre-signs every transaction, sends them at an offered rate over
 //! batched JSON-RPC, follows the chain to time inclusion and finality of each one, then checks that
-//! nothing was lost and that sampled balances are what the transactions imply. Exits non-zero if
-//! a transaction the node accepted never made it into a block, or a balance is off.
+//! nothing was lost and that sampled balances (and, for `swap`, the pairs' reserves) are what the
+//! transactions imply. Exits non-zero if a transaction the node accepted never made it into a
+//! block, or a balance is off.
 
 mod client;
 mod follow;
@@ -26,7 +28,7 @@ use std::{
     time::{Duration, Instant},
 };
 use track::Tracker;
-use workload::{Fees, PlanParams, Workload};
+use workload::{Contracts, Fees, PlanParams, Workload};
 
 #[derive(Parser, Debug)]
 #[command(name = "kestrel-loadgen", version, about)]
@@ -45,6 +47,10 @@ struct Args {
     /// Transactions to send (default: rate × duration; required with `--rate 0`).
     #[arg(long)]
     txs: Option<usize>,
+    /// `swap`: Uniswap-V2-style pairs; sender `i` swaps on pair `i % pairs` (1: every swap
+    /// contends on one pair).
+    #[arg(long, default_value_t = 10)]
+    pairs: usize,
     /// HTTP connections sending at once.
     #[arg(long, default_value_t = 4)]
     concurrency: usize,
@@ -57,13 +63,15 @@ struct Args {
     /// Seed of the sender keys and of the workload.
     #[arg(long, default_value_t = 1)]
     seed: u64,
-    /// Share of transactions whose recipient is one of `--hot-accounts` accounts.
+    /// Share of transactions whose recipient is one of `--hot-accounts` accounts (`swap`: share
+    /// of swaps sent to pair 0 instead of the sender's own pair).
     #[arg(long, default_value_t = 0.0)]
     hot_ratio: f64,
     #[arg(long, default_value_t = 10)]
     hot_accounts: usize,
-    /// Write a geth genesis funding the senders (and holding the token with their balances),
-    /// then exit. Start the node with it and run with `--genesis-funded`.
+    /// Write a geth genesis funding the senders (and holding the token with their balances;
+    /// with `--workload swap`, also the two tokens and `--pairs` pairs, approved by every
+    /// sender), then exit. Start the node with it and run with `--genesis-funded`.
     #[arg(long)]
     genesis_out: Option<PathBuf>,
     /// Gas limit written into `--genesis-out`.
@@ -72,10 +80,11 @@ struct Args {
     /// Chain id for `--genesis-out` (a run asks the node).
     #[arg(long, default_value_t = 1337)]
     chain_id: u64,
-    /// The senders and the token come from a genesis written by `--genesis-out`.
+    /// The senders and the contracts come from a genesis written by `--genesis-out` (with the
+    /// same `--accounts`, `--seed` and, for `swap`, at least as many `--pairs`).
     #[arg(long)]
     genesis_funded: bool,
-    /// Key that funds the senders and deploys the token when not `--genesis-funded`
+    /// Key that funds the senders and deploys the contracts when not `--genesis-funded`
     /// (default: the first Hardhat dev key).
     #[arg(long)]
     funder_key: Option<String>,
@@ -107,10 +116,8 @@ struct Args {
 
 fn main() -> eyre::Result<()> {
     let args = Args::parse();
-    if args.workload == Workload::Swap {
-        bail!(
-            "the swap workload needs the Uniswap-V2-style pair, which kestrel-benches does not ship yet"
-        );
+    if args.workload == Workload::Swap && args.pairs == 0 {
+        bail!("--pairs must be positive");
     }
     if !(0.0..=1.0).contains(&args.hot_ratio) {
         bail!("--hot-ratio must be within [0, 1]");
@@ -120,13 +127,29 @@ fn main() -> eyre::Result<()> {
     }
     if let Some(path) = &args.genesis_out {
         let accounts = workload::derive_accounts(args.seed, args.accounts);
-        setup::write_genesis(path, &accounts, args.chain_id, args.genesis_gas_limit)?;
+        setup::write_genesis(
+            path,
+            &accounts,
+            args.workload,
+            args.pairs,
+            args.chain_id,
+            args.genesis_gas_limit,
+        )?;
         println!(
             "wrote {} with {} funded senders and the token at {}",
             path.display(),
             accounts.len(),
             kestrel_benches::TOKEN
         );
+        if args.workload == Workload::Swap {
+            println!(
+                "  and {} pairs of tokens {} and {} at {}...",
+                args.pairs,
+                kestrel_benches::workload::TOKEN_A,
+                kestrel_benches::workload::TOKEN_B,
+                kestrel_benches::workload::pair(0),
+            );
+        }
         return Ok(());
     }
     let txs = match (args.txs, args.rate) {
@@ -162,20 +185,40 @@ async fn run(args: Args, txs: usize) -> eyre::Result<bool> {
         max_fee_per_gas: u128::from(args.max_fee_gwei) * 1_000_000_000,
         max_priority_fee_per_gas: args.tip_wei,
     };
-    let token = if args.genesis_funded {
-        kestrel_benches::TOKEN
+    let swap = args.workload == Workload::Swap;
+    let pairs = if swap { args.pairs } else { 0 };
+    let contracts = if args.genesis_funded {
+        Contracts::genesis(pairs)
     } else {
         let funder = setup::funder(args.funder_key.as_deref())?;
-        setup::fund(
-            &mut client,
-            &funder,
-            &accounts,
-            args.workload.needs_token(),
+        let plan = setup::FundPlan {
+            funder: &funder,
+            accounts: &accounts,
+            workload: args.workload,
+            pairs,
             chain_id,
             fees,
-            args.fund_wei,
-        )
-        .await?
+            fund_wei: args.fund_wei,
+        };
+        let contracts = setup::fund(&mut client, &plan).await?;
+        if swap {
+            let hot = args.hot_ratio > 0.0;
+            setup::approve_pairs(&mut client, &accounts, &contracts, hot, chain_id, fees).await?;
+        }
+        contracts
+    };
+    let reserves_before = if swap {
+        setup::check_swap_contracts(&mut client, &contracts).await?;
+        let reserves = verify::read_reserves(&mut client, &contracts.pairs).await?;
+        if let Some(i) = reserves
+            .iter()
+            .position(|r| r.reserve0.is_zero() || r.reserve1.is_zero())
+        {
+            bail!("pair {} has no reserves", contracts.pairs[i]);
+        }
+        reserves
+    } else {
+        Vec::new()
     };
     let nonces = setup::nonces(&mut client, &accounts).await?;
 
@@ -185,6 +228,7 @@ async fn run(args: Args, txs: usize) -> eyre::Result<bool> {
         accounts: accounts.len(),
         hot_ratio: args.hot_ratio,
         hot_accounts: args.hot_accounts,
+        pairs,
         seed: args.seed,
     });
     let signing = Instant::now();
@@ -192,7 +236,7 @@ async fn run(args: Args, txs: usize) -> eyre::Result<bool> {
     let signed = workload::parallel_map(0..specs.len(), |j| {
         let spec = &specs[j];
         let nonce = nonces[spec.sender as usize] + (j / k) as u64;
-        let tx = workload::build(spec, &accounts, nonce, chain_id, fees, token);
+        let tx = workload::build(spec, &accounts, nonce, chain_id, fees, &contracts);
         workload::sign(&accounts[spec.sender as usize].key, tx)
     });
     let signing_seconds = signing.elapsed().as_secs_f64();
@@ -202,7 +246,7 @@ async fn run(args: Args, txs: usize) -> eyre::Result<bool> {
         signed.len() as f64 / signing_seconds
     );
     let sample = verify::sample(&accounts, args.verify_sample, args.hot_accounts, args.seed);
-    let before = verify::read_state(&mut client, &accounts, &sample, token).await?;
+    let before = verify::read_state(&mut client, &accounts, &sample, &contracts).await?;
 
     let hashes: Vec<_> = signed.iter().map(|s| s.hash).collect();
     let raw_hex: Vec<String> = signed.into_iter().map(|s| s.raw_hex).collect();
@@ -249,11 +293,12 @@ async fn run(args: Args, txs: usize) -> eyre::Result<bool> {
             nonces: &nonces,
             sample: &sample,
             before: &before,
-            token,
+            contracts: &contracts,
+            reserves_before: &reserves_before,
         },
     )
     .await?;
-    let summary = serde_json::json!({
+    let mut summary = serde_json::json!({
         "label": args.label,
         "rpc": args.rpc,
         "workload": args.workload,
@@ -268,6 +313,14 @@ async fn run(args: Args, txs: usize) -> eyre::Result<bool> {
         "verify": outcome,
         "blocks": blocks,
     });
+    if swap {
+        summary["pairs"] = serde_json::json!(pairs);
+        summary["contracts"] = serde_json::json!({
+            "token_a": contracts.token_a,
+            "token_b": contracts.token_b,
+            "pairs": contracts.pairs,
+        });
+    }
     print_summary(&args.label, &summary);
     if let Some(path) = &args.report {
         std::fs::write(path, serde_json::to_string_pretty(&summary)?)

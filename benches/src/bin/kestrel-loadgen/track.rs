@@ -22,6 +22,9 @@ pub struct Tracker {
     pub submitted_us: Vec<AtomicU64>,
     pub outcome: Vec<AtomicU8>,
     pub included_us: Vec<AtomicU64>,
+    /// Where the transaction was included: block number << 32 | index in the block (orders the
+    /// included transactions as the chain executed them).
+    pub position: Vec<AtomicU64>,
     pub finalized_us: Vec<AtomicU64>,
     pub counters: Counters,
     pub errors: Mutex<BTreeMap<String, u64>>,
@@ -54,6 +57,7 @@ impl Tracker {
             submitted_us: zeros(n),
             outcome: zeros(n),
             included_us: zeros(n),
+            position: zeros(n),
             finalized_us: zeros(n),
             counters: Counters::default(),
             errors: Mutex::new(BTreeMap::new()),
@@ -94,14 +98,19 @@ impl Tracker {
             .or_default() += 1;
     }
 
-    /// Records that the transaction with `hash` was seen in a block at `at_us`; its index if it
-    /// is one of ours and was not seen before.
-    pub fn included(&self, hash: &B256, at_us: u64) -> Option<u32> {
+    /// Records that the transaction with `hash` was seen at `index` in block `block` at
+    /// `at_us`; its index if it is one of ours and was not seen before.
+    pub fn included(&self, hash: &B256, block: u64, index: usize, at_us: u64) -> Option<u32> {
         let i = *self.index.get(hash)?;
         if self.included_us[i as usize]
             .compare_exchange(0, at_us, Relaxed, Relaxed)
             .is_ok()
         {
+            assert!(
+                block < 1 << 32 && index < 1 << 32,
+                "block {block} index {index}"
+            );
+            self.position[i as usize].store(block << 32 | index as u64, Relaxed);
             self.counters.included.fetch_add(1, Relaxed);
             return Some(i);
         }
