@@ -42,6 +42,8 @@ pub enum VerifyError {
     HighQcMismatch,
     #[error("inconsistent rounds or heights: {0}")]
     BadStructure(&'static str),
+    #[error("commit proof does not finalize the block: {0}")]
+    NotFinal(&'static str),
     #[error("block request for {0} blocks, more than {max}", max = crate::bft::SYNC_BLOCKS_MAX)]
     RequestTooLarge(u16),
     #[error("block response with {0} blocks, more than {max}", max = crate::bft::SYNC_BLOCKS_MAX)]

@@ -143,6 +143,8 @@ enum Violation {
     Halt { instance: usize, halted: bool },
     /// A state machine panicked (e.g. its own conflicting-commit assertion).
     Panic(String),
+    /// A commit came with a proof that does not check.
+    BadCommitProof { height: u64 },
 }
 
 impl std::fmt::Display for Violation {
@@ -150,6 +152,9 @@ impl std::fmt::Display for Violation {
         match self {
             Violation::Safety { height } => {
                 write!(f, "safety: conflicting commits at height {height}")
+            }
+            Violation::BadCommitProof { height } => {
+                write!(f, "commit of height {height} with an invalid commit proof")
             }
             Violation::Gap { instance, height } => {
                 write!(
@@ -471,7 +476,14 @@ impl Sim {
                     let at = now + self.rng.random_range(1..5);
                     self.push(at, Ev::Payload { to: i, inc, round });
                 }
-                Command::Commit(blocks) => {
+                Command::Commit { blocks, proof } => {
+                    let last = &blocks.last().expect("a commit has blocks").block;
+                    // Checking signatures costs; one validator's commits cover the proof logic.
+                    if i == 0 && proof.verify(last, &self.set).is_err() {
+                        return Err(Violation::BadCommitProof {
+                            height: last.height,
+                        });
+                    }
                     let mut at = now + self.rng.random_range(1..5);
                     for c in blocks {
                         let result = self.commit(i, &c)?;

@@ -89,6 +89,13 @@ def assert_receipts_agree(validators, hashes: list[str]) -> None:
         assert receipts[0]["status"] == "0x1"
 
 
+def series(v, name: str) -> dict[str, float]:
+    """Every sample of `name` on the validator's endpoint, by its label string."""
+    text = requests.get(v.metrics_url, timeout=5).text
+    return {m.group(1) or "": float(m.group(2))
+            for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.M)}
+
+
 def advances(v, blocks: int, timeout: float) -> int:
     start = v.head()
     return wait_until(lambda: v.head() >= start + blocks and v.head(), timeout,
@@ -121,6 +128,19 @@ def test_validator_metrics_are_documented(net):
         assert name in exported, name
     assert net[0].metric("kestrel_net_peers_connected") == 3
     assert net[0].metric("kestrel_consensus_halted") == 0
+    # They move: every validator has led, voted, and assembled QCs by now.
+    before = {v.index: (v.metric("kestrel_consensus_round"), v.metric("kestrel_consensus_height"))
+              for v in net.validators}
+    advances(net[0], 2, FINALIZE_TIMEOUT_S)
+    for v in net.validators:
+        round_, height = v.metric("kestrel_consensus_round"), v.metric("kestrel_consensus_height")
+        assert round_ > before[v.index][0] and height > before[v.index][1], (v.index, round_, height)
+        for name in ("kestrel_consensus_proposals_total", "kestrel_consensus_votes_total",
+                     "kestrel_consensus_qcs_created_total", "kestrel_consensus_commit_latency_seconds_count"):
+            assert (v.metric(name) or 0) > 0, (v.index, name)
+        for name in ("kestrel_net_received_bytes_total", "kestrel_net_sent_bytes_total"):
+            per_peer = series(v, name)
+            assert len(per_peer) == 3 and all(b > 0 for b in per_peer.values()), (v.index, name, per_peer)
 
 
 def test_one_validator_down_chain_keeps_finalizing_and_it_catches_up(net):
@@ -128,6 +148,11 @@ def test_one_validator_down_chain_keeps_finalizing_and_it_catches_up(net):
     behind = net[3].head()
     net[3].kill9()
     advances(net[0], 12, FINALIZE_TIMEOUT_S)
+    # Validator 3's turns time out: the others count the timeouts, its failures as leader, and
+    # assemble timeout certificates.
+    for name in ("kestrel_consensus_timeouts_total", "kestrel_consensus_leader_failures_total",
+                 "kestrel_consensus_tcs_created_total"):
+        assert (net[0].metric(name) or 0) > 0, name
     hashes = send_batch(net, sender, via=0)
     receipts = wait_receipts(net[0], hashes)
     live = net.validators[:3]

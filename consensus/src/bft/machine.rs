@@ -4,8 +4,8 @@
 use super::SYNC_BLOCKS_MAX;
 use super::metrics as m;
 use super::types::{
-    Block, BlockId, BlockRequest, CertCache, Message, Proposal, QuorumCert, SignerSig, Timeout,
-    TimeoutCert, TimeoutSig, Unverified, Vote,
+    Block, BlockId, BlockRequest, CertCache, CommitProof, Message, Proposal, QuorumCert, SignerSig,
+    Timeout, TimeoutCert, TimeoutSig, Unverified, Vote,
 };
 use super::validators::{ValidatorIndex, ValidatorKey, ValidatorSet};
 use crate::Round;
@@ -28,6 +28,9 @@ const WANTED_MAX: usize = 1_024;
 const COMMITTED_KEPT: usize = 256;
 /// Own execution results and unchecked claims kept.
 const RESULTS_KEPT: usize = 256;
+/// A block timestamped further than this ahead of our clock gets no vote: leaders' clocks may
+/// drift a little, but a far-future timestamp would drag every later block's along.
+pub const TIMESTAMP_AHEAD_MAX_MS: u64 = 5_000;
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -110,7 +113,12 @@ pub enum Command {
         parent: BlockId,
     },
     /// These blocks are final, in height order: execute them and persist the last as the root.
-    Commit(Vec<CommittedBlock>),
+    /// `proof` shows the last one final (the others are its ancestors, linked by hash); block
+    /// sync serves it so a syncing node need not trust the peer.
+    Commit {
+        blocks: Vec<CommittedBlock>,
+        proof: CommitProof,
+    },
     /// A block carried an execution result different from ours. `certified`: the block was
     /// finalized anyway, so our own execution is the odd one out and we stopped voting.
     ExecutionMismatch {
@@ -466,7 +474,7 @@ impl Bft {
                 .last_tc
                 .as_ref()
                 .is_some_and(|tc| tc.round.next() == b.round && b.qc.round >= tc.high_qc.round);
-        if !extends || !self.delayed_result_ok(b, id, out) {
+        if !extends || !self.timestamp_ok(now, b) || !self.delayed_result_ok(b, id, out) {
             return;
         }
         self.safety = SafetyState {
@@ -482,6 +490,20 @@ impl Bft {
         } else {
             out.push(Command::SendTo(next, Message::Vote(vote)));
         }
+    }
+
+    /// Block time moves forward: later than the parent's timestamp, and not too far ahead of
+    /// our clock (`now`, passed in by the driver).
+    fn timestamp_ok(&self, now: u64, b: &Block) -> bool {
+        let after_parent = self
+            .blocks
+            .get(&b.parent())
+            .is_some_and(|p| b.timestamp_ms > p.timestamp_ms);
+        let ok = after_parent && b.timestamp_ms <= now.saturating_add(TIMESTAMP_AHEAD_MAX_MS);
+        if !ok {
+            metrics::counter!(m::BAD_TIMESTAMPS).increment(1);
+        }
+        ok
     }
 
     /// The delayed execution result must be for height − D and equal our own result for that
@@ -650,11 +672,16 @@ impl Bft {
             self.high_qc.round.next() == round || last_tc.is_some(),
             "entered round {round:?} without a QC or TC for the round before"
         );
+        // Followers vote only for a timestamp past the parent's (when we hold the parent).
+        let parent_ms = self
+            .blocks
+            .get(&self.high_qc.block_id)
+            .map_or(0, |p| p.timestamp_ms);
         let block = Block {
             round,
             height,
             author: self.me,
-            timestamp_ms: now,
+            timestamp_ms: now.max(parent_ms + 1),
             payload_hash,
             qc: self.high_qc.clone(),
             delayed_result: height
@@ -677,6 +704,10 @@ impl Bft {
         if b.qc.round.next() != b.round {
             return;
         }
+        let proof = CommitProof {
+            child: b.clone(),
+            child_qc: qc.clone(),
+        };
         let target = b.qc.block_id;
         let target_qc = b.qc.clone();
         match self.blocks.get(&target) {
@@ -728,7 +759,10 @@ impl Bft {
             !children.is_empty()
         });
         self.orphan_count = self.orphans.values().map(Vec::len).sum();
-        out.push(Command::Commit(chain));
+        out.push(Command::Commit {
+            blocks: chain,
+            proof,
+        });
     }
 
     fn check_committed_result(&mut self, theirs: ExecutionResult, out: &mut Vec<Command>) {

@@ -13,6 +13,7 @@ pub const COMMIT_LATENCY: &str = "kestrel_consensus_commit_latency_seconds";
 pub const INVALID_MESSAGES: &str = "kestrel_consensus_invalid_messages_total";
 pub const RESULT_MISMATCH: &str = "kestrel_consensus_execution_result_mismatch_total";
 pub const HALTED: &str = "kestrel_consensus_halted";
+pub const BAD_TIMESTAMPS: &str = "kestrel_consensus_bad_timestamps_total";
 
 /// Declare names and help texts; a driver calls this once after installing its recorder.
 pub fn describe() {
@@ -43,6 +44,10 @@ pub fn describe() {
     describe_counter!(
         RESULT_MISMATCH,
         "Delayed execution results in proposals that differ from this node's own"
+    );
+    describe_counter!(
+        BAD_TIMESTAMPS,
+        "Proposals not voted for because their timestamp was not after their parent's or too far ahead of our clock"
     );
     describe_gauge!(
         HALTED,

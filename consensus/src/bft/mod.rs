@@ -14,10 +14,12 @@ mod types;
 mod validators;
 mod wire;
 
-pub use machine::{Bft, Command, CommittedBlock, Config, Event, SafetyState};
+pub use machine::{
+    Bft, Command, CommittedBlock, Config, Event, SafetyState, TIMESTAMP_AHEAD_MAX_MS,
+};
 pub use types::{
-    Block, BlockId, BlockRequest, CertCache, Message, Proposal, QuorumCert, SignerSig, Timeout,
-    TimeoutCert, TimeoutSig, Unverified, Verified, Vote,
+    Block, BlockId, BlockRequest, CertCache, CommitProof, Message, Proposal, QuorumCert, SignerSig,
+    Timeout, TimeoutCert, TimeoutSig, Unverified, Verified, Vote,
 };
 pub use validators::{
     Signature, VALIDATORS_MAX, ValidatorId, ValidatorIndex, ValidatorKey, ValidatorSet,

@@ -376,3 +376,128 @@ fn verification_accepts_honest_and_rejects_forged_messages() {
         Err(VerifyError::RequestTooLarge(SYNC_BLOCKS_MAX as u16 + 1))
     );
 }
+
+#[test]
+fn commit_proof_needs_a_certified_child_in_the_next_round() {
+    let s = set(4);
+    let b1 = block_at(1, QuorumCert::genesis(), &s);
+    let qc1 = certify(&b1, &[0, 1, 2]);
+    // b2 extends b1 in the very next round and is certified: b1 is final.
+    let b2 = block_at(2, qc1.clone(), &s);
+    let proof = CommitProof {
+        child: b2.clone(),
+        child_qc: certify(&b2, &[1, 2, 3]),
+    };
+    assert_eq!(proof.verify(&b1, &s), Ok(()));
+    // It proves nothing about another block, nor about the child itself.
+    let other = block_at(1, QuorumCert::genesis(), &s);
+    let other = Block {
+        timestamp_ms: 1,
+        ..other
+    };
+    assert!(matches!(
+        proof.verify(&other, &s),
+        Err(VerifyError::NotFinal(_))
+    ));
+    assert!(matches!(
+        proof.verify(&b2, &s),
+        Err(VerifyError::NotFinal(_))
+    ));
+
+    // Certified but not committed: round 2 timed out and b3 extends b1 in round 3. b1 has a QC
+    // and a certified child, but a TC for round 2 could still carry a higher QC elsewhere.
+    let b3 = block_at(3, qc1.clone(), &s);
+    let gapped = CommitProof {
+        child: b3.clone(),
+        child_qc: certify(&b3, &[0, 1, 2]),
+    };
+    assert!(matches!(
+        gapped.verify(&b1, &s),
+        Err(VerifyError::NotFinal(_))
+    ));
+    // A block's own QC (what sync used to accept) is no proof: the child's is missing.
+    let uncertified_child = CommitProof {
+        child: b2.clone(),
+        child_qc: certify(&b2, &[1, 2]),
+    };
+    assert!(matches!(
+        uncertified_child.verify(&b1, &s),
+        Err(VerifyError::NoQuorum { .. })
+    ));
+    // A QC that names the child but is for another round.
+    let mut wrong_round = proof.clone();
+    wrong_round.child_qc.round = Round(5);
+    assert!(matches!(
+        wrong_round.verify(&b1, &s),
+        Err(VerifyError::NotFinal(_))
+    ));
+    // Forged signatures on the child's QC.
+    let mut forged = proof.clone();
+    forged.child_qc.signatures[0].signature = forged.child_qc.signatures[1].signature;
+    assert!(matches!(
+        forged.verify(&b1, &s),
+        Err(VerifyError::BadSignature(_))
+    ));
+    // A child with a forged certificate for b1.
+    let fake_qc1 = QuorumCert {
+        signatures: qc1.signatures[..1].to_vec(),
+        ..qc1
+    };
+    let b2_fake = block_at(2, fake_qc1, &s);
+    let fake = CommitProof {
+        child: b2_fake.clone(),
+        child_qc: certify(&b2_fake, &[0, 1, 2]),
+    };
+    assert!(matches!(
+        fake.verify(&b1, &s),
+        Err(VerifyError::NoQuorum { .. })
+    ));
+}
+
+#[test]
+fn no_vote_for_a_timestamp_not_after_the_parent_or_too_far_ahead() {
+    let s = set(4);
+    let leader = s.leader(Round(1));
+    // Neither this round's leader nor the next (whom the vote is sent to).
+    let me = (0..4)
+        .find(|i| ![leader, s.leader(Round(2))].contains(&ValidatorIndex(*i as u16)))
+        .unwrap();
+    let now = 10_000;
+    let voted = |timestamp_ms: u64| {
+        let mut bft = Bft::new(
+            Config {
+                round_timeout_ms: 1_000,
+                execution_delay: 3,
+            },
+            key(me),
+            s.clone(),
+            CommittedBlock::genesis(),
+            SafetyState::genesis(),
+        )
+        .unwrap();
+        bft.update(now, Event::Start);
+        let block = Block {
+            timestamp_ms,
+            ..block_at(1, QuorumCert::genesis(), &s)
+        };
+        let proposal = Proposal::new(block, None, &key(u64::from(leader.0)));
+        let message = Unverified::new(Message::Proposal(proposal));
+        bft.update(
+            now,
+            Event::Message {
+                from: leader,
+                message,
+            },
+        )
+        .iter()
+        .any(|c| matches!(c, Command::SendTo(_, Message::Vote(_))))
+    };
+    assert!(voted(now - 500), "a past timestamp after the parent's");
+    assert!(
+        voted(now + TIMESTAMP_AHEAD_MAX_MS),
+        "within the allowed drift"
+    );
+    // Genesis is at 0: not after the parent.
+    assert!(!voted(0));
+    assert!(!voted(now + TIMESTAMP_AHEAD_MAX_MS + 1));
+}

@@ -106,6 +106,43 @@ pub struct Timeout {
     pub last_tc: Option<TimeoutCert>,
 }
 
+/// Evidence that a block is final under the two-chain commit rule (see `Bft::try_commit`): a
+/// quorum certified its child, and the child was proposed in the round right after the block's
+/// own certificate. A certificate alone does not suffice: a certified block can still be
+/// abandoned if the next round times out and the chain goes on from another block.
+#[derive(Debug, Clone, PartialEq, Eq, RlpEncodable, RlpDecodable)]
+pub struct CommitProof {
+    /// Certifies the committed block (`child.qc`) and extends it in the next round.
+    pub child: Block,
+    /// Certifies `child`.
+    pub child_qc: QuorumCert,
+}
+
+impl CommitProof {
+    /// Checks that this proves `block` final. Needs only the validator set, so a node syncing
+    /// finalized blocks from an untrusted peer can check them.
+    pub fn verify(&self, block: &Block, set: &ValidatorSet) -> Result<(), VerifyError> {
+        let (child, cert) = (&self.child, &self.child.qc);
+        if cert.block_id != block.id() || cert.round != block.round || cert.height != block.height {
+            return Err(VerifyError::NotFinal(
+                "the child does not certify the block",
+            ));
+        }
+        if cert.round.next() != child.round || child.height != block.height + 1 {
+            return Err(VerifyError::NotFinal(
+                "the child is not in the round right after the block's",
+            ));
+        }
+        let qc = &self.child_qc;
+        if qc.block_id != child.id() || qc.round != child.round || qc.height != child.height {
+            return Err(VerifyError::NotFinal("the QC is not for the child"));
+        }
+        let mut cache = CertCache::default();
+        cache.check_qc(cert, set)?;
+        cache.check_qc(qc, set)
+    }
+}
+
 /// Ask a peer for `block_id` and up to `count − 1` of its ancestors (block sync).
 #[derive(Debug, Clone, PartialEq, Eq, RlpEncodable, RlpDecodable)]
 pub struct BlockRequest {
@@ -201,6 +238,12 @@ impl QuorumCert {
             block_id: BlockId::genesis(),
             signatures: Vec::new(),
         }
+    }
+
+    /// Checks the signatures and the quorum against `set` (a node holding only the validator
+    /// set can check a certificate it got from anyone).
+    pub fn verify(&self, set: &ValidatorSet) -> Result<(), VerifyError> {
+        CertCache::default().check_qc(self, set)
     }
 
     /// Validators that voted, so are known to hold this QC's block.

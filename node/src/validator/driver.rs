@@ -1,18 +1,18 @@
 //! The consensus driver: owns the [`Bft`] state machine and carries out its commands with a real
 //! clock, the validator network, the pool, the block log and the execution stage.
 //!
-//! Payloads travel with their proposal, and a proposal whose payload does not decode (or whose
-//! base fee is not the parent's successor) never reaches consensus, so a validator votes only
-//! for blocks it can execute. Finalized blocks go to the block log (fsync) and then to execution;
-//! execution results come back as `Event::Executed`. A validator that is behind (at start, or
-//! when a certificate it sees is far ahead of its log) stops feeding consensus and fetches
-//! finalized blocks from peers, checks them against a quorum certificate, executes them, and
-//! then restarts the state machine from its new head.
+//! Payloads travel with their proposal and are decoded on a thread of their own; a proposal
+//! whose payload does not decode (or whose base fee is not the parent's successor) never reaches
+//! consensus, so a validator votes only for blocks it can execute. Finalized blocks go to the
+//! block log (fsync) and then to execution; execution results come back as `Event::Executed`.
+//! A validator that is behind (at start, or when a certificate it sees is far ahead of its log)
+//! stops feeding consensus and fetches finalized blocks from peers, checks them against a commit
+//! proof, executes them, and then restarts the state machine from its new head.
 
 use super::{
     Wiring,
     forward::{self, Admitter, FORWARD_TXS_MAX},
-    payload::{PAYLOAD_TXS_MAX, Payload},
+    payload::{Decoder, PAYLOAD_TXS_MAX, Payload, Rejected},
     store::{ChainLog, SafetyFile},
     wire::{ConsensusEnvelope, SyncRequest, SyncResponse, SyncedBlock},
 };
@@ -21,8 +21,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use kestrel_consensus::{
     Round,
     bft::{
-        self, Bft, Block, BlockId, CertCache, Command, Config, Event, Message, QuorumCert,
-        SYNC_BLOCKS_MAX, SafetyState, Unverified, ValidatorIndex, ValidatorKey, ValidatorSet, Vote,
+        self, Bft, Block, BlockId, Command, CommitProof, Config, Event, Message, SYNC_BLOCKS_MAX,
+        SafetyState, Unverified, ValidatorIndex, ValidatorKey, ValidatorSet,
     },
 };
 use kestrel_net::{Inbound, Kind, Network, NetworkHandle, PeerId};
@@ -66,20 +66,13 @@ const PAYLOADS_MAX: usize = 4_096;
 /// Own execution results handed to a restarted state machine (it checks delayed results
 /// against them: D blocks back at least).
 const RESULTS_REPLAYED: u64 = 64;
-/// How often pending transactions are forwarded to the next leaders.
+/// How often newly admitted transactions are forwarded to the next leaders.
 const FORWARD_INTERVAL_MS: u64 = 50;
-/// A validator that leads one of the current and this many next rounds keeps its transactions
-/// to propose them itself.
-const FORWARD_LEADERS: u64 = 2;
+/// Transactions go to the leaders of the current and this many next rounds.
+const FORWARD_LEADERS: u64 = 3;
 /// Hashes of transactions received by forwarding that are remembered, so they are not forwarded
 /// again; when full the set is cleared (a transaction forwarded twice is refused as known).
 const FORWARDED_IN_MAX: usize = 65_536;
-/// Transactions taken from the pool (proposed or forwarded) stay in flight until this many
-/// blocks past the log head are final; then the pool resets their sender to its state nonce and
-/// forgets them. Long, so that they are final by then: a reset below transactions still on their
-/// way would leave the sender's later ones queued here behind a gap. And the same for proposing
-/// and forwarding, since the pool keeps the last in-flight height of a sender, not the highest.
-const IN_FLIGHT_BLOCKS: u64 = 64;
 /// Longest sleep of the loop, so shutdown is noticed.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
@@ -125,6 +118,12 @@ struct Sync {
     answered: bool,
 }
 
+/// A proposal whose payload is being decoded, to hand to consensus once it is.
+struct Pending {
+    from: ValidatorIndex,
+    message: Unverified<Message>,
+}
+
 struct WantedPayload {
     hash: B256,
     turn: usize,
@@ -160,13 +159,14 @@ pub struct Driver {
     /// Fees of the log head's block.
     head_fees: ParentFees,
     building: Option<Build>,
-    /// Finalized by consensus, waiting for their payload.
-    commits: VecDeque<bft::CommittedBlock>,
+    /// Finalized by consensus, waiting for their payload; the last of each commit with its proof.
+    commits: VecDeque<(bft::CommittedBlock, Option<CommitProof>)>,
     /// Logged, waiting for room in the execution queue.
     executing: VecDeque<Proposal>,
     wanted: Option<WantedPayload>,
     sync: Option<Sync>,
     admitter: Option<Admitter>,
+    decoder: Option<Decoder<Pending>>,
     last_forward_ms: u64,
     forwarded_in: HashSet<B256>,
 }
@@ -256,6 +256,7 @@ impl Driver {
             wanted: None,
             sync: None,
             admitter: Some(Admitter::spawn(w.ingress)?),
+            decoder: Some(Decoder::spawn()?),
             last_forward_ms: 0,
             forwarded_in: HashSet::new(),
         })
@@ -265,6 +266,7 @@ impl Driver {
     /// commit drain and exit.
     pub fn run(mut self) {
         let (inbound, results) = (self.inbound.clone(), self.results.clone());
+        let decoded = self.decoder.as_ref().expect("running").results().clone();
         self.begin_sync(now_ms());
         while !self.stop.load(Ordering::Acquire) {
             if !self.flush_execution() {
@@ -287,12 +289,19 @@ impl Driver {
                     Ok(result) => self.feed(Event::Executed(result)),
                     Err(_) => break,
                 },
+                recv(decoded) -> done => match done {
+                    Ok((pending, result)) => self.on_decoded(pending, result),
+                    Err(_) => break,
+                },
                 default(wait) => {}
             }
             self.on_tick(now_ms());
         }
         if let Some(admitter) = self.admitter.take() {
             admitter.shutdown();
+        }
+        if let Some(decoder) = self.decoder.take() {
+            decoder.shutdown();
         }
         tracing::info!(target: "node::validator", height = self.log.height(), "consensus driver stopped");
     }
@@ -414,8 +423,14 @@ impl Driver {
                     at_ms: parent_ms + self.block_time_ms,
                 });
             }
-            Command::Commit(blocks) => {
-                self.commits.extend(blocks);
+            Command::Commit { blocks, proof } => {
+                let last = blocks.len() - 1;
+                self.commits.extend(
+                    blocks
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, c)| (c, (i == last).then(|| proof.clone()))),
+                );
                 self.process_commits();
             }
             Command::ExecutionMismatch {
@@ -489,12 +504,9 @@ impl Driver {
         };
         let started = Instant::now();
         let base_fee = next_base_fee(parent_fees);
-        let txs = self.pool.take_block(
-            self.log.height() + IN_FLIGHT_BLOCKS,
-            self.gas_limit,
-            base_fee,
-            PAYLOAD_TXS_MAX,
-        );
+        let txs = self
+            .pool
+            .take_block(b.height, self.gas_limit, base_fee, PAYLOAD_TXS_MAX);
         let payload = Payload::build(self.beneficiary, self.gas_limit, base_fee, txs);
         let hash = payload.hash();
         metrics::counter!("kestrel_ordering_txs_total").increment(payload.tx_count() as u64);
@@ -507,38 +519,28 @@ impl Driver {
         });
     }
 
-    /// Sends the pending transactions this validator's RPC admitted to every other validator,
-    /// unless it leads the current or one of the next rounds (it then proposes them itself).
-    /// Every validator gets all of a sender's transactions, so no pool holds a nonce gap that
-    /// another pool's block would have to fill.
+    /// Sends the transactions this validator's RPC admitted since the last call to the leaders
+    /// of the next few rounds. They stay in our pool too: if those leaders fail, we propose them
+    /// when we lead, and once any leader proposes them every validator holds them in flight.
     fn forward_txs(&mut self) {
         if self.sync.is_some() {
             return;
         }
-        let round = self.bft.round().0;
-        let me = self.bft.me();
-        if (0..=FORWARD_LEADERS).any(|k| self.set.leader(Round(round + k)) == me) {
-            return;
-        }
-        let txs = self.pool.take_block(
-            self.log.height() + IN_FLIGHT_BLOCKS,
-            self.gas_limit,
-            next_base_fee(self.head_fees),
-            FORWARD_TXS_MAX,
-        );
-        // Taken out of the pool either way: what came from peers, the peers already have.
-        let txs: Vec<_> = txs
+        let txs: Vec<_> = self
+            .pool
+            .take_fresh(FORWARD_TXS_MAX)
             .into_iter()
             .filter(|tx| !self.forwarded_in.contains(&tx.hash()))
             .collect();
         if txs.is_empty() {
             return;
         }
-        if let Err(err) = self
-            .net
-            .broadcast(Kind::TxForward, forward::encode(&txs).into())
-        {
-            tracing::warn!(target: "node::validator", %err, "forwarding transactions failed");
+        let bytes = Bytes::from(forward::encode(&txs));
+        for to in forward::targets(&self.set, self.bft.round(), self.bft.me(), FORWARD_LEADERS) {
+            let peer = &self.ids[usize::from(to.0)];
+            if let Err(err) = self.net.send(peer, Kind::TxForward, bytes.0.clone()) {
+                tracing::debug!(target: "node::validator", %peer, %err, "forwarding transactions failed");
+            }
         }
         metrics::counter!(forward::FORWARDED_TOTAL).increment(txs.len() as u64);
     }
@@ -603,37 +605,64 @@ impl Driver {
             return;
         }
         if let Message::Proposal(p) = message.peek() {
-            let block = p.block.clone();
-            let have = match payload {
-                Some(bytes) => self.accept_payload(&block, bytes),
-                None => self.payloads.contains_key(&block.payload_hash),
-            };
-            if !have {
+            let hash = p.block.payload_hash;
+            if !self.payloads.contains_key(&hash) {
+                // Decoded off this thread; consensus sees the proposal when it is done.
+                if let Some(bytes) = payload
+                    && !self.decoder.as_ref().expect("running").submit(
+                        Pending { from, message },
+                        hash,
+                        bytes,
+                    )
+                {
+                    metrics::counter!(PAYLOADS_REJECTED, "reason" => "busy").increment(1);
+                }
                 return;
             }
+            let block = p.block.clone();
             self.remember(&block);
         }
         self.feed(Event::Message { from, message });
     }
 
-    /// Checks and keeps a proposal's payload; false if the proposal must not reach consensus.
-    fn accept_payload(&mut self, block: &Block, bytes: Bytes) -> bool {
+    fn on_decoded(&mut self, pending: Pending, result: Result<Payload, Rejected>) {
+        if self.sync.is_some() {
+            return;
+        }
+        let Message::Proposal(p) = pending.message.peek() else {
+            unreachable!("only proposals are decoded")
+        };
+        let block = p.block.clone();
+        let accepted = match result {
+            Ok(payload) => self.accept_payload(&block, payload),
+            Err(err) => {
+                let reason = match err {
+                    Rejected::Hash => "hash",
+                    Rejected::Invalid(_) => "invalid",
+                };
+                tracing::warn!(target: "node::validator", height = block.height, %err, "invalid payload");
+                metrics::counter!(PAYLOADS_REJECTED, "reason" => reason).increment(1);
+                false
+            }
+        };
+        if accepted {
+            self.remember(&block);
+            self.feed(Event::Message {
+                from: pending.from,
+                message: pending.message,
+            });
+        }
+    }
+
+    /// Checks and keeps a proposal's decoded payload; false if the proposal must not reach
+    /// consensus.
+    fn accept_payload(&mut self, block: &Block, payload: Payload) -> bool {
         if self.payloads.contains_key(&block.payload_hash) {
             return true;
         }
         let reject = |reason: &'static str| {
             metrics::counter!(PAYLOADS_REJECTED, "reason" => reason).increment(1);
             false
-        };
-        if keccak256(&bytes) != block.payload_hash {
-            return reject("hash");
-        }
-        let payload = match Payload::decode(bytes) {
-            Ok(p) => p,
-            Err(err) => {
-                tracing::warn!(target: "node::validator", height = block.height, %err, "invalid payload");
-                return reject("invalid");
-            }
         };
         if let Some(fees) = self.parent_fees(block.parent())
             && payload.base_fee() != next_base_fee(fees)
@@ -647,13 +676,10 @@ impl Driver {
                 return reject("full");
             }
         }
-        // The proposal's transactions go into our pool too. The pool advances a sender's next
-        // nonce only on its own proposals and on admission, so without them a later transaction
-        // of the same sender would wait here behind a nonce gap; and if the block is abandoned
-        // they are not lost. Once the block is final, a copy we propose is dropped at execution.
-        let admitter = self.admitter.as_ref().expect("running");
-        for tx in payload.txs() {
-            admitter.admit(tx.encoded());
+        // In flight here too: not proposed again by us, and back in the pool if it loses (a
+        // proposal at or below our head already lost, or is final).
+        if block.height > self.log.height() {
+            self.pool.on_proposed(block.height, payload.txs());
         }
         self.payloads
             .insert(block.payload_hash, (block.height, payload));
@@ -662,7 +688,7 @@ impl Driver {
 
     /// Logs finalized blocks whose payload is here, in order, then hands them to execution.
     fn process_commits(&mut self) {
-        while let Some(c) = self.commits.front() {
+        while let Some((c, _)) = self.commits.front() {
             if c.block.height <= self.log.height() {
                 self.commits.pop_front();
                 continue;
@@ -679,12 +705,13 @@ impl Driver {
                 }
                 break;
             };
-            let c = self.commits.pop_front().expect("front exists");
+            let (c, proof) = self.commits.pop_front().expect("front exists");
             self.commit(
                 SyncedBlock {
                     block: c.block,
                     qc: c.qc,
                     payload: payload.bytes().clone(),
+                    proof,
                 },
                 &payload,
             );
@@ -700,6 +727,7 @@ impl Driver {
         if let Err(err) = self.log.append(&block) {
             fatal(&format!("appending to the block log: {err}"));
         }
+        self.pool.on_finalized(block.block.height, payload.txs());
         self.executing.push_back(payload.proposal(&block.block));
         self.head_fees = payload.fees();
         ChainStatus::set(&self.status.proposed, block.block.height);
@@ -824,19 +852,22 @@ impl Driver {
     fn on_sync_request(&mut self, from: ValidatorIndex, bytes: &[u8]) {
         let response = match SyncRequest::decode(bytes) {
             Ok(SyncRequest::Blocks { from: start, count }) => {
-                let count = u64::from(count).min(SYNC_BLOCKS_MAX as u64);
-                let mut blocks = Vec::new();
+                let count = usize::from(count).min(SYNC_BLOCKS_MAX);
+                let mut blocks: Vec<SyncedBlock> = Vec::new();
                 let mut size = 0;
-                for height in start.max(1)..start.saturating_add(count).min(self.log.height() + 1) {
+                // The limits are soft: the answer ends on a block with a commit proof (every
+                // commit's last block, so at the latest the log head), since the asker checks
+                // finality on the last block it gets.
+                for height in start.max(1)..=self.log.height() {
+                    let full = blocks.len() >= count || size >= SYNC_RESPONSE_BYTES_MAX;
+                    if full && blocks.last().is_some_and(|b| b.proof.is_some()) {
+                        break;
+                    }
                     match self.log.read(height) {
-                        Ok(b)
-                            if blocks.is_empty()
-                                || size + b.payload.len() <= SYNC_RESPONSE_BYTES_MAX =>
-                        {
+                        Ok(b) => {
                             size += b.payload.len();
                             blocks.push(b);
                         }
-                        Ok(_) => break,
                         Err(err) => fatal(&format!("reading the block log: {err}")),
                     }
                 }
@@ -861,7 +892,7 @@ impl Driver {
                 if self.wanted.as_ref().is_none_or(|w| w.hash != hash) {
                     return;
                 }
-                let Some(height) = self.commits.front().map(|c| c.block.height) else {
+                let Some(height) = self.commits.front().map(|(c, _)| c.block.height) else {
                     return;
                 };
                 match Payload::decode(bytes) {
@@ -898,7 +929,6 @@ impl Driver {
                 return;
             }
         };
-        let full = blocks.len() == SYNC_BLOCKS_MAX;
         let count = blocks.len();
         for (block, payload) in blocks.into_iter().zip(payloads) {
             self.commit(block, &payload);
@@ -907,11 +937,9 @@ impl Driver {
         self.prune();
         metrics::counter!(SYNC_BLOCKS_TOTAL).increment(count as u64);
         tracing::info!(target: "node::validator", height = self.log.height(), blocks = count, "synced finalized blocks");
-        if full {
-            self.ask_blocks(now_ms());
-        } else {
-            self.finish_sync();
-        }
+        // Until a peer has nothing more: an answer may be short of SYNC_BLOCKS_MAX (its size
+        // bound) and the chain grows meanwhile.
+        self.ask_blocks(now_ms());
     }
 }
 
@@ -921,15 +949,22 @@ enum SyncError {
     NotOurChain { height: u64 },
     #[error("block {height}: its certificate is for another block")]
     WrongCertificate { height: u64 },
-    #[error("certificate of block {height}: {reason}")]
-    BadCertificate { height: u64, reason: String },
+    #[error("block {height}: the last block of an answer needs a commit proof")]
+    NoCommitProof { height: u64 },
+    #[error("commit proof of block {height}: {source}")]
+    BadCommitProof {
+        height: u64,
+        source: kestrel_consensus::error::VerifyError,
+    },
     #[error("block {height}: payload: {reason}")]
     BadPayload { height: u64, reason: String },
 }
 
 /// Blocks from sync must extend `head` one by one (hash links), and the last must carry a valid
-/// quorum certificate: then every block below it is authenticated by the chain of hashes (each
-/// block's id covers its parent's QC). Returns the decoded payloads.
+/// commit proof: a certificate alone would let a peer serve a block that was certified but then
+/// abandoned. Every block below it is final too, authenticated by the chain of hashes (each
+/// block's id covers its parent's QC). Any other proof is checked as well, since it is logged
+/// and served to others. Returns the decoded payloads.
 fn verify_chain(
     head: &bft::CommittedBlock,
     blocks: &[SyncedBlock],
@@ -941,21 +976,22 @@ fn verify_chain(
         if height != parent.height + 1 || b.block.parent() != parent.id() {
             return Err(SyncError::NotOurChain { height });
         }
-        // A block's certificate is its child's QC; the last one's is checked below.
-        let certified = match blocks.get(i + 1) {
-            Some(child) => child.block.qc == b.qc,
-            None => b.qc.block_id == b.block.id() && b.qc.height == height,
+        // A block's certificate is its child's QC (the next block's, or the proof's).
+        let child = match (blocks.get(i + 1), &b.proof) {
+            (_, Some(proof)) => &proof.child,
+            (Some(next), None) => &next.block,
+            (None, None) => return Err(SyncError::NoCommitProof { height }),
         };
-        if !certified {
+        if child.qc != b.qc {
             return Err(SyncError::WrongCertificate { height });
+        }
+        if let Some(proof) = &b.proof {
+            proof
+                .verify(&b.block, set)
+                .map_err(|source| SyncError::BadCommitProof { height, source })?;
         }
         parent = b.block.clone();
     }
-    let last = blocks.last().expect("non-empty");
-    verify_qc(&last.qc, set).map_err(|reason| SyncError::BadCertificate {
-        height: last.block.height,
-        reason,
-    })?;
     blocks
         .iter()
         .map(|b| {
@@ -971,37 +1007,6 @@ fn verify_chain(
         .collect()
 }
 
-/// A QC is a quorum of vote signatures: each is checked as the vote it was.
-fn verify_qc(qc: &QuorumCert, set: &ValidatorSet) -> Result<(), String> {
-    let mut stake = 0u64;
-    let mut last = None;
-    let mut cache = CertCache::default();
-    for s in &qc.signatures {
-        if last.is_some_and(|l| s.signer <= l) {
-            return Err("signers not strictly increasing".into());
-        }
-        last = Some(s.signer);
-        let vote = Vote {
-            round: qc.round,
-            height: qc.height,
-            block_id: qc.block_id,
-            signer: s.signer,
-            signature: s.signature,
-        };
-        Unverified::new(Message::Vote(vote))
-            .verify(set, &mut cache)
-            .map_err(|e| e.to_string())?;
-        stake += set.stake(s.signer);
-    }
-    if stake < set.quorum_stake() {
-        return Err(format!(
-            "stake {stake} below the quorum {}",
-            set.quorum_stake()
-        ));
-    }
-    Ok(())
-}
-
 fn fatal(what: &str) -> ! {
     tracing::error!(target: "node::validator", "{what}; stopping");
     std::process::exit(1);
@@ -1010,7 +1015,7 @@ fn fatal(what: &str) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kestrel_consensus::bft::SignerSig;
+    use kestrel_consensus::bft::{QuorumCert, SignerSig, Vote};
 
     fn keys() -> Vec<ValidatorKey> {
         (1..=4u8)
@@ -1041,24 +1046,34 @@ mod tests {
         }
     }
 
-    /// Three blocks on genesis, each certified by the next one's QC, the last by `last_signers`.
-    fn chain(keys: &[ValidatorKey], last_signers: &[usize]) -> Vec<SyncedBlock> {
+    fn block(round: u64, height: u64, qc: QuorumCert, payload: &Payload) -> Block {
+        Block {
+            round: Round(round),
+            height,
+            author: ValidatorIndex((round % 4) as u16),
+            timestamp_ms: round * 1_000,
+            payload_hash: payload.hash(),
+            qc,
+            delayed_result: None,
+        }
+    }
+
+    /// Three blocks on genesis in rounds 1, 2, 3, each certified by the next one's QC; the last
+    /// with a commit proof: a child in `child_round` whose QC `child_signers` signed.
+    fn chain(keys: &[ValidatorKey], child_round: u64, child_signers: &[usize]) -> Vec<SyncedBlock> {
         let payload = Payload::build(Address::ZERO, 30_000_000, 1_000_000_000, Vec::new());
         let mut qc = QuorumCert::genesis();
         let mut blocks: Vec<Block> = Vec::new();
         for height in 1..=3u64 {
-            let block = Block {
-                round: Round(height),
-                height,
-                author: ValidatorIndex((height % 4) as u16),
-                timestamp_ms: height * 1_000,
-                payload_hash: payload.hash(),
-                qc: qc.clone(),
-                delayed_result: None,
-            };
-            qc = qc_for(&block, &[0, 1, 2], keys);
-            blocks.push(block);
+            let b = block(height, height, qc.clone(), &payload);
+            qc = qc_for(&b, &[0, 1, 2], keys);
+            blocks.push(b);
         }
+        let child = block(child_round, 4, qc, &payload);
+        let proof = CommitProof {
+            child_qc: qc_for(&child, child_signers, keys),
+            child,
+        };
         let n = blocks.len();
         blocks
             .iter()
@@ -1066,44 +1081,67 @@ mod tests {
             .map(|(i, b)| SyncedBlock {
                 block: b.clone(),
                 qc: match blocks.get(i + 1) {
-                    Some(child) => child.qc.clone(),
-                    None => qc_for(&blocks[n - 1], last_signers, keys),
+                    Some(next) => next.qc.clone(),
+                    None => proof.child.qc.clone(),
                 },
                 payload: payload.bytes().clone(),
+                proof: (i == n - 1).then(|| proof.clone()),
             })
             .collect()
     }
 
     #[test]
-    fn synced_blocks_need_a_quorum_certificate_and_hash_links_to_our_head() {
+    fn synced_blocks_need_a_commit_proof_and_hash_links_to_our_head() {
         let keys = keys();
         let set = set(&keys);
         let genesis = bft::CommittedBlock::genesis();
-        let good = chain(&keys, &[1, 2, 3]);
+        let good = chain(&keys, 4, &[1, 2, 3]);
         assert_eq!(verify_chain(&genesis, &good, &set).unwrap().len(), 3);
 
-        // Two of four signatures are not a quorum.
-        let weak = chain(&keys, &[0, 3]);
+        // Certified but not final: the child that certifies the last block is two rounds
+        // later (round 4 timed out), so another branch may have been finalized instead.
+        let abandoned = chain(&keys, 5, &[1, 2, 3]);
+        assert!(matches!(
+            verify_chain(&genesis, &abandoned, &set),
+            Err(SyncError::BadCommitProof { height: 3, .. })
+        ));
+        // Only a QC on the last block, as sync used to accept.
+        let mut certified_only = good.clone();
+        certified_only[2].proof = None;
+        assert!(matches!(
+            verify_chain(&genesis, &certified_only, &set),
+            Err(SyncError::NoCommitProof { height: 3 })
+        ));
+        // Two of four signatures on the child are not a quorum.
+        let weak = chain(&keys, 4, &[0, 3]);
         assert!(matches!(
             verify_chain(&genesis, &weak, &set),
-            Err(SyncError::BadCertificate { height: 3, .. })
+            Err(SyncError::BadCommitProof { height: 3, .. })
         ));
         // A signature by a key outside the set.
         let mut forged = good.clone();
         let outsider = ValidatorKey::new(secp256k1::SecretKey::from_byte_array(&[9; 32]).unwrap());
         assert!(set.index_of(&outsider.id()).is_none());
-        let last = forged[2].block.clone();
-        forged[2].qc.signatures[0].signature = Vote::new(
-            last.round,
-            last.height,
-            last.id(),
+        let proof = forged[2].proof.as_mut().unwrap();
+        let child = proof.child.clone();
+        proof.child_qc.signatures[0].signature = Vote::new(
+            child.round,
+            child.height,
+            child.id(),
             ValidatorIndex(1),
             &outsider,
         )
         .signature;
         assert!(matches!(
             verify_chain(&genesis, &forged, &set),
-            Err(SyncError::BadCertificate { .. })
+            Err(SyncError::BadCommitProof { .. })
+        ));
+        // The logged certificate must be the one the proof's child carries.
+        let mut other_qc = good.clone();
+        other_qc[2].qc = qc_for(&good[2].block, &[0, 1, 3], &keys);
+        assert!(matches!(
+            verify_chain(&genesis, &other_qc, &set),
+            Err(SyncError::WrongCertificate { height: 3 })
         ));
         // A tampered middle block breaks the hash chain to the certified top.
         let mut tampered = good.clone();

@@ -1,11 +1,15 @@
-//! Transaction forwarding. A validator that is not about to lead takes the pending transactions
-//! its RPC admitted out of its pool (they stay visible as in flight) and sends them to the other
-//! validators, whose ingress admits them like an RPC submission, so the next leader has them.
-//! Without it a transaction would wait for the validator that received it to lead.
+//! Transaction forwarding. A validator sends the transactions its RPC admitted to the leaders of
+//! the next few rounds (by the leader schedule), whose ingress admits them like an RPC
+//! submission, so the next leader has them. Without it a transaction would wait for the
+//! validator that received it to lead.
 
 use super::wire::{WireError, decode_all};
 use alloy_primitives::Bytes;
 use alloy_rlp::Encodable;
+use kestrel_consensus::{
+    Round,
+    bft::{ValidatorIndex, ValidatorSet},
+};
 use kestrel_pipeline::mempool::IngressHandle;
 use kestrel_types::RecoveredTx;
 use std::thread;
@@ -28,6 +32,23 @@ pub fn describe_metrics() {
         RECEIVED_TOTAL,
         "Forwarded transactions received from other validators, by result (admitted, refused, dropped)"
     );
+}
+
+/// The leaders of `round` and the `leaders` rounds after it, each once, without `me`.
+pub fn targets(
+    set: &ValidatorSet,
+    round: Round,
+    me: ValidatorIndex,
+    leaders: u64,
+) -> Vec<ValidatorIndex> {
+    let mut out = Vec::new();
+    for r in round.0..=round.0 + leaders {
+        let leader = set.leader(Round(r));
+        if leader != me && !out.contains(&leader) {
+            out.push(leader);
+        }
+    }
+    out
 }
 
 pub fn encode(txs: &[RecoveredTx]) -> Vec<u8> {
@@ -83,5 +104,36 @@ impl Admitter {
     pub fn shutdown(self) {
         drop(self.queue);
         let _ = self.thread.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kestrel_consensus::bft::ValidatorKey;
+
+    #[test]
+    fn forwarding_goes_to_the_next_leaders_only() {
+        let set = ValidatorSet::new(
+            (1..=7u8)
+                .map(|i| {
+                    let key = secp256k1::SecretKey::from_byte_array(&[i; 32]).unwrap();
+                    (ValidatorKey::new(key).id(), 1)
+                })
+                .collect(),
+        )
+        .unwrap();
+        let round = Round(10);
+        let expected: Vec<_> = (10..=13).map(|r| set.leader(Round(r))).collect();
+        let me = set.leader(Round(11));
+        let targets = targets(&set, round, me, 3);
+        assert_eq!(
+            targets,
+            expected
+                .into_iter()
+                .filter(|l| *l != me)
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(targets.len(), 3, "3 of the 6 others");
     }
 }

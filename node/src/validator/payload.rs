@@ -4,13 +4,20 @@
 
 use alloy_primitives::{Address, B256, Bytes, keccak256};
 use alloy_rlp::{Decodable, Encodable, RlpDecodable, RlpEncodable};
+use crossbeam_channel::{Receiver, Sender};
 use kestrel_consensus::bft::Block;
-use kestrel_pipeline::stages::ParentFees;
+use kestrel_pipeline::{
+    import::{ImportError, recover_senders},
+    stages::ParentFees,
+};
 use kestrel_types::{Proposal, RecoveredTx};
-use std::sync::Arc;
+use std::{sync::Arc, thread};
 
 /// Most transactions a payload may carry: a bound on work per block besides gas.
 pub const PAYLOAD_TXS_MAX: usize = 50_000;
+/// Received payloads waiting for the decoder thread; beyond it a proposal is dropped (its round
+/// times out, or its block arrives later by a certificate and sync).
+pub const DECODE_QUEUE_MAX: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PayloadError {
@@ -27,6 +34,8 @@ pub enum PayloadError {
         index: usize,
         source: kestrel_types::TxError,
     },
+    #[error(transparent)]
+    Sender(#[from] ImportError),
 }
 
 /// The encoding: an RLP list, transactions as their EIP-2718 bytes.
@@ -72,8 +81,9 @@ impl Payload {
         Self::from_parts(wire, txs, bytes.into())
     }
 
-    /// A payload received from a peer. Recovers every sender (~30 µs a transaction), so a block
-    /// whose payload decodes is one every validator can execute identically.
+    /// A payload received from a peer. Recovers every sender (~30 µs a transaction, on all
+    /// cores for large payloads), so a block whose payload decodes is one every validator can
+    /// execute identically.
     pub fn decode(bytes: Bytes) -> Result<Self, PayloadError> {
         let mut buf = &bytes[..];
         let wire = PayloadWire::decode(&mut buf)?;
@@ -83,16 +93,15 @@ impl Payload {
         if wire.txs.len() > PAYLOAD_TXS_MAX {
             return Err(PayloadError::TooManyTxs(wire.txs.len()));
         }
-        let txs = wire
+        let envelopes = wire
             .txs
             .iter()
             .enumerate()
             .map(|(index, raw)| {
-                RecoveredTx::decode(raw)
-                    .and_then(RecoveredTx::recover)
-                    .map_err(|source| PayloadError::Tx { index, source })
+                RecoveredTx::decode(raw).map_err(|source| PayloadError::Tx { index, source })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let txs = recover_senders(&envelopes)?;
         let payload = Self::from_parts(wire, txs, bytes);
         if payload.0.gas_committed > payload.0.gas_limit {
             return Err(PayloadError::GasOverLimit {
@@ -162,5 +171,91 @@ impl Payload {
             txs: self.0.txs.clone(),
             delayed_result: block.delayed_result,
         }
+    }
+}
+
+/// Why a received payload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Rejected {
+    #[error("payload hash differs from the block's")]
+    Hash,
+    #[error(transparent)]
+    Invalid(#[from] PayloadError),
+}
+
+/// Decodes received payloads on a thread of its own: sender recovery of a 10k-transaction
+/// payload takes a few hundred milliseconds, during which the consensus thread must keep
+/// voting, aggregating and timing out. `T` is what the caller needs back with the result.
+pub struct Decoder<T> {
+    requests: Sender<(T, B256, Bytes)>,
+    results: Receiver<(T, Result<Payload, Rejected>)>,
+    thread: thread::JoinHandle<()>,
+}
+
+impl<T: Send + 'static> Decoder<T> {
+    pub fn spawn() -> std::io::Result<Self> {
+        let (requests, inbox) = crossbeam_channel::bounded::<(T, B256, Bytes)>(DECODE_QUEUE_MAX);
+        let (done, results) = crossbeam_channel::bounded(DECODE_QUEUE_MAX);
+        let thread = thread::Builder::new()
+            .name("payload-decode".into())
+            .spawn(move || {
+                for (tag, hash, bytes) in inbox {
+                    let result = if keccak256(&bytes) == hash {
+                        Payload::decode(bytes).map_err(Rejected::from)
+                    } else {
+                        Err(Rejected::Hash)
+                    };
+                    if done.send((tag, result)).is_err() {
+                        break;
+                    }
+                }
+            })?;
+        Ok(Self {
+            requests,
+            results,
+            thread,
+        })
+    }
+
+    /// Queues the payload that should hash to `hash`; false (never blocks) when the queue is full.
+    pub fn submit(&self, tag: T, hash: B256, bytes: Bytes) -> bool {
+        self.requests.try_send((tag, hash, bytes)).is_ok()
+    }
+
+    /// Decoded payloads, in submission order.
+    pub fn results(&self) -> &Receiver<(T, Result<Payload, Rejected>)> {
+        &self.results
+    }
+
+    /// Stops the thread: it finishes the payload at hand and exits.
+    pub fn shutdown(self) {
+        let Self {
+            requests,
+            results,
+            thread,
+        } = self;
+        drop((requests, results));
+        let _ = thread.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decoder_checks_the_hash_and_decodes_off_thread() {
+        let decoder = Decoder::spawn().unwrap();
+        let payload = Payload::build(Address::ZERO, 30_000_000, 7, Vec::new());
+        assert!(decoder.submit(1, payload.hash(), payload.bytes().clone()));
+        assert!(decoder.submit(2, B256::ZERO, payload.bytes().clone()));
+        assert!(decoder.submit(3, keccak256(b"\xc0"), Bytes::from_static(b"\xc0")));
+        let (tag, result) = decoder.results().recv().unwrap();
+        assert_eq!((tag, result.unwrap().base_fee()), (1, 7));
+        let (tag, result) = decoder.results().recv().unwrap();
+        assert!(tag == 2 && matches!(result, Err(Rejected::Hash)));
+        let (tag, result) = decoder.results().recv().unwrap();
+        assert!(tag == 3 && matches!(result, Err(Rejected::Invalid(_))));
+        decoder.shutdown();
     }
 }

@@ -265,6 +265,7 @@ mod tests {
                     },
                     block,
                     payload: Bytes::from(vec![height as u8; 10]),
+                    proof: None,
                 }
             })
             .collect()

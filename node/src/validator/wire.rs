@@ -4,7 +4,7 @@
 
 use alloy_primitives::{B256, Bytes};
 use alloy_rlp::{Decodable, Encodable, RlpDecodable, RlpEncodable};
-use kestrel_consensus::bft::{Block, CommittedBlock, QuorumCert};
+use kestrel_consensus::bft::{Block, CommitProof, CommittedBlock, QuorumCert};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -68,12 +68,15 @@ impl ConsensusEnvelope {
 }
 
 /// A finalized block as block sync and the chain log carry it: the block, a certificate for it,
-/// and its payload.
+/// its payload and, for the last block of each commit, the proof that it is final (its
+/// ancestors in the same commit are final by the hash chain up to it).
 #[derive(Debug, Clone, PartialEq, Eq, RlpEncodable, RlpDecodable)]
+#[rlp(trailing)]
 pub struct SyncedBlock {
     pub block: Block,
     pub qc: QuorumCert,
     pub payload: Bytes,
+    pub proof: Option<CommitProof>,
 }
 
 impl SyncedBlock {
@@ -197,9 +200,17 @@ mod tests {
             block: Block::genesis(),
             qc: QuorumCert::genesis(),
             payload: Bytes::from_static(b"p"),
+            proof: None,
+        };
+        let with_proof = SyncedBlock {
+            proof: Some(CommitProof {
+                child: Block::genesis(),
+                child_qc: QuorumCert::genesis(),
+            }),
+            ..block.clone()
         };
         for resp in [
-            SyncResponse::Blocks(vec![block.clone(), block]),
+            SyncResponse::Blocks(vec![block.clone(), with_proof, block]),
             SyncResponse::Payload(Bytes::from_static(b"xyz")),
         ] {
             assert_eq!(SyncResponse::decode(&resp.encode()).unwrap(), resp);

@@ -4,6 +4,11 @@
 //! *pending* (executable), the rest is *queued* (waiting for a gap to fill). Ordering takes pending
 //! transactions by tip; a taken transaction is *in flight* until the block holding it commits.
 //!
+//! With several validators a proposal is not final when made: the transactions of any leader's
+//! proposal are in flight here too ([`TxPool::on_proposed`]), a finalized block advances its
+//! senders' nonces ([`TxPool::on_finalized`]), and the transactions of proposals that lost
+//! (another block was finalized at their height) come back to the pool.
+//!
 //! Limits: [`POOL_TXS_MAX`] transactions in all, [`SENDER_TXS_MAX`] per sender. When the pool is
 //! full, a new transaction evicts the queued transaction with the highest nonce of the sender with
 //! the most queued ones; if nothing is queued, the new transaction is refused (`txpool is full`).
@@ -20,7 +25,7 @@ use alloy_consensus::Transaction;
 use alloy_primitives::{Address, B256, map::HashMap};
 use kestrel_types::{BlockNumber, RecoveredTx};
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, BinaryHeap};
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
 /// Most transactions the pool holds.
 pub const POOL_TXS_MAX: usize = 500_000;
@@ -28,14 +33,20 @@ pub const POOL_TXS_MAX: usize = 500_000;
 pub const SENDER_TXS_MAX: usize = 4_096;
 /// A replacement must raise both fee cap and tip by this many percent.
 pub const REPLACE_BUMP_PERCENT: u128 = 10;
+/// Admitted transactions remembered for [`TxPool::take_fresh`]; beyond it the oldest are
+/// forgotten (they stay in the pool, only they are not forwarded).
+pub const FRESH_TXS_MAX: usize = 65_536;
 
 #[derive(Debug, Default)]
 struct SenderQueue {
     /// The next nonce ordering will take from this sender.
     next_nonce: u64,
     txs: BTreeMap<u64, RecoveredTx>,
-    /// Last proposed block holding one of this sender's transactions, until it commits.
+    /// Highest proposed block holding one of this sender's transactions, until it commits.
     in_flight_until: Option<BlockNumber>,
+    /// The nonce after this sender's last finalized transaction: an abandoned proposal's
+    /// transaction below it is stale and does not come back.
+    finalized_next: u64,
 }
 
 impl SenderQueue {
@@ -48,12 +59,23 @@ impl SenderQueue {
     }
 }
 
+#[derive(Debug)]
+struct InFlight {
+    /// The highest block proposed with it, or the block that finalized it.
+    number: BlockNumber,
+    tx: RecoveredTx,
+    finalized: bool,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     by_hash: HashMap<B256, Address>,
     senders: HashMap<Address, SenderQueue>,
-    /// Transactions taken into a proposal, until that block commits (so RPC can still find them).
-    in_flight: HashMap<B256, (BlockNumber, RecoveredTx)>,
+    /// Transactions in a proposal, until that block commits (so RPC can still find them) or
+    /// loses (then they come back).
+    in_flight: HashMap<B256, InFlight>,
+    /// Admitted since the last `take_fresh`, oldest first: sender, nonce, hash.
+    fresh: VecDeque<(Address, u64, B256)>,
 }
 
 impl Inner {
@@ -65,6 +87,64 @@ impl Inner {
             self.senders.remove(&sender);
         }
         Some(tx)
+    }
+
+    /// `tx` is in a proposal for block `number` (`finalized`: a final one): it leaves the queue,
+    /// and its sender's next nonce moves past it.
+    fn mark_in_flight(&mut self, number: BlockNumber, tx: &RecoveredTx, finalized: bool) {
+        let (sender, nonce, hash) = (tx.sender(), tx.nonce(), tx.hash());
+        let queue = self.senders.entry(sender).or_default();
+        queue.next_nonce = queue.next_nonce.max(nonce + 1);
+        queue.in_flight_until = Some(queue.in_flight_until.map_or(number, |n| n.max(number)));
+        if finalized {
+            queue.finalized_next = queue.finalized_next.max(nonce + 1);
+            // Included, or replaced by what was included: either way stale now.
+            let stale: Vec<u64> = queue.txs.range(..=nonce).map(|(n, _)| *n).collect();
+            for n in stale {
+                self.remove_tx(sender, n);
+            }
+        } else if self.senders[&sender]
+            .txs
+            .get(&nonce)
+            .is_some_and(|t| t.hash() == hash)
+        {
+            self.remove_tx(sender, nonce);
+        }
+        let entry = self.in_flight.entry(hash).or_insert_with(|| InFlight {
+            number,
+            tx: tx.clone(),
+            finalized,
+        });
+        if finalized {
+            (entry.number, entry.finalized) = (number, true);
+        } else if !entry.finalized {
+            entry.number = entry.number.max(number);
+        }
+    }
+
+    /// An abandoned proposal's transaction goes back to its sender's queue, unless a finalized
+    /// transaction or a newer one took its nonce, or the pool is full.
+    fn put_back(&mut self, tx: RecoveredTx) {
+        let (sender, nonce, hash) = (tx.sender(), tx.nonce(), tx.hash());
+        let full = self.by_hash.len() >= POOL_TXS_MAX;
+        let queue = self.senders.entry(sender).or_default();
+        if nonce < queue.finalized_next || queue.txs.contains_key(&nonce) || full {
+            if queue.txs.is_empty() && queue.in_flight_until.is_none() {
+                self.senders.remove(&sender);
+            }
+            return;
+        }
+        queue.next_nonce = queue.next_nonce.min(nonce);
+        queue.txs.insert(nonce, tx);
+        self.by_hash.insert(hash, sender);
+        metrics::counter!("kestrel_mempool_returned_total").increment(1);
+    }
+
+    fn remember_fresh(&mut self, sender: Address, nonce: u64, hash: B256) {
+        if self.fresh.len() >= FRESH_TXS_MAX {
+            self.fresh.pop_front();
+        }
+        self.fresh.push_back((sender, nonce, hash));
     }
 
     /// Makes room for one transaction when full; false if nothing can be evicted.
@@ -109,8 +189,8 @@ impl TxPool {
     /// A transaction waiting in the pool or in a proposed block that has not committed yet.
     pub fn get(&self, hash: &B256) -> Option<RecoveredTx> {
         let inner = self.inner.lock();
-        if let Some((_, tx)) = inner.in_flight.get(hash) {
-            return Some(tx.clone());
+        if let Some(f) = inner.in_flight.get(hash) {
+            return Some(f.tx.clone());
         }
         let sender = inner.by_hash.get(hash)?;
         inner.senders[sender]
@@ -162,10 +242,11 @@ impl TxPool {
             if !is_sufficient_bump(old, &tx) {
                 return Err(PoolError::ReplacementUnderpriced);
             }
-            let old_hash = old.hash();
-            queue.txs.insert(tx.nonce(), tx);
+            let (old_hash, nonce) = (old.hash(), tx.nonce());
+            queue.txs.insert(nonce, tx);
             inner.by_hash.remove(&old_hash);
             inner.by_hash.insert(hash, sender);
+            inner.remember_fresh(sender, nonce, hash);
             metrics::counter!("kestrel_mempool_replaced_total").increment(1);
             return Ok(hash);
         }
@@ -176,8 +257,10 @@ impl TxPool {
             return Err(PoolError::PoolFull);
         }
         let queue = inner.senders.entry(sender).or_default();
-        queue.txs.insert(tx.nonce(), tx);
+        let nonce = tx.nonce();
+        queue.txs.insert(nonce, tx);
         inner.by_hash.insert(hash, sender);
+        inner.remember_fresh(sender, nonce, hash);
         metrics::counter!("kestrel_mempool_admitted_total").increment(1);
         Ok(hash)
     }
@@ -216,7 +299,7 @@ impl TxPool {
             }
             gas_left -= gas;
             queue.next_nonce += 1;
-            queue.in_flight_until = Some(number);
+            queue.in_flight_until = Some(queue.in_flight_until.map_or(number, |n| n.max(number)));
             if let Some(next) = queue.txs.get(&queue.next_nonce)
                 && let Some(t) = tip(next, base_fee)
             {
@@ -224,10 +307,65 @@ impl TxPool {
             }
             let tx = queue.txs.remove(&nonce).expect("head tx exists");
             inner.by_hash.remove(&tx.hash());
-            inner.in_flight.insert(tx.hash(), (number, tx.clone()));
+            inner.in_flight.insert(
+                tx.hash(),
+                InFlight {
+                    number,
+                    tx: tx.clone(),
+                    finalized: false,
+                },
+            );
             taken.push(tx);
         }
         taken
+    }
+
+    /// Another validator proposed block `number` with `txs`: in flight here too, as if taken,
+    /// so this node neither proposes them again nor waits on their nonces.
+    pub fn on_proposed(&self, number: BlockNumber, txs: &[RecoveredTx]) {
+        let mut inner = self.inner.lock();
+        for tx in txs {
+            inner.mark_in_flight(number, tx, false);
+        }
+    }
+
+    /// Block `number` is final with `txs` (ahead of its execution): every sender in it moves
+    /// past its transactions, which leave the pool with any stale ones. Proposals for `number`
+    /// or below that were not finalized lost: their transactions come back to the pool.
+    pub fn on_finalized(&self, number: BlockNumber, txs: &[RecoveredTx]) {
+        let mut inner = self.inner.lock();
+        for tx in txs {
+            inner.mark_in_flight(number, tx, true);
+        }
+        let lost: Vec<RecoveredTx> = inner
+            .in_flight
+            .extract_if(|_, f| !f.finalized && f.number <= number)
+            .map(|(_, f)| f.tx)
+            .collect();
+        for tx in lost {
+            inner.put_back(tx);
+        }
+    }
+
+    /// Up to `max` transactions admitted since the last call and still waiting in the pool,
+    /// oldest first (to forward them to the next leaders).
+    pub fn take_fresh(&self, max: usize) -> Vec<RecoveredTx> {
+        let mut inner = self.inner.lock();
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some((sender, nonce, hash)) = inner.fresh.pop_front() else {
+                break;
+            };
+            if let Some(tx) = inner
+                .senders
+                .get(&sender)
+                .and_then(|q| q.txs.get(&nonce))
+                .filter(|tx| tx.hash() == hash)
+            {
+                out.push(tx.clone());
+            }
+        }
+        out
     }
 
     /// Block `number` is committed: senders whose last in-flight block it was go back to their
@@ -235,7 +373,7 @@ impl TxPool {
     /// dropped at execution; transactions below that nonce are gone for good.
     pub fn on_committed(&self, number: BlockNumber, mut nonce_of: impl FnMut(Address) -> u64) {
         let mut inner = self.inner.lock();
-        inner.in_flight.retain(|_, (n, _)| *n > number);
+        inner.in_flight.retain(|_, f| f.number > number);
         let done: Vec<Address> = inner
             .senders
             .iter()
@@ -411,5 +549,99 @@ mod tests {
         pool.on_committed(8, |_| 2);
         assert_eq!(pool.size(), PoolSize::default());
         assert_eq!(pool.pending_nonce(sender), None);
+    }
+
+    #[test]
+    fn finalized_blocks_advance_every_sender_in_them() {
+        let pool = TxPool::new();
+        let (s0, s1) = (signed(5, 0, 1, 100), signed(5, 1, 1, 100));
+        let sender = s0.sender();
+        // A replacement of nonce 1 waits here; another leader's block with nonce 0 and 1 is
+        // final before this node executed it (the state nonce is still 0).
+        pool.insert(signed(5, 1, 2, 200), 0).unwrap();
+        pool.on_finalized(3, &[s0.clone(), s1.clone()]);
+        assert_eq!(pool.tracked_next_nonce(sender), Some(2));
+        assert_eq!(
+            pool.size(),
+            PoolSize::default(),
+            "the stale replacement is gone"
+        );
+        assert_eq!(pool.insert(s1.clone(), 0), Err(PoolError::NonceTooLow));
+        assert_eq!(pool.get(&s1.hash()), Some(s1), "visible until executed");
+        pool.insert(signed(5, 2, 1, 100), 0).unwrap();
+        assert_eq!(pool.take_block(4, 1_000_000, 1, 10).len(), 1);
+        // Executed: the state nonce takes over.
+        pool.on_committed(3, |_| 2);
+        assert_eq!(pool.get(&s0.hash()), None);
+        assert_eq!(pool.tracked_next_nonce(sender), Some(3));
+    }
+
+    #[test]
+    fn other_leaders_proposals_are_in_flight_here() {
+        let pool = TxPool::new();
+        let (a0, a1, b0) = (
+            signed(6, 0, 1, 100),
+            signed(6, 1, 1, 100),
+            signed(7, 0, 1, 100),
+        );
+        for tx in [&a0, &a1, &b0] {
+            pool.insert(tx.clone(), 0).unwrap();
+        }
+        pool.on_proposed(2, std::slice::from_ref(&a0));
+        // Not proposed again; the sender's next transaction is not stuck behind it.
+        let taken = pool.take_block(3, 1_000_000, 1, 10);
+        assert_eq!(taken.len(), 2);
+        assert!(taken.contains(&a1) && taken.contains(&b0));
+        assert_eq!(pool.size(), PoolSize::default());
+        assert_eq!(pool.get(&a0.hash()), Some(a0));
+    }
+
+    #[test]
+    fn abandoned_proposals_come_back_to_the_pool() {
+        let pool = TxPool::new();
+        let (a0, a1, b0) = (
+            signed(8, 0, 1, 100),
+            signed(8, 1, 1, 100),
+            signed(9, 0, 1, 100),
+        );
+        let c0 = signed(10, 0, 1, 100);
+        for tx in [&a0, &a1, &b0] {
+            pool.insert(tx.clone(), 0).unwrap();
+        }
+        // This node proposed a0, a1 and b0 for height 4; another leader's proposal for height 5
+        // on it carried c0.
+        assert_eq!(pool.take_block(4, 1_000_000, 1, 10).len(), 3);
+        pool.on_proposed(5, std::slice::from_ref(&c0));
+        // Another block at height 4 won, and it holds b0 too.
+        pool.on_finalized(4, std::slice::from_ref(&b0));
+        assert_eq!(
+            pool.size(),
+            PoolSize {
+                pending: 2,
+                queued: 0
+            },
+            "a0 and a1 are back, b0 is final"
+        );
+        assert_eq!(pool.pending_nonce(a0.sender()), Some(2));
+        // Height 5 is finalized without c0: it comes back too, even to a pool that never
+        // admitted it.
+        pool.on_finalized(5, &[]);
+        assert_eq!(pool.take_block(6, 1_000_000, 1, 10).len(), 3);
+        // Proposed again and final this time: nothing comes back.
+        pool.on_finalized(6, &[a0, a1, c0]);
+        assert_eq!(pool.size(), PoolSize::default());
+    }
+
+    #[test]
+    fn fresh_transactions_are_handed_out_once() {
+        let pool = TxPool::new();
+        let (a0, b0) = (signed(11, 0, 1, 100), signed(12, 0, 1, 100));
+        pool.insert(a0.clone(), 0).unwrap();
+        pool.insert(b0.clone(), 0).unwrap();
+        assert_eq!(pool.take_fresh(1), vec![a0.clone()]);
+        // Taken into a block meanwhile: no longer waiting, not handed out.
+        pool.take_block(1, 1_000_000, 1, 10);
+        assert_eq!(pool.take_fresh(10), vec![]);
+        assert_eq!(pool.get(&b0.hash()), Some(b0));
     }
 }
