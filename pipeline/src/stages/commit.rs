@@ -60,15 +60,16 @@ impl CommitStage {
         self.state.overlay.remove_through(number);
         self.hashes.insert(number, sealed.hash);
         ChainStatus::set(&self.status.committed, number);
-        let state = &self.state;
-        self.pool.on_committed(number, |sender| {
-            state
-                .with_view(|v| v.account(sender))
-                .ok()
-                .and_then(Result::ok)
-                .flatten()
-                .map_or(0, |a| a.nonce)
+        // One view for all senders: a view per sender (a read transaction, its tables and an
+        // overlay snapshot) cost thousands of them per block.
+        let viewed = self.state.with_view(|view| {
+            self.pool.on_committed(number, |sender| {
+                view.account(sender).ok().flatten().map_or(0, |a| a.nonce)
+            });
         });
+        if let Err(err) = viewed {
+            tracing::error!(target: "pipeline::commit", number, %err, "state unreadable: pool nonces not advanced");
+        }
         metrics::gauge!("kestrel_chain_committed_block").set(number as f64);
         // Ordering gone means shutdown; the result is then not needed.
         let _ = self.results.send(sealed.result());
