@@ -163,6 +163,8 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
         .thread_name("rpc")
         .build()?;
     let rpc_addr = SocketAddr::new(args.http_addr, args.http_port);
+    // `/health` judges the head's age in block intervals.
+    let block_time_ms = args.block_time_ms;
     runtime.block_on(async {
         let ctx = kestrel_rpc::RpcContext {
             store: store.clone(),
@@ -173,6 +175,7 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
         };
         let config = kestrel_rpc::RpcConfig {
             addr: rpc_addr,
+            block_time_ms,
             ..Default::default()
         };
         let (bound, server) = kestrel_rpc::start(config, ctx)

@@ -113,7 +113,11 @@ pub fn describe_metrics() {
     );
     describe_histogram!(
         "kestrel_commit_block_seconds",
-        "Time to write and durably commit one block"
+        "Time to write the blocks of one write transaction and durably commit it"
+    );
+    describe_histogram!(
+        "kestrel_commit_group_blocks",
+        "Blocks committed in one write transaction (more than one when blocks queue up)"
     );
     describe_gauge!(
         "kestrel_chain_committed_block",

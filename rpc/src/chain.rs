@@ -12,6 +12,7 @@ use alloy_rlp::Encodable;
 use alloy_rpc_types_eth::{Block, BlockTransactions, Header, Log, Transaction, TransactionReceipt};
 use kestrel_storage::{ChainView, StorageError};
 use kestrel_types::{BlockNumber, RecoveredTx, SealedBlock};
+use std::sync::Arc;
 
 /// The committed head.
 pub(crate) fn head(chain: &impl ChainView) -> Result<BlockNumber, RpcError> {
@@ -62,7 +63,7 @@ pub(crate) fn check_state_block(
 pub(crate) fn find_block(
     chain: &impl ChainView,
     id: BlockId,
-) -> Result<Option<SealedBlock>, RpcError> {
+) -> Result<Option<Arc<SealedBlock>>, RpcError> {
     let head = head(chain)?;
     Ok(match block_number(chain, id, head)? {
         Some(n) => chain.block(n)?,
@@ -207,7 +208,7 @@ fn rpc_receipt_at(block: &SealedBlock, index: usize, first_log_index: u64) -> Tr
 pub(crate) fn find_transaction(
     chain: &impl ChainView,
     hash: B256,
-) -> Result<Option<(SealedBlock, usize)>, RpcError> {
+) -> Result<Option<(Arc<SealedBlock>, usize)>, RpcError> {
     let Some((number, index)) = chain.tx_location(hash)? else {
         return Ok(None);
     };

@@ -59,7 +59,7 @@ pub(crate) fn fee_history(
                 .as_mut()
                 .expect("set with percentiles")
                 .push(rewards);
-            block.header
+            block.header.clone()
         } else {
             chain.header(number)?.ok_or(RpcError::HeaderNotFound)?
         };

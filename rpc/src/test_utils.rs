@@ -9,7 +9,7 @@ use alloy_primitives::{
 };
 use kestrel_storage::{ChainView, StateView, StorageError};
 use kestrel_types::{AccountInfo, BlockNumber, RecoveredTx, SealedBlock};
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 pub const GAS_LIMIT: u64 = 30_000_000;
 pub const BASE_FEE: u64 = 1_000_000_000;
@@ -139,8 +139,8 @@ impl ChainView for FakeChain {
             .position(|b| b.hash == hash)
             .map(|n| n as u64))
     }
-    fn block(&self, number: BlockNumber) -> Result<Option<SealedBlock>, StorageError> {
-        Ok(self.blocks.get(number as usize).cloned())
+    fn block(&self, number: BlockNumber) -> Result<Option<Arc<SealedBlock>>, StorageError> {
+        Ok(self.blocks.get(number as usize).cloned().map(Arc::new))
     }
     fn receipts(&self, number: BlockNumber) -> Result<Option<Vec<ReceiptEnvelope>>, StorageError> {
         Ok(self.blocks.get(number as usize).map(|b| b.receipts.clone()))

@@ -17,7 +17,7 @@ mod tests;
 
 pub use error::StorageError;
 pub use genesis::{genesis_changes, genesis_header, state_root_from_alloc};
-pub use overlay::{Overlay, OverlayView};
+pub use overlay::{Layer, Overlay, OverlayView};
 
 use crate::{
     codec::AccountRecord,
@@ -33,7 +33,8 @@ use libmdbx::{
     Database, DatabaseOptions, Mode, RO, RW, ReadWriteOptions, SyncMode, Table, Transaction,
     TransactionKind, WriteFlags,
 };
-use std::{borrow::Cow, collections::BTreeMap, path::Path, time::Instant};
+use parking_lot::Mutex;
+use std::{borrow::Cow, collections::BTreeMap, path::Path, sync::Arc, time::Instant};
 
 /// Reads of account state. Implemented by a database snapshot, by the overlay, and by test fakes.
 /// `Sync`: the parallel executor's threads read the block's starting state directly.
@@ -51,8 +52,9 @@ pub trait ChainView {
     fn header(&self, number: BlockNumber) -> Result<Option<Header>, StorageError>;
     fn block_hash(&self, number: BlockNumber) -> Result<Option<B256>, StorageError>;
     fn block_number(&self, hash: B256) -> Result<Option<BlockNumber>, StorageError>;
-    /// Header, transactions (with senders) and receipts.
-    fn block(&self, number: BlockNumber) -> Result<Option<SealedBlock>, StorageError>;
+    /// Header, transactions (with senders) and receipts. Shared: a block of 10k transactions
+    /// costs milliseconds to decode, and clients ask for the same recent blocks over and over.
+    fn block(&self, number: BlockNumber) -> Result<Option<Arc<SealedBlock>>, StorageError>;
     fn receipts(&self, number: BlockNumber) -> Result<Option<Vec<ReceiptEnvelope>>, StorageError>;
     /// Block number and index of a committed transaction.
     fn tx_location(&self, hash: B256) -> Result<Option<(BlockNumber, u32)>, StorageError>;
@@ -85,15 +87,41 @@ pub enum Durability {
     Unsynced,
 }
 
+/// Decoded blocks kept for readers (see [`BlockCache`]).
+const CACHED_BLOCKS_MAX: usize = 32;
+
 /// The database. Cheap to share behind an `Arc`; many readers, one writer at a time.
 pub struct Store {
     db: Database<Env>,
+    blocks: BlockCache,
+}
+
+/// The most recent decoded blocks, by number. A committed block never changes (only finalized
+/// blocks are written), so an entry stays valid for every later snapshot. Blocks older than every
+/// cached one are not kept: a scan over old blocks would otherwise evict the recent ones that
+/// followers and receipt pollers ask for.
+#[derive(Default)]
+struct BlockCache(Mutex<BTreeMap<BlockNumber, Arc<SealedBlock>>>);
+
+impl BlockCache {
+    fn get(&self, number: BlockNumber) -> Option<Arc<SealedBlock>> {
+        self.0.lock().get(&number).cloned()
+    }
+
+    fn insert(&self, block: Arc<SealedBlock>) {
+        let mut blocks = self.0.lock();
+        blocks.insert(block.header.number, block);
+        if blocks.len() > CACHED_BLOCKS_MAX {
+            blocks.pop_first();
+        }
+    }
 }
 
 /// A consistent read snapshot (one MDBX read transaction).
 pub struct Reader<'s> {
     txn: &'s Transaction<'s, RO, Env>,
     tables: Tables<'s>,
+    blocks: &'s BlockCache,
 }
 
 /// One block's write transaction: state, trie and block data commit atomically. Dropping it
@@ -154,7 +182,10 @@ impl Store {
         let txn = db.begin_rw_txn()?;
         tables::create_all(&txn)?;
         txn.commit()?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            blocks: BlockCache::default(),
+        })
     }
 
     /// Writes the genesis block and state if the database is empty; otherwise checks that the
@@ -167,7 +198,8 @@ impl Store {
                 return Err(StorageError::GenesisMismatch { stored, expected });
             }
             let block = self.view(|r| r.block(0))??;
-            return Ok(block.expect("genesis hash is stored, so is its block"));
+            let block = block.expect("genesis hash is stored, so is its block");
+            return Ok(Arc::unwrap_or_clone(block));
         }
         let mut writer = self.begin_block()?;
         let root = writer.apply_state(&genesis::genesis_changes(spec))?;
@@ -192,6 +224,7 @@ impl Store {
         let reader = Reader {
             txn: &txn,
             tables: Tables::open(&txn)?,
+            blocks: &self.blocks,
         };
         Ok(f(&reader))
     }
@@ -285,7 +318,10 @@ impl ChainView for Reader<'_> {
             .transpose()
     }
 
-    fn block(&self, number: BlockNumber) -> Result<Option<SealedBlock>, StorageError> {
+    fn block(&self, number: BlockNumber) -> Result<Option<Arc<SealedBlock>>, StorageError> {
+        if let Some(block) = self.blocks.get(number) {
+            return Ok(Some(block));
+        }
         let Some(header) = self.header(number)? else {
             return Ok(None);
         };
@@ -304,12 +340,14 @@ impl ChainView for Reader<'_> {
         let receipts = self
             .receipts(number)?
             .ok_or_else(|| missing(tables::RECEIPTS))?;
-        Ok(Some(SealedBlock {
+        let block = Arc::new(SealedBlock {
             hash,
             header,
             txs,
             receipts,
-        }))
+        });
+        self.blocks.insert(block.clone());
+        Ok(Some(block))
     }
 
     fn receipts(&self, number: BlockNumber) -> Result<Option<Vec<ReceiptEnvelope>>, StorageError> {

@@ -1,7 +1,10 @@
 //! Executed-but-uncommitted blocks, newest last. Reads fall through newest → oldest → database.
 
 use crate::{StateView, StorageError};
-use alloy_primitives::{Address, B256, Bytes, U256};
+use alloy_primitives::{
+    Address, B256, Bytes, U256,
+    map::{AddressHashMap, B256HashMap, HashMap},
+};
 use kestrel_types::{AccountInfo, BlockNumber, StateChanges};
 use parking_lot::RwLock;
 use std::sync::Arc;
@@ -9,12 +12,56 @@ use std::sync::Arc;
 /// Shared between the execution stage (pushes) and the commit stage (removes after commit).
 #[derive(Default)]
 pub struct Overlay {
-    layers: RwLock<Vec<(BlockNumber, Arc<StateChanges>)>>,
+    layers: RwLock<Vec<(BlockNumber, Arc<Layer>)>>,
+}
+
+/// One executed block's changes, hashed for reads. Every read of the latest state (execution,
+/// ingress checks, the pool) probes each uncommitted block in turn, and when blocks queue up
+/// behind the commit thread a B-tree walk per block cost more than the read itself.
+#[derive(Debug, Default)]
+pub struct Layer {
+    /// `None`: the account no longer exists.
+    accounts: AddressHashMap<Option<AccountInfo>>,
+    storage: AddressHashMap<LayerStorage>,
+    codes: B256HashMap<Bytes>,
+}
+
+#[derive(Debug, Default)]
+struct LayerStorage {
+    /// Slots not listed read as zero (storage cleared before the listed writes).
+    wiped: bool,
+    slots: HashMap<U256, U256>,
+}
+
+impl Layer {
+    pub fn new(changes: &StateChanges) -> Self {
+        Self {
+            accounts: changes
+                .accounts
+                .iter()
+                .map(|(a, info)| (*a, *info))
+                .collect(),
+            storage: changes
+                .storage
+                .iter()
+                .map(|(address, change)| {
+                    let slots = change.slots.iter().map(|(k, v)| (*k, *v)).collect();
+                    let storage = LayerStorage {
+                        wiped: change.wiped,
+                        slots,
+                    };
+                    (*address, storage)
+                })
+                .collect(),
+            codes: changes.codes.iter().map(|(h, c)| (*h, c.clone())).collect(),
+        }
+    }
 }
 
 impl Overlay {
-    pub fn push(&self, number: BlockNumber, changes: Arc<StateChanges>) {
-        self.layers.write().push((number, changes));
+    pub fn push(&self, number: BlockNumber, changes: &StateChanges) {
+        let layer = Arc::new(Layer::new(changes));
+        self.layers.write().push((number, layer));
     }
     /// Drops layers of blocks up to and including `number`; call only after they are committed.
     pub fn remove_through(&self, number: BlockNumber) {
@@ -22,7 +69,7 @@ impl Overlay {
     }
     /// Take the snapshot BEFORE opening the database snapshot: then a block missing here is
     /// already visible in the database.
-    pub fn snapshot(&self) -> Vec<Arc<StateChanges>> {
+    pub fn snapshot(&self) -> Vec<Arc<Layer>> {
         self.layers.read().iter().map(|(_, c)| c.clone()).collect()
     }
     pub fn len(&self) -> usize {
@@ -35,7 +82,7 @@ impl Overlay {
 
 /// A state view of `layers` (oldest first) over `base`.
 pub struct OverlayView<'a, V> {
-    pub layers: &'a [Arc<StateChanges>],
+    pub layers: &'a [Arc<Layer>],
     pub base: &'a V,
 }
 

@@ -8,7 +8,10 @@ use alloy_primitives::B256;
 use crossbeam_channel::{Receiver, Sender};
 use kestrel_storage::{ChainView, StorageError};
 use kestrel_types::{ExecutedBlock, ExecutionResult, Proposal, SealedBlock};
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 pub struct CommitStage {
     pub state: LatestState,
@@ -21,61 +24,92 @@ pub struct CommitStage {
     pub parent_hash: B256,
 }
 
+/// Most blocks committed in one write transaction. When blocks queue up behind the commit
+/// thread, one durable flush serves all of them (a flush costs as much as the state root of a
+/// few thousand accounts); the cap bounds how long the first of them waits to be served.
+const COMMIT_GROUP_MAX: usize = 8;
+
 impl CommitStage {
     /// Runs until execution hangs up and every executed block is committed.
     pub fn run(mut self) {
-        while let Ok((block, proposal)) = self.executed.recv() {
-            let number = block.header.number;
-            let sealed = match self.commit(block) {
-                Ok(sealed) => sealed,
+        while let Ok(first) = self.executed.recv() {
+            let mut group = vec![first];
+            group.extend(self.executed.try_iter().take(COMMIT_GROUP_MAX - 1));
+            let (first, last) = (
+                group[0].0.header.number,
+                group[group.len() - 1].0.header.number,
+            );
+            let committed = match self.commit(group) {
+                Ok(committed) => committed,
                 Err(err) => {
                     // A block we cannot persist must not be acknowledged; stop rather than diverge.
-                    tracing::error!(target: "pipeline::commit", number, %err, "commit failed");
-                    panic!("commit of block {number} failed: {err}");
+                    tracing::error!(target: "pipeline::commit", first, last, %err, "commit failed");
+                    panic!("commit of blocks {first}..={last} failed: {err}");
                 }
             };
-            self.check_delayed_result(&proposal);
-            self.parent_hash = sealed.hash;
-            self.state.overlay.remove_through(number);
-            self.hashes.insert(number, sealed.hash);
-            ChainStatus::set(&self.status.committed, number);
-            let state = &self.state;
-            self.pool.on_committed(number, |sender| {
-                state
-                    .with_view(|v| v.account(sender))
-                    .ok()
-                    .and_then(Result::ok)
-                    .flatten()
-                    .map_or(0, |a| a.nonce)
-            });
-            metrics::gauge!("kestrel_chain_committed_block").set(number as f64);
-            // Ordering gone means shutdown; the result is then not needed.
-            let _ = self.results.send(sealed.result());
-            tracing::info!(target: "pipeline::commit", number, hash = %sealed.hash, txs = sealed.txs.len(), gas = sealed.header.gas_used, "committed");
+            for (sealed, proposal) in committed {
+                self.committed(&sealed, &proposal);
+            }
         }
     }
 
-    fn commit(&self, block: ExecutedBlock) -> Result<SealedBlock, StorageError> {
-        let started = Instant::now();
+    /// What follows a block's durable commit.
+    fn committed(&self, sealed: &SealedBlock, proposal: &Proposal) {
+        let number = sealed.header.number;
+        self.check_delayed_result(proposal);
+        self.state.overlay.remove_through(number);
+        self.hashes.insert(number, sealed.hash);
+        ChainStatus::set(&self.status.committed, number);
+        // One view for all senders: a view per sender (a read transaction, its tables and an
+        // overlay snapshot) cost thousands of them per block.
+        let viewed = self.state.with_view(|view| {
+            self.pool.on_committed(number, |sender| {
+                view.account(sender).ok().flatten().map_or(0, |a| a.nonce)
+            });
+        });
+        if let Err(err) = viewed {
+            tracing::error!(target: "pipeline::commit", number, %err, "state unreadable: pool nonces not advanced");
+        }
+        metrics::gauge!("kestrel_chain_committed_block").set(number as f64);
+        // Ordering gone means shutdown; the result is then not needed.
+        let _ = self.results.send(sealed.result());
+        tracing::info!(target: "pipeline::commit", number, hash = %sealed.hash, txs = sealed.txs.len(), gas = sealed.header.gas_used, "committed");
+    }
+
+    /// Applies the blocks in order, each with its own state root, and commits them at once.
+    fn commit(
+        &mut self,
+        group: Vec<(ExecutedBlock, Proposal)>,
+    ) -> Result<Vec<(SealedBlock, Proposal)>, StorageError> {
         let mut writer = self.state.store.begin_block()?;
-        let state_root = writer.apply_state(&block.changes)?;
-        let root_done = Instant::now();
-        let mut header = block.header;
-        header.parent_hash = self.parent_hash;
-        header.state_root = state_root;
-        let sealed = SealedBlock {
-            hash: header.hash_slow(),
-            header,
-            txs: block.txs,
-            receipts: block.receipts,
-        };
-        writer.insert_block(&sealed)?;
+        let mut sealed_blocks = Vec::with_capacity(group.len());
+        let mut writing = Duration::ZERO;
+        for (block, proposal) in group {
+            let started = Instant::now();
+            let state_root = writer.apply_state(&block.changes)?;
+            metrics::histogram!("kestrel_stateroot_block_seconds")
+                .record(started.elapsed().as_secs_f64());
+            let mut header = block.header;
+            header.parent_hash = self.parent_hash;
+            header.state_root = state_root;
+            let sealed = SealedBlock {
+                hash: header.hash_slow(),
+                header,
+                txs: block.txs,
+                receipts: block.receipts,
+            };
+            let started = Instant::now();
+            writer.insert_block(&sealed)?;
+            writing += started.elapsed();
+            self.parent_hash = sealed.hash;
+            sealed_blocks.push((sealed, proposal));
+        }
+        let started = Instant::now();
         writer.commit()?;
-        metrics::histogram!("kestrel_stateroot_block_seconds")
-            .record((root_done - started).as_secs_f64());
         metrics::histogram!("kestrel_commit_block_seconds")
-            .record(root_done.elapsed().as_secs_f64());
-        Ok(sealed)
+            .record((writing + started.elapsed()).as_secs_f64());
+        metrics::histogram!("kestrel_commit_group_blocks").record(sealed_blocks.len() as f64);
+        Ok(sealed_blocks)
     }
 
     /// The proposal carried the result of an earlier block: it must match what we committed. A

@@ -39,9 +39,7 @@ impl ExecutionStage {
                     panic!("execution of block {} failed: {err}", proposal.number);
                 }
             };
-            self.state
-                .overlay
-                .push(proposal.number, Arc::new(block.changes.clone()));
+            self.state.overlay.push(proposal.number, &block.changes);
             ChainStatus::set(&self.status.executed, proposal.number);
             metrics::histogram!("kestrel_execution_block_seconds")
                 .record(started.elapsed().as_secs_f64());

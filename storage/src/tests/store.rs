@@ -78,6 +78,8 @@ fn blocks_receipts_and_tx_index_round_trip() {
             assert_eq!(reader.block_number(block.hash).unwrap(), Some(1));
             assert_eq!(reader.block_number(genesis.hash).unwrap(), Some(0));
             let stored = reader.block(1).unwrap().unwrap();
+            // Decoded once, then served from the block cache.
+            assert!(Arc::ptr_eq(&stored, &reader.block(1).unwrap().unwrap()));
             assert_eq!(stored.hash, block.hash);
             assert_eq!(stored.header, block.header);
             assert_eq!(stored.txs, block.txs);
@@ -239,8 +241,8 @@ fn overlay_reads_fall_through_to_the_database() {
         .insert(U256::from(1), U256::ZERO);
 
     let overlay = Overlay::default();
-    overlay.push(1, Arc::new(older));
-    overlay.push(2, Arc::new(newer));
+    overlay.push(1, &older);
+    overlay.push(2, &newer);
     let layers = overlay.snapshot();
     store
         .view(|reader| {
