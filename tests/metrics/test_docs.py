@@ -18,6 +18,7 @@ PARALLEL_ONLY = {
     "kestrel_execution_relaxed_merges_total",
     "kestrel_execution_sequential_fallback_total",
     "kestrel_execution_validation_failures_total",
+    "kestrel_execution_dependency_waits_total",
 }
 # Exported only by a validator of a multi-validator chain (tests/testnet checks those are
 # documented); the node under test is a --dev node.
@@ -48,6 +49,8 @@ MULTI_VALIDATOR_ONLY = {
     "kestrel_consensus_execution_result_mismatch_total",
     "kestrel_consensus_halted",
     "kestrel_consensus_payloads_rejected_total",
+    "kestrel_consensus_bad_timestamps_total",
+    "kestrel_mempool_returned_total",
 }
 PRESENT_TIMEOUT_S = 30.0
 

@@ -1,76 +1,72 @@
-//! The parallel executor: transactions run speculatively on `threads` threads, each reading
-//! the writes of earlier transactions from a multi-version memory, and are validated and
-//! committed in block order by the calling thread.
+//! The parallel executor: Block-STM (Gelashvili et al., PPoPP 2023) over revm, with the block's
+//! final writes taken from the multi-version memory instead of committing every transaction into
+//! revm's `State` on one thread.
 //!
-//! Optimistic concurrency with in-order commit (Block-STM's execution/validation split; the
-//! committing thread is Block-STM's ordered commit, and re-executes what fails validation once
-//! its dependencies are committed instead of spinning on them):
-//!
-//! - Threads take transactions in block order and execute each once with revm, through a
-//!   `Database` that reads the latest earlier write from [`mv::MvMemory`], else what the
-//!   pre-execution system calls wrote, else the block's starting `StateView` (read directly:
-//!   `StateView` is `Sync`), and records every account and slot value it read. They also build
-//!   the receipt (bloom included, a third of a swap's sequential cost).
-//! - The calling thread owns alloy-evm's `EthBlockExecutor` over revm's `State`, exactly as the
-//!   sequential executor does: it runs the pre-execution system calls, then for each transaction
-//!   in order validates the recorded reads *by value* against the state the block has reached.
-//!   If all match, the speculative result is what sequential execution would produce and is
-//!   committed as is; otherwise the transaction is re-executed right there, sequentially, and
-//!   its writes replace the stale ones for the threads that follow. While the next transaction
-//!   to commit is still running elsewhere, the calling thread speculates too. Withdrawals and the
-//!   Prague requests run after the last transaction through the same executor, so receipts, gas
-//!   and state changes come from the same code as the sequential executor's.
-//! - Hot spots: the beneficiary's fee credit is deferred (summed, and added before anything that
-//!   may read the beneficiary and at the end); a transaction that reads the beneficiary is
-//!   re-executed at commit. The recipient of a plain value transfer is validated on existence,
-//!   nonce and code only, and its credit re-applied to the current balance (relaxed merge).
-//! - Adaptive: blocks under [`PARALLEL_MIN_TXS`] run sequentially, and a block whose commits
-//!   re-execute more than half of a window of [`ADAPT_WINDOW`] transactions continues
-//!   sequentially (a contended block would otherwise pay for speculation and re-execution).
+//! - **Execute and validate on every thread** ([`scheduler`]): a thread takes the next task,
+//!   executing a transaction or validating one, from the lower of two indexes. An execution
+//!   reads the latest earlier write from [`mv::MvMemory`], else what the pre-execution system
+//!   calls wrote, else the block's starting `StateView` (which is `Sync`), records the values it
+//!   read, publishes its writes and builds its receipt. A validation re-reads those values; if
+//!   one changed, the execution is aborted, its writes become estimates, and it runs again.
+//!   A transaction that reads an estimate waits for its writer (a dependency) instead of
+//!   reading a value about to change. When every transaction is executed and validated, each
+//!   one's result is what sequential execution produces.
+//! - **Finish from the multi-version memory** ([`finish`]): the last write of each location,
+//!   compared with the starting state, is the block's state change, computed on all threads.
+//!   Only the pre- and post-block system calls and withdrawals run through alloy-evm's block
+//!   executor over revm's `State` (reading the final writes through [`finish::FinalDb`]), so
+//!   their effects and the requests hash come from the same code as the sequential executor's.
+//!   Receipts' cumulative gas is filled in in block order.
+//! - **Sequential executor when that is not exact**: if a transaction was invalid, did not fit
+//!   in the block's gas, read code deployed in the block, created, self-destructed or cleared an
+//!   account, or the system calls touch what transactions changed, the block runs on the
+//!   sequential executor (the speculative states are not kept: holding a block's worth of them
+//!   cost more than re-executing such rare blocks).
+//! - **Hot spots**: a transaction's fee is written to the beneficiary as a credit, and so is a
+//!   plain value transfer's to its recipient: credits to one account do not conflict with each
+//!   other, only a transaction that reads the account's balance depends on them (relaxed merge,
+//!   deferred beneficiary fees).
+//! - **Adaptive**: blocks under [`PARALLEL_MIN_TXS`] run sequentially, and a block whose
+//!   executions are aborted too often ([`ADAPT_MIN_EXECUTIONS`], [`ADAPT_ABORTS_DIVISOR`]) is
+//!   abandoned to the sequential executor (a contended block would pay for speculation and
+//!   re-execution).
 
+mod finish;
 mod mv;
+mod scheduler;
 mod worker;
 
 use crate::{
-    evm::{BlockHashes, DbError, Hardforks, StateDb, evm_env},
+    evm::{BlockHashes, Hardforks, evm_env},
     executor::{
-        BlockInput, BlockOutput, ExecError, Executor, InvalidTxPolicy, SequentialExecutor,
-        block_output, block_state, execution_ctx, fatal_or_block, parent_hash_for_history,
+        BlockInput, BlockOutput, ExecError, Executor, SequentialExecutor, execution_ctx,
+        fatal_or_block, parent_hash_for_history,
     },
 };
-use alloy_consensus::{Transaction, transaction::Recovered};
 use alloy_evm::{
     Evm, EvmEnv, EvmFactory,
-    block::{BlockExecutionError, BlockExecutor},
+    block::BlockExecutor,
     eth::{EthBlockExecutor, EthEvmFactory, receipt_builder::AlloyReceiptBuilder},
 };
-use alloy_hardforks::EthereumHardforks;
-use alloy_primitives::{Address, U256, map::HashMap};
-use crossbeam_channel::Receiver;
+use alloy_primitives::{Address, map::HashMap};
 use kestrel_storage::StateView;
-use kestrel_types::{ChainSpec, RecoveredTx};
+use kestrel_types::{AccountInfo, ChainSpec, RecoveredTx};
 use mv::{Loc, MvMemory, Val};
 use parking_lot::Mutex;
-use revm::{
-    Database, DatabaseCommit,
-    context::Cfg,
-    database::State,
-    database_interface::bal::EvmDatabaseError,
-    primitives::hardfork::SpecId,
-    state::{Account, EvmState, TransactionId},
-};
+use revm::{Database, context::Cfg, database::State, primitives::hardfork::SpecId};
+use scheduler::{Padded, Scheduler};
 use std::{
     num::NonZeroUsize,
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
-use worker::{Outcome, Read, Speculative, Speculator};
+use worker::{Counts, Outcome, Speculator};
 
 /// Blocks with fewer transactions run sequentially: below this, spawning workers and validating
 /// costs more than it saves (see BENCHMARKS.md).
 pub const PARALLEL_MIN_TXS: usize = 64;
 
-/// Executes a block's transactions on `threads` workers; see the module documentation.
+/// Executes a block's transactions on `threads` threads; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct ParallelExecutor {
     threads: NonZeroUsize,
@@ -84,7 +80,8 @@ pub struct BlockStats {
     pub txs: usize,
     /// Executions beyond the first of each transaction.
     pub reexecutions: usize,
-    /// The block (or its rest, after too many re-executions) ran sequentially.
+    /// The block ran on the sequential executor (too small, too many aborts, or not exact from
+    /// the multi-version memory).
     pub sequential: bool,
 }
 
@@ -137,32 +134,44 @@ impl Executor for ParallelExecutor {
     }
 }
 
-/// What the threads share: read-only inputs, the multi-version memory and the outcome slots.
+/// What the threads share: read-only inputs, the multi-version memory, the scheduler and the
+/// outcome slots.
 pub(super) struct Shared<'a> {
     txs: &'a [RecoveredTx],
     env: EvmEnv<SpecId>,
-    /// The block's starting state; workers read it directly.
+    /// The block's starting state; threads read it directly.
     base: &'a dyn StateView,
     hashes: &'a dyn BlockHashes,
     /// What the pre-execution system calls wrote (beacon roots, block hash history).
     pre: HashMap<Loc, Val>,
     beneficiary: Address,
-    mv: MvMemory,
-    next_tx: AtomicUsize,
-    /// Set when the rest of the block runs sequentially (or the block is rejected): workers stop
-    /// taking transactions.
+    mv: &'a MvMemory,
+    scheduler: Scheduler,
+    /// Set when the block is left to the sequential executor (too many aborts): threads stop.
     abandoned: AtomicBool,
-    outcomes: Box<[Mutex<Option<Outcome>>]>,
+    outcomes: Box<[Padded<Mutex<Option<Outcome>>>]>,
+    /// Executions aborted by a failed validation or by waiting for a dependency (rare, so one
+    /// shared counter; per-execution counts are kept per thread).
+    aborts: Padded<AtomicUsize>,
 }
 
-type BlockDb<'a> = State<StateDb<'a>>;
+/// Aborts are judged once this many executions ran ...
+const ADAPT_MIN_EXECUTIONS: usize = 64;
+/// ... and if more than this fraction (1 / divisor) of executions was aborted, transactions run
+/// about twice each on average and two threads gain nothing: the block goes to the sequential
+/// executor.
+const ADAPT_ABORTS_DIVISOR: usize = 3;
 
-/// Commits are judged in windows of this many transactions ...
-const ADAPT_WINDOW: usize = 32;
-/// ... and if more than this many of a window had to be re-executed, parallel execution costs
-/// more than it saves (every re-execution is sequential work after speculative work): the rest of
-/// the block runs sequentially.
-const ADAPT_MAX_REEXECUTIONS: usize = ADAPT_WINDOW / 2;
+impl Shared<'_> {
+    fn record_abort(&self) {
+        let aborts = self.aborts.fetch_add(1, Ordering::Relaxed) + 1;
+        // Every abort leads to one more execution.
+        let executions = self.scheduler.started() + aborts;
+        if executions >= ADAPT_MIN_EXECUTIONS && aborts * ADAPT_ABORTS_DIVISOR > executions {
+            self.abandoned.store(true, Ordering::Relaxed);
+        }
+    }
+}
 
 fn execute_parallel(
     threads: NonZeroUsize,
@@ -174,103 +183,185 @@ fn execute_parallel(
     let header = input.header;
     let forks = Hardforks::new(spec);
     let parent_hash = parent_hash_for_history(&forks, header, state, hashes)?;
-    let mut db = block_state(state, hashes);
     let env = evm_env(spec, header);
-    let gas_limit_cap = env.cfg_env.tx_gas_limit_cap();
+    let mv = MvMemory::new(input.txs.len());
+    let mut db = finish::final_state(state, hashes, &mv);
     let evm = EthEvmFactory::default().create_evm(&mut db, env.clone());
     let ctx = execution_ctx(&input, parent_hash);
     let mut executor = EthBlockExecutor::new(evm, ctx, forks, AlloyReceiptBuilder::default());
     executor
         .apply_pre_execution_changes()
         .map_err(fatal_or_block)?;
+    let pre = pre_execution_writes(executor.evm_mut().db_mut());
+    let system = finish::system_accounts(
+        executor.evm_mut().db_mut(),
+        header,
+        input.withdrawals,
+        &forks,
+    );
+    let beneficiary = match pre.get(&Loc::Basic(header.beneficiary)) {
+        Some(Val::Basic(info)) => *info,
+        _ => state.account(header.beneficiary)?,
+    };
+    if beneficiary.is_some_and(|info| info.is_empty()) {
+        // The first transaction's touch clears it, which fee credits do not model.
+        metrics::counter!("kestrel_execution_sequential_fallback_total", "reason" => "unsupported")
+            .increment(1);
+        let txs = input.txs.len();
+        let output = SequentialExecutor.execute(spec, input, state, hashes)?;
+        let stats = BlockStats {
+            txs,
+            reexecutions: 0,
+            sequential: true,
+        };
+        return Ok((output, stats));
+    }
 
     let shared = Shared {
         txs: input.txs,
         env,
         base: state,
         hashes,
-        pre: pre_execution_writes(executor.evm_mut().db_mut()),
+        pre,
         beneficiary: header.beneficiary,
-        mv: MvMemory::new(input.txs.len()),
-        next_tx: AtomicUsize::new(0),
+        mv: &mv,
+        scheduler: Scheduler::new(input.txs.len()),
         abandoned: AtomicBool::new(false),
-        outcomes: input.txs.iter().map(|_| Mutex::default()).collect(),
+        outcomes: input.txs.iter().map(|_| Padded::default()).collect(),
+        aborts: Padded::default(),
     };
-    let mut committer = Committer {
-        shared: &shared,
-        policy: input.policy,
-        block_gas_limit: header.gas_limit,
-        gas_limit_cap,
-        cancun: forks.is_cancun_active_at_timestamp(header.timestamp),
-        gas_used: 0,
-        included: Vec::with_capacity(input.txs.len()),
-        dropped: Vec::new(),
-        reward: None,
-        sequential: false,
-        window_reexecutions: 0,
-        stats: BlockStats {
-            txs: input.txs.len(),
-            ..BlockStats::default()
-        },
-        validate_time: Duration::ZERO,
-        commit_time: Duration::ZERO,
-    };
-    // The calling thread is one of the `threads`: it commits, and speculates while it waits.
-    let workers = threads.get().min(input.txs.len()) - 1;
+    let threads = threads.get().min(input.txs.len());
     let started = Instant::now();
-    let committed = std::thread::scope(|scope| {
-        let (done_tx, done_rx) = crossbeam_channel::unbounded();
-        for _ in 0..workers {
-            let (shared, done_tx) = (&shared, done_tx.clone());
-            scope.spawn(move || worker::run(shared, done_tx));
+    // Each thread runs Block-STM tasks, then computes its share of the block's final writes
+    // (wasted only if the block goes to the sequential executor).
+    let task = |thread: usize| {
+        // A thread that panics must not leave the others waiting for its tasks forever.
+        let _stop_others = AbandonOnPanic(&shared.abandoned);
+        let mut speculator = Speculator::new(&shared);
+        speculator.run();
+        let part = (shared.scheduler.done() && !shared.abandoned.load(Ordering::Relaxed))
+            .then(|| finish::part(state, &mv, (thread, threads), &system));
+        (speculator.counts, part)
+    };
+    // The calling thread is one of the `threads`.
+    let (counts, parts) = std::thread::scope(|scope| {
+        let helpers: Vec<_> = (1..threads)
+            .map(|thread| scope.spawn(move || task(thread)))
+            .collect();
+        let mut counts = Counts::default();
+        let mut parts = Vec::with_capacity(threads);
+        for (thread_counts, part) in std::iter::once(task(0)).chain(
+            helpers
+                .into_iter()
+                .map(|h| h.join().expect("a speculating thread panicked")),
+        ) {
+            counts.add(&thread_counts);
+            parts.extend(part);
         }
-        drop(done_tx);
-        let committed = committer.commit_all(&mut executor, &done_rx);
-        // Workers still running finish the transaction in hand and leave.
-        shared.abandoned.store(true, Ordering::Relaxed);
-        committed
+        (counts, parts)
     });
     let execute_time = started.elapsed();
-    let Committer {
-        included,
-        dropped,
-        stats,
-        validate_time,
-        commit_time,
+    let abandoned = shared.abandoned.load(Ordering::Relaxed);
+    metrics::counter!("kestrel_execution_reexecutions_total").increment(counts.reexecutions as u64);
+    metrics::counter!("kestrel_execution_validation_failures_total")
+        .increment(counts.validation_failures as u64);
+    metrics::counter!("kestrel_execution_dependency_waits_total")
+        .increment(counts.dependency_waits as u64);
+    let mut stats = BlockStats {
+        txs: input.txs.len(),
+        reexecutions: counts.reexecutions,
+        sequential: abandoned,
+    };
+    let Shared {
+        outcomes,
+        pre,
+        scheduler,
         ..
-    } = committer;
-    // Freeing a block's worth of speculative writes takes a while: not on the block's path.
-    let Shared { mv, outcomes, .. } = shared;
-    std::thread::spawn(move || drop((mv, outcomes)));
-    committed?;
+    } = shared;
+    let mut outcomes: Vec<Option<Outcome>> = outcomes
+        .into_vec()
+        .into_iter()
+        .map(|slot| slot.0.into_inner())
+        .collect();
 
     let finishing = Instant::now();
-    let (_evm, result) = executor.finish().map_err(fatal_or_block)?;
-    let output = block_output(&forks, header, &mut db, result, included, dropped);
+    let finished = if abandoned {
+        metrics::counter!("kestrel_execution_sequential_fallback_total", "reason" => "conflicts")
+            .increment(1);
+        None
+    } else {
+        assert!(scheduler.done(), "Block-STM ended before every transaction");
+        assert_eq!(parts.len(), threads, "every thread computed its share");
+        let finished = finish::from_memory(
+            finish::Finish {
+                header,
+                input: &input,
+                state,
+                pre: &pre,
+                system: &system,
+                forks: &forks,
+                gas_limit_cap: executor.evm().cfg_env().tx_gas_limit_cap(),
+            },
+            executor,
+            &mut outcomes,
+            parts,
+        )?;
+        if finished.is_none() {
+            metrics::counter!(
+                "kestrel_execution_sequential_fallback_total", "reason" => "unsupported"
+            )
+            .increment(1);
+        }
+        finished
+    };
+    drop(db);
+    let output = match finished {
+        Some(output) => output,
+        None => {
+            stats.sequential = true;
+            SequentialExecutor.execute(spec, input, state, hashes)?
+        }
+    };
     let finish_time = finishing.elapsed();
+    // Freeing a block's worth of speculative writes and reads takes a while: not on the
+    // block's path.
+    std::thread::spawn(move || drop((mv, outcomes)));
 
     let phase = |name: &'static str, time: Duration| {
         metrics::histogram!("kestrel_execution_parallel_phase_seconds", "phase" => name)
             .record(time.as_secs_f64());
     };
-    phase(
-        "execute",
-        execute_time.saturating_sub(validate_time + commit_time),
-    );
-    phase("validate", validate_time);
-    phase("commit", commit_time + finish_time);
+    phase("execute", execute_time);
+    phase("validate", counts.validate_time);
+    phase("commit", finish_time);
     Ok((output, stats))
+}
+
+/// Abandons the block when dropped by a panicking thread.
+struct AbandonOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for AbandonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The accounts and slots the pre-execution system calls wrote, as the transactions must see
 /// them.
-fn pre_execution_writes(db: &BlockDb<'_>) -> HashMap<Loc, Val> {
+fn pre_execution_writes<DB: Database>(db: &State<DB>) -> HashMap<Loc, Val> {
     let mut pre = HashMap::default();
     let Some(transitions) = &db.transition_state else {
         return pre;
     };
     for (address, account) in &transitions.transitions {
-        pre.insert(Loc::Basic(*address), Val::Basic(account.info.clone()));
+        let info = account.info.as_ref().map(|i| AccountInfo {
+            nonce: i.nonce,
+            balance: i.balance,
+            code_hash: i.code_hash,
+        });
+        pre.insert(Loc::Basic(*address), Val::Basic(info));
         for (slot, value) in &account.storage {
             pre.insert(
                 Loc::Storage(*address, *slot),
@@ -279,310 +370,4 @@ fn pre_execution_writes(db: &BlockDb<'_>) -> HashMap<Loc, Val> {
         }
     }
     pre
-}
-
-/// The calling thread's side: validation and commit in block order.
-struct Committer<'s, 'a> {
-    shared: &'s Shared<'a>,
-    policy: InvalidTxPolicy,
-    block_gas_limit: u64,
-    gas_limit_cap: u64,
-    cancun: bool,
-    gas_used: u64,
-    included: Vec<usize>,
-    dropped: Vec<(usize, String)>,
-    /// Fee credits of committed speculative transactions not yet added to the beneficiary
-    /// (`None`: nothing committed since the last flush). Added in one write before anything
-    /// that may read the beneficiary, and at the end: the sum is the same.
-    reward: Option<U256>,
-    /// The rest of the block runs sequentially (too many re-executions).
-    sequential: bool,
-    window_reexecutions: usize,
-    stats: BlockStats,
-    validate_time: Duration,
-    commit_time: Duration,
-}
-
-/// alloy-evm's Ethereum block executor over the block's revm `State`, as the sequential
-/// executor builds it.
-type BlockExec<'e, 'db, 'a> = EthBlockExecutor<
-    'e,
-    alloy_evm::eth::EthEvm<
-        &'db mut BlockDb<'a>,
-        revm::inspector::NoOpInspector,
-        alloy_evm::precompiles::PrecompilesMap,
-    >,
-    Hardforks,
-    AlloyReceiptBuilder,
->;
-
-impl Committer<'_, '_> {
-    /// Commits every transaction in block order, speculating on transactions not yet taken
-    /// while the next one to commit is still running elsewhere.
-    fn commit_all(
-        &mut self,
-        executor: &mut BlockExec<'_, '_, '_>,
-        done_rx: &Receiver<usize>,
-    ) -> Result<(), ExecError> {
-        let shared = self.shared;
-        let txs = shared.txs.len();
-        let mut done = vec![false; txs];
-        let mut speculator = Speculator::new(shared);
-        for index in 0..txs {
-            if self.sequential {
-                self.replay(executor, index)?;
-                continue;
-            }
-            while !done[index] {
-                for finished in done_rx.try_iter() {
-                    done[finished] = true;
-                }
-                if done[index] {
-                    break;
-                }
-                if let Some(next) = speculator.take() {
-                    let outcome = speculator.execute(next);
-                    *shared.outcomes[next].lock() = Some(outcome);
-                    done[next] = true;
-                } else {
-                    let finished = done_rx
-                        .recv()
-                        .unwrap_or_else(|_| panic!("workers left before transaction {index}"));
-                    done[finished] = true;
-                }
-            }
-            let outcome = shared.outcomes[index]
-                .lock()
-                .take()
-                .expect("a finished transaction has an outcome");
-            self.commit(executor, index, outcome)?;
-            self.adapt(index);
-        }
-        self.flush_reward(executor)
-    }
-
-    /// Switches the rest of the block to sequential execution when the last window of commits
-    /// re-executed too much.
-    fn adapt(&mut self, index: usize) {
-        if !(index + 1).is_multiple_of(ADAPT_WINDOW) {
-            return;
-        }
-        if self.window_reexecutions > ADAPT_MAX_REEXECUTIONS {
-            self.sequential = true;
-            self.stats.sequential = true;
-            self.shared.abandoned.store(true, Ordering::Relaxed);
-            metrics::counter!("kestrel_execution_sequential_fallback_total", "reason" => "conflicts")
-                .increment(1);
-        }
-        self.window_reexecutions = 0;
-    }
-
-    fn commit(
-        &mut self,
-        executor: &mut BlockExec<'_, '_, '_>,
-        index: usize,
-        outcome: Outcome,
-    ) -> Result<(), ExecError> {
-        let tx = &self.shared.txs[index];
-        // alloy-evm's check before executing a transaction: its gas limit must fit in what the
-        // block has left. An optimistic execution does not know the gas used before it.
-        let fits =
-            tx.tx().gas_limit().min(self.gas_limit_cap) <= self.block_gas_limit - self.gas_used;
-        let Outcome::Executed(speculative) = outcome else {
-            return self.replay(executor, index);
-        };
-        if !fits {
-            return self.replay(executor, index);
-        }
-        let Speculative {
-            result,
-            mut state,
-            reads,
-            reward,
-            mut receipt,
-        } = *speculative;
-        let started = Instant::now();
-        let validity = validate(
-            executor.evm_mut().db_mut(),
-            &reads,
-            &mut state,
-            tx.tx().value(),
-        )?;
-        self.validate_time += started.elapsed();
-        match validity {
-            Validity::Stale => {
-                metrics::counter!("kestrel_execution_validation_failures_total").increment(1);
-                return self.replay(executor, index);
-            }
-            Validity::Patched => {
-                metrics::counter!("kestrel_execution_relaxed_merges_total").increment(1);
-            }
-            Validity::Valid => {}
-        }
-        let started = Instant::now();
-        *self.reward.get_or_insert(U256::ZERO) += reward;
-        // What alloy-evm's `commit_transaction` does, with the receipt built by the speculating
-        // thread.
-        let gas = result.gas();
-        executor.block_regular_gas_used += gas.block_regular_gas_used();
-        executor.block_state_gas_used += gas.block_state_gas_used();
-        executor.cumulative_tx_gas_used += gas.tx_gas_used();
-        if self.cancun {
-            let blob_gas = tx.tx().blob_gas_used().unwrap_or_default();
-            executor.blob_gas_used = executor.blob_gas_used.saturating_add(blob_gas);
-        }
-        receipt
-            .as_receipt_with_bloom_mut()
-            .expect("Ethereum receipts have a bloom")
-            .receipt
-            .cumulative_gas_used = executor.cumulative_tx_gas_used;
-        executor.receipts.push(receipt);
-        executor.evm_mut().db_mut().commit(state);
-        self.gas_used += gas.tx_gas_used();
-        self.included.push(index);
-        self.commit_time += started.elapsed();
-        Ok(())
-    }
-
-    /// Adds the deferred fee credits to the beneficiary, as revm's `reward_beneficiary` would
-    /// have one by one: the beneficiary touched, its balance increased unless that overflows.
-    fn flush_reward(&mut self, executor: &mut BlockExec<'_, '_, '_>) -> Result<(), ExecError> {
-        let Some(reward) = self.reward.take() else {
-            return Ok(());
-        };
-        let beneficiary = self.shared.beneficiary;
-        let db = executor.evm_mut().db_mut();
-        let mut account = match db.basic(beneficiary).map_err(db_error)? {
-            Some(info) => Account::from(info),
-            None => Account::new_not_existing(TransactionId::ZERO),
-        };
-        if let Some(balance) = account.info.balance.checked_add(reward) {
-            account.info.balance = balance;
-        }
-        account.mark_touch();
-        db.commit(std::iter::once((beneficiary, account)).collect());
-        Ok(())
-    }
-
-    /// Re-executes a transaction on the calling thread exactly as the sequential executor does,
-    /// and publishes its writes for the transactions still to speculate.
-    fn replay(
-        &mut self,
-        executor: &mut BlockExec<'_, '_, '_>,
-        index: usize,
-    ) -> Result<(), ExecError> {
-        let started = Instant::now();
-        let replayed = self.replay_inner(executor, index);
-        self.commit_time += started.elapsed();
-        replayed
-    }
-
-    fn replay_inner(
-        &mut self,
-        executor: &mut BlockExec<'_, '_, '_>,
-        index: usize,
-    ) -> Result<(), ExecError> {
-        // The replayed transaction may read the beneficiary.
-        self.flush_reward(executor)?;
-        if !self.sequential {
-            metrics::counter!("kestrel_execution_reexecutions_total").increment(1);
-            self.stats.reexecutions += 1;
-            self.window_reexecutions += 1;
-        }
-        let tx = &self.shared.txs[index];
-        let recovered = Recovered::new_unchecked(tx.tx(), tx.sender());
-        match executor.execute_transaction_without_commit(recovered) {
-            Ok(output) => {
-                if !self.sequential {
-                    let writes = mv::writes_of(&output.result.state, self.shared.beneficiary);
-                    self.shared.mv.publish(index, writes);
-                }
-                self.gas_used += executor.commit_transaction(output).tx_gas_used();
-                self.included.push(index);
-                Ok(())
-            }
-            Err(BlockExecutionError::Validation(err)) => {
-                // Left out: later transactions must not see what its speculation wrote.
-                self.shared.mv.publish(index, Vec::new());
-                match self.policy {
-                    InvalidTxPolicy::Skip => {
-                        self.dropped.push((index, err.to_string()));
-                        Ok(())
-                    }
-                    InvalidTxPolicy::Reject => Err(ExecError::InvalidTx {
-                        index,
-                        reason: err.into(),
-                    }),
-                }
-            }
-            Err(err) => Err(ExecError::Internal(err.to_string())),
-        }
-    }
-}
-
-enum Validity {
-    /// Every read is what the block's state holds now: the speculative result is exactly what
-    /// sequential execution would produce.
-    Valid,
-    /// Valid after re-applying a plain transfer's credit to the recipient's current balance.
-    Patched,
-    /// Must be re-executed.
-    Stale,
-}
-
-/// Checks every value a speculative execution read against the block's state after the
-/// transactions before it. revm is deterministic in what it reads, so if all match it would
-/// produce the same result now. A [`Read::Credit`] only needs the recipient's existence, nonce
-/// and code to match: its balance in `state` is then set to the current balance plus `value`.
-fn validate(
-    db: &mut BlockDb<'_>,
-    reads: &[Read],
-    state: &mut EvmState,
-    value: U256,
-) -> Result<Validity, ExecError> {
-    let mut validity = Validity::Valid;
-    for read in reads {
-        let same = match read {
-            Read::Basic(address, seen) => {
-                let now = db.basic(*address).map_err(db_error)?;
-                now.map(|i| (i.nonce, i.balance, i.code_hash)) == *seen
-            }
-            Read::Storage(address, slot, seen) => {
-                db.storage(*address, *slot).map_err(db_error)? == *seen
-            }
-            Read::Credit(address, seen) => {
-                let now = db.basic(*address).map_err(db_error)?;
-                if now.as_ref().map(|i| (i.nonce, i.code_hash)) != *seen {
-                    false
-                } else if let Some(now) = now {
-                    let credited = state
-                        .get_mut(address)
-                        .expect("a credited recipient is in the transaction's state");
-                    match now.balance.checked_add(value) {
-                        Some(balance) if balance == credited.info.balance => true,
-                        Some(balance) => {
-                            credited.info.balance = balance;
-                            validity = Validity::Patched;
-                            true
-                        }
-                        None => false,
-                    }
-                } else {
-                    // Did not exist then and does not now: the speculative credit is right.
-                    true
-                }
-            }
-        };
-        if !same {
-            return Ok(Validity::Stale);
-        }
-    }
-    Ok(validity)
-}
-
-fn db_error(err: EvmDatabaseError<DbError>) -> ExecError {
-    match err {
-        EvmDatabaseError::Database(err) => ExecError::Storage(err.0),
-        EvmDatabaseError::Bal(err) => ExecError::Internal(err.to_string()),
-    }
 }

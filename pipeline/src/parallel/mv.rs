@@ -1,83 +1,146 @@
-//! Multi-version memory: the writes of transactions executed speculatively, per location and per
-//! transaction index, so that a later transaction reads the latest earlier write instead of the
-//! block's starting state.
+//! Multi-version memory (Block-STM's `MVMemory`): the writes of the latest execution of every
+//! transaction, per location and per transaction index, so that a transaction reads the latest
+//! earlier write instead of the block's starting state.
 //!
-//! Entries are hints, not truth: the committing thread validates every read against the state the
-//! block has actually reached, so a stale or missing entry costs a re-execution, never a wrong
-//! result. That is why there are no ESTIMATE markers or incarnation numbers here yet.
+//! An aborted execution's writes become [`Write::Estimate`]s: a reader waits for that transaction
+//! instead of reading a value that is probably about to change. Validation compares values, not
+//! versions, so a re-execution that writes the same value does not invalidate its readers. Once
+//! every transaction is executed and validated, the last write of each location is the block's
+//! final value there ([`MvMemory::final_value`]).
 
+use super::scheduler::Padded;
 use alloy_primitives::{
-    Address, U256,
+    Address, B256, U256,
     map::{Entry, HashMap},
 };
+use kestrel_types::{AccountInfo, state::KECCAK_EMPTY};
 use parking_lot::Mutex;
-use revm::state::{AccountInfo, EvmState};
 
 /// A location a transaction can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(super) enum Loc {
-    /// Nonce, balance and code of an account.
+    /// Nonce, balance and code hash of an account.
     Basic(Address),
     Storage(Address, U256),
 }
 
-/// The value a transaction wrote at a [`Loc`].
-#[derive(Debug, Clone)]
+/// A value at a [`Loc`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Val {
-    /// `None`: the account does not exist after the write (self-destructed or cleared as empty).
+    /// `None`: the account does not exist (self-destructed or cleared as empty).
     Basic(Option<AccountInfo>),
     Storage(U256),
 }
 
+/// What one transaction wrote at a location.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Write {
+    Val(Val),
+    /// A plain value transfer's credit to an account without code (Block-STM's delta writes,
+    /// pevm's lazy balance updates): the balance grows by `value`, nonce and code hash stay what
+    /// the transfer read (an account that did not exist now does, with nonce 0 and no code).
+    /// Transfers to one hot account then do not conflict with each other.
+    Credit {
+        value: U256,
+        nonce: u64,
+        code_hash: B256,
+    },
+    /// The write of an aborted execution: readers wait for its re-execution.
+    Estimate,
+}
+
+/// What a read of a [`Loc`] before some transaction finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Found {
+    /// No earlier transaction wrote there: the value before the block's transactions.
+    Base,
+    Val(Val),
+    /// Only credits since the block's start: the account before the transactions plus this.
+    BaseCredited(U256),
+    /// An aborted transaction wrote there; its re-execution decides.
+    Estimate(usize),
+    /// The credits overflow the balance: left to the sequential executor, which fails them as
+    /// revm does.
+    Overflow,
+}
+
+/// What a plain transfer's read of its recipient finds: only existence, nonce and code matter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum CreditFound {
+    Base,
+    /// A full write (`None`: the account does not exist).
+    Val(Option<AccountInfo>),
+    /// An earlier credit: the account exists with this nonce and code hash.
+    Credited(u64, B256),
+    Estimate(usize),
+}
+
 /// Shards keyed by one byte of the location, so threads writing different accounts rarely
 /// contend on one lock.
-const SHARDS: usize = 256;
+pub(super) const SHARDS: usize = 256;
 
 /// The writes at one location, by transaction index. Nearly every location is written by one
 /// transaction of a block, so that case needs no allocation beyond the map entry.
 #[derive(Debug)]
 enum Versions {
-    One(usize, Val),
+    One((usize, Write)),
     /// Sorted by transaction index.
-    Many(Vec<(usize, Val)>),
+    Many(Vec<(usize, Write)>),
 }
 
 impl Versions {
-    /// The write of the latest transaction before `tx`.
-    fn before(&self, tx: usize) -> Option<&Val> {
+    /// The writes before `tx`, latest first.
+    fn before(&self, tx: usize) -> impl Iterator<Item = (usize, &Write)> {
+        let versions: &[(usize, Write)] = match self {
+            Self::One(pair) => std::slice::from_ref(pair),
+            Self::Many(versions) => versions,
+        };
+        let end = versions.partition_point(|(w, _)| *w < tx);
+        versions[..end].iter().rev().map(|(w, v)| (*w, v))
+    }
+
+    /// Inserts or replaces `tx`'s write; `true` if `tx` had none here.
+    fn insert(&mut self, tx: usize, write: Write) -> bool {
         match self {
-            Self::One(writer, val) => (*writer < tx).then_some(val),
-            Self::Many(versions) => versions
-                .iter()
-                .rev()
-                .find(|(writer, _)| *writer < tx)
-                .map(|(_, val)| val),
+            Self::One((writer, old)) if *writer == tx => {
+                *old = write;
+                false
+            }
+            Self::One(pair) => {
+                let mut versions = Vec::with_capacity(4);
+                versions.push(*pair);
+                let at = versions.partition_point(|(w, _)| *w < tx);
+                versions.insert(at, (tx, write));
+                *self = Self::Many(versions);
+                true
+            }
+            Self::Many(versions) => match versions.binary_search_by_key(&tx, |(w, _)| *w) {
+                Ok(at) => {
+                    versions[at].1 = write;
+                    false
+                }
+                Err(at) => {
+                    versions.insert(at, (tx, write));
+                    true
+                }
+            },
         }
     }
 
-    fn insert(&mut self, tx: usize, val: Val) {
+    fn get_mut(&mut self, tx: usize) -> Option<&mut Write> {
         match self {
-            Self::One(writer, old) if *writer == tx => *old = val,
-            Self::One(..) => {
-                let Self::One(writer, old) = std::mem::replace(self, Self::Many(Vec::new())) else {
-                    unreachable!("matched One")
-                };
-                let mut versions = vec![(writer, old)];
-                let at = versions.partition_point(|(w, _)| *w < tx);
-                versions.insert(at, (tx, val));
-                *self = Self::Many(versions);
-            }
-            Self::Many(versions) => match versions.binary_search_by_key(&tx, |(w, _)| *w) {
-                Ok(at) => versions[at].1 = val,
-                Err(at) => versions.insert(at, (tx, val)),
-            },
+            Self::One((writer, write)) => (*writer == tx).then_some(write),
+            Self::Many(versions) => versions
+                .binary_search_by_key(&tx, |(w, _)| *w)
+                .ok()
+                .map(|at| &mut versions[at].1),
         }
     }
 
     /// Removes `tx`'s write; `true` if nothing is left.
     fn remove(&mut self, tx: usize) -> bool {
         match self {
-            Self::One(writer, _) => *writer == tx,
+            Self::One((writer, _)) => *writer == tx,
             Self::Many(versions) => {
                 versions.retain(|(w, _)| *w != tx);
                 versions.is_empty()
@@ -86,21 +149,72 @@ impl Versions {
     }
 }
 
+/// Follows the writes before some transaction, latest first, to the value they make.
+fn resolve<'a>(mut writes: impl Iterator<Item = (usize, &'a Write)>) -> Found {
+    let mut credit = U256::ZERO;
+    for (writer, write) in writes.by_ref() {
+        match write {
+            Write::Estimate => return Found::Estimate(writer),
+            Write::Credit { value, .. } => match credit.checked_add(*value) {
+                Some(sum) => credit = sum,
+                None => return Found::Overflow,
+            },
+            Write::Val(val) if credit.is_zero() => return Found::Val(*val),
+            Write::Val(Val::Basic(info)) => {
+                return match credited(*info, credit) {
+                    Some(info) => Found::Val(Val::Basic(info)),
+                    None => Found::Overflow,
+                };
+            }
+            Write::Val(Val::Storage(_)) => unreachable!("credits are written to accounts only"),
+        }
+    }
+    if credit.is_zero() {
+        Found::Base
+    } else {
+        Found::BaseCredited(credit)
+    }
+}
+
+/// `info` after credits of `credit` in total; `None` if the balance overflows.
+pub(super) fn credited(info: Option<AccountInfo>, credit: U256) -> Option<Option<AccountInfo>> {
+    let mut info = info.unwrap_or(AccountInfo {
+        nonce: 0,
+        balance: U256::ZERO,
+        code_hash: KECCAK_EMPTY,
+    });
+    info.balance = info.balance.checked_add(credit)?;
+    Some(Some(info))
+}
+
+type Shard = Padded<Mutex<HashMap<Loc, Versions>>>;
+
 pub(super) struct MvMemory {
-    shards: Box<[Mutex<HashMap<Loc, Versions>>]>,
-    /// What each transaction last published, so a re-execution can replace it.
-    written: Box<[Mutex<Vec<Loc>>]>,
+    shards: Box<[Shard]>,
+    /// What each transaction last wrote, so a re-execution can replace it and an abort can turn
+    /// it into estimates.
+    written: Box<[Padded<Mutex<Vec<Loc>>>]>,
 }
 
 impl MvMemory {
     pub(super) fn new(txs: usize) -> Self {
+        // A transfer writes two locations, a token transfer three: sized so that shards rarely
+        // grow while threads wait on them.
+        let per_shard = (txs * 3).div_ceil(SHARDS);
         Self {
-            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-            written: (0..txs).map(|_| Mutex::default()).collect(),
+            shards: (0..SHARDS)
+                .map(|_| {
+                    Padded(Mutex::new(HashMap::with_capacity_and_hasher(
+                        per_shard,
+                        Default::default(),
+                    )))
+                })
+                .collect(),
+            written: (0..txs).map(|_| Padded::default()).collect(),
         }
     }
 
-    fn shard(&self, loc: &Loc) -> &Mutex<HashMap<Loc, Versions>> {
+    fn shard(&self, loc: &Loc) -> &Shard {
         let byte = match loc {
             Loc::Basic(address) => address[19],
             Loc::Storage(address, slot) => address[19] ^ slot.byte(0),
@@ -108,52 +222,92 @@ impl MvMemory {
         &self.shards[usize::from(byte)]
     }
 
-    /// The latest value written at `loc` by a transaction before `tx`.
-    pub(super) fn read(&self, loc: &Loc, tx: usize) -> Option<Val> {
-        self.shard(loc).lock().get(loc)?.before(tx).cloned()
+    /// What a read of `loc` by transaction `tx` finds.
+    pub(super) fn read(&self, loc: &Loc, tx: usize) -> Found {
+        match self.shard(loc).lock().get(loc) {
+            Some(versions) => resolve(versions.before(tx)),
+            None => Found::Base,
+        }
     }
 
-    /// Replaces whatever `tx` published before with `writes`.
-    pub(super) fn publish(&self, tx: usize, writes: Vec<(Loc, Val)>) {
+    /// What a plain transfer `tx` finds at its recipient's account.
+    pub(super) fn read_credit(&self, address: Address, tx: usize) -> CreditFound {
+        let loc = Loc::Basic(address);
+        let shard = self.shard(&loc).lock();
+        let Some((writer, write)) = shard.get(&loc).and_then(|v| v.before(tx).next()) else {
+            return CreditFound::Base;
+        };
+        match *write {
+            Write::Estimate => CreditFound::Estimate(writer),
+            Write::Credit {
+                nonce, code_hash, ..
+            } => CreditFound::Credited(nonce, code_hash),
+            Write::Val(Val::Basic(info)) => CreditFound::Val(info),
+            Write::Val(Val::Storage(_)) => unreachable!("account locations hold account values"),
+        }
+    }
+
+    /// The value the block's transactions leave at `loc` (`Found::Base` if none wrote there).
+    /// Only once every transaction is executed and validated.
+    pub(super) fn final_value(&self, loc: &Loc) -> Found {
+        self.read(loc, usize::MAX)
+    }
+
+    /// Replaces what `tx` wrote before with `writes` (drained). `true` if it wrote a location
+    /// its previous execution did not: transactions after it may have read past it, so all of
+    /// them must be validated again (Block-STM's `wrote_new_location`).
+    pub(super) fn publish(&self, tx: usize, writes: &mut Vec<(Loc, Write)>) -> bool {
         let mut written = self.written[tx].lock();
-        for loc in written.drain(..) {
-            let mut shard = self.shard(&loc).lock();
-            if shard.get_mut(&loc).is_some_and(|v| v.remove(tx)) {
-                shard.remove(&loc);
-            }
-        }
-        written.reserve(writes.len());
-        for (loc, val) in writes {
-            match self.shard(&loc).lock().entry(loc) {
-                Entry::Occupied(mut versions) => versions.get_mut().insert(tx, val),
+        let mut new_location = false;
+        for (loc, write) in writes.iter() {
+            let fresh = match self.shard(loc).lock().entry(*loc) {
+                Entry::Occupied(mut versions) => versions.get_mut().insert(tx, *write),
                 Entry::Vacant(slot) => {
-                    slot.insert(Versions::One(tx, val));
+                    slot.insert(Versions::One((tx, *write)));
+                    true
                 }
+            };
+            new_location |= fresh;
+        }
+        // What the previous execution wrote and this one did not.
+        for loc in written.iter() {
+            if writes.iter().any(|(l, _)| l == loc) {
+                continue;
             }
-            written.push(loc);
+            let mut shard = self.shard(loc).lock();
+            if shard.get_mut(loc).is_some_and(|v| v.remove(tx)) {
+                shard.remove(loc);
+            }
         }
+        written.clear();
+        written.extend(writes.drain(..).map(|(loc, _)| loc));
+        new_location
     }
-}
 
-/// What a transaction's resulting state means for later transactions: the accounts it touched
-/// (as revm's `State` will see them after commit: self-destructed or empty touched accounts no
-/// longer exist) and the storage slots it changed. `skip` (the beneficiary) is never published:
-/// reads of it always go through the committing thread.
-pub(super) fn writes_of(state: &EvmState, skip: Address) -> Vec<(Loc, Val)> {
-    let mut writes = Vec::new();
-    for (address, account) in state {
-        if *address == skip || !account.is_touched() {
-            continue;
-        }
-        let gone = account.is_selfdestructed() || (account.is_empty() && !account.is_created());
-        let info = (!gone).then(|| account.info.clone());
-        writes.push((Loc::Basic(*address), Val::Basic(info)));
-        for (slot, value) in account.changed_storage_slots() {
-            writes.push((
-                Loc::Storage(*address, *slot),
-                Val::Storage(value.present_value),
-            ));
+    /// Turns `tx`'s writes into estimates (its execution was aborted).
+    pub(super) fn mark_estimates(&self, tx: usize) {
+        for loc in self.written[tx].lock().iter() {
+            if let Some(write) = self
+                .shard(loc)
+                .lock()
+                .get_mut(loc)
+                .and_then(|v| v.get_mut(tx))
+            {
+                *write = Write::Estimate;
+            }
         }
     }
-    writes
+
+    /// Calls `f` with every location written and its final value, for the shards in `shards`.
+    pub(super) fn for_each_final(
+        &self,
+        shards: std::ops::Range<usize>,
+        mut f: impl FnMut(&Loc, Found),
+    ) {
+        for shard in &self.shards[shards] {
+            for (loc, versions) in shard.lock().iter() {
+                f(loc, resolve(versions.before(usize::MAX)));
+            }
+        }
+    }
 }
