@@ -2,7 +2,7 @@
 # End-to-end benchmark: the same pre-signed load against a single Kestrel validator
 # (`kestrel node --dev`) and against anvil, one after the other, from the same genesis.
 #
-#   benches/e2e.sh                       # 100,000 senders, transfer/ERC-20 mix, 60 s at 12,000 tx/s
+#   benches/e2e.sh                       # 100,000 senders, transfer/ERC-20 mix, 60 s at 10,250 tx/s
 #   DURATION=10 ACCOUNTS=10000 RATE=5000 benches/e2e.sh
 #   SKIP_ANVIL=1 benches/e2e.sh          # Kestrel only
 #   WORKLOAD=swap PAIRS=10 benches/e2e.sh # Uniswap-V2-style swaps over 10 pairs
@@ -17,7 +17,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$(pwd)"
 
 ACCOUNTS="${ACCOUNTS:-100000}"
-RATE="${RATE:-12000}"
+RATE="${RATE:-10250}"
 DURATION="${DURATION:-60}"
 WORKLOAD="${WORKLOAD:-mixed}"
 HOT_RATIO="${HOT_RATIO:-0}"
