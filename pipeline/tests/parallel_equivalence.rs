@@ -313,12 +313,6 @@ proptest! {
             prop_assert_eq!(&got, &expected, "{} threads", threads);
         }
     }
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(
-        std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64)
-    ))]
 
     /// Blocks the parallel executor finishes from the multi-version memory: the same result,
     /// and on one thread (where nothing conflicts, so the block is not abandoned to the
