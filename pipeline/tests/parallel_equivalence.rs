@@ -102,18 +102,30 @@ enum Op {
     },
 }
 
-fn op() -> impl Strategy<Value = Op> {
-    let account = 0..ACCOUNTS;
-    // Low indexes more often, so some senders and recipients are hot.
-    let hot = prop_oneof![3 => 0..2u64, 1 => 0..ACCOUNTS];
-    let contracts = vec![
+/// An account index, low indexes more often, so some senders and recipients are hot.
+fn hot_account() -> impl Strategy<Value = u64> + Clone {
+    prop_oneof![3 => 0..2u64, 1 => 0..ACCOUNTS]
+}
+
+/// The test contracts' first bytes, for `Op::Call`; the self-destructing one only if `destruct`.
+fn called_contracts(destruct: bool) -> Vec<u8> {
+    let mut contracts = vec![
         READ_COINBASE.0,
         SET_SLOT.0,
         REVERTS.0,
         COUNTER.0,
         SELF_BALANCE.0,
-        DESTRUCT.0,
     ];
+    if destruct {
+        contracts.push(DESTRUCT.0);
+    }
+    contracts
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let account = 0..ACCOUNTS;
+    let hot = hot_account();
+    let contracts = called_contracts(true);
     // Recipients: hot accounts (many senders paying one), any account (the beneficiary among
     // them), or a contract.
     let recipient = prop_oneof![2 => 0..2u64, 2 => 0..ACCOUNTS, 1 => 100..102u64];
@@ -135,14 +147,8 @@ fn op() -> impl Strategy<Value = Op> {
 /// created, destroyed or cleared, no invalid transaction), with conflicts on hot senders,
 /// recipients, slots and the beneficiary.
 fn memory_op() -> impl Strategy<Value = Op> {
-    let hot = prop_oneof![3 => 0..2u64, 1 => 0..ACCOUNTS];
-    let contracts = vec![
-        READ_COINBASE.0,
-        SET_SLOT.0,
-        REVERTS.0,
-        COUNTER.0,
-        SELF_BALANCE.0,
-    ];
+    let hot = hot_account();
+    let contracts = called_contracts(false);
     let recipient = prop_oneof![2 => 0..2u64, 2 => 0..ACCOUNTS, 1 => Just(100u64)];
     prop_oneof![
         4 => (hot.clone(), recipient, 1..5_000u64)
