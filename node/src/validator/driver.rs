@@ -107,7 +107,6 @@ struct Build {
     round: Round,
     height: u64,
     parent: BlockId,
-    at_ms: u64,
 }
 
 struct Sync {
@@ -311,8 +310,8 @@ impl Driver {
         if let Some(Reverse((t, _))) = self.timers.peek() {
             at = at.min(*t);
         }
-        if let Some(b) = &self.building {
-            at = at.min(b.at_ms);
+        if let Some(due) = self.building.as_ref().and_then(|b| self.build_due_ms(b)) {
+            at = at.min(due);
         }
         at
     }
@@ -341,14 +340,22 @@ impl Driver {
             }
             self.timers.pop();
             if self.sync.is_none() {
+                if round == self.bft.round().0 {
+                    let leader = self.set.leader(Round(round)).0;
+                    tracing::info!(target: "node::validator", round, leader, height = self.log.height(), "round timed out");
+                }
                 self.feed(Event::Timeout {
                     round: Round(round),
                 });
             }
         }
-        if self.building.as_ref().is_some_and(|b| b.at_ms <= now) {
-            let b = self.building.take().expect("checked");
-            self.build_payload(b);
+        if let Some(b) = &self.building {
+            if self.bft.round() != b.round {
+                self.building = None;
+            } else if self.build_due_ms(b).is_some_and(|due| due <= now) {
+                let b = self.building.take().expect("checked");
+                self.build_payload(b);
+            }
         }
         if self.last_forward_ms + FORWARD_INTERVAL_MS <= now {
             self.last_forward_ms = now;
@@ -411,16 +418,10 @@ impl Driver {
                 if round <= self.safety.highest_voted_round {
                     return;
                 }
-                let parent_ms = self
-                    .known
-                    .get(&parent)
-                    .map(|k| k.timestamp_ms)
-                    .unwrap_or(self.log.head().block.timestamp_ms);
                 self.building = Some(Build {
                     round,
                     height,
                     parent,
-                    at_ms: parent_ms + self.block_time_ms,
                 });
             }
             Command::Commit { blocks, proof } => {
@@ -485,23 +486,32 @@ impl Driver {
         }
     }
 
-    fn parent_fees(&self, parent: BlockId) -> Option<ParentFees> {
-        if parent == self.log.head().block.id() {
-            return Some(self.head_fees);
+    /// The parent's timestamp and fees, once its payload is here.
+    fn parent_known(&self, parent: BlockId) -> Option<(u64, ParentFees)> {
+        let head = &self.log.head().block;
+        if parent == head.id() {
+            return Some((head.timestamp_ms, self.head_fees));
         }
-        self.known.get(&parent).map(|k| k.fees)
+        self.known.get(&parent).map(|k| (k.timestamp_ms, k.fees))
+    }
+
+    fn parent_fees(&self, parent: BlockId) -> Option<ParentFees> {
+        self.parent_known(parent).map(|(_, fees)| fees)
+    }
+
+    /// When to build the payload: a block time after the parent. None while the parent's
+    /// payload is not here: its votes can form the QC that made us leader before our decoder
+    /// finishes it, and the base fee depends on it, so we wait (until the round ends) rather
+    /// than let the round time out.
+    fn build_due_ms(&self, b: &Build) -> Option<u64> {
+        self.parent_known(b.parent)
+            .map(|(timestamp_ms, _)| timestamp_ms + self.block_time_ms)
     }
 
     fn build_payload(&mut self, b: Build) {
-        if self.bft.round() != b.round {
-            return;
-        }
-        // Without the parent's payload (e.g. just after rejoining) the base fee is unknown, and
-        // followers would refuse a guess: let the round time out instead.
-        let Some(parent_fees) = self.parent_fees(b.parent) else {
-            tracing::debug!(target: "node::validator", round = b.round.0, "parent payload unknown; not proposing");
-            return;
-        };
+        let parent_fees = self
+            .parent_fees(b.parent)
+            .expect("due only with a known parent");
         let started = Instant::now();
         let base_fee = next_base_fee(parent_fees);
         let txs = self
