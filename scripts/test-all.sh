@@ -31,7 +31,7 @@ tests/e2e/.venv/bin/python -m pytest -q tests/metrics
 step "load generator: pytest tests/loadgen (kestrel-loadgen, lost-transaction proxy, /health)"
 tests/e2e/.venv/bin/python -m pytest -q tests/loadgen
 
-step "testnet: pytest tests/testnet (4 validators on loopback: agreement, a crash and catch-up, no quorum)"
+step "testnet: pytest tests/testnet (4 validators on loopback and in network namespaces: agreement, a crash and catch-up, no quorum)"
 tests/e2e/.venv/bin/python -m pytest -q tests/testnet
 
 step "end-to-end: node --test (viem)"

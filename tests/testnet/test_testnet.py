@@ -1,8 +1,9 @@
 """Four validators (real `kestrel` processes and sockets) finalize one chain.
 
-Twice: on loopback, then with each validator in its own network namespace behind a veth pair with
-20-50 ms of netem delay (skipped, saying why, where namespaces cannot be made: not root, no
-`ip`/`tc`, no netem). In order, on one testnet: transactions sent to validator 0 are included and every validator
+Three times: on loopback; with each validator in its own network namespace behind a veth pair with
+20-50 ms of netem delay; and on the same namespaces without delay, so a kernel without sch_netem
+still runs the chain over a real network path. A variant that cannot be made here (not root, no
+`ip`/`tc`, no netem) is skipped, saying why. In order, on one testnet: transactions sent to validator 0 are included and every validator
 reports the same blocks (hash, state root, receipts root) and receipts; with one validator
 killed (SIGKILL) the others keep finalizing; restarted, it catches up by block sync within 30 s
 and agrees; with two killed the chain stops finalizing (no quorum) without forking; with one of
@@ -31,17 +32,19 @@ TXS_PER_BATCH = 8
 RECIPIENT = "0x000000000000000000000000000000000000bEEF"
 
 
-@pytest.fixture(scope="module", params=["loopback", "netns"])
+@pytest.fixture(scope="module", params=["loopback", "netns", "netns-nodelay"])
 def net(request, tmp_path_factory):
     namespaces = None
-    if request.param == "netns":
-        namespaces = Namespaces(4)
+    if request.param != "loopback":
+        netem = request.param == "netns"
+        namespaces = Namespaces(4) if netem else Namespaces(4, delay=None)
         try:
             namespaces.setup()
         except Exception as e:  # noqa: BLE001  (any reason it cannot be made is a skip)
             detail = getattr(e, "stderr", b"") or b""
-            pytest.skip(f"cannot make network namespaces with netem here ({e}: "
-                        f"{detail.decode(errors='replace').strip()}); needs root, iproute2 and sch_netem")
+            needs = "root, iproute2 and sch_netem" if netem else "root and iproute2"
+            pytest.skip(f"cannot make network namespaces{' with netem' if netem else ''} here ({e}: "
+                        f"{detail.decode(errors='replace').strip()}); needs {needs}")
     t = Testnet(tmp_path_factory.mktemp(f"testnet-{request.param}"), 4,
                 ["--block-time-ms", str(BLOCK_TIME_MS)], namespaces)
     try:

@@ -3,7 +3,7 @@
 Each validator runs from its own config (validator-<i>/config.toml) with its own datadir and log
 file; ports are free loopback ports chosen at init. With `Namespaces`, each validator runs in a
 network namespace of its own instead, behind a veth pair on a shared bridge whose egress `tc netem`
-delays by 20-50 ms. Helpers read blocks and receipts over JSON-RPC. Every wait is bounded.
+delays by 20-50 ms (or not delayed, with `delay=None`, for kernels without sch_netem). Helpers read blocks and receipts over JSON-RPC. Every wait is bounded.
 """
 
 from __future__ import annotations
@@ -129,9 +129,10 @@ class Validator(KestrelNode):
 
 class Namespaces:
     """N network namespaces, each with a veth pair to one bridge in the root namespace (which has
-    an address too, so the test reaches every validator), each egress delayed by netem."""
+    an address too, so the test reaches every validator), each egress delayed by netem unless
+    `delay` is None."""
 
-    def __init__(self, n: int, delay: str = "35ms 15ms"):
+    def __init__(self, n: int, delay: str | None = "35ms 15ms"):
         tag = f"kt{os.getpid() % 10000}"
         self.bridge = f"{tag}br"
         self.names = [f"{tag}ns{i}" for i in range(n)]
@@ -159,8 +160,9 @@ class Namespaces:
                 self._run("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", peer)
                 self._run("ip", "-n", ns, "link", "set", peer, "up")
                 self._run("ip", "-n", ns, "link", "set", "lo", "up")
-                self._run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", peer, "root",
-                          "netem", "delay", *self.delay.split())
+                if self.delay is not None:
+                    self._run("ip", "netns", "exec", ns, "tc", "qdisc", "add", "dev", peer, "root",
+                              "netem", "delay", *self.delay.split())
         except (subprocess.CalledProcessError, FileNotFoundError, subprocess.TimeoutExpired):
             self.cleanup()
             raise
