@@ -47,6 +47,7 @@ use std::{
 const SYNC_BLOCKS_TOTAL: &str = "kestrel_sync_blocks_total";
 const SYNC_ACTIVE: &str = "kestrel_sync_active";
 const PAYLOADS_REJECTED: &str = "kestrel_consensus_payloads_rejected_total";
+const EARLY_TIMEOUTS: &str = "kestrel_consensus_early_timeouts_total";
 
 /// A certificate more than this many blocks above our log means consensus alone (which fetches
 /// missing blocks one request at a time, from memory) is the slow way back: sync instead.
@@ -74,6 +75,8 @@ const FORWARD_LEADERS: u64 = 3;
 /// again; when full the set is cleared (a transaction forwarded twice is refused as known).
 const FORWARDED_IN_MAX: usize = 65_536;
 /// Longest sleep of the loop, so shutdown is noticed.
+/// How often a round's leaders' connections are checked once the round is a block time old.
+const REACHABLE_CHECK_MS: u64 = 50;
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
 pub fn describe_metrics() {
@@ -168,6 +171,12 @@ pub struct Driver {
     decoder: Option<Decoder<Pending>>,
     last_forward_ms: u64,
     forwarded_in: HashSet<B256>,
+    /// The current round and when this driver first saw it.
+    round_since: (Round, u64),
+    /// Last check of the current round's leaders' connections (see `skip_unreachable_round`).
+    reachable_checked_ms: u64,
+    /// The last round timed out early.
+    skipped: Round,
 }
 
 impl Driver {
@@ -257,6 +266,9 @@ impl Driver {
             admitter: Some(Admitter::spawn(w.ingress)?),
             decoder: Some(Decoder::spawn()?),
             last_forward_ms: 0,
+            round_since: (Round(0), 0),
+            reachable_checked_ms: 0,
+            skipped: Round(0),
             forwarded_in: HashSet::new(),
         })
     }
@@ -349,6 +361,7 @@ impl Driver {
                 });
             }
         }
+        self.skip_unreachable_round(now);
         if let Some(b) = &self.building {
             if self.bft.round() != b.round {
                 self.building = None;
@@ -373,6 +386,37 @@ impl Driver {
             } else if s.asked_at_ms + REQUEST_RETRY_MS <= now {
                 self.ask_blocks(now);
             }
+        }
+    }
+
+    /// A round cannot certify a block if its leader (who proposes) or the next leader (who
+    /// collects the votes) is not connected to us, so we time it out after a block time instead
+    /// of the full round timeout: a crashed validator then costs its two rounds a few block times
+    /// per turn, not two round timeouts. Timing out early is always safe (it only gives up our
+    /// vote in this round); it needs a quorum doing the same to form a TC.
+    fn skip_unreachable_round(&mut self, now: u64) {
+        let round = self.bft.round();
+        if self.round_since.0 != round {
+            self.round_since = (round, now);
+        }
+        if self.sync.is_some()
+            || self.skipped == round
+            || now < self.round_since.1 + self.block_time_ms
+            || now < self.reachable_checked_ms + REACHABLE_CHECK_MS
+        {
+            return;
+        }
+        self.reachable_checked_ms = now;
+        let connected = self.net.connected_peers();
+        let me = self.bft.me();
+        let unreachable = [round, round.next()].into_iter().any(|r| {
+            let leader = self.set.leader(r);
+            leader != me && !connected.contains(&self.ids[usize::from(leader.0)])
+        });
+        if unreachable {
+            self.skipped = round;
+            metrics::counter!(EARLY_TIMEOUTS).increment(1);
+            self.feed(Event::Timeout { round });
         }
     }
 
