@@ -74,6 +74,10 @@ struct Inner {
     /// Transactions in a proposal, until that block commits (so RPC can still find them) or
     /// loses (then they come back).
     in_flight: HashMap<B256, InFlight>,
+    /// Every (hash, sender) marked in flight, under the block it was marked for, until that
+    /// block commits: lets commits and finality visit only the blocks in flight, not the pool.
+    /// Entries may be stale (the transaction moved to a later block or left); readers check.
+    by_block: BTreeMap<BlockNumber, Vec<(B256, Address)>>,
     /// Admitted since the last `take_fresh`, oldest first: sender, nonce, hash.
     fresh: VecDeque<(Address, u64, B256)>,
 }
@@ -110,6 +114,10 @@ impl Inner {
         {
             self.remove_tx(sender, nonce);
         }
+        self.by_block
+            .entry(number)
+            .or_default()
+            .push((hash, sender));
         let entry = self.in_flight.entry(hash).or_insert_with(|| InFlight {
             number,
             tx: tx.clone(),
@@ -307,6 +315,11 @@ impl TxPool {
             }
             let tx = queue.txs.remove(&nonce).expect("head tx exists");
             inner.by_hash.remove(&tx.hash());
+            inner
+                .by_block
+                .entry(number)
+                .or_default()
+                .push((tx.hash(), sender));
             inner.in_flight.insert(
                 tx.hash(),
                 InFlight {
@@ -337,10 +350,18 @@ impl TxPool {
         for tx in txs {
             inner.mark_in_flight(number, tx, true);
         }
+        let inner = &mut *inner;
         let lost: Vec<RecoveredTx> = inner
-            .in_flight
-            .extract_if(|_, f| !f.finalized && f.number <= number)
-            .map(|(_, f)| f.tx)
+            .by_block
+            .range(..=number)
+            .flat_map(|(_, marked)| marked)
+            .filter_map(|(hash, _)| {
+                let f = inner.in_flight.get(hash)?;
+                (!f.finalized && f.number <= number).then_some(*hash)
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .filter_map(|hash| inner.in_flight.remove(&hash).map(|f| f.tx))
             .collect();
         for tx in lost {
             inner.put_back(tx);
@@ -373,17 +394,30 @@ impl TxPool {
     /// dropped at execution; transactions below that nonce are gone for good.
     pub fn on_committed(&self, number: BlockNumber, mut nonce_of: impl FnMut(Address) -> u64) {
         let mut inner = self.inner.lock();
-        inner.in_flight.retain(|_, f| f.number > number);
-        let done: Vec<Address> = inner
-            .senders
-            .iter()
-            .filter(|(_, q)| q.in_flight_until.is_some_and(|n| n <= number))
-            .map(|(a, _)| *a)
-            .collect();
+        let later = inner.by_block.split_off(&(number + 1));
+        let marked = std::mem::replace(&mut inner.by_block, later);
+        // Every in-flight transaction and every sender's `in_flight_until` at or below `number`
+        // was marked under that block, so these are all candidates.
+        let mut done = Vec::new();
+        for (hash, sender) in marked.into_values().flatten() {
+            if inner
+                .in_flight
+                .get(&hash)
+                .is_some_and(|f| f.number <= number)
+            {
+                inner.in_flight.remove(&hash);
+            }
+            // Cleared here, so a sender listed twice is done once.
+            if let Some(q) = inner.senders.get_mut(&sender)
+                && q.in_flight_until.is_some_and(|n| n <= number)
+            {
+                q.in_flight_until = None;
+                done.push(sender);
+            }
+        }
         for sender in done {
             let state_nonce = nonce_of(sender);
             let queue = inner.senders.get_mut(&sender).expect("listed sender");
-            queue.in_flight_until = None;
             queue.next_nonce = state_nonce;
             let stale: Vec<u64> = queue.txs.range(..state_nonce).map(|(n, _)| *n).collect();
             for nonce in stale {
