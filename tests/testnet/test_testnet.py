@@ -65,12 +65,36 @@ def send_batch(net, sender: Sender, via: int, n: int = TXS_PER_BATCH) -> list[st
     return hashes
 
 
-def wait_receipts(v, hashes: list[str], timeout: float = FINALIZE_TIMEOUT_S) -> list[dict]:
+def wait_receipts(v, hashes: list[str], timeout: float = FINALIZE_TIMEOUT_S, net=None) -> list[dict]:
+    """Every receipt from `v`; on a timeout, with `net`, says what each live validator knows."""
     def all_there():
         receipts = [v.receipt(h) for h in hashes]
         return receipts if all(receipts) else None
 
-    return wait_until(all_there, timeout, f"receipts of {len(hashes)} txs on validator {v.index}")
+    try:
+        return wait_until(all_there, timeout, f"receipts of {len(hashes)} txs on validator {v.index}")
+    except TimeoutError as e:
+        if net is None:
+            raise
+        raise TimeoutError(f"{e}; {views(net, hashes)}") from None
+
+
+def views(net, hashes: list[str]) -> str:
+    """Each live validator's head, its view of the first missing transaction and of its sender."""
+    out = []
+    for v in net.running():
+        try:
+            missing = next((h for h in hashes if not v.receipt(h)), hashes[0])
+            tx = v.call("eth_getTransactionByHash", [missing])
+            nonces = ""
+            if tx:
+                nonces = (f", sender nonce latest {int(v.call('eth_getTransactionCount', [tx['from'], 'latest']), 16)}"
+                          f" pending {int(v.call('eth_getTransactionCount', [tx['from'], 'pending']), 16)}")
+            out.append(f"validator {v.index}: head {v.head()}, tx {missing} "
+                       f"{'nonce ' + str(int(tx['nonce'], 16)) if tx else 'unknown'}{nonces}")
+        except (requests.RequestException, RuntimeError, ValueError) as err:
+            out.append(f"validator {v.index}: {err!r}")
+    return "; ".join(out)
 
 
 def assert_agree(validators, up_to: int) -> None:
@@ -109,7 +133,7 @@ def test_transactions_are_included_and_all_validators_agree(net):
     advances(net[0], 3, FINALIZE_TIMEOUT_S)
     sender = Sender(0)
     hashes = send_batch(net, sender, via=0)
-    receipts = wait_receipts(net[0], hashes)
+    receipts = wait_receipts(net[0], hashes, net=net)
     top = max(int(r["blockNumber"], 16) for r in receipts)
     assert_agree(net.validators, top)
     assert_receipts_agree(net.validators, hashes)
@@ -159,7 +183,7 @@ def test_one_validator_down_chain_keeps_finalizing_and_it_catches_up(net):
                  "kestrel_consensus_tcs_created_total", "kestrel_consensus_early_timeouts_total"):
         assert (net[0].metric(name) or 0) > 0, name
     hashes = send_batch(net, sender, via=0)
-    receipts = wait_receipts(net[0], hashes)
+    receipts = wait_receipts(net[0], hashes, net=net)
     live = net.validators[:3]
     assert_receipts_agree(live, hashes)
     # Restarted, it syncs what it missed and takes part again.
@@ -175,7 +199,7 @@ def test_one_validator_down_chain_keeps_finalizing_and_it_catches_up(net):
     assert_receipts_agree(net.validators, hashes)
     # And it finalizes new blocks with the others.
     more = send_batch(net, sender, via=0)
-    wait_receipts(net[3], more)
+    wait_receipts(net[3], more, net=net)
     assert_receipts_agree(net.validators, more)
 
 
@@ -195,7 +219,7 @@ def test_two_validators_down_stop_finalizing_without_forking_then_resume(net):
                          f"finality to resume past {stalled}")
     assert_agree(net.validators[:3], resumed)
     hashes = send_batch(net, net.sender, via=0)
-    wait_receipts(net[2], hashes)
+    wait_receipts(net[2], hashes, net=net)
     assert_receipts_agree(net.validators[:3], hashes)
 
 

@@ -243,6 +243,11 @@ impl Bft {
         self.me
     }
 
+    /// The round of the highest QC this node holds.
+    pub fn high_qc_round(&self) -> Round {
+        self.high_qc.round
+    }
+
     /// The last committed block.
     pub fn root(&self) -> &CommittedBlock {
         &self.root

@@ -35,7 +35,7 @@ use kestrel_storage::{ChainView, Store};
 use kestrel_types::{ExecutionResult, Proposal};
 use std::{
     cmp::Reverse,
-    collections::{BinaryHeap, HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque},
     path::Path,
     sync::{
         Arc,
@@ -75,6 +75,8 @@ const FORWARD_LEADERS: u64 = 3;
 /// again; when full the set is cleared (a transaction forwarded twice is refused as known).
 const FORWARDED_IN_MAX: usize = 65_536;
 /// Longest sleep of the loop, so shutdown is noticed.
+/// Proposals for rounds up to this far ahead of ours are tracked for `return_abandoned`.
+const ROUNDS_AHEAD_TRACKED: u64 = 16;
 /// How often a round's leaders' connections are checked once the round is a block time old.
 const REACHABLE_CHECK_MS: u64 = 50;
 const IDLE_WAIT: Duration = Duration::from_millis(100);
@@ -177,6 +179,8 @@ pub struct Driver {
     reachable_checked_ms: u64,
     /// The last round timed out early.
     skipped: Round,
+    /// Payload hash of the proposal seen (or made) in each round not yet over.
+    round_payloads: BTreeMap<Round, B256>,
 }
 
 impl Driver {
@@ -269,6 +273,7 @@ impl Driver {
             round_since: (Round(0), 0),
             reachable_checked_ms: 0,
             skipped: Round(0),
+            round_payloads: BTreeMap::new(),
             forwarded_in: HashSet::new(),
         })
     }
@@ -361,6 +366,10 @@ impl Driver {
                 });
             }
         }
+        if self.round_since.0 != self.bft.round() {
+            self.round_since = (self.bft.round(), now);
+            self.return_abandoned();
+        }
         self.skip_unreachable_round(now);
         if let Some(b) = &self.building {
             if self.bft.round() != b.round {
@@ -396,9 +405,6 @@ impl Driver {
     /// vote in this round); it needs a quorum doing the same to form a TC.
     fn skip_unreachable_round(&mut self, now: u64) {
         let round = self.bft.round();
-        if self.round_since.0 != round {
-            self.round_since = (round, now);
-        }
         if self.sync.is_some()
             || self.skipped == round
             || now < self.round_since.1 + self.block_time_ms
@@ -417,6 +423,20 @@ impl Driver {
             self.skipped = round;
             metrics::counter!(EARLY_TIMEOUTS).increment(1);
             self.feed(Event::Timeout { round });
+        }
+    }
+
+    /// Proposals of rounds that ended without a QC for them (a TC moved the round on) are
+    /// abandoned: their transactions go back to the pool (see `TxPool::on_abandoned`).
+    fn return_abandoned(&mut self) {
+        let current = self.bft.round();
+        let certified = self.bft.high_qc_round();
+        let open = self.round_payloads.split_off(&current);
+        let ended = std::mem::replace(&mut self.round_payloads, open);
+        for (_, hash) in ended.into_iter().filter(|(round, _)| *round > certified) {
+            if let Some((_, payload)) = self.payloads.get(&hash) {
+                self.pool.on_abandoned(payload.txs());
+            }
         }
     }
 
@@ -565,6 +585,7 @@ impl Driver {
         let hash = payload.hash();
         metrics::counter!("kestrel_ordering_txs_total").increment(payload.tx_count() as u64);
         self.payloads.insert(hash, (b.height, payload));
+        self.round_payloads.insert(b.round, hash);
         metrics::histogram!("kestrel_ordering_propose_seconds")
             .record(started.elapsed().as_secs_f64());
         self.feed(Event::PayloadReady {
@@ -734,6 +755,10 @@ impl Driver {
         // proposal at or below our head already lost, or is final).
         if block.height > self.log.height() {
             self.pool.on_proposed(block.height, payload.txs());
+            // Bounded: rounds far ahead are not ours to track (consensus drops them too).
+            if block.round.0 <= self.bft.round().0 + ROUNDS_AHEAD_TRACKED {
+                self.round_payloads.insert(block.round, block.payload_hash);
+            }
         }
         self.payloads
             .insert(block.payload_hash, (block.height, payload));

@@ -342,6 +342,25 @@ impl TxPool {
         }
     }
 
+    /// A proposal holding `txs` ended its round without a QC, so no leader will extend it: its
+    /// transactions come back now rather than when its height is finalized, or a leader whose
+    /// proposals keep failing (its successor is down) would hold them away from the others
+    /// forever. Should the block be extended after all, a copy proposed again is dropped at
+    /// execution.
+    pub fn on_abandoned(&self, txs: &[RecoveredTx]) {
+        let mut inner = self.inner.lock();
+        for tx in txs {
+            if inner
+                .in_flight
+                .get(&tx.hash())
+                .is_some_and(|f| !f.finalized)
+                && let Some(f) = inner.in_flight.remove(&tx.hash())
+            {
+                inner.put_back(f.tx);
+            }
+        }
+    }
+
     /// Block `number` is final with `txs` (ahead of its execution): every sender in it moves
     /// past its transactions, which leave the pool with any stale ones. Proposals for `number`
     /// or below that were not finalized lost: their transactions come back to the pool.
@@ -664,6 +683,28 @@ mod tests {
         // Proposed again and final this time: nothing comes back.
         pool.on_finalized(6, &[a0, a1, c0]);
         assert_eq!(pool.size(), PoolSize::default());
+    }
+
+    #[test]
+    fn a_proposal_whose_round_failed_gives_its_transactions_back_at_once() {
+        let pool = TxPool::new();
+        let (a0, a1) = (signed(13, 0, 1, 100), signed(13, 1, 1, 100));
+        pool.insert(a0.clone(), 0).unwrap();
+        pool.insert(a1.clone(), 0).unwrap();
+        // A leader whose successor is down proposed both for height 7; the round timed out.
+        pool.on_proposed(7, &[a0.clone(), a1.clone()]);
+        assert!(pool.take_block(7, 1_000_000, 1, 10).is_empty());
+        pool.on_abandoned(&[a0.clone(), a1.clone()]);
+        // The next leader proposes them without waiting for height 7 to be finalized.
+        assert_eq!(
+            pool.take_block(7, 1_000_000, 1, 10),
+            vec![a0.clone(), a1.clone()]
+        );
+        // A finalized transaction never comes back, even if a copy's round failed later.
+        pool.on_finalized(7, &[a0.clone(), a1.clone()]);
+        pool.on_abandoned(&[a0, a1]);
+        assert_eq!(pool.size(), PoolSize::default());
+        assert!(pool.take_block(8, 1_000_000, 1, 10).is_empty());
     }
 
     #[test]
