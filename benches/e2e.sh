@@ -7,6 +7,7 @@
 #   SKIP_ANVIL=1 benches/e2e.sh          # Kestrel only
 #   WORKLOAD=swap PAIRS=10 benches/e2e.sh # Uniswap-V2-style swaps over 10 pairs
 #   KESTREL_BIN, KESTREL_LOADGEN_BIN     # other binaries than $CARGO_TARGET_DIR/release/*
+#   KESTREL_ARGS="--executor parallel"   # more `kestrel node` flags (word-split)
 #
 # Writes into $OUT (default target/e2e-bench/<time>): genesis.json, kestrel.json/.svg,
 # anvil.json/.svg (kestrel-loadgen reports and charts), kestrel-metrics.txt (the node's /metrics
@@ -79,7 +80,7 @@ LOAD=(--workload "$WORKLOAD" --pairs "$PAIRS" --accounts "$ACCOUNTS" --seed "$SE
 PORT="$(free_port)"; METRICS="$(free_port)"
 "$KESTREL" node --genesis "$OUT/genesis.json" --datadir "$OUT/kestrel-data" \
   --http-port "$PORT" --metrics "127.0.0.1:$METRICS" --block-time-ms "$BLOCK_TIME_MS" \
-  --gas-limit "$GAS_LIMIT" >"$OUT/kestrel.log" 2>&1 &
+  --gas-limit "$GAS_LIMIT" ${KESTREL_ARGS:-} >"$OUT/kestrel.log" 2>&1 &
 KPID=$!; PIDS+=("$KPID")
 wait_rpc "http://127.0.0.1:$PORT" "$KPID"
 echo "e2e: kestrel up on $PORT"
