@@ -284,6 +284,7 @@ impl Bft {
             Message::Proposal(p) => self.on_proposal(now, p, out),
             Message::Vote(v) => self.on_vote(now, v, out),
             Message::Timeout(t) => self.on_timeout(now, t, out),
+            Message::Certificate(qc) => self.process_qc(now, &qc, out),
             Message::BlockRequest(r) => self.on_block_request(from, r, out),
             Message::Blocks(blocks) => self.on_blocks(now, from, blocks, out),
         }
@@ -579,6 +580,7 @@ impl Bft {
             signatures,
         };
         metrics::counter!(m::QCS).increment(1);
+        out.push(Command::Broadcast(Message::Certificate(qc.clone())));
         self.process_qc(now, &qc, out);
     }
 

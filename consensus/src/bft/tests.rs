@@ -135,6 +135,7 @@ fn message() -> impl Strategy<Value = Message> {
             count,
         })),
         prop::collection::vec(block(), 0..3).prop_map(Message::Blocks),
+        qc().prop_map(Message::Certificate),
     ]
 }
 
@@ -500,4 +501,61 @@ fn no_vote_for_a_timestamp_not_after_the_parent_or_too_far_ahead() {
     // Genesis is at 0: not after the parent.
     assert!(!voted(0));
     assert!(!voted(now + TIMESTAMP_AHEAD_MAX_MS + 1));
+}
+
+#[test]
+fn a_broadcast_certificate_finalizes_the_parent_before_the_next_proposal() {
+    let s = set(4);
+    // Not the leader of rounds 1-3, so it learns of QCs only from others' messages.
+    let me = (0..4)
+        .find(|i| (1..=3).all(|r| s.leader(Round(r)) != ValidatorIndex(*i as u16)))
+        .unwrap_or(3);
+    let mut bft = Bft::new(
+        Config {
+            round_timeout_ms: 1_000,
+            execution_delay: 3,
+        },
+        key(me),
+        s.clone(),
+        CommittedBlock::genesis(),
+        SafetyState::genesis(),
+    )
+    .unwrap();
+    bft.update(0, Event::Start);
+    let deliver = |bft: &mut Bft, message: Message| {
+        let from = ValidatorIndex(0);
+        bft.update(
+            1,
+            Event::Message {
+                from,
+                message: Unverified::new(message),
+            },
+        )
+    };
+    let b1 = block_at(1, QuorumCert::genesis(), &s);
+    let qc1 = certify(&b1, &[0, 1, 2]);
+    let b2 = block_at(2, qc1, &s);
+    for b in [&b1, &b2] {
+        let leader = key(u64::from(b.author.0));
+        deliver(
+            &mut bft,
+            Message::Proposal(Proposal::new(b.clone(), None, &leader)),
+        );
+    }
+    assert_eq!(bft.root().block.height, 0, "b1 is certified, not yet final");
+    // A forged certificate for b2 (one signature) changes nothing.
+    let forged = QuorumCert {
+        signatures: certify(&b2, &[0]).signatures,
+        ..certify(&b2, &[0, 1, 2])
+    };
+    assert!(deliver(&mut bft, Message::Certificate(forged)).is_empty());
+    assert_eq!(bft.round(), Round(2));
+    // The real one, broadcast by round 3's leader: b1 is final and the round moves on now.
+    let out = deliver(&mut bft, Message::Certificate(certify(&b2, &[0, 1, 2])));
+    assert!(
+        out.iter()
+            .any(|c| matches!(c, Command::Commit { blocks, .. } if blocks[0].block == b1))
+    );
+    assert_eq!(bft.root().block.height, 1);
+    assert_eq!(bft.round(), Round(3));
 }

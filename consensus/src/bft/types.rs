@@ -155,6 +155,10 @@ pub enum Message {
     Proposal(Proposal),
     Vote(Vote),
     Timeout(Timeout),
+    /// A QC, broadcast by the next leader as soon as it assembles it: the others learn a block
+    /// is certified (and its parent final) a block time before the next proposal would tell
+    /// them, which is that much off submission-to-finality.
+    Certificate(QuorumCert),
     BlockRequest(BlockRequest),
     /// Answer to a [`BlockRequest`], newest first. Blocks are authenticated by hash against a
     /// certified id, not by signature, so the state machine checks them, not `verify`.
@@ -518,6 +522,7 @@ impl Unverified<Message> {
                     cache.check_tc(tc, set)?;
                 }
             }
+            Message::Certificate(qc) => cache.check_qc(qc, set)?,
             Message::BlockRequest(r) => {
                 if r.count == 0 {
                     return Err(VerifyError::BadStructure("block request for no blocks"));

@@ -18,6 +18,7 @@ const KIND_VOTE: u8 = 2;
 const KIND_TIMEOUT: u8 = 3;
 const KIND_BLOCK_REQUEST: u8 = 4;
 const KIND_BLOCKS: u8 = 5;
+const KIND_CERTIFICATE: u8 = 6;
 
 impl Message {
     pub fn encode_to_vec(&self) -> Vec<u8> {
@@ -28,6 +29,7 @@ impl Message {
             Message::Timeout(m) => push(&mut out, KIND_TIMEOUT, m),
             Message::BlockRequest(m) => push(&mut out, KIND_BLOCK_REQUEST, m),
             Message::Blocks(m) => push(&mut out, KIND_BLOCKS, m),
+            Message::Certificate(m) => push(&mut out, KIND_CERTIFICATE, m),
         }
         out
     }
@@ -59,6 +61,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
         KIND_TIMEOUT => Message::Timeout(Decodable::decode(&mut buf)?),
         KIND_BLOCK_REQUEST => Message::BlockRequest(Decodable::decode(&mut buf)?),
         KIND_BLOCKS => Message::Blocks(Decodable::decode(&mut buf)?),
+        KIND_CERTIFICATE => Message::Certificate(Decodable::decode(&mut buf)?),
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if !buf.is_empty() {

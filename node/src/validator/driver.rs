@@ -668,6 +668,7 @@ impl Driver {
         let certified_height = match message.peek() {
             Message::Proposal(p) => Some(p.block.qc.height),
             Message::Timeout(t) => Some(t.high_qc.height),
+            Message::Certificate(qc) => Some(qc.height),
             _ => None,
         };
         if self.sync.is_none()
