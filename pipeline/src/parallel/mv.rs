@@ -7,6 +7,12 @@
 //! versions, so a re-execution that writes the same value does not invalidate its readers. Once
 //! every transaction is executed and validated, the last write of each location is the block's
 //! final value there ([`MvMemory::final_value`]).
+//!
+//! Transaction fees are not writes at the beneficiary's account: each transaction's fee stays in
+//! its own slot beside the list of what it wrote, and only reads of the beneficiary (rare) sum
+//! them. Publishing every fee to one location made that location's versions the hottest memory
+//! of the block, a list as long as the block searched on every publish, its cache line moving
+//! between the threads on every transaction.
 
 use super::scheduler::Padded;
 use alloy_primitives::{
@@ -189,15 +195,33 @@ pub(super) fn credited(info: Option<AccountInfo>, credit: U256) -> Option<Option
 
 type Shard = Padded<Mutex<HashMap<Loc, Versions>>>;
 
+/// A transaction's fee to the beneficiary, in its [`TxWrites`].
+#[derive(Debug, Clone, Copy, Default)]
+enum Fee {
+    /// Not executed yet, failed, or it wrote the beneficiary's account itself (fee included).
+    #[default]
+    None,
+    Credit(U256),
+    /// Its execution was aborted: readers wait for the re-execution.
+    Estimate,
+}
+
+/// What a transaction's latest execution wrote.
+#[derive(Debug, Default)]
+struct TxWrites {
+    /// So a re-execution can replace the writes and an abort can turn them into estimates.
+    locs: Vec<Loc>,
+    fee: Fee,
+}
+
 pub(super) struct MvMemory {
     shards: Box<[Shard]>,
-    /// What each transaction last wrote, so a re-execution can replace it and an abort can turn
-    /// it into estimates.
-    written: Box<[Padded<Mutex<Vec<Loc>>>]>,
+    written: Box<[Padded<Mutex<TxWrites>>]>,
+    beneficiary: Address,
 }
 
 impl MvMemory {
-    pub(super) fn new(txs: usize) -> Self {
+    pub(super) fn new(txs: usize, beneficiary: Address) -> Self {
         // A transfer writes two locations, a token transfer three: sized so that shards rarely
         // grow while threads wait on them.
         let per_shard = (txs * 3).div_ceil(SHARDS);
@@ -211,22 +235,68 @@ impl MvMemory {
                 })
                 .collect(),
             written: (0..txs).map(|_| Padded::default()).collect(),
+            beneficiary,
         }
     }
 
-    fn shard(&self, loc: &Loc) -> &Shard {
+    fn shard_index(&self, loc: &Loc) -> usize {
         let byte = match loc {
             Loc::Basic(address) => address[19],
             Loc::Storage(address, slot) => address[19] ^ slot.byte(0),
         };
-        &self.shards[usize::from(byte)]
+        usize::from(byte)
+    }
+
+    fn shard(&self, loc: &Loc) -> &Shard {
+        &self.shards[self.shard_index(loc)]
     }
 
     /// What a read of `loc` by transaction `tx` finds.
     pub(super) fn read(&self, loc: &Loc, tx: usize) -> Found {
+        if *loc == Loc::Basic(self.beneficiary) {
+            return self.read_beneficiary(tx);
+        }
         match self.shard(loc).lock().get(loc) {
             Some(versions) => resolve(versions.before(tx)),
             None => Found::Base,
+        }
+    }
+
+    /// The beneficiary's account before `tx`: its latest write (which includes its writer's
+    /// fee) plus the fees of the transactions since.
+    fn read_beneficiary(&self, tx: usize) -> Found {
+        let loc = Loc::Basic(self.beneficiary);
+        // The shard's lock is released before the fee slots' are taken (`publish` holds a
+        // transaction's while it takes shards').
+        let latest = match self.shard(&loc).lock().get(&loc) {
+            Some(versions) => versions.before(tx).next().map(|(w, write)| (w, *write)),
+            None => None,
+        };
+        let (from, found) = match latest {
+            None => (0, Found::Base),
+            Some((writer, Write::Estimate)) => return Found::Estimate(writer),
+            Some((writer, Write::Val(val))) => (writer + 1, Found::Val(val)),
+            Some((_, Write::Credit { .. })) => unreachable!("fees are not written as credits"),
+        };
+        let mut fees = U256::ZERO;
+        for (writer, written) in self.written.iter().enumerate().take(tx).skip(from) {
+            match written.lock().fee {
+                Fee::None => {}
+                Fee::Credit(fee) => match fees.checked_add(fee) {
+                    Some(sum) => fees = sum,
+                    None => return Found::Overflow,
+                },
+                Fee::Estimate => return Found::Estimate(writer),
+            }
+        }
+        match found {
+            _ if fees.is_zero() => found,
+            Found::Val(Val::Basic(info)) => match credited(info, fees) {
+                Some(info) => Found::Val(Val::Basic(info)),
+                None => Found::Overflow,
+            },
+            Found::Base => Found::BaseCredited(fees),
+            found => unreachable!("beneficiary read {found:?}"),
         }
     }
 
@@ -253,12 +323,19 @@ impl MvMemory {
         self.read(loc, usize::MAX)
     }
 
-    /// Replaces what `tx` wrote before with `writes` (drained). `true` if it wrote a location
-    /// its previous execution did not: transactions after it may have read past it, so all of
-    /// them must be validated again (Block-STM's `wrote_new_location`).
-    pub(super) fn publish(&self, tx: usize, writes: &mut Vec<(Loc, Write)>) -> bool {
+    /// Replaces what `tx` wrote before with `writes` (drained) and its `fee` to the beneficiary.
+    /// `true` if it wrote a location (or a fee) its previous execution did not: transactions
+    /// after it may have read past it, so all of them must be validated again (Block-STM's
+    /// `wrote_new_location`).
+    pub(super) fn publish(
+        &self,
+        tx: usize,
+        writes: &mut Vec<(Loc, Write)>,
+        fee: Option<U256>,
+    ) -> bool {
         let mut written = self.written[tx].lock();
-        let mut new_location = false;
+        let mut new_location = fee.is_some() && matches!(written.fee, Fee::None);
+        written.fee = fee.map_or(Fee::None, Fee::Credit);
         for (loc, write) in writes.iter() {
             let fresh = match self.shard(loc).lock().entry(*loc) {
                 Entry::Occupied(mut versions) => versions.get_mut().insert(tx, *write),
@@ -270,7 +347,7 @@ impl MvMemory {
             new_location |= fresh;
         }
         // What the previous execution wrote and this one did not.
-        for loc in written.iter() {
+        for loc in &written.locs {
             if writes.iter().any(|(l, _)| l == loc) {
                 continue;
             }
@@ -279,14 +356,18 @@ impl MvMemory {
                 shard.remove(loc);
             }
         }
-        written.clear();
-        written.extend(writes.drain(..).map(|(loc, _)| loc));
+        written.locs.clear();
+        written.locs.extend(writes.drain(..).map(|(loc, _)| loc));
         new_location
     }
 
     /// Turns `tx`'s writes into estimates (its execution was aborted).
     pub(super) fn mark_estimates(&self, tx: usize) {
-        for loc in self.written[tx].lock().iter() {
+        let mut written = self.written[tx].lock();
+        if let Fee::Credit(_) = written.fee {
+            written.fee = Fee::Estimate;
+        }
+        for loc in &written.locs {
             if let Some(write) = self
                 .shard(loc)
                 .lock()
@@ -298,15 +379,26 @@ impl MvMemory {
         }
     }
 
-    /// Calls `f` with every location written and its final value, for the shards in `shards`.
+    /// Calls `f` with every location written (or credited) and its final value, for the
+    /// shards in `shards`.
     pub(super) fn for_each_final(
         &self,
         shards: std::ops::Range<usize>,
         mut f: impl FnMut(&Loc, Found),
     ) {
+        let beneficiary = Loc::Basic(self.beneficiary);
+        let ours = shards.contains(&self.shard_index(&beneficiary));
         for shard in &self.shards[shards] {
             for (loc, versions) in shard.lock().iter() {
-                f(loc, resolve(versions.before(usize::MAX)));
+                if *loc != beneficiary {
+                    f(loc, resolve(versions.before(usize::MAX)));
+                }
+            }
+        }
+        if ours {
+            match self.final_value(&beneficiary) {
+                Found::Base => {}
+                found => f(&beneficiary, found),
             }
         }
     }

@@ -344,9 +344,9 @@ pub(super) type WorkerEvm<'s, 'a> = RevmEvm<
     EthFrame,
 >;
 
-/// revm's mainnet handler except that the beneficiary's fee credit is computed, not applied: it
-/// is the same expression as `revm::handler::post_execution::reward_beneficiary`, and is
-/// written as a credit ([`beneficiary_write`]). Without this every transaction would read and
+/// revm's mainnet handler except that the beneficiary's fee is computed, not applied: it is the
+/// same expression as `revm::handler::post_execution::reward_beneficiary`, and is published as
+/// the transaction's fee ([`beneficiary_write`]). Without this every transaction would read and
 /// write the beneficiary and conflict with every other.
 struct DeferredReward<'s, 'a>(std::marker::PhantomData<WorkerEvm<'s, 'a>>);
 
@@ -380,24 +380,20 @@ impl<'s, 'a> Handler for DeferredReward<'s, 'a> {
     }
 }
 
-/// What a transaction writes at the beneficiary: its fee as a credit (so that the fees of a
-/// block do not make every transaction depend on the one before), or, if it touched the
-/// beneficiary itself, the account it left plus its fee, as revm's `reward_beneficiary` and
-/// `State` make it (cleared if touched while empty). With whether that is simple.
-fn beneficiary_write(
-    touched: Option<&Account>,
-    fee: U256,
-) -> Result<Option<(Write, bool)>, Speculation> {
+/// What a transaction leaves at the beneficiary.
+enum Reward {
+    /// Its fee alone, published beside its writes (so that the fees of a block do not make
+    /// every transaction depend on the one before).
+    Fee(U256),
+    /// It touched the beneficiary itself: the account it left plus its fee, as revm's
+    /// `reward_beneficiary` and `State` make it (cleared if touched while empty), and whether
+    /// that is simple.
+    Account(Write, bool),
+}
+
+fn beneficiary_write(touched: Option<&Account>, fee: U256) -> Result<Reward, Speculation> {
     let Some(account) = touched.filter(|a| a.is_touched()) else {
-        return Ok((!fee.is_zero()).then_some((
-            Write::Credit {
-                // Not read: plain transfers to the beneficiary are not credits.
-                value: fee,
-                nonce: 0,
-                code_hash: KECCAK_EMPTY,
-            },
-            true,
-        )));
+        return Ok(Reward::Fee(fee));
     };
     let info = AccountInfo {
         nonce: account.info.nonce,
@@ -410,10 +406,10 @@ fn beneficiary_write(
     };
     let gone = account.is_selfdestructed() || info.is_empty();
     let simple = !gone && !account.is_created();
-    Ok(Some((
+    Ok(Reward::Account(
         Write::Val(Val::Basic((!gone).then_some(info))),
         simple,
-    )))
+    ))
 }
 
 /// One thread's side of the block: a revm instance reused across its transactions.
@@ -570,6 +566,7 @@ impl<'s, 'a> Speculator<'s, 'a> {
         let result = DeferredReward(std::marker::PhantomData).run(&mut self.evm);
         let state = self.evm.finalize();
         let db = self.evm.ctx.db_mut();
+        let mut fee = None;
         let speculative = match result {
             Err(EVMError::Database(Speculation::Estimate(writer))) => {
                 return Executed::Blocked(writer);
@@ -594,18 +591,18 @@ impl<'s, 'a> Speculator<'s, 'a> {
                         }
                     }
                 }
-                let fee = beneficiary_write(state.get(&beneficiary), db.reward);
-                match fee {
-                    Ok(Some((write, fee_simple))) => {
-                        simple &= fee_simple;
+                let reward = beneficiary_write(state.get(&beneficiary), db.reward);
+                match reward {
+                    Ok(Reward::Fee(value)) => fee = Some(value),
+                    Ok(Reward::Account(write, account_simple)) => {
+                        simple &= account_simple;
                         self.writes.push((Loc::Basic(beneficiary), write));
                     }
-                    Ok(None) => {}
                     Err(_) => simple = false,
                 }
                 let gas = *result.gas();
                 let tx_type = tx.tx().tx_type();
-                fee.ok().map(|_| Speculative {
+                reward.ok().map(|_| Speculative {
                     gas,
                     receipt: Some(receipt(tx_type, result)),
                     simple,
@@ -616,8 +613,9 @@ impl<'s, 'a> Speculator<'s, 'a> {
         // earlier incarnation wrote.
         if speculative.is_none() {
             self.writes.clear();
+            fee = None;
         }
-        let wrote_new_location = shared.mv.publish(index, &mut self.writes);
+        let wrote_new_location = shared.mv.publish(index, &mut self.writes, fee);
         let outcome = Outcome {
             reads: std::mem::take(&mut db.reads),
             speculative,
