@@ -278,11 +278,8 @@ fn execute_parallel(
         scheduler,
         ..
     } = shared;
-    let mut outcomes: Vec<Option<Outcome>> = outcomes
-        .into_vec()
-        .into_iter()
-        .map(|slot| slot.0.into_inner())
-        .collect();
+    // Read in place: moving a block's outcomes into a new vector cost a copy into fresh memory.
+    let mut outcomes = outcomes;
 
     let finishing = Instant::now();
     let finished = if abandoned {
