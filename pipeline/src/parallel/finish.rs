@@ -326,7 +326,7 @@ pub(super) fn part(
     let mut part = Part::default();
     let mut exact = true;
     let mut error = None;
-    mv.for_each_final(shards, |loc, found| {
+    mv.for_each_final(shards, |loc, found, base| {
         if !exact || error.is_some() {
             return;
         }
@@ -337,7 +337,11 @@ pub(super) fn part(
             }
             match (*loc, found) {
                 (Loc::Basic(address), found) => {
-                    let base = state.account(address)?;
+                    let base = match base {
+                        Some(Val::Basic(info)) => info,
+                        Some(Val::Storage(_)) => unreachable!("account locations hold accounts"),
+                        None => state.account(address)?,
+                    };
                     let info = match found {
                         Found::Val(Val::Basic(info)) => info,
                         Found::BaseCredited(credit) => match credited(base, credit) {
@@ -358,7 +362,12 @@ pub(super) fn part(
                     }
                 }
                 (Loc::Storage(address, slot), Found::Val(Val::Storage(value))) => {
-                    if value != state.storage(address, slot)? {
+                    let base = match base {
+                        Some(Val::Storage(value)) => value,
+                        Some(Val::Basic(_)) => unreachable!("storage locations hold slot values"),
+                        None => state.storage(address, slot)?,
+                    };
+                    if value != base {
                         part.slots.push((address, slot, value));
                     }
                     Ok(true)

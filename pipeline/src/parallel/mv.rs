@@ -153,6 +153,15 @@ impl Versions {
     }
 }
 
+/// A location's writes, and its value before the block's transactions if one of its writers
+/// read that: the finish then need not read the starting state again to tell whether the
+/// location changed (a random read of the state for every location written).
+#[derive(Debug)]
+struct LocWrites {
+    versions: Versions,
+    base: Option<Val>,
+}
+
 /// Follows the writes before some transaction, latest first, to the value they make.
 fn resolve<'a>(mut writes: impl Iterator<Item = (usize, &'a Write)>) -> Found {
     let mut credit = U256::ZERO;
@@ -194,7 +203,7 @@ pub(super) fn credited(info: Option<AccountInfo>, credit: U256) -> Option<Option
 /// The locations written, in one dense vector (an index table beside it): a block's worth of
 /// entries in a hash table's sparse buckets spread over three times the memory, every publish
 /// and every final read a cache miss on a page faulted in for the block.
-type Shard = Padded<Mutex<IndexMap<Loc, Versions, DefaultHashBuilder>>>;
+type Shard = Padded<Mutex<IndexMap<Loc, LocWrites, DefaultHashBuilder>>>;
 
 /// A transaction's fee to the beneficiary, in its [`TxWrites`].
 #[derive(Debug, Clone, Copy, Default)]
@@ -258,7 +267,7 @@ impl MvMemory {
             return self.read_beneficiary(tx);
         }
         match self.shard(loc).lock().get(loc) {
-            Some(versions) => resolve(versions.before(tx)),
+            Some(writes) => resolve(writes.versions.before(tx)),
             None => Found::Base,
         }
     }
@@ -270,7 +279,11 @@ impl MvMemory {
         // The shard's lock is released before the fee slots' are taken (`publish` holds a
         // transaction's while it takes shards').
         let latest = match self.shard(&loc).lock().get(&loc) {
-            Some(versions) => versions.before(tx).next().map(|(w, write)| (w, *write)),
+            Some(writes) => writes
+                .versions
+                .before(tx)
+                .next()
+                .map(|(w, write)| (w, *write)),
             None => None,
         };
         let (from, found) = match latest {
@@ -305,7 +318,8 @@ impl MvMemory {
     pub(super) fn read_credit(&self, address: Address, tx: usize) -> CreditFound {
         let loc = Loc::Basic(address);
         let shard = self.shard(&loc).lock();
-        let Some((writer, write)) = shard.get(&loc).and_then(|v| v.before(tx).next()) else {
+        let Some((writer, write)) = shard.get(&loc).and_then(|w| w.versions.before(tx).next())
+        else {
             return CreditFound::Base;
         };
         match *write {
@@ -324,24 +338,35 @@ impl MvMemory {
         self.read(loc, usize::MAX)
     }
 
-    /// Replaces what `tx` wrote before with `writes` (drained) and its `fee` to the beneficiary.
-    /// `true` if it wrote a location (or a fee) its previous execution did not: transactions
-    /// after it may have read past it, so all of them must be validated again (Block-STM's
-    /// `wrote_new_location`).
+    /// Replaces what `tx` wrote before with `writes` (drained) and its `fee` to the beneficiary;
+    /// `bases` are the values it read from the starting state. `true` if it wrote a location (or
+    /// a fee) its previous execution did not: transactions after it may have read past it, so
+    /// all of them must be validated again (Block-STM's `wrote_new_location`).
     pub(super) fn publish(
         &self,
         tx: usize,
         writes: &mut Vec<(Loc, Write)>,
         fee: Option<U256>,
+        bases: &[(Loc, Val)],
     ) -> bool {
+        let base_of = |loc: &Loc| bases.iter().find(|(l, _)| l == loc).map(|(_, val)| *val);
         let mut written = self.written[tx].lock();
         let mut new_location = fee.is_some() && matches!(written.fee, Fee::None);
         written.fee = fee.map_or(Fee::None, Fee::Credit);
         for (loc, write) in writes.iter() {
             let fresh = match self.shard(loc).lock().entry(*loc) {
-                Entry::Occupied(mut versions) => versions.get_mut().insert(tx, *write),
-                Entry::Vacant(slot) => {
-                    slot.insert(Versions::One((tx, *write)));
+                Entry::Occupied(mut entry) => {
+                    let writes = entry.get_mut();
+                    if writes.base.is_none() {
+                        writes.base = base_of(loc);
+                    }
+                    writes.versions.insert(tx, *write)
+                }
+                Entry::Vacant(entry) => {
+                    entry.insert(LocWrites {
+                        versions: Versions::One((tx, *write)),
+                        base: base_of(loc),
+                    });
                     true
                 }
             };
@@ -353,7 +378,7 @@ impl MvMemory {
                 continue;
             }
             let mut shard = self.shard(loc).lock();
-            if shard.get_mut(loc).is_some_and(|v| v.remove(tx)) {
+            if shard.get_mut(loc).is_some_and(|w| w.versions.remove(tx)) {
                 shard.swap_remove(loc);
             }
         }
@@ -373,33 +398,37 @@ impl MvMemory {
                 .shard(loc)
                 .lock()
                 .get_mut(loc)
-                .and_then(|v| v.get_mut(tx))
+                .and_then(|w| w.versions.get_mut(tx))
             {
                 *write = Write::Estimate;
             }
         }
     }
 
-    /// Calls `f` with every location written (or credited) and its final value, for the
-    /// shards in `shards`.
+    /// Calls `f` with every location written (or credited), its final value and, if known, its
+    /// value before the block's transactions, for the shards in `shards`.
     pub(super) fn for_each_final(
         &self,
         shards: std::ops::Range<usize>,
-        mut f: impl FnMut(&Loc, Found),
+        mut f: impl FnMut(&Loc, Found, Option<Val>),
     ) {
         let beneficiary = Loc::Basic(self.beneficiary);
         let ours = shards.contains(&self.shard_index(&beneficiary));
         for shard in &self.shards[shards] {
-            for (loc, versions) in shard.lock().iter() {
+            for (loc, writes) in shard.lock().iter() {
                 if *loc != beneficiary {
-                    f(loc, resolve(versions.before(usize::MAX)));
+                    f(
+                        loc,
+                        resolve(writes.versions.before(usize::MAX)),
+                        writes.base,
+                    );
                 }
             }
         }
         if ours {
             match self.final_value(&beneficiary) {
                 Found::Base => {}
-                found => f(&beneficiary, found),
+                found => f(&beneficiary, found, None),
             }
         }
     }

@@ -111,6 +111,9 @@ pub(super) struct WorkerDb<'s, 'a> {
     /// The recipient read as a [`Read::Credit`], with the nonce and code hash it keeps.
     credited: Option<(Address, u64, B256)>,
     reads: Vec<Read>,
+    /// The values read from the starting state, full accounts included where the read records
+    /// less (a transfer's recipient), handed to the multi-version memory with the writes.
+    bases: Vec<(Loc, Val)>,
     reward: U256,
     /// Code is content-addressed, so what one transaction loaded is valid for every other.
     codes: HashMap<B256, Bytecode>,
@@ -241,6 +244,9 @@ impl revm::Database for WorkerDb<'_, '_> {
                     read_account(self.shared, address, self.tx)?
                 }
                 _ => {
+                    if from_base {
+                        self.bases.push((Loc::Basic(address), Val::Basic(info)));
+                    }
                     let seen = info.map(|i| (i.nonce, i.code_hash));
                     let (nonce, code_hash) = seen.unwrap_or((0, KECCAK_EMPTY));
                     self.credited = Some((address, nonce, code_hash));
@@ -255,6 +261,9 @@ impl revm::Database for WorkerDb<'_, '_> {
         } else {
             read_account(self.shared, address, self.tx)?
         };
+        if from_base {
+            self.bases.push((Loc::Basic(address), Val::Basic(info)));
+        }
         self.reads.push(Read::Basic {
             address,
             seen: info,
@@ -284,6 +293,10 @@ impl revm::Database for WorkerDb<'_, '_> {
 
     fn storage(&mut self, address: Address, slot: U256) -> Result<U256, Speculation> {
         let (seen, from_base) = read_slot(self.shared, address, slot, self.tx)?;
+        if from_base {
+            self.bases
+                .push((Loc::Storage(address, slot), Val::Storage(seen)));
+        }
         self.reads.push(Read::Storage {
             address,
             slot,
@@ -460,6 +473,7 @@ impl<'s, 'a> Speculator<'s, 'a> {
             credit_to: None,
             credited: None,
             reads: Vec::new(),
+            bases: Vec::new(),
             reward: U256::ZERO,
             codes: HashMap::default(),
         };
@@ -556,6 +570,7 @@ impl<'s, 'a> Speculator<'s, 'a> {
             let db = self.evm.ctx.db_mut();
             db.tx = index;
             db.reads.clear();
+            db.bases.clear();
             db.reward = U256::ZERO;
             db.credited = None;
             db.credit_to = plain_transfer_recipient(tx, shared.beneficiary);
@@ -615,7 +630,7 @@ impl<'s, 'a> Speculator<'s, 'a> {
             self.writes.clear();
             fee = None;
         }
-        let wrote_new_location = shared.mv.publish(index, &mut self.writes, fee);
+        let wrote_new_location = shared.mv.publish(index, &mut self.writes, fee, &db.bases);
         let outcome = Outcome {
             reads: std::mem::take(&mut db.reads),
             speculative,
