@@ -13,7 +13,6 @@ use super::{
     Outcome,
     mv::{Found, Loc, MvMemory, SHARDS, Val, credited},
     scheduler::Padded,
-    worker::Read,
 };
 use crate::{
     evm::{BlockHashes, DbError, Hardforks, StateDb, bundle_to_changes, revm_account},
@@ -35,7 +34,7 @@ use revm::{
     bytecode::Bytecode,
     database::{State, states::bundle_state::BundleRetention},
 };
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, btree_map};
 
 /// revm's `Database` for the block: the starting state, and once the transactions are done,
 /// their final writes over it (for the post-block system calls and withdrawals).
@@ -148,8 +147,8 @@ pub(super) fn from_memory(
     executor.receipts.reserve(txs.len());
     for (tx, outcome) in txs.iter().zip(outcomes.iter_mut()) {
         let Some(Outcome {
-            reads,
             speculative: Some(speculative),
+            ..
         }) = outcome.0.get_mut()
         else {
             return Ok(None);
@@ -158,18 +157,7 @@ pub(super) fn from_memory(
         if !speculative.simple || !fits {
             return Ok(None);
         }
-        relaxed_merges += reads
-            .iter()
-            .filter(|r| {
-                matches!(
-                    r,
-                    Read::Credit {
-                        from_base: false,
-                        ..
-                    }
-                )
-            })
-            .count() as u64;
+        relaxed_merges += u64::from(speculative.relaxed_merges);
         let gas = speculative.gas;
         gas_used += gas.tx_gas_used();
         executor.block_regular_gas_used += gas.block_regular_gas_used();
@@ -243,52 +231,71 @@ pub(super) fn from_memory(
     }))
 }
 
-/// The transactions' changes to accounts and storage, as the bundle would hold them.
-struct FinalWrites {
+/// The transactions' changes to accounts and storage, as the bundle would hold them (or one
+/// thread's share of them).
+pub(super) struct FinalWrites {
     accounts: BTreeMap<Address, Option<AccountInfo>>,
     storage: BTreeMap<Address, StorageChange>,
 }
 
-/// One thread's part of [`FinalWrites`], sorted.
-#[derive(Default)]
-pub(super) struct Part {
-    accounts: Vec<(Address, Option<AccountInfo>)>,
-    slots: Vec<(Address, U256, U256)>,
+impl FinalWrites {
+    /// From sorted accounts and slots.
+    fn from_sorted(
+        accounts: Vec<(Address, Option<AccountInfo>)>,
+        slots: &[(Address, U256, U256)],
+    ) -> Self {
+        let storage = slots
+            .chunk_by(|a, b| a.0 == b.0)
+            .map(|chunk| {
+                let change = StorageChange {
+                    wiped: false,
+                    slots: chunk
+                        .iter()
+                        .map(|(_, slot, value)| (*slot, *value))
+                        .collect(),
+                };
+                (chunk[0].0, change)
+            })
+            .collect();
+        Self {
+            accounts: accounts.into_iter().collect(),
+            storage,
+        }
+    }
+
+    /// Adds another thread's share: its accounts are not in this one (an account is in one
+    /// shard), a contract's slots can be in both.
+    fn append(&mut self, mut other: Self) {
+        self.accounts.append(&mut other.accounts);
+        for (address, mut change) in other.storage {
+            match self.storage.entry(address) {
+                btree_map::Entry::Vacant(entry) => {
+                    entry.insert(change);
+                }
+                btree_map::Entry::Occupied(mut entry) => {
+                    entry.get_mut().slots.append(&mut change.slots);
+                }
+            }
+        }
+    }
 }
 
 /// One thread's share of the final writes ([`part`]).
-pub(super) type PartResult = Result<Option<Part>, StorageError>;
+pub(super) type PartResult = Result<Option<FinalWrites>, StorageError>;
 
 /// The final writes from every thread's share; `None` if one is not exact.
 fn merge(parts: Vec<PartResult>) -> Result<Option<FinalWrites>, ExecError> {
-    let mut accounts = Vec::new();
-    let mut slots = Vec::new();
+    let mut merged: Option<FinalWrites> = None;
     for part in parts {
-        let Some(mut part) = part? else {
+        let Some(part) = part? else {
             return Ok(None);
         };
-        accounts.append(&mut part.accounts);
-        slots.append(&mut part.slots);
+        match &mut merged {
+            Some(merged) => merged.append(part),
+            None => merged = Some(part),
+        }
     }
-    // Sorted runs, one per thread: the stable sorts merge them in linear time.
-    slots.sort_by_key(|(address, slot, _)| (*address, *slot));
-    let storage = slots
-        .chunk_by(|a, b| a.0 == b.0)
-        .map(|chunk| {
-            let change = StorageChange {
-                wiped: false,
-                slots: chunk
-                    .iter()
-                    .map(|(_, slot, value)| (*slot, *value))
-                    .collect(),
-            };
-            (chunk[0].0, change)
-        })
-        .collect();
-    Ok(Some(FinalWrites {
-        accounts: accounts.into_iter().collect(),
-        storage,
-    }))
+    Ok(Some(merged.expect("one share a thread")))
 }
 
 /// The accounts the pre- and post-block system calls and withdrawals touch: if a transaction
@@ -323,7 +330,8 @@ pub(super) fn part(
 ) -> PartResult {
     let per_thread = SHARDS.div_ceil(threads);
     let shards = thread * per_thread..((thread + 1) * per_thread).min(SHARDS);
-    let mut part = Part::default();
+    let mut accounts = Vec::new();
+    let mut slots = Vec::new();
     let mut exact = true;
     let mut error = None;
     mv.for_each_final(shards, |loc, found, base| {
@@ -354,7 +362,7 @@ pub(super) fn part(
                     match info {
                         Some(info) if !info.is_empty() => {
                             if Some(info) != base {
-                                part.accounts.push((address, Some(info)));
+                                accounts.push((address, Some(info)));
                             }
                             Ok(true)
                         }
@@ -368,7 +376,7 @@ pub(super) fn part(
                         None => state.storage(address, slot)?,
                     };
                     if value != base {
-                        part.slots.push((address, slot, value));
+                        slots.push((address, slot, value));
                     }
                     Ok(true)
                 }
@@ -383,11 +391,13 @@ pub(super) fn part(
     if let Some(err) = error {
         return Err(err);
     }
-    part.accounts
-        .sort_unstable_by_key(|(address, _)| address_key(address));
-    part.slots
-        .sort_unstable_by_key(|(address, slot, _)| (address_key(address), *slot));
-    Ok(exact.then_some(part))
+    if !exact {
+        return Ok(None);
+    }
+    accounts.sort_unstable_by_key(|(address, _)| address_key(address));
+    slots.sort_unstable_by_key(|(address, slot, _)| (address_key(address), *slot));
+    // Each thread builds the trees of its share: the serial end of the block only joins them.
+    Ok(Some(FinalWrites::from_sorted(accounts, &slots)))
 }
 
 /// Sorts addresses as `Address` does, but one integer comparison of the first eight bytes nearly

@@ -70,6 +70,9 @@ pub(super) struct Speculative {
     /// No account created, self-destructed or cleared, and no code set: the block's final
     /// writes can then be taken from the multi-version memory (see `finish`).
     pub(super) simple: bool,
+    /// Credit reads that found an earlier credit (for the metric), counted while the reads are
+    /// in cache.
+    pub(super) relaxed_merges: u32,
 }
 
 /// The latest execution of a transaction.
@@ -617,10 +620,24 @@ impl<'s, 'a> Speculator<'s, 'a> {
                 }
                 let gas = *result.gas();
                 let tx_type = tx.tx().tx_type();
+                let relaxed_merges = db
+                    .reads
+                    .iter()
+                    .filter(|r| {
+                        matches!(
+                            r,
+                            Read::Credit {
+                                from_base: false,
+                                ..
+                            }
+                        )
+                    })
+                    .count() as u32;
                 reward.ok().map(|_| Speculative {
                     gas,
                     receipt: Some(receipt(tx_type, result)),
                     simple,
+                    relaxed_merges,
                 })
             }
         };
