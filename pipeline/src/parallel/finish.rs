@@ -400,9 +400,14 @@ pub(super) fn part(
     Ok(Some(FinalWrites::from_sorted(accounts, &slots)))
 }
 
-/// Sorts addresses as `Address` does, but one integer comparison of the first eight bytes nearly
-/// always decides, where `Address` compares byte slices (a fifth of a thread's share was sorting).
-fn address_key(address: &Address) -> (u64, Address) {
-    let prefix = u64::from_be_bytes(address.0[..8].try_into().expect("eight bytes"));
-    (prefix, *address)
+/// Sorts addresses as `Address` does, by integer comparisons where `Address` compares byte
+/// slices: sorting took a fifth of a thread's share of the finish, and half of it when every slot
+/// is one contract's (the addresses compare equal, so all twenty bytes are compared every time).
+fn address_key(address: &Address) -> (u64, u64, u32) {
+    let bytes = &address.0;
+    (
+        u64::from_be_bytes(bytes[..8].try_into().expect("eight bytes")),
+        u64::from_be_bytes(bytes[8..16].try_into().expect("eight bytes")),
+        u32::from_be_bytes(bytes[16..].try_into().expect("four bytes")),
+    )
 }
