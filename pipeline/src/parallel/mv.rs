@@ -19,6 +19,7 @@ use alloy_primitives::{Address, B256, U256, map::DefaultHashBuilder};
 use indexmap::{IndexMap, map::Entry};
 use kestrel_types::{AccountInfo, state::KECCAK_EMPTY};
 use parking_lot::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A location a transaction can read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -226,6 +227,14 @@ struct TxWrites {
 
 pub(super) struct MvMemory {
     shards: Box<[Shard]>,
+    /// One bit per hash of the locations written so far (never cleared within the block): a
+    /// read of a location whose bit is clear finds no write without taking its shard's lock.
+    /// Most reads are of such locations (the token contract every transfer calls, senders,
+    /// recipients), and on two threads every lock of a shard the other thread took last moved
+    /// the lock's cache line between the cores.
+    filter: Box<[AtomicU64]>,
+    /// `64 - log2(bits in filter)`.
+    filter_shift: u32,
     written: Box<[Padded<Mutex<TxWrites>>]>,
     beneficiary: Address,
 }
@@ -235,7 +244,12 @@ impl MvMemory {
         // A transfer writes two locations, a token transfer three: sized so that shards rarely
         // grow while threads wait on them.
         let per_shard = (txs * 3).div_ceil(SHARDS);
+        // About ten bits per location written: few false positives, and small enough to stay
+        // in cache.
+        let filter_bits = (txs * 32).next_power_of_two().clamp(1 << 12, 1 << 22);
         Self {
+            filter: (0..filter_bits / 64).map(|_| AtomicU64::new(0)).collect(),
+            filter_shift: 64 - filter_bits.trailing_zeros(),
             shards: (0..SHARDS)
                 .map(|_| {
                     Padded(Mutex::new(IndexMap::with_capacity_and_hasher(
@@ -246,6 +260,33 @@ impl MvMemory {
                 .collect(),
             written: (0..txs).map(|_| Padded::default()).collect(),
             beneficiary,
+        }
+    }
+
+    /// The word and bit of `loc` in the filter.
+    fn filter_bit(&self, loc: &Loc) -> (&AtomicU64, u64) {
+        let (address, slot) = match loc {
+            Loc::Basic(address) => (address, u64::MAX),
+            Loc::Storage(address, slot) => (address, slot.as_limbs()[0]),
+        };
+        let low = u64::from_le_bytes(address.0[12..].try_into().expect("eight bytes"));
+        let hash = (low ^ slot.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let bit = (hash >> self.filter_shift) as usize;
+        (&self.filter[bit / 64], 1 << (bit % 64))
+    }
+
+    /// `false` if no transaction wrote `loc` yet. Set before a write is inserted, and sequentially
+    /// consistent, so a read that misses the bit is one that came before the write.
+    fn maybe_written(&self, loc: &Loc) -> bool {
+        let (word, bit) = self.filter_bit(loc);
+        word.load(Ordering::SeqCst) & bit != 0
+    }
+
+    fn mark_written(&self, loc: &Loc) {
+        let (word, bit) = self.filter_bit(loc);
+        // Loaded first: the bit is usually set already, and a load leaves the line shared.
+        if word.load(Ordering::SeqCst) & bit == 0 {
+            word.fetch_or(bit, Ordering::SeqCst);
         }
     }
 
@@ -265,6 +306,9 @@ impl MvMemory {
     pub(super) fn read(&self, loc: &Loc, tx: usize) -> Found {
         if *loc == Loc::Basic(self.beneficiary) {
             return self.read_beneficiary(tx);
+        }
+        if !self.maybe_written(loc) {
+            return Found::Base;
         }
         match self.shard(loc).lock().get(loc) {
             Some(writes) => resolve(writes.versions.before(tx)),
@@ -317,6 +361,9 @@ impl MvMemory {
     /// What a plain transfer `tx` finds at its recipient's account.
     pub(super) fn read_credit(&self, address: Address, tx: usize) -> CreditFound {
         let loc = Loc::Basic(address);
+        if !self.maybe_written(&loc) {
+            return CreditFound::Base;
+        }
         let shard = self.shard(&loc).lock();
         let Some((writer, write)) = shard.get(&loc).and_then(|w| w.versions.before(tx).next())
         else {
@@ -354,6 +401,7 @@ impl MvMemory {
         let mut new_location = fee.is_some() && matches!(written.fee, Fee::None);
         written.fee = fee.map_or(Fee::None, Fee::Credit);
         for (loc, write) in writes.iter() {
+            self.mark_written(loc);
             let fresh = match self.shard(loc).lock().entry(*loc) {
                 Entry::Occupied(mut entry) => {
                     let writes = entry.get_mut();
