@@ -22,10 +22,10 @@
 //!   account, or the system calls touch what transactions changed, the block runs on the
 //!   sequential executor (the speculative states are not kept: holding a block's worth of them
 //!   cost more than re-executing such rare blocks).
-//! - **Hot spots**: a transaction's fee is written to the beneficiary as a credit, and so is a
-//!   plain value transfer's to its recipient: credits to one account do not conflict with each
-//!   other, only a transaction that reads the account's balance depends on them (relaxed merge,
-//!   deferred beneficiary fees).
+//! - **Hot spots**: a transaction's fee to the beneficiary is kept in its own slot, and a plain
+//!   value transfer's to its recipient is written as a credit: fees and credits to one account
+//!   do not conflict with each other, only a transaction that reads the account's balance
+//!   depends on them (relaxed merge, deferred beneficiary fees).
 //! - **Adaptive**: blocks under [`PARALLEL_MIN_TXS`] run sequentially, and a block whose
 //!   executions are aborted too often ([`ADAPT_MIN_EXECUTIONS`], [`ADAPT_ABORTS_DIVISOR`]) is
 //!   abandoned to the sequential executor (a contended block would pay for speculation and
@@ -184,7 +184,7 @@ fn execute_parallel(
     let forks = Hardforks::new(spec);
     let parent_hash = parent_hash_for_history(&forks, header, state, hashes)?;
     let env = evm_env(spec, header);
-    let mv = MvMemory::new(input.txs.len());
+    let mv = MvMemory::new(input.txs.len(), header.beneficiary);
     let mut db = finish::final_state(state, hashes, &mv);
     let evm = EthEvmFactory::default().create_evm(&mut db, env.clone());
     let ctx = execution_ctx(&input, parent_hash);
@@ -278,11 +278,8 @@ fn execute_parallel(
         scheduler,
         ..
     } = shared;
-    let mut outcomes: Vec<Option<Outcome>> = outcomes
-        .into_vec()
-        .into_iter()
-        .map(|slot| slot.0.into_inner())
-        .collect();
+    // Read in place: moving a block's outcomes into a new vector cost a copy into fresh memory.
+    let mut outcomes = outcomes;
 
     let finishing = Instant::now();
     let finished = if abandoned {

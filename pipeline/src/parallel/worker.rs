@@ -70,6 +70,9 @@ pub(super) struct Speculative {
     /// No account created, self-destructed or cleared, and no code set: the block's final
     /// writes can then be taken from the multi-version memory (see `finish`).
     pub(super) simple: bool,
+    /// Credit reads that found an earlier credit (for the metric), counted while the reads are
+    /// in cache.
+    pub(super) relaxed_merges: u32,
 }
 
 /// The latest execution of a transaction.
@@ -111,6 +114,9 @@ pub(super) struct WorkerDb<'s, 'a> {
     /// The recipient read as a [`Read::Credit`], with the nonce and code hash it keeps.
     credited: Option<(Address, u64, B256)>,
     reads: Vec<Read>,
+    /// The values read from the starting state, full accounts included where the read records
+    /// less (a transfer's recipient), handed to the multi-version memory with the writes.
+    bases: Vec<(Loc, Val)>,
     reward: U256,
     /// Code is content-addressed, so what one transaction loaded is valid for every other.
     codes: HashMap<B256, Bytecode>,
@@ -241,6 +247,9 @@ impl revm::Database for WorkerDb<'_, '_> {
                     read_account(self.shared, address, self.tx)?
                 }
                 _ => {
+                    if from_base {
+                        self.bases.push((Loc::Basic(address), Val::Basic(info)));
+                    }
                     let seen = info.map(|i| (i.nonce, i.code_hash));
                     let (nonce, code_hash) = seen.unwrap_or((0, KECCAK_EMPTY));
                     self.credited = Some((address, nonce, code_hash));
@@ -255,6 +264,9 @@ impl revm::Database for WorkerDb<'_, '_> {
         } else {
             read_account(self.shared, address, self.tx)?
         };
+        if from_base {
+            self.bases.push((Loc::Basic(address), Val::Basic(info)));
+        }
         self.reads.push(Read::Basic {
             address,
             seen: info,
@@ -284,6 +296,10 @@ impl revm::Database for WorkerDb<'_, '_> {
 
     fn storage(&mut self, address: Address, slot: U256) -> Result<U256, Speculation> {
         let (seen, from_base) = read_slot(self.shared, address, slot, self.tx)?;
+        if from_base {
+            self.bases
+                .push((Loc::Storage(address, slot), Val::Storage(seen)));
+        }
         self.reads.push(Read::Storage {
             address,
             slot,
@@ -344,9 +360,9 @@ pub(super) type WorkerEvm<'s, 'a> = RevmEvm<
     EthFrame,
 >;
 
-/// revm's mainnet handler except that the beneficiary's fee credit is computed, not applied: it
-/// is the same expression as `revm::handler::post_execution::reward_beneficiary`, and is
-/// written as a credit ([`beneficiary_write`]). Without this every transaction would read and
+/// revm's mainnet handler except that the beneficiary's fee is computed, not applied: it is the
+/// same expression as `revm::handler::post_execution::reward_beneficiary`, and is published as
+/// the transaction's fee ([`beneficiary_write`]). Without this every transaction would read and
 /// write the beneficiary and conflict with every other.
 struct DeferredReward<'s, 'a>(std::marker::PhantomData<WorkerEvm<'s, 'a>>);
 
@@ -380,24 +396,20 @@ impl<'s, 'a> Handler for DeferredReward<'s, 'a> {
     }
 }
 
-/// What a transaction writes at the beneficiary: its fee as a credit (so that the fees of a
-/// block do not make every transaction depend on the one before), or, if it touched the
-/// beneficiary itself, the account it left plus its fee, as revm's `reward_beneficiary` and
-/// `State` make it (cleared if touched while empty). With whether that is simple.
-fn beneficiary_write(
-    touched: Option<&Account>,
-    fee: U256,
-) -> Result<Option<(Write, bool)>, Speculation> {
+/// What a transaction leaves at the beneficiary.
+enum Reward {
+    /// Its fee alone, published beside its writes (so that the fees of a block do not make
+    /// every transaction depend on the one before).
+    Fee(U256),
+    /// It touched the beneficiary itself: the account it left plus its fee, as revm's
+    /// `reward_beneficiary` and `State` make it (cleared if touched while empty), and whether
+    /// that is simple.
+    Account(Write, bool),
+}
+
+fn beneficiary_write(touched: Option<&Account>, fee: U256) -> Result<Reward, Speculation> {
     let Some(account) = touched.filter(|a| a.is_touched()) else {
-        return Ok((!fee.is_zero()).then_some((
-            Write::Credit {
-                // Not read: plain transfers to the beneficiary are not credits.
-                value: fee,
-                nonce: 0,
-                code_hash: KECCAK_EMPTY,
-            },
-            true,
-        )));
+        return Ok(Reward::Fee(fee));
     };
     let info = AccountInfo {
         nonce: account.info.nonce,
@@ -410,10 +422,10 @@ fn beneficiary_write(
     };
     let gone = account.is_selfdestructed() || info.is_empty();
     let simple = !gone && !account.is_created();
-    Ok(Some((
+    Ok(Reward::Account(
         Write::Val(Val::Basic((!gone).then_some(info))),
         simple,
-    )))
+    ))
 }
 
 /// One thread's side of the block: a revm instance reused across its transactions.
@@ -464,6 +476,7 @@ impl<'s, 'a> Speculator<'s, 'a> {
             credit_to: None,
             credited: None,
             reads: Vec::new(),
+            bases: Vec::new(),
             reward: U256::ZERO,
             codes: HashMap::default(),
         };
@@ -560,6 +573,7 @@ impl<'s, 'a> Speculator<'s, 'a> {
             let db = self.evm.ctx.db_mut();
             db.tx = index;
             db.reads.clear();
+            db.bases.clear();
             db.reward = U256::ZERO;
             db.credited = None;
             db.credit_to = plain_transfer_recipient(tx, shared.beneficiary);
@@ -570,6 +584,7 @@ impl<'s, 'a> Speculator<'s, 'a> {
         let result = DeferredReward(std::marker::PhantomData).run(&mut self.evm);
         let state = self.evm.finalize();
         let db = self.evm.ctx.db_mut();
+        let mut fee = None;
         let speculative = match result {
             Err(EVMError::Database(Speculation::Estimate(writer))) => {
                 return Executed::Blocked(writer);
@@ -594,21 +609,35 @@ impl<'s, 'a> Speculator<'s, 'a> {
                         }
                     }
                 }
-                let fee = beneficiary_write(state.get(&beneficiary), db.reward);
-                match fee {
-                    Ok(Some((write, fee_simple))) => {
-                        simple &= fee_simple;
+                let reward = beneficiary_write(state.get(&beneficiary), db.reward);
+                match reward {
+                    Ok(Reward::Fee(value)) => fee = Some(value),
+                    Ok(Reward::Account(write, account_simple)) => {
+                        simple &= account_simple;
                         self.writes.push((Loc::Basic(beneficiary), write));
                     }
-                    Ok(None) => {}
                     Err(_) => simple = false,
                 }
                 let gas = *result.gas();
                 let tx_type = tx.tx().tx_type();
-                fee.ok().map(|_| Speculative {
+                let relaxed_merges = db
+                    .reads
+                    .iter()
+                    .filter(|r| {
+                        matches!(
+                            r,
+                            Read::Credit {
+                                from_base: false,
+                                ..
+                            }
+                        )
+                    })
+                    .count() as u32;
+                reward.ok().map(|_| Speculative {
                     gas,
                     receipt: Some(receipt(tx_type, result)),
                     simple,
+                    relaxed_merges,
                 })
             }
         };
@@ -616,8 +645,9 @@ impl<'s, 'a> Speculator<'s, 'a> {
         // earlier incarnation wrote.
         if speculative.is_none() {
             self.writes.clear();
+            fee = None;
         }
-        let wrote_new_location = shared.mv.publish(index, &mut self.writes);
+        let wrote_new_location = shared.mv.publish(index, &mut self.writes, fee, &db.bases);
         let outcome = Outcome {
             reads: std::mem::take(&mut db.reads),
             speculative,
