@@ -34,6 +34,7 @@ MULTI_VALIDATOR_ONLY = {
     "kestrel_net_dial_failures_total",
     "kestrel_sync_blocks_total",
     "kestrel_sync_active",
+    "kestrel_consensus_early_timeouts_total",
     "kestrel_txforward_sent_total",
     "kestrel_txforward_received_total",
     "kestrel_consensus_round",

@@ -94,6 +94,11 @@ pub fn describe_metrics() {
         PAYLOADS_REJECTED,
         "Proposals not passed to consensus because their payload was invalid, by reason"
     );
+    metrics::describe_counter!(
+        EARLY_TIMEOUTS,
+        "Rounds timed out after a block time because their leader or the next leader was not connected"
+    );
+    metrics::counter!(EARLY_TIMEOUTS).absolute(0);
     // Exists from start-up at 0, so an alert on its increase sees the first mismatch.
     metrics::counter!(bft::metrics::RESULT_MISMATCH).absolute(0);
     metrics::gauge!(bft::metrics::HALTED).set(0.0);
