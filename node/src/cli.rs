@@ -63,9 +63,9 @@ pub struct NodeArgs {
     /// Threads recovering senders of incoming transactions.
     #[arg(long, default_value_t = 2)]
     pub ingress_threads: usize,
-    /// How blocks are executed. Sequential is the default until the parallel executor is faster
-    /// than it (BENCHMARKS.md).
-    #[arg(long, value_enum, default_value_t = ExecutorKind::Sequential)]
+    /// How blocks are executed. Parallel by default: blocks it cannot run faster (small,
+    /// contended) fall back to sequential on their own (BENCHMARKS.md).
+    #[arg(long, value_enum, default_value_t = ExecutorKind::Parallel)]
     pub executor: ExecutorKind,
     /// Worker threads of the parallel executor (default: the available cores).
     #[arg(long, default_value_t = available_cores())]
