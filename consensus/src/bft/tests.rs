@@ -455,6 +455,23 @@ fn commit_proof_needs_a_certified_child_in_the_next_round() {
     ));
 }
 
+/// Validator `me` of `set`, started at genesis at `now`.
+fn started_at_genesis(me: u64, set: &ValidatorSet, now: u64) -> Bft {
+    let mut bft = Bft::new(
+        Config {
+            round_timeout_ms: 1_000,
+            execution_delay: 3,
+        },
+        key(me),
+        set.clone(),
+        CommittedBlock::genesis(),
+        SafetyState::genesis(),
+    )
+    .unwrap();
+    bft.update(now, Event::Start);
+    bft
+}
+
 #[test]
 fn no_vote_for_a_timestamp_not_after_the_parent_or_too_far_ahead() {
     let s = set(4);
@@ -465,18 +482,7 @@ fn no_vote_for_a_timestamp_not_after_the_parent_or_too_far_ahead() {
         .unwrap();
     let now = 10_000;
     let voted = |timestamp_ms: u64| {
-        let mut bft = Bft::new(
-            Config {
-                round_timeout_ms: 1_000,
-                execution_delay: 3,
-            },
-            key(me),
-            s.clone(),
-            CommittedBlock::genesis(),
-            SafetyState::genesis(),
-        )
-        .unwrap();
-        bft.update(now, Event::Start);
+        let mut bft = started_at_genesis(me, &s, now);
         let block = Block {
             timestamp_ms,
             ..block_at(1, QuorumCert::genesis(), &s)
@@ -510,18 +516,7 @@ fn a_broadcast_certificate_finalizes_the_parent_before_the_next_proposal() {
     let me = (0..4)
         .find(|i| (1..=3).all(|r| s.leader(Round(r)) != ValidatorIndex(*i as u16)))
         .unwrap_or(3);
-    let mut bft = Bft::new(
-        Config {
-            round_timeout_ms: 1_000,
-            execution_delay: 3,
-        },
-        key(me),
-        s.clone(),
-        CommittedBlock::genesis(),
-        SafetyState::genesis(),
-    )
-    .unwrap();
-    bft.update(0, Event::Start);
+    let mut bft = started_at_genesis(me, &s, 0);
     let deliver = |bft: &mut Bft, message: Message| {
         let from = ValidatorIndex(0);
         bft.update(
