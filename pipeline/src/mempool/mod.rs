@@ -369,21 +369,23 @@ impl TxPool {
         for tx in txs {
             inner.mark_in_flight(number, tx, true);
         }
-        let inner = &mut *inner;
-        let lost: Vec<RecoveredTx> = inner
+        let lost: Vec<B256> = inner
             .by_block
             .range(..=number)
             .flat_map(|(_, marked)| marked)
-            .filter_map(|(hash, _)| {
-                let f = inner.in_flight.get(hash)?;
-                (!f.finalized && f.number <= number).then_some(*hash)
+            .filter(|(hash, _)| {
+                inner
+                    .in_flight
+                    .get(hash)
+                    .is_some_and(|f| !f.finalized && f.number <= number)
             })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .filter_map(|hash| inner.in_flight.remove(&hash).map(|f| f.tx))
+            .map(|(hash, _)| *hash)
             .collect();
-        for tx in lost {
-            inner.put_back(tx);
+        // A hash marked under several blocks is listed more than once: removed the first time.
+        for hash in lost {
+            if let Some(f) = inner.in_flight.remove(&hash) {
+                inner.put_back(f.tx);
+            }
         }
     }
 
