@@ -136,10 +136,12 @@ fn main() -> ExitCode {
         pairs: block.pairs,
     });
     let mut runs: Vec<Vec<Measured>> = executors.iter().map(|_| Vec::new()).collect();
+    // One executor for all runs, as a node keeps one (with its helper threads) for all blocks.
+    let mut parallel = ParallelExecutor::new(block.threads);
     for _ in 0..block.runs {
         // Alternate so that a slow phase of a noisy machine hits every executor alike.
         for (kind, measured) in executors.iter().zip(&mut runs) {
-            match run(&bench, *kind, block.threads) {
+            match run(&bench, *kind, &mut parallel) {
                 Ok(m) => measured.push(m),
                 Err(err) => {
                     eprintln!("error: {} executor: {err}", kind.name());
@@ -148,6 +150,18 @@ fn main() -> ExitCode {
             }
         }
     }
+    // Each run of one executor next to the other's run of the same round: on a machine whose
+    // speed drifts within seconds, the median of these ratios is steadier than the ratio of the
+    // medians, which can come from different phases.
+    let paired = (runs.len() == 2).then(|| {
+        let mut ratios: Vec<f64> = runs[0]
+            .iter()
+            .zip(&runs[1])
+            .map(|(sequential, parallel)| sequential.wall_s / parallel.wall_s)
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        ratios[ratios.len() / 2]
+    });
     let medians: Vec<Measured> = runs
         .into_iter()
         .map(|mut v| {
@@ -155,22 +169,25 @@ fn main() -> ExitCode {
             v.swap_remove(v.len() / 2)
         })
         .collect();
-    report(&bench, block, &medians);
+    report(&bench, block, &medians, paired);
     ExitCode::SUCCESS
 }
 
 /// Executes the block once and checks the result.
-fn run(bench: &Bench, kind: ExecutorKind, threads: NonZeroUsize) -> Result<Measured, String> {
+fn run(
+    bench: &Bench,
+    kind: ExecutorKind,
+    parallel: &mut ParallelExecutor,
+) -> Result<Measured, String> {
     let input = BlockInput {
         header: &bench.header,
         txs: &bench.txs,
         withdrawals: &[],
         policy: InvalidTxPolicy::Reject,
     };
-    let mut parallel = ParallelExecutor::new(threads);
     let executor: &mut dyn Executor = match kind {
         ExecutorKind::Sequential => &mut SequentialExecutor,
-        ExecutorKind::Parallel => &mut parallel,
+        ExecutorKind::Parallel => parallel,
     };
     let started = Instant::now();
     let out: BlockOutput = executor
@@ -180,7 +197,10 @@ fn run(bench: &Bench, kind: ExecutorKind, threads: NonZeroUsize) -> Result<Measu
     bench
         .verify(&out)
         .map_err(|e| format!("wrong result: {e}"))?;
-    let stats = parallel.last_block();
+    let stats = match kind {
+        ExecutorKind::Sequential => None,
+        ExecutorKind::Parallel => parallel.last_block(),
+    };
     Ok(Measured {
         executor: kind,
         wall_s,
@@ -190,7 +210,7 @@ fn run(bench: &Bench, kind: ExecutorKind, threads: NonZeroUsize) -> Result<Measu
     })
 }
 
-fn report(bench: &Bench, block: &BlockArgs, medians: &[Measured]) {
+fn report(bench: &Bench, block: &BlockArgs, medians: &[Measured], paired: Option<f64>) {
     let txs = bench.txs.len();
     let mut line = json!({
         "workload": block.workload,
@@ -212,7 +232,10 @@ fn report(bench: &Bench, block: &BlockArgs, medians: &[Measured]) {
             line[m.executor.name()] = m.json(txs);
         }
         let ratio = medians[0].wall_s / medians[1].wall_s;
-        line["parallel_over_sequential"] = json!((ratio * 1000.0).round() / 1000.0);
+        line["parallel_over_sequential"] = json!(rounded(ratio));
+        if let Some(paired) = paired {
+            line["paired_ratio_median"] = json!(rounded(paired));
+        }
     }
     if block.json {
         println!("{line}");
@@ -238,8 +261,15 @@ fn report(bench: &Bench, block: &BlockArgs, medians: &[Measured]) {
         );
     }
     if let Some(ratio) = line.get("parallel_over_sequential") {
-        println!("  parallel / sequential: {ratio}x");
+        println!("  parallel / sequential: {ratio}x (ratio of the medians)");
     }
+    if let Some(paired) = line.get("paired_ratio_median") {
+        println!("  parallel / sequential: {paired}x (median of the runs' ratios)");
+    }
+}
+
+fn rounded(ratio: f64) -> f64 {
+    (ratio * 1000.0).round() / 1000.0
 }
 
 fn merge(into: &mut serde_json::Value, from: serde_json::Value) {

@@ -57,7 +57,10 @@ use revm::{Database, context::Cfg, database::State, primitives::hardfork::SpecId
 use scheduler::{Padded, Scheduler};
 use std::{
     num::NonZeroUsize,
-    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
     time::{Duration, Instant},
 };
 use worker::{Counts, Outcome, Speculator};
@@ -69,7 +72,9 @@ pub const PARALLEL_MIN_TXS: usize = 64;
 /// Executes a block's transactions on `threads` threads; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct ParallelExecutor {
-    threads: NonZeroUsize,
+    /// The `threads - 1` helpers, kept across blocks: a thread spawned per block started every
+    /// block on a cold allocator heap, faulting in fresh pages for its speculative state.
+    helpers: Option<Arc<rayon::ThreadPool>>,
     min_txs: usize,
     last_block: Option<BlockStats>,
 }
@@ -87,8 +92,17 @@ pub struct BlockStats {
 
 impl ParallelExecutor {
     pub fn new(threads: NonZeroUsize) -> Self {
+        // Zero threads means one per core to rayon: one thread needs no pool.
+        let helpers = (threads.get() > 1).then(|| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads.get() - 1)
+                .thread_name(|i| format!("kestrel-exec-{}", i + 1))
+                .build()
+                .expect("spawning the executor's helper threads");
+            Arc::new(pool)
+        });
         Self {
-            threads,
+            helpers,
             min_txs: PARALLEL_MIN_TXS,
             last_block: None,
         }
@@ -128,7 +142,8 @@ impl Executor for ParallelExecutor {
             });
             return Ok(output);
         }
-        let (output, stats) = execute_parallel(self.threads, spec, input, state, hashes)?;
+        let (output, stats) =
+            execute_parallel(self.helpers.as_deref(), spec, input, state, hashes)?;
         self.last_block = Some(stats);
         Ok(output)
     }
@@ -174,7 +189,7 @@ impl Shared<'_> {
 }
 
 fn execute_parallel(
-    threads: NonZeroUsize,
+    helpers: Option<&rayon::ThreadPool>,
     spec: &ChainSpec,
     input: BlockInput<'_>,
     state: &dyn StateView,
@@ -230,7 +245,9 @@ fn execute_parallel(
         outcomes: input.txs.iter().map(|_| Padded::default()).collect(),
         aborts: Padded::default(),
     };
-    let threads = threads.get().min(input.txs.len());
+    let threads = helpers
+        .map_or(1, |pool| pool.current_num_threads() + 1)
+        .min(input.txs.len());
     let started = Instant::now();
     // Each thread runs Block-STM tasks, then computes its share of the block's final writes
     // (wasted only if the block goes to the sequential executor).
@@ -244,22 +261,25 @@ fn execute_parallel(
         (speculator.counts, part)
     };
     // The calling thread is one of the `threads`.
-    let (counts, parts) = std::thread::scope(|scope| {
-        let helpers: Vec<_> = (1..threads)
-            .map(|thread| scope.spawn(move || task(thread)))
-            .collect();
-        let mut counts = Counts::default();
-        let mut parts = Vec::with_capacity(threads);
-        for (thread_counts, part) in std::iter::once(task(0)).chain(
-            helpers
-                .into_iter()
-                .map(|h| h.join().expect("a speculating thread panicked")),
-        ) {
-            counts.add(&thread_counts);
-            parts.extend(part);
-        }
-        (counts, parts)
-    });
+    let results: Vec<Mutex<Option<ThreadResult>>> =
+        (0..threads).map(|_| Mutex::new(None)).collect();
+    match helpers {
+        Some(pool) if threads > 1 => pool.in_place_scope(|scope| {
+            for (thread, result) in results.iter().enumerate().skip(1) {
+                let task = &task;
+                scope.spawn(move |_| *result.lock() = Some(task(thread)));
+            }
+            *results[0].lock() = Some(task(0));
+        }),
+        _ => *results[0].lock() = Some(task(0)),
+    }
+    let mut counts = Counts::default();
+    let mut parts = Vec::with_capacity(threads);
+    for result in results {
+        let (thread_counts, part) = result.into_inner().expect("every thread ran its task");
+        counts.add(&thread_counts);
+        parts.extend(part);
+    }
     let execute_time = started.elapsed();
     let abandoned = shared.abandoned.load(Ordering::Relaxed);
     metrics::counter!("kestrel_execution_reexecutions_total").increment(counts.reexecutions as u64);
@@ -333,6 +353,9 @@ fn execute_parallel(
     phase("commit", finish_time);
     Ok((output, stats))
 }
+
+/// What a thread did, and its share of the final writes if the block is done in parallel.
+type ThreadResult = (Counts, Option<finish::PartResult>);
 
 /// Abandons the block when dropped by a panicking thread.
 struct AbandonOnPanic<'a>(&'a AtomicBool);

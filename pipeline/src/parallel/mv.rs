@@ -84,6 +84,9 @@ pub(super) enum CreditFound {
 /// contend on one lock.
 pub(super) const SHARDS: usize = 256;
 
+/// Versions checked one by one from the end before a binary search ([`Versions::before`]).
+const NEAR_END: usize = 4;
+
 /// The writes at one location, by transaction index. Nearly every location is written by one
 /// transaction of a block, so that case needs no allocation beyond the map entry.
 #[derive(Debug)]
@@ -100,7 +103,15 @@ impl Versions {
             Self::One(pair) => std::slice::from_ref(pair),
             Self::Many(versions) => versions,
         };
-        let end = versions.partition_point(|(w, _)| *w < tx);
+        // Transactions run and are validated close to block order, so a reader comes after
+        // all or nearly all writers: the last few versions are checked first, because a binary
+        // search over a hot location's hundred versions (88 bytes apart) missed the cache at
+        // every step.
+        let near_end = versions.len().saturating_sub(NEAR_END);
+        let end = match versions[near_end..].iter().rposition(|(w, _)| *w < tx) {
+            Some(at) => near_end + at + 1,
+            None => versions[..near_end].partition_point(|(w, _)| *w < tx),
+        };
         versions[..end].iter().rev().map(|(w, v)| (*w, v))
     }
 
@@ -117,6 +128,11 @@ impl Versions {
                 let at = versions.partition_point(|(w, _)| *w < tx);
                 versions.insert(at, (tx, write));
                 *self = Self::Many(versions);
+                true
+            }
+            // A first execution in block order comes after every earlier writer.
+            Self::Many(versions) if versions.last().is_some_and(|(last, _)| *last < tx) => {
+                versions.push((tx, write));
                 true
             }
             Self::Many(versions) => match versions.binary_search_by_key(&tx, |(w, _)| *w) {

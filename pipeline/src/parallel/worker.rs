@@ -648,8 +648,10 @@ impl<'s, 'a> Speculator<'s, 'a> {
             fee = None;
         }
         let wrote_new_location = shared.mv.publish(index, &mut self.writes, fee, &db.bases);
+        // The next transaction likely reads about as much: sized so it does not regrow.
+        let capacity = db.reads.len();
         let outcome = Outcome {
-            reads: std::mem::take(&mut db.reads),
+            reads: std::mem::replace(&mut db.reads, Vec::with_capacity(capacity)),
             speculative,
         };
         *shared.outcomes[index].lock() = Some(outcome);
