@@ -57,10 +57,7 @@ use revm::{Database, context::Cfg, database::State, primitives::hardfork::SpecId
 use scheduler::{Padded, Scheduler};
 use std::{
     num::NonZeroUsize,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
 use worker::{Counts, Outcome, Speculator};
@@ -70,11 +67,12 @@ use worker::{Counts, Outcome, Speculator};
 pub const PARALLEL_MIN_TXS: usize = 64;
 
 /// Executes a block's transactions on `threads` threads; see the module documentation.
-#[derive(Debug, Clone)]
 pub struct ParallelExecutor {
     /// The `threads - 1` helpers, kept across blocks: a thread spawned per block started every
     /// block on a cold allocator heap, faulting in fresh pages for its speculative state.
-    helpers: Option<Arc<rayon::ThreadPool>>,
+    helpers: Option<rayon::ThreadPool>,
+    /// Emptied for each block, its allocations kept.
+    mv: MvMemory,
     min_txs: usize,
     last_block: Option<BlockStats>,
 }
@@ -94,15 +92,15 @@ impl ParallelExecutor {
     pub fn new(threads: NonZeroUsize) -> Self {
         // Zero threads means one per core to rayon: one thread needs no pool.
         let helpers = (threads.get() > 1).then(|| {
-            let pool = rayon::ThreadPoolBuilder::new()
+            rayon::ThreadPoolBuilder::new()
                 .num_threads(threads.get() - 1)
                 .thread_name(|i| format!("kestrel-exec-{}", i + 1))
                 .build()
-                .expect("spawning the executor's helper threads");
-            Arc::new(pool)
+                .expect("spawning the executor's helper threads")
         });
         Self {
             helpers,
+            mv: MvMemory::new(),
             min_txs: PARALLEL_MIN_TXS,
             last_block: None,
         }
@@ -118,6 +116,16 @@ impl ParallelExecutor {
     /// What happened to the last block executed (`None` before the first, or if it failed).
     pub fn last_block(&self) -> Option<BlockStats> {
         self.last_block
+    }
+}
+
+impl std::fmt::Debug for ParallelExecutor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParallelExecutor")
+            .field("helpers", &self.helpers)
+            .field("min_txs", &self.min_txs)
+            .field("last_block", &self.last_block)
+            .finish_non_exhaustive()
     }
 }
 
@@ -142,8 +150,14 @@ impl Executor for ParallelExecutor {
             });
             return Ok(output);
         }
-        let (output, stats) =
-            execute_parallel(self.helpers.as_deref(), spec, input, state, hashes)?;
+        let (output, stats) = execute_parallel(
+            self.helpers.as_ref(),
+            &mut self.mv,
+            spec,
+            input,
+            state,
+            hashes,
+        )?;
         self.last_block = Some(stats);
         Ok(output)
     }
@@ -190,6 +204,7 @@ impl Shared<'_> {
 
 fn execute_parallel(
     helpers: Option<&rayon::ThreadPool>,
+    mv: &mut MvMemory,
     spec: &ChainSpec,
     input: BlockInput<'_>,
     state: &dyn StateView,
@@ -199,8 +214,9 @@ fn execute_parallel(
     let forks = Hardforks::new(spec);
     let parent_hash = parent_hash_for_history(&forks, header, state, hashes)?;
     let env = evm_env(spec, header);
-    let mv = MvMemory::new(input.txs.len(), header.beneficiary);
-    let mut db = finish::final_state(state, hashes, &mv);
+    mv.reset(input.txs.len(), header.beneficiary);
+    let mv = &*mv;
+    let mut db = finish::final_state(state, hashes, mv);
     let evm = EthEvmFactory::default().create_evm(&mut db, env.clone());
     let ctx = execution_ctx(&input, parent_hash);
     let mut executor = EthBlockExecutor::new(evm, ctx, forks, AlloyReceiptBuilder::default());
@@ -239,7 +255,7 @@ fn execute_parallel(
         hashes,
         pre,
         beneficiary: header.beneficiary,
-        mv: &mv,
+        mv,
         scheduler: Scheduler::new(input.txs.len()),
         abandoned: AtomicBool::new(false),
         outcomes: input.txs.iter().map(|_| Padded::default()).collect(),
@@ -257,7 +273,7 @@ fn execute_parallel(
         let mut speculator = Speculator::new(&shared);
         speculator.run();
         let part = (shared.scheduler.done() && !shared.abandoned.load(Ordering::Relaxed))
-            .then(|| finish::part(state, &mv, (thread, threads), &system));
+            .then(|| finish::part(state, mv, (thread, threads), &system));
         (speculator.counts, part)
     };
     // The calling thread is one of the `threads`.
@@ -340,9 +356,9 @@ fn execute_parallel(
         }
     };
     let finish_time = finishing.elapsed();
-    // Freeing a block's worth of speculative writes and reads takes a while: not on the
-    // block's path.
-    std::thread::spawn(move || drop((mv, outcomes)));
+    // Freeing a block's worth of reads takes a while: not on the block's path (the writes are
+    // freed when the memory is emptied for the next block, mostly single versions kept inline).
+    std::thread::spawn(move || drop(outcomes));
 
     let phase = |name: &'static str, time: Duration| {
         metrics::histogram!("kestrel_execution_parallel_phase_seconds", "phase" => name)
