@@ -131,13 +131,16 @@ impl revm::Database for StateDb<'_> {
 
 /// revm's view of a stored account: the code is loaded by hash when needed.
 pub(crate) fn revm_account(a: AccountInfo) -> revm::state::AccountInfo {
-    revm::state::AccountInfo {
-        balance: a.balance,
-        nonce: a.nonce,
-        code_hash: a.code_hash,
-        code: None,
-        ..Default::default()
-    }
+    // Built from a copy of an account without code: revm's `Default` clones its static empty
+    // bytecode, an atomic reference count on one cache line that every account load of every
+    // executor thread then wrote.
+    static NO_CODE: std::sync::LazyLock<revm::state::AccountInfo> =
+        std::sync::LazyLock::new(|| revm::state::AccountInfo::default().without_code());
+    let mut info = NO_CODE.copy_without_code();
+    info.balance = a.balance;
+    info.nonce = a.nonce;
+    info.code_hash = a.code_hash;
+    info
 }
 
 /// Converts what revm's `State` accumulated over a block into Kestrel's [`StateChanges`].
