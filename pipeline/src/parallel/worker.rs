@@ -120,6 +120,20 @@ pub(super) struct WorkerDb<'s, 'a> {
     reward: U256,
     /// Code is content-addressed, so what one transaction loaded is valid for every other.
     codes: HashMap<B256, Bytecode>,
+    /// This thread's empty code, given to accounts without code: revm otherwise clones its
+    /// static empty bytecode for them (checking the sender, calling an account), and that
+    /// reference count's cache line moved between the threads a few times per transaction.
+    no_code: Bytecode,
+}
+
+impl WorkerDb<'_, '_> {
+    fn account(&self, info: AccountInfo) -> revm::state::AccountInfo {
+        let mut account = revm_account(info);
+        if info.code_hash == KECCAK_EMPTY {
+            account.code = Some(self.no_code.clone());
+        }
+        account
+    }
 }
 
 /// The account at `address` before the block's transactions.
@@ -258,7 +272,7 @@ impl revm::Database for WorkerDb<'_, '_> {
                         seen,
                         from_base,
                     });
-                    return Ok(info.map(revm_account));
+                    return Ok(info.map(|info| self.account(info)));
                 }
             }
         } else {
@@ -272,7 +286,7 @@ impl revm::Database for WorkerDb<'_, '_> {
             seen: info,
             from_base,
         });
-        Ok(info.map(revm_account))
+        Ok(info.map(|info| self.account(info)))
     }
 
     fn code_by_hash(&mut self, code_hash: B256) -> Result<Bytecode, Speculation> {
@@ -479,6 +493,7 @@ impl<'s, 'a> Speculator<'s, 'a> {
             bases: Vec::new(),
             reward: U256::ZERO,
             codes: HashMap::default(),
+            no_code: Bytecode::new_raw(Default::default()),
         };
         let evm = EthEvmBuilder::new(db, shared.env.clone())
             .build()
