@@ -140,9 +140,7 @@ pub async fn start(
         .set_rpc_middleware(rpc_middleware)
         .set_http_middleware(tower::ServiceBuilder::new().layer(health))
         .to_service_builder();
-    let listener = tokio::net::TcpListener::bind(config.addr)
-        .await
-        .map_err(RpcError::Bind)?;
+    let listener = server::listen(config.addr).map_err(RpcError::Bind)?;
     let addr = listener.local_addr().map_err(RpcError::Bind)?;
     let (stop, handle) = stop_channel();
     let body = server::BodyLimits::new(config.max_request_body_bytes, &limits);

@@ -31,6 +31,11 @@ use tokio::{
     sync::{OwnedSemaphorePermit, Semaphore},
 };
 
+/// Connections the kernel queues before they are accepted. std's 128 overflowed under a burst
+/// of a few hundred connects, and each overflow costs the client a 1 s SYN retry; the kernel caps
+/// it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
 /// Pause after a failed accept (e.g. out of file descriptors) before the next.
 const ACCEPT_RETRY: Duration = Duration::from_millis(50);
 
@@ -51,6 +56,18 @@ impl Shared {
             batch_execution_budget: limits.batch_execution_budget,
         })
     }
+}
+
+/// Binds `addr` for the server.
+pub(crate) fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    // As std does: a restarted node can bind its port while old connections are in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Serves connections from `listener` until `stop`, each with the service `make_service` builds.
