@@ -17,8 +17,6 @@ pub const CODE_INTERNAL: i32 = -32603;
 pub const CODE_LIMIT_EXCEEDED: i32 = -32005;
 /// geth's code for a request that ran out of time (a batch past its execution budget).
 pub const CODE_TIMEOUT: i32 = -32002;
-/// The server is over a shared budget (request body memory); the same request may succeed later.
-pub const CODE_SERVER_BUSY: i32 = -32003;
 /// geth's code for a reverted call; `data` carries the revert bytes.
 pub const CODE_EXECUTION_REVERTED: i32 = 3;
 

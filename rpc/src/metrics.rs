@@ -1,13 +1,20 @@
 //! Per-method request metrics, and geth's answer to unknown methods, as a jsonrpsee RPC
 //! middleware. It sees every call, including each call of a batch.
 
-use futures_util::future::{Either, join_all, ready};
+use futures_util::{
+    FutureExt as _, StreamExt as _,
+    future::{Either, ready},
+    stream::FuturesUnordered,
+};
 use jsonrpsee::{
     core::{
         middleware::{Batch, BatchEntry, Notification, RpcServiceT},
         server::{BatchResponseBuilder, MethodResponse},
     },
-    types::{ErrorObject, Request, error::METHOD_NOT_FOUND_CODE},
+    types::{
+        ErrorObject, Id, Request,
+        error::{METHOD_NOT_FOUND_CODE, reject_too_big_batch_response},
+    },
 };
 use metrics::{
     Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
@@ -198,9 +205,28 @@ where
                     }
                 }
             }
-            let mut responses =
-                BatchResponseBuilder::new_with_limit(service.max_response_body_bytes);
-            for response in join_all(calls).await {
+            // Answers as they complete, given up as soon as they outgrow the response limit: a
+            // batch of 2,000 large answers (receipts of a whole block each) must not all be held
+            // before the limit is checked.
+            let limit = service.max_response_body_bytes;
+            let mut answers: Vec<Option<MethodResponse>> = Vec::new();
+            answers.resize_with(calls.len(), || None);
+            let mut pending: FuturesUnordered<_> = calls
+                .into_iter()
+                .enumerate()
+                .map(|(i, call)| call.map(move |response| (i, response)))
+                .collect();
+            let mut answered_bytes = 0;
+            while let Some((i, response)) = pending.next().await {
+                // Each answer and its separator, as the builder counts them.
+                answered_bytes += response.as_json().get().len() + 1;
+                if answered_bytes > limit {
+                    return MethodResponse::error(Id::Null, reject_too_big_batch_response(limit));
+                }
+                answers[i] = Some(response);
+            }
+            let mut responses = BatchResponseBuilder::new_with_limit(limit);
+            for response in answers.into_iter().flatten() {
                 if let Err(too_big) = responses.append(response) {
                     return too_big;
                 }

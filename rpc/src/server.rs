@@ -12,7 +12,7 @@
 //! extensions of each of its calls.
 
 use crate::{
-    error::{CODE_LIMIT_EXCEEDED, CODE_SERVER_BUSY},
+    error::CODE_LIMIT_EXCEEDED,
     limits::{Caller, ConnectionSlot, Connections, Refused, RpcLimits},
     metrics::{self as m, Rejection},
     slots::ExecutionBudget,
@@ -363,7 +363,8 @@ impl BodyError {
             Self::OverBudget => {
                 let mut response = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    CODE_SERVER_BUSY,
+                    // jsonrpsee's "server is busy": the same request may succeed later.
+                    jsonrpsee::types::error::SERVER_IS_BUSY_CODE,
                     "server busy: request bodies in flight exceed the memory budget, retry later",
                 );
                 response

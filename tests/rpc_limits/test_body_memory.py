@@ -75,7 +75,7 @@ def test_busy_and_oversized_answers_are_json_rpc_errors(start_node):
     node = start_node("--rpc-body-budget-bytes", str(MIB))
     status, body = raw_post(node, f"Content-Length: {2 * MIB}", b"")
     assert status == 503, body
-    assert body["error"]["code"] == -32003 and "memory budget" in body["error"]["message"], body
+    assert body["error"]["code"] == -32009 and "memory budget" in body["error"]["message"], body
 
     # Chunked, past the 16 MiB request limit: 413 (it used to be 500). The budget is not what
     # stops it: the size limit is checked first.
