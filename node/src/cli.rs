@@ -62,6 +62,9 @@ pub struct NodeArgs {
     /// Bytes of request bodies held at once over all connections; past it: 503.
     #[arg(long, value_name = "BYTES", default_value_t = limits::BODY_BUDGET_BYTES)]
     pub rpc_body_budget_bytes: u64,
+    /// Of those, how many one IP address may hold; past it: 429.
+    #[arg(long, value_name = "BYTES", default_value_t = limits::BODY_BUDGET_PER_IP_BYTES)]
+    pub rpc_body_budget_per_ip_bytes: u64,
     /// JSON-RPC calls per second per IP address, each call of a batch counted (0: no limit).
     #[arg(long, value_name = "N", default_value_t = limits::CALLS_PER_S_PER_IP)]
     pub rpc_ip_calls_per_s: u32,
@@ -125,6 +128,7 @@ impl NodeArgs {
             header_timeout: Duration::from_millis(self.rpc_header_timeout_ms),
             body_timeout: Duration::from_millis(self.rpc_body_timeout_ms),
             body_budget_bytes: self.rpc_body_budget_bytes,
+            body_budget_per_ip_bytes: self.rpc_body_budget_per_ip_bytes,
             calls_per_s_per_ip: self.rpc_ip_calls_per_s,
             call_timeout: Duration::from_millis(self.rpc_call_timeout_ms),
             batch_execution_budget: Duration::from_millis(self.rpc_batch_timeout_ms),

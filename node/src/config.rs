@@ -54,6 +54,7 @@ pub struct RpcSection {
     pub header_timeout_ms: Option<u64>,
     pub body_timeout_ms: Option<u64>,
     pub body_budget_bytes: Option<u64>,
+    pub body_budget_per_ip_bytes: Option<u64>,
     pub ip_calls_per_s: Option<u32>,
     pub call_timeout_ms: Option<u64>,
     pub batch_timeout_ms: Option<u64>,
@@ -160,6 +161,10 @@ impl Config {
         fill!(rpc_header_timeout_ms, self.rpc.header_timeout_ms);
         fill!(rpc_body_timeout_ms, self.rpc.body_timeout_ms);
         fill!(rpc_body_budget_bytes, self.rpc.body_budget_bytes);
+        fill!(
+            rpc_body_budget_per_ip_bytes,
+            self.rpc.body_budget_per_ip_bytes
+        );
         fill!(rpc_ip_calls_per_s, self.rpc.ip_calls_per_s);
         fill!(rpc_call_timeout_ms, self.rpc.call_timeout_ms);
         fill!(rpc_batch_timeout_ms, self.rpc.batch_timeout_ms);

@@ -32,6 +32,8 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Bytes of request bodies held at once, over all connections.
 pub const BODY_BUDGET_BYTES: u64 = 256 * 1024 * 1024;
+/// Of those, how many one IP address may hold: four bodies of the largest size.
+pub const BODY_BUDGET_PER_IP_BYTES: u64 = 64 * 1024 * 1024;
 /// JSON-RPC calls per second per IP address (each call of a batch counts), and the burst.
 pub const CALLS_PER_S_PER_IP: u32 = 20_000;
 /// EVM time of one `eth_call` or `eth_estimateGas` (geth's `--rpc.evmtimeout`).
@@ -59,6 +61,7 @@ pub struct RpcLimits {
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub body_budget_bytes: u64,
+    pub body_budget_per_ip_bytes: u64,
     /// Zero: no limit.
     pub calls_per_s_per_ip: u32,
     pub call_timeout: Duration,
@@ -76,6 +79,7 @@ impl Default for RpcLimits {
             header_timeout: HEADER_TIMEOUT,
             body_timeout: BODY_TIMEOUT,
             body_budget_bytes: BODY_BUDGET_BYTES,
+            body_budget_per_ip_bytes: BODY_BUDGET_PER_IP_BYTES,
             calls_per_s_per_ip: CALLS_PER_S_PER_IP,
             call_timeout: CALL_TIMEOUT,
             batch_execution_budget: BATCH_EXECUTION_BUDGET,
@@ -95,6 +99,11 @@ impl RpcLimits {
         }
         if self.header_timeout.is_zero() || self.body_timeout.is_zero() {
             return invalid("header and body timeouts must be positive");
+        }
+        if self.body_budget_per_ip_bytes == 0
+            || self.body_budget_per_ip_bytes > self.body_budget_bytes
+        {
+            return invalid("the body budget per IP must be between 1 and the body budget");
         }
         if self.call_timeout.is_zero() || self.batch_execution_budget.is_zero() {
             return invalid("the call timeout and the batch execution budget must be positive");

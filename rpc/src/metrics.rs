@@ -76,6 +76,7 @@ pub(crate) enum Rejection {
     BodyTimeout,
     BodyTooLarge,
     BodyBudget,
+    BodyBudgetPerIp,
     BodyRead,
     Rate,
     CallTimeout,
@@ -83,13 +84,14 @@ pub(crate) enum Rejection {
 }
 
 impl Rejection {
-    const ALL: [Self; 10] = [
+    const ALL: [Self; 11] = [
         Self::Connections,
         Self::ConnectionsPerIp,
         Self::HeaderTimeout,
         Self::BodyTimeout,
         Self::BodyTooLarge,
         Self::BodyBudget,
+        Self::BodyBudgetPerIp,
         Self::BodyRead,
         Self::Rate,
         Self::CallTimeout,
@@ -104,6 +106,7 @@ impl Rejection {
             Self::BodyTimeout => "body_timeout",
             Self::BodyTooLarge => "body_too_large",
             Self::BodyBudget => "body_budget",
+            Self::BodyBudgetPerIp => "body_budget_per_ip",
             Self::BodyRead => "body_read",
             Self::Rate => "rate",
             Self::CallTimeout => "call_timeout",

@@ -5,7 +5,7 @@
 //!   requests in flight, so 1,000 sockets each stalled in a body held all of its places);
 //! - the time to send a request's headers (hyper's header read timeout, which also closes idle
 //!   keep-alive connections) and its body;
-//! - the memory of request bodies in flight, over all connections;
+//! - the memory of request bodies in flight, over all connections and per IP address;
 //! - oversized bodies, chunked ones too, answered 413.
 //!
 //! Every HTTP request then carries a [`Caller`] (its IP and its execution budget) into the
@@ -25,11 +25,9 @@ use jsonrpsee::{
     core::BoxError,
     server::{HttpBody, HttpRequest, HttpResponse, StopHandle},
 };
-use std::{convert::Infallible, net::IpAddr, sync::Arc, time::Duration};
-use tokio::{
-    net::{TcpListener, TcpStream},
-    sync::{OwnedSemaphorePermit, Semaphore},
-};
+use parking_lot::Mutex;
+use std::{collections::HashMap, convert::Infallible, net::IpAddr, sync::Arc, time::Duration};
+use tokio::net::{TcpListener, TcpStream};
 
 /// Connections the kernel queues before they are accepted. std's 128 overflowed under a burst
 /// of a few hundred connects, and each overflow costs the client a 1 s SYN retry; the kernel caps
@@ -195,7 +193,7 @@ where
     S: tower::Service<HttpRequest, Response = HttpResponse, Error = BoxError>,
 {
     let (mut parts, body) = request.into_parts();
-    let (body, _reserved) = match shared.body.read(&parts.headers, body).await {
+    let (body, _reserved) = match shared.body.read(ip, &parts.headers, body).await {
         Ok(read) => read,
         Err(err) => {
             m::rejected(err.rejection());
@@ -222,13 +220,14 @@ where
     }
 }
 
-/// Request body limits: size, time and the memory of all bodies in flight.
+/// Request body limits: size, time and the memory of bodies in flight, in all and per IP.
 pub(crate) struct BodyLimits {
     max_bytes: u32,
     timeout: Duration,
     budget_bytes: u64,
-    /// One permit per byte of the budget.
-    budget: Arc<Semaphore>,
+    per_ip_bytes: u64,
+    /// Bytes held in all, and by each IP address holding any.
+    held: Mutex<(u64, HashMap<IpAddr, u64>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -237,6 +236,8 @@ pub(crate) enum BodyError {
     TooLarge,
     #[error("request bodies in flight exceed the memory budget")]
     OverBudget,
+    #[error("request bodies in flight from one IP address exceed its share of the budget")]
+    OverIpShare,
     #[error("request body not received in time")]
     Timeout,
     #[error("reading the request body: {0}")]
@@ -245,20 +246,22 @@ pub(crate) enum BodyError {
 
 impl BodyLimits {
     pub fn new(max_bytes: u32, limits: &RpcLimits) -> Self {
-        let budget_bytes = limits.body_budget_bytes.min(Semaphore::MAX_PERMITS as u64);
         m::set_body_budget_used(0);
         Self {
             max_bytes,
             timeout: limits.body_timeout,
-            budget_bytes,
-            budget: Arc::new(Semaphore::new(budget_bytes as usize)),
+            budget_bytes: limits.body_budget_bytes,
+            per_ip_bytes: limits.body_budget_per_ip_bytes,
+            held: Mutex::default(),
         }
     }
 
-    /// Reads the whole body within the time limit, holding its bytes against the budget: all of
-    /// a declared length at once, a chunked body as it arrives.
+    /// Reads the whole body within the time limit, holding its bytes against the budgets: all of
+    /// a declared length at once (so an oversized request is refused before it sends a byte), a
+    /// chunked body as it arrives.
     async fn read(
         &self,
+        ip: IpAddr,
         headers: &HeaderMap,
         mut body: Incoming,
     ) -> Result<(Vec<u8>, Reserved<'_>), BodyError> {
@@ -270,9 +273,10 @@ impl BodyLimits {
         }
         let mut reserved = Reserved {
             limits: self,
-            permit: None,
+            ip,
+            bytes: 0,
         };
-        let declared = declared.unwrap_or(0) as u32;
+        let declared = declared.unwrap_or(0);
         reserved.grow(declared)?;
         let mut bytes = Vec::with_capacity(declared as usize);
         let read = async {
@@ -284,7 +288,7 @@ impl BodyLimits {
                 if len > self.max_bytes as usize {
                     return Err(BodyError::TooLarge);
                 }
-                reserved.grow(len as u32)?;
+                reserved.grow(len as u64)?;
                 bytes.extend_from_slice(&data);
             }
             Ok(())
@@ -296,46 +300,54 @@ impl BodyLimits {
     }
 }
 
-/// Bytes of the body budget held by one request.
+/// Bytes of the body budgets held by one request.
 struct Reserved<'a> {
     limits: &'a BodyLimits,
-    permit: Option<OwnedSemaphorePermit>,
+    ip: IpAddr,
+    bytes: u64,
 }
 
 impl Reserved<'_> {
-    /// Holds `total` bytes in all (never fewer than already held).
-    fn grow(&mut self, total: u32) -> Result<(), BodyError> {
-        let held = self.permit.as_ref().map_or(0, |p| p.num_permits() as u32);
-        if total <= held {
+    /// Holds `total` bytes in all (never fewer than already held): within its IP's share first,
+    /// so that one address cannot take the whole budget from the others.
+    fn grow(&mut self, total: u64) -> Result<(), BodyError> {
+        let Some(more) = total.checked_sub(self.bytes).filter(|more| *more > 0) else {
             return Ok(());
+        };
+        let limits = self.limits;
+        let mut held = limits.held.lock();
+        let (all, by_ip) = &mut *held;
+        let from_ip = by_ip.get(&self.ip).copied().unwrap_or(0);
+        if from_ip + more > limits.per_ip_bytes {
+            return Err(BodyError::OverIpShare);
         }
-        let more = self
-            .limits
-            .budget
-            .clone()
-            .try_acquire_many_owned(total - held)
-            .map_err(|_| BodyError::OverBudget)?;
-        match &mut self.permit {
-            Some(permit) => permit.merge(more),
-            None => self.permit = Some(more),
+        if *all + more > limits.budget_bytes {
+            return Err(BodyError::OverBudget);
         }
-        self.limits.report();
+        *all += more;
+        by_ip.insert(self.ip, from_ip + more);
+        self.bytes = total;
+        m::set_body_budget_used(*all);
         Ok(())
     }
 }
 
 impl Drop for Reserved<'_> {
     fn drop(&mut self) {
-        if self.permit.take().is_some() {
-            self.limits.report();
+        if self.bytes == 0 {
+            return;
         }
-    }
-}
-
-impl BodyLimits {
-    fn report(&self) {
-        let free = self.budget.available_permits() as u64;
-        m::set_body_budget_used(self.budget_bytes - free);
+        let mut held = self.limits.held.lock();
+        let (all, by_ip) = &mut *held;
+        *all -= self.bytes;
+        let from_ip = by_ip
+            .get_mut(&self.ip)
+            .expect("held bytes are counted per IP");
+        *from_ip -= self.bytes;
+        if *from_ip == 0 {
+            by_ip.remove(&self.ip);
+        }
+        m::set_body_budget_used(*all);
     }
 }
 
@@ -344,6 +356,7 @@ impl BodyError {
         match self {
             Self::TooLarge => Rejection::BodyTooLarge,
             Self::OverBudget => Rejection::BodyBudget,
+            Self::OverIpShare => Rejection::BodyBudgetPerIp,
             Self::Timeout => Rejection::BodyTimeout,
             Self::Read(_) => Rejection::BodyRead,
         }
@@ -372,6 +385,11 @@ impl BodyError {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 response
             }
+            Self::OverIpShare => error_response(
+                StatusCode::TOO_MANY_REQUESTS,
+                CODE_LIMIT_EXCEEDED,
+                "request bodies in flight from this IP address exceed its share of the memory budget",
+            ),
             Self::Timeout => error_response(
                 StatusCode::REQUEST_TIMEOUT,
                 CODE_LIMIT_EXCEEDED,

@@ -11,7 +11,7 @@ import json
 import socket
 import time
 
-from limits_util import ATTACKER_IP, metric, p99, rss_bytes, timed_calls
+from limits_util import metric, p99, rss_bytes, timed_calls
 from test_slowloris import answers, close_all
 
 MIB = 1024 * 1024
@@ -35,9 +35,10 @@ def test_bodies_in_flight_stay_within_the_memory_budget(start_node):
     ).encode()
     socks = []
     try:
-        for _ in range(CONNECTIONS):
+        # From five addresses, so that the budget, not one address's share of it, is what bites.
+        for i in range(CONNECTIONS):
             s = socket.create_connection(("127.0.0.1", node.http_port), timeout=10,
-                                         source_address=(ATTACKER_IP, 0))
+                                         source_address=(f"127.0.0.{20 + i % 5}", 0))
             s.sendall(head)
             socks.append(s)
         time.sleep(0.5)
@@ -72,10 +73,31 @@ def test_bodies_in_flight_stay_within_the_memory_budget(start_node):
 
 
 def test_busy_and_oversized_answers_are_json_rpc_errors(start_node):
-    node = start_node("--rpc-body-budget-bytes", str(MIB))
-    status, body = raw_post(node, f"Content-Length: {2 * MIB}", b"")
-    assert status == 503, body
-    assert body["error"]["code"] == -32009 and "memory budget" in body["error"]["message"], body
+    node = start_node("--rpc-body-budget-bytes", str(MIB),
+                      "--rpc-body-budget-per-ip-bytes", str(MIB // 2))
+    # Past one address's share of the budget: 429.
+    status, body = raw_post(node, f"Content-Length: {MIB}", b"")
+    assert status == 429, body
+    assert body["error"]["code"] == -32005 and "share of the memory budget" in body["error"]["message"], body
+    # Two addresses hold half each with stalled bodies: a third is told the server is busy.
+    holders = []
+    try:
+        for ip in ("127.0.0.3", "127.0.0.4"):
+            s = socket.create_connection(("127.0.0.1", node.http_port), timeout=10, source_address=(ip, 0))
+            s.sendall(f"POST / HTTP/1.1\r\nHost: kestrel\r\nContent-Type: application/json\r\n"
+                      f"Content-Length: {MIB // 2}\r\n\r\n".encode())
+            holders.append(s)
+        deadline = time.monotonic() + 2
+        while metric(node, "kestrel_rpc_body_budget_used_bytes") < MIB:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        status, body = raw_post(node, "Content-Length: 2", b"[]")
+        assert status == 503, body
+        assert body["error"]["code"] == -32009 and "memory budget" in body["error"]["message"], body
+    finally:
+        close_all(holders)
+    assert metric(node, "kestrel_rpc_rejected_total", reason="body_budget_per_ip") == 1
+    assert metric(node, "kestrel_rpc_rejected_total", reason="body_budget") == 1
 
     # Chunked, past the 16 MiB request limit: 413 (it used to be 500). The budget is not what
     # stops it: the size limit is checked first.
