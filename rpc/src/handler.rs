@@ -2,8 +2,8 @@
 //!
 //! Store reads (MDBX read transactions) and EVM runs block, so they run on tokio's blocking pool,
 //! at most [`RpcLimits::db_readers_max`] at once (more wait: MDBX fails a reader past its table).
-//! EVM runs and log scans, which can take long, take an execution slot ([`ExecutionSlots`]: a
-//! bounded, fair share per IP address), and EVM runs stop at their time limit.
+//! EVM runs and log scans, which can take long, take an execution slot as well, and EVM runs stop
+//! at their time limit. One IP address holds only its share of either ([`FairSlots`]).
 
 use crate::{
     RpcContext, RpcLimits,
@@ -12,10 +12,11 @@ use crate::{
     chain::{self, check_state_block},
     error::RpcError,
     fees::{self, SUGGESTED_TIP_WEI},
+    limits::CALLER_IP,
     limits::Caller,
     logs,
     metrics::{self as m, Rejection},
-    slots::{ExecutionBudget, ExecutionPermit, ExecutionSlots},
+    slots::{ExecutionBudget, FairPermit, FairSlots},
 };
 use alloy_eips::{BlockId, BlockNumberOrTag};
 use alloy_primitives::{Address, B256, Bytes, U64, U256};
@@ -35,12 +36,14 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
-use tokio::sync::Semaphore;
+
+/// The client of calls that did not come through `server` (tests calling the module directly).
+const ANONYMOUS: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
 pub(crate) struct EthRpc {
     ctx: RpcContext,
-    readers: Arc<Semaphore>,
-    executions: Arc<ExecutionSlots>,
+    readers: Arc<FairSlots>,
+    executions: Arc<FairSlots>,
     call_timeout: Duration,
     batch_execution_budget: Duration,
 }
@@ -49,26 +52,23 @@ impl EthRpc {
     pub fn new(ctx: RpcContext, limits: &RpcLimits) -> Self {
         Self {
             ctx,
-            readers: Arc::new(Semaphore::new(limits.db_readers_max)),
-            executions: ExecutionSlots::new(limits.executions_max, limits.executions_per_ip_max),
+            readers: FairSlots::new(limits.db_readers_max, limits.db_readers_max.div_ceil(2)),
+            executions: FairSlots::new(limits.executions_max, limits.executions_per_ip_max),
             call_timeout: limits.call_timeout,
             batch_execution_budget: limits.batch_execution_budget,
         }
     }
 
-    /// Runs `f` over one store snapshot on the blocking pool, once a reader is free.
+    /// Runs `f` over one store snapshot on the blocking pool, once one of the caller's readers
+    /// is free.
     async fn read<T, F>(&self, f: F) -> Result<T, RpcError>
     where
         T: Send + 'static,
         F: FnOnce(&Reader<'_>) -> Result<T, RpcError> + Send + 'static,
     {
         let started = Instant::now();
-        let reader = self
-            .readers
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("the readers are never closed");
+        let ip = CALLER_IP.try_with(|ip| *ip).unwrap_or(ANONYMOUS);
+        let reader = self.readers.acquire(ip).await;
         m::db_reader_wait(started.elapsed());
         let store = self.ctx.store.clone();
         tokio::task::spawn_blocking(move || {
@@ -80,7 +80,7 @@ impl EthRpc {
     }
 
     /// Waits for one of the caller's execution slots.
-    async fn execution_slot(&self, caller: &Caller) -> ExecutionPermit {
+    async fn execution_slot(&self, caller: &Caller) -> FairPermit {
         let started = Instant::now();
         let permit = self.executions.acquire(caller.ip).await;
         m::execution_wait(started.elapsed());
@@ -101,7 +101,7 @@ impl EthRpc {
     /// tests, through the module directly) counts as one anonymous client with a fresh budget.
     fn caller(&self, ext: &Extensions) -> Caller {
         ext.get::<Caller>().cloned().unwrap_or_else(|| Caller {
-            ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ip: ANONYMOUS,
             budget: ExecutionBudget::new(self.batch_execution_budget),
         })
     }

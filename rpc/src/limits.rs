@@ -259,7 +259,15 @@ pub(crate) struct Caller {
     pub budget: Arc<crate::slots::ExecutionBudget>,
 }
 
-/// RPC middleware answering calls over their IP's rate with EIP-1474's "limit exceeded".
+tokio::task_local! {
+    /// The IP address of the caller whose call is being answered, set by [`RateLimit`] around
+    /// each call: what every method shares (database readers) is shared fairly without each
+    /// method taking the request's extensions.
+    pub(crate) static CALLER_IP: IpAddr;
+}
+
+/// RPC middleware answering calls over their IP's rate with EIP-1474's "limit exceeded", and
+/// running the others with [`CALLER_IP`] set.
 #[derive(Clone)]
 pub(crate) struct RateLimit<S> {
     pub inner: S,
@@ -282,10 +290,8 @@ where
     type NotificationResponse = MethodResponse;
 
     fn call<'a>(&self, req: Request<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
-        let allowed = req
-            .extensions()
-            .get::<Caller>()
-            .is_none_or(|caller| self.limiter.allow(caller.ip, Instant::now()));
+        let ip = req.extensions().get::<Caller>().map(|caller| caller.ip);
+        let allowed = ip.is_none_or(|ip| self.limiter.allow(ip, Instant::now()));
         let refused = (!allowed).then(|| {
             m::rejected(m::Rejection::Rate);
             let err = RpcError::RateLimited(self.limiter.per_s());
@@ -293,9 +299,12 @@ where
         });
         let inner = self.inner.clone();
         async move {
-            match refused {
-                Some((id, err)) => MethodResponse::error(id, err).with_extensions(req.extensions),
-                None => inner.call(req).await,
+            match (refused, ip) {
+                (Some((id, err)), _) => {
+                    MethodResponse::error(id, err).with_extensions(req.extensions)
+                }
+                (None, Some(ip)) => CALLER_IP.scope(ip, inner.call(req)).await,
+                (None, None) => inner.call(req).await,
             }
         }
     }

@@ -1,11 +1,14 @@
-//! Fair shares of the execution slots, and the execution time a request may use.
+//! Fair shares of bounded resources, and the execution time a request may use.
 //!
 //! EVM runs and block scans are few at a time ([`RpcLimits::executions_max`]): they compete with
-//! the pipeline for two cores. One IP address may hold at most
-//! [`RpcLimits::executions_per_ip_max`] of them, so a batch of slow calls leaves the rest to
-//! other clients; its further calls wait for its own slots, not in the queue others wait in.
+//! the pipeline for two cores. Database readers are bounded below MDBX's reader table
+//! ([`RpcLimits::db_readers_max`]). One IP address may hold only part of either
+//! ([`RpcLimits::executions_per_ip_max`], half of the readers), so a batch of slow calls leaves
+//! the rest to other clients: its further calls wait for its own share, not in the queue others
+//! wait in.
 //!
 //! [`RpcLimits::executions_max`]: crate::RpcLimits::executions_max
+//! [`RpcLimits::db_readers_max`]: crate::RpcLimits::db_readers_max
 //! [`RpcLimits::executions_per_ip_max`]: crate::RpcLimits::executions_per_ip_max
 
 use parking_lot::Mutex;
@@ -20,16 +23,16 @@ use std::{
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-pub(crate) struct ExecutionSlots {
+pub(crate) struct FairSlots {
     all: Arc<Semaphore>,
     per_ip: usize,
     /// Each client's own slots; present while one of its requests holds or waits for a slot.
     clients: Mutex<HashMap<IpAddr, Arc<Semaphore>>>,
 }
 
-/// A held execution slot. Fields drop in order: the slots first, then the share, which
+/// A held slot. Fields drop in order: the slots first, then the share, which
 /// forgets a client that holds and awaits nothing more.
-pub(crate) struct ExecutionPermit {
+pub(crate) struct FairPermit {
     _all: OwnedSemaphorePermit,
     _own: OwnedSemaphorePermit,
     _share: ClientShare,
@@ -37,7 +40,7 @@ pub(crate) struct ExecutionPermit {
 
 /// A request's claim on its client's semaphore.
 struct ClientShare {
-    slots: Arc<ExecutionSlots>,
+    slots: Arc<FairSlots>,
     ip: IpAddr,
     semaphore: Arc<Semaphore>,
 }
@@ -53,11 +56,11 @@ impl Drop for ClientShare {
     }
 }
 
-impl ExecutionSlots {
+impl FairSlots {
     pub fn new(all: usize, per_ip: usize) -> Arc<Self> {
         assert!(
             (1..=all).contains(&per_ip),
-            "executions per IP {per_ip} of {all}"
+            "slots per IP {per_ip} of {all}"
         );
         Arc::new(Self {
             all: Arc::new(Semaphore::new(all)),
@@ -67,7 +70,7 @@ impl ExecutionSlots {
     }
 
     /// Waits for one of `ip`'s slots, then for one of all; cancel-safe.
-    pub async fn acquire(self: &Arc<Self>, ip: IpAddr) -> ExecutionPermit {
+    pub async fn acquire(self: &Arc<Self>, ip: IpAddr) -> FairPermit {
         let semaphore = self
             .clients
             .lock()
@@ -81,7 +84,7 @@ impl ExecutionSlots {
         };
         let own = share.semaphore.clone().acquire_owned().await;
         let all = self.all.clone().acquire_owned().await;
-        ExecutionPermit {
+        FairPermit {
             _all: all.expect("the slots are never closed"),
             _own: own.expect("the slots are never closed"),
             _share: share,
@@ -124,7 +127,7 @@ mod tests {
     const A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
     const B: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
 
-    async fn waits(acquire: impl Future<Output = ExecutionPermit>) -> bool {
+    async fn waits(acquire: impl Future<Output = FairPermit>) -> bool {
         tokio::time::timeout(Duration::from_millis(50), acquire)
             .await
             .is_err()
@@ -132,7 +135,7 @@ mod tests {
 
     #[tokio::test]
     async fn one_client_cannot_hold_every_slot() {
-        let slots = ExecutionSlots::new(4, 2);
+        let slots = FairSlots::new(4, 2);
         let a1 = slots.acquire(A).await;
         let _a2 = slots.acquire(A).await;
         assert!(waits(slots.acquire(A)).await, "A holds its share");
@@ -148,7 +151,7 @@ mod tests {
 
     #[tokio::test]
     async fn clients_are_forgotten_when_they_hold_nothing() {
-        let slots = ExecutionSlots::new(2, 1);
+        let slots = FairSlots::new(2, 1);
         let a = slots.acquire(A).await;
         // A cancelled wait leaves nothing behind either.
         assert!(waits(slots.acquire(A)).await);
