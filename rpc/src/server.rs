@@ -427,3 +427,53 @@ fn error_response(status: StatusCode, code: i32, message: &str) -> HttpResponse 
     headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const A: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    const B: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+    const C: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 3));
+
+    fn reserve(limits: &BodyLimits, ip: IpAddr, bytes: u64) -> Result<Reserved<'_>, BodyError> {
+        let mut reserved = Reserved {
+            limits,
+            ip,
+            bytes: 0,
+        };
+        reserved.grow(bytes)?;
+        Ok(reserved)
+    }
+
+    #[test]
+    fn bodies_are_held_within_the_ip_share_and_the_budget_and_given_back() {
+        let limits = BodyLimits::new(
+            100,
+            &RpcLimits {
+                body_budget_bytes: 100,
+                body_budget_per_ip_bytes: 60,
+                ..RpcLimits::default()
+            },
+        );
+        let mut a = reserve(&limits, A, 40).unwrap();
+        assert!(matches!(a.grow(70), Err(BodyError::OverIpShare)));
+        a.grow(60).unwrap();
+        assert!(matches!(
+            reserve(&limits, A, 1),
+            Err(BodyError::OverIpShare)
+        ));
+        let b = reserve(&limits, B, 40).unwrap();
+        assert!(matches!(reserve(&limits, C, 1), Err(BodyError::OverBudget)));
+        drop(a);
+        assert_eq!(limits.held.lock().0, 40);
+        assert!(
+            !limits.held.lock().1.contains_key(&A),
+            "an IP holding nothing is forgotten"
+        );
+        let _c = reserve(&limits, C, 60).unwrap();
+        drop(b);
+        assert_eq!(limits.held.lock().0, 60);
+    }
+}
