@@ -131,9 +131,12 @@ pub async fn start(
             methods: methods.clone(),
             max_response_body_bytes,
         })
-        .layer_fn(move |inner| limits::RateLimit {
-            inner,
-            limiter: rate.clone(),
+        .layer_fn({
+            let rate = rate.clone();
+            move |inner| limits::RateLimit {
+                inner,
+                limiter: rate.clone(),
+            }
         });
     let service = Server::builder()
         .set_config(server_config)
@@ -148,7 +151,7 @@ pub async fn start(
     tokio::spawn(server::serve(
         listener,
         move |stop| service.clone().build(module.clone(), stop),
-        server::Shared::new(&limits, body),
+        server::Shared::new(&limits, body, rate),
         stop,
     ));
     tracing::info!(target: "rpc::server", %addr, "JSON-RPC server listening");

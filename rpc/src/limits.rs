@@ -245,6 +245,18 @@ impl RateLimiter {
         true
     }
 
+    /// Whether `ip` has a call left at time `now` (taking none).
+    pub fn has_tokens(&self, ip: IpAddr, now: Instant) -> bool {
+        if self.per_s == 0 {
+            return true;
+        }
+        let per_s = f64::from(self.per_s);
+        self.buckets.lock().get_mut(&ip).is_none_or(|bucket| {
+            bucket.refill(per_s, now);
+            bucket.tokens >= 1.0
+        })
+    }
+
     pub fn per_s(&self) -> u32 {
         self.per_s
     }
