@@ -1,6 +1,7 @@
 //! Kestrel's pipeline: the stages between an RPC request and a committed block, the executors and
 //! the revm bridge.
 
+mod collision;
 pub mod evm;
 pub mod executor;
 pub mod import;
