@@ -39,6 +39,10 @@ pub struct NodeArgs {
     /// Where the database lives.
     #[arg(long, value_name = "DIR", default_value = "./kestrel-data")]
     pub datadir: PathBuf,
+    /// Below this much free space on the datadir's disk, new transactions are refused (the
+    /// blocks already ordered still commit); 0 turns the check off.
+    #[arg(long, value_name = "MB", default_value_t = 128)]
+    pub min_free_disk_mb: u64,
     /// JSON-RPC listen address.
     #[arg(long, default_value = "127.0.0.1")]
     pub http_addr: std::net::IpAddr,

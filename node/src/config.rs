@@ -35,6 +35,7 @@ pub struct Config {
     pub dev: Option<bool>,
     pub genesis: Option<PathBuf>,
     pub datadir: Option<PathBuf>,
+    pub min_free_disk_mb: Option<u64>,
     pub rpc: RpcSection,
     pub metrics: MetricsSection,
     pub ordering: OrderingSection,
@@ -142,6 +143,7 @@ impl Config {
             fill!(genesis, self.genesis.map(Some));
         }
         fill!(datadir, self.datadir);
+        fill!(min_free_disk_mb, self.min_free_disk_mb);
         fill!(http_addr, self.rpc.http_addr);
         fill!(http_port, self.rpc.http_port);
         fill!(metrics, self.metrics.listen);

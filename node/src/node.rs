@@ -1,7 +1,7 @@
 //! Wiring: opens the database, starts the stages, RPC and metrics, and shuts them down in order.
 
 use crate::cli::{ExecutorKind, NodeArgs};
-use crate::{keys::ValidatorKey, testnet, validator};
+use crate::{disk::DiskMonitor, keys::ValidatorKey, testnet, validator};
 use alloy_primitives::Address;
 use eyre::{WrapErr, bail};
 use kestrel_pipeline::stages::ordering_parent;
@@ -84,6 +84,14 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     };
     let hashes = Arc::new(RecentHashes::new(store.clone()));
     let stop = Arc::new(AtomicBool::new(false));
+
+    let disk = DiskMonitor {
+        datadir: args.datadir.clone(),
+        min_free_bytes: args.min_free_disk_mb.saturating_mul(1 << 20),
+        status: status.clone(),
+        stop: stop.clone(),
+    };
+    let disk = spawn("disk", move || disk.run());
 
     let (proposals_tx, proposals_rx) = crossbeam_channel::bounded(EXECUTION_QUEUE_MAX);
     let (executed_tx, executed_rx) = crossbeam_channel::bounded(COMMIT_QUEUE_MAX);
@@ -191,7 +199,7 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     drop(runtime);
     // Ordering stops proposing; execution and commit drain what was proposed, then hang up.
     stop.store(true, Ordering::Release);
-    for t in threads.into_iter().chain(ingress_threads) {
+    for t in threads.into_iter().chain(ingress_threads).chain([disk]) {
         if t.join().is_err() {
             bail!("a stage panicked");
         }
@@ -265,6 +273,7 @@ fn describe_metrics() {
         "Node version and chain id in labels (always 1)"
     );
     kestrel_storage::describe_metrics();
+    crate::disk::describe_metrics();
     kestrel_rpc::describe_metrics();
     kestrel_pipeline::describe_metrics();
 }

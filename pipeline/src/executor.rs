@@ -3,6 +3,7 @@
 
 use crate::{
     collision::StorageCollisions,
+    deposits::{self, DepositLayoutError},
     evm::{BlockHashes, Hardforks, StateDb, bundle_to_changes, evm_env},
 };
 use alloy_consensus::{Header, ReceiptEnvelope};
@@ -68,6 +69,8 @@ pub enum ExecError {
     InvalidTx { index: usize, reason: TxInvalid },
     #[error("block invalid: {0}")]
     InvalidBlock(String),
+    #[error(transparent)]
+    DepositLayout(#[from] DepositLayoutError),
     #[error("execution failed: {0}")]
     Internal(String),
 }
@@ -163,6 +166,9 @@ impl Executor for SequentialExecutor {
                 },
                 Err(err) => return Err(ExecError::Internal(err.to_string())),
             }
+        }
+        if forks.is_prague_active_at_timestamp(header.timestamp) {
+            deposits::check_layouts(executor.receipts())?;
         }
         let (mut evm, result) = executor.finish().map_err(fatal_or_block)?;
         if let Some(err) = evm.inspector_mut().take_error() {

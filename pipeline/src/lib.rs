@@ -2,6 +2,7 @@
 //! the revm bridge.
 
 mod collision;
+pub mod deposits;
 pub mod evm;
 pub mod executor;
 pub mod import;
@@ -10,6 +11,7 @@ pub mod parallel;
 pub mod stages;
 pub mod state;
 pub mod status;
+pub mod tx_encoding;
 
 pub use executor::{
     BlockInput, BlockOutput, ExecError, Executor, InvalidTxPolicy, SequentialExecutor,

@@ -81,3 +81,57 @@ pub fn genesis_changes(spec: &ChainSpec) -> StateChanges {
     }
     changes
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::{B64, U256, b256};
+
+    /// Every header field a genesis file sets reaches block 0.
+    #[test]
+    fn genesis_file_fields_reach_the_header() {
+        let spec = ChainSpec::from_genesis_json(
+            r#"{
+                "config": {"chainId": 7, "cancunTime": 0},
+                "nonce": "0x42", "timestamp": "0x10", "extraData": "0x0102",
+                "gasLimit": "0x1c9c380", "gasUsed": "0x5", "difficulty": "0x3",
+                "mixHash": "0x0000000000000000000000000000000000000000000000000000000000020000",
+                "coinbase": "0x2adc25665018aa1fe0e6bc666dac8fc2697ff9ba",
+                "parentHash": "0x1111111111111111111111111111111111111111111111111111111111111111",
+                "baseFeePerGas": "0xb", "blobGasUsed": "0x20000", "excessBlobGas": "0x60000",
+                "parentBeaconBlockRoot":
+                    "0x2222222222222222222222222222222222222222222222222222222222222222",
+                "alloc": {}
+            }"#,
+        )
+        .unwrap();
+        let header = genesis_header(&spec);
+        assert_eq!(header.nonce, B64::from(0x42u64));
+        assert_eq!(header.timestamp, 0x10);
+        assert_eq!(header.extra_data.as_ref(), [1, 2]);
+        assert_eq!(header.gas_used, 5);
+        assert_eq!(header.difficulty, U256::from(3));
+        assert_eq!(header.mix_hash, B256::left_padding_from(&[2, 0, 0]));
+        assert_eq!(
+            header.parent_hash,
+            b256!("1111111111111111111111111111111111111111111111111111111111111111")
+        );
+        assert_eq!(header.base_fee_per_gas, Some(0xb));
+        assert_eq!(header.blob_gas_used, Some(0x20000));
+        assert_eq!(header.excess_blob_gas, Some(0x60000));
+        assert_eq!(
+            header.parent_beacon_block_root,
+            Some(b256!(
+                "2222222222222222222222222222222222222222222222222222222222222222"
+            ))
+        );
+        assert_eq!(header.requests_hash, None, "Cancun only");
+    }
+
+    #[test]
+    fn a_genesis_that_is_not_block_zero_is_refused() {
+        let err = ChainSpec::from_genesis_json(r#"{"config": {"chainId": 7}, "number": "0x5"}"#)
+            .unwrap_err();
+        assert!(err.to_string().contains("block 0"), "{err}");
+    }
+}

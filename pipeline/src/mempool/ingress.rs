@@ -134,6 +134,10 @@ impl IngressStage {
     }
 
     fn recover(&self, raw: &[u8], now_secs: u64, base_fee: u64) -> Result<RecoveredTx, PoolError> {
+        // Refused before the database write fails: the blocks already ordered still commit.
+        if self.status.disk_low() {
+            return Err(PoolError::DiskLow);
+        }
         if raw.len() > super::TX_SIZE_MAX {
             return Err(PoolError::Oversized);
         }
@@ -153,6 +157,7 @@ fn reason_label(err: &PoolError) -> &'static str {
         PoolError::ReplacementUnderpriced => "replacement_underpriced",
         PoolError::Underpriced | PoolError::FeeCapBelowBaseFee => "underpriced",
         PoolError::PoolFull | PoolError::SenderLimit | PoolError::Busy => "full",
+        PoolError::DiskLow => "disk_low",
         _ => "invalid",
     }
 }
