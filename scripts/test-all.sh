@@ -29,6 +29,9 @@ done
 step "end-to-end: pytest tests/e2e (web3.py, crash recovery)"
 tests/e2e/.venv/bin/python -m pytest -q tests/e2e
 
+step "RPC limits: pytest tests/rpc_limits (slowloris, body memory, receipt batches, execution fairness against a real node)"
+tests/e2e/.venv/bin/python -m pytest -q tests/rpc_limits
+
 step "metrics: pytest tests/metrics (real Prometheus, promtool, Grafana dashboard)"
 tests/e2e/.venv/bin/python -m pytest -q tests/metrics
 

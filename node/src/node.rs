@@ -173,6 +173,7 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     let rpc_addr = SocketAddr::new(args.http_addr, args.http_port);
     // `/health` judges the head's age in block intervals.
     let block_time_ms = args.block_time_ms;
+    let rpc_limits = args.rpc_limits();
     runtime.block_on(async {
         let ctx = kestrel_rpc::RpcContext {
             store: store.clone(),
@@ -184,6 +185,7 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
         let config = kestrel_rpc::RpcConfig {
             addr: rpc_addr,
             block_time_ms,
+            limits: rpc_limits,
             ..Default::default()
         };
         let (bound, server) = kestrel_rpc::start(config, ctx)
