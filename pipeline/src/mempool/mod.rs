@@ -917,7 +917,7 @@ mod tests {
             }
         );
         // Checked at most once a second.
-        pool.expire_queued(t0 + Duration::from_secs(60));
+        pool.expire_queued(t0 + Duration::from_millis(59_900));
         assert_eq!(pool.size().queued, 2);
         pool.expire_queued(t0 + Duration::from_secs(61));
         assert_eq!(
@@ -946,38 +946,36 @@ mod tests {
             signed(37, 1, 1, 100),
             signed(37, 2, 1, 100),
         );
-        let sender = a0.sender();
-        for tx in [&a0, &a1, &a2] {
+        let broke = signed(38, 0, 1, 100);
+        for tx in [&a0, &a1, &a2, &broke] {
             pool.insert(tx.clone(), 0, Instant::now()).unwrap();
         }
-        // Enough for two transactions at their maximum cost, not three.
+        // Enough for two transactions at their maximum cost, not three; the other sender has
+        // nothing.
         let each = max_cost(a0.tx());
-        let funds = Funds(
-            [(sender, each * U256::from(2) + U256::from(1))]
-                .into_iter()
-                .collect(),
-        );
+        let two = each * U256::from(2) + U256::from(1);
+        let funds = Funds([(a0.sender(), two)].into_iter().collect());
         assert_eq!(
             pool.take_block(1, &rules(1_000_000, 1), 10, &funds),
-            vec![a0]
+            vec![a0.clone(), a1.clone()]
         );
-        // Block 1 is in flight: its cost stays reserved in the next block.
-        assert_eq!(
-            pool.take_block(2, &rules(1_000_000, 1), 10, &funds),
-            vec![a1]
-        );
+        // Nothing in flight and nothing to pay with: gone, as geth drops it.
+        assert_eq!(pool.get(&broke.hash()), None);
+        // Block 1 is in flight: its cost stays reserved in the next block, a2 waits.
         assert!(
-            pool.take_block(3, &rules(1_000_000, 1), 10, &funds)
+            pool.take_block(2, &rules(1_000_000, 1), 10, &funds)
                 .is_empty()
+        );
+        assert_eq!(
+            pool.size(),
+            PoolSize {
+                pending: 1,
+                queued: 0
+            }
         );
         // Block 1 executed: the state's balance now shows what it spent.
-        pool.on_committed(1, |_| 1);
-        let funds = Funds([(sender, each + U256::from(1))].into_iter().collect());
-        assert!(
-            pool.take_block(3, &rules(1_000_000, 1), 10, &funds)
-                .is_empty()
-        );
-        pool.on_committed(2, |_| 2);
+        pool.on_committed(1, |_| 2);
+        let funds = Funds([(a0.sender(), each)].into_iter().collect());
         assert_eq!(
             pool.take_block(3, &rules(1_000_000, 1), 10, &funds),
             vec![a2]

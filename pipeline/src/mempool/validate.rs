@@ -271,7 +271,10 @@ mod tests {
                 PoolError::TipAboveFeeCap,
             ),
             (
-                transfer(|t| t.max_fee_per_gas = 999_999_999),
+                transfer(|t| {
+                    t.max_fee_per_gas = 999_999_999;
+                    t.max_priority_fee_per_gas = 1;
+                }),
                 PoolError::Underpriced,
             ),
             (
