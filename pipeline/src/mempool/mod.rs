@@ -74,14 +74,17 @@ impl Default for PoolConfig {
     }
 }
 
+/// A sender's balance in one view of the state.
+pub type BalanceOf<'a> = &'a dyn Fn(Address) -> U256;
+
 /// Where ordering reads senders' balances: the latest executed state.
 pub trait Balances {
     /// Calls `f` once with a reader of balances from one consistent view of the state.
-    fn with_balances(&self, f: &mut dyn FnMut(&dyn Fn(Address) -> U256));
+    fn with_balances(&self, f: &mut dyn FnMut(BalanceOf<'_>));
 }
 
 impl Balances for LatestState {
-    fn with_balances(&self, f: &mut dyn FnMut(&dyn Fn(Address) -> U256)) {
+    fn with_balances(&self, f: &mut dyn FnMut(BalanceOf<'_>)) {
         let viewed = self.with_view(|view| {
             f(&|sender| {
                 // Unreadable reads as empty: the sender's transactions wait rather than go
@@ -668,7 +671,7 @@ impl Inner {
         number: BlockNumber,
         rules: &BlockRules,
         max_txs: usize,
-        balance_of: &dyn Fn(Address) -> U256,
+        balance_of: BalanceOf<'_>,
     ) -> Vec<RecoveredTx> {
         let mut reserved = self.reserved();
         // Read once per sender per block.
@@ -803,7 +806,7 @@ mod tests {
     struct Rich;
 
     impl Balances for Rich {
-        fn with_balances(&self, f: &mut dyn FnMut(&dyn Fn(Address) -> U256)) {
+        fn with_balances(&self, f: &mut dyn FnMut(BalanceOf<'_>)) {
             f(&|_| U256::MAX)
         }
     }
@@ -812,7 +815,7 @@ mod tests {
     struct Funds(HashMap<Address, U256>);
 
     impl Balances for Funds {
-        fn with_balances(&self, f: &mut dyn FnMut(&dyn Fn(Address) -> U256)) {
+        fn with_balances(&self, f: &mut dyn FnMut(BalanceOf<'_>)) {
             f(&|a| self.0.get(&a).copied().unwrap_or_default())
         }
     }
@@ -1379,11 +1382,11 @@ mod tests {
                                 .map(|t| (t.sender(), t.nonce()))
                                 .collect();
                             let mut want = Vec::new();
-                            for s in 0..SENDERS {
+                            for (s, addr) in addrs.iter().enumerate() {
                                 let end = model.pending_end(s);
                                 for n in model.next[s]..end {
                                     model.pooled[s].remove(&n);
-                                    want.push((addrs[s], n));
+                                    want.push((*addr, n));
                                 }
                                 if end > model.next[s] {
                                     model.in_flight[s] = true;
@@ -1419,10 +1422,10 @@ mod tests {
                     }
                     pool.assert_invariants();
                     prop_assert_eq!(pool.size(), model.size());
-                    for s in 0..SENDERS {
+                    for (s, addr) in addrs.iter().enumerate() {
                         let tracked = model.in_flight[s] || !model.pooled[s].is_empty();
                         prop_assert_eq!(
-                            pool.pending_nonce(addrs[s]),
+                            pool.pending_nonce(*addr),
                             tracked.then(|| model.pending_end(s))
                         );
                     }

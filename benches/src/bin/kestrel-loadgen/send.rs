@@ -58,11 +58,12 @@ impl Shared {
 
 /// How many batches from the first must be answered before batch `b` goes out: those holding
 /// the previous nonce of a sender in `b`. Transaction `j`'s previous nonce is `j - accounts`, so
-/// that is every batch up to the one holding `b`'s last transaction minus `accounts`.
+/// that is every batch up to the one holding `b`'s last transaction minus `accounts`, `b` itself
+/// excepted (a batch's transactions reach the node in order).
 fn batches_before(b: usize, batch: usize, accounts: usize) -> usize {
     ((b + 1) * batch - 1)
         .checked_sub(accounts)
-        .map_or(0, |j| j / batch + 1)
+        .map_or(0, |j| (j / batch + 1).min(b))
 }
 
 /// Sends everything; returns when every transaction was answered (accepted or finally refused).
