@@ -38,6 +38,9 @@ tests/e2e/.venv/bin/python -m pytest -q tests/metrics
 step "load generator: pytest tests/loadgen (kestrel-loadgen, lost-transaction proxy, /health)"
 tests/e2e/.venv/bin/python -m pytest -q tests/loadgen
 
+step "pool attacks: pytest tests/pool_attacks (free block space on the dev node and a 4-validator testnet, a jammed account, queued expiry)"
+tests/e2e/.venv/bin/python -m pytest -q tests/pool_attacks
+
 step "testnet: pytest tests/testnet (4 validators on loopback and in network namespaces: agreement, a crash and catch-up, no quorum)"
 tests/e2e/.venv/bin/python -m pytest -q tests/testnet
 

@@ -90,6 +90,9 @@ pub struct ExecutionSection {
 #[serde(default, deny_unknown_fields)]
 pub struct MempoolSection {
     pub ingress_threads: Option<usize>,
+    pub txs_max: Option<usize>,
+    pub sender_txs_max: Option<usize>,
+    pub queued_lifetime_s: Option<u64>,
 }
 
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -181,6 +184,9 @@ impl Config {
         fill!(executor, self.execution.executor);
         fill!(exec_threads, self.execution.exec_threads);
         fill!(ingress_threads, self.mempool.ingress_threads);
+        fill!(txpool_txs_max, self.mempool.txs_max);
+        fill!(txpool_sender_txs_max, self.mempool.sender_txs_max);
+        fill!(txpool_queued_lifetime_s, self.mempool.queued_lifetime_s);
         fill!(validator_key, self.validator.key_file.map(Some));
         fill!(p2p_listen, self.p2p.listen.map(Some));
         fill!(p2p_peers, self.p2p.peers);

@@ -7,7 +7,7 @@ use eyre::{WrapErr, bail};
 use kestrel_pipeline::stages::ordering_parent;
 use kestrel_pipeline::{
     Executor, ParallelExecutor, SequentialExecutor,
-    mempool::{IngressStage, TxPool, Validator},
+    mempool::{IngressStage, PoolConfig, TxPool, Validator},
     stages::{
         COMMIT_QUEUE_MAX, CommitStage, EXECUTION_QUEUE_MAX, ExecutionStage, OrderingConfig,
         OrderingStage, RecentHashes,
@@ -24,6 +24,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread,
+    time::Duration,
 };
 
 /// Histogram buckets for every `_seconds` metric: 100 µs to 30 s.
@@ -77,7 +78,11 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     for field in [&status.proposed, &status.executed, &status.committed] {
         ChainStatus::set(field, head_number);
     }
-    let pool = Arc::new(TxPool::new());
+    let pool = Arc::new(TxPool::with_config(PoolConfig {
+        txs_max: args.txpool_txs_max,
+        sender_txs_max: args.txpool_sender_txs_max,
+        queued_lifetime: Duration::from_secs(args.txpool_queued_lifetime_s),
+    }));
     let state = LatestState {
         store: store.clone(),
         overlay: Arc::new(Overlay::default()),
@@ -111,6 +116,7 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
             validator::Wiring {
                 spec: spec.clone(),
                 store: store.clone(),
+                state: state.clone(),
                 pool: pool.clone(),
                 ingress: ingress.clone(),
                 status: status.clone(),
@@ -131,7 +137,9 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
                     execution_delay: args.execution_delay,
                     beneficiary,
                 },
+                spec: spec.clone(),
                 pool: pool.clone(),
+                state: state.clone(),
                 status: status.clone(),
                 results: results_rx,
                 proposals: proposals_tx,

@@ -80,6 +80,7 @@ impl IngressStage {
             // Stateless work first, outside the state snapshot.
             let base_fee = ChainStatus::get(&self.status.next_base_fee);
             let now_secs = unix_secs();
+            let now = Instant::now();
             let recovered: Vec<(Request, Result<RecoveredTx, PoolError>)> = batch
                 .into_iter()
                 .map(|req| {
@@ -104,7 +105,7 @@ impl IngressStage {
                             {
                                 return Err(PoolError::NonceTooLow);
                             }
-                            self.pool.insert(tx, state_nonce)
+                            self.pool.insert(tx, state_nonce, now)
                         });
                         (req.reply, result)
                     })
@@ -156,7 +157,10 @@ fn reason_label(err: &PoolError) -> &'static str {
         PoolError::AlreadyKnown => "already_known",
         PoolError::ReplacementUnderpriced => "replacement_underpriced",
         PoolError::Underpriced | PoolError::FeeCapBelowBaseFee => "underpriced",
-        PoolError::PoolFull | PoolError::SenderLimit | PoolError::Busy => "full",
+        PoolError::SenderLimit => "sender_limit",
+        PoolError::PoolFull => "pool_full",
+        PoolError::Busy => "busy",
+        PoolError::EmptyAuthList => "empty_auth_list",
         PoolError::DiskLow => "disk_low",
         _ => "invalid",
     }
