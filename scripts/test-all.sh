@@ -18,9 +18,13 @@ export KESTREL_BIN="${KESTREL_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/kes
 step "cargo test --workspace --release"
 cargo test --workspace --release
 
-step "Ethereum conformance: BlockchainTests through the import path (sequential executor)"
-FIXTURES="${KESTREL_FIXTURES:-$ROOT/../shared/fixtures/ethereum-tests}"
-cargo run --release --bin ef-tests -- "$FIXTURES"
+# Both fixture sets, through each executor (docs/CONFORMANCE.md).
+FIXTURES="${KESTREL_FIXTURES:-$ROOT/../shared/fixtures/ethereum-tests $ROOT/../shared/fixtures/blockchain-tests-sample}"
+for executor in "sequential" "parallel --threads 1" "parallel --threads 2"; do
+  step "Ethereum conformance: BlockchainTests through the import path (--executor $executor)"
+  # shellcheck disable=SC2086 # the executor's flags and the folders are word lists
+  cargo run --release --bin ef-tests -- --executor $executor $FIXTURES
+done
 
 step "end-to-end: pytest tests/e2e (web3.py, crash recovery)"
 tests/e2e/.venv/bin/python -m pytest -q tests/e2e
@@ -33,6 +37,9 @@ tests/e2e/.venv/bin/python -m pytest -q tests/metrics
 
 step "load generator: pytest tests/loadgen (kestrel-loadgen, lost-transaction proxy, /health)"
 tests/e2e/.venv/bin/python -m pytest -q tests/loadgen
+
+step "pool attacks: pytest tests/pool_attacks (free block space on the dev node and a 4-validator testnet, a jammed account, queued expiry)"
+tests/e2e/.venv/bin/python -m pytest -q tests/pool_attacks
 
 step "testnet: pytest tests/testnet (4 validators on loopback and in network namespaces: agreement, a crash and catch-up, no quorum)"
 tests/e2e/.venv/bin/python -m pytest -q tests/testnet

@@ -40,6 +40,10 @@ pub struct NodeArgs {
     /// Where the database lives.
     #[arg(long, value_name = "DIR", default_value = "./kestrel-data")]
     pub datadir: PathBuf,
+    /// Below this much free space on the datadir's disk, new transactions are refused (the
+    /// blocks already ordered still commit); 0 turns the check off.
+    #[arg(long, value_name = "MB", default_value_t = 128)]
+    pub min_free_disk_mb: u64,
     /// JSON-RPC listen address.
     #[arg(long, default_value = "127.0.0.1")]
     pub http_addr: std::net::IpAddr,
@@ -101,6 +105,15 @@ pub struct NodeArgs {
     /// Threads recovering senders of incoming transactions.
     #[arg(long, default_value_t = 2)]
     pub ingress_threads: usize,
+    /// Most transactions the pool holds (pending and queued).
+    #[arg(long, default_value_t = kestrel_pipeline::mempool::POOL_TXS_MAX)]
+    pub txpool_txs_max: usize,
+    /// Most transactions one sender may have in the pool.
+    #[arg(long, default_value_t = kestrel_pipeline::mempool::SENDER_TXS_MAX)]
+    pub txpool_sender_txs_max: usize,
+    /// Seconds a queued transaction (one behind a nonce gap) waits for the gap to fill.
+    #[arg(long, value_name = "SECS", default_value_t = kestrel_pipeline::mempool::QUEUED_LIFETIME_DEFAULT.as_secs())]
+    pub txpool_queued_lifetime_s: u64,
     /// How blocks are executed. Parallel by default: blocks it cannot run faster (small,
     /// contended) fall back to sequential on their own (BENCHMARKS.md).
     #[arg(long, value_enum, default_value_t = ExecutorKind::Parallel)]

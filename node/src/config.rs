@@ -35,6 +35,7 @@ pub struct Config {
     pub dev: Option<bool>,
     pub genesis: Option<PathBuf>,
     pub datadir: Option<PathBuf>,
+    pub min_free_disk_mb: Option<u64>,
     pub rpc: RpcSection,
     pub metrics: MetricsSection,
     pub ordering: OrderingSection,
@@ -89,6 +90,9 @@ pub struct ExecutionSection {
 #[serde(default, deny_unknown_fields)]
 pub struct MempoolSection {
     pub ingress_threads: Option<usize>,
+    pub txs_max: Option<usize>,
+    pub sender_txs_max: Option<usize>,
+    pub queued_lifetime_s: Option<u64>,
 }
 
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -154,6 +158,7 @@ impl Config {
             fill!(genesis, self.genesis.map(Some));
         }
         fill!(datadir, self.datadir);
+        fill!(min_free_disk_mb, self.min_free_disk_mb);
         fill!(http_addr, self.rpc.http_addr);
         fill!(http_port, self.rpc.http_port);
         fill!(rpc_connections_max, self.rpc.connections_max);
@@ -179,6 +184,9 @@ impl Config {
         fill!(executor, self.execution.executor);
         fill!(exec_threads, self.execution.exec_threads);
         fill!(ingress_threads, self.mempool.ingress_threads);
+        fill!(txpool_txs_max, self.mempool.txs_max);
+        fill!(txpool_sender_txs_max, self.mempool.sender_txs_max);
+        fill!(txpool_queued_lifetime_s, self.mempool.queued_lifetime_s);
         fill!(validator_key, self.validator.key_file.map(Some));
         fill!(p2p_listen, self.p2p.listen.map(Some));
         fill!(p2p_peers, self.p2p.peers);

@@ -1,13 +1,13 @@
 //! Wiring: opens the database, starts the stages, RPC and metrics, and shuts them down in order.
 
 use crate::cli::{ExecutorKind, NodeArgs};
-use crate::{keys::ValidatorKey, testnet, validator};
+use crate::{disk::DiskMonitor, keys::ValidatorKey, testnet, validator};
 use alloy_primitives::Address;
 use eyre::{WrapErr, bail};
 use kestrel_pipeline::stages::ordering_parent;
 use kestrel_pipeline::{
     Executor, ParallelExecutor, SequentialExecutor,
-    mempool::{IngressStage, TxPool, Validator},
+    mempool::{IngressStage, PoolConfig, TxPool, Validator},
     stages::{
         COMMIT_QUEUE_MAX, CommitStage, EXECUTION_QUEUE_MAX, ExecutionStage, OrderingConfig,
         OrderingStage, RecentHashes,
@@ -24,6 +24,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
     },
     thread,
+    time::Duration,
 };
 
 /// Histogram buckets for every `_seconds` metric: 100 µs to 30 s.
@@ -77,13 +78,25 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     for field in [&status.proposed, &status.executed, &status.committed] {
         ChainStatus::set(field, head_number);
     }
-    let pool = Arc::new(TxPool::new());
+    let pool = Arc::new(TxPool::with_config(PoolConfig {
+        txs_max: args.txpool_txs_max,
+        sender_txs_max: args.txpool_sender_txs_max,
+        queued_lifetime: Duration::from_secs(args.txpool_queued_lifetime_s),
+    }));
     let state = LatestState {
         store: store.clone(),
         overlay: Arc::new(Overlay::default()),
     };
     let hashes = Arc::new(RecentHashes::new(store.clone()));
     let stop = Arc::new(AtomicBool::new(false));
+
+    let disk = DiskMonitor {
+        datadir: args.datadir.clone(),
+        min_free_bytes: args.min_free_disk_mb.saturating_mul(1 << 20),
+        status: status.clone(),
+        stop: stop.clone(),
+    };
+    let disk = spawn("disk", move || disk.run());
 
     let (proposals_tx, proposals_rx) = crossbeam_channel::bounded(EXECUTION_QUEUE_MAX);
     let (executed_tx, executed_rx) = crossbeam_channel::bounded(COMMIT_QUEUE_MAX);
@@ -103,6 +116,7 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
             validator::Wiring {
                 spec: spec.clone(),
                 store: store.clone(),
+                state: state.clone(),
                 pool: pool.clone(),
                 ingress: ingress.clone(),
                 status: status.clone(),
@@ -123,7 +137,9 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
                     execution_delay: args.execution_delay,
                     beneficiary,
                 },
+                spec: spec.clone(),
                 pool: pool.clone(),
+                state: state.clone(),
                 status: status.clone(),
                 results: results_rx,
                 proposals: proposals_tx,
@@ -193,7 +209,7 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     drop(runtime);
     // Ordering stops proposing; execution and commit drain what was proposed, then hang up.
     stop.store(true, Ordering::Release);
-    for t in threads.into_iter().chain(ingress_threads) {
+    for t in threads.into_iter().chain(ingress_threads).chain([disk]) {
         if t.join().is_err() {
             bail!("a stage panicked");
         }
@@ -267,6 +283,7 @@ fn describe_metrics() {
         "Node version and chain id in labels (always 1)"
     );
     kestrel_storage::describe_metrics();
+    crate::disk::describe_metrics();
     kestrel_rpc::describe_metrics();
     kestrel_pipeline::describe_metrics();
 }

@@ -1,6 +1,8 @@
 //! Kestrel's pipeline: the stages between an RPC request and a committed block, the executors and
 //! the revm bridge.
 
+mod collision;
+pub mod deposits;
 pub mod evm;
 pub mod executor;
 pub mod import;
@@ -9,6 +11,7 @@ pub mod parallel;
 pub mod stages;
 pub mod state;
 pub mod status;
+pub mod tx_encoding;
 
 pub use executor::{
     BlockInput, BlockOutput, ExecError, Executor, InvalidTxPolicy, SequentialExecutor,
@@ -44,8 +47,30 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "kestrel_mempool_evicted_total",
-        "Queued transactions evicted because the pool was full"
+        "Queued transactions evicted, by reason: gap_fill (their sender's next nonce came) or pool_full"
     );
+    describe_counter!(
+        "kestrel_mempool_expired_total",
+        "Queued transactions dropped because their nonce gap did not fill in their lifetime"
+    );
+    describe_counter!(
+        "kestrel_ordering_invalid_txs_total",
+        "Pooled transactions dropped at block building for breaking the block's static rules"
+    );
+    describe_counter!(
+        mempool::UNPAYABLE,
+        "Transactions left out of a block because their sender's balance does not cover them on top of its transactions in flight, by action (waits, dropped)"
+    );
+    // Rare events, exported from the start so dashboards and rate() see them as 0, not absent.
+    for name in [
+        "kestrel_mempool_expired_total",
+        "kestrel_ordering_invalid_txs_total",
+    ] {
+        metrics::counter!(name).absolute(0);
+    }
+    for action in ["waits", "dropped"] {
+        metrics::counter!(mempool::UNPAYABLE, "action" => action).absolute(0);
+    }
     describe_gauge!(
         "kestrel_mempool_pending_txs",
         "Executable transactions in the pool"

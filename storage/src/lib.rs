@@ -44,6 +44,9 @@ pub trait StateView: Sync {
     /// Zero when the slot is unset.
     fn storage(&self, address: Address, slot: U256) -> Result<U256, StorageError>;
     fn code(&self, code_hash: B256) -> Result<Option<Bytes>, StorageError>;
+    /// Whether any slot of `address` is set. EIP-7610 asks it of a contract creation's target
+    /// address; only creations ask, so it may cost a seek.
+    fn has_storage(&self, address: Address) -> Result<bool, StorageError>;
 }
 
 /// Reads of committed blocks.
@@ -316,6 +319,13 @@ impl StateView for Reader<'_> {
             .txn
             .get::<Cow<'_, [u8]>>(&self.tables.bytecodes, code_hash)?
             .map(|code| Bytes::copy_from_slice(&code)))
+    }
+
+    fn has_storage(&self, address: Address) -> Result<bool, StorageError> {
+        // Plain slot keys start with the address, and zero values are deleted, not stored.
+        let mut cursor = self.txn.cursor(&self.tables.plain_storage)?;
+        let first = cursor.set_range::<Cow<'_, [u8]>, ()>(address.as_slice())?;
+        Ok(first.is_some_and(|(key, ())| key.starts_with(address.as_slice())))
     }
 }
 

@@ -1,8 +1,9 @@
 """A JSON-RPC proxy that forwards everything to a node but swallows one transaction.
 
 The `nth` eth_sendRawTransaction call it sees (a batch element or a single call) is not forwarded;
-the client gets the transaction's hash back as if the node had accepted it. This is a node that
-silently drops a transaction, for checking that kestrel-loadgen notices.
+the client gets the transaction's hash back as if the node had accepted it (a node that silently
+drops a transaction), or, with `refuse`, a final error (a refused transaction whose sender's later
+nonces are stranded behind it). This checks that kestrel-loadgen notices either.
 """
 
 from __future__ import annotations
@@ -19,9 +20,10 @@ FORWARD_TIMEOUT_S = 60.0
 
 
 class SwallowingProxy:
-    def __init__(self, upstream: str, nth: int):
+    def __init__(self, upstream: str, nth: int, refuse: bool = False):
         self.upstream = upstream
         self.nth = nth
+        self.refuse = refuse
         self.seen = 0
         self.swallowed: str | None = None
         self._lock = threading.Lock()
@@ -69,6 +71,9 @@ class SwallowingProxy:
                 return None
             raw = bytes.fromhex(call["params"][0].removeprefix("0x"))
             self.swallowed = tx_hash_of(raw)
+        if self.refuse:
+            return {"jsonrpc": "2.0", "id": call.get("id"),
+                    "error": {"code": -32000, "message": "invalid sender"}}
         return {"jsonrpc": "2.0", "id": call.get("id"), "result": self.swallowed}
 
     def handle(self, body):

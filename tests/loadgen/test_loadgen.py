@@ -129,6 +129,31 @@ def test_silently_dropped_transaction_is_reported_lost(start_node, workload, set
     assert "still pending in the node" in out.stderr, out.stderr
 
 
+def test_stranded_transactions_fail_the_run(start_node):
+    # The 5th transaction of the run is refused for good: its sender's later nonces are accepted
+    # by the node but can never execute.
+    node = start_node()
+    with SwallowingProxy(node.url, nth=20 + 5, refuse=True) as proxy:
+        out = run_loadgen(
+            "--rpc", proxy.url, "--workload", "transfer", "--accounts", "20", "--rate", "200",
+            "--duration", "1", "--batch", "10", "--concurrency", "1", "--drain-timeout", "3",
+        )
+    assert proxy.swallowed is not None
+    assert out.returncode != 0, out.stdout + out.stderr
+    assert "FAILED: 9 accepted transactions were stranded" in out.stderr, out.stderr
+
+
+def test_one_sender_open_loop_arrives_in_nonce_order(start_node, tmp_path):
+    # Concurrent batches of one sender used to arrive out of order and jam its queue.
+    node = start_node()
+    report = tmp_path / "report.json"
+    out = run_loadgen(
+        "--rpc", node.url, "--workload", "transfer", "--accounts", "1", "--txs", "2000",
+        "--rate", "0", "--batch", "100", "--concurrency", "4", "--report", str(report),
+    )
+    every_tx_included(out, report, 2000)
+
+
 def health(node) -> requests.Response:
     return requests.get(f"{node.url}/health", timeout=5)
 

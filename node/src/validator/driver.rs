@@ -12,7 +12,7 @@
 use super::{
     Wiring,
     forward::{self, Admitter, FORWARD_TXS_MAX},
-    payload::{Decoder, PAYLOAD_TXS_MAX, Payload, Rejected},
+    payload::{Decoder, PAYLOAD_TXS_MAX, Payload, PayloadError, Rejected},
     store::{ChainLog, SafetyFile},
     wire::{ConsensusEnvelope, SyncRequest, SyncResponse, SyncedBlock},
 };
@@ -27,12 +27,13 @@ use kestrel_consensus::{
 };
 use kestrel_net::{Inbound, Kind, Network, NetworkHandle, PeerId};
 use kestrel_pipeline::{
-    mempool::TxPool,
+    mempool::{BlockRules, TxPool},
     stages::{ParentFees, next_base_fee, now_ms, ordering_parent},
+    state::LatestState,
     status::ChainStatus,
 };
 use kestrel_storage::{ChainView, Store};
-use kestrel_types::{ExecutionResult, Proposal};
+use kestrel_types::{ChainSpec, ExecutionResult, Proposal};
 use std::{
     cmp::Reverse,
     collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque},
@@ -153,6 +154,9 @@ pub struct Driver {
     results: Receiver<ExecutionResult>,
     proposals: Sender<Proposal>,
     pool: Arc<TxPool>,
+    /// Where the reserve balance rule reads balances when this validator builds a payload.
+    state: LatestState,
+    spec: Arc<ChainSpec>,
     status: Arc<ChainStatus>,
     store: Arc<Store>,
     stop: Arc<AtomicBool>,
@@ -273,7 +277,9 @@ impl Driver {
             wanted: None,
             sync: None,
             admitter: Some(Admitter::spawn(w.ingress)?),
-            decoder: Some(Decoder::spawn()?),
+            decoder: Some(Decoder::spawn(w.spec.clone())?),
+            spec: w.spec,
+            state: w.state,
             last_forward_ms: 0,
             round_since: (Round(0), 0),
             reachable_checked_ms: 0,
@@ -583,9 +589,12 @@ impl Driver {
             .expect("due only with a known parent");
         let started = Instant::now();
         let base_fee = next_base_fee(parent_fees);
+        // Consensus stamps the block at least now: that picks the fork of its rules.
+        let rules = BlockRules::new(&self.spec, now_ms() / 1000, self.gas_limit, base_fee);
+        self.pool.expire_queued(Instant::now());
         let txs = self
             .pool
-            .take_block(b.height, self.gas_limit, base_fee, PAYLOAD_TXS_MAX);
+            .take_block(b.height, &rules, PAYLOAD_TXS_MAX, &self.state);
         let payload = Payload::build(self.beneficiary, self.gas_limit, base_fee, txs);
         let hash = payload.hash();
         metrics::counter!("kestrel_ordering_txs_total").increment(payload.tx_count() as u64);
@@ -686,7 +695,7 @@ impl Driver {
             return;
         }
         if let Message::Proposal(p) = message.peek() {
-            let hash = p.block.payload_hash;
+            let (hash, timestamp_ms) = (p.block.payload_hash, p.block.timestamp_ms);
             if !self.payloads.contains_key(&hash) {
                 // Decoded off this thread; consensus sees the proposal when it is done.
                 if let Some(bytes) = payload
@@ -694,6 +703,7 @@ impl Driver {
                         Pending { from, message },
                         hash,
                         bytes,
+                        timestamp_ms,
                     )
                 {
                     metrics::counter!(PAYLOADS_REJECTED, "reason" => "busy").increment(1);
@@ -719,6 +729,7 @@ impl Driver {
             Err(err) => {
                 let reason = match err {
                     Rejected::Hash => "hash",
+                    Rejected::Invalid(PayloadError::StaticRule { .. }) => "static_rule",
                     Rejected::Invalid(_) => "invalid",
                 };
                 tracing::warn!(target: "node::validator", height = block.height, %err, "invalid payload");
@@ -1093,8 +1104,7 @@ fn verify_chain(
 }
 
 fn fatal(what: &str) -> ! {
-    tracing::error!(target: "node::validator", "{what}; stopping");
-    std::process::exit(1);
+    crate::fatal::stop("validator", what)
 }
 
 #[cfg(test)]

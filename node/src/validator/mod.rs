@@ -21,6 +21,7 @@ use kestrel_consensus::bft::{self, ValidatorId, ValidatorSet};
 use kestrel_net::{NetConfig, Network, PeerConfig, PeerId};
 use kestrel_pipeline::{
     mempool::{IngressHandle, TxPool},
+    state::LatestState,
     status::ChainStatus,
 };
 use kestrel_storage::Store;
@@ -123,6 +124,8 @@ impl Setup {
 pub struct Wiring {
     pub spec: Arc<ChainSpec>,
     pub store: Arc<Store>,
+    /// Where the reserve balance rule reads senders' balances when this validator leads.
+    pub state: LatestState,
     pub pool: Arc<TxPool>,
     /// Where transactions forwarded by other validators are admitted.
     pub ingress: IngressHandle,

@@ -8,9 +8,10 @@ use crossbeam_channel::{Receiver, Sender};
 use kestrel_consensus::bft::Block;
 use kestrel_pipeline::{
     import::{ImportError, recover_senders},
+    mempool::{BlockRules, PoolError, check_static},
     stages::ParentFees,
 };
-use kestrel_types::{Proposal, RecoveredTx};
+use kestrel_types::{ChainSpec, Proposal, RecoveredTx};
 use std::{sync::Arc, thread};
 
 /// Most transactions a payload may carry: a bound on work per block besides gas.
@@ -36,6 +37,9 @@ pub enum PayloadError {
     },
     #[error(transparent)]
     Sender(#[from] ImportError),
+    /// Execution would drop it without charging anyone: the block space would be free.
+    #[error("transaction {index} breaks the static rules: {source}")]
+    StaticRule { index: usize, source: PoolError },
 }
 
 /// The encoding: an RLP list, transactions as their EIP-2718 bytes.
@@ -110,6 +114,19 @@ impl Payload {
             });
         }
         Ok(payload)
+    }
+
+    /// Checks every transaction against the static rules of a block of `spec` stamped
+    /// `timestamp_ms` with this payload's gas limit and base fee (`mempool::check_static`).
+    /// A proposal failing this is not voted for: under delayed execution its failing
+    /// transactions would take block space, and raise the base fee, without paying.
+    pub fn check_static(&self, spec: &ChainSpec, timestamp_ms: u64) -> Result<(), PayloadError> {
+        let rules = BlockRules::new(spec, timestamp_ms / 1000, self.0.gas_limit, self.0.base_fee);
+        for (index, tx) in self.0.txs.iter().enumerate() {
+            check_static(tx.tx(), &rules)
+                .map_err(|source| PayloadError::StaticRule { index, source })?;
+        }
+        Ok(())
     }
 
     fn from_parts(wire: PayloadWire, txs: Vec<RecoveredTx>, bytes: Bytes) -> Self {
@@ -187,21 +204,39 @@ pub enum Rejected {
 /// payload takes a few hundred milliseconds, during which the consensus thread must keep
 /// voting, aggregating and timing out. `T` is what the caller needs back with the result.
 pub struct Decoder<T> {
-    requests: Sender<(T, B256, Bytes)>,
+    requests: Sender<Request<T>>,
     results: Receiver<(T, Result<Payload, Rejected>)>,
     thread: thread::JoinHandle<()>,
 }
 
+/// A proposal's payload to decode: the caller's tag, the hash the block names, the bytes and
+/// the block's timestamp (which picks the fork of its static rules).
+struct Request<T> {
+    tag: T,
+    hash: B256,
+    bytes: Bytes,
+    timestamp_ms: u64,
+}
+
 impl<T: Send + 'static> Decoder<T> {
-    pub fn spawn() -> std::io::Result<Self> {
-        let (requests, inbox) = crossbeam_channel::bounded::<(T, B256, Bytes)>(DECODE_QUEUE_MAX);
+    /// Decodes payloads of blocks of `spec` and checks their transactions' static rules.
+    pub fn spawn(spec: Arc<ChainSpec>) -> std::io::Result<Self> {
+        let (requests, inbox) = crossbeam_channel::bounded::<Request<T>>(DECODE_QUEUE_MAX);
         let (done, results) = crossbeam_channel::bounded(DECODE_QUEUE_MAX);
         let thread = thread::Builder::new()
             .name("payload-decode".into())
             .spawn(move || {
-                for (tag, hash, bytes) in inbox {
+                for Request {
+                    tag,
+                    hash,
+                    bytes,
+                    timestamp_ms,
+                } in inbox
+                {
                     let result = if keccak256(&bytes) == hash {
-                        Payload::decode(bytes).map_err(Rejected::from)
+                        Payload::decode(bytes)
+                            .and_then(|p| p.check_static(&spec, timestamp_ms).map(|()| p))
+                            .map_err(Rejected::from)
                     } else {
                         Err(Rejected::Hash)
                     };
@@ -217,9 +252,17 @@ impl<T: Send + 'static> Decoder<T> {
         })
     }
 
-    /// Queues the payload that should hash to `hash`; false (never blocks) when the queue is full.
-    pub fn submit(&self, tag: T, hash: B256, bytes: Bytes) -> bool {
-        self.requests.try_send((tag, hash, bytes)).is_ok()
+    /// Queues the payload that should hash to `hash`, of a block stamped `timestamp_ms`; false
+    /// (never blocks) when the queue is full.
+    pub fn submit(&self, tag: T, hash: B256, bytes: Bytes, timestamp_ms: u64) -> bool {
+        self.requests
+            .try_send(Request {
+                tag,
+                hash,
+                bytes,
+                timestamp_ms,
+            })
+            .is_ok()
     }
 
     /// Decoded payloads, in submission order.
@@ -242,14 +285,83 @@ impl<T: Send + 'static> Decoder<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloy_consensus::{SignableTransaction, TxEip1559, TxEip7702, TxEnvelope};
+    use alloy_primitives::{Signature, TxKind, U256};
+
+    fn sign<T: SignableTransaction<Signature>>(
+        tx: T,
+        wrap: fn(alloy_consensus::Signed<T>) -> TxEnvelope,
+    ) -> RecoveredTx {
+        let secret = secp256k1::SecretKey::from_slice(&[7; 32]).unwrap();
+        let msg = secp256k1::Message::from_digest(tx.signature_hash().0);
+        let (rec, bytes) = secp256k1::SECP256K1
+            .sign_ecdsa_recoverable(&msg, &secret)
+            .serialize_compact();
+        let sig = Signature::from_bytes_and_parity(&bytes, i32::from(rec) != 0);
+        RecoveredTx::recover(wrap(tx.into_signed(sig))).unwrap()
+    }
+
+    #[test]
+    fn a_payload_with_an_empty_authorization_list_is_refused() {
+        let base_fee = 1_000_000_000;
+        let transfer = sign(
+            TxEip1559 {
+                chain_id: 1337,
+                gas_limit: 21_000,
+                max_fee_per_gas: 2 * u128::from(base_fee),
+                to: TxKind::Call(Address::with_last_byte(1)),
+                value: U256::from(1),
+                ..Default::default()
+            },
+            TxEnvelope::Eip1559,
+        );
+        // The attack of issue 19: 25M gas of block space, dropped unpaid at execution.
+        let empty_auth = sign(
+            TxEip7702 {
+                chain_id: 1337,
+                nonce: 1,
+                gas_limit: 25_000_000,
+                max_fee_per_gas: 20 * u128::from(base_fee),
+                max_priority_fee_per_gas: 10 * u128::from(base_fee),
+                to: Address::with_last_byte(2),
+                ..Default::default()
+            },
+            TxEnvelope::Eip7702,
+        );
+        let decoder = Decoder::spawn(Arc::new(ChainSpec::dev())).unwrap();
+        let now_ms = 1_800_000_000_000;
+        let good = Payload::build(Address::ZERO, 200_000_000, base_fee, vec![transfer.clone()]);
+        let bad = Payload::build(
+            Address::ZERO,
+            200_000_000,
+            base_fee,
+            vec![transfer, empty_auth],
+        );
+        assert!(decoder.submit(1, good.hash(), good.bytes().clone(), now_ms));
+        assert!(decoder.submit(2, bad.hash(), bad.bytes().clone(), now_ms));
+        let (_, result) = decoder.results().recv().unwrap();
+        assert_eq!(result.unwrap().tx_count(), 1);
+        let (_, result) = decoder.results().recv().unwrap();
+        assert!(
+            matches!(
+                result,
+                Err(Rejected::Invalid(PayloadError::StaticRule {
+                    index: 1,
+                    source: PoolError::EmptyAuthList
+                }))
+            ),
+            "{result:?}"
+        );
+        decoder.shutdown();
+    }
 
     #[test]
     fn decoder_checks_the_hash_and_decodes_off_thread() {
-        let decoder = Decoder::spawn().unwrap();
+        let decoder = Decoder::spawn(Arc::new(ChainSpec::dev())).unwrap();
         let payload = Payload::build(Address::ZERO, 30_000_000, 7, Vec::new());
-        assert!(decoder.submit(1, payload.hash(), payload.bytes().clone()));
-        assert!(decoder.submit(2, B256::ZERO, payload.bytes().clone()));
-        assert!(decoder.submit(3, keccak256(b"\xc0"), Bytes::from_static(b"\xc0")));
+        assert!(decoder.submit(1, payload.hash(), payload.bytes().clone(), 0));
+        assert!(decoder.submit(2, B256::ZERO, payload.bytes().clone(), 0));
+        assert!(decoder.submit(3, keccak256(b"\xc0"), Bytes::from_static(b"\xc0"), 0));
         let (tag, result) = decoder.results().recv().unwrap();
         assert_eq!((tag, result.unwrap().base_fee()), (1, 7));
         let (tag, result) = decoder.results().recv().unwrap();

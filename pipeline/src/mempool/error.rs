@@ -13,6 +13,10 @@ pub enum PoolError {
     TxTypeNotSupported,
     #[error("max initcode size exceeded: code size {size}, limit {limit}")]
     InitcodeTooLarge { size: usize, limit: usize },
+    #[error("EIP-7702 transaction with empty auth list")]
+    EmptyAuthList,
+    #[error("nonce has max value")]
+    NonceMax,
     #[error("oversized data")]
     Oversized,
     #[error("intrinsic gas too low")]
@@ -41,6 +45,8 @@ pub enum PoolError {
     SenderLimit,
     #[error("node is busy: ingress queue full")]
     Busy,
+    #[error("node is low on disk space: not accepting transactions")]
+    DiskLow,
     #[error("node is shutting down")]
     ShuttingDown,
     #[error("internal error: {0}")]

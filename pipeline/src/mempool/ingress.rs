@@ -80,6 +80,7 @@ impl IngressStage {
             // Stateless work first, outside the state snapshot.
             let base_fee = ChainStatus::get(&self.status.next_base_fee);
             let now_secs = unix_secs();
+            let now = Instant::now();
             let recovered: Vec<(Request, Result<RecoveredTx, PoolError>)> = batch
                 .into_iter()
                 .map(|req| {
@@ -104,7 +105,7 @@ impl IngressStage {
                             {
                                 return Err(PoolError::NonceTooLow);
                             }
-                            self.pool.insert(tx, state_nonce)
+                            self.pool.insert(tx, state_nonce, now)
                         });
                         (req.reply, result)
                     })
@@ -134,6 +135,10 @@ impl IngressStage {
     }
 
     fn recover(&self, raw: &[u8], now_secs: u64, base_fee: u64) -> Result<RecoveredTx, PoolError> {
+        // Refused before the database write fails: the blocks already ordered still commit.
+        if self.status.disk_low() {
+            return Err(PoolError::DiskLow);
+        }
         if raw.len() > super::TX_SIZE_MAX {
             return Err(PoolError::Oversized);
         }
@@ -152,7 +157,11 @@ fn reason_label(err: &PoolError) -> &'static str {
         PoolError::AlreadyKnown => "already_known",
         PoolError::ReplacementUnderpriced => "replacement_underpriced",
         PoolError::Underpriced | PoolError::FeeCapBelowBaseFee => "underpriced",
-        PoolError::PoolFull | PoolError::SenderLimit | PoolError::Busy => "full",
+        PoolError::SenderLimit => "sender_limit",
+        PoolError::PoolFull => "pool_full",
+        PoolError::Busy => "busy",
+        PoolError::EmptyAuthList => "empty_auth_list",
+        PoolError::DiskLow => "disk_low",
         _ => "invalid",
     }
 }

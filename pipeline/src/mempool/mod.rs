@@ -9,9 +9,18 @@
 //! senders' nonces ([`TxPool::on_finalized`]), and the transactions of proposals that lost
 //! (another block was finalized at their height) come back to the pool.
 //!
-//! Limits: [`POOL_TXS_MAX`] transactions in all, [`SENDER_TXS_MAX`] per sender. When the pool is
-//! full, a new transaction evicts the queued transaction with the highest nonce of the sender with
-//! the most queued ones; if nothing is queued, the new transaction is refused (`txpool is full`).
+//! Ordering includes only what execution will charge ([`TxPool::take_block`]): each transaction
+//! meets the static rules of the block ([`check_static`]) and its sender's balance, as last
+//! executed, covers the maximum cost of all its transactions in flight plus this one (the
+//! reserve balance rule, `docs/CONSENSUS.md`).
+//!
+//! Limits ([`PoolConfig`], `docs/SECURITY.md`): `txs_max` transactions in all, `sender_txs_max`
+//! per sender; a queued transaction expires `queued_lifetime` after its admission. Eviction
+//! order: a transaction that extends its sender's pending run (the gap-filling nonce) and finds
+//! the sender at its limit evicts that sender's highest queued nonce; any new transaction that
+//! finds the pool full evicts the highest queued nonce of the sender with the most queued ones.
+//! Pending transactions are never evicted: with nothing queued, the sender limit answers
+//! `account limit exceeded` and a full pool `txpool is full`.
 
 mod error;
 mod ingress;
@@ -19,29 +28,91 @@ mod validate;
 
 pub use error::PoolError;
 pub use ingress::{INGRESS_QUEUE_MAX, IngressHandle, IngressStage};
-pub use validate::{TX_SIZE_MAX, Validator};
+pub use validate::{BlockRules, TX_SIZE_MAX, Validator, check_static, max_cost};
 
+use crate::state::LatestState;
 use alloy_consensus::Transaction;
-use alloy_primitives::{Address, B256, map::HashMap};
+use alloy_primitives::{Address, B256, U256, map::HashMap};
 use kestrel_types::{BlockNumber, RecoveredTx};
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::{
+    collections::{BTreeMap, BinaryHeap, VecDeque},
+    time::{Duration, Instant},
+};
 
 /// Most transactions the pool holds.
 pub const POOL_TXS_MAX: usize = 500_000;
 /// Most transactions one sender may have in the pool.
 pub const SENDER_TXS_MAX: usize = 4_096;
+/// How long a queued (gapped) transaction waits for its gap to fill. geth keeps one 3 h on 12 s
+/// blocks; at Kestrel's sub-second blocks a gap a wallet has not filled in 10 minutes (over a
+/// thousand blocks) is abandoned, and holding it only feeds jams and memory.
+pub const QUEUED_LIFETIME_DEFAULT: Duration = Duration::from_secs(600);
+/// Queued transactions are looked at for expiry at most this often (it walks every sender).
+const EXPIRY_INTERVAL: Duration = Duration::from_secs(1);
 /// A replacement must raise both fee cap and tip by this many percent.
 pub const REPLACE_BUMP_PERCENT: u128 = 10;
 /// Admitted transactions remembered for [`TxPool::take_fresh`]; beyond it the oldest are
 /// forgotten (they stay in the pool, only they are not forwarded).
 pub const FRESH_TXS_MAX: usize = 65_536;
 
+/// The pool's limits (`--txpool-*` flags).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    pub txs_max: usize,
+    pub sender_txs_max: usize,
+    pub queued_lifetime: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            txs_max: POOL_TXS_MAX,
+            sender_txs_max: SENDER_TXS_MAX,
+            queued_lifetime: QUEUED_LIFETIME_DEFAULT,
+        }
+    }
+}
+
+/// A sender's balance in one view of the state.
+pub type BalanceOf<'a> = &'a dyn Fn(Address) -> U256;
+
+/// Where ordering reads senders' balances: the latest executed state.
+pub trait Balances {
+    /// Calls `f` once with a reader of balances from one consistent view of the state.
+    fn with_balances(&self, f: &mut dyn FnMut(BalanceOf<'_>));
+}
+
+impl Balances for LatestState {
+    fn with_balances(&self, f: &mut dyn FnMut(BalanceOf<'_>)) {
+        let viewed = self.with_view(|view| {
+            f(&|sender| {
+                // Unreadable reads as empty: the sender's transactions wait rather than go
+                // into a block unpaid.
+                view.account(sender)
+                    .ok()
+                    .flatten()
+                    .map_or(U256::ZERO, |a| a.balance)
+            })
+        });
+        if let Err(err) = viewed {
+            tracing::error!(target: "pipeline::mempool", %err, "state unreadable: no balances, block left empty");
+            f(&|_| U256::ZERO);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Pooled {
+    tx: RecoveredTx,
+    admitted_at: Instant,
+}
+
 #[derive(Debug, Default)]
 struct SenderQueue {
     /// The next nonce ordering will take from this sender.
     next_nonce: u64,
-    txs: BTreeMap<u64, RecoveredTx>,
+    txs: BTreeMap<u64, Pooled>,
     /// Highest proposed block holding one of this sender's transactions, until it commits.
     in_flight_until: Option<BlockNumber>,
     /// The nonce after this sender's last finalized transaction: an abandoned proposal's
@@ -50,12 +121,23 @@ struct SenderQueue {
 }
 
 impl SenderQueue {
-    fn pending_len(&self) -> usize {
+    /// The nonce after the pending run: the one that fills the sender's gap.
+    fn pending_end(&self) -> u64 {
         let mut n = self.next_nonce;
         while self.txs.contains_key(&n) {
             n += 1;
         }
-        (n - self.next_nonce) as usize
+        n
+    }
+
+    fn pending_len(&self) -> usize {
+        (self.pending_end() - self.next_nonce) as usize
+    }
+
+    /// The highest queued nonce, if any transaction waits behind a gap.
+    fn highest_queued(&self) -> Option<u64> {
+        let (&last, _) = self.txs.last_key_value()?;
+        (last > self.pending_end()).then_some(last)
     }
 }
 
@@ -69,6 +151,7 @@ struct InFlight {
 
 #[derive(Debug, Default)]
 struct Inner {
+    config: PoolConfig,
     by_hash: HashMap<B256, Address>,
     senders: HashMap<Address, SenderQueue>,
     /// Transactions in a proposal, until that block commits (so RPC can still find them) or
@@ -80,17 +163,28 @@ struct Inner {
     by_block: BTreeMap<BlockNumber, Vec<(B256, Address)>>,
     /// Admitted since the last `take_fresh`, oldest first: sender, nonce, hash.
     fresh: VecDeque<(Address, u64, B256)>,
+    /// When queued transactions are next looked at for expiry.
+    expiry_due: Option<Instant>,
 }
 
 impl Inner {
     fn remove_tx(&mut self, sender: Address, nonce: u64) -> Option<RecoveredTx> {
         let queue = self.senders.get_mut(&sender)?;
-        let tx = queue.txs.remove(&nonce)?;
+        let tx = queue.txs.remove(&nonce)?.tx;
         self.by_hash.remove(&tx.hash());
-        if queue.txs.is_empty() && queue.in_flight_until.is_none() {
+        self.forget_if_idle(sender);
+        Some(tx)
+    }
+
+    /// A sender with nothing pooled and nothing in flight is not tracked.
+    fn forget_if_idle(&mut self, sender: Address) {
+        if self
+            .senders
+            .get(&sender)
+            .is_some_and(|q| q.txs.is_empty() && q.in_flight_until.is_none())
+        {
             self.senders.remove(&sender);
         }
-        Some(tx)
     }
 
     /// `tx` is in a proposal for block `number` (`finalized`: a final one): it leaves the queue,
@@ -110,7 +204,7 @@ impl Inner {
         } else if self.senders[&sender]
             .txs
             .get(&nonce)
-            .is_some_and(|t| t.hash() == hash)
+            .is_some_and(|t| t.tx.hash() == hash)
         {
             self.remove_tx(sender, nonce);
         }
@@ -131,19 +225,28 @@ impl Inner {
     }
 
     /// An abandoned proposal's transaction goes back to its sender's queue, unless a finalized
-    /// transaction or a newer one took its nonce, or the pool is full.
+    /// transaction or a newer one took its nonce, or the pool or the sender is full.
     fn put_back(&mut self, tx: RecoveredTx) {
         let (sender, nonce, hash) = (tx.sender(), tx.nonce(), tx.hash());
-        let full = self.by_hash.len() >= POOL_TXS_MAX;
+        let full = self.by_hash.len() >= self.config.txs_max;
+        let sender_max = self.config.sender_txs_max;
         let queue = self.senders.entry(sender).or_default();
-        if nonce < queue.finalized_next || queue.txs.contains_key(&nonce) || full {
-            if queue.txs.is_empty() && queue.in_flight_until.is_none() {
-                self.senders.remove(&sender);
-            }
+        if nonce < queue.finalized_next
+            || queue.txs.contains_key(&nonce)
+            || full
+            || queue.txs.len() >= sender_max
+        {
+            self.forget_if_idle(sender);
             return;
         }
         queue.next_nonce = queue.next_nonce.min(nonce);
-        queue.txs.insert(nonce, tx);
+        queue.txs.insert(
+            nonce,
+            Pooled {
+                tx,
+                admitted_at: Instant::now(),
+            },
+        );
         self.by_hash.insert(hash, sender);
         metrics::counter!("kestrel_mempool_returned_total").increment(1);
     }
@@ -155,7 +258,8 @@ impl Inner {
         self.fresh.push_back((sender, nonce, hash));
     }
 
-    /// Makes room for one transaction when full; false if nothing can be evicted.
+    /// Makes room for one transaction when full: the highest queued nonce of the sender with
+    /// the most queued transactions goes. False if nothing is queued.
     fn evict_one(&mut self) -> bool {
         let victim = self
             .senders
@@ -166,16 +270,80 @@ impl Inner {
         let Some((_, sender)) = victim else {
             return false;
         };
-        let nonce = *self.senders[&sender]
-            .txs
-            .keys()
-            .next_back()
+        let nonce = self.senders[&sender]
+            .highest_queued()
             .expect("queued tx exists");
         self.remove_tx(sender, nonce);
-        metrics::counter!("kestrel_mempool_evicted_total").increment(1);
+        metrics::counter!(EVICTED, "reason" => "pool_full").increment(1);
         true
     }
+
+    /// The maximum cost of each sender's transactions in flight: what blocks not yet executed
+    /// may still take from its balance.
+    fn reserved(&self) -> HashMap<Address, U256> {
+        let mut reserved: HashMap<Address, U256> = HashMap::default();
+        for f in self.in_flight.values() {
+            *reserved.entry(f.tx.sender()).or_default() += max_cost(f.tx.tx());
+        }
+        reserved
+    }
+
+    /// Panics if the pool's indexes disagree (reth's `TxPool::assert_invariants`). Walks the
+    /// whole pool: run after every mutation in debug builds and by the tests.
+    #[cfg(any(test, debug_assertions))]
+    fn assert_invariants(&self) {
+        let mut pooled = 0;
+        for (sender, q) in &self.senders {
+            assert!(
+                !q.txs.is_empty() || q.in_flight_until.is_some(),
+                "idle empty queue of {sender}"
+            );
+            assert!(
+                q.txs.len() <= self.config.sender_txs_max,
+                "sender over its limit"
+            );
+            for (nonce, p) in &q.txs {
+                assert_eq!(
+                    (p.tx.sender(), p.tx.nonce()),
+                    (*sender, *nonce),
+                    "misfiled tx"
+                );
+                assert!(*nonce >= q.next_nonce, "pooled tx below the next nonce");
+                assert_eq!(self.by_hash.get(&p.tx.hash()), Some(sender), "unindexed tx");
+                assert!(
+                    !self.in_flight.contains_key(&p.tx.hash()),
+                    "pooled and in flight"
+                );
+            }
+            pooled += q.txs.len();
+        }
+        assert_eq!(self.by_hash.len(), pooled, "stale hash index");
+        assert!(pooled <= self.config.txs_max, "pool over its limit");
+        for (hash, f) in &self.in_flight {
+            let q = self.senders.get(&f.tx.sender());
+            assert!(
+                q.is_some_and(|q| q.in_flight_until.is_some()),
+                "in-flight {hash} of an untracked sender"
+            );
+        }
+    }
+
+    #[cfg(debug_assertions)]
+    fn debug_check(&self) {
+        self.assert_invariants();
+    }
+
+    #[cfg(not(debug_assertions))]
+    fn debug_check(&self) {}
 }
+
+/// Transactions ordering left out because their sender's balance, less the maximum cost of its
+/// transactions in flight, does not cover them, by `action`: `waits` or `dropped`.
+pub const UNPAYABLE: &str = "kestrel_ordering_unpayable_txs_total";
+
+/// Evicted transactions, by `reason`: `gap_fill` (a sender at its limit sent its next nonce)
+/// or `pool_full`.
+const EVICTED: &str = "kestrel_mempool_evicted_total";
 
 /// Counts of pending and queued transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -194,6 +362,15 @@ impl TxPool {
         Self::default()
     }
 
+    pub fn with_config(config: PoolConfig) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                config,
+                ..Inner::default()
+            }),
+        }
+    }
+
     /// A transaction waiting in the pool or in a proposed block that has not committed yet.
     pub fn get(&self, hash: &B256) -> Option<RecoveredTx> {
         let inner = self.inner.lock();
@@ -204,16 +381,15 @@ impl TxPool {
         inner.senders[sender]
             .txs
             .values()
-            .find(|tx| tx.hash() == *hash)
-            .cloned()
+            .find(|p| p.tx.hash() == *hash)
+            .map(|p| p.tx.clone())
     }
 
     /// The nonce the sender's next transaction should carry, counting its pending and in-flight
     /// transactions; `None` if the pool knows nothing of this sender.
     pub fn pending_nonce(&self, sender: Address) -> Option<u64> {
         let inner = self.inner.lock();
-        let q = inner.senders.get(&sender)?;
-        Some(q.next_nonce + q.pending_len() as u64)
+        Some(inner.senders.get(&sender)?.pending_end())
     }
 
     /// The next nonce of `sender` as far as the pool is concerned (its in-flight transactions
@@ -231,106 +407,75 @@ impl TxPool {
         }
     }
 
-    /// Inserts a validated transaction. `state_nonce` is the sender's nonce in the latest state.
-    pub(crate) fn insert(&self, tx: RecoveredTx, state_nonce: u64) -> Result<B256, PoolError> {
-        let hash = tx.hash();
-        let sender = tx.sender();
+    /// Inserts a validated transaction admitted at `now`. `state_nonce` is the sender's nonce
+    /// in the latest state.
+    pub(crate) fn insert(
+        &self,
+        tx: RecoveredTx,
+        state_nonce: u64,
+        now: Instant,
+    ) -> Result<B256, PoolError> {
         let mut inner = self.inner.lock();
-        if inner.by_hash.contains_key(&hash) {
-            return Err(PoolError::AlreadyKnown);
+        let sender = tx.sender();
+        let result = inner.insert(tx, state_nonce, now);
+        if result.is_err() {
+            inner.forget_if_idle(sender);
         }
-        let queue = inner.senders.entry(sender).or_default();
-        if queue.in_flight_until.is_none() {
-            queue.next_nonce = queue.next_nonce.max(state_nonce);
-        }
-        if tx.nonce() < queue.next_nonce {
-            return Err(PoolError::NonceTooLow);
-        }
-        if let Some(old) = queue.txs.get(&tx.nonce()) {
-            if !is_sufficient_bump(old, &tx) {
-                return Err(PoolError::ReplacementUnderpriced);
-            }
-            let (old_hash, nonce) = (old.hash(), tx.nonce());
-            queue.txs.insert(nonce, tx);
-            inner.by_hash.remove(&old_hash);
-            inner.by_hash.insert(hash, sender);
-            inner.remember_fresh(sender, nonce, hash);
-            metrics::counter!("kestrel_mempool_replaced_total").increment(1);
-            return Ok(hash);
-        }
-        if queue.txs.len() >= SENDER_TXS_MAX {
-            return Err(PoolError::SenderLimit);
-        }
-        if inner.by_hash.len() >= POOL_TXS_MAX && !inner.evict_one() {
-            return Err(PoolError::PoolFull);
-        }
-        let queue = inner.senders.entry(sender).or_default();
-        let nonce = tx.nonce();
-        queue.txs.insert(nonce, tx);
-        inner.by_hash.insert(hash, sender);
-        inner.remember_fresh(sender, nonce, hash);
-        metrics::counter!("kestrel_mempool_admitted_total").increment(1);
-        Ok(hash)
+        // Cheap always-on subset of the invariants: the limits hold.
+        assert!(inner.by_hash.len() <= inner.config.txs_max);
+        inner.debug_check();
+        result
     }
 
-    /// Takes pending transactions for block `number`: highest tip first across senders, each
-    /// sender's in nonce order, while their gas limits fit in `gas_limit` and their fee cap covers
-    /// `base_fee`. Taken transactions leave the pool and are in flight until `on_committed`.
+    /// Takes pending transactions for block `number` under `rules`: highest tip first across
+    /// senders, each sender's in nonce order, while their gas limits fit in the block and their
+    /// fee cap covers its base fee. Only what execution will charge goes in: a transaction
+    /// breaking the static rules leaves the pool, and one whose sender's balance (read from
+    /// `balances` after the pool is locked, so no commit falls between the two) does not cover
+    /// it on top of the sender's transactions in flight waits (or leaves, with none in flight). Taken transactions leave the
+    /// pool and are in flight until `on_committed`.
     pub fn take_block(
         &self,
         number: BlockNumber,
-        gas_limit: u64,
-        base_fee: u64,
+        rules: &BlockRules,
         max_txs: usize,
+        balances: &dyn Balances,
     ) -> Vec<RecoveredTx> {
         let mut inner = self.inner.lock();
-        // Heap of each sender's next executable transaction, by tip then arrival of the sender.
-        let mut heads: BinaryHeap<(u128, std::cmp::Reverse<u64>, Address)> = inner
+        let mut taken = Vec::new();
+        balances.with_balances(&mut |balance_of| {
+            taken = inner.take_block(number, rules, max_txs, balance_of);
+        });
+        inner.debug_check();
+        taken
+    }
+
+    /// Drops queued transactions admitted more than the configured lifetime before `now`;
+    /// walks the pool at most once per second, however often it is called.
+    pub fn expire_queued(&self, now: Instant) {
+        let mut inner = self.inner.lock();
+        if inner.expiry_due.is_some_and(|due| now < due) {
+            return;
+        }
+        inner.expiry_due = Some(now + EXPIRY_INTERVAL);
+        let lifetime = inner.config.queued_lifetime;
+        let expired: Vec<(Address, u64)> = inner
             .senders
             .iter()
-            .filter_map(|(addr, q)| {
-                let tx = q.txs.get(&q.next_nonce)?;
-                Some((tip(tx, base_fee)?, std::cmp::Reverse(q.next_nonce), *addr))
+            .flat_map(|(sender, q)| {
+                q.txs
+                    .range(q.pending_end()..)
+                    .filter(|(_, p)| now.saturating_duration_since(p.admitted_at) >= lifetime)
+                    .map(|(nonce, _)| (*sender, *nonce))
             })
             .collect();
-        let mut taken = Vec::new();
-        let mut gas_left = gas_limit;
-        while let Some((_, _, sender)) = heads.pop() {
-            if taken.len() >= max_txs {
-                break;
-            }
-            let queue = inner.senders.get_mut(&sender).expect("sender in heap");
-            let nonce = queue.next_nonce;
-            let gas = queue.txs[&nonce].gas_limit();
-            if gas > gas_left {
-                continue;
-            }
-            gas_left -= gas;
-            queue.next_nonce += 1;
-            queue.in_flight_until = Some(queue.in_flight_until.map_or(number, |n| n.max(number)));
-            if let Some(next) = queue.txs.get(&queue.next_nonce)
-                && let Some(t) = tip(next, base_fee)
-            {
-                heads.push((t, std::cmp::Reverse(queue.next_nonce), sender));
-            }
-            let tx = queue.txs.remove(&nonce).expect("head tx exists");
-            inner.by_hash.remove(&tx.hash());
-            inner
-                .by_block
-                .entry(number)
-                .or_default()
-                .push((tx.hash(), sender));
-            inner.in_flight.insert(
-                tx.hash(),
-                InFlight {
-                    number,
-                    tx: tx.clone(),
-                    finalized: false,
-                },
-            );
-            taken.push(tx);
+        for (sender, nonce) in &expired {
+            inner.remove_tx(*sender, *nonce);
         }
-        taken
+        if !expired.is_empty() {
+            metrics::counter!("kestrel_mempool_expired_total").increment(expired.len() as u64);
+        }
+        inner.debug_check();
     }
 
     /// Another validator proposed block `number` with `txs`: in flight here too, as if taken,
@@ -340,6 +485,7 @@ impl TxPool {
         for tx in txs {
             inner.mark_in_flight(number, tx, false);
         }
+        inner.debug_check();
     }
 
     /// A proposal holding `txs` ended its round without a QC, so no leader will extend it: its
@@ -359,6 +505,7 @@ impl TxPool {
                 inner.put_back(f.tx);
             }
         }
+        inner.debug_check();
     }
 
     /// Block `number` is final with `txs` (ahead of its execution): every sender in it moves
@@ -387,6 +534,7 @@ impl TxPool {
                 inner.put_back(f.tx);
             }
         }
+        inner.debug_check();
     }
 
     /// Up to `max` transactions admitted since the last call and still waiting in the pool,
@@ -398,13 +546,13 @@ impl TxPool {
             let Some((sender, nonce, hash)) = inner.fresh.pop_front() else {
                 break;
             };
-            if let Some(tx) = inner
+            if let Some(p) = inner
                 .senders
                 .get(&sender)
                 .and_then(|q| q.txs.get(&nonce))
-                .filter(|tx| tx.hash() == hash)
+                .filter(|p| p.tx.hash() == hash)
             {
-                out.push(tx.clone());
+                out.push(p.tx.clone());
             }
         }
         out
@@ -412,7 +560,8 @@ impl TxPool {
 
     /// Block `number` is committed: senders whose last in-flight block it was go back to their
     /// state nonce (`nonce_of` reads it), which also un-sticks senders whose transactions were
-    /// dropped at execution; transactions below that nonce are gone for good.
+    /// dropped at execution; transactions below that nonce are gone for good. Their reserved
+    /// costs are released with them: the state now shows what they spent.
     pub fn on_committed(&self, number: BlockNumber, mut nonce_of: impl FnMut(Address) -> u64) {
         let mut inner = self.inner.lock();
         let later = inner.by_block.split_off(&(number + 1));
@@ -444,10 +593,167 @@ impl TxPool {
             for nonce in stale {
                 inner.remove_tx(sender, nonce);
             }
-            if inner.senders.get(&sender).is_some_and(|q| q.txs.is_empty()) {
-                inner.senders.remove(&sender);
-            }
+            inner.forget_if_idle(sender);
         }
+        inner.debug_check();
+    }
+
+    /// Panics if the pool's indexes disagree; see `Inner::assert_invariants`.
+    #[cfg(test)]
+    fn assert_invariants(&self) {
+        self.inner.lock().assert_invariants();
+    }
+}
+
+impl Inner {
+    fn insert(
+        &mut self,
+        tx: RecoveredTx,
+        state_nonce: u64,
+        now: Instant,
+    ) -> Result<B256, PoolError> {
+        let (hash, sender, nonce) = (tx.hash(), tx.sender(), tx.nonce());
+        if self.by_hash.contains_key(&hash) {
+            return Err(PoolError::AlreadyKnown);
+        }
+        let sender_max = self.config.sender_txs_max;
+        let queue = self.senders.entry(sender).or_default();
+        if queue.in_flight_until.is_none() {
+            queue.next_nonce = queue.next_nonce.max(state_nonce);
+        }
+        let pooled = Pooled {
+            tx,
+            admitted_at: now,
+        };
+        if nonce < queue.next_nonce {
+            return Err(PoolError::NonceTooLow);
+        }
+        let next_nonce = queue.next_nonce;
+        if let Some(old) = queue.txs.get(&nonce) {
+            if !is_sufficient_bump(&old.tx, &pooled.tx) {
+                return Err(PoolError::ReplacementUnderpriced);
+            }
+            let old_hash = old.tx.hash();
+            queue.txs.insert(nonce, pooled);
+            self.by_hash.remove(&old_hash);
+            self.by_hash.insert(hash, sender);
+            self.remember_fresh(sender, nonce, hash);
+            metrics::counter!("kestrel_mempool_replaced_total").increment(1);
+            return Ok(hash);
+        }
+        if queue.txs.len() >= sender_max {
+            // The sender's next nonce always gets in: it is what lets the sender's transactions
+            // execute, and the ones it displaces are the furthest from executing.
+            let victim = queue
+                .highest_queued()
+                .filter(|_| nonce == queue.pending_end());
+            let Some(victim) = victim else {
+                return Err(PoolError::SenderLimit);
+            };
+            self.remove_tx(sender, victim);
+            metrics::counter!(EVICTED, "reason" => "gap_fill").increment(1);
+        }
+        if self.by_hash.len() >= self.config.txs_max && !self.evict_one() {
+            return Err(PoolError::PoolFull);
+        }
+        // Evictions may have dropped the sender's queue: it comes back at the same next nonce.
+        let queue = self.senders.entry(sender).or_default();
+        queue.next_nonce = queue.next_nonce.max(next_nonce);
+        queue.txs.insert(nonce, pooled);
+        self.by_hash.insert(hash, sender);
+        self.remember_fresh(sender, nonce, hash);
+        metrics::counter!("kestrel_mempool_admitted_total").increment(1);
+        Ok(hash)
+    }
+
+    fn take_block(
+        &mut self,
+        number: BlockNumber,
+        rules: &BlockRules,
+        max_txs: usize,
+        balance_of: BalanceOf<'_>,
+    ) -> Vec<RecoveredTx> {
+        let mut reserved = self.reserved();
+        // Read once per sender per block.
+        let mut balances: HashMap<Address, U256> = HashMap::default();
+        // Heap of each sender's next executable transaction, by tip then arrival of the sender.
+        // A fee cap below the base fee leaves a sender out here (it may fit a later block), so
+        // the static check below never refuses a transaction for that.
+        let mut heads: BinaryHeap<(u128, std::cmp::Reverse<u64>, Address)> = self
+            .senders
+            .iter()
+            .filter_map(|(addr, q)| {
+                let p = q.txs.get(&q.next_nonce)?;
+                Some((
+                    tip(&p.tx, rules.base_fee)?,
+                    std::cmp::Reverse(q.next_nonce),
+                    *addr,
+                ))
+            })
+            .collect();
+        let mut taken = Vec::new();
+        let mut gas_left = rules.gas_limit;
+        while let Some((_, _, sender)) = heads.pop() {
+            if taken.len() >= max_txs {
+                break;
+            }
+            let queue = self.senders.get_mut(&sender).expect("sender in heap");
+            let nonce = queue.next_nonce;
+            let tx = &queue.txs[&nonce].tx;
+            if let Err(err) = check_static(tx.tx(), rules) {
+                // Admitted under other rules (a fork, gas limit or bug since): never valid again
+                // here. Its sender's later nonces wait behind the gap until they expire.
+                tracing::debug!(target: "pipeline::mempool", %sender, nonce, %err, "statically invalid at block building");
+                metrics::counter!("kestrel_ordering_invalid_txs_total").increment(1);
+                self.remove_tx(sender, nonce);
+                continue;
+            }
+            if tx.gas_limit() > gas_left {
+                continue;
+            }
+            let cost = max_cost(tx.tx());
+            let balance = *balances.entry(sender).or_insert_with(|| balance_of(sender));
+            let reserve = reserved.entry(sender).or_default();
+            if reserve.saturating_add(cost) > balance {
+                // Execution might not be able to charge it. With the sender's blocks in flight
+                // it waits for them to execute (their actual cost is often below the maximum);
+                // with none, the balance is final for it and it goes, as geth drops
+                // transactions their sender can no longer pay.
+                let action = if reserve.is_zero() {
+                    self.remove_tx(sender, nonce);
+                    "dropped"
+                } else {
+                    "waits"
+                };
+                metrics::counter!(UNPAYABLE, "action" => action).increment(1);
+                continue;
+            }
+            *reserve += cost;
+            gas_left -= tx.gas_limit();
+            queue.next_nonce += 1;
+            queue.in_flight_until = Some(queue.in_flight_until.map_or(number, |n| n.max(number)));
+            if let Some(next) = queue.txs.get(&queue.next_nonce)
+                && let Some(t) = tip(&next.tx, rules.base_fee)
+            {
+                heads.push((t, std::cmp::Reverse(queue.next_nonce), sender));
+            }
+            let tx = queue.txs.remove(&nonce).expect("head tx exists").tx;
+            self.by_hash.remove(&tx.hash());
+            self.by_block
+                .entry(number)
+                .or_default()
+                .push((tx.hash(), sender));
+            self.in_flight.insert(
+                tx.hash(),
+                InFlight {
+                    number,
+                    tx: tx.clone(),
+                    finalized: false,
+                },
+            );
+            taken.push(tx);
+        }
+        taken
     }
 }
 
@@ -496,11 +802,226 @@ mod tests {
         RecoveredTx::recover(TxEnvelope::Eip1559(tx.into_signed(sig))).unwrap()
     }
 
+    /// Every sender can pay for anything.
+    struct Rich;
+
+    impl Balances for Rich {
+        fn with_balances(&self, f: &mut dyn FnMut(BalanceOf<'_>)) {
+            f(&|_| U256::MAX)
+        }
+    }
+
+    /// Fixed balances; anyone else has nothing.
+    struct Funds(HashMap<Address, U256>);
+
+    impl Balances for Funds {
+        fn with_balances(&self, f: &mut dyn FnMut(BalanceOf<'_>)) {
+            f(&|a| self.0.get(&a).copied().unwrap_or_default())
+        }
+    }
+
+    fn rules(gas_limit: u64, base_fee: u64) -> BlockRules {
+        BlockRules {
+            chain_id: 1337,
+            fork: kestrel_types::Fork::Prague,
+            gas_limit,
+            base_fee,
+        }
+    }
+
+    fn small(sender_txs_max: usize, txs_max: usize) -> TxPool {
+        TxPool::with_config(PoolConfig {
+            txs_max,
+            sender_txs_max,
+            queued_lifetime: Duration::from_secs(60),
+        })
+    }
+
+    #[test]
+    fn the_gap_filling_nonce_is_always_admitted() {
+        let pool = small(4, 100);
+        let now = Instant::now();
+        // Nonces 1..=4 fill the sender's allowance behind a gap at 0.
+        for n in 1..=4 {
+            pool.insert(signed(30, n, 1, 100), 0, now).unwrap();
+        }
+        assert_eq!(
+            pool.insert(signed(30, 5, 1, 100), 0, now),
+            Err(PoolError::SenderLimit),
+            "a further gapped nonce is refused"
+        );
+        // Nonce 0 gets in and evicts the highest queued nonce.
+        pool.insert(signed(30, 0, 1, 100), 0, now).unwrap();
+        assert_eq!(
+            pool.size(),
+            PoolSize {
+                pending: 4,
+                queued: 0
+            }
+        );
+        assert_eq!(pool.pending_nonce(signed(30, 0, 1, 1).sender()), Some(4));
+        // All pending now: the next nonce has nothing queued to evict.
+        assert_eq!(
+            pool.insert(signed(30, 4, 1, 100), 0, now),
+            Err(PoolError::SenderLimit)
+        );
+        pool.assert_invariants();
+    }
+
+    #[test]
+    fn a_full_pool_evicts_queued_transactions_never_pending_ones() {
+        let pool = small(10, 4);
+        let now = Instant::now();
+        pool.insert(signed(31, 0, 1, 100), 0, now).unwrap();
+        pool.insert(signed(31, 1, 1, 100), 0, now).unwrap();
+        pool.insert(signed(32, 5, 1, 100), 0, now).unwrap();
+        pool.insert(signed(32, 6, 1, 100), 0, now).unwrap();
+        // Full: a new transaction evicts the highest queued nonce of the most-queued sender.
+        let honest = signed(33, 0, 1, 100);
+        pool.insert(honest.clone(), 0, now).unwrap();
+        assert_eq!(
+            pool.size(),
+            PoolSize {
+                pending: 3,
+                queued: 1
+            }
+        );
+        pool.insert(signed(34, 0, 1, 100), 0, now).unwrap();
+        assert_eq!(
+            pool.size(),
+            PoolSize {
+                pending: 4,
+                queued: 0
+            }
+        );
+        // Only pending ones left: nothing to evict.
+        assert_eq!(
+            pool.insert(signed(35, 0, 1, 100), 0, now),
+            Err(PoolError::PoolFull)
+        );
+        assert_eq!(pool.get(&honest.hash()), Some(honest));
+        pool.assert_invariants();
+    }
+
+    #[test]
+    fn queued_transactions_expire_pending_ones_do_not() {
+        let pool = small(10, 100);
+        let t0 = Instant::now();
+        pool.insert(signed(36, 0, 1, 100), 0, t0).unwrap();
+        pool.insert(signed(36, 2, 1, 100), 0, t0).unwrap();
+        pool.insert(signed(36, 3, 1, 100), 0, t0 + Duration::from_secs(30))
+            .unwrap();
+        pool.expire_queued(t0 + Duration::from_secs(59));
+        assert_eq!(
+            pool.size(),
+            PoolSize {
+                pending: 1,
+                queued: 2
+            }
+        );
+        // Checked at most once a second.
+        pool.expire_queued(t0 + Duration::from_millis(59_900));
+        assert_eq!(pool.size().queued, 2);
+        pool.expire_queued(t0 + Duration::from_secs(61));
+        assert_eq!(
+            pool.size(),
+            PoolSize {
+                pending: 1,
+                queued: 1
+            }
+        );
+        pool.expire_queued(t0 + Duration::from_secs(91));
+        assert_eq!(
+            pool.size(),
+            PoolSize {
+                pending: 1,
+                queued: 0
+            }
+        );
+        pool.assert_invariants();
+    }
+
+    #[test]
+    fn ordering_includes_only_what_the_sender_can_pay_across_blocks_in_flight() {
+        let pool = TxPool::new();
+        let (a0, a1, a2) = (
+            signed(37, 0, 1, 100),
+            signed(37, 1, 1, 100),
+            signed(37, 2, 1, 100),
+        );
+        let broke = signed(38, 0, 1, 100);
+        for tx in [&a0, &a1, &a2, &broke] {
+            pool.insert(tx.clone(), 0, Instant::now()).unwrap();
+        }
+        // Enough for two transactions at their maximum cost, not three; the other sender has
+        // nothing.
+        let each = max_cost(a0.tx());
+        let two = each * U256::from(2) + U256::from(1);
+        let funds = Funds([(a0.sender(), two)].into_iter().collect());
+        assert_eq!(
+            pool.take_block(1, &rules(1_000_000, 1), 10, &funds),
+            vec![a0.clone(), a1.clone()]
+        );
+        // Nothing in flight and nothing to pay with: gone, as geth drops it.
+        assert_eq!(pool.get(&broke.hash()), None);
+        // Block 1 is in flight: its cost stays reserved in the next block, a2 waits.
+        assert!(
+            pool.take_block(2, &rules(1_000_000, 1), 10, &funds)
+                .is_empty()
+        );
+        assert_eq!(
+            pool.size(),
+            PoolSize {
+                pending: 1,
+                queued: 0
+            }
+        );
+        // Block 1 executed: the state's balance now shows what it spent.
+        pool.on_committed(1, |_| 2);
+        let funds = Funds([(a0.sender(), each)].into_iter().collect());
+        assert_eq!(
+            pool.take_block(3, &rules(1_000_000, 1), 10, &funds),
+            vec![a2]
+        );
+        pool.assert_invariants();
+    }
+
+    #[test]
+    fn block_building_drops_statically_invalid_transactions() {
+        let pool = TxPool::new();
+        let (a0, a1, b0) = (
+            signed(38, 0, 1, 100),
+            signed(38, 1, 1, 100),
+            signed(39, 0, 1, 100),
+        );
+        for tx in [&a0, &a1, &b0] {
+            pool.insert(tx.clone(), 0, Instant::now()).unwrap();
+        }
+        // Another chain's rules (as if the pool had admitted them under other ones).
+        let other = BlockRules {
+            chain_id: 1,
+            ..rules(1_000_000, 1)
+        };
+        assert!(pool.take_block(1, &other, 10, &Rich).is_empty());
+        // Each sender's head left the pool; a1 waits behind its gap.
+        assert_eq!(
+            pool.size(),
+            PoolSize {
+                pending: 0,
+                queued: 1
+            }
+        );
+        assert_eq!(pool.get(&a0.hash()), None);
+        pool.assert_invariants();
+    }
+
     #[test]
     fn pending_and_queued_follow_nonce_gaps() {
         let pool = TxPool::new();
-        pool.insert(signed(1, 0, 1, 100), 0).unwrap();
-        pool.insert(signed(1, 2, 1, 100), 0).unwrap();
+        pool.insert(signed(1, 0, 1, 100), 0, Instant::now())
+            .unwrap();
+        pool.insert(signed(1, 2, 1, 100), 0, Instant::now())
+            .unwrap();
         assert_eq!(
             pool.size(),
             PoolSize {
@@ -509,10 +1030,11 @@ mod tests {
             }
         );
         assert_eq!(
-            pool.insert(signed(1, 0, 1, 100), 0),
+            pool.insert(signed(1, 0, 1, 100), 0, Instant::now()),
             Err(PoolError::AlreadyKnown)
         );
-        pool.insert(signed(1, 1, 1, 100), 0).unwrap();
+        pool.insert(signed(1, 1, 1, 100), 0, Instant::now())
+            .unwrap();
         assert_eq!(
             pool.size(),
             PoolSize {
@@ -526,17 +1048,18 @@ mod tests {
     #[test]
     fn replacement_needs_ten_percent_on_both_fees() {
         let pool = TxPool::new();
-        pool.insert(signed(1, 0, 10, 100), 0).unwrap();
+        pool.insert(signed(1, 0, 10, 100), 0, Instant::now())
+            .unwrap();
         assert_eq!(
-            pool.insert(signed(1, 0, 10, 109), 0),
+            pool.insert(signed(1, 0, 10, 109), 0, Instant::now()),
             Err(PoolError::ReplacementUnderpriced)
         );
         assert_eq!(
-            pool.insert(signed(1, 0, 10, 200), 0),
+            pool.insert(signed(1, 0, 10, 200), 0, Instant::now()),
             Err(PoolError::ReplacementUnderpriced)
         );
         let better = signed(1, 0, 11, 110);
-        pool.insert(better.clone(), 0).unwrap();
+        pool.insert(better.clone(), 0, Instant::now()).unwrap();
         assert_eq!(pool.get(&better.hash()), Some(better));
         assert_eq!(pool.size().pending, 1);
     }
@@ -549,9 +1072,9 @@ mod tests {
         let high1 = signed(2, 1, 50, 100);
         let below_base_fee = signed(3, 0, 1, 5);
         for tx in [&low, &high0, &high1, &below_base_fee] {
-            pool.insert(tx.clone(), 0).unwrap();
+            pool.insert(tx.clone(), 0, Instant::now()).unwrap();
         }
-        let taken = pool.take_block(1, 63_000, 10, 100);
+        let taken = pool.take_block(1, &rules(63_000, 10), 100, &Rich);
         assert_eq!(taken, vec![high0.clone(), high1, low]);
         assert_eq!(
             pool.get(&high0.hash()),
@@ -567,7 +1090,7 @@ mod tests {
         );
         // In flight: a stale nonce is refused until the block commits.
         assert_eq!(
-            pool.insert(signed(2, 1, 50, 100), 0),
+            pool.insert(signed(2, 1, 50, 100), 0, Instant::now()),
             Err(PoolError::NonceTooLow)
         );
         let sender2 = high0.sender();
@@ -585,9 +1108,11 @@ mod tests {
     fn commit_resets_senders_whose_transactions_were_dropped() {
         let pool = TxPool::new();
         let sender = signed(4, 0, 1, 100).sender();
-        pool.insert(signed(4, 0, 1, 100), 0).unwrap();
-        pool.insert(signed(4, 1, 1, 100), 0).unwrap();
-        assert_eq!(pool.take_block(7, 1_000_000, 1, 1).len(), 1);
+        pool.insert(signed(4, 0, 1, 100), 0, Instant::now())
+            .unwrap();
+        pool.insert(signed(4, 1, 1, 100), 0, Instant::now())
+            .unwrap();
+        assert_eq!(pool.take_block(7, &rules(1_000_000, 1), 1, &Rich).len(), 1);
         // The taken transaction was dropped at execution: the state nonce is still 0.
         pool.on_committed(7, |_| 0);
         assert_eq!(pool.tracked_next_nonce(sender), Some(0));
@@ -599,8 +1124,9 @@ mod tests {
             }
         );
         // A new nonce-0 transaction fills the gap; both go out and commit.
-        pool.insert(signed(4, 0, 2, 100), 0).unwrap();
-        assert_eq!(pool.take_block(8, 1_000_000, 1, 10).len(), 2);
+        pool.insert(signed(4, 0, 2, 100), 0, Instant::now())
+            .unwrap();
+        assert_eq!(pool.take_block(8, &rules(1_000_000, 1), 10, &Rich).len(), 2);
         pool.on_committed(8, |_| 2);
         assert_eq!(pool.size(), PoolSize::default());
         assert_eq!(pool.pending_nonce(sender), None);
@@ -613,7 +1139,8 @@ mod tests {
         let sender = s0.sender();
         // A replacement of nonce 1 waits here; another leader's block with nonce 0 and 1 is
         // final before this node executed it (the state nonce is still 0).
-        pool.insert(signed(5, 1, 2, 200), 0).unwrap();
+        pool.insert(signed(5, 1, 2, 200), 0, Instant::now())
+            .unwrap();
         pool.on_finalized(3, &[s0.clone(), s1.clone()]);
         assert_eq!(pool.tracked_next_nonce(sender), Some(2));
         assert_eq!(
@@ -621,10 +1148,14 @@ mod tests {
             PoolSize::default(),
             "the stale replacement is gone"
         );
-        assert_eq!(pool.insert(s1.clone(), 0), Err(PoolError::NonceTooLow));
+        assert_eq!(
+            pool.insert(s1.clone(), 0, Instant::now()),
+            Err(PoolError::NonceTooLow)
+        );
         assert_eq!(pool.get(&s1.hash()), Some(s1), "visible until executed");
-        pool.insert(signed(5, 2, 1, 100), 0).unwrap();
-        assert_eq!(pool.take_block(4, 1_000_000, 1, 10).len(), 1);
+        pool.insert(signed(5, 2, 1, 100), 0, Instant::now())
+            .unwrap();
+        assert_eq!(pool.take_block(4, &rules(1_000_000, 1), 10, &Rich).len(), 1);
         // Executed: the state nonce takes over.
         pool.on_committed(3, |_| 2);
         assert_eq!(pool.get(&s0.hash()), None);
@@ -640,11 +1171,11 @@ mod tests {
             signed(7, 0, 1, 100),
         );
         for tx in [&a0, &a1, &b0] {
-            pool.insert(tx.clone(), 0).unwrap();
+            pool.insert(tx.clone(), 0, Instant::now()).unwrap();
         }
         pool.on_proposed(2, std::slice::from_ref(&a0));
         // Not proposed again; the sender's next transaction is not stuck behind it.
-        let taken = pool.take_block(3, 1_000_000, 1, 10);
+        let taken = pool.take_block(3, &rules(1_000_000, 1), 10, &Rich);
         assert_eq!(taken.len(), 2);
         assert!(taken.contains(&a1) && taken.contains(&b0));
         assert_eq!(pool.size(), PoolSize::default());
@@ -661,11 +1192,11 @@ mod tests {
         );
         let c0 = signed(10, 0, 1, 100);
         for tx in [&a0, &a1, &b0] {
-            pool.insert(tx.clone(), 0).unwrap();
+            pool.insert(tx.clone(), 0, Instant::now()).unwrap();
         }
         // This node proposed a0, a1 and b0 for height 4; another leader's proposal for height 5
         // on it carried c0.
-        assert_eq!(pool.take_block(4, 1_000_000, 1, 10).len(), 3);
+        assert_eq!(pool.take_block(4, &rules(1_000_000, 1), 10, &Rich).len(), 3);
         pool.on_proposed(5, std::slice::from_ref(&c0));
         // Another block at height 4 won, and it holds b0 too.
         pool.on_finalized(4, std::slice::from_ref(&b0));
@@ -681,7 +1212,7 @@ mod tests {
         // Height 5 is finalized without c0: it comes back too, even to a pool that never
         // admitted it.
         pool.on_finalized(5, &[]);
-        assert_eq!(pool.take_block(6, 1_000_000, 1, 10).len(), 3);
+        assert_eq!(pool.take_block(6, &rules(1_000_000, 1), 10, &Rich).len(), 3);
         // Proposed again and final this time: nothing comes back.
         pool.on_finalized(6, &[a0, a1, c0]);
         assert_eq!(pool.size(), PoolSize::default());
@@ -691,34 +1222,215 @@ mod tests {
     fn a_proposal_whose_round_failed_gives_its_transactions_back_at_once() {
         let pool = TxPool::new();
         let (a0, a1) = (signed(13, 0, 1, 100), signed(13, 1, 1, 100));
-        pool.insert(a0.clone(), 0).unwrap();
-        pool.insert(a1.clone(), 0).unwrap();
+        pool.insert(a0.clone(), 0, Instant::now()).unwrap();
+        pool.insert(a1.clone(), 0, Instant::now()).unwrap();
         // A leader whose successor is down proposed both for height 7; the round timed out.
         pool.on_proposed(7, &[a0.clone(), a1.clone()]);
-        assert!(pool.take_block(7, 1_000_000, 1, 10).is_empty());
+        assert!(
+            pool.take_block(7, &rules(1_000_000, 1), 10, &Rich)
+                .is_empty()
+        );
         pool.on_abandoned(&[a0.clone(), a1.clone()]);
         // The next leader proposes them without waiting for height 7 to be finalized.
         assert_eq!(
-            pool.take_block(7, 1_000_000, 1, 10),
+            pool.take_block(7, &rules(1_000_000, 1), 10, &Rich),
             vec![a0.clone(), a1.clone()]
         );
         // A finalized transaction never comes back, even if a copy's round failed later.
         pool.on_finalized(7, &[a0.clone(), a1.clone()]);
         pool.on_abandoned(&[a0, a1]);
         assert_eq!(pool.size(), PoolSize::default());
-        assert!(pool.take_block(8, 1_000_000, 1, 10).is_empty());
+        assert!(
+            pool.take_block(8, &rules(1_000_000, 1), 10, &Rich)
+                .is_empty()
+        );
     }
 
     #[test]
     fn fresh_transactions_are_handed_out_once() {
         let pool = TxPool::new();
         let (a0, b0) = (signed(11, 0, 1, 100), signed(12, 0, 1, 100));
-        pool.insert(a0.clone(), 0).unwrap();
-        pool.insert(b0.clone(), 0).unwrap();
+        pool.insert(a0.clone(), 0, Instant::now()).unwrap();
+        pool.insert(b0.clone(), 0, Instant::now()).unwrap();
         assert_eq!(pool.take_fresh(1), vec![a0.clone()]);
         // Taken into a block meanwhile: no longer waiting, not handed out.
-        pool.take_block(1, 1_000_000, 1, 10);
+        pool.take_block(1, &rules(1_000_000, 1), 10, &Rich);
         assert_eq!(pool.take_fresh(10), vec![]);
         assert_eq!(pool.get(&b0.hash()), Some(b0));
+    }
+
+    mod model {
+        //! The pool against a few-line reference model: per sender, the next nonce and the set
+        //! of pooled nonces, with the limits and eviction order of the module docs.
+        use super::*;
+        use proptest::prelude::*;
+        use std::collections::BTreeSet;
+
+        const SENDERS: usize = 3;
+        const SENDER_MAX: usize = 4;
+        const POOL_MAX: usize = 7;
+        const LIFETIME: Duration = Duration::from_secs(60);
+
+        #[derive(Debug, Clone)]
+        enum Op {
+            Insert(usize, u64),
+            Take,
+            Commit,
+            Expire,
+        }
+
+        fn op() -> impl Strategy<Value = Op> {
+            prop_oneof![
+                6 => (0..SENDERS, 0u64..7).prop_map(|(s, n)| Op::Insert(s, n)),
+                1 => Just(Op::Take),
+                1 => Just(Op::Commit),
+                1 => Just(Op::Expire),
+            ]
+        }
+
+        #[derive(Default)]
+        struct Model {
+            next: [u64; SENDERS],
+            chain: [u64; SENDERS],
+            in_flight: [bool; SENDERS],
+            pooled: [BTreeSet<u64>; SENDERS],
+        }
+
+        impl Model {
+            fn pending_end(&self, s: usize) -> u64 {
+                let mut n = self.next[s];
+                while self.pooled[s].contains(&n) {
+                    n += 1;
+                }
+                n
+            }
+            fn queued(&self, s: usize) -> Vec<u64> {
+                let end = self.pending_end(s);
+                self.pooled[s]
+                    .iter()
+                    .copied()
+                    .filter(|n| *n > end)
+                    .collect()
+            }
+            fn size(&self) -> PoolSize {
+                let total: usize = self.pooled.iter().map(BTreeSet::len).sum();
+                let pending: usize = (0..SENDERS)
+                    .map(|s| (self.pending_end(s) - self.next[s]) as usize)
+                    .sum();
+                PoolSize {
+                    pending,
+                    queued: total - pending,
+                }
+            }
+            fn insert(&mut self, s: usize, n: u64, addrs: &[Address]) -> Result<(), PoolError> {
+                if !self.in_flight[s] {
+                    self.next[s] = self.next[s].max(self.chain[s]);
+                }
+                if n < self.next[s] {
+                    return Err(PoolError::NonceTooLow);
+                }
+                if self.pooled[s].contains(&n) {
+                    return Err(PoolError::AlreadyKnown);
+                }
+                if self.pooled[s].len() >= SENDER_MAX {
+                    let highest = self.queued(s).last().copied();
+                    match highest {
+                        Some(h) if n == self.pending_end(s) => self.pooled[s].remove(&h),
+                        _ => return Err(PoolError::SenderLimit),
+                    };
+                }
+                if self.pooled.iter().map(BTreeSet::len).sum::<usize>() >= POOL_MAX {
+                    let victim = (0..SENDERS)
+                        .map(|v| (self.queued(v).len(), addrs[v], v))
+                        .filter(|(q, _, _)| *q > 0)
+                        .max();
+                    let Some((_, _, v)) = victim else {
+                        return Err(PoolError::PoolFull);
+                    };
+                    let h = *self.queued(v).last().unwrap();
+                    self.pooled[v].remove(&h);
+                }
+                self.pooled[s].insert(n);
+                Ok(())
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+            #[test]
+            fn pool_matches_the_model(ops in proptest::collection::vec(op(), 1..60)) {
+                let pool = TxPool::with_config(PoolConfig {
+                    txs_max: POOL_MAX,
+                    sender_txs_max: SENDER_MAX,
+                    queued_lifetime: LIFETIME,
+                });
+                let keys = [40u8, 41, 42];
+                let addrs: Vec<Address> = keys.iter().map(|k| signed(*k, 0, 1, 100).sender()).collect();
+                let mut model = Model::default();
+                let (mut clock, mut block) = (Instant::now(), 0);
+                for op in ops {
+                    match op {
+                        Op::Insert(s, n) => {
+                            let got = pool.insert(signed(keys[s], n, 1, 100), model.chain[s], clock);
+                            prop_assert_eq!(got.map(|_| ()), model.insert(s, n, &addrs));
+                        }
+                        Op::Take => {
+                            block += 1;
+                            let mut got: Vec<(Address, u64)> = pool
+                                .take_block(block, &rules(u64::MAX / 2, 1), 1_000, &Rich)
+                                .iter()
+                                .map(|t| (t.sender(), t.nonce()))
+                                .collect();
+                            let mut want = Vec::new();
+                            for (s, addr) in addrs.iter().enumerate() {
+                                let end = model.pending_end(s);
+                                for n in model.next[s]..end {
+                                    model.pooled[s].remove(&n);
+                                    want.push((*addr, n));
+                                }
+                                if end > model.next[s] {
+                                    model.in_flight[s] = true;
+                                    model.next[s] = end;
+                                }
+                            }
+                            got.sort();
+                            want.sort();
+                            prop_assert_eq!(got, want);
+                        }
+                        Op::Commit => {
+                            // Every block taken so far executes all its transactions.
+                            for s in 0..SENDERS {
+                                if model.in_flight[s] {
+                                    model.chain[s] = model.next[s];
+                                    model.in_flight[s] = false;
+                                }
+                            }
+                            let chain = model.chain;
+                            pool.on_committed(block, |a| {
+                                chain[addrs.iter().position(|x| *x == a).unwrap()]
+                            });
+                        }
+                        Op::Expire => {
+                            clock += LIFETIME + EXPIRY_INTERVAL;
+                            pool.expire_queued(clock);
+                            for s in 0..SENDERS {
+                                for n in model.queued(s) {
+                                    model.pooled[s].remove(&n);
+                                }
+                            }
+                        }
+                    }
+                    pool.assert_invariants();
+                    prop_assert_eq!(pool.size(), model.size());
+                    for (s, addr) in addrs.iter().enumerate() {
+                        let tracked = model.in_flight[s] || !model.pooled[s].is_empty();
+                        prop_assert_eq!(
+                            pool.pending_nonce(*addr),
+                            tracked.then(|| model.pending_end(s))
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -1,11 +1,15 @@
 //! The ordering stage: drives the consensus state machine with a clock and execution results,
 //! and turns its `Propose` commands into proposals filled from the pool.
 
-use crate::{mempool::TxPool, status::ChainStatus};
+use crate::{
+    mempool::{BlockRules, TxPool},
+    state::LatestState,
+    status::ChainStatus,
+};
 use alloy_eips::eip1559::BaseFeeParams;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use kestrel_consensus::{Command, Config, Event, SingleValidator};
-use kestrel_types::{ExecutionResult, Proposal};
+use kestrel_types::{ChainSpec, ExecutionResult, Proposal};
 use std::{
     sync::{
         Arc,
@@ -57,7 +61,10 @@ pub fn ordering_parent(header: &alloy_consensus::Header) -> ParentFees {
 
 pub struct OrderingStage {
     pub config: OrderingConfig,
+    pub spec: Arc<ChainSpec>,
     pub pool: Arc<TxPool>,
+    /// Where the reserve balance rule reads senders' balances.
+    pub state: LatestState,
     pub status: Arc<ChainStatus>,
     pub results: Receiver<ExecutionResult>,
     pub proposals: Sender<Proposal>,
@@ -94,12 +101,16 @@ impl OrderingStage {
                     } => {
                         let started = Instant::now();
                         let base_fee = next_base_fee(parent);
-                        let txs = self.pool.take_block(
-                            number,
+                        let rules = BlockRules::new(
+                            &self.spec,
+                            timestamp_ms / 1000,
                             self.config.gas_limit,
                             base_fee,
-                            BLOCK_TXS_MAX,
                         );
+                        self.pool.expire_queued(Instant::now());
+                        let txs = self
+                            .pool
+                            .take_block(number, &rules, BLOCK_TXS_MAX, &self.state);
                         let gas_committed = txs.iter().map(|t| t.gas_limit()).sum();
                         let proposal = Proposal {
                             number,

@@ -270,6 +270,7 @@ async fn run(args: Args, txs: usize) -> eyre::Result<bool> {
         send::SendPlan {
             urls: args.rpc.clone(),
             raw_hex: Arc::new(raw_hex),
+            accounts: accounts.len(),
             batch: args.batch,
             concurrency: args.concurrency,
             rate: args.rate,

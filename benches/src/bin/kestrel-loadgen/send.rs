@@ -1,17 +1,22 @@
 //! The timed phase: `concurrency` workers send pre-signed transactions in JSON-RPC batches at the
 //! offered rate (or as fast as the nodes answer), round-robin over the nodes.
+//!
+//! Each sender's transactions go out in nonce order: transaction `j` is sender `j % accounts`'s
+//! nonce `j / accounts`, so a batch is sent only once every earlier batch holding the same
+//! senders' previous nonces has been answered. Otherwise concurrent batches of few senders
+//! arrive out of order and wait in the node behind nonce gaps (few accounts, `--rate 0`).
 
 use crate::{client::Client, track::Tracker};
 use hyper::body::Bytes;
 use std::{
-    collections::VecDeque,
+    collections::{BTreeSet, VecDeque},
     sync::{
         Arc, Mutex,
         atomic::{AtomicUsize, Ordering::Relaxed},
     },
     time::Duration,
 };
-use tokio::time::Instant;
+use tokio::{sync::watch, time::Instant};
 
 /// Refusals that mean "not now" rather than "never": the transaction is sent again later.
 const TRANSIENT_ERRORS: [&str; 3] = ["node is busy", "txpool is full", "account limit exceeded"];
@@ -23,6 +28,8 @@ const BACKOFF: Duration = Duration::from_millis(50);
 pub struct SendPlan {
     pub urls: Vec<String>,
     pub raw_hex: Arc<Vec<String>>,
+    /// Sender accounts: transaction `j` is sent by account `j % accounts`.
+    pub accounts: usize,
     pub batch: usize,
     pub concurrency: usize,
     /// Transactions per second; 0 means open loop.
@@ -32,21 +39,50 @@ pub struct SendPlan {
 struct Shared {
     next_batch: AtomicUsize,
     resend: Mutex<VecDeque<(u32, u8)>>,
+    /// How many batches from the first are all answered, and which later ones are.
+    answered: Mutex<(usize, BTreeSet<usize>)>,
+    answered_prefix: watch::Sender<usize>,
+}
+
+impl Shared {
+    fn answered(&self, batch: usize) {
+        let mut guard = self.answered.lock().expect("answered lock");
+        let (prefix, done) = &mut *guard;
+        done.insert(batch);
+        while done.remove(prefix) {
+            *prefix += 1;
+        }
+        self.answered_prefix.send_replace(*prefix);
+    }
+}
+
+/// How many batches from the first must be answered before batch `b` goes out: those holding
+/// the previous nonce of a sender in `b`. Transaction `j`'s previous nonce is `j - accounts`, so
+/// that is every batch up to the one holding `b`'s last transaction minus `accounts`, `b` itself
+/// excepted (a batch's transactions reach the node in order).
+fn batches_before(b: usize, batch: usize, accounts: usize) -> usize {
+    ((b + 1) * batch - 1)
+        .checked_sub(accounts)
+        .map_or(0, |j| (j / batch + 1).min(b))
 }
 
 /// Sends everything; returns when every transaction was answered (accepted or finally refused).
 pub async fn run(plan: SendPlan, tracker: Arc<Tracker>) -> eyre::Result<()> {
     let n = plan.raw_hex.len();
     let batches = n.div_ceil(plan.batch);
+    let (answered_prefix, prefix) = watch::channel(0);
     let shared = Arc::new(Shared {
         next_batch: AtomicUsize::new(0),
         resend: Mutex::new(VecDeque::new()),
+        answered: Mutex::new((0, BTreeSet::new())),
+        answered_prefix,
     });
     let plan = Arc::new(plan);
     let started = Instant::now();
     let mut workers = tokio::task::JoinSet::new();
     for w in 0..plan.concurrency {
         let (plan, shared, tracker) = (plan.clone(), shared.clone(), tracker.clone());
+        let mut prefix = prefix.clone();
         workers.spawn(async move {
             let mut client = Client::new(&plan.urls[w % plan.urls.len()])?;
             loop {
@@ -58,6 +94,9 @@ pub async fn run(plan: SendPlan, tracker: Arc<Tracker>) -> eyre::Result<()> {
                             started + Duration::from_secs_f64((b * plan.batch) as f64 / plan.rate);
                         tokio::time::sleep_until(due).await;
                     }
+                    // Batches are taken in order, so the ones awaited are all taken: no deadlock.
+                    let before = batches_before(b, plan.batch, plan.accounts);
+                    prefix.wait_for(|p| *p >= before).await?;
                     let lo = b * plan.batch;
                     txs.extend((lo..(lo + plan.batch).min(n)).map(|i| (i as u32, 0)));
                 }
@@ -71,7 +110,11 @@ pub async fn run(plan: SendPlan, tracker: Arc<Tracker>) -> eyre::Result<()> {
                     // Whoever queued a resend loops again and picks it up: stopping is safe.
                     return eyre::Ok(());
                 }
-                if send_batch(&mut client, &plan, &tracker, &shared, &txs).await {
+                let transient = send_batch(&mut client, &plan, &tracker, &shared, &txs).await;
+                if b < batches {
+                    shared.answered(b);
+                }
+                if transient {
                     tokio::time::sleep(BACKOFF).await;
                 }
             }
@@ -141,4 +184,29 @@ async fn send_batch(
         shared.resend.lock().expect("resend lock").extend(resend);
     }
     transient
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batches_before;
+
+    #[test]
+    fn a_batch_waits_for_the_batches_holding_its_senders_previous_nonces() {
+        // One sender: every batch waits for all the earlier ones.
+        assert_eq!(
+            (0..4)
+                .map(|b| batches_before(b, 100, 1))
+                .collect::<Vec<_>>(),
+            [0, 1, 2, 3]
+        );
+        // 1,000 senders in batches of 100: batch 10 holds nonce 1 of senders 0..100, whose
+        // nonce 0 went in batch 0; batches 1..10 may be in flight meanwhile.
+        assert_eq!(batches_before(9, 100, 1_000), 0);
+        assert_eq!(batches_before(10, 100, 1_000), 1);
+        assert_eq!(batches_before(25, 100, 1_000), 16);
+        // 150 senders in batches of 100: batch 1 (transactions 100..200) holds nonce 1 of
+        // senders 0..50 (transactions 150..200), whose nonce 0 is in batch 0.
+        assert_eq!(batches_before(1, 100, 150), 1);
+        assert_eq!(batches_before(0, 100, 150), 0);
+    }
 }

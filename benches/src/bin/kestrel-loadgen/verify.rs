@@ -259,6 +259,14 @@ pub async fn check(client: &mut Client, inp: &Inputs<'_>) -> eyre::Result<Outcom
             examples.join(", ")
         ));
     }
+    if out.stranded > 0 {
+        // The load generator sends each sender's nonces in order, so a gap is its own doing or
+        // a refusal it could not resend: either way the run did not get its load through.
+        out.problems.push(format!(
+            "{} accepted transactions were stranded behind a refused transaction of the same sender",
+            out.stranded
+        ));
+    }
     if out.pending > 0 {
         out.problems.push(format!(
             "{} accepted transactions were still pending in the node when the run ended (--drain-timeout)",

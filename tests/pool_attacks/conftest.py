@@ -1,0 +1,43 @@
+"""Fixtures for the pool and ordering attack tests (issue 19, findings 1 and 4): a real
+`kestrel node --dev` (tests/e2e's KestrelNode) and a 4-validator loopback testnet (tests/testnet's
+Testnet), each started fresh for the test that asks for it."""
+
+from __future__ import annotations
+
+import pytest
+
+import kestrel_node
+from kestrel_node import KestrelNode
+from testnet import Testnet
+
+# The testnet tests' block time: finality within a second on loopback.
+TESTNET_BLOCK_TIME_MS = 200
+
+pytest_runtest_makereport = kestrel_node.log_tails_hook()
+
+
+@pytest.fixture
+def start_node(tmp_path):
+    """Starts a fresh dev node with extra flags; every node is stopped at the end of the test."""
+    nodes: list[KestrelNode] = []
+
+    def start(*extra_args: str) -> KestrelNode:
+        base = tmp_path / f"node{len(nodes)}"
+        n = KestrelNode(datadir=base / "data", log_dir=base, extra_args=list(extra_args))
+        nodes.append(n)
+        n.start()
+        return n
+
+    yield start
+    for n in nodes:
+        n.stop()
+
+
+@pytest.fixture
+def testnet(tmp_path):
+    t = Testnet(tmp_path / "testnet", 4, ["--block-time-ms", str(TESTNET_BLOCK_TIME_MS)])
+    try:
+        t.start_all()
+        yield t
+    finally:
+        t.stop_all()
