@@ -6,6 +6,7 @@ use crate::{state::LatestState, status::ChainStatus};
 use alloy_primitives::{B256, Bytes};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use kestrel_types::RecoveredTx;
+use parking_lot::{Condvar, Mutex};
 use std::{
     sync::Arc,
     thread,
@@ -46,6 +47,46 @@ impl IngressHandle {
     }
 }
 
+/// Batches reach the pool in the order they were taken from the queue. Sender recovery runs on
+/// every worker at once, but a client's transactions split across two workers' batches must not
+/// be admitted out of order: the later nonces would wait behind a gap, and at the sender's limit
+/// the gap-filling nonce would evict them although they were accepted.
+#[derive(Default)]
+struct Turns {
+    /// Batches taken from the queue; held while taking one, so numbers follow queue order.
+    taken: Mutex<u64>,
+    /// Batches admitted to the pool.
+    admitted: Mutex<u64>,
+    turn: Condvar,
+}
+
+/// A worker's turn to admit its batch; the next batch's turn comes when it is dropped, also if
+/// admission panicked.
+struct Turn<'a> {
+    turns: &'a Turns,
+    admitted: parking_lot::MutexGuard<'a, u64>,
+}
+
+impl Turns {
+    fn wait(&self, seq: u64) -> Turn<'_> {
+        let mut admitted = self.admitted.lock();
+        while *admitted != seq {
+            self.turn.wait(&mut admitted);
+        }
+        Turn {
+            turns: self,
+            admitted,
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *self.admitted += 1;
+        self.turns.turn.notify_all();
+    }
+}
+
 pub struct IngressStage {
     pub pool: Arc<TxPool>,
     pub validator: Validator,
@@ -58,24 +99,31 @@ impl IngressStage {
     pub fn spawn(self, workers: usize) -> (IngressHandle, Vec<thread::JoinHandle<()>>) {
         let (tx, rx) = crossbeam_channel::bounded(INGRESS_QUEUE_MAX);
         let stage = Arc::new(self);
+        let turns = Arc::new(Turns::default());
         let threads = (0..workers.max(1))
             .map(|i| {
-                let (stage, rx) = (stage.clone(), rx.clone());
+                let (stage, rx, turns) = (stage.clone(), rx.clone(), turns.clone());
                 thread::Builder::new()
                     .name(format!("ingress-{i}"))
-                    .spawn(move || stage.run(rx))
+                    .spawn(move || stage.run(rx, &turns))
                     .expect("spawn ingress thread")
             })
             .collect();
         (IngressHandle { tx }, threads)
     }
 
-    fn run(&self, rx: Receiver<Request>) {
+    fn run(&self, rx: Receiver<Request>, turns: &Turns) {
         let mut gauges_at: Option<Instant> = None;
-        while let Ok(first) = rx.recv() {
+        loop {
+            let (seq, batch) = {
+                let mut taken = turns.taken.lock();
+                let Ok(first) = rx.recv() else { break };
+                let mut batch = vec![first];
+                batch.extend(rx.try_iter().take(INGRESS_BATCH_MAX - 1));
+                *taken += 1;
+                (*taken - 1, batch)
+            };
             let started = Instant::now();
-            let mut batch = vec![first];
-            batch.extend(rx.try_iter().take(INGRESS_BATCH_MAX - 1));
             let n = batch.len();
             // Stateless work first, outside the state snapshot.
             let base_fee = ChainStatus::get(&self.status.next_base_fee);
@@ -88,6 +136,7 @@ impl IngressStage {
                     (req, result)
                 })
                 .collect();
+            let turn = turns.wait(seq);
             let admitted = self.state.with_view(|view| {
                 recovered
                     .into_iter()
@@ -111,6 +160,7 @@ impl IngressStage {
                     })
                     .collect::<Vec<_>>()
             });
+            drop(turn);
             match admitted {
                 Ok(replies) => {
                     for (reply, result) in replies {
