@@ -60,6 +60,13 @@ struct Turns {
     turn: Condvar,
 }
 
+/// A taken batch's place in the admission order. Dropped unused (its worker panicked before
+/// admitting), it still takes and passes its turn, so later batches are not held forever.
+struct Ticket<'a> {
+    turns: &'a Turns,
+    seq: Option<u64>,
+}
+
 /// A worker's turn to admit its batch; the next batch's turn comes when it is dropped, also if
 /// admission panicked.
 struct Turn<'a> {
@@ -68,6 +75,20 @@ struct Turn<'a> {
 }
 
 impl Turns {
+    /// Takes the next batch from `rx` with its ticket; `None` once the queue is closed.
+    fn take(&self, rx: &Receiver<Request>) -> Option<(Ticket<'_>, Vec<Request>)> {
+        let mut taken = self.taken.lock();
+        let first = rx.recv().ok()?;
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter().take(INGRESS_BATCH_MAX - 1));
+        *taken += 1;
+        let ticket = Ticket {
+            turns: self,
+            seq: Some(*taken - 1),
+        };
+        Some((ticket, batch))
+    }
+
     fn wait(&self, seq: u64) -> Turn<'_> {
         let mut admitted = self.admitted.lock();
         while *admitted != seq {
@@ -76,6 +97,22 @@ impl Turns {
         Turn {
             turns: self,
             admitted,
+        }
+    }
+}
+
+impl<'a> Ticket<'a> {
+    /// Waits until every batch taken before this one is admitted.
+    fn turn(mut self) -> Turn<'a> {
+        let seq = self.seq.take().expect("a ticket is used once");
+        self.turns.wait(seq)
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if let Some(seq) = self.seq {
+            drop(self.turns.wait(seq));
         }
     }
 }
@@ -114,15 +151,7 @@ impl IngressStage {
 
     fn run(&self, rx: Receiver<Request>, turns: &Turns) {
         let mut gauges_at: Option<Instant> = None;
-        loop {
-            let (seq, batch) = {
-                let mut taken = turns.taken.lock();
-                let Ok(first) = rx.recv() else { break };
-                let mut batch = vec![first];
-                batch.extend(rx.try_iter().take(INGRESS_BATCH_MAX - 1));
-                *taken += 1;
-                (*taken - 1, batch)
-            };
+        while let Some((ticket, batch)) = turns.take(&rx) {
             let started = Instant::now();
             let n = batch.len();
             // Stateless work first, outside the state snapshot.
@@ -136,7 +165,7 @@ impl IngressStage {
                     (req, result)
                 })
                 .collect();
-            let turn = turns.wait(seq);
+            let turn = ticket.turn();
             let admitted = self.state.with_view(|view| {
                 recovered
                     .into_iter()
@@ -215,4 +244,39 @@ pub(crate) fn unix_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn batches_are_admitted_in_the_order_they_were_taken() {
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let turns = Turns::default();
+        let take_one = || {
+            let (reply, _) = oneshot::channel();
+            let raw = Bytes::from_static(b"raw");
+            tx.send(Request { raw, reply }).unwrap();
+            turns.take(&rx).unwrap().0
+        };
+        let (first, second) = (take_one(), take_one());
+        let admitted = AtomicBool::new(false);
+        thread::scope(|s| {
+            s.spawn(|| {
+                let _turn = second.turn();
+                admitted.store(true, Ordering::SeqCst);
+            });
+            thread::sleep(Duration::from_millis(50));
+            assert!(
+                !admitted.load(Ordering::SeqCst),
+                "the second batch went first"
+            );
+            // The first worker died before admitting: its ticket still passes the turn on.
+            drop(first);
+        });
+        assert!(admitted.load(Ordering::SeqCst));
+        assert_eq!(*turns.admitted.lock(), 2);
+    }
 }
