@@ -18,12 +18,19 @@ export KESTREL_BIN="${KESTREL_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/kes
 step "cargo test --workspace --release"
 cargo test --workspace --release
 
-step "Ethereum conformance: BlockchainTests through the import path (sequential executor)"
-FIXTURES="${KESTREL_FIXTURES:-$ROOT/../shared/fixtures/ethereum-tests}"
-cargo run --release --bin ef-tests -- "$FIXTURES"
+# Both fixture sets, through each executor (docs/CONFORMANCE.md).
+FIXTURES="${KESTREL_FIXTURES:-$ROOT/../shared/fixtures/ethereum-tests $ROOT/../shared/fixtures/blockchain-tests-sample}"
+for executor in "sequential" "parallel --threads 1" "parallel --threads 2"; do
+  step "Ethereum conformance: BlockchainTests through the import path (--executor $executor)"
+  # shellcheck disable=SC2086 # the executor's flags and the folders are word lists
+  cargo run --release --bin ef-tests -- --executor $executor $FIXTURES
+done
 
 step "end-to-end: pytest tests/e2e (web3.py, crash recovery)"
 tests/e2e/.venv/bin/python -m pytest -q tests/e2e
+
+step "RPC limits: pytest tests/rpc_limits (slowloris, body memory, receipt batches, execution fairness against a real node)"
+tests/e2e/.venv/bin/python -m pytest -q tests/rpc_limits
 
 step "metrics: pytest tests/metrics (real Prometheus, promtool, Grafana dashboard)"
 tests/e2e/.venv/bin/python -m pytest -q tests/metrics

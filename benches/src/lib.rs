@@ -34,6 +34,12 @@ impl StateView for MemState {
     fn code(&self, code_hash: B256) -> Result<Option<Bytes>, StorageError> {
         Ok(self.codes.get(&code_hash).cloned())
     }
+    fn has_storage(&self, address: Address) -> Result<bool, StorageError> {
+        Ok(self
+            .storage
+            .iter()
+            .any(|((owner, _), value)| *owner == address && !value.is_zero()))
+    }
 }
 
 /// Block hashes for benches: a pure function of the number.

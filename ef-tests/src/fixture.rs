@@ -58,6 +58,24 @@ impl Account {
         }
     }
 
+    /// As an account of a geth genesis file's `alloc`.
+    pub fn to_genesis_json(&self) -> serde_json::Value {
+        let storage: serde_json::Map<String, serde_json::Value> = self
+            .storage
+            .iter()
+            .map(|(slot, value)| {
+                let word = |n: &U256| B256::from(*n).to_string();
+                (word(slot), word(value).into())
+            })
+            .collect();
+        serde_json::json!({
+            "balance": format!("{:#x}", self.balance),
+            "nonce": format!("{:#x}", self.nonce),
+            "code": self.code,
+            "storage": storage,
+        })
+    }
+
     /// As a genesis allocation (zero storage values dropped: they are not in the trie).
     pub fn to_alloc(&self) -> GenesisAlloc {
         GenesisAlloc {

@@ -12,8 +12,7 @@ use kestrel_pipeline::{
     import::{ImportError, check_state_root, decode_block, execute_block, validate_header},
 };
 use kestrel_storage::{
-    ChainView, Durability, StateView, StorageError, Store, genesis_changes, genesis_header,
-    state_root_from_alloc,
+    ChainView, Durability, StateView, StorageError, Store, genesis_changes, state_root_from_alloc,
 };
 use kestrel_types::{ChainSpec, Fork, SealedBlock, StateChanges};
 use std::{cell::Cell, collections::HashMap, fmt::Display};
@@ -199,6 +198,13 @@ impl BranchStore {
         *self.canonical.last().expect("genesis is written first")
     }
 
+    /// Writes block 0 of `spec` as a node does.
+    fn init_genesis(&mut self, spec: &ChainSpec) -> Result<SealedBlock, StorageError> {
+        let block = self.store.init_genesis(spec)?;
+        self.canonical.push(block.hash);
+        Ok(block)
+    }
+
     /// Writes a block whose state root is known to be right (genesis, or one imported before).
     fn write(&mut self, imported: &Imported) -> Result<B256, StorageError> {
         let mut writer = self.store.begin_block()?;
@@ -230,56 +236,37 @@ struct Chain {
 }
 
 impl Chain {
-    /// Builds the chain spec from the test's genesis and writes genesis into a fresh store.
-    ///
-    /// Kestrel's genesis builder sets `mix_hash` to zero and `ChainSpec` has no field for it,
-    /// while the tests' genesis headers carry one (e.g. 0x…020000). So the store's genesis block
-    /// is the test's header, after checking that Kestrel's builder produces the same header in
-    /// every other field (state root included).
+    /// Builds the chain spec as a node would from a genesis file (the test's genesis header and
+    /// `pre` state written as geth genesis JSON) and writes block 0 with the store's own
+    /// `init_genesis`; its hash must be the test's.
     fn genesis(test: &BlockchainTest, fork: Fork) -> Result<Self, Failure> {
         let block = decode_block(&test.genesis_rlp)
             .map_err(|err| Failure::new(0, "genesis rlp", "a block", err))?;
-        let header = block.header;
-        let hash = header.hash_slow();
-        if hash != test.genesis_block_header.hash {
+        let spec =
+            ChainSpec::from_genesis_json(&genesis_json(test, fork, &block.header).to_string())
+                .map_err(|err| Failure::new(0, "genesis json", "a chain spec", err))?;
+        let fatal = |err: StorageError| Failure::new(0, "storage", "no error", err);
+        let mut branch = BranchStore::open().map_err(fatal)?;
+        let sealed = branch.init_genesis(&spec).map_err(fatal)?;
+        if let Some((field, expected, got)) = first_difference(&block.header, &sealed.header) {
+            return Err(Failure::new(0, format!("genesis {field}"), expected, got));
+        }
+        if sealed.hash != test.genesis_block_header.hash {
             return Err(Failure::new(
                 0,
                 "genesis hash",
                 test.genesis_block_header.hash,
-                hash,
+                sealed.hash,
             ));
         }
-        let spec = chain_spec(test, fork, &header);
-        let mut ours = genesis_header(&spec);
-        ours.mix_hash = header.mix_hash;
-        if let Some((field, expected, got)) = first_difference(&header, &ours) {
-            return Err(Failure::new(0, format!("genesis {field}"), expected, got));
-        }
-
         let genesis = Imported {
-            block: SealedBlock {
-                hash,
-                header,
-                txs: Vec::new(),
-                receipts: Vec::new(),
-            },
+            block: sealed,
             changes: genesis_changes(&spec),
         };
-        let fatal = |err: StorageError| Failure::new(0, "storage", "no error", err);
-        let mut branch = BranchStore::open().map_err(fatal)?;
-        let root = branch.write(&genesis).map_err(fatal)?;
-        if root != genesis.block.header.state_root {
-            return Err(Failure::new(
-                0,
-                "genesis state root (storage)",
-                genesis.block.header.state_root,
-                root,
-            ));
-        }
         Ok(Self {
             spec,
             branch,
-            known: HashMap::from([(hash, genesis)]),
+            known: HashMap::from([(genesis.block.hash, genesis)]),
         })
     }
 
@@ -532,24 +519,37 @@ fn check_post_state(
     Ok(())
 }
 
-/// The chain spec of a test: its `pre` allocation, chain id 1, every fork up to `fork` active
-/// from genesis, and the genesis fields `ChainSpec` carries taken from the test's genesis header.
-fn chain_spec(test: &BlockchainTest, fork: Fork, genesis: &Header) -> ChainSpec {
-    ChainSpec {
-        chain_id: TEST_CHAIN_ID,
-        cancun_time: Some(0),
-        prague_time: (fork >= Fork::Prague).then_some(0),
-        gas_limit: genesis.gas_limit,
-        genesis_timestamp: genesis.timestamp,
-        genesis_base_fee: genesis.base_fee_per_gas.unwrap_or_default(),
-        genesis_extra_data: genesis.extra_data.clone(),
-        genesis_coinbase: genesis.beneficiary,
-        alloc: test
-            .pre
-            .iter()
-            .map(|(address, account)| (*address, account.to_alloc()))
-            .collect(),
+/// The test's genesis as a geth genesis file: chain id 1, every fork up to `fork` active from
+/// genesis, the header fields a genesis file sets taken from the test's genesis header, and `pre`
+/// as the allocation.
+fn genesis_json(test: &BlockchainTest, fork: Fork, header: &Header) -> serde_json::Value {
+    let mut config = serde_json::json!({ "chainId": TEST_CHAIN_ID, "cancunTime": 0 });
+    if fork >= Fork::Prague {
+        config["pragueTime"] = 0.into();
     }
+    let alloc: serde_json::Map<String, serde_json::Value> = test
+        .pre
+        .iter()
+        .map(|(address, account)| (address.to_string(), account.to_genesis_json()))
+        .collect();
+    let quantity = |n: u64| format!("{n:#x}");
+    serde_json::json!({
+        "config": config,
+        "nonce": quantity(u64::from(header.nonce)),
+        "timestamp": quantity(header.timestamp),
+        "extraData": header.extra_data,
+        "gasLimit": quantity(header.gas_limit),
+        "gasUsed": quantity(header.gas_used),
+        "difficulty": header.difficulty,
+        "mixHash": header.mix_hash,
+        "coinbase": header.beneficiary,
+        "parentHash": header.parent_hash,
+        "baseFeePerGas": header.base_fee_per_gas.map(quantity),
+        "blobGasUsed": header.blob_gas_used.map(quantity),
+        "excessBlobGas": header.excess_blob_gas.map(quantity),
+        "parentBeaconBlockRoot": header.parent_beacon_block_root,
+        "alloc": alloc,
+    })
 }
 
 /// The first header field where `expected` and `got` differ, as (name, expected, got).

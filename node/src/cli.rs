@@ -2,7 +2,8 @@
 
 use alloy_primitives::Address;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf};
+use kestrel_rpc::{RpcLimits, limits};
+use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -39,12 +40,53 @@ pub struct NodeArgs {
     /// Where the database lives.
     #[arg(long, value_name = "DIR", default_value = "./kestrel-data")]
     pub datadir: PathBuf,
+    /// Below this much free space on the datadir's disk, new transactions are refused (the
+    /// blocks already ordered still commit); 0 turns the check off.
+    #[arg(long, value_name = "MB", default_value_t = 128)]
+    pub min_free_disk_mb: u64,
     /// JSON-RPC listen address.
     #[arg(long, default_value = "127.0.0.1")]
     pub http_addr: std::net::IpAddr,
     /// JSON-RPC port.
     #[arg(long, default_value_t = 8545)]
     pub http_port: u16,
+    /// Most open JSON-RPC connections; more are answered 503 and closed.
+    #[arg(long, value_name = "N", default_value_t = limits::CONNECTIONS_MAX)]
+    pub rpc_connections_max: u32,
+    /// Most open JSON-RPC connections from one IP address; more are answered 429 and closed.
+    #[arg(long, value_name = "N", default_value_t = limits::CONNECTIONS_PER_IP_MAX)]
+    pub rpc_connections_per_ip: u32,
+    /// Time to send a request's headers, from connect or the previous answer (closes idle
+    /// connections too).
+    #[arg(long, value_name = "MS", default_value_t = limits::HEADER_TIMEOUT.as_millis() as u64)]
+    pub rpc_header_timeout_ms: u64,
+    /// Time to send a request's body once its headers are in; later: 408, connection closed.
+    #[arg(long, value_name = "MS", default_value_t = limits::BODY_TIMEOUT.as_millis() as u64)]
+    pub rpc_body_timeout_ms: u64,
+    /// Bytes of request bodies held at once over all connections; past it: 503.
+    #[arg(long, value_name = "BYTES", default_value_t = limits::BODY_BUDGET_BYTES)]
+    pub rpc_body_budget_bytes: u64,
+    /// Of those, how many one IP address may hold; past it: 429.
+    #[arg(long, value_name = "BYTES", default_value_t = limits::BODY_BUDGET_PER_IP_BYTES)]
+    pub rpc_body_budget_per_ip_bytes: u64,
+    /// JSON-RPC calls per second per IP address, each call of a batch counted (0: no limit).
+    #[arg(long, value_name = "N", default_value_t = limits::CALLS_PER_S_PER_IP)]
+    pub rpc_ip_calls_per_s: u32,
+    /// EVM time of one eth_call or eth_estimateGas.
+    #[arg(long, value_name = "MS", default_value_t = limits::CALL_TIMEOUT.as_millis() as u64)]
+    pub rpc_call_timeout_ms: u64,
+    /// EVM time of all the calls of one request (a batch) together.
+    #[arg(long, value_name = "MS", default_value_t = limits::BATCH_EXECUTION_BUDGET.as_millis() as u64)]
+    pub rpc_batch_timeout_ms: u64,
+    /// EVM runs and block scans (eth_call, eth_estimateGas, eth_getLogs, eth_feeHistory) at once.
+    #[arg(long, value_name = "N", default_value_t = limits::EXECUTIONS_MAX)]
+    pub rpc_executions_max: usize,
+    /// Of those, how many one IP address may hold.
+    #[arg(long, value_name = "N", default_value_t = limits::EXECUTIONS_PER_IP_MAX)]
+    pub rpc_executions_per_ip: usize,
+    /// Database read transactions JSON-RPC holds at once; more wait.
+    #[arg(long, value_name = "N", default_value_t = limits::DB_READERS_MAX)]
+    pub rpc_db_readers_max: usize,
     /// Prometheus metrics listen address (serves /metrics).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9100")]
     pub metrics: SocketAddr,
@@ -88,6 +130,26 @@ pub struct NodeArgs {
     /// Validator p2p peers, comma-separated (default: the other validators in the genesis).
     #[arg(long, value_name = "ADDR:PORT", value_delimiter = ',')]
     pub p2p_peers: Vec<SocketAddr>,
+}
+
+impl NodeArgs {
+    /// The JSON-RPC server's limits (docs/SECURITY.md).
+    pub fn rpc_limits(&self) -> RpcLimits {
+        RpcLimits {
+            connections_max: self.rpc_connections_max,
+            connections_per_ip_max: self.rpc_connections_per_ip,
+            header_timeout: Duration::from_millis(self.rpc_header_timeout_ms),
+            body_timeout: Duration::from_millis(self.rpc_body_timeout_ms),
+            body_budget_bytes: self.rpc_body_budget_bytes,
+            body_budget_per_ip_bytes: self.rpc_body_budget_per_ip_bytes,
+            calls_per_s_per_ip: self.rpc_ip_calls_per_s,
+            call_timeout: Duration::from_millis(self.rpc_call_timeout_ms),
+            batch_execution_budget: Duration::from_millis(self.rpc_batch_timeout_ms),
+            executions_max: self.rpc_executions_max,
+            executions_per_ip_max: self.rpc_executions_per_ip,
+            db_readers_max: self.rpc_db_readers_max,
+        }
+    }
 }
 
 #[derive(Debug, Args)]

@@ -35,6 +35,7 @@ pub struct Config {
     pub dev: Option<bool>,
     pub genesis: Option<PathBuf>,
     pub datadir: Option<PathBuf>,
+    pub min_free_disk_mb: Option<u64>,
     pub rpc: RpcSection,
     pub metrics: MetricsSection,
     pub ordering: OrderingSection,
@@ -49,6 +50,18 @@ pub struct Config {
 pub struct RpcSection {
     pub http_addr: Option<IpAddr>,
     pub http_port: Option<u16>,
+    pub connections_max: Option<u32>,
+    pub connections_per_ip: Option<u32>,
+    pub header_timeout_ms: Option<u64>,
+    pub body_timeout_ms: Option<u64>,
+    pub body_budget_bytes: Option<u64>,
+    pub body_budget_per_ip_bytes: Option<u64>,
+    pub ip_calls_per_s: Option<u32>,
+    pub call_timeout_ms: Option<u64>,
+    pub batch_timeout_ms: Option<u64>,
+    pub executions_max: Option<usize>,
+    pub executions_per_ip: Option<usize>,
+    pub db_readers_max: Option<usize>,
 }
 
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -145,8 +158,24 @@ impl Config {
             fill!(genesis, self.genesis.map(Some));
         }
         fill!(datadir, self.datadir);
+        fill!(min_free_disk_mb, self.min_free_disk_mb);
         fill!(http_addr, self.rpc.http_addr);
         fill!(http_port, self.rpc.http_port);
+        fill!(rpc_connections_max, self.rpc.connections_max);
+        fill!(rpc_connections_per_ip, self.rpc.connections_per_ip);
+        fill!(rpc_header_timeout_ms, self.rpc.header_timeout_ms);
+        fill!(rpc_body_timeout_ms, self.rpc.body_timeout_ms);
+        fill!(rpc_body_budget_bytes, self.rpc.body_budget_bytes);
+        fill!(
+            rpc_body_budget_per_ip_bytes,
+            self.rpc.body_budget_per_ip_bytes
+        );
+        fill!(rpc_ip_calls_per_s, self.rpc.ip_calls_per_s);
+        fill!(rpc_call_timeout_ms, self.rpc.call_timeout_ms);
+        fill!(rpc_batch_timeout_ms, self.rpc.batch_timeout_ms);
+        fill!(rpc_executions_max, self.rpc.executions_max);
+        fill!(rpc_executions_per_ip, self.rpc.executions_per_ip);
+        fill!(rpc_db_readers_max, self.rpc.db_readers_max);
         fill!(metrics, self.metrics.listen);
         fill!(block_time_ms, self.ordering.block_time_ms);
         fill!(gas_limit, self.ordering.gas_limit.map(Some));

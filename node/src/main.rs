@@ -2,6 +2,8 @@
 
 mod cli;
 mod config;
+mod disk;
+mod fatal;
 mod keys;
 mod node;
 mod testnet;
@@ -45,6 +47,7 @@ fn main() -> eyre::Result<()> {
         .init();
     match cli.command {
         cli::Command::Node(mut args) => {
+            fatal::exit_on_panic();
             if let Some(path) = args.config.clone() {
                 let given = matches.subcommand_matches("node").expect("node subcommand");
                 config::Config::load(&path)?.apply(&mut args, |id| {

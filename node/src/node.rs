@@ -1,7 +1,7 @@
 //! Wiring: opens the database, starts the stages, RPC and metrics, and shuts them down in order.
 
 use crate::cli::{ExecutorKind, NodeArgs};
-use crate::{keys::ValidatorKey, testnet, validator};
+use crate::{disk::DiskMonitor, keys::ValidatorKey, testnet, validator};
 use alloy_primitives::Address;
 use eyre::{WrapErr, bail};
 use kestrel_pipeline::stages::ordering_parent;
@@ -90,6 +90,14 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     let hashes = Arc::new(RecentHashes::new(store.clone()));
     let stop = Arc::new(AtomicBool::new(false));
 
+    let disk = DiskMonitor {
+        datadir: args.datadir.clone(),
+        min_free_bytes: args.min_free_disk_mb.saturating_mul(1 << 20),
+        status: status.clone(),
+        stop: stop.clone(),
+    };
+    let disk = spawn("disk", move || disk.run());
+
     let (proposals_tx, proposals_rx) = crossbeam_channel::bounded(EXECUTION_QUEUE_MAX);
     let (executed_tx, executed_rx) = crossbeam_channel::bounded(COMMIT_QUEUE_MAX);
     let (results_tx, results_rx) = crossbeam_channel::unbounded();
@@ -173,6 +181,7 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     let rpc_addr = SocketAddr::new(args.http_addr, args.http_port);
     // `/health` judges the head's age in block intervals.
     let block_time_ms = args.block_time_ms;
+    let rpc_limits = args.rpc_limits();
     runtime.block_on(async {
         let ctx = kestrel_rpc::RpcContext {
             store: store.clone(),
@@ -184,6 +193,7 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
         let config = kestrel_rpc::RpcConfig {
             addr: rpc_addr,
             block_time_ms,
+            limits: rpc_limits,
             ..Default::default()
         };
         let (bound, server) = kestrel_rpc::start(config, ctx)
@@ -199,7 +209,7 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     drop(runtime);
     // Ordering stops proposing; execution and commit drain what was proposed, then hang up.
     stop.store(true, Ordering::Release);
-    for t in threads.into_iter().chain(ingress_threads) {
+    for t in threads.into_iter().chain(ingress_threads).chain([disk]) {
         if t.join().is_err() {
             bail!("a stage panicked");
         }
@@ -273,6 +283,7 @@ fn describe_metrics() {
         "Node version and chain id in labels (always 1)"
     );
     kestrel_storage::describe_metrics();
+    crate::disk::describe_metrics();
     kestrel_rpc::describe_metrics();
     kestrel_pipeline::describe_metrics();
 }

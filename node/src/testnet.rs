@@ -220,6 +220,7 @@ pub fn write(args: &InitTestnetArgs) -> Result<Vec<TestnetValidator>, TestnetErr
             rpc: RpcSection {
                 http_addr: Some(rpc.ip()),
                 http_port: Some(rpc.port()),
+                ..RpcSection::default()
             },
             metrics: MetricsSection {
                 listen: Some(metrics),

@@ -1,4 +1,5 @@
-//! The operator commands through the real binary: `keygen`, `init-testnet`, `node --config`.
+//! The operator commands through the real binary: `keygen`, `init-testnet`, `node --config`,
+//! `node --genesis`.
 
 use std::{
     collections::HashSet,
@@ -34,11 +35,12 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `eth_chainId` over a bare HTTP/1.1 request; `None` while nothing answers.
-fn eth_chain_id(port: u16) -> Option<String> {
+/// A JSON-RPC call over a bare HTTP/1.1 request; `None` while nothing answers.
+fn rpc(port: u16, method: &str, params: serde_json::Value) -> Option<serde_json::Value> {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let body = r#"{"jsonrpc":"2.0","id":1,"method":"eth_chainId","params":[]}"#;
+    let body = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+        .to_string();
     let request = format!(
         "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -48,8 +50,14 @@ fn eth_chain_id(port: u16) -> Option<String> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     let json = response.split("\r\n\r\n").nth(1)?;
-    let value: serde_json::Value = serde_json::from_str(json).ok()?;
-    value["result"].as_str().map(str::to_owned)
+    let mut value: serde_json::Value = serde_json::from_str(json).ok()?;
+    Some(value["result"].take())
+}
+
+fn eth_chain_id(port: u16) -> Option<String> {
+    rpc(port, "eth_chainId", serde_json::json!([]))?
+        .as_str()
+        .map(str::to_owned)
 }
 
 fn key_secret(path: &Path) -> String {
@@ -259,4 +267,57 @@ fn an_unknown_config_key_is_an_error_naming_file_and_key() {
     let stderr = text(&out.stderr);
     assert!(stderr.contains("node.toml"), "{stderr}");
     assert!(stderr.contains("unknown field `http_prot`"), "{stderr}");
+}
+
+/// A geth genesis file that sets `excessBlobGas`, `mixHash`, `parentBeaconBlockRoot` and the
+/// other header fields gives the block 0 geth's rules give: the file is the genesis of the
+/// Ethereum test `fib_d0g0v0_Cancun` (ethereum/tests, `VMTests/vmArithmeticTest/fib.json`),
+/// whose `genesisBlockHeader.hash` every client agrees on.
+#[test]
+fn a_geth_genesis_file_gives_geths_block_zero() {
+    const FIB_GENESIS_HASH: &str =
+        "0x9b8173f24ba010b231a52ec8126edbd8a3534382c0b30276f18f39f791102894";
+    let genesis = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/geth_genesis_cancun.json"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
+    let mut node = Command::new(BIN)
+        .args(["node", "--genesis", genesis, "--datadir"])
+        .arg(dir.path().join("data"))
+        .args(["--http-port", &port.to_string()])
+        .args(["--metrics", &format!("127.0.0.1:{}", free_port())])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let block = loop {
+        if let Some(block) = rpc(
+            port,
+            "eth_getBlockByNumber",
+            serde_json::json!(["0x0", false]),
+        ) {
+            break block;
+        }
+        if let Some(status) = node.try_wait().unwrap() {
+            panic!(
+                "node exited with {status}: {}",
+                std::fs::read_to_string(dir.path().join("node.log")).unwrap()
+            );
+        }
+        assert!(started.elapsed() < NODE_TIMEOUT, "node did not answer");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    node.kill().unwrap();
+    node.wait().unwrap();
+    assert_eq!(block["hash"], FIB_GENESIS_HASH, "{block}");
+    assert_eq!(block["excessBlobGas"], "0x60000");
+    assert_eq!(
+        block["mixHash"],
+        "0x0000000000000000000000000000000000000000000000000000000000020000"
+    );
 }

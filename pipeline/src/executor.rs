@@ -1,11 +1,15 @@
 //! Block execution behind one trait, so the sequential executor here and the parallel one that
 //! follows are drop-ins for each other and can be compared on the same blocks.
 
-use crate::evm::{BlockHashes, Hardforks, StateDb, bundle_to_changes, evm_env};
+use crate::{
+    collision::StorageCollisions,
+    deposits::{self, DepositLayoutError},
+    evm::{BlockHashes, Hardforks, StateDb, bundle_to_changes, evm_env},
+};
 use alloy_consensus::{Header, ReceiptEnvelope};
 use alloy_eips::{eip2935::HISTORY_STORAGE_ADDRESS, eip4895::Withdrawal};
 use alloy_evm::{
-    EvmFactory,
+    Evm, EvmFactory,
     block::{BlockExecutionError, BlockExecutionResult, BlockExecutor, BlockValidationError},
     eth::{
         EthBlockExecutionCtx, EthBlockExecutor, EthEvmFactory, receipt_builder::AlloyReceiptBuilder,
@@ -65,6 +69,8 @@ pub enum ExecError {
     InvalidTx { index: usize, reason: TxInvalid },
     #[error("block invalid: {0}")]
     InvalidBlock(String),
+    #[error(transparent)]
+    DepositLayout(#[from] DepositLayoutError),
     #[error("execution failed: {0}")]
     Internal(String),
 }
@@ -130,7 +136,12 @@ impl Executor for SequentialExecutor {
         let forks = Hardforks::new(spec);
         let parent_hash = parent_hash_for_history(&forks, header, state, hashes)?;
         let mut db = block_state(state, hashes);
-        let evm = EthEvmFactory::default().create_evm(&mut db, evm_env(spec, header));
+        let mut evm = EthEvmFactory::default().create_evm_with_inspector(
+            &mut db,
+            evm_env(spec, header),
+            StorageCollisions::new(state),
+        );
+        evm.set_inspector_enabled(StorageCollisions::needed(spec));
         let ctx = execution_ctx(&input, parent_hash);
         let mut executor = EthBlockExecutor::new(evm, ctx, forks, AlloyReceiptBuilder::default());
         executor
@@ -156,7 +167,13 @@ impl Executor for SequentialExecutor {
                 Err(err) => return Err(ExecError::Internal(err.to_string())),
             }
         }
-        let (_evm, result) = executor.finish().map_err(fatal_or_block)?;
+        if forks.is_prague_active_at_timestamp(header.timestamp) {
+            deposits::check_layouts(executor.receipts())?;
+        }
+        let (mut evm, result) = executor.finish().map_err(fatal_or_block)?;
+        if let Some(err) = evm.inspector_mut().take_error() {
+            return Err(ExecError::Storage(err));
+        }
         Ok(block_output(
             &forks, header, &mut db, result, included, dropped,
         ))

@@ -11,11 +11,13 @@
 //! timestamps, base fee from committed gas) and do not go through here.
 
 use crate::{
+    deposits::DepositLayoutError,
     evm::{BlockHashes, blob_params},
     executor::{BlockInput, BlockOutput, ExecError, Executor, InvalidTxPolicy, TxInvalid},
+    tx_encoding::{self, TxEncodingError},
 };
 use alloy_consensus::{
-    Block, EMPTY_OMMER_ROOT_HASH, Header, Transaction, TxEnvelope, TxReceipt, proofs,
+    Block, EMPTY_OMMER_ROOT_HASH, Header, Transaction, TxEnvelope, TxReceipt, TxType, proofs,
 };
 use alloy_eips::{eip1559::BaseFeeParams, eip4844::DATA_GAS_PER_BLOB};
 use alloy_primitives::{B64, B256, Bloom, U256};
@@ -43,6 +45,11 @@ pub const GAS_LIMIT_BOUND_DIVISOR: u64 = 1024;
 pub enum ImportError {
     #[error("block rlp: {0}")]
     Decode(alloy_rlp::Error),
+    #[error("transaction {index}: {reason}")]
+    TxEncoding {
+        index: usize,
+        reason: TxEncodingError,
+    },
     #[error("unknown parent {0}")]
     UnknownParent(B256),
     #[error("parent hash {header}, parent is {computed}")]
@@ -91,6 +98,8 @@ pub enum ImportError {
     Tx { index: usize, reason: TxInvalid },
     #[error("execution: {0}")]
     Execution(String),
+    #[error(transparent)]
+    DepositLayout(DepositLayoutError),
     #[error("gas used {header}, computed {computed}")]
     GasUsed { header: u64, computed: u64 },
     #[error("blob gas used {header}, computed {computed}")]
@@ -126,6 +135,15 @@ impl ImportError {
     pub fn exception(&self) -> Option<&'static str> {
         Some(match self {
             Self::Decode(_) => "BlockException.RLP_STRUCTURES_ENCODING",
+            Self::TxEncoding { reason, .. } => match reason {
+                TxEncodingError::ContractCreation(TxType::Eip7702) => {
+                    "TransactionException.TYPE_4_TX_CONTRACT_CREATION"
+                }
+                TxEncodingError::ContractCreation(_) => {
+                    "TransactionException.TYPE_3_TX_CONTRACT_CREATION"
+                }
+                TxEncodingError::ValueOverflow(_) => "TransactionException.RLP_INVALID_VALUE",
+            },
             Self::UnknownParent(hash) if hash.is_zero() => "BlockException.UNKNOWN_PARENT_ZERO",
             Self::UnknownParent(_) | Self::ParentHash { .. } => "BlockException.UNKNOWN_PARENT",
             Self::Number { .. } => "BlockException.INVALID_BLOCK_NUMBER",
@@ -157,6 +175,7 @@ impl ImportError {
             Self::ReceiptsRoot { .. } => "BlockException.INVALID_RECEIPTS_ROOT",
             Self::LogsBloom { .. } => "BlockException.INVALID_LOG_BLOOM",
             Self::RequestsHash { .. } => "BlockException.INVALID_REQUESTS",
+            Self::DepositLayout(_) => "BlockException.INVALID_DEPOSIT_EVENT_LAYOUT",
             Self::StateRoot { .. } => "BlockException.INVALID_STATE_ROOT",
             Self::Execution(_) | Self::Storage(_) | Self::Internal(_) => return None,
         })
@@ -215,15 +234,22 @@ impl From<ExecError> for ImportError {
             ExecError::Storage(err) => Self::Storage(err),
             ExecError::InvalidTx { index, reason } => Self::Tx { index, reason },
             ExecError::InvalidBlock(reason) => Self::Execution(reason),
+            ExecError::DepositLayout(err) => Self::DepositLayout(err),
             ExecError::Internal(reason) => Self::Internal(reason),
         }
     }
 }
 
 /// Decodes a block as the network and the Ethereum tests carry it (RLP of header, transactions,
-/// ommers and, from Shanghai, withdrawals), refusing trailing bytes.
-pub fn decode_block(mut rlp: &[u8]) -> Result<Block<TxEnvelope>, ImportError> {
-    let block = Block::decode(&mut rlp).map_err(ImportError::Decode)?;
+/// ommers and, from Shanghai, withdrawals), refusing trailing bytes. A block that does not decode
+/// because of a transaction rule (`tx_encoding`) is refused for that rule.
+pub fn decode_block(rlp: &[u8]) -> Result<Block<TxEnvelope>, ImportError> {
+    let whole = rlp;
+    let mut rlp = rlp;
+    let block = Block::decode(&mut rlp).map_err(|err| match tx_encoding::first_invalid(whole) {
+        Some((index, reason)) => ImportError::TxEncoding { index, reason },
+        None => ImportError::Decode(err),
+    })?;
     if !rlp.is_empty() {
         return Err(ImportError::Decode(alloy_rlp::Error::Custom(
             "trailing bytes after the block",
@@ -339,24 +365,16 @@ fn validate_gas_limit(parent: u64, header: u64) -> Result<(), ImportError> {
     Ok(())
 }
 
+/// The blob fields against the parent. The header's blob gas used is checked with the body
+/// ([`validate_body`]): the specs reach a transaction's blob rules first.
 fn validate_blob_gas(fork: Fork, parent: &Header, header: &Header) -> Result<(), ImportError> {
-    let blob_gas_used = header
-        .blob_gas_used
-        .ok_or(ImportError::MissingField("blob gas used"))?;
+    if header.blob_gas_used.is_none() {
+        return Err(ImportError::MissingField("blob gas used"));
+    }
     let excess_blob_gas = header
         .excess_blob_gas
         .ok_or(ImportError::MissingField("excess blob gas"))?;
     let params = blob_params(fork);
-    let max = params.max_blob_gas_per_block();
-    if blob_gas_used > max {
-        return Err(ImportError::BlobGasUsedAboveMax {
-            header: blob_gas_used,
-            max,
-        });
-    }
-    if blob_gas_used % DATA_GAS_PER_BLOB != 0 {
-        return Err(ImportError::BlobGasUsedNotMultiple(blob_gas_used));
-    }
     // A parent before Cancun counts as having no blob gas (EIP-4844). Before Osaka the blob base
     // cost is zero, which reduces the Osaka formula to EIP-4844's with this fork's target.
     let computed = params.next_block_excess_blob_gas_osaka(
@@ -491,6 +509,16 @@ fn validate_body(spec: &ChainSpec, block: &Block<TxEnvelope>) -> Result<(), Impo
             computed: blob_gas,
             max,
         });
+    }
+    let blob_gas_used = header.blob_gas_used.unwrap_or(0);
+    if blob_gas_used > max {
+        return Err(ImportError::BlobGasUsedAboveMax {
+            header: blob_gas_used,
+            max,
+        });
+    }
+    if blob_gas_used % DATA_GAS_PER_BLOB != 0 {
+        return Err(ImportError::BlobGasUsedNotMultiple(blob_gas_used));
     }
     Ok(())
 }
@@ -763,11 +791,20 @@ mod tests {
         );
     }
 
+    /// The body checks of an empty block whose header `edit` changed.
+    fn check_body(fork: Fork, edit: impl FnOnce(&mut Header)) -> Result<(), ImportError> {
+        let spec = spec(fork);
+        let mut block = block(&spec);
+        edit(&mut block.header);
+        validate_body(&spec, &block)
+    }
+
+    /// Checked with the body, after the transactions' blob rules, as the specs order them.
     #[test]
     fn blob_gas_used_is_whole_blobs_within_the_fork_maximum() {
         let cancun_max = BlobParams::cancun().max_blob_gas_per_block();
-        check(Fork::Cancun, |h| h.blob_gas_used = Some(cancun_max)).unwrap();
-        let err = check(Fork::Cancun, |h| {
+        check_body(Fork::Cancun, |h| h.blob_gas_used = Some(cancun_max)).unwrap();
+        let err = check_body(Fork::Cancun, |h| {
             h.blob_gas_used = Some(cancun_max + DATA_GAS_PER_BLOB);
         })
         .unwrap_err();
@@ -776,11 +813,11 @@ mod tests {
             "{err}"
         );
         // Prague raised the maximum (EIP-7691).
-        check(Fork::Prague, |h| {
+        check_body(Fork::Prague, |h| {
             h.blob_gas_used = Some(cancun_max + DATA_GAS_PER_BLOB);
         })
         .unwrap();
-        let err = check(Fork::Cancun, |h| {
+        let err = check_body(Fork::Cancun, |h| {
             h.blob_gas_used = Some(DATA_GAS_PER_BLOB + 1)
         })
         .unwrap_err();

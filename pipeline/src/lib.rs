@@ -1,6 +1,8 @@
 //! Kestrel's pipeline: the stages between an RPC request and a committed block, the executors and
 //! the revm bridge.
 
+mod collision;
+pub mod deposits;
 pub mod evm;
 pub mod executor;
 pub mod import;
@@ -9,6 +11,7 @@ pub mod parallel;
 pub mod stages;
 pub mod state;
 pub mod status;
+pub mod tx_encoding;
 
 pub use executor::{
     BlockInput, BlockOutput, ExecError, Executor, InvalidTxPolicy, SequentialExecutor,

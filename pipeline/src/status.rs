@@ -1,6 +1,6 @@
 //! Progress of the stages, shared with RPC and metrics. Each field is written by one stage only.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 #[derive(Debug, Default)]
 pub struct ChainStatus {
@@ -12,6 +12,10 @@ pub struct ChainStatus {
     pub committed: AtomicU64,
     /// Base fee of the next block to be proposed (what `eth_gasPrice` builds on).
     pub next_base_fee: AtomicU64,
+    /// The datadir's disk is below its free-space threshold: new transactions are refused, so
+    /// that the blocks already ordered can still be committed (written by the node's disk
+    /// monitor).
+    pub disk_low: AtomicBool,
 }
 
 impl ChainStatus {
@@ -20,5 +24,8 @@ impl ChainStatus {
     }
     pub fn set(field: &AtomicU64, value: u64) {
         field.store(value, Ordering::Release)
+    }
+    pub fn disk_low(&self) -> bool {
+        self.disk_low.load(Ordering::Relaxed)
     }
 }

@@ -51,10 +51,10 @@ pub trait EthApi {
         block: Option<BlockId>,
     ) -> RpcResult<B256>;
 
-    #[method(name = "eth_call")]
+    #[method(name = "eth_call", with_extensions)]
     async fn call(&self, request: TransactionRequest, block: Option<BlockId>) -> RpcResult<Bytes>;
 
-    #[method(name = "eth_estimateGas")]
+    #[method(name = "eth_estimateGas", with_extensions)]
     async fn estimate_gas(
         &self,
         request: TransactionRequest,
@@ -68,7 +68,7 @@ pub trait EthApi {
     #[method(name = "eth_maxPriorityFeePerGas")]
     fn max_priority_fee_per_gas(&self) -> RpcResult<U256>;
 
-    #[method(name = "eth_feeHistory")]
+    #[method(name = "eth_feeHistory", with_extensions)]
     async fn fee_history(
         &self,
         block_count: U64,
@@ -123,6 +123,6 @@ pub trait EthApi {
         index: Index,
     ) -> RpcResult<Option<Transaction>>;
 
-    #[method(name = "eth_getLogs")]
+    #[method(name = "eth_getLogs", with_extensions)]
     async fn logs(&self, filter: Filter) -> RpcResult<Vec<Log>>;
 }

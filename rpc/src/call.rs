@@ -2,7 +2,9 @@
 //! the committed head, in that block's environment, nothing committed.
 //!
 //! As geth does for calls: any nonce is accepted, senders may have code, and a request without
-//! fee fields pays nothing and skips the base fee check. Gas is capped at [`CALL_GAS_CAP`].
+//! fee fields pays nothing and skips the base fee check. Gas is capped at [`CALL_GAS_CAP`], and
+//! time by a [`Deadline`] (geth's `--rpc.evmtimeout`): gas alone lets a cheap loop run for
+//! hundreds of milliseconds, and a batch of such calls for many seconds.
 
 use crate::error::RpcError;
 use alloy_consensus::Header;
@@ -14,13 +16,15 @@ use kestrel_pipeline::evm::{BlockHashes, DbError, StateDb, evm_env};
 use kestrel_storage::{ChainView, StateView, StorageError};
 use kestrel_types::{ChainSpec, state::KECCAK_EMPTY};
 use revm::{
-    Database,
+    Database, Inspector,
     context::{
         TxEnv,
         result::{EVMError, ExecutionResult, HaltReason, InvalidTransaction},
     },
     database::{State, bal::EvmDatabaseError},
+    interpreter::{InstructionResult, Interpreter},
 };
+use std::time::{Duration, Instant};
 
 /// What an EVM over `State<StateDb>` fails with.
 type CallEvmError = EVMError<EvmDatabaseError<DbError>>;
@@ -35,12 +39,77 @@ const CALL_STIPEND: u64 = 2_300;
 /// wasted work since wallets add a margin anyway (geth's `estimateGasErrorRatio`).
 const ESTIMATE_ERROR_RATIO: f64 = 0.015;
 
-/// What a call runs against: the committed head's header and the state after it.
+/// Opcodes run between two readings of the clock: a reading costs about as much as a few dozen
+/// cheap opcodes, and 1,024 of them take microseconds.
+const STEPS_PER_CLOCK_READ: u32 = 1024;
+
+/// What a call runs against: the committed head's header and the state after it, and when it
+/// must stop.
 pub(crate) struct CallContext<'a> {
     pub spec: &'a ChainSpec,
     pub header: &'a Header,
     pub state: &'a dyn StateView,
     pub hashes: &'a dyn BlockHashes,
+    pub deadline: Deadline,
+}
+
+/// When a call (all the runs of an estimate together) must stop.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Deadline {
+    at: Instant,
+    limit: Duration,
+}
+
+impl Deadline {
+    pub fn new(started: Instant, limit: Duration) -> Self {
+        Self {
+            at: started + limit,
+            limit,
+        }
+    }
+}
+
+/// Halts the EVM once the deadline has passed: the running frame, then each frame it returns
+/// to, so the call unwinds at once. The run then reads as out of gas; [`check_deadline`] turns it
+/// into geth's timeout error.
+struct DeadlineInspector {
+    deadline: Deadline,
+    steps: u32,
+    expired: bool,
+}
+
+impl DeadlineInspector {
+    fn new(deadline: Deadline) -> Self {
+        Self {
+            deadline,
+            steps: 0,
+            expired: false,
+        }
+    }
+}
+
+impl<CTX> Inspector<CTX> for DeadlineInspector {
+    fn step(&mut self, interp: &mut Interpreter, _context: &mut CTX) {
+        self.steps = self.steps.wrapping_add(1);
+        if !self.expired && self.steps.is_multiple_of(STEPS_PER_CLOCK_READ) {
+            self.expired = Instant::now() >= self.deadline.at;
+        }
+        if self.expired {
+            interp.halt(InstructionResult::OutOfGas);
+        }
+    }
+}
+
+/// A run's outcome, unless the deadline stopped it.
+fn check_deadline<E, T>(evm: &E, outcome: Result<T, RpcError>) -> Result<T, RpcError>
+where
+    E: Evm<Inspector = DeadlineInspector>,
+{
+    let inspector = evm.inspector();
+    if inspector.expired {
+        return Err(RpcError::ExecutionTimeout(inspector.deadline.limit));
+    }
+    outcome
 }
 
 /// `BLOCKHASH` for calls. They run on the head, whose ancestors are all committed.
@@ -70,8 +139,10 @@ pub(crate) fn call(
             hashes: ctx.hashes,
         })
         .build();
-    let mut evm = EthEvmFactory::default().create_evm(&mut db, env);
-    match execute(&mut evm, tx)? {
+    let inspector = DeadlineInspector::new(ctx.deadline);
+    let mut evm = EthEvmFactory::default().create_evm_with_inspector(&mut db, env, inspector);
+    let outcome = execute(&mut evm, tx);
+    match check_deadline(&evm, outcome)? {
         ExecutionResult::Success { output, .. } => Ok(output.into_data()),
         ExecutionResult::Revert { output, .. } => Err(RpcError::Reverted(output)),
         ExecutionResult::Halt { reason, .. } => Err(RpcError::Execution(halt_message(&reason))),
@@ -121,10 +192,12 @@ pub(crate) fn estimate_gas(
             .is_none_or(|a| a.code_hash == KECCAK_EMPTY),
         _ => false,
     };
-    let mut evm = EthEvmFactory::default().create_evm(&mut db, env);
+    let inspector = DeadlineInspector::new(ctx.deadline);
+    let mut evm = EthEvmFactory::default().create_evm_with_inspector(&mut db, env, inspector);
     let mut run = |gas_limit: u64| {
         tx.gas_limit = gas_limit;
-        execute_with_gas(&mut evm, tx.clone())
+        let outcome = execute_with_gas(&mut evm, tx.clone());
+        check_deadline(&evm, outcome)
     };
     if plain_transfer && run(TX_GAS)?.is_some_and(|r| r.is_success()) {
         return Ok(TX_GAS);
@@ -377,6 +450,15 @@ mod tests {
     }
 
     fn with_ctx<T>(chain: &FakeChain, f: impl FnOnce(&CallContext<'_>) -> T) -> T {
+        with_ctx_for(chain, Duration::from_secs(60), f)
+    }
+
+    /// A context whose calls may run for `limit`.
+    fn with_ctx_for<T>(
+        chain: &FakeChain,
+        limit: Duration,
+        f: impl FnOnce(&CallContext<'_>) -> T,
+    ) -> T {
         let spec = ChainSpec::dev();
         let header = chain.blocks.last().unwrap().header.clone();
         let hashes = ChainHashes(chain);
@@ -385,6 +467,7 @@ mod tests {
             header: &header,
             state: chain,
             hashes: &hashes,
+            deadline: Deadline::new(Instant::now(), limit),
         })
     }
 
@@ -521,6 +604,33 @@ mod tests {
             (floor..=floor + floor * 15 / 1000).contains(&estimate),
             "{estimate}"
         );
+    }
+
+    #[test]
+    fn a_call_past_its_deadline_is_aborted_with_geths_message() {
+        let chain = chain();
+        let limit = Duration::from_millis(20);
+        let started = Instant::now();
+        let err =
+            with_ctx_for(&chain, limit, |ctx| call(ctx, request(CALLER, LOOPER))).unwrap_err();
+        assert_eq!(err.to_string(), "execution aborted (timeout = 20ms)");
+        // The estimate's runs share one deadline.
+        let err = with_ctx_for(&chain, limit, |ctx| {
+            estimate_gas(ctx, request(CALLER, LOOPER))
+        })
+        .unwrap_err();
+        assert!(
+            matches!(err, RpcError::ExecutionTimeout(l) if l == limit),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        // Within its time, the loop runs out of gas as before.
+        let err = with_ctx(&chain, |ctx| call(ctx, request(CALLER, LOOPER))).unwrap_err();
+        assert_eq!(err.to_string(), "out of gas");
     }
 
     #[test]

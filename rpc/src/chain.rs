@@ -10,7 +10,7 @@ use alloy_eips::{BlockId, BlockNumberOrTag, eip4895::Withdrawals};
 use alloy_primitives::{B256, U256};
 use alloy_rlp::Encodable;
 use alloy_rpc_types_eth::{Block, BlockTransactions, Header, Log, Transaction, TransactionReceipt};
-use kestrel_storage::{ChainView, StorageError};
+use kestrel_storage::{ChainView, IndexedReceipt, StorageError};
 use kestrel_types::{BlockNumber, RecoveredTx, SealedBlock};
 use std::sync::Arc;
 
@@ -114,15 +114,41 @@ fn block_size(block: &SealedBlock, withdrawals: Option<&Withdrawals>) -> usize {
     .length()
 }
 
+/// What a transaction's and a receipt's JSON take from their block.
+pub(crate) struct BlockInfo {
+    pub hash: B256,
+    pub number: BlockNumber,
+    pub timestamp: u64,
+    pub base_fee: Option<u64>,
+}
+
+impl BlockInfo {
+    fn new(hash: B256, header: &alloy_consensus::Header) -> Self {
+        Self {
+            hash,
+            number: header.number,
+            timestamp: header.timestamp,
+            base_fee: header.base_fee_per_gas,
+        }
+    }
+
+    fn of(block: &SealedBlock) -> Self {
+        Self::new(block.hash, &block.header)
+    }
+}
+
 /// Transaction `index` of a committed block.
 pub(crate) fn rpc_transaction(block: &SealedBlock, index: usize) -> Transaction {
-    let tx = &block.txs[index];
+    rpc_transaction_at(&block.txs[index], &BlockInfo::of(block), index)
+}
+
+fn rpc_transaction_at(tx: &RecoveredTx, block: &BlockInfo, index: usize) -> Transaction {
     let info = TransactionInfo {
         hash: Some(tx.hash()),
         index: Some(index as u64),
         block_hash: Some(block.hash),
-        block_number: Some(block.number()),
-        base_fee: block.header.base_fee_per_gas,
+        block_number: Some(block.number),
+        base_fee: block.base_fee,
         block_timestamp: None,
     };
     Transaction::from_transaction(Recovered::new_unchecked(tx.tx().clone(), tx.sender()), info)
@@ -141,45 +167,52 @@ pub(crate) fn pending_transaction(tx: &RecoveredTx, next_base_fee: u64) -> Trans
 
 /// The receipts of all of a committed block's transactions.
 pub(crate) fn rpc_receipts(block: &SealedBlock) -> Vec<TransactionReceipt> {
-    let mut first_log_index = 0;
-    (0..block.txs.len())
-        .map(|i| {
-            let receipt = rpc_receipt_at(block, i, first_log_index);
-            first_log_index += block.receipts[i].logs().len() as u64;
-            receipt
-        })
-        .collect()
-}
-
-/// The receipt of transaction `index` of a committed block.
-pub(crate) fn rpc_receipt(block: &SealedBlock, index: usize) -> TransactionReceipt {
-    let first_log_index = block.receipts[..index]
-        .iter()
-        .map(|r| r.logs().len() as u64)
-        .sum();
-    rpc_receipt_at(block, index, first_log_index)
-}
-
-/// `first_log_index`: logs of the block's earlier transactions (log indexes are block-wide).
-fn rpc_receipt_at(block: &SealedBlock, index: usize, first_log_index: u64) -> TransactionReceipt {
     assert_eq!(
         block.txs.len(),
         block.receipts.len(),
         "block {} receipts",
         block.number()
     );
-    let tx = &block.txs[index];
-    let receipt = &block.receipts[index];
-    let cumulative_before = index
-        .checked_sub(1)
-        .map_or(0, |i| block.receipts[i].cumulative_gas_used());
-    let mut log_index = first_log_index;
-    let inner = receipt.clone().map_logs(|inner| {
+    let info = BlockInfo::of(block);
+    let (mut gas_used_before, mut logs_before) = (0, 0);
+    block
+        .txs
+        .iter()
+        .zip(&block.receipts)
+        .enumerate()
+        .map(|(index, (tx, receipt))| {
+            let indexed = IndexedReceipt {
+                receipt: receipt.clone(),
+                gas_used_before,
+                logs_before,
+            };
+            gas_used_before = receipt.cumulative_gas_used();
+            logs_before += receipt.logs().len() as u64;
+            rpc_receipt(tx, indexed, &info, index)
+        })
+        .collect()
+}
+
+/// The receipt of transaction `index` of a block.
+fn rpc_receipt(
+    tx: &RecoveredTx,
+    indexed: IndexedReceipt,
+    block: &BlockInfo,
+    index: usize,
+) -> TransactionReceipt {
+    let IndexedReceipt {
+        receipt,
+        gas_used_before,
+        logs_before,
+    } = indexed;
+    let gas_used = receipt.cumulative_gas_used() - gas_used_before;
+    let mut log_index = logs_before;
+    let inner = receipt.map_logs(|inner| {
         let log = Log {
             inner,
             block_hash: Some(block.hash),
-            block_number: Some(block.number()),
-            block_timestamp: Some(block.header.timestamp),
+            block_number: Some(block.number),
+            block_timestamp: Some(block.timestamp),
             transaction_hash: Some(tx.hash()),
             transaction_index: Some(index as u64),
             log_index: Some(log_index),
@@ -193,9 +226,9 @@ fn rpc_receipt_at(block: &SealedBlock, index: usize, first_log_index: u64) -> Tr
         transaction_hash: tx.hash(),
         transaction_index: Some(index as u64),
         block_hash: Some(block.hash),
-        block_number: Some(block.number()),
-        gas_used: receipt.cumulative_gas_used() - cumulative_before,
-        effective_gas_price: tx.tx().effective_gas_price(block.header.base_fee_per_gas),
+        block_number: Some(block.number),
+        gas_used,
+        effective_gas_price: tx.tx().effective_gas_price(block.base_fee),
         blob_gas_used: None,
         blob_gas_price: None,
         from: tx.sender(),
@@ -204,19 +237,51 @@ fn rpc_receipt_at(block: &SealedBlock, index: usize, first_log_index: u64) -> Tr
     }
 }
 
-/// Where a committed transaction is: its block and index.
-pub(crate) fn find_transaction(
+/// A committed transaction by hash: its block's fields, its index and the transaction, decoded
+/// alone (a lookup must not decode the whole block).
+fn find_transaction(
     chain: &impl ChainView,
     hash: B256,
-) -> Result<Option<(Arc<SealedBlock>, usize)>, RpcError> {
+) -> Result<Option<(BlockInfo, usize, RecoveredTx)>, RpcError> {
     let Some((number, index)) = chain.tx_location(hash)? else {
         return Ok(None);
     };
+    let index = index as usize;
     // One snapshot: the index and the block it points to are written together.
-    let block = chain.block(number)?;
-    let block =
-        block.unwrap_or_else(|| panic!("transaction {hash} indexed in missing block {number}"));
-    Ok(Some((block, index as usize)))
+    let (Some(header), Some(block_hash), Some(tx)) = (
+        chain.header(number)?,
+        chain.block_hash(number)?,
+        chain.transaction(number, index)?,
+    ) else {
+        panic!("transaction {hash} indexed in missing block {number}");
+    };
+    Ok(Some((BlockInfo::new(block_hash, &header), index, tx)))
+}
+
+/// `eth_getTransactionByHash` for committed transactions.
+pub(crate) fn transaction_by_hash(
+    chain: &impl ChainView,
+    hash: B256,
+) -> Result<Option<Transaction>, RpcError> {
+    Ok(find_transaction(chain, hash)?
+        .map(|(block, index, tx)| rpc_transaction_at(&tx, &block, index)))
+}
+
+/// `eth_getTransactionReceipt`: decodes the one transaction and receipt, not the block.
+pub(crate) fn transaction_receipt(
+    chain: &impl ChainView,
+    hash: B256,
+) -> Result<Option<TransactionReceipt>, RpcError> {
+    let Some((block, index, tx)) = find_transaction(chain, hash)? else {
+        return Ok(None);
+    };
+    let indexed = chain.receipt(block.number, index)?.unwrap_or_else(|| {
+        panic!(
+            "transaction {hash} has no receipt in block {}",
+            block.number
+        )
+    });
+    Ok(Some(rpc_receipt(&tx, indexed, &block, index)))
 }
 
 #[cfg(test)]
@@ -345,8 +410,10 @@ mod tests {
         assert_eq!(receipts.len(), 3);
         for (i, r) in receipts.iter().enumerate() {
             assert_eq!(
-                r,
-                &rpc_receipt(block, i),
+                Some(r),
+                transaction_receipt(&chain, block.txs[i].hash())
+                    .unwrap()
+                    .as_ref(),
                 "single and whole-block receipts agree"
             );
             assert_eq!(r.transaction_index, Some(i as u64));

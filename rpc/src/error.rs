@@ -15,6 +15,8 @@ pub const CODE_INVALID_PARAMS: i32 = -32602;
 pub const CODE_INTERNAL: i32 = -32603;
 /// EIP-1474 "limit exceeded": what geth answers when a log query matches too much.
 pub const CODE_LIMIT_EXCEEDED: i32 = -32005;
+/// geth's code for a request that ran out of time (a batch past its execution budget).
+pub const CODE_TIMEOUT: i32 = -32002;
 /// geth's code for a reverted call; `data` carries the revert bytes.
 pub const CODE_EXECUTION_REVERTED: i32 = 3;
 
@@ -24,6 +26,18 @@ pub enum RpcError {
     Bind(#[source] std::io::Error),
     #[error("registering RPC methods: {0}")]
     Register(#[from] jsonrpsee::core::RegisterMethodError),
+    #[error("RPC limits: {0}")]
+    InvalidLimits(String),
+
+    /// The caller's IP address is over its call rate.
+    #[error("rate limit exceeded: at most {0} calls per second per IP address")]
+    RateLimited(u32),
+    /// The call ran out of EVM time (geth's `--rpc.evmtimeout` message).
+    #[error("execution aborted (timeout = {})", go_duration(*.0))]
+    ExecutionTimeout(std::time::Duration),
+    /// The calls of the request (a batch) used up its execution budget before this one started.
+    #[error("request timed out")]
+    RequestTimeout,
 
     /// A state query for a block after the committed head, or an unknown block hash.
     #[error("header not found")]
@@ -68,11 +82,14 @@ impl RpcError {
     pub fn code(&self) -> i32 {
         match self {
             Self::Reverted(_) => CODE_EXECUTION_REVERTED,
-            Self::TooManyLogs => CODE_LIMIT_EXCEEDED,
+            Self::TooManyLogs | Self::RateLimited(_) => CODE_LIMIT_EXCEEDED,
+            Self::RequestTimeout => CODE_TIMEOUT,
             Self::InvalidParams(_) => CODE_INVALID_PARAMS,
-            Self::Storage(_) | Self::Internal(_) | Self::Bind(_) | Self::Register(_) => {
-                CODE_INTERNAL
-            }
+            Self::Storage(_)
+            | Self::Internal(_)
+            | Self::Bind(_)
+            | Self::Register(_)
+            | Self::InvalidLimits(_) => CODE_INTERNAL,
             _ => CODE_SERVER_ERROR,
         }
     }
@@ -85,5 +102,38 @@ impl From<RpcError> for ErrorObjectOwned {
             _ => None,
         };
         ErrorObjectOwned::owned(err.code(), err.to_string(), data)
+    }
+}
+
+/// A duration as Go prints one (`5s`, `1.5s`, `250ms`, `1m30s`), as geth's messages show them.
+pub(crate) fn go_duration(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    match ms {
+        0..1_000 => format!("{ms}ms"),
+        1_000..60_000 => format!("{}s", ms as f64 / 1_000.0),
+        _ => format!("{}m{}s", ms / 60_000, (ms % 60_000) as f64 / 1_000.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_read_as_geth_prints_them() {
+        let cases = [
+            (250, "250ms"),
+            (5_000, "5s"),
+            (1_500, "1.5s"),
+            (90_000, "1m30s"),
+        ];
+        for (ms, text) in cases {
+            assert_eq!(go_duration(Duration::from_millis(ms)), text);
+        }
+        assert_eq!(
+            RpcError::ExecutionTimeout(Duration::from_secs(5)).to_string(),
+            "execution aborted (timeout = 5s)"
+        );
     }
 }

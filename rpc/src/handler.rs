@@ -1,17 +1,21 @@
 //! The methods of [`EthApiServer`] over the node's store, pool and ingress stage.
 //!
-//! Store reads (MDBX read transactions) and EVM runs block, so they run on tokio's blocking pool;
-//! EVM runs and log scans, which can take long, are further limited to
-//! [`EXECUTIONS_CONCURRENT_MAX`] at a time.
+//! Store reads (MDBX read transactions) and EVM runs block, so they run on tokio's blocking pool,
+//! at most [`RpcLimits::db_readers_max`] at once (more wait: MDBX fails a reader past its table).
+//! EVM runs and log scans, which can take long, take an execution slot ([`ExecutionSlots`]: a
+//! bounded, fair share per IP address), and EVM runs stop at their time limit.
 
 use crate::{
-    EXECUTIONS_CONCURRENT_MAX, RpcContext,
+    RpcContext, RpcLimits,
     api::EthApiServer,
-    call::{self, CallContext, ChainHashes},
+    call::{self, CallContext, ChainHashes, Deadline},
     chain::{self, check_state_block},
     error::RpcError,
     fees::{self, SUGGESTED_TIP_WEI},
+    limits::Caller,
     logs,
+    metrics::{self as m, Rejection},
+    slots::{ExecutionBudget, ExecutionPermit, ExecutionSlots},
 };
 use alloy_eips::{BlockId, BlockNumberOrTag};
 use alloy_primitives::{Address, B256, Bytes, U64, U256};
@@ -19,72 +23,131 @@ use alloy_rpc_types_eth::{
     Block, FeeHistory, Filter, Index, Log, SyncStatus, Transaction, TransactionReceipt,
     TransactionRequest,
 };
-use jsonrpsee::core::{RpcResult, async_trait};
+use jsonrpsee::{
+    Extensions,
+    core::{RpcResult, async_trait},
+};
 use kestrel_pipeline::status::ChainStatus;
 use kestrel_storage::{ChainView, Reader, StateView};
 use kestrel_types::{AccountInfo, state::KECCAK_EMPTY};
-use std::sync::Arc;
+use std::{
+    net::{IpAddr, Ipv4Addr},
+    sync::Arc,
+    time::{Duration, Instant},
+};
 use tokio::sync::Semaphore;
 
 pub(crate) struct EthRpc {
     ctx: RpcContext,
-    executions: Arc<Semaphore>,
+    readers: Arc<Semaphore>,
+    executions: Arc<ExecutionSlots>,
+    call_timeout: Duration,
+    batch_execution_budget: Duration,
 }
 
 impl EthRpc {
-    pub fn new(ctx: RpcContext) -> Self {
+    pub fn new(ctx: RpcContext, limits: &RpcLimits) -> Self {
         Self {
             ctx,
-            executions: Arc::new(Semaphore::new(EXECUTIONS_CONCURRENT_MAX)),
+            readers: Arc::new(Semaphore::new(limits.db_readers_max)),
+            executions: ExecutionSlots::new(limits.executions_max, limits.executions_per_ip_max),
+            call_timeout: limits.call_timeout,
+            batch_execution_budget: limits.batch_execution_budget,
         }
     }
 
-    /// Runs `f` over one store snapshot on the blocking pool.
+    /// Runs `f` over one store snapshot on the blocking pool, once a reader is free.
     async fn read<T, F>(&self, f: F) -> Result<T, RpcError>
     where
         T: Send + 'static,
         F: FnOnce(&Reader<'_>) -> Result<T, RpcError> + Send + 'static,
     {
-        let store = self.ctx.store.clone();
-        tokio::task::spawn_blocking(move || store.view(f))
+        let started = Instant::now();
+        let reader = self
+            .readers
+            .clone()
+            .acquire_owned()
             .await
-            .map_err(|err| RpcError::Internal(err.to_string()))??
+            .expect("the readers are never closed");
+        m::db_reader_wait(started.elapsed());
+        let store = self.ctx.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let _reader = reader;
+            store.view(f)
+        })
+        .await
+        .map_err(|err| RpcError::Internal(err.to_string()))??
     }
 
-    /// [`Self::read`] for the long-running requests, at most [`EXECUTIONS_CONCURRENT_MAX`] at once;
-    /// the rest wait their turn.
-    async fn read_heavy<T, F>(&self, f: F) -> Result<T, RpcError>
+    /// Waits for one of the caller's execution slots.
+    async fn execution_slot(&self, caller: &Caller) -> ExecutionPermit {
+        let started = Instant::now();
+        let permit = self.executions.acquire(caller.ip).await;
+        m::execution_wait(started.elapsed());
+        permit
+    }
+
+    /// [`Self::read`] for the long-running requests, in one of the caller's execution slots.
+    async fn read_heavy<T, F>(&self, ext: &Extensions, f: F) -> Result<T, RpcError>
     where
         T: Send + 'static,
         F: FnOnce(&Reader<'_>) -> Result<T, RpcError> + Send + 'static,
     {
-        let _permit = self
-            .executions
-            .acquire()
-            .await
-            .expect("semaphore is never closed");
+        let _permit = self.execution_slot(&self.caller(ext)).await;
         self.read(f).await
     }
 
-    /// Runs `f` with the call context of the head block, once `block` is checked to name it.
-    async fn with_call_context<T, F>(&self, block: Option<BlockId>, f: F) -> Result<T, RpcError>
+    /// Who sent the call: `server` says so on every request. A call made some other way (in
+    /// tests, through the module directly) counts as one anonymous client with a fresh budget.
+    fn caller(&self, ext: &Extensions) -> Caller {
+        ext.get::<Caller>().cloned().unwrap_or_else(|| Caller {
+            ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            budget: ExecutionBudget::new(self.batch_execution_budget),
+        })
+    }
+
+    /// Runs `f` with the call context of the head block, once `block` is checked to name it, in
+    /// one of the caller's execution slots and within its time: [`RpcLimits::call_timeout`], or
+    /// what is left of its request's budget if less.
+    async fn with_call_context<T, F>(
+        &self,
+        ext: &Extensions,
+        block: Option<BlockId>,
+        f: F,
+    ) -> Result<T, RpcError>
     where
         T: Send + 'static,
         F: FnOnce(&CallContext<'_>) -> Result<T, RpcError> + Send + 'static,
     {
+        let caller = self.caller(ext);
+        let _permit = self.execution_slot(&caller).await;
+        let limit = self.call_timeout.min(caller.budget.remaining());
+        if limit.is_zero() {
+            m::rejected(Rejection::BatchTimeout);
+            return Err(RpcError::RequestTimeout);
+        }
         let spec = self.ctx.spec.clone();
-        self.read_heavy(move |reader| {
-            let head = check_state_block(reader, block)?;
-            let header = reader.header(head)?.ok_or(RpcError::HeaderNotFound)?;
-            let hashes = ChainHashes(reader);
-            f(&CallContext {
-                spec: &spec,
-                header: &header,
-                state: reader,
-                hashes: &hashes,
+        let started = Instant::now();
+        let deadline = Deadline::new(started, limit);
+        let result = self
+            .read(move |reader| {
+                let head = check_state_block(reader, block)?;
+                let header = reader.header(head)?.ok_or(RpcError::HeaderNotFound)?;
+                let hashes = ChainHashes(reader);
+                f(&CallContext {
+                    spec: &spec,
+                    header: &header,
+                    state: reader,
+                    hashes: &hashes,
+                    deadline,
+                })
             })
-        })
-        .await
+            .await;
+        caller.budget.spend(started.elapsed());
+        if matches!(result, Err(RpcError::ExecutionTimeout(_))) {
+            m::rejected(Rejection::CallTimeout);
+        }
+        result
     }
 
     /// The base fee of the next block: what ordering will charge, or the head's until ordering
@@ -238,19 +301,25 @@ impl EthApiServer for EthRpc {
         Ok(B256::from(value))
     }
 
-    async fn call(&self, request: TransactionRequest, block: Option<BlockId>) -> RpcResult<Bytes> {
+    async fn call(
+        &self,
+        ext: &Extensions,
+        request: TransactionRequest,
+        block: Option<BlockId>,
+    ) -> RpcResult<Bytes> {
         Ok(self
-            .with_call_context(block, move |ctx| call::call(ctx, request))
+            .with_call_context(ext, block, move |ctx| call::call(ctx, request))
             .await?)
     }
 
     async fn estimate_gas(
         &self,
+        ext: &Extensions,
         request: TransactionRequest,
         block: Option<BlockId>,
     ) -> RpcResult<U64> {
         let gas = self
-            .with_call_context(block, move |ctx| call::estimate_gas(ctx, request))
+            .with_call_context(ext, block, move |ctx| call::estimate_gas(ctx, request))
             .await?;
         Ok(U64::from(gas))
     }
@@ -269,6 +338,7 @@ impl EthApiServer for EthRpc {
 
     async fn fee_history(
         &self,
+        ext: &Extensions,
         block_count: U64,
         newest_block: BlockNumberOrTag,
         reward_percentiles: Option<Vec<f64>>,
@@ -276,7 +346,7 @@ impl EthApiServer for EthRpc {
         let head_base_fee = self.head_base_fee().await?;
         let next_base_fee = self.next_base_fee(head_base_fee);
         let history = self
-            .read_heavy(move |reader| {
+            .read_heavy(ext, move |reader| {
                 fees::fee_history(
                     reader,
                     block_count.to(),
@@ -295,10 +365,7 @@ impl EthApiServer for EthRpc {
 
     async fn transaction_by_hash(&self, hash: B256) -> RpcResult<Option<Transaction>> {
         let committed = self
-            .read(move |reader| {
-                Ok(chain::find_transaction(reader, hash)?
-                    .map(|(b, i)| chain::rpc_transaction(&b, i)))
-            })
+            .read(move |reader| chain::transaction_by_hash(reader, hash))
             .await?;
         if committed.is_some() {
             return Ok(committed);
@@ -315,9 +382,7 @@ impl EthApiServer for EthRpc {
 
     async fn transaction_receipt(&self, hash: B256) -> RpcResult<Option<TransactionReceipt>> {
         let receipt = self
-            .read(move |reader| {
-                Ok(chain::find_transaction(reader, hash)?.map(|(b, i)| chain::rpc_receipt(&b, i)))
-            })
+            .read(move |reader| chain::transaction_receipt(reader, hash))
             .await?;
         Ok(receipt)
     }
@@ -372,9 +437,9 @@ impl EthApiServer for EthRpc {
             .await
     }
 
-    async fn logs(&self, filter: Filter) -> RpcResult<Vec<Log>> {
+    async fn logs(&self, ext: &Extensions, filter: Filter) -> RpcResult<Vec<Log>> {
         Ok(self
-            .read_heavy(move |reader| logs::get_logs(reader, &filter))
+            .read_heavy(ext, move |reader| logs::get_logs(reader, &filter))
             .await?)
     }
 }

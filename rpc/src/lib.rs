@@ -17,20 +17,25 @@ pub mod error;
 mod fees;
 mod handler;
 mod health;
+pub mod limits;
 mod logs;
 mod metrics;
+mod server;
+mod slots;
 
 pub use call::CALL_GAS_CAP;
 pub use error::RpcError;
 pub use fees::{FEE_HISTORY_BLOCKS_MAX, FEE_HISTORY_PERCENTILES_MAX, SUGGESTED_TIP_WEI};
 pub use health::{HEALTH_PATH, STALL_BLOCK_TIMES};
+pub use limits::RpcLimits;
 pub use metrics::describe_metrics;
 
 use api::EthApiServer as _;
 use jsonrpsee::{
-    RpcModule,
+    Methods, RpcModule,
     server::{
         BatchRequestConfig, Server, ServerConfig, ServerHandle, middleware::rpc::RpcServiceBuilder,
+        stop_channel,
     },
 };
 use kestrel_pipeline::{
@@ -46,17 +51,12 @@ pub const ADDR_DEFAULT: SocketAddr =
 pub const REQUEST_BODY_BYTES_MAX: u32 = 16 * 1024 * 1024;
 /// Largest response body sent (a block with full transactions, a batch, a log query).
 pub const RESPONSE_BODY_BYTES_MAX: u32 = 64 * 1024 * 1024;
-/// Most open connections.
-pub const CONNECTIONS_MAX: u32 = 1000;
 /// Most calls in one batch.
 pub const BATCH_LEN_MAX: u32 = 10_000;
 /// Most blocks one `eth_getLogs` scans.
 pub const BLOCK_RANGE_MAX: u64 = 10_000;
 /// Most logs one `eth_getLogs` returns.
 pub const LOGS_MAX: usize = 10_000;
-/// Most EVM runs (`eth_call`, `eth_estimateGas`) and block scans (`eth_getLogs`,
-/// `eth_feeHistory`) in progress at once; more wait. Two cores are shared with the pipeline.
-pub const EXECUTIONS_CONCURRENT_MAX: usize = 4;
 /// Block interval `/health` judges the head's age by, unless the node says otherwise.
 pub const BLOCK_TIME_MS_DEFAULT: u64 = 500;
 
@@ -75,11 +75,12 @@ pub struct RpcConfig {
     pub addr: SocketAddr,
     pub max_request_body_bytes: u32,
     pub max_response_body_bytes: u32,
-    pub max_connections: u32,
     pub max_batch_len: u32,
     /// The node's block interval: `/health` answers 503 once the head is
     /// [`STALL_BLOCK_TIMES`] intervals old.
     pub block_time_ms: u64,
+    /// Connections, request bodies, call rates and execution time (docs/SECURITY.md).
+    pub limits: RpcLimits,
 }
 
 impl Default for RpcConfig {
@@ -88,9 +89,9 @@ impl Default for RpcConfig {
             addr: ADDR_DEFAULT,
             max_request_body_bytes: REQUEST_BODY_BYTES_MAX,
             max_response_body_bytes: RESPONSE_BODY_BYTES_MAX,
-            max_connections: CONNECTIONS_MAX,
             max_batch_len: BATCH_LEN_MAX,
             block_time_ms: BLOCK_TIME_MS_DEFAULT,
+            limits: RpcLimits::default(),
         }
     }
 }
@@ -101,38 +102,57 @@ pub async fn start(
     config: RpcConfig,
     ctx: RpcContext,
 ) -> Result<(SocketAddr, ServerHandle), RpcError> {
+    config.limits.check()?;
+    let limits = Arc::new(config.limits.clone());
     let health = health::HealthLayer {
         status: ctx.status.clone(),
         store: ctx.store.clone(),
         max_age_ms: config.block_time_ms.saturating_mul(STALL_BLOCK_TIMES),
     };
     let mut module = RpcModule::new(());
-    module.merge(handler::EthRpc::new(ctx).into_rpc())?;
+    module.merge(handler::EthRpc::new(ctx, &limits).into_rpc())?;
     let methods: Arc<HashSet<&'static str>> = Arc::new(module.method_names().collect());
+    let module = Methods::from(module);
 
     let server_config = ServerConfig::builder()
         .http_only()
         .max_request_body_size(config.max_request_body_bytes)
         .max_response_body_size(config.max_response_body_bytes)
-        .max_connections(config.max_connections)
+        // Connections are admitted by `server`; with HTTP/1 each has at most one request in
+        // flight, so this bound (jsonrpsee's, on requests in flight) is never the one that bites.
+        .max_connections(limits.connections_max)
         .set_batch_request_config(BatchRequestConfig::Limit(config.max_batch_len))
         .build();
     let max_response_body_bytes = config.max_response_body_bytes as usize;
-    let rpc_middleware = RpcServiceBuilder::new().layer_fn(move |inner| metrics::RpcMetrics {
-        inner,
-        methods: methods.clone(),
-        max_response_body_bytes,
-    });
-    let server = Server::builder()
+    let rate = Arc::new(limits::RateLimiter::new(limits.calls_per_s_per_ip));
+    let rpc_middleware = RpcServiceBuilder::new()
+        .layer_fn(move |inner| metrics::RpcMetrics {
+            inner,
+            methods: methods.clone(),
+            max_response_body_bytes,
+        })
+        .layer_fn(move |inner| limits::RateLimit {
+            inner,
+            limiter: rate.clone(),
+        });
+    let service = Server::builder()
         .set_config(server_config)
         .set_rpc_middleware(rpc_middleware)
         .set_http_middleware(tower::ServiceBuilder::new().layer(health))
-        .build(config.addr)
-        .await
-        .map_err(RpcError::Bind)?;
-    let addr = server.local_addr().map_err(RpcError::Bind)?;
+        .to_service_builder();
+    let listener = server::listen(config.addr).map_err(RpcError::Bind)?;
+    let addr = listener.local_addr().map_err(RpcError::Bind)?;
+    let (stop, handle) = stop_channel();
+    let body = server::BodyLimits::new(config.max_request_body_bytes, &limits);
+    metrics::init_limit_metrics();
+    tokio::spawn(server::serve(
+        listener,
+        move |stop| service.clone().build(module.clone(), stop),
+        server::Shared::new(&limits, body),
+        stop,
+    ));
     tracing::info!(target: "rpc::server", %addr, "JSON-RPC server listening");
-    Ok((addr, server.start(module)))
+    Ok((addr, handle))
 }
 
 #[cfg(test)]

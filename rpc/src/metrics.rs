@@ -1,20 +1,34 @@
 //! Per-method request metrics, and geth's answer to unknown methods, as a jsonrpsee RPC
 //! middleware. It sees every call, including each call of a batch.
 
-use futures_util::future::{Either, join_all, ready};
+use futures_util::{
+    FutureExt as _, StreamExt as _,
+    future::{Either, ready},
+    stream::FuturesUnordered,
+};
 use jsonrpsee::{
     core::{
         middleware::{Batch, BatchEntry, Notification, RpcServiceT},
         server::{BatchResponseBuilder, MethodResponse},
     },
-    types::{ErrorObject, Request, error::METHOD_NOT_FOUND_CODE},
+    types::{
+        ErrorObject, Id, Request,
+        error::{METHOD_NOT_FOUND_CODE, reject_too_big_batch_response},
+    },
 };
-use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
 use std::{collections::HashSet, future::Future, sync::Arc, time::Instant};
 
 pub const REQUEST_DURATION_SECONDS: &str = "kestrel_rpc_request_duration_seconds";
 pub const REQUESTS_TOTAL: &str = "kestrel_rpc_requests_total";
 pub const ERRORS_TOTAL: &str = "kestrel_rpc_errors_total";
+pub const REJECTED_TOTAL: &str = "kestrel_rpc_rejected_total";
+pub const OPEN_CONNECTIONS: &str = "kestrel_rpc_open_connections";
+pub const BODY_BUDGET_USED_BYTES: &str = "kestrel_rpc_body_budget_used_bytes";
+pub const EXECUTION_WAIT_SECONDS: &str = "kestrel_rpc_execution_wait_seconds";
+pub const DB_READER_WAIT_SECONDS: &str = "kestrel_rpc_db_reader_wait_seconds";
 /// The `method` label of calls to methods the server does not have: labels stay bounded
 /// whatever names clients send.
 const UNKNOWN_METHOD: &str = "unknown";
@@ -31,6 +45,103 @@ pub fn describe_metrics() {
         ERRORS_TOTAL,
         "JSON-RPC calls answered with an error, by method and code"
     );
+    describe_counter!(
+        REJECTED_TOTAL,
+        "Connections, requests and calls refused or cut short by an RPC limit, by reason"
+    );
+    describe_gauge!(OPEN_CONNECTIONS, "Open JSON-RPC (HTTP) connections");
+    describe_gauge!(
+        BODY_BUDGET_USED_BYTES,
+        Unit::Bytes,
+        "Bytes of request bodies held, of the request body memory budget"
+    );
+    describe_histogram!(
+        EXECUTION_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time a call waited for an execution slot (eth_call, eth_estimateGas, eth_getLogs, eth_feeHistory)"
+    );
+    describe_histogram!(
+        DB_READER_WAIT_SECONDS,
+        Unit::Seconds,
+        "Time a call waited for a database read transaction"
+    );
+}
+
+/// The limits that refuse or cut short (`kestrel_rpc_rejected_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rejection {
+    Connections,
+    ConnectionsPerIp,
+    HeaderTimeout,
+    BodyTimeout,
+    BodyTooLarge,
+    BodyBudget,
+    BodyBudgetPerIp,
+    BodyRead,
+    Rate,
+    CallTimeout,
+    BatchTimeout,
+}
+
+impl Rejection {
+    const ALL: [Self; 11] = [
+        Self::Connections,
+        Self::ConnectionsPerIp,
+        Self::HeaderTimeout,
+        Self::BodyTimeout,
+        Self::BodyTooLarge,
+        Self::BodyBudget,
+        Self::BodyBudgetPerIp,
+        Self::BodyRead,
+        Self::Rate,
+        Self::CallTimeout,
+        Self::BatchTimeout,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Connections => "connections",
+            Self::ConnectionsPerIp => "connections_per_ip",
+            Self::HeaderTimeout => "header_timeout",
+            Self::BodyTimeout => "body_timeout",
+            Self::BodyTooLarge => "body_too_large",
+            Self::BodyBudget => "body_budget",
+            Self::BodyBudgetPerIp => "body_budget_per_ip",
+            Self::BodyRead => "body_read",
+            Self::Rate => "rate",
+            Self::CallTimeout => "call_timeout",
+            Self::BatchTimeout => "batch_timeout",
+        }
+    }
+}
+
+pub(crate) fn rejected(reason: Rejection) {
+    counter!(REJECTED_TOTAL, "reason" => reason.label()).increment(1);
+}
+
+/// Creates every limit's series at zero, so that dashboards and `rate()` see them before the
+/// first attack does.
+pub(crate) fn init_limit_metrics() {
+    for reason in Rejection::ALL {
+        counter!(REJECTED_TOTAL, "reason" => reason.label()).increment(0);
+    }
+    set_open_connections(0);
+}
+
+pub(crate) fn set_open_connections(open: u32) {
+    gauge!(OPEN_CONNECTIONS).set(open);
+}
+
+pub(crate) fn set_body_budget_used(bytes: u64) {
+    gauge!(BODY_BUDGET_USED_BYTES).set(bytes as f64);
+}
+
+pub(crate) fn execution_wait(waited: std::time::Duration) {
+    histogram!(EXECUTION_WAIT_SECONDS).record(waited.as_secs_f64());
+}
+
+pub(crate) fn db_reader_wait(waited: std::time::Duration) {
+    histogram!(DB_READER_WAIT_SECONDS).record(waited.as_secs_f64());
 }
 
 /// The middleware: wraps jsonrpsee's RPC service of one connection.
@@ -97,9 +208,28 @@ where
                     }
                 }
             }
-            let mut responses =
-                BatchResponseBuilder::new_with_limit(service.max_response_body_bytes);
-            for response in join_all(calls).await {
+            // Answers as they complete, given up as soon as they outgrow the response limit: a
+            // batch of 2,000 large answers (receipts of a whole block each) must not all be held
+            // before the limit is checked.
+            let limit = service.max_response_body_bytes;
+            let mut answers: Vec<Option<MethodResponse>> = Vec::new();
+            answers.resize_with(calls.len(), || None);
+            let mut pending: FuturesUnordered<_> = calls
+                .into_iter()
+                .enumerate()
+                .map(|(i, call)| call.map(move |response| (i, response)))
+                .collect();
+            let mut answered_bytes = 0;
+            while let Some((i, response)) = pending.next().await {
+                // Each answer and its separator, as the builder counts them.
+                answered_bytes += response.as_json().get().len() + 1;
+                if answered_bytes > limit {
+                    return MethodResponse::error(Id::Null, reject_too_big_batch_response(limit));
+                }
+                answers[i] = Some(response);
+            }
+            let mut responses = BatchResponseBuilder::new_with_limit(limit);
+            for response in answers.into_iter().flatten() {
                 if let Err(too_big) = responses.append(response) {
                     return too_big;
                 }

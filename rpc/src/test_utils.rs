@@ -120,6 +120,12 @@ impl StateView for FakeChain {
     fn code(&self, code_hash: B256) -> Result<Option<Bytes>, StorageError> {
         Ok(self.codes.get(&code_hash).cloned())
     }
+    fn has_storage(&self, address: Address) -> Result<bool, StorageError> {
+        Ok(self
+            .storage
+            .iter()
+            .any(|((owner, _), value)| *owner == address && !value.is_zero()))
+    }
 }
 
 impl ChainView for FakeChain {

@@ -9,7 +9,7 @@ use kestrel_pipeline::{
     state::LatestState,
     status::ChainStatus,
 };
-use kestrel_rpc::{RpcConfig, RpcContext};
+use kestrel_rpc::{RpcConfig, RpcContext, RpcLimits};
 use kestrel_storage::{Overlay, Store};
 use kestrel_types::{ChainSpec, chain::dev_accounts};
 use serde_json::{Value, json};
@@ -26,6 +26,10 @@ struct Node {
 }
 
 async fn start() -> Node {
+    start_with(RpcLimits::default()).await
+}
+
+async fn start_with(limits: RpcLimits) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let spec = Arc::new(ChainSpec::dev());
     let store = Arc::new(Store::open(dir.path()).unwrap());
@@ -51,6 +55,7 @@ async fn start() -> Node {
     };
     let config = RpcConfig {
         addr: "127.0.0.1:0".parse().unwrap(),
+        limits,
         ..RpcConfig::default()
     };
     let (addr, server) = kestrel_rpc::start(config, ctx).await.unwrap();
@@ -297,4 +302,35 @@ async fn json_rpc_envelopes_are_geths() {
 
     let out = post(node.addr, "[]".into()).await;
     assert_eq!(out["error"]["code"], -32600, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_over_the_ip_rate_are_refused_each_with_an_error() {
+    let node = start_with(RpcLimits {
+        calls_per_s_per_ip: 5,
+        ..RpcLimits::default()
+    })
+    .await;
+    let batch: Vec<Value> = (0..8)
+        .map(|id| json!({"jsonrpc": "2.0", "id": id, "method": "eth_chainId", "params": []}))
+        .collect();
+    let answers = post(node.addr, Value::Array(batch).to_string()).await;
+    let answers = answers.as_array().unwrap();
+    assert_eq!(answers.len(), 8);
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|a| a.get("error").is_some())
+        .collect();
+    // A burst of one second's worth, then nothing until the bucket refills.
+    assert_eq!(refused.len(), 3, "{answers:?}");
+    assert_eq!(
+        error(refused[0]),
+        (
+            -32005,
+            "rate limit exceeded: at most 5 calls per second per IP address".into()
+        )
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(450)).await;
+    let out = rpc(&node, "eth_chainId", json!([])).await;
+    assert_eq!(out["result"], "0x539", "refilled: {out}");
 }

@@ -350,6 +350,109 @@ pub(crate) fn decode_receipts(
     Ok(receipts)
 }
 
+/// The one transaction at `index` of an encoded body, decoding none of the others (`None` past
+/// the end): a receipt lookup must not cost a whole block's decoding.
+pub(crate) fn decode_body_tx(
+    table: &'static str,
+    bytes: &[u8],
+    index: usize,
+) -> Result<Option<RecoveredTx>, StorageError> {
+    let mut rest = bytes;
+    let mut at = 0;
+    while !rest.is_empty() {
+        if rest.len() < 20 {
+            return Err(corrupt(table, "truncated sender"));
+        }
+        let (sender, tail) = rest.split_at(20);
+        let (raw, tail) = split_framed(table, tail)?;
+        if at == index {
+            let tx = RecoveredTx::decode(raw).map_err(|e| corrupt(table, e.to_string()))?;
+            return Ok(Some(RecoveredTx::new_unchecked(
+                tx,
+                Address::from_slice(sender),
+            )));
+        }
+        at += 1;
+        rest = tail;
+    }
+    Ok(None)
+}
+
+/// A receipt of a block and what its JSON-RPC form needs from the block's earlier receipts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedReceipt {
+    pub receipt: ReceiptEnvelope,
+    /// Cumulative gas of the block's earlier transactions (the receipt's own gas is the
+    /// difference).
+    pub gas_used_before: u64,
+    /// Logs of the block's earlier transactions: log indexes are block-wide.
+    pub logs_before: u64,
+}
+
+/// The receipt at `index` of an encoded receipt list, decoding only that one: the earlier ones
+/// are only walked for their cumulative gas and log counts (`None` past the end).
+pub(crate) fn decode_indexed_receipt(
+    table: &'static str,
+    bytes: &[u8],
+    index: usize,
+) -> Result<Option<IndexedReceipt>, StorageError> {
+    let mut rest = bytes;
+    let (mut gas_used_before, mut logs_before) = (0, 0);
+    for _ in 0..index {
+        if rest.is_empty() {
+            return Ok(None);
+        }
+        let (raw, tail) = split_framed(table, rest)?;
+        let (gas, logs) = receipt_gas_and_logs(raw).map_err(|e| corrupt(table, e.to_string()))?;
+        gas_used_before = gas;
+        logs_before += logs;
+        rest = tail;
+    }
+    if rest.is_empty() {
+        return Ok(None);
+    }
+    let (mut raw, _) = split_framed(table, rest)?;
+    let receipt =
+        ReceiptEnvelope::decode_2718(&mut raw).map_err(|e| corrupt(table, e.to_string()))?;
+    if !raw.is_empty() {
+        return Err(corrupt(table, "trailing bytes after receipt"));
+    }
+    Ok(Some(IndexedReceipt {
+        receipt,
+        gas_used_before,
+        logs_before,
+    }))
+}
+
+/// The cumulative gas and log count of an EIP-2718 receipt, read off its RLP
+/// (`[type] rlp([status, cumulative gas, bloom, [log, ...]])`) without building it.
+fn receipt_gas_and_logs(raw: &[u8]) -> alloy_rlp::Result<(u64, u64)> {
+    use alloy_rlp::{Decodable, Header};
+    let mut buf = raw;
+    // A typed receipt starts with its type byte; an RLP list starts at 0xc0.
+    if buf.first().is_some_and(|b| *b < 0x7f) {
+        buf = &buf[1..];
+    }
+    let mut fields = Header::decode_bytes(&mut buf, true)?;
+    // `Header::decode` checks that the payload is there (and leaves a single byte, its own
+    // payload, in place).
+    let skip = |buf: &mut &[u8]| -> alloy_rlp::Result<()> {
+        let header = Header::decode(buf)?;
+        *buf = &buf[header.payload_length..];
+        Ok(())
+    };
+    skip(&mut fields)?; // status
+    let gas = u64::decode(&mut fields)?;
+    skip(&mut fields)?; // bloom
+    let mut logs = Header::decode_bytes(&mut fields, true)?;
+    let mut count = 0;
+    while !logs.is_empty() {
+        skip(&mut logs)?;
+        count += 1;
+    }
+    Ok((gas, count))
+}
+
 fn split_framed<'a>(
     table: &'static str,
     bytes: &'a [u8],

@@ -15,6 +15,7 @@ mod trie;
 #[cfg(test)]
 mod tests;
 
+pub use codec::IndexedReceipt;
 pub use error::StorageError;
 pub use genesis::{genesis_changes, genesis_header, state_root_from_alloc};
 pub use overlay::{Layer, Overlay, OverlayView};
@@ -28,7 +29,7 @@ use alloy_consensus::{Header, ReceiptEnvelope};
 use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
 use alloy_rlp::{Decodable, Encodable};
 use alloy_trie::EMPTY_ROOT_HASH;
-use kestrel_types::{AccountInfo, BlockNumber, ChainSpec, SealedBlock, StateChanges};
+use kestrel_types::{AccountInfo, BlockNumber, ChainSpec, RecoveredTx, SealedBlock, StateChanges};
 use libmdbx::{
     Database, DatabaseOptions, Mode, RO, RW, ReadWriteOptions, SyncMode, Table, Transaction,
     TransactionKind, WriteFlags,
@@ -43,6 +44,9 @@ pub trait StateView: Sync {
     /// Zero when the slot is unset.
     fn storage(&self, address: Address, slot: U256) -> Result<U256, StorageError>;
     fn code(&self, code_hash: B256) -> Result<Option<Bytes>, StorageError>;
+    /// Whether any slot of `address` is set. EIP-7610 asks it of a contract creation's target
+    /// address; only creations ask, so it may cost a seek.
+    fn has_storage(&self, address: Address) -> Result<bool, StorageError>;
 }
 
 /// Reads of committed blocks.
@@ -58,6 +62,35 @@ pub trait ChainView {
     fn receipts(&self, number: BlockNumber) -> Result<Option<Vec<ReceiptEnvelope>>, StorageError>;
     /// Block number and index of a committed transaction.
     fn tx_location(&self, hash: B256) -> Result<Option<(BlockNumber, u32)>, StorageError>;
+    /// Transaction `index` of block `number`. The store decodes only that transaction (unless
+    /// the block is cached): one lookup must not cost a whole block.
+    fn transaction(
+        &self,
+        number: BlockNumber,
+        index: usize,
+    ) -> Result<Option<RecoveredTx>, StorageError> {
+        Ok(self.block(number)?.and_then(|b| b.txs.get(index).cloned()))
+    }
+    /// Receipt `index` of block `number`, with the gas and logs before it. The store decodes
+    /// only that receipt (unless the block is cached).
+    fn receipt(
+        &self,
+        number: BlockNumber,
+        index: usize,
+    ) -> Result<Option<IndexedReceipt>, StorageError> {
+        Ok(self.block(number)?.and_then(|b| indexed_receipt(&b, index)))
+    }
+}
+
+/// Receipt `index` of a decoded block.
+fn indexed_receipt(block: &SealedBlock, index: usize) -> Option<IndexedReceipt> {
+    let receipt = block.receipts.get(index)?.clone();
+    let before = &block.receipts[..index];
+    Some(IndexedReceipt {
+        receipt,
+        gas_used_before: before.last().map_or(0, |r| r.cumulative_gas_used()),
+        logs_before: before.iter().map(|r| r.logs().len() as u64).sum(),
+    })
 }
 
 /// Largest database file: far above what a node needs, and only address space until used.
@@ -65,8 +98,9 @@ const DB_SIZE_MAX_BYTES: isize = 4 << 40;
 /// Step by which the file grows (it shrinks when twice this is free at its end): large enough
 /// that a block rarely remaps the file, small enough for test databases.
 const DB_GROWTH_STEP_BYTES: isize = 128 << 20;
-/// Concurrent read snapshots (RPC handlers, execution, state root).
-const READERS_MAX: u32 = 256;
+/// Concurrent read snapshots (RPC handlers, execution, state root). A reader past this fails
+/// (`MDBX_READERS_FULL`), so RPC bounds its own readers below it.
+pub const READERS_MAX: u32 = 256;
 /// Tables and the slack MDBX needs to open them.
 const TABLES_MAX: u64 = 32;
 
@@ -286,6 +320,13 @@ impl StateView for Reader<'_> {
             .get::<Cow<'_, [u8]>>(&self.tables.bytecodes, code_hash)?
             .map(|code| Bytes::copy_from_slice(&code)))
     }
+
+    fn has_storage(&self, address: Address) -> Result<bool, StorageError> {
+        // Plain slot keys start with the address, and zero values are deleted, not stored.
+        let mut cursor = self.txn.cursor(&self.tables.plain_storage)?;
+        let first = cursor.set_range::<Cow<'_, [u8]>, ()>(address.as_slice())?;
+        Ok(first.is_some_and(|(key, ())| key.starts_with(address.as_slice())))
+    }
 }
 
 impl ChainView for Reader<'_> {
@@ -362,6 +403,36 @@ impl ChainView for Reader<'_> {
             .get::<Cow<'_, [u8]>>(&self.tables.tx_locations, hash)?
             .map(|bytes| codec::decode_tx_location(tables::TX_LOCATIONS, &bytes))
             .transpose()
+    }
+
+    fn transaction(
+        &self,
+        number: BlockNumber,
+        index: usize,
+    ) -> Result<Option<RecoveredTx>, StorageError> {
+        if let Some(block) = self.blocks.get(number) {
+            return Ok(block.txs.get(index).cloned());
+        }
+        self.txn
+            .get::<Cow<'_, [u8]>>(&self.tables.bodies, number.to_be_bytes())?
+            .map(|bytes| codec::decode_body_tx(tables::BODIES, &bytes, index))
+            .transpose()
+            .map(Option::flatten)
+    }
+
+    fn receipt(
+        &self,
+        number: BlockNumber,
+        index: usize,
+    ) -> Result<Option<IndexedReceipt>, StorageError> {
+        if let Some(block) = self.blocks.get(number) {
+            return Ok(indexed_receipt(&block, index));
+        }
+        self.txn
+            .get::<Cow<'_, [u8]>>(&self.tables.receipts, number.to_be_bytes())?
+            .map(|bytes| codec::decode_indexed_receipt(tables::RECEIPTS, &bytes, index))
+            .transpose()
+            .map(Option::flatten)
     }
 }
 

@@ -123,4 +123,24 @@ impl<V: StateView> StateView for OverlayView<'_, V> {
         }
         self.base.code(code_hash)
     }
+
+    fn has_storage(&self, address: Address) -> Result<bool, StorageError> {
+        // Slots set to zero by a newer layer are not subtracted from the older layers' and the
+        // base's: exact for the accounts EIP-7610 asks about (no code, nonce 0), whose storage
+        // no transaction can change, and a contract's creation collides on its code anyway.
+        for layer in self.layers.iter().rev() {
+            if layer.accounts.get(&address) == Some(&None) {
+                return Ok(false);
+            }
+            if let Some(change) = layer.storage.get(&address) {
+                if change.slots.values().any(|value| !value.is_zero()) {
+                    return Ok(true);
+                }
+                if change.wiped {
+                    return Ok(false);
+                }
+            }
+        }
+        self.base.has_storage(address)
+    }
 }

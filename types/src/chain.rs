@@ -3,7 +3,7 @@
 
 use crate::state::{AccountInfo, KECCAK_EMPTY};
 use alloy_genesis::Genesis;
-use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
+use alloy_primitives::{Address, B64, B256, Bytes, U64, U256, keccak256};
 use std::{collections::BTreeMap, path::Path};
 
 /// Default block gas limit of a Kestrel chain.
@@ -57,6 +57,54 @@ pub struct GenesisAlloc {
     pub storage: BTreeMap<U256, U256>,
 }
 
+/// The genesis block's header fields that a genesis file sets: every field of geth's `Genesis`
+/// that reaches its block 0, plus `parentBeaconBlockRoot`. The rest of the header (roots, gas
+/// limit, requests hash) follows from the chain spec, so two clients given the same file build
+/// the same block 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenesisHeader {
+    pub timestamp: u64,
+    pub base_fee: u64,
+    pub extra_data: Bytes,
+    pub coinbase: Address,
+    pub parent_hash: B256,
+    pub mix_hash: B256,
+    pub nonce: B64,
+    pub difficulty: U256,
+    pub gas_used: u64,
+    pub blob_gas_used: u64,
+    pub excess_blob_gas: u64,
+    pub parent_beacon_block_root: B256,
+}
+
+impl Default for GenesisHeader {
+    /// What geth gives a genesis file that sets none of them, but for the base fee (1 gwei).
+    fn default() -> Self {
+        Self {
+            timestamp: 0,
+            base_fee: GENESIS_BASE_FEE,
+            extra_data: Bytes::new(),
+            coinbase: Address::ZERO,
+            parent_hash: B256::ZERO,
+            mix_hash: B256::ZERO,
+            nonce: B64::ZERO,
+            difficulty: U256::ZERO,
+            gas_used: 0,
+            blob_gas_used: 0,
+            excess_blob_gas: 0,
+            parent_beacon_block_root: B256::ZERO,
+        }
+    }
+}
+
+/// The genesis-file keys geth reads that alloy's `Genesis` does not carry.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct GenesisFileExtra {
+    gas_used: Option<U64>,
+    parent_beacon_block_root: Option<B256>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChainSpec {
     pub chain_id: u64,
@@ -65,10 +113,7 @@ pub struct ChainSpec {
     /// Activation timestamp of Prague.
     pub prague_time: Option<u64>,
     pub gas_limit: u64,
-    pub genesis_timestamp: u64,
-    pub genesis_base_fee: u64,
-    pub genesis_extra_data: Bytes,
-    pub genesis_coinbase: Address,
+    pub genesis: GenesisHeader,
     pub alloc: BTreeMap<Address, GenesisAlloc>,
 }
 
@@ -92,17 +137,14 @@ impl ChainSpec {
             cancun_time: Some(0),
             prague_time: Some(0),
             gas_limit: GAS_LIMIT_DEFAULT,
-            genesis_timestamp: 0,
-            genesis_base_fee: GENESIS_BASE_FEE,
-            genesis_extra_data: Bytes::new(),
-            genesis_coinbase: Address::ZERO,
+            genesis: GenesisHeader::default(),
             alloc,
         }
     }
 
-    /// Reads a geth-style genesis JSON (`config.chainId`, `alloc`, `gasLimit`, `timestamp`,
-    /// `baseFeePerGas`, `cancunTime`, `pragueTime`). Without fork times, Prague is active from
-    /// genesis.
+    /// Reads a geth-style genesis JSON (`config.chainId`, `cancunTime`, `pragueTime`, `alloc`,
+    /// `gasLimit` and every header field of [`GenesisHeader`]). Without fork times, Prague is
+    /// active from genesis.
     pub fn from_genesis_file(path: &Path) -> Result<Self, GenesisError> {
         let text = std::fs::read_to_string(path).map_err(|source| GenesisError::Io {
             path: path.display().to_string(),
@@ -118,8 +160,16 @@ impl ChainSpec {
         if value.pointer("/config/chainId").is_none() {
             return Err(GenesisError::Config("config.chainId must be set".into()));
         }
+        let extra: GenesisFileExtra = serde_json::from_value(value.clone())?;
         let genesis: Genesis = serde_json::from_value(value)?;
-        Self::from_genesis(genesis)
+        let mut spec = Self::from_genesis(genesis)?;
+        if let Some(gas_used) = extra.gas_used {
+            spec.genesis.gas_used = gas_used.to();
+        }
+        if let Some(root) = extra.parent_beacon_block_root {
+            spec.genesis.parent_beacon_block_root = root;
+        }
+        Ok(spec)
     }
 
     pub fn from_genesis(genesis: Genesis) -> Result<Self, GenesisError> {
@@ -142,6 +192,17 @@ impl ChainSpec {
                     .into(),
             ));
         }
+        // Kestrel's chain starts at block 0: its store, sync and RPC count from there.
+        if genesis.number.is_some_and(|n| n != 0) {
+            return Err(GenesisError::Config(
+                "number: Kestrel's genesis is block 0".into(),
+            ));
+        }
+        let base_fee = match genesis.base_fee_per_gas {
+            None => GENESIS_BASE_FEE,
+            Some(fee) => u64::try_from(fee)
+                .map_err(|_| GenesisError::Config("baseFeePerGas above 2^64 - 1".into()))?,
+        };
         let gas_limit = if genesis.gas_limit == 0 {
             GAS_LIMIT_DEFAULT
         } else {
@@ -179,14 +240,34 @@ impl ChainSpec {
             cancun_time,
             prague_time,
             gas_limit,
-            genesis_timestamp: genesis.timestamp,
-            genesis_base_fee: genesis
-                .base_fee_per_gas
-                .map_or(GENESIS_BASE_FEE, |b| b as u64),
-            genesis_extra_data: genesis.extra_data,
-            genesis_coinbase: genesis.coinbase,
+            genesis: GenesisHeader {
+                timestamp: genesis.timestamp,
+                base_fee,
+                extra_data: genesis.extra_data,
+                coinbase: genesis.coinbase,
+                parent_hash: genesis.parent_hash.unwrap_or_default(),
+                mix_hash: genesis.mix_hash,
+                nonce: B64::from(genesis.nonce),
+                difficulty: genesis.difficulty,
+                gas_used: 0,
+                blob_gas_used: genesis.blob_gas_used.unwrap_or(0),
+                excess_blob_gas: genesis.excess_blob_gas.unwrap_or(0),
+                parent_beacon_block_root: B256::ZERO,
+            },
             alloc,
         })
+    }
+
+    /// The allocation's accounts with storage but no code and nonce 0, in address order.
+    /// Creating a contract at one collides (EIP-7610), and no transaction can make another: an
+    /// account gets storage by running code, which needs code or a delegation (a nonce).
+    pub fn storage_only_accounts(&self) -> impl Iterator<Item = Address> + '_ {
+        self.alloc
+            .iter()
+            .filter(|(_, account)| {
+                account.code.is_none() && account.info.nonce == 0 && !account.storage.is_empty()
+            })
+            .map(|(address, _)| *address)
     }
 
     /// The fork in force for a block with this timestamp.

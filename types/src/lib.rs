@@ -8,7 +8,7 @@ pub mod state;
 pub mod tx;
 
 pub use block::{ExecutedBlock, ExecutionResult, Proposal, SealedBlock};
-pub use chain::{ChainSpec, Fork, GenesisError};
+pub use chain::{ChainSpec, Fork, GenesisError, GenesisHeader};
 pub use state::{AccountInfo, StateChanges, StorageChange};
 pub use tx::{RecoveredTx, TxError};
 

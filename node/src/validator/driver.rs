@@ -1104,8 +1104,7 @@ fn verify_chain(
 }
 
 fn fatal(what: &str) -> ! {
-    tracing::error!(target: "node::validator", "{what}; stopping");
-    std::process::exit(1);
+    crate::fatal::stop("validator", what)
 }
 
 #[cfg(test)]

@@ -45,6 +45,8 @@ pub enum PoolError {
     SenderLimit,
     #[error("node is busy: ingress queue full")]
     Busy,
+    #[error("node is low on disk space: not accepting transactions")]
+    DiskLow,
     #[error("node is shutting down")]
     ShuttingDown,
     #[error("internal error: {0}")]

@@ -214,6 +214,10 @@ impl IngressStage {
     }
 
     fn recover(&self, raw: &[u8], now_secs: u64, base_fee: u64) -> Result<RecoveredTx, PoolError> {
+        // Refused before the database write fails: the blocks already ordered still commit.
+        if self.status.disk_low() {
+            return Err(PoolError::DiskLow);
+        }
         if raw.len() > super::TX_SIZE_MAX {
             return Err(PoolError::Oversized);
         }
@@ -236,6 +240,7 @@ fn reason_label(err: &PoolError) -> &'static str {
         PoolError::PoolFull => "pool_full",
         PoolError::Busy => "busy",
         PoolError::EmptyAuthList => "empty_auth_list",
+        PoolError::DiskLow => "disk_low",
         _ => "invalid",
     }
 }

@@ -15,6 +15,7 @@ use super::{
     scheduler::Padded,
 };
 use crate::{
+    deposits,
     evm::{BlockHashes, DbError, Hardforks, StateDb, bundle_to_changes, revm_account},
     executor::{BlockInput, BlockOutput, ExecError, fatal_or_block},
 };
@@ -196,6 +197,9 @@ pub(super) fn from_memory(
     }
     // Exact from here on.
     metrics::counter!("kestrel_execution_relaxed_merges_total").increment(relaxed_merges);
+    if f.forks.is_prague_active_at_timestamp(f.header.timestamp) {
+        deposits::check_layouts(&executor.receipts)?;
+    }
     executor.evm_mut().db_mut().database.finals = true;
     let (evm, result) = executor.finish().map_err(fatal_or_block)?;
     let (db, _env) = evm.finish();

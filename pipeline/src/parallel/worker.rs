@@ -138,6 +138,9 @@ impl WorkerDb<'_, '_> {
 
 /// The account at `address` before the block's transactions.
 fn base_account(shared: &Shared<'_>, address: Address) -> Result<Option<AccountInfo>, Speculation> {
+    if shared.storage_only.binary_search(&address).is_ok() {
+        return Err(Speculation::Failed);
+    }
     match shared.pre.get(&Loc::Basic(address)) {
         Some(Val::Basic(info)) => Ok(*info),
         Some(Val::Storage(_)) => unreachable!("account locations hold account values"),
