@@ -6,6 +6,7 @@ use crate::{state::LatestState, status::ChainStatus};
 use alloy_primitives::{B256, Bytes};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use kestrel_types::RecoveredTx;
+use parking_lot::{Condvar, Mutex};
 use std::{
     sync::Arc,
     thread,
@@ -46,6 +47,83 @@ impl IngressHandle {
     }
 }
 
+/// Batches reach the pool in the order they were taken from the queue. Sender recovery runs on
+/// every worker at once, but a client's transactions split across two workers' batches must not
+/// be admitted out of order: the later nonces would wait behind a gap, and at the sender's limit
+/// the gap-filling nonce would evict them although they were accepted.
+#[derive(Default)]
+struct Turns {
+    /// Batches taken from the queue; held while taking one, so numbers follow queue order.
+    taken: Mutex<u64>,
+    /// Batches admitted to the pool.
+    admitted: Mutex<u64>,
+    turn: Condvar,
+}
+
+/// A taken batch's place in the admission order. Dropped unused (its worker panicked before
+/// admitting), it still takes and passes its turn, so later batches are not held forever.
+struct Ticket<'a> {
+    turns: &'a Turns,
+    seq: Option<u64>,
+}
+
+/// A worker's turn to admit its batch; the next batch's turn comes when it is dropped, also if
+/// admission panicked.
+struct Turn<'a> {
+    turns: &'a Turns,
+    admitted: parking_lot::MutexGuard<'a, u64>,
+}
+
+impl Turns {
+    /// Takes the next batch from `rx` with its ticket; `None` once the queue is closed.
+    fn take(&self, rx: &Receiver<Request>) -> Option<(Ticket<'_>, Vec<Request>)> {
+        let mut taken = self.taken.lock();
+        let first = rx.recv().ok()?;
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter().take(INGRESS_BATCH_MAX - 1));
+        *taken += 1;
+        let ticket = Ticket {
+            turns: self,
+            seq: Some(*taken - 1),
+        };
+        Some((ticket, batch))
+    }
+
+    fn wait(&self, seq: u64) -> Turn<'_> {
+        let mut admitted = self.admitted.lock();
+        while *admitted != seq {
+            self.turn.wait(&mut admitted);
+        }
+        Turn {
+            turns: self,
+            admitted,
+        }
+    }
+}
+
+impl<'a> Ticket<'a> {
+    /// Waits until every batch taken before this one is admitted.
+    fn turn(mut self) -> Turn<'a> {
+        let seq = self.seq.take().expect("a ticket is used once");
+        self.turns.wait(seq)
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        if let Some(seq) = self.seq {
+            drop(self.turns.wait(seq));
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        *self.admitted += 1;
+        self.turns.turn.notify_all();
+    }
+}
+
 pub struct IngressStage {
     pub pool: Arc<TxPool>,
     pub validator: Validator,
@@ -58,24 +136,23 @@ impl IngressStage {
     pub fn spawn(self, workers: usize) -> (IngressHandle, Vec<thread::JoinHandle<()>>) {
         let (tx, rx) = crossbeam_channel::bounded(INGRESS_QUEUE_MAX);
         let stage = Arc::new(self);
+        let turns = Arc::new(Turns::default());
         let threads = (0..workers.max(1))
             .map(|i| {
-                let (stage, rx) = (stage.clone(), rx.clone());
+                let (stage, rx, turns) = (stage.clone(), rx.clone(), turns.clone());
                 thread::Builder::new()
                     .name(format!("ingress-{i}"))
-                    .spawn(move || stage.run(rx))
+                    .spawn(move || stage.run(rx, &turns))
                     .expect("spawn ingress thread")
             })
             .collect();
         (IngressHandle { tx }, threads)
     }
 
-    fn run(&self, rx: Receiver<Request>) {
+    fn run(&self, rx: Receiver<Request>, turns: &Turns) {
         let mut gauges_at: Option<Instant> = None;
-        while let Ok(first) = rx.recv() {
+        while let Some((ticket, batch)) = turns.take(&rx) {
             let started = Instant::now();
-            let mut batch = vec![first];
-            batch.extend(rx.try_iter().take(INGRESS_BATCH_MAX - 1));
             let n = batch.len();
             // Stateless work first, outside the state snapshot.
             let base_fee = ChainStatus::get(&self.status.next_base_fee);
@@ -88,6 +165,7 @@ impl IngressStage {
                     (req, result)
                 })
                 .collect();
+            let turn = ticket.turn();
             let admitted = self.state.with_view(|view| {
                 recovered
                     .into_iter()
@@ -111,6 +189,7 @@ impl IngressStage {
                     })
                     .collect::<Vec<_>>()
             });
+            drop(turn);
             match admitted {
                 Ok(replies) => {
                     for (reply, result) in replies {
@@ -170,4 +249,39 @@ pub(crate) fn unix_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    #[test]
+    fn batches_are_admitted_in_the_order_they_were_taken() {
+        let (tx, rx) = crossbeam_channel::bounded(8);
+        let turns = Turns::default();
+        let take_one = || {
+            let (reply, _) = oneshot::channel();
+            let raw = Bytes::from_static(b"raw");
+            tx.send(Request { raw, reply }).unwrap();
+            turns.take(&rx).unwrap().0
+        };
+        let (first, second) = (take_one(), take_one());
+        let admitted = AtomicBool::new(false);
+        thread::scope(|s| {
+            s.spawn(|| {
+                let _turn = second.turn();
+                admitted.store(true, Ordering::SeqCst);
+            });
+            thread::sleep(Duration::from_millis(50));
+            assert!(
+                !admitted.load(Ordering::SeqCst),
+                "the second batch went first"
+            );
+            // The first worker died before admitting: its ticket still passes the turn on.
+            drop(first);
+        });
+        assert!(admitted.load(Ordering::SeqCst));
+        assert_eq!(*turns.admitted.lock(), 2);
+    }
 }

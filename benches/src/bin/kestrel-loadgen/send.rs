@@ -3,8 +3,10 @@
 //!
 //! Each sender's transactions go out in nonce order: transaction `j` is sender `j % accounts`'s
 //! nonce `j / accounts`, so a batch is sent only once every earlier batch holding the same
-//! senders' previous nonces has been answered. Otherwise concurrent batches of few senders
-//! arrive out of order and wait in the node behind nonce gaps (few accounts, `--rate 0`).
+//! senders' previous nonces is settled (each of its transactions accepted or finally refused),
+//! and transactions refused for now ("txpool is full", ...) are re-sent before any new batch.
+//! Otherwise concurrent batches, or later batches overtaking a refused one, reach the node out
+//! of order and wait there behind nonce gaps (few accounts, `--rate 0`).
 
 use crate::{client::Client, track::Tracker};
 use hyper::body::Bytes;
@@ -39,24 +41,31 @@ pub struct SendPlan {
 struct Shared {
     next_batch: AtomicUsize,
     resend: Mutex<VecDeque<(u32, u8)>>,
-    /// How many batches from the first are all answered, and which later ones are.
-    answered: Mutex<(usize, BTreeSet<usize>)>,
-    answered_prefix: watch::Sender<usize>,
+    /// Transactions of each batch without a final answer yet.
+    unsettled: Vec<AtomicUsize>,
+    /// How many batches from the first are all settled, and which later ones are.
+    settled: Mutex<(usize, BTreeSet<usize>)>,
+    settled_prefix: watch::Sender<usize>,
 }
 
 impl Shared {
-    fn answered(&self, batch: usize) {
-        let mut guard = self.answered.lock().expect("answered lock");
+    /// Transaction `i` (of batch `i / batch`) has its final answer.
+    fn settle(&self, i: u32, batch: usize) {
+        let b = i as usize / batch;
+        if self.unsettled[b].fetch_sub(1, Relaxed) > 1 {
+            return;
+        }
+        let mut guard = self.settled.lock().expect("settled lock");
         let (prefix, done) = &mut *guard;
-        done.insert(batch);
+        done.insert(b);
         while done.remove(prefix) {
             *prefix += 1;
         }
-        self.answered_prefix.send_replace(*prefix);
+        self.settled_prefix.send_replace(*prefix);
     }
 }
 
-/// How many batches from the first must be answered before batch `b` goes out: those holding
+/// How many batches from the first must be settled before batch `b` goes out: those holding
 /// the previous nonce of a sender in `b`. Transaction `j`'s previous nonce is `j - accounts`, so
 /// that is every batch up to the one holding `b`'s last transaction minus `accounts`, `b` itself
 /// excepted (a batch's transactions reach the node in order).
@@ -70,12 +79,15 @@ fn batches_before(b: usize, batch: usize, accounts: usize) -> usize {
 pub async fn run(plan: SendPlan, tracker: Arc<Tracker>) -> eyre::Result<()> {
     let n = plan.raw_hex.len();
     let batches = n.div_ceil(plan.batch);
-    let (answered_prefix, prefix) = watch::channel(0);
+    let (settled_prefix, prefix) = watch::channel(0);
     let shared = Arc::new(Shared {
         next_batch: AtomicUsize::new(0),
         resend: Mutex::new(VecDeque::new()),
-        answered: Mutex::new((0, BTreeSet::new())),
-        answered_prefix,
+        unsettled: (0..batches)
+            .map(|b| AtomicUsize::new(plan.batch.min(n - b * plan.batch)))
+            .collect(),
+        settled: Mutex::new((0, BTreeSet::new())),
+        settled_prefix,
     });
     let plan = Arc::new(plan);
     let started = Instant::now();
@@ -86,35 +98,39 @@ pub async fn run(plan: SendPlan, tracker: Arc<Tracker>) -> eyre::Result<()> {
         workers.spawn(async move {
             let mut client = Client::new(&plan.urls[w % plan.urls.len()])?;
             loop {
-                let mut txs: Vec<(u32, u8)> = Vec::with_capacity(plan.batch);
-                let b = shared.next_batch.fetch_add(1, Relaxed);
-                if b < batches {
+                // Re-sends first: they hold back their senders' later nonces.
+                let mut txs: Vec<(u32, u8)> = {
+                    let mut resend = shared.resend.lock().expect("resend lock");
+                    let take = plan.batch.min(resend.len());
+                    resend.drain(..take).collect()
+                };
+                if txs.is_empty() {
+                    let b = shared.next_batch.load(Relaxed);
+                    if b >= batches {
+                        // Whoever queued a re-send loops again and picks it up: stopping is safe.
+                        return eyre::Ok(());
+                    }
+                    if *prefix.borrow_and_update() < batches_before(b, plan.batch, plan.accounts) {
+                        // Until an earlier batch settles, or a re-send shows up.
+                        let _ = tokio::time::timeout(BACKOFF, prefix.changed()).await;
+                        continue;
+                    }
+                    if shared
+                        .next_batch
+                        .compare_exchange(b, b + 1, Relaxed, Relaxed)
+                        .is_err()
+                    {
+                        continue;
+                    }
                     if plan.rate > 0.0 {
                         let due =
                             started + Duration::from_secs_f64((b * plan.batch) as f64 / plan.rate);
                         tokio::time::sleep_until(due).await;
                     }
-                    // Batches are taken in order, so the ones awaited are all taken: no deadlock.
-                    let before = batches_before(b, plan.batch, plan.accounts);
-                    prefix.wait_for(|p| *p >= before).await?;
                     let lo = b * plan.batch;
                     txs.extend((lo..(lo + plan.batch).min(n)).map(|i| (i as u32, 0)));
                 }
-                {
-                    let mut resend = shared.resend.lock().expect("resend lock");
-                    let room = plan.batch.saturating_sub(txs.len()).max(plan.batch / 4);
-                    let take = room.min(resend.len());
-                    txs.extend(resend.drain(..take));
-                }
-                if txs.is_empty() {
-                    // Whoever queued a resend loops again and picks it up: stopping is safe.
-                    return eyre::Ok(());
-                }
-                let transient = send_batch(&mut client, &plan, &tracker, &shared, &txs).await;
-                if b < batches {
-                    shared.answered(b);
-                }
-                if transient {
+                if send_batch(&mut client, &plan, &tracker, &shared, &txs).await {
                     tokio::time::sleep(BACKOFF).await;
                 }
             }
@@ -161,6 +177,7 @@ async fn send_batch(
             let msg = format!("{e:#}");
             for (i, _) in txs {
                 tracker.rejected(*i, &msg);
+                shared.settle(*i, plan.batch);
             }
             return false;
         }
@@ -176,9 +193,11 @@ async fn send_batch(
                 transient = true;
                 tracker.error(&format!("{msg} (resent)"));
                 resend.push((*i, tries + 1));
+                continue;
             }
             Err(msg) => tracker.rejected(*i, &msg),
         }
+        shared.settle(*i, plan.batch);
     }
     if !resend.is_empty() {
         shared.resend.lock().expect("resend lock").extend(resend);
