@@ -18,6 +18,7 @@ EXPECTED_ALERTS = {
     "KestrelNodeDown",
     "KestrelNodeStalled",
     "KestrelStateRootMismatch",
+    "KestrelDiskSpaceLow",
     "KestrelDatabaseNearlyFull",
     "KestrelMempoolNearlyFull",
     "KestrelRpcErrorRateHigh",

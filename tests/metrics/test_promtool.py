@@ -49,7 +49,7 @@ def test_deploy_prometheus_config_scrapes_the_node():
 def test_alert_rules_are_valid():
     p = promtool("check", "rules", str(ALERTS_YML))
     assert p.returncode == 0, show(p)
-    assert "SUCCESS: 6 rules found" in p.stdout, show(p)
+    assert "SUCCESS: 7 rules found" in p.stdout, show(p)
 
 
 def test_alert_rules_unit_tests():
