@@ -221,6 +221,23 @@ class KestrelNode:
         return "\n".join(parts)
 
 
+def node_starter(tmp_path: Path):
+    """For a pytest fixture (`yield from node_starter(tmp_path)`): yields a function that starts
+    a fresh dev node with extra flags; every node it started is stopped afterwards."""
+    nodes: list[KestrelNode] = []
+
+    def start(*extra_args: str) -> KestrelNode:
+        base = tmp_path / f"node{len(nodes)}"
+        n = KestrelNode(datadir=base / "data", log_dir=base, extra_args=list(extra_args))
+        nodes.append(n)
+        n.start()
+        return n
+
+    yield start
+    for n in nodes:
+        n.stop()
+
+
 def log_tails_hook(title: str = "kestrel node log", extra_logs=None):
     """A `pytest_runtest_makereport` hook for a conftest (`pytest_runtest_makereport =
     log_tails_hook()`): a failing test gets the tail of every node's log attached to its report,

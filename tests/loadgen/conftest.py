@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import kestrel_node
-from kestrel_node import KestrelNode, kestrel_bin
+from kestrel_node import kestrel_bin
 
 LOADGEN_TIMEOUT_S = 180.0
 
@@ -38,16 +38,5 @@ def run_loadgen(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture
 def start_node(tmp_path):
-    """Starts a fresh node with extra flags; every node is stopped at the end of the test."""
-    nodes: list[KestrelNode] = []
-
-    def start(*extra_args: str) -> KestrelNode:
-        base = tmp_path / f"node{len(nodes)}"
-        n = KestrelNode(datadir=base / "data", log_dir=base, extra_args=list(extra_args))
-        nodes.append(n)
-        n.start()
-        return n
-
-    yield start
-    for n in nodes:
-        n.stop()
+    """Starts a fresh dev node with extra flags; every node is stopped at the end of the test."""
+    yield from kestrel_node.node_starter(tmp_path)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import pytest
 
 import kestrel_node
-from kestrel_node import KestrelNode
 from testnet import Testnet
 
 # The testnet tests' block time: finality within a second on loopback.
@@ -19,18 +18,7 @@ pytest_runtest_makereport = kestrel_node.log_tails_hook()
 @pytest.fixture
 def start_node(tmp_path):
     """Starts a fresh dev node with extra flags; every node is stopped at the end of the test."""
-    nodes: list[KestrelNode] = []
-
-    def start(*extra_args: str) -> KestrelNode:
-        base = tmp_path / f"node{len(nodes)}"
-        n = KestrelNode(datadir=base / "data", log_dir=base, extra_args=list(extra_args))
-        nodes.append(n)
-        n.start()
-        return n
-
-    yield start
-    for n in nodes:
-        n.stop()
+    yield from kestrel_node.node_starter(tmp_path)
 
 
 @pytest.fixture

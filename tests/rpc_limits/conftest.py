@@ -12,7 +12,6 @@ import resource
 import pytest
 
 import kestrel_node
-from kestrel_node import KestrelNode
 
 # Sockets the attacks open at once, with room for the node's and pytest's own.
 FDS_NEEDED = 4096
@@ -33,16 +32,5 @@ def enough_file_descriptors():
 
 @pytest.fixture
 def start_node(tmp_path):
-    """Starts a fresh node with extra flags; every node is stopped at the end of the test."""
-    nodes: list[KestrelNode] = []
-
-    def start(*extra_args: str) -> KestrelNode:
-        base = tmp_path / f"node{len(nodes)}"
-        n = KestrelNode(datadir=base / "data", log_dir=base, extra_args=list(extra_args))
-        nodes.append(n)
-        n.start()
-        return n
-
-    yield start
-    for n in nodes:
-        n.stop()
+    """Starts a fresh dev node with extra flags; every node is stopped at the end of the test."""
+    yield from kestrel_node.node_starter(tmp_path)
