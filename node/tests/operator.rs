@@ -7,7 +7,7 @@ use std::{
     net::{TcpListener, TcpStream},
     os::unix::fs::PermissionsExt,
     path::Path,
-    process::{Command, Output, Stdio},
+    process::{Child, Command, Output, Stdio},
     time::{Duration, Instant},
 };
 
@@ -58,6 +58,25 @@ fn eth_chain_id(port: u16) -> Option<String> {
     rpc(port, "eth_chainId", serde_json::json!([]))?
         .as_str()
         .map(str::to_owned)
+}
+
+/// Polls `answer` until it gives a value; fails with the node's log if the node exits first or
+/// nothing answers within [`NODE_TIMEOUT`].
+fn wait_for_answer<T>(node: &mut Child, log: &Path, answer: impl Fn() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = answer() {
+            return value;
+        }
+        if let Some(status) = node.try_wait().unwrap() {
+            panic!(
+                "node exited with {status}: {}",
+                std::fs::read_to_string(log).unwrap()
+            );
+        }
+        assert!(started.elapsed() < NODE_TIMEOUT, "node did not answer");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 fn key_secret(path: &Path) -> String {
@@ -180,20 +199,8 @@ fn one_validator_testnet_runs_from_its_config() {
         .spawn()
         .unwrap();
 
-    let started = Instant::now();
-    let chain_id = loop {
-        if let Some(id) = eth_chain_id(rpc_port) {
-            break id;
-        }
-        if let Some(status) = node.try_wait().unwrap() {
-            panic!(
-                "node exited with {status}: {}",
-                std::fs::read_to_string(dir.path().join("node.log")).unwrap()
-            );
-        }
-        assert!(started.elapsed() < NODE_TIMEOUT, "node did not answer");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let log = dir.path().join("node.log");
+    let chain_id = wait_for_answer(&mut node, &log, || eth_chain_id(rpc_port));
     assert_eq!(chain_id, "0x7a69", "chain id 31337 from the genesis");
     assert!(vdir.join("data").is_dir(), "datadir relative to the config");
 
@@ -294,24 +301,13 @@ fn a_geth_genesis_file_gives_geths_block_zero() {
         .stdin(Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    let block = loop {
-        if let Some(block) = rpc(
+    let block = wait_for_answer(&mut node, &dir.path().join("node.log"), || {
+        rpc(
             port,
             "eth_getBlockByNumber",
             serde_json::json!(["0x0", false]),
-        ) {
-            break block;
-        }
-        if let Some(status) = node.try_wait().unwrap() {
-            panic!(
-                "node exited with {status}: {}",
-                std::fs::read_to_string(dir.path().join("node.log")).unwrap()
-            );
-        }
-        assert!(started.elapsed() < NODE_TIMEOUT, "node did not answer");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        )
+    });
     node.kill().unwrap();
     node.wait().unwrap();
     assert_eq!(block["hash"], FIB_GENESIS_HASH, "{block}");
