@@ -1,16 +1,14 @@
 //! Wiring: opens the database, starts the stages, RPC and metrics, and shuts them down in order.
 
 use crate::cli::{ExecutorKind, NodeArgs};
-use crate::{disk::DiskMonitor, keys::ValidatorKey, testnet, validator};
-use alloy_primitives::Address;
+use crate::{disk::DiskMonitor, validator};
 use eyre::{WrapErr, bail};
-use kestrel_pipeline::stages::ordering_parent;
 use kestrel_pipeline::{
     Executor, ParallelExecutor, SequentialExecutor,
     mempool::{IngressStage, PoolConfig, TxPool, Validator},
     stages::{
-        COMMIT_QUEUE_MAX, CommitStage, EXECUTION_QUEUE_MAX, ExecutionStage, OrderingConfig,
-        OrderingStage, RecentHashes,
+        COMMIT_QUEUE_MAX, CommitStage, EXECUTION_QUEUE_MAX, ExecutionStage, RESULTS_QUEUE_MAX,
+        RecentHashes,
     },
     state::LatestState,
     status::ChainStatus,
@@ -42,13 +40,9 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     if let Some(gas_limit) = args.gas_limit {
         spec.gas_limit = gas_limit;
     }
-    // A genesis listing several validators runs BFT consensus over the validator network.
-    let bft = validator::Setup::load(&args)?;
-    let validator = match &bft {
-        Some(setup) => Some(setup.address()),
-        None => validator_address(&args)?,
-    };
-    let beneficiary = args.beneficiary.or(validator).unwrap_or(Address::ZERO);
+    // Every chain runs BFT consensus; the dev chain's validator set is this node alone.
+    let setup = validator::Setup::load(&args)?;
+    let beneficiary = args.beneficiary.unwrap_or(setup.address());
     let spec = Arc::new(spec);
 
     metrics_exporter_prometheus::PrometheusBuilder::new()
@@ -66,9 +60,6 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     let store = Arc::new(Store::open(&args.datadir).wrap_err("opening database")?);
     let genesis = store.init_genesis(&spec).wrap_err("initialising genesis")?;
     let head_number = store.view(|r| r.head())??.unwrap_or(0);
-    let head = store
-        .view(|r| r.header(head_number))??
-        .expect("head header exists");
     let head_hash = store
         .view(|r| r.block_hash(head_number))??
         .expect("head hash exists");
@@ -100,7 +91,7 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
 
     let (proposals_tx, proposals_rx) = crossbeam_channel::bounded(EXECUTION_QUEUE_MAX);
     let (executed_tx, executed_rx) = crossbeam_channel::bounded(COMMIT_QUEUE_MAX);
-    let (results_tx, results_rx) = crossbeam_channel::unbounded();
+    let (results_tx, results_rx) = crossbeam_channel::bounded(RESULTS_QUEUE_MAX);
 
     let (ingress, ingress_threads) = IngressStage {
         pool: pool.clone(),
@@ -110,45 +101,24 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     }
     .spawn(args.ingress_threads);
 
-    let mut threads = match bft {
-        Some(setup) => vec![validator::start(
-            setup,
-            validator::Wiring {
-                spec: spec.clone(),
-                store: store.clone(),
-                state: state.clone(),
-                pool: pool.clone(),
-                ingress: ingress.clone(),
-                status: status.clone(),
-                results: results_rx,
-                proposals: proposals_tx,
-                stop: stop.clone(),
-                datadir: args.datadir.clone(),
-                beneficiary,
-                block_time_ms: args.block_time_ms,
-                execution_delay: args.execution_delay,
-            },
-        )?],
-        None => {
-            let ordering = OrderingStage {
-                config: OrderingConfig {
-                    block_time_ms: args.block_time_ms,
-                    gas_limit: spec.gas_limit,
-                    execution_delay: args.execution_delay,
-                    beneficiary,
-                },
-                spec: spec.clone(),
-                pool: pool.clone(),
-                state: state.clone(),
-                status: status.clone(),
-                results: results_rx,
-                proposals: proposals_tx,
-                stop: stop.clone(),
-            };
-            let parent = ordering_parent(&head);
-            vec![spawn("ordering", move || ordering.run(head_number, parent))]
-        }
-    };
+    let mut threads = vec![validator::start(
+        setup,
+        validator::Wiring {
+            spec: spec.clone(),
+            store: store.clone(),
+            state: state.clone(),
+            pool: pool.clone(),
+            ingress: ingress.clone(),
+            status: status.clone(),
+            results: results_rx,
+            proposals: proposals_tx,
+            stop: stop.clone(),
+            datadir: args.datadir.clone(),
+            beneficiary,
+            block_time_ms: args.block_time_ms,
+            execution_delay: args.execution_delay,
+        },
+    )?];
     let execution = ExecutionStage {
         spec: spec.clone(),
         executor: match args.executor {
@@ -158,7 +128,7 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
         state: state.clone(),
         hashes: hashes.clone(),
         status: status.clone(),
-        proposals: proposals_rx,
+        blocks: proposals_rx,
         executed: executed_tx,
     };
     threads.push(spawn("execution", move || execution.run()));
@@ -207,7 +177,7 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
         eyre::Ok(())
     })?;
     drop(runtime);
-    // Ordering stops proposing; execution and commit drain what was proposed, then hang up.
+    // The driver stops ordering; execution and commit drain what was finalized, then hang up.
     stop.store(true, Ordering::Release);
     for t in threads.into_iter().chain(ingress_threads).chain([disk]) {
         if t.join().is_err() {
@@ -219,46 +189,6 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     drop(store);
     tracing::info!(target: "node", committed, "database closed");
     Ok(())
-}
-
-/// Checks the validator key against a genesis of at most one validator and returns the
-/// validator's address (a larger set is `validator::Setup`'s).
-fn validator_address(args: &NodeArgs) -> eyre::Result<Option<Address>> {
-    let key = args
-        .validator_key
-        .as_deref()
-        .map(ValidatorKey::load)
-        .transpose()?;
-    let validators = args
-        .genesis
-        .as_deref()
-        .map(testnet::read_validators)
-        .transpose()?
-        .flatten();
-    let genesis_validator = validators.and_then(|set| set.into_iter().next());
-    let key = match (key, &genesis_validator) {
-        (Some(key), _) => key,
-        (None, Some(v)) => bail!(
-            "the genesis names validator {}: give its key with --validator-key FILE or \
-             [validator] key_file",
-            v.pubkey
-        ),
-        (None, None) => return Ok(None),
-    };
-    if let Some(v) = &genesis_validator
-        && key.public_key() != v.pubkey
-    {
-        bail!(
-            "the validator key is {}, not the genesis validator {}",
-            key.public_key(),
-            v.pubkey
-        );
-    }
-    if args.p2p_listen.is_some() || !args.p2p_peers.is_empty() {
-        tracing::warn!(target: "node", "p2p listen and peers are ignored: a single validator has no peers");
-    }
-    tracing::info!(target: "node", address = %key.address(), pubkey = %key.public_key(), "validator key loaded");
-    Ok(Some(key.address()))
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> thread::JoinHandle<()> {

@@ -79,7 +79,6 @@ pub fn describe_metrics() {
         "kestrel_mempool_queued_txs",
         "Transactions waiting for a nonce gap to fill"
     );
-    describe_counter!("kestrel_ordering_proposals_total", "Blocks proposed");
     describe_counter!(
         "kestrel_ordering_txs_total",
         "Transactions ordered into proposals"
@@ -148,14 +147,4 @@ pub fn describe_metrics() {
         "kestrel_chain_committed_block",
         "Number of the last committed block"
     );
-    describe_counter!(
-        "kestrel_consensus_delayed_results_verified_total",
-        "Delayed execution results that matched our own"
-    );
-    describe_counter!(
-        "kestrel_consensus_delayed_result_mismatch_total",
-        "Delayed execution results that differ from our own (alarm)"
-    );
-    // Exists from start-up at 0, so an alert on its increase sees the first mismatch.
-    metrics::counter!("kestrel_consensus_delayed_result_mismatch_total").absolute(0);
 }

@@ -1,4 +1,4 @@
-//! What flows between the stages: proposals from ordering, executed blocks from execution, sealed
+//! What flows between the stages: ordered (finalized) blocks from consensus, executed blocks from execution, sealed
 //! blocks from the state root stage.
 
 use crate::{BlockNumber, RecoveredTx, StateChanges};
@@ -15,9 +15,10 @@ pub struct ExecutionResult {
     pub receipts_root: B256,
 }
 
-/// An ordered block as consensus produces it. Everything here is known without executing.
+/// A block as consensus finalized it, on its way to execution. Everything here is known without
+/// executing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Proposal {
+pub struct OrderedBlock {
     pub number: BlockNumber,
     pub round: u64,
     pub timestamp_ms: u64,
@@ -32,7 +33,7 @@ pub struct Proposal {
     pub delayed_result: Option<ExecutionResult>,
 }
 
-impl Proposal {
+impl OrderedBlock {
     /// Ethereum timestamps are seconds; several blocks can share one at sub-second block times.
     pub fn timestamp_secs(&self) -> u64 {
         self.timestamp_ms / 1000

@@ -526,7 +526,10 @@ impl Bft {
             return false;
         }
         match self.own_results.get(&theirs.number) {
-            Some(ours) if *ours == theirs => true,
+            Some(ours) if *ours == theirs => {
+                metrics::counter!(m::RESULTS_VERIFIED).increment(1);
+                true
+            }
             Some(ours) => {
                 let ours = *ours;
                 self.alarm(ours, theirs, false, out);

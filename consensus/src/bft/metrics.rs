@@ -12,6 +12,7 @@ pub const LEADER_FAILURES: &str = "kestrel_consensus_leader_failures_total";
 pub const COMMIT_LATENCY: &str = "kestrel_consensus_commit_latency_seconds";
 pub const INVALID_MESSAGES: &str = "kestrel_consensus_invalid_messages_total";
 pub const RESULT_MISMATCH: &str = "kestrel_consensus_execution_result_mismatch_total";
+pub const RESULTS_VERIFIED: &str = "kestrel_consensus_delayed_results_verified_total";
 pub const HALTED: &str = "kestrel_consensus_halted";
 pub const BAD_TIMESTAMPS: &str = "kestrel_consensus_bad_timestamps_total";
 
@@ -44,6 +45,10 @@ pub fn describe() {
     describe_counter!(
         RESULT_MISMATCH,
         "Delayed execution results in proposals that differ from this node's own"
+    );
+    describe_counter!(
+        RESULTS_VERIFIED,
+        "Delayed execution results in proposals that equal this node's own"
     );
     describe_counter!(
         BAD_TIMESTAMPS,

@@ -12,8 +12,9 @@
 use super::{
     Wiring,
     forward::{self, Admitter, FORWARD_TXS_MAX},
-    payload::{Decoder, PAYLOAD_TXS_MAX, Payload, PayloadError, Rejected},
+    payload::{Decoder, Payload, PayloadError, Rejected},
     store::{ChainLog, SafetyFile},
+    transport::Transport,
     wire::{ConsensusEnvelope, SyncRequest, SyncResponse, SyncedBlock},
 };
 use alloy_primitives::{Address, B256, Bytes, keccak256};
@@ -25,15 +26,16 @@ use kestrel_consensus::{
         SafetyState, Unverified, ValidatorIndex, ValidatorKey, ValidatorSet,
     },
 };
-use kestrel_net::{Inbound, Kind, Network, NetworkHandle, PeerId};
+use kestrel_net::{Inbound, Kind, PeerId};
 use kestrel_pipeline::{
     mempool::{BlockRules, TxPool},
-    stages::{ParentFees, next_base_fee, now_ms, ordering_parent},
     state::LatestState,
     status::ChainStatus,
 };
 use kestrel_storage::{ChainView, Store};
-use kestrel_types::{ChainSpec, ExecutionResult, Proposal};
+use kestrel_types::{
+    BLOCK_TXS_MAX, ChainSpec, ExecutionResult, OrderedBlock, ParentFees, next_base_fee, now_ms,
+};
 use std::{
     cmp::Reverse,
     collections::{BTreeMap, BinaryHeap, HashMap, HashSet, VecDeque},
@@ -147,12 +149,10 @@ pub struct Driver {
     set: ValidatorSet,
     /// Transport ids, by validator index.
     ids: Vec<PeerId>,
-    net: NetworkHandle,
-    /// Dropped with the driver: closes the connections and joins the network thread.
-    _network: Network,
+    net: Box<dyn Transport>,
     inbound: Receiver<Inbound>,
     results: Receiver<ExecutionResult>,
-    proposals: Sender<Proposal>,
+    proposals: Sender<OrderedBlock>,
     pool: Arc<TxPool>,
     /// Where the reserve balance rule reads balances when this validator builds a payload.
     state: LatestState,
@@ -175,7 +175,7 @@ pub struct Driver {
     /// Finalized by consensus, waiting for their payload; the last of each commit with its proof.
     commits: VecDeque<(bft::CommittedBlock, Option<CommitProof>)>,
     /// Logged, waiting for room in the execution queue.
-    executing: VecDeque<Proposal>,
+    executing: VecDeque<OrderedBlock>,
     wanted: Option<WantedPayload>,
     sync: Option<Sync>,
     admitter: Option<Admitter>,
@@ -197,7 +197,7 @@ impl Driver {
         key: ValidatorKey,
         set: ValidatorSet,
         ids: Vec<PeerId>,
-        network: Network,
+        net: Box<dyn Transport>,
         inbound: Receiver<Inbound>,
         dir: &Path,
         w: Wiring,
@@ -220,7 +220,7 @@ impl Driver {
         for height in db_head + 1..=log.height() {
             let synced = log.read(height)?;
             let payload = Payload::decode(synced.payload.clone())?;
-            executing.push_back(payload.proposal(&synced.block));
+            executing.push_back(payload.ordered_block(&synced.block));
         }
         if log.height() > 0 {
             let synced = log.read(log.height())?;
@@ -228,7 +228,9 @@ impl Driver {
         }
         let head_fees = match head_fees {
             Some(fees) => fees,
-            None => ordering_parent(&w.store.view(|r| r.header(0))??.expect("genesis header")),
+            None => {
+                ParentFees::of_header(&w.store.view(|r| r.header(0))??.expect("genesis header"))
+            }
         };
         ChainStatus::set(&w.status.next_base_fee, next_base_fee(head_fees));
         if !executing.is_empty() {
@@ -252,8 +254,7 @@ impl Driver {
             key,
             set,
             ids,
-            net: network.handle(),
-            _network: network,
+            net,
             inbound,
             results: w.results,
             proposals: w.proposals,
@@ -294,7 +295,12 @@ impl Driver {
     pub fn run(mut self) {
         let (inbound, results) = (self.inbound.clone(), self.results.clone());
         let decoded = self.decoder.as_ref().expect("running").results().clone();
-        self.begin_sync(now_ms());
+        if self.ids.len() > 1 {
+            self.begin_sync(now_ms());
+        } else {
+            // Nobody to sync from: a chain of one validator has its whole history here.
+            self.finish_sync();
+        }
         while !self.stop.load(Ordering::Acquire) {
             if !self.flush_execution() {
                 break;
@@ -323,6 +329,13 @@ impl Driver {
                 default(wait) => {}
             }
             self.on_tick(now_ms());
+        }
+        // Finalized blocks not yet handed over are executed and committed before the node
+        // exits (they would be re-executed from the log at the next start otherwise).
+        for block in self.executing.drain(..) {
+            if self.proposals.send(block).is_err() {
+                break;
+            }
         }
         if let Some(admitter) = self.admitter.take() {
             admitter.shutdown();
@@ -472,9 +485,7 @@ impl Driver {
                     self.remember(&p.block);
                 }
                 let envelope = self.envelope(message);
-                if let Err(err) = self.net.broadcast(Kind::Consensus, envelope.into()) {
-                    tracing::warn!(target: "node::validator", %err, "broadcast failed");
-                }
+                self.net.broadcast(Kind::Consensus, envelope.into());
             }
             Command::SendTo(to, message) => {
                 let envelope = self.envelope(message);
@@ -489,8 +500,11 @@ impl Driver {
                 parent,
             } => {
                 // A leader restarted within a round it already proposed in must not propose a
-                // second block there (it voted for the first).
+                // second block there (it voted for the first). It times the round out at once
+                // (always safe: it only gives up its vote there) rather than a round timeout
+                // later; for a chain of one validator that is the whole restart delay.
                 if round <= self.safety.highest_voted_round {
+                    self.timers.push(Reverse((0, round.0)));
                     return;
                 }
                 self.building = Some(Build {
@@ -543,9 +557,7 @@ impl Driver {
         let Some(peer) = self.ids.get(usize::from(to.0)) else {
             return;
         };
-        if let Err(err) = self.net.send(peer, kind, bytes.into()) {
-            tracing::debug!(target: "node::validator", %peer, %err, "send failed");
-        }
+        self.net.send(peer, kind, bytes.into());
     }
 
     fn remember(&mut self, block: &Block) {
@@ -594,7 +606,7 @@ impl Driver {
         self.pool.expire_queued(Instant::now());
         let txs = self
             .pool
-            .take_block(b.height, &rules, PAYLOAD_TXS_MAX, &self.state);
+            .take_block(b.height, &rules, BLOCK_TXS_MAX, &self.state);
         let payload = Payload::build(self.beneficiary, self.gas_limit, base_fee, txs);
         let hash = payload.hash();
         metrics::counter!("kestrel_ordering_txs_total").increment(payload.tx_count() as u64);
@@ -612,7 +624,7 @@ impl Driver {
     /// of the next few rounds. They stay in our pool too: if those leaders fail, we propose them
     /// when we lead, and once any leader proposes them every validator holds them in flight.
     fn forward_txs(&mut self) {
-        if self.sync.is_some() {
+        if self.sync.is_some() || self.ids.len() == 1 {
             return;
         }
         let txs: Vec<_> = self
@@ -627,9 +639,7 @@ impl Driver {
         let bytes = Bytes::from(forward::encode(&txs));
         for to in forward::targets(&self.set, self.bft.round(), self.bft.me(), FORWARD_LEADERS) {
             let peer = &self.ids[usize::from(to.0)];
-            if let Err(err) = self.net.send(peer, Kind::TxForward, bytes.0.clone()) {
-                tracing::debug!(target: "node::validator", %peer, %err, "forwarding transactions failed");
-            }
+            self.net.send(peer, Kind::TxForward, bytes.0.clone());
         }
         metrics::counter!(forward::FORWARDED_TOTAL).increment(txs.len() as u64);
     }
@@ -824,7 +834,8 @@ impl Driver {
             fatal(&format!("appending to the block log: {err}"));
         }
         self.pool.on_finalized(block.block.height, payload.txs());
-        self.executing.push_back(payload.proposal(&block.block));
+        self.executing
+            .push_back(payload.ordered_block(&block.block));
         self.head_fees = payload.fees();
         ChainStatus::set(&self.status.proposed, block.block.height);
         ChainStatus::set(&self.status.next_base_fee, next_base_fee(self.head_fees));
@@ -858,9 +869,7 @@ impl Driver {
         let peer = peers[w.turn % peers.len()];
         w.turn += 1;
         let request = SyncRequest::Payload(w.hash).encode();
-        if let Err(err) = self.net.send(&peer, Kind::SyncRequest, request.into()) {
-            tracing::debug!(target: "node::validator", %peer, %err, "payload request not sent");
-        }
+        self.net.send(&peer, Kind::SyncRequest, request.into());
     }
 
     fn begin_sync(&mut self, now: u64) {
@@ -890,9 +899,7 @@ impl Driver {
             count: SYNC_BLOCKS_MAX as u16,
         }
         .encode();
-        if let Err(err) = self.net.send(&peer, Kind::SyncRequest, request.into()) {
-            tracing::debug!(target: "node::validator", %peer, %err, "sync request not sent");
-        }
+        self.net.send(&peer, Kind::SyncRequest, request.into());
     }
 
     /// Caught up (as far as a peer knows): restart the state machine from the log head, with our

@@ -1,17 +1,18 @@
-//! Multi-validator mode: when the genesis lists more than one validator, a driver thread runs
-//! the BFT state machine over the validator network in place of the single-validator ordering
-//! stage, and hands finalized blocks to the same execution and commit stages.
+//! Ordering: a driver thread runs the BFT state machine and hands finalized blocks to the
+//! execution and commit stages. Every chain runs it, the dev chain too: a chain of one validator
+//! is a BFT chain with no peers, whose quorum is its own vote.
 //!
 //! ```text
-//!  net (monoio) ──Inbound──▶ driver (Bft, timers, payloads, block log, sync) ──Proposal──▶ execution
-//!        ▲                        │  ▲                                                      │
-//!        └── send / broadcast ────┘  └────────── ExecutionResult ◀── commit ◀──────────────┘
+//!  net (monoio) ──Inbound──▶ driver (Bft, timers, payloads, block log, sync) ──OrderedBlock──▶ execution
+//!        ▲                        │  ▲                                                          │
+//!        └── send / broadcast ────┘  └────────── ExecutionResult ◀── commit ◀──────────────────┘
 //! ```
 
 mod driver;
 mod forward;
 mod payload;
 mod store;
+mod transport;
 mod wire;
 
 use crate::{cli::NodeArgs, keys::ValidatorKey, testnet};
@@ -25,81 +26,93 @@ use kestrel_pipeline::{
     status::ChainStatus,
 };
 use kestrel_storage::Store;
-use kestrel_types::{ChainSpec, ExecutionResult, Proposal};
+use kestrel_types::{ChainSpec, ExecutionResult, OrderedBlock};
 use std::{
     net::SocketAddr,
+    path::Path,
     sync::{Arc, atomic::AtomicBool},
     thread,
 };
+use transport::{NetTransport, NoPeers, Transport};
 
 /// Stakes enter consensus in gwei: the genesis gives wei, which overflows u64 at 18 ETH.
 const STAKE_UNIT_WEI: u64 = 1_000_000_000;
 /// Directory under the datadir for the safety state and the block log.
 const CONSENSUS_DIR: &str = "consensus";
 
-/// This node's place in a multi-validator genesis.
+/// File under the datadir holding the key of a chain whose genesis names no validator (the dev
+/// chain): generated on first start, so a restart signs as the same validator.
+const OWN_KEY_FILE: &str = "validator.key";
+/// Stake of the only validator of a chain of one (any positive stake is the whole set's).
+const ALONE_STAKE_WEI: u64 = STAKE_UNIT_WEI;
+
+/// This node's place in the validator set.
 pub struct Setup {
     key: ValidatorKey,
     validators: Vec<testnet::GenesisValidator>,
     me: usize,
-    listen: SocketAddr,
-    addrs: Vec<SocketAddr>,
+    /// Where to listen and the validators' addresses; `None` for a set of one (no network).
+    network: Option<(SocketAddr, Vec<SocketAddr>)>,
 }
 
 impl Setup {
-    /// `Some` when the genesis lists more than one validator; the key must be one of them.
-    pub fn load(args: &NodeArgs) -> eyre::Result<Option<Self>> {
-        let Some(path) = &args.genesis else {
-            return Ok(None);
+    /// The validator set from the genesis, or this node alone when the genesis names none (the
+    /// dev chain, or a plain geth genesis): then the key is `--validator-key`, else the
+    /// datadir's own, generated on first start.
+    pub fn load(args: &NodeArgs) -> eyre::Result<Self> {
+        let validators = args
+            .genesis
+            .as_deref()
+            .map(testnet::read_validators)
+            .transpose()?
+            .flatten();
+        let key = match (&args.validator_key, &validators) {
+            (Some(path), _) => ValidatorKey::load(path)?,
+            (None, Some(set)) => bail!(
+                "the genesis lists {} validator(s): give its key with --validator-key FILE \
+                 or [validator] key_file",
+                set.len()
+            ),
+            (None, None) => own_key(&args.datadir)?,
         };
-        let validators = match testnet::read_validators(path)? {
-            Some(set) if set.len() > 1 => set,
-            _ => return Ok(None),
-        };
-        let key_path = args.validator_key.as_deref().ok_or_else(|| {
-            eyre!(
-                "the genesis lists {} validators: give this validator's key with \
-                 --validator-key FILE or [validator] key_file",
-                validators.len()
-            )
-        })?;
-        let key = ValidatorKey::load(key_path)?;
+        let validators = validators.unwrap_or_else(|| {
+            let pubkey = key.public_key();
+            vec![testnet::GenesisValidator {
+                address: pubkey.address(),
+                pubkey,
+                stake: U256::from(ALONE_STAKE_WEI),
+                p2p: SocketAddr::from(([127, 0, 0, 1], 0)),
+            }]
+        });
         let me = validators
             .iter()
             .position(|v| v.pubkey == key.public_key())
-            .ok_or_else(|| {
-                eyre!(
+            .ok_or_else(|| match validators.as_slice() {
+                [only] => eyre!(
+                    "the validator key is {}, not the genesis validator {}",
+                    key.public_key(),
+                    only.pubkey
+                ),
+                _ => eyre!(
                     "the validator key {} is not in the genesis validator set",
                     key.public_key()
-                )
+                ),
             })?;
-        let mut addrs: Vec<SocketAddr> = validators.iter().map(|v| v.p2p).collect();
-        // `--p2p-peers` gives the other validators' addresses in genesis order (e.g. behind NAT
-        // or in another network namespace than the genesis says).
-        if !args.p2p_peers.is_empty() {
-            if args.p2p_peers.len() != validators.len() - 1 {
-                bail!(
-                    "--p2p-peers lists {} addresses; the genesis has {} other validators",
-                    args.p2p_peers.len(),
-                    validators.len() - 1
-                );
+        let network = if validators.len() > 1 {
+            Some(network_addrs(args, &validators, me)?)
+        } else {
+            if args.p2p_listen.is_some() || !args.p2p_peers.is_empty() {
+                tracing::warn!(target: "node::validator", "p2p listen and peers are ignored: a single validator has no peers");
             }
-            let mut given = args.p2p_peers.iter();
-            for (i, addr) in addrs.iter_mut().enumerate() {
-                if i != me {
-                    *addr = *given.next().expect("counted above");
-                }
-            }
-        }
-        let listen = args.p2p_listen.unwrap_or(addrs[me]);
-        tracing::info!(target: "node::validator", index = me, validators = validators.len(), address = %key.address(), pubkey = %key.public_key(), %listen, "validator key loaded");
-        Ok(Some(Self {
+            None
+        };
+        tracing::info!(target: "node::validator", index = me, validators = validators.len(), address = %key.address(), pubkey = %key.public_key(), listen = ?network.as_ref().map(|n| n.0), "validator key loaded");
+        Ok(Self {
             key,
             validators,
             me,
-            listen,
-            addrs,
-        }))
+            network,
+        })
     }
 
     pub fn address(&self) -> Address {
@@ -131,7 +144,7 @@ pub struct Wiring {
     pub ingress: IngressHandle,
     pub status: Arc<ChainStatus>,
     pub results: crossbeam_channel::Receiver<ExecutionResult>,
-    pub proposals: crossbeam_channel::Sender<Proposal>,
+    pub proposals: crossbeam_channel::Sender<OrderedBlock>,
     pub stop: Arc<AtomicBool>,
     pub datadir: std::path::PathBuf,
     pub beneficiary: Address,
@@ -148,37 +161,35 @@ pub fn start(setup: Setup, wiring: Wiring) -> eyre::Result<thread::JoinHandle<()
     forward::describe_metrics();
     let set = setup.validator_set()?;
     let secret = setup.key.secret_key();
-    let peers = setup
-        .validators
-        .iter()
-        .zip(&setup.addrs)
-        .enumerate()
-        .filter(|(i, _)| *i != setup.me)
-        .map(|(_, (v, addr))| {
-            let id = PeerId::from_slice(&v.pubkey.to_bytes()).expect("a validated public key");
-            PeerConfig { id, addr: *addr }
-        })
-        .collect();
-    let (network, inbound) = Network::start(NetConfig::new(
-        secret,
-        wiring.spec.chain_id,
-        setup.listen,
-        peers,
-    ))
-    .wrap_err_with(|| format!("starting the validator network on {}", setup.listen))?;
-    tracing::info!(target: "node::validator", listen = %network.local_addr(), driver = ?network.driver(), "validator network started");
+    let (transport, inbound): (Box<dyn Transport>, _) = match setup.network {
+        Some((listen, addrs)) => {
+            let peers = setup
+                .validators
+                .iter()
+                .zip(&addrs)
+                .enumerate()
+                .filter(|(i, _)| *i != setup.me)
+                .map(|(_, (v, addr))| PeerConfig {
+                    id: peer_id(v),
+                    addr: *addr,
+                })
+                .collect();
+            let (network, inbound) =
+                Network::start(NetConfig::new(secret, wiring.spec.chain_id, listen, peers))
+                    .wrap_err_with(|| format!("starting the validator network on {listen}"))?;
+            tracing::info!(target: "node::validator", listen = %network.local_addr(), driver = ?network.driver(), "validator network started");
+            (Box::new(NetTransport::new(network)), inbound)
+        }
+        None => (Box::new(NoPeers), crossbeam_channel::never()),
+    };
     let dir = wiring.datadir.join(CONSENSUS_DIR);
     std::fs::create_dir_all(&dir).wrap_err("creating the consensus directory")?;
-    let ids = setup
-        .validators
-        .iter()
-        .map(|v| PeerId::from_slice(&v.pubkey.to_bytes()).expect("a validated public key"))
-        .collect();
+    let ids = setup.validators.iter().map(peer_id).collect();
     let driver = driver::Driver::new(
         bft::ValidatorKey::new(secret),
         set,
         ids,
-        network,
+        transport,
         inbound,
         &dir,
         wiring,
@@ -186,4 +197,46 @@ pub fn start(setup: Setup, wiring: Wiring) -> eyre::Result<thread::JoinHandle<()
     Ok(thread::Builder::new()
         .name("consensus".into())
         .spawn(move || driver.run())?)
+}
+
+fn peer_id(v: &testnet::GenesisValidator) -> PeerId {
+    PeerId::from_slice(&v.pubkey.to_bytes()).expect("a validated public key")
+}
+
+/// This validator's listen address and every validator's address, in genesis order.
+fn network_addrs(
+    args: &NodeArgs,
+    validators: &[testnet::GenesisValidator],
+    me: usize,
+) -> eyre::Result<(SocketAddr, Vec<SocketAddr>)> {
+    let mut addrs: Vec<SocketAddr> = validators.iter().map(|v| v.p2p).collect();
+    // `--p2p-peers` gives the other validators' addresses in genesis order (e.g. behind NAT or
+    // in another network namespace than the genesis says).
+    if !args.p2p_peers.is_empty() {
+        if args.p2p_peers.len() != validators.len() - 1 {
+            bail!(
+                "--p2p-peers lists {} addresses; the genesis has {} other validators",
+                args.p2p_peers.len(),
+                validators.len() - 1
+            );
+        }
+        let mut given = args.p2p_peers.iter();
+        for (i, addr) in addrs.iter_mut().enumerate() {
+            if i != me {
+                *addr = *given.next().expect("counted above");
+            }
+        }
+    }
+    Ok((args.p2p_listen.unwrap_or(addrs[me]), addrs))
+}
+
+/// The datadir's own validator key, generated (mode 0600) on first start.
+fn own_key(datadir: &Path) -> eyre::Result<ValidatorKey> {
+    let path = datadir.join(OWN_KEY_FILE);
+    if !path.exists() {
+        std::fs::create_dir_all(datadir).wrap_err("creating datadir")?;
+        ValidatorKey::generate().write_new(&path)?;
+        tracing::info!(target: "node::validator", path = %path.display(), "generated this chain's validator key");
+    }
+    Ok(ValidatorKey::load(&path)?)
 }

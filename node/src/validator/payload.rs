@@ -9,13 +9,10 @@ use kestrel_consensus::bft::Block;
 use kestrel_pipeline::{
     import::{ImportError, recover_senders},
     mempool::{BlockRules, PoolError, check_static},
-    stages::ParentFees,
 };
-use kestrel_types::{ChainSpec, Proposal, RecoveredTx};
+use kestrel_types::{BLOCK_TXS_MAX, ChainSpec, OrderedBlock, ParentFees, RecoveredTx};
 use std::{sync::Arc, thread};
 
-/// Most transactions a payload may carry: a bound on work per block besides gas.
-pub const PAYLOAD_TXS_MAX: usize = 50_000;
 /// Received payloads waiting for the decoder thread; beyond it a proposal is dropped (its round
 /// times out, or its block arrives later by a certificate and sync).
 pub const DECODE_QUEUE_MAX: usize = 64;
@@ -26,7 +23,7 @@ pub enum PayloadError {
     Rlp(#[from] alloy_rlp::Error),
     #[error("{0} trailing bytes after the payload")]
     TrailingBytes(usize),
-    #[error("{0} transactions, more than {PAYLOAD_TXS_MAX}")]
+    #[error("{0} transactions, more than {BLOCK_TXS_MAX}")]
     TooManyTxs(usize),
     #[error("transactions' gas {gas} exceeds the block gas limit {limit}")]
     GasOverLimit { gas: u64, limit: u64 },
@@ -94,7 +91,7 @@ impl Payload {
         if !buf.is_empty() {
             return Err(PayloadError::TrailingBytes(buf.len()));
         }
-        if wire.txs.len() > PAYLOAD_TXS_MAX {
+        if wire.txs.len() > BLOCK_TXS_MAX {
             return Err(PayloadError::TooManyTxs(wire.txs.len()));
         }
         let envelopes = wire
@@ -174,10 +171,10 @@ impl Payload {
         }
     }
 
-    /// The proposal the execution stage runs for the finalized `block` carrying this payload.
-    pub fn proposal(&self, block: &Block) -> Proposal {
+    /// What the execution stage runs for the finalized `block` carrying this payload.
+    pub fn ordered_block(&self, block: &Block) -> OrderedBlock {
         debug_assert_eq!(block.payload_hash, self.0.hash);
-        Proposal {
+        OrderedBlock {
             number: block.height,
             round: block.round.0,
             timestamp_ms: block.timestamp_ms,

@@ -6,8 +6,8 @@
 use crate::{mempool::TxPool, stages::RecentHashes, state::LatestState, status::ChainStatus};
 use alloy_primitives::B256;
 use crossbeam_channel::{Receiver, Sender};
-use kestrel_storage::{ChainView, StorageError};
-use kestrel_types::{ExecutedBlock, ExecutionResult, Proposal, SealedBlock};
+use kestrel_storage::StorageError;
+use kestrel_types::{ExecutedBlock, ExecutionResult, SealedBlock};
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -18,7 +18,7 @@ pub struct CommitStage {
     pub hashes: Arc<RecentHashes>,
     pub pool: Arc<TxPool>,
     pub status: Arc<ChainStatus>,
-    pub executed: Receiver<(ExecutedBlock, Proposal)>,
+    pub executed: Receiver<ExecutedBlock>,
     pub results: Sender<ExecutionResult>,
     /// Hash of the last committed block.
     pub parent_hash: B256,
@@ -35,10 +35,7 @@ impl CommitStage {
         while let Ok(first) = self.executed.recv() {
             let mut group = vec![first];
             group.extend(self.executed.try_iter().take(COMMIT_GROUP_MAX - 1));
-            let (first, last) = (
-                group[0].0.header.number,
-                group[group.len() - 1].0.header.number,
-            );
+            let (first, last) = (group[0].header.number, group[group.len() - 1].header.number);
             let committed = match self.commit(group) {
                 Ok(committed) => committed,
                 Err(err) => {
@@ -47,16 +44,15 @@ impl CommitStage {
                     panic!("commit of blocks {first}..={last} failed: {err}");
                 }
             };
-            for (sealed, proposal) in committed {
-                self.committed(&sealed, &proposal);
+            for sealed in committed {
+                self.committed(&sealed);
             }
         }
     }
 
     /// What follows a block's durable commit.
-    fn committed(&self, sealed: &SealedBlock, proposal: &Proposal) {
+    fn committed(&self, sealed: &SealedBlock) {
         let number = sealed.header.number;
-        self.check_delayed_result(proposal);
         self.state.overlay.remove_through(number);
         self.hashes.insert(number, sealed.hash);
         ChainStatus::set(&self.status.committed, number);
@@ -71,20 +67,17 @@ impl CommitStage {
             tracing::error!(target: "pipeline::commit", number, %err, "state unreadable: pool nonces not advanced");
         }
         metrics::gauge!("kestrel_chain_committed_block").set(number as f64);
-        // Ordering gone means shutdown; the result is then not needed.
+        // The driver gone means shutdown; the result is then not needed.
         let _ = self.results.send(sealed.result());
         tracing::info!(target: "pipeline::commit", number, hash = %sealed.hash, txs = sealed.txs.len(), gas = sealed.header.gas_used, "committed");
     }
 
     /// Applies the blocks in order, each with its own state root, and commits them at once.
-    fn commit(
-        &mut self,
-        group: Vec<(ExecutedBlock, Proposal)>,
-    ) -> Result<Vec<(SealedBlock, Proposal)>, StorageError> {
+    fn commit(&mut self, group: Vec<ExecutedBlock>) -> Result<Vec<SealedBlock>, StorageError> {
         let mut writer = self.state.store.begin_block()?;
         let mut sealed_blocks = Vec::with_capacity(group.len());
         let mut writing = Duration::ZERO;
-        for (block, proposal) in group {
+        for block in group {
             let started = Instant::now();
             let state_root = writer.apply_state(&block.changes)?;
             metrics::histogram!("kestrel_stateroot_block_seconds")
@@ -102,7 +95,7 @@ impl CommitStage {
             writer.insert_block(&sealed)?;
             writing += started.elapsed();
             self.parent_hash = sealed.hash;
-            sealed_blocks.push((sealed, proposal));
+            sealed_blocks.push(sealed);
         }
         let started = Instant::now();
         writer.commit()?;
@@ -110,26 +103,5 @@ impl CommitStage {
             .record((writing + started.elapsed()).as_secs_f64());
         metrics::histogram!("kestrel_commit_group_blocks").record(sealed_blocks.len() as f64);
         Ok(sealed_blocks)
-    }
-
-    /// The proposal carried the result of an earlier block: it must match what we committed. A
-    /// mismatch means this node computed a different state than the proposer; raise the alarm.
-    fn check_delayed_result(&self, proposal: &Proposal) {
-        let Some(carried) = proposal.delayed_result else {
-            return;
-        };
-        let ours = self
-            .state
-            .store
-            .view(|r| r.block_hash(carried.number))
-            .ok()
-            .and_then(Result::ok)
-            .flatten();
-        if ours != Some(carried.block_hash) {
-            metrics::counter!("kestrel_consensus_delayed_result_mismatch_total").increment(1);
-            tracing::error!(target: "pipeline::commit", number = carried.number, carried = %carried.block_hash, ?ours, "delayed execution result mismatch");
-        } else {
-            metrics::counter!("kestrel_consensus_delayed_results_verified_total").increment(1);
-        }
     }
 }

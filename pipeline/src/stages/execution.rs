@@ -12,7 +12,7 @@ use alloy_consensus::{
 };
 use alloy_primitives::{B256, Bloom, keccak256};
 use crossbeam_channel::{Receiver, Sender};
-use kestrel_types::{ChainSpec, ExecutedBlock, Fork, Proposal};
+use kestrel_types::{ChainSpec, ExecutedBlock, Fork, OrderedBlock};
 use std::{sync::Arc, time::Instant};
 
 pub struct ExecutionStage {
@@ -21,14 +21,14 @@ pub struct ExecutionStage {
     pub state: LatestState,
     pub hashes: Arc<RecentHashes>,
     pub status: Arc<ChainStatus>,
-    pub proposals: Receiver<Proposal>,
-    pub executed: Sender<(ExecutedBlock, Proposal)>,
+    pub blocks: Receiver<OrderedBlock>,
+    pub executed: Sender<ExecutedBlock>,
 }
 
 impl ExecutionStage {
-    /// Runs until the ordering stage hangs up and every proposal is executed.
+    /// Runs until the consensus driver hangs up and every proposal is executed.
     pub fn run(mut self) {
-        while let Ok(proposal) = self.proposals.recv() {
+        while let Ok(proposal) = self.blocks.recv() {
             let started = Instant::now();
             let block = match self.execute(&proposal) {
                 Ok(block) => block,
@@ -49,13 +49,13 @@ impl ExecutionStage {
                 .increment(block.dropped.len() as u64);
             metrics::counter!("kestrel_execution_gas_total").increment(block.header.gas_used);
             metrics::gauge!("kestrel_commit_queue_depth").set(self.executed.len() as f64);
-            if self.executed.send((block, proposal)).is_err() {
+            if self.executed.send(block).is_err() {
                 return;
             }
         }
     }
 
-    fn execute(&mut self, proposal: &Proposal) -> Result<ExecutedBlock, crate::ExecError> {
+    fn execute(&mut self, proposal: &OrderedBlock) -> Result<ExecutedBlock, crate::ExecError> {
         let mut header = proposal_header(&self.spec, proposal);
         let (spec, hashes, executor) = (&self.spec, &*self.hashes, &mut self.executor);
         let output = self.state.with_view(|view| {
@@ -101,8 +101,8 @@ impl ExecutionStage {
     }
 }
 
-/// The Ethereum header of a proposal, minus what execution and the state root fill in.
-pub fn proposal_header(spec: &ChainSpec, proposal: &Proposal) -> Header {
+/// The Ethereum header of an ordered block, minus what execution and the state root fill in.
+pub fn proposal_header(spec: &ChainSpec, proposal: &OrderedBlock) -> Header {
     let timestamp = proposal.timestamp_secs();
     let fork = spec.fork_at(timestamp);
     Header {
