@@ -79,14 +79,6 @@ pub fn describe_metrics() {
         "kestrel_mempool_queued_txs",
         "Transactions waiting for a nonce gap to fill"
     );
-    describe_counter!(
-        "kestrel_ordering_txs_total",
-        "Transactions ordered into proposals"
-    );
-    describe_histogram!(
-        "kestrel_ordering_propose_seconds",
-        "Time to build one proposal"
-    );
     describe_gauge!(
         "kestrel_execution_queue_depth",
         "Proposals waiting for execution"

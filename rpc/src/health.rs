@@ -1,7 +1,9 @@
 //! `GET /health` on the JSON-RPC port, for load balancers: 200 while the node follows the chain,
 //! 503 when its committed head is older than [`STALL_BLOCK_TIMES`] block times. That covers a
 //! node that stopped committing (stalled) and one still catching up after a restart (behind): in
-//! both, the newest block it serves was made too long ago.
+//! both, the newest block it serves was made too long ago. A chain still at its genesis block is
+//! judged from when this node started instead (the genesis was usually made long before): its
+//! first block is final only once its child is certified, a block time or so after start-up.
 
 use http::{Method, Response, StatusCode, header};
 use jsonrpsee::{
@@ -31,10 +33,9 @@ pub struct Health {
     pub body: String,
 }
 
-/// Judges a head whose header says `head_timestamp_s`, at wall-clock `now_ms`.
-pub fn judge(head: u64, head_timestamp_s: u64, now_ms: u64, max_age_ms: u64) -> Health {
-    // The header has second resolution: the head may be up to 1 s younger than it says.
-    let age_ms = now_ms.saturating_sub(head_timestamp_s.saturating_mul(1000));
+/// Judges a head made at `head_ms`, at wall-clock `now_ms`.
+pub fn judge(head: u64, head_ms: u64, now_ms: u64, max_age_ms: u64) -> Health {
+    let age_ms = now_ms.saturating_sub(head_ms);
     let (status, word) = if age_ms <= max_age_ms {
         (StatusCode::OK, "ok")
     } else {
@@ -55,6 +56,8 @@ pub struct HealthLayer {
     pub status: Arc<ChainStatus>,
     pub store: Arc<Store>,
     pub max_age_ms: u64,
+    /// When this node started, in ms since the Unix epoch.
+    pub started_ms: u64,
 }
 
 impl<S> Layer<S> for HealthLayer {
@@ -80,7 +83,14 @@ impl HealthLayer {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
         match self.store.view(|r| r.header(head)) {
-            Ok(Ok(Some(header))) => judge(head, header.timestamp, now_ms, self.max_age_ms),
+            Ok(Ok(Some(header))) => {
+                // The header has second resolution: the head may be up to 1 s younger.
+                let mut head_ms = header.timestamp.saturating_mul(1000);
+                if head == 0 {
+                    head_ms = head_ms.max(self.started_ms);
+                }
+                judge(head, head_ms, now_ms, self.max_age_ms)
+            }
             // A head the store cannot show is not a node to send traffic to.
             other => Health {
                 status: StatusCode::SERVICE_UNAVAILABLE,
@@ -132,10 +142,10 @@ mod tests {
     #[test]
     fn fresh_head_is_healthy_old_head_is_not() {
         let now_ms = 1_000_000_000;
-        let fresh = judge(7, now_ms / 1000 - 1, now_ms, 5_000);
+        let fresh = judge(7, now_ms - 1_000, now_ms, 5_000);
         assert_eq!(fresh.status, StatusCode::OK);
         assert!(fresh.body.contains(r#""status":"ok""#), "{}", fresh.body);
-        let old = judge(7, now_ms / 1000 - 6, now_ms, 5_000);
+        let old = judge(7, now_ms - 6_000, now_ms, 5_000);
         assert_eq!(old.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(old.body.contains(r#""head_age_ms":6000"#), "{}", old.body);
     }
@@ -143,6 +153,6 @@ mod tests {
     #[test]
     fn head_from_the_future_counts_as_fresh() {
         // Clock skew between the proposer and this node must not read as a stall.
-        assert_eq!(judge(1, 2_000, 1_000_000, 5_000).status, StatusCode::OK);
+        assert_eq!(judge(1, 2_000_000, 1_000_000, 5_000).status, StatusCode::OK);
     }
 }

@@ -108,6 +108,7 @@ pub async fn start(
         status: ctx.status.clone(),
         store: ctx.store.clone(),
         max_age_ms: config.block_time_ms.saturating_mul(STALL_BLOCK_TIMES),
+        started_ms: kestrel_types::now_ms(),
     };
     let mut module = RpcModule::new(());
     module.merge(handler::EthRpc::new(ctx, &limits).into_rpc())?;

@@ -4,21 +4,28 @@
 //! validator that received it to lead.
 
 use super::wire::{WireError, decode_all};
-use alloy_primitives::Bytes;
+use alloy_primitives::{B256, Bytes, keccak256};
 use alloy_rlp::Encodable;
 use kestrel_consensus::{
     Round,
     bft::{ValidatorIndex, ValidatorSet},
 };
-use kestrel_pipeline::mempool::IngressHandle;
+use kestrel_pipeline::mempool::{IngressHandle, TxPool};
 use kestrel_types::RecoveredTx;
-use std::thread;
+use std::{collections::HashSet, thread};
 
 /// Transactions in one forwarded batch.
 pub const FORWARD_TXS_MAX: usize = 1_024;
 /// Forwarded transactions waiting for this validator's ingress; more are dropped (the sender
 /// still holds them).
 const FORWARD_QUEUE_MAX: usize = 16_384;
+/// How often newly admitted transactions are forwarded to the next leaders.
+const FORWARD_INTERVAL_MS: u64 = 50;
+/// Transactions go to the leaders of the current and this many next rounds.
+const FORWARD_LEADERS: u64 = 3;
+/// Hashes of transactions received by forwarding that are remembered, so they are not forwarded
+/// again; when full the set is cleared (a transaction forwarded twice is refused as known).
+const FORWARDED_IN_MAX: usize = 65_536;
 
 pub const FORWARDED_TOTAL: &str = "kestrel_txforward_sent_total";
 pub const RECEIVED_TOTAL: &str = "kestrel_txforward_received_total";
@@ -35,7 +42,7 @@ pub fn describe_metrics() {
 }
 
 /// The leaders of `round` and the `leaders` rounds after it, each once, without `me`.
-pub fn targets(
+fn targets(
     set: &ValidatorSet,
     round: Round,
     me: ValidatorIndex,
@@ -51,26 +58,90 @@ pub fn targets(
     out
 }
 
-pub fn encode(txs: &[RecoveredTx]) -> Vec<u8> {
+fn encode(txs: &[RecoveredTx]) -> Vec<u8> {
     let raw: Vec<Bytes> = txs.iter().map(RecoveredTx::encoded).collect();
     let mut out = Vec::with_capacity(raw.length());
     raw.encode(&mut out);
     out
 }
 
-pub fn decode(bytes: &[u8]) -> Result<Vec<Bytes>, WireError> {
+fn decode(bytes: &[u8]) -> Result<Vec<Bytes>, WireError> {
     decode_all(bytes)
+}
+
+/// Forwarding state: when we last forwarded, and what we received by forwarding (not sent on).
+pub struct Forwarder {
+    admitter: Admitter,
+    last_ms: u64,
+    received: HashSet<B256>,
+}
+
+impl Forwarder {
+    pub fn spawn(ingress: IngressHandle) -> std::io::Result<Self> {
+        Ok(Self {
+            admitter: Admitter::spawn(ingress)?,
+            last_ms: 0,
+            received: HashSet::new(),
+        })
+    }
+
+    /// Every `FORWARD_INTERVAL_MS`: the transactions our RPC admitted since the last time, for
+    /// the leaders of the current and next rounds (they stay in our pool too: if those leaders
+    /// fail, we propose them when we lead). Returns the targets and the encoded batch.
+    pub fn outgoing(
+        &mut self,
+        now: u64,
+        pool: &TxPool,
+        set: &ValidatorSet,
+        round: Round,
+        me: ValidatorIndex,
+    ) -> Option<(Vec<ValidatorIndex>, Bytes)> {
+        if self.last_ms + FORWARD_INTERVAL_MS > now {
+            return None;
+        }
+        self.last_ms = now;
+        let txs: Vec<_> = pool
+            .take_fresh(FORWARD_TXS_MAX)
+            .into_iter()
+            .filter(|tx| !self.received.contains(&tx.hash()))
+            .collect();
+        if txs.is_empty() {
+            return None;
+        }
+        metrics::counter!(FORWARDED_TOTAL).increment(txs.len() as u64);
+        Some((
+            targets(set, round, me, FORWARD_LEADERS),
+            Bytes::from(encode(&txs)),
+        ))
+    }
+
+    /// Transactions another validator forwarded: admitted through our ingress.
+    pub fn incoming(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        let txs = decode(bytes)?;
+        if self.received.len() + txs.len() > FORWARDED_IN_MAX {
+            self.received.clear();
+        }
+        for raw in txs.into_iter().take(FORWARD_TXS_MAX) {
+            self.received.insert(keccak256(&raw));
+            self.admitter.admit(raw);
+        }
+        Ok(())
+    }
+
+    pub fn shutdown(self) {
+        self.admitter.shutdown();
+    }
 }
 
 /// Feeds forwarded transactions to the ingress stage from a thread of its own, since ingress
 /// answers asynchronously and the consensus driver must not wait for it.
-pub struct Admitter {
+struct Admitter {
     queue: tokio::sync::mpsc::Sender<Bytes>,
     thread: thread::JoinHandle<()>,
 }
 
 impl Admitter {
-    pub fn spawn(ingress: IngressHandle) -> std::io::Result<Self> {
+    fn spawn(ingress: IngressHandle) -> std::io::Result<Self> {
         let (queue, mut rx) = tokio::sync::mpsc::channel::<Bytes>(FORWARD_QUEUE_MAX);
         let runtime = tokio::runtime::Builder::new_current_thread().build()?;
         let thread = thread::Builder::new()
@@ -93,7 +164,7 @@ impl Admitter {
     }
 
     /// Never blocks: a full queue drops the transaction.
-    pub fn admit(&self, raw: Bytes) {
+    fn admit(&self, raw: Bytes) {
         if self.queue.try_send(raw).is_err() {
             metrics::counter!(RECEIVED_TOTAL, "result" => "dropped").increment(1);
         }
@@ -101,7 +172,7 @@ impl Admitter {
 
     /// Stops taking transactions and waits for the thread (it lets go of the ingress handle,
     /// so the ingress stage can shut down).
-    pub fn shutdown(self) {
+    fn shutdown(self) {
         drop(self.queue);
         let _ = self.thread.join();
     }

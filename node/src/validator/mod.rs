@@ -8,10 +8,16 @@
 //!        └── send / broadcast ────┘  └────────── ExecutionResult ◀── commit ◀──────────────────┘
 //! ```
 
+mod builder;
 mod driver;
+mod finality;
 mod forward;
+mod metrics;
 mod payload;
+mod payloads;
+mod rounds;
 mod store;
+mod sync;
 mod transport;
 mod wire;
 
@@ -157,7 +163,7 @@ pub struct Wiring {
 pub fn start(setup: Setup, wiring: Wiring) -> eyre::Result<thread::JoinHandle<()>> {
     bft::metrics::describe();
     kestrel_net::describe_metrics();
-    driver::describe_metrics();
+    metrics::describe();
     forward::describe_metrics();
     let set = setup.validator_set()?;
     let secret = setup.key.secret_key();
@@ -185,15 +191,12 @@ pub fn start(setup: Setup, wiring: Wiring) -> eyre::Result<thread::JoinHandle<()
     let dir = wiring.datadir.join(CONSENSUS_DIR);
     std::fs::create_dir_all(&dir).wrap_err("creating the consensus directory")?;
     let ids = setup.validators.iter().map(peer_id).collect();
-    let driver = driver::Driver::new(
-        bft::ValidatorKey::new(secret),
+    let members = driver::Membership {
+        key: bft::ValidatorKey::new(secret),
         set,
         ids,
-        transport,
-        inbound,
-        &dir,
-        wiring,
-    )?;
+    };
+    let driver = driver::Driver::new(members, transport, inbound, &dir, wiring)?;
     Ok(thread::Builder::new()
         .name("consensus".into())
         .spawn(move || driver.run())?)
@@ -239,4 +242,9 @@ fn own_key(datadir: &Path) -> eyre::Result<ValidatorKey> {
         tracing::info!(target: "node::validator", path = %path.display(), "generated this chain's validator key");
     }
     Ok(ValidatorKey::load(&path)?)
+}
+
+/// A stage that cannot go on stops the node (`crate::fatal`).
+fn fatal(what: &str) -> ! {
+    crate::fatal::stop("validator", what)
 }

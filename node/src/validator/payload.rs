@@ -197,6 +197,17 @@ pub enum Rejected {
     Invalid(#[from] PayloadError),
 }
 
+impl Rejected {
+    /// The `reason` label of `kestrel_consensus_payloads_rejected_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Rejected::Hash => "hash",
+            Rejected::Invalid(PayloadError::StaticRule { .. }) => "static_rule",
+            Rejected::Invalid(_) => "invalid",
+        }
+    }
+}
+
 /// Decodes received payloads on a thread of its own: sender recovery of a 10k-transaction
 /// payload takes a few hundred milliseconds, during which the consensus thread must keep
 /// voting, aggregating and timing out. `T` is what the caller needs back with the result.

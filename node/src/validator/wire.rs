@@ -4,7 +4,7 @@
 
 use alloy_primitives::{B256, Bytes};
 use alloy_rlp::{Decodable, Encodable, RlpDecodable, RlpEncodable};
-use kestrel_consensus::bft::{Block, CommitProof, CommittedBlock, QuorumCert};
+use kestrel_consensus::bft::{Block, CommitProof, CommittedBlock, Message, QuorumCert, Unverified};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -16,6 +16,8 @@ pub enum WireError {
     Rlp(#[from] alloy_rlp::Error),
     #[error("{0} trailing bytes")]
     TrailingBytes(usize),
+    #[error("consensus message: {0}")]
+    Consensus(String),
 }
 
 /// A `Kind::Consensus` message.
@@ -49,6 +51,30 @@ impl ConsensusEnvelope {
                 },
             ),
         }
+    }
+
+    /// A consensus message, with its payload if it is a proposal.
+    pub fn wrap(message: &Message, payload: Option<&Bytes>) -> Vec<u8> {
+        let message = Bytes::from(message.encode_to_vec());
+        match payload {
+            Some(payload) => Self::Proposal {
+                payload: payload.clone(),
+                message,
+            },
+            None => Self::Message(message),
+        }
+        .encode()
+    }
+
+    /// The consensus message (not yet verified) and the payload a proposal carries.
+    pub fn open(bytes: &[u8]) -> Result<(Unverified<Message>, Option<Bytes>), WireError> {
+        let (message, payload) = match Self::decode(bytes)? {
+            Self::Message(m) => (m, None),
+            Self::Proposal { payload, message } => (message, Some(payload)),
+        };
+        let message = Unverified::<Message>::decode(&message)
+            .map_err(|e| WireError::Consensus(e.to_string()))?;
+        Ok((message, payload))
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {

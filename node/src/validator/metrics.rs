@@ -1,0 +1,36 @@
+//! The consensus driver's own metrics (the machine's are `bft::metrics`, the transport's
+//! `kestrel_net::describe_metrics`).
+
+use kestrel_consensus::bft;
+
+pub const SYNC_BLOCKS_TOTAL: &str = "kestrel_sync_blocks_total";
+pub const SYNC_ACTIVE: &str = "kestrel_sync_active";
+pub const PAYLOADS_REJECTED: &str = "kestrel_consensus_payloads_rejected_total";
+pub const EARLY_TIMEOUTS: &str = "kestrel_consensus_early_timeouts_total";
+pub const ORDERED_TXS: &str = "kestrel_ordering_txs_total";
+pub const PROPOSE_SECONDS: &str = "kestrel_ordering_propose_seconds";
+
+pub fn describe() {
+    metrics::describe_counter!(
+        SYNC_BLOCKS_TOTAL,
+        "Finalized blocks fetched from peers by block sync"
+    );
+    metrics::describe_gauge!(
+        SYNC_ACTIVE,
+        "1 while this validator is catching up by block sync instead of taking part in consensus"
+    );
+    metrics::describe_counter!(
+        PAYLOADS_REJECTED,
+        "Proposals not passed to consensus because their payload was invalid, by reason"
+    );
+    metrics::describe_counter!(
+        EARLY_TIMEOUTS,
+        "Rounds timed out after a block time because their leader or the next leader was not connected"
+    );
+    metrics::describe_counter!(ORDERED_TXS, "Transactions ordered into proposals");
+    metrics::describe_histogram!(PROPOSE_SECONDS, "Time to build one proposal's payload");
+    metrics::counter!(EARLY_TIMEOUTS).absolute(0);
+    // Exists from start-up at 0, so an alert on its increase sees the first mismatch.
+    metrics::counter!(bft::metrics::RESULT_MISMATCH).absolute(0);
+    metrics::gauge!(bft::metrics::HALTED).set(0.0);
+}

@@ -1,0 +1,362 @@
+//! Block sync: how a validator that is behind (at start, or when a certificate it sees is far
+//! ahead of its log) fetches finalized blocks from peers, checks them against a commit proof and
+//! the hash chain before anything executes, and how it serves its own block log to others.
+//! Requests rotate through the connected peers; a peer that does not answer in time is passed
+//! over for the next.
+
+use super::{
+    payload::Payload,
+    payloads::PayloadCache,
+    store::{ChainLog, StoreError},
+    wire::{SyncRequest, SyncResponse, SyncedBlock},
+};
+use alloy_primitives::keccak256;
+use kestrel_consensus::bft::{self, SYNC_BLOCKS_MAX, ValidatorSet};
+use kestrel_net::PeerId;
+
+/// Ask another peer when one has not answered a sync or payload request in this long.
+pub const REQUEST_RETRY_MS: u64 = 1_000;
+/// With no answer at all for this long (no peer up), start consensus anyway: it cannot
+/// finalize without a quorum, and when peers come back their certificates trigger a sync.
+const SYNC_ALONE_MS: u64 = 3_000;
+/// Bytes of blocks in one sync response (the frame cap is 16 MiB).
+const SYNC_RESPONSE_BYTES_MAX: usize = 8 << 20;
+
+/// Asks one connected peer after another, a retry interval apart.
+#[derive(Debug, Default)]
+pub struct Rotation {
+    turn: usize,
+    asked_at_ms: u64,
+}
+
+impl Rotation {
+    /// The peer to ask now, if the last one has had its time; `peers` in a stable order.
+    pub fn next(&mut self, now: u64, peers: &[PeerId]) -> Option<PeerId> {
+        if self.asked_at_ms != 0 && self.asked_at_ms + REQUEST_RETRY_MS > now {
+            return None;
+        }
+        self.asked_at_ms = now;
+        let peer = *peers.get(self.turn % peers.len().max(1))?;
+        self.turn += 1;
+        Some(peer)
+    }
+}
+
+/// What block sync wants done next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SyncStep {
+    /// Send this request to this peer.
+    Ask(PeerId, Vec<u8>),
+    /// Nobody answered at all: join consensus without syncing.
+    GiveUp,
+    Wait,
+}
+
+/// A catch-up in progress.
+#[derive(Debug)]
+pub struct BlockSync {
+    rotation: Rotation,
+    started_ms: u64,
+    answered: bool,
+}
+
+impl BlockSync {
+    pub fn start(now: u64) -> Self {
+        Self {
+            rotation: Rotation::default(),
+            started_ms: now,
+            answered: false,
+        }
+    }
+
+    /// Asks for the blocks after `log_height`, or gives up when no peer ever answered.
+    pub fn step(&mut self, now: u64, peers: &[PeerId], log_height: u64) -> SyncStep {
+        if !self.answered && self.started_ms + SYNC_ALONE_MS <= now {
+            return SyncStep::GiveUp;
+        }
+        match self.rotation.next(now, peers) {
+            Some(peer) => SyncStep::Ask(peer, blocks_request(log_height)),
+            None => SyncStep::Wait,
+        }
+    }
+
+    /// Checks a peer's answer against our log head; the blocks to log and execute, in order,
+    /// with their decoded payloads. An empty answer means the peer has nothing newer.
+    pub fn on_blocks(
+        &mut self,
+        head: &bft::CommittedBlock,
+        blocks: Vec<SyncedBlock>,
+        set: &ValidatorSet,
+    ) -> Result<Vec<(SyncedBlock, Payload)>, SyncError> {
+        self.answered = true;
+        let payloads = verify_chain(head, &blocks, set)?;
+        // Until a peer has nothing more, ask again at once: an answer may be short of
+        // SYNC_BLOCKS_MAX (its size bound) and the chain grows meanwhile.
+        self.rotation.asked_at_ms = 0;
+        Ok(blocks.into_iter().zip(payloads).collect())
+    }
+}
+
+fn blocks_request(log_height: u64) -> Vec<u8> {
+    SyncRequest::Blocks {
+        from: log_height + 1,
+        count: SYNC_BLOCKS_MAX as u16,
+    }
+    .encode()
+}
+
+/// Our answer to a peer's sync request: blocks from our log, or a payload we hold. None for a
+/// request we cannot or will not answer.
+pub fn answer(
+    request: &[u8],
+    log: &ChainLog,
+    payloads: &PayloadCache,
+) -> Result<Option<SyncResponse>, StoreError> {
+    Ok(match SyncRequest::decode(request) {
+        Ok(SyncRequest::Blocks { from, count }) => Some(serve_blocks(log, from, count)?),
+        Ok(SyncRequest::Payload(hash)) => payloads
+            .get(&hash)
+            .map(|payload| SyncResponse::Payload(payload.bytes().clone())),
+        Err(err) => {
+            tracing::debug!(target: "node::validator", %err, "undecodable sync request");
+            None
+        }
+    })
+}
+
+/// Our answer to a peer's request for blocks `from..from + count` of the log. The limits are
+/// soft: the answer ends on a block with a commit proof (every commit's last block, so at the
+/// latest the log head), since the asker checks finality on the last block it gets.
+fn serve_blocks(log: &ChainLog, from: u64, count: u16) -> Result<SyncResponse, StoreError> {
+    let count = usize::from(count).min(SYNC_BLOCKS_MAX);
+    let mut blocks: Vec<SyncedBlock> = Vec::new();
+    let mut size = 0;
+    for height in from.max(1)..=log.height() {
+        let full = blocks.len() >= count || size >= SYNC_RESPONSE_BYTES_MAX;
+        if full && blocks.last().is_some_and(|b| b.proof.is_some()) {
+            break;
+        }
+        let block = log.read(height)?;
+        size += block.payload.len();
+        blocks.push(block);
+    }
+    Ok(SyncResponse::Blocks(blocks))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("block {height} does not extend our chain")]
+    NotOurChain { height: u64 },
+    #[error("block {height}: its certificate is for another block")]
+    WrongCertificate { height: u64 },
+    #[error("block {height}: the last block of an answer needs a commit proof")]
+    NoCommitProof { height: u64 },
+    #[error("commit proof of block {height}: {source}")]
+    BadCommitProof {
+        height: u64,
+        source: kestrel_consensus::error::VerifyError,
+    },
+    #[error("block {height}: payload: {reason}")]
+    BadPayload { height: u64, reason: String },
+}
+
+/// Blocks from sync must extend `head` one by one (hash links), and the last must carry a valid
+/// commit proof: a certificate alone would let a peer serve a block that was certified but then
+/// abandoned. Every block below it is final too, authenticated by the chain of hashes (each
+/// block's id covers its parent's QC). Any other proof is checked as well, since it is logged
+/// and served to others. Returns the decoded payloads.
+pub fn verify_chain(
+    head: &bft::CommittedBlock,
+    blocks: &[SyncedBlock],
+    set: &ValidatorSet,
+) -> Result<Vec<Payload>, SyncError> {
+    let mut parent = head.block.clone();
+    for (i, b) in blocks.iter().enumerate() {
+        let height = b.block.height;
+        if height != parent.height + 1 || b.block.parent() != parent.id() {
+            return Err(SyncError::NotOurChain { height });
+        }
+        // A block's certificate is its child's QC (the next block's, or the proof's).
+        let child = match (blocks.get(i + 1), &b.proof) {
+            (_, Some(proof)) => &proof.child,
+            (Some(next), None) => &next.block,
+            (None, None) => return Err(SyncError::NoCommitProof { height }),
+        };
+        if child.qc != b.qc {
+            return Err(SyncError::WrongCertificate { height });
+        }
+        if let Some(proof) = &b.proof {
+            proof
+                .verify(&b.block, set)
+                .map_err(|source| SyncError::BadCommitProof { height, source })?;
+        }
+        parent = b.block.clone();
+    }
+    blocks
+        .iter()
+        .map(|b| {
+            let bad = |reason: String| SyncError::BadPayload {
+                height: b.block.height,
+                reason,
+            };
+            if keccak256(&b.payload) != b.block.payload_hash {
+                return Err(bad("hash differs from the block's".into()));
+            }
+            Payload::decode(b.payload.clone()).map_err(|e| bad(e.to_string()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_primitives::{Address, Bytes};
+    use kestrel_consensus::{
+        Round,
+        bft::{Block, CommitProof, QuorumCert, SignerSig, ValidatorIndex, ValidatorKey, Vote},
+    };
+
+    fn keys() -> Vec<ValidatorKey> {
+        (1..=4u8)
+            .map(|i| ValidatorKey::new(secp256k1::SecretKey::from_byte_array(&[i; 32]).unwrap()))
+            .collect()
+    }
+
+    fn set(keys: &[ValidatorKey]) -> ValidatorSet {
+        ValidatorSet::new(keys.iter().map(|k| (k.id(), 1)).collect()).unwrap()
+    }
+
+    fn qc_for(block: &Block, signers: &[usize], keys: &[ValidatorKey]) -> QuorumCert {
+        QuorumCert {
+            round: block.round,
+            height: block.height,
+            block_id: block.id(),
+            signatures: signers
+                .iter()
+                .map(|&i| {
+                    let index = ValidatorIndex(i as u16);
+                    let vote = Vote::new(block.round, block.height, block.id(), index, &keys[i]);
+                    SignerSig {
+                        signer: index,
+                        signature: vote.signature,
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    fn block(round: u64, height: u64, qc: QuorumCert, payload: &Payload) -> Block {
+        Block {
+            round: Round(round),
+            height,
+            author: ValidatorIndex((round % 4) as u16),
+            timestamp_ms: round * 1_000,
+            payload_hash: payload.hash(),
+            qc,
+            delayed_result: None,
+        }
+    }
+
+    /// Three blocks on genesis in rounds 1, 2, 3, each certified by the next one's QC; the last
+    /// with a commit proof: a child in `child_round` whose QC `child_signers` signed.
+    fn chain(keys: &[ValidatorKey], child_round: u64, child_signers: &[usize]) -> Vec<SyncedBlock> {
+        let payload = Payload::build(Address::ZERO, 30_000_000, 1_000_000_000, Vec::new());
+        let mut qc = QuorumCert::genesis();
+        let mut blocks: Vec<Block> = Vec::new();
+        for height in 1..=3u64 {
+            let b = block(height, height, qc.clone(), &payload);
+            qc = qc_for(&b, &[0, 1, 2], keys);
+            blocks.push(b);
+        }
+        let child = block(child_round, 4, qc, &payload);
+        let proof = CommitProof {
+            child_qc: qc_for(&child, child_signers, keys),
+            child,
+        };
+        let n = blocks.len();
+        blocks
+            .iter()
+            .enumerate()
+            .map(|(i, b)| SyncedBlock {
+                block: b.clone(),
+                qc: match blocks.get(i + 1) {
+                    Some(next) => next.qc.clone(),
+                    None => proof.child.qc.clone(),
+                },
+                payload: payload.bytes().clone(),
+                proof: (i == n - 1).then(|| proof.clone()),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn synced_blocks_need_a_commit_proof_and_hash_links_to_our_head() {
+        let keys = keys();
+        let set = set(&keys);
+        let genesis = bft::CommittedBlock::genesis();
+        let good = chain(&keys, 4, &[1, 2, 3]);
+        assert_eq!(verify_chain(&genesis, &good, &set).unwrap().len(), 3);
+
+        // Certified but not final: the child that certifies the last block is two rounds
+        // later (round 4 timed out), so another branch may have been finalized instead.
+        let abandoned = chain(&keys, 5, &[1, 2, 3]);
+        assert!(matches!(
+            verify_chain(&genesis, &abandoned, &set),
+            Err(SyncError::BadCommitProof { height: 3, .. })
+        ));
+        // Only a QC on the last block, as sync used to accept.
+        let mut certified_only = good.clone();
+        certified_only[2].proof = None;
+        assert!(matches!(
+            verify_chain(&genesis, &certified_only, &set),
+            Err(SyncError::NoCommitProof { height: 3 })
+        ));
+        // Two of four signatures on the child are not a quorum.
+        let weak = chain(&keys, 4, &[0, 3]);
+        assert!(matches!(
+            verify_chain(&genesis, &weak, &set),
+            Err(SyncError::BadCommitProof { height: 3, .. })
+        ));
+        // A signature by a key outside the set.
+        let mut forged = good.clone();
+        let outsider = ValidatorKey::new(secp256k1::SecretKey::from_byte_array(&[9; 32]).unwrap());
+        assert!(set.index_of(&outsider.id()).is_none());
+        let proof = forged[2].proof.as_mut().unwrap();
+        let child = proof.child.clone();
+        proof.child_qc.signatures[0].signature = Vote::new(
+            child.round,
+            child.height,
+            child.id(),
+            ValidatorIndex(1),
+            &outsider,
+        )
+        .signature;
+        assert!(matches!(
+            verify_chain(&genesis, &forged, &set),
+            Err(SyncError::BadCommitProof { .. })
+        ));
+        // The logged certificate must be the one the proof's child carries.
+        let mut other_qc = good.clone();
+        other_qc[2].qc = qc_for(&good[2].block, &[0, 1, 3], &keys);
+        assert!(matches!(
+            verify_chain(&genesis, &other_qc, &set),
+            Err(SyncError::WrongCertificate { height: 3 })
+        ));
+        // A tampered middle block breaks the hash chain to the certified top.
+        let mut tampered = good.clone();
+        tampered[1].block.timestamp_ms += 1;
+        assert!(verify_chain(&genesis, &tampered, &set).is_err());
+        // Blocks that do not start on our head.
+        assert!(matches!(
+            verify_chain(&genesis, &good[1..], &set),
+            Err(SyncError::NotOurChain { height: 2 })
+        ));
+        // A payload that is not the one the block names.
+        let mut swapped = good.clone();
+        swapped[0].payload = Bytes::from_static(b"\xc0");
+        assert!(matches!(
+            verify_chain(&genesis, &swapped, &set),
+            Err(SyncError::BadPayload { height: 1, .. })
+        ));
+    }
+}
