@@ -36,7 +36,7 @@ use alloy_primitives::{Address, B256, U256, map::HashMap};
 use kestrel_types::{BlockNumber, RecoveredTx};
 use parking_lot::Mutex;
 use std::{
-    collections::{BTreeMap, BinaryHeap, VecDeque},
+    collections::{BTreeMap, BinaryHeap, HashSet, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -134,10 +134,14 @@ impl SenderQueue {
         (self.pending_end() - self.next_nonce) as usize
     }
 
-    /// The highest queued nonce, if any transaction waits behind a gap.
+    /// The highest queued nonce, if any transaction waits behind a gap, or below the next
+    /// nonce (another leader proposed a later nonce over a gap; the commit sorts it out).
     fn highest_queued(&self) -> Option<u64> {
         let (&last, _) = self.txs.last_key_value()?;
-        (last > self.pending_end()).then_some(last)
+        if last > self.pending_end() {
+            return Some(last);
+        }
+        self.txs.range(..self.next_nonce).next_back().map(|(n, _)| *n)
     }
 }
 
@@ -308,7 +312,12 @@ impl Inner {
                     (*sender, *nonce),
                     "misfiled tx"
                 );
-                assert!(*nonce >= q.next_nonce, "pooled tx below the next nonce");
+                // Below the next nonce only while blocks are in flight: another leader may
+                // propose a later nonce over a gap, and the commit resets the next nonce.
+                assert!(
+                    *nonce >= q.next_nonce || q.in_flight_until.is_some(),
+                    "pooled tx below the next nonce"
+                );
                 assert_eq!(self.by_hash.get(&p.tx.hash()), Some(sender), "unindexed tx");
                 assert!(
                     !self.in_flight.contains_key(&p.tx.hash()),
@@ -319,11 +328,29 @@ impl Inner {
         }
         assert_eq!(self.by_hash.len(), pooled, "stale hash index");
         assert!(pooled <= self.config.txs_max, "pool over its limit");
+        let marked: HashSet<(BlockNumber, B256)> = self
+            .by_block
+            .iter()
+            .flat_map(|(number, txs)| txs.iter().map(|(hash, _)| (*number, *hash)))
+            .collect();
         for (hash, f) in &self.in_flight {
             let q = self.senders.get(&f.tx.sender());
             assert!(
                 q.is_some_and(|q| q.in_flight_until.is_some()),
                 "in-flight {hash} of an untracked sender"
+            );
+            assert!(
+                marked.contains(&(f.number, *hash)),
+                "in-flight {hash} not listed under its block {}",
+                f.number
+            );
+        }
+        for (sender, q) in &self.senders {
+            // While blocks are in flight nothing resets the next nonce below what was finalized
+            // (a commit may, when execution dropped a finalized transaction).
+            assert!(
+                q.in_flight_until.is_none() || q.next_nonce >= q.finalized_next,
+                "next nonce of {sender} behind its finalized nonce"
             );
         }
     }
@@ -627,6 +654,11 @@ impl Inner {
         };
         if nonce < queue.next_nonce {
             return Err(PoolError::NonceTooLow);
+        }
+        // In flight above the next nonce (an earlier proposal was abandoned): a copy pooled
+        // again would be proposed twice.
+        if self.in_flight.contains_key(&hash) {
+            return Err(PoolError::AlreadyKnown);
         }
         let next_nonce = queue.next_nonce;
         if let Some(old) = queue.txs.get(&nonce) {
@@ -1352,6 +1384,93 @@ mod tests {
                 }
                 self.pooled[s].insert(n);
                 Ok(())
+            }
+        }
+
+        /// What consensus does to the pool besides our own blocks: other leaders' proposals,
+        /// finality (of ours or theirs), lost rounds and commits, in any order.
+        #[derive(Debug, Clone)]
+        enum Event {
+            Insert(usize, u64),
+            Take,
+            Proposed(Vec<(usize, u64)>),
+            Finalized(Vec<(usize, u64)>),
+            AbandonLast,
+            Commit,
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            let txs = || proptest::collection::vec((0..SENDERS, 0u64..7), 0..4);
+            prop_oneof![
+                4 => (0..SENDERS, 0u64..7).prop_map(|(s, n)| Event::Insert(s, n)),
+                2 => Just(Event::Take),
+                2 => txs().prop_map(Event::Proposed),
+                2 => txs().prop_map(Event::Finalized),
+                1 => Just(Event::AbandonLast),
+                1 => Just(Event::Commit),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(128))]
+            /// The invariants hold after every consensus event, and a finalized transaction
+            /// never comes back to the pool.
+            #[test]
+            fn pool_keeps_its_invariants_through_consensus(events in proptest::collection::vec(event(), 1..80)) {
+                let pool = TxPool::with_config(PoolConfig {
+                    txs_max: POOL_MAX,
+                    sender_txs_max: SENDER_MAX,
+                    queued_lifetime: LIFETIME,
+                });
+                let keys = [50u8, 51, 52];
+                let tx = |(s, n): (usize, u64)| signed(keys[s], n, 1, 100);
+                let (mut block, mut finalized_to) = (0u64, 0u64);
+                let mut last: Vec<RecoveredTx> = Vec::new();
+                let mut finalized: HashSet<B256> = HashSet::new();
+                // Each sender's nonce after its finalized transactions, and in the state.
+                let (mut final_next, mut state) = ([0u64; SENDERS], [0u64; SENDERS]);
+                let addrs: Vec<Address> = keys.iter().map(|k| signed(*k, 0, 1, 1).sender()).collect();
+                for event in events {
+                    match event {
+                        Event::Insert(s, n) => {
+                            let _ = pool.insert(tx((s, n)), state[s], Instant::now());
+                        }
+                        Event::Take => {
+                            block += 1;
+                            last = pool.take_block(block, &rules(u64::MAX / 2, 1), 1_000, &Rich);
+                        }
+                        Event::Proposed(txs) => {
+                            // Honest leaders build on the finalized chain: no nonce below it.
+                            // (A byzantine copy of a finalized transaction is dropped at
+                            // execution and leaves the pool at the commit after.)
+                            block += 1;
+                            last = txs.into_iter().filter(|&(s, n)| n >= final_next[s]).map(tx).collect();
+                            pool.on_proposed(block, &last);
+                        }
+                        Event::Finalized(txs) => {
+                            finalized_to = finalized_to.max(block.max(1));
+                            let txs: Vec<_> = txs.into_iter().filter(|&(s, n)| n >= final_next[s]).collect();
+                            for &(s, n) in &txs {
+                                final_next[s] = final_next[s].max(n + 1);
+                            }
+                            let txs: Vec<_> = txs.into_iter().map(tx).collect();
+                            finalized.extend(txs.iter().map(RecoveredTx::hash));
+                            pool.on_finalized(finalized_to, &txs);
+                        }
+                        Event::AbandonLast => pool.on_abandoned(&std::mem::take(&mut last)),
+                        Event::Commit => {
+                            state = final_next;
+                            pool.on_committed(finalized_to, |a| {
+                                addrs.iter().position(|x| *x == a).map_or(0, |s| state[s])
+                            });
+                        }
+                    }
+                    pool.assert_invariants();
+                    let inner = pool.inner.lock();
+                    for hash in &finalized {
+                        prop_assert!(!inner.by_hash.contains_key(hash), "finalized tx back in the pool");
+                    }
+                }
             }
         }
 
