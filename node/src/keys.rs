@@ -138,13 +138,14 @@ impl ValidatorKey {
     pub fn load(key_file: &Path, password_file: Option<&Path>) -> Result<Self, KeyError> {
         let bytes = read_private(key_file, Private::Key)?;
         if !bytes.trim_ascii_start().starts_with(b"{") {
+            let key = Self::from_hex(key_file, &bytes)?;
             tracing::warn!(
                 target: "node::keys",
                 path = %key_file.display(),
                 "the validator key file is not encrypted; convert it to a keystore with \
                  `kestrel keygen --from-hex FILE --out NEW --password-file PW`"
             );
-            return Self::from_hex(key_file, &bytes);
+            return Ok(key);
         }
         let password_file = password_file.ok_or_else(|| KeyError::NoPasswordFile {
             path: key_file.to_owned(),

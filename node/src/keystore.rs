@@ -128,8 +128,7 @@ pub struct Decrypted {
     pub address: Option<Address>,
 }
 
-/// Encrypts `secret` under `password` into keystore v3 JSON (pretty-printed, as geth writes it
-/// minus the indentation style).
+/// Encrypts `secret` under `password` into keystore v3 JSON, with a fresh salt, IV and id.
 pub fn encrypt(
     secret: &[u8],
     password: &[u8],
