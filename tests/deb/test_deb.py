@@ -13,6 +13,11 @@ there, and its dependencies (network-online.target, ...) resolve through the hos
 copied into R because an empty root has none. `systemd-analyze security --offline` scores its
 sandboxing. Both need the `systemd` package (scripts/setup.sh installs it); without it those
 tests skip and say so.
+
+The scripts' normal path (no DPKG_ROOT) runs too: a plain `dpkg -i` on an overlay of this host's
+root in a private mount namespace (host_view_install.sh), followed by the operator's steps as the
+kestrel user up to a node running from the packaged config; skipped, saying why, where namespaces
+or overlay mounts are not allowed.
 """
 
 from __future__ import annotations
@@ -219,3 +224,38 @@ def test_purge_removes_the_package_but_never_a_key(deb, tmp_path):
     assert keystore.exists(), "a validator key is never deleted by the package"
     # The user stays: files it owns (the datadir, the key) would otherwise be orphaned.
     kestrel_user(root)
+
+
+def test_dpkg_i_on_a_copy_of_this_host_then_the_operator_procedure(deb, tmp_path):
+    """A plain `dpkg -i` (the maintainer scripts' normal path: getent, useradd, chown by name) on
+    an overlay of this host's root, then OPERATORS.md's steps as the kestrel user: password file,
+    keygen, and the node started from the packaged config opens the keystore."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare (util-linux): cannot make a private view of the host")
+    probe = run("unshare", "--mount", "--net", "true")
+    if probe.returncode != 0:
+        pytest.skip(f"cannot make mount and network namespaces here: {probe.stderr.strip()}")
+    genesis = REPO_ROOT / "node/tests/data/geth_genesis_cancun.json"
+    scratch = tmp_path / "view"
+    scratch.mkdir()
+    before = host_state()
+    r = run("unshare", "--mount", "--net", "--propagation", "private", "sh",
+            Path(__file__).parent / "host_view_install.sh", scratch, deb, genesis, timeout=120)
+    assert host_state() == before, "the install touched the host"
+    out = r.stdout + r.stderr
+    if r.returncode != 0 and "overlay" in out:
+        pytest.skip(f"no overlay mount over / here: {out.strip()[-300:]}")
+    assert r.returncode == 0, out
+    lines = out.splitlines()
+    passwd = next(l for l in lines if l.startswith("passwd: ")).split(":")
+    assert passwd[1].strip() == "kestrel" and int(passwd[3]) < 1000, passwd
+    for d in ("/etc/kestrel", "/var/lib/kestrel"):
+        assert f"dir: {d} kestrel:kestrel 700" in lines, out
+    for f in ("/etc/kestrel/keystore.json", "/etc/kestrel/password.txt"):
+        assert f"key: {f} kestrel:kestrel 600" in lines, out
+    if shutil.which("systemd-analyze"):
+        assert "verify: ok" in lines, out
+    address = next(l.split()[-1] for l in lines if l.startswith("address: "))
+    assert any("validator key loaded" in l and f"address={address}" in l for l in lines), out
+    assert any("committed number=1 " in l for l in lines), out
+    assert "node: exit 0" in lines, "SIGINT: a clean shutdown\n" + out
