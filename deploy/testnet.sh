@@ -5,7 +5,8 @@
 #                                  it exists, then start N validators in the background
 #   deploy/testnet.sh stop [DIR]   stop them: SIGTERM, then wait for each to finish its blocks
 #
-# Per validator: DIR/validator-<i>/{config.toml, validator.key, data/, node.log, node.pid}.
+# Per validator: DIR/validator-<i>/{config.toml, keystore.json, password.txt, data/, node.log,
+# node.pid}.
 # KESTREL_BIN picks the binary (default: target/release/kestrel, else `kestrel` on PATH).
 # Ports: p2p 30303+i, RPC 8545+i, metrics 9100+i (BASE_P2P_PORT, BASE_RPC_PORT, BASE_METRICS_PORT).
 set -euo pipefail
@@ -15,7 +16,7 @@ START_TIMEOUT_S=${START_TIMEOUT_S:-30}
 STOP_TIMEOUT_S=${STOP_TIMEOUT_S:-60}
 
 usage() {
-    sed -n '2,11s/^# \{0,1\}//p' "$0" >&2
+    sed -n '2,12s/^# \{0,1\}//p' "$0" >&2
     exit 2
 }
 

@@ -58,4 +58,12 @@ if [ "$(cat "$E2E/node_modules/.package-lock.sha256" 2>/dev/null)" != "$lock_sum
 fi
 # Metrics tests (tests/metrics): a real Prometheus server and promtool, from the Debian package.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || apt_install prometheus
+# Debian package tests (tests/deb): cargo-deb builds the .deb, systemd-analyze verifies its unit.
+# A pinned cargo-deb (about a minute to compile once); the systemd package only for its tools,
+# nothing is started.
+if ! command -v cargo-deb >/dev/null || [ "$(cargo-deb --version 2>/dev/null)" != "cargo-deb 3.8.0" ]; then
+  echo "setup: cargo install cargo-deb"
+  cargo install cargo-deb --locked --version 3.8.0 --quiet
+fi
+command -v systemd-analyze >/dev/null || apt_install systemd
 echo "setup: done"

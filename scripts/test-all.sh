@@ -44,6 +44,9 @@ tests/e2e/.venv/bin/python -m pytest -q tests/pool_attacks
 step "testnet: pytest tests/testnet (4 validators on loopback and in network namespaces: agreement, a crash and catch-up, no quorum)"
 tests/e2e/.venv/bin/python -m pytest -q tests/testnet
 
+step "Debian package: pytest tests/deb (cargo deb from the release binary, dpkg into a scratch root, systemd-analyze verify)"
+tests/e2e/.venv/bin/python -m pytest -q tests/deb
+
 step "end-to-end: node --test (viem)"
 (cd tests/e2e && node --test ./*.test.mjs)
 

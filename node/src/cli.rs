@@ -20,7 +20,8 @@ pub struct Cli {
 pub enum Command {
     /// Run a node. Boxed: the node's options dwarf the other commands'.
     Node(Box<NodeArgs>),
-    /// Write a new validator key file (mode 0600) and print its public key and address.
+    /// Write a new validator key as an encrypted keystore (mode 0600) and print its public key
+    /// and address.
     Keygen(KeygenArgs),
     /// Write a genesis and one config and key per validator for a testnet on this host.
     InitTestnet(InitTestnetArgs),
@@ -121,9 +122,12 @@ pub struct NodeArgs {
     /// Worker threads of the parallel executor (default: the available cores).
     #[arg(long, default_value_t = available_cores())]
     pub exec_threads: NonZeroUsize,
-    /// This validator's key file (hex secp256k1 secret, mode 0600; `kestrel keygen` writes one).
+    /// This validator's key: an encrypted keystore (`kestrel keygen` writes one), mode 0600.
     #[arg(long, value_name = "FILE")]
     pub validator_key: Option<PathBuf>,
+    /// The keystore's password: the file's first line. Mode 0600 (or 0400), like the keystore.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
     /// Validator p2p listen address (default: this validator's address in the genesis).
     #[arg(long, value_name = "ADDR:PORT")]
     pub p2p_listen: Option<SocketAddr>,
@@ -154,9 +158,21 @@ impl NodeArgs {
 
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
-    /// Where to write the key; an existing file is never overwritten.
-    #[arg(long, value_name = "FILE", default_value = "validator.key")]
+    /// Where to write the keystore; an existing file is never overwritten.
+    #[arg(long, value_name = "FILE", default_value = "keystore.json")]
     pub out: PathBuf,
+    /// The password to encrypt the key with: the file's first line; the file must have mode
+    /// 0600 (or 0400). `kestrel node --password-file` reads the same file.
+    #[arg(long, value_name = "FILE")]
+    pub password_file: PathBuf,
+    /// Encrypt this plain hex key file (what keygen wrote before keystores) instead of a new key.
+    #[arg(long, value_name = "FILE")]
+    pub from_hex: Option<PathBuf>,
+    /// geth's light scrypt parameters (n=4096, p=6: milliseconds, 4 MiB) instead of its standard
+    /// ones (n=262144, p=1: about a second, 256 MiB). For test networks only: a light keystore
+    /// is 64x cheaper to brute-force.
+    #[arg(long)]
+    pub scrypt_light: bool,
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +199,10 @@ pub struct InitTestnetArgs {
     /// are written to DIR/accounts.json).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(0..=i64::from(crate::testnet::ACCOUNTS_MAX)))]
     pub accounts: u32,
+    /// Encrypt the validators' keystores with geth's light scrypt parameters (as `keygen
+    /// --scrypt-light`): validators that restart often (tests) start in milliseconds, not ~1 s.
+    #[arg(long)]
+    pub scrypt_light: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]

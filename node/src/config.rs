@@ -99,6 +99,7 @@ pub struct MempoolSection {
 #[serde(default, deny_unknown_fields)]
 pub struct ValidatorSection {
     pub key_file: Option<PathBuf>,
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -130,6 +131,7 @@ impl Config {
             &mut config.genesis,
             &mut config.datadir,
             &mut config.validator.key_file,
+            &mut config.validator.password_file,
         ]
         .into_iter()
         .flatten()
@@ -188,6 +190,7 @@ impl Config {
         fill!(txpool_sender_txs_max, self.mempool.sender_txs_max);
         fill!(txpool_queued_lifetime_s, self.mempool.queued_lifetime_s);
         fill!(validator_key, self.validator.key_file.map(Some));
+        fill!(password_file, self.validator.password_file.map(Some));
         fill!(p2p_listen, self.p2p.listen.map(Some));
         fill!(p2p_peers, self.p2p.peers);
     }
@@ -227,7 +230,8 @@ mod tests {
             [execution]
             executor = "parallel"
             [validator]
-            key_file = "validator.key"
+            key_file = "keystore.json"
+            password_file = "/run/credentials/kestrel.service/password"
             [p2p]
             peers = ["10.0.0.2:30303", "10.0.0.3:30303"]
             "#,
@@ -240,7 +244,12 @@ mod tests {
         assert_eq!(args.genesis, Some(dir.path().join("../genesis.json")));
         assert_eq!(args.datadir, PathBuf::from("/var/lib/kestrel"));
         assert_eq!(args.executor, ExecutorKind::Parallel);
-        assert_eq!(args.validator_key, Some(dir.path().join("validator.key")));
+        assert_eq!(args.validator_key, Some(dir.path().join("keystore.json")));
+        assert_eq!(
+            args.password_file,
+            Some(PathBuf::from("/run/credentials/kestrel.service/password")),
+            "absolute paths stay"
+        );
         assert_eq!(args.p2p_peers.len(), 2);
         assert_eq!(args.block_time_ms, 500, "unset in the file: the default");
     }

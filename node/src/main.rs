@@ -5,6 +5,7 @@ mod config;
 mod disk;
 mod fatal;
 mod keys;
+mod keystore;
 mod node;
 mod testnet;
 mod validator;

@@ -1,5 +1,5 @@
 //! The validator set in a genesis file, and `kestrel init-testnet`, which writes a genesis and one
-//! directory per validator (config, key) for a testnet on one host.
+//! directory per validator (config, keystore, its password file) for a testnet on one host.
 //!
 //! The validator set sits in a top-level `kestrel` section of the geth-style genesis, which
 //! geth-style parsers (alloy's included) ignore:
@@ -8,7 +8,7 @@
 use crate::{
     cli::InitTestnetArgs,
     config::{Config, MetricsSection, RpcSection, ValidatorSection},
-    keys::{KeyError, ValidatorKey, ValidatorPubkey},
+    keys::{self, KeyError, ValidatorKey, ValidatorPubkey},
 };
 use alloy_primitives::{Address, U256, keccak256};
 use kestrel_types::chain::{GAS_LIMIT_DEFAULT, GENESIS_BASE_FEE, address_of_key, dev_accounts};
@@ -159,7 +159,12 @@ pub fn run(args: &InitTestnetArgs) -> Result<(), TestnetError> {
     Ok(())
 }
 
-/// Writes DIR/genesis.json, DIR/accounts.json and DIR/validator-<i>/{config.toml,validator.key}.
+/// File names in each validator's directory.
+pub const KEYSTORE_FILE: &str = "keystore.json";
+pub const PASSWORD_FILE: &str = "password.txt";
+
+/// Writes DIR/genesis.json, DIR/accounts.json and
+/// DIR/validator-<i>/{config.toml, keystore.json, password.txt}.
 pub fn write(args: &InitTestnetArgs) -> Result<Vec<TestnetValidator>, TestnetError> {
     let n = args.validators;
     let ports = |base: u16, what: &str| {
@@ -212,7 +217,15 @@ pub fn write(args: &InitTestnetArgs) -> Result<Vec<TestnetValidator>, TestnetErr
                 },
             })?;
         let key = ValidatorKey::generate();
-        key.write_new(&dir.join("validator.key"))?;
+        // A random password per validator, beside its keystore: on one host the pair protects
+        // nothing the directory's mode does not, but the nodes start the way production ones do.
+        let password = alloy_primitives::hex::encode(rand::random::<[u8; 16]>());
+        keys::write_private(&dir.join(PASSWORD_FILE), password.as_bytes())?;
+        key.write_keystore(
+            &dir.join(KEYSTORE_FILE),
+            password.as_bytes(),
+            keys::scrypt_params(args.scrypt_light),
+        )?;
         // Paths are relative to the config file, so the testnet directory can be moved.
         let config = Config {
             genesis: Some("../genesis.json".into()),
@@ -226,7 +239,8 @@ pub fn write(args: &InitTestnetArgs) -> Result<Vec<TestnetValidator>, TestnetErr
                 listen: Some(metrics),
             },
             validator: ValidatorSection {
-                key_file: Some("validator.key".into()),
+                key_file: Some(KEYSTORE_FILE.into()),
+                password_file: Some(PASSWORD_FILE.into()),
             },
             ..Config::default()
         };
@@ -326,6 +340,7 @@ mod tests {
             base_rpc_port: 8545,
             base_metrics_port: 9100,
             accounts: 12,
+            scrypt_light: true,
         }
     }
 
@@ -342,7 +357,9 @@ mod tests {
         let expected: Vec<_> = written.iter().map(|v| v.validator.clone()).collect();
         assert_eq!(set, expected);
         for (i, v) in written.iter().enumerate() {
-            let key = ValidatorKey::load(&v.dir.join("validator.key")).unwrap();
+            let key =
+                ValidatorKey::load(&v.dir.join(KEYSTORE_FILE), Some(&v.dir.join(PASSWORD_FILE)))
+                    .unwrap();
             assert_eq!(key.public_key(), set[i].pubkey);
             let config = Config::load(&v.dir.join("config.toml")).unwrap();
             assert_eq!(config.genesis, Some(v.dir.join("../genesis.json")));

@@ -79,8 +79,44 @@ fn wait_for_answer<T>(node: &mut Child, log: &Path, answer: impl Fn() -> Option<
     }
 }
 
-fn key_secret(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap().trim().to_owned()
+/// Writes a password file with `mode`.
+fn password_file(path: &Path, password: &str, mode: u32) {
+    std::fs::write(path, format!("{password}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `kestrel keygen` with light scrypt parameters; the address it printed.
+fn keygen(out: &Path, password_file: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "keygen",
+        "--out",
+        out.to_str().unwrap(),
+        "--password-file",
+        password_file.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    kestrel(&args)
+}
+
+fn printed_address(out: &Output) -> String {
+    let stdout = text(&out.stdout);
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("address:    "))
+        .unwrap_or_else(|| panic!("no address in {stdout}"))
+        .to_owned()
+}
+
+fn spawn_node(args: &[&str], log: &Path) -> Child {
+    let file = std::fs::File::create(log).unwrap();
+    Command::new(BIN)
+        .arg("node")
+        .args(args)
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap()
 }
 
 fn init_testnet(out: &Path, validators: u16, ports: [u16; 3]) -> Output {
@@ -98,31 +134,128 @@ fn init_testnet(out: &Path, validators: u16, ports: [u16; 3]) -> Output {
         &ports[1].to_string(),
         "--base-metrics-port",
         &ports[2].to_string(),
+        "--scrypt-light",
     ])
 }
 
 #[test]
-fn keygen_writes_a_private_key_file_once_and_never_prints_the_secret() {
+fn keygen_writes_an_encrypted_keystore_once_with_geths_standard_scrypt() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("validator.key");
-    let out = kestrel(&["keygen", "--out", path.to_str().unwrap()]);
+    let (path, pw) = (dir.path().join("keystore.json"), dir.path().join("pw"));
+    password_file(&pw, "correct horse battery", 0o600);
+    let started = Instant::now();
+    let out = keygen(&path, &pw, &[]);
+    let took = started.elapsed();
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(mode(&path), 0o600);
-    let secret = key_secret(&path);
-    assert_eq!(secret.len(), 64, "hex secret");
+    let keystore: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(keystore["version"], 3);
+    assert_eq!(keystore["crypto"]["kdf"], "scrypt");
+    assert_eq!(
+        keystore["crypto"]["kdfparams"]["n"], 262144,
+        "geth's standard n"
+    );
+    let address = printed_address(&out);
+    assert_eq!(
+        format!("0x{}", keystore["address"].as_str().unwrap()),
+        address.to_lowercase()
+    );
     let stdout = text(&out.stdout);
     assert!(stdout.contains("public key: 0x0"), "{stdout}");
-    assert!(stdout.contains("address:    0x"), "{stdout}");
-    assert!(!stdout.contains(&secret) && !text(&out.stderr).contains(&secret));
+    assert!(
+        !stdout.contains("correct horse"),
+        "the password is never printed"
+    );
+    eprintln!("keygen with n=262144 took {took:?}");
 
-    let again = kestrel(&["keygen", "--out", path.to_str().unwrap()]);
+    let before = std::fs::read_to_string(&path).unwrap();
+    let again = keygen(&path, &pw, &["--scrypt-light"]);
     assert!(!again.status.success());
     assert!(
         text(&again.stderr).contains("refusing to overwrite"),
         "{}",
         text(&again.stderr)
     );
-    assert_eq!(key_secret(&path), secret, "the key is untouched");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), before, "untouched");
+
+    password_file(&pw, "correct horse battery", 0o644);
+    let out = keygen(&dir.path().join("other.json"), &pw, &["--scrypt-light"]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("chmod 600"), "{stderr}");
+    assert!(!dir.path().join("other.json").exists());
+}
+
+/// `keygen` then `node` with that keystore and its password file: the node starts and its blocks'
+/// fee recipient (the validator's address) is the address keygen printed. A password file that
+/// others can read, or a wrong password, stops the node before it opens anything, non-zero.
+#[test]
+fn node_opens_the_keystore_keygen_wrote_and_refuses_bad_password_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, pw) = (dir.path().join("keystore.json"), dir.path().join("pw"));
+    password_file(&pw, "s3cret pass", 0o600);
+    let out = keygen(&path, &pw, &["--scrypt-light"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let address = printed_address(&out).to_lowercase();
+
+    let port = free_port();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let datadir = dir.path().join("data");
+    let node_args = |password_file: &Path| {
+        vec![
+            "--dev".to_owned(),
+            "--datadir".into(),
+            datadir.to_str().unwrap().into(),
+            "--http-port".into(),
+            port.to_string(),
+            "--metrics".into(),
+            metrics.clone(),
+            "--validator-key".into(),
+            path.to_str().unwrap().into(),
+            "--password-file".into(),
+            password_file.to_str().unwrap().into(),
+        ]
+    };
+    let args = node_args(&pw);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let log = dir.path().join("node.log");
+    let mut node = spawn_node(&args, &log);
+    let miner = wait_for_answer(&mut node, &log, || {
+        let block = rpc(
+            port,
+            "eth_getBlockByNumber",
+            serde_json::json!(["0x1", false]),
+        )?;
+        block["miner"].as_str().map(str::to_owned)
+    });
+    node.kill().unwrap();
+    node.wait().unwrap();
+    assert_eq!(
+        miner, address,
+        "block 1's fee recipient is the keystore's address"
+    );
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(!logged.contains("s3cret"), "the password was logged");
+
+    let refused = |password_file: &Path, expect: &[&str]| {
+        let args = node_args(password_file);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = kestrel(&[&["node"], &args[..]].concat());
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        for e in expect {
+            assert!(stderr.contains(e), "{e}: {stderr}");
+        }
+    };
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o644)).unwrap();
+    refused(&pw, &[pw.to_str().unwrap(), "mode 644", "chmod 600"]);
+    let wrong = dir.path().join("wrong");
+    password_file(&wrong, "not it", 0o600);
+    refused(&wrong, &["keystore.json", "wrong password", "MAC"]);
+    std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    refused(&pw, &["keystore.json", "mode 640", "chmod 600"]);
 }
 
 #[test]
@@ -151,12 +284,34 @@ fn init_testnet_gives_each_validator_its_own_ports_key_and_config() {
     for (i, v) in validators.iter().enumerate() {
         let vdir = dir.path().join(format!("validator-{i}"));
         assert_eq!(mode(&vdir), 0o700);
-        assert_eq!(mode(&vdir.join("validator.key")), 0o600);
-        let secret = key_secret(&vdir.join("validator.key"));
-        assert!(!text(&out.stdout).contains(&secret), "secret printed");
-        secrets.insert(secret);
+        assert_eq!(mode(&vdir.join("keystore.json")), 0o600);
+        assert_eq!(mode(&vdir.join("password.txt")), 0o600);
+        let password = std::fs::read_to_string(vdir.join("password.txt")).unwrap();
+        assert!(
+            !text(&out.stdout).contains(password.trim()),
+            "password printed"
+        );
+        secrets.insert(password);
+        let keystore: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(vdir.join("keystore.json")).unwrap())
+                .unwrap();
+        assert_eq!(keystore["crypto"]["kdfparams"]["n"], 4096, "--scrypt-light");
+        assert!(
+            v["address"]
+                .as_str()
+                .unwrap()
+                .eq_ignore_ascii_case(&format!("0x{}", keystore["address"].as_str().unwrap()))
+        );
         let config: toml::Table =
             toml::from_str(&std::fs::read_to_string(vdir.join("config.toml")).unwrap()).unwrap();
+        assert_eq!(
+            config["validator"]["key_file"].as_str(),
+            Some("keystore.json")
+        );
+        assert_eq!(
+            config["validator"]["password_file"].as_str(),
+            Some("password.txt")
+        );
         let p2p: std::net::SocketAddr = v["p2p"].as_str().unwrap().parse().unwrap();
         let metrics: std::net::SocketAddr = config["metrics"]["listen"]
             .as_str()
@@ -169,7 +324,7 @@ fn init_testnet_gives_each_validator_its_own_ports_key_and_config() {
             assert!(ports.insert(port), "port {port} used twice");
         }
     }
-    assert_eq!(secrets.len(), 4, "distinct keys");
+    assert_eq!(secrets.len(), 4, "distinct passwords");
 
     let again = init_testnet(dir.path(), 4, [30303, 8545, 9100]);
     assert!(
@@ -179,7 +334,7 @@ fn init_testnet_gives_each_validator_its_own_ports_key_and_config() {
 }
 
 /// A 1-validator testnet runs: the config's genesis and key are used, a flag overrides the file's
-/// RPC port, the node answers `eth_chainId`, stops cleanly on SIGTERM, and never logs its key.
+/// RPC port, the node answers `eth_chainId`, stops cleanly on SIGTERM, and never logs its password.
 #[test]
 fn one_validator_testnet_runs_from_its_config() {
     let dir = tempfile::tempdir().unwrap();
@@ -220,8 +375,11 @@ fn one_validator_testnet_runs_from_its_config() {
     assert!(status.success(), "clean shutdown: {status}");
 
     let log = std::fs::read_to_string(dir.path().join("node.log")).unwrap();
-    let secret = key_secret(&vdir.join("validator.key"));
-    assert!(!log.contains(&secret), "the validator key was logged");
+    let password = std::fs::read_to_string(vdir.join("password.txt")).unwrap();
+    assert!(
+        !log.contains(password.trim()),
+        "the keystore password was logged"
+    );
     let genesis = std::fs::read_to_string(dir.path().join("genesis.json")).unwrap();
     let genesis: serde_json::Value = serde_json::from_str(&genesis).unwrap();
     let pubkey = genesis["kestrel"]["validators"][0]["pubkey"]
@@ -245,12 +403,9 @@ fn a_genesis_validator_must_run_with_its_own_key() {
         text(&out.stderr)
     );
 
-    let other = dir.path().join("other.key");
-    assert!(
-        kestrel(&["keygen", "--out", other.to_str().unwrap()])
-            .status
-            .success()
-    );
+    let (other, pw) = (dir.path().join("other.json"), dir.path().join("pw"));
+    password_file(&pw, "pw", 0o600);
+    assert!(keygen(&other, &pw, &["--scrypt-light"]).status.success());
     let out = kestrel(&[
         "node",
         "--genesis",
@@ -260,8 +415,19 @@ fn a_genesis_validator_must_run_with_its_own_key() {
     ]);
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
+    assert!(stderr.contains("give its password file"), "{stderr}");
+    let out = kestrel(&[
+        "node",
+        "--genesis",
+        genesis,
+        "--validator-key",
+        other.to_str().unwrap(),
+        "--password-file",
+        pw.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
     assert!(stderr.contains("not the genesis validator"), "{stderr}");
-    assert!(!stderr.contains(&key_secret(&other)), "the key was printed");
 }
 
 #[test]
@@ -290,17 +456,20 @@ fn a_geth_genesis_file_gives_geths_block_zero() {
     );
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
-    let mut node = Command::new(BIN)
-        .args(["node", "--genesis", genesis, "--datadir"])
-        .arg(dir.path().join("data"))
-        .args(["--http-port", &port.to_string()])
-        .args(["--metrics", &format!("127.0.0.1:{}", free_port())])
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let datadir = dir.path().join("data");
+    let mut node = spawn_node(
+        &[
+            "--genesis",
+            genesis,
+            "--datadir",
+            datadir.to_str().unwrap(),
+            "--http-port",
+            &port.to_string(),
+            "--metrics",
+            &format!("127.0.0.1:{}", free_port()),
+        ],
+        &dir.path().join("node.log"),
+    );
     let block = wait_for_answer(&mut node, &dir.path().join("node.log"), || {
         rpc(
             port,

@@ -181,7 +181,9 @@ class Testnet:
         subprocess.run(
             [str(kestrel_bin()), "init-testnet", "--validators", str(n), "--out", str(root),
              "--base-p2p-port", str(p2p), "--base-rpc-port", str(rpc),
-             "--base-metrics-port", str(metrics), "--chain-id", str(CHAIN_ID)],
+             "--base-metrics-port", str(metrics), "--chain-id", str(CHAIN_ID),
+             # geth's light scrypt for the keystores: validators restart often here.
+             "--scrypt-light"],
             check=True, capture_output=True, timeout=30,
         )
         self.root = root

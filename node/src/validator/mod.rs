@@ -73,7 +73,7 @@ impl Setup {
             .transpose()?
             .flatten();
         let key = match (&args.validator_key, &validators) {
-            (Some(path), _) => ValidatorKey::load(path)?,
+            (Some(path), _) => ValidatorKey::load(path, args.password_file.as_deref())?,
             (None, Some(set)) => bail!(
                 "the genesis lists {} validator(s): give its key with --validator-key FILE \
                  or [validator] key_file",
@@ -241,7 +241,7 @@ fn own_key(datadir: &Path) -> eyre::Result<ValidatorKey> {
         ValidatorKey::generate().write_new(&path)?;
         tracing::info!(target: "node::validator", path = %path.display(), "generated this chain's validator key");
     }
-    Ok(ValidatorKey::load(&path)?)
+    Ok(ValidatorKey::load_own(&path)?)
 }
 
 /// A stage that cannot go on stops the node (`crate::fatal`).
