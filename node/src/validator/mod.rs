@@ -44,6 +44,10 @@ pub struct Setup {
     me: usize,
     listen: SocketAddr,
     addrs: Vec<SocketAddr>,
+    /// `--p2p-preauth-max`, `--p2p-preauth-per-ip`, `--p2p-handshake-timeout-ms`.
+    preauth_max: usize,
+    preauth_per_ip_max: usize,
+    handshake_timeout: std::time::Duration,
 }
 
 impl Setup {
@@ -99,6 +103,9 @@ impl Setup {
             me,
             listen,
             addrs,
+            preauth_max: args.p2p_preauth_max,
+            preauth_per_ip_max: args.p2p_preauth_per_ip,
+            handshake_timeout: std::time::Duration::from_millis(args.p2p_handshake_timeout_ms),
         }))
     }
 
@@ -159,13 +166,12 @@ pub fn start(setup: Setup, wiring: Wiring) -> eyre::Result<thread::JoinHandle<()
             PeerConfig { id, addr: *addr }
         })
         .collect();
-    let (network, inbound) = Network::start(NetConfig::new(
-        secret,
-        wiring.spec.chain_id,
-        setup.listen,
-        peers,
-    ))
-    .wrap_err_with(|| format!("starting the validator network on {}", setup.listen))?;
+    let mut config = NetConfig::new(secret, wiring.spec.chain_id, setup.listen, peers);
+    config.preauth_max = setup.preauth_max;
+    config.preauth_per_ip_max = setup.preauth_per_ip_max;
+    config.handshake_timeout = setup.handshake_timeout;
+    let (network, inbound) = Network::start(config)
+        .wrap_err_with(|| format!("starting the validator network on {}", setup.listen))?;
     tracing::info!(target: "node::validator", listen = %network.local_addr(), driver = ?network.driver(), "validator network started");
     let dir = wiring.datadir.join(CONSENSUS_DIR);
     std::fs::create_dir_all(&dir).wrap_err("creating the consensus directory")?;
