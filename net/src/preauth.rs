@@ -237,7 +237,78 @@ impl Drop for Slot {
 mod tests {
     use std::net::Ipv4Addr;
 
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// A few lines of reference: the slots held, as a list.
+    #[derive(Default)]
+    struct Model {
+        held: Vec<(IpAddr, Pool)>,
+    }
+
+    impl Model {
+        fn count(&self, ip: Option<IpAddr>, pool: Pool) -> usize {
+            self.held
+                .iter()
+                .filter(|(i, p)| *p == pool && ip.is_none_or(|ip| *i == ip))
+                .count()
+        }
+    }
+
+    proptest! {
+        /// Random acquires and releases over 6 addresses (two of them validators', one with two
+        /// validators) agree with the model: a reserved slot whenever the address has one free,
+        /// else a general one within the per-address and total bounds, refused naming the bound
+        /// that was reached; everything released leaves nothing held.
+        #[test]
+        fn slots_agree_with_a_model(
+            ops in proptest::collection::vec((0u8..6, any::<bool>(), any::<prop::sample::Index>()), 1..300),
+            total_max in 1usize..8,
+            per_ip_max in 1usize..4,
+        ) {
+            let validators = [v4(0), v4(1), v4(1)];
+            let reserve_of = |ip: IpAddr| {
+                validators.iter().filter(|v| **v == ip).count() * RESERVED_PER_VALIDATOR
+            };
+            let slots = PreAuthSlots::new(total_max, per_ip_max, validators);
+            let mut model = Model::default();
+            let mut guards: Vec<Slot> = Vec::new();
+            for (addr, release, index) in ops {
+                if release && !guards.is_empty() {
+                    let i = index.index(guards.len());
+                    let slot = guards.swap_remove(i);
+                    let (ip, pool) = model.held.swap_remove(i);
+                    prop_assert_eq!(slot.pool(), pool);
+                    prop_assert_eq!(IpGroup::from(ip), slot.group);
+                    continue;
+                }
+                let ip = v4(addr);
+                let expected = if model.count(Some(ip), Pool::Reserved) < reserve_of(ip) {
+                    Ok(Pool::Reserved)
+                } else if model.count(Some(ip), Pool::General) >= per_ip_max {
+                    Err(Refused::PerIp)
+                } else if model.count(None, Pool::General) >= total_max {
+                    Err(Refused::Total)
+                } else {
+                    Ok(Pool::General)
+                };
+                let got = slots.acquire(ip);
+                prop_assert_eq!(got.as_ref().map(Slot::pool).map_err(|e| *e), expected);
+                if let Ok(slot) = got {
+                    model.held.push((ip, slot.pool()));
+                    guards.push(slot);
+                }
+                for pool in [Pool::General, Pool::Reserved] {
+                    prop_assert_eq!(slots.held(pool), model.count(None, pool));
+                }
+            }
+            drop(guards);
+            prop_assert_eq!(slots.held(Pool::General), 0);
+            prop_assert_eq!(slots.held(Pool::Reserved), 0);
+            prop_assert!(slots.0.borrow().held.is_empty());
+        }
+    }
 
     fn v4(last: u8) -> IpAddr {
         IpAddr::V4(Ipv4Addr::new(10, 0, 0, last))
