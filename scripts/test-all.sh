@@ -41,7 +41,7 @@ tests/e2e/.venv/bin/python -m pytest -q tests/loadgen
 step "pool attacks: pytest tests/pool_attacks (free block space on the dev node and a 4-validator testnet, a jammed account, queued expiry)"
 tests/e2e/.venv/bin/python -m pytest -q tests/pool_attacks
 
-step "testnet: pytest tests/testnet (4 validators on loopback and in network namespaces: agreement, a crash and catch-up, no quorum)"
+step "testnet: pytest tests/testnet (4 validators on loopback and in network namespaces: agreement, a crash and catch-up, no quorum; a restart under a pre-auth flood)"
 tests/e2e/.venv/bin/python -m pytest -q tests/testnet
 
 step "Debian package: pytest tests/deb (cargo deb from the release binary, dpkg into a scratch root, systemd-analyze verify)"

@@ -16,6 +16,16 @@ pub const CONSENSUS_QUEUE_MAX_DEFAULT: usize = 1024;
 pub const BULK_QUEUE_MAX_DEFAULT: usize = 4096;
 /// Default bound of the inbound channel to the node (messages, all peers).
 pub const INBOUND_QUEUE_MAX_DEFAULT: usize = 8192;
+/// Default bound of accepted connections still in their handshake (the general pool; see
+/// `preauth`). An honest handshake takes a few round trips, so this many are only ever reached
+/// by a flood.
+pub const PREAUTH_MAX_DEFAULT: usize = 64;
+/// Default bound of those from one address (IPv4, or IPv6 /64): a sixteenth of the pool, so one
+/// host cannot fill it. Validators dialing from their configured address have reserved slots.
+pub const PREAUTH_PER_IP_MAX_DEFAULT: usize = 4;
+/// Default time for the whole handshake, from connect or accept: a few round trips and two
+/// signatures, with room for a lost SYN (retransmitted after 1 s).
+pub const HANDSHAKE_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
 
 /// Another validator: its key and where it listens.
 #[derive(Debug, Clone)]
@@ -43,7 +53,13 @@ pub struct NetConfig {
     pub bulk_queue_max: usize,
     /// Bound of the channel to the node; when full, connections stop reading (TCP backpressure).
     pub inbound_queue_max: usize,
-    /// Time for the whole handshake, from connect or accept.
+    /// Accepted connections still in their handshake, from addresses other than the validators'
+    /// own reserve; more are closed at accept.
+    pub preauth_max: usize,
+    /// Of those, from one address (IPv4, or IPv6 /64).
+    pub preauth_per_ip_max: usize,
+    /// Time for the whole handshake, from connect or accept; an accepted connection that has not
+    /// finished by then is closed and frees its pre-authentication slot.
     pub handshake_timeout: Duration,
     /// First reconnection delay; doubles per failure up to `backoff_max`, with jitter.
     pub backoff_initial: Duration,
@@ -68,7 +84,9 @@ impl NetConfig {
             consensus_queue_max: CONSENSUS_QUEUE_MAX_DEFAULT,
             bulk_queue_max: BULK_QUEUE_MAX_DEFAULT,
             inbound_queue_max: INBOUND_QUEUE_MAX_DEFAULT,
-            handshake_timeout: Duration::from_secs(5),
+            preauth_max: PREAUTH_MAX_DEFAULT,
+            preauth_per_ip_max: PREAUTH_PER_IP_MAX_DEFAULT,
+            handshake_timeout: HANDSHAKE_TIMEOUT_DEFAULT,
             backoff_initial: Duration::from_millis(100),
             // Short: a restarted validator with the higher key waits for this redial.
             backoff_max: Duration::from_secs(5),

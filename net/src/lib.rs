@@ -16,15 +16,18 @@ pub mod handshake;
 mod metrics;
 mod network;
 mod peer;
+mod preauth;
 mod queue;
 mod signal;
 
 pub use crate::metrics::describe_metrics;
 pub use config::{
     BULK_QUEUE_MAX_DEFAULT, CONSENSUS_QUEUE_MAX_DEFAULT, FRAME_PAYLOAD_MAX_BYTES_DEFAULT,
-    INBOUND_QUEUE_MAX_DEFAULT, NetConfig, PeerConfig,
+    HANDSHAKE_TIMEOUT_DEFAULT, INBOUND_QUEUE_MAX_DEFAULT, NetConfig, PREAUTH_MAX_DEFAULT,
+    PREAUTH_PER_IP_MAX_DEFAULT, PeerConfig,
 };
 pub use error::{FrameError, HandshakeError, NetError, SendError};
 pub use frame::Kind;
-pub use network::{Driver, Inbound, Network, NetworkHandle, PENDING_HANDSHAKES_MAX};
+pub use network::{Driver, Inbound, Network, NetworkHandle};
 pub use peer::PeerId;
+pub use preauth::RESERVED_PER_VALIDATOR;

@@ -12,6 +12,8 @@ pub(crate) const HANDSHAKE_FAILURES_TOTAL: &str = "kestrel_net_handshake_failure
 pub(crate) const PROTOCOL_ERRORS_TOTAL: &str = "kestrel_net_protocol_errors_total";
 pub(crate) const REPLACED_CONNECTIONS_TOTAL: &str = "kestrel_net_replaced_connections_total";
 pub(crate) const DIAL_FAILURES_TOTAL: &str = "kestrel_net_dial_failures_total";
+pub(crate) const PREAUTH_CONNECTIONS: &str = "kestrel_net_preauth_connections";
+pub(crate) const PREAUTH_REJECTED_TOTAL: &str = "kestrel_net_preauth_rejected_total";
 
 /// Registers help text with the installed recorder; call once after installing it.
 pub fn describe_metrics() {
@@ -37,7 +39,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         HANDSHAKE_FAILURES_TOTAL,
-        "Handshakes that failed, by reason"
+        "Accepted connections that failed the handshake, by reason (`timeout`: not finished within the handshake timeout)"
     );
     describe_counter!(
         PROTOCOL_ERRORS_TOTAL,
@@ -50,5 +52,13 @@ pub fn describe_metrics() {
     describe_counter!(
         DIAL_FAILURES_TOTAL,
         "Outbound connection attempts that failed, by peer"
+    );
+    describe_gauge!(
+        PREAUTH_CONNECTIONS,
+        "Accepted connections still in their handshake, by pool (general, reserved for validators' addresses)"
+    );
+    describe_counter!(
+        PREAUTH_REJECTED_TOTAL,
+        "Accepted connections closed at once for want of a pre-authentication slot, by limit (per_ip, total)"
     );
 }

@@ -32,16 +32,15 @@ use crate::frame::FrameReader;
 use crate::frame::{self, FrameType, Kind};
 use crate::handshake::{self, Identity};
 use crate::metrics::{
-    DIAL_FAILURES_TOTAL, HANDSHAKE_FAILURES_TOTAL, PEERS_CONNECTED, PROTOCOL_ERRORS_TOTAL,
-    RECEIVED_BYTES_TOTAL, REPLACED_CONNECTIONS_TOTAL, SENT_BYTES_TOTAL,
+    DIAL_FAILURES_TOTAL, HANDSHAKE_FAILURES_TOTAL, PEERS_CONNECTED, PREAUTH_CONNECTIONS,
+    PREAUTH_REJECTED_TOTAL, PROTOCOL_ERRORS_TOTAL, RECEIVED_BYTES_TOTAL,
+    REPLACED_CONNECTIONS_TOTAL, SENT_BYTES_TOTAL,
 };
 use crate::peer::PeerId;
+use crate::preauth::{Pool, PreAuthSlots};
 use crate::queue::PeerQueue;
 use crate::signal::Signal;
 
-/// Accepted connections still in their handshake; more are closed at once, so unauthenticated
-/// sockets cannot pile up.
-pub const PENDING_HANDSHAKES_MAX: usize = 64;
 /// Payload bytes a writer takes off the queue for one `write` (at least one message).
 const WRITE_BATCH_MAX_BYTES: usize = 256 * 1024;
 /// How long a reader waits before retrying a full inbound channel, growing to the max.
@@ -161,6 +160,14 @@ impl Network {
             || config.inbound_queue_max == 0
         {
             return Err(NetError::Config("queue bounds must be at least 1"));
+        }
+        if config.preauth_max == 0 || config.preauth_per_ip_max == 0 {
+            return Err(NetError::Config(
+                "pre-authentication slot bounds must be at least 1",
+            ));
+        }
+        if config.handshake_timeout.is_zero() {
+            return Err(NetError::Config("handshake_timeout must be > 0"));
         }
         if config.backoff_initial.is_zero() || config.backoff_max < config.backoff_initial {
             return Err(NetError::Config(
@@ -312,19 +319,31 @@ struct Local {
     /// Id of the connection carrying each connected peer's traffic.
     active: RefCell<HashMap<PeerId, u64>>,
     next_conn_id: Cell<u64>,
-    pending_handshakes: Cell<usize>,
+    preauth: PreAuthSlots,
     tasks: Rc<TaskCount>,
 }
 
 impl Local {
     fn new(config: NetConfig, shared: Arc<Shared>, inbound: Sender<Inbound>) -> Self {
+        // Reserved slots for the validators that dial us (the lower keys), at their configured
+        // addresses: they get in however many other addresses flood the general pool.
+        let local_id = shared.local_id;
+        let dialers = config
+            .peers
+            .iter()
+            .filter(|p| p.id < local_id)
+            .map(|p| p.addr.ip());
+        let preauth = PreAuthSlots::new(config.preauth_max, config.preauth_per_ip_max, dialers);
+        for pool in [Pool::General, Pool::Reserved] {
+            metrics::gauge!(PREAUTH_CONNECTIONS, "pool" => pool.as_str()).set(0.0);
+        }
         Self {
             config,
             shared,
             inbound,
             active: RefCell::new(HashMap::new()),
             next_conn_id: Cell::new(1),
-            pending_handshakes: Cell::new(0),
+            preauth,
             tasks: Rc::new(TaskCount::default()),
         }
     }
@@ -360,29 +379,40 @@ impl Local {
     }
 
     fn accepted(self: Rc<Self>, mut stream: TcpStream, addr: SocketAddr) {
-        if self.pending_handshakes.get() >= PENDING_HANDSHAKES_MAX {
-            debug!(target: "net::listener", %addr, "too many pending handshakes, closing");
-            metrics::counter!(HANDSHAKE_FAILURES_TOTAL, "reason" => "pending_max").increment(1);
-            return;
-        }
+        let slot = match self.preauth.acquire(addr.ip()) {
+            Ok(slot) => slot,
+            Err(refused) => {
+                // Closed before a byte is read or written: a flood costs an accept and a close.
+                debug!(target: "net::listener", %addr, limit = refused.as_str(), "no pre-authentication slot, closing");
+                metrics::counter!(PREAUTH_REJECTED_TOTAL, "limit" => refused.as_str()).increment(1);
+                return;
+            }
+        };
         if let Err(e) = stream.set_nodelay(true) {
             debug!(target: "net::listener", %addr, error = %e, "set_nodelay failed, closing");
             return;
         }
-        self.pending_handshakes
-            .set(self.pending_handshakes.get() + 1);
+        self.preauth_gauge(slot.pool());
         let this = self.clone();
         self.spawn(async move {
             let mut reader = FrameReader::new();
+            // Under the handshake timeout: a connection that does not finish in time is closed
+            // and its slot freed.
             let result = this.handshake(&mut stream, &mut reader, None).await;
-            this.pending_handshakes
-                .set(this.pending_handshakes.get() - 1);
+            let pool = slot.pool();
+            drop(slot);
+            this.preauth_gauge(pool);
             match result {
                 Some(Ok(peer)) => this.connection(stream, reader, peer).await,
                 Some(Err(e)) => handshake_failed(&e, addr),
                 None => {}
             }
         });
+    }
+
+    fn preauth_gauge(&self, pool: Pool) {
+        metrics::gauge!(PREAUTH_CONNECTIONS, "pool" => pool.as_str())
+            .set(self.preauth.held(pool) as f64);
     }
 
     /// The handshake under its timeout; `None` on shutdown.

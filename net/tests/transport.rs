@@ -3,7 +3,7 @@
 //! format by hand.
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -11,7 +11,7 @@ use crossbeam_channel::Receiver;
 use kestrel_net::frame::{self, FrameType, PROTOCOL_VERSION};
 use kestrel_net::handshake::{self, Hello};
 use kestrel_net::{
-    Inbound, Kind, NetConfig, Network, PENDING_HANDSHAKES_MAX, PeerConfig, PeerId, SendError,
+    Inbound, Kind, NetConfig, Network, PeerConfig, PeerId, RESERVED_PER_VALIDATOR, SendError,
 };
 use secp256k1::{PublicKey, SecretKey};
 
@@ -88,11 +88,38 @@ struct RawPeer {
 
 impl RawPeer {
     fn connect(addr: SocketAddr) -> Self {
-        let stream = TcpStream::connect(addr).unwrap();
+        Self::wrap(TcpStream::connect(addr).unwrap())
+    }
+
+    /// Connects from source address `from` (any 127.0.0.x works on Linux's loopback): one
+    /// machine plays many hosts.
+    fn connect_from(from: Ipv4Addr, addr: SocketAddr) -> Self {
+        let socket =
+            socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        socket
+            .bind(&SocketAddr::new(IpAddr::V4(from), 0).into())
+            .unwrap();
+        socket.connect(&addr.into()).unwrap();
+        Self::wrap(socket.into())
+    }
+
+    fn wrap(stream: TcpStream) -> Self {
         stream.set_read_timeout(Some(WAIT)).unwrap();
         Self {
             stream,
             buf: BytesMut::new(),
+        }
+    }
+
+    /// Whether the node admitted this connection to the handshake (it sends its Hello at once)
+    /// rather than closing it for want of a slot (closed without a byte).
+    fn admitted(&mut self) -> bool {
+        match self.recv() {
+            Some((frame_type, _)) => {
+                assert_eq!(frame_type, FrameType::Hello);
+                true
+            }
+            None => false,
         }
     }
 
@@ -291,28 +318,137 @@ fn unknown_key_and_wrong_network_are_rejected_before_auth() {
     assert!(node.handle().connected_peers().is_empty());
 }
 
+/// The `n`th attacker address, 127.0.0.(10 + n): never a validator's (they are on 127.0.0.1
+/// or 127.0.0.9 here).
+fn attacker(n: usize) -> Ipv4Addr {
+    Ipv4Addr::new(127, 0, 0, 10 + u8::try_from(n).unwrap())
+}
+
 #[test]
-fn silent_sockets_are_bounded_and_timed_out() {
+fn silent_sockets_are_bounded_per_address_and_in_total_and_timed_out() {
     let timeout = Duration::from_millis(500);
-    let (node, _rx, _) = lone_node_with(|c| c.handshake_timeout = timeout);
+    let (node, _rx, _) = lone_node_with(|c| {
+        c.handshake_timeout = timeout;
+        c.preauth_max = 6;
+        c.preauth_per_ip_max = 2;
+    });
+    let addr = node.local_addr();
     let started = Instant::now();
-    let mut silent: Vec<_> = (0..PENDING_HANDSHAKES_MAX)
-        .map(|_| RawPeer::connect(node.local_addr()))
+    // One address: two admitted, the third closed at once (per-IP bound).
+    let mut silent: Vec<_> = (0..2)
+        .map(|_| RawPeer::connect_from(attacker(0), addr))
         .collect();
-    for raw in &mut silent {
-        assert_eq!(raw.recv().map(|(t, _)| t), Some(FrameType::Hello));
+    assert!(silent.iter_mut().all(RawPeer::admitted));
+    assert!(!RawPeer::connect_from(attacker(0), addr).admitted());
+    // Two more addresses fill the total of six; a fourth address is closed at once.
+    for n in 1..=2 {
+        for _ in 0..2 {
+            let mut raw = RawPeer::connect_from(attacker(n), addr);
+            assert!(raw.admitted());
+            silent.push(raw);
+        }
     }
-    // One more than the bound is closed at once, without a Hello.
-    let mut over = RawPeer::connect(node.local_addr());
-    assert_eq!(over.recv(), None);
-    assert!(started.elapsed() < timeout, "closed before the timeout");
+    assert!(!RawPeer::connect_from(attacker(3), addr).admitted());
+    assert!(started.elapsed() < timeout, "refused before the timeout");
+    // The handshake timeout closes every silent one and frees its slot.
     for raw in &mut silent {
         raw.expect_closed();
     }
     assert!(started.elapsed() >= timeout);
-    // Their slots are free again.
-    let mut raw = RawPeer::connect(node.local_addr());
-    assert_eq!(raw.recv().map(|(t, _)| t), Some(FrameType::Hello));
+    for n in 0..=3 {
+        assert!(RawPeer::connect_from(attacker(n), addr).admitted());
+    }
+}
+
+/// Node A (the higher key) and validator B (the lower key, which dials A), A listing B at
+/// `b_listen`. B is started by the caller, after the flood is in place.
+fn flooded_pair(
+    b_listen: Ipv4Addr,
+    tweak: impl FnOnce(&mut NetConfig),
+) -> (Network, TcpListener, NetConfig) {
+    let (low, high) = ordered_pair();
+    let la = bind();
+    let lb = TcpListener::bind(SocketAddr::new(IpAddr::V4(b_listen), 0)).unwrap();
+    let (a_addr, b_addr) = (la.local_addr().unwrap(), lb.local_addr().unwrap());
+    let mut config_a = config(high, a_addr, &[(low, b_addr)]);
+    tweak(&mut config_a);
+    // B redials fast: the test measures A's admission, not B's backoff.
+    let config_b = config(low, b_addr, &[(high, a_addr)]);
+    let (a, _rx) = Network::start_on(la, config_a).unwrap();
+    (a, lb, config_b)
+}
+
+/// Starts B and returns how long it took to authenticate with A.
+fn connect_time(a: &Network, lb: TcpListener, config_b: NetConfig) -> (Network, Duration) {
+    let started = Instant::now();
+    let (b, _rx) = Network::start_on(lb, config_b).unwrap();
+    let ha = a.handle();
+    wait_until("B authenticated with A", || {
+        !ha.connected_peers().is_empty()
+    });
+    let took = started.elapsed();
+    (b, took)
+}
+
+#[test]
+fn an_idle_and_garbage_flood_from_one_address_does_not_stop_a_validator() {
+    // B is listed at 127.0.0.9 but dials from 127.0.0.1: no reserved slot, only the general
+    // pool, which the per-IP bound keeps one address from filling.
+    let (a, lb, config_b) = flooded_pair(Ipv4Addr::new(127, 0, 0, 9), |c| {
+        c.handshake_timeout = Duration::from_secs(30);
+    });
+    let addr = a.local_addr();
+    let mut flood: Vec<_> = (0..200)
+        .map(|_| RawPeer::connect_from(attacker(0), addr))
+        .collect();
+    let admitted = flood
+        .iter_mut()
+        .map(RawPeer::admitted)
+        .filter(|&a| a)
+        .count();
+    assert_eq!(admitted, kestrel_net::PREAUTH_PER_IP_MAX_DEFAULT);
+    // Garbage closes a connection at once; the attacker's reconnections are refused or take the
+    // freed slots back, never more than its share.
+    for _ in 0..50 {
+        let mut raw = RawPeer::connect_from(attacker(0), addr);
+        let _ = raw.stream.write_all(b"\xff\xff garbage \r\n\r\n");
+    }
+    let (_b, took) = connect_time(&a, lb, config_b);
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    eprintln!("validator authenticated {took:?} after start, one address holding its share");
+}
+
+#[test]
+fn a_validator_gets_a_reserved_slot_when_many_addresses_fill_the_pool() {
+    // B listens on 127.0.0.1 and dials from there: its address has reserved slots.
+    let (a, lb, config_b) = flooded_pair(Ipv4Addr::LOCALHOST, |c| {
+        c.handshake_timeout = Duration::from_secs(30);
+        c.preauth_max = 16;
+        c.preauth_per_ip_max = 2;
+    });
+    let addr = a.local_addr();
+    let mut flood: Vec<_> = (0..20)
+        .flat_map(|n| (0..3).map(move |_| RawPeer::connect_from(attacker(n), addr)))
+        .collect();
+    let admitted = flood
+        .iter_mut()
+        .map(RawPeer::admitted)
+        .filter(|&a| a)
+        .count();
+    assert_eq!(admitted, 16, "the general pool is full");
+    assert!(!RawPeer::connect_from(attacker(40), addr).admitted());
+    let (_b, took) = connect_time(&a, lb, config_b);
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    eprintln!("validator authenticated {took:?} after start, general pool full");
+    // The reserve is the validator's address's alone, and bounded too: two per validator.
+    let mut held: Vec<_> = (0..RESERVED_PER_VALIDATOR)
+        .map(|_| RawPeer::connect(addr))
+        .collect();
+    assert!(held.iter_mut().all(RawPeer::admitted));
+    assert!(
+        !RawPeer::connect(addr).admitted(),
+        "past the reserve, the pool is full"
+    );
 }
 
 #[test]

@@ -134,6 +134,16 @@ pub struct NodeArgs {
     /// Validator p2p peers, comma-separated (default: the other validators in the genesis).
     #[arg(long, value_name = "ADDR:PORT", value_delimiter = ',')]
     pub p2p_peers: Vec<SocketAddr>,
+    /// Accepted p2p connections still in their handshake, from addresses other than the
+    /// validators' (which have reserved slots); more are closed at once.
+    #[arg(long, value_name = "N", default_value_t = kestrel_net::PREAUTH_MAX_DEFAULT)]
+    pub p2p_preauth_max: usize,
+    /// Of those, from one address (IPv4, or IPv6 /64).
+    #[arg(long, value_name = "N", default_value_t = kestrel_net::PREAUTH_PER_IP_MAX_DEFAULT)]
+    pub p2p_preauth_per_ip: usize,
+    /// Time for a p2p handshake; an accepted connection not authenticated by then is closed.
+    #[arg(long, value_name = "MS", default_value_t = kestrel_net::HANDSHAKE_TIMEOUT_DEFAULT.as_millis() as u64)]
+    pub p2p_handshake_timeout_ms: u64,
 }
 
 impl NodeArgs {

@@ -107,6 +107,9 @@ pub struct ValidatorSection {
 pub struct P2pSection {
     pub listen: Option<SocketAddr>,
     pub peers: Option<Vec<SocketAddr>>,
+    pub preauth_max: Option<usize>,
+    pub preauth_per_ip: Option<usize>,
+    pub handshake_timeout_ms: Option<u64>,
 }
 
 impl Config {
@@ -193,6 +196,9 @@ impl Config {
         fill!(password_file, self.validator.password_file.map(Some));
         fill!(p2p_listen, self.p2p.listen.map(Some));
         fill!(p2p_peers, self.p2p.peers);
+        fill!(p2p_preauth_max, self.p2p.preauth_max);
+        fill!(p2p_preauth_per_ip, self.p2p.preauth_per_ip);
+        fill!(p2p_handshake_timeout_ms, self.p2p.handshake_timeout_ms);
     }
 }
 

@@ -32,6 +32,8 @@ MULTI_VALIDATOR_ONLY = {
     "kestrel_net_protocol_errors_total",
     "kestrel_net_replaced_connections_total",
     "kestrel_net_dial_failures_total",
+    "kestrel_net_preauth_connections",
+    "kestrel_net_preauth_rejected_total",
     "kestrel_sync_blocks_total",
     "kestrel_sync_active",
     "kestrel_consensus_early_timeouts_total",

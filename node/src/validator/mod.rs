@@ -38,6 +38,7 @@ use std::{
     path::Path,
     sync::{Arc, atomic::AtomicBool},
     thread,
+    time::Duration,
 };
 use transport::{NetTransport, NoPeers, Transport};
 
@@ -57,8 +58,8 @@ pub struct Setup {
     key: ValidatorKey,
     validators: Vec<testnet::GenesisValidator>,
     me: usize,
-    /// Where to listen and the validators' addresses; `None` for a set of one (no network).
-    network: Option<(SocketAddr, Vec<SocketAddr>)>,
+    /// `None` for a set of one (no network).
+    network: Option<NetworkSetup>,
 }
 
 impl Setup {
@@ -105,14 +106,14 @@ impl Setup {
                 ),
             })?;
         let network = if validators.len() > 1 {
-            Some(network_addrs(args, &validators, me)?)
+            Some(NetworkSetup::new(args, &validators, me)?)
         } else {
             if args.p2p_listen.is_some() || !args.p2p_peers.is_empty() {
                 tracing::warn!(target: "node::validator", "p2p listen and peers are ignored: a single validator has no peers");
             }
             None
         };
-        tracing::info!(target: "node::validator", index = me, validators = validators.len(), address = %key.address(), pubkey = %key.public_key(), listen = ?network.as_ref().map(|n| n.0), "validator key loaded");
+        tracing::info!(target: "node::validator", index = me, validators = validators.len(), address = %key.address(), pubkey = %key.public_key(), listen = ?network.as_ref().map(|n| n.listen), "validator key loaded");
         Ok(Self {
             key,
             validators,
@@ -168,11 +169,12 @@ pub fn start(setup: Setup, wiring: Wiring) -> eyre::Result<thread::JoinHandle<()
     let set = setup.validator_set()?;
     let secret = setup.key.secret_key();
     let (transport, inbound): (Box<dyn Transport>, _) = match setup.network {
-        Some((listen, addrs)) => {
+        Some(net) => {
+            let (listen, addrs) = (net.listen, &net.addrs);
             let peers = setup
                 .validators
                 .iter()
-                .zip(&addrs)
+                .zip(addrs)
                 .enumerate()
                 .filter(|(i, _)| *i != setup.me)
                 .map(|(_, (v, addr))| PeerConfig {
@@ -180,9 +182,12 @@ pub fn start(setup: Setup, wiring: Wiring) -> eyre::Result<thread::JoinHandle<()
                     addr: *addr,
                 })
                 .collect();
-            let (network, inbound) =
-                Network::start(NetConfig::new(secret, wiring.spec.chain_id, listen, peers))
-                    .wrap_err_with(|| format!("starting the validator network on {listen}"))?;
+            let mut config = NetConfig::new(secret, wiring.spec.chain_id, listen, peers);
+            config.preauth_max = net.preauth_max;
+            config.preauth_per_ip_max = net.preauth_per_ip_max;
+            config.handshake_timeout = net.handshake_timeout;
+            let (network, inbound) = Network::start(config)
+                .wrap_err_with(|| format!("starting the validator network on {listen}"))?;
             tracing::info!(target: "node::validator", listen = %network.local_addr(), driver = ?network.driver(), "validator network started");
             (Box::new(NetTransport::new(network)), inbound)
         }
@@ -207,30 +212,49 @@ fn peer_id(v: &testnet::GenesisValidator) -> PeerId {
 }
 
 /// This validator's listen address and every validator's address, in genesis order.
-fn network_addrs(
-    args: &NodeArgs,
-    validators: &[testnet::GenesisValidator],
-    me: usize,
-) -> eyre::Result<(SocketAddr, Vec<SocketAddr>)> {
-    let mut addrs: Vec<SocketAddr> = validators.iter().map(|v| v.p2p).collect();
-    // `--p2p-peers` gives the other validators' addresses in genesis order (e.g. behind NAT or
-    // in another network namespace than the genesis says).
-    if !args.p2p_peers.is_empty() {
-        if args.p2p_peers.len() != validators.len() - 1 {
-            bail!(
-                "--p2p-peers lists {} addresses; the genesis has {} other validators",
-                args.p2p_peers.len(),
-                validators.len() - 1
-            );
-        }
-        let mut given = args.p2p_peers.iter();
-        for (i, addr) in addrs.iter_mut().enumerate() {
-            if i != me {
-                *addr = *given.next().expect("counted above");
+/// Where this validator listens and how it reaches and admits the others.
+struct NetworkSetup {
+    listen: SocketAddr,
+    /// Every validator's address, in genesis order.
+    addrs: Vec<SocketAddr>,
+    /// `--p2p-preauth-max`, `--p2p-preauth-per-ip`, `--p2p-handshake-timeout-ms`.
+    preauth_max: usize,
+    preauth_per_ip_max: usize,
+    handshake_timeout: Duration,
+}
+
+impl NetworkSetup {
+    fn new(
+        args: &NodeArgs,
+        validators: &[testnet::GenesisValidator],
+        me: usize,
+    ) -> eyre::Result<Self> {
+        let mut addrs: Vec<SocketAddr> = validators.iter().map(|v| v.p2p).collect();
+        // `--p2p-peers` gives the other validators' addresses in genesis order (e.g. behind NAT
+        // or in another network namespace than the genesis says).
+        if !args.p2p_peers.is_empty() {
+            if args.p2p_peers.len() != validators.len() - 1 {
+                bail!(
+                    "--p2p-peers lists {} addresses; the genesis has {} other validators",
+                    args.p2p_peers.len(),
+                    validators.len() - 1
+                );
+            }
+            let mut given = args.p2p_peers.iter();
+            for (i, addr) in addrs.iter_mut().enumerate() {
+                if i != me {
+                    *addr = *given.next().expect("counted above");
+                }
             }
         }
+        Ok(Self {
+            listen: args.p2p_listen.unwrap_or(addrs[me]),
+            addrs,
+            preauth_max: args.p2p_preauth_max,
+            preauth_per_ip_max: args.p2p_preauth_per_ip,
+            handshake_timeout: Duration::from_millis(args.p2p_handshake_timeout_ms),
+        })
     }
-    Ok((args.p2p_listen.unwrap_or(addrs[me]), addrs))
 }
 
 /// The datadir's own validator key, generated (mode 0600) on first start.

@@ -36,7 +36,7 @@ use alloy_primitives::{Address, B256, U256, map::HashMap};
 use kestrel_types::{BlockNumber, RecoveredTx};
 use parking_lot::Mutex;
 use std::{
-    collections::{BTreeMap, BinaryHeap, HashSet, VecDeque},
+    collections::{BTreeMap, BinaryHeap, VecDeque},
     time::{Duration, Instant},
 };
 
@@ -141,7 +141,10 @@ impl SenderQueue {
         if last > self.pending_end() {
             return Some(last);
         }
-        self.txs.range(..self.next_nonce).next_back().map(|(n, _)| *n)
+        self.txs
+            .range(..self.next_nonce)
+            .next_back()
+            .map(|(n, _)| *n)
     }
 }
 
@@ -328,7 +331,7 @@ impl Inner {
         }
         assert_eq!(self.by_hash.len(), pooled, "stale hash index");
         assert!(pooled <= self.config.txs_max, "pool over its limit");
-        let marked: HashSet<(BlockNumber, B256)> = self
+        let marked: std::collections::HashSet<(BlockNumber, B256)> = self
             .by_block
             .iter()
             .flat_map(|(number, txs)| txs.iter().map(|(hash, _)| (*number, *hash)))
