@@ -58,4 +58,7 @@ if [ "$(cat "$E2E/node_modules/.package-lock.sha256" 2>/dev/null)" != "$lock_sum
 fi
 # Metrics tests (tests/metrics): a real Prometheus server and promtool, from the Debian package.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || apt_install prometheus
+# Fuzzing (scripts/fuzz.sh): cargo-fuzz from crates.io; the nightly toolchain it builds with
+# comes with the machine image.
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version "^0.13"
 echo "setup: done"
