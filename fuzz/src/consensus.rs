@@ -30,7 +30,7 @@ const STEPS_MAX: usize = 600;
 /// Messages in flight; the generator stops sending when it is full.
 const IN_FLIGHT_MAX: usize = 512;
 /// Steps of the calm network after the script: enough for a few commits.
-const HEAL_STEPS: usize = 300;
+const HEAL_STEPS: usize = 150;
 /// Blocks, QCs and TCs the Byzantine validator remembers to build on.
 const KNOWN_MAX: usize = 64;
 
