@@ -66,4 +66,7 @@ if ! command -v cargo-deb >/dev/null || [ "$(cargo-deb --version 2>/dev/null)" !
   cargo install cargo-deb --locked --version 3.8.0 --quiet
 fi
 command -v systemd-analyze >/dev/null || apt_install systemd
+# Fuzzing (scripts/fuzz.sh): cargo-fuzz from crates.io; the nightly toolchain it builds with
+# comes with the machine image.
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version "^0.13"
 echo "setup: done"

@@ -50,4 +50,7 @@ tests/e2e/.venv/bin/python -m pytest -q tests/deb
 step "end-to-end: node --test (viem)"
 (cd tests/e2e && node --test ./*.test.mjs)
 
+step "fuzz: scripts/fuzz.sh (every cargo-fuzz target, ${FUZZ_SECONDS:-30} s each, from the committed seeds)"
+bash scripts/fuzz.sh
+
 step "all tests passed in $((SECONDS - START))s"

@@ -127,7 +127,7 @@ pub fn decode(
 
 /// Reads frames off a connection, keeping the bytes past the current frame for the next call:
 /// the peer may send application frames right behind its `Auth`.
-pub(crate) struct FrameReader {
+pub struct FrameReader {
     buf: BytesMut,
     chunk: Vec<u8>,
 }
@@ -135,8 +135,14 @@ pub(crate) struct FrameReader {
 /// Bytes asked of one read; also what the buffer grows by.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 
+impl Default for FrameReader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FrameReader {
-    pub(crate) fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             buf: BytesMut::new(),
             chunk: Vec::with_capacity(READ_CHUNK_BYTES),

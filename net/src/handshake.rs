@@ -105,17 +105,18 @@ pub fn verify_auth(
 }
 
 /// What a side brings to the handshake.
-pub(crate) struct Identity<'a> {
-    pub(crate) key: &'a SecretKey,
-    pub(crate) id: PeerId,
-    pub(crate) network_id: u64,
+pub struct Identity<'a> {
+    pub key: &'a SecretKey,
+    pub id: PeerId,
+    pub network_id: u64,
     /// Is `peer` a validator we talk to (not ourselves)?
-    pub(crate) is_known: &'a dyn Fn(&PeerId) -> bool,
+    pub is_known: &'a dyn Fn(&PeerId) -> bool,
 }
 
 /// Runs the handshake on a fresh connection; `expected` is the validator we dialed, `None` when
-/// we accepted. Returns the authenticated peer.
-pub(crate) async fn run<S: AsyncReadRent + AsyncWriteRent>(
+/// we accepted. Returns the authenticated peer. Public for the fuzz target
+/// (`fuzz/fuzz_targets/net_handshake.rs`), which runs it over a stream of arbitrary bytes.
+pub async fn run<S: AsyncReadRent + AsyncWriteRent>(
     stream: &mut S,
     reader: &mut FrameReader,
     me: &Identity<'_>,

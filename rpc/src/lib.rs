@@ -110,8 +110,7 @@ pub async fn start(
         max_age_ms: config.block_time_ms.saturating_mul(STALL_BLOCK_TIMES),
         started_ms: kestrel_types::now_ms(),
     };
-    let mut module = RpcModule::new(());
-    module.merge(handler::EthRpc::new(ctx, &limits).into_rpc())?;
+    let module = methods(ctx, &limits)?;
     let methods: Arc<HashSet<&'static str>> = Arc::new(module.method_names().collect());
     let module = Methods::from(module);
 
@@ -157,6 +156,14 @@ pub async fn start(
     ));
     tracing::info!(target: "rpc::server", %addr, "JSON-RPC server listening");
     Ok((addr, handle))
+}
+
+/// Every method the server answers, without the HTTP server and its limits in front: what
+/// `start` serves, and what the fuzz target (`fuzz/fuzz_targets/rpc_params.rs`) feeds raw JSON.
+pub fn methods(ctx: RpcContext, limits: &RpcLimits) -> Result<RpcModule<()>, RpcError> {
+    let mut module = RpcModule::new(());
+    module.merge(handler::EthRpc::new(ctx, limits).into_rpc())?;
+    Ok(module)
 }
 
 #[cfg(test)]

@@ -311,7 +311,7 @@ impl Bft {
         }
         self.round = round;
         self.last_tc = tc;
-        self.votes.retain(|r, _| r.0 + 1 >= round.0);
+        self.votes.retain(|r, _| r.0.saturating_add(1) >= round.0);
         self.timeouts.retain(|r, _| *r >= round);
         self.enter_round(now, out);
     }
@@ -545,9 +545,11 @@ impl Bft {
     }
 
     fn on_vote(&mut self, now: u64, v: Vote, out: &mut Vec<Command>) {
-        if self.validators.leader(v.round.next()) != self.me
-            || v.round.0 + 1 < self.round.0
-            || v.round.0 > self.round.0 + ROUNDS_AHEAD_MAX
+        // The window first: a Byzantine validator may sign a vote for round 2^64 - 1, which
+        // has no next round to lead.
+        if v.round.0.saturating_add(1) < self.round.0
+            || v.round.0 > self.round.0.saturating_add(ROUNDS_AHEAD_MAX)
+            || self.validators.leader(v.round.next()) != self.me
         {
             return;
         }
@@ -592,7 +594,7 @@ impl Bft {
         if let Some(tc) = &t.last_tc {
             self.process_tc(now, tc, out);
         }
-        if t.round < self.round || t.round.0 > self.round.0 + ROUNDS_AHEAD_MAX {
+        if t.round < self.round || t.round.0 > self.round.0.saturating_add(ROUNDS_AHEAD_MAX) {
             return;
         }
         let quorum = self.validators.quorum_stake();
@@ -691,7 +693,7 @@ impl Bft {
             round,
             height,
             author: self.me,
-            timestamp_ms: now.max(parent_ms + 1),
+            timestamp_ms: now.max(parent_ms.saturating_add(1)),
             payload_hash,
             qc: self.high_qc.clone(),
             delayed_result: height

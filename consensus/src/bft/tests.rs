@@ -554,3 +554,90 @@ fn a_broadcast_certificate_finalizes_the_parent_before_the_next_proposal() {
     assert_eq!(bft.root().block.height, 1);
     assert_eq!(bft.round(), Round(3));
 }
+
+/// Found by the `consensus_machine` fuzz target: one Byzantine validator's signed vote for round
+/// 2^64 - 1 overflowed `Round::next` in every honest validator's `on_vote` (a panic with
+/// overflow checks on, a silent wrap to round 0 without). Rounds and heights a peer wrote never
+/// reach arithmetic that can overflow: the vote is outside the round window, and a proposal,
+/// timeout or commit proof whose round or height is 2^64 - 1 fails verification.
+#[test]
+fn rounds_and_heights_at_u64_max_from_a_byzantine_validator_do_not_overflow() {
+    let s = set(4);
+    let byzantine = 3;
+    let mut bft = started_at_genesis(0, &s, 10_000);
+    let vote = Vote::new(
+        Round(u64::MAX),
+        u64::MAX,
+        BlockId::genesis(),
+        ValidatorIndex(byzantine),
+        &key(byzantine.into()),
+    );
+    let message = verify(&s, Message::Vote(vote)).expect("a well-signed vote");
+    let commands = bft.update(
+        10_000,
+        Event::Message {
+            from: ValidatorIndex(byzantine),
+            message: Unverified::new(message),
+        },
+    );
+    assert!(
+        commands.is_empty(),
+        "a far-future vote is dropped: {commands:?}"
+    );
+    assert_eq!(bft.round(), Round(1));
+
+    // A proposal on a QC at height 2^64 - 1, and one whose TC is for round 2^64 - 1.
+    let leader = u64::from(s.leader(Round(2)).0);
+    let qc_at_max = QuorumCert {
+        height: u64::MAX,
+        ..QuorumCert::genesis()
+    };
+    let block = Block {
+        qc: qc_at_max,
+        ..block_at(2, QuorumCert::genesis(), &s)
+    };
+    let proposal = Proposal::new(block, None, &key(leader));
+    assert!(matches!(
+        verify(&s, Message::Proposal(proposal)),
+        Err(VerifyError::BadStructure(_))
+    ));
+    let tc_at_max = TimeoutCert {
+        round: Round(u64::MAX),
+        high_qc: QuorumCert::genesis(),
+        signatures: Vec::new(),
+    };
+    let block = block_at(2, QuorumCert::genesis(), &s);
+    let proposal = Proposal::new(block, Some(tc_at_max.clone()), &key(leader));
+    assert!(matches!(
+        verify(&s, Message::Proposal(proposal)),
+        Err(VerifyError::BadStructure(_))
+    ));
+    let timeout = Timeout::new(
+        Round(5),
+        QuorumCert::genesis(),
+        Some(tc_at_max),
+        ValidatorIndex(byzantine),
+        &key(byzantine.into()),
+    );
+    assert!(matches!(
+        verify(&s, Message::Timeout(timeout)),
+        Err(VerifyError::BadStructure(_))
+    ));
+
+    // A commit proof for a block at height 2^64 - 1.
+    let top = Block {
+        height: u64::MAX,
+        ..Block::genesis()
+    };
+    let proof = CommitProof {
+        child: Block {
+            qc: certify(&top, &[0, 1, 2]),
+            ..block_at(1, QuorumCert::genesis(), &s)
+        },
+        child_qc: QuorumCert::genesis(),
+    };
+    assert!(matches!(
+        proof.verify(&top, &s),
+        Err(VerifyError::NotFinal(_))
+    ));
+}

@@ -128,7 +128,7 @@ impl CommitProof {
                 "the child does not certify the block",
             ));
         }
-        if cert.round.next() != child.round || child.height != block.height + 1 {
+        if !follows(cert.round.0, child.round.0) || !follows(block.height, child.height) {
             return Err(VerifyError::NotFinal(
                 "the child is not in the round right after the block's",
             ));
@@ -429,6 +429,12 @@ fn check_signers(
     Ok(())
 }
 
+/// `next` comes right after `prev` (a round or a height). Both are whatever a peer wrote, so
+/// `prev + 1` must not overflow: a Byzantine validator can sign a round or height of 2^64 - 1.
+fn follows(prev: u64, next: u64) -> bool {
+    prev.checked_add(1) == Some(next)
+}
+
 fn check_signer(set: &ValidatorSet, signer: ValidatorIndex) -> Result<(), VerifyError> {
     if usize::from(signer.0) < set.len() {
         Ok(())
@@ -461,18 +467,18 @@ impl Unverified<Message> {
                         author: b.author,
                     });
                 }
-                if b.round <= b.qc.round || b.height != b.qc.height + 1 {
+                if b.round <= b.qc.round || !follows(b.qc.height, b.height) {
                     return Err(VerifyError::BadStructure("block round or height vs its QC"));
                 }
                 // A block must justify its round: either it follows its QC's round directly,
                 // or a TC shows the round before it was abandoned.
                 match &p.last_tc {
-                    Some(tc) if tc.round.0 + 1 != b.round.0 => {
+                    Some(tc) if !follows(tc.round.0, b.round.0) => {
                         return Err(VerifyError::BadStructure(
                             "TC is not for the previous round",
                         ));
                     }
-                    None if b.qc.round.0 + 1 != b.round.0 => {
+                    None if !follows(b.qc.round.0, b.round.0) => {
                         return Err(VerifyError::BadStructure("round skipped without a TC"));
                     }
                     _ => {}
@@ -504,7 +510,7 @@ impl Unverified<Message> {
                 }
                 if t.last_tc
                     .as_ref()
-                    .is_some_and(|tc| tc.round.0 + 1 != t.round.0)
+                    .is_some_and(|tc| !follows(tc.round.0, t.round.0))
                 {
                     return Err(VerifyError::BadStructure(
                         "TC is not for the previous round",

@@ -218,14 +218,25 @@ impl IngressStage {
         if self.status.disk_low() {
             return Err(PoolError::DiskLow);
         }
-        if raw.len() > super::TX_SIZE_MAX {
-            return Err(PoolError::Oversized);
-        }
-        let tx = RecoveredTx::decode(raw).map_err(|e| PoolError::Decode(e.to_string()))?;
-        self.validator
-            .check_stateless(&tx, raw.len(), now_secs, base_fee)?;
-        RecoveredTx::recover(tx).map_err(|_| PoolError::InvalidSender)
+        decode_and_check(&self.validator, raw, now_secs, base_fee)
     }
+}
+
+/// What ingress does to a raw transaction before it looks at state: the size cap, EIP-2718
+/// decoding, the static rules of the next block (`now_secs`, `base_fee`) and sender recovery.
+/// Public for the fuzz target (`fuzz/fuzz_targets/tx_ingress.rs`), which feeds it arbitrary bytes.
+pub fn decode_and_check(
+    validator: &Validator,
+    raw: &[u8],
+    now_secs: u64,
+    base_fee: u64,
+) -> Result<RecoveredTx, PoolError> {
+    if raw.len() > super::TX_SIZE_MAX {
+        return Err(PoolError::Oversized);
+    }
+    let tx = RecoveredTx::decode(raw).map_err(|e| PoolError::Decode(e.to_string()))?;
+    validator.check_stateless(&tx, raw.len(), now_secs, base_fee)?;
+    RecoveredTx::recover(tx).map_err(|_| PoolError::InvalidSender)
 }
 
 /// A bounded label for the rejection counter.

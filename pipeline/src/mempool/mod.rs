@@ -27,7 +27,7 @@ mod ingress;
 mod validate;
 
 pub use error::PoolError;
-pub use ingress::{INGRESS_QUEUE_MAX, IngressHandle, IngressStage};
+pub use ingress::{INGRESS_QUEUE_MAX, IngressHandle, IngressStage, decode_and_check};
 pub use validate::{BlockRules, TX_SIZE_MAX, Validator, check_static, max_cost};
 
 use crate::state::LatestState;
@@ -290,7 +290,8 @@ impl Inner {
     fn reserved(&self) -> HashMap<Address, U256> {
         let mut reserved: HashMap<Address, U256> = HashMap::default();
         for f in self.in_flight.values() {
-            *reserved.entry(f.tx.sender()).or_default() += max_cost(f.tx.tx());
+            let reserve = reserved.entry(f.tx.sender()).or_default();
+            *reserve = reserve.saturating_add(max_cost(f.tx.tx()));
         }
         reserved
     }

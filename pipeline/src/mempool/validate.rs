@@ -92,9 +92,13 @@ pub fn check_static(tx: &TxEnvelope, rules: &BlockRules) -> Result<(), PoolError
     Ok(())
 }
 
-/// The most `tx` can take from its sender's balance: `gas_limit * max_fee + value`.
+/// The most `tx` can take from its sender's balance: `gas_limit * max_fee + value`, or 2^256 - 1
+/// if that is more. The value is any 256-bit number the sender signed: a wrapping sum would
+/// come out small, pass the balance check and the reserve, and execution would drop the
+/// transaction unpaid (found by the `tx_ingress` fuzz target's invariant).
 pub fn max_cost(tx: &TxEnvelope) -> U256 {
-    U256::from(tx.gas_limit()) * U256::from(tx.max_fee_per_gas()) + tx.value()
+    // At most 2^64 * 2^128: the product cannot overflow, the sum can.
+    (U256::from(tx.gas_limit()) * U256::from(tx.max_fee_per_gas())).saturating_add(tx.value())
 }
 
 #[derive(Debug, Clone)]
@@ -140,7 +144,9 @@ impl Validator {
         if tx.nonce() < account.nonce {
             return Err(PoolError::NonceTooLow);
         }
-        if account.balance < max_cost(tx.tx()) {
+        // A saturated cost stands for one above 2^256 - 1, which no balance pays.
+        let cost = max_cost(tx.tx());
+        if account.balance < cost || cost == U256::MAX {
             return Err(PoolError::InsufficientFunds);
         }
         Ok(account.nonce)
@@ -297,5 +303,35 @@ mod tests {
             t.gas_limit = 21_000 + 40 * 1_000;
         });
         assert_eq!(check_static(&floor_paid, &rules()), Ok(()));
+    }
+
+    /// Found by the `tx_ingress` fuzz target (fuzz/regressions/tx_ingress/max-cost-wraps): a
+    /// value just below 2^256 wrapped `gas * max_fee + value` to 1 wei, so a sender holding 1 wei
+    /// passed the balance check and the reserve, and execution would drop the transaction unpaid.
+    #[test]
+    fn a_cost_above_2_pow_256_does_not_wrap_past_the_balance_check() {
+        let (gas, fee) = (21_000u64, 2_000_000_000u128);
+        let wraps_to_one = U256::MAX - U256::from(gas) * U256::from(fee) + U256::from(2);
+        let tx = transfer(|t| t.value = wraps_to_one);
+        assert_eq!(max_cost(&tx), U256::MAX);
+        let tx = RecoveredTx::new_unchecked(tx, Address::with_last_byte(9));
+        let validator = Validator::new(Arc::new(kestrel_types::ChainSpec::dev()), 30_000_000);
+        let one_wei = AccountInfo {
+            nonce: 0,
+            balance: U256::from(1),
+            code_hash: kestrel_types::state::KECCAK_EMPTY,
+        };
+        assert_eq!(
+            validator.check_state(&tx, Some(one_wei)),
+            Err(PoolError::InsufficientFunds)
+        );
+        let richest = AccountInfo {
+            balance: U256::MAX,
+            ..one_wei
+        };
+        assert_eq!(
+            validator.check_state(&tx, Some(richest)),
+            Err(PoolError::InsufficientFunds)
+        );
     }
 }
