@@ -321,19 +321,17 @@ def check_accounting(url: str, client: Client, note: str = "") -> None:
         assert bal == value, f"recipient {addr}: balance {bal} != {value} {note}"
 
 
-
-
 def kill_restart_cycles(tmp_path: Path, seed: int, cycles: int, uptime_s: tuple[float, float],
-                        early_kill_chance: float, note: str) -> dict:
+                        early_kill_chance: float, note: str, node_args: list[str] | None = None) -> dict:
     """Runs a dev node under a Client's load and SIGKILLs it `cycles` times at random moments
     (uptime uniform in `uptime_s`), each time with `early_kill_chance` also once more while it
     is starting up; checks after every restart, and after a final SIGTERM and drain, that
     nothing the client saw is lost or changed (see the module's docstring). `note` ends every
-    failure message (the seed to replay with). Returns the counts: kills, early kills,
-    receipts, blocks seen, sends, the longest restart."""
+    failure message (the seed to replay with); `node_args` are more `kestrel node` flags.
+    Returns the counts: kills, early kills, receipts, blocks seen, sends, the longest restart."""
     rng = random.Random(seed)
     early_kills = 0
-    node = KestrelNode(datadir=tmp_path / "data", log_dir=tmp_path)
+    node = KestrelNode(datadir=tmp_path / "data", log_dir=tmp_path, extra_args=node_args)
     client = Client(random.Random(rng.random()))
     t_start = time.monotonic()
     restarts_s = []
