@@ -44,6 +44,9 @@ tests/e2e/.venv/bin/python -m pytest -q tests/pool_attacks
 step "testnet: pytest tests/testnet (4 validators on loopback and in network namespaces: agreement, a crash and catch-up, no quorum)"
 tests/e2e/.venv/bin/python -m pytest -q tests/testnet
 
+step "torture: pytest tests/torture (SIGKILL the dev node and testnet validators at random under load, a wiped validator replays the chain; a 20 s flood)"
+tests/e2e/.venv/bin/python -m pytest -q tests/torture
+
 step "end-to-end: node --test (viem)"
 (cd tests/e2e && node --test ./*.test.mjs)
 
