@@ -67,6 +67,20 @@ def kestrel_bin() -> Path:
     return path
 
 
+def loadgen_bin() -> Path:
+    """$KESTREL_LOADGEN_BIN, or kestrel-loadgen next to the kestrel binary."""
+    path = os.environ.get("KESTREL_LOADGEN_BIN")
+    return Path(path) if path else kestrel_bin().parent / "kestrel-loadgen"
+
+
+def run_loadgen(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    """Runs kestrel-loadgen --quiet with `args` to its end; its output is captured."""
+    binary = loadgen_bin()
+    assert binary.exists(), f"{binary} not found: cargo build --release --bin kestrel-loadgen"
+    return subprocess.run([str(binary), "--quiet", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:

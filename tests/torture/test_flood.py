@@ -43,7 +43,7 @@ import requests
 from eth_account import Account
 
 from crash_client import TRANSFER_GAS, RpcError, call
-from kestrel_node import CHAIN_ID, DEV_KEYS, KestrelNode, kestrel_bin
+from kestrel_node import CHAIN_ID, DEV_KEYS, KestrelNode, _die_with_parent, loadgen_bin, run_loadgen
 
 FLOOD_S = float(os.environ.get("KESTREL_FLOOD_SECONDS", "20"))
 SUSTAINABLE_TPS = 10_000         # BENCHMARKS.md, end to end on the 2-core machine
@@ -81,18 +81,6 @@ HONEST_PAUSE_S = 0.5
 RECOVERED_RATIO_MIN = 0.9        # finalized TPS after / before at the baseline rate
 
 pytestmark = pytest.mark.timeout(600 + 10 * FLOOD_S)
-
-
-def loadgen_bin() -> Path:
-    path = os.environ.get("KESTREL_LOADGEN_BIN")
-    return Path(path) if path else kestrel_bin().parent / "kestrel-loadgen"
-
-
-def loadgen(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    binary = loadgen_bin()
-    assert binary.exists(), f"{binary} not found: cargo build --release --bin kestrel-loadgen"
-    return subprocess.run([str(binary), "--quiet", *args], capture_output=True, text=True,
-                          timeout=timeout)
 
 
 def rss_bytes(pid: int) -> tuple[int, int]:
@@ -190,7 +178,8 @@ class Honest(threading.Thread):
             return False
 
 
-def metric_sum(url: str, name: str) -> dict[str, float]:
+def series(url: str, name: str) -> dict[str, float]:
+    """Every sample of the metrics whose names start with `name`, by series."""
     out = {}
     for line in requests.get(url, timeout=5).text.splitlines():
         if line.startswith(name) and not line.startswith("#"):
@@ -208,12 +197,13 @@ def run_report(out: subprocess.CompletedProcess, report: Path, what: str) -> dic
 
 def test_flood_memory_bounded_honest_included_nothing_lost_throughput_recovers(tmp_path):
     genesis = tmp_path / "genesis.json"
-    out = loadgen("--genesis-out", str(genesis), "--accounts", str(FLOOD_ACCOUNTS), "--seed", "1",
+    out = run_loadgen("--genesis-out", str(genesis), "--accounts", str(FLOOD_ACCOUNTS), "--seed", "1",
                   timeout=300)
     assert out.returncode == 0, out.stderr
     node = KestrelNode(datadir=tmp_path / "data", log_dir=tmp_path, genesis=genesis, extra_args=[
         "--txpool-txs-max", str(TXPOOL_TXS_MAX), "--rpc-ip-calls-per-s", "0",
         "--rpc-connections-per-ip", str(RPC_CONNECTIONS_PER_IP)])
+    proc = None
     try:
         node.start()
         rss = RssSampler(node.proc.pid)
@@ -222,7 +212,7 @@ def test_flood_memory_bounded_honest_included_nothing_lost_throughput_recovers(t
                   "--drain-timeout", str(DRAIN_TIMEOUT_S)]
         base = ["--accounts", str(BASE_ACCOUNTS), "--rate", str(BASE_RATE), "--duration", str(BASE_S),
                 "--concurrency", "4", *common]
-        before = run_report(loadgen(*base, "--report", str(tmp_path / "before.json"), timeout=300),
+        before = run_report(run_loadgen(*base, "--report", str(tmp_path / "before.json"), timeout=300),
                             tmp_path / "before.json", "baseline before")
         rss_before = rss.peak
 
@@ -233,12 +223,12 @@ def test_flood_memory_bounded_honest_included_nothing_lost_throughput_recovers(t
             [str(loadgen_bin()), "--quiet", "--accounts", str(FLOOD_ACCOUNTS), "--rate", str(FLOOD_RATE),
              "--txs", str(flood_txs), "--concurrency", str(FLOOD_CONCURRENCY), *common,
              "--report", str(flood_report)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_die_with_parent)
         # The honest client starts once the loadgen has signed and started sending.
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and proc.poll() is None:
-            depth = metric_sum(node.metrics_url, "kestrel_ingress_txs_total")
-            if sum(depth.values()) > before["figures"]["accepted"] + FLOOD_BATCH:
+            admitted = series(node.metrics_url, "kestrel_ingress_txs_total")
+            if sum(admitted.values()) > before["figures"]["accepted"] + FLOOD_BATCH:
                 break
             time.sleep(0.2)
         flood_started = time.monotonic()
@@ -250,7 +240,7 @@ def test_flood_memory_bounded_honest_included_nothing_lost_throughput_recovers(t
                            flood_report, "flood")
         rss_flood = rss.peak
 
-        after = run_report(loadgen(*base, "--report", str(tmp_path / "after.json"), timeout=300),
+        after = run_report(run_loadgen(*base, "--report", str(tmp_path / "after.json"), timeout=300),
                            tmp_path / "after.json", "baseline after")
         rss.stop_event.set()
 
@@ -282,8 +272,8 @@ def test_flood_memory_bounded_honest_included_nothing_lost_throughput_recovers(t
             "finalized_tps_base_after": round(after["figures"]["rates"]["finalized_tps"]),
             "finality_p99_ms_before": before["figures"]["latency_to_finality"]["p99_ms"],
             "finality_p99_ms_after": after["figures"]["latency_to_finality"]["p99_ms"],
-            "evicted": metric_sum(node.metrics_url, "kestrel_mempool_evicted_total"),
-            "mempool_rejected": metric_sum(node.metrics_url, "kestrel_mempool_rejected_total"),
+            "evicted": series(node.metrics_url, "kestrel_mempool_evicted_total"),
+            "mempool_rejected": series(node.metrics_url, "kestrel_mempool_rejected_total"),
             "honest_window_s": round(time.monotonic() - flood_started, 1),
         }
         print("flood summary: " + json.dumps(summary))
@@ -302,4 +292,7 @@ def test_flood_memory_bounded_honest_included_nothing_lost_throughput_recovers(t
         code = node.stop()
         assert code == 0, f"node exited with {code} at SIGTERM"
     finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
         node.stop()
