@@ -12,7 +12,8 @@ block it was served recorded, unreceipted transactions resent after a crash. Che
   all four validators agree on every block (hash, state root, receipts root);
 - replay: a validator whose datadir is wiped (same key and config) catches up by block sync and
   reports the same block hash, state root and receipts root at every height, every receipt the
-  client saw, and then finalizes new blocks with the others.
+  client saw, and then finalizes new blocks with the others;
+- liveness: after each restart (and at the end, all four up) the chain finalizes a new block.
 
 The dev chain has no way to replay into a fresh node: `kestrel` has no import subcommand and a
 dev node does not sync from peers (the import path, pipeline/src/import.rs, serves the
@@ -52,7 +53,7 @@ CATCH_UP_TIMEOUT_S = 30.0
 # After each cycle the chain must finalize a new block within this (ten 2 s round timeouts).
 PROGRESS_TIMEOUT_S = 20.0
 # A validator restarted right after a kill can find its p2p port still held for a moment
-# (the killed process's io_uring is torn down after it is reaped); like systemd's
+# (likely the killed process's io_uring, torn down after it is reaped); like systemd's
 # Restart=on-failure, the supervisor starts it again after a pause.
 BIND_RETRIES_MAX = 50
 BIND_RETRY_PAUSE_S = 0.1
