@@ -121,6 +121,10 @@ class Honest(threading.Thread):
         super().__init__(name="honest", daemon=True)
         self.url = url
         self.account = Account.from_key(DEV_KEYS[5])
+        # Read before the flood: under it even reads can take seconds.
+        self.nonce = int(call(requests.Session(), url, "eth_getTransactionCount",
+                              [self.account.address, "latest"]), 16)
+        self.receipt_polls_failed = 0
         self.latencies_s: list[float] = []
         # How long the accepting eth_sendRawTransaction took: the ingress queue's share.
         self.send_s: list[float] = []
@@ -131,8 +135,7 @@ class Honest(threading.Thread):
     def run(self) -> None:
         session = requests.Session()
         try:
-            nonce = int(call(session, self.url, "eth_getTransactionCount",
-                             [self.account.address, "latest"]), 16)
+            nonce = self.nonce
             while not self.stop_event.is_set():
                 signed = self.account.sign_transaction({
                     "type": 2, "chainId": CHAIN_ID, "nonce": nonce, "to": self.account.address,
@@ -175,6 +178,7 @@ class Honest(threading.Thread):
         try:
             return call(session, self.url, "eth_getTransactionReceipt", [h]) is not None
         except (requests.RequestException, ValueError, RpcError):
+            self.receipt_polls_failed += 1
             return False
 
 
@@ -267,7 +271,8 @@ def test_flood_memory_bounded_honest_included_nothing_lost_throughput_recovers(t
                        if honest.latencies_s else None,
                        "send_call_max_s": round(max(honest.send_s, default=float("nan")), 2),
                        "latencies_s": [round(x, 2) for x in honest.latencies_s],
-                       "refusals": honest.refusals},
+                       "refusals": honest.refusals,
+                       "receipt_polls_failed": honest.receipt_polls_failed},
             "finalized_tps_base_before": round(before["figures"]["rates"]["finalized_tps"]),
             "finalized_tps_base_after": round(after["figures"]["rates"]["finalized_tps"]),
             "finality_p99_ms_before": before["figures"]["latency_to_finality"]["p99_ms"],
