@@ -47,6 +47,9 @@ tests/e2e/.venv/bin/python -m pytest -q tests/testnet
 step "Debian package: pytest tests/deb (cargo deb from the release binary, dpkg into a scratch root, systemd-analyze verify)"
 tests/e2e/.venv/bin/python -m pytest -q tests/deb
 
+step "torture: pytest tests/torture (SIGKILL the dev node and testnet validators at random under load, a wiped validator replays the chain; a 20 s flood)"
+tests/e2e/.venv/bin/python -m pytest -q tests/torture
+
 step "end-to-end: node --test (viem)"
 (cd tests/e2e && node --test ./*.test.mjs)
 

@@ -67,6 +67,20 @@ def kestrel_bin() -> Path:
     return path
 
 
+def loadgen_bin() -> Path:
+    """$KESTREL_LOADGEN_BIN, or kestrel-loadgen next to the kestrel binary."""
+    path = os.environ.get("KESTREL_LOADGEN_BIN")
+    return Path(path) if path else kestrel_bin().parent / "kestrel-loadgen"
+
+
+def run_loadgen(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    """Runs kestrel-loadgen --quiet with `args` to its end; its output is captured."""
+    binary = loadgen_bin()
+    assert binary.exists(), f"{binary} not found: cargo build --release --bin kestrel-loadgen"
+    return subprocess.run([str(binary), "--quiet", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -97,12 +111,15 @@ def rpc(url: str, method: str, params: list | None = None, timeout: float = RPC_
 
 
 class KestrelNode:
-    """One `kestrel node --dev` process with its own ports and log file."""
+    """One `kestrel node --dev` (or `--genesis`) process with its own ports and log file."""
 
-    def __init__(self, datadir: Path, log_dir: Path, extra_args: list[str] | None = None):
+    def __init__(self, datadir: Path, log_dir: Path, extra_args: list[str] | None = None,
+                 genesis: Path | None = None):
         self.datadir = Path(datadir)
         self.log_dir = Path(log_dir)
         self.extra_args = list(extra_args or [])
+        # A genesis file (e.g. kestrel-loadgen --genesis-out's) instead of --dev's accounts.
+        self.genesis = genesis
         self.proc: subprocess.Popen | None = None
         self.http_port = 0
         self.metrics_port = 0
@@ -140,7 +157,7 @@ class KestrelNode:
         self.log_path = self.log_dir / f"kestrel-{self.starts}.log"
         self._log_file = open(self.log_path, "wb")
         cmd = [
-            str(binary), "node", "--dev",
+            str(binary), "node", *(["--dev"] if self.genesis is None else ["--genesis", str(self.genesis)]),
             "--datadir", str(self.datadir),
             "--http-addr", "127.0.0.1",
             "--http-port", str(self.http_port),

@@ -7,14 +7,11 @@ The load generator is $KESTREL_LOADGEN_BIN, or kestrel-loadgen next to the kestr
 
 from __future__ import annotations
 
-import os
 import subprocess
-from pathlib import Path
 
 import pytest
 
 import kestrel_node
-from kestrel_node import kestrel_bin
 
 LOADGEN_TIMEOUT_S = 180.0
 
@@ -22,18 +19,8 @@ LOADGEN_TIMEOUT_S = 180.0
 pytest_runtest_makereport = kestrel_node.log_tails_hook()
 
 
-def loadgen_bin() -> Path:
-    path = os.environ.get("KESTREL_LOADGEN_BIN")
-    return Path(path) if path else kestrel_bin().parent / "kestrel-loadgen"
-
-
 def run_loadgen(*args: str) -> subprocess.CompletedProcess:
-    binary = loadgen_bin()
-    assert binary.exists(), f"{binary} not found: cargo build --release --bin kestrel-loadgen"
-    return subprocess.run(
-        [str(binary), "--quiet", *args],
-        capture_output=True, text=True, timeout=LOADGEN_TIMEOUT_S,
-    )
+    return kestrel_node.run_loadgen(*args, timeout=LOADGEN_TIMEOUT_S)
 
 
 @pytest.fixture

@@ -8,14 +8,11 @@ Now a receipt lookup decodes its one transaction and receipt, and RPC holds at m
 
 from __future__ import annotations
 
-import os
 import statistics
-import subprocess
 import threading
 import time
-from pathlib import Path
 
-from kestrel_node import kestrel_bin
+from kestrel_node import run_loadgen
 from limits_util import ATTACKER_IP, call, metric, p99, post, rss_bytes, timed_calls
 
 MIB = 1024 * 1024
@@ -37,11 +34,6 @@ BLOCK_TIME_MS = 200
 CACHED_BLOCKS = 32
 
 
-def loadgen_bin() -> Path:
-    path = os.environ.get("KESTREL_LOADGEN_BIN")
-    return Path(path) if path else kestrel_bin().parent / "kestrel-loadgen"
-
-
 def head(node) -> int:
     return int(post(node, call("eth_blockNumber", []))[1]["result"], 16)
 
@@ -56,13 +48,9 @@ def biggest_block(node) -> tuple[int, list[str]]:
 
 def test_receipt_batches_stay_within_memory_and_readers(start_node):
     node = start_node("--block-time-ms", str(BLOCK_TIME_MS))
-    binary = loadgen_bin()
-    assert binary.exists(), f"{binary} not found: cargo build --release --bin kestrel-loadgen"
-    out = subprocess.run(
-        [str(binary), "--quiet", "--rpc", node.url, "--workload", "transfer", "--accounts", "40",
-         "--rate", "0", "--txs", str(TXS), "--batch", str(TXS), "--concurrency", "1"],
-        capture_output=True, text=True, timeout=LOADGEN_TIMEOUT_S,
-    )
+    out = run_loadgen("--rpc", node.url, "--workload", "transfer", "--accounts", "40", "--rate", "0",
+                      "--txs", str(TXS), "--batch", str(TXS), "--concurrency", "1",
+                      timeout=LOADGEN_TIMEOUT_S)
     assert out.returncode == 0, out.stdout + out.stderr
     number, hashes = biggest_block(node)
     assert len(hashes) >= BLOCK_TXS_MIN, f"the biggest block has {len(hashes)} transactions"
