@@ -25,6 +25,21 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Write a genesis and one config and key per validator for a testnet on this host.
     InitTestnet(InitTestnetArgs),
+    /// Check a stopped node's datadir: the block log's hash chain, certificates and commit
+    /// proofs, and that the database holds their execution. Prints one JSON line; exits non-zero
+    /// on the first disagreement.
+    CheckDatadir(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The node's datadir (the node must be stopped).
+    #[arg(long, value_name = "DIR")]
+    pub datadir: PathBuf,
+    /// The chain's genesis, if it names the validator set; without it (the dev chain) the set is
+    /// the datadir's own validator key.
+    #[arg(long, value_name = "FILE")]
+    pub genesis: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -34,8 +34,8 @@ import time
 import pytest
 import requests
 
-from crash_client import (Client, RpcError, batch, check_accounting, kill_restart_cycles,
-                          verify_against, verify_chain_links)
+from crash_client import (Client, RpcError, batch, check_accounting, check_datadir,
+                          kill_restart_cycles, verify_against, verify_chain_links)
 from testnet import Testnet, wait_until
 
 SEED = int(os.environ.get("KESTREL_TORTURE_SEED", random.SystemRandom().randrange(2**32)))
@@ -104,6 +104,7 @@ class Supervisor:
         # The victim's head just before each kill: height -> (hash, stateRoot).
         self.finals: dict[int, tuple[str, str]] = {}
         self.catch_up_s: list[float] = []
+        self.proofs_checked = 0
 
     def record_final(self, v) -> int:
         number, h, root = head_block(v)
@@ -120,6 +121,9 @@ class Supervisor:
             self.attached = -1
         v.kill9()
         self.kills += 1
+        checked = check_datadir(v.datadir, {"max_height": head}, f"validator {v.index}", NOTE,
+                                genesis=self.net.root / "genesis.json")
+        self.proofs_checked += checked["commit_proofs"]
         if self.attached < 0:
             self.attached = self.rng.choice(self.net.running()).index
             self.client.attach(self.net[self.attached].url)
@@ -269,7 +273,8 @@ def test_testnet_keeps_everything_final_through_kills_and_a_wiped_validator_repl
               f"two down) in {time.monotonic() - t_start:.1f}s: height {top}, {len(snap['receipts'])} "
               f"receipts, {client.sent} sends, catch-up max {max(sup.catch_up_s):.2f}s, "
               f"progress after a restart max {max(sup.progress_s, default=0):.2f}s, "
-              f"{sup.bind_retries} starts retried for a held port; wiped validator "
+              f"{sup.bind_retries} starts retried for a held port, {sup.proofs_checked} commit "
+              f"proofs checked after kills; wiped validator "
               f"{fresh.index} replayed {target} blocks in {replay_s:.2f}s {NOTE}")
     except (RpcError, requests.RequestException, TimeoutError) as e:
         if NOTE in str(e):
