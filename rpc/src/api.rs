@@ -18,6 +18,18 @@ pub trait EthApi {
     #[method(name = "net_version")]
     fn net_version(&self) -> RpcResult<String>;
 
+    /// Always true: a node that answers is listening.
+    #[method(name = "net_listening")]
+    fn net_listening(&self) -> RpcResult<bool>;
+
+    /// keccak256 of the given bytes.
+    #[method(name = "web3_sha3")]
+    fn sha3(&self, data: Bytes) -> RpcResult<B256>;
+
+    /// The blob base fee of the next block (the minimum, 1 wei, while no block carries blobs).
+    #[method(name = "eth_blobBaseFee")]
+    async fn blob_base_fee(&self) -> RpcResult<U256>;
+
     #[method(name = "eth_chainId")]
     fn chain_id(&self) -> RpcResult<U64>;
 

@@ -240,6 +240,26 @@ impl EthApiServer for EthRpc {
         Ok(self.ctx.spec.chain_id.to_string())
     }
 
+    fn net_listening(&self) -> RpcResult<bool> {
+        Ok(true)
+    }
+
+    fn sha3(&self, data: Bytes) -> RpcResult<B256> {
+        Ok(alloy_primitives::keccak256(&data))
+    }
+
+    async fn blob_base_fee(&self) -> RpcResult<U256> {
+        let spec = self.ctx.spec.clone();
+        let fee = self
+            .read(move |reader| {
+                let head = chain::head(reader)?;
+                let header = reader.header(head)?.ok_or(RpcError::HeaderNotFound)?;
+                Ok(fees::next_blob_base_fee(&spec, &header))
+            })
+            .await?;
+        Ok(U256::from(fee))
+    }
+
     fn chain_id(&self) -> RpcResult<U64> {
         Ok(U64::from(self.ctx.spec.chain_id))
     }

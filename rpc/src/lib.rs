@@ -22,6 +22,7 @@ mod logs;
 mod metrics;
 mod server;
 mod slots;
+mod txpool;
 
 pub use call::CALL_GAS_CAP;
 pub use error::RpcError;
@@ -43,6 +44,7 @@ use kestrel_pipeline::{
     status::ChainStatus,
 };
 use std::{collections::HashSet, net::SocketAddr, sync::Arc};
+use txpool::TxpoolApiServer as _;
 
 /// Default listen address: localhost only, geth's port.
 pub const ADDR_DEFAULT: SocketAddr =
@@ -162,7 +164,8 @@ pub async fn start(
 /// `start` serves, and what the fuzz target (`fuzz/fuzz_targets/rpc_params.rs`) feeds raw JSON.
 pub fn methods(ctx: RpcContext, limits: &RpcLimits) -> Result<RpcModule<()>, RpcError> {
     let mut module = RpcModule::new(());
-    module.merge(handler::EthRpc::new(ctx, limits).into_rpc())?;
+    module.merge(handler::EthRpc::new(ctx.clone(), limits).into_rpc())?;
+    module.merge(txpool::TxpoolRpc::new(ctx).into_rpc())?;
     Ok(module)
 }
 

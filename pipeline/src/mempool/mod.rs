@@ -376,6 +376,13 @@ pub const UNPAYABLE: &str = "kestrel_ordering_unpayable_txs_total";
 /// or `pool_full`.
 const EVICTED: &str = "kestrel_mempool_evicted_total";
 
+/// The pooled transactions (`TxPool::content`), each sender's in nonce order.
+#[derive(Debug, Clone, Default)]
+pub struct PoolContent {
+    pub pending: Vec<RecoveredTx>,
+    pub queued: Vec<RecoveredTx>,
+}
+
 /// Counts of pending and queued transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PoolSize {
@@ -436,6 +443,30 @@ impl TxPool {
             pending,
             queued: inner.by_hash.len() - pending,
         }
+    }
+
+    /// The pooled transactions of every sender, or of `sender` alone, split as [`TxPool::size`]
+    /// splits them: pending (the sender's run from its next nonce) or queued (behind a gap). In
+    /// flight ones are in blocks already and not listed, as geth lists no mined ones.
+    pub fn content(&self, sender: Option<Address>) -> PoolContent {
+        let inner = self.inner.lock();
+        let mut content = PoolContent::default();
+        let mut add = |q: &SenderQueue| {
+            let end = q.pending_end();
+            for (nonce, p) in &q.txs {
+                let list = if (q.next_nonce..end).contains(nonce) {
+                    &mut content.pending
+                } else {
+                    &mut content.queued
+                };
+                list.push(p.tx.clone());
+            }
+        };
+        match sender {
+            Some(sender) => inner.senders.get(&sender).into_iter().for_each(&mut add),
+            None => inner.senders.values().for_each(&mut add),
+        }
+        content
     }
 
     /// Inserts a validated transaction admitted at `now`. `state_nonce` is the sender's nonce
@@ -1169,6 +1200,34 @@ mod tests {
     }
 
     #[test]
+    fn content_splits_pending_from_queued_as_size_does() {
+        let pool = TxPool::new();
+        let now = Instant::now();
+        for nonce in [0, 1, 3] {
+            pool.insert(signed(9, nonce, 1, 100), 0, now).unwrap();
+        }
+        pool.insert(signed(10, 2, 1, 100), 0, now).unwrap();
+        let nonces = |txs: &[RecoveredTx]| txs.iter().map(|t| t.nonce()).collect::<Vec<_>>();
+        let all = pool.content(None);
+        assert_eq!(
+            (all.pending.len(), all.queued.len()),
+            (pool.size().pending, pool.size().queued)
+        );
+        let one = pool.content(Some(signed(9, 0, 1, 100).sender()));
+        assert_eq!(
+            (nonces(&one.pending), nonces(&one.queued)),
+            (vec![0, 1], vec![3])
+        );
+        // Taken into a block, the run is in flight: in neither list.
+        pool.take_block(1, &rules(u64::MAX / 2, 1), 100, &Rich);
+        let after = pool.content(None);
+        assert_eq!(
+            (nonces(&after.pending), nonces(&after.queued)),
+            (vec![], vec![3, 2])
+        );
+    }
+
+    #[test]
     fn finalized_blocks_advance_every_sender_in_them() {
         let pool = TxPool::new();
         let (s0, s1) = (signed(5, 0, 1, 100), signed(5, 1, 1, 100));
@@ -1301,6 +1360,7 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
         use std::collections::BTreeSet;
+        use std::collections::HashSet;
 
         const SENDERS: usize = 3;
         const SENDER_MAX: usize = 4;
