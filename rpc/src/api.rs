@@ -1,10 +1,10 @@
 //! The JSON-RPC methods Kestrel serves, with geth's names and parameter shapes.
 
 use alloy_eips::{BlockId, BlockNumberOrTag};
-use alloy_primitives::{Address, B256, Bytes, U64, U256};
+use alloy_primitives::{Address, B256, Bytes, U64, U128, U256};
 use alloy_rpc_types_eth::{
-    Block, FeeHistory, Filter, Index, Log, SyncStatus, Transaction, TransactionReceipt,
-    TransactionRequest,
+    Block, FeeHistory, Filter, FilterChanges, Index, Log, SyncStatus, Transaction,
+    TransactionReceipt, TransactionRequest,
 };
 use jsonrpsee::{core::RpcResult, proc_macros::rpc};
 
@@ -137,4 +137,20 @@ pub trait EthApi {
 
     #[method(name = "eth_getLogs", with_extensions)]
     async fn logs(&self, filter: Filter) -> RpcResult<Vec<Log>>;
+
+    /// Poll filters (`filters.rs`): ids are random 128-bit quantities.
+    #[method(name = "eth_newFilter")]
+    async fn new_filter(&self, filter: Filter) -> RpcResult<U128>;
+
+    #[method(name = "eth_newBlockFilter")]
+    async fn new_block_filter(&self) -> RpcResult<U128>;
+
+    #[method(name = "eth_getFilterChanges", with_extensions)]
+    async fn filter_changes(&self, id: U128) -> RpcResult<FilterChanges>;
+
+    #[method(name = "eth_getFilterLogs", with_extensions)]
+    async fn filter_logs(&self, id: U128) -> RpcResult<Vec<Log>>;
+
+    #[method(name = "eth_uninstallFilter")]
+    fn uninstall_filter(&self, id: U128) -> RpcResult<bool>;
 }

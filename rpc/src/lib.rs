@@ -15,6 +15,7 @@ mod call;
 mod chain;
 pub mod error;
 mod fees;
+mod filters;
 mod handler;
 mod health;
 pub mod limits;
