@@ -145,6 +145,10 @@ pub trait EthApi {
     #[method(name = "eth_newBlockFilter")]
     async fn new_block_filter(&self) -> RpcResult<U128>;
 
+    /// Hashes of transactions the pool admitted since the last poll.
+    #[method(name = "eth_newPendingTransactionFilter")]
+    fn new_pending_transaction_filter(&self) -> RpcResult<U128>;
+
     #[method(name = "eth_getFilterChanges", with_extensions)]
     async fn filter_changes(&self, id: U128) -> RpcResult<FilterChanges>;
 

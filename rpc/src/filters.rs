@@ -1,6 +1,7 @@
 //! Poll filters, for clients without subscriptions (ethers and web3.py fall back to them over
-//! HTTP): `eth_newFilter` and `eth_newBlockFilter` install one, `eth_getFilterChanges` returns
-//! what was committed since the last poll, `eth_getFilterLogs` a log filter's whole range, and
+//! HTTP): `eth_newFilter`, `eth_newBlockFilter` and `eth_newPendingTransactionFilter` install
+//! one, `eth_getFilterChanges` returns what was committed (or admitted to the pool) since the
+//! last poll, `eth_getFilterLogs` a log filter's whole range, and
 //! `eth_uninstallFilter` removes one. As in geth, ids are random, a filter not polled for
 //! [`FILTER_IDLE`] is dropped, and changes start at the block after the head at install.
 //! Installed filters are bounded ([`FILTERS_MAX`]) and so is each poll ([`BLOCK_RANGE_MAX`]
@@ -26,12 +27,14 @@ pub const FILTER_IDLE: Duration = Duration::from_secs(300);
 pub(crate) enum Kind {
     Blocks,
     Logs(Box<Filter>),
+    /// Hashes of transactions admitted to the pool (`TxPool::admitted_since`).
+    PendingTxs,
 }
 
 struct Installed {
     kind: Kind,
-    /// The first block the next poll returns.
-    next: BlockNumber,
+    /// The first block the next poll returns; for `PendingTxs`, the admissions it has seen.
+    next: u64,
     polled: Instant,
 }
 
@@ -41,8 +44,9 @@ pub(crate) struct Filters {
 }
 
 impl Filters {
-    /// Installs a filter whose changes start after `head`; drops the idle ones first.
-    pub(crate) fn install(&self, kind: Kind, head: BlockNumber) -> Result<U128, RpcError> {
+    /// Installs a filter whose first poll starts at `next` (the block after the head, or the
+    /// pool's admission count); drops the idle ones first.
+    pub(crate) fn install(&self, kind: Kind, next: u64) -> Result<U128, RpcError> {
         let now = Instant::now();
         let mut installed = self.installed.lock();
         installed.retain(|_, f| now.duration_since(f.polled) < FILTER_IDLE);
@@ -59,7 +63,7 @@ impl Filters {
             id,
             Installed {
                 kind,
-                next: head + 1,
+                next,
                 polled: now,
             },
         );
@@ -96,7 +100,7 @@ impl Filters {
     }
 }
 
-/// What a filter gained from block `next` on, and where the poll after it starts.
+/// What a block or log filter gained from block `next` on, and where the poll after it starts.
 pub(crate) fn changes(
     chain: &impl ChainView,
     kind: &Kind,
@@ -128,6 +132,11 @@ pub(crate) fn changes(
             let range = next.max(from)..=to.min(until);
             FilterChanges::Logs(logs::logs_in(chain, filter, range)?)
         }
+        Kind::PendingTxs => {
+            return Err(RpcError::Internal(
+                "the pool answers pending-transaction filters".into(),
+            ));
+        }
     };
     Ok((changes, to + 1))
 }
@@ -155,7 +164,7 @@ mod tests {
         block_with_logs(&mut chain, 0, 1);
         let filters = Filters::default();
         let head = head(&chain).unwrap();
-        let blocks = filters.install(Kind::Blocks, head).unwrap();
+        let blocks = filters.install(Kind::Blocks, head + 1).unwrap();
         let logs = filters.install(Kind::Logs(Box::default()), head).unwrap();
         let poll = |chain: &FakeChain, id| {
             let (kind, next) = filters.get(id).unwrap();

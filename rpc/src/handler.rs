@@ -470,19 +470,31 @@ impl EthApiServer for EthRpc {
         let head = self.read(|reader| chain::head(reader)).await?;
         Ok(self
             .filters
-            .install(filters::Kind::Logs(Box::new(filter)), head)?)
+            .install(filters::Kind::Logs(Box::new(filter)), head + 1)?)
     }
 
     async fn new_block_filter(&self) -> RpcResult<U128> {
         let head = self.read(|reader| chain::head(reader)).await?;
-        Ok(self.filters.install(filters::Kind::Blocks, head)?)
+        Ok(self.filters.install(filters::Kind::Blocks, head + 1)?)
+    }
+
+    fn new_pending_transaction_filter(&self) -> RpcResult<U128> {
+        let (_, seen) = self.ctx.pool.admitted_since(u64::MAX);
+        Ok(self.filters.install(filters::Kind::PendingTxs, seen)?)
     }
 
     async fn filter_changes(&self, ext: &Extensions, id: U128) -> RpcResult<FilterChanges> {
         let (kind, next) = self.filters.get(id)?;
-        let (changes, next) = self
-            .read_heavy(ext, move |reader| filters::changes(reader, &kind, next))
-            .await?;
+        let (changes, next) = match kind {
+            filters::Kind::PendingTxs => {
+                let (hashes, seen) = self.ctx.pool.admitted_since(next);
+                (FilterChanges::Hashes(hashes), seen)
+            }
+            kind => {
+                self.read_heavy(ext, move |reader| filters::changes(reader, &kind, next))
+                    .await?
+            }
+        };
         self.filters.advance(id, next);
         Ok(changes)
     }

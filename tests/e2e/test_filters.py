@@ -79,3 +79,21 @@ def test_log_filter_returns_every_matching_event_once(w3, dev_accounts, token_ar
     assert [log["transactionHash"] for log in ours] == hashes
     for f in (events, everything):
         assert w3.eth.uninstall_filter(f.filter_id)
+
+
+def test_pending_transaction_filter_returns_each_admitted_hash_once(w3, dev_accounts):
+    sender = dev_accounts[2]
+    filt = w3.eth.filter("pending")
+    nonce = w3.eth.get_transaction_count(sender.address, "pending")
+    sent = []
+    for i in range(3):
+        raw = sender.sign_transaction({
+            "type": 2, "chainId": CHAIN_ID, "nonce": nonce + i, "to": sender.address, "value": 1,
+            "gas": 21_000, **fees(w3)}).raw_transaction
+        sent.append(w3.eth.send_raw_transaction(raw))
+    got = filt.get_new_entries()
+    assert [h for h in got if h in sent] == sent
+    assert filt.get_new_entries() == []
+    for h in sent:
+        wait_receipt(w3, h)
+    assert w3.eth.uninstall_filter(filt.filter_id)

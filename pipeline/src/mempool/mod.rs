@@ -55,6 +55,9 @@ pub const REPLACE_BUMP_PERCENT: u128 = 10;
 /// Admitted transactions remembered for [`TxPool::take_fresh`]; beyond it the oldest are
 /// forgotten (they stay in the pool, only they are not forwarded).
 pub const FRESH_TXS_MAX: usize = 65_536;
+/// Hashes of the latest admitted transactions kept for pending-transaction filters
+/// ([`TxPool::admitted_since`]); a filter polled less often misses the oldest.
+pub const ADMITTED_HASHES_MAX: usize = 16_384;
 
 /// The pool's limits (`--txpool-*` flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +173,9 @@ struct Inner {
     by_block: BTreeMap<BlockNumber, Vec<(B256, Address)>>,
     /// Admitted since the last `take_fresh`, oldest first: sender, nonce, hash.
     fresh: VecDeque<(Address, u64, B256)>,
+    /// The latest admitted hashes, oldest first, and how many were admitted before the first.
+    admitted: VecDeque<B256>,
+    admitted_before: u64,
     /// When queued transactions are next looked at for expiry.
     expiry_due: Option<Instant>,
 }
@@ -263,6 +269,11 @@ impl Inner {
             self.fresh.pop_front();
         }
         self.fresh.push_back((sender, nonce, hash));
+        if self.admitted.len() >= ADMITTED_HASHES_MAX {
+            self.admitted.pop_front();
+            self.admitted_before += 1;
+        }
+        self.admitted.push_back(hash);
     }
 
     /// Makes room for one transaction when full: the highest queued nonce of the sender with
@@ -443,6 +454,16 @@ impl TxPool {
             pending,
             queued: inner.by_hash.len() - pending,
         }
+    }
+
+    /// Hashes admitted after the first `seen` admissions (at most the latest
+    /// [`ADMITTED_HASHES_MAX`]), oldest first, and how many admissions there were in all: the
+    /// `seen` of the next call.
+    pub fn admitted_since(&self, seen: u64) -> (Vec<B256>, u64) {
+        let inner = self.inner.lock();
+        let total = inner.admitted_before + inner.admitted.len() as u64;
+        let skip = seen.saturating_sub(inner.admitted_before) as usize;
+        (inner.admitted.iter().skip(skip).copied().collect(), total)
     }
 
     /// The pooled transactions of every sender, or of `sender` alone, split as [`TxPool::size`]
@@ -1197,6 +1218,22 @@ mod tests {
         pool.on_committed(8, |_| 2);
         assert_eq!(pool.size(), PoolSize::default());
         assert_eq!(pool.pending_nonce(sender), None);
+    }
+
+    #[test]
+    fn admitted_hashes_come_once_per_reader_and_the_oldest_go_first() {
+        let pool = TxPool::new();
+        let now = Instant::now();
+        let (none, seen) = pool.admitted_since(0);
+        assert_eq!((none, seen), (vec![], 0));
+        let a = pool.insert(signed(11, 0, 1, 100), 0, now).unwrap();
+        let b = pool.insert(signed(11, 5, 1, 100), 0, now).unwrap();
+        assert_eq!(pool.admitted_since(seen), (vec![a, b], 2));
+        assert_eq!(pool.admitted_since(2), (vec![], 2));
+        // A replacement is admitted too; a refused transaction is not.
+        let c = pool.insert(signed(11, 0, 2, 200), 0, now).unwrap();
+        assert!(pool.insert(signed(11, 5, 1, 100), 0, now).is_err());
+        assert_eq!(pool.admitted_since(2), (vec![c], 3));
     }
 
     #[test]
