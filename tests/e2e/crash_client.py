@@ -323,6 +323,22 @@ def check_accounting(url: str, client: Client, note: str = "") -> None:
         assert bal == value, f"recipient {addr}: balance {bal} != {value} {note}"
 
 
+def drain(client: Client, note: str) -> dict:
+    """Stops sending new transactions and waits until everything sent is receipted; returns the
+    client's snapshot then."""
+    client.sending = False
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while client.outstanding() and time.monotonic() < deadline:
+        assert client.is_alive(), f"client thread died: {client.failure!r}"
+        time.sleep(0.2)
+    client.detach()
+    assert client.outstanding() == 0, (
+        f"{client.outstanding()} transactions never receipted within {DRAIN_TIMEOUT_S}s; "
+        f"send errors {client.send_errors} {note}")
+    assert not client.violations, f"{client.violations} {note}"
+    return client.snapshot()
+
+
 def check_datadir(datadir: Path, snap: dict, label: str, note: str = "",
                   genesis: Path | None = None) -> dict:
     """Runs `kestrel check-datadir` on a killed node's datadir: its block log must be one
@@ -394,18 +410,7 @@ def kill_restart_cycles(tmp_path: Path, seed: int, cycles: int, uptime_s: tuple[
         verify_against(node.url, snap, "after SIGTERM", note)
         client.attach(node.url)
 
-        # Drain: no new transactions; everything sent must end up receipted.
-        client.sending = False
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while client.outstanding() and time.monotonic() < deadline:
-            assert client.is_alive(), f"client thread died: {client.failure!r}"
-            time.sleep(0.2)
-        client.detach()
-        assert client.outstanding() == 0, (
-            f"{client.outstanding()} transactions never receipted within {DRAIN_TIMEOUT_S}s; "
-            f"send errors {client.send_errors} {note}")
-        assert not client.violations, f"{client.violations} {note}"
-        snap = client.snapshot()
+        snap = drain(client, note)
         head = verify_against(node.url, snap, "final", note)
         verify_chain_links(node.url, head, note)
         check_accounting(node.url, client, note)

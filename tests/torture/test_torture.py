@@ -34,7 +34,7 @@ import time
 import pytest
 import requests
 
-from crash_client import (Client, RpcError, batch, check_accounting, check_datadir,
+from crash_client import (Client, RpcError, batch, check_accounting, check_datadir, drain,
                           kill_restart_cycles, verify_against, verify_chain_links)
 from testnet import Testnet, wait_until
 
@@ -60,7 +60,6 @@ BIND_RETRY_PAUSE_S = 0.1
 # KESTREL_TORTURE_BACK_TO_BACK=1: the next kill does not wait for the chain to finalize a new
 # block, so every validator can crash while the same certified block is in flight (docs/SECURITY.md).
 BACK_TO_BACK = os.environ.get("KESTREL_TORTURE_BACK_TO_BACK", "0") == "1"
-DRAIN_TIMEOUT_S = 60.0
 NEW_BLOCKS_AFTER_REPLAY = 5
 
 # Each run's kill count scales its time; ten minutes is far above the default counts (~3 min).
@@ -226,17 +225,7 @@ def test_testnet_keeps_everything_final_through_kills_and_a_wiped_validator_repl
                    f"the chain, halted at {top} with all four validators up, to finalize a block {NOTE}")
 
         # Drain: every transaction sent ends up receipted; then everyone agrees on everything.
-        client.sending = False
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while client.outstanding() and time.monotonic() < deadline:
-            assert client.is_alive(), f"client thread died: {client.failure!r}"
-            time.sleep(0.2)
-        client.detach()
-        assert client.outstanding() == 0, (
-            f"{client.outstanding()} transactions never receipted within {DRAIN_TIMEOUT_S}s; "
-            f"send errors {client.send_errors} {NOTE}")
-        assert not client.violations, f"{client.violations} {NOTE}"
-        snap = client.snapshot()
+        snap = drain(client, NOTE)
         top = sup.check_all_agree(snap)
         check_accounting(net[0].url, client, NOTE)
 
