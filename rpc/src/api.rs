@@ -92,6 +92,15 @@ pub trait EthApi {
     async fn send_raw_transaction(&self, raw: Bytes) -> RpcResult<B256>;
 
     /// Committed transactions, then pending ones (without block fields).
+    /// EIP-7966: submits like `eth_sendRawTransaction`, then waits for the receipt at most
+    /// `timeout` milliseconds (default and ceiling in `lib.rs`).
+    #[method(name = "eth_sendRawTransactionSync")]
+    async fn send_raw_transaction_sync(
+        &self,
+        raw: Bytes,
+        timeout_ms: Option<U64>,
+    ) -> RpcResult<TransactionReceipt>;
+
     #[method(name = "eth_getTransactionByHash")]
     async fn transaction_by_hash(&self, hash: B256) -> RpcResult<Option<Transaction>>;
 

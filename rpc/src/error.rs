@@ -2,7 +2,7 @@
 //! JSON-RPC codes and messages (geth's, which tools match on).
 
 use crate::{BLOCK_RANGE_MAX, LOGS_MAX};
-use alloy_primitives::Bytes;
+use alloy_primitives::{B256, Bytes};
 use jsonrpsee::types::ErrorObjectOwned;
 use kestrel_pipeline::mempool::PoolError;
 use kestrel_storage::StorageError;
@@ -19,6 +19,8 @@ pub const CODE_LIMIT_EXCEEDED: i32 = -32005;
 pub const CODE_TIMEOUT: i32 = -32002;
 /// geth's code for a reverted call; `data` carries the revert bytes.
 pub const CODE_EXECUTION_REVERTED: i32 = 3;
+/// EIP-7966: `eth_sendRawTransactionSync` timed out with the transaction in the pool.
+pub const CODE_SYNC_TIMEOUT: i32 = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RpcError {
@@ -62,6 +64,12 @@ pub enum RpcError {
     FilterNotFound,
     #[error("too many filters: at most {0} installed at once")]
     TooManyFilters(usize),
+    /// EIP-7966's words; the data is the transaction's hash.
+    #[error("The transaction was added to the transaction pool but wasn't processed in {}", go_duration(*.waited))]
+    SyncTimeout {
+        hash: B256,
+        waited: std::time::Duration,
+    },
 
     #[error(transparent)]
     Pool(#[from] PoolError),
@@ -87,6 +95,7 @@ impl RpcError {
     pub fn code(&self) -> i32 {
         match self {
             Self::Reverted(_) => CODE_EXECUTION_REVERTED,
+            Self::SyncTimeout { .. } => CODE_SYNC_TIMEOUT,
             Self::TooManyLogs | Self::RateLimited(_) | Self::TooManyFilters(_) => {
                 CODE_LIMIT_EXCEEDED
             }
@@ -106,6 +115,7 @@ impl From<RpcError> for ErrorObjectOwned {
     fn from(err: RpcError) -> Self {
         let data = match &err {
             RpcError::Reverted(data) => Some(data.clone()),
+            RpcError::SyncTimeout { hash, .. } => Some(Bytes::copy_from_slice(hash.as_slice())),
             _ => None,
         };
         ErrorObjectOwned::owned(err.code(), err.to_string(), data)

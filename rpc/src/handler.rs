@@ -386,6 +386,36 @@ impl EthApiServer for EthRpc {
         Ok(self.ctx.ingress.submit(raw).await.map_err(RpcError::Pool)?)
     }
 
+    async fn send_raw_transaction_sync(
+        &self,
+        raw: Bytes,
+        timeout_ms: Option<U64>,
+    ) -> RpcResult<TransactionReceipt> {
+        let waited = timeout_ms.map_or(crate::SYNC_TIMEOUT_DEFAULT, |ms| {
+            Duration::from_millis(ms.to()).min(crate::SYNC_TIMEOUT_MAX)
+        });
+        let hash = self.ctx.ingress.submit(raw).await.map_err(RpcError::Pool)?;
+        let deadline = Instant::now() + waited;
+        // Read the receipt only when a block was committed since the last look.
+        let mut seen = None;
+        loop {
+            let committed = ChainStatus::get(&self.ctx.status.committed);
+            if seen != Some(committed) {
+                seen = Some(committed);
+                let receipt = self
+                    .read(move |reader| chain::transaction_receipt(reader, hash))
+                    .await?;
+                if let Some(receipt) = receipt {
+                    return Ok(receipt);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(RpcError::SyncTimeout { hash, waited }.into());
+            }
+            tokio::time::sleep(crate::SYNC_POLL).await;
+        }
+    }
+
     async fn transaction_by_hash(&self, hash: B256) -> RpcResult<Option<Transaction>> {
         let committed = self
             .read(move |reader| chain::transaction_by_hash(reader, hash))

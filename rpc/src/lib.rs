@@ -46,7 +46,7 @@ use kestrel_pipeline::{
     status::ChainStatus,
 };
 use pubsub::EthPubSubApiServer as _;
-use std::{collections::HashSet, net::SocketAddr, sync::Arc};
+use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
 use txpool::TxpoolApiServer as _;
 
 /// Default listen address: localhost only, geth's port.
@@ -64,6 +64,12 @@ pub const BLOCK_RANGE_MAX: u64 = 10_000;
 pub const LOGS_MAX: usize = 10_000;
 /// Block interval `/health` judges the head's age by, unless the node says otherwise.
 pub const BLOCK_TIME_MS_DEFAULT: u64 = 500;
+/// `eth_sendRawTransactionSync`: how long it waits for the receipt without a timeout given,
+/// and the longest it waits with one.
+pub const SYNC_TIMEOUT_DEFAULT: Duration = Duration::from_secs(5);
+pub const SYNC_TIMEOUT_MAX: Duration = Duration::from_secs(30);
+/// How often a waiting `eth_sendRawTransactionSync` looks at the committed head.
+const SYNC_POLL: Duration = Duration::from_millis(10);
 
 /// What the RPC server reads and writes.
 #[derive(Clone)]
