@@ -27,8 +27,8 @@ COMPILE_TIMEOUT_S = 120
 pytest_runtest_makereport = kestrel_node.log_tails_hook()
 
 
-@pytest.fixture(scope="session")
-def node(tmp_path_factory):
+def run_node(tmp_path_factory):
+    """Starts a dev node for a fixture to yield, and stops it afterwards."""
     base = tmp_path_factory.mktemp("kestrel")
     n = KestrelNode(datadir=base / "data", log_dir=base)
     try:
@@ -39,11 +39,32 @@ def node(tmp_path_factory):
         print(f"\nkestrel node stopped (exit code {code}); log: {n.log_path}")
 
 
-@pytest.fixture(scope="session")
-def w3(node) -> Web3:
+def connect(node) -> Web3:
     w = Web3(Web3.HTTPProvider(node.url, request_kwargs={"timeout": 10}))
     assert w.is_connected()
     return w
+
+
+@pytest.fixture(scope="session")
+def node(tmp_path_factory):
+    yield from run_node(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def w3(node) -> Web3:
+    return connect(node)
+
+
+@pytest.fixture(scope="module")
+def own_node(tmp_path_factory):
+    """A dev node of the module's own: its tests spend from dev accounts that test_web3 expects
+    untouched on the session's node."""
+    yield from run_node(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def own_w3(own_node) -> Web3:
+    return connect(own_node)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 import requests
 from eth_utils import keccak
 from web3 import Web3
@@ -69,3 +70,18 @@ def account_state(w3: Web3, address: str) -> dict:
         "balance": w3.eth.get_balance(address, "latest"),
         "nonce": w3.eth.get_transaction_count(address, "latest"),
     }
+
+
+def own_node_fixtures():
+    """`node` and `w3` fixtures for a module that must not share the session's node: they take
+    conftest's module-scoped `own_node` and `own_w3` (`node, w3 = own_node_fixtures()`)."""
+
+    @pytest.fixture(scope="module", name="node")
+    def node_fixture(own_node):
+        return own_node
+
+    @pytest.fixture(scope="module", name="w3")
+    def w3_fixture(own_w3):
+        return own_w3
+
+    return node_fixture, w3_fixture

@@ -5,6 +5,7 @@ transaction on the state before it, which needs historical state: issue 15.)"""
 
 from __future__ import annotations
 
+
 import json
 import subprocess
 from pathlib import Path
@@ -13,10 +14,16 @@ from eth_abi import encode as abi_encode
 from eth_utils import keccak
 from web3 import Web3
 
+from e2e_util import own_node_fixtures
 from kestrel_node import DEV_KEYS
 
 CAST = Path(__file__).resolve().parent / "node_modules" / ".bin" / "cast"
 TIMEOUT_S = 60
+
+
+# The session's node is test_web3's, which expects the dev accounts untouched: these tests spend
+# from them on a node of their own.
+node, w3 = own_node_fixtures()
 
 
 def cast(node, *args: str) -> str:

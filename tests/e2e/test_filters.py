@@ -11,11 +11,16 @@ import pytest
 from web3 import Web3
 from web3.exceptions import Web3RPCError
 
-from e2e_util import fees, wait_blocks, wait_receipt
+from e2e_util import fees, own_node_fixtures, wait_blocks, wait_receipt
 from kestrel_node import CHAIN_ID
 
 POLL_TIMEOUT_S = 20.0
 TRANSFERS = 4
+
+
+# The session's node is test_web3's, which expects the dev accounts untouched: these tests spend
+# from them on a node of their own.
+node, w3 = own_node_fixtures()
 
 
 def poll_until(filt, count: int) -> list:

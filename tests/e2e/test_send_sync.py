@@ -4,12 +4,18 @@ gap) answers error 4 with its hash, and stays in the pool."""
 
 from __future__ import annotations
 
+
 import time
 
 from eth_account import Account
 
-from e2e_util import fees, raw_rpc
+from e2e_util import fees, own_node_fixtures, raw_rpc
 from kestrel_node import CHAIN_ID, DEV_KEYS
+
+
+# The session's node is test_web3's, which expects the dev accounts untouched: these tests spend
+# from them on a node of their own.
+node, w3 = own_node_fixtures()
 
 
 def signed(w3, account, nonce: int) -> str:
