@@ -10,7 +10,7 @@ from metrics_util import REPO_ROOT, scrape
 
 DOCS = REPO_ROOT / "docs" / "metrics.md"
 # Series that exist only after a rare event, so a test node does not export them.
-EVENT_ONLY = {"kestrel_mempool_evicted_total"}
+EVENT_ONLY = {"kestrel_mempool_evicted_total", "kestrel_rpc_subscribers_dropped_total"}
 # Recorded only by the parallel executor; the node under test runs the default sequential one.
 PARALLEL_ONLY = {
     "kestrel_execution_parallel_phase_seconds",
