@@ -15,11 +15,14 @@ use super::{
     builder::{Build, Builder},
     finality::{Finality, recent_results},
     forward::Forwarder,
-    metrics::{EARLY_TIMEOUTS, PAYLOADS_REJECTED, SYNC_ACTIVE, SYNC_BLOCKS_TOTAL},
+    metrics::{
+        EARLY_TIMEOUTS, PAYLOADS_REJECTED, SAFETY_PERSIST_BYTES, SAFETY_PERSIST_SECONDS,
+        SYNC_ACTIVE, SYNC_BLOCKS_TOTAL,
+    },
     payload::{Decoder, Payload, Rejected},
     payloads::PayloadCache,
     rounds::RoundWatch,
-    store::SafetyFile,
+    store::{SafetyFile, VotedBlock},
     sync::{BlockSync, SyncStep, answer},
     transport::Transport,
     wire::{ConsensusEnvelope, SyncResponse, SyncedBlock},
@@ -45,7 +48,7 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 /// A certificate more than this many blocks above our log means consensus alone (which fetches
@@ -99,8 +102,8 @@ impl Driver {
         w: Wiring,
     ) -> eyre::Result<Self> {
         let finality = Finality::open(dir, &w.store, w.pool.clone(), w.status, w.proposals)?;
-        let safety_file = SafetyFile::new(dir);
-        let safety = safety_file.load()?;
+        let mut safety_file = SafetyFile::new(dir);
+        let (safety, voted) = safety_file.load()?;
         let config = Config {
             // Long enough for a block time, a round trip and execution of the delayed block.
             round_timeout_ms: (3 * w.block_time_ms).max(2_000),
@@ -113,6 +116,8 @@ impl Driver {
             finality.head().clone(),
             safety.clone(),
         )?;
+        let mut payloads = PayloadCache::new();
+        restore_payloads(&mut payloads, &w.pool, &voted, finality.height());
         Ok(Self {
             bft,
             config,
@@ -134,7 +139,7 @@ impl Driver {
                 w.state,
             ),
             watch: RoundWatch::default(),
-            payloads: PayloadCache::new(),
+            payloads,
             finality,
             sync: None,
             forwarder: Some(Forwarder::spawn(w.ingress)?),
@@ -280,10 +285,24 @@ impl Driver {
 
     fn apply(&mut self, command: Command) {
         match command {
+            Command::PersistBlock(block) => {
+                let payload = self.payloads.get(&block.payload_hash);
+                let payload = payload.map(|p| p.bytes().clone()).unwrap_or_default();
+                self.safety_file.keep(VotedBlock { block, payload });
+            }
             Command::PersistSafety(state) => {
-                if let Err(err) = self.safety_file.store(&state) {
-                    // Voting on without the state on disk could make us vote twice after a crash.
-                    super::fatal(&format!("persisting the consensus safety state: {err}"));
+                let started = Instant::now();
+                match self.safety_file.store(&state) {
+                    Ok(bytes) => {
+                        metrics::histogram!(SAFETY_PERSIST_SECONDS)
+                            .record(started.elapsed().as_secs_f64());
+                        metrics::counter!(SAFETY_PERSIST_BYTES).increment(bytes as u64);
+                    }
+                    // Voting on without the state on disk could make us vote twice after a
+                    // crash.
+                    Err(err) => {
+                        super::fatal(&format!("persisting the consensus safety state: {err}"))
+                    }
                 }
                 self.safety = state;
             }
@@ -486,6 +505,7 @@ impl Driver {
             self.net.send(&peer, Kind::SyncRequest, request.into());
         }
         self.payloads.prune(self.finality.height());
+        self.safety_file.prune(self.finality.height());
     }
 
     /// Connected peers, in a stable order, so requests rotate through them.
@@ -500,7 +520,8 @@ impl Driver {
     }
 
     /// Caught up (as far as a peer knows): restart the state machine from the log head, with our
-    /// persisted safety state and recent execution results, and join consensus.
+    /// persisted safety state, recent execution results and the blocks we voted for above the
+    /// head, and join consensus.
     fn finish_sync(&mut self) {
         self.sync = None;
         metrics::gauge!(SYNC_ACTIVE).set(0.0);
@@ -517,6 +538,12 @@ impl Driver {
         for result in recent_results(&self.store) {
             self.feed(Event::Executed(result));
         }
+        let head = self.finality.height();
+        let voted = self.safety_file.voted().iter();
+        let voted = voted
+            .filter(|v| v.block.height > head)
+            .map(|v| v.block.clone());
+        self.feed(Event::Restore(voted.collect()));
         tracing::info!(target: "node::validator", height = self.finality.height(), round = self.bft.round().0, "joining consensus");
         self.feed(Event::Start);
     }
@@ -573,7 +600,34 @@ impl Driver {
         }
         self.finality.sync_log();
         self.payloads.prune(self.finality.height());
+        self.safety_file.prune(self.finality.height());
         metrics::counter!(SYNC_BLOCKS_TOTAL).increment(count as u64);
         tracing::info!(target: "node::validator", height = self.finality.height(), blocks = count, "synced finalized blocks");
+    }
+}
+
+/// The payloads of the blocks we voted for above the log head, back in the cache (their
+/// children are built on them and peers fetch them from us) and in flight in the pool.
+fn restore_payloads(payloads: &mut PayloadCache, pool: &TxPool, voted: &[VotedBlock], head: u64) {
+    for v in voted.iter().filter(|v| v.block.height > head) {
+        if v.payload.is_empty() {
+            continue;
+        }
+        match Payload::decode(v.payload.clone()) {
+            Ok(payload) if payload.hash() == v.block.payload_hash => {
+                pool.on_proposed(v.block.height, payload.txs());
+                payloads.insert_fetched(v.block.height, payload);
+                payloads.remember(&v.block);
+            }
+            Ok(_) => {
+                tracing::warn!(target: "node::validator", height = v.block.height, "a kept payload is not its block's")
+            }
+            Err(err) => {
+                tracing::warn!(target: "node::validator", height = v.block.height, %err, "a kept payload does not decode")
+            }
+        }
+    }
+    if !voted.is_empty() {
+        tracing::info!(target: "node::validator", blocks = voted.len(), head, "restored the blocks voted for before the restart");
     }
 }
