@@ -2,7 +2,9 @@
 //! clock, a [`Transport`], the pool and the pipeline. It keeps the event loop and `apply(Command)`;
 //! the rest is in parts of its own (after monad-bft's executors), each returning what to send:
 //! the payload cache (`payloads.rs`), finality and the block log (`finality.rs`), block sync
-//! (`sync.rs`) and transaction forwarding (`forward.rs`).
+//! (`sync.rs`) and transaction forwarding (`forward.rs`). What a restart needs (persisting the
+//! safety state and the blocks voted for; block sync, then rebuilding the state machine) is
+//! `impl Driver` too, in `recovery.rs`.
 //!
 //! Payloads travel with their proposal and are decoded on a thread of their own; a proposal
 //! whose payload does not decode (or whose base fee is not the parent's successor) never reaches
@@ -10,24 +12,23 @@
 //! start, or when a certificate it sees is far ahead of its log) stops feeding consensus and
 //! syncs, then restarts the state machine from its new head.
 
+#[path = "recovery.rs"]
+mod recovery;
+
 use super::{
     Wiring,
     builder::{Build, Builder},
-    finality::{Finality, recent_results},
+    finality::Finality,
     forward::Forwarder,
-    metrics::{
-        EARLY_TIMEOUTS, PAYLOADS_REJECTED, SAFETY_PERSIST_BYTES, SAFETY_PERSIST_SECONDS,
-        SYNC_ACTIVE, SYNC_BLOCKS_TOTAL,
-    },
+    metrics::{EARLY_TIMEOUTS, PAYLOADS_REJECTED},
     payload::{Decoder, Payload, Rejected},
     payloads::PayloadCache,
     rounds::RoundWatch,
-    store::{SafetyFile, VotedBlock},
-    sync::{BlockSync, SyncStep, answer},
+    store::SafetyFile,
+    sync::{BlockSync, SyncStep},
     transport::Transport,
-    wire::{ConsensusEnvelope, SyncResponse, SyncedBlock},
+    wire::ConsensusEnvelope,
 };
-use alloy_primitives::keccak256;
 use crossbeam_channel::Receiver;
 use kestrel_consensus::{
     Round,
@@ -40,6 +41,7 @@ use kestrel_net::{Inbound, Kind, PeerId};
 use kestrel_pipeline::mempool::TxPool;
 use kestrel_storage::Store;
 use kestrel_types::{ExecutionResult, ParentFees, now_ms};
+use recovery::restore_payloads;
 use std::{
     cmp::Reverse,
     collections::BinaryHeap,
@@ -48,12 +50,9 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-/// A certificate more than this many blocks above our log means consensus alone (which fetches
-/// missing blocks one request at a time, from memory) is the slow way back: sync instead.
-const SYNC_GAP_BLOCKS: u64 = 8;
 /// Longest sleep of the loop, so shutdown is noticed.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
@@ -152,12 +151,7 @@ impl Driver {
     pub fn run(mut self) {
         let (inbound, results) = (self.inbound.clone(), self.results.clone());
         let decoded = self.decoder.as_ref().expect("running").results().clone();
-        if self.members.ids.len() > 1 {
-            self.begin_sync(now_ms());
-        } else {
-            // Nobody to sync from: a chain of one validator has its whole history here.
-            self.finish_sync();
-        }
+        self.catch_up();
         while !self.stop.load(Ordering::Acquire) && self.finality.flush() {
             let now = now_ms();
             let busy = Duration::from_millis(10);
@@ -285,27 +279,8 @@ impl Driver {
 
     fn apply(&mut self, command: Command) {
         match command {
-            Command::PersistBlock(block) => {
-                let payload = self.payloads.get(&block.payload_hash);
-                let payload = payload.map(|p| p.bytes().clone()).unwrap_or_default();
-                self.safety_file.keep(VotedBlock { block, payload });
-            }
-            Command::PersistSafety(state) => {
-                let started = Instant::now();
-                match self.safety_file.store(&state) {
-                    Ok(bytes) => {
-                        metrics::histogram!(SAFETY_PERSIST_SECONDS)
-                            .record(started.elapsed().as_secs_f64());
-                        metrics::counter!(SAFETY_PERSIST_BYTES).increment(bytes as u64);
-                    }
-                    // Voting on without the state on disk could make us vote twice after a
-                    // crash.
-                    Err(err) => {
-                        super::fatal(&format!("persisting the consensus safety state: {err}"))
-                    }
-                }
-                self.safety = state;
-            }
+            Command::PersistBlock(block) => self.keep_voted(block),
+            Command::PersistSafety(state) => self.persist_safety(state),
             Command::Broadcast(message) => {
                 if let Message::Proposal(p) = &message {
                     self.payloads.remember(&p.block);
@@ -425,11 +400,8 @@ impl Driver {
             Message::Certificate(qc) => Some(qc.height),
             _ => None,
         };
-        if self.sync.is_none()
-            && certified_height.is_some_and(|h| h > self.finality.height() + SYNC_GAP_BLOCKS)
-        {
-            tracing::info!(target: "node::validator", ours = self.finality.height(), certified = certified_height, "behind the network; syncing blocks");
-            self.begin_sync(now_ms());
+        if let Some(height) = certified_height {
+            self.check_behind(height);
         }
         if self.sync.is_some() {
             return;
@@ -511,123 +483,5 @@ impl Driver {
     /// Connected peers, in a stable order, so requests rotate through them.
     fn connected(&self) -> Vec<PeerId> {
         self.net.connected_peers().into_iter().collect()
-    }
-
-    fn begin_sync(&mut self, now: u64) {
-        metrics::gauge!(SYNC_ACTIVE).set(1.0);
-        self.builder.cancel();
-        self.sync = Some(BlockSync::start(now));
-    }
-
-    /// Caught up (as far as a peer knows): restart the state machine from the log head, with our
-    /// persisted safety state, recent execution results and the blocks we voted for above the
-    /// head, and join consensus.
-    fn finish_sync(&mut self) {
-        self.sync = None;
-        metrics::gauge!(SYNC_ACTIVE).set(0.0);
-        self.timers.clear();
-        self.finality.clear_waiting();
-        self.bft = Bft::new(
-            self.config.clone(),
-            self.members.key.clone(),
-            self.members.set.clone(),
-            self.finality.head().clone(),
-            self.safety.clone(),
-        )
-        .expect("the validator set was accepted at start");
-        for result in recent_results(&self.store) {
-            self.feed(Event::Executed(result));
-        }
-        let head = self.finality.height();
-        let voted = self.safety_file.voted().iter();
-        let voted = voted
-            .filter(|v| v.block.height > head)
-            .map(|v| v.block.clone());
-        self.feed(Event::Restore(voted.collect()));
-        tracing::info!(target: "node::validator", height = self.finality.height(), round = self.bft.round().0, "joining consensus");
-        self.feed(Event::Start);
-    }
-
-    fn on_sync_request(&mut self, from: ValidatorIndex, bytes: &[u8]) {
-        match answer(bytes, self.finality.log(), &self.payloads) {
-            Ok(Some(response)) => self.send(from, Kind::SyncResponse, response.encode().into()),
-            Ok(None) => {}
-            Err(err) => super::fatal(&format!("reading the block log: {err}")),
-        }
-    }
-
-    fn on_sync_response(&mut self, bytes: &[u8]) {
-        match SyncResponse::decode(bytes) {
-            Ok(SyncResponse::Payload(bytes)) => {
-                let Some(height) = self.finality.wants(keccak256(&bytes)) else {
-                    return;
-                };
-                match Payload::decode(bytes) {
-                    Ok(payload) => {
-                        self.payloads.insert_fetched(height, payload);
-                        self.process_commits();
-                    }
-                    // A finalized block's payload was checked by a quorum: a bad one is the
-                    // peer's fault, so ask another.
-                    Err(err) => {
-                        tracing::warn!(target: "node::validator", %err, "peer sent an invalid payload")
-                    }
-                }
-            }
-            Ok(SyncResponse::Blocks(blocks)) => self.on_synced_blocks(blocks),
-            Err(err) => {
-                tracing::debug!(target: "node::validator", %err, "undecodable sync response")
-            }
-        }
-    }
-
-    fn on_synced_blocks(&mut self, blocks: Vec<SyncedBlock>) {
-        let Some(sync) = &mut self.sync else { return };
-        if blocks.is_empty() {
-            self.finish_sync();
-            return;
-        }
-        let checked = match sync.on_blocks(self.finality.head(), blocks, &self.members.set) {
-            Ok(checked) => checked,
-            Err(err) => {
-                tracing::warn!(target: "node::validator", %err, "rejected a block sync response");
-                return;
-            }
-        };
-        let count = checked.len();
-        for (block, payload) in checked {
-            self.finality.append(block, &payload);
-        }
-        self.finality.sync_log();
-        self.payloads.prune(self.finality.height());
-        self.safety_file.prune(self.finality.height());
-        metrics::counter!(SYNC_BLOCKS_TOTAL).increment(count as u64);
-        tracing::info!(target: "node::validator", height = self.finality.height(), blocks = count, "synced finalized blocks");
-    }
-}
-
-/// The payloads of the blocks we voted for above the log head, back in the cache (their
-/// children are built on them and peers fetch them from us) and in flight in the pool.
-fn restore_payloads(payloads: &mut PayloadCache, pool: &TxPool, voted: &[VotedBlock], head: u64) {
-    for v in voted.iter().filter(|v| v.block.height > head) {
-        if v.payload.is_empty() {
-            continue;
-        }
-        match Payload::decode(v.payload.clone()) {
-            Ok(payload) if payload.hash() == v.block.payload_hash => {
-                pool.on_proposed(v.block.height, payload.txs());
-                payloads.insert_fetched(v.block.height, payload);
-                payloads.remember(&v.block);
-            }
-            Ok(_) => {
-                tracing::warn!(target: "node::validator", height = v.block.height, "a kept payload is not its block's")
-            }
-            Err(err) => {
-                tracing::warn!(target: "node::validator", height = v.block.height, %err, "a kept payload does not decode")
-            }
-        }
-    }
-    if !voted.is_empty() {
-        tracing::info!(target: "node::validator", blocks = voted.len(), head, "restored the blocks voted for before the restart");
     }
 }
