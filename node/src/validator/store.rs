@@ -408,6 +408,18 @@ mod tests {
         assert_eq!(file.load().unwrap(), (state, voted(&blocks[2..])));
     }
 
+    /// Blocks are kept once each and at most `VOTED_BLOCKS_MAX`, the lowest rounds going first.
+    #[test]
+    fn voted_blocks_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = SafetyFile::new(dir.path());
+        let blocks = voted(&chain(VOTED_BLOCKS_MAX as u64 + 4));
+        for v in blocks.iter().chain(&blocks[6..8]) {
+            file.keep(v.clone());
+        }
+        assert_eq!(file.voted(), &blocks[4..]);
+    }
+
     /// A safety file written before blocks were kept with it loads with none.
     #[test]
     fn a_safety_file_without_voted_blocks_loads() {
