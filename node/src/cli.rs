@@ -25,6 +25,21 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Write a genesis and one config and key per validator for a testnet on this host.
     InitTestnet(InitTestnetArgs),
+    /// Check a stopped node's datadir: the block log's hash chain, certificates and commit
+    /// proofs, and that the database holds their execution. Prints one JSON line; exits non-zero
+    /// on the first disagreement.
+    CheckDatadir(CheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// The node's datadir (the node must be stopped).
+    #[arg(long, value_name = "DIR")]
+    pub datadir: PathBuf,
+    /// The chain's genesis, if it names the validator set; without it (the dev chain) the set is
+    /// the datadir's own validator key.
+    #[arg(long, value_name = "FILE")]
+    pub genesis: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -88,6 +103,20 @@ pub struct NodeArgs {
     /// Database read transactions JSON-RPC holds at once; more wait.
     #[arg(long, value_name = "N", default_value_t = limits::DB_READERS_MAX)]
     pub rpc_db_readers_max: usize,
+    /// WebSocket JSON-RPC port on `--http-addr` (every method, plus `eth_subscribe`); off
+    /// without it.
+    #[arg(long, value_name = "PORT")]
+    pub ws_port: Option<u16>,
+    /// Most open WebSocket connections.
+    #[arg(long, value_name = "N", default_value_t = kestrel_rpc::WS_CONNECTIONS_MAX)]
+    pub ws_connections_max: u32,
+    /// Most subscriptions one WebSocket connection may hold.
+    #[arg(long, value_name = "N", default_value_t = kestrel_rpc::WS_SUBSCRIPTIONS_PER_CONNECTION_MAX)]
+    pub ws_subscriptions_max: u32,
+    /// Messages queued to one WebSocket connection; a subscription that finds the queue full is
+    /// closed as too slow.
+    #[arg(long, value_name = "N", default_value_t = kestrel_rpc::WS_BUFFER_MESSAGES)]
+    pub ws_buffer_messages: u32,
     /// Prometheus metrics listen address (serves /metrics).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9100")]
     pub metrics: SocketAddr,
@@ -163,6 +192,16 @@ impl NodeArgs {
             executions_per_ip_max: self.rpc_executions_per_ip,
             db_readers_max: self.rpc_db_readers_max,
         }
+    }
+
+    /// The WebSocket server, if `--ws-port` is given.
+    pub fn ws(&self) -> Option<kestrel_rpc::WsConfig> {
+        self.ws_port.map(|port| kestrel_rpc::WsConfig {
+            addr: SocketAddr::new(self.http_addr, port),
+            connections_max: self.ws_connections_max,
+            subscriptions_per_connection_max: self.ws_subscriptions_max,
+            buffer_messages: self.ws_buffer_messages,
+        })
     }
 }
 

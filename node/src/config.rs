@@ -62,6 +62,10 @@ pub struct RpcSection {
     pub executions_max: Option<usize>,
     pub executions_per_ip: Option<usize>,
     pub db_readers_max: Option<usize>,
+    pub ws_port: Option<u16>,
+    pub ws_connections_max: Option<u32>,
+    pub ws_subscriptions_max: Option<u32>,
+    pub ws_buffer_messages: Option<u32>,
 }
 
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -181,6 +185,10 @@ impl Config {
         fill!(rpc_executions_max, self.rpc.executions_max);
         fill!(rpc_executions_per_ip, self.rpc.executions_per_ip);
         fill!(rpc_db_readers_max, self.rpc.db_readers_max);
+        fill!(ws_port, self.rpc.ws_port.map(Some));
+        fill!(ws_connections_max, self.rpc.ws_connections_max);
+        fill!(ws_subscriptions_max, self.rpc.ws_subscriptions_max);
+        fill!(ws_buffer_messages, self.rpc.ws_buffer_messages);
         fill!(metrics, self.metrics.listen);
         fill!(block_time_ms, self.ordering.block_time_ms);
         fill!(gas_limit, self.ordering.gas_limit.map(Some));

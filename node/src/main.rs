@@ -39,7 +39,14 @@ fn main() -> eyre::Result<()> {
     keep_freed_memory();
     let matches = cli::Cli::command().get_matches();
     let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    // A command whose stdout is its report logs to stderr.
+    let writer = if matches!(cli.command, cli::Command::CheckDatadir(_)) {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
+    } else {
+        tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout)
+    };
     tracing_subscriber::fmt()
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -62,5 +69,6 @@ fn main() -> eyre::Result<()> {
         }
         cli::Command::Keygen(args) => Ok(keys::keygen(&args)?),
         cli::Command::InitTestnet(args) => Ok(testnet::run(&args)?),
+        cli::Command::CheckDatadir(args) => validator::check::run(&args),
     }
 }

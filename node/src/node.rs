@@ -152,6 +152,7 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     // `/health` judges the head's age in block intervals.
     let block_time_ms = args.block_time_ms;
     let rpc_limits = args.rpc_limits();
+    let ws = args.ws();
     runtime.block_on(async {
         let ctx = kestrel_rpc::RpcContext {
             store: store.clone(),
@@ -164,6 +165,7 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
             addr: rpc_addr,
             block_time_ms,
             limits: rpc_limits,
+            ws,
             ..Default::default()
         };
         let (bound, server) = kestrel_rpc::start(config, ctx)

@@ -1,10 +1,10 @@
 //! The JSON-RPC methods Kestrel serves, with geth's names and parameter shapes.
 
 use alloy_eips::{BlockId, BlockNumberOrTag};
-use alloy_primitives::{Address, B256, Bytes, U64, U256};
+use alloy_primitives::{Address, B256, Bytes, U64, U128, U256};
 use alloy_rpc_types_eth::{
-    Block, FeeHistory, Filter, Index, Log, SyncStatus, Transaction, TransactionReceipt,
-    TransactionRequest,
+    Block, FeeHistory, Filter, FilterChanges, Index, Log, SyncStatus, Transaction,
+    TransactionReceipt, TransactionRequest,
 };
 use jsonrpsee::{core::RpcResult, proc_macros::rpc};
 
@@ -17,6 +17,18 @@ pub trait EthApi {
     /// The chain id in decimal.
     #[method(name = "net_version")]
     fn net_version(&self) -> RpcResult<String>;
+
+    /// Always true: a node that answers is listening.
+    #[method(name = "net_listening")]
+    fn net_listening(&self) -> RpcResult<bool>;
+
+    /// keccak256 of the given bytes.
+    #[method(name = "web3_sha3")]
+    fn sha3(&self, data: Bytes) -> RpcResult<B256>;
+
+    /// The blob base fee of the next block (the minimum, 1 wei, while no block carries blobs).
+    #[method(name = "eth_blobBaseFee")]
+    async fn blob_base_fee(&self) -> RpcResult<U256>;
 
     #[method(name = "eth_chainId")]
     fn chain_id(&self) -> RpcResult<U64>;
@@ -125,4 +137,24 @@ pub trait EthApi {
 
     #[method(name = "eth_getLogs", with_extensions)]
     async fn logs(&self, filter: Filter) -> RpcResult<Vec<Log>>;
+
+    /// Poll filters (`filters.rs`): ids are random 128-bit quantities.
+    #[method(name = "eth_newFilter")]
+    async fn new_filter(&self, filter: Filter) -> RpcResult<U128>;
+
+    #[method(name = "eth_newBlockFilter")]
+    async fn new_block_filter(&self) -> RpcResult<U128>;
+
+    /// Hashes of transactions the pool admitted since the last poll.
+    #[method(name = "eth_newPendingTransactionFilter")]
+    fn new_pending_transaction_filter(&self) -> RpcResult<U128>;
+
+    #[method(name = "eth_getFilterChanges", with_extensions)]
+    async fn filter_changes(&self, id: U128) -> RpcResult<FilterChanges>;
+
+    #[method(name = "eth_getFilterLogs", with_extensions)]
+    async fn filter_logs(&self, id: U128) -> RpcResult<Vec<Log>>;
+
+    #[method(name = "eth_uninstallFilter")]
+    fn uninstall_filter(&self, id: U128) -> RpcResult<bool>;
 }

@@ -57,6 +57,11 @@ pub enum RpcError {
     TooManyLogs,
     #[error("{0}")]
     InvalidParams(String),
+    /// geth's words for an unknown, uninstalled or expired filter id.
+    #[error("filter not found")]
+    FilterNotFound,
+    #[error("too many filters: at most {0} installed at once")]
+    TooManyFilters(usize),
 
     #[error(transparent)]
     Pool(#[from] PoolError),
@@ -82,7 +87,9 @@ impl RpcError {
     pub fn code(&self) -> i32 {
         match self {
             Self::Reverted(_) => CODE_EXECUTION_REVERTED,
-            Self::TooManyLogs | Self::RateLimited(_) => CODE_LIMIT_EXCEEDED,
+            Self::TooManyLogs | Self::RateLimited(_) | Self::TooManyFilters(_) => {
+                CODE_LIMIT_EXCEEDED
+            }
             Self::RequestTimeout => CODE_TIMEOUT,
             Self::InvalidParams(_) => CODE_INVALID_PARAMS,
             Self::Storage(_)

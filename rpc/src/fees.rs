@@ -1,14 +1,15 @@
-//! Fee suggestions: `eth_gasPrice`, `eth_maxPriorityFeePerGas` and `eth_feeHistory`.
+//! Fee suggestions: `eth_gasPrice`, `eth_maxPriorityFeePerGas`, `eth_feeHistory` and
+//! `eth_blobBaseFee`.
 
 use crate::{
     chain::{head, resolve_tag},
     error::RpcError,
 };
 use alloy_consensus::Transaction as _;
-use alloy_eips::BlockNumberOrTag;
+use alloy_eips::{BlockNumberOrTag, eip7840::BlobParams};
 use alloy_rpc_types_eth::FeeHistory;
 use kestrel_storage::ChainView;
-use kestrel_types::SealedBlock;
+use kestrel_types::{ChainSpec, Fork, SealedBlock};
 
 /// The priority fee Kestrel suggests (1 gwei). Ordering takes transactions by tip, but a
 /// single-validator chain with room in its blocks has no auction to price in.
@@ -149,6 +150,17 @@ pub(crate) fn reward_percentiles(
             txs[index].1
         })
         .collect()
+}
+
+/// The blob base fee of the block after `head`, under the fork the next block runs (its
+/// timestamp is at least the head's). Kestrel's blocks carry no blobs, so this is the minimum.
+pub(crate) fn next_blob_base_fee(spec: &ChainSpec, head: &alloy_consensus::Header) -> u128 {
+    let params = match spec.fork_at(head.timestamp) {
+        Fork::Cancun => BlobParams::cancun(),
+        Fork::Prague => BlobParams::prague(),
+    };
+    head.next_block_blob_fee(params)
+        .unwrap_or(alloy_eips::eip4844::BLOB_TX_MIN_BLOB_GASPRICE)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use crate::{
     chain::{self, check_state_block},
     error::RpcError,
     fees::{self, SUGGESTED_TIP_WEI},
+    filters,
     limits::CALLER_IP,
     limits::Caller,
     logs,
@@ -19,10 +20,10 @@ use crate::{
     slots::{ExecutionBudget, FairPermit, FairSlots},
 };
 use alloy_eips::{BlockId, BlockNumberOrTag};
-use alloy_primitives::{Address, B256, Bytes, U64, U256};
+use alloy_primitives::{Address, B256, Bytes, U64, U128, U256};
 use alloy_rpc_types_eth::{
-    Block, FeeHistory, Filter, Index, Log, SyncStatus, Transaction, TransactionReceipt,
-    TransactionRequest,
+    Block, FeeHistory, Filter, FilterChanges, Index, Log, SyncStatus, Transaction,
+    TransactionReceipt, TransactionRequest,
 };
 use jsonrpsee::{
     Extensions,
@@ -46,6 +47,7 @@ pub(crate) struct EthRpc {
     executions: Arc<FairSlots>,
     call_timeout: Duration,
     batch_execution_budget: Duration,
+    filters: filters::Filters,
 }
 
 impl EthRpc {
@@ -56,6 +58,7 @@ impl EthRpc {
             executions: FairSlots::new(limits.executions_max, limits.executions_per_ip_max),
             call_timeout: limits.call_timeout,
             batch_execution_budget: limits.batch_execution_budget,
+            filters: filters::Filters::default(),
         }
     }
 
@@ -238,6 +241,26 @@ impl EthApiServer for EthRpc {
 
     fn net_version(&self) -> RpcResult<String> {
         Ok(self.ctx.spec.chain_id.to_string())
+    }
+
+    fn net_listening(&self) -> RpcResult<bool> {
+        Ok(true)
+    }
+
+    fn sha3(&self, data: Bytes) -> RpcResult<B256> {
+        Ok(alloy_primitives::keccak256(&data))
+    }
+
+    async fn blob_base_fee(&self) -> RpcResult<U256> {
+        let spec = self.ctx.spec.clone();
+        let fee = self
+            .read(move |reader| {
+                let head = chain::head(reader)?;
+                let header = reader.header(head)?.ok_or(RpcError::HeaderNotFound)?;
+                Ok(fees::next_blob_base_fee(&spec, &header))
+            })
+            .await?;
+        Ok(U256::from(fee))
     }
 
     fn chain_id(&self) -> RpcResult<U64> {
@@ -441,5 +464,51 @@ impl EthApiServer for EthRpc {
         Ok(self
             .read_heavy(ext, move |reader| logs::get_logs(reader, &filter))
             .await?)
+    }
+
+    async fn new_filter(&self, filter: Filter) -> RpcResult<U128> {
+        let head = self.read(|reader| chain::head(reader)).await?;
+        Ok(self
+            .filters
+            .install(filters::Kind::Logs(Box::new(filter)), head + 1)?)
+    }
+
+    async fn new_block_filter(&self) -> RpcResult<U128> {
+        let head = self.read(|reader| chain::head(reader)).await?;
+        Ok(self.filters.install(filters::Kind::Blocks, head + 1)?)
+    }
+
+    fn new_pending_transaction_filter(&self) -> RpcResult<U128> {
+        let (_, seen) = self.ctx.pool.admitted_since(u64::MAX);
+        Ok(self.filters.install(filters::Kind::PendingTxs, seen)?)
+    }
+
+    async fn filter_changes(&self, ext: &Extensions, id: U128) -> RpcResult<FilterChanges> {
+        let (kind, next) = self.filters.get(id)?;
+        let (changes, next) = match kind {
+            filters::Kind::PendingTxs => {
+                let (hashes, seen) = self.ctx.pool.admitted_since(next);
+                (FilterChanges::Hashes(hashes), seen)
+            }
+            kind => {
+                self.read_heavy(ext, move |reader| filters::changes(reader, &kind, next))
+                    .await?
+            }
+        };
+        self.filters.advance(id, next);
+        Ok(changes)
+    }
+
+    async fn filter_logs(&self, ext: &Extensions, id: U128) -> RpcResult<Vec<Log>> {
+        let filters::Kind::Logs(filter) = self.filters.get(id)?.0 else {
+            return Err(RpcError::FilterNotFound.into());
+        };
+        Ok(self
+            .read_heavy(ext, move |reader| logs::get_logs(reader, &filter))
+            .await?)
+    }
+
+    fn uninstall_filter(&self, id: U128) -> RpcResult<bool> {
+        Ok(self.filters.uninstall(id))
     }
 }

@@ -15,13 +15,16 @@ mod call;
 mod chain;
 pub mod error;
 mod fees;
+mod filters;
 mod handler;
 mod health;
 pub mod limits;
 mod logs;
 mod metrics;
+mod pubsub;
 mod server;
 mod slots;
+mod txpool;
 
 pub use call::CALL_GAS_CAP;
 pub use error::RpcError;
@@ -42,7 +45,9 @@ use kestrel_pipeline::{
     mempool::{IngressHandle, TxPool},
     status::ChainStatus,
 };
+use pubsub::EthPubSubApiServer as _;
 use std::{collections::HashSet, net::SocketAddr, sync::Arc};
+use txpool::TxpoolApiServer as _;
 
 /// Default listen address: localhost only, geth's port.
 pub const ADDR_DEFAULT: SocketAddr =
@@ -81,7 +86,26 @@ pub struct RpcConfig {
     pub block_time_ms: u64,
     /// Connections, request bodies, call rates and execution time (docs/SECURITY.md).
     pub limits: RpcLimits,
+    /// The WebSocket server (`--ws-port`), if on.
+    pub ws: Option<WsConfig>,
 }
+
+/// The WebSocket server: every method, plus `eth_subscribe` (`pubsub.rs`). jsonrpsee's own
+/// server, bounded by its limits below; the HTTP server's per-IP limits do not apply to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WsConfig {
+    pub addr: SocketAddr,
+    /// Open WebSocket connections at once.
+    pub connections_max: u32,
+    /// Subscriptions one connection may hold.
+    pub subscriptions_per_connection_max: u32,
+    /// Messages queued to one connection; a subscription that finds it full is closed.
+    pub buffer_messages: u32,
+}
+
+pub const WS_CONNECTIONS_MAX: u32 = 1_000;
+pub const WS_SUBSCRIPTIONS_PER_CONNECTION_MAX: u32 = 64;
+pub const WS_BUFFER_MESSAGES: u32 = 4_096;
 
 impl Default for RpcConfig {
     fn default() -> Self {
@@ -92,6 +116,7 @@ impl Default for RpcConfig {
             max_batch_len: BATCH_LEN_MAX,
             block_time_ms: BLOCK_TIME_MS_DEFAULT,
             limits: RpcLimits::default(),
+            ws: None,
         }
     }
 }
@@ -109,6 +134,10 @@ pub async fn start(
         store: ctx.store.clone(),
         max_age_ms: config.block_time_ms.saturating_mul(STALL_BLOCK_TIMES),
         started_ms: kestrel_types::now_ms(),
+    };
+    let ws = match &config.ws {
+        Some(ws) => Some((ws.clone(), ws_methods(ctx.clone(), &limits)?)),
+        None => None,
     };
     let module = methods(ctx, &limits)?;
     let methods: Arc<HashSet<&'static str>> = Arc::new(module.method_names().collect());
@@ -155,14 +184,49 @@ pub async fn start(
         stop,
     ));
     tracing::info!(target: "rpc::server", %addr, "JSON-RPC server listening");
+    if let Some((ws, module)) = ws {
+        let ws_config = ServerConfig::builder()
+            .ws_only()
+            .max_request_body_size(config.max_request_body_bytes)
+            .max_response_body_size(config.max_response_body_bytes)
+            .max_connections(ws.connections_max)
+            .max_subscriptions_per_connection(ws.subscriptions_per_connection_max)
+            .set_message_buffer_capacity(ws.buffer_messages)
+            .set_batch_request_config(BatchRequestConfig::Limit(config.max_batch_len))
+            .set_id_provider(pubsub::HexIds)
+            .build();
+        let server = Server::builder()
+            .set_config(ws_config)
+            .build(ws.addr)
+            .await
+            .map_err(RpcError::Bind)?;
+        let ws_addr = server.local_addr().map_err(RpcError::Bind)?;
+        let ws_handle = server.start(module);
+        // Stops with the HTTP server.
+        let http = handle.clone();
+        tokio::spawn(async move {
+            http.stopped().await;
+            let _ = ws_handle.stop();
+            ws_handle.stopped().await;
+        });
+        tracing::info!(target: "rpc::server", addr = %ws_addr, "JSON-RPC WebSocket server listening");
+    }
     Ok((addr, handle))
+}
+
+/// What the WebSocket server answers: every method, and the subscriptions.
+fn ws_methods(ctx: RpcContext, limits: &RpcLimits) -> Result<RpcModule<()>, RpcError> {
+    let mut module = methods(ctx.clone(), limits)?;
+    module.merge(pubsub::PubSub::new(pubsub::Feed::start(ctx)).into_rpc())?;
+    Ok(module)
 }
 
 /// Every method the server answers, without the HTTP server and its limits in front: what
 /// `start` serves, and what the fuzz target (`fuzz/fuzz_targets/rpc_params.rs`) feeds raw JSON.
 pub fn methods(ctx: RpcContext, limits: &RpcLimits) -> Result<RpcModule<()>, RpcError> {
     let mut module = RpcModule::new(());
-    module.merge(handler::EthRpc::new(ctx, limits).into_rpc())?;
+    module.merge(handler::EthRpc::new(ctx.clone(), limits).into_rpc())?;
+    module.merge(txpool::TxpoolRpc::new(ctx).into_rpc())?;
     Ok(module)
 }
 

@@ -42,8 +42,17 @@ pub(crate) fn filter_range(
 
 /// The logs in `range` that match `filter`, in chain order.
 pub(crate) fn get_logs(chain: &impl ChainView, filter: &Filter) -> Result<Vec<Log>, RpcError> {
+    logs_in(chain, filter, filter_range(chain, filter)?)
+}
+
+/// The logs in the blocks `range` (committed ones) that match `filter`'s addresses and topics.
+pub(crate) fn logs_in(
+    chain: &impl ChainView,
+    filter: &Filter,
+    range: RangeInclusive<BlockNumber>,
+) -> Result<Vec<Log>, RpcError> {
     let mut logs = Vec::new();
-    for number in filter_range(chain, filter)? {
+    for number in range {
         // The header's bloom rules out most blocks without reading their bodies.
         let Some(header) = chain.header(number)? else {
             continue;

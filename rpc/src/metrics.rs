@@ -25,6 +25,7 @@ pub const OPEN_CONNECTIONS: &str = "kestrel_rpc_open_connections";
 pub const BODY_BUDGET_USED_BYTES: &str = "kestrel_rpc_body_budget_used_bytes";
 pub const EXECUTION_WAIT_SECONDS: &str = "kestrel_rpc_execution_wait_seconds";
 pub const DB_READER_WAIT_SECONDS: &str = "kestrel_rpc_db_reader_wait_seconds";
+pub const SUBSCRIBERS_DROPPED_TOTAL: &str = "kestrel_rpc_subscribers_dropped_total";
 /// Calls of one batch in progress at once. Enough for a batch of raw transactions to reach the
 /// ingress stage together (the load generator sends 500); a batch of 10,000 cheap calls held
 /// each call's state at once, hundreds of megabytes over a few dozen such batches.
@@ -50,6 +51,10 @@ pub fn describe_metrics() {
         "Connections, requests and calls refused or cut short by an RPC limit, by reason"
     );
     describe_gauge!(OPEN_CONNECTIONS, "Open JSON-RPC (HTTP) connections");
+    describe_counter!(
+        SUBSCRIBERS_DROPPED_TOTAL,
+        "WebSocket subscriptions closed because the subscriber could not keep up, by reason"
+    );
     describe_gauge!(
         BODY_BUDGET_USED_BYTES,
         Unit::Bytes,
@@ -134,6 +139,12 @@ pub(crate) fn set_open_connections(open: u32) {
 
 pub(crate) fn set_body_budget_used(bytes: u64) {
     gauge!(BODY_BUDGET_USED_BYTES).set(bytes as f64);
+}
+
+/// A subscription closed as too slow: `buffer_full` (its connection's send buffer) or `lagged`
+/// (it fell behind the feed's backlog).
+pub(crate) fn subscriber_dropped(reason: &'static str) {
+    counter!(SUBSCRIBERS_DROPPED_TOTAL, "reason" => reason).increment(1);
 }
 
 pub(crate) fn execution_wait(waited: std::time::Duration) {

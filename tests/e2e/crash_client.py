@@ -13,8 +13,10 @@ Every check takes a `note` (the seed to replay with) that ends its failure messa
 
 from __future__ import annotations
 
+import json
 import random
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ import requests
 from eth_account import Account
 from eth_utils import to_checksum_address
 
-from kestrel_node import CHAIN_ID, DEV_BALANCE_WEI, DEV_KEYS, KestrelNode
+from kestrel_node import CHAIN_ID, DEV_BALANCE_WEI, DEV_KEYS, KestrelNode, kestrel_bin
 
 SENDERS = 4                      # dev accounts 1..4
 RECIPIENTS = 8                   # fresh addresses
@@ -321,6 +323,40 @@ def check_accounting(url: str, client: Client, note: str = "") -> None:
         assert bal == value, f"recipient {addr}: balance {bal} != {value} {note}"
 
 
+def drain(client: Client, note: str) -> dict:
+    """Stops sending new transactions and waits until everything sent is receipted; returns the
+    client's snapshot then."""
+    client.sending = False
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while client.outstanding() and time.monotonic() < deadline:
+        assert client.is_alive(), f"client thread died: {client.failure!r}"
+        time.sleep(0.2)
+    client.detach()
+    assert client.outstanding() == 0, (
+        f"{client.outstanding()} transactions never receipted within {DRAIN_TIMEOUT_S}s; "
+        f"send errors {client.send_errors} {note}")
+    assert not client.violations, f"{client.violations} {note}"
+    return client.snapshot()
+
+
+def check_datadir(datadir: Path, snap: dict, label: str, note: str = "",
+                  genesis: Path | None = None) -> dict:
+    """Runs `kestrel check-datadir` on a killed node's datadir: its block log must be one
+    certified hash chain whose commit proofs verify, the database its execution, and both must
+    hold every block the client was served. Returns the check's report."""
+    cmd = [str(kestrel_bin()), "check-datadir", "--datadir", str(datadir)]
+    if genesis is not None:
+        cmd += ["--genesis", str(genesis)]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"{label}: check-datadir failed: {out.stderr.strip()[-2000:]} {note}"
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    seen = snap["max_height"]
+    assert report["db_head"] >= seen and report["log_height"] >= seen, (
+        f"{label}: the client was served block {seen}, the datadir holds {report} {note}")
+    assert report["log_height"] == 0 or report["commit_proofs"] > 0, f"{label}: {report} {note}"
+    return report
+
+
 def kill_restart_cycles(tmp_path: Path, seed: int, cycles: int, uptime_s: tuple[float, float],
                         early_kill_chance: float, note: str, node_args: list[str] | None = None) -> dict:
     """Runs a dev node under a Client's load and SIGKILLs it `cycles` times at random moments
@@ -335,6 +371,7 @@ def kill_restart_cycles(tmp_path: Path, seed: int, cycles: int, uptime_s: tuple[
     client = Client(random.Random(rng.random()))
     t_start = time.monotonic()
     restarts_s = []
+    proofs_checked = 0
     try:
         node.start()
         client.attach(node.url)
@@ -345,18 +382,22 @@ def kill_restart_cycles(tmp_path: Path, seed: int, cycles: int, uptime_s: tuple[
             client.detach()
             snap = client.snapshot()
             assert not client.violations, f"{client.violations} {note}"
+            checked = check_datadir(node.datadir, snap, f"cycle {cycle}", note)
+            proofs_checked += checked["commit_proofs"]
             if rng.random() < early_kill_chance:
                 # Kill it again while it is still starting up (recovering).
                 node.start(wait=False)
                 time.sleep(rng.uniform(0.02, 0.5))
                 node.kill9()
                 early_kills += 1
+                check_datadir(node.datadir, snap, f"cycle {cycle}, killed starting up", note)
             t0 = time.monotonic()
             node.start()
             restarts_s.append(time.monotonic() - t0)
             head = verify_against(node.url, snap, f"cycle {cycle}", note)
             print(f"cycle {cycle}: head {snap['max_height']} -> {head}, {len(snap['receipts'])} receipts "
-                  f"kept, restart {restarts_s[-1]:.2f}s, {client.outstanding()} unreceipted to resend")
+                  f"kept, log {checked['log_height']} blocks with {checked['commit_proofs']} commit proofs "
+                  f"checked, restart {restarts_s[-1]:.2f}s, {client.outstanding()} unreceipted to resend")
             client.attach(node.url)
 
         # A clean shutdown (SIGTERM) must keep everything too.
@@ -369,25 +410,14 @@ def kill_restart_cycles(tmp_path: Path, seed: int, cycles: int, uptime_s: tuple[
         verify_against(node.url, snap, "after SIGTERM", note)
         client.attach(node.url)
 
-        # Drain: no new transactions; everything sent must end up receipted.
-        client.sending = False
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while client.outstanding() and time.monotonic() < deadline:
-            assert client.is_alive(), f"client thread died: {client.failure!r}"
-            time.sleep(0.2)
-        client.detach()
-        assert client.outstanding() == 0, (
-            f"{client.outstanding()} transactions never receipted within {DRAIN_TIMEOUT_S}s; "
-            f"send errors {client.send_errors} {note}")
-        assert not client.violations, f"{client.violations} {note}"
-        snap = client.snapshot()
+        snap = drain(client, note)
         head = verify_against(node.url, snap, "final", note)
         verify_chain_links(node.url, head, note)
         check_accounting(node.url, client, note)
         print(f"dev node: {cycles + early_kills} kills ({early_kills} during start-up) in "
               f"{time.monotonic() - t_start:.1f}s: head {head}, {len(snap['receipts'])} receipts, "
               f"{client.sent} sends, send errors {client.send_errors}, "
-              f"restart max {max(restarts_s):.2f}s {note}")
+              f"restart max {max(restarts_s):.2f}s, {proofs_checked} commit proofs checked after kills {note}")
         return {"kills": cycles + early_kills, "early_kills": early_kills, "head": head,
                 "receipts": len(snap["receipts"]), "blocks": len(snap["blocks"]),
                 "sends": client.sent, "restart_max_s": max(restarts_s)}

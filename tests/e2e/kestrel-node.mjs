@@ -61,10 +61,12 @@ export async function startNode() {
   const httpPort = await freePort();
   let metricsPort = await freePort();
   while (metricsPort === httpPort) metricsPort = await freePort();
+  let wsPort = await freePort();
+  while (wsPort === httpPort || wsPort === metricsPort) wsPort = await freePort();
   const logPath = join(dir, 'kestrel.log');
   const log = createWriteStream(logPath);
   const args = ['node', '--dev', '--datadir', join(dir, 'data'), '--http-addr', '127.0.0.1',
-    '--http-port', String(httpPort), '--metrics', `127.0.0.1:${metricsPort}`];
+    '--http-port', String(httpPort), '--metrics', `127.0.0.1:${metricsPort}`, '--ws-port', String(wsPort)];
   const child = spawn(bin, args, {
     cwd: dir,
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -112,7 +114,9 @@ export async function startNode() {
       const out = await rpc(url, 'eth_chainId');
       if (out.result !== undefined) {
         if (Number(out.result) !== CHAIN_ID) throw new Error(`unexpected chain id ${out.result}`);
-        return { url, metricsUrl: `http://127.0.0.1:${metricsPort}/metrics`, dir, logTail, stop };
+        return {
+          url, wsUrl: `ws://127.0.0.1:${wsPort}`, metricsUrl: `http://127.0.0.1:${metricsPort}/metrics`, dir, logTail, stop,
+        };
       }
       last = out;
     } catch (e) {

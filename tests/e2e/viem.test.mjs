@@ -12,6 +12,7 @@ import {
   parseAbiItem,
   parseEther,
   parseGwei,
+  webSocket,
 } from 'viem';
 import { generatePrivateKey, privateKeyToAccount } from 'viem/accounts';
 
@@ -173,6 +174,40 @@ e2e('transfer tokens, read balances and events', async () => {
   assert.deepEqual(logs.map((l) => l.transactionHash), [hash]);
   const all = await pub.getLogs({ address: token, event: transferEvent, fromBlock: 0n, toBlock: 'latest' });
   assert.equal(all.length, 2); // mint + this transfer
+});
+
+e2e('watchBlocks and watchContractEvent over a webSocket transport', async () => {
+  assert.ok(token, 'deploy test must run first');
+  const ws = createPublicClient({ chain, transport: webSocket(node.wsUrl) });
+  const blocks = [];
+  const events = [];
+  const unwatchBlocks = ws.watchBlocks({ onBlock: (b) => blocks.push(b) });
+  const unwatchEvents = ws.watchContractEvent({
+    address: token, abi: artifact.abi, eventName: 'Transfer', onLogs: (logs) => events.push(...logs),
+  });
+  // Let both subscriptions be set up before the transfers.
+  await new Promise((r) => setTimeout(r, 500));
+  const to = privateKeyToAccount(generatePrivateKey()).address;
+  const hashes = [];
+  for (const value of [1n, 2n, 3n]) {
+    hashes.push(await wallet(deployer).writeContract({
+      address: token, abi: artifact.abi, functionName: 'transfer', args: [to, value], account: deployer,
+    }));
+  }
+  for (const hash of hashes) await receiptOf(hash);
+  const deadline = Date.now() + 30_000;
+  while (events.length < 3 || blocks.length < 5) {
+    assert.ok(Date.now() < deadline, `${events.length} of 3 events, ${blocks.length} of 5 blocks within 30 s`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  unwatchBlocks();
+  unwatchEvents();
+  await ws.transport.getRpcClient().then((c) => c.close());
+  assert.deepEqual(events.map((e) => e.transactionHash), hashes);
+  assert.deepEqual(events.map((e) => e.args.value), [1n, 2n, 3n]);
+  const numbers = blocks.map((b) => b.number);
+  numbers.forEach((n, i) => assert.equal(n, numbers[0] + BigInt(i), `blocks in order: ${numbers}`));
+  for (const b of blocks) assert.equal((await pub.getBlock({ blockNumber: b.number })).hash, b.hash);
 });
 
 e2e('a reverting call surfaces "insufficient balance"', async () => {

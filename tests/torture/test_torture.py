@@ -34,8 +34,8 @@ import time
 import pytest
 import requests
 
-from crash_client import (Client, RpcError, batch, check_accounting, kill_restart_cycles,
-                          verify_against, verify_chain_links)
+from crash_client import (Client, RpcError, batch, check_accounting, check_datadir, drain,
+                          kill_restart_cycles, verify_against, verify_chain_links)
 from testnet import Testnet, wait_until
 
 SEED = int(os.environ.get("KESTREL_TORTURE_SEED", random.SystemRandom().randrange(2**32)))
@@ -60,7 +60,6 @@ BIND_RETRY_PAUSE_S = 0.1
 # KESTREL_TORTURE_BACK_TO_BACK=1: the next kill does not wait for the chain to finalize a new
 # block, so every validator can crash while the same certified block is in flight (docs/SECURITY.md).
 BACK_TO_BACK = os.environ.get("KESTREL_TORTURE_BACK_TO_BACK", "0") == "1"
-DRAIN_TIMEOUT_S = 60.0
 NEW_BLOCKS_AFTER_REPLAY = 5
 
 # Each run's kill count scales its time; ten minutes is far above the default counts (~3 min).
@@ -104,6 +103,7 @@ class Supervisor:
         # The victim's head just before each kill: height -> (hash, stateRoot).
         self.finals: dict[int, tuple[str, str]] = {}
         self.catch_up_s: list[float] = []
+        self.proofs_checked = 0
 
     def record_final(self, v) -> int:
         number, h, root = head_block(v)
@@ -120,6 +120,9 @@ class Supervisor:
             self.attached = -1
         v.kill9()
         self.kills += 1
+        checked = check_datadir(v.datadir, {"max_height": head}, f"validator {v.index}", NOTE,
+                                genesis=self.net.root / "genesis.json")
+        self.proofs_checked += checked["commit_proofs"]
         if self.attached < 0:
             self.attached = self.rng.choice(self.net.running()).index
             self.client.attach(self.net[self.attached].url)
@@ -222,17 +225,7 @@ def test_testnet_keeps_everything_final_through_kills_and_a_wiped_validator_repl
                    f"the chain, halted at {top} with all four validators up, to finalize a block {NOTE}")
 
         # Drain: every transaction sent ends up receipted; then everyone agrees on everything.
-        client.sending = False
-        deadline = time.monotonic() + DRAIN_TIMEOUT_S
-        while client.outstanding() and time.monotonic() < deadline:
-            assert client.is_alive(), f"client thread died: {client.failure!r}"
-            time.sleep(0.2)
-        client.detach()
-        assert client.outstanding() == 0, (
-            f"{client.outstanding()} transactions never receipted within {DRAIN_TIMEOUT_S}s; "
-            f"send errors {client.send_errors} {NOTE}")
-        assert not client.violations, f"{client.violations} {NOTE}"
-        snap = client.snapshot()
+        snap = drain(client, NOTE)
         top = sup.check_all_agree(snap)
         check_accounting(net[0].url, client, NOTE)
 
@@ -269,7 +262,8 @@ def test_testnet_keeps_everything_final_through_kills_and_a_wiped_validator_repl
               f"two down) in {time.monotonic() - t_start:.1f}s: height {top}, {len(snap['receipts'])} "
               f"receipts, {client.sent} sends, catch-up max {max(sup.catch_up_s):.2f}s, "
               f"progress after a restart max {max(sup.progress_s, default=0):.2f}s, "
-              f"{sup.bind_retries} starts retried for a held port; wiped validator "
+              f"{sup.bind_retries} starts retried for a held port, {sup.proofs_checked} commit "
+              f"proofs checked after kills; wiped validator "
               f"{fresh.index} replayed {target} blocks in {replay_s:.2f}s {NOTE}")
     except (RpcError, requests.RequestException, TimeoutError) as e:
         if NOTE in str(e):

@@ -9,6 +9,7 @@
 //! ```
 
 mod builder;
+pub mod check;
 mod driver;
 mod finality;
 mod forward;
@@ -82,15 +83,7 @@ impl Setup {
             ),
             (None, None) => own_key(&args.datadir)?,
         };
-        let validators = validators.unwrap_or_else(|| {
-            let pubkey = key.public_key();
-            vec![testnet::GenesisValidator {
-                address: pubkey.address(),
-                pubkey,
-                stake: U256::from(ALONE_STAKE_WEI),
-                p2p: SocketAddr::from(([127, 0, 0, 1], 0)),
-            }]
-        });
+        let validators = validators.unwrap_or_else(|| vec![alone(&key)]);
         let me = validators
             .iter()
             .position(|v| v.pubkey == key.public_key())
@@ -127,17 +120,31 @@ impl Setup {
     }
 
     fn validator_set(&self) -> eyre::Result<ValidatorSet> {
-        let members = self
-            .validators
-            .iter()
-            .map(|v| {
-                let stake = u64::try_from(v.stake / U256::from(STAKE_UNIT_WEI))
-                    .wrap_err_with(|| format!("stake of {} overflows u64 gwei", v.pubkey))?;
-                Ok((ValidatorId(v.pubkey.to_bytes()), stake))
-            })
-            .collect::<eyre::Result<Vec<_>>>()?;
-        Ok(ValidatorSet::new(members)?)
+        validator_set(&self.validators)
     }
+}
+
+/// The only validator of a chain whose genesis names none.
+fn alone(key: &ValidatorKey) -> testnet::GenesisValidator {
+    let pubkey = key.public_key();
+    testnet::GenesisValidator {
+        address: pubkey.address(),
+        pubkey,
+        stake: U256::from(ALONE_STAKE_WEI),
+        p2p: SocketAddr::from(([127, 0, 0, 1], 0)),
+    }
+}
+
+fn validator_set(validators: &[testnet::GenesisValidator]) -> eyre::Result<ValidatorSet> {
+    let members = validators
+        .iter()
+        .map(|v| {
+            let stake = u64::try_from(v.stake / U256::from(STAKE_UNIT_WEI))
+                .wrap_err_with(|| format!("stake of {} overflows u64 gwei", v.pubkey))?;
+            Ok((ValidatorId(v.pubkey.to_bytes()), stake))
+        })
+        .collect::<eyre::Result<Vec<_>>>()?;
+    Ok(ValidatorSet::new(members)?)
 }
 
 /// The pipeline ends the driver connects to.

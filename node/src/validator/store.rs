@@ -167,12 +167,31 @@ impl ChainLog {
     /// block was not handed to execution, since that waits for the fsync).
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         let path = dir.join(LOG_FILE);
-        let mut file = OpenOptions::new()
+        let file = OpenOptions::new()
             .read(true)
             .append(true)
             .create(true)
             .open(&path)
             .map_err(io_err(&path))?;
+        let (log, torn) = Self::scan(path.clone(), file)?;
+        if torn > 0 {
+            tracing::warn!(target: "node::validator", path = %path.display(), dropped = torn, "dropping a torn record at the end of the block log");
+            log.file.set_len(log.end).map_err(io_err(&path))?;
+            log.file.sync_all().map_err(io_err(&path))?;
+        }
+        Ok(log)
+    }
+
+    /// Opens the log to read it only (`kestrel check-datadir`): a torn tail is counted, in
+    /// bytes, and left for the node's next start to drop.
+    pub fn open_read_only(dir: &Path) -> Result<(Self, u64), StoreError> {
+        let path = dir.join(LOG_FILE);
+        let file = File::open(&path).map_err(io_err(&path))?;
+        Self::scan(path, file)
+    }
+
+    /// Reads every whole record; the bytes after the last one are torn.
+    fn scan(path: PathBuf, mut file: File) -> Result<(Self, u64), StoreError> {
         let len = file.metadata().map_err(io_err(&path))?.len();
         let mut log = Self {
             path: path.clone(),
@@ -210,12 +229,8 @@ impl ChainLog {
             log.end += (RECORD_HEADER_BYTES + body_len) as u64;
             log.head = record.committed();
         }
-        if log.end < len {
-            tracing::warn!(target: "node::validator", path = %path.display(), dropped = len - log.end, "dropping a torn record at the end of the block log");
-            log.file.set_len(log.end).map_err(io_err(&path))?;
-            log.file.sync_all().map_err(io_err(&path))?;
-        }
-        Ok(log)
+        let torn = len - log.end;
+        Ok((log, torn))
     }
 
     fn corrupt(&self, reason: impl ToString) -> StoreError {

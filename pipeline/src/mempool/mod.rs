@@ -55,6 +55,9 @@ pub const REPLACE_BUMP_PERCENT: u128 = 10;
 /// Admitted transactions remembered for [`TxPool::take_fresh`]; beyond it the oldest are
 /// forgotten (they stay in the pool, only they are not forwarded).
 pub const FRESH_TXS_MAX: usize = 65_536;
+/// Hashes of the latest admitted transactions kept for pending-transaction filters
+/// ([`TxPool::admitted_since`]); a filter polled less often misses the oldest.
+pub const ADMITTED_HASHES_MAX: usize = 16_384;
 
 /// The pool's limits (`--txpool-*` flags).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,6 +173,9 @@ struct Inner {
     by_block: BTreeMap<BlockNumber, Vec<(B256, Address)>>,
     /// Admitted since the last `take_fresh`, oldest first: sender, nonce, hash.
     fresh: VecDeque<(Address, u64, B256)>,
+    /// The latest admitted hashes, oldest first, and how many were admitted before the first.
+    admitted: VecDeque<B256>,
+    admitted_before: u64,
     /// When queued transactions are next looked at for expiry.
     expiry_due: Option<Instant>,
 }
@@ -263,6 +269,11 @@ impl Inner {
             self.fresh.pop_front();
         }
         self.fresh.push_back((sender, nonce, hash));
+        if self.admitted.len() >= ADMITTED_HASHES_MAX {
+            self.admitted.pop_front();
+            self.admitted_before += 1;
+        }
+        self.admitted.push_back(hash);
     }
 
     /// Makes room for one transaction when full: the highest queued nonce of the sender with
@@ -376,6 +387,13 @@ pub const UNPAYABLE: &str = "kestrel_ordering_unpayable_txs_total";
 /// or `pool_full`.
 const EVICTED: &str = "kestrel_mempool_evicted_total";
 
+/// The pooled transactions (`TxPool::content`), each sender's in nonce order.
+#[derive(Debug, Clone, Default)]
+pub struct PoolContent {
+    pub pending: Vec<RecoveredTx>,
+    pub queued: Vec<RecoveredTx>,
+}
+
 /// Counts of pending and queued transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PoolSize {
@@ -436,6 +454,40 @@ impl TxPool {
             pending,
             queued: inner.by_hash.len() - pending,
         }
+    }
+
+    /// Hashes admitted after the first `seen` admissions (at most the latest
+    /// [`ADMITTED_HASHES_MAX`]), oldest first, and how many admissions there were in all: the
+    /// `seen` of the next call.
+    pub fn admitted_since(&self, seen: u64) -> (Vec<B256>, u64) {
+        let inner = self.inner.lock();
+        let total = inner.admitted_before + inner.admitted.len() as u64;
+        let skip = seen.saturating_sub(inner.admitted_before) as usize;
+        (inner.admitted.iter().skip(skip).copied().collect(), total)
+    }
+
+    /// The pooled transactions of every sender, or of `sender` alone, split as [`TxPool::size`]
+    /// splits them: pending (the sender's run from its next nonce) or queued (behind a gap). In
+    /// flight ones are in blocks already and not listed, as geth lists no mined ones.
+    pub fn content(&self, sender: Option<Address>) -> PoolContent {
+        let inner = self.inner.lock();
+        let mut content = PoolContent::default();
+        let mut add = |q: &SenderQueue| {
+            let end = q.pending_end();
+            for (nonce, p) in &q.txs {
+                let list = if (q.next_nonce..end).contains(nonce) {
+                    &mut content.pending
+                } else {
+                    &mut content.queued
+                };
+                list.push(p.tx.clone());
+            }
+        };
+        match sender {
+            Some(sender) => inner.senders.get(&sender).into_iter().for_each(&mut add),
+            None => inner.senders.values().for_each(&mut add),
+        }
+        content
     }
 
     /// Inserts a validated transaction admitted at `now`. `state_nonce` is the sender's nonce
@@ -1169,6 +1221,50 @@ mod tests {
     }
 
     #[test]
+    fn admitted_hashes_come_once_per_reader_and_the_oldest_go_first() {
+        let pool = TxPool::new();
+        let now = Instant::now();
+        let (none, seen) = pool.admitted_since(0);
+        assert_eq!((none, seen), (vec![], 0));
+        let a = pool.insert(signed(11, 0, 1, 100), 0, now).unwrap();
+        let b = pool.insert(signed(11, 5, 1, 100), 0, now).unwrap();
+        assert_eq!(pool.admitted_since(seen), (vec![a, b], 2));
+        assert_eq!(pool.admitted_since(2), (vec![], 2));
+        // A replacement is admitted too; a refused transaction is not.
+        let c = pool.insert(signed(11, 0, 2, 200), 0, now).unwrap();
+        assert!(pool.insert(signed(11, 5, 1, 100), 0, now).is_err());
+        assert_eq!(pool.admitted_since(2), (vec![c], 3));
+    }
+
+    #[test]
+    fn content_splits_pending_from_queued_as_size_does() {
+        let pool = TxPool::new();
+        let now = Instant::now();
+        for nonce in [0, 1, 3] {
+            pool.insert(signed(9, nonce, 1, 100), 0, now).unwrap();
+        }
+        pool.insert(signed(10, 2, 1, 100), 0, now).unwrap();
+        let nonces = |txs: &[RecoveredTx]| txs.iter().map(|t| t.nonce()).collect::<Vec<_>>();
+        let all = pool.content(None);
+        assert_eq!(
+            (all.pending.len(), all.queued.len()),
+            (pool.size().pending, pool.size().queued)
+        );
+        let one = pool.content(Some(signed(9, 0, 1, 100).sender()));
+        assert_eq!(
+            (nonces(&one.pending), nonces(&one.queued)),
+            (vec![0, 1], vec![3])
+        );
+        // Taken into a block, the run is in flight: in neither list.
+        pool.take_block(1, &rules(u64::MAX / 2, 1), 100, &Rich);
+        let after = pool.content(None);
+        assert_eq!(
+            (nonces(&after.pending), nonces(&after.queued)),
+            (vec![], vec![3, 2])
+        );
+    }
+
+    #[test]
     fn finalized_blocks_advance_every_sender_in_them() {
         let pool = TxPool::new();
         let (s0, s1) = (signed(5, 0, 1, 100), signed(5, 1, 1, 100));
@@ -1301,6 +1397,7 @@ mod tests {
         use super::*;
         use proptest::prelude::*;
         use std::collections::BTreeSet;
+        use std::collections::HashSet;
 
         const SENDERS: usize = 3;
         const SENDER_MAX: usize = 4;

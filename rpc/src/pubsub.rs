@@ -1,0 +1,276 @@
+//! WebSocket subscriptions (`eth_subscribe`/`eth_unsubscribe`): `newHeads`, `logs` (address and
+//! topic filters), `newPendingTransactions` (hashes, or whole transactions with `true`) and
+//! `syncing`, served on `--ws-port` by jsonrpsee's WebSocket server.
+//!
+//! One feed task per server follows the chain: every [`FEED_POLL`] it reads the blocks committed
+//! since it last looked (the store is what RPC serves, so a head is announced once it can be
+//! read) and the hashes the pool admitted, and broadcasts them. Each subscription reads the
+//! broadcast and sends to its connection without waiting: a subscriber whose connection buffer is
+//! full, or who fell more than [`FEED_BACKLOG_BLOCKS`] blocks behind the feed, has its
+//! subscription closed with the reason, never buffered without bound.
+
+use crate::{RpcContext, chain, logs};
+use alloy_primitives::B256;
+use alloy_rpc_types_eth::{Filter, Log};
+use jsonrpsee::{
+    PendingSubscriptionSink, SubscriptionMessage, SubscriptionSink,
+    core::{SubscriptionResult, async_trait, server::TrySendError},
+    proc_macros::rpc,
+};
+use kestrel_pipeline::status::ChainStatus;
+use kestrel_storage::ChainView;
+use kestrel_types::{BlockNumber, SealedBlock};
+use serde::Serialize;
+use serde_json::Value;
+use std::{sync::Arc, time::Duration};
+use tokio::sync::broadcast;
+
+/// How often the feed looks for new blocks and admitted transactions.
+pub const FEED_POLL: Duration = Duration::from_millis(20);
+/// Blocks the feed keeps for subscribers that are behind; one further behind is closed.
+pub const FEED_BACKLOG_BLOCKS: usize = 256;
+/// Admitted transaction hashes the feed keeps for subscribers that are behind.
+const FEED_BACKLOG_TXS: usize = 65_536;
+/// Blocks the feed reads per poll: a node far behind (replaying after a restart) catches the
+/// feed up over several polls instead of one long read.
+const FEED_BLOCKS_PER_POLL: u64 = 64;
+
+#[rpc(server)]
+pub trait EthPubSubApi {
+    #[subscription(
+        name = "eth_subscribe" => "eth_subscription",
+        unsubscribe = "eth_unsubscribe",
+        item = Value
+    )]
+    async fn subscribe(&self, kind: String, params: Option<Value>) -> SubscriptionResult;
+}
+
+/// The broadcasts subscriptions read.
+#[derive(Clone)]
+pub(crate) struct Feed {
+    blocks: broadcast::Sender<Arc<SealedBlock>>,
+    txs: broadcast::Sender<B256>,
+    ctx: RpcContext,
+}
+
+impl Feed {
+    /// Starts the feed task on the current tokio runtime.
+    pub(crate) fn start(ctx: RpcContext) -> Self {
+        let feed = Self {
+            blocks: broadcast::channel(FEED_BACKLOG_BLOCKS).0,
+            txs: broadcast::channel(FEED_BACKLOG_TXS).0,
+            ctx,
+        };
+        tokio::spawn(feed.clone().run());
+        feed
+    }
+
+    async fn run(self) {
+        let store = self.ctx.store.clone();
+        let mut next: Option<BlockNumber> = None;
+        let (_, mut seen) = self.ctx.pool.admitted_since(u64::MAX);
+        let mut tick = tokio::time::interval(FEED_POLL);
+        loop {
+            tick.tick().await;
+            let (hashes, now_seen) = self.ctx.pool.admitted_since(seen);
+            seen = now_seen;
+            for hash in hashes {
+                // No subscriber is not an error.
+                let _ = self.txs.send(hash);
+            }
+            let store = store.clone();
+            let from = next;
+            let read = tokio::task::spawn_blocking(move || {
+                store.view(|r| -> Result<_, crate::error::RpcError> {
+                    let head = chain::head(r)?;
+                    let from = from.unwrap_or(head + 1);
+                    let to = head.min(from + FEED_BLOCKS_PER_POLL - 1);
+                    let mut blocks = Vec::new();
+                    for n in from..=to {
+                        blocks.extend(r.block(n)?);
+                    }
+                    Ok((blocks, to.max(from.saturating_sub(1)) + 1))
+                })
+            })
+            .await;
+            match read {
+                Ok(Ok(Ok((blocks, after)))) => {
+                    for block in blocks {
+                        let _ = self.blocks.send(block);
+                    }
+                    next = Some(after);
+                }
+                Ok(Ok(Err(err))) => {
+                    tracing::warn!(target: "rpc::pubsub", %err, "reading new blocks")
+                }
+                Ok(Err(err)) => tracing::warn!(target: "rpc::pubsub", %err, "reading new blocks"),
+                Err(err) => tracing::warn!(target: "rpc::pubsub", %err, "reading new blocks"),
+            }
+        }
+    }
+}
+
+/// What a subscription sends.
+enum Kind {
+    NewHeads,
+    Logs(Box<Filter>),
+    PendingHashes,
+    PendingTxs,
+    Syncing,
+}
+
+impl Kind {
+    fn parse(kind: &str, params: Option<Value>) -> Result<Self, String> {
+        match (kind, params) {
+            ("newHeads", None) => Ok(Self::NewHeads),
+            ("logs", None) => Ok(Self::Logs(Box::default())),
+            ("logs", Some(filter)) => serde_json::from_value(filter)
+                .map(|f| Self::Logs(Box::new(f)))
+                .map_err(|e| format!("invalid logs filter: {e}")),
+            ("newPendingTransactions", None | Some(Value::Bool(false))) => Ok(Self::PendingHashes),
+            ("newPendingTransactions", Some(Value::Bool(true))) => Ok(Self::PendingTxs),
+            ("syncing", None) => Ok(Self::Syncing),
+            (kind @ ("newHeads" | "syncing" | "newPendingTransactions"), Some(p)) => {
+                Err(format!("invalid parameters for {kind}: {p}"))
+            }
+            (other, _) => Err(format!("unsupported subscription type: {other}")),
+        }
+    }
+}
+
+pub(crate) struct PubSub {
+    feed: Feed,
+}
+
+impl PubSub {
+    pub(crate) fn new(feed: Feed) -> Self {
+        Self { feed }
+    }
+}
+
+/// Why a subscription ended early: the subscriber could not keep up.
+const TOO_SLOW: &str = "subscriber too slow: its connection buffer is full";
+const LAGGED: &str = "subscriber too slow: it fell behind the feed";
+
+/// Sends one item. `Ok(false)` once the subscriber has gone; `Err` with the reason when it is too
+/// slow (the subscription is then closed with that reason).
+fn send(sink: &mut SubscriptionSink, item: &impl Serialize) -> Result<bool, &'static str> {
+    let json = serde_json::value::to_raw_value(item).expect("RPC types serialize");
+    match sink.try_send(SubscriptionMessage::from(json)) {
+        Ok(()) => Ok(true),
+        Err(TrySendError::Full(_)) => {
+            crate::metrics::subscriber_dropped("buffer_full");
+            Err(TOO_SLOW)
+        }
+        Err(TrySendError::Closed(_)) => Ok(false),
+    }
+}
+
+fn lagged() -> Result<bool, &'static str> {
+    crate::metrics::subscriber_dropped("lagged");
+    Err(LAGGED)
+}
+
+#[async_trait]
+impl EthPubSubApiServer for PubSub {
+    async fn subscribe(
+        &self,
+        pending: PendingSubscriptionSink,
+        kind: String,
+        params: Option<Value>,
+    ) -> SubscriptionResult {
+        let kind = match Kind::parse(&kind, params) {
+            Ok(kind) => kind,
+            Err(reason) => {
+                pending
+                    .reject(jsonrpsee::types::ErrorObject::owned(
+                        crate::error::CODE_INVALID_PARAMS,
+                        reason,
+                        None::<()>,
+                    ))
+                    .await;
+                return Ok(());
+            }
+        };
+        // Subscribed before accepting: nothing committed after the answer is missed.
+        let mut blocks = self.feed.blocks.subscribe();
+        let mut txs = self.feed.txs.subscribe();
+        let mut sink = pending.accept().await?;
+        let ended = match kind {
+            Kind::Syncing => {
+                // A node that serves RPC has the chain it serves: never syncing (for now).
+                send(&mut sink, &false).map(|_| ()).map_err(String::from)?;
+                sink.closed().await;
+                return Ok(());
+            }
+            Kind::PendingHashes | Kind::PendingTxs => loop {
+                let hash = tokio::select! {
+                    _ = sink.closed() => break Ok(false),
+                    hash = txs.recv() => hash,
+                };
+                let sent = match hash {
+                    Ok(hash) if matches!(kind, Kind::PendingHashes) => send(&mut sink, &hash),
+                    Ok(hash) => match self.feed.ctx.pool.get(&hash) {
+                        Some(tx) => {
+                            let fee = ChainStatus::get(&self.feed.ctx.status.next_base_fee);
+                            send(&mut sink, &chain::pending_transaction(&tx, fee))
+                        }
+                        // Already taken into a block and committed: nothing to show.
+                        None => Ok(true),
+                    },
+                    Err(broadcast::error::RecvError::Lagged(_)) => lagged(),
+                    Err(broadcast::error::RecvError::Closed) => Ok(false),
+                };
+                if sent != Ok(true) {
+                    break sent;
+                }
+            },
+            Kind::NewHeads | Kind::Logs(_) => loop {
+                let block = tokio::select! {
+                    _ = sink.closed() => break Ok(false),
+                    block = blocks.recv() => block,
+                };
+                let sent = match block {
+                    Ok(block) => match &kind {
+                        Kind::Logs(filter) => block_logs(&block, filter)
+                            .iter()
+                            .map(|log| send(&mut sink, log))
+                            .find(|sent| *sent != Ok(true))
+                            .unwrap_or(Ok(true)),
+                        _ => send(&mut sink, &chain::rpc_block(&block, false).header),
+                    },
+                    Err(broadcast::error::RecvError::Lagged(_)) => lagged(),
+                    Err(broadcast::error::RecvError::Closed) => Ok(false),
+                };
+                if sent != Ok(true) {
+                    break sent;
+                }
+            },
+        };
+        // A slow subscriber's subscription closes with the reason; jsonrpsee sends it.
+        ended.map(|_| ()).map_err(|reason| reason.into())
+    }
+}
+
+/// The block's logs that match the filter's addresses and topics (its block range is ignored:
+/// a subscription follows new blocks).
+fn block_logs(block: &SealedBlock, filter: &Filter) -> Vec<Log> {
+    if !filter.matches_bloom(block.header.logs_bloom) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    // More than LOGS_MAX in one block cannot happen with today's gas limits; what fits is sent.
+    let _ = logs::append_block_logs(block, filter, &mut out);
+    out
+}
+
+/// Subscription ids as geth writes them: 16 random bytes in hex (web3.py checks the shape).
+#[derive(Debug)]
+pub(crate) struct HexIds;
+
+impl jsonrpsee::core::traits::IdProvider for HexIds {
+    fn next_id(&self) -> jsonrpsee::types::SubscriptionId<'static> {
+        let id = alloy_primitives::B128::from(rand::random::<[u8; 16]>());
+        jsonrpsee::types::SubscriptionId::Str(id.to_string().into())
+    }
+}
