@@ -56,6 +56,9 @@ struct Scenario {
     forgeries: bool,
     buggy_executor: Option<usize>,
     quorum_override: Option<u64>,
+    /// Restart without the blocks voted for (`PersistBlock`): what a driver that persists only
+    /// the safety state does.
+    forget_voted: bool,
 }
 
 impl Scenario {
@@ -103,6 +106,7 @@ impl Scenario {
             forgeries: rng.random_bool(0.5),
             buggy_executor,
             quorum_override: None,
+            forget_voted: false,
         }
     }
 
@@ -119,6 +123,7 @@ impl Scenario {
             forgeries: false,
             buggy_executor: None,
             quorum_override: None,
+            forget_voted: false,
         }
     }
 
@@ -197,6 +202,8 @@ struct Instance {
     sm: Option<Bft>,
     incarnation: u32,
     safety: SafetyState,
+    /// Blocks voted for above `root`, as the driver persists them with the safety state.
+    voted: Vec<Block>,
     root: CommittedBlock,
     committed: u64,
     /// State root of this instance's last executed block.
@@ -287,6 +294,7 @@ impl Sim {
                     sm: None,
                     incarnation: 0,
                     safety: SafetyState::genesis(),
+                    voted: Vec::new(),
                     root: CommittedBlock::genesis(),
                     committed: 0,
                     exec_root: B256::ZERO,
@@ -414,10 +422,16 @@ impl Sim {
                     )
                     .expect("member"),
                 );
+                let voted = if self.sc.forget_voted {
+                    Vec::new()
+                } else {
+                    inst.voted.clone()
+                };
                 // A restarted driver replays the results storage has for the last blocks.
                 for result in inst.results.values().copied().collect::<Vec<_>>() {
                     self.update(i, Event::Executed(result))?;
                 }
+                self.update(i, Event::Restore(voted))?;
                 self.update(i, Event::Start)?;
             }
             Ev::Heal => {
@@ -460,6 +474,7 @@ impl Sim {
         for cmd in cmds {
             match cmd {
                 Command::PersistSafety(s) => self.instances[i].safety = s,
+                Command::PersistBlock(b) => self.instances[i].voted.push(b),
                 Command::Broadcast(msg) => {
                     let bytes = msg.encode_to_vec();
                     for v in 0..self.sc.n {
@@ -509,6 +524,7 @@ impl Sim {
         }
         inst.committed = height;
         inst.root = c.clone();
+        inst.voted.retain(|b| b.height > height);
         self.outcome.height = self.outcome.height.max(height);
         let id = c.block.id();
         if inst.honest {
@@ -759,6 +775,33 @@ fn a_crashed_validator_costs_two_rounds_per_turn() {
     let cycles = LIVENESS_TIMEOUTS / 2 - 1;
     assert!(out.rounds >= 4 * cycles, "{out:?}");
     assert!(out.height >= 2 * cycles - 1, "{out:?}");
+}
+
+/// Every validator crashes and restarts with the same certified, not yet final, block in flight
+/// (a calm network always has one: the newest QC's). Their blocks voted for, restored, let the
+/// next leader extend it; without them no one holds the block the high QC certifies and the
+/// network halts (`docs/SECURITY.md`, "Torture test").
+#[test]
+fn all_validators_restart_with_a_certified_block_in_flight() {
+    let scenario = |seed: u64, forget_voted: bool| {
+        let mut sc = Scenario::calm(seed, 4);
+        // Back to back, each down for a moment, the last one back before any of them could
+        // have finalized a new block.
+        let at = 1_000 + seed * 37;
+        sc.crashes = (0..4).map(|v| (v, at + 3 * v as u64, at + 20)).collect();
+        sc.heal_ms = at + 20;
+        sc.forget_voted = forget_voted;
+        sc
+    };
+    let mut halted = 0;
+    for seed in 0..10 {
+        run(scenario(seed, false)).unwrap_or_else(|v| panic!("seed {seed}: {v}"));
+        halted += usize::from(matches!(
+            run(scenario(seed, true)),
+            Err(Violation::Liveness { .. })
+        ));
+    }
+    assert_eq!(halted, 10, "every run without the voted blocks halts");
 }
 
 #[test]

@@ -466,6 +466,8 @@ impl Sim {
                     node.persisted = highest_voted_round;
                     persisted_now = highest_voted_round;
                 }
+                // Kept with the safety state; this harness never restarts a node.
+                Command::PersistBlock(_) => {}
                 Command::Broadcast(message) => {
                     self.check_sent(n, persisted_now, &message);
                     self.learn(&message);

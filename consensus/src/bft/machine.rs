@@ -92,12 +92,21 @@ pub enum Event {
     PayloadReady { round: Round, payload_hash: B256 },
     /// Execution finished a committed block.
     Executed(ExecutionResult),
+    /// After a restart, before `Start`: the blocks this validator voted for above its root, as
+    /// persisted for `PersistBlock` (any order). They are held again, so the high QC's block can
+    /// be extended and served to peers, and a commit they complete is emitted again.
+    Restore(Vec<Block>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Command {
     /// Make this durable before carrying out any later command of the same `update`.
     PersistSafety(SafetyState),
+    /// The block this validator is about to vote for: make it (with its payload) durable with
+    /// the `PersistSafety` that follows, keep it until its height is final, and hand it back
+    /// with `Event::Restore` after a restart. Without it, a network whose validators all
+    /// restarted holds a QC for a block none of them has, and halts.
+    PersistBlock(Block),
     /// Send to every other validator.
     Broadcast(Message),
     SendTo(ValidatorIndex, Message),
@@ -275,8 +284,19 @@ impl Bft {
                 payload_hash,
             } => self.on_payload(now_ms, round, payload_hash, &mut out),
             Event::Executed(result) => self.on_executed(now_ms, result, &mut out),
+            Event::Restore(blocks) => self.restore(now_ms, blocks, &mut out),
         }
         out
+    }
+
+    /// Blocks from our own disk (we voted for them, so they were verified then): parents
+    /// first, each after its QC, so a parent missing here is requested from that QC's signers.
+    fn restore(&mut self, now: u64, mut blocks: Vec<Block>, out: &mut Vec<Command>) {
+        blocks.sort_by_key(|b| (b.height, b.round));
+        for block in blocks {
+            self.process_qc(now, &block.qc, out);
+            self.receive_block(now, block, out);
+        }
     }
 
     fn on_message(&mut self, now: u64, from: ValidatorIndex, msg: Message, out: &mut Vec<Command>) {
@@ -487,6 +507,7 @@ impl Bft {
             highest_voted_round: b.round,
             high_qc: self.high_qc.clone(),
         };
+        out.push(Command::PersistBlock(b.clone()));
         out.push(Command::PersistSafety(self.safety.clone()));
         let vote = Vote::new(b.round, b.height, id, self.me, &self.key);
         metrics::counter!(m::VOTES).increment(1);

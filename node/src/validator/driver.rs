@@ -2,7 +2,9 @@
 //! clock, a [`Transport`], the pool and the pipeline. It keeps the event loop and `apply(Command)`;
 //! the rest is in parts of its own (after monad-bft's executors), each returning what to send:
 //! the payload cache (`payloads.rs`), finality and the block log (`finality.rs`), block sync
-//! (`sync.rs`) and transaction forwarding (`forward.rs`).
+//! (`sync.rs`) and transaction forwarding (`forward.rs`). What a restart needs (persisting the
+//! safety state and the blocks voted for; block sync, then rebuilding the state machine) is
+//! `impl Driver` too, in `recovery.rs`.
 //!
 //! Payloads travel with their proposal and are decoded on a thread of their own; a proposal
 //! whose payload does not decode (or whose base fee is not the parent's successor) never reaches
@@ -10,21 +12,23 @@
 //! start, or when a certificate it sees is far ahead of its log) stops feeding consensus and
 //! syncs, then restarts the state machine from its new head.
 
+#[path = "recovery.rs"]
+mod recovery;
+
 use super::{
     Wiring,
     builder::{Build, Builder},
-    finality::{Finality, recent_results},
+    finality::Finality,
     forward::Forwarder,
-    metrics::{EARLY_TIMEOUTS, PAYLOADS_REJECTED, SYNC_ACTIVE, SYNC_BLOCKS_TOTAL},
+    metrics::{EARLY_TIMEOUTS, PAYLOADS_REJECTED},
     payload::{Decoder, Payload, Rejected},
     payloads::PayloadCache,
     rounds::RoundWatch,
     store::SafetyFile,
-    sync::{BlockSync, SyncStep, answer},
+    sync::{BlockSync, SyncStep},
     transport::Transport,
-    wire::{ConsensusEnvelope, SyncResponse, SyncedBlock},
+    wire::ConsensusEnvelope,
 };
-use alloy_primitives::keccak256;
 use crossbeam_channel::Receiver;
 use kestrel_consensus::{
     Round,
@@ -37,6 +41,7 @@ use kestrel_net::{Inbound, Kind, PeerId};
 use kestrel_pipeline::mempool::TxPool;
 use kestrel_storage::Store;
 use kestrel_types::{ExecutionResult, ParentFees, now_ms};
+use recovery::restore_payloads;
 use std::{
     cmp::Reverse,
     collections::BinaryHeap,
@@ -48,9 +53,6 @@ use std::{
     time::Duration,
 };
 
-/// A certificate more than this many blocks above our log means consensus alone (which fetches
-/// missing blocks one request at a time, from memory) is the slow way back: sync instead.
-const SYNC_GAP_BLOCKS: u64 = 8;
 /// Longest sleep of the loop, so shutdown is noticed.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
 
@@ -99,8 +101,8 @@ impl Driver {
         w: Wiring,
     ) -> eyre::Result<Self> {
         let finality = Finality::open(dir, &w.store, w.pool.clone(), w.status, w.proposals)?;
-        let safety_file = SafetyFile::new(dir);
-        let safety = safety_file.load()?;
+        let mut safety_file = SafetyFile::new(dir);
+        let (safety, voted) = safety_file.load()?;
         let config = Config {
             // Long enough for a block time, a round trip and execution of the delayed block.
             round_timeout_ms: (3 * w.block_time_ms).max(2_000),
@@ -113,6 +115,8 @@ impl Driver {
             finality.head().clone(),
             safety.clone(),
         )?;
+        let mut payloads = PayloadCache::new();
+        restore_payloads(&mut payloads, &w.pool, &voted, finality.height());
         Ok(Self {
             bft,
             config,
@@ -134,7 +138,7 @@ impl Driver {
                 w.state,
             ),
             watch: RoundWatch::default(),
-            payloads: PayloadCache::new(),
+            payloads,
             finality,
             sync: None,
             forwarder: Some(Forwarder::spawn(w.ingress)?),
@@ -147,12 +151,7 @@ impl Driver {
     pub fn run(mut self) {
         let (inbound, results) = (self.inbound.clone(), self.results.clone());
         let decoded = self.decoder.as_ref().expect("running").results().clone();
-        if self.members.ids.len() > 1 {
-            self.begin_sync(now_ms());
-        } else {
-            // Nobody to sync from: a chain of one validator has its whole history here.
-            self.finish_sync();
-        }
+        self.catch_up();
         while !self.stop.load(Ordering::Acquire) && self.finality.flush() {
             let now = now_ms();
             let busy = Duration::from_millis(10);
@@ -280,13 +279,8 @@ impl Driver {
 
     fn apply(&mut self, command: Command) {
         match command {
-            Command::PersistSafety(state) => {
-                if let Err(err) = self.safety_file.store(&state) {
-                    // Voting on without the state on disk could make us vote twice after a crash.
-                    super::fatal(&format!("persisting the consensus safety state: {err}"));
-                }
-                self.safety = state;
-            }
+            Command::PersistBlock(block) => self.keep_voted(block),
+            Command::PersistSafety(state) => self.persist_safety(state),
             Command::Broadcast(message) => {
                 if let Message::Proposal(p) = &message {
                     self.payloads.remember(&p.block);
@@ -406,11 +400,8 @@ impl Driver {
             Message::Certificate(qc) => Some(qc.height),
             _ => None,
         };
-        if self.sync.is_none()
-            && certified_height.is_some_and(|h| h > self.finality.height() + SYNC_GAP_BLOCKS)
-        {
-            tracing::info!(target: "node::validator", ours = self.finality.height(), certified = certified_height, "behind the network; syncing blocks");
-            self.begin_sync(now_ms());
+        if let Some(height) = certified_height {
+            self.check_behind(height);
         }
         if self.sync.is_some() {
             return;
@@ -486,94 +477,11 @@ impl Driver {
             self.net.send(&peer, Kind::SyncRequest, request.into());
         }
         self.payloads.prune(self.finality.height());
+        self.safety_file.prune(self.finality.height());
     }
 
     /// Connected peers, in a stable order, so requests rotate through them.
     fn connected(&self) -> Vec<PeerId> {
         self.net.connected_peers().into_iter().collect()
-    }
-
-    fn begin_sync(&mut self, now: u64) {
-        metrics::gauge!(SYNC_ACTIVE).set(1.0);
-        self.builder.cancel();
-        self.sync = Some(BlockSync::start(now));
-    }
-
-    /// Caught up (as far as a peer knows): restart the state machine from the log head, with our
-    /// persisted safety state and recent execution results, and join consensus.
-    fn finish_sync(&mut self) {
-        self.sync = None;
-        metrics::gauge!(SYNC_ACTIVE).set(0.0);
-        self.timers.clear();
-        self.finality.clear_waiting();
-        self.bft = Bft::new(
-            self.config.clone(),
-            self.members.key.clone(),
-            self.members.set.clone(),
-            self.finality.head().clone(),
-            self.safety.clone(),
-        )
-        .expect("the validator set was accepted at start");
-        for result in recent_results(&self.store) {
-            self.feed(Event::Executed(result));
-        }
-        tracing::info!(target: "node::validator", height = self.finality.height(), round = self.bft.round().0, "joining consensus");
-        self.feed(Event::Start);
-    }
-
-    fn on_sync_request(&mut self, from: ValidatorIndex, bytes: &[u8]) {
-        match answer(bytes, self.finality.log(), &self.payloads) {
-            Ok(Some(response)) => self.send(from, Kind::SyncResponse, response.encode().into()),
-            Ok(None) => {}
-            Err(err) => super::fatal(&format!("reading the block log: {err}")),
-        }
-    }
-
-    fn on_sync_response(&mut self, bytes: &[u8]) {
-        match SyncResponse::decode(bytes) {
-            Ok(SyncResponse::Payload(bytes)) => {
-                let Some(height) = self.finality.wants(keccak256(&bytes)) else {
-                    return;
-                };
-                match Payload::decode(bytes) {
-                    Ok(payload) => {
-                        self.payloads.insert_fetched(height, payload);
-                        self.process_commits();
-                    }
-                    // A finalized block's payload was checked by a quorum: a bad one is the
-                    // peer's fault, so ask another.
-                    Err(err) => {
-                        tracing::warn!(target: "node::validator", %err, "peer sent an invalid payload")
-                    }
-                }
-            }
-            Ok(SyncResponse::Blocks(blocks)) => self.on_synced_blocks(blocks),
-            Err(err) => {
-                tracing::debug!(target: "node::validator", %err, "undecodable sync response")
-            }
-        }
-    }
-
-    fn on_synced_blocks(&mut self, blocks: Vec<SyncedBlock>) {
-        let Some(sync) = &mut self.sync else { return };
-        if blocks.is_empty() {
-            self.finish_sync();
-            return;
-        }
-        let checked = match sync.on_blocks(self.finality.head(), blocks, &self.members.set) {
-            Ok(checked) => checked,
-            Err(err) => {
-                tracing::warn!(target: "node::validator", %err, "rejected a block sync response");
-                return;
-            }
-        };
-        let count = checked.len();
-        for (block, payload) in checked {
-            self.finality.append(block, &payload);
-        }
-        self.finality.sync_log();
-        self.payloads.prune(self.finality.height());
-        metrics::counter!(SYNC_BLOCKS_TOTAL).increment(count as u64);
-        tracing::info!(target: "node::validator", height = self.finality.height(), blocks = count, "synced finalized blocks");
     }
 }

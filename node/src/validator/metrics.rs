@@ -9,6 +9,8 @@ pub const PAYLOADS_REJECTED: &str = "kestrel_consensus_payloads_rejected_total";
 pub const EARLY_TIMEOUTS: &str = "kestrel_consensus_early_timeouts_total";
 pub const ORDERED_TXS: &str = "kestrel_ordering_txs_total";
 pub const PROPOSE_SECONDS: &str = "kestrel_ordering_propose_seconds";
+pub const SAFETY_PERSIST_SECONDS: &str = "kestrel_consensus_safety_persist_seconds";
+pub const SAFETY_PERSIST_BYTES: &str = "kestrel_consensus_safety_persist_bytes_total";
 
 pub fn describe() {
     metrics::describe_counter!(
@@ -29,6 +31,14 @@ pub fn describe() {
     );
     metrics::describe_counter!(ORDERED_TXS, "Transactions ordered into proposals");
     metrics::describe_histogram!(PROPOSE_SECONDS, "Time to build one proposal's payload");
+    metrics::describe_histogram!(
+        SAFETY_PERSIST_SECONDS,
+        "Time to make the safety state and the blocks voted for durable, before a vote or timeout"
+    );
+    metrics::describe_counter!(
+        SAFETY_PERSIST_BYTES,
+        "Bytes of safety state and blocks voted for written (each write replaces the file)"
+    );
     metrics::counter!(EARLY_TIMEOUTS).absolute(0);
     // Exists from start-up at 0, so an alert on its increase sees the first mismatch.
     metrics::counter!(bft::metrics::RESULT_MISMATCH).absolute(0);

@@ -1,14 +1,15 @@
 //! What a validator keeps on disk besides the database: the safety state consensus must never
-//! forget (so a restarted validator never votes twice in a round), and the log of finalized
-//! blocks with their certificates and payloads (to restart consensus from, re-execute after a
-//! crash, and serve block sync).
+//! forget (so a restarted validator never votes twice in a round) with the blocks it voted for
+//! that are not final yet (so a network whose validators all restarted still holds the block its
+//! high QC certifies), and the log of finalized blocks with their certificates and payloads (to
+//! restart consensus from, re-execute after a crash, and serve block sync).
 
 use super::wire::{SyncedBlock, decode_all};
-use alloy_primitives::keccak256;
+use alloy_primitives::{Bytes, keccak256};
 use alloy_rlp::{Encodable, RlpDecodable, RlpEncodable};
 use kestrel_consensus::{
     Round,
-    bft::{CommittedBlock, QuorumCert, SafetyState},
+    bft::{Block, CommittedBlock, QuorumCert, SafetyState},
 };
 use std::{
     fs::{File, OpenOptions},
@@ -40,47 +41,99 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
     }
 }
 
+/// Blocks voted for kept at most; beyond it the lowest rounds go. Normally two are above the
+/// finalized head (the high QC's block and the one just voted for).
+pub const VOTED_BLOCKS_MAX: usize = 16;
+
+/// A block this validator voted for (`Command::PersistBlock`) with its payload's bytes (empty
+/// if it voted without holding them: a block fetched from a peer in its own round).
+#[derive(Debug, Clone, PartialEq, Eq, RlpEncodable, RlpDecodable)]
+pub struct VotedBlock {
+    pub block: Block,
+    pub payload: Bytes,
+}
+
+/// The safety file's content. `voted` came later: a file without it has none.
 #[derive(RlpEncodable, RlpDecodable)]
+#[rlp(trailing)]
 struct SafetyWire {
     highest_voted_round: Round,
     high_qc: QuorumCert,
+    voted: Option<Vec<VotedBlock>>,
 }
 
-/// The persisted [`SafetyState`]: replaced atomically (write, fsync, rename, fsync the directory).
+/// The persisted [`SafetyState`] and the blocks voted for above the finalized head, in one file
+/// replaced atomically (write, fsync, rename, fsync the directory): the blocks ride on the fsync
+/// the vote needs anyway, and a crash mid-write leaves the previous file whole (a torn
+/// `safety.rlp.tmp` is never read).
 pub struct SafetyFile {
     dir: PathBuf,
+    /// Blocks voted for above the finalized head, written with the next state.
+    voted: Vec<VotedBlock>,
 }
 
 impl SafetyFile {
     pub fn new(dir: &Path) -> Self {
         Self {
             dir: dir.to_owned(),
+            voted: Vec::new(),
         }
     }
 
-    /// The last stored state, or the genesis state on a fresh validator.
-    pub fn load(&self) -> Result<SafetyState, StoreError> {
+    /// The blocks voted for that are kept (loaded, or added since).
+    pub fn voted(&self) -> &[VotedBlock] {
+        &self.voted
+    }
+
+    /// Keeps a block about to be voted for; durable with the next [`SafetyFile::store`].
+    pub fn keep(&mut self, block: VotedBlock) {
+        if self.voted.iter().any(|v| v.block == block.block) {
+            return;
+        }
+        self.voted.push(block);
+        if self.voted.len() > VOTED_BLOCKS_MAX {
+            let lowest = (0..self.voted.len())
+                .min_by_key(|i| self.voted[*i].block.round)
+                .expect("non-empty");
+            self.voted.remove(lowest);
+        }
+    }
+
+    /// Forgets the blocks at or below the finalized `height` (on disk with the next store).
+    pub fn prune(&mut self, height: u64) {
+        self.voted.retain(|v| v.block.height > height);
+    }
+
+    /// The last stored state and blocks voted for, or the genesis state on a fresh validator.
+    /// The blocks are kept (see [`SafetyFile::voted`]).
+    pub fn load(&mut self) -> Result<(SafetyState, Vec<VotedBlock>), StoreError> {
         let path = self.dir.join(SAFETY_FILE);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(SafetyState::genesis()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Ok((SafetyState::genesis(), Vec::new()));
+            }
             Err(e) => return Err(io_err(&path)(e)),
         };
         let wire: SafetyWire = decode_all(&bytes).map_err(|e| StoreError::Corrupt {
             path: path.clone(),
             reason: e.to_string(),
         })?;
-        Ok(SafetyState {
+        let state = SafetyState {
             highest_voted_round: wire.highest_voted_round,
             high_qc: wire.high_qc,
-        })
+        };
+        self.voted = wire.voted.unwrap_or_default();
+        Ok((state, self.voted.clone()))
     }
 
-    /// Durable when it returns: a vote or timeout may leave the node after this.
-    pub fn store(&self, state: &SafetyState) -> Result<(), StoreError> {
+    /// Durable when it returns: a vote or timeout may leave the node after this. Returns the
+    /// bytes written.
+    pub fn store(&self, state: &SafetyState) -> Result<usize, StoreError> {
         let wire = SafetyWire {
             highest_voted_round: state.highest_voted_round,
             high_qc: state.high_qc.clone(),
+            voted: Some(self.voted.clone()),
         };
         let mut bytes = Vec::with_capacity(wire.length());
         wire.encode(&mut bytes);
@@ -93,7 +146,8 @@ impl SafetyFile {
         std::fs::rename(&tmp, &path).map_err(io_err(&path))?;
         File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(io_err(&self.dir))
+            .map_err(io_err(&self.dir))?;
+        Ok(bytes.len())
     }
 }
 
@@ -314,13 +368,93 @@ mod tests {
     #[test]
     fn safety_state_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let file = SafetyFile::new(dir.path());
-        assert_eq!(file.load().unwrap(), SafetyState::genesis());
+        let mut file = SafetyFile::new(dir.path());
+        assert_eq!(file.load().unwrap(), (SafetyState::genesis(), Vec::new()));
         let state = SafetyState {
             highest_voted_round: Round(42),
             high_qc: chain(1)[0].qc.clone(),
         };
         file.store(&state).unwrap();
-        assert_eq!(file.load().unwrap(), state);
+        assert_eq!(file.load().unwrap(), (state, Vec::new()));
+    }
+
+    fn voted(blocks: &[SyncedBlock]) -> Vec<VotedBlock> {
+        blocks
+            .iter()
+            .map(|b| VotedBlock {
+                block: b.block.clone(),
+                payload: b.payload.clone(),
+            })
+            .collect()
+    }
+
+    /// The blocks voted for come back with the safety state; a crash in the middle of the next
+    /// write (a torn temporary file) leaves the last complete state and its blocks.
+    #[test]
+    fn voted_blocks_survive_a_restart_and_a_torn_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = SafetyFile::new(dir.path());
+        let blocks = chain(3);
+        let state = SafetyState {
+            highest_voted_round: Round(3),
+            high_qc: blocks[1].qc.clone(),
+        };
+        for v in voted(&blocks) {
+            file.keep(v);
+        }
+        file.prune(1);
+        file.store(&state).unwrap();
+        let mut torn = Vec::new();
+        SafetyWire {
+            highest_voted_round: Round(4),
+            high_qc: blocks[2].qc.clone(),
+            voted: Some(voted(&blocks)),
+        }
+        .encode(&mut torn);
+        torn.truncate(torn.len() / 2);
+        std::fs::write(dir.path().join(format!("{SAFETY_FILE}.tmp")), &torn).unwrap();
+        let mut restarted = SafetyFile::new(dir.path());
+        let (loaded, kept) = restarted.load().unwrap();
+        assert_eq!(loaded, state);
+        assert_eq!(kept, voted(&blocks[1..]));
+        // The next write replaces the torn file.
+        restarted.prune(2);
+        restarted.store(&loaded).unwrap();
+        assert_eq!(file.load().unwrap(), (state, voted(&blocks[2..])));
+    }
+
+    /// Blocks are kept once each and at most `VOTED_BLOCKS_MAX`, the lowest rounds going first.
+    #[test]
+    fn voted_blocks_are_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file = SafetyFile::new(dir.path());
+        let blocks = voted(&chain(VOTED_BLOCKS_MAX as u64 + 4));
+        for v in blocks.iter().chain(&blocks[6..8]) {
+            file.keep(v.clone());
+        }
+        assert_eq!(file.voted(), &blocks[4..]);
+    }
+
+    /// A safety file written before blocks were kept with it loads with none.
+    #[test]
+    fn a_safety_file_without_voted_blocks_loads() {
+        #[derive(RlpEncodable)]
+        struct Old {
+            highest_voted_round: Round,
+            high_qc: QuorumCert,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let qc = chain(1)[0].qc.clone();
+        let mut bytes = Vec::new();
+        Old {
+            highest_voted_round: Round(7),
+            high_qc: qc.clone(),
+        }
+        .encode(&mut bytes);
+        std::fs::write(dir.path().join(SAFETY_FILE), bytes).unwrap();
+        let (state, kept) = SafetyFile::new(dir.path()).load().unwrap();
+        assert_eq!(state.highest_voted_round, Round(7));
+        assert_eq!(state.high_qc, qc);
+        assert!(kept.is_empty());
     }
 }

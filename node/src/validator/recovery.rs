@@ -1,0 +1,193 @@
+//! The driver's crash recovery. What it persists before a vote or timeout leaves: the safety
+//! state and the blocks voted for above the log head, with their payloads. How it rejoins: block
+//! sync at start (or when a certificate shows it far behind), then a state machine restarted
+//! from the log head with the persisted safety state, recent execution results and the blocks
+//! voted for (their payloads back in the cache), so that a network whose validators all
+//! restarted still holds the block its high QC certifies. Also the answers to peers' sync
+//! requests.
+
+use super::Driver;
+use crate::validator::{
+    fatal,
+    finality::recent_results,
+    metrics::{SAFETY_PERSIST_BYTES, SAFETY_PERSIST_SECONDS, SYNC_ACTIVE, SYNC_BLOCKS_TOTAL},
+    payload::Payload,
+    payloads::PayloadCache,
+    store::VotedBlock,
+    sync::{BlockSync, answer},
+    wire::{SyncResponse, SyncedBlock},
+};
+use alloy_primitives::keccak256;
+use kestrel_consensus::bft::{Bft, Block, Event, SafetyState, ValidatorIndex};
+use kestrel_net::Kind;
+use kestrel_pipeline::mempool::TxPool;
+use kestrel_types::now_ms;
+use std::time::Instant;
+
+/// A certificate more than this many blocks above our log means consensus alone (which fetches
+/// missing blocks one request at a time, from memory) is the slow way back: sync instead.
+const SYNC_GAP_BLOCKS: u64 = 8;
+
+impl Driver {
+    /// A block about to be voted for, with its payload if here: written with the next state.
+    pub(super) fn keep_voted(&mut self, block: Block) {
+        let payload = self.payloads.get(&block.payload_hash);
+        let payload = payload.map(|p| p.bytes().clone()).unwrap_or_default();
+        self.safety_file.keep(VotedBlock { block, payload });
+    }
+
+    /// Durable before the next command: voting on without the state on disk could make us vote
+    /// twice after a crash.
+    pub(super) fn persist_safety(&mut self, state: SafetyState) {
+        let started = Instant::now();
+        match self.safety_file.store(&state) {
+            Ok(bytes) => {
+                metrics::histogram!(SAFETY_PERSIST_SECONDS).record(started.elapsed().as_secs_f64());
+                metrics::counter!(SAFETY_PERSIST_BYTES).increment(bytes as u64);
+            }
+            Err(err) => fatal(&format!("persisting the consensus safety state: {err}")),
+        }
+        self.safety = state;
+    }
+
+    /// At start: sync from peers first; a chain of one validator has nobody to sync from and its
+    /// whole history here.
+    pub(super) fn catch_up(&mut self) {
+        if self.members.ids.len() > 1 {
+            self.begin_sync(now_ms());
+        } else {
+            self.finish_sync();
+        }
+    }
+
+    /// A message certifies `height`: far above our log, sync instead of feeding consensus.
+    pub(super) fn check_behind(&mut self, height: u64) {
+        if self.sync.is_none() && height > self.finality.height() + SYNC_GAP_BLOCKS {
+            tracing::info!(target: "node::validator", ours = self.finality.height(), certified = height, "behind the network; syncing blocks");
+            self.begin_sync(now_ms());
+        }
+    }
+
+    fn begin_sync(&mut self, now: u64) {
+        metrics::gauge!(SYNC_ACTIVE).set(1.0);
+        self.builder.cancel();
+        self.sync = Some(BlockSync::start(now));
+    }
+
+    /// Caught up (as far as a peer knows): restart the state machine from the log head, with our
+    /// persisted safety state, recent execution results and the blocks we voted for above the
+    /// head, and join consensus.
+    pub(super) fn finish_sync(&mut self) {
+        self.sync = None;
+        metrics::gauge!(SYNC_ACTIVE).set(0.0);
+        self.timers.clear();
+        self.finality.clear_waiting();
+        self.bft = Bft::new(
+            self.config.clone(),
+            self.members.key.clone(),
+            self.members.set.clone(),
+            self.finality.head().clone(),
+            self.safety.clone(),
+        )
+        .expect("the validator set was accepted at start");
+        for result in recent_results(&self.store) {
+            self.feed(Event::Executed(result));
+        }
+        let head = self.finality.height();
+        let voted = self.safety_file.voted().iter();
+        let voted = voted
+            .filter(|v| v.block.height > head)
+            .map(|v| v.block.clone());
+        self.feed(Event::Restore(voted.collect()));
+        tracing::info!(target: "node::validator", height = self.finality.height(), round = self.bft.round().0, "joining consensus");
+        self.feed(Event::Start);
+    }
+
+    pub(super) fn on_sync_request(&mut self, from: ValidatorIndex, bytes: &[u8]) {
+        match answer(bytes, self.finality.log(), &self.payloads) {
+            Ok(Some(response)) => self.send(from, Kind::SyncResponse, response.encode().into()),
+            Ok(None) => {}
+            Err(err) => fatal(&format!("reading the block log: {err}")),
+        }
+    }
+
+    pub(super) fn on_sync_response(&mut self, bytes: &[u8]) {
+        match SyncResponse::decode(bytes) {
+            Ok(SyncResponse::Payload(bytes)) => {
+                let Some(height) = self.finality.wants(keccak256(&bytes)) else {
+                    return;
+                };
+                match Payload::decode(bytes) {
+                    Ok(payload) => {
+                        self.payloads.insert_fetched(height, payload);
+                        self.process_commits();
+                    }
+                    // A finalized block's payload was checked by a quorum: a bad one is the
+                    // peer's fault, so ask another.
+                    Err(err) => {
+                        tracing::warn!(target: "node::validator", %err, "peer sent an invalid payload")
+                    }
+                }
+            }
+            Ok(SyncResponse::Blocks(blocks)) => self.on_synced_blocks(blocks),
+            Err(err) => {
+                tracing::debug!(target: "node::validator", %err, "undecodable sync response")
+            }
+        }
+    }
+
+    fn on_synced_blocks(&mut self, blocks: Vec<SyncedBlock>) {
+        let Some(sync) = &mut self.sync else { return };
+        if blocks.is_empty() {
+            self.finish_sync();
+            return;
+        }
+        let checked = match sync.on_blocks(self.finality.head(), blocks, &self.members.set) {
+            Ok(checked) => checked,
+            Err(err) => {
+                tracing::warn!(target: "node::validator", %err, "rejected a block sync response");
+                return;
+            }
+        };
+        let count = checked.len();
+        for (block, payload) in checked {
+            self.finality.append(block, &payload);
+        }
+        self.finality.sync_log();
+        self.payloads.prune(self.finality.height());
+        self.safety_file.prune(self.finality.height());
+        metrics::counter!(SYNC_BLOCKS_TOTAL).increment(count as u64);
+        tracing::info!(target: "node::validator", height = self.finality.height(), blocks = count, "synced finalized blocks");
+    }
+}
+
+/// The payloads of the blocks we voted for above the log head, back in the cache (their
+/// children are built on them and peers fetch them from us) and in flight in the pool.
+pub(super) fn restore_payloads(
+    payloads: &mut PayloadCache,
+    pool: &TxPool,
+    voted: &[VotedBlock],
+    head: u64,
+) {
+    for v in voted.iter().filter(|v| v.block.height > head) {
+        if v.payload.is_empty() {
+            continue;
+        }
+        match Payload::decode(v.payload.clone()) {
+            Ok(payload) if payload.hash() == v.block.payload_hash => {
+                pool.on_proposed(v.block.height, payload.txs());
+                payloads.insert_fetched(v.block.height, payload);
+                payloads.remember(&v.block);
+            }
+            Ok(_) => {
+                tracing::warn!(target: "node::validator", height = v.block.height, "a kept payload is not its block's")
+            }
+            Err(err) => {
+                tracing::warn!(target: "node::validator", height = v.block.height, %err, "a kept payload does not decode")
+            }
+        }
+    }
+    if !voted.is_empty() {
+        tracing::info!(target: "node::validator", blocks = voted.len(), head, "restored the blocks voted for before the restart");
+    }
+}
