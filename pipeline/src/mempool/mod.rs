@@ -1396,7 +1396,8 @@ mod tests {
         //! of pooled nonces, with the limits and eviction order of the module docs.
         use super::*;
         use proptest::prelude::*;
-        use std::collections::{BTreeSet, HashSet};
+        use std::collections::BTreeSet;
+        use std::collections::HashSet;
 
         const SENDERS: usize = 3;
         const SENDER_MAX: usize = 4;
