@@ -7,6 +7,7 @@
 //! 3. a consensus message (`bft::Unverified<Message>::decode`).
 
 use crate::{payload::Payload, tx, wire};
+use alloy_eips::eip2718::Encodable2718;
 use alloy_primitives::{Bytes, keccak256};
 use alloy_rlp::Encodable;
 use kestrel_consensus::bft::{Message, Unverified};
@@ -38,7 +39,8 @@ fn import(rlp: &[u8]) {
     assert_eq!(block.header.hash_slow(), keccak256(&header));
     let genesis = kestrel_storage::genesis_header(&SPEC);
     let _ = validate_header(&SPEC, &genesis, &block.header);
-    let _ = recover_senders(&block.body.transactions);
+    let decoded: Vec<_> = block.body.transactions.into_iter().map(Into::into).collect();
+    let _ = recover_senders(&decoded);
 }
 
 fn payload(bytes: &[u8]) {
@@ -59,6 +61,7 @@ fn payload(bytes: &[u8]) {
     for raw_tx in payload.txs() {
         // Each transaction travels with the bytes it was signed in.
         assert_eq!(raw_tx.hash(), keccak256(raw_tx.encoded()));
+        assert_eq!(raw_tx.tx().encoded_2718(), raw_tx.raw(), "kept a non-canonical encoding");
     }
     let _ = payload.check_static(&SPEC, tx::NOW_SECS * 1000);
 }

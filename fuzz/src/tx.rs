@@ -1,6 +1,7 @@
 //! Target `tx_ingress`: raw bytes as `eth_sendRawTransaction` hands them to the ingress stage.
 
-use alloy_primitives::{U256, keccak256};
+use alloy_eips::eip2718::Encodable2718;
+use alloy_primitives::{Bytes, U256, keccak256};
 use kestrel_pipeline::mempool::{
     BlockRules, PoolError, Validator, check_static, decode_and_check, max_cost,
 };
@@ -22,21 +23,22 @@ pub fn rules() -> BlockRules {
 }
 
 pub fn ingress(raw: &[u8]) {
-    let tx = match decode_and_check(&VALIDATOR, raw, NOW_SECS, BASE_FEE) {
+    let tx = match decode_and_check(&VALIDATOR, Bytes::copy_from_slice(raw), NOW_SECS, BASE_FEE) {
         Ok(tx) => tx,
         Err(_) => {
             // Refused somewhere on the way; the decoder alone must not panic either, and what it
             // accepts must pass or fail the static rules without panicking.
-            if let Ok(tx) = RecoveredTx::decode(raw) {
-                let _ = check_static(&tx, &rules());
-                assert_cost_does_not_wrap(&tx);
+            if let Ok(tx) = RecoveredTx::decode(Bytes::copy_from_slice(raw)) {
+                let _ = check_static(tx.tx(), &rules());
+                assert_cost_does_not_wrap(tx.tx());
             }
             return;
         }
     };
     // Keep what you received: the bytes a block carries and the hash the client computed are
     // those of the encoding it sent, so decoding must accept only the canonical one.
-    assert_eq!(&tx.encoded()[..], raw, "accepted a non-canonical encoding");
+    assert_eq!(tx.raw(), raw, "did not keep the bytes it received");
+    assert_eq!(tx.tx().encoded_2718(), raw, "accepted a non-canonical encoding");
     assert_eq!(tx.hash(), keccak256(raw));
     assert_eq!(tx.encoded_len(), raw.len());
     // What ingress admitted, a block built at the same rules admits (validate.rs, payload.rs).

@@ -23,7 +23,7 @@ use alloy_eips::{eip1559::BaseFeeParams, eip4844::DATA_GAS_PER_BLOB};
 use alloy_primitives::{B64, B256, Bloom, U256};
 use alloy_rlp::Decodable;
 use kestrel_storage::{StateView, StorageError};
-use kestrel_types::{ChainSpec, Fork, RecoveredTx};
+use kestrel_types::{ChainSpec, DecodedTx, Fork, RecoveredTx};
 use revm::context::result::InvalidTransaction;
 
 /// Largest `extra_data` a header may carry (Yellow Paper, eq. 57).
@@ -398,8 +398,8 @@ const PARALLEL_RECOVERY_MIN_TXS: usize = 64;
 /// Recovers the senders of a block's transactions, on all available cores for large blocks
 /// (~30 µs each with secp256k1: more than executing a transfer). The first invalid signature
 /// in block order is reported.
-pub fn recover_senders(txs: &[TxEnvelope]) -> Result<Vec<RecoveredTx>, ImportError> {
-    let recover = |index: usize, tx: &TxEnvelope| {
+pub fn recover_senders(txs: &[DecodedTx]) -> Result<Vec<RecoveredTx>, ImportError> {
+    let recover = |index: usize, tx: &DecodedTx| {
         RecoveredTx::recover(tx.clone()).map_err(|err| ImportError::Signature {
             index,
             reason: err.to_string(),
@@ -448,7 +448,16 @@ pub fn execute_block(
 ) -> Result<(BlockOutput, Vec<RecoveredTx>), ImportError> {
     let header = &block.header;
     validate_body(spec, block)?;
-    let txs = recover_senders(&block.body.transactions)?;
+    // A block from the Ethereum tests: decoded whole, so its transactions are encoded once more
+    // here (the bytes a transaction arrived as are kept where it arrives alone: ingress, payloads).
+    let decoded: Vec<DecodedTx> = block
+        .body
+        .transactions
+        .iter()
+        .cloned()
+        .map(DecodedTx::from)
+        .collect();
+    let txs = recover_senders(&decoded)?;
     let input = BlockInput {
         header,
         txs: &txs,

@@ -5,24 +5,25 @@ use alloy_consensus::{Signed, TxEip1559, TxEnvelope};
 use alloy_primitives::{Signature, U256};
 use kestrel_benches::{address, funded_state, transfer_block};
 use kestrel_pipeline::import::{ImportError, recover_senders};
+use kestrel_types::DecodedTx;
 
-fn block(txs: usize) -> Vec<TxEnvelope> {
+fn block(txs: usize) -> Vec<DecodedTx> {
     let (_, accounts) = funded_state(txs as u64);
     transfer_block(&accounts, txs, 7)
         .into_iter()
-        .map(|tx| tx.tx().clone())
+        .map(|tx| tx.tx().clone().into())
         .collect()
 }
 
 /// The same transaction with its signature's `s` changed: it recovers to someone else or not
 /// at all, so its `r` is also zeroed to make recovery fail outright.
-fn corrupt(tx: &TxEnvelope) -> TxEnvelope {
-    let TxEnvelope::Eip1559(signed) = tx else {
+fn corrupt(tx: &DecodedTx) -> DecodedTx {
+    let TxEnvelope::Eip1559(signed) = tx.tx() else {
         unreachable!("bench transfers are EIP-1559")
     };
     let sig = Signature::new(U256::ZERO, signed.signature().s(), signed.signature().v());
     let unsigned: TxEip1559 = signed.tx().clone();
-    TxEnvelope::Eip1559(Signed::new_unhashed(unsigned, sig))
+    TxEnvelope::Eip1559(Signed::new_unhashed(unsigned, sig)).into()
 }
 
 #[test]

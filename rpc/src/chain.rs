@@ -3,7 +3,7 @@
 
 use crate::error::RpcError;
 use alloy_consensus::{
-    Sealed, Transaction as _, TxEnvelope,
+    Sealed, Transaction as _,
     transaction::{Recovered, TransactionInfo},
 };
 use alloy_eips::{BlockId, BlockNumberOrTag, eip4895::Withdrawals};
@@ -100,18 +100,25 @@ pub(crate) fn rpc_block(block: &SealedBlock, full: bool) -> Block {
     }
 }
 
-/// The length of the block's RLP encoding, which `size` reports.
+/// The length of the block's RLP encoding, which `size` reports, from the transactions' kept
+/// bytes: in a block body a legacy transaction is its encoding (an RLP list), a typed one is its
+/// encoding wrapped in an RLP string.
 fn block_size(block: &SealedBlock, withdrawals: Option<&Withdrawals>) -> usize {
-    let body = alloy_consensus::BlockBody::<TxEnvelope> {
-        transactions: block.txs.iter().map(|tx| tx.tx().clone()).collect(),
-        ommers: Vec::new(),
-        withdrawals: withdrawals.cloned(),
-    };
-    alloy_consensus::Block {
-        header: block.header.clone(),
-        body,
-    }
-    .length()
+    let txs: usize = block
+        .txs
+        .iter()
+        .map(|tx| match tx.tx().is_legacy() {
+            true => tx.encoded_len(),
+            false => alloy_rlp::length_of_length(tx.encoded_len()) + tx.encoded_len(),
+        })
+        .sum();
+    // The empty ommers list: one byte.
+    let payload = block.header.length()
+        + alloy_rlp::length_of_length(txs)
+        + txs
+        + 1
+        + withdrawals.map_or(0, Encodable::length);
+    alloy_rlp::length_of_length(payload) + payload
 }
 
 /// What a transaction's and a receipt's JSON take from their block.
@@ -321,6 +328,33 @@ mod tests {
             },
         ]);
         chain
+    }
+
+    /// `size` from the kept bytes is the length of the block alloy encodes, with and without
+    /// withdrawals.
+    #[test]
+    fn block_size_is_the_encoded_length() {
+        let chain = chain();
+        let block = chain.block(1).unwrap().unwrap();
+        let withdrawals = Withdrawals::new(vec![alloy_eips::eip4895::Withdrawal {
+            index: 1,
+            validator_index: 2,
+            address: BOB,
+            amount: 3,
+        }]);
+        for withdrawals in [None, Some(withdrawals)] {
+            let encoded = alloy_consensus::Block {
+                header: block.header.clone(),
+                body: alloy_consensus::BlockBody::<alloy_consensus::TxEnvelope> {
+                    transactions: block.txs.iter().map(|tx| tx.tx().clone()).collect(),
+                    ommers: Vec::new(),
+                    withdrawals: withdrawals.clone(),
+                },
+            };
+            let mut out = Vec::new();
+            encoded.encode(&mut out);
+            assert_eq!(block_size(&block, withdrawals.as_ref()), out.len());
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use crate::StorageError;
 use alloy_consensus::ReceiptEnvelope;
 use alloy_eips::eip2718::{Decodable2718, Encodable2718};
-use alloy_primitives::{Address, B256, U256};
+use alloy_primitives::{Address, B256, Bytes, U256};
 use alloy_trie::{BranchNodeCompact, EMPTY_ROOT_HASH, Nibbles, TrieAccount, TrieMask};
 use kestrel_types::{AccountInfo, BlockNumber, RecoveredTx, state::KECCAK_EMPTY};
 
@@ -297,7 +297,7 @@ pub(crate) fn encode_body(txs: &[RecoveredTx]) -> Vec<u8> {
     for tx in txs {
         out.extend_from_slice(tx.sender().as_slice());
         out.extend_from_slice(&(tx.encoded_len() as u32).to_be_bytes());
-        tx.tx().encode_2718(&mut out);
+        out.extend_from_slice(tx.raw());
     }
     out
 }
@@ -314,7 +314,8 @@ pub(crate) fn decode_body(
         }
         let (sender, tail) = rest.split_at(20);
         let (raw, tail) = split_framed(table, tail)?;
-        let tx = RecoveredTx::decode(raw).map_err(|e| corrupt(table, e.to_string()))?;
+        let tx = RecoveredTx::decode(Bytes::copy_from_slice(raw))
+            .map_err(|e| corrupt(table, e.to_string()))?;
         txs.push(RecoveredTx::new_unchecked(tx, Address::from_slice(sender)));
         rest = tail;
     }
@@ -366,7 +367,8 @@ pub(crate) fn decode_body_tx(
         let (sender, tail) = rest.split_at(20);
         let (raw, tail) = split_framed(table, tail)?;
         if at == index {
-            let tx = RecoveredTx::decode(raw).map_err(|e| corrupt(table, e.to_string()))?;
+            let tx = RecoveredTx::decode(Bytes::copy_from_slice(raw))
+                .map_err(|e| corrupt(table, e.to_string()))?;
             return Ok(Some(RecoveredTx::new_unchecked(
                 tx,
                 Address::from_slice(sender),

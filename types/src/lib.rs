@@ -12,7 +12,7 @@ pub use block::{ExecutedBlock, ExecutionResult, OrderedBlock, SealedBlock};
 pub use chain::{ChainSpec, Fork, GenesisError, GenesisHeader};
 pub use fees::{BLOCK_TXS_MAX, ParentFees, next_base_fee, now_ms};
 pub use state::{AccountInfo, StateChanges, StorageChange};
-pub use tx::{RecoveredTx, TxError};
+pub use tx::{DecodedTx, RecoveredTx, TxError, transactions_root};
 
 /// Height of a block in the chain (the genesis block is 0).
 pub type BlockNumber = u64;

@@ -99,7 +99,8 @@ impl Payload {
             .iter()
             .enumerate()
             .map(|(index, raw)| {
-                RecoveredTx::decode(raw).map_err(|source| PayloadError::Tx { index, source })
+                RecoveredTx::decode(raw.clone())
+                    .map_err(|source| PayloadError::Tx { index, source })
             })
             .collect::<Result<Vec<_>, _>>()?;
         let txs = recover_senders(&envelopes)?;

@@ -161,7 +161,7 @@ impl IngressStage {
             let recovered: Vec<(Request, Result<RecoveredTx, PoolError>)> = batch
                 .into_iter()
                 .map(|req| {
-                    let result = self.recover(&req.raw, now_secs, base_fee);
+                    let result = self.recover(req.raw.clone(), now_secs, base_fee);
                     (req, result)
                 })
                 .collect();
@@ -213,7 +213,7 @@ impl IngressStage {
         }
     }
 
-    fn recover(&self, raw: &[u8], now_secs: u64, base_fee: u64) -> Result<RecoveredTx, PoolError> {
+    fn recover(&self, raw: Bytes, now_secs: u64, base_fee: u64) -> Result<RecoveredTx, PoolError> {
         // Refused before the database write fails: the blocks already ordered still commit.
         if self.status.disk_low() {
             return Err(PoolError::DiskLow);
@@ -224,18 +224,20 @@ impl IngressStage {
 
 /// What ingress does to a raw transaction before it looks at state: the size cap, EIP-2718
 /// decoding, the static rules of the next block (`now_secs`, `base_fee`) and sender recovery.
-/// Public for the fuzz target (`fuzz/fuzz_targets/tx_ingress.rs`), which feeds it arbitrary bytes.
+/// The transaction keeps `raw` as its encoding. Public for the fuzz target
+/// (`fuzz/fuzz_targets/tx_ingress.rs`), which feeds it arbitrary bytes.
 pub fn decode_and_check(
     validator: &Validator,
-    raw: &[u8],
+    raw: Bytes,
     now_secs: u64,
     base_fee: u64,
 ) -> Result<RecoveredTx, PoolError> {
     if raw.len() > super::TX_SIZE_MAX {
         return Err(PoolError::Oversized);
     }
+    let len = raw.len();
     let tx = RecoveredTx::decode(raw).map_err(|e| PoolError::Decode(e.to_string()))?;
-    validator.check_stateless(&tx, raw.len(), now_secs, base_fee)?;
+    validator.check_stateless(tx.tx(), len, now_secs, base_fee)?;
     RecoveredTx::recover(tx).map_err(|_| PoolError::InvalidSender)
 }
 

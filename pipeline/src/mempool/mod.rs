@@ -642,17 +642,60 @@ impl TxPool {
     }
 
     /// Block `number` is committed: senders whose last in-flight block it was go back to their
-    /// state nonce (`nonce_of` reads it), which also un-sticks senders whose transactions were
-    /// dropped at execution; transactions below that nonce are gone for good. Their reserved
-    /// costs are released with them: the state now shows what they spent.
-    pub fn on_committed(&self, number: BlockNumber, mut nonce_of: impl FnMut(Address) -> u64) {
+    /// nonce after it, which also un-sticks senders whose transactions were dropped at execution;
+    /// transactions below that nonce are gone for good. Their reserved costs are released with
+    /// them: the state now shows what they spent.
+    ///
+    /// `block_nonce` is a sender's nonce from the block's own state changes (`None`: the block did
+    /// not change its account); `state_nonces` reads the others' from the state, once for all of
+    /// them, and is not called when there are none. If it fails (`None`) nothing changes: the
+    /// senders stay in flight and the next commit takes them up. Returns whether it succeeded.
+    pub fn on_committed(
+        &self,
+        number: BlockNumber,
+        block_nonce: impl Fn(Address) -> Option<u64>,
+        state_nonces: impl FnOnce(&[Address]) -> Option<Vec<u64>>,
+    ) -> bool {
         let mut inner = self.inner.lock();
+        // Every in-flight transaction and every sender's `in_flight_until` at or below `number`
+        // was marked under that block, so these are all candidates; a sender listed twice is
+        // done once.
+        let mut done = Vec::new();
+        let mut seen: alloy_primitives::map::HashSet<Address> = Default::default();
+        for (_, sender) in inner
+            .by_block
+            .range(..=number)
+            .flat_map(|(_, marked)| marked)
+        {
+            if inner
+                .senders
+                .get(sender)
+                .is_some_and(|q| q.in_flight_until.is_some_and(|n| n <= number))
+                && seen.insert(*sender)
+            {
+                done.push(*sender);
+            }
+        }
+        let mut nonces: Vec<Option<u64>> = done.iter().map(|&s| block_nonce(s)).collect();
+        let unseen: Vec<Address> = done
+            .iter()
+            .zip(&nonces)
+            .filter(|(_, n)| n.is_none())
+            .map(|(s, _)| *s)
+            .collect();
+        if !unseen.is_empty() {
+            let Some(read) = state_nonces(&unseen) else {
+                return false;
+            };
+            assert_eq!(read.len(), unseen.len(), "one state nonce a sender");
+            let mut read = read.into_iter();
+            for nonce in nonces.iter_mut().filter(|n| n.is_none()) {
+                *nonce = read.next();
+            }
+        }
         let later = inner.by_block.split_off(&(number + 1));
         let marked = std::mem::replace(&mut inner.by_block, later);
-        // Every in-flight transaction and every sender's `in_flight_until` at or below `number`
-        // was marked under that block, so these are all candidates.
-        let mut done = Vec::new();
-        for (hash, sender) in marked.into_values().flatten() {
+        for (hash, _) in marked.into_values().flatten() {
             if inner
                 .in_flight
                 .get(&hash)
@@ -660,17 +703,11 @@ impl TxPool {
             {
                 inner.in_flight.remove(&hash);
             }
-            // Cleared here, so a sender listed twice is done once.
-            if let Some(q) = inner.senders.get_mut(&sender)
-                && q.in_flight_until.is_some_and(|n| n <= number)
-            {
-                q.in_flight_until = None;
-                done.push(sender);
-            }
         }
-        for sender in done {
-            let state_nonce = nonce_of(sender);
+        for (sender, nonce) in done.into_iter().zip(nonces) {
+            let state_nonce = nonce.expect("every sender's nonce resolved");
             let queue = inner.senders.get_mut(&sender).expect("listed sender");
+            queue.in_flight_until = None;
             queue.next_nonce = state_nonce;
             let stale: Vec<u64> = queue.txs.range(..state_nonce).map(|(n, _)| *n).collect();
             for nonce in stale {
@@ -679,6 +716,17 @@ impl TxPool {
             inner.forget_if_idle(sender);
         }
         inner.debug_check();
+        true
+    }
+
+    /// [`Self::on_committed`] with every nonce read from `nonce_of`, as from the state.
+    #[cfg(test)]
+    fn on_committed_reading(&self, number: BlockNumber, nonce_of: impl Fn(Address) -> u64) {
+        assert!(self.on_committed(
+            number,
+            |_| None,
+            |senders| Some(senders.iter().map(|&s| nonce_of(s)).collect())
+        ));
     }
 
     /// Panics if the pool's indexes disagree; see `Inner::assert_invariants`.
@@ -1065,7 +1113,7 @@ mod tests {
             }
         );
         // Block 1 executed: the state's balance now shows what it spent.
-        pool.on_committed(1, |_| 2);
+        pool.on_committed_reading(1, |_| 2);
         let funds = Funds([(a0.sender(), each)].into_iter().collect());
         assert_eq!(
             pool.take_block(3, &rules(1_000_000, 1), 10, &funds),
@@ -1183,13 +1231,61 @@ mod tests {
         );
         let sender2 = high0.sender();
         assert_eq!(pool.tracked_next_nonce(sender2), Some(2));
-        pool.on_committed(1, |a| if a == sender2 { 2 } else { 1 });
+        pool.on_committed_reading(1, |a| if a == sender2 { 2 } else { 1 });
         assert_eq!(
             pool.get(&high0.hash()),
             None,
             "committed: served from the chain"
         );
         assert_eq!(pool.tracked_next_nonce(sender2), None);
+    }
+
+    /// Committed senders take their nonce from the block's changes; only those the block did not
+    /// change are read from the state, all at once; a failed read changes nothing.
+    #[test]
+    fn commit_takes_nonces_from_the_block_and_reads_only_the_rest() {
+        let pool = TxPool::new();
+        let (a, b) = (signed(6, 0, 1, 100), signed(7, 0, 1, 100));
+        let (sender_a, sender_b) = (a.sender(), b.sender());
+        pool.insert(a.clone(), 0, Instant::now()).unwrap();
+        pool.insert(b.clone(), 0, Instant::now()).unwrap();
+        assert_eq!(pool.take_block(9, &rules(1_000_000, 1), 2, &Rich).len(), 2);
+        pool.insert(signed(6, 1, 1, 100), 0, Instant::now())
+            .unwrap();
+        pool.insert(signed(7, 1, 1, 100), 0, Instant::now())
+            .unwrap();
+        // `b` was dropped at execution: the block changed only `a`.
+        let block_nonce = |s: Address| (s == sender_a).then_some(1);
+        assert!(!pool.on_committed(9, block_nonce, |senders| {
+            assert_eq!(senders, [sender_b]);
+            None
+        }));
+        assert_eq!(
+            pool.tracked_next_nonce(sender_b),
+            Some(1),
+            "still in flight"
+        );
+        pool.assert_invariants();
+        let mut read = Vec::new();
+        assert!(pool.on_committed(9, block_nonce, |senders| {
+            read.extend_from_slice(senders);
+            Some(vec![0])
+        }));
+        assert_eq!(read, [sender_b]);
+        assert_eq!(pool.tracked_next_nonce(sender_a), Some(1));
+        assert_eq!(pool.tracked_next_nonce(sender_b), Some(0));
+        assert_eq!(pool.get(&a.hash()), None, "committed");
+        assert_eq!(
+            pool.size(),
+            PoolSize {
+                pending: 1,
+                queued: 1
+            }
+        );
+        // Nothing left to read: the state is not asked.
+        assert_eq!(pool.take_block(10, &rules(1_000_000, 1), 1, &Rich).len(), 1);
+        assert!(pool.on_committed(10, |_| Some(2), |_| panic!("read the state")));
+        pool.assert_invariants();
     }
 
     #[test]
@@ -1202,7 +1298,7 @@ mod tests {
             .unwrap();
         assert_eq!(pool.take_block(7, &rules(1_000_000, 1), 1, &Rich).len(), 1);
         // The taken transaction was dropped at execution: the state nonce is still 0.
-        pool.on_committed(7, |_| 0);
+        pool.on_committed_reading(7, |_| 0);
         assert_eq!(pool.tracked_next_nonce(sender), Some(0));
         assert_eq!(
             pool.size(),
@@ -1215,7 +1311,7 @@ mod tests {
         pool.insert(signed(4, 0, 2, 100), 0, Instant::now())
             .unwrap();
         assert_eq!(pool.take_block(8, &rules(1_000_000, 1), 10, &Rich).len(), 2);
-        pool.on_committed(8, |_| 2);
+        pool.on_committed_reading(8, |_| 2);
         assert_eq!(pool.size(), PoolSize::default());
         assert_eq!(pool.pending_nonce(sender), None);
     }
@@ -1289,7 +1385,7 @@ mod tests {
             .unwrap();
         assert_eq!(pool.take_block(4, &rules(1_000_000, 1), 10, &Rich).len(), 1);
         // Executed: the state nonce takes over.
-        pool.on_committed(3, |_| 2);
+        pool.on_committed_reading(3, |_| 2);
         assert_eq!(pool.get(&s0.hash()), None);
         assert_eq!(pool.tracked_next_nonce(sender), Some(3));
     }
@@ -1561,7 +1657,7 @@ mod tests {
                         Event::AbandonLast => pool.on_abandoned(&std::mem::take(&mut last)),
                         Event::Commit => {
                             state = final_next;
-                            pool.on_committed(finalized_to, |a| {
+                            pool.on_committed_reading(finalized_to, |a| {
                                 addrs.iter().position(|x| *x == a).map_or(0, |s| state[s])
                             });
                         }
@@ -1626,7 +1722,7 @@ mod tests {
                                 }
                             }
                             let chain = model.chain;
-                            pool.on_committed(block, |a| {
+                            pool.on_committed_reading(block, |a| {
                                 chain[addrs.iter().position(|x| *x == a).unwrap()]
                             });
                         }

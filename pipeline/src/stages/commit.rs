@@ -7,7 +7,7 @@ use crate::{mempool::TxPool, stages::RecentHashes, state::LatestState, status::C
 use alloy_primitives::B256;
 use crossbeam_channel::{Receiver, Sender};
 use kestrel_storage::StorageError;
-use kestrel_types::{ExecutedBlock, ExecutionResult, SealedBlock};
+use kestrel_types::{ExecutedBlock, ExecutionResult, SealedBlock, StateChanges};
 use std::{
     sync::Arc,
     time::{Duration, Instant},
@@ -44,27 +44,48 @@ impl CommitStage {
                     panic!("commit of blocks {first}..={last} failed: {err}");
                 }
             };
-            for sealed in committed {
-                self.committed(&sealed);
+            for (sealed, changes) in committed {
+                self.committed(&sealed, &changes);
             }
         }
     }
 
-    /// What follows a block's durable commit.
-    fn committed(&self, sealed: &SealedBlock) {
+    /// What follows a block's durable commit; `changes` are the block's state changes.
+    fn committed(&self, sealed: &SealedBlock, changes: &StateChanges) {
         let number = sealed.header.number;
         self.state.overlay.remove_through(number);
         self.hashes.insert(number, sealed.hash);
         ChainStatus::set(&self.status.committed, number);
-        // One view for all senders: a view per sender (a read transaction, its tables and an
-        // overlay snapshot) cost thousands of them per block.
-        let viewed = self.state.with_view(|view| {
-            self.pool.on_committed(number, |sender| {
-                view.account(sender).ok().flatten().map_or(0, |a| a.nonce)
+        // The pool's senders' nonces after this block. A sender with a transaction in it changed
+        // its nonce here, so the block's own changes have it (`None`: the account is gone, nonce
+        // 0 as the state would say). A sender can be done without one: all its transactions for
+        // this height were dropped at execution (a nonce gap, a balance spent earlier in the
+        // block) or were in a proposal for this height that lost. This block left its nonce as
+        // it was, so it is read from the state: one view for all such senders (a view per sender
+        // (a read transaction, its tables and an overlay snapshot) cost thousands per block).
+        let block_nonce = |sender| {
+            changes
+                .accounts
+                .get(&sender)
+                .map(|account| account.map_or(0, |a| a.nonce))
+        };
+        let advanced = self.pool.on_committed(number, block_nonce, |senders| {
+            let read = self.state.with_view(|view| {
+                senders
+                    .iter()
+                    .map(|&sender| Ok(view.account(sender)?.map_or(0, |a| a.nonce)))
+                    .collect::<Result<Vec<u64>, StorageError>>()
             });
+            match read.and_then(|nonces| nonces) {
+                Ok(nonces) => Some(nonces),
+                Err(err) => {
+                    tracing::error!(target: "pipeline::commit", number, %err, "state unreadable");
+                    None
+                }
+            }
         });
-        if let Err(err) = viewed {
-            tracing::error!(target: "pipeline::commit", number, %err, "state unreadable: pool nonces not advanced");
+        if !advanced {
+            tracing::error!(target: "pipeline::commit", number, "pool nonces not advanced");
         }
         metrics::gauge!("kestrel_chain_committed_block").set(number as f64);
         // The driver gone means shutdown; the result is then not needed.
@@ -73,7 +94,11 @@ impl CommitStage {
     }
 
     /// Applies the blocks in order, each with its own state root, and commits them at once.
-    fn commit(&mut self, group: Vec<ExecutedBlock>) -> Result<Vec<SealedBlock>, StorageError> {
+    /// Returns each block sealed, with its state changes.
+    fn commit(
+        &mut self,
+        group: Vec<ExecutedBlock>,
+    ) -> Result<Vec<(SealedBlock, StateChanges)>, StorageError> {
         let mut writer = self.state.store.begin_block()?;
         let mut sealed_blocks = Vec::with_capacity(group.len());
         let mut writing = Duration::ZERO;
@@ -95,7 +120,7 @@ impl CommitStage {
             writer.insert_block(&sealed)?;
             writing += started.elapsed();
             self.parent_hash = sealed.hash;
-            sealed_blocks.push(sealed);
+            sealed_blocks.push((sealed, block.changes));
         }
         let started = Instant::now();
         writer.commit()?;

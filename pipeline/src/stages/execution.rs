@@ -79,9 +79,7 @@ impl ExecutionStage {
         header.blob_gas_used = header.blob_gas_used.map(|_| output.blob_gas_used);
         header.requests_hash = output.requests_hash;
         header.receipts_root = proofs::calculate_receipt_root(&output.receipts);
-        header.transactions_root = proofs::calculate_transaction_root(
-            &txs.iter().map(|t| t.tx().clone()).collect::<Vec<_>>(),
-        );
+        header.transactions_root = kestrel_types::transactions_root(&txs);
         header.logs_bloom = output
             .receipts
             .iter()

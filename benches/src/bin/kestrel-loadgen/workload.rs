@@ -374,9 +374,10 @@ mod tests {
             build(&spec, &accounts, 4, 1337, fees, &Contracts::default()),
         );
         let raw = alloy_primitives::hex::decode(&signed.raw_hex).unwrap();
-        let tx =
-            kestrel_types::RecoveredTx::recover(kestrel_types::RecoveredTx::decode(&raw).unwrap())
-                .unwrap();
+        let tx = kestrel_types::RecoveredTx::recover(
+            kestrel_types::RecoveredTx::decode(raw.into()).unwrap(),
+        )
+        .unwrap();
         assert_eq!(tx.sender(), accounts[1].address);
         assert_eq!(tx.hash(), signed.hash);
         assert_eq!(tx.nonce(), 4);
