@@ -165,7 +165,9 @@ mod tests {
         let filters = Filters::default();
         let head = head(&chain).unwrap();
         let blocks = filters.install(Kind::Blocks, head + 1).unwrap();
-        let logs = filters.install(Kind::Logs(Box::default()), head).unwrap();
+        let logs = filters
+            .install(Kind::Logs(Box::default()), head + 1)
+            .unwrap();
         let poll = |chain: &FakeChain, id| {
             let (kind, next) = filters.get(id).unwrap();
             let (changes, next) = changes(chain, &kind, next).unwrap();
