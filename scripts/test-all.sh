@@ -50,7 +50,7 @@ tests/e2e/.venv/bin/python -m pytest -q tests/deb
 step "torture: pytest tests/torture (SIGKILL the dev node and testnet validators at random under load, a wiped validator replays the chain; a 20 s flood)"
 tests/e2e/.venv/bin/python -m pytest -q tests/torture
 
-step "end-to-end: node --test (viem)"
+step "end-to-end: node --test (viem, ethers)"
 (cd tests/e2e && node --test ./*.test.mjs)
 
 step "fuzz: scripts/fuzz.sh (every cargo-fuzz target, ${FUZZ_SECONDS:-30} s each, from the committed seeds)"
