@@ -85,3 +85,14 @@ def own_node_fixtures():
         return own_w3
 
     return node_fixture, w3_fixture
+
+
+def deploy_token(w3: Web3, deployer, artifact: dict, name: str, symbol: str, supply: int):
+    """Deploys contracts/Token.sol from `deployer` and waits for it; returns the contract."""
+    factory = w3.eth.contract(abi=artifact["abi"], bytecode=artifact["bytecode"])
+    tx = factory.constructor(name, symbol, supply).build_transaction({
+        "from": deployer.address, "nonce": w3.eth.get_transaction_count(deployer.address),
+        "chainId": CHAIN_ID, **fees(w3)})
+    receipt = wait_receipt(w3, w3.eth.send_raw_transaction(deployer.sign_transaction(tx).raw_transaction))
+    assert receipt["status"] == 1, receipt
+    return w3.eth.contract(address=receipt["contractAddress"], abi=artifact["abi"])

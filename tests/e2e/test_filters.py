@@ -11,7 +11,7 @@ import pytest
 from web3 import Web3
 from web3.exceptions import Web3RPCError
 
-from e2e_util import fees, own_node_fixtures, wait_blocks, wait_receipt
+from e2e_util import deploy_token, fees, own_node_fixtures, wait_blocks, wait_receipt
 from kestrel_node import CHAIN_ID
 
 POLL_TIMEOUT_S = 20.0
@@ -52,12 +52,7 @@ def test_block_filter_returns_every_block_once_in_order(w3):
 
 def test_log_filter_returns_every_matching_event_once(w3, dev_accounts, token_artifact):
     deployer = dev_accounts[3]
-    factory = w3.eth.contract(abi=token_artifact["abi"], bytecode=token_artifact["bytecode"])
-    tx = factory.constructor("Filter Token", "FLT", 10**24).build_transaction({
-        "from": deployer.address, "nonce": w3.eth.get_transaction_count(deployer.address),
-        "chainId": CHAIN_ID, **fees(w3)})
-    receipt = wait_receipt(w3, w3.eth.send_raw_transaction(deployer.sign_transaction(tx).raw_transaction))
-    token = w3.eth.contract(address=receipt["contractAddress"], abi=token_artifact["abi"])
+    token = deploy_token(w3, deployer, token_artifact, "Filter Token", "FLT", 10**24)
 
     events = token.events.Transfer.create_filter(from_block=0)
     everything = w3.eth.filter({"fromBlock": "0x0"})  # any address: our transfers and others'

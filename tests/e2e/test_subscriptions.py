@@ -16,7 +16,7 @@ from eth_account import Account
 from web3 import AsyncWeb3, Web3
 from web3.providers.persistent import WebSocketProvider
 
-from e2e_util import fees, wait_receipt
+from e2e_util import deploy_token, fees, wait_receipt
 from kestrel_node import CHAIN_ID, DEV_KEYS, KestrelNode, free_port
 
 HEADS = 6
@@ -164,12 +164,8 @@ def test_a_subscriber_that_stops_reading_is_closed_the_others_are_not(ws_node):
 def test_logs_subscription_gets_each_matching_event_once(ws_node, token_artifact):
     http = Web3(Web3.HTTPProvider(ws_node.url))
     deployer = Account.from_key(DEV_KEYS[5])
+    token = deploy_token(http, deployer, token_artifact, "Sub Token", "SUB", 10**24)
     factory = http.eth.contract(abi=token_artifact["abi"], bytecode=token_artifact["bytecode"])
-    tx = factory.constructor("Sub Token", "SUB", 10**24).build_transaction({
-        "from": deployer.address, "nonce": http.eth.get_transaction_count(deployer.address),
-        "chainId": CHAIN_ID, **fees(http)})
-    receipt = wait_receipt(http, http.eth.send_raw_transaction(deployer.sign_transaction(tx).raw_transaction))
-    token = http.eth.contract(address=receipt["contractAddress"], abi=token_artifact["abi"])
     transfer_topic = Web3.keccak(text="Transfer(address,address,uint256)").to_0x_hex()
     sent = []
 
