@@ -10,6 +10,10 @@ step() { echo; echo "=== [$((SECONDS - START))s] $* ==="; }
 
 step "setup"
 bash scripts/setup.sh
+# CI machines' disks are shared and sometimes nearly full (a run died with ENOSPC at 333 s):
+# without debug info the release tree is far smaller, and the free space goes into the log.
+if [ "${CI:-}" = "true" ]; then export CARGO_PROFILE_RELEASE_DEBUG="${CARGO_PROFILE_RELEASE_DEBUG:-false}"; fi
+df -h "$ROOT" | tail -1 | awk '{print "disk: " $4 " free of " $2}'
 
 step "cargo build --release --bin kestrel --bin kestrel-loadgen"
 cargo build --release --bin kestrel --bin kestrel-loadgen
@@ -56,4 +60,6 @@ step "end-to-end: node --test (viem, ethers)"
 step "fuzz: scripts/fuzz.sh (every cargo-fuzz target, ${FUZZ_SECONDS:-30} s each, from the committed seeds)"
 bash scripts/fuzz.sh
 
+df -h "${CARGO_TARGET_DIR:-$ROOT/target}" | tail -1 | awk '{print "disk: " $4 " free after the run"}'
+du -sh "${CARGO_TARGET_DIR:-$ROOT/target}" | awk '{print "target dir: " $1}'
 step "all tests passed in $((SECONDS - START))s"
