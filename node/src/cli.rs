@@ -3,6 +3,7 @@
 use alloy_primitives::Address;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kestrel_rpc::{RpcLimits, limits};
+use kestrel_storage::HistoryWindow;
 use std::{net::SocketAddr, num::NonZeroUsize, path::PathBuf, time::Duration};
 
 #[derive(Debug, Parser)]
@@ -60,6 +61,10 @@ pub struct NodeArgs {
     /// blocks already ordered still commit); 0 turns the check off.
     #[arg(long, value_name = "MB", default_value_t = 128)]
     pub min_free_disk_mb: u64,
+    /// Blocks whose state RPC can read besides the head's (balances, storage, calls at past
+    /// blocks, tracing), or `all` for an archive node; older history is pruned.
+    #[arg(long, value_name = "N|all", default_value_t = HistoryWindow::default())]
+    pub history_blocks: HistoryWindow,
     /// JSON-RPC listen address.
     #[arg(long, default_value = "127.0.0.1")]
     pub http_addr: std::net::IpAddr,

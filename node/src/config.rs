@@ -6,6 +6,7 @@
 
 use crate::cli::{ExecutorKind, NodeArgs};
 use alloy_primitives::Address;
+use kestrel_storage::HistoryWindow;
 use serde::{Deserialize, Serialize};
 use std::{
     net::{IpAddr, SocketAddr},
@@ -36,6 +37,7 @@ pub struct Config {
     pub genesis: Option<PathBuf>,
     pub datadir: Option<PathBuf>,
     pub min_free_disk_mb: Option<u64>,
+    pub history_blocks: Option<HistoryBlocks>,
     pub rpc: RpcSection,
     pub metrics: MetricsSection,
     pub ordering: OrderingSection,
@@ -43,6 +45,29 @@ pub struct Config {
     pub mempool: MempoolSection,
     pub validator: ValidatorSection,
     pub p2p: P2pSection,
+}
+
+/// `history_blocks`: a number of blocks, or `"all"`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum HistoryBlocks {
+    Blocks(u64),
+    All(AllBlocks),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllBlocks {
+    All,
+}
+
+impl From<HistoryBlocks> for HistoryWindow {
+    fn from(value: HistoryBlocks) -> Self {
+        match value {
+            HistoryBlocks::Blocks(n) => Self::Blocks(n),
+            HistoryBlocks::All(AllBlocks::All) => Self::All,
+        }
+    }
 }
 
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -168,6 +193,7 @@ impl Config {
         }
         fill!(datadir, self.datadir);
         fill!(min_free_disk_mb, self.min_free_disk_mb);
+        fill!(history_blocks, self.history_blocks.map(HistoryWindow::from));
         fill!(http_addr, self.rpc.http_addr);
         fill!(http_port, self.rpc.http_port);
         fill!(rpc_connections_max, self.rpc.connections_max);

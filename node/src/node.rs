@@ -57,7 +57,11 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     metrics::gauge!("kestrel_node_info", "version" => env!("CARGO_PKG_VERSION"), "chain_id" => spec.chain_id.to_string()).set(1.0);
 
     std::fs::create_dir_all(&args.datadir).wrap_err("creating datadir")?;
-    let store = Arc::new(Store::open(&args.datadir).wrap_err("opening database")?);
+    let store = Arc::new(
+        Store::open(&args.datadir)
+            .wrap_err("opening database")?
+            .with_history(args.history_blocks),
+    );
     let genesis = store.init_genesis(&spec).wrap_err("initialising genesis")?;
     let head_number = store.view(|r| r.head())??.unwrap_or(0);
     let head_hash = store

@@ -45,18 +45,15 @@ pub(crate) fn block_number(
     }
 }
 
-/// Checks that a state query (balance, nonce, code, storage, call) is for the state the store
-/// holds: the committed head's, whose number it returns. A missing id means `latest`.
-pub(crate) fn check_state_block(
+/// The committed block whose state a query (balance, nonce, code, storage, call) asks for. A
+/// missing id means `latest`. Whether its state is still kept is the store's to say
+/// (`Reader::state_at`).
+pub(crate) fn state_block(
     chain: &impl ChainView,
     id: Option<BlockId>,
 ) -> Result<BlockNumber, RpcError> {
     let head = head(chain)?;
-    match block_number(chain, id.unwrap_or_default(), head)? {
-        None => Err(RpcError::HeaderNotFound),
-        Some(n) if n == head => Ok(head),
-        Some(_) => Err(RpcError::HistoricalState),
-    }
+    block_number(chain, id.unwrap_or_default(), head)?.ok_or(RpcError::HeaderNotFound)
 }
 
 /// A committed block by id, with its transactions and receipts.
@@ -372,46 +369,31 @@ mod tests {
     }
 
     #[test]
-    fn state_is_served_only_at_the_head() {
+    fn state_blocks_are_committed_blocks() {
         let chain = chain();
         let head_hash = chain.blocks[1].hash;
-        assert_eq!(check_state_block(&chain, None).unwrap(), 1);
+        assert_eq!(state_block(&chain, None).unwrap(), 1);
+        assert_eq!(state_block(&chain, Some(BlockId::latest())).unwrap(), 1);
+        assert_eq!(state_block(&chain, Some(BlockId::pending())).unwrap(), 1);
+        assert_eq!(state_block(&chain, Some(BlockId::number(1))).unwrap(), 1);
         assert_eq!(
-            check_state_block(&chain, Some(BlockId::latest())).unwrap(),
+            state_block(&chain, Some(BlockId::from(head_hash))).unwrap(),
             1
         );
-        assert_eq!(
-            check_state_block(&chain, Some(BlockId::pending())).unwrap(),
-            1
-        );
-        assert_eq!(
-            check_state_block(&chain, Some(BlockId::number(1))).unwrap(),
-            1
-        );
-        assert_eq!(
-            check_state_block(&chain, Some(BlockId::from(head_hash))).unwrap(),
-            1
-        );
+        assert_eq!(state_block(&chain, Some(BlockId::number(0))).unwrap(), 0);
+        assert_eq!(state_block(&chain, Some(BlockId::earliest())).unwrap(), 0);
         assert!(matches!(
-            check_state_block(&chain, Some(BlockId::number(0))),
-            Err(RpcError::HistoricalState)
-        ));
-        assert!(matches!(
-            check_state_block(&chain, Some(BlockId::earliest())),
-            Err(RpcError::HistoricalState)
-        ));
-        assert!(matches!(
-            check_state_block(&chain, Some(BlockId::number(2))),
+            state_block(&chain, Some(BlockId::number(2))),
             Err(RpcError::HeaderNotFound)
         ));
         let unknown = BlockId::Hash(RpcBlockHash::from_hash(B256::repeat_byte(7), None));
         assert!(matches!(
-            check_state_block(&chain, Some(unknown)),
+            state_block(&chain, Some(unknown)),
             Err(RpcError::HeaderNotFound)
         ));
         // At genesis, `earliest` is the head.
         assert_eq!(
-            check_state_block(&FakeChain::new(), Some(BlockId::earliest())).unwrap(),
+            state_block(&FakeChain::new(), Some(BlockId::earliest())).unwrap(),
             0
         );
     }

@@ -44,9 +44,11 @@ pub enum RpcError {
     /// A state query for a block after the committed head, or an unknown block hash.
     #[error("header not found")]
     HeaderNotFound,
-    /// Only the state after the committed head is kept.
-    #[error("historical state not available")]
-    HistoricalState,
+    /// The block's state left the history window (`--history-blocks`).
+    #[error(
+        "historical state not available: block {requested} is older than the oldest block with state, {oldest}"
+    )]
+    HistoricalState { requested: u64, oldest: u64 },
     #[error("request beyond head block: requested {requested}, head {head}")]
     BeyondHead { requested: u64, head: u64 },
     #[error("unknown block")]
@@ -86,9 +88,20 @@ pub enum RpcError {
     InsufficientFundsForTransfer,
 
     #[error("storage: {0}")]
-    Storage(#[from] StorageError),
+    Storage(StorageError),
     #[error("internal error: {0}")]
     Internal(String),
+}
+
+impl From<StorageError> for RpcError {
+    fn from(err: StorageError) -> Self {
+        match err {
+            StorageError::HistoryPruned { requested, oldest } => {
+                Self::HistoricalState { requested, oldest }
+            }
+            err => Self::Storage(err),
+        }
+    }
 }
 
 impl RpcError {

@@ -9,7 +9,7 @@ use crate::{
     RpcContext, RpcLimits,
     api::EthApiServer,
     call::{self, CallContext, ChainHashes, Deadline},
-    chain::{self, check_state_block},
+    chain::{self, state_block},
     error::RpcError,
     fees::{self, SUGGESTED_TIP_WEI},
     filters,
@@ -134,13 +134,14 @@ impl EthRpc {
         let deadline = Deadline::new(started, limit);
         let result = self
             .read(move |reader| {
-                let head = check_state_block(reader, block)?;
-                let header = reader.header(head)?.ok_or(RpcError::HeaderNotFound)?;
+                let number = state_block(reader, block)?;
+                let state = reader.state_at(number)?;
+                let header = reader.header(number)?.ok_or(RpcError::HeaderNotFound)?;
                 let hashes = ChainHashes(reader);
                 f(&CallContext {
                     spec: &spec,
                     header: &header,
-                    state: reader,
+                    state: &state,
                     hashes: &hashes,
                     deadline,
                 })
@@ -183,8 +184,8 @@ impl EthRpc {
     {
         let value = self
             .read(move |reader| {
-                check_state_block(reader, block)?;
-                let account = reader.account(address)?;
+                let state = reader.state_at(state_block(reader, block)?)?;
+                let account = state.account(address)?;
                 f(reader, account)
             })
             .await?;
@@ -317,8 +318,8 @@ impl EthApiServer for EthRpc {
     ) -> RpcResult<B256> {
         let value = self
             .read(move |reader| {
-                check_state_block(reader, block)?;
-                Ok(reader.storage(address, slot)?)
+                let state = reader.state_at(state_block(reader, block)?)?;
+                Ok(state.storage(address, slot)?)
             })
             .await?;
         Ok(B256::from(value))

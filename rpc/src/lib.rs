@@ -1,14 +1,14 @@
 //! Kestrel's Ethereum JSON-RPC server (HTTP), answering as geth does so that wallets and tools
 //! (web3.py, viem, ethers, Foundry, MetaMask) work unchanged.
 //!
-//! It serves committed blocks and the state after the committed head from the store, pending
-//! transactions and nonces from the pool, and hands raw transactions to the ingress stage.
+//! It serves committed blocks and the state after any block of the history window from the
+//! store, pending transactions and nonces from the pool, and hands raw transactions to the
+//! ingress stage.
 //!
-//! Block tags: RPC serves only *committed* blocks (executed, state root computed, durably
-//! written). Kestrel's single-validator ordering finalizes a block when it proposes it, so
-//! `latest`, `pending`, `safe` and `finalized` all name the committed head; `earliest` is genesis.
-//! Only the state after the head is kept: state queries for other blocks answer "historical state
-//! not available".
+//! Block tags: RPC serves only *committed* blocks (finalized, executed, state root computed,
+//! durably written), so `latest`, `pending`, `safe` and `finalized` all name the committed head;
+//! `earliest` is genesis. State queries for a block before the history window (`--history-blocks`)
+//! answer "historical state not available" with the oldest block that has state.
 
 mod api;
 mod call;

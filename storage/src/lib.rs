@@ -8,6 +8,7 @@
 mod codec;
 pub mod error;
 mod genesis;
+mod history;
 pub mod overlay;
 mod tables;
 mod trie;
@@ -18,10 +19,12 @@ mod tests;
 pub use codec::IndexedReceipt;
 pub use error::StorageError;
 pub use genesis::{genesis_changes, genesis_header, state_root_from_alloc};
+pub use history::{HISTORY_BLOCKS_DEFAULT, HistoryWindow, StateAt};
 pub use overlay::{Layer, Overlay, OverlayView};
 
 use crate::{
     codec::AccountRecord,
+    history::ChangeRecorder,
     tables::{HEAD_KEY, Tables},
     trie::{Leaves, TrieCursors, TrieInput},
 };
@@ -128,6 +131,7 @@ const CACHED_BLOCKS_MAX: usize = 32;
 pub struct Store {
     db: Database<Env>,
     blocks: BlockCache,
+    history: HistoryWindow,
 }
 
 /// The most recent decoded blocks, by number. A committed block never changes (only finalized
@@ -163,6 +167,10 @@ pub struct Reader<'s> {
 pub struct BlockWriter<'s> {
     txn: Transaction<'s, RW, Env>,
     db: &'s Database<Env>,
+    history: HistoryWindow,
+    /// What [`BlockWriter::apply_state`] overwrote, stored by [`BlockWriter::insert_block`] as
+    /// the history of the block it inserts (not stored for a block never inserted).
+    recorder: Option<ChangeRecorder>,
 }
 
 /// Declares the storage metrics; call once after installing the recorder.
@@ -186,6 +194,7 @@ pub fn describe_metrics() {
         metrics::Unit::Bytes,
         "Size of the database file after the last commit"
     );
+    history::describe_metrics();
 }
 
 impl Store {
@@ -215,11 +224,20 @@ impl Store {
         let db = Database::<Env>::open_with_options(dir, options)?;
         let txn = db.begin_rw_txn()?;
         tables::create_all(&txn)?;
+        history::init(&txn, &Tables::open(&txn)?)?;
         txn.commit()?;
         Ok(Self {
             db,
             blocks: BlockCache::default(),
+            history: HistoryWindow::default(),
         })
+    }
+
+    /// Keeps the state of `window`'s blocks (default [`HISTORY_BLOCKS_DEFAULT`]); older history
+    /// is pruned as blocks commit.
+    pub fn with_history(mut self, window: HistoryWindow) -> Self {
+        self.history = window;
+        self
     }
 
     /// Writes the genesis block and state if the database is empty; otherwise checks that the
@@ -268,6 +286,8 @@ impl Store {
         Ok(BlockWriter {
             txn: self.db.begin_rw_txn()?,
             db: &self.db,
+            history: self.history,
+            recorder: None,
         })
     }
 }
@@ -436,7 +456,7 @@ impl ChainView for Reader<'_> {
     }
 }
 
-fn read_head<K: TransactionKind>(
+pub(crate) fn read_head<K: TransactionKind>(
     txn: &Transaction<'_, K, Env>,
     tables: &Tables<'_>,
 ) -> Result<Option<BlockNumber>, StorageError> {
@@ -490,11 +510,18 @@ impl BlockWriter<'_> {
     ///
     /// An account set to `None` loses its storage too, whatever slots the changes list for it.
     /// A storage change for an account the changes do not set must be to an existing account.
+    ///
+    /// Records the values it overwrites as the history of the head's next block (none for
+    /// genesis: nothing was before it), which `insert_block` stores.
     pub fn apply_state(&mut self, changes: &StateChanges) -> Result<B256, StorageError> {
         let started = Instant::now();
         let txn = &self.txn;
         let tables = Tables::open(txn)?;
         let mut nodes_written = 0;
+        if self.recorder.is_none() {
+            self.recorder = read_head(txn, &tables)?.map(|head| ChangeRecorder::new(head + 1));
+        }
+        let history = &mut self.recorder;
 
         for (hash, code) in &changes.codes {
             txn.put(&tables.bytecodes, hash, code, WriteFlags::UPSERT)?;
@@ -513,10 +540,16 @@ impl BlockWriter<'_> {
             }
             let hashed_address = keccak256(address);
             if change.wiped {
+                if let Some(history) = history {
+                    history.all_slots(txn, &tables, address)?;
+                }
                 wipe_storage(txn, &tables, address, &hashed_address)?;
             }
             changed_slots.clear();
             for (slot, value) in &change.slots {
+                if let Some(history) = history {
+                    history.slot(txn, &tables, address, slot)?;
+                }
                 let plain_key = codec::plain_slot_key(address, slot);
                 let hashed_slot = keccak256(slot.to_be_bytes::<32>());
                 let hashed_key = codec::hashed_slot_key(&hashed_address, &hashed_slot);
@@ -556,6 +589,12 @@ impl BlockWriter<'_> {
         let mut updates = Vec::with_capacity(changes.accounts.len() + storage_roots.len());
         for (address, account) in &changes.accounts {
             let hashed_address = keccak256(address);
+            if let Some(history) = history {
+                history.account(txn, &tables, address)?;
+                if account.is_none() {
+                    history.all_slots(txn, &tables, address)?;
+                }
+            }
             let record = match account {
                 None => {
                     txn.del(&tables.plain_accounts, address, None)?;
@@ -686,6 +725,10 @@ impl BlockWriter<'_> {
             )?;
         }
         txn.put(&tables.metadata, HEAD_KEY, key, WriteFlags::UPSERT)?;
+        if let Some(recorder) = self.recorder.take() {
+            recorder.write(txn, &tables, number)?;
+        }
+        history::prune(txn, &tables, self.history, number)?;
         Ok(())
     }
 

@@ -28,13 +28,21 @@ pub(crate) const BODIES: &str = "Bodies";
 pub(crate) const RECEIPTS: &str = "Receipts";
 /// Transaction hash → block number ‖ index.
 pub(crate) const TX_LOCATIONS: &str = "TxLocations";
+/// address ‖ block → the account before that block changed it (empty: it did not exist).
+pub(crate) const ACCOUNT_HISTORY: &str = "AccountHistory";
+/// address ‖ slot ‖ block → the slot's value before that block changed it (empty: zero).
+pub(crate) const STORAGE_HISTORY: &str = "StorageHistory";
+/// Block → the keys it changed (`history`'s change list), for pruning.
+pub(crate) const HISTORY_CHANGES: &str = "HistoryChanges";
 /// Named values, e.g. [`HEAD_KEY`].
 pub(crate) const METADATA: &str = "Metadata";
 
 /// Metadata key of the last committed block number.
 pub(crate) const HEAD_KEY: &[u8] = b"head";
+/// Metadata key of the oldest block whose state the history tables can answer.
+pub(crate) const HISTORY_FROM_KEY: &[u8] = b"history_from";
 
-pub(crate) const ALL: [&str; 14] = [
+pub(crate) const ALL: [&str; 17] = [
     PLAIN_ACCOUNTS,
     PLAIN_STORAGE,
     BYTECODES,
@@ -48,6 +56,9 @@ pub(crate) const ALL: [&str; 14] = [
     BODIES,
     RECEIPTS,
     TX_LOCATIONS,
+    ACCOUNT_HISTORY,
+    STORAGE_HISTORY,
+    HISTORY_CHANGES,
     METADATA,
 ];
 
@@ -67,6 +78,9 @@ pub(crate) struct Tables<'t> {
     pub bodies: Table<'t>,
     pub receipts: Table<'t>,
     pub tx_locations: Table<'t>,
+    pub account_history: Table<'t>,
+    pub storage_history: Table<'t>,
+    pub history_changes: Table<'t>,
     pub metadata: Table<'t>,
 }
 
@@ -89,6 +103,9 @@ impl<'t> Tables<'t> {
             bodies: open(BODIES)?,
             receipts: open(RECEIPTS)?,
             tx_locations: open(TX_LOCATIONS)?,
+            account_history: open(ACCOUNT_HISTORY)?,
+            storage_history: open(STORAGE_HISTORY)?,
+            history_changes: open(HISTORY_CHANGES)?,
             metadata: open(METADATA)?,
         })
     }

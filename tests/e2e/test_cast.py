@@ -1,7 +1,7 @@
 """Foundry's `cast` (npm `@foundry-rs/cast`) against the dev node: deploy with `cast send
 --create`, `cast send`, `cast call`, `cast receipt`, `cast logs`, `cast storage`, `cast balance`
-and `cast block-number` all work and agree with what web3.py reads. (`cast run` replays a
-transaction on the state before it, which needs historical state: issue 15.)"""
+and `cast block-number` all work and agree with what web3.py reads; `cast run` replays a
+transaction on the state before its block (historical state) and uses the gas the receipt says."""
 
 from __future__ import annotations
 
@@ -62,3 +62,9 @@ def test_cast_against_the_dev_node(node, w3, token_artifact):
     assert int(cast(node, "storage", token, slot), 16) == 1234
     assert int(cast(node, "balance", me)) == w3.eth.get_balance(me)
     assert int(cast(node, "block-number")) >= int(receipt["blockNumber"], 16)
+
+    # `cast run` forks the state before the transaction's block and replays the block up to it.
+    replay = cast(node, "run", tx)
+    assert "Transaction successfully executed" in replay, replay
+    assert f"Gas used: {int(receipt['gasUsed'], 16)}" in replay, replay
+    assert "Transfer" in replay or "0xa9059cbb" in replay or "transfer" in replay, replay

@@ -1,5 +1,6 @@
 //! Tests over a real MDBX database in a temporary directory.
 
+mod history;
 mod state_root;
 mod store;
 

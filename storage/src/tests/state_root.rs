@@ -102,14 +102,14 @@ fn scratch_storage_trie(slots: &BTreeMap<U256, U256>) -> ScratchTrie {
 /// The state as plain maps, with each account's storage trie rebuilt from scratch whenever the
 /// account's storage changes.
 #[derive(Default)]
-struct Model {
-    accounts: BTreeMap<Address, AccountInfo>,
-    storage: BTreeMap<Address, BTreeMap<U256, U256>>,
+pub(super) struct Model {
+    pub(super) accounts: BTreeMap<Address, AccountInfo>,
+    pub(super) storage: BTreeMap<Address, BTreeMap<U256, U256>>,
     storage_tries: BTreeMap<Address, ScratchTrie>,
 }
 
 impl Model {
-    fn apply(&mut self, changes: &StateChanges) {
+    pub(super) fn apply(&mut self, changes: &StateChanges) {
         for (address, account) in &changes.accounts {
             match account {
                 None => {
@@ -209,9 +209,9 @@ fn stored_nodes(store: &Store) -> (StoredNodes, BTreeMap<B256, StoredNodes>) {
 /// The keys a case draws from. Some keys are chosen so that their hashes share a 2- or 3-nibble
 /// prefix: few random keys would rarely make extension nodes, and these make them split and
 /// collapse as keys come and go.
-struct Pools {
-    addresses: Vec<Address>,
-    slots: Vec<U256>,
+pub(super) struct Pools {
+    pub(super) addresses: Vec<Address>,
+    pub(super) slots: Vec<U256>,
     codes: Vec<Bytes>,
 }
 
@@ -219,7 +219,7 @@ struct Pools {
 const DEEP_CLUSTER_MAX: usize = 6;
 
 impl Pools {
-    fn new(rng: &mut StdRng, accounts: usize, slots: usize) -> Self {
+    pub(super) fn new(rng: &mut StdRng, accounts: usize, slots: usize) -> Self {
         let prefix: [u8; 3] = [
             rng.random_range(0..16),
             rng.random_range(0..16),
@@ -329,7 +329,12 @@ fn random_info(rng: &mut StdRng, pools: &Pools, changes: &mut StateChanges) -> A
 
 /// One block of random changes over the pools. Storage goes only to accounts that exist after
 /// the block, except that some blocks write slots of an account they delete (deletion wins).
-fn random_block(rng: &mut StdRng, pools: &Pools, model: &Model, ops_max: usize) -> StateChanges {
+pub(super) fn random_block(
+    rng: &mut StdRng,
+    pools: &Pools,
+    model: &Model,
+    ops_max: usize,
+) -> StateChanges {
     let mut changes = StateChanges::default();
     for _ in 0..rng.random_range(1..=ops_max) {
         let address = pools.addresses[rng.random_range(0..pools.addresses.len())];
