@@ -10,6 +10,7 @@ use alloy_primitives::{Address, B256, U256};
 use kestrel_storage::{StateView, StorageError};
 use kestrel_types::{AccountInfo, ChainSpec, Fork, StateChanges, StorageChange};
 use revm::{
+    DatabaseRef as _,
     bytecode::Bytecode,
     database::{BundleState, DBErrorMarker},
     primitives::hardfork::SpecId,
@@ -105,14 +106,16 @@ impl std::fmt::Debug for StateDb<'_> {
     }
 }
 
-impl revm::Database for StateDb<'_> {
+/// Reads need no `&mut`: the views are snapshots. Tracers read the state before a transaction
+/// through `DatabaseRef` (revm-inspectors' prestate tracer).
+impl revm::DatabaseRef for StateDb<'_> {
     type Error = DbError;
 
-    fn basic(&mut self, address: Address) -> Result<Option<revm::state::AccountInfo>, DbError> {
+    fn basic_ref(&self, address: Address) -> Result<Option<revm::state::AccountInfo>, DbError> {
         Ok(self.state.account(address)?.map(revm_account))
     }
 
-    fn code_by_hash(&mut self, code_hash: B256) -> Result<Bytecode, DbError> {
+    fn code_by_hash_ref(&self, code_hash: B256) -> Result<Bytecode, DbError> {
         Ok(self
             .state
             .code(code_hash)?
@@ -120,12 +123,32 @@ impl revm::Database for StateDb<'_> {
             .unwrap_or_default())
     }
 
-    fn storage(&mut self, address: Address, index: U256) -> Result<U256, DbError> {
+    fn storage_ref(&self, address: Address, index: U256) -> Result<U256, DbError> {
         Ok(self.state.storage(address, index)?)
     }
 
-    fn block_hash(&mut self, number: u64) -> Result<B256, DbError> {
+    fn block_hash_ref(&self, number: u64) -> Result<B256, DbError> {
         Ok(self.hashes.block_hash(number)?)
+    }
+}
+
+impl revm::Database for StateDb<'_> {
+    type Error = DbError;
+
+    fn basic(&mut self, address: Address) -> Result<Option<revm::state::AccountInfo>, DbError> {
+        self.basic_ref(address)
+    }
+
+    fn code_by_hash(&mut self, code_hash: B256) -> Result<Bytecode, DbError> {
+        self.code_by_hash_ref(code_hash)
+    }
+
+    fn storage(&mut self, address: Address, index: U256) -> Result<U256, DbError> {
+        self.storage_ref(address, index)
+    }
+
+    fn block_hash(&mut self, number: u64) -> Result<B256, DbError> {
+        self.block_hash_ref(number)
     }
 }
 

@@ -215,12 +215,9 @@ pub(crate) fn block_output(
     }
 }
 
-/// alloy-evm's context for executing `input`; shared with the parallel executor so both run the
-/// same system calls and withdrawals.
-pub(crate) fn execution_ctx<'a>(
-    input: &BlockInput<'a>,
-    parent_hash: B256,
-) -> EthBlockExecutionCtx<'a> {
+/// alloy-evm's context for executing `input`; shared with the parallel executor and tracing so
+/// all run the same system calls and withdrawals.
+pub fn execution_ctx<'a>(input: &BlockInput<'a>, parent_hash: B256) -> EthBlockExecutionCtx<'a> {
     let header = input.header;
     EthBlockExecutionCtx {
         parent_hash,
@@ -238,7 +235,7 @@ pub(crate) fn execution_ctx<'a>(
 /// The parent hash the EIP-2935 system call stores. Reading it can mean waiting for the state
 /// root stage, so it is read only when the history contract exists (otherwise the call has no
 /// effect whatever its input).
-pub(crate) fn parent_hash_for_history(
+pub fn parent_hash_for_history(
     forks: &Hardforks,
     header: &Header,
     state: &dyn StateView,

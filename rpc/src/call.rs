@@ -41,7 +41,7 @@ const ESTIMATE_ERROR_RATIO: f64 = 0.015;
 
 /// Opcodes run between two readings of the clock: a reading costs about as much as a few dozen
 /// cheap opcodes, and 1,024 of them take microseconds.
-const STEPS_PER_CLOCK_READ: u32 = 1024;
+const STEPS_PER_CLOCK_READ: u64 = 1024;
 
 /// What a call runs against: the committed head's header and the state after it, and when it
 /// must stop.
@@ -67,34 +67,63 @@ impl Deadline {
             limit,
         }
     }
+
+    pub fn limit(&self) -> Duration {
+        self.limit
+    }
 }
 
 /// Halts the EVM once the deadline has passed: the running frame, then each frame it returns
 /// to, so the call unwinds at once. The run then reads as out of gas; [`check_deadline`] turns it
-/// into geth's timeout error.
-struct DeadlineInspector {
+/// into geth's timeout error. With a step limit (tracing's opcode logger, whose log grows with
+/// every step) it halts past that many steps as well.
+pub(crate) struct DeadlineInspector {
     deadline: Deadline,
-    steps: u32,
+    steps: u64,
+    steps_max: u64,
     expired: bool,
 }
 
 impl DeadlineInspector {
-    fn new(deadline: Deadline) -> Self {
+    pub fn new(deadline: Deadline) -> Self {
         Self {
             deadline,
             steps: 0,
+            steps_max: u64::MAX,
             expired: false,
         }
+    }
+
+    pub fn with_steps_max(mut self, steps_max: u64) -> Self {
+        self.steps_max = steps_max;
+        self
+    }
+
+    /// A run's outcome, unless this inspector stopped it.
+    pub fn outcome<T>(&self, outcome: Result<T, RpcError>) -> Result<T, RpcError> {
+        if self.expired {
+            return Err(RpcError::ExecutionTimeout(self.deadline.limit));
+        }
+        if self.steps > self.steps_max {
+            return Err(RpcError::TraceTooLarge(self.steps_max));
+        }
+        outcome
+    }
+
+    /// Whether the deadline has passed, read now (between transactions of a replayed block).
+    pub fn check_now(&mut self) -> bool {
+        self.expired = self.expired || Instant::now() >= self.deadline.at;
+        self.expired
     }
 }
 
 impl<CTX> Inspector<CTX> for DeadlineInspector {
     fn step(&mut self, interp: &mut Interpreter, _context: &mut CTX) {
-        self.steps = self.steps.wrapping_add(1);
+        self.steps += 1;
         if !self.expired && self.steps.is_multiple_of(STEPS_PER_CLOCK_READ) {
             self.expired = Instant::now() >= self.deadline.at;
         }
-        if self.expired {
+        if self.expired || self.steps > self.steps_max {
             interp.halt(InstructionResult::OutOfGas);
         }
     }
@@ -105,11 +134,7 @@ fn check_deadline<E, T>(evm: &E, outcome: Result<T, RpcError>) -> Result<T, RpcE
 where
     E: Evm<Inspector = DeadlineInspector>,
 {
-    let inspector = evm.inspector();
-    if inspector.expired {
-        return Err(RpcError::ExecutionTimeout(inspector.deadline.limit));
-    }
-    outcome
+    evm.inspector().outcome(outcome)
 }
 
 /// `BLOCKHASH` for calls. They run on the head, whose ancestors are all committed.
@@ -122,17 +147,9 @@ impl<C: ChainView + Sync> BlockHashes for ChainHashes<'_, C> {
 }
 
 /// Runs `request` and returns its output; a revert or halt is an error.
-pub(crate) fn call(
-    ctx: &CallContext<'_>,
-    mut request: TransactionRequest,
-) -> Result<Bytes, RpcError> {
-    request.gas = Some(
-        request
-            .gas
-            .map_or(CALL_GAS_CAP, |gas| gas.min(CALL_GAS_CAP)),
-    );
+pub(crate) fn call(ctx: &CallContext<'_>, request: TransactionRequest) -> Result<Bytes, RpcError> {
     let env = call_env(ctx);
-    let tx = tx_env(request, &env)?;
+    let tx = tx_env(capped(request), &env)?;
     let mut db = State::builder()
         .with_database(StateDb {
             state: ctx.state,
@@ -244,8 +261,18 @@ pub(crate) fn estimate_gas(
     Ok(hi)
 }
 
-/// The head block's environment, with the checks geth skips for calls turned off.
-fn call_env(ctx: &CallContext<'_>) -> EvmEnv {
+/// `request` with its gas at most [`CALL_GAS_CAP`], and the cap if it gives none.
+pub(crate) fn capped(mut request: TransactionRequest) -> TransactionRequest {
+    request.gas = Some(
+        request
+            .gas
+            .map_or(CALL_GAS_CAP, |gas| gas.min(CALL_GAS_CAP)),
+    );
+    request
+}
+
+/// The block's environment, with the checks geth skips for calls turned off.
+pub(crate) fn call_env(ctx: &CallContext<'_>) -> EvmEnv {
     let mut env = evm_env(ctx.spec, ctx.header);
     env.cfg_env.disable_nonce_check = true;
     // Fees are checked against the base fee only when the request gives them (alloy-evm's
@@ -258,7 +285,7 @@ fn call_env(ctx: &CallContext<'_>) -> EvmEnv {
     env
 }
 
-fn tx_env(request: TransactionRequest, env: &EvmEnv) -> Result<TxEnv, RpcError> {
+pub(crate) fn tx_env(request: TransactionRequest, env: &EvmEnv) -> Result<TxEnv, RpcError> {
     request
         .try_into_tx_env(env)
         .map_err(|err| RpcError::Execution(err.to_string()))
@@ -270,10 +297,17 @@ where
     E: Evm<Tx = TxEnv, HaltReason = HaltReason, Error = CallEvmError>,
 {
     let caller = tx.caller;
-    evm.transact(tx).map(|r| r.result).map_err(|err| match err {
+    evm.transact(tx)
+        .map(|r| r.result)
+        .map_err(|err| run_error(err, caller))
+}
+
+/// Why a transaction from `caller` could not run: geth's message if it was invalid.
+pub(crate) fn run_error(err: CallEvmError, caller: alloy_primitives::Address) -> RpcError {
+    match err {
         EVMError::Transaction(err) => RpcError::Execution(invalid_tx_message(&err, caller)),
         err => evm_error(err),
-    })
+    }
 }
 
 /// Like [`execute`], but a gas limit below the intrinsic gas is a failed run (`None`), which the
@@ -296,7 +330,7 @@ where
     }
 }
 
-fn evm_error(err: CallEvmError) -> RpcError {
+pub(crate) fn evm_error(err: CallEvmError) -> RpcError {
     match err {
         EVMError::Database(err) => db_error(err),
         err => RpcError::Internal(err.to_string()),

@@ -37,6 +37,12 @@ pub enum RpcError {
     /// The call ran out of EVM time (geth's `--rpc.evmtimeout` message).
     #[error("execution aborted (timeout = {})", go_duration(*.0))]
     ExecutionTimeout(std::time::Duration),
+    /// The opcode logger's log of one transaction or call passed its limit.
+    #[error("trace too large: more than {0} opcode steps; use callTracer or prestateTracer")]
+    TraceTooLarge(u64),
+    /// An unknown tracer or a tracer config that does not fit it.
+    #[error("{0}")]
+    Tracer(String),
     /// The calls of the request (a batch) used up its execution budget before this one started.
     #[error("request timed out")]
     RequestTimeout,
@@ -53,6 +59,9 @@ pub enum RpcError {
     BeyondHead { requested: u64, head: u64 },
     #[error("unknown block")]
     UnknownBlock,
+    /// geth's words for tracing a transaction it does not hold.
+    #[error("transaction {0} not found")]
+    TransactionNotFound(B256),
     #[error("invalid block range params")]
     InvalidBlockRange,
     #[error("block range too large: at most {BLOCK_RANGE_MAX} blocks per query")]

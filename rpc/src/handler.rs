@@ -41,13 +41,15 @@ use std::{
 /// The client of calls that did not come through `server` (tests calling the module directly).
 const ANONYMOUS: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
+/// Cheap to clone: the `debug` namespace (`debug.rs`) shares its slots and limits.
+#[derive(Clone)]
 pub(crate) struct EthRpc {
-    ctx: RpcContext,
+    pub(crate) ctx: RpcContext,
     readers: Arc<FairSlots>,
     executions: Arc<FairSlots>,
     call_timeout: Duration,
     batch_execution_budget: Duration,
-    filters: filters::Filters,
+    filters: Arc<filters::Filters>,
 }
 
 impl EthRpc {
@@ -58,13 +60,13 @@ impl EthRpc {
             executions: FairSlots::new(limits.executions_max, limits.executions_per_ip_max),
             call_timeout: limits.call_timeout,
             batch_execution_budget: limits.batch_execution_budget,
-            filters: filters::Filters::default(),
+            filters: Arc::default(),
         }
     }
 
     /// Runs `f` over one store snapshot on the blocking pool, once one of the caller's readers
     /// is free.
-    async fn read<T, F>(&self, f: F) -> Result<T, RpcError>
+    pub(crate) async fn read<T, F>(&self, f: F) -> Result<T, RpcError>
     where
         T: Send + 'static,
         F: FnOnce(&Reader<'_>) -> Result<T, RpcError> + Send + 'static,
@@ -109,10 +111,33 @@ impl EthRpc {
         })
     }
 
-    /// Runs `f` with the call context of the head block, once `block` is checked to name it, in
-    /// one of the caller's execution slots and within its time: [`RpcLimits::call_timeout`], or
-    /// what is left of its request's budget if less.
-    async fn with_call_context<T, F>(
+    /// Runs `f` over one store snapshot in one of the caller's execution slots and within its
+    /// time: [`RpcLimits::call_timeout`], or what is left of its request's budget if less.
+    pub(crate) async fn with_execution<T, F>(&self, ext: &Extensions, f: F) -> Result<T, RpcError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Reader<'_>, Deadline) -> Result<T, RpcError> + Send + 'static,
+    {
+        let caller = self.caller(ext);
+        let _permit = self.execution_slot(&caller).await;
+        let limit = self.call_timeout.min(caller.budget.remaining());
+        if limit.is_zero() {
+            m::rejected(Rejection::BatchTimeout);
+            return Err(RpcError::RequestTimeout);
+        }
+        let started = Instant::now();
+        let deadline = Deadline::new(started, limit);
+        let result = self.read(move |reader| f(reader, deadline)).await;
+        caller.budget.spend(started.elapsed());
+        if matches!(result, Err(RpcError::ExecutionTimeout(_))) {
+            m::rejected(Rejection::CallTimeout);
+        }
+        result
+    }
+
+    /// Runs `f` with the call context of the block `block` names (its header, the state after
+    /// it), under [`Self::with_execution`]'s limits.
+    pub(crate) async fn with_call_context<T, F>(
         &self,
         ext: &Extensions,
         block: Option<BlockId>,
@@ -122,36 +147,21 @@ impl EthRpc {
         T: Send + 'static,
         F: FnOnce(&CallContext<'_>) -> Result<T, RpcError> + Send + 'static,
     {
-        let caller = self.caller(ext);
-        let _permit = self.execution_slot(&caller).await;
-        let limit = self.call_timeout.min(caller.budget.remaining());
-        if limit.is_zero() {
-            m::rejected(Rejection::BatchTimeout);
-            return Err(RpcError::RequestTimeout);
-        }
         let spec = self.ctx.spec.clone();
-        let started = Instant::now();
-        let deadline = Deadline::new(started, limit);
-        let result = self
-            .read(move |reader| {
-                let number = state_block(reader, block)?;
-                let state = reader.state_at(number)?;
-                let header = reader.header(number)?.ok_or(RpcError::HeaderNotFound)?;
-                let hashes = ChainHashes(reader);
-                f(&CallContext {
-                    spec: &spec,
-                    header: &header,
-                    state: &state,
-                    hashes: &hashes,
-                    deadline,
-                })
+        self.with_execution(ext, move |reader, deadline| {
+            let number = state_block(reader, block)?;
+            let state = reader.state_at(number)?;
+            let header = reader.header(number)?.ok_or(RpcError::HeaderNotFound)?;
+            let hashes = ChainHashes(reader);
+            f(&CallContext {
+                spec: &spec,
+                header: &header,
+                state: &state,
+                hashes: &hashes,
+                deadline,
             })
-            .await;
-        caller.budget.spend(started.elapsed());
-        if matches!(result, Err(RpcError::ExecutionTimeout(_))) {
-            m::rejected(Rejection::CallTimeout);
-        }
-        result
+        })
+        .await
     }
 
     /// The base fee of the next block: what ordering will charge, or the head's until ordering

@@ -13,6 +13,7 @@
 mod api;
 mod call;
 mod chain;
+mod debug;
 pub mod error;
 mod fees;
 mod filters;
@@ -24,6 +25,7 @@ mod metrics;
 mod pubsub;
 mod server;
 mod slots;
+mod trace;
 mod txpool;
 
 pub use call::CALL_GAS_CAP;
@@ -33,7 +35,6 @@ pub use health::{HEALTH_PATH, STALL_BLOCK_TIMES};
 pub use limits::RpcLimits;
 pub use metrics::describe_metrics;
 
-use api::EthApiServer as _;
 use jsonrpsee::{
     Methods, RpcModule,
     server::{
@@ -231,7 +232,9 @@ fn ws_methods(ctx: RpcContext, limits: &RpcLimits) -> Result<RpcModule<()>, RpcE
 /// `start` serves, and what the fuzz target (`fuzz/fuzz_targets/rpc_params.rs`) feeds raw JSON.
 pub fn methods(ctx: RpcContext, limits: &RpcLimits) -> Result<RpcModule<()>, RpcError> {
     let mut module = RpcModule::new(());
-    module.merge(handler::EthRpc::new(ctx.clone(), limits).into_rpc())?;
+    let eth = handler::EthRpc::new(ctx.clone(), limits);
+    module.merge(debug::DebugApiServer::into_rpc(eth.clone()))?;
+    module.merge(api::EthApiServer::into_rpc(eth))?;
     module.merge(txpool::TxpoolRpc::new(ctx).into_rpc())?;
     Ok(module)
 }

@@ -4,6 +4,7 @@
 //
 //   node compile.mjs                       # Token, JSON on stdout
 //   node compile.mjs --contract Pair       # contracts/Pair.sol
+//   node compile.mjs --contract Tracing --all   # every contract of contracts/Tracing.sol, by name
 //   node compile.mjs --out FILE            # JSON written to FILE
 //
 // Also importable: `import { compileToken, compileContract } from './compile.mjs'`.
@@ -21,6 +22,12 @@ export function compileToken() {
 
 /// Compiles contracts/<name>.sol; imports resolve inside contracts/.
 export function compileContract(name) {
+  return compileFile(name)[name];
+}
+
+/// Every contract of contracts/<file>.sol, by name.
+export function compileFile(file) {
+  const name = file;
   const read = (file) => readFileSync(join(HERE, 'contracts', file), 'utf8');
   const input = {
     language: 'Solidity',
@@ -37,20 +44,25 @@ export function compileContract(name) {
   if (errors.length > 0) {
     throw new Error(`solc failed:\n${errors.map((e) => e.formattedMessage).join('\n')}`);
   }
-  const contract = output.contracts[`${name}.sol`][name];
-  return {
-    abi: contract.abi,
-    bytecode: `0x${contract.evm.bytecode.object}`,
-    deployedBytecode: `0x${contract.evm.deployedBytecode.object}`,
-    compiler: solc.version(),
-    evmVersion: EVM_VERSION,
-  };
+  return Object.fromEntries(
+    Object.entries(output.contracts[`${name}.sol`]).map(([contractName, contract]) => [
+      contractName,
+      {
+        abi: contract.abi,
+        bytecode: `0x${contract.evm.bytecode.object}`,
+        deployedBytecode: `0x${contract.evm.deployedBytecode.object}`,
+        compiler: solc.version(),
+        evmVersion: EVM_VERSION,
+      },
+    ]),
+  );
 }
 
 if (process.argv[1] && fileURLToPath(import.meta.url) === process.argv[1]) {
   const nameIdx = process.argv.indexOf('--contract');
   const name = nameIdx === -1 ? 'Token' : process.argv[nameIdx + 1];
-  const artifact = JSON.stringify(compileContract(name), null, 2);
+  const compiled = process.argv.includes('--all') ? compileFile(name) : compileContract(name);
+  const artifact = JSON.stringify(compiled, null, 2);
   const outIdx = process.argv.indexOf('--out');
   if (outIdx !== -1) {
     writeFileSync(process.argv[outIdx + 1], `${artifact}\n`);

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import requests
 from eth_utils import keccak
 from web3 import Web3
 
-from kestrel_node import CHAIN_ID, RPC_TIMEOUT_S
+from kestrel_node import CHAIN_ID, RPC_TIMEOUT_S, free_port
 
 RECEIPT_TIMEOUT_S = 30.0
 BLOCKS_TIMEOUT_S = 20.0
@@ -96,3 +98,27 @@ def deploy_token(w3: Web3, deployer, artifact: dict, name: str, symbol: str, sup
     receipt = wait_receipt(w3, w3.eth.send_raw_transaction(deployer.sign_transaction(tx).raw_transaction))
     assert receipt["status"] == 1, receipt
     return w3.eth.contract(address=receipt["contractAddress"], abi=artifact["abi"])
+
+
+ANVIL = Path(__file__).resolve().parent / "node_modules" / ".bin" / "anvil"
+ANVIL_START_TIMEOUT_S = 30.0
+
+
+def run_anvil(tmp_path: Path, *flags: str):
+    """For a pytest fixture (`yield from run_anvil(tmp_path, ...)`): anvil (npm
+    `@foundry-rs/anvil`) on a free port with Kestrel's dev chain id and fork, as the reference
+    node of side-by-side tests; yields a web3 connection to it and stops it afterwards."""
+    port = free_port()
+    log = open(tmp_path / "anvil.log", "w")
+    proc = subprocess.Popen(
+        [str(ANVIL), "--port", str(port), "--chain-id", str(CHAIN_ID), "--hardfork", "prague",
+         *flags], stdout=log, stderr=subprocess.STDOUT)
+    w3 = Web3(Web3.HTTPProvider(f"http://127.0.0.1:{port}"))
+    deadline = time.monotonic() + ANVIL_START_TIMEOUT_S
+    while not w3.is_connected():
+        assert proc.poll() is None and time.monotonic() < deadline, "anvil did not start"
+        time.sleep(0.1)
+    yield w3
+    proc.terminate()
+    proc.wait(timeout=10)
+    log.close()

@@ -11,20 +11,16 @@ node, not the pool, are normalized and listed in `NORMALIZED`.
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Mapping
-from pathlib import Path
 
 import pytest
 from eth_account import Account
 from web3 import Web3
 
-from kestrel_node import CHAIN_ID, DEV_KEYS, KestrelNode, free_port
+from e2e_util import run_anvil
+from kestrel_node import CHAIN_ID, DEV_KEYS, KestrelNode
 
-HERE = Path(__file__).resolve().parent
-ANVIL = HERE / "node_modules" / ".bin" / "anvil"
-START_TIMEOUT_S = 30.0
 # Fields a pooled transaction may show differently for reasons outside the pool: `gasPrice` is,
 # as geth shows it, what the transaction would pay at the next base fee (anvil shows the fee cap).
 NORMALIZED = ("gasPrice",)
@@ -34,20 +30,7 @@ RECIPIENT = Web3.to_checksum_address("0x" + "ee" * 20)
 
 @pytest.fixture
 def anvil(tmp_path):
-    port = free_port()
-    log = open(tmp_path / "anvil.log", "w")
-    proc = subprocess.Popen(
-        [str(ANVIL), "--port", str(port), "--chain-id", str(CHAIN_ID), "--no-mining",
-         "--hardfork", "prague"], stdout=log, stderr=subprocess.STDOUT)
-    w3 = Web3(Web3.HTTPProvider(f"http://127.0.0.1:{port}"))
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not w3.is_connected():
-        assert proc.poll() is None and time.monotonic() < deadline, "anvil did not start"
-        time.sleep(0.1)
-    yield w3
-    proc.terminate()
-    proc.wait(timeout=10)
-    log.close()
+    yield from run_anvil(tmp_path, "--no-mining")
 
 
 @pytest.fixture
