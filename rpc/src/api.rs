@@ -3,9 +3,10 @@
 use alloy_eips::{BlockId, BlockNumberOrTag};
 use alloy_primitives::{Address, B256, Bytes, U64, U128, U256};
 use alloy_rpc_types_eth::{
-    Block, FeeHistory, Filter, FilterChanges, Index, Log, SyncStatus, Transaction,
-    TransactionReceipt, TransactionRequest,
+    AccessListResult, Block, EIP1186AccountProofResponse, FeeHistory, Filter, FilterChanges, Index,
+    Log, SyncStatus, Transaction, TransactionReceipt, TransactionRequest,
 };
+use alloy_serde::JsonStorageKey;
 use jsonrpsee::{core::RpcResult, proc_macros::rpc};
 
 /// A missing block parameter means `latest`.
@@ -72,6 +73,23 @@ pub trait EthApi {
         request: TransactionRequest,
         block: Option<BlockId>,
     ) -> RpcResult<U64>;
+
+    /// The addresses and slots the call touches, and the gas it uses with them listed.
+    #[method(name = "eth_createAccessList", with_extensions)]
+    async fn create_access_list(
+        &self,
+        request: TransactionRequest,
+        block: Option<BlockId>,
+    ) -> RpcResult<AccessListResult>;
+
+    /// EIP-1186 proofs of an account and slots, at the committed head only.
+    #[method(name = "eth_getProof")]
+    async fn proof(
+        &self,
+        address: Address,
+        keys: Vec<JsonStorageKey>,
+        block: Option<BlockId>,
+    ) -> RpcResult<EIP1186AccountProofResponse>;
 
     /// The next block's base fee plus the suggested tip.
     #[method(name = "eth_gasPrice")]

@@ -288,6 +288,35 @@ pub(crate) fn transaction_receipt(
     Ok(Some(rpc_receipt(&tx, indexed, &block, index)))
 }
 
+/// An account proof as `eth_getProof` answers it; each storage proof under the key as given.
+pub(crate) fn rpc_proof(
+    proof: kestrel_storage::AccountProof,
+    keys: Vec<alloy_serde::JsonStorageKey>,
+) -> alloy_rpc_types_eth::EIP1186AccountProofResponse {
+    // An absent account reads as an empty one: no code (its hash is keccak of nothing).
+    let info = proof
+        .info
+        .unwrap_or(kestrel_types::AccountInfo::with_balance(U256::ZERO));
+    alloy_rpc_types_eth::EIP1186AccountProofResponse {
+        address: proof.address,
+        balance: info.balance,
+        code_hash: info.code_hash,
+        nonce: info.nonce,
+        storage_hash: proof.storage_root,
+        account_proof: proof.proof,
+        storage_proof: proof
+            .storage
+            .into_iter()
+            .zip(keys)
+            .map(|(slot, key)| alloy_rpc_types_eth::EIP1186StorageProof {
+                key,
+                value: slot.value,
+                proof: slot.proof,
+            })
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

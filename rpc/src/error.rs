@@ -59,6 +59,9 @@ pub enum RpcError {
     BeyondHead { requested: u64, head: u64 },
     #[error("unknown block")]
     UnknownBlock,
+    /// Proofs need the state trie, which only the head's state has.
+    #[error("proofs are served at the latest block only, not block {0}")]
+    ProofNotAtHead(u64),
     /// geth's words for tracing a transaction it does not hold.
     #[error("transaction {0} not found")]
     TransactionNotFound(B256),

@@ -22,9 +22,10 @@ use crate::{
 use alloy_eips::{BlockId, BlockNumberOrTag};
 use alloy_primitives::{Address, B256, Bytes, U64, U128, U256};
 use alloy_rpc_types_eth::{
-    Block, FeeHistory, Filter, FilterChanges, Index, Log, SyncStatus, Transaction,
-    TransactionReceipt, TransactionRequest,
+    AccessListResult, Block, EIP1186AccountProofResponse, FeeHistory, Filter, FilterChanges, Index,
+    Log, SyncStatus, Transaction, TransactionReceipt, TransactionRequest,
 };
+use alloy_serde::JsonStorageKey;
 use jsonrpsee::{
     Extensions,
     core::{RpcResult, async_trait},
@@ -37,6 +38,10 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
+
+/// Storage keys one `eth_getProof` may ask for: each costs a walk down the account's storage
+/// trie, and a response of up to a few KB.
+pub const PROOF_KEYS_MAX: usize = 1024;
 
 /// The client of calls that did not come through `server` (tests calling the module directly).
 const ANONYMOUS: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
@@ -356,6 +361,45 @@ impl EthApiServer for EthRpc {
             .with_call_context(ext, block, move |ctx| call::estimate_gas(ctx, request))
             .await?;
         Ok(U64::from(gas))
+    }
+
+    async fn create_access_list(
+        &self,
+        ext: &Extensions,
+        request: TransactionRequest,
+        block: Option<BlockId>,
+    ) -> RpcResult<AccessListResult> {
+        Ok(self
+            .with_call_context(ext, block, move |ctx| {
+                call::create_access_list(ctx, request)
+            })
+            .await?)
+    }
+
+    async fn proof(
+        &self,
+        address: Address,
+        keys: Vec<JsonStorageKey>,
+        block: Option<BlockId>,
+    ) -> RpcResult<EIP1186AccountProofResponse> {
+        if keys.len() > PROOF_KEYS_MAX {
+            return Err(RpcError::InvalidParams(format!(
+                "too many storage keys: at most {PROOF_KEYS_MAX} per proof"
+            ))
+            .into());
+        }
+        let proof = self
+            .read(move |reader| {
+                let number = state_block(reader, block)?;
+                if number != chain::head(reader)? {
+                    return Err(RpcError::ProofNotAtHead(number));
+                }
+                let slots: Vec<B256> = keys.iter().map(JsonStorageKey::as_b256).collect();
+                let (_, proof) = reader.proof(address, &slots)?;
+                Ok(chain::rpc_proof(proof, keys))
+            })
+            .await?;
+        Ok(proof)
     }
 
     async fn gas_price(&self) -> RpcResult<U256> {

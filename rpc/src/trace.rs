@@ -21,12 +21,12 @@ use alloy_evm::{
 use alloy_rpc_types_eth::TransactionRequest;
 use alloy_rpc_types_trace::geth::{GethDebugTracingOptions, GethTrace, TraceResult};
 use kestrel_pipeline::{
-    evm::{BlockHashes, Hardforks, StateDb, evm_env},
+    evm::{BlockHashes, Hardforks, evm_env},
     executor::{BlockInput, InvalidTxPolicy, execution_ctx, parent_hash_for_history},
 };
 use kestrel_storage::StateView;
 use kestrel_types::{ChainSpec, SealedBlock};
-use revm::{DatabaseCommit, context::TxEnv, database::State};
+use revm::{DatabaseCommit, context::TxEnv};
 use revm_inspectors::tracing::{DebugInspector, TransactionContext};
 
 /// Opcode steps the default opcode logger records for one transaction or call: each is a
@@ -68,12 +68,7 @@ pub(crate) fn trace_block(
     let forks = Hardforks::new(replay.spec);
     let parent_hash = parent_hash_for_history(&forks, header, replay.parent_state, replay.hashes)
         .map_err(|e| RpcError::Internal(e.to_string()))?;
-    let mut db = State::builder()
-        .with_database(StateDb {
-            state: replay.parent_state,
-            hashes: replay.hashes,
-        })
-        .build();
+    let mut db = call::state_db(replay.parent_state, replay.hashes);
     let evm = EthEvmFactory::default().create_evm_with_inspector(
         &mut db,
         evm_env(replay.spec, header),
@@ -138,12 +133,7 @@ pub(crate) fn trace_call(
 ) -> Result<GethTrace, RpcError> {
     let env = call::call_env(ctx);
     let tx = call::tx_env(call::capped(request), &env)?;
-    let mut db = State::builder()
-        .with_database(StateDb {
-            state: ctx.state,
-            hashes: ctx.hashes,
-        })
-        .build();
+    let mut db = call::state_db(ctx.state, ctx.hashes);
     let mut evm = EthEvmFactory::default().create_evm_with_inspector(
         &mut db,
         env,

@@ -10,6 +10,7 @@ pub mod error;
 mod genesis;
 mod history;
 pub mod overlay;
+mod proof;
 mod tables;
 mod trie;
 
@@ -21,6 +22,7 @@ pub use error::StorageError;
 pub use genesis::{genesis_changes, genesis_header, state_root_from_alloc};
 pub use history::{HISTORY_BLOCKS_DEFAULT, HistoryWindow, StateAt};
 pub use overlay::{Layer, Overlay, OverlayView};
+pub use proof::{AccountProof, StorageProof};
 
 use crate::{
     codec::AccountRecord,
@@ -475,7 +477,7 @@ fn read_block_hash<K: TransactionKind>(
         .transpose()
 }
 
-fn read_hashed_account<K: TransactionKind>(
+pub(crate) fn read_hashed_account<K: TransactionKind>(
     txn: &Transaction<'_, K, Env>,
     table: &Table<'_>,
     hashed_address: &B256,

@@ -23,7 +23,11 @@ use crate::{
     tables::{self, Tables},
 };
 use alloy_primitives::{B256, U256};
-use alloy_trie::{BranchNodeCompact, HashBuilder, Nibbles, TrieMask, nodes::LeafNodeRef};
+use alloy_trie::{
+    BranchNodeCompact, HashBuilder, Nibbles, TrieMask,
+    nodes::LeafNodeRef,
+    proof::{ProofNodes, ProofRetainer},
+};
 use libmdbx::{Cursor, DatabaseKind, RW, Table, Transaction, TransactionKind, WriteFlags};
 use std::borrow::Cow;
 
@@ -75,9 +79,9 @@ pub(crate) struct TrieInput<'a> {
 
 /// The cursors a trie update reads through: over the hashed table of the leaves, and over the
 /// node table.
-pub(crate) struct TrieCursors<'t> {
-    pub hashed: Cursor<'t, RW>,
-    pub nodes: Cursor<'t, RW>,
+pub(crate) struct TrieCursors<'t, K: TransactionKind> {
+    pub hashed: Cursor<'t, K>,
+    pub nodes: Cursor<'t, K>,
 }
 
 /// The new root and the number of node writes and deletions.
@@ -91,20 +95,11 @@ pub(crate) struct TrieUpdate {
 pub(crate) fn update<E: DatabaseKind>(
     txn: &Transaction<'_, RW, E>,
     nodes_table: &Table<'_>,
-    cursors: &mut TrieCursors<'_>,
+    cursors: &mut TrieCursors<'_, RW>,
     input: &TrieInput<'_>,
 ) -> Result<TrieUpdate, StorageError> {
     assert!(input.changed.is_sorted(), "changed keys must be sorted");
-    let mut walk = Walk {
-        cursors,
-        scanned: None,
-        input,
-        hb: HashBuilder::default().with_updates(true),
-        fed: Fed::default(),
-        visited: Vec::new(),
-        key: Vec::with_capacity(input.prefix.len() + 64),
-        value: Vec::with_capacity(128),
-    };
+    let mut walk = Walk::new(cursors, input, HashBuilder::default().with_updates(true));
     walk.descend(Nibbles::default())?;
     let root = walk.hb.root();
     let (_, updates) = std::mem::take(&mut walk.hb).split();
@@ -132,6 +127,33 @@ pub(crate) fn update<E: DatabaseKind>(
         root,
         nodes_written,
     })
+}
+
+/// The root of one trie and the nodes on the paths to `targets` (hashed keys, sorted): each
+/// target's Merkle proof is the nodes whose paths are prefixes of it. The walk is the update's,
+/// with the targets as the changed keys: it rebuilds the nodes on their paths from the leaves
+/// and the stored hashes beside them, and writes nothing.
+pub(crate) fn proof<K: TransactionKind>(
+    cursors: &mut TrieCursors<'_, K>,
+    leaves: Leaves,
+    prefix: &[u8],
+    targets: &[B256],
+) -> Result<(B256, ProofNodes), StorageError> {
+    assert!(targets.is_sorted(), "proof targets must be sorted");
+    let input = TrieInput {
+        leaves,
+        prefix,
+        changed: targets,
+    };
+    let retainer = ProofRetainer::new(targets.iter().map(Nibbles::unpack).collect());
+    let mut walk = Walk::new(
+        cursors,
+        &input,
+        HashBuilder::default().with_proof_retainer(retainer),
+    );
+    walk.descend(Nibbles::default())?;
+    let root = walk.hb.root();
+    Ok((root, walk.hb.take_proof_nodes()))
 }
 
 /// A hashed-table entry read without allocating.
@@ -243,8 +265,8 @@ impl Fed {
     }
 }
 
-struct Walk<'a, 'c, 't> {
-    cursors: &'a mut TrieCursors<'t>,
+struct Walk<'a, 'c, 't, K: TransactionKind> {
+    cursors: &'a mut TrieCursors<'t, K>,
     /// Where the last leaf scan left the hashed cursor (`None` after the cursor moved otherwise).
     scanned: Option<Scanned>,
     input: &'a TrieInput<'c>,
@@ -256,7 +278,20 @@ struct Walk<'a, 'c, 't> {
     value: Vec<u8>,
 }
 
-impl Walk<'_, '_, '_> {
+impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
+    fn new(cursors: &'a mut TrieCursors<'t, K>, input: &'a TrieInput<'c>, hb: HashBuilder) -> Self {
+        Self {
+            cursors,
+            scanned: None,
+            input,
+            hb,
+            fed: Fed::default(),
+            visited: Vec::new(),
+            key: Vec::with_capacity(input.prefix.len() + 64),
+            value: Vec::with_capacity(128),
+        }
+    }
+
     /// Feeds every key under `path` to the hash builder, given that a stored branch may lie at or
     /// below `path` (the root, or a child whose tree-mask bit is set).
     fn descend(&mut self, path: Nibbles) -> Result<(), StorageError> {

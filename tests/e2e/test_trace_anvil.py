@@ -3,8 +3,8 @@ transfers, a Uniswap-V2-style swap, a chain of nested calls, a reverting call in
 transaction, a reverted transaction, CREATE2, and a child created and self-destructed in one
 transaction) go to a fresh Kestrel dev node and to anvil, one at a time; then
 `debug_traceTransaction` with callTracer (with logs), prestateTracer with and without diffMode and
-the default opcode logger, `debug_traceCall`, `debug_traceBlockByNumber` and `eth_getLogs` must
-agree field by field.
+the default opcode logger, `debug_traceCall`, `debug_traceBlockByNumber`, `eth_createAccessList` and
+`eth_getLogs` must agree field by field.
 
 What differs because the chains differ, not the tracers, is normalized (see `NORMALIZED`):
 - the blocks' coinbase (Kestrel pays its validator's address, anvil the zero address) and the
@@ -46,7 +46,9 @@ TIMESTAMP_MASK = (1 << 224) - 1
 NORMALIZED = ("coinbase account", "sender balance", "block number/hash, log index",
               "pair reserves slot timestamp bits", "opcode-log stack and storage of pair transactions",
               "callTracer top frame gas (anvil's, not geth's)",
-              "accounts empty before the transaction in anvil's prestate (anvil's, not geth's)")
+              "accounts empty before the transaction in anvil's prestate (anvil's, not geth's)",
+              "eth_createAccessList: list order, and a reverting call's answer (anvil's is an "
+              "error, geth's a result with `error`)")
 TRACERS = {
     "callTracer": {"tracer": "callTracer", "tracerConfig": {"withLog": True}},
     "prestateTracer": {"tracer": "prestateTracer"},
@@ -86,9 +88,11 @@ class Twin:
         assert self.nonce == anvil.eth.get_transaction_count(self.account.address)
         self.sent: list[tuple[str, str]] = []
 
-    def send(self, label: str, to: str | None, data: str = "0x", value: int = 0) -> dict:
+    def send(self, label: str, to: str | None, data: str = "0x", value: int = 0,
+             access_list: list | None = None) -> dict:
         tx = {"chainId": CHAIN_ID, "nonce": self.nonce, "gas": GAS, "maxFeePerGas": MAX_FEE,
-              "maxPriorityFeePerGas": TIP, "value": value, "data": data, "type": 2}
+              "maxPriorityFeePerGas": TIP, "value": value, "data": data, "type": 2,
+              "accessList": access_list or []}
         if to is not None:
             tx["to"] = to
         raw = self.account.sign_transaction(tx).raw_transaction
@@ -246,3 +250,31 @@ def test_traces_match_anvil(kestrel, anvil, tmp_path):
                 got, want = (normalize_prestate(t, me, pair, heads) for t in (got, want))
                 want = drop_empty_accounts(want, got)
             assert got == want, f"debug_traceCall {opts}\nkestrel: {got}\nanvil:   {want}"
+
+    # Access lists of calls on state both chains agree on: the relay chain (three contracts and
+    # their counters), the caught revert, the swap's token reads, and a reverting call. The lists
+    # must be the same (as sets: anvil lists them in no particular order), and so must `gasUsed`:
+    # the gas the call then uses with its list, which a transaction sent with that list shows in
+    # its receipt.
+    swap_call = pair_c.encode_abi("swap", [10**15, True, me])
+    boom = kestrel.eth.contract(abi=tracing["Thrower"]["abi"]).encode_abi("boom", [99])
+    calls = [(relays[0], relay_call), (catcher, catcher_call), (pair, swap_call), (thrower, boom)]
+    lists = []
+    for to, data in calls:
+        request = {"from": me, "to": to, "data": data}
+        got = trace(kestrel, "eth_createAccessList", [request, "latest"])
+        want = raw_rpc(anvil.provider.endpoint_uri, "eth_createAccessList", [request, "latest"])
+        lists.append(got)
+        if "error" in want:
+            # anvil answers a reverting call with the revert as an error, geth and Kestrel with
+            # the list and the revert message beside it.
+            assert got["error"] == want["error"]["message"], (to, got, want)
+            continue
+        want = want["result"]
+        by_address = [sorted(side["accessList"], key=lambda item: item["address"]) for side in (got, want)]
+        assert by_address[0] == by_address[1], f"access list to {to}\nkestrel: {got}\nanvil:   {want}"
+        assert (got["gasUsed"], got.get("error")) == (want["gasUsed"], want.get("error")), (to, got, want)
+    for (to, data), got in zip(calls, lists):
+        receipt = twin.send(f"call to {to} with its access list", to, data,
+                            access_list=got["accessList"])
+        assert int(got["gasUsed"], 16) == receipt["gasUsed"], (to, got, receipt["gasUsed"])
