@@ -2,6 +2,7 @@
 //! limits.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, atomic::AtomicUsize};
 use std::time::Duration;
 
 use secp256k1::{PublicKey, SecretKey};
@@ -65,6 +66,9 @@ pub struct NetConfig {
     pub backoff_initial: Duration,
     /// Cap of the reconnection delay.
     pub backoff_max: Duration,
+    /// Kept at the number of validators connected, for whoever reports it (RPC's
+    /// `net_peerCount`).
+    pub connected_count: Arc<AtomicUsize>,
 }
 
 impl NetConfig {
@@ -90,6 +94,7 @@ impl NetConfig {
             backoff_initial: Duration::from_millis(100),
             // Short: a restarted validator with the higher key waits for this redial.
             backoff_max: Duration::from_secs(5),
+            connected_count: Arc::default(),
         }
     }
 

@@ -14,7 +14,10 @@ use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
 use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -73,6 +76,7 @@ struct Shared {
     frame_payload_max_bytes: u32,
     queues: HashMap<PeerId, PeerQueue>,
     connected: Mutex<BTreeSet<PeerId>>,
+    connected_count: Arc<AtomicUsize>,
     shutdown: Signal,
 }
 
@@ -200,6 +204,7 @@ impl Network {
             frame_payload_max_bytes: config.frame_payload_max_bytes,
             queues,
             connected: Mutex::new(BTreeSet::new()),
+            connected_count: config.connected_count.clone(),
             shutdown: Signal::default(),
         });
         let (inbound_tx, inbound_rx) = crossbeam_channel::bounded(config.inbound_queue_max);
@@ -497,6 +502,9 @@ impl Local {
         self.shared.queues[&peer].set_owner(conn_id);
         let mut connected = self.shared.connected.lock();
         connected.insert(peer);
+        self.shared
+            .connected_count
+            .store(connected.len(), Ordering::Relaxed);
         metrics::gauge!(PEERS_CONNECTED).set(connected.len() as f64);
     }
 
@@ -507,6 +515,9 @@ impl Local {
             active.remove(&peer);
             let mut connected = self.shared.connected.lock();
             connected.remove(&peer);
+            self.shared
+                .connected_count
+                .store(connected.len(), Ordering::Relaxed);
             metrics::gauge!(PEERS_CONNECTED).set(connected.len() as f64);
         }
     }

@@ -1,6 +1,9 @@
 //! Progress of the stages, shared with RPC and metrics. Each field is written by one stage only.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+};
 
 #[derive(Debug, Default)]
 pub struct ChainStatus {
@@ -16,6 +19,8 @@ pub struct ChainStatus {
     /// that the blocks already ordered can still be committed (written by the node's disk
     /// monitor).
     pub disk_low: AtomicBool,
+    /// Validators connected to this one (written by the validator network).
+    pub peers: Arc<AtomicUsize>,
 }
 
 impl ChainStatus {

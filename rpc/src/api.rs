@@ -23,6 +23,10 @@ pub trait EthApi {
     #[method(name = "net_listening")]
     fn net_listening(&self) -> RpcResult<bool>;
 
+    /// Validators connected to this one (0 on a chain of one).
+    #[method(name = "net_peerCount")]
+    fn net_peer_count(&self) -> RpcResult<U64>;
+
     /// keccak256 of the given bytes.
     #[method(name = "web3_sha3")]
     fn sha3(&self, data: Bytes) -> RpcResult<B256>;

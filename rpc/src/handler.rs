@@ -263,6 +263,15 @@ impl EthApiServer for EthRpc {
         Ok(true)
     }
 
+    fn net_peer_count(&self) -> RpcResult<U64> {
+        let peers = self
+            .ctx
+            .status
+            .peers
+            .load(std::sync::atomic::Ordering::Relaxed);
+        Ok(U64::from(peers))
+    }
+
     fn sha3(&self, data: Bytes) -> RpcResult<B256> {
         Ok(alloy_primitives::keccak256(&data))
     }

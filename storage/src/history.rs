@@ -31,7 +31,8 @@ pub const HISTORY_BLOCKS_DEFAULT: u64 = 100_000;
 /// window made smaller catches up without one commit paying for all of it.
 const PRUNE_BLOCKS_PER_COMMIT: u64 = 2;
 
-/// How much history to keep.
+/// How much history to keep. `Blocks(0)` records none (the head's state only, the cheapest
+/// commit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HistoryWindow {
     /// The state after each of the last `n` blocks (and the head's).
@@ -47,6 +48,11 @@ impl Default for HistoryWindow {
 }
 
 impl HistoryWindow {
+    /// Whether blocks record history at all: a window of 0 keeps only the head's state.
+    pub(crate) fn records(self) -> bool {
+        self != Self::Blocks(0)
+    }
+
     /// The oldest block whose state a head of `head` keeps.
     fn oldest(self, head: BlockNumber) -> BlockNumber {
         match self {

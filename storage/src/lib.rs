@@ -520,7 +520,7 @@ impl BlockWriter<'_> {
         let txn = &self.txn;
         let tables = Tables::open(txn)?;
         let mut nodes_written = 0;
-        if self.recorder.is_none() {
+        if self.recorder.is_none() && self.history.records() {
             self.recorder = read_head(txn, &tables)?.map(|head| ChangeRecorder::new(head + 1));
         }
         let history = &mut self.recorder;

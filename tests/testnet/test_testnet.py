@@ -154,6 +154,8 @@ def test_validator_metrics_are_documented(net):
                  "kestrel_consensus_commit_latency_seconds", "kestrel_net_peers_connected"):
         assert name in exported, name
     assert net[0].metric("kestrel_net_peers_connected") == 3
+    # net_peerCount says the same over JSON-RPC.
+    assert net[0].call("net_peerCount") == "0x3"
     assert net[0].metric("kestrel_consensus_halted") == 0
     # They move: every validator has led, voted, and assembled QCs by now.
     before = {v.index: (v.metric("kestrel_consensus_round"), v.metric("kestrel_consensus_height"))

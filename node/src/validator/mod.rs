@@ -193,6 +193,7 @@ pub fn start(setup: Setup, wiring: Wiring) -> eyre::Result<thread::JoinHandle<()
             config.preauth_max = net.preauth_max;
             config.preauth_per_ip_max = net.preauth_per_ip_max;
             config.handshake_timeout = net.handshake_timeout;
+            config.connected_count = wiring.status.peers.clone();
             let (network, inbound) = Network::start(config)
                 .wrap_err_with(|| format!("starting the validator network on {listen}"))?;
             tracing::info!(target: "node::validator", listen = %network.local_addr(), driver = ?network.driver(), "validator network started");

@@ -163,7 +163,7 @@ fn case() -> impl Strategy<Value = Case> {
         1usize..=8,
         20u64..=80,
         prop_oneof![
-            (1u64..=40).prop_map(HistoryWindow::Blocks),
+            (0u64..=40).prop_map(HistoryWindow::Blocks),
             Just(HistoryWindow::All)
         ],
     )
