@@ -30,6 +30,35 @@ pub enum Command {
     /// proofs, and that the database holds their execution. Prints one JSON line; exits non-zero
     /// on the first disagreement.
     CheckDatadir(CheckArgs),
+    /// Re-execute committed blocks of a stopped node's datadir on the historical state before
+    /// each and compare gas, receipts, logs bloom and every changed account and slot with what
+    /// was committed. Prints mismatches and `N blocks matched, N mismatched`; exits non-zero on
+    /// any mismatch.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The node's datadir (the node must be stopped).
+    #[arg(long, value_name = "DIR")]
+    pub datadir: PathBuf,
+    /// The chain's genesis file (default: the dev chain's).
+    #[arg(long, value_name = "FILE")]
+    pub genesis: Option<PathBuf>,
+    /// First block to replay (its parent's state must be in the history window).
+    #[arg(long)]
+    pub from: u64,
+    /// Last block to replay (default: the head).
+    #[arg(long)]
+    pub to: Option<u64>,
+    #[arg(long, value_enum, default_value_t = ExecutorKind::Parallel)]
+    pub executor: ExecutorKind,
+    /// Worker threads of the parallel executor.
+    #[arg(long, default_value_t = available_cores())]
+    pub threads: NonZeroUsize,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@ mod fatal;
 mod keys;
 mod keystore;
 mod node;
+mod replay;
 mod testnet;
 mod validator;
 
@@ -40,7 +41,10 @@ fn main() -> eyre::Result<()> {
     let matches = cli::Cli::command().get_matches();
     let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // A command whose stdout is its report logs to stderr.
-    let writer = if matches!(cli.command, cli::Command::CheckDatadir(_)) {
+    let writer = if matches!(
+        cli.command,
+        cli::Command::CheckDatadir(_) | cli::Command::Replay(_)
+    ) {
         tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
     } else {
         tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stdout)
@@ -70,5 +74,6 @@ fn main() -> eyre::Result<()> {
         cli::Command::Keygen(args) => Ok(keys::keygen(&args)?),
         cli::Command::InitTestnet(args) => Ok(testnet::run(&args)?),
         cli::Command::CheckDatadir(args) => validator::check::run(&args),
+        cli::Command::Replay(args) => replay::run(&args),
     }
 }

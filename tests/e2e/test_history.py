@@ -5,6 +5,7 @@ blocks, by number and by hash, equal what each block left; a block before the hi
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 from eth_abi import encode as abi_encode
@@ -14,7 +15,7 @@ from web3 import Web3
 from web3.exceptions import Web3RPCError
 
 from e2e_util import deploy_token, fees, own_node_fixtures, send_signed, wait_blocks, wait_receipt
-from kestrel_node import CHAIN_ID, node_starter
+from kestrel_node import CHAIN_ID, kestrel_bin, node_starter
 
 # contracts/Token.sol: balances live in mapping slot 3.
 BALANCE_OF_SLOT = 3
@@ -94,3 +95,32 @@ def test_blocks_before_the_window_answer_with_the_oldest_kept(start_node, dev_ac
     # Blocks inside the window answer.
     head = w3.eth.block_number
     assert w3.eth.get_balance(dev, head - 2) == w3.eth.get_balance(dev, head)
+
+
+def test_replay_matches_what_was_committed(start_node, dev_accounts, token_artifact):
+    """`kestrel replay` re-executes a stopped node's blocks on their historical state with both
+    executors and finds every block as committed."""
+    n = start_node("--block-time-ms", "200")
+    w3 = Web3(Web3.HTTPProvider(n.url))
+    sender = dev_accounts[2]
+    token = deploy_token(w3, sender, token_artifact, "Replay", "RPL", 10**6)
+    hashes = []
+    nonce = w3.eth.get_transaction_count(sender.address)
+    for i in range(20):
+        tx = token.functions.transfer(Account.create().address, i + 1).build_transaction({
+            "from": sender.address, "nonce": nonce + i, "chainId": CHAIN_ID, **fees(w3)})
+        hashes.append(w3.eth.send_raw_transaction(sender.sign_transaction(tx).raw_transaction))
+    for h in hashes:
+        assert wait_receipt(w3, h)["status"] == 1
+    head = w3.eth.block_number
+    n.stop()
+    for executor in ("sequential", "parallel"):
+        out = subprocess.run([str(kestrel_bin()), "replay", "--datadir", str(n.datadir), "--from", "1",
+                              "--executor", executor, "--quiet"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        matched = re.search(r"^(\d+) blocks matched, (\d+) mismatched \((\d+) transactions\)$",
+                            out.stdout, re.M)
+        assert matched, out.stdout
+        assert int(matched.group(1)) >= head and matched.group(2) == "0", out.stdout
+        assert int(matched.group(3)) >= 21, out.stdout
