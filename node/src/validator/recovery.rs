@@ -21,7 +21,6 @@ use alloy_primitives::keccak256;
 use kestrel_consensus::bft::{Bft, Block, Event, SafetyState, ValidatorIndex};
 use kestrel_net::Kind;
 use kestrel_pipeline::mempool::TxPool;
-use kestrel_types::now_ms;
 use std::time::Instant;
 
 /// A certificate more than this many blocks above our log means consensus alone (which fetches
@@ -54,7 +53,7 @@ impl Driver {
     /// whole history here.
     pub(super) fn catch_up(&mut self) {
         if self.members.ids.len() > 1 {
-            self.begin_sync(now_ms());
+            self.begin_sync(self.now());
         } else {
             self.finish_sync();
         }
@@ -64,7 +63,7 @@ impl Driver {
     pub(super) fn check_behind(&mut self, height: u64) {
         if self.sync.is_none() && height > self.finality.height() + SYNC_GAP_BLOCKS {
             tracing::info!(target: "node::validator", ours = self.finality.height(), certified = height, "behind the network; syncing blocks");
-            self.begin_sync(now_ms());
+            self.begin_sync(self.now());
         }
     }
 
