@@ -761,7 +761,14 @@ fn sim_seeded_drivers() {
                         let Some(&seed) = seeds.get(i) else {
                             return total;
                         };
-                        let o = run_seed(seed);
+                        // One failure stops the other workers too: its seed is the message.
+                        let o = match std::panic::catch_unwind(|| run_seed(seed)) {
+                            Ok(o) => o,
+                            Err(e) => {
+                                next.store(u64::MAX / 2, Ordering::Relaxed);
+                                std::panic::resume_unwind(e)
+                            }
+                        };
                         total.height += o.height;
                         total.submitted += o.submitted;
                         total.included += o.included;
