@@ -77,6 +77,9 @@ struct Scenario {
     partition: Option<(u64, u64, Vec<bool>)>,
     /// (validator, crash at, restart at), both before `heal_ms`.
     crashes: Vec<(usize, u64, u64)>,
+    /// Every validator crashes at once and restarts a moment later (a data centre's power, a
+    /// bad release): what blocks in flight at that moment need of the datadirs.
+    outage: Option<(u64, u64)>,
     /// Transactions submitted (before `heal_ms`), to a random validator each.
     txs: usize,
 }
@@ -106,9 +109,14 @@ impl Scenario {
                 )
             })
             .collect();
+        let outage = rng.random_bool(0.25).then(|| {
+            let at = rng.random_range(200..heal_ms - 400);
+            (at, at + rng.random_range(1..=300))
+        });
         Scenario {
             seed,
             n,
+            outage,
             block_time_ms: rng.random_range(100..=400),
             delay_ms: (delay_min, delay_min + rng.random_range(10..250)),
             drop_prob: rng.random_range(0.0..0.2),
@@ -349,7 +357,17 @@ impl Sim {
         for v in 0..sim.sc.n {
             sim.push(0, Ev::Restart(v));
         }
-        for (v, at, back) in sim.sc.crashes.clone() {
+        let outage = sim
+            .sc
+            .outage
+            .map(|(at, back)| (0..sim.sc.n).map(move |v| (v, at, back)));
+        for (v, at, back) in sim
+            .sc
+            .crashes
+            .clone()
+            .into_iter()
+            .chain(outage.into_iter().flatten())
+        {
             sim.push(at, Ev::Crash(v));
             sim.push(back, Ev::Restart(v));
         }
@@ -406,7 +424,8 @@ impl Sim {
             let (hash, root) = self.results.get(height).copied().unwrap_or_default();
             digest = keccak256([digest.0, id.0.0, hash.0, root.0].concat());
         }
-        self.outcome.digest = keccak256([digest.0, B256::from(U256::from(self.outcome.events)).0].concat());
+        self.outcome.digest =
+            keccak256([digest.0, B256::from(U256::from(self.outcome.events)).0].concat());
         self.outcome.included = self.included.len();
         for n in &mut self.nodes {
             if let Some(p) = n.process.take() {

@@ -1,23 +1,23 @@
 //! One simulated validator process: the real driver, its datadir (MDBX database, safety file,
-//! block log), its pool, ingress workers and the execution and commit stages, wired as
-//! `node.rs` wires them but without RPC, metrics and the network. The simulation decides when
+//! block log), its pool, ingress workers and the execution and commit stages (`node::Stages`),
+//! wired as `node.rs` wires them but without RPC, metrics and the network. The simulation decides when
 //! logged blocks reach execution (`execute`), and `crash` drops the process like `kill -9`.
 
 use super::net::{Port, SimTransport};
-use crate::validator::{
-    Wiring,
-    clock::Clock,
-    driver::{Driver, Membership},
+use crate::{
+    node::Stages,
+    validator::{
+        Wiring,
+        clock::Clock,
+        driver::{Driver, Membership},
+    },
 };
 use alloy_primitives::{Address, B256, Bytes};
 use crossbeam_channel::{Receiver, Sender};
 use kestrel_pipeline::{
     SequentialExecutor,
     mempool::{IngressHandle, IngressStage, PoolError, TxPool, Validator},
-    stages::{
-        COMMIT_QUEUE_MAX, CommitStage, EXECUTION_QUEUE_MAX, ExecutionStage, RESULTS_QUEUE_MAX,
-        RecentHashes,
-    },
+    stages::EXECUTION_QUEUE_MAX,
     state::LatestState,
     status::ChainStatus,
 };
@@ -72,11 +72,7 @@ impl Process {
             store: store.clone(),
             overlay: Arc::new(Overlay::default()),
         };
-        let hashes = Arc::new(RecentHashes::new(store.clone()));
         let (proposals, logged) = crossbeam_channel::bounded(EXECUTION_QUEUE_MAX);
-        let (execute, blocks) = crossbeam_channel::bounded(EXECUTION_QUEUE_MAX);
-        let (executed_tx, executed_rx) = crossbeam_channel::bounded(COMMIT_QUEUE_MAX);
-        let (results_tx, results) = crossbeam_channel::bounded(RESULTS_QUEUE_MAX);
         let (ingress, mut threads) = IngressStage {
             pool: pool.clone(),
             validator: Validator::new(p.spec.clone(), p.spec.gas_limit),
@@ -84,26 +80,9 @@ impl Process {
             status: status.clone(),
         }
         .spawn(1);
-        let execution = ExecutionStage {
-            spec: p.spec.clone(),
-            executor: Box::new(SequentialExecutor),
-            state: state.clone(),
-            hashes: hashes.clone(),
-            status: status.clone(),
-            blocks,
-            executed: executed_tx,
-        };
-        threads.push(std::thread::spawn(move || execution.run()));
-        let commit = CommitStage {
-            state: state.clone(),
-            hashes,
-            pool: pool.clone(),
-            status: status.clone(),
-            executed: executed_rx,
-            results: results_tx,
-            parent_hash: head_hash,
-        };
-        threads.push(std::thread::spawn(move || commit.run()));
+        let executor = Box::new(SequentialExecutor);
+        let stages = Stages::start(p.spec, executor, &state, &pool, &status, head_hash);
+        threads.extend(stages.threads);
         let dir = p.dir.join(crate::validator::CONSENSUS_DIR);
         std::fs::create_dir_all(&dir)?;
         let wiring = Wiring {
@@ -132,8 +111,8 @@ impl Process {
             ingress,
             runtime: tokio::runtime::Builder::new_current_thread().build()?,
             logged,
-            execute,
-            results,
+            execute: stages.blocks,
+            results: stages.results,
             threads,
         })
     }
