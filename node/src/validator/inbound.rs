@@ -12,6 +12,10 @@ use kestrel_net::{Inbound, Kind};
 use kestrel_types::ExecutionResult;
 
 /// What wakes the driver besides time.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one at a time, on the loop's stack: boxing would cost an allocation a proposal"
+)]
 pub enum Input {
     Inbound(Inbound),
     Executed(ExecutionResult),

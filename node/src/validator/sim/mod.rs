@@ -209,7 +209,7 @@ impl Ord for Queued {
 }
 
 /// One validator as the simulation sees it: a process while it is up, and what outlives it.
-struct Sim1 {
+struct Member {
     process: Option<Process>,
     dir: PathBuf,
     port: Port,
@@ -247,7 +247,7 @@ struct Sim {
     set: ValidatorSet,
     keys: Vec<ValidatorKey>,
     ids: Vec<PeerId>,
-    nodes: Vec<Sim1>,
+    nodes: Vec<Member>,
     partitioned: bool,
     faulty: bool,
     /// The finalized chain: block id by height, and execution's (block hash, state root).
@@ -320,7 +320,7 @@ impl Sim {
         let set = ValidatorSet::new(keys.iter().map(|k| (k.id(), 1)).collect()).expect("set");
         let spec = Arc::new(ChainSpec::dev());
         let nodes = (0..sc.n)
-            .map(|i| Sim1 {
+            .map(|i| Member {
                 process: None,
                 dir: dir.path().join(format!("v{i}")),
                 port: Port::default(),
