@@ -1,5 +1,7 @@
-//! The consensus driver: owns the [`Bft`] state machine and carries out its commands with a real
-//! clock, a [`Transport`], the pool and the pipeline. It keeps the event loop and `apply(Command)`;
+//! The consensus driver: owns the [`Bft`] state machine and carries out its commands with a
+//! [`Clock`] (the wall clock, or the simulation's virtual one: `sim/`), a [`Transport`], the pool
+//! and the pipeline. It keeps the event loop, whose body is `step(Input)` (`inbound.rs`), and
+//! `apply(Command)`;
 //! the rest is in parts of its own (after monad-bft's executors), each returning what to send:
 //! the payload cache (`payloads.rs`), finality and the block log (`finality.rs`), block sync
 //! (`sync.rs`) and transaction forwarding (`forward.rs`). What a restart needs (persisting the
@@ -62,6 +64,8 @@ use std::{
 
 /// Longest sleep of the loop, so shutdown is noticed.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// The loop's wait while logged blocks wait for room in the execution queue.
+const BUSY_WAIT: Duration = Duration::from_millis(10);
 
 /// A proposal whose payload is being decoded, to hand to consensus once it is.
 pub struct Pending {
@@ -173,10 +177,9 @@ impl Driver {
         self.catch_up();
         while !self.stop.load(Ordering::Acquire) && self.finality.flush() {
             let now = self.now();
-            let busy = Duration::from_millis(10);
             let wait = Duration::from_millis(self.next_wake_ms(now).saturating_sub(now)).min(
                 if self.finality.behind() {
-                    busy
+                    BUSY_WAIT
                 } else {
                     IDLE_WAIT
                 },

@@ -2,11 +2,8 @@
 //! decoder's results, the hand-off to execution, the next wake-up and read access to its log.
 //! A child of `driver` so that the driver's fields stay private to it.
 
-use super::{Driver, IDLE_WAIT, Input};
+use super::{BUSY_WAIT, Driver, IDLE_WAIT, Input};
 use crate::validator::store::ChainLog;
-
-/// The loop's shorter wait while logged blocks wait for room in the execution queue.
-const BUSY_WAIT_MS: u64 = 10;
 
 impl Driver {
     /// What `run` does before its loop.
@@ -31,11 +28,11 @@ impl Driver {
     pub(in crate::validator) fn sim_wake_ms(&self) -> u64 {
         let now = self.now();
         let wait = if self.finality.behind() {
-            BUSY_WAIT_MS
+            BUSY_WAIT
         } else {
-            IDLE_WAIT.as_millis() as u64
+            IDLE_WAIT
         };
-        self.next_wake_ms(now).min(now + wait)
+        self.next_wake_ms(now).min(now + wait.as_millis() as u64)
     }
 
     pub(in crate::validator) fn sim_log(&self) -> &ChainLog {
