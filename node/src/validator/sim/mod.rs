@@ -5,7 +5,8 @@
 //! execution and commit stages. Validators talk through a simulated network under a virtual
 //! clock, and a seeded RNG draws every fault: message delay (so reordering), drops, duplicates,
 //! a partition that heals, and crashes with a restart from the datadir (the driver and its
-//! pipeline dropped between two steps, reopened from the same directory).
+//! pipeline dropped between two steps, or in the middle of one at a send: `net::Port::fuse`,
+//! then reopened from the same directory).
 //!
 //! What is simulated and what is real: the clock is virtual (`Clock::Virtual`, read by the
 //! driver and its state machine; block timestamps are virtual too); the network is the event
@@ -14,9 +15,9 @@
 //! threads of their own. Execution, commit and ingress run on their real threads, but the
 //! simulation waits for their answers, so that nothing depends on thread timing: logged blocks
 //! reach execution at a drawn virtual time, and the driver sees each result before the next
-//! event. A crash is a process crash between two steps (the database is opened with unsynced
-//! commits: no power cut is simulated), and loses the pool, the blocks logged but not yet
-//! executed and everything in memory.
+//! event. A crash is a process crash (the database is opened with unsynced commits: no power cut
+//! is simulated), and loses the pool, the blocks logged but not yet executed and everything in
+//! memory.
 //!
 //! Checked after every step: no two validators log different blocks at a height (agreement),
 //! a validator's log never shrinks, across restarts too (monotonic finality), the committed
@@ -40,7 +41,7 @@ use kestrel_consensus::bft::{BlockId, ValidatorKey, ValidatorSet};
 use kestrel_net::{Inbound, Kind, PeerId};
 use kestrel_storage::ChainView;
 use kestrel_types::{ChainSpec, RecoveredTx, chain::dev_accounts};
-use net::Port;
+use net::{Blown, Port};
 use node::{Params, Process};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::{
@@ -231,6 +232,8 @@ struct Outcome {
     /// Transactions in two finalized payloads (the second dropped at execution).
     ordered_twice: usize,
     restarts: usize,
+    /// Crashes in the middle of a step (a blown fuse).
+    mid_step: usize,
     events: u64,
     /// Of the finalized blocks and the execution results: equal when a seed is replayed.
     digest: B256,
@@ -472,15 +475,19 @@ impl Sim {
                 }
             }
             Ev::Crash(v) => {
-                if let Some(p) = self.nodes[v].process.take() {
-                    self.guard(v, move || p.crash())?;
-                    self.nodes[v].incarnation += 1;
-                    self.nodes[v].wake_at = u64::MAX;
-                    self.nodes[v].execute_queued = false;
-                    self.connect();
+                if self.nodes[v].process.is_some() {
+                    if self.rng.random_bool(0.5) {
+                        // In the middle of one of its next steps (or at the restart time).
+                        *self.nodes[v].port.fuse.lock() = Some(self.rng.random_range(0..4));
+                    } else {
+                        self.crash(v)?;
+                    }
                 }
             }
             Ev::Restart(v) => {
+                if self.nodes[v].port.fuse.lock().take().is_some() {
+                    self.crash(v)?;
+                }
                 if self.nodes[v].process.is_none() {
                     self.restart(v)?;
                 }
@@ -546,27 +553,39 @@ impl Sim {
     /// Runs `f` on validator `v`'s behalf; a panic (an assertion in the driver, the state
     /// machine or a stage) is a violation.
     fn guard<R>(&self, v: usize, f: impl FnOnce() -> R) -> Result<R, Violation> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|e| {
-            let what = e
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Violation::Crashed { validator: v, what }
-        })
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|e| panicked(v, e))
+    }
+
+    fn crash(&mut self, v: usize) -> Result<(), Violation> {
+        *self.nodes[v].port.fuse.lock() = None;
+        if let Some(p) = self.nodes[v].process.take() {
+            self.guard(v, move || p.crash())?;
+            self.nodes[v].incarnation += 1;
+            self.nodes[v].wake_at = u64::MAX;
+            self.nodes[v].execute_queued = false;
+            self.connect();
+        }
+        Ok(())
     }
 
     fn step(&mut self, v: usize, input: Option<Input>) -> Result<(), Violation> {
-        let Some(mut p) = self.nodes[v].process.take() else {
+        let Some(p) = self.nodes[v].process.as_mut() else {
             return Ok(());
         };
-        let p = self.guard(v, move || {
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             p.driver.step(input);
             p.driver.sim_settle();
-            p
-        })?;
-        self.nodes[v].process = Some(p);
-        self.after_step(v)
+        }));
+        match stepped {
+            Ok(()) => self.after_step(v),
+            // What it sent before the fuse blew is out.
+            Err(e) if e.is::<Blown>() => {
+                self.outcome.mid_step += 1;
+                self.after_step(v)?;
+                self.crash(v)
+            }
+            Err(e) => Err(panicked(v, e)),
+        }
     }
 
     /// Execution and commit of what `v` logged; each result goes to its driver.
@@ -742,8 +761,31 @@ impl Sim {
     }
 }
 
+fn panicked(validator: usize, e: Box<dyn std::any::Any + Send>) -> Violation {
+    let what = e
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| e.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    Violation::Crashed { validator, what }
+}
+
+/// A blown fuse is a crash the simulation asked for: no panic message.
+fn quiet_fuses() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !info.payload().is::<Blown>() {
+                hook(info)
+            }
+        }))
+    });
+}
+
 /// Runs one seed; a violation panics with the seed, the scenario and the replay command.
 fn run_seed(seed: u64) -> Outcome {
+    quiet_fuses();
     let sc = Scenario::random(seed);
     match Sim::new(sc.clone()).run() {
         Ok(outcome) => outcome,
@@ -792,6 +834,7 @@ fn sim_seeded_drivers() {
                         total.submitted += o.submitted;
                         total.included += o.included;
                         total.restarts += o.restarts;
+                        total.mid_step += o.mid_step;
                         total.ordered_twice += o.ordered_twice;
                         total.events += o.events;
                     }
@@ -807,7 +850,8 @@ fn sim_seeded_drivers() {
     let sum = |f: fn(&Outcome) -> u64| totals.iter().map(f).sum::<u64>();
     println!(
         "{} seeds in {secs:.1} s ({:.1} seeds/s): {} blocks finalized, {} of {} transactions \
-         included ({} ordered twice, dropped at execution), {} restarts, {} events",
+         included ({} ordered twice, dropped at execution), {} restarts ({} crashed mid-step), \
+         {} events",
         seeds.len(),
         seeds.len() as f64 / secs,
         sum(|o| o.height),
@@ -815,6 +859,7 @@ fn sim_seeded_drivers() {
         sum(|o| o.submitted as u64),
         sum(|o| o.ordered_twice as u64),
         sum(|o| o.restarts as u64),
+        sum(|o| o.mid_step as u64),
         sum(|o| o.events),
     );
 }
