@@ -30,6 +30,7 @@
 
 mod net;
 mod node;
+mod scenario;
 
 use super::{
     driver::{Input, Membership},
@@ -44,6 +45,7 @@ use kestrel_types::{ChainSpec, RecoveredTx, chain::dev_accounts};
 use net::{Blown, Port};
 use node::{Params, Process};
 use rand::{Rng, SeedableRng, rngs::StdRng};
+use scenario::Scenario;
 use std::{
     collections::{BTreeMap, BinaryHeap, HashMap},
     path::PathBuf,
@@ -63,72 +65,6 @@ const LIVENESS_BLOCKS: u64 = 3;
 /// ...within this long (ten round timeouts at the sim's block times).
 const LIVENESS_WINDOW_MS: u64 = 20_000;
 const EXECUTION_DELAY: u64 = 3;
-
-/// What goes wrong in one run, drawn from the seed. Every fault stops at `heal_ms`.
-#[derive(Debug, Clone)]
-struct Scenario {
-    seed: u64,
-    n: usize,
-    block_time_ms: u64,
-    delay_ms: (u64, u64),
-    drop_prob: f64,
-    duplicate_prob: f64,
-    heal_ms: u64,
-    /// [start, end) and each validator's side.
-    partition: Option<(u64, u64, Vec<bool>)>,
-    /// (validator, crash at, restart at), both before `heal_ms`.
-    crashes: Vec<(usize, u64, u64)>,
-    /// Every validator crashes at once and restarts a moment later (a data centre's power, a
-    /// bad release): what blocks in flight at that moment need of the datadirs.
-    outage: Option<(u64, u64)>,
-    /// Transactions submitted (before `heal_ms`), to a random validator each.
-    txs: usize,
-}
-
-impl Scenario {
-    fn random(seed: u64) -> Self {
-        let mut rng = StdRng::seed_from_u64(seed ^ 0xd21e_5eed);
-        let n = match rng.random_range(0..10) {
-            0 | 1 => 1,
-            2 => 7,
-            _ => 4,
-        };
-        let heal_ms = rng.random_range(2_000..5_000);
-        let delay_min = rng.random_range(1..20);
-        let partition = (n > 1 && rng.random_bool(0.5)).then(|| {
-            let start = rng.random_range(0..heal_ms / 2);
-            let end = rng.random_range(start + 1..heal_ms);
-            (start, end, (0..n).map(|_| rng.random_bool(0.5)).collect())
-        });
-        let crashes = (0..rng.random_range(0..=n.min(3)))
-            .map(|_| {
-                let at = rng.random_range(0..heal_ms - 500);
-                (
-                    rng.random_range(0..n),
-                    at,
-                    rng.random_range(at + 1..heal_ms),
-                )
-            })
-            .collect();
-        let outage = rng.random_bool(0.25).then(|| {
-            let at = rng.random_range(200..heal_ms - 400);
-            (at, at + rng.random_range(1..=300))
-        });
-        Scenario {
-            seed,
-            n,
-            outage,
-            block_time_ms: rng.random_range(100..=400),
-            delay_ms: (delay_min, delay_min + rng.random_range(10..250)),
-            drop_prob: rng.random_range(0.0..0.2),
-            duplicate_prob: rng.random_range(0.0..0.1),
-            heal_ms,
-            partition,
-            crashes,
-            txs: rng.random_range(0..=30),
-        }
-    }
-}
 
 #[derive(Debug)]
 #[allow(
