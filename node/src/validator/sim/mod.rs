@@ -121,6 +121,19 @@ enum Ev {
     Heal,
 }
 
+impl Ev {
+    fn validator(&self) -> Option<usize> {
+        match self {
+            Ev::Deliver { to, .. }
+            | Ev::Wake { to }
+            | Ev::Execute { to, .. }
+            | Ev::Submit { to, .. } => Some(*to),
+            Ev::Crash(v) | Ev::Restart(v) => Some(*v),
+            Ev::Partition(_) | Ev::Heal => None,
+        }
+    }
+}
+
 struct Queued {
     at: u64,
     seq: u64,
@@ -381,6 +394,7 @@ impl Sim {
     }
 
     fn event(&mut self, ev: Ev) -> Result<(), Violation> {
+        let _span = tracing::info_span!("sim", t = self.now, v = ev.validator()).entered();
         match ev {
             Ev::Deliver {
                 to,
@@ -722,6 +736,14 @@ fn quiet_fuses() {
 /// Runs one seed; a violation panics with the seed, the scenario and the replay command.
 fn run_seed(seed: u64) -> Outcome {
     quiet_fuses();
+    // `KESTREL_SIM_LOG=kestrel=info,node=info` (an EnvFilter) to follow a replayed seed.
+    if let Ok(filter) = std::env::var("KESTREL_SIM_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .without_time()
+            .with_ansi(false)
+            .try_init();
+    }
     let sc = Scenario::random(seed);
     match Sim::new(sc.clone()).run() {
         Ok(outcome) => outcome,
