@@ -20,7 +20,12 @@ cargo build --release --bin kestrel --bin kestrel-loadgen
 export KESTREL_BIN="${KESTREL_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/kestrel}"
 
 step "cargo test --workspace --release"
-cargo test --workspace --release
+cargo test --workspace --release -- --skip sim_seeded_drivers
+
+# Its own step, so its time shows: 1,000 seeds (KESTREL_SIM_SEEDS for more), docs/CONSENSUS.md.
+# --workspace keeps the features the step above built with, so nothing is rebuilt.
+step "driver simulation: seeded runs of real validator drivers (node/src/validator/sim)"
+cargo test --workspace --release --bin kestrel sim_seeded_drivers -- --nocapture
 
 # Both fixture sets, through each executor (docs/CONFORMANCE.md).
 FIXTURES="${KESTREL_FIXTURES:-$ROOT/../shared/fixtures/ethereum-tests $ROOT/../shared/fixtures/blockchain-tests-sample}"

@@ -2,6 +2,8 @@
 
 use crate::cli::{ExecutorKind, NodeArgs};
 use crate::{disk::DiskMonitor, validator};
+use alloy_primitives::B256;
+use crossbeam_channel::{Receiver, Sender};
 use eyre::{WrapErr, bail};
 use kestrel_pipeline::{
     Executor, ParallelExecutor, SequentialExecutor,
@@ -14,7 +16,7 @@ use kestrel_pipeline::{
     status::ChainStatus,
 };
 use kestrel_storage::{ChainView, Overlay, Store};
-use kestrel_types::ChainSpec;
+use kestrel_types::{ChainSpec, ExecutionResult, OrderedBlock};
 use std::{
     net::SocketAddr,
     sync::{
@@ -82,7 +84,6 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
         store: store.clone(),
         overlay: Arc::new(Overlay::default()),
     };
-    let hashes = Arc::new(RecentHashes::new(store.clone()));
     let stop = Arc::new(AtomicBool::new(false));
 
     let disk = DiskMonitor {
@@ -93,9 +94,11 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     };
     let disk = spawn("disk", move || disk.run());
 
-    let (proposals_tx, proposals_rx) = crossbeam_channel::bounded(EXECUTION_QUEUE_MAX);
-    let (executed_tx, executed_rx) = crossbeam_channel::bounded(COMMIT_QUEUE_MAX);
-    let (results_tx, results_rx) = crossbeam_channel::bounded(RESULTS_QUEUE_MAX);
+    let executor = match args.executor {
+        ExecutorKind::Sequential => Box::new(SequentialExecutor) as Box<dyn Executor>,
+        ExecutorKind::Parallel => Box::new(ParallelExecutor::new(args.exec_threads)),
+    };
+    let stages = Stages::start(&spec, executor, &state, &pool, &status, head_hash);
 
     let (ingress, ingress_threads) = IngressStage {
         pool: pool.clone(),
@@ -114,8 +117,8 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
             pool: pool.clone(),
             ingress: ingress.clone(),
             status: status.clone(),
-            results: results_rx,
-            proposals: proposals_tx,
+            results: stages.results,
+            proposals: stages.blocks,
             stop: stop.clone(),
             datadir: args.datadir.clone(),
             beneficiary,
@@ -123,29 +126,7 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
             execution_delay: args.execution_delay,
         },
     )?];
-    let execution = ExecutionStage {
-        spec: spec.clone(),
-        executor: match args.executor {
-            ExecutorKind::Sequential => Box::new(SequentialExecutor) as Box<dyn Executor>,
-            ExecutorKind::Parallel => Box::new(ParallelExecutor::new(args.exec_threads)),
-        },
-        state: state.clone(),
-        hashes: hashes.clone(),
-        status: status.clone(),
-        blocks: proposals_rx,
-        executed: executed_tx,
-    };
-    threads.push(spawn("execution", move || execution.run()));
-    let commit = CommitStage {
-        state: state.clone(),
-        hashes,
-        pool: pool.clone(),
-        status: status.clone(),
-        executed: executed_rx,
-        results: results_tx,
-        parent_hash: head_hash,
-    };
-    threads.push(spawn("commit", move || commit.run()));
+    threads.extend(stages.threads);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -195,6 +176,57 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     drop(store);
     tracing::info!(target: "node", committed, "database closed");
     Ok(())
+}
+
+/// Execution and commit on their threads: finalized blocks in, execution results out.
+pub(crate) struct Stages {
+    pub blocks: Sender<OrderedBlock>,
+    pub results: Receiver<ExecutionResult>,
+    pub threads: Vec<thread::JoinHandle<()>>,
+}
+
+impl Stages {
+    /// The stages of a database whose head is `head_hash`.
+    pub(crate) fn start(
+        spec: &Arc<ChainSpec>,
+        executor: Box<dyn Executor>,
+        state: &LatestState,
+        pool: &Arc<TxPool>,
+        status: &Arc<ChainStatus>,
+        head_hash: B256,
+    ) -> Self {
+        let hashes = Arc::new(RecentHashes::new(state.store.clone()));
+        let (blocks, blocks_rx) = crossbeam_channel::bounded(EXECUTION_QUEUE_MAX);
+        let (executed_tx, executed_rx) = crossbeam_channel::bounded(COMMIT_QUEUE_MAX);
+        let (results_tx, results) = crossbeam_channel::bounded(RESULTS_QUEUE_MAX);
+        let execution = ExecutionStage {
+            spec: spec.clone(),
+            executor,
+            state: state.clone(),
+            hashes: hashes.clone(),
+            status: status.clone(),
+            blocks: blocks_rx,
+            executed: executed_tx,
+        };
+        let commit = CommitStage {
+            state: state.clone(),
+            hashes,
+            pool: pool.clone(),
+            status: status.clone(),
+            executed: executed_rx,
+            results: results_tx,
+            parent_hash: head_hash,
+        };
+        let threads = vec![
+            spawn("execution", move || execution.run()),
+            spawn("commit", move || commit.run()),
+        ];
+        Self {
+            blocks,
+            results,
+            threads,
+        }
+    }
 }
 
 fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> thread::JoinHandle<()> {

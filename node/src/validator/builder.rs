@@ -8,7 +8,7 @@ use kestrel_pipeline::{
     mempool::{BlockRules, TxPool},
     state::LatestState,
 };
-use kestrel_types::{BLOCK_TXS_MAX, ChainSpec, ParentFees, next_base_fee, now_ms};
+use kestrel_types::{BLOCK_TXS_MAX, ChainSpec, ParentFees, next_base_fee};
 use std::{sync::Arc, time::Instant};
 
 /// A payload to build once the block time since the parent has passed.
@@ -83,7 +83,7 @@ impl Builder {
         let base_fee = next_base_fee(fees);
         let gas_limit = self.spec.gas_limit;
         // Consensus stamps the block at least now: that picks the fork of its rules.
-        let rules = BlockRules::new(&self.spec, now_ms() / 1000, gas_limit, base_fee);
+        let rules = BlockRules::new(&self.spec, now / 1000, gas_limit, base_fee);
         self.pool.expire_queued(Instant::now());
         let txs = self
             .pool

@@ -1,5 +1,7 @@
-//! The consensus driver: owns the [`Bft`] state machine and carries out its commands with a real
-//! clock, a [`Transport`], the pool and the pipeline. It keeps the event loop and `apply(Command)`;
+//! The consensus driver: owns the [`Bft`] state machine and carries out its commands with a
+//! [`Clock`] (the wall clock, or the simulation's virtual one: `sim/`), a [`Transport`], the pool
+//! and the pipeline. It keeps the event loop, whose body is `step(Input)` (`inbound.rs`), and
+//! `apply(Command)`;
 //! the rest is in parts of its own (after monad-bft's executors), each returning what to send:
 //! the payload cache (`payloads.rs`), finality and the block log (`finality.rs`), block sync
 //! (`sync.rs`) and transaction forwarding (`forward.rs`). What a restart needs (persisting the
@@ -12,16 +14,22 @@
 //! start, or when a certificate it sees is far ahead of its log) stops feeding consensus and
 //! syncs, then restarts the state machine from its new head.
 
+#[path = "inbound.rs"]
+mod inbound;
 #[path = "recovery.rs"]
 mod recovery;
+#[cfg(test)]
+#[path = "sim/hooks.rs"]
+mod sim_hooks;
 
 use super::{
     Wiring,
     builder::{Build, Builder},
+    clock::Clock,
     finality::Finality,
     forward::Forwarder,
-    metrics::{EARLY_TIMEOUTS, PAYLOADS_REJECTED},
-    payload::{Decoder, Payload, Rejected},
+    metrics::EARLY_TIMEOUTS,
+    payload::{Decoder, Payload},
     payloads::PayloadCache,
     rounds::RoundWatch,
     store::SafetyFile,
@@ -30,17 +38,18 @@ use super::{
     wire::ConsensusEnvelope,
 };
 use crossbeam_channel::Receiver;
+pub(super) use inbound::Input;
 use kestrel_consensus::{
     Round,
     bft::{
-        self, Bft, BlockId, Command, Config, Event, Message, SafetyState, Unverified,
-        ValidatorIndex, ValidatorKey, ValidatorSet,
+        Bft, BlockId, Command, Config, Event, Message, SafetyState, Unverified, ValidatorIndex,
+        ValidatorKey, ValidatorSet,
     },
 };
 use kestrel_net::{Inbound, Kind, PeerId};
 use kestrel_pipeline::mempool::TxPool;
 use kestrel_storage::Store;
-use kestrel_types::{ExecutionResult, ParentFees, now_ms};
+use kestrel_types::{ExecutionResult, ParentFees};
 use recovery::restore_payloads;
 use std::{
     cmp::Reverse,
@@ -55,9 +64,11 @@ use std::{
 
 /// Longest sleep of the loop, so shutdown is noticed.
 const IDLE_WAIT: Duration = Duration::from_millis(100);
+/// The loop's wait while logged blocks wait for room in the execution queue.
+const BUSY_WAIT: Duration = Duration::from_millis(10);
 
 /// A proposal whose payload is being decoded, to hand to consensus once it is.
-struct Pending {
+pub struct Pending {
     from: ValidatorIndex,
     message: Unverified<Message>,
 }
@@ -90,15 +101,20 @@ pub struct Driver {
     sync: Option<BlockSync>,
     forwarder: Option<Forwarder>,
     decoder: Option<Decoder<Pending>>,
+    clock: Clock,
 }
 
 impl Driver {
+    /// On `Clock::Wall` payloads decode and forwarded transactions are admitted on threads of
+    /// their own; on a virtual clock (the simulation) inline, so that every step is
+    /// deterministic.
     pub fn new(
         members: Membership,
         net: Box<dyn Transport>,
         inbound: Receiver<Inbound>,
         dir: &Path,
         w: Wiring,
+        clock: Clock,
     ) -> eyre::Result<Self> {
         let finality = Finality::open(dir, &w.store, w.pool.clone(), w.status, w.proposals)?;
         let mut safety_file = SafetyFile::new(dir);
@@ -141,8 +157,15 @@ impl Driver {
             payloads,
             finality,
             sync: None,
-            forwarder: Some(Forwarder::spawn(w.ingress)?),
-            decoder: Some(Decoder::spawn(w.spec)?),
+            forwarder: Some(match clock {
+                Clock::Wall => Forwarder::spawn(w.ingress)?,
+                Clock::Virtual(_) => Forwarder::inline(w.ingress)?,
+            }),
+            decoder: Some(match clock {
+                Clock::Wall => Decoder::spawn(w.spec)?,
+                Clock::Virtual(_) => Decoder::inline(w.spec),
+            }),
+            clock,
         })
     }
 
@@ -153,31 +176,30 @@ impl Driver {
         let decoded = self.decoder.as_ref().expect("running").results().clone();
         self.catch_up();
         while !self.stop.load(Ordering::Acquire) && self.finality.flush() {
-            let now = now_ms();
-            let busy = Duration::from_millis(10);
+            let now = self.now();
             let wait = Duration::from_millis(self.next_wake_ms(now).saturating_sub(now)).min(
                 if self.finality.behind() {
-                    busy
+                    BUSY_WAIT
                 } else {
                     IDLE_WAIT
                 },
             );
-            crossbeam_channel::select! {
+            let input = crossbeam_channel::select! {
                 recv(inbound) -> msg => match msg {
-                    Ok(msg) => self.on_inbound(msg),
+                    Ok(msg) => Some(Input::Inbound(msg)),
                     Err(_) => break,
                 },
                 recv(results) -> result => match result {
-                    Ok(result) => self.feed(Event::Executed(result)),
+                    Ok(result) => Some(Input::Executed(result)),
                     Err(_) => break,
                 },
                 recv(decoded) -> done => match done {
-                    Ok((pending, result)) => self.on_decoded(pending, result),
+                    Ok((pending, result)) => Some(Input::Decoded(pending, result)),
                     Err(_) => break,
                 },
-                default(wait) => {}
-            }
-            self.on_tick(now_ms());
+                default(wait) => None,
+            };
+            self.step(input);
         }
         self.finality.drain();
         if let Some(forwarder) = self.forwarder.take() {
@@ -187,6 +209,10 @@ impl Driver {
             decoder.shutdown();
         }
         tracing::info!(target: "node::validator", height = self.finality.height(), "consensus driver stopped");
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     fn next_wake_ms(&self, now: u64) -> u64 {
@@ -271,7 +297,7 @@ impl Driver {
     }
 
     fn feed(&mut self, event: Event) {
-        let commands = self.bft.update(now_ms(), event);
+        let commands = self.bft.update(self.now(), event);
         for command in commands {
             self.apply(command);
         }
@@ -367,113 +393,11 @@ impl Driver {
         }
     }
 
-    fn on_inbound(&mut self, msg: Inbound) {
-        let Some(from) = self.members.ids.iter().position(|id| *id == msg.peer) else {
-            return;
-        };
-        let from = ValidatorIndex(from as u16);
-        match msg.kind {
-            Kind::Consensus => self.on_consensus(from, &msg.payload),
-            Kind::SyncRequest => self.on_sync_request(from, &msg.payload),
-            Kind::SyncResponse => self.on_sync_response(&msg.payload),
-            Kind::TxForward => {
-                let forwarder = self.forwarder.as_mut().expect("running");
-                if let Err(err) = forwarder.incoming(&msg.payload) {
-                    tracing::debug!(target: "node::validator", peer = %msg.peer, %err, "undecodable forwarded transactions")
-                }
-            }
-        }
-    }
-
-    fn on_consensus(&mut self, from: ValidatorIndex, bytes: &[u8]) {
-        let (message, payload) = match ConsensusEnvelope::open(bytes) {
-            Ok(opened) => opened,
-            Err(err) => {
-                metrics::counter!(bft::metrics::INVALID_MESSAGES).increment(1);
-                tracing::debug!(target: "node::validator", %err, "undecodable consensus message");
-                return;
-            }
-        };
-        let certified_height = match message.peek() {
-            Message::Proposal(p) => Some(p.block.qc.height),
-            Message::Timeout(t) => Some(t.high_qc.height),
-            Message::Certificate(qc) => Some(qc.height),
-            _ => None,
-        };
-        if let Some(height) = certified_height {
-            self.check_behind(height);
-        }
-        if self.sync.is_some() {
-            return;
-        }
-        if let Message::Proposal(p) = message.peek() {
-            let (hash, timestamp_ms) = (p.block.payload_hash, p.block.timestamp_ms);
-            if !self.payloads.contains(&hash) {
-                // Decoded off this thread; consensus sees the proposal when it is done.
-                if let Some(bytes) = payload
-                    && !self.decoder.as_ref().expect("running").submit(
-                        Pending { from, message },
-                        hash,
-                        bytes,
-                        timestamp_ms,
-                    )
-                {
-                    metrics::counter!(PAYLOADS_REJECTED, "reason" => "busy").increment(1);
-                }
-                return;
-            }
-            let block = p.block.clone();
-            self.payloads.remember(&block);
-        }
-        self.feed(Event::Message { from, message });
-    }
-
-    fn on_decoded(&mut self, pending: Pending, result: Result<Payload, Rejected>) {
-        if self.sync.is_some() {
-            return;
-        }
-        let Message::Proposal(p) = pending.message.peek() else {
-            unreachable!("only proposals are decoded")
-        };
-        let block = p.block.clone();
-        let payload = match result {
-            Ok(payload) => payload,
-            Err(err) => {
-                tracing::warn!(target: "node::validator", height = block.height, %err, "invalid payload");
-                metrics::counter!(PAYLOADS_REJECTED, "reason" => err.reason()).increment(1);
-                return;
-            }
-        };
-        let parent_fees = self.parent_known(block.parent()).map(|(_, fees)| fees);
-        let (height, round) = (self.finality.height(), self.bft.round());
-        match self
-            .payloads
-            .accept(&block, payload.clone(), parent_fees, height, round)
-        {
-            // In flight here too: not proposed again by us, and back in the pool if it loses
-            // (a proposal at or below our head already lost, or is final).
-            Ok(new) => {
-                if new && block.height > height {
-                    self.pool.on_proposed(block.height, payload.txs());
-                }
-            }
-            Err(refused) => {
-                tracing::warn!(target: "node::validator", height = block.height, ?refused, "payload refused");
-                metrics::counter!(PAYLOADS_REJECTED, "reason" => refused.reason()).increment(1);
-                return;
-            }
-        }
-        self.payloads.remember(&block);
-        self.feed(Event::Message {
-            from: pending.from,
-            message: pending.message,
-        });
-    }
-
     /// Logs finalized blocks whose payload is here, then prunes the cache to the new head.
     fn process_commits(&mut self) {
         let peers = self.connected();
-        if let Some((peer, request)) = self.finality.process(&self.payloads, now_ms(), &peers) {
+        let now = self.now();
+        if let Some((peer, request)) = self.finality.process(&self.payloads, now, &peers) {
             self.net.send(&peer, Kind::SyncRequest, request.into());
         }
         self.payloads.prune(self.finality.height());

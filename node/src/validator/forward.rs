@@ -10,7 +10,7 @@ use kestrel_consensus::{
     Round,
     bft::{ValidatorIndex, ValidatorSet},
 };
-use kestrel_pipeline::mempool::{IngressHandle, TxPool};
+use kestrel_pipeline::mempool::{IngressHandle, PoolError, TxPool};
 use kestrel_types::RecoveredTx;
 use std::{collections::HashSet, thread};
 
@@ -78,11 +78,21 @@ pub struct Forwarder {
 
 impl Forwarder {
     pub fn spawn(ingress: IngressHandle) -> std::io::Result<Self> {
-        Ok(Self {
-            admitter: Admitter::spawn(ingress)?,
+        Ok(Self::with(Admitter::spawn(ingress)?))
+    }
+
+    /// Admits each forwarded transaction before `incoming` returns (see `Admitter::Inline`).
+    pub fn inline(ingress: IngressHandle) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+        Ok(Self::with(Admitter::Inline { ingress, runtime }))
+    }
+
+    fn with(admitter: Admitter) -> Self {
+        Self {
+            admitter,
             last_ms: 0,
             received: HashSet::new(),
-        })
+        }
     }
 
     /// Every `FORWARD_INTERVAL_MS`: the transactions our RPC admitted since the last time, for
@@ -135,9 +145,26 @@ impl Forwarder {
 
 /// Feeds forwarded transactions to the ingress stage from a thread of its own, since ingress
 /// answers asynchronously and the consensus driver must not wait for it.
-struct Admitter {
-    queue: tokio::sync::mpsc::Sender<Bytes>,
-    thread: thread::JoinHandle<()>,
+enum Admitter {
+    Thread {
+        queue: tokio::sync::mpsc::Sender<Bytes>,
+        thread: thread::JoinHandle<()>,
+    },
+    /// Waits for ingress's answer to each transaction: the deterministic simulation's driver
+    /// must not race the ingress workers.
+    Inline {
+        ingress: IngressHandle,
+        runtime: tokio::runtime::Runtime,
+    },
+}
+
+fn admitted(result: &Result<B256, PoolError>) {
+    let result = if result.is_ok() {
+        "admitted"
+    } else {
+        "refused"
+    };
+    metrics::counter!(RECEIVED_TOTAL, "result" => result).increment(1);
 }
 
 impl Admitter {
@@ -150,31 +177,32 @@ impl Admitter {
                 runtime.block_on(async move {
                     while let Some(raw) = rx.recv().await {
                         let ingress = ingress.clone();
-                        tokio::spawn(async move {
-                            let result = match ingress.submit(raw).await {
-                                Ok(_) => "admitted",
-                                Err(_) => "refused",
-                            };
-                            metrics::counter!(RECEIVED_TOTAL, "result" => result).increment(1);
-                        });
+                        tokio::spawn(async move { admitted(&ingress.submit(raw).await) });
                     }
                 })
             })?;
-        Ok(Self { queue, thread })
+        Ok(Self::Thread { queue, thread })
     }
 
-    /// Never blocks: a full queue drops the transaction.
+    /// Never blocks (but `Inline`): a full queue drops the transaction.
     fn admit(&self, raw: Bytes) {
-        if self.queue.try_send(raw).is_err() {
-            metrics::counter!(RECEIVED_TOTAL, "result" => "dropped").increment(1);
+        match self {
+            Self::Thread { queue, .. } => {
+                if queue.try_send(raw).is_err() {
+                    metrics::counter!(RECEIVED_TOTAL, "result" => "dropped").increment(1);
+                }
+            }
+            Self::Inline { ingress, runtime } => admitted(&runtime.block_on(ingress.submit(raw))),
         }
     }
 
     /// Stops taking transactions and waits for the thread (it lets go of the ingress handle,
     /// so the ingress stage can shut down).
     fn shutdown(self) {
-        drop(self.queue);
-        let _ = self.thread.join();
+        if let Self::Thread { queue, thread } = self {
+            drop(queue);
+            let _ = thread.join();
+        }
     }
 }
 

@@ -10,6 +10,7 @@
 
 mod builder;
 pub mod check;
+mod clock;
 mod driver;
 mod finality;
 mod forward;
@@ -17,6 +18,8 @@ mod metrics;
 mod payload;
 mod payloads;
 mod rounds;
+#[cfg(test)]
+mod sim;
 mod store;
 mod sync;
 mod transport;
@@ -209,7 +212,14 @@ pub fn start(setup: Setup, wiring: Wiring) -> eyre::Result<thread::JoinHandle<()
         set,
         ids,
     };
-    let driver = driver::Driver::new(members, transport, inbound, &dir, wiring)?;
+    let driver = driver::Driver::new(
+        members,
+        transport,
+        inbound,
+        &dir,
+        wiring,
+        clock::Clock::Wall,
+    )?;
     Ok(thread::Builder::new()
         .name("consensus".into())
         .spawn(move || driver.run())?)

@@ -213,9 +213,21 @@ impl Rejected {
 /// payload takes a few hundred milliseconds, during which the consensus thread must keep
 /// voting, aggregating and timing out. `T` is what the caller needs back with the result.
 pub struct Decoder<T> {
-    requests: Sender<Request<T>>,
+    mode: Mode<T>,
     results: Receiver<(T, Result<Payload, Rejected>)>,
-    thread: thread::JoinHandle<()>,
+}
+
+enum Mode<T> {
+    Thread {
+        requests: Sender<Request<T>>,
+        thread: thread::JoinHandle<()>,
+    },
+    /// Decodes in `submit`, on the caller's thread, so the result is ready (in `results`) when
+    /// `submit` returns: what the deterministic simulation needs.
+    Inline {
+        spec: Arc<ChainSpec>,
+        done: Sender<(T, Result<Payload, Rejected>)>,
+    },
 }
 
 /// A proposal's payload to decode: the caller's tag, the hash the block names, the bytes and
@@ -235,43 +247,40 @@ impl<T: Send + 'static> Decoder<T> {
         let thread = thread::Builder::new()
             .name("payload-decode".into())
             .spawn(move || {
-                for Request {
-                    tag,
-                    hash,
-                    bytes,
-                    timestamp_ms,
-                } in inbox
-                {
-                    let result = if keccak256(&bytes) == hash {
-                        Payload::decode(bytes)
-                            .and_then(|p| p.check_static(&spec, timestamp_ms).map(|()| p))
-                            .map_err(Rejected::from)
-                    } else {
-                        Err(Rejected::Hash)
-                    };
-                    if done.send((tag, result)).is_err() {
+                for request in inbox {
+                    if done.send(request.decode(&spec)).is_err() {
                         break;
                     }
                 }
             })?;
         Ok(Self {
-            requests,
+            mode: Mode::Thread { requests, thread },
             results,
-            thread,
         })
+    }
+
+    /// A decoder that decodes within `submit` (see `Mode::Inline`).
+    pub fn inline(spec: Arc<ChainSpec>) -> Self {
+        let (done, results) = crossbeam_channel::bounded(DECODE_QUEUE_MAX);
+        Self {
+            mode: Mode::Inline { spec, done },
+            results,
+        }
     }
 
     /// Queues the payload that should hash to `hash`, of a block stamped `timestamp_ms`; false
     /// (never blocks) when the queue is full.
     pub fn submit(&self, tag: T, hash: B256, bytes: Bytes, timestamp_ms: u64) -> bool {
-        self.requests
-            .try_send(Request {
-                tag,
-                hash,
-                bytes,
-                timestamp_ms,
-            })
-            .is_ok()
+        let request = Request {
+            tag,
+            hash,
+            bytes,
+            timestamp_ms,
+        };
+        match &self.mode {
+            Mode::Thread { requests, .. } => requests.try_send(request).is_ok(),
+            Mode::Inline { spec, done } => done.try_send(request.decode(spec)).is_ok(),
+        }
     }
 
     /// Decoded payloads, in submission order.
@@ -281,13 +290,25 @@ impl<T: Send + 'static> Decoder<T> {
 
     /// Stops the thread: it finishes the payload at hand and exits.
     pub fn shutdown(self) {
-        let Self {
-            requests,
-            results,
-            thread,
-        } = self;
-        drop((requests, results));
-        let _ = thread.join();
+        let Self { mode, results } = self;
+        drop(results);
+        if let Mode::Thread { requests, thread } = mode {
+            drop(requests);
+            let _ = thread.join();
+        }
+    }
+}
+
+impl<T> Request<T> {
+    fn decode(self, spec: &ChainSpec) -> (T, Result<Payload, Rejected>) {
+        let result = if keccak256(&self.bytes) == self.hash {
+            Payload::decode(self.bytes)
+                .and_then(|p| p.check_static(spec, self.timestamp_ms).map(|()| p))
+                .map_err(Rejected::from)
+        } else {
+            Err(Rejected::Hash)
+        };
+        (self.tag, result)
     }
 }
 

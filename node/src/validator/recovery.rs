@@ -21,7 +21,6 @@ use alloy_primitives::keccak256;
 use kestrel_consensus::bft::{Bft, Block, Event, SafetyState, ValidatorIndex};
 use kestrel_net::Kind;
 use kestrel_pipeline::mempool::TxPool;
-use kestrel_types::now_ms;
 use std::time::Instant;
 
 /// A certificate more than this many blocks above our log means consensus alone (which fetches
@@ -54,7 +53,7 @@ impl Driver {
     /// whole history here.
     pub(super) fn catch_up(&mut self) {
         if self.members.ids.len() > 1 {
-            self.begin_sync(now_ms());
+            self.begin_sync(self.now(), 0);
         } else {
             self.finish_sync();
         }
@@ -64,14 +63,14 @@ impl Driver {
     pub(super) fn check_behind(&mut self, height: u64) {
         if self.sync.is_none() && height > self.finality.height() + SYNC_GAP_BLOCKS {
             tracing::info!(target: "node::validator", ours = self.finality.height(), certified = height, "behind the network; syncing blocks");
-            self.begin_sync(now_ms());
+            self.begin_sync(self.now(), height);
         }
     }
 
-    fn begin_sync(&mut self, now: u64) {
+    fn begin_sync(&mut self, now: u64, certified: u64) {
         metrics::gauge!(SYNC_ACTIVE).set(1.0);
         self.builder.cancel();
-        self.sync = Some(BlockSync::start(now));
+        self.sync = Some(BlockSync::start(now, certified));
     }
 
     /// Caught up (as far as a peer knows): restart the state machine from the log head, with our
@@ -139,7 +138,10 @@ impl Driver {
     fn on_synced_blocks(&mut self, blocks: Vec<SyncedBlock>) {
         let Some(sync) = &mut self.sync else { return };
         if blocks.is_empty() {
-            self.finish_sync();
+            let (height, peers) = (self.finality.height(), self.net.connected_peers().len());
+            if sync.on_nothing_newer(height, SYNC_GAP_BLOCKS, peers) {
+                self.finish_sync();
+            }
             return;
         }
         let checked = match sync.on_blocks(self.finality.head(), blocks, &self.members.set) {

@@ -58,15 +58,36 @@ pub struct BlockSync {
     rotation: Rotation,
     started_ms: u64,
     answered: bool,
+    /// The certified height that showed us behind (0 for the sync at start).
+    certified: u64,
+    /// Peers that answered they have nothing after our log since the last blocks came.
+    nothing_newer: usize,
 }
 
 impl BlockSync {
-    pub fn start(now: u64) -> Self {
+    pub fn start(now: u64, certified: u64) -> Self {
         Self {
             rotation: Rotation::default(),
             started_ms: now,
             answered: false,
+            certified,
+            nothing_newer: 0,
         }
+    }
+
+    /// A peer has nothing after our log (`log_height`); whether the sync is over. A peer that
+    /// is behind too answers so, and two validators behind could otherwise end each other's
+    /// syncs for ever (the simulation found this: `docs/CONSENSUS.md`). So while the log is
+    /// more than `gap` below the certified height that started the sync, the next peer is
+    /// asked, until each of the `peers` connected ones has answered that.
+    pub fn on_nothing_newer(&mut self, log_height: u64, gap: u64, peers: usize) -> bool {
+        self.answered = true;
+        self.nothing_newer += 1;
+        let over = log_height + gap >= self.certified || self.nothing_newer >= peers;
+        if !over {
+            self.rotation.asked_at_ms = 0;
+        }
+        over
     }
 
     /// Asks for the blocks after `log_height`, or gives up when no peer ever answered.
@@ -90,6 +111,7 @@ impl BlockSync {
     ) -> Result<Vec<(SyncedBlock, Payload)>, SyncError> {
         self.answered = true;
         let payloads = verify_chain(head, &blocks, set)?;
+        self.nothing_newer = 0;
         // Until a peer has nothing more, ask again at once: an answer may be short of
         // SYNC_BLOCKS_MAX (its size bound) and the chain grows meanwhile.
         self.rotation.asked_at_ms = 0;
@@ -287,6 +309,36 @@ mod tests {
                 proof: (i == n - 1).then(|| proof.clone()),
             })
             .collect()
+    }
+
+    #[test]
+    fn behind_a_certificate_an_empty_answer_sends_us_to_the_next_peer() {
+        let peers: Vec<PeerId> = keys()
+            .iter()
+            .map(|k| PeerId::from_slice(&k.id().0).unwrap())
+            .collect();
+        let ask = |sync: &mut BlockSync, now| match sync.step(now, &peers[..3], 0) {
+            SyncStep::Ask(peer, _) => peer,
+            other => panic!("{other:?}"),
+        };
+        // At start, the first peer with nothing newer ends it.
+        let mut sync = BlockSync::start(1, 0);
+        ask(&mut sync, 1);
+        assert!(sync.on_nothing_newer(0, 8, 3));
+        // Shown behind by a certificate at 20: the next peer is asked at once...
+        let mut sync = BlockSync::start(1, 20);
+        let first = ask(&mut sync, 1);
+        assert!(!sync.on_nothing_newer(0, 8, 3));
+        let second = ask(&mut sync, 2);
+        assert_ne!(first, second);
+        assert!(!sync.on_nothing_newer(0, 8, 3));
+        // ...until every connected peer said it has nothing newer,
+        ask(&mut sync, 3);
+        assert!(sync.on_nothing_newer(0, 8, 3));
+        // or the log is near the certified height.
+        let mut sync = BlockSync::start(1, 20);
+        ask(&mut sync, 1);
+        assert!(sync.on_nothing_newer(12, 8, 3));
     }
 
     #[test]

@@ -1,0 +1,140 @@
+//! The driver's inputs: messages from peers (consensus, sync, forwarded transactions), decoded
+//! payloads and execution results, each followed by whatever is due at the time (`step`).
+
+use super::{Driver, Pending};
+use crate::validator::{
+    metrics::PAYLOADS_REJECTED,
+    payload::{Payload, Rejected},
+    wire::ConsensusEnvelope,
+};
+use kestrel_consensus::bft::{self, Event, Message, ValidatorIndex};
+use kestrel_net::{Inbound, Kind};
+use kestrel_types::ExecutionResult;
+
+/// What wakes the driver besides time.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "one at a time, on the loop's stack: boxing would cost an allocation a proposal"
+)]
+pub enum Input {
+    Inbound(Inbound),
+    Executed(ExecutionResult),
+    Decoded(Pending, Result<Payload, Rejected>),
+}
+
+impl Driver {
+    /// One turn of the loop: the input, if any, then whatever is due now (timers, a build,
+    /// forwarding, requests).
+    pub(in crate::validator) fn step(&mut self, input: Option<Input>) {
+        match input {
+            Some(Input::Inbound(msg)) => self.on_inbound(msg),
+            Some(Input::Executed(result)) => self.feed(Event::Executed(result)),
+            Some(Input::Decoded(pending, result)) => self.on_decoded(pending, result),
+            None => {}
+        }
+        self.on_tick(self.now());
+    }
+
+    fn on_inbound(&mut self, msg: Inbound) {
+        let Some(from) = self.members.ids.iter().position(|id| *id == msg.peer) else {
+            return;
+        };
+        let from = ValidatorIndex(from as u16);
+        match msg.kind {
+            Kind::Consensus => self.on_consensus(from, &msg.payload),
+            Kind::SyncRequest => self.on_sync_request(from, &msg.payload),
+            Kind::SyncResponse => self.on_sync_response(&msg.payload),
+            Kind::TxForward => {
+                let forwarder = self.forwarder.as_mut().expect("running");
+                if let Err(err) = forwarder.incoming(&msg.payload) {
+                    tracing::debug!(target: "node::validator", peer = %msg.peer, %err, "undecodable forwarded transactions")
+                }
+            }
+        }
+    }
+
+    fn on_consensus(&mut self, from: ValidatorIndex, bytes: &[u8]) {
+        let (message, payload) = match ConsensusEnvelope::open(bytes) {
+            Ok(opened) => opened,
+            Err(err) => {
+                metrics::counter!(bft::metrics::INVALID_MESSAGES).increment(1);
+                tracing::debug!(target: "node::validator", %err, "undecodable consensus message");
+                return;
+            }
+        };
+        let certified_height = match message.peek() {
+            Message::Proposal(p) => Some(p.block.qc.height),
+            Message::Timeout(t) => Some(t.high_qc.height),
+            Message::Certificate(qc) => Some(qc.height),
+            _ => None,
+        };
+        if let Some(height) = certified_height {
+            self.check_behind(height);
+        }
+        if self.sync.is_some() {
+            return;
+        }
+        if let Message::Proposal(p) = message.peek() {
+            let (hash, timestamp_ms) = (p.block.payload_hash, p.block.timestamp_ms);
+            if !self.payloads.contains(&hash) {
+                // Decoded off this thread; consensus sees the proposal when it is done.
+                if let Some(bytes) = payload
+                    && !self.decoder.as_ref().expect("running").submit(
+                        Pending { from, message },
+                        hash,
+                        bytes,
+                        timestamp_ms,
+                    )
+                {
+                    metrics::counter!(PAYLOADS_REJECTED, "reason" => "busy").increment(1);
+                }
+                return;
+            }
+            let block = p.block.clone();
+            self.payloads.remember(&block);
+        }
+        self.feed(Event::Message { from, message });
+    }
+
+    fn on_decoded(&mut self, pending: Pending, result: Result<Payload, Rejected>) {
+        if self.sync.is_some() {
+            return;
+        }
+        let Message::Proposal(p) = pending.message.peek() else {
+            unreachable!("only proposals are decoded")
+        };
+        let block = p.block.clone();
+        let payload = match result {
+            Ok(payload) => payload,
+            Err(err) => {
+                tracing::warn!(target: "node::validator", height = block.height, %err, "invalid payload");
+                metrics::counter!(PAYLOADS_REJECTED, "reason" => err.reason()).increment(1);
+                return;
+            }
+        };
+        let parent_fees = self.parent_known(block.parent()).map(|(_, fees)| fees);
+        let (height, round) = (self.finality.height(), self.bft.round());
+        match self
+            .payloads
+            .accept(&block, payload.clone(), parent_fees, height, round)
+        {
+            // In flight here too: not proposed again by us, and back in the pool if it loses
+            // (a proposal at or below our head already lost, or is final).
+            Ok(new) => {
+                if new && block.height > height {
+                    self.pool.on_proposed(block.height, payload.txs());
+                }
+            }
+            Err(refused) => {
+                tracing::warn!(target: "node::validator", height = block.height, ?refused, "payload refused");
+                metrics::counter!(PAYLOADS_REJECTED, "reason" => refused.reason()).increment(1);
+                return;
+            }
+        }
+        self.payloads.remember(&block);
+        self.feed(Event::Message {
+            from: pending.from,
+            message: pending.message,
+        });
+    }
+}
