@@ -4,7 +4,7 @@
 //! step. A flag given on the command line wins over the file, the file over the built-in default.
 //! Unknown keys are errors, so a misspelt option cannot be silently ignored.
 
-use crate::cli::{ExecutorKind, NodeArgs};
+use crate::cli::{ArchiveIo, ExecutorKind, NodeArgs};
 use alloy_primitives::Address;
 use serde::{Deserialize, Serialize};
 use std::{
@@ -43,6 +43,7 @@ pub struct Config {
     pub mempool: MempoolSection,
     pub validator: ValidatorSection,
     pub p2p: P2pSection,
+    pub archive: ArchiveSection,
 }
 
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -114,6 +115,12 @@ pub struct P2pSection {
     pub preauth_max: Option<usize>,
     pub preauth_per_ip: Option<usize>,
     pub handshake_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveSection {
+    pub io: Option<ArchiveIo>,
 }
 
 impl Config {
@@ -207,6 +214,7 @@ impl Config {
         fill!(p2p_preauth_max, self.p2p.preauth_max);
         fill!(p2p_preauth_per_ip, self.p2p.preauth_per_ip);
         fill!(p2p_handshake_timeout_ms, self.p2p.handshake_timeout_ms);
+        fill!(archive_io, self.archive.io);
     }
 }
 

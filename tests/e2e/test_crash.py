@@ -81,9 +81,9 @@ def test_check_datadir_finds_a_damaged_block_log(tmp_path):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["log_height"] >= report["db_head"] >= 10 and report["commit_proofs"] >= 10, report
-    # Flip one byte in the middle of the log: the record's checksum fails, so the log ends before
-    # it, behind the database.
-    log = node.datadir / "consensus" / "blocks.log"
+    # Flip one byte in the middle of the log (the archive's last segment): the record's checksum
+    # fails, so the log ends before it, behind the database.
+    log = sorted((node.datadir / "consensus" / "archive").glob("*.seg"))[-1]
     data = bytearray(log.read_bytes())
     data[len(data) // 2] ^= 0xFF
     log.write_bytes(bytes(data))

@@ -175,6 +175,7 @@ pub struct Archive {
 impl Archive {
     /// Opens (or creates) the archive in `dir`, truncating a torn tail, and starts its writer.
     pub fn open(dir: &Path, config: ArchiveConfig) -> Result<(Self, OpenReport), ArchiveError> {
+        metrics::register();
         if !dir.exists() {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
             if let Some(parent) = dir.parent() {
