@@ -97,14 +97,15 @@ pub struct ReadOp<'a> {
 }
 
 pub enum Disk {
-    Uring(IoUring),
+    /// Boxed: a ring is a few hundred bytes, the fallback nothing.
+    Uring(Box<IoUring>),
     Pwrite,
 }
 
 impl Disk {
     pub fn new(mode: IoMode) -> io::Result<Self> {
         Ok(match mode {
-            IoMode::IoUring => Disk::Uring(new_ring()?),
+            IoMode::IoUring => Disk::Uring(Box::new(new_ring()?)),
             IoMode::Pwrite => Disk::Pwrite,
         })
     }
@@ -214,7 +215,6 @@ fn uring_write_and_sync(
                 .build()
         })
         .chain(dir.map(|d| opcode::Fsync::new(types::Fd(d.as_raw_fd())).build()))
-        .map(|e| e.flags(squeue::Flags::IO_DRAIN))
         .collect();
     let capacity = RING_ENTRIES as usize;
     assert!(
@@ -243,11 +243,15 @@ fn uring_write_and_sync(
     for chunk in early.chunks(capacity) {
         ok &= submit_and_check(ring, chunk, &runs)?;
     }
-    let tail: Vec<squeue::Entry> = last
+    let mut tail: Vec<squeue::Entry> = last
         .iter()
         .cloned()
         .chain(syncs.into_iter().map(|e| e.user_data(u64::MAX)))
         .collect();
+    let n = tail.len();
+    for e in &mut tail[..n - 1] {
+        *e = e.clone().flags(squeue::Flags::IO_LINK);
+    }
     ok &= submit_and_check(ring, &tail, &runs)?;
     Ok(ok)
 }

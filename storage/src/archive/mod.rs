@@ -435,6 +435,11 @@ impl Archive {
         self.durable.get()
     }
 
+    /// Groups the writer stage made durable since open (each one fsync per file it touched).
+    pub fn groups_synced(&self) -> u64 {
+        self.durable.groups()
+    }
+
     /// The lowest block holding a record of `kind`.
     pub fn first(&self, kind: RecordKind) -> Option<u64> {
         let index = &self.kinds[kind.index()];

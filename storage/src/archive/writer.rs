@@ -44,6 +44,8 @@ struct State {
     durable: Option<u64>,
     /// Why the stage stopped, if it failed (every waiter gets it).
     failed: Option<String>,
+    /// Groups written and synced since the stage started.
+    groups: u64,
 }
 
 /// Durability as the stage reports it, for callers to wait on.
@@ -58,7 +60,7 @@ impl Durable {
         Self {
             state: Mutex::new(State {
                 durable,
-                failed: None,
+                ..State::default()
             }),
             changed: Condvar::new(),
         }
@@ -66,6 +68,10 @@ impl Durable {
 
     pub fn get(&self) -> Option<u64> {
         self.state.lock().durable
+    }
+
+    pub fn groups(&self) -> u64 {
+        self.state.lock().groups
     }
 
     /// Blocks until block `number` is durable, or the stage failed.
@@ -84,8 +90,14 @@ impl Durable {
         }
     }
 
-    fn publish(&self, durable: u64) {
-        self.state.lock().durable = Some(durable);
+    /// A group is durable; it completed block `done`, if any.
+    fn publish(&self, done: Option<u64>) {
+        let mut state = self.state.lock();
+        state.groups += 1;
+        if done.is_some() {
+            state.durable = done;
+        }
+        drop(state);
         self.changed.notify_all();
     }
 
@@ -218,8 +230,9 @@ impl Stage {
         self.disk.write_and_sync(&ops, &files, dir)?;
         let elapsed = started.elapsed();
         metrics::group_synced(elapsed);
-        if let Some(done) = group.iter().filter_map(|w| w.completes).max() {
-            self.durable.publish(done);
+        let done = group.iter().filter_map(|w| w.completes).max();
+        self.durable.publish(done);
+        if let Some(done) = done {
             ::metrics::gauge!(metrics::DURABLE_BLOCK).set(done as f64);
         }
         if elapsed > SLOW_SYNC {
