@@ -64,7 +64,24 @@ impl IoMode {
 
 /// A ring that can run the archive's opcodes, or why not.
 pub fn new_ring() -> io::Result<IoUring> {
-    let ring = IoUring::new(RING_ENTRIES)?;
+    probed(IoUring::new(RING_ENTRIES)?)
+}
+
+/// A ring for the one thread that creates it and alone submits to it (the writer stage):
+/// completions are run when that thread waits (`DEFER_TASKRUN`, Linux 6.1) instead of
+/// interrupting it; a plain ring on kernels without it.
+fn new_thread_ring() -> io::Result<IoUring> {
+    match IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(RING_ENTRIES)
+    {
+        Ok(ring) => probed(ring),
+        Err(_) => new_ring(),
+    }
+}
+
+fn probed(ring: IoUring) -> io::Result<IoUring> {
     let mut probe = io_uring::Probe::new();
     ring.submitter().register_probe(&mut probe)?;
     for (name, code) in [
@@ -110,6 +127,14 @@ impl Disk {
         })
     }
 
+    /// For a thread that alone uses it, created on that thread.
+    pub fn for_this_thread(mode: IoMode) -> io::Result<Self> {
+        Ok(match mode {
+            IoMode::IoUring => Disk::Uring(Box::new(new_thread_ring()?)),
+            IoMode::Pwrite => Disk::Pwrite,
+        })
+    }
+
     /// Writes every op, then makes them durable: `fdatasync` of each file in `sync`, then a full
     /// fsync of `dir` if given (a new segment's directory entry). Ops on one file at adjacent
     /// offsets go out as one `writev`.
@@ -148,13 +173,25 @@ impl Disk {
     }
 }
 
+/// The fallback writes each run of adjacent records with one `pwritev`, as the io_uring path
+/// submits one `writev`: the two paths then differ in how they reach the kernel, not in how
+/// many calls they make.
 fn write_and_sync_plain(
     ops: &[WriteOp<'_>],
     sync: &[Arc<File>],
     dir: Option<&File>,
 ) -> io::Result<()> {
-    for op in ops {
-        op.file.write_all_at(op.bytes, op.offset)?;
+    for mut run in runs(ops) {
+        let mut slices = &mut run.slices[..];
+        let mut offset = run.offset;
+        while !slices.is_empty() {
+            let written = rustix::io::pwritev(run.file, slices, offset)?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            offset += written as u64;
+            IoSlice::advance_slices(&mut slices, written);
+        }
     }
     for file in sync {
         file.sync_data()?;
@@ -167,6 +204,7 @@ fn write_and_sync_plain(
 
 /// One run of adjacent writes to one file: a `writev`.
 struct Run<'a> {
+    file: &'a File,
     fd: i32,
     offset: u64,
     slices: Vec<IoSlice<'a>>,
@@ -187,6 +225,7 @@ fn runs<'a>(ops: &'a [WriteOp<'a>]) -> Vec<Run<'a>> {
                 run.len += op.bytes.len();
             }
             _ => runs.push(Run {
+                file: op.file,
                 fd,
                 offset: op.offset,
                 slices: vec![IoSlice::new(op.bytes)],

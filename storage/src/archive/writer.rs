@@ -118,22 +118,31 @@ pub struct Writer {
 
 impl Writer {
     pub fn spawn(mode: IoMode, dir: PathBuf, durable: Arc<Durable>) -> Result<Self, ArchiveError> {
-        let disk = Disk::new(mode).map_err(|source| ArchiveError::Io {
-            path: dir.clone(),
-            source,
-        })?;
         let dir_file = File::open(&dir).map_err(|source| ArchiveError::Io {
             path: dir.clone(),
             source,
         })?;
         let (tx, rx) = crossbeam_channel::bounded(QUEUE_WRITES_MAX);
+        // The ring is made on the stage's thread (its only user); whether that worked comes back.
+        let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+        let dir_path = dir.clone();
         let thread = std::thread::Builder::new()
             .name("archive-writer".into())
             .spawn(move || {
+                let disk = match Disk::for_this_thread(mode) {
+                    Ok(disk) => {
+                        let _ = ready_tx.send(Ok(()));
+                        disk
+                    }
+                    Err(err) => {
+                        let _ = ready_tx.send(Err(err));
+                        return;
+                    }
+                };
                 let stage = Stage {
                     disk,
                     dir: dir_file,
-                    dir_path: dir,
+                    dir_path,
                     durable,
                 };
                 stage.run(rx);
@@ -142,6 +151,13 @@ impl Writer {
                 path: PathBuf::from("archive-writer thread"),
                 source,
             })?;
+        let ready = ready_rx
+            .recv()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the archive writer exited at start")));
+        if let Err(source) = ready {
+            let _ = thread.join();
+            return Err(ArchiveError::Io { path: dir, source });
+        }
         Ok(Self {
             tx: Some(tx),
             thread: Some(thread),
