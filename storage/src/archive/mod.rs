@@ -122,7 +122,20 @@ pub struct SegmentInfo {
 
 struct Segment {
     info: SegmentInfo,
-    file: Arc<File>,
+    /// Open for the last segment (appended to) only: a long archive has thousands of
+    /// segments, more than a process may hold open; the others are opened per read.
+    file: Option<Arc<File>>,
+}
+
+impl Segment {
+    fn file(&self) -> Result<Arc<File>, ArchiveError> {
+        match &self.file {
+            Some(file) => Ok(file.clone()),
+            None => File::open(&self.info.path)
+                .map(Arc::new)
+                .map_err(io_err(&self.info.path)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -187,7 +200,7 @@ impl Archive {
         let (mut archive, report) = Self::scan(dir, config, false)?;
         // What a crashed process left in the page cache is on disk once this returns.
         if let Some(last) = archive.segments.last() {
-            last.file.sync_data().map_err(io_err(&last.info.path))?;
+            last.file()?.sync_data().map_err(io_err(&last.info.path))?;
         }
         archive.writer = Some(Writer::spawn(
             archive.mode,
@@ -264,6 +277,9 @@ impl Archive {
                 if !read_only {
                     archive.repair(torn)?;
                 }
+            }
+            if !last {
+                archive.segments.last_mut().expect("just scanned").file = None;
             }
         }
         archive.durable = Arc::new(Durable::starting_at(archive.last_block));
@@ -389,7 +405,7 @@ impl Archive {
                 path,
                 bytes: if blocks == 0 { len } else { end },
             },
-            file: Arc::new(file),
+            file: Some(Arc::new(file)),
         });
         Ok(torn)
     }
@@ -399,10 +415,9 @@ impl Archive {
         let segment = self.segments.last().expect("a torn segment");
         let path = segment.info.path.clone();
         if !torn.whole_segment {
-            segment
-                .file
-                .set_len(segment.info.bytes)
-                .and_then(|()| segment.file.sync_all())
+            let file = segment.file()?;
+            file.set_len(segment.info.bytes)
+                .and_then(|()| file.sync_all())
                 .map_err(io_err(&path))?;
         } else {
             std::fs::remove_file(&path).map_err(io_err(&path))?;
@@ -480,7 +495,7 @@ impl Archive {
             let seg = &mut self.segments[segment];
             let offset = seg.info.bytes;
             seg.info.bytes += bytes.len() as u64;
-            let file = seg.file.clone();
+            let file = seg.file.clone().expect("the last segment is open");
             self.kinds[kind.index()].push(
                 number,
                 Loc {
@@ -515,13 +530,16 @@ impl Archive {
             .open(&path)
             .map_err(io_err(&path))?;
         let file = Arc::new(file);
+        if let Some(previous) = self.segments.last_mut() {
+            previous.file = None;
+        }
         self.segments.push(Segment {
             info: SegmentInfo {
                 first,
                 path,
                 bytes: SEGMENT_HEADER_BYTES as u64,
             },
-            file: file.clone(),
+            file: Some(file.clone()),
         });
         ::metrics::gauge!(metrics::SEGMENTS).set(self.segments.len() as f64);
         self.send(Write {
@@ -597,11 +615,25 @@ impl Archive {
             .iter()
             .map(|l| vec![0u8; RECORD_HEADER_BYTES + l.len as usize])
             .collect();
+        // Each segment the range touches, opened once.
+        let mut files: Vec<(u32, Arc<File>)> = Vec::new();
+        for l in &locs {
+            if files.last().is_none_or(|(s, _)| *s != l.segment) {
+                files.push((l.segment, self.segments[l.segment as usize].file()?));
+            }
+        }
+        let file_of = |segment: u32| {
+            &files
+                .iter()
+                .find(|(s, _)| *s == segment)
+                .expect("opened above")
+                .1
+        };
         let mut ops: Vec<ReadOp<'_>> = locs
             .iter()
             .zip(bufs.iter_mut())
             .map(|(l, buf)| ReadOp {
-                file: &self.segments[l.segment as usize].file,
+                file: file_of(l.segment),
                 offset: l.offset,
                 buf,
             })
