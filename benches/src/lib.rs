@@ -1,6 +1,7 @@
 //! Deterministic workloads for Kestrel's benchmarks: funded accounts, signed blocks, and an
 //! in-memory state to execute them on (so executor benches measure execution, not disk).
 
+pub mod archive;
 pub mod workload;
 
 use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};

@@ -156,3 +156,52 @@ fn verify_rejects_wrong_results() {
     *value += alloy_primitives::U256::from(1);
     assert!(bench.verify(&out).is_err(), "minted tokens");
 }
+
+/// `kestrel-bench archive` prints one verified line per record size, pattern and I/O path,
+/// with io_uring's lines only where io_uring is there.
+#[test]
+fn archive_prints_one_verified_json_line_per_size_pattern_and_io_path() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_kestrel-bench"))
+        .args([
+            "archive",
+            "--record-bytes",
+            "300,20000",
+            "--blocks",
+            "50",
+            "--runs",
+            "1",
+        ])
+        .args(["--dir".as_ref(), dir.path().as_os_str()])
+        .arg("--json")
+        .output()
+        .expect("kestrel-bench runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    let uring = kestrel_benches::archive::uring_available();
+    assert_eq!(lines.len(), if uring { 8 } else { 4 }, "{lines:?}");
+    for line in &lines {
+        assert_eq!(line["bench"], "archive");
+        assert_eq!(line["verified"], true);
+        assert_eq!(line["blocks"], 50);
+        assert!(line["appends_per_s"].as_f64().expect("appends_per_s") > 0.0);
+        let fsyncs = line["fsyncs"].as_u64().expect("fsyncs");
+        match line["pattern"].as_str() {
+            // Each block waited for: one group each, plus the segment header's.
+            Some("sync_each") => assert!((50..=51).contains(&fsyncs), "{line}"),
+            Some("grouped") => assert!((1..=51).contains(&fsyncs), "{line}"),
+            other => panic!("pattern {other:?}"),
+        }
+    }
+    let paths: Vec<&str> = lines.iter().filter_map(|l| l["io"].as_str()).collect();
+    assert!(paths.contains(&"pwrite"));
+    assert_eq!(paths.contains(&"io_uring"), uring);
+}

@@ -207,6 +207,10 @@ pub struct NodeArgs {
     /// Time for a p2p handshake; an accepted connection not authenticated by then is closed.
     #[arg(long, value_name = "MS", default_value_t = kestrel_net::HANDSHAKE_TIMEOUT_DEFAULT.as_millis() as u64)]
     pub p2p_handshake_timeout_ms: u64,
+    /// How the block archive reaches the disk: io_uring when the kernel allows it (`auto`),
+    /// io_uring or refuse to start (`io_uring`), or plain pwrite/pread and fdatasync (`pwrite`).
+    #[arg(long, value_enum, default_value_t = ArchiveIo::Auto)]
+    pub archive_io: ArchiveIo,
 }
 
 impl NodeArgs {
@@ -296,6 +300,28 @@ pub enum ExecutorKind {
     /// Speculatively on `--exec-threads` workers, committed in block order (blocks under 64
     /// transactions still run sequentially).
     Parallel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ArchiveIo {
+    /// io_uring if the kernel allows it, else pwrite.
+    Auto,
+    /// io_uring, or the node does not start.
+    #[value(name = "io_uring")]
+    IoUring,
+    /// pwrite/pread and fdatasync.
+    Pwrite,
+}
+
+impl From<ArchiveIo> for kestrel_storage::archive::IoChoice {
+    fn from(io: ArchiveIo) -> Self {
+        match io {
+            ArchiveIo::Auto => Self::Auto,
+            ArchiveIo::IoUring => Self::IoUring,
+            ArchiveIo::Pwrite => Self::Pwrite,
+        }
+    }
 }
 
 fn available_cores() -> NonZeroUsize {

@@ -4,7 +4,7 @@
 //! step. A flag given on the command line wins over the file, the file over the built-in default.
 //! Unknown keys are errors, so a misspelt option cannot be silently ignored.
 
-use crate::cli::{ExecutorKind, NodeArgs};
+use crate::cli::{ArchiveIo, ExecutorKind, NodeArgs};
 use alloy_primitives::Address;
 use kestrel_storage::HistoryWindow;
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,7 @@ pub struct Config {
     pub mempool: MempoolSection,
     pub validator: ValidatorSection,
     pub p2p: P2pSection,
+    pub archive: ArchiveSection,
 }
 
 /// `history_blocks`: a number of blocks, or `"all"`.
@@ -141,6 +142,12 @@ pub struct P2pSection {
     pub handshake_timeout_ms: Option<u64>,
 }
 
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ArchiveSection {
+    pub io: Option<ArchiveIo>,
+}
+
 impl Config {
     /// Reads a config file. Relative paths in it are taken from the file's directory, so a
     /// validator directory can be moved, or started from any working directory.
@@ -233,6 +240,7 @@ impl Config {
         fill!(p2p_preauth_max, self.p2p.preauth_max);
         fill!(p2p_preauth_per_ip, self.p2p.preauth_per_ip);
         fill!(p2p_handshake_timeout_ms, self.p2p.handshake_timeout_ms);
+        fill!(archive_io, self.archive.io);
     }
 }
 

@@ -56,7 +56,8 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
         .install()
         .wrap_err_with(|| format!("starting metrics on {}", args.metrics))?;
     describe_metrics();
-    metrics::gauge!("kestrel_node_info", "version" => env!("CARGO_PKG_VERSION"), "chain_id" => spec.chain_id.to_string()).set(1.0);
+    let archive_io = validator::configure_archive(args.archive_io.into())?;
+    metrics::gauge!("kestrel_node_info", "version" => env!("CARGO_PKG_VERSION"), "chain_id" => spec.chain_id.to_string(), "archive_io" => archive_io.label()).set(1.0);
 
     std::fs::create_dir_all(&args.datadir).wrap_err("creating datadir")?;
     let store = Arc::new(
@@ -248,9 +249,10 @@ async fn wait_for_signal() {
 fn describe_metrics() {
     metrics::describe_gauge!(
         "kestrel_node_info",
-        "Node version and chain id in labels (always 1)"
+        "Node version, chain id and the block archive's I/O path in labels (always 1)"
     );
     kestrel_storage::describe_metrics();
+    kestrel_storage::archive::describe_metrics();
     crate::disk::describe_metrics();
     kestrel_rpc::describe_metrics();
     kestrel_pipeline::describe_metrics();

@@ -5,6 +5,7 @@
 //! updates the tries incrementally (see [`trie`]), [`BlockWriter::insert_block`] the block, and
 //! [`BlockWriter::commit`] makes both durable at once.
 
+pub mod archive;
 mod codec;
 pub mod error;
 mod genesis;

@@ -4,13 +4,16 @@
 //! kestrel-bench exec --workload raw|erc20|uniswap|hot --txs N --threads T \
 //!     --executor sequential|parallel [--hot-ratio R] [--pairs P] [--runs K] --json
 //! kestrel-bench compare --workload ... --txs N --threads T [--runs K] --json
+//! kestrel-bench archive [--record-bytes 300,600000] [--blocks N] [--runs K] [--dir DIR] --json
 //! ```
 //!
 //! `exec` builds a deterministic block and state (100,000 funded accounts by default), executes
 //! the block `--runs` times, checks every result without trusting the executor (balances, token
 //! supply, pair reserves) and prints the median run. `compare` runs sequential and parallel
 //! alternately on the same block and prints both with their ratio, so that a noisy machine
-//! affects both alike.
+//! affects both alike. `archive` measures the block archive's appends and fsyncs per second,
+//! io_uring against the pwrite fallback, alternately in one run (benches/src/archive.rs), and
+//! prints one line per record size, pattern and I/O path.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kestrel_benches::{
@@ -48,6 +51,28 @@ enum Command {
         #[command(flatten)]
         block: BlockArgs,
     },
+    /// The block archive's appends and fsyncs per second, io_uring vs the pwrite fallback.
+    Archive(ArchiveArgs),
+}
+
+#[derive(Debug, Args)]
+struct ArchiveArgs {
+    /// Record sizes in bytes: an empty block's record is ~300 B, a 5,000-transaction block's
+    /// ~600 KB.
+    #[arg(long, value_delimiter = ',', default_values_t = [300usize, 600_000])]
+    record_bytes: Vec<usize>,
+    /// Blocks per run (default: per pattern and size, `Pattern::blocks`).
+    #[arg(long)]
+    blocks: Option<u64>,
+    /// Runs of each; the median (by write time) is reported.
+    #[arg(long, default_value_t = 3)]
+    runs: usize,
+    /// Where the archives are written (the disk measured; default: the temp directory).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<std::path::PathBuf>,
+    /// One JSON line per result instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -123,6 +148,15 @@ fn main() -> ExitCode {
             block,
             vec![ExecutorKind::Sequential, ExecutorKind::Parallel],
         ),
+        Command::Archive(args) => {
+            return match archive(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     if block.runs == 0 {
         eprintln!("error: --runs must be at least 1");
@@ -276,4 +310,54 @@ fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
     if let (Some(into), serde_json::Value::Object(from)) = (into.as_object_mut(), from) {
         into.extend(from);
     }
+}
+
+/// `kestrel-bench archive`: for each record size and pattern, io_uring and pwrite runs
+/// alternate (so a drifting machine hits both alike); the median run of each is printed.
+fn archive(args: &ArchiveArgs) -> eyre::Result<()> {
+    use kestrel_benches::archive::{Pattern, run};
+    use kestrel_storage::archive::IoChoice;
+    eyre::ensure!(args.runs > 0, "--runs must be at least 1");
+    let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    if !kestrel_benches::archive::uring_available() {
+        eprintln!("io_uring is unavailable here: only the pwrite fallback is measured");
+    }
+    for &bytes in &args.record_bytes {
+        for pattern in [Pattern::SyncEach, Pattern::Grouped] {
+            let blocks = args.blocks.unwrap_or_else(|| pattern.blocks(bytes));
+            let mut results: [Vec<serde_json::Value>; 2] = [Vec::new(), Vec::new()];
+            for _ in 0..args.runs {
+                for (io, out) in [IoChoice::IoUring, IoChoice::Pwrite]
+                    .into_iter()
+                    .zip(&mut results)
+                {
+                    if let Some(result) = run(&dir, io, pattern, bytes, blocks)? {
+                        out.push(result);
+                    }
+                }
+            }
+            for mut runs in results.into_iter().filter(|r| !r.is_empty()) {
+                let write_s = |v: &serde_json::Value| v["write_s"].as_f64().unwrap_or(f64::MAX);
+                runs.sort_by(|a, b| write_s(a).total_cmp(&write_s(b)));
+                let mut median = runs.swap_remove(runs.len() / 2);
+                median["runs"] = json!(args.runs);
+                if args.json {
+                    println!("{median}");
+                } else {
+                    println!(
+                        "{:>8} {:>9} B {:>9}: {:>8} appends/s {:>7} fsyncs/s ({} blocks/fsync, {} MB/s), reads {}/s",
+                        median["io"].as_str().unwrap_or_default(),
+                        bytes,
+                        pattern.name(),
+                        median["appends_per_s"],
+                        median["fsyncs_per_s"],
+                        median["blocks_per_fsync"],
+                        median["write_mb_per_s"],
+                        median["reads_per_s"],
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
 }

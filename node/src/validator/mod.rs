@@ -44,6 +44,7 @@ use std::{
     thread,
     time::Duration,
 };
+pub use store::configure_archive;
 use transport::{NetTransport, NoPeers, Transport};
 
 /// Stakes enter consensus in gwei: the genesis gives wei, which overflows u64 at 18 ETH.

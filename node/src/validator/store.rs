@@ -11,20 +11,23 @@ use kestrel_consensus::{
     Round,
     bft::{Block, CommittedBlock, QuorumCert, SafetyState},
 };
+use kestrel_storage::archive::{
+    Archive, ArchiveConfig, ArchiveError, IoChoice, IoMode, RECORD_BYTES_MAX, RecordKind,
+};
 use std::{
-    fs::{File, OpenOptions},
-    io::{self, Read, Seek, SeekFrom, Write},
-    os::unix::fs::FileExt,
+    fs::File,
+    io::{self, Read, Write},
     path::{Path, PathBuf},
+    sync::OnceLock,
 };
 
 const SAFETY_FILE: &str = "safety.rlp";
+/// The block archive's directory, beside the safety file.
+const ARCHIVE_DIR: &str = "archive";
+/// The block log before the archive: moved into it at the first start.
 const LOG_FILE: &str = "blocks.log";
-/// Record header: body length (u32 BE), then the first 4 bytes of keccak256(body), which tells a
-/// torn or garbage tail from a record.
-const RECORD_HEADER_BYTES: usize = 8;
-/// Largest record: a block with a full payload fits many times over.
-const RECORD_BYTES_MAX: usize = 64 << 20;
+/// `blocks.log` record header: body length (u32 BE), then the first 4 bytes of keccak256(body).
+const LEGACY_HEADER_BYTES: usize = 8;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -32,6 +35,8 @@ pub enum StoreError {
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: {reason}")]
     Corrupt { path: PathBuf, reason: String },
+    #[error("block archive: {0}")]
+    Archive(#[from] ArchiveError),
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -151,91 +156,146 @@ impl SafetyFile {
     }
 }
 
-/// Append-only log of finalized blocks, heights 1, 2, 3, ... without gaps.
+/// The process's archive settings (`--archive-io`), set once at start-up by
+/// [`configure_archive`]; the block log opens with them. A process-wide setting because the
+/// log is opened deep inside the driver's construction, which takes no storage options.
+static ARCHIVE_CONFIG: OnceLock<ArchiveConfig> = OnceLock::new();
+
+/// Decides the block archive's I/O path for this process: probes io_uring (for `auto` and
+/// `io_uring`), logs the choice, and returns it for `kestrel_node_info`. Err when io_uring was
+/// required and is unavailable.
+pub fn configure_archive(io: IoChoice) -> Result<IoMode, StoreError> {
+    let mode = IoMode::resolve(io).map_err(ArchiveError::UringUnavailable)?;
+    let io = match mode {
+        IoMode::IoUring => IoChoice::IoUring,
+        IoMode::Pwrite => IoChoice::Pwrite,
+    };
+    let _ = ARCHIVE_CONFIG.set(ArchiveConfig {
+        io,
+        ..ArchiveConfig::default()
+    });
+    tracing::info!(target: "node::validator", archive_io = mode.label(), "block archive I/O");
+    Ok(mode)
+}
+
+fn archive_config() -> ArchiveConfig {
+    ARCHIVE_CONFIG.get().copied().unwrap_or_default()
+}
+
+/// The log of finalized blocks, heights 1, 2, 3, ... without gaps: one `Block` record per
+/// height in the block archive (`consensus/archive/`, kestrel_storage::archive), the block's
+/// [`SyncedBlock`] bytes. Appends are handed to the archive's writer stage; [`ChainLog::sync`]
+/// waits until they are durable.
 pub struct ChainLog {
-    path: PathBuf,
-    file: File,
-    /// Offset of each record: `offsets[h - 1]` is height h's.
-    offsets: Vec<u64>,
-    end: u64,
+    archive: Archive,
     head: CommittedBlock,
-    dirty: bool,
 }
 
 impl ChainLog {
-    /// Opens (or creates) the log in `dir`, dropping a torn last record (a crash mid-append; the
-    /// block was not handed to execution, since that waits for the fsync).
+    /// Opens (or creates) the log in `dir`, dropping a torn tail (a crash mid-append; the block
+    /// was not handed to execution, since that waits for the fsync), and moves a `blocks.log`
+    /// from before the archive into it.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let path = dir.join(LOG_FILE);
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .open(&path)
-            .map_err(io_err(&path))?;
-        let (log, torn) = Self::scan(path.clone(), file)?;
-        if torn > 0 {
-            tracing::warn!(target: "node::validator", path = %path.display(), dropped = torn, "dropping a torn record at the end of the block log");
-            log.file.set_len(log.end).map_err(io_err(&path))?;
-            log.file.sync_all().map_err(io_err(&path))?;
-        }
+        Self::open_with(dir, archive_config())
+    }
+
+    pub fn open_with(dir: &Path, config: ArchiveConfig) -> Result<Self, StoreError> {
+        let (archive, _) = Archive::open(&dir.join(ARCHIVE_DIR), config)?;
+        let mut log = Self::from_archive(archive)?;
+        log.migrate(&dir.join(LOG_FILE))?;
         Ok(log)
     }
 
     /// Opens the log to read it only (`kestrel check-datadir`): a torn tail is counted, in
     /// bytes, and left for the node's next start to drop.
     pub fn open_read_only(dir: &Path) -> Result<(Self, u64), StoreError> {
-        let path = dir.join(LOG_FILE);
-        let file = File::open(&path).map_err(io_err(&path))?;
-        Self::scan(path, file)
+        let legacy = dir.join(LOG_FILE);
+        if legacy.exists() {
+            return Err(StoreError::Corrupt {
+                path: legacy,
+                reason: "a block log from before the block archive: start the node once to \
+                         move it into the archive"
+                    .into(),
+            });
+        }
+        let (archive, report) = Archive::open_read_only(&dir.join(ARCHIVE_DIR), archive_config())?;
+        Ok((Self::from_archive(archive)?, report.torn_bytes))
     }
 
-    /// Reads every whole record; the bytes after the last one are torn.
-    fn scan(path: PathBuf, mut file: File) -> Result<(Self, u64), StoreError> {
-        let len = file.metadata().map_err(io_err(&path))?.len();
+    fn from_archive(archive: Archive) -> Result<Self, StoreError> {
         let mut log = Self {
-            path: path.clone(),
-            file: file.try_clone().map_err(io_err(&path))?,
-            offsets: Vec::new(),
-            end: 0,
+            archive,
             head: CommittedBlock::genesis(),
-            dirty: false,
         };
-        file.seek(SeekFrom::Start(0)).map_err(io_err(&path))?;
-        let mut reader = io::BufReader::new(&mut file);
-        let mut header = [0u8; RECORD_HEADER_BYTES];
-        while log.end + RECORD_HEADER_BYTES as u64 <= len {
-            reader.read_exact(&mut header).map_err(io_err(&path))?;
-            let body_len = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-            if body_len > RECORD_BYTES_MAX
-                || log.end + (RECORD_HEADER_BYTES + body_len) as u64 > len
-            {
-                break;
-            }
-            let mut body = vec![0u8; body_len];
-            reader.read_exact(&mut body).map_err(io_err(&path))?;
-            if keccak256(&body)[..4] != header[4..] {
-                break;
-            }
-            let record: SyncedBlock = decode_all(&body).map_err(|e| log.corrupt(e))?;
-            let expected = log.offsets.len() as u64 + 1;
-            if record.block.height != expected || record.block.parent() != log.head.block.id() {
+        if let Some(first) = log.archive.first(RecordKind::Block)
+            && first != 1
+        {
+            return Err(log.corrupt(format!("the archive starts at block {first}, not 1")));
+        }
+        if log.height() > 0 {
+            let head = log.read(log.height())?;
+            if head.block.height != log.height() {
                 return Err(log.corrupt(format!(
-                    "record at offset {} is height {}, expected {expected} on the previous block",
-                    log.end, record.block.height
+                    "the archive's block {} holds height {}",
+                    log.height(),
+                    head.block.height
                 )));
             }
-            log.offsets.push(log.end);
-            log.end += (RECORD_HEADER_BYTES + body_len) as u64;
-            log.head = record.committed();
+            log.head = head.committed();
         }
-        let torn = len - log.end;
-        Ok((log, torn))
+        Ok(log)
+    }
+
+    /// Appends what a `blocks.log` (the log before the archive) holds beyond the archive, then
+    /// removes it once the archive is durable. A crash in between leaves both, and the next
+    /// open goes on from where the archive ends.
+    fn migrate(&mut self, path: &Path) -> Result<(), StoreError> {
+        let file = match File::open(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err(path)(e)),
+        };
+        let had = self.height();
+        let mut height = 0;
+        for_each_legacy_record(path, file, |body| {
+            height += 1;
+            let record: SyncedBlock = decode_all(body).map_err(|e| StoreError::Corrupt {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?;
+            if record.block.height != height {
+                return Err(StoreError::Corrupt {
+                    path: path.to_owned(),
+                    reason: format!("record {height} is height {}", record.block.height),
+                });
+            }
+            // Moved before an interrupted move: it must be what the archive holds.
+            if height <= had {
+                if self.read(height)? != record {
+                    return Err(self.corrupt(format!(
+                        "block {height} differs between {} and the archive",
+                        path.display()
+                    )));
+                }
+            } else {
+                self.append(&record)?;
+            }
+            Ok(())
+        })?;
+        self.sync()?;
+        std::fs::remove_file(path).map_err(io_err(path))?;
+        if let Some(dir) = path.parent() {
+            File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io_err(dir))?;
+        }
+        tracing::info!(target: "node::validator", from = %path.display(), blocks = height.saturating_sub(had), height = self.height(), "moved the block log into the block archive");
+        Ok(())
     }
 
     fn corrupt(&self, reason: impl ToString) -> StoreError {
         StoreError::Corrupt {
-            path: self.path.clone(),
+            path: self.archive.dir().to_owned(),
             reason: reason.to_string(),
         }
     }
@@ -246,7 +306,13 @@ impl ChainLog {
     }
 
     pub fn height(&self) -> u64 {
-        self.offsets.len() as u64
+        self.archive.last_block().unwrap_or(0)
+    }
+
+    /// How the archive reaches the disk.
+    #[cfg(test)]
+    pub fn io_mode(&self) -> IoMode {
+        self.archive.io_mode()
     }
 
     /// Appends the next block; durable after [`ChainLog::sync`].
@@ -263,42 +329,60 @@ impl ChainLog {
         );
         let mut body = Vec::with_capacity(block.length());
         block.encode(&mut body);
-        assert!(
-            body.len() <= RECORD_BYTES_MAX,
-            "record of {} bytes",
-            body.len()
-        );
-        let mut record = Vec::with_capacity(RECORD_HEADER_BYTES + body.len());
-        record.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        record.extend_from_slice(&keccak256(&body)[..4]);
-        record.extend_from_slice(&body);
-        self.file.write_all(&record).map_err(io_err(&self.path))?;
-        self.offsets.push(self.end);
-        self.end += record.len() as u64;
+        self.archive
+            .append(block.block.height, &[(RecordKind::Block, &body)])?;
         self.head = block.committed();
-        self.dirty = true;
         Ok(())
     }
 
+    /// Waits until every appended block is durable.
     pub fn sync(&mut self) -> Result<(), StoreError> {
-        if self.dirty {
-            self.file.sync_data().map_err(io_err(&self.path))?;
-            self.dirty = false;
-        }
-        Ok(())
+        Ok(self.archive.sync()?)
     }
 
     /// The block at `height` (1 ..= `height()`).
     pub fn read(&self, height: u64) -> Result<SyncedBlock, StoreError> {
-        let index = usize::try_from(height - 1).expect("height fits usize");
-        let start = self.offsets[index];
-        let end = self.offsets.get(index + 1).copied().unwrap_or(self.end);
-        let mut record = vec![0u8; (end - start) as usize];
-        self.file
-            .read_exact_at(&mut record, start)
-            .map_err(io_err(&self.path))?;
-        decode_all(&record[RECORD_HEADER_BYTES..]).map_err(|e| self.corrupt(e))
+        let bytes = self.archive.read(RecordKind::Block, height)?;
+        decode_all(&bytes).map_err(|e| self.corrupt(e))
     }
+
+    /// The blocks `from..=to`, read in one batch.
+    pub fn read_range(&self, from: u64, to: u64) -> Result<Vec<SyncedBlock>, StoreError> {
+        self.archive
+            .read_range(RecordKind::Block, from, to)?
+            .iter()
+            .map(|bytes| decode_all(bytes).map_err(|e| self.corrupt(e)))
+            .collect()
+    }
+}
+
+/// Calls `f` with each whole record of a `blocks.log` (length u32 BE, the first 4 bytes of
+/// keccak256(body), body), up to a torn tail.
+fn for_each_legacy_record(
+    path: &Path,
+    file: File,
+    mut f: impl FnMut(&[u8]) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
+    let len = file.metadata().map_err(io_err(path))?.len();
+    let mut reader = io::BufReader::new(file);
+    let mut header = [0u8; LEGACY_HEADER_BYTES];
+    let mut pos = 0u64;
+    let mut body = Vec::new();
+    while pos + LEGACY_HEADER_BYTES as u64 <= len {
+        reader.read_exact(&mut header).map_err(io_err(path))?;
+        let body_len = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        if body_len > RECORD_BYTES_MAX || pos + (LEGACY_HEADER_BYTES + body_len) as u64 > len {
+            break;
+        }
+        body.resize(body_len, 0);
+        reader.read_exact(&mut body).map_err(io_err(path))?;
+        if keccak256(&body)[..4] != header[4..] {
+            break;
+        }
+        f(&body)?;
+        pos += (LEGACY_HEADER_BYTES + body_len) as u64;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -340,29 +424,118 @@ mod tests {
             .collect()
     }
 
+    /// The archive's one segment file (the tests' logs are far below a segment's size).
+    fn segment(dir: &Path) -> PathBuf {
+        let mut segments: Vec<PathBuf> = std::fs::read_dir(dir.join(ARCHIVE_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(segments.len(), 1, "{segments:?}");
+        segments.pop().unwrap()
+    }
+
     #[test]
     fn log_survives_reopen_and_drops_a_torn_tail() {
+        for io in [IoChoice::Auto, IoChoice::Pwrite] {
+            let config = ArchiveConfig {
+                io,
+                ..ArchiveConfig::default()
+            };
+            let dir = tempfile::tempdir().unwrap();
+            let blocks = chain(5);
+            {
+                let mut log = ChainLog::open_with(dir.path(), config).unwrap();
+                assert_eq!(log.head().block.id(), BlockId::genesis());
+                for b in &blocks {
+                    log.append(b).unwrap();
+                }
+                log.sync().unwrap();
+                assert_eq!(log.read(3).unwrap(), blocks[2]);
+                assert_eq!(log.read_range(2, 4).unwrap(), blocks[1..4]);
+            }
+            // A crash mid-append leaves part of a record.
+            let mut file = std::fs::OpenOptions::new()
+                .append(true)
+                .open(segment(dir.path()))
+                .unwrap();
+            file.write_all(&[0, 0, 1, 0, 9, 9]).unwrap();
+            drop(file);
+            let (log, torn) = ChainLog::open_read_only(dir.path()).unwrap();
+            assert_eq!((log.height(), torn), (5, 6));
+            drop(log);
+            let log = ChainLog::open_with(dir.path(), config).unwrap();
+            assert_eq!(log.height(), 5);
+            assert_eq!(log.io_mode() == IoMode::Pwrite, io == IoChoice::Pwrite);
+            assert_eq!(log.head(), &blocks[4].committed());
+            assert_eq!(log.read(1).unwrap(), blocks[0]);
+            assert_eq!(log.read(5).unwrap(), blocks[4]);
+            assert_eq!(ChainLog::open_read_only(dir.path()).unwrap().1, 0);
+        }
+    }
+
+    /// `blocks.log` as the node wrote it before the archive.
+    fn write_legacy_log(dir: &Path, blocks: &[SyncedBlock], torn_tail: &[u8]) {
+        let mut bytes = Vec::new();
+        for block in blocks {
+            let mut body = Vec::new();
+            block.encode(&mut body);
+            bytes.extend_from_slice(&(body.len() as u32).to_be_bytes());
+            bytes.extend_from_slice(&keccak256(&body)[..4]);
+            bytes.extend_from_slice(&body);
+        }
+        bytes.extend_from_slice(torn_tail);
+        std::fs::write(dir.join(LOG_FILE), bytes).unwrap();
+    }
+
+    /// A datadir from before the archive: its `blocks.log` moves into the archive at the first
+    /// open (check-datadir refuses it until then), and is gone after.
+    #[test]
+    fn an_old_block_log_moves_into_the_archive() {
         let dir = tempfile::tempdir().unwrap();
-        let blocks = chain(5);
+        let blocks = chain(7);
+        write_legacy_log(dir.path(), &blocks[..6], &[0, 0, 0, 9, 1]);
+        assert!(matches!(
+            ChainLog::open_read_only(dir.path()),
+            Err(StoreError::Corrupt { .. })
+        ));
         {
             let mut log = ChainLog::open(dir.path()).unwrap();
-            assert_eq!(log.head().block.id(), BlockId::genesis());
-            for b in &blocks {
+            assert!(!dir.path().join(LOG_FILE).exists());
+            assert_eq!(log.height(), 6);
+            assert_eq!(log.head(), &blocks[5].committed());
+            log.append(&blocks[6]).unwrap();
+            log.sync().unwrap();
+        }
+        let (log, torn) = ChainLog::open_read_only(dir.path()).unwrap();
+        assert_eq!((log.height(), torn), (7, 0));
+        assert_eq!(log.read_range(1, 7).unwrap(), blocks);
+    }
+
+    /// A crash during the move leaves the archive with the first blocks and the old log whole:
+    /// the next open goes on from the archive's end; an old log that disagrees with the
+    /// archive is refused.
+    #[test]
+    fn an_interrupted_move_resumes_and_a_different_log_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocks = chain(6);
+        {
+            let mut log = ChainLog::open(dir.path()).unwrap();
+            for b in &blocks[..3] {
                 log.append(b).unwrap();
             }
             log.sync().unwrap();
-            assert_eq!(log.read(3).unwrap(), blocks[2]);
         }
-        // A crash mid-append leaves part of a record.
-        let path = dir.path().join(LOG_FILE);
-        let mut file = OpenOptions::new().append(true).open(&path).unwrap();
-        file.write_all(&[0, 0, 1, 0, 9, 9]).unwrap();
-        drop(file);
+        write_legacy_log(dir.path(), &blocks, &[]);
         let log = ChainLog::open(dir.path()).unwrap();
-        assert_eq!(log.height(), 5);
-        assert_eq!(log.head(), &blocks[4].committed());
-        assert_eq!(log.read(1).unwrap(), blocks[0]);
-        assert_eq!(log.read(5).unwrap(), blocks[4]);
+        assert_eq!(log.read_range(1, 6).unwrap(), blocks);
+        drop(log);
+        let mut other = chain(3);
+        other[2].payload = Bytes::from_static(b"another payload");
+        write_legacy_log(dir.path(), &other, &[]);
+        assert!(matches!(
+            ChainLog::open(dir.path()),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     #[test]

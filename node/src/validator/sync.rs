@@ -149,18 +149,30 @@ pub fn answer(
 /// Our answer to a peer's request for blocks `from..from + count` of the log. The limits are
 /// soft: the answer ends on a block with a commit proof (every commit's last block, so at the
 /// latest the log head), since the asker checks finality on the last block it gets.
+/// Blocks one archive read for a sync answer asks for at most.
+const SERVE_READ_BATCH_MAX: usize = 16;
+
 fn serve_blocks(log: &ChainLog, from: u64, count: u16) -> Result<SyncResponse, StoreError> {
     let count = usize::from(count).min(SYNC_BLOCKS_MAX);
     let mut blocks: Vec<SyncedBlock> = Vec::new();
     let mut size = 0;
-    for height in from.max(1)..=log.height() {
-        let full = blocks.len() >= count || size >= SYNC_RESPONSE_BYTES_MAX;
-        if full && blocks.last().is_some_and(|b| b.proof.is_some()) {
-            break;
+    let mut next = from.max(1);
+    // Read from the archive in batches of what is still wanted (one at a time once full, to
+    // reach a proof), so that a batch never reads much past the limits.
+    'answer: while next <= log.height() {
+        let wanted = count
+            .saturating_sub(blocks.len())
+            .clamp(1, SERVE_READ_BATCH_MAX);
+        let to = (next + wanted as u64 - 1).min(log.height());
+        for block in log.read_range(next, to)? {
+            let full = blocks.len() >= count || size >= SYNC_RESPONSE_BYTES_MAX;
+            if full && blocks.last().is_some_and(|b| b.proof.is_some()) {
+                break 'answer;
+            }
+            size += block.payload.len();
+            blocks.push(block);
         }
-        let block = log.read(height)?;
-        size += block.payload.len();
-        blocks.push(block);
+        next = to + 1;
     }
     Ok(SyncResponse::Blocks(blocks))
 }
