@@ -35,6 +35,25 @@ pub enum Command {
     /// was committed. Prints mismatches and `N blocks matched, N mismatched`; exits non-zero on
     /// any mismatch.
     Replay(ReplayArgs),
+    /// The database and the block archive of a stopped node's datadir.
+    #[command(subcommand)]
+    Db(DbCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DbCommand {
+    /// Entries and bytes per MDBX table and per block-archive segment.
+    Stats(DbStatsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DbStatsArgs {
+    /// The node's datadir (the node must be stopped).
+    #[arg(long, value_name = "DIR")]
+    pub datadir: PathBuf,
+    /// One JSON object instead of tables.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -2,6 +2,7 @@
 
 mod cli;
 mod config;
+mod db;
 mod disk;
 mod fatal;
 mod keys;
@@ -43,7 +44,7 @@ fn main() -> eyre::Result<()> {
     // A command whose stdout is its report logs to stderr.
     let writer = if matches!(
         cli.command,
-        cli::Command::CheckDatadir(_) | cli::Command::Replay(_)
+        cli::Command::CheckDatadir(_) | cli::Command::Replay(_) | cli::Command::Db(_)
     ) {
         tracing_subscriber::fmt::writer::BoxMakeWriter::new(std::io::stderr)
     } else {
@@ -75,5 +76,6 @@ fn main() -> eyre::Result<()> {
         cli::Command::InitTestnet(args) => Ok(testnet::run(&args)?),
         cli::Command::CheckDatadir(args) => validator::check::run(&args),
         cli::Command::Replay(args) => replay::run(&args),
+        cli::Command::Db(cli::DbCommand::Stats(args)) => db::stats(&args),
     }
 }

@@ -235,6 +235,9 @@ impl ChangeRecorder {
             "state applied for block {} but block {block} inserted",
             self.block
         );
+        if self.accounts.is_empty() && self.slots.is_empty() {
+            return Ok(()); // nothing to prune later either
+        }
         let mut keys = Vec::with_capacity(4 + 20 * self.accounts.len() + 52 * self.slots.len());
         keys.extend_from_slice(&(self.accounts.len() as u32).to_be_bytes());
         for (address, old) in &self.accounts {

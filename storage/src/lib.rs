@@ -295,7 +295,32 @@ impl Store {
     }
 }
 
+/// One MDBX table's size: what `kestrel db stats` prints.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct TableStats {
+    pub table: &'static str,
+    pub entries: u64,
+    /// Bytes of its pages (leaf, branch and overflow).
+    pub bytes: u64,
+}
+
 impl Reader<'_> {
+    /// Entries and bytes of every table.
+    pub fn table_stats(&self) -> Result<Vec<TableStats>, StorageError> {
+        tables::ALL
+            .iter()
+            .map(|name| {
+                let table = self.txn.open_table(Some(name))?;
+                let stat = self.txn.table_stat(&table)?;
+                Ok(TableStats {
+                    table: name,
+                    entries: stat.entries() as u64,
+                    bytes: stat.total_size(),
+                })
+            })
+            .collect()
+    }
+
     /// The state root computed from the flat hashed state alone, without the stored trie nodes
     /// or the storage roots kept with the accounts. Reads the whole state (seconds for millions
     /// of accounts): a check of the incremental root, not something to call per block.

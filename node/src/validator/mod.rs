@@ -20,7 +20,7 @@ mod payloads;
 mod rounds;
 #[cfg(test)]
 mod sim;
-mod store;
+pub(crate) mod store;
 mod sync;
 mod transport;
 mod wire;

@@ -631,3 +631,36 @@ mod tests {
         assert!(kept.is_empty());
     }
 }
+
+/// One segment file of a datadir's block archive, as `kestrel db stats` lists it.
+#[derive(Debug, serde::Serialize)]
+pub struct ArchiveSegment {
+    pub file: String,
+    pub first_block: u64,
+    pub blocks: u64,
+    pub bytes: u64,
+}
+
+/// The segments of `datadir`'s block archive, read without changing anything.
+pub fn archive_stats(datadir: &Path) -> Result<Vec<ArchiveSegment>, StoreError> {
+    let dir = datadir.join(super::CONSENSUS_DIR).join(ARCHIVE_DIR);
+    let (archive, _) = Archive::open_read_only(&dir, archive_config())?;
+    let segments = archive.segments();
+    let end = archive.last_block().map_or(0, |last| last + 1);
+    Ok(segments
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let next = segments.get(i + 1).map_or(end, |n| n.first);
+            ArchiveSegment {
+                file: s
+                    .path
+                    .file_name()
+                    .map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
+                first_block: s.first,
+                blocks: next.saturating_sub(s.first),
+                bytes: s.bytes,
+            }
+        })
+        .collect())
+}
