@@ -60,9 +60,10 @@ def deb(tmp_path_factory) -> Path:
         pytest.fail("cargo-deb not installed: bash scripts/setup.sh (cargo install cargo-deb)")
     out = tmp_path_factory.mktemp("deb") / "kestrel.deb"
     env = {**os.environ, "CARGO_TARGET_DIR": str(binary.parent.parent)}
-    # --no-build: package what was built and tested; --fast: gzip-speed compression (xz takes
-    # ~2 min of CI time on this 80 MB binary).
-    ok("cargo", "deb", "-p", "kestrel-node", "--no-build", "--fast", "-o", out,
+    # --no-build: package what was built and tested; --no-strip: byte for byte (cargo deb strips
+    # a binary built without debug info, as CI builds it); --fast: gzip-speed compression (xz
+    # takes ~2 min of CI time on this 80 MB binary).
+    ok("cargo", "deb", "-p", "kestrel-node", "--no-build", "--no-strip", "--fast", "-o", out,
        cwd=REPO_ROOT, env=env)
     return out
 
