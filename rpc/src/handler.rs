@@ -6,7 +6,7 @@
 //! at their time limit. One IP address holds only its share of either ([`FairSlots`]).
 
 use crate::{
-    RpcContext, RpcLimits,
+    RpcContext, RpcLimits, access_list,
     api::EthApiServer,
     call::{self, CallContext, ChainHashes, Deadline},
     chain::{self, state_block},
@@ -380,7 +380,7 @@ impl EthApiServer for EthRpc {
     ) -> RpcResult<AccessListResult> {
         Ok(self
             .with_call_context(ext, block, move |ctx| {
-                call::create_access_list(ctx, request)
+                access_list::create_access_list(ctx, request)
             })
             .await?)
     }

@@ -10,6 +10,7 @@
 //! `earliest` is genesis. State queries for a block before the history window (`--history-blocks`)
 //! answer "historical state not available" with the oldest block that has state.
 
+mod access_list;
 mod api;
 mod call;
 mod chain;

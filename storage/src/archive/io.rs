@@ -305,34 +305,16 @@ fn submit_and_check(
 ) -> io::Result<bool> {
     // SAFETY: every entry points at iovecs (`runs`' slices) and files that outlive this call,
     // which returns only once the kernel completed all of them.
-    unsafe {
-        let mut sq = ring.submission();
-        for entry in entries {
-            sq.push(entry).expect("entries fit the ring");
-        }
-    }
-    wait(ring, entries.len())?;
+    let completions = unsafe { submit_all(ring, entries)? };
     let mut ok = true;
     let mut fsync_err = None;
-    let mut done = 0;
-    while done < entries.len() {
-        let completions: Vec<(u64, i32)> = ring
-            .completion()
-            .map(|c| (c.user_data(), c.result()))
-            .collect();
-        if completions.is_empty() {
-            wait(ring, entries.len() - done)?;
-            continue;
-        }
-        for (user_data, result) in completions {
-            done += 1;
-            if user_data == u64::MAX {
-                if result < 0 {
-                    fsync_err = Some(io::Error::from_raw_os_error(-result));
-                }
-            } else if result < 0 || result as usize != runs[user_data as usize].len {
-                ok = false;
+    for (user_data, result) in completions {
+        if user_data == u64::MAX {
+            if result < 0 {
+                fsync_err = Some(io::Error::from_raw_os_error(-result));
             }
+        } else if result < 0 || result as usize != runs[user_data as usize].len {
+            ok = false;
         }
     }
     // A failed write makes its fsync moot (the plain path redoes both); a failed fsync after
@@ -341,6 +323,32 @@ fn submit_and_check(
         Some(err) if ok => Err(err),
         _ => Ok(ok),
     }
+}
+
+/// Submits `entries` and waits for every one of them; their `(user_data, result)` pairs in the
+/// order they completed.
+///
+/// # Safety
+/// Whatever the entries point at (buffers, iovecs, files) must stay valid until this returns.
+unsafe fn submit_all(ring: &mut IoUring, entries: &[squeue::Entry]) -> io::Result<Vec<(u64, i32)>> {
+    // SAFETY: the caller keeps what the entries point at alive until every one has completed,
+    // which this waits for.
+    unsafe {
+        let mut sq = ring.submission();
+        for entry in entries {
+            sq.push(entry).expect("entries fit the ring");
+        }
+    }
+    wait(ring, entries.len())?;
+    let mut completions = Vec::with_capacity(entries.len());
+    while completions.len() < entries.len() {
+        let before = completions.len();
+        completions.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+        if completions.len() == before {
+            wait(ring, entries.len() - before)?;
+        }
+    }
+    Ok(completions)
 }
 
 /// Submits what is queued and waits for `want` completions; a signal only interrupts the wait
@@ -371,28 +379,10 @@ fn uring_read(ring: &mut IoUring, ops: &mut [ReadOp<'_>]) -> io::Result<()> {
             })
             .collect();
         // SAFETY: every buffer and file outlives the submission, which is waited for to the end.
-        unsafe {
-            let mut sq = ring.submission();
-            for entry in &entries {
-                sq.push(entry).expect("entries fit the ring");
-            }
-        }
-        wait(ring, entries.len())?;
+        let completions = unsafe { submit_all(ring, &entries)? };
         let mut results = vec![None; entries.len()];
-        let mut done = 0;
-        while done < entries.len() {
-            let completions: Vec<(u64, i32)> = ring
-                .completion()
-                .map(|c| (c.user_data(), c.result()))
-                .collect();
-            if completions.is_empty() {
-                wait(ring, entries.len() - done)?;
-                continue;
-            }
-            for (i, result) in completions {
-                results[i as usize] = Some(result);
-                done += 1;
-            }
+        for (i, result) in completions {
+            results[i as usize] = Some(result);
         }
         for (op, result) in chunk.iter_mut().zip(results) {
             let result = result.expect("every read completed");

@@ -14,7 +14,7 @@ use super::{
 use crate::{Durability, HistoryWindow, StateView, StorageError, Store};
 use alloy_primitives::{Address, U256};
 use kestrel_types::{AccountInfo, ChainSpec, SealedBlock, StateChanges};
-use proptest::{prelude::*, test_runner::RngSeed};
+use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::collections::BTreeMap;
 
@@ -176,16 +176,8 @@ fn case() -> impl Strategy<Value = Case> {
         })
 }
 
-fn config() -> ProptestConfig {
-    let mut config = ProptestConfig::with_cases(64);
-    if let Some(seed) = std::env::var("SEED").ok().and_then(|s| s.parse().ok()) {
-        config.rng_seed = RngSeed::Fixed(seed);
-    }
-    config
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(super::proptest_config(64))]
 
     #[test]
     fn historical_reads_match_the_state_at_each_block(case in case()) {

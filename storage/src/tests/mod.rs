@@ -14,3 +14,13 @@ fn temp_store() -> (TempDir, Store) {
     let store = Store::open_with(dir.path(), Durability::Unsynced).expect("open store");
     (dir, store)
 }
+
+/// proptest's config for the storage property tests: `cases` cases, and `SEED=<u64>` fixes
+/// proptest's own seed (each case prints its own seed, which replays it).
+fn proptest_config(cases: u32) -> proptest::test_runner::Config {
+    let mut config = proptest::test_runner::Config::with_cases(cases);
+    if let Some(seed) = std::env::var("SEED").ok().and_then(|s| s.parse().ok()) {
+        config.rng_seed = proptest::test_runner::RngSeed::Fixed(seed);
+    }
+    config
+}

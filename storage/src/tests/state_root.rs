@@ -19,7 +19,7 @@ use alloy_trie::{
 use kestrel_types::{
     AccountInfo, ChainSpec, StateChanges, StorageChange, chain::GenesisAlloc, state::KECCAK_EMPTY,
 };
-use proptest::{prelude::*, test_runner::RngSeed};
+use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -518,16 +518,8 @@ fn case() -> impl Strategy<Value = Case> {
     ]
 }
 
-fn config() -> ProptestConfig {
-    let mut config = ProptestConfig::with_cases(256);
-    if let Some(seed) = std::env::var("SEED").ok().and_then(|s| s.parse().ok()) {
-        config.rng_seed = RngSeed::Fixed(seed);
-    }
-    config
-}
-
 proptest! {
-    #![proptest_config(config())]
+    #![proptest_config(super::proptest_config(256))]
 
     #[test]
     fn incremental_root_matches_scratch_root(case in case()) {
