@@ -426,9 +426,30 @@ pub async fn read_each(
     let params: Vec<Value> = params.collect();
     let mut out = Vec::with_capacity(params.len());
     for part in params.chunks(READ_BATCH) {
-        for a in client.batch(method, part.iter().cloned()).await? {
-            out.push(a.map_err(|e| eyre!("{method}: {e}"))?);
+        let deadline = Instant::now() + FUND_TIMEOUT;
+        loop {
+            let answers = client.batch(method, part.iter().cloned()).await?;
+            // A node's per-IP call rate limit refuses the calls over it; a polite client waits
+            // and asks again (reading 100,000 nonces at start-up passes the default 20,000/s).
+            if answers
+                .iter()
+                .any(|a| matches!(a, Err(e) if e.starts_with(RATE_LIMITED)))
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(RATE_LIMITED_PAUSE).await;
+                continue;
+            }
+            for a in answers {
+                out.push(a.map_err(|e| eyre!("{method}: {e}"))?);
+            }
+            break;
         }
     }
     Ok(out)
 }
+
+/// How a node words its per-IP call rate limit (`kestrel node --rpc-ip-calls-per-s`).
+const RATE_LIMITED: &str = "rate limit exceeded";
+/// How long to wait before asking again after a rate-limit refusal: a node's token bucket earns
+/// back a batch of [`READ_BATCH`] calls in 100 ms at its default 20,000 calls/s.
+const RATE_LIMITED_PAUSE: Duration = Duration::from_millis(250);
