@@ -2,6 +2,7 @@
 //! in-memory state to execute them on (so executor benches measure execution, not disk).
 
 pub mod archive;
+pub mod commit;
 pub mod workload;
 
 use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};

@@ -514,7 +514,7 @@ pub(crate) fn read_hashed_account<K: TransactionKind>(
 }
 
 /// Deletes every entry whose key starts with `prefix`.
-fn delete_prefix(
+pub(crate) fn delete_prefix(
     txn: &Transaction<'_, RW, Env>,
     table: &Table<'_>,
     prefix: &[u8],

@@ -34,6 +34,12 @@ pub(crate) const ACCOUNT_HISTORY: &str = "AccountHistory";
 pub(crate) const STORAGE_HISTORY: &str = "StorageHistory";
 /// Block → the keys it changed (`history`'s change list), for pruning.
 pub(crate) const HISTORY_CHANGES: &str = "HistoryChanges";
+/// block ‖ address → the account before that block changed it, until `history::index` moves it
+/// into [`ACCOUNT_HISTORY`].
+pub(crate) const ACCOUNT_CHANGES: &str = "AccountChangeSets";
+/// block ‖ address ‖ slot → the slot's value before that block changed it, until
+/// `history::index` moves it into [`STORAGE_HISTORY`].
+pub(crate) const STORAGE_CHANGES: &str = "StorageChangeSets";
 /// Named values, e.g. [`HEAD_KEY`].
 pub(crate) const METADATA: &str = "Metadata";
 
@@ -41,8 +47,10 @@ pub(crate) const METADATA: &str = "Metadata";
 pub(crate) const HEAD_KEY: &[u8] = b"head";
 /// Metadata key of the oldest block whose state the history tables can answer.
 pub(crate) const HISTORY_FROM_KEY: &[u8] = b"history_from";
+/// Metadata key of how far the change sets have been moved into the history tables.
+pub(crate) const HISTORY_INDEXED_KEY: &[u8] = b"history_indexed";
 
-pub(crate) const ALL: [&str; 17] = [
+pub(crate) const ALL: [&str; 19] = [
     PLAIN_ACCOUNTS,
     PLAIN_STORAGE,
     BYTECODES,
@@ -59,6 +67,8 @@ pub(crate) const ALL: [&str; 17] = [
     ACCOUNT_HISTORY,
     STORAGE_HISTORY,
     HISTORY_CHANGES,
+    ACCOUNT_CHANGES,
+    STORAGE_CHANGES,
     METADATA,
 ];
 
@@ -81,6 +91,8 @@ pub(crate) struct Tables<'t> {
     pub account_history: Table<'t>,
     pub storage_history: Table<'t>,
     pub history_changes: Table<'t>,
+    pub account_changes: Table<'t>,
+    pub storage_changes: Table<'t>,
     pub metadata: Table<'t>,
 }
 
@@ -106,6 +118,8 @@ impl<'t> Tables<'t> {
             account_history: open(ACCOUNT_HISTORY)?,
             storage_history: open(STORAGE_HISTORY)?,
             history_changes: open(HISTORY_CHANGES)?,
+            account_changes: open(ACCOUNT_CHANGES)?,
+            storage_changes: open(STORAGE_CHANGES)?,
             metadata: open(METADATA)?,
         })
     }

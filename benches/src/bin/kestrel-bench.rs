@@ -53,6 +53,32 @@ enum Command {
     },
     /// The block archive's appends and fsyncs per second, io_uring vs the pwrite fallback.
     Archive(ArchiveArgs),
+    /// The commit's state and history work per block (time, bytes written), by history window.
+    Commit(CommitArgs),
+}
+
+#[derive(Debug, Args)]
+struct CommitArgs {
+    /// Funded accounts in the genesis state.
+    #[arg(long, default_value_t = 100_000)]
+    accounts: usize,
+    /// Accounts each block changes (a 5,000-transaction transfer/ERC-20 block: about 7,500).
+    #[arg(long, default_value_t = 7_500)]
+    accounts_per_block: usize,
+    /// Token slots each block changes (the same block: about 5,000).
+    #[arg(long, default_value_t = 5_000)]
+    slots_per_block: usize,
+    #[arg(long, default_value_t = 200)]
+    blocks: u64,
+    /// History windows to compare (`--history-blocks` values), one store each, same blocks.
+    #[arg(long, value_delimiter = ',', default_values_t = [
+        kestrel_storage::HistoryWindow::Blocks(0),
+        kestrel_storage::HistoryWindow::default(),
+    ])]
+    windows: Vec<kestrel_storage::HistoryWindow>,
+    /// Where the stores are written (the disk measured; default: the temp directory).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -148,15 +174,8 @@ fn main() -> ExitCode {
             block,
             vec![ExecutorKind::Sequential, ExecutorKind::Parallel],
         ),
-        Command::Archive(args) => {
-            return match archive(args) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(err) => {
-                    eprintln!("error: {err:#}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+        Command::Commit(args) => return exit_code(commit(args)),
+        Command::Archive(args) => return exit_code(archive(args)),
     };
     if block.runs == 0 {
         eprintln!("error: --runs must be at least 1");
@@ -314,6 +333,30 @@ fn merge(into: &mut serde_json::Value, from: serde_json::Value) {
 
 /// `kestrel-bench archive`: for each record size and pattern, io_uring and pwrite runs
 /// alternate (so a drifting machine hits both alike); the median run of each is printed.
+fn exit_code(result: eyre::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn commit(args: &CommitArgs) -> eyre::Result<()> {
+    let params = kestrel_benches::commit::Params {
+        accounts: args.accounts,
+        accounts_per_block: args.accounts_per_block,
+        slots_per_block: args.slots_per_block,
+        blocks: args.blocks,
+    };
+    let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    for line in kestrel_benches::commit::run(&dir, &args.windows, &params)? {
+        println!("{line}");
+    }
+    Ok(())
+}
+
 fn archive(args: &ArchiveArgs) -> eyre::Result<()> {
     use kestrel_benches::archive::{Pattern, run};
     use kestrel_storage::archive::IoChoice;

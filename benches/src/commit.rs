@@ -1,0 +1,196 @@
+//! The commit thread's storage work per block, by history window (`kestrel-bench commit`): the
+//! same random blocks (accounts changed, as transfers change senders and recipients, and slots
+//! of one token contract, as ERC-20 transfers change balances) are applied, inserted and durably
+//! committed into one store per window, the stores taking turns block by block so that a busy
+//! machine slows each alike. Reported per window: the time per block (median and p90) and the
+//! bytes the commit wrote (this process's `write_bytes` from `/proc/self/io`: the pages MDBX
+//! wrote back), and the database's size at the end. Bodies and receipts are not part of it (the
+//! blocks are empty): this is the state and history side of the commit.
+
+use alloy_primitives::{Address, Bytes, U256, keccak256};
+use kestrel_storage::{HistoryWindow, Store};
+use kestrel_types::{
+    AccountInfo, ChainSpec, SealedBlock, StateChanges, StorageChange, chain::GenesisAlloc,
+};
+use rand::{Rng, SeedableRng, rngs::StdRng, seq::index::sample};
+use serde_json::{Value, json};
+use std::{collections::BTreeMap, path::Path, time::Instant};
+
+/// What the blocks look like.
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// Funded accounts in the genesis state.
+    pub accounts: usize,
+    /// Accounts each block changes.
+    pub accounts_per_block: usize,
+    /// Token slots each block changes.
+    pub slots_per_block: usize,
+    pub blocks: u64,
+}
+
+/// The token contract whose slots the blocks change.
+const TOKEN: Address = Address::repeat_byte(0x70);
+
+fn account(i: usize) -> Address {
+    Address::from_word(keccak256((i as u64).to_be_bytes()))
+}
+
+fn genesis(params: &Params) -> ChainSpec {
+    let mut spec = ChainSpec::dev();
+    let balance = U256::from(10u64).pow(U256::from(21u64));
+    for i in 0..params.accounts {
+        spec.alloc.insert(
+            account(i),
+            GenesisAlloc {
+                info: AccountInfo::with_balance(balance),
+                code: None,
+                storage: BTreeMap::new(),
+            },
+        );
+    }
+    let code = Bytes::from_static(&[0x60, 0x00, 0x54, 0x00]);
+    spec.alloc.insert(
+        TOKEN,
+        GenesisAlloc {
+            info: AccountInfo {
+                code_hash: keccak256(&code),
+                ..AccountInfo::default()
+            },
+            code: Some(code),
+            storage: BTreeMap::new(),
+        },
+    );
+    spec
+}
+
+/// Block `number`'s changes: distinct random accounts with a new nonce and balance, and random
+/// token slots set.
+fn changes(params: &Params, rng: &mut StdRng, number: u64) -> StateChanges {
+    let mut out = StateChanges::default();
+    for i in sample(
+        rng,
+        params.accounts,
+        params.accounts_per_block.min(params.accounts),
+    ) {
+        let info = AccountInfo {
+            nonce: number,
+            balance: U256::from(rng.random::<u64>()),
+            ..AccountInfo::default()
+        };
+        out.accounts.insert(account(i), Some(info));
+    }
+    let slots = (0..params.slots_per_block)
+        .map(|_| {
+            let holder = account(rng.random_range(0..params.accounts));
+            (
+                U256::from_be_bytes(holder.into_word().0),
+                U256::from(rng.random::<u64>() | 1),
+            )
+        })
+        .collect();
+    out.storage.insert(
+        TOKEN,
+        StorageChange {
+            wiped: false,
+            slots,
+        },
+    );
+    out
+}
+
+fn child(parent: &SealedBlock) -> SealedBlock {
+    let mut header = parent.header.clone();
+    header.number += 1;
+    header.parent_hash = parent.hash;
+    header.timestamp += 1;
+    SealedBlock {
+        hash: header.hash_slow(),
+        header,
+        txs: Vec::new(),
+        receipts: Vec::new(),
+    }
+}
+
+/// Bytes this process has had written to storage so far.
+fn write_bytes() -> eyre::Result<u64> {
+    let io = std::fs::read_to_string("/proc/self/io")?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| eyre::eyre!("no write_bytes in /proc/self/io"))
+}
+
+struct Run {
+    window: HistoryWindow,
+    _dir: tempfile::TempDir,
+    store: Store,
+    parent: SealedBlock,
+    seconds: Vec<f64>,
+    bytes: u64,
+}
+
+/// One store per window under `dir`, the same blocks into each; one JSON value per window.
+pub fn run(dir: &Path, windows: &[HistoryWindow], params: &Params) -> eyre::Result<Vec<Value>> {
+    let spec = genesis(params);
+    let mut runs = Vec::new();
+    for &window in windows {
+        let tmp = tempfile::tempdir_in(dir)?;
+        let store = Store::open(tmp.path())?.with_history(window);
+        let parent = store.init_genesis(&spec)?;
+        runs.push(Run {
+            window,
+            _dir: tmp,
+            store,
+            parent,
+            seconds: Vec::new(),
+            bytes: 0,
+        });
+    }
+    let mut rng = StdRng::seed_from_u64(1);
+    let count = runs.len();
+    for number in 1..=params.blocks {
+        let changes = changes(params, &mut rng, number);
+        // Each block a different store goes first, so none always follows another's writeback.
+        for k in 0..count {
+            let run = &mut runs[(k + number as usize) % count];
+            let block = child(&run.parent);
+            let (before, started) = (write_bytes()?, Instant::now());
+            let mut writer = run.store.begin_block()?;
+            writer.apply_state(&changes)?;
+            writer.insert_block(&block)?;
+            writer.commit()?;
+            run.seconds.push(started.elapsed().as_secs_f64());
+            run.bytes += write_bytes()? - before;
+            run.parent = block;
+        }
+    }
+    Ok(runs
+        .into_iter()
+        .map(|mut run| {
+            run.seconds.sort_by(f64::total_cmp);
+            let at = |q: f64| run.seconds[((run.seconds.len() - 1) as f64 * q) as usize] * 1e3;
+            json!({
+                "bench": "commit",
+                "history_blocks": run.window.to_string(),
+                "blocks": params.blocks,
+                "accounts": params.accounts,
+                "accounts_per_block": params.accounts_per_block,
+                "slots_per_block": params.slots_per_block,
+                "block_ms_p50": (at(0.5) * 10.0).round() / 10.0,
+                "block_ms_p90": (at(0.9) * 10.0).round() / 10.0,
+                "written_mib_per_block": (run.bytes as f64 / params.blocks as f64 / 1048576.0 * 100.0).round() / 100.0,
+                "db_mib": dir_size(run._dir.path()) >> 20,
+            })
+        })
+        .collect())
+}
+
+fn dir_size(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
