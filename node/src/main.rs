@@ -7,6 +7,7 @@ mod disk;
 mod fatal;
 mod keys;
 mod keystore;
+mod memory;
 mod node;
 mod replay;
 mod testnet;
@@ -19,26 +20,8 @@ use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// `mi_option_purge_delay` in mimalloc v3's option numbering (the crate names only v2's).
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-/// mimalloc's default purge delay, which identifies the option above.
-const MI_PURGE_DELAY_DEFAULT_MS: std::ffi::c_long = 1_000;
-/// How long freed memory stays mapped before it goes back to the OS. Blocks live a few seconds in
-/// the pipeline (pool, execution, commit, RPC bodies); with mimalloc's 1 s, their memory was
-/// returned and faulted in again, zeroing (huge) pages: ~7% of the node's CPU under load.
-const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
-
-fn keep_freed_memory() {
-    // SAFETY: reading and setting an allocator option is allowed at any time.
-    unsafe {
-        if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == MI_PURGE_DELAY_DEFAULT_MS {
-            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
-        }
-    }
-}
-
 fn main() -> eyre::Result<()> {
-    keep_freed_memory();
+    memory::keep_freed_memory();
     let matches = cli::Cli::command().get_matches();
     let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // A command whose stdout is its report logs to stderr.

@@ -58,6 +58,7 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     describe_metrics();
     let archive_io = validator::configure_archive(args.archive_io.into())?;
     metrics::gauge!("kestrel_node_info", "version" => env!("CARGO_PKG_VERSION"), "chain_id" => spec.chain_id.to_string(), "archive_io" => archive_io.label()).set(1.0);
+    crate::memory::spawn_watchdog().wrap_err("starting the memory watchdog")?;
 
     std::fs::create_dir_all(&args.datadir).wrap_err("creating datadir")?;
     let store = Arc::new(
@@ -133,6 +134,7 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
         .worker_threads(2)
         .enable_all()
         .thread_name("rpc")
+        .on_thread_park(crate::memory::collect_on_idle)
         .build()?;
     let rpc_addr = SocketAddr::new(args.http_addr, args.http_port);
     // `/health` judges the head's age in block intervals.
@@ -254,6 +256,7 @@ fn describe_metrics() {
     kestrel_storage::describe_metrics();
     kestrel_storage::archive::describe_metrics();
     crate::disk::describe_metrics();
+    crate::memory::describe_metrics();
     kestrel_rpc::describe_metrics();
     kestrel_pipeline::describe_metrics();
 }
