@@ -8,6 +8,7 @@
 #   WORKLOAD=swap PAIRS=10 benches/e2e.sh # Uniswap-V2-style swaps over 10 pairs
 #   KESTREL_BIN, KESTREL_LOADGEN_BIN     # other binaries than $CARGO_TARGET_DIR/release/*
 #   KESTREL_ARGS="--executor parallel"   # more `kestrel node` flags (word-split)
+#   KEEP_DATADIR=1                       # keep $OUT/kestrel-data (e.g. for `kestrel replay`)
 #
 # Writes into $OUT (default target/e2e-bench/<time>): genesis.json, kestrel.json/.svg,
 # anvil.json/.svg (kestrel-loadgen reports and charts), kestrel-metrics.txt (the node's /metrics
@@ -92,7 +93,7 @@ set -e
 curl -sf "http://127.0.0.1:$METRICS/metrics" >"$OUT/kestrel-metrics.txt" || true
 stop "$KPID"
 du -sh "$OUT/kestrel-data" | cut -f1 >"$OUT/kestrel-datadir-size.txt"
-rm -rf "$OUT/kestrel-data"
+[ -n "${KEEP_DATADIR:-}" ] || rm -rf "$OUT/kestrel-data"
 
 # (b) anvil, same genesis and load. Interval mining at the same block time; one slot per epoch
 # so its `finalized` tag trails `latest` by two blocks instead of 64.
