@@ -1,0 +1,300 @@
+//! One block's write transaction: [`BlockWriter::apply_state`] writes the state and updates the
+//! tries incrementally, [`BlockWriter::insert_block`] the block and its history, and
+//! [`BlockWriter::commit`] makes both durable at once.
+
+use crate::{
+    Env, HistoryWindow, StorageError,
+    codec::{self, AccountRecord},
+    history::{self, ChangeRecorder},
+    read_block_hash, read_hashed_account, read_head,
+    tables::{HEAD_KEY, Tables},
+    trie::{self, Leaves, TrieCursors, TrieInput},
+};
+use alloy_primitives::{Address, B256, keccak256};
+use alloy_rlp::Encodable;
+use alloy_trie::EMPTY_ROOT_HASH;
+use kestrel_types::{SealedBlock, StateChanges};
+use libmdbx::{Database, RW, Table, Transaction, WriteFlags};
+use std::{borrow::Cow, collections::BTreeMap, time::Instant};
+
+/// One block's write transaction: state, trie and block data commit atomically. Dropping it
+/// without [`BlockWriter::commit`] discards everything written through it.
+pub struct BlockWriter<'s> {
+    pub(crate) txn: Transaction<'s, RW, Env>,
+    pub(crate) db: &'s Database<Env>,
+    pub(crate) history: HistoryWindow,
+    /// What [`BlockWriter::apply_state`] overwrote, stored by [`BlockWriter::insert_block`] as
+    /// the history of the block it inserts (not stored for a block never inserted).
+    pub(crate) recorder: Option<ChangeRecorder>,
+}
+
+/// Deletes every entry whose key starts with `prefix`.
+pub(crate) fn delete_prefix(
+    txn: &Transaction<'_, RW, Env>,
+    table: &Table<'_>,
+    prefix: &[u8],
+) -> Result<(), StorageError> {
+    let mut cursor = txn.cursor(table)?;
+    let mut entry = cursor.set_range::<Cow<'_, [u8]>, ()>(prefix)?;
+    while let Some((key, ())) = entry {
+        if !key.starts_with(prefix) {
+            break;
+        }
+        cursor.del(WriteFlags::empty())?;
+        // After a deletion MDBX's next step lands on the entry that followed the deleted one.
+        entry = cursor.next()?;
+    }
+    Ok(())
+}
+
+impl BlockWriter<'_> {
+    /// Applies one block's state changes (plain + hashed state, code), updates the trie
+    /// incrementally and returns the new state root.
+    ///
+    /// An account set to `None` loses its storage too, whatever slots the changes list for it.
+    /// A storage change for an account the changes do not set must be to an existing account.
+    ///
+    /// Records the values it overwrites as the history of the head's next block (none for
+    /// genesis: nothing was before it), which `insert_block` stores.
+    pub fn apply_state(&mut self, changes: &StateChanges) -> Result<B256, StorageError> {
+        let started = Instant::now();
+        let txn = &self.txn;
+        let tables = Tables::open(txn)?;
+        let mut nodes_written = 0;
+        if self.recorder.is_none() && self.history.records() {
+            self.recorder = read_head(txn, &tables)?.map(|head| ChangeRecorder::new(head + 1));
+        }
+        let history = &mut self.recorder;
+
+        for (hash, code) in &changes.codes {
+            txn.put(&tables.bytecodes, hash, code, WriteFlags::UPSERT)?;
+        }
+
+        // Storage first: the account leaves need the new storage roots.
+        let mut cursors = TrieCursors {
+            hashed: txn.cursor(&tables.hashed_storage)?,
+            nodes: txn.cursor(&tables.storage_trie)?,
+        };
+        let mut storage_roots = BTreeMap::new();
+        let mut changed_slots = Vec::new();
+        for (address, change) in &changes.storage {
+            if changes.accounts.get(address) == Some(&None) {
+                continue;
+            }
+            let hashed_address = keccak256(address);
+            if change.wiped {
+                if let Some(history) = history {
+                    history.all_slots(txn, &tables, address)?;
+                }
+                wipe_storage(txn, &tables, address, &hashed_address)?;
+            }
+            changed_slots.clear();
+            for (slot, value) in &change.slots {
+                if let Some(history) = history {
+                    history.slot(txn, &tables, address, slot)?;
+                }
+                let plain_key = codec::plain_slot_key(address, slot);
+                let hashed_slot = keccak256(slot.to_be_bytes::<32>());
+                let hashed_key = codec::hashed_slot_key(&hashed_address, &hashed_slot);
+                if value.is_zero() {
+                    txn.del(&tables.plain_storage, plain_key, None)?;
+                    txn.del(&tables.hashed_storage, hashed_key, None)?;
+                } else {
+                    let (bytes, len) = codec::encode_slot_value(value);
+                    txn.put(
+                        &tables.plain_storage,
+                        plain_key,
+                        &bytes[..len],
+                        WriteFlags::UPSERT,
+                    )?;
+                    txn.put(
+                        &tables.hashed_storage,
+                        hashed_key,
+                        &bytes[..len],
+                        WriteFlags::UPSERT,
+                    )?;
+                }
+                changed_slots.push(hashed_slot);
+            }
+            changed_slots.sort_unstable();
+            let input = TrieInput {
+                leaves: Leaves::Storage,
+                prefix: hashed_address.as_slice(),
+                changed: &changed_slots,
+            };
+            let update = trie::update(txn, &tables.storage_trie, &mut cursors, &input)?;
+            nodes_written += update.nodes_written;
+            storage_roots.insert(*address, update.root);
+        }
+        drop(cursors);
+
+        // Accounts, in hashed order so that writes walk the hashed table front to back.
+        let mut updates = Vec::with_capacity(changes.accounts.len() + storage_roots.len());
+        for (address, account) in &changes.accounts {
+            let hashed_address = keccak256(address);
+            if let Some(history) = history {
+                history.account(txn, &tables, address)?;
+                if account.is_none() {
+                    history.all_slots(txn, &tables, address)?;
+                }
+            }
+            let record = match account {
+                None => {
+                    txn.del(&tables.plain_accounts, address, None)?;
+                    wipe_storage(txn, &tables, address, &hashed_address)?;
+                    None
+                }
+                Some(info) => {
+                    let plain = AccountRecord {
+                        info: *info,
+                        storage_root: EMPTY_ROOT_HASH,
+                    };
+                    let (bytes, len) = plain.encode();
+                    txn.put(
+                        &tables.plain_accounts,
+                        address,
+                        &bytes[..len],
+                        WriteFlags::UPSERT,
+                    )?;
+                    let storage_root = match storage_roots.get(address) {
+                        Some(root) => *root,
+                        None => read_hashed_account(txn, &tables.hashed_accounts, &hashed_address)?
+                            .map_or(EMPTY_ROOT_HASH, |old| old.storage_root),
+                    };
+                    Some(AccountRecord {
+                        info: *info,
+                        storage_root,
+                    })
+                }
+            };
+            updates.push((hashed_address, record));
+        }
+        for (address, storage_root) in &storage_roots {
+            if changes.accounts.contains_key(address) {
+                continue;
+            }
+            let hashed_address = keccak256(address);
+            let old = read_hashed_account(txn, &tables.hashed_accounts, &hashed_address)?;
+            let Some(old) = old else {
+                panic!("storage changed for {address}, which does not exist");
+            };
+            updates.push((
+                hashed_address,
+                Some(AccountRecord {
+                    storage_root: *storage_root,
+                    ..old
+                }),
+            ));
+        }
+        updates.sort_unstable_by_key(|(hashed, _)| *hashed);
+        let mut changed_accounts = Vec::with_capacity(updates.len());
+        for (hashed_address, record) in &updates {
+            match record {
+                None => {
+                    txn.del(&tables.hashed_accounts, hashed_address, None)?;
+                }
+                Some(record) => {
+                    let (bytes, len) = record.encode();
+                    let table = &tables.hashed_accounts;
+                    txn.put(table, hashed_address, &bytes[..len], WriteFlags::UPSERT)?;
+                }
+            }
+            changed_accounts.push(*hashed_address);
+        }
+
+        let mut cursors = TrieCursors {
+            hashed: txn.cursor(&tables.hashed_accounts)?,
+            nodes: txn.cursor(&tables.account_trie)?,
+        };
+        let input = TrieInput {
+            leaves: Leaves::Accounts,
+            prefix: &[],
+            changed: &changed_accounts,
+        };
+        let update = trie::update(txn, &tables.account_trie, &mut cursors, &input)?;
+        nodes_written += update.nodes_written;
+
+        metrics::counter!("kestrel_storage_trie_nodes_updated_total").increment(nodes_written);
+        metrics::histogram!("kestrel_storage_state_root_seconds")
+            .record(started.elapsed().as_secs_f64());
+        Ok(update.root)
+    }
+
+    /// Stores header, body, receipts, tx index, and moves the committed head to this block.
+    ///
+    /// Blocks are inserted in order: genesis first, then each child of the head.
+    pub fn insert_block(&mut self, block: &SealedBlock) -> Result<(), StorageError> {
+        let txn = &self.txn;
+        let tables = Tables::open(txn)?;
+        let number = block.number();
+        match read_head(txn, &tables)? {
+            None => assert_eq!(number, 0, "the first block inserted must be genesis"),
+            Some(head) => {
+                assert_eq!(number, head + 1, "block {number} inserted on head {head}");
+                let parent = read_block_hash(txn, &tables, head)?;
+                assert_eq!(
+                    parent,
+                    Some(block.header.parent_hash),
+                    "block {number}'s parent"
+                );
+            }
+        }
+        let key = number.to_be_bytes();
+        let mut header = Vec::with_capacity(block.header.length());
+        block.header.encode(&mut header);
+        txn.put(&tables.headers, key, &header, WriteFlags::UPSERT)?;
+        txn.put(
+            &tables.canonical_hashes,
+            key,
+            block.hash,
+            WriteFlags::UPSERT,
+        )?;
+        txn.put(&tables.block_numbers, block.hash, key, WriteFlags::UPSERT)?;
+        txn.put(
+            &tables.bodies,
+            key,
+            codec::encode_body(&block.txs),
+            WriteFlags::UPSERT,
+        )?;
+        let receipts = codec::encode_receipts(&block.receipts);
+        txn.put(&tables.receipts, key, receipts, WriteFlags::UPSERT)?;
+        for (index, tx) in block.txs.iter().enumerate() {
+            let location = codec::encode_tx_location(number, index as u32);
+            txn.put(
+                &tables.tx_locations,
+                tx.hash(),
+                location,
+                WriteFlags::UPSERT,
+            )?;
+        }
+        txn.put(&tables.metadata, HEAD_KEY, key, WriteFlags::UPSERT)?;
+        if let Some(recorder) = self.recorder.take() {
+            recorder.write(txn, &tables, number)?;
+        }
+        history::prune(txn, &tables, self.history, number)?;
+        Ok(())
+    }
+
+    /// Durably commits everything written through this writer.
+    pub fn commit(self) -> Result<(), StorageError> {
+        let started = Instant::now();
+        self.txn.commit()?;
+        metrics::histogram!("kestrel_storage_commit_seconds")
+            .record(started.elapsed().as_secs_f64());
+        let size = self.db.info()?.geometry().current_size();
+        metrics::gauge!("kestrel_storage_db_size_bytes").set(size as f64);
+        Ok(())
+    }
+}
+
+/// Deletes all storage of an account: plain, hashed, and its storage trie.
+fn wipe_storage(
+    txn: &Transaction<'_, RW, Env>,
+    tables: &Tables<'_>,
+    address: &Address,
+    hashed_address: &B256,
+) -> Result<(), StorageError> {
+    delete_prefix(txn, &tables.plain_storage, address.as_slice())?;
+    delete_prefix(txn, &tables.hashed_storage, hashed_address.as_slice())?;
+    delete_prefix(txn, &tables.storage_trie, hashed_address.as_slice())
+}
