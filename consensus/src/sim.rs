@@ -507,6 +507,7 @@ impl Sim {
                     }
                 }
                 Command::ExecutionMismatch { .. } => self.outcome.mismatch_alarms += 1,
+                Command::Proposed(_) | Command::Verified(_) => {}
             }
         }
         Ok(())

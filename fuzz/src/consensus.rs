@@ -491,6 +491,7 @@ impl Sim {
                 Command::ExecutionMismatch { certified, .. } => {
                     assert!(!certified, "node {n}: a certified execution mismatch");
                 }
+                Command::Proposed(_) | Command::Verified(_) => {}
             }
         }
     }

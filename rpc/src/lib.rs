@@ -23,6 +23,7 @@ mod health;
 pub mod limits;
 mod logs;
 mod metrics;
+mod progress;
 mod pubsub;
 mod server;
 mod slots;

@@ -117,6 +117,8 @@ enum Kind {
     PendingHashes,
     PendingTxs,
     Syncing,
+    /// Kestrel's commit states of each block (`crate::progress`).
+    Progress,
 }
 
 impl Kind {
@@ -130,9 +132,11 @@ impl Kind {
             ("newPendingTransactions", None | Some(Value::Bool(false))) => Ok(Self::PendingHashes),
             ("newPendingTransactions", Some(Value::Bool(true))) => Ok(Self::PendingTxs),
             ("syncing", None) => Ok(Self::Syncing),
-            (kind @ ("newHeads" | "syncing" | "newPendingTransactions"), Some(p)) => {
-                Err(format!("invalid parameters for {kind}: {p}"))
-            }
+            ("kestrelNewHeads", None) => Ok(Self::Progress),
+            (
+                kind @ ("newHeads" | "syncing" | "newPendingTransactions" | "kestrelNewHeads"),
+                Some(p),
+            ) => Err(format!("invalid parameters for {kind}: {p}")),
             (other, _) => Err(format!("unsupported subscription type: {other}")),
         }
     }
@@ -195,6 +199,7 @@ impl EthPubSubApiServer for PubSub {
         // Subscribed before accepting: nothing committed after the answer is missed.
         let mut blocks = self.feed.blocks.subscribe();
         let mut txs = self.feed.txs.subscribe();
+        let mut progress = self.feed.ctx.status.progress.subscribe();
         let mut sink = pending.accept().await?;
         let ended = match kind {
             Kind::Syncing => {
@@ -203,6 +208,20 @@ impl EthPubSubApiServer for PubSub {
                 sink.closed().await;
                 return Ok(());
             }
+            Kind::Progress => loop {
+                let step = tokio::select! {
+                    _ = sink.closed() => break Ok(false),
+                    step = progress.recv() => step,
+                };
+                let sent = match step {
+                    Ok(step) => send(&mut sink, &crate::progress::notification(&step)),
+                    Err(broadcast::error::RecvError::Lagged(_)) => lagged(),
+                    Err(broadcast::error::RecvError::Closed) => Ok(false),
+                };
+                if sent != Ok(true) {
+                    break sent;
+                }
+            },
             Kind::PendingHashes | Kind::PendingTxs => loop {
                 let hash = tokio::select! {
                     _ = sink.closed() => break Ok(false),

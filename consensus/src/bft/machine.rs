@@ -135,6 +135,12 @@ pub enum Command {
         theirs: ExecutionResult,
         certified: bool,
     },
+    /// A block joined the tree (a proposal, ours or a peer's, or an ancestor fetched for one),
+    /// once: what subscribers see as proposed.
+    Proposed(Block),
+    /// A finalized block carried this delayed execution result and it equals ours: the block
+    /// it is for is verified.
+    Verified(ExecutionResult),
 }
 
 #[derive(Debug, Default)]
@@ -399,6 +405,7 @@ impl Bft {
             if self.blocks.insert(id, b.clone()).is_some() {
                 continue;
             }
+            out.push(Command::Proposed(b.clone()));
             self.wanted.remove(&id);
             if let Some(children) = self.orphans.remove(&id) {
                 self.orphan_count -= children.len();
@@ -804,7 +811,7 @@ impl Bft {
                 let ours = *ours;
                 self.alarm(ours, theirs, true, out);
             }
-            Some(_) => {}
+            Some(_) => out.push(Command::Verified(theirs)),
             None => {
                 self.committed_claims.insert(theirs.number, theirs);
                 while self.committed_claims.len() > RESULTS_KEPT {
@@ -815,10 +822,12 @@ impl Bft {
     }
 
     fn on_executed(&mut self, now: u64, result: ExecutionResult, out: &mut Vec<Command>) {
-        if let Some(theirs) = self.committed_claims.remove(&result.number)
-            && theirs != result
-        {
-            self.alarm(result, theirs, true, out);
+        if let Some(theirs) = self.committed_claims.remove(&result.number) {
+            if theirs == result {
+                out.push(Command::Verified(result));
+            } else {
+                self.alarm(result, theirs, true, out);
+            }
         }
         self.own_results.insert(result.number, result);
         while self.own_results.len() > RESULTS_KEPT {

@@ -42,12 +42,15 @@ pub(super) use inbound::Input;
 use kestrel_consensus::{
     Round,
     bft::{
-        Bft, BlockId, Command, Config, Event, Message, SafetyState, Unverified, ValidatorIndex,
-        ValidatorKey, ValidatorSet,
+        Bft, Block, BlockId, Command, Config, Event, Message, SafetyState, Unverified,
+        ValidatorIndex, ValidatorKey, ValidatorSet,
     },
 };
 use kestrel_net::{Inbound, Kind, PeerId};
-use kestrel_pipeline::mempool::TxPool;
+use kestrel_pipeline::{
+    mempool::TxPool,
+    status::{BlockProgress, CommitState},
+};
 use kestrel_storage::Store;
 use kestrel_types::{ExecutionResult, ParentFees};
 use recovery::restore_payloads;
@@ -305,7 +308,15 @@ impl Driver {
 
     fn apply(&mut self, command: Command) {
         match command {
-            Command::PersistBlock(block) => self.keep_voted(block),
+            Command::PersistBlock(block) => {
+                self.progress(CommitState::Voted, &block);
+                self.keep_voted(block)
+            }
+            Command::Proposed(block) => self.progress(CommitState::Proposed, &block),
+            Command::Verified(result) => {
+                let feed = &self.finality.status().progress;
+                feed.publish(BlockProgress::Verified(result));
+            }
             Command::PersistSafety(state) => self.persist_safety(state),
             Command::Broadcast(message) => {
                 if let Message::Proposal(p) = &message {
@@ -341,6 +352,9 @@ impl Driver {
                 });
             }
             Command::Commit { blocks, proof } => {
+                for committed in &blocks {
+                    self.progress(CommitState::Finalized, &committed.block);
+                }
                 self.finality.push(blocks, proof);
                 self.process_commits();
             }
@@ -355,6 +369,22 @@ impl Driver {
                 }
             }
         }
+    }
+
+    /// Tells subscribers (`kestrelNewHeads`) that `block` reached `state`.
+    fn progress(&self, state: CommitState, block: &Block) {
+        self.finality
+            .status()
+            .progress
+            .publish(BlockProgress::Ordered {
+                state,
+                number: block.height,
+                round: block.round.0,
+                block_id: block.id().0,
+                parent_id: block.parent().0,
+                author: block.author.0,
+                timestamp_ms: block.timestamp_ms,
+            });
     }
 
     /// Proposals carry their payload; other messages go as they are.

@@ -38,6 +38,11 @@ pub struct Finality {
 }
 
 impl Finality {
+    /// What RPC and metrics see of the chain's progress.
+    pub fn status(&self) -> &ChainStatus {
+        &self.status
+    }
+
     /// Opens the block log in `dir`; queues for execution what it holds beyond the database.
     pub fn open(
         dir: &Path,
