@@ -4,13 +4,16 @@
 //!
 //! One feed task per server follows the chain: every [`FEED_POLL`] it reads the blocks committed
 //! since it last looked (the store is what RPC serves, so a head is announced once it can be
-//! read) and the hashes the pool admitted, and broadcasts them. Each subscription reads the
+//! read) and the hashes the pool admitted, and broadcasts them. What every subscriber of a block
+//! needs is computed once there, not once per subscriber ([`FeedBlock`]: the serialized header and
+//! the block's logs), so a thousand subscribers cost a thousand filters and sends per block, not a
+//! thousand serializations and log extractions. Each subscription reads the
 //! broadcast and sends to its connection without waiting: a subscriber whose connection buffer is
 //! full, or who fell more than [`FEED_BACKLOG_BLOCKS`] blocks behind the feed, has its
 //! subscription closed with the reason, never buffered without bound.
 
 use crate::{RpcContext, chain, logs};
-use alloy_primitives::B256;
+use alloy_primitives::{B256, Bloom};
 use alloy_rpc_types_eth::{Filter, Log};
 use jsonrpsee::{
     PendingSubscriptionSink, SubscriptionMessage, SubscriptionSink,
@@ -21,7 +24,7 @@ use kestrel_pipeline::status::ChainStatus;
 use kestrel_storage::ChainView;
 use kestrel_types::{BlockNumber, SealedBlock};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 use std::{sync::Arc, time::Duration};
 use tokio::sync::broadcast;
 
@@ -48,7 +51,7 @@ pub trait EthPubSubApi {
 /// The broadcasts subscriptions read.
 #[derive(Clone)]
 pub(crate) struct Feed {
-    blocks: broadcast::Sender<Arc<SealedBlock>>,
+    blocks: broadcast::Sender<Arc<FeedBlock>>,
     txs: broadcast::Sender<B256>,
     ctx: RpcContext,
 }
@@ -87,7 +90,7 @@ impl Feed {
                     let to = head.min(from + FEED_BLOCKS_PER_POLL - 1);
                     let mut blocks = Vec::new();
                     for n in from..=to {
-                        blocks.extend(r.block(n)?);
+                        blocks.extend(r.block(n)?.map(|b| Arc::new(FeedBlock::new(&b))));
                     }
                     Ok((blocks, to.max(from.saturating_sub(1)) + 1))
                 })
@@ -107,6 +110,37 @@ impl Feed {
                 Err(err) => tracing::warn!(target: "rpc::pubsub", %err, "reading new blocks"),
             }
         }
+    }
+}
+
+/// A committed block as its subscribers are sent it, computed once by the feed (on a blocking
+/// thread, beside the read) for all of them.
+pub(crate) struct FeedBlock {
+    /// The `newHeads` notification: the RPC header, serialized.
+    header: Box<RawValue>,
+    bloom: Bloom,
+    /// Every log of the block with its block and transaction fields, in block order.
+    logs: Vec<Log>,
+}
+
+impl FeedBlock {
+    fn new(block: &SealedBlock) -> Self {
+        let header = serde_json::value::to_raw_value(&chain::rpc_block(block, false).header)
+            .expect("RPC types serialize");
+        Self {
+            header,
+            bloom: block.header.logs_bloom,
+            logs: logs::all_block_logs(block),
+        }
+    }
+
+    /// The block's logs that match the filter's addresses and topics (its block range is
+    /// ignored: a subscription follows new blocks).
+    fn logs<'a>(&'a self, filter: &'a Filter) -> impl Iterator<Item = &'a Log> {
+        let any = filter.matches_bloom(self.bloom);
+        self.logs
+            .iter()
+            .filter(move |log| any && filter.matches(&log.inner))
     }
 }
 
@@ -155,7 +189,13 @@ const LAGGED: &str = "subscriber too slow: it fell behind the feed";
 /// Sends one item. `Ok(false)` once the subscriber has gone; `Err` with the reason when it is too
 /// slow (the subscription is then closed with that reason).
 fn send(sink: &mut SubscriptionSink, item: &impl Serialize) -> Result<bool, &'static str> {
-    let json = serde_json::value::to_raw_value(item).expect("RPC types serialize");
+    send_raw(
+        sink,
+        serde_json::value::to_raw_value(item).expect("RPC types serialize"),
+    )
+}
+
+fn send_raw(sink: &mut SubscriptionSink, json: Box<RawValue>) -> Result<bool, &'static str> {
     match sink.try_send(SubscriptionMessage::from(json)) {
         Ok(()) => Ok(true),
         Err(TrySendError::Full(_)) => {
@@ -232,12 +272,12 @@ impl EthPubSubApiServer for PubSub {
                 };
                 let sent = match block {
                     Ok(block) => match &kind {
-                        Kind::Logs(filter) => block_logs(&block, filter)
-                            .iter()
+                        Kind::Logs(filter) => block
+                            .logs(filter)
                             .map(|log| send(&mut sink, log))
                             .find(|sent| *sent != Ok(true))
                             .unwrap_or(Ok(true)),
-                        _ => send(&mut sink, &chain::rpc_block(&block, false).header),
+                        _ => send_raw(&mut sink, block.header.clone()),
                     },
                     Err(broadcast::error::RecvError::Lagged(_)) => lagged(),
                     Err(broadcast::error::RecvError::Closed) => Ok(false),
@@ -250,18 +290,6 @@ impl EthPubSubApiServer for PubSub {
         // A slow subscriber's subscription closes with the reason; jsonrpsee sends it.
         ended.map(|_| ()).map_err(|reason| reason.into())
     }
-}
-
-/// The block's logs that match the filter's addresses and topics (its block range is ignored:
-/// a subscription follows new blocks).
-fn block_logs(block: &SealedBlock, filter: &Filter) -> Vec<Log> {
-    if !filter.matches_bloom(block.header.logs_bloom) {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    // More than LOGS_MAX in one block cannot happen with today's gas limits; what fits is sent.
-    let _ = logs::append_block_logs(block, filter, &mut out);
-    out
 }
 
 /// Subscription ids as geth writes them: 16 random bytes in hex (web3.py checks the shape).
