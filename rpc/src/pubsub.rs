@@ -13,7 +13,7 @@
 //! subscription closed with the reason, never buffered without bound.
 
 use crate::{RpcContext, chain, logs};
-use alloy_primitives::{B256, Bloom};
+use alloy_primitives::{Address, B256, Bloom, map::HashMap};
 use alloy_rpc_types_eth::{Filter, Log};
 use jsonrpsee::{
     PendingSubscriptionSink, SubscriptionMessage, SubscriptionSink,
@@ -121,26 +121,83 @@ pub(crate) struct FeedBlock {
     bloom: Bloom,
     /// Every log of the block with its block and transaction fields, in block order.
     logs: Vec<Log>,
+    /// Where each address and each topic value (per position) occurs in `logs`, ascending: a
+    /// filter that names values looks only at the logs carrying one of them. With a full block
+    /// the bloom matches nearly every filter, and scanning every log for every subscriber would
+    /// cost subscribers × logs per block.
+    by_address: HashMap<Address, Vec<u32>>,
+    by_topic: [HashMap<B256, Vec<u32>>; 4],
 }
 
 impl FeedBlock {
     fn new(block: &SealedBlock) -> Self {
         let header = serde_json::value::to_raw_value(&chain::rpc_block(block, false).header)
             .expect("RPC types serialize");
+        let logs = logs::all_block_logs(block);
+        let mut by_address: HashMap<Address, Vec<u32>> = HashMap::default();
+        let mut by_topic: [HashMap<B256, Vec<u32>>; 4] = Default::default();
+        for (i, log) in logs.iter().enumerate() {
+            let i = u32::try_from(i).expect("a block's logs fit in u32");
+            by_address.entry(log.address()).or_default().push(i);
+            for (position, topic) in log.topics().iter().take(4).enumerate() {
+                let at = by_topic[position].entry(*topic).or_default();
+                // A log naming one value twice at a position is listed once.
+                if at.last() != Some(&i) {
+                    at.push(i);
+                }
+            }
+        }
         Self {
             header,
             bloom: block.header.logs_bloom,
-            logs: logs::all_block_logs(block),
+            logs,
+            by_address,
+            by_topic,
         }
     }
 
-    /// The block's logs that match the filter's addresses and topics (its block range is
-    /// ignored: a subscription follows new blocks).
+    /// The block's logs that match the filter's addresses and topics, in block order (its block
+    /// range is ignored: a subscription follows new blocks).
     fn logs<'a>(&'a self, filter: &'a Filter) -> impl Iterator<Item = &'a Log> {
-        let any = filter.matches_bloom(self.bloom);
-        self.logs
-            .iter()
-            .filter(move |log| any && filter.matches(&log.inner))
+        let candidates: Box<dyn Iterator<Item = &Log>> = if !filter.matches_bloom(self.bloom) {
+            Box::new(std::iter::empty())
+        } else {
+            match self.candidates(filter) {
+                Some(indexes) => Box::new(indexes.into_iter().map(|i| &self.logs[i as usize])),
+                None => Box::new(self.logs.iter()),
+            }
+        };
+        candidates.filter(move |log| filter.matches(&log.inner))
+    }
+
+    /// The logs that carry one of the values of the filter's most selective named position
+    /// (address or a topic), ascending; `None` if it names none (every log is a candidate).
+    fn candidates(&self, filter: &Filter) -> Option<Vec<u32>> {
+        fn lists<'a, K: Eq + std::hash::Hash>(
+            index: &'a HashMap<K, Vec<u32>>,
+            values: impl Iterator<Item = &'a K>,
+        ) -> Vec<&'a [u32]> {
+            values
+                .filter_map(|v| index.get(v).map(Vec::as_slice))
+                .collect()
+        }
+        let mut positions = Vec::with_capacity(5);
+        if !filter.address.is_empty() {
+            positions.push(lists(&self.by_address, filter.address.iter()));
+        }
+        for (index, topic) in self.by_topic.iter().zip(&filter.topics) {
+            if !topic.is_empty() {
+                positions.push(lists(index, topic.iter()));
+            }
+        }
+        let best = positions
+            .into_iter()
+            .min_by_key(|lists| lists.iter().map(|l| l.len()).sum::<usize>())?;
+        let mut out: Vec<u32> = best.concat();
+        // Several values at one position: their lists interleave.
+        out.sort_unstable();
+        out.dedup();
+        Some(out)
     }
 }
 
@@ -300,5 +357,63 @@ impl jsonrpsee::core::traits::IdProvider for HexIds {
     fn next_id(&self) -> jsonrpsee::types::SubscriptionId<'static> {
         let id = alloy_primitives::B128::from(rand::random::<[u8; 16]>());
         jsonrpsee::types::SubscriptionId::Str(id.to_string().into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_utils::{BASE_FEE, FakeChain, TestTx, log, tx_1559};
+    use alloy_primitives::{TxKind, address};
+
+    const A: Address = address!("00000000000000000000000000000000000000aa");
+    const B: Address = address!("00000000000000000000000000000000000000bb");
+
+    fn topic(n: u8) -> B256 {
+        B256::with_last_byte(n)
+    }
+
+    /// The indexed lookup gives what eth_getLogs's scan gives, for filters naming addresses,
+    /// topics at several positions, several values at one, values no log carries, and none.
+    #[test]
+    fn indexed_logs_match_a_scan() {
+        let mut chain = FakeChain::new();
+        let tx = |nonce, logs| TestTx {
+            tx: tx_1559(B, nonce, TxKind::Call(A), 2 * BASE_FEE as u128, 1),
+            gas_used: 50_000,
+            logs,
+        };
+        chain.push_block(vec![
+            tx(
+                0,
+                vec![
+                    log(A, vec![topic(1), topic(10)]),
+                    log(B, vec![topic(1), topic(11), topic(20)]),
+                    log(A, vec![topic(2), topic(10), topic(10)]),
+                ],
+            ),
+            tx(1, vec![log(A, vec![]), log(B, vec![topic(1), topic(10)])]),
+        ]);
+        let block = &chain.blocks[1];
+        let feed = FeedBlock::new(block);
+        let filters = [
+            serde_json::json!({}),
+            serde_json::json!({"address": A}),
+            serde_json::json!({"address": [A, B], "topics": [topic(1)]}),
+            serde_json::json!({"topics": [null, topic(10)]}),
+            serde_json::json!({"topics": [[topic(1), topic(2)], [topic(10), topic(11)]]}),
+            serde_json::json!({"topics": [null, null, [topic(20), topic(10)]]}),
+            serde_json::json!({"address": B, "topics": [topic(2)]}),
+            serde_json::json!({"topics": [topic(9)]}),
+        ];
+        for json in filters {
+            let filter: Filter = serde_json::from_value(json.clone()).unwrap();
+            let mut scanned = Vec::new();
+            logs::append_block_logs(block, &filter, &mut scanned).unwrap();
+            let indexed: Vec<Log> = feed.logs(&filter).cloned().collect();
+            assert_eq!(indexed, scanned, "{json}");
+        }
+        let all: Filter = Default::default();
+        assert_eq!(feed.logs(&all).count(), 5);
     }
 }
