@@ -289,9 +289,13 @@ impl EthPubSubApiServer for PubSub {
                 return Ok(());
             }
         };
-        // Subscribed before accepting: nothing committed after the answer is missed.
-        let mut blocks = self.feed.blocks.subscribe();
-        let mut txs = self.feed.txs.subscribe();
+        // Subscribed before accepting: nothing committed after the answer is missed. Only to
+        // the broadcast this kind reads: a receiver never read keeps every value sent since
+        // alive (up to the backlog: 256 blocks of logs for a pending-transactions subscriber).
+        let mut blocks =
+            matches!(kind, Kind::NewHeads | Kind::Logs(_)).then(|| self.feed.blocks.subscribe());
+        let mut txs = matches!(kind, Kind::PendingHashes | Kind::PendingTxs)
+            .then(|| self.feed.txs.subscribe());
         let mut sink = pending.accept().await?;
         let ended = match kind {
             Kind::Syncing => {
@@ -301,6 +305,7 @@ impl EthPubSubApiServer for PubSub {
                 return Ok(());
             }
             Kind::PendingHashes | Kind::PendingTxs => loop {
+                let txs = txs.as_mut().expect("subscribed above");
                 let hash = tokio::select! {
                     _ = sink.closed() => break Ok(false),
                     hash = txs.recv() => hash,
@@ -323,6 +328,7 @@ impl EthPubSubApiServer for PubSub {
                 }
             },
             Kind::NewHeads | Kind::Logs(_) => loop {
+                let blocks = blocks.as_mut().expect("subscribed above");
                 let block = tokio::select! {
                     _ = sink.closed() => break Ok(false),
                     block = blocks.recv() => block,
