@@ -82,7 +82,9 @@ impl Feed {
                 let _ = self.txs.send(hash);
             }
             let store = store.clone();
-            let from = next;
+            // With nobody subscribed to blocks, the feed only follows the head: a subscriber
+            // gets the blocks that become readable after it subscribed.
+            let from = next.filter(|_| self.blocks.receiver_count() > 0);
             let read = tokio::task::spawn_blocking(move || {
                 store.view(|r| -> Result<_, crate::error::RpcError> {
                     let head = chain::head(r)?;
