@@ -4,7 +4,8 @@
 //!
 //! One feed task per server follows the chain: every [`FEED_POLL`] it reads the blocks committed
 //! since it last looked (the store is what RPC serves, so a head is announced once it can be
-//! read) and the hashes the pool admitted, and broadcasts them. What every subscriber of a block
+//! read; none while nobody is subscribed to blocks) and the hashes the pool admitted, and
+//! broadcasts them. What every subscriber of a block
 //! needs is computed once there, not once per subscriber ([`FeedBlock`]: the serialized header and
 //! the block's logs), so a thousand subscribers cost a thousand filters and sends per block, not a
 //! thousand serializations and log extractions. Each subscription reads the
