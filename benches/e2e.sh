@@ -9,11 +9,16 @@
 #   KESTREL_BIN, KESTREL_LOADGEN_BIN     # other binaries than $CARGO_TARGET_DIR/release/*
 #   KESTREL_ARGS="--executor parallel"   # more `kestrel node` flags (word-split)
 #   KEEP_DATADIR=1                       # keep $OUT/kestrel-data (e.g. for `kestrel replay`)
+#   WS_SUBSCRIBERS=1000 benches/e2e.sh   # also 1,000 WebSocket subscribers (kestrel-wsbench) on
+#                                        # the Kestrel node during the load: ws.json, wsbench.log
+#   KESTREL_WSBENCH_BIN                  # another kestrel-wsbench than $CARGO_TARGET_DIR/release/
 #
 # Writes into $OUT (default target/e2e-bench/<time>): genesis.json, kestrel.json/.svg,
 # anvil.json/.svg (kestrel-loadgen reports and charts), kestrel-metrics.txt (the node's /metrics
-# after the run), logs, and summary.json with both side by side. Exits non-zero if the Kestrel
-# run fails its checks (a lost transaction or a wrong balance).
+# after the run), kestrel-rss.tsv (the node's VmRSS and RssAnon every second), logs, and
+# summary.json with both side by side. Exits non-zero if the Kestrel run fails its checks (a lost
+# transaction or a wrong balance) or, with WS_SUBSCRIBERS, kestrel-wsbench fails its own (a head
+# or log not delivered, the slow subscriber not closed).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$(pwd)"
@@ -39,9 +44,13 @@ mkdir -p "$OUT"
 echo "e2e: results in $OUT"
 
 # SKIP_BUILD=1 uses the binaries as they are (e.g. while the tree is being edited).
-[ -n "${SKIP_BUILD:-}" ] || cargo build --release --bin kestrel --bin kestrel-loadgen
+WS_SUBSCRIBERS="${WS_SUBSCRIBERS:-}"
+WSBENCH_BUILD=()
+[ -z "$WS_SUBSCRIBERS" ] || WSBENCH_BUILD=(--bin kestrel-wsbench)
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --bin kestrel --bin kestrel-loadgen "${WSBENCH_BUILD[@]}"
 KESTREL="${KESTREL_BIN:-$TARGET/release/kestrel}"
 LOADGEN="${KESTREL_LOADGEN_BIN:-$TARGET/release/kestrel-loadgen}"
+WSBENCH="${KESTREL_WSBENCH_BIN:-$TARGET/release/kestrel-wsbench}"
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
@@ -77,18 +86,55 @@ LOAD=(--workload "$WORKLOAD" --pairs "$PAIRS" --accounts "$ACCOUNTS" --seed "$SE
   --accounts "$ACCOUNTS" --seed "$SEED" \
   --genesis-gas-limit "$GAS_LIMIT"
 
+# The node's memory every second until it exits: "seconds VmRSS_kB RssAnon_kB".
+sample_rss() {
+  local pid="$1" t=0
+  while [ -r "/proc/$pid/status" ]; do
+    awk -v t="$t" '/^VmRSS:/ {r=$2} /^RssAnon:/ {a=$2} END {if (r) print t, r, a}' \
+      "/proc/$pid/status" 2>/dev/null || true
+    sleep 1; t=$((t + 1))
+  done
+}
+
 # (a) Kestrel, single validator (the dev chain's setup; --genesis replaces --dev's accounts).
 PORT="$(free_port)"; METRICS="$(free_port)"
+WS_ARGS=()
+if [ -n "$WS_SUBSCRIBERS" ]; then
+  # Room for every subscriber, the slow one and a few more.
+  WSPORT="$(free_port)"
+  WS_ARGS=(--ws-port "$WSPORT" --ws-connections-max "$((WS_SUBSCRIBERS + 16))")
+fi
 "$KESTREL" node --genesis "$OUT/genesis.json" --datadir "$OUT/kestrel-data" \
   --http-port "$PORT" --metrics "127.0.0.1:$METRICS" --block-time-ms "$BLOCK_TIME_MS" \
-  --gas-limit "$GAS_LIMIT" ${KESTREL_ARGS:-} >"$OUT/kestrel.log" 2>&1 &
+  --gas-limit "$GAS_LIMIT" "${WS_ARGS[@]}" ${KESTREL_ARGS:-} >"$OUT/kestrel.log" 2>&1 &
 KPID=$!; PIDS+=("$KPID")
+sample_rss "$KPID" >"$OUT/kestrel-rss.tsv" &
 wait_rpc "http://127.0.0.1:$PORT" "$KPID"
 echo "e2e: kestrel up on $PORT"
+WS_RC=skipped
+if [ -n "$WS_SUBSCRIBERS" ]; then
+  "$WSBENCH" --ws "ws://127.0.0.1:$WSPORT" --rpc "http://127.0.0.1:$PORT" \
+    --subscribers "$WS_SUBSCRIBERS" --accounts "$ACCOUNTS" --seed "$SEED" --pid "$KPID" \
+    --report "$OUT/ws.json" >"$OUT/wsbench.log" 2>&1 &
+  WSPID=$!; PIDS+=("$WSPID")
+  # The load starts once every subscriber is subscribed.
+  for _ in $(seq $((START_TIMEOUT_S * 10))); do
+    grep -q "subscribers ready" "$OUT/wsbench.log" && break
+    kill -0 "$WSPID" 2>/dev/null || break
+    sleep 0.1
+  done
+  echo "e2e: $(grep -m1 "subscribers ready" "$OUT/wsbench.log" || echo "kestrel-wsbench did not start")"
+fi
 set +e
 "$LOADGEN" --rpc "http://127.0.0.1:$PORT" "${LOAD[@]}" --label kestrel \
   --report "$OUT/kestrel.json" --chart "$OUT/kestrel.svg"
 KESTREL_RC=$?
+if [ -n "$WS_SUBSCRIBERS" ]; then
+  # kestrel-wsbench stops at SIGTERM: it checks, reports and exits.
+  kill -TERM "$WSPID" 2>/dev/null
+  wait "$WSPID"; WS_RC=$?
+  tail -1 "$OUT/wsbench.log"
+fi
 set -e
 curl -sf "http://127.0.0.1:$METRICS/metrics" >"$OUT/kestrel-metrics.txt" || true
 stop "$KPID"
@@ -120,10 +166,10 @@ if [ -z "${SKIP_ANVIL:-}" ]; then
 fi
 
 # Side by side.
-python3 - "$OUT" "$KESTREL_RC" "$ANVIL_RC" <<'EOF'
+python3 - "$OUT" "$KESTREL_RC" "$ANVIL_RC" "$WS_RC" <<'EOF'
 import json, sys
 from pathlib import Path
-out, krc, arc = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+out, krc, arc, wsrc = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 runs = {n: json.loads((out / f"{n}.json").read_text()) for n in ("kestrel", "anvil")
         if (out / f"{n}.json").exists()}
 def row(r):
@@ -141,7 +187,30 @@ def row(r):
         "checks_passed": not r["verify"]["problems"],
     }
 summary = {n: row(r) for n, r in runs.items()}
-summary["exit_codes"] = {"kestrel": krc, "anvil": arc}
+summary["exit_codes"] = {"kestrel": krc, "anvil": arc, "ws": wsrc}
+rss = [line.split() for line in (out / "kestrel-rss.tsv").read_text().splitlines()
+       if len(line.split()) == 3] if (out / "kestrel-rss.tsv").exists() else []
+if rss:
+    summary["kestrel_memory"] = {
+        "vm_rss_max_mib": round(max(int(r[1]) for r in rss) / 1024),
+        "rss_anon_max_mib": round(max(int(r[2]) for r in rss) / 1024),
+        "vm_rss_end_mib": round(int(rss[-1][1]) / 1024),
+    }
+if (out / "ws.json").exists():
+    ws = json.loads((out / "ws.json").read_text())
+    lat = ws.get("head_latency") or {}
+    summary["ws"] = {
+        "subscribers": ws["subscribers"], "connected": ws["connected"],
+        "blocks": ws["last_block"] - ws["first_block"] + 1,
+        "subscribers_heads_ok": ws["subscribers_heads_ok"],
+        "subscribers_logs_ok": ws["subscribers_logs_ok"],
+        "logs_received": ws["logs_received"], "logs_expected": ws["logs_expected"],
+        "head_latency_p50_ms": lat.get("p50_ms"), "head_latency_p99_ms": lat.get("p99_ms"),
+        "head_latency_max_ms": lat.get("max_ms"),
+        "slow_subscriber_closed": bool((ws.get("slow") or {}).get("passed")),
+        "slow_subscriber_reasons": (ws.get("slow") or {}).get("closed"),
+        "problems": ws["problems_total"], "passed": ws["passed"],
+    }
 if "kestrel" in runs and "anvil" in runs and summary["anvil"]["included_tps"]:
     summary["included_tps_ratio_kestrel_over_anvil"] = round(
         summary["kestrel"]["included_tps"] / summary["anvil"]["included_tps"], 2)
@@ -153,5 +222,9 @@ for k in keys:
     print(f"{k:22}" + "".join(f"{str(summary[n][k]):>14}" for n in names))
 if "included_tps_ratio_kestrel_over_anvil" in summary:
     print(f"included TPS ratio kestrel/anvil: {summary['included_tps_ratio_kestrel_over_anvil']}")
+for key in ("kestrel_memory", "ws"):
+    if key in summary:
+        print(f"{key}: {json.dumps(summary[key])}")
 EOF
+[ "$WS_RC" = skipped ] || [ "$WS_RC" = 0 ] || [ "$KESTREL_RC" != 0 ] || exit "$WS_RC"
 exit "$KESTREL_RC"

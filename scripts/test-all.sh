@@ -15,8 +15,8 @@ bash scripts/setup.sh
 if [ "${CI:-}" = "true" ]; then export CARGO_PROFILE_RELEASE_DEBUG="${CARGO_PROFILE_RELEASE_DEBUG:-false}"; fi
 df -h "$ROOT" | tail -1 | awk '{print "disk: " $4 " free of " $2}'
 
-step "cargo build --release --bin kestrel --bin kestrel-loadgen"
-cargo build --release --bin kestrel --bin kestrel-loadgen
+step "cargo build --release --bin kestrel --bin kestrel-loadgen --bin kestrel-wsbench"
+cargo build --release --bin kestrel --bin kestrel-loadgen --bin kestrel-wsbench
 export KESTREL_BIN="${KESTREL_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/kestrel}"
 
 step "cargo test --workspace --release"

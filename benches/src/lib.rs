@@ -65,6 +65,22 @@ pub fn address(i: u64) -> Address {
     Address::from_raw_public_key(&public.serialize_uncompressed()[1..])
 }
 
+/// `kestrel-loadgen`'s account `i` of a run seeded with `seed`: key keccak256(seed ‖ i), so a run
+/// is reproducible from its seed and `kestrel-wsbench` can follow the same accounts' events.
+pub fn seeded_key(seed: u64, i: u64) -> secp256k1::SecretKey {
+    let mut preimage = [0u8; 16];
+    preimage[..8].copy_from_slice(&seed.to_be_bytes());
+    preimage[8..].copy_from_slice(&i.to_be_bytes());
+    secp256k1::SecretKey::from_slice(alloy_primitives::keccak256(preimage).as_slice())
+        .expect("a keccak output is a valid key with overwhelming probability")
+}
+
+/// The address of [`seeded_key`].
+pub fn seeded_address(seed: u64, i: u64) -> Address {
+    let public = secp256k1::PublicKey::from_secret_key(secp256k1::SECP256K1, &seeded_key(seed, i));
+    Address::from_raw_public_key(&public.serialize_uncompressed()[1..])
+}
+
 /// Signs an EIP-1559 transaction with account `i`'s key.
 pub fn sign(i: u64, tx: TxEip1559) -> RecoveredTx {
     let msg = secp256k1::Message::from_digest(tx.signature_hash().0);

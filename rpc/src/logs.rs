@@ -75,28 +75,55 @@ pub(crate) fn append_block_logs(
     filter: &Filter,
     logs: &mut Vec<Log>,
 ) -> Result<(), RpcError> {
-    let mut log_index = 0u64;
-    for (tx_index, (tx, receipt)) in block.txs.iter().zip(&block.receipts).enumerate() {
-        for log in receipt.logs() {
-            if filter.matches(log) {
-                if logs.len() == LOGS_MAX {
-                    return Err(RpcError::TooManyLogs);
-                }
-                logs.push(Log {
-                    inner: log.clone(),
-                    block_hash: Some(block.hash),
-                    block_number: Some(block.number()),
-                    block_timestamp: Some(block.header.timestamp),
-                    transaction_hash: Some(tx.hash()),
-                    transaction_index: Some(tx_index as u64),
-                    log_index: Some(log_index),
-                    removed: false,
-                });
+    for (tx_index, log_index, log) in positioned_logs(block) {
+        if filter.matches(log) {
+            if logs.len() == LOGS_MAX {
+                return Err(RpcError::TooManyLogs);
             }
-            log_index += 1;
+            logs.push(rpc_log(block, tx_index, log_index, log));
         }
     }
     Ok(())
+}
+
+/// Every log of the block as RPC shows it, in block order: what the subscription feed computes
+/// once per block for all its `logs` subscribers.
+pub(crate) fn all_block_logs(block: &SealedBlock) -> Vec<Log> {
+    positioned_logs(block)
+        .map(|(tx_index, log_index, log)| rpc_log(block, tx_index, log_index, log))
+        .collect()
+}
+
+/// The block's logs with their transaction's index and their index in the block.
+fn positioned_logs(
+    block: &SealedBlock,
+) -> impl Iterator<Item = (usize, u64, &alloy_primitives::Log)> {
+    block
+        .receipts
+        .iter()
+        .enumerate()
+        .flat_map(|(tx_index, receipt)| receipt.logs().iter().map(move |log| (tx_index, log)))
+        .zip(0u64..)
+        .map(|((tx_index, log), log_index)| (tx_index, log_index, log))
+}
+
+/// A log with the block and transaction fields RPC adds to it.
+fn rpc_log(
+    block: &SealedBlock,
+    tx_index: usize,
+    log_index: u64,
+    log: &alloy_primitives::Log,
+) -> Log {
+    Log {
+        inner: log.clone(),
+        block_hash: Some(block.hash),
+        block_number: Some(block.number()),
+        block_timestamp: Some(block.header.timestamp),
+        transaction_hash: Some(block.txs[tx_index].hash()),
+        transaction_index: Some(tx_index as u64),
+        log_index: Some(log_index),
+        removed: false,
+    }
 }
 
 #[cfg(test)]

@@ -4,13 +4,17 @@
 //!
 //! One feed task per server follows the chain: every [`FEED_POLL`] it reads the blocks committed
 //! since it last looked (the store is what RPC serves, so a head is announced once it can be
-//! read) and the hashes the pool admitted, and broadcasts them. Each subscription reads the
+//! read; none while nobody is subscribed to blocks) and the hashes the pool admitted, and
+//! broadcasts them. What every subscriber of a block
+//! needs is computed once there, not once per subscriber ([`FeedBlock`]: the serialized header and
+//! the block's logs), so a thousand subscribers cost a thousand filters and sends per block, not a
+//! thousand serializations and log extractions. Each subscription reads the
 //! broadcast and sends to its connection without waiting: a subscriber whose connection buffer is
 //! full, or who fell more than [`FEED_BACKLOG_BLOCKS`] blocks behind the feed, has its
 //! subscription closed with the reason, never buffered without bound.
 
 use crate::{RpcContext, chain, logs};
-use alloy_primitives::B256;
+use alloy_primitives::{Address, B256, Bloom, map::HashMap};
 use alloy_rpc_types_eth::{Filter, Log};
 use jsonrpsee::{
     PendingSubscriptionSink, SubscriptionMessage, SubscriptionSink,
@@ -21,7 +25,7 @@ use kestrel_pipeline::status::ChainStatus;
 use kestrel_storage::ChainView;
 use kestrel_types::{BlockNumber, SealedBlock};
 use serde::Serialize;
-use serde_json::Value;
+use serde_json::{Value, value::RawValue};
 use std::{sync::Arc, time::Duration};
 use tokio::sync::broadcast;
 
@@ -48,7 +52,7 @@ pub trait EthPubSubApi {
 /// The broadcasts subscriptions read.
 #[derive(Clone)]
 pub(crate) struct Feed {
-    blocks: broadcast::Sender<Arc<SealedBlock>>,
+    blocks: broadcast::Sender<Arc<FeedBlock>>,
     txs: broadcast::Sender<B256>,
     ctx: RpcContext,
 }
@@ -79,7 +83,9 @@ impl Feed {
                 let _ = self.txs.send(hash);
             }
             let store = store.clone();
-            let from = next;
+            // With nobody subscribed to blocks, the feed only follows the head: a subscriber
+            // gets the blocks that become readable after it subscribed.
+            let from = next.filter(|_| self.blocks.receiver_count() > 0);
             let read = tokio::task::spawn_blocking(move || {
                 store.view(|r| -> Result<_, crate::error::RpcError> {
                     let head = chain::head(r)?;
@@ -87,7 +93,7 @@ impl Feed {
                     let to = head.min(from + FEED_BLOCKS_PER_POLL - 1);
                     let mut blocks = Vec::new();
                     for n in from..=to {
-                        blocks.extend(r.block(n)?);
+                        blocks.extend(r.block(n)?.map(|b| Arc::new(FeedBlock::new(&b))));
                     }
                     Ok((blocks, to.max(from.saturating_sub(1)) + 1))
                 })
@@ -107,6 +113,94 @@ impl Feed {
                 Err(err) => tracing::warn!(target: "rpc::pubsub", %err, "reading new blocks"),
             }
         }
+    }
+}
+
+/// A committed block as its subscribers are sent it, computed once by the feed (on a blocking
+/// thread, beside the read) for all of them.
+pub(crate) struct FeedBlock {
+    /// The `newHeads` notification: the RPC header, serialized.
+    header: Box<RawValue>,
+    bloom: Bloom,
+    /// Every log of the block with its block and transaction fields, in block order.
+    logs: Vec<Log>,
+    /// Where each address and each topic value (per position) occurs in `logs`, ascending: a
+    /// filter that names values looks only at the logs carrying one of them. With a full block
+    /// the bloom matches nearly every filter, and scanning every log for every subscriber would
+    /// cost subscribers × logs per block.
+    by_address: HashMap<Address, Vec<u32>>,
+    by_topic: [HashMap<B256, Vec<u32>>; 4],
+}
+
+impl FeedBlock {
+    fn new(block: &SealedBlock) -> Self {
+        let header = serde_json::value::to_raw_value(&chain::rpc_block(block, false).header)
+            .expect("RPC types serialize");
+        let logs = logs::all_block_logs(block);
+        let mut by_address: HashMap<Address, Vec<u32>> = HashMap::default();
+        let mut by_topic: [HashMap<B256, Vec<u32>>; 4] = Default::default();
+        for (i, log) in logs.iter().enumerate() {
+            let i = u32::try_from(i).expect("a block's logs fit in u32");
+            by_address.entry(log.address()).or_default().push(i);
+            for (position, topic) in log.topics().iter().take(4).enumerate() {
+                let at = by_topic[position].entry(*topic).or_default();
+                // A log naming one value twice at a position is listed once.
+                if at.last() != Some(&i) {
+                    at.push(i);
+                }
+            }
+        }
+        Self {
+            header,
+            bloom: block.header.logs_bloom,
+            logs,
+            by_address,
+            by_topic,
+        }
+    }
+
+    /// The block's logs that match the filter's addresses and topics, in block order (its block
+    /// range is ignored: a subscription follows new blocks).
+    fn logs<'a>(&'a self, filter: &'a Filter) -> impl Iterator<Item = &'a Log> {
+        let candidates: Box<dyn Iterator<Item = &Log>> = if !filter.matches_bloom(self.bloom) {
+            Box::new(std::iter::empty())
+        } else {
+            match self.candidates(filter) {
+                Some(indexes) => Box::new(indexes.into_iter().map(|i| &self.logs[i as usize])),
+                None => Box::new(self.logs.iter()),
+            }
+        };
+        candidates.filter(move |log| filter.matches(&log.inner))
+    }
+
+    /// The logs that carry one of the values of the filter's most selective named position
+    /// (address or a topic), ascending; `None` if it names none (every log is a candidate).
+    fn candidates(&self, filter: &Filter) -> Option<Vec<u32>> {
+        fn lists<'a, K: Eq + std::hash::Hash>(
+            index: &'a HashMap<K, Vec<u32>>,
+            values: impl Iterator<Item = &'a K>,
+        ) -> Vec<&'a [u32]> {
+            values
+                .filter_map(|v| index.get(v).map(Vec::as_slice))
+                .collect()
+        }
+        let mut positions = Vec::with_capacity(5);
+        if !filter.address.is_empty() {
+            positions.push(lists(&self.by_address, filter.address.iter()));
+        }
+        for (index, topic) in self.by_topic.iter().zip(&filter.topics) {
+            if !topic.is_empty() {
+                positions.push(lists(index, topic.iter()));
+            }
+        }
+        let best = positions
+            .into_iter()
+            .min_by_key(|lists| lists.iter().map(|l| l.len()).sum::<usize>())?;
+        let mut out: Vec<u32> = best.concat();
+        // Several values at one position: their lists interleave.
+        out.sort_unstable();
+        out.dedup();
+        Some(out)
     }
 }
 
@@ -159,7 +253,13 @@ const LAGGED: &str = "subscriber too slow: it fell behind the feed";
 /// Sends one item. `Ok(false)` once the subscriber has gone; `Err` with the reason when it is too
 /// slow (the subscription is then closed with that reason).
 fn send(sink: &mut SubscriptionSink, item: &impl Serialize) -> Result<bool, &'static str> {
-    let json = serde_json::value::to_raw_value(item).expect("RPC types serialize");
+    send_raw(
+        sink,
+        serde_json::value::to_raw_value(item).expect("RPC types serialize"),
+    )
+}
+
+fn send_raw(sink: &mut SubscriptionSink, json: Box<RawValue>) -> Result<bool, &'static str> {
     match sink.try_send(SubscriptionMessage::from(json)) {
         Ok(()) => Ok(true),
         Err(TrySendError::Full(_)) => {
@@ -196,10 +296,15 @@ impl EthPubSubApiServer for PubSub {
                 return Ok(());
             }
         };
-        // Subscribed before accepting: nothing committed after the answer is missed.
-        let mut blocks = self.feed.blocks.subscribe();
-        let mut txs = self.feed.txs.subscribe();
-        let mut progress = self.feed.ctx.status.progress.subscribe();
+        // Subscribed before accepting: nothing committed after the answer is missed. Only to
+        // the broadcast this kind reads: a receiver never read keeps every value sent since
+        // alive (up to the backlog: 256 blocks of logs for a pending-transactions subscriber).
+        let mut blocks =
+            matches!(kind, Kind::NewHeads | Kind::Logs(_)).then(|| self.feed.blocks.subscribe());
+        let mut txs = matches!(kind, Kind::PendingHashes | Kind::PendingTxs)
+            .then(|| self.feed.txs.subscribe());
+        let mut progress =
+            matches!(kind, Kind::Progress).then(|| self.feed.ctx.status.progress.subscribe());
         let mut sink = pending.accept().await?;
         let ended = match kind {
             Kind::Syncing => {
@@ -209,6 +314,7 @@ impl EthPubSubApiServer for PubSub {
                 return Ok(());
             }
             Kind::Progress => loop {
+                let progress = progress.as_mut().expect("subscribed above");
                 let step = tokio::select! {
                     _ = sink.closed() => break Ok(false),
                     step = progress.recv() => step,
@@ -223,6 +329,7 @@ impl EthPubSubApiServer for PubSub {
                 }
             },
             Kind::PendingHashes | Kind::PendingTxs => loop {
+                let txs = txs.as_mut().expect("subscribed above");
                 let hash = tokio::select! {
                     _ = sink.closed() => break Ok(false),
                     hash = txs.recv() => hash,
@@ -245,18 +352,19 @@ impl EthPubSubApiServer for PubSub {
                 }
             },
             Kind::NewHeads | Kind::Logs(_) => loop {
+                let blocks = blocks.as_mut().expect("subscribed above");
                 let block = tokio::select! {
                     _ = sink.closed() => break Ok(false),
                     block = blocks.recv() => block,
                 };
                 let sent = match block {
                     Ok(block) => match &kind {
-                        Kind::Logs(filter) => block_logs(&block, filter)
-                            .iter()
+                        Kind::Logs(filter) => block
+                            .logs(filter)
                             .map(|log| send(&mut sink, log))
                             .find(|sent| *sent != Ok(true))
                             .unwrap_or(Ok(true)),
-                        _ => send(&mut sink, &chain::rpc_block(&block, false).header),
+                        _ => send_raw(&mut sink, block.header.clone()),
                     },
                     Err(broadcast::error::RecvError::Lagged(_)) => lagged(),
                     Err(broadcast::error::RecvError::Closed) => Ok(false),
@@ -271,18 +379,6 @@ impl EthPubSubApiServer for PubSub {
     }
 }
 
-/// The block's logs that match the filter's addresses and topics (its block range is ignored:
-/// a subscription follows new blocks).
-fn block_logs(block: &SealedBlock, filter: &Filter) -> Vec<Log> {
-    if !filter.matches_bloom(block.header.logs_bloom) {
-        return Vec::new();
-    }
-    let mut out = Vec::new();
-    // More than LOGS_MAX in one block cannot happen with today's gas limits; what fits is sent.
-    let _ = logs::append_block_logs(block, filter, &mut out);
-    out
-}
-
 /// Subscription ids as geth writes them: 16 random bytes in hex (web3.py checks the shape).
 #[derive(Debug)]
 pub(crate) struct HexIds;
@@ -291,5 +387,63 @@ impl jsonrpsee::core::traits::IdProvider for HexIds {
     fn next_id(&self) -> jsonrpsee::types::SubscriptionId<'static> {
         let id = alloy_primitives::B128::from(rand::random::<[u8; 16]>());
         jsonrpsee::types::SubscriptionId::Str(id.to_string().into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_utils::{BASE_FEE, FakeChain, TestTx, log, tx_1559};
+    use alloy_primitives::{TxKind, address};
+
+    const A: Address = address!("00000000000000000000000000000000000000aa");
+    const B: Address = address!("00000000000000000000000000000000000000bb");
+
+    fn topic(n: u8) -> B256 {
+        B256::with_last_byte(n)
+    }
+
+    /// The indexed lookup gives what eth_getLogs's scan gives, for filters naming addresses,
+    /// topics at several positions, several values at one, values no log carries, and none.
+    #[test]
+    fn indexed_logs_match_a_scan() {
+        let mut chain = FakeChain::new();
+        let tx = |nonce, logs| TestTx {
+            tx: tx_1559(B, nonce, TxKind::Call(A), 2 * BASE_FEE as u128, 1),
+            gas_used: 50_000,
+            logs,
+        };
+        chain.push_block(vec![
+            tx(
+                0,
+                vec![
+                    log(A, vec![topic(1), topic(10)]),
+                    log(B, vec![topic(1), topic(11), topic(20)]),
+                    log(A, vec![topic(2), topic(10), topic(10)]),
+                ],
+            ),
+            tx(1, vec![log(A, vec![]), log(B, vec![topic(1), topic(10)])]),
+        ]);
+        let block = &chain.blocks[1];
+        let feed = FeedBlock::new(block);
+        let filters = [
+            serde_json::json!({}),
+            serde_json::json!({"address": A}),
+            serde_json::json!({"address": [A, B], "topics": [topic(1)]}),
+            serde_json::json!({"topics": [null, topic(10)]}),
+            serde_json::json!({"topics": [[topic(1), topic(2)], [topic(10), topic(11)]]}),
+            serde_json::json!({"topics": [null, null, [topic(20), topic(10)]]}),
+            serde_json::json!({"address": B, "topics": [topic(2)]}),
+            serde_json::json!({"topics": [topic(9)]}),
+        ];
+        for json in filters {
+            let filter: Filter = serde_json::from_value(json.clone()).unwrap();
+            let mut scanned = Vec::new();
+            logs::append_block_logs(block, &filter, &mut scanned).unwrap();
+            let indexed: Vec<Log> = feed.logs(&filter).cloned().collect();
+            assert_eq!(indexed, scanned, "{json}");
+        }
+        let all: Filter = Default::default();
+        assert_eq!(feed.logs(&all).count(), 5);
     }
 }

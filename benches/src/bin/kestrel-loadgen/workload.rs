@@ -2,7 +2,7 @@
 
 use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
 use alloy_eips::eip2718::Encodable2718;
-use alloy_primitives::{Address, B256, Bytes, Signature, TxKind, U256, keccak256};
+use alloy_primitives::{Address, B256, Bytes, Signature, TxKind, U256};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use secp256k1::{SECP256K1, SecretKey};
 
@@ -112,12 +112,7 @@ impl Account {
 /// `n` accounts: account `i`'s key is keccak256(seed ‖ i), so a run is reproducible from its seed.
 pub fn derive_accounts(seed: u64, n: usize) -> Vec<Account> {
     parallel_map(0..n, |i| {
-        let mut preimage = [0u8; 16];
-        preimage[..8].copy_from_slice(&seed.to_be_bytes());
-        preimage[8..].copy_from_slice(&(i as u64).to_be_bytes());
-        let key = SecretKey::from_slice(keccak256(preimage).as_slice())
-            .expect("a keccak output is a valid key with overwhelming probability");
-        Account::from_key(key)
+        Account::from_key(kestrel_benches::seeded_key(seed, i as u64))
     })
 }
 
@@ -432,7 +427,8 @@ mod tests {
 
     #[test]
     fn selectors_match_their_signatures() {
-        let selector = |sig: &str| <[u8; 4]>::try_from(&keccak256(sig)[..4]).unwrap();
+        let selector =
+            |sig: &str| <[u8; 4]>::try_from(&alloy_primitives::keccak256(sig)[..4]).unwrap();
         assert_eq!(selector("transfer(address,uint256)"), TRANSFER_SELECTOR);
         assert_eq!(selector("approve(address,uint256)"), APPROVE_SELECTOR);
         assert_eq!(selector("sync()"), SYNC_SELECTOR);
