@@ -98,19 +98,6 @@ fn changes(params: &Params, rng: &mut StdRng, number: u64) -> StateChanges {
     out
 }
 
-fn child(parent: &SealedBlock) -> SealedBlock {
-    let mut header = parent.header.clone();
-    header.number += 1;
-    header.parent_hash = parent.hash;
-    header.timestamp += 1;
-    SealedBlock {
-        hash: header.hash_slow(),
-        header,
-        txs: Vec::new(),
-        receipts: Vec::new(),
-    }
-}
-
 /// Bytes this process has had written to storage so far.
 fn write_bytes() -> eyre::Result<u64> {
     let io = std::fs::read_to_string("/proc/self/io")?;
@@ -153,7 +140,7 @@ pub fn run(dir: &Path, windows: &[HistoryWindow], params: &Params) -> eyre::Resu
         // Each block a different store goes first, so none always follows another's writeback.
         for k in 0..count {
             let run = &mut runs[(k + number as usize) % count];
-            let block = child(&run.parent);
+            let block = run.parent.empty_child();
             let (before, started) = (write_bytes()?, Instant::now());
             let mut writer = run.store.begin_block()?;
             writer.apply_state(&changes)?;

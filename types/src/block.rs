@@ -63,6 +63,22 @@ pub struct SealedBlock {
 }
 
 impl SealedBlock {
+    /// The next block after this one, with no transactions and the header otherwise copied
+    /// (timestamp one second later): for tests and benchmarks that store blocks without
+    /// building them.
+    pub fn empty_child(&self) -> SealedBlock {
+        let mut header = self.header.clone();
+        header.number += 1;
+        header.parent_hash = self.hash;
+        header.timestamp += 1;
+        SealedBlock {
+            hash: header.hash_slow(),
+            header,
+            txs: Vec::new(),
+            receipts: Vec::new(),
+        }
+    }
+
     pub fn number(&self) -> BlockNumber {
         self.header.number
     }

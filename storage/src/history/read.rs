@@ -9,7 +9,7 @@ use crate::{
 };
 use alloy_primitives::{Address, B256, Bytes, U256};
 use kestrel_types::{AccountInfo, BlockNumber};
-use libmdbx::Table;
+use libmdbx::{Cursor, Table, TransactionKind};
 use std::{borrow::Cow, ops::RangeInclusive};
 
 /// The state after block `block`, read from the history tables where a later block changed it
@@ -121,27 +121,13 @@ impl StateAt<'_, '_> {
         let txn = self.reader.txn;
         let tables = &self.reader.tables;
         let mut cursor = txn.cursor(&tables.storage_history)?;
-        let mut entry = cursor.set_range::<Cow<'_, [u8]>, ()>(address.as_slice())?;
-        while let Some((key, ())) = entry {
-            if !key.starts_with(address.as_slice()) {
-                break;
-            }
-            slots.push(U256::from_be_slice(&key[20..52]));
-            entry = cursor.next()?;
-        }
+        prefixed_slots(&mut cursor, address.as_slice(), slots)?;
         let mut cursor = txn.cursor(&tables.storage_changes)?;
         let mut prefix = [0u8; 28];
         prefix[8..].copy_from_slice(address.as_slice());
         for n in past.unmoved.clone() {
             prefix[..8].copy_from_slice(&n.to_be_bytes());
-            let mut entry = cursor.set_range::<Cow<'_, [u8]>, ()>(&prefix)?;
-            while let Some((key, ())) = entry {
-                if !key.starts_with(&prefix) {
-                    break;
-                }
-                slots.push(U256::from_be_slice(&key[28..]));
-                entry = cursor.next()?;
-            }
+            prefixed_slots(&mut cursor, &prefix, slots)?;
         }
         Ok(())
     }
@@ -189,14 +175,7 @@ impl StateView for StateAt<'_, '_> {
         let mut slots = Vec::new();
         self.changed_slots(past, &address, &mut slots)?;
         let mut cursor = self.reader.txn.cursor(&self.reader.tables.plain_storage)?;
-        let mut entry = cursor.set_range::<Cow<'_, [u8]>, ()>(address.as_slice())?;
-        while let Some((key, ())) = entry {
-            if !key.starts_with(address.as_slice()) {
-                break;
-            }
-            slots.push(U256::from_be_slice(&key[20..]));
-            entry = cursor.next()?;
-        }
+        prefixed_slots(&mut cursor, address.as_slice(), &mut slots)?;
         slots.sort_unstable();
         slots.dedup();
         for slot in slots {
@@ -206,4 +185,22 @@ impl StateView for StateAt<'_, '_> {
         }
         Ok(false)
     }
+}
+
+/// The slots of every key that starts with `prefix` (an address, or a block and an address):
+/// the 32 bytes after the prefix.
+fn prefixed_slots<K: TransactionKind>(
+    cursor: &mut Cursor<'_, K>,
+    prefix: &[u8],
+    slots: &mut Vec<U256>,
+) -> Result<(), StorageError> {
+    let mut entry = cursor.set_range::<Cow<'_, [u8]>, ()>(prefix)?;
+    while let Some((key, ())) = entry {
+        if !key.starts_with(prefix) {
+            break;
+        }
+        slots.push(U256::from_be_slice(&key[prefix.len()..prefix.len() + 32]));
+        entry = cursor.next()?;
+    }
+    Ok(())
 }

@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{Durability, HistoryWindow, StateView, StorageError, Store};
 use alloy_primitives::{Address, U256};
-use kestrel_types::{AccountInfo, ChainSpec, SealedBlock, StateChanges};
+use kestrel_types::{AccountInfo, ChainSpec, StateChanges};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::collections::BTreeMap;
@@ -30,19 +30,6 @@ struct Case {
     slots: usize,
     blocks: u64,
     window: HistoryWindow,
-}
-
-fn child(parent: &SealedBlock) -> SealedBlock {
-    let mut header = parent.header.clone();
-    header.number += 1;
-    header.parent_hash = parent.hash;
-    header.timestamp += 1;
-    SealedBlock {
-        hash: header.hash_slow(),
-        header,
-        txs: Vec::new(),
-        receipts: Vec::new(),
-    }
 }
 
 fn check_block(
@@ -111,7 +98,7 @@ fn run_case(case: &Case) -> Result<(), TestCaseError> {
                 writer.apply_state(&changes).unwrap();
                 model.apply(&changes);
             }
-            let block = child(&parent);
+            let block = parent.empty_child();
             writer.insert_block(&block).unwrap();
             snapshots.push((model.accounts.clone(), model.storage.clone()));
             parent = block;
@@ -191,7 +178,7 @@ fn history_starts_at_the_head_of_an_older_database() {
     let (dir, store) = temp_store();
     let mut parent = store.init_genesis(&ChainSpec::dev()).unwrap();
     for _ in 0..3 {
-        let block = child(&parent);
+        let block = parent.empty_child();
         let mut writer = store.begin_block().unwrap();
         writer.apply_state(&StateChanges::default()).unwrap();
         writer.insert_block(&block).unwrap();

@@ -41,18 +41,13 @@ fn receipt(cumulative_gas_used: u64) -> ReceiptEnvelope {
 
 /// The child of `parent` with `txs` and one receipt per transaction.
 fn child(parent: &SealedBlock, txs: Vec<RecoveredTx>) -> SealedBlock {
-    let mut header = parent.header.clone();
-    header.number += 1;
-    header.parent_hash = parent.hash;
-    header.timestamp += 1;
     let receipts = (1..=txs.len() as u64)
         .map(|i| receipt(21_000 * i))
         .collect();
     SealedBlock {
-        hash: header.hash_slow(),
-        header,
         txs,
         receipts,
+        ..parent.empty_child()
     }
 }
 
