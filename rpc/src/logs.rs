@@ -129,15 +129,11 @@ fn rpc_log(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_utils::{BASE_FEE, FakeChain, TestTx, log, tx_1559};
+    use crate::test_utils::{BASE_FEE, FakeChain, TestTx, log, topic, tx_1559};
     use alloy_primitives::{Address, B256, TxKind, address};
 
     const TOKEN: Address = address!("000000000000000000000000000000000000701e");
     const OTHER: Address = address!("00000000000000000000000000000000000000ff");
-
-    fn topic(n: u8) -> B256 {
-        B256::with_last_byte(n)
-    }
 
     fn filter(json: serde_json::Value) -> Filter {
         serde_json::from_value(json).unwrap()

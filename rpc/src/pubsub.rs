@@ -393,15 +393,11 @@ impl jsonrpsee::core::traits::IdProvider for HexIds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_utils::{BASE_FEE, FakeChain, TestTx, log, tx_1559};
+    use crate::test_utils::{BASE_FEE, FakeChain, TestTx, log, topic, tx_1559};
     use alloy_primitives::{TxKind, address};
 
     const A: Address = address!("00000000000000000000000000000000000000aa");
     const B: Address = address!("00000000000000000000000000000000000000bb");
-
-    fn topic(n: u8) -> B256 {
-        B256::with_last_byte(n)
-    }
 
     /// The indexed lookup gives what eth_getLogs's scan gives, for filters naming addresses,
     /// topics at several positions, several values at one, values no log carries, and none.

@@ -191,6 +191,11 @@ pub fn tx_legacy(sender: Address, nonce: u64, to: TxKind, gas_price: u128) -> Re
     RecoveredTx::new_unchecked(TxEnvelope::Legacy(tx.into_signed(signature())), sender)
 }
 
+/// A distinct topic value per `n`.
+pub fn topic(n: u8) -> B256 {
+    B256::with_last_byte(n)
+}
+
 pub fn log(address: Address, topics: Vec<B256>) -> Log {
     Log {
         address,
