@@ -15,8 +15,10 @@
 #
 # Writes into $OUT (default target/e2e-bench/<time>): genesis.json, kestrel.json/.svg,
 # anvil.json/.svg (kestrel-loadgen reports and charts), kestrel-metrics.txt (the node's /metrics
-# after the run), kestrel-rss.tsv (the node's VmRSS and RssAnon every second), logs, and
-# summary.json with both side by side. Exits non-zero if the Kestrel run fails its checks (a lost
+# after the run), kestrel-rss.tsv (the node's VmRSS and RssAnon every second), cpu-seconds.txt
+# (CPU seconds of the node, the load generator and kestrel-wsbench over the Kestrel run: on a
+# 2-core machine the tools' share is the node's loss), logs, and summary.json with both side by
+# side. Exits non-zero if the Kestrel run fails its checks (a lost
 # transaction or a wrong balance) or, with WS_SUBSCRIBERS, kestrel-wsbench fails its own (a head
 # or log not delivered, the slow subscriber not closed).
 set -euo pipefail
@@ -65,6 +67,11 @@ wait_rpc() {
   done
   echo "e2e: $url did not answer within ${START_TIMEOUT_S}s" >&2
   return 1
+}
+
+# CPU seconds (user + system) a live process has used: where the two cores went.
+cpu_seconds() {
+  awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo null
 }
 
 stop() {
@@ -126,10 +133,14 @@ if [ -n "$WS_SUBSCRIBERS" ]; then
   echo "e2e: $(grep -m1 "subscribers ready" "$OUT/wsbench.log" || echo "kestrel-wsbench did not start")"
 fi
 set +e
-"$LOADGEN" --rpc "http://127.0.0.1:$PORT" "${LOAD[@]}" --label kestrel \
+/usr/bin/time -f "%U %S" -o "$OUT/loadgen-cpu.txt" \
+  "$LOADGEN" --rpc "http://127.0.0.1:$PORT" "${LOAD[@]}" --label kestrel \
   --report "$OUT/kestrel.json" --chart "$OUT/kestrel.svg"
 KESTREL_RC=$?
+echo "kestrel $(cpu_seconds "$KPID")" >"$OUT/cpu-seconds.txt"
+echo "loadgen $(awk '{print $1 + $2}' "$OUT/loadgen-cpu.txt")" >>"$OUT/cpu-seconds.txt"
 if [ -n "$WS_SUBSCRIBERS" ]; then
+  echo "wsbench $(cpu_seconds "$WSPID")" >>"$OUT/cpu-seconds.txt"
   # kestrel-wsbench stops at SIGTERM: it checks, reports and exits.
   kill -TERM "$WSPID" 2>/dev/null
   wait "$WSPID"; WS_RC=$?
@@ -196,6 +207,11 @@ if rss:
         "rss_anon_max_mib": round(max(int(r[2]) for r in rss) / 1024),
         "vm_rss_end_mib": round(int(rss[-1][1]) / 1024),
     }
+if (out / "cpu-seconds.txt").exists():
+    # Of the whole machine's two cores, over the Kestrel run (start-up included).
+    summary["cpu_seconds"] = {n: None if v == "null" else round(float(v), 1) for n, v in
+                              (line.split() for line in
+                               (out / "cpu-seconds.txt").read_text().splitlines())}
 if (out / "ws.json").exists():
     ws = json.loads((out / "ws.json").read_text())
     lat = ws.get("head_latency") or {}
@@ -222,7 +238,7 @@ for k in keys:
     print(f"{k:22}" + "".join(f"{str(summary[n][k]):>14}" for n in names))
 if "included_tps_ratio_kestrel_over_anvil" in summary:
     print(f"included TPS ratio kestrel/anvil: {summary['included_tps_ratio_kestrel_over_anvil']}")
-for key in ("kestrel_memory", "ws"):
+for key in ("kestrel_memory", "cpu_seconds", "ws"):
     if key in summary:
         print(f"{key}: {json.dumps(summary[key])}")
 EOF

@@ -106,6 +106,10 @@ pub fn describe_metrics() {
         "Speculative executions whose reads had changed by commit"
     );
     describe_counter!(
+        "kestrel_execution_dependency_waits_total",
+        "Parallel executions stopped at a read of an aborted execution's write, to wait for it"
+    );
+    describe_counter!(
         "kestrel_execution_sequential_fallback_total",
         "Blocks the parallel executor ran sequentially: reason=small (too few transactions) or \
          reason=conflicts (the rest of a block whose commits re-executed too much)"

@@ -1,7 +1,7 @@
 //! Progress of the stages, shared with RPC and metrics. Each field is written by one stage only.
 
 use alloy_primitives::B256;
-use kestrel_types::{BlockNumber, ExecutionResult};
+use kestrel_types::{BlockNumber, ExecutionResult, SealedBlock};
 use std::sync::{
     Arc,
     atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -26,6 +26,8 @@ pub struct ChainStatus {
     pub peers: Arc<AtomicUsize>,
     /// Each block's commit states as they happen (written by the validator driver).
     pub progress: ProgressFeed,
+    /// Each block once it is committed, so readable by RPC (written by the commit stage).
+    pub committed_blocks: CommittedFeed,
 }
 
 impl ChainStatus {
@@ -92,6 +94,33 @@ impl ProgressFeed {
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<BlockProgress> {
+        self.0.subscribe()
+    }
+}
+
+/// Committed blocks a subscriber may fall behind before it loses the oldest: the subscriber
+/// (the WebSocket feed) then reads those from the store.
+pub const COMMITTED_BACKLOG: usize = 16;
+
+/// Blocks as the commit stage sealed them, for those who would otherwise read each new block
+/// back from the store and decode it (the WebSocket feed). Publishing never waits and costs
+/// nothing without subscribers; a block is kept only until every subscriber has read it.
+#[derive(Debug)]
+pub struct CommittedFeed(broadcast::Sender<Arc<SealedBlock>>);
+
+impl Default for CommittedFeed {
+    fn default() -> Self {
+        Self(broadcast::channel(COMMITTED_BACKLOG).0)
+    }
+}
+
+impl CommittedFeed {
+    pub fn publish(&self, block: Arc<SealedBlock>) {
+        // No subscriber is not an error.
+        let _ = self.0.send(block);
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<SealedBlock>> {
         self.0.subscribe()
     }
 }

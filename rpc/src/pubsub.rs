@@ -2,18 +2,18 @@
 //! topic filters), `newPendingTransactions` (hashes, or whole transactions with `true`) and
 //! `syncing`, served on `--ws-port` by jsonrpsee's WebSocket server.
 //!
-//! One feed task per server follows the chain: every [`FEED_POLL`] it reads the blocks committed
-//! since it last looked (the store is what RPC serves, so a head is announced once it can be
-//! read; none while nobody is subscribed to blocks) and the hashes the pool admitted, and
-//! broadcasts them. What every subscriber of a block
-//! needs is computed once there, not once per subscriber ([`FeedBlock`]: the serialized header and
-//! the block's logs), so a thousand subscribers cost a thousand filters and sends per block, not a
-//! thousand serializations and log extractions. Each subscription reads the
-//! broadcast and sends to its connection without waiting: a subscriber whose connection buffer is
-//! full, or who fell more than [`FEED_BACKLOG_BLOCKS`] blocks behind the feed, has its
-//! subscription closed with the reason, never buffered without bound.
+//! One feed per server follows the chain: the commit stage hands it each block as it commits it
+//! (so a head is announced once RPC can read it, and is not read back from the store and decoded
+//! again; none while nobody is subscribed to blocks), and every [`FEED_POLL`] it takes the hashes
+//! the pool admitted; it broadcasts both. What every subscriber of a block needs is computed once
+//! there, not once per subscriber ([`FeedBlock`]: the serialized header and the block's logs), so a
+//! thousand subscribers cost a thousand filters and sends per block, not a thousand
+//! serializations and log extractions. Each subscription reads the broadcast and sends to its
+//! connection without waiting: a subscriber whose connection buffer is full, or who fell more than
+//! [`FEED_BACKLOG_BLOCKS`] blocks behind the feed, has its subscription closed with the reason,
+//! never buffered without bound.
 
-use crate::{RpcContext, chain, logs};
+use crate::{RpcContext, chain, error::RpcError, logs};
 use alloy_primitives::{Address, B256, Bloom, map::HashMap};
 use alloy_rpc_types_eth::{Filter, Log};
 use jsonrpsee::{
@@ -29,15 +29,17 @@ use serde_json::{Value, value::RawValue};
 use std::{sync::Arc, time::Duration};
 use tokio::sync::broadcast;
 
-/// How often the feed looks for new blocks and admitted transactions.
+/// How often the feed looks for admitted transactions.
 pub const FEED_POLL: Duration = Duration::from_millis(20);
-/// Blocks the feed keeps for subscribers that are behind; one further behind is closed.
-pub const FEED_BACKLOG_BLOCKS: usize = 256;
+/// Blocks the feed keeps for subscribers that are behind; one further behind is closed. A block is
+/// dropped once every subscriber has read it, so this costs memory only while one lags (a
+/// 5,000-transaction block's logs and their index are about 1.5 MB).
+pub const FEED_BACKLOG_BLOCKS: usize = 64;
 /// Admitted transaction hashes the feed keeps for subscribers that are behind.
 const FEED_BACKLOG_TXS: usize = 65_536;
-/// Blocks the feed reads per poll: a node far behind (replaying after a restart) catches the
-/// feed up over several polls instead of one long read.
-const FEED_BLOCKS_PER_POLL: u64 = 64;
+/// Blocks the feed reads from the store at a time when it missed some from the commit stage (it
+/// fell behind): a long gap is published a few blocks at a time, not built all at once.
+const FEED_STORED_BLOCKS_PER_READ: u64 = 8;
 
 #[rpc(server)]
 pub trait EthPubSubApi {
@@ -58,20 +60,21 @@ pub(crate) struct Feed {
 }
 
 impl Feed {
-    /// Starts the feed task on the current tokio runtime.
+    /// Starts the feed's tasks on the current tokio runtime.
     pub(crate) fn start(ctx: RpcContext) -> Self {
+        // Subscribed before anyone can subscribe to the feed: no block committed later is missed.
+        let committed = ctx.status.committed_blocks.subscribe();
         let feed = Self {
             blocks: broadcast::channel(FEED_BACKLOG_BLOCKS).0,
             txs: broadcast::channel(FEED_BACKLOG_TXS).0,
             ctx,
         };
-        tokio::spawn(feed.clone().run());
+        tokio::spawn(feed.clone().follow_pool());
+        tokio::spawn(feed.clone().follow_chain(committed));
         feed
     }
 
-    async fn run(self) {
-        let store = self.ctx.store.clone();
-        let mut next: Option<BlockNumber> = None;
+    async fn follow_pool(self) {
         let (_, mut seen) = self.ctx.pool.admitted_since(u64::MAX);
         let mut tick = tokio::time::interval(FEED_POLL);
         loop {
@@ -82,37 +85,84 @@ impl Feed {
                 // No subscriber is not an error.
                 let _ = self.txs.send(hash);
             }
-            let store = store.clone();
-            // With nobody subscribed to blocks, the feed only follows the head: a subscriber
-            // gets the blocks that become readable after it subscribed.
-            let from = next.filter(|_| self.blocks.receiver_count() > 0);
-            let read = tokio::task::spawn_blocking(move || {
-                store.view(|r| -> Result<_, crate::error::RpcError> {
-                    let head = chain::head(r)?;
-                    let from = from.unwrap_or(head + 1);
-                    let to = head.min(from + FEED_BLOCKS_PER_POLL - 1);
-                    let mut blocks = Vec::new();
-                    for n in from..=to {
-                        blocks.extend(r.block(n)?.map(|b| Arc::new(FeedBlock::new(&b))));
-                    }
-                    Ok((blocks, to.max(from.saturating_sub(1)) + 1))
-                })
+        }
+    }
+
+    /// Publishes each committed block in order. With nobody subscribed to blocks it only follows
+    /// the head: a subscriber gets the blocks committed after it subscribed (unless the feed had
+    /// fallen behind the commit stage just then: then from the head on).
+    async fn follow_chain(self, mut committed: broadcast::Receiver<Arc<SealedBlock>>) {
+        // The next block subscribers are owed.
+        let mut next: Option<BlockNumber> = None;
+        loop {
+            let block = match committed.recv().await {
+                Ok(block) => Some(block),
+                // The feed fell behind the commit stage: what it missed is in the store.
+                Err(broadcast::error::RecvError::Lagged(_)) => None,
+                Err(broadcast::error::RecvError::Closed) => return,
+            };
+            if self.blocks.receiver_count() == 0 {
+                next = block.map(|block| block.header.number + 1);
+                continue;
+            }
+            let to = match &block {
+                Some(block) => block.header.number,
+                None => match self.ctx.store.view(|r| chain::head(r)) {
+                    Ok(Ok(head)) => head,
+                    Ok(Err(err)) => return tracing::error!(target: "rpc::pubsub", %err, "no head"),
+                    Err(err) => return tracing::error!(target: "rpc::pubsub", %err, "no head"),
+                },
+            };
+            next = Some(self.publish(next.unwrap_or(to), to, block).await);
+        }
+    }
+
+    /// Publishes blocks `from..=to`: `block` (number `to`) as the commit stage handed it over,
+    /// the others read from the store, a few at a time. Returns the next block owed: one the
+    /// store could not give is asked for again at the next commit.
+    async fn publish(
+        &self,
+        mut from: BlockNumber,
+        to: BlockNumber,
+        block: Option<Arc<SealedBlock>>,
+    ) -> BlockNumber {
+        while from <= to {
+            let last = to.min(from + FEED_STORED_BLOCKS_PER_READ - 1);
+            let handed = block.clone().filter(|_| last == to);
+            let store = self.ctx.store.clone();
+            // Built on a blocking thread: a full block's logs take milliseconds.
+            let built = tokio::task::spawn_blocking(move || {
+                let stored = from..last + u64::from(handed.is_none());
+                let mut blocks = store.view(|r| {
+                    stored
+                        .map(|n| {
+                            let block = r.block(n)?.ok_or(RpcError::HeaderNotFound)?;
+                            Ok(Arc::new(FeedBlock::new(&block)))
+                        })
+                        .collect::<Result<Vec<_>, RpcError>>()
+                })??;
+                blocks.extend(handed.map(|block| Arc::new(FeedBlock::new(&block))));
+                Ok::<_, RpcError>(blocks)
             })
             .await;
-            match read {
-                Ok(Ok(Ok((blocks, after)))) => {
-                    for block in blocks {
-                        let _ = self.blocks.send(block);
-                    }
-                    next = Some(after);
+            let blocks = match built {
+                Ok(Ok(blocks)) => blocks,
+                Ok(Err(err)) => {
+                    tracing::warn!(target: "rpc::pubsub", from, last, %err, "reading committed blocks");
+                    return from;
                 }
-                Ok(Ok(Err(err))) => {
-                    tracing::warn!(target: "rpc::pubsub", %err, "reading new blocks")
+                Err(err) => {
+                    tracing::warn!(target: "rpc::pubsub", from, last, %err, "building committed blocks");
+                    return from;
                 }
-                Ok(Err(err)) => tracing::warn!(target: "rpc::pubsub", %err, "reading new blocks"),
-                Err(err) => tracing::warn!(target: "rpc::pubsub", %err, "reading new blocks"),
+            };
+            for block in blocks {
+                // No subscriber is not an error.
+                let _ = self.blocks.send(block);
             }
+            from = last + 1;
         }
+        from
     }
 }
 
@@ -395,6 +445,12 @@ mod tests {
     use super::*;
     use crate::test_utils::{BASE_FEE, FakeChain, TestTx, log, topic, tx_1559};
     use alloy_primitives::{TxKind, address};
+    use kestrel_pipeline::{
+        mempool::{IngressStage, TxPool, Validator},
+        state::LatestState,
+    };
+    use kestrel_storage::{Overlay, Store};
+    use kestrel_types::ChainSpec;
 
     const A: Address = address!("00000000000000000000000000000000000000aa");
     const B: Address = address!("00000000000000000000000000000000000000bb");
@@ -441,5 +497,77 @@ mod tests {
         }
         let all: Filter = Default::default();
         assert_eq!(feed.logs(&all).count(), 5);
+    }
+
+    /// Commits an empty child of `parent` the way the commit stage does: to the store, then to
+    /// the committed-blocks feed.
+    fn commit(ctx: &RpcContext, parent: &SealedBlock) -> SealedBlock {
+        let block = parent.empty_child();
+        let mut writer = ctx.store.begin_block().unwrap();
+        writer.insert_block(&block).unwrap();
+        writer.commit().unwrap();
+        ctx.status.committed_blocks.publish(Arc::new(block.clone()));
+        block
+    }
+
+    /// A feed that fell behind the commit stage reads the blocks it missed from the store: its
+    /// subscribers still get every block once, in order, with the header the store serves.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_feed_behind_the_commit_stage_reads_what_it_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let spec = Arc::new(ChainSpec::dev());
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let genesis = store.init_genesis(&spec).unwrap();
+        let pool = Arc::new(TxPool::new());
+        let status = Arc::new(ChainStatus::default());
+        let (ingress, _threads) = IngressStage {
+            pool: pool.clone(),
+            validator: Validator::new(spec.clone(), spec.gas_limit),
+            state: LatestState {
+                store: store.clone(),
+                overlay: Arc::new(Overlay::default()),
+            },
+            status: status.clone(),
+        }
+        .spawn(1);
+        let ctx = RpcContext {
+            store,
+            spec,
+            pool,
+            ingress,
+            status,
+        };
+        let feed = Feed::start(ctx.clone());
+        let mut heads = feed.blocks.subscribe();
+        let number_and_hash = |block: &FeedBlock| {
+            let header: Value = serde_json::from_str(block.header.get()).unwrap();
+            (header["number"].clone(), header["hash"].clone())
+        };
+        let expect = |block: &SealedBlock| {
+            (
+                serde_json::to_value(alloy_primitives::U64::from(block.header.number)).unwrap(),
+                serde_json::to_value(block.hash).unwrap(),
+            )
+        };
+        // One block the feed is handed and publishes.
+        let mut last = commit(&ctx, &genesis);
+        assert_eq!(number_and_hash(&heads.recv().await.unwrap()), expect(&last));
+        // Then more than the committed-blocks backlog before the feed's task runs again (this
+        // runtime has one thread): it lags and reads them back.
+        let mut committed = Vec::new();
+        for _ in 0..2 * kestrel_pipeline::status::COMMITTED_BACKLOG {
+            last = commit(&ctx, &last);
+            committed.push(last.clone());
+        }
+        for block in &committed {
+            assert_eq!(number_and_hash(&heads.recv().await.unwrap()), expect(block));
+        }
+        // And it follows the commits after that as handed over.
+        let after = commit(&ctx, &last);
+        assert_eq!(
+            number_and_hash(&heads.recv().await.unwrap()),
+            expect(&after)
+        );
+        assert!(heads.try_recv().is_err(), "every block published once");
     }
 }

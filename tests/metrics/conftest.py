@@ -9,6 +9,7 @@ Run with the e2e venv: tests/e2e/.venv/bin/python -m pytest -q tests/metrics
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import pytest
@@ -18,11 +19,16 @@ import kestrel_node
 from e2e_util import fees, raw_rpc, sign
 from eth_account import Account
 from kestrel_node import DEV_ADDRESSES, DEV_KEYS, KestrelNode
-from metrics_util import send_transfers
+from metrics_util import send_one_block, send_transfers
 from prometheus_server import PrometheusServer
 from web3 import Web3
 
 SERVERS: list[PrometheusServer] = []
+# The parallel executor runs blocks of at least this many transactions in parallel
+# (`PARALLEL_MIN_TXS` in pipeline/src/parallel/mod.rs).
+PARALLEL_MIN_TXS = 64
+PARALLEL_BLOCK_TXS = 96
+PARALLEL_BLOCK_ATTEMPTS = 3
 
 
 pytest_runtest_makereport = kestrel_node.log_tails_hook(
@@ -69,10 +75,23 @@ class Traffic:
 @pytest.fixture(scope="session")
 def traffic(node, w3) -> Traffic:
     """Traffic that creates every labelled or event-driven series the dashboard uses: included
-    transactions, a refused one (nonce too low), a queued one and its replacement, RPC calls of
+    transactions, a block the parallel executor runs in parallel, a refused one (nonce too low), a queued one and its replacement, RPC calls of
     several methods, an RPC error and an unknown method."""
     sender = Account.from_key(DEV_KEYS[1])
     send_transfers(w3, sender, 3)
+    included = 3
+
+    # A block large enough for the parallel executor (the node's default) to run it in
+    # parallel, not fall back to sequential: its own metrics are exported from then on.
+    parallel = [Account.from_key(k) for k in DEV_KEYS[3:7]]
+    for _ in range(PARALLEL_BLOCK_ATTEMPTS):
+        receipts = send_one_block(node, w3, parallel, PARALLEL_BLOCK_TXS // len(parallel))
+        included += len(receipts)
+        per_block = Counter(r["blockNumber"] for r in receipts)
+        if max(per_block.values()) >= PARALLEL_MIN_TXS:
+            break
+    else:
+        pytest.fail(f"no block of {PARALLEL_MIN_TXS}+ transactions: {per_block}")
 
     # Refused at admission: nonce 0 is long used.
     tx_fees = fees(w3)
@@ -104,4 +123,4 @@ def traffic(node, w3) -> Traffic:
     assert out["error"]["code"] == -32602, out
     out = raw_rpc(node.url, "kestrel_noSuchMethod", [])
     assert out["error"]["code"] == -32601, out
-    return Traffic(included_txs=3)
+    return Traffic(included_txs=included)

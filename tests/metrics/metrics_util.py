@@ -44,3 +44,22 @@ def send_transfers(w3: Web3, account, count: int) -> list:
     receipts = [wait_receipt(w3, h) for h in hashes]
     assert all(r["status"] == 1 for r in receipts), receipts
     return receipts
+
+
+def send_one_block(node, w3: Web3, accounts: list, per_account: int) -> list:
+    """Transfers from each of `accounts` (`per_account` each, consecutive nonces), signed first and
+    sent as one JSON-RPC batch so that they are likely to land in one block; waits for every
+    receipt."""
+    tx_fees = fees(w3)
+    raws = []
+    for account in accounts:
+        nonce = w3.eth.get_transaction_count(account.address, "pending")
+        raws += [sign(w3, account, {"to": DEV_ADDRESSES[8], "value": 1, "nonce": nonce + i,
+                                    **tx_fees}) for i in range(per_account)]
+    batch = [{"jsonrpc": "2.0", "id": i, "method": "eth_sendRawTransaction",
+              "params": ["0x" + raw.hex()]} for i, raw in enumerate(raws)]
+    answers = requests.post(node.url, json=batch, timeout=30).json()
+    assert all("result" in a for a in answers), answers
+    receipts = [wait_receipt(w3, a["result"]) for a in answers]
+    assert all(r["status"] == 1 for r in receipts), receipts
+    return receipts

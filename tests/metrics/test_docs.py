@@ -11,15 +11,6 @@ from metrics_util import REPO_ROOT, scrape
 DOCS = REPO_ROOT / "docs" / "metrics.md"
 # Series that exist only after a rare event, so a test node does not export them.
 EVENT_ONLY = {"kestrel_mempool_evicted_total", "kestrel_rpc_subscribers_dropped_total"}
-# Recorded only by the parallel executor; the node under test runs the default sequential one.
-PARALLEL_ONLY = {
-    "kestrel_execution_parallel_phase_seconds",
-    "kestrel_execution_reexecutions_total",
-    "kestrel_execution_relaxed_merges_total",
-    "kestrel_execution_sequential_fallback_total",
-    "kestrel_execution_validation_failures_total",
-    "kestrel_execution_dependency_waits_total",
-}
 # Exported only by a validator of a multi-validator chain (tests/testnet checks those are
 # documented); the node under test is a --dev node.
 MULTI_VALIDATOR_ONLY = {
@@ -69,7 +60,7 @@ def test_every_exported_metric_is_documented(node, traffic):
     deadline = time.monotonic() + PRESENT_TIMEOUT_S
     while True:  # some families appear a few blocks after start-up
         _, types = promql.parse_exposition(scrape(node))
-        missing_in_node = docs - set(types) - EVENT_ONLY - PARALLEL_ONLY - MULTI_VALIDATOR_ONLY
+        missing_in_node = docs - set(types) - EVENT_ONLY - MULTI_VALIDATOR_ONLY
         if not missing_in_node or time.monotonic() > deadline:
             break
         time.sleep(0.5)

@@ -46,6 +46,7 @@ impl CommitStage {
             };
             for (sealed, changes) in committed {
                 self.committed(&sealed, &changes);
+                self.status.committed_blocks.publish(Arc::new(sealed));
             }
         }
     }
