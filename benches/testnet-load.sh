@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Throughput of a 4-validator chain on this host: `kestrel init-testnet` validators (real
+# processes, BFT over TCP on loopback, every validator executing and committing every block) with
+# the benchmark's genesis (100,000 funded senders and the ERC-20 token), loaded by
+# `kestrel-loadgen` spread over the validators' JSON-RPC endpoints.
+#
+#   benches/testnet-load.sh                          # 4 validators, 500 ms blocks, 5,250 tx/s, 60 s
+#   BLOCK_TIME_MS=200 RATE=5250 benches/testnet-load.sh
+#   VALIDATORS, ACCOUNTS, DURATION, WORKLOAD, PAIRS, CONCURRENCY, BATCH, SEED, OUT, SKIP_BUILD=1,
+#   KESTREL_BIN, KESTREL_LOADGEN_BIN
+#
+# Writes into $OUT (default target/testnet-bench/<time>): genesis.json, the testnet directory
+# (configs, logs), kestrel.json/.svg (the loadgen report, finality as validator 0 serves it),
+# metrics-<i>.txt (each validator's /metrics after the run), cpu-seconds.txt (CPU seconds of
+# each validator and the loadgen) and summary.json. Exits non-zero if the loadgen's checks fail
+# (a lost transaction or a wrong balance) or the validators' heads differ at the end.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+ROOT="$(pwd)"
+
+VALIDATORS="${VALIDATORS:-4}"
+ACCOUNTS="${ACCOUNTS:-100000}"
+RATE="${RATE:-5250}"
+DURATION="${DURATION:-60}"
+WORKLOAD="${WORKLOAD:-mixed}"
+SEED="${SEED:-1}"
+# The load as benches/e2e.sh offers it.
+PAIRS="${PAIRS:-10}"
+CONCURRENCY="${CONCURRENCY:-4}"
+BATCH="${BATCH:-1000}"
+BLOCK_TIME_MS="${BLOCK_TIME_MS:-500}"
+# Large enough that the block gas limit does not bind at the offered rate.
+GAS_LIMIT="${GAS_LIMIT:-2000000000}"
+TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
+OUT="${OUT:-$TARGET/testnet-bench/$(date -u +%Y%m%dT%H%M%SZ)}"
+# Ports away from the defaults, so a testnet or dev node already running is not in the way.
+BASE_P2P_PORT="${BASE_P2P_PORT:-31303}"
+BASE_RPC_PORT="${BASE_RPC_PORT:-18545}"
+BASE_METRICS_PORT="${BASE_METRICS_PORT:-19100}"
+
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release --bin kestrel --bin kestrel-loadgen
+KESTREL="${KESTREL_BIN:-$TARGET/release/kestrel}"
+LOADGEN="${KESTREL_LOADGEN_BIN:-$TARGET/release/kestrel-loadgen}"
+NET="$OUT/testnet"
+mkdir -p "$OUT"
+echo "testnet-load: results in $OUT"
+
+"$KESTREL" init-testnet --validators "$VALIDATORS" --out "$NET" --scrypt-light \
+  --base-p2p-port "$BASE_P2P_PORT" --base-rpc-port "$BASE_RPC_PORT" \
+  --base-metrics-port "$BASE_METRICS_PORT" >"$OUT/init-testnet.log"
+"$LOADGEN" --genesis-out "$OUT/genesis.json" --workload "$WORKLOAD" --pairs "$PAIRS" \
+  --accounts "$ACCOUNTS" --seed "$SEED" --genesis-gas-limit "$GAS_LIMIT"
+# The benchmark's accounts with the testnet's validator set.
+python3 - "$OUT/genesis.json" "$NET/genesis.json" <<'EOF'
+import json, sys
+bench, net = sys.argv[1], sys.argv[2]
+genesis = json.load(open(bench))
+genesis["kestrel"] = json.load(open(net))["kestrel"]
+json.dump(genesis, open(net, "w"))
+EOF
+for ((i = 0; i < VALIDATORS; i++)); do
+  sed -i "s/^\[ordering\]$/[ordering]\nblock_time_ms = $BLOCK_TIME_MS\ngas_limit = $GAS_LIMIT/" \
+    "$NET/validator-$i/config.toml"
+done
+
+stop_testnet() { KESTREL_BIN="$KESTREL" deploy/testnet.sh stop "$NET" >/dev/null 2>&1 || true; }
+trap stop_testnet EXIT
+KESTREL_BIN="$KESTREL" deploy/testnet.sh "$VALIDATORS" "$NET"
+
+RPCS=()
+for ((i = 0; i < VALIDATORS; i++)); do RPCS+=(--rpc "http://127.0.0.1:$((BASE_RPC_PORT + i))"); done
+cpu_seconds() {
+  awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo null
+}
+set +e
+/usr/bin/time -f "%U %S" -o "$OUT/loadgen-cpu.txt" \
+  "$LOADGEN" "${RPCS[@]}" --workload "$WORKLOAD" --pairs "$PAIRS" --accounts "$ACCOUNTS" \
+  --seed "$SEED" --rate "$RATE" --duration "$DURATION" --hot-ratio 0 \
+  --concurrency "$CONCURRENCY" --batch "$BATCH" --genesis-funded --drain-timeout 120 --label testnet \
+  --report "$OUT/kestrel.json" --chart "$OUT/kestrel.svg"
+LOADGEN_RC=$?
+set -e
+: >"$OUT/cpu-seconds.txt"
+for ((i = 0; i < VALIDATORS; i++)); do
+  echo "validator-$i $(cpu_seconds "$(cat "$NET/validator-$i/node.pid")")" >>"$OUT/cpu-seconds.txt"
+  curl -sf "http://127.0.0.1:$((BASE_METRICS_PORT + i))/metrics" >"$OUT/metrics-$i.txt" || true
+done
+echo "loadgen $(awk '{print $1 + $2}' "$OUT/loadgen-cpu.txt")" >>"$OUT/cpu-seconds.txt"
+
+# Every validator's block at validator 0's head: the same hash and state root.
+python3 - "$OUT" "$VALIDATORS" "$BASE_RPC_PORT" "$LOADGEN_RC" <<'EOF'
+import json, sys, time, urllib.request
+from pathlib import Path
+out, n, base, rc = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+def call(i, method, params):
+    req = urllib.request.Request(f"http://127.0.0.1:{base + i}", method="POST",
+        data=json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode(),
+        headers={"content-type": "application/json"})
+    return json.load(urllib.request.urlopen(req, timeout=10))["result"]
+head = int(call(0, "eth_blockNumber", []), 16)
+blocks = []
+for i in range(n):
+    for _ in range(100):  # the others may be a block or two behind validator 0
+        b = call(i, "eth_getBlockByNumber", [hex(head), False])
+        if b:
+            break
+        time.sleep(0.1)
+    blocks.append(b and (b["hash"], b["stateRoot"]))
+report = json.loads((out / "kestrel.json").read_text())
+f = report["figures"]
+summary = {
+    "validators": n, "head": head, "heads_equal": len(set(blocks)) == 1 and blocks[0] is not None,
+    "txs": f["txs"], "finalized": f["finalized"], "lost": report["verify"]["lost"],
+    **{k: round(v, 1) if v else v for k, v in f["rates"].items()},
+    "finality_p50_ms": (f["latency_to_finality"] or {}).get("p50_ms"),
+    "finality_p99_ms": (f["latency_to_finality"] or {}).get("p99_ms"),
+    "checks_passed": not report["verify"]["problems"] and rc == 0,
+    "cpu_seconds": {k: None if v == "null" else round(float(v), 1) for k, v in
+                    (line.split() for line in (out / "cpu-seconds.txt").read_text().splitlines())},
+}
+(out / "summary.json").write_text(json.dumps(summary, indent=2))
+print(json.dumps(summary, indent=2))
+sys.exit(0 if summary["heads_equal"] and summary["checks_passed"] else 1)
+EOF
