@@ -138,7 +138,7 @@ set +e
   --report "$OUT/kestrel.json" --chart "$OUT/kestrel.svg"
 KESTREL_RC=$?
 echo "kestrel $(cpu_seconds "$KPID")" >"$OUT/cpu-seconds.txt"
-echo "loadgen $(awk '{print $1 + $2}' "$OUT/loadgen-cpu.txt")" >>"$OUT/cpu-seconds.txt"
+echo "loadgen $(tail -1 "$OUT/loadgen-cpu.txt" | awk '{print $1 + $2}')" >>"$OUT/cpu-seconds.txt"
 if [ -n "$WS_SUBSCRIBERS" ]; then
   echo "wsbench $(cpu_seconds "$WSPID")" >>"$OUT/cpu-seconds.txt"
   # kestrel-wsbench stops at SIGTERM: it checks, reports and exits.

@@ -85,7 +85,7 @@ for ((i = 0; i < VALIDATORS; i++)); do
   echo "validator-$i $(cpu_seconds "$(cat "$NET/validator-$i/node.pid")")" >>"$OUT/cpu-seconds.txt"
   curl -sf "http://127.0.0.1:$((BASE_METRICS_PORT + i))/metrics" >"$OUT/metrics-$i.txt" || true
 done
-echo "loadgen $(awk '{print $1 + $2}' "$OUT/loadgen-cpu.txt")" >>"$OUT/cpu-seconds.txt"
+echo "loadgen $(tail -1 "$OUT/loadgen-cpu.txt" | awk '{print $1 + $2}')" >>"$OUT/cpu-seconds.txt"
 
 # Every validator's block at validator 0's head: the same hash and state root.
 python3 - "$OUT" "$VALIDATORS" "$BASE_RPC_PORT" "$LOADGEN_RC" <<'EOF'

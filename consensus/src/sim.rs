@@ -12,7 +12,8 @@
 use crate::Round;
 use crate::bft::{
     Bft, Block, BlockId, Command, CommittedBlock, Config, Event, Message, Proposal, QuorumCert,
-    SafetyState, SignerSig, Timeout, Unverified, ValidatorIndex, ValidatorKey, ValidatorSet, Vote,
+    ROUND_TIMEOUT_MAX_FACTOR, SafetyState, SignerSig, Timeout, Unverified, ValidatorIndex,
+    ValidatorKey, ValidatorSet, Vote,
 };
 use alloy_primitives::{B256, keccak256};
 use kestrel_types::ExecutionResult;
@@ -127,8 +128,9 @@ impl Scenario {
         }
     }
 
+    /// Healed, a validator may still be in a round whose timeout backed off to the longest.
     fn end_ms(&self) -> u64 {
-        self.heal_ms + LIVENESS_TIMEOUTS * TIMEOUT_MS
+        self.heal_ms + (ROUND_TIMEOUT_MAX_FACTOR + LIVENESS_TIMEOUTS) * TIMEOUT_MS
     }
 }
 

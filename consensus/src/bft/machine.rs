@@ -32,9 +32,22 @@ const RESULTS_KEPT: usize = 256;
 /// drift a little, but a far-future timestamp would drag every later block's along.
 pub const TIMESTAMP_AHEAD_MAX_MS: u64 = 5_000;
 
+/// Rounds in a row without a QC, beyond [`TIMEOUT_GRACE_ROUNDS`], double the round timeout, up to
+/// this many times: a chain whose blocks take longer to propose, check, persist and vote for
+/// than the timeout (a leader after a stall proposes the whole backlog) would otherwise time out
+/// every round for ever.
+const TIMEOUT_DOUBLINGS_MAX: u64 = 3;
+/// Rounds without a QC before the back-off starts: a crashed validator costs two such rounds per
+/// turn of the leader rotation (its own and the one whose votes go to it), which a longer
+/// timeout would not help.
+const TIMEOUT_GRACE_ROUNDS: u64 = 2;
+/// The longest a round waits, as a multiple of the configured timeout.
+pub const ROUND_TIMEOUT_MAX_FACTOR: u64 = 1 << TIMEOUT_DOUBLINGS_MAX;
+
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// How long a round waits for progress before this validator times out.
+    /// How long a round waits for progress before this validator times out, while rounds get
+    /// QCs; doubled for each round in a row without one (at most [`TIMEOUT_DOUBLINGS_MAX`]).
     pub round_timeout_ms: u64,
     /// D: the block at height N carries the execution result of block N − D.
     pub execution_delay: u64,
@@ -316,11 +329,20 @@ impl Bft {
         }
     }
 
+    /// The current round's timeout: the configured one while rounds get QCs, doubled for each
+    /// further round without one (exponential back-off, as in HotStuff's and DiemBFT's
+    /// pacemakers), so that slow rounds eventually last long enough to finish.
+    fn round_timeout_ms(&self) -> u64 {
+        let without_qc = self.round.0.saturating_sub(self.high_qc.round.0 + 1);
+        let doublings = without_qc.saturating_sub(TIMEOUT_GRACE_ROUNDS);
+        self.config.round_timeout_ms << doublings.min(TIMEOUT_DOUBLINGS_MAX)
+    }
+
     fn enter_round(&mut self, now: u64, out: &mut Vec<Command>) {
         metrics::gauge!(m::ROUND).set(self.round.0 as f64);
         out.push(Command::ScheduleTimeout {
             round: self.round,
-            at_ms: now + self.config.round_timeout_ms,
+            at_ms: now + self.round_timeout_ms(),
         });
         if !self.halted && self.validators.leader(self.round) == self.me {
             out.push(Command::RequestPayload {
@@ -692,7 +714,7 @@ impl Bft {
         // Keep re-sending until the round ends: a partition may have eaten this one.
         out.push(Command::ScheduleTimeout {
             round,
-            at_ms: now + self.config.round_timeout_ms,
+            at_ms: now + self.round_timeout_ms(),
         });
         self.on_timeout(now, t, out);
     }

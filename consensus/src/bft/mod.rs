@@ -15,7 +15,8 @@ mod validators;
 mod wire;
 
 pub use machine::{
-    Bft, Command, CommittedBlock, Config, Event, SafetyState, TIMESTAMP_AHEAD_MAX_MS,
+    Bft, Command, CommittedBlock, Config, Event, ROUND_TIMEOUT_MAX_FACTOR, SafetyState,
+    TIMESTAMP_AHEAD_MAX_MS,
 };
 pub use types::{
     Block, BlockId, BlockRequest, CertCache, CommitProof, Message, Proposal, QuorumCert, SignerSig,

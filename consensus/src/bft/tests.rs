@@ -641,3 +641,54 @@ fn rounds_and_heights_at_u64_max_from_a_byzantine_validator_do_not_overflow() {
         Err(VerifyError::NotFinal(_))
     ));
 }
+
+/// Rounds that end in a timeout certificate, one after another, each wait twice as long as the
+/// one before (after two at the configured timeout, up to 8x it). Without the back-off, blocks that take longer than the timeout to propose and vote
+/// for (a leader proposing the backlog after a stall) time out every round for ever.
+#[test]
+fn round_timeouts_double_while_rounds_end_without_a_qc() {
+    let s = set(4);
+    let mut bft = started_at_genesis(0, &s, 0);
+    let mut now = 0;
+    let mut waits = Vec::new();
+    for round in 1..=6 {
+        let mut out = bft.update(
+            now,
+            Event::Timeout {
+                round: Round(round),
+            },
+        );
+        let ours = out
+            .iter()
+            .find_map(|c| match c {
+                Command::Broadcast(Message::Timeout(t)) => Some(t.clone()),
+                _ => None,
+            })
+            .expect("we time out");
+        // Two others time out as we did: with ours, a quorum, so a TC and the next round.
+        for signer in [1, 2] {
+            let theirs = Timeout::new(
+                Round(round),
+                ours.high_qc.clone(),
+                ours.last_tc.clone(),
+                ValidatorIndex(signer as u16),
+                &key(signer),
+            );
+            let message = Unverified::new(Message::Timeout(theirs));
+            let from = ValidatorIndex(signer as u16);
+            out.extend(bft.update(now, Event::Message { from, message }));
+        }
+        let next = out
+            .iter()
+            .find_map(|c| match c {
+                Command::ScheduleTimeout { round: r, at_ms } if *r == Round(round + 1) => {
+                    Some(*at_ms)
+                }
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("round {} not entered: {out:?}", round + 1));
+        waits.push(next - now);
+        now += 10;
+    }
+    assert_eq!(waits, [1_000, 1_000, 2_000, 4_000, 8_000, 8_000]);
+}
