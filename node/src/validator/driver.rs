@@ -136,6 +136,10 @@ impl Driver {
         )?;
         let mut payloads = PayloadCache::new();
         restore_payloads(&mut payloads, &w.pool, &voted, finality.height());
+        let decoder = match clock {
+            Clock::Wall => Decoder::spawn(w.spec.clone(), w.pool.clone())?,
+            Clock::Virtual(_) => Decoder::inline(w.spec.clone(), w.pool.clone()),
+        };
         Ok(Self {
             bft,
             config,
@@ -164,10 +168,7 @@ impl Driver {
                 Clock::Wall => Forwarder::spawn(w.ingress)?,
                 Clock::Virtual(_) => Forwarder::inline(w.ingress)?,
             }),
-            decoder: Some(match clock {
-                Clock::Wall => Decoder::spawn(w.spec)?,
-                Clock::Virtual(_) => Decoder::inline(w.spec),
-            }),
+            decoder: Some(decoder),
             clock,
         })
     }

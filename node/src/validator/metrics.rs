@@ -11,6 +11,7 @@ pub const ORDERED_TXS: &str = "kestrel_ordering_txs_total";
 pub const PROPOSE_SECONDS: &str = "kestrel_ordering_propose_seconds";
 pub const SAFETY_PERSIST_SECONDS: &str = "kestrel_consensus_safety_persist_seconds";
 pub const SAFETY_PERSIST_BYTES: &str = "kestrel_consensus_safety_persist_bytes_total";
+pub const SENDERS_REUSED: &str = "kestrel_consensus_payload_senders_reused_total";
 
 pub fn describe() {
     metrics::describe_counter!(
@@ -39,7 +40,12 @@ pub fn describe() {
         SAFETY_PERSIST_BYTES,
         "Bytes of safety state and blocks voted for written (each write replaces the file)"
     );
+    metrics::describe_counter!(
+        SENDERS_REUSED,
+        "Transactions of received proposals whose sender came from this validator's pool instead of being recovered again"
+    );
     metrics::counter!(EARLY_TIMEOUTS).absolute(0);
+    metrics::counter!(SENDERS_REUSED).absolute(0);
     // Exists from start-up at 0, so an alert on its increase sees the first mismatch.
     metrics::counter!(bft::metrics::RESULT_MISMATCH).absolute(0);
     metrics::gauge!(bft::metrics::HALTED).set(0.0);

@@ -2,13 +2,14 @@
 //! execution needs that the block does not carry. The block gives height, round, timestamp and the
 //! delayed execution result; consensus names the payload by the hash of its encoding.
 
+use super::metrics::SENDERS_REUSED;
 use alloy_primitives::{Address, B256, Bytes, keccak256};
 use alloy_rlp::{Decodable, Encodable, RlpDecodable, RlpEncodable};
 use crossbeam_channel::{Receiver, Sender};
 use kestrel_consensus::bft::Block;
 use kestrel_pipeline::{
     import::{ImportError, recover_senders},
-    mempool::{BlockRules, PoolError, check_static},
+    mempool::{BlockRules, PoolError, TxPool, check_static},
 };
 use kestrel_types::{BLOCK_TXS_MAX, ChainSpec, OrderedBlock, ParentFees, RecoveredTx};
 use std::{sync::Arc, thread};
@@ -86,6 +87,18 @@ impl Payload {
     /// cores for large payloads), so a block whose payload decodes is one every validator can
     /// execute identically.
     pub fn decode(bytes: Bytes) -> Result<Self, PayloadError> {
+        Self::decode_reusing(bytes, |hashes| vec![None; hashes.len()])
+    }
+
+    /// As [`Payload::decode`], but a transaction whose sender `known` gives (by hash) is not
+    /// recovered again: the pool's, which this validator's own ingress recovered from the same
+    /// signed bytes (the hash covers the signature). Under load nearly every transaction of a
+    /// proposal reached this validator first (submitted to it or forwarded), so this halves
+    /// the sender recoveries of a validator that is not the leader.
+    pub fn decode_reusing(
+        bytes: Bytes,
+        known: impl FnOnce(&[B256]) -> Vec<Option<Address>>,
+    ) -> Result<Self, PayloadError> {
         let mut buf = &bytes[..];
         let wire = PayloadWire::decode(&mut buf)?;
         if !buf.is_empty() {
@@ -103,7 +116,32 @@ impl Payload {
                     .map_err(|source| PayloadError::Tx { index, source })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let txs = recover_senders(&envelopes)?;
+        let hashes: Vec<B256> = envelopes.iter().map(|tx| *tx.tx().tx_hash()).collect();
+        let senders = known(&hashes);
+        debug_assert_eq!(senders.len(), envelopes.len());
+        let unknown: Vec<usize> = (0..envelopes.len())
+            .filter(|&i| senders.get(i).copied().flatten().is_none())
+            .collect();
+        let to_recover: Vec<_> = unknown.iter().map(|&i| envelopes[i].clone()).collect();
+        let mut recovered = recover_senders(&to_recover)
+            .map_err(|err| match err {
+                // The index among those recovered, back to the payload's.
+                ImportError::Signature { index, reason } => ImportError::Signature {
+                    index: unknown[index],
+                    reason,
+                },
+                other => other,
+            })?
+            .into_iter();
+        let txs = envelopes
+            .into_iter()
+            .zip(senders)
+            .map(|(tx, sender)| match sender {
+                Some(sender) => RecoveredTx::new_unchecked(tx, sender),
+                None => recovered.next().expect("one recovered per unknown sender"),
+            })
+            .collect();
+        metrics::counter!(SENDERS_REUSED).increment((hashes.len() - unknown.len()) as u64);
         let payload = Self::from_parts(wire, txs, bytes);
         if payload.0.gas_committed > payload.0.gas_limit {
             return Err(PayloadError::GasOverLimit {
@@ -226,6 +264,7 @@ enum Mode<T> {
     /// `submit` returns: what the deterministic simulation needs.
     Inline {
         spec: Arc<ChainSpec>,
+        pool: Arc<TxPool>,
         done: Sender<(T, Result<Payload, Rejected>)>,
     },
 }
@@ -240,15 +279,16 @@ struct Request<T> {
 }
 
 impl<T: Send + 'static> Decoder<T> {
-    /// Decodes payloads of blocks of `spec` and checks their transactions' static rules.
-    pub fn spawn(spec: Arc<ChainSpec>) -> std::io::Result<Self> {
+    /// Decodes payloads of blocks of `spec` and checks their transactions' static rules; the
+    /// senders of transactions `pool` holds are taken from it ([`Payload::decode_reusing`]).
+    pub fn spawn(spec: Arc<ChainSpec>, pool: Arc<TxPool>) -> std::io::Result<Self> {
         let (requests, inbox) = crossbeam_channel::bounded::<Request<T>>(DECODE_QUEUE_MAX);
         let (done, results) = crossbeam_channel::bounded(DECODE_QUEUE_MAX);
         let thread = thread::Builder::new()
             .name("payload-decode".into())
             .spawn(move || {
                 for request in inbox {
-                    if done.send(request.decode(&spec)).is_err() {
+                    if done.send(request.decode(&spec, &pool)).is_err() {
                         break;
                     }
                 }
@@ -260,10 +300,10 @@ impl<T: Send + 'static> Decoder<T> {
     }
 
     /// A decoder that decodes within `submit` (see `Mode::Inline`).
-    pub fn inline(spec: Arc<ChainSpec>) -> Self {
+    pub fn inline(spec: Arc<ChainSpec>, pool: Arc<TxPool>) -> Self {
         let (done, results) = crossbeam_channel::bounded(DECODE_QUEUE_MAX);
         Self {
-            mode: Mode::Inline { spec, done },
+            mode: Mode::Inline { spec, pool, done },
             results,
         }
     }
@@ -279,7 +319,7 @@ impl<T: Send + 'static> Decoder<T> {
         };
         match &self.mode {
             Mode::Thread { requests, .. } => requests.try_send(request).is_ok(),
-            Mode::Inline { spec, done } => done.try_send(request.decode(spec)).is_ok(),
+            Mode::Inline { spec, pool, done } => done.try_send(request.decode(spec, pool)).is_ok(),
         }
     }
 
@@ -300,9 +340,9 @@ impl<T: Send + 'static> Decoder<T> {
 }
 
 impl<T> Request<T> {
-    fn decode(self, spec: &ChainSpec) -> (T, Result<Payload, Rejected>) {
+    fn decode(self, spec: &ChainSpec, pool: &TxPool) -> (T, Result<Payload, Rejected>) {
         let result = if keccak256(&self.bytes) == self.hash {
-            Payload::decode(self.bytes)
+            Payload::decode_reusing(self.bytes, |hashes| pool.known_senders(hashes))
                 .and_then(|p| p.check_static(spec, self.timestamp_ms).map(|()| p))
                 .map_err(Rejected::from)
         } else {
@@ -358,7 +398,7 @@ mod tests {
             },
             TxEnvelope::Eip7702,
         );
-        let decoder = Decoder::spawn(Arc::new(ChainSpec::dev())).unwrap();
+        let decoder = Decoder::spawn(Arc::new(ChainSpec::dev()), Arc::new(TxPool::new())).unwrap();
         let now_ms = 1_800_000_000_000;
         let good = Payload::build(Address::ZERO, 200_000_000, base_fee, vec![transfer.clone()]);
         let bad = Payload::build(
@@ -387,7 +427,7 @@ mod tests {
 
     #[test]
     fn decoder_checks_the_hash_and_decodes_off_thread() {
-        let decoder = Decoder::spawn(Arc::new(ChainSpec::dev())).unwrap();
+        let decoder = Decoder::spawn(Arc::new(ChainSpec::dev()), Arc::new(TxPool::new())).unwrap();
         let payload = Payload::build(Address::ZERO, 30_000_000, 7, Vec::new());
         assert!(decoder.submit(1, payload.hash(), payload.bytes().clone(), 0));
         assert!(decoder.submit(2, B256::ZERO, payload.bytes().clone(), 0));
@@ -399,5 +439,63 @@ mod tests {
         let (tag, result) = decoder.results().recv().unwrap();
         assert!(tag == 3 && matches!(result, Err(Rejected::Invalid(_))));
         decoder.shutdown();
+    }
+
+    /// Senders the pool knows are taken from it, the rest recovered, with the same payload as a
+    /// full decode; a bad signature is reported at its index in the payload.
+    #[test]
+    fn known_senders_are_reused_and_the_rest_recovered() {
+        let transfer = |nonce| {
+            sign(
+                TxEip1559 {
+                    chain_id: 1337,
+                    nonce,
+                    gas_limit: 21_000,
+                    max_fee_per_gas: 2_000_000_000,
+                    to: TxKind::Call(Address::with_last_byte(1)),
+                    ..Default::default()
+                },
+                TxEnvelope::Eip1559,
+            )
+        };
+        let txs: Vec<RecoveredTx> = (0..4).map(transfer).collect();
+        let payload = Payload::build(Address::ZERO, 30_000_000, 1_000_000_000, txs.clone());
+        let full = Payload::decode(payload.bytes().clone()).unwrap();
+        let mut asked = Vec::new();
+        let reused = Payload::decode_reusing(payload.bytes().clone(), |hashes| {
+            asked = hashes.to_vec();
+            // The pool holds the even ones.
+            (0..hashes.len())
+                .map(|i| (i % 2 == 0).then(|| txs[i].sender()))
+                .collect()
+        })
+        .unwrap();
+        assert_eq!(asked, txs.iter().map(|tx| tx.hash()).collect::<Vec<_>>());
+        assert_eq!(reused.txs(), full.txs());
+        assert!(reused.txs().iter().all(|tx| tx.sender() == txs[0].sender()));
+
+        // Transaction 3's signature broken (s = 0): found while 0 and 2 come from the pool.
+        let mut broken = PayloadWire::decode(&mut &payload.bytes()[..]).unwrap();
+        let TxEnvelope::Eip1559(signed) = txs[3].tx().clone() else {
+            unreachable!()
+        };
+        let bad_sig = Signature::new(signed.signature().r(), U256::ZERO, false);
+        let forged = TxEnvelope::Eip1559(signed.strip_signature().into_signed(bad_sig));
+        broken.txs[3] = RecoveredTx::new_unchecked(forged, Address::ZERO).encoded();
+        let mut bytes = Vec::new();
+        broken.encode(&mut bytes);
+        let err = Payload::decode_reusing(bytes.into(), |hashes| {
+            (0..hashes.len())
+                .map(|i| (i % 2 == 0).then(|| txs[i].sender()))
+                .collect()
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PayloadError::Sender(ImportError::Signature { index: 3, .. })
+            ),
+            "{err}"
+        );
     }
 }

@@ -434,6 +434,23 @@ impl TxPool {
             .map(|p| p.tx.clone())
     }
 
+    /// The senders of the transactions with these hashes that are waiting in the pool or in
+    /// flight (`None` for the others), under one lock: each was recovered by ingress when the
+    /// transaction was admitted.
+    pub fn known_senders(&self, hashes: &[B256]) -> Vec<Option<Address>> {
+        let inner = self.inner.lock();
+        hashes
+            .iter()
+            .map(|hash| {
+                inner
+                    .by_hash
+                    .get(hash)
+                    .copied()
+                    .or_else(|| inner.in_flight.get(hash).map(|f| f.tx.sender()))
+            })
+            .collect()
+    }
+
     /// The nonce the sender's next transaction should carry, counting its pending and in-flight
     /// transactions; `None` if the pool knows nothing of this sender.
     pub fn pending_nonce(&self, sender: Address) -> Option<u64> {
