@@ -6,6 +6,10 @@
 #
 #   benches/testnet-load.sh                          # 4 validators, 500 ms blocks, 5,250 tx/s, 60 s
 #   BLOCK_TIME_MS=200 RATE=5250 benches/testnet-load.sh
+#   DOWN=3 DOWN_AT_S=30 DOWN_FOR_S=300 DURATION=420 RATE=2000 benches/testnet-load.sh
+#                                                    # validator 3 stopped 30 s into the load for
+#                                                    # 5 minutes, then restarted under the load:
+#                                                    # it must catch up and vote again
 #   VALIDATORS, ACCOUNTS, DURATION, WORKLOAD, PAIRS, CONCURRENCY, BATCH, SEED, OUT, SKIP_BUILD=1,
 #   KESTREL_BIN, KESTREL_LOADGEN_BIN
 #
@@ -72,6 +76,22 @@ for ((i = 0; i < VALIDATORS; i++)); do RPCS+=(--rpc "http://127.0.0.1:$((BASE_RP
 cpu_seconds() {
   awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo null
 }
+# With DOWN: stop that validator during the load and start it again (catch-up under load).
+DOWN="${DOWN:-}"
+if [ -n "$DOWN" ]; then
+  (
+    vdir="$NET/validator-$DOWN"
+    sleep "${DOWN_AT_S:-30}"
+    kill -TERM "$(cat "$vdir/node.pid")"
+    while kill -0 "$(cat "$vdir/node.pid")" 2>/dev/null; do sleep 0.1; done
+    echo "$(date +%s.%N) stopped" >"$OUT/down.txt"
+    sleep "${DOWN_FOR_S:-300}"
+    setsid "$KESTREL" node --config "$vdir/config.toml" >>"$vdir/node.log" 2>&1 </dev/null &
+    echo $! >"$vdir/node.pid"
+    echo "$(date +%s.%N) restarted" >>"$OUT/down.txt"
+  ) &
+  DOWN_PID=$!
+fi
 set +e
 /usr/bin/time -f "%U %S" -o "$OUT/loadgen-cpu.txt" \
   "$LOADGEN" "${RPCS[@]}" --workload "$WORKLOAD" --pairs "$PAIRS" --accounts "$ACCOUNTS" \
@@ -80,6 +100,7 @@ set +e
   --report "$OUT/kestrel.json" --chart "$OUT/kestrel.svg"
 LOADGEN_RC=$?
 set -e
+[ -z "$DOWN" ] || wait "$DOWN_PID"
 : >"$OUT/cpu-seconds.txt"
 for ((i = 0; i < VALIDATORS; i++)); do
   echo "validator-$i $(cpu_seconds "$(cat "$NET/validator-$i/node.pid")")" >>"$OUT/cpu-seconds.txt"
@@ -87,6 +108,7 @@ for ((i = 0; i < VALIDATORS; i++)); do
 done
 echo "loadgen $(tail -1 "$OUT/loadgen-cpu.txt" | awk '{print $1 + $2}')" >>"$OUT/cpu-seconds.txt"
 
+[ -z "$DOWN" ] || echo "$DOWN" >"$OUT/down-validator.txt"
 # Every validator's block at validator 0's head: the same hash and state root.
 python3 - "$OUT" "$VALIDATORS" "$BASE_RPC_PORT" "$LOADGEN_RC" <<'EOF'
 import json, sys, time, urllib.request
@@ -118,6 +140,16 @@ summary = {
     "cpu_seconds": {k: None if v == "null" else round(float(v), 1) for k, v in
                     (line.split() for line in (out / "cpu-seconds.txt").read_text().splitlines())},
 }
+down = out / "down.txt"
+if down.exists():
+    # The restarted validator's process counts only its votes since the restart.
+    i = int(next(l for l in (out / "down-validator.txt").read_text().split()))
+    votes = [l.split()[1] for l in (out / f"metrics-{i}.txt").read_text().splitlines()
+             if l.startswith("kestrel_consensus_votes_total ")]
+    stamps = dict(reversed(l.split()) for l in down.read_text().splitlines())
+    summary["down"] = {"validator": i, "seconds": round(float(stamps["restarted"]) - float(stamps["stopped"]), 1),
+                       "votes_after_restart": int(float(votes[0])) if votes else 0}
+    summary["checks_passed"] = summary["checks_passed"] and summary["down"]["votes_after_restart"] > 0
 (out / "summary.json").write_text(json.dumps(summary, indent=2))
 print(json.dumps(summary, indent=2))
 sys.exit(0 if summary["heads_equal"] and summary["checks_passed"] else 1)

@@ -45,7 +45,8 @@ use jsonrpsee::{
     },
 };
 use kestrel_pipeline::{
-    mempool::{IngressHandle, TxPool},
+    mempool::{IngressHandle, IngressStage, TxPool, Validator},
+    state::LatestState,
     status::ChainStatus,
 };
 use pubsub::EthPubSubApiServer as _;
@@ -82,6 +83,37 @@ pub struct RpcContext {
     pub pool: Arc<TxPool>,
     pub ingress: IngressHandle,
     pub status: Arc<ChainStatus>,
+}
+
+impl RpcContext {
+    /// A context over `store` alone, without the node's pipeline: an empty pool, a fresh status
+    /// and one ingress thread (its handle is returned; it stops once the context is dropped).
+    /// For tests and tools that serve a store.
+    pub fn standalone(
+        store: Arc<kestrel_storage::Store>,
+        spec: Arc<kestrel_types::ChainSpec>,
+    ) -> (Self, std::thread::JoinHandle<()>) {
+        let pool = Arc::new(TxPool::new());
+        let status = Arc::new(ChainStatus::default());
+        let (ingress, mut threads) = IngressStage {
+            pool: pool.clone(),
+            validator: Validator::new(spec.clone(), spec.gas_limit),
+            state: LatestState {
+                store: store.clone(),
+                overlay: Arc::new(kestrel_storage::Overlay::default()),
+            },
+            status: status.clone(),
+        }
+        .spawn(1);
+        let ctx = Self {
+            store,
+            spec,
+            pool,
+            ingress,
+            status,
+        };
+        (ctx, threads.pop().expect("one ingress thread"))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -445,11 +445,7 @@ mod tests {
     use super::*;
     use crate::test_utils::{BASE_FEE, FakeChain, TestTx, log, topic, tx_1559};
     use alloy_primitives::{TxKind, address};
-    use kestrel_pipeline::{
-        mempool::{IngressStage, TxPool, Validator},
-        state::LatestState,
-    };
-    use kestrel_storage::{Overlay, Store};
+    use kestrel_storage::Store;
     use kestrel_types::ChainSpec;
 
     const A: Address = address!("00000000000000000000000000000000000000aa");
@@ -518,25 +514,7 @@ mod tests {
         let spec = Arc::new(ChainSpec::dev());
         let store = Arc::new(Store::open(dir.path()).unwrap());
         let genesis = store.init_genesis(&spec).unwrap();
-        let pool = Arc::new(TxPool::new());
-        let status = Arc::new(ChainStatus::default());
-        let (ingress, _threads) = IngressStage {
-            pool: pool.clone(),
-            validator: Validator::new(spec.clone(), spec.gas_limit),
-            state: LatestState {
-                store: store.clone(),
-                overlay: Arc::new(Overlay::default()),
-            },
-            status: status.clone(),
-        }
-        .spawn(1);
-        let ctx = RpcContext {
-            store,
-            spec,
-            pool,
-            ingress,
-            status,
-        };
+        let (ctx, _ingress) = RpcContext::standalone(store, spec);
         let feed = Feed::start(ctx.clone());
         let mut heads = feed.blocks.subscribe();
         let number_and_hash = |block: &FeedBlock| {

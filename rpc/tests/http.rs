@@ -4,13 +4,8 @@
 use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
 use alloy_eips::eip2718::Encodable2718;
 use alloy_primitives::{Address, B256, TxKind, U256, hex};
-use kestrel_pipeline::{
-    mempool::{IngressStage, TxPool, Validator},
-    state::LatestState,
-    status::ChainStatus,
-};
 use kestrel_rpc::{RpcConfig, RpcContext, RpcLimits};
-use kestrel_storage::{Overlay, Store};
+use kestrel_storage::Store;
 use kestrel_types::{ChainSpec, chain::dev_accounts};
 use serde_json::{Value, json};
 use std::{
@@ -34,25 +29,7 @@ async fn start_with(limits: RpcLimits) -> Node {
     let spec = Arc::new(ChainSpec::dev());
     let store = Arc::new(Store::open(dir.path()).unwrap());
     store.init_genesis(&spec).unwrap();
-    let pool = Arc::new(TxPool::new());
-    let status = Arc::new(ChainStatus::default());
-    let stage = IngressStage {
-        pool: pool.clone(),
-        validator: Validator::new(spec.clone(), spec.gas_limit),
-        state: LatestState {
-            store: store.clone(),
-            overlay: Arc::new(Overlay::default()),
-        },
-        status: status.clone(),
-    };
-    let (ingress, _threads) = stage.spawn(1);
-    let ctx = RpcContext {
-        store,
-        spec,
-        pool,
-        ingress,
-        status,
-    };
+    let (ctx, _ingress) = RpcContext::standalone(store, spec);
     let config = RpcConfig {
         addr: "127.0.0.1:0".parse().unwrap(),
         limits,
