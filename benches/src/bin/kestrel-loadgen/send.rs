@@ -1,5 +1,7 @@
 //! The timed phase: `concurrency` workers send pre-signed transactions in JSON-RPC batches at the
-//! offered rate (or as fast as the nodes answer), round-robin over the nodes.
+//! offered rate (or as fast as the nodes answer), round-robin over the nodes. A worker whose node
+//! cannot be reached (stopped, restarting) sends the batch again to the next node, as a client
+//! behind a load balancer would.
 //!
 //! Each sender's transactions go out in nonce order: transaction `j` is sender `j % accounts`'s
 //! nonce `j / accounts`, so a batch is sent only once every earlier batch holding the same
@@ -96,7 +98,8 @@ pub async fn run(plan: SendPlan, tracker: Arc<Tracker>) -> eyre::Result<()> {
         let (plan, shared, tracker) = (plan.clone(), shared.clone(), tracker.clone());
         let mut prefix = prefix.clone();
         workers.spawn(async move {
-            let mut client = Client::new(&plan.urls[w % plan.urls.len()])?;
+            let mut node = w % plan.urls.len();
+            let mut client = Client::new(&plan.urls[node])?;
             loop {
                 // Re-sends first: they hold back their senders' later nonces.
                 let mut txs: Vec<(u32, u8)> = {
@@ -130,8 +133,14 @@ pub async fn run(plan: SendPlan, tracker: Arc<Tracker>) -> eyre::Result<()> {
                     let lo = b * plan.batch;
                     txs.extend((lo..(lo + plan.batch).min(n)).map(|i| (i as u32, 0)));
                 }
-                if send_batch(&mut client, &plan, &tracker, &shared, &txs).await {
-                    tokio::time::sleep(BACKOFF).await;
+                match send_batch(&mut client, &plan, &tracker, &shared, &txs).await {
+                    Sent::Answered => {}
+                    Sent::Busy => tokio::time::sleep(BACKOFF).await,
+                    Sent::Unreachable => {
+                        node = (node + 1) % plan.urls.len();
+                        client = Client::new(&plan.urls[node])?;
+                        tokio::time::sleep(BACKOFF).await;
+                    }
                 }
             }
         });
@@ -142,14 +151,24 @@ pub async fn run(plan: SendPlan, tracker: Arc<Tracker>) -> eyre::Result<()> {
     Ok(())
 }
 
-/// Sends one batch and records the answers; true if some refusal was transient.
+/// How a batch went.
+enum Sent {
+    Answered,
+    /// Some refusal was transient: those transactions are queued to be sent again.
+    Busy,
+    /// The request failed with several nodes to send to: the whole batch is queued to be sent
+    /// again, to another node.
+    Unreachable,
+}
+
+/// Sends one batch and records the answers.
 async fn send_batch(
     client: &mut Client,
     plan: &SendPlan,
     tracker: &Tracker,
     shared: &Shared,
     txs: &[(u32, u8)],
-) -> bool {
+) -> Sent {
     let mut body = String::with_capacity(txs.len() * (plan.raw_hex[0].len() + 80));
     body.push('[');
     for (id, (i, _)) in txs.iter().enumerate() {
@@ -175,11 +194,17 @@ async fn send_batch(
         Err(e) => {
             // The whole request failed: nothing is known about these transactions.
             let msg = format!("{e:#}");
+            if plan.urls.len() > 1 && txs.iter().all(|(_, tries)| *tries < RESENDS_MAX) {
+                tracker.error(&format!("{msg} (resent to another node)"));
+                let again = txs.iter().map(|(i, tries)| (*i, tries + 1));
+                shared.resend.lock().expect("resend lock").extend(again);
+                return Sent::Unreachable;
+            }
             for (i, _) in txs {
                 tracker.rejected(*i, &msg);
                 shared.settle(*i, plan.batch);
             }
-            return false;
+            return Sent::Answered;
         }
     };
     let mut transient = false;
@@ -202,7 +227,11 @@ async fn send_batch(
     if !resend.is_empty() {
         shared.resend.lock().expect("resend lock").extend(resend);
     }
-    transient
+    if transient {
+        Sent::Busy
+    } else {
+        Sent::Answered
+    }
 }
 
 #[cfg(test)]
