@@ -90,6 +90,11 @@ impl Durable {
         }
     }
 
+    /// The archive was cut back to `last` (nothing queued: the caller synced first).
+    pub fn truncated(&self, last: Option<u64>) {
+        self.state.lock().durable = last;
+    }
+
     /// A group is durable; it completed block `done`, if any.
     fn publish(&self, done: Option<u64>) {
         let mut state = self.state.lock();
