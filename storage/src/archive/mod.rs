@@ -47,6 +47,8 @@ use std::{
 };
 use writer::{Durable, Write, Writer};
 
+/// The metrics label of the consensus block log's archive, the first one Kestrel had.
+pub const LABEL_DEFAULT: &str = "consensus";
 /// Segment size after which the next block starts a new segment.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 256 << 20;
 /// Records one `read_range` returns at most (callers bound their ranges below it: block sync
@@ -85,6 +87,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
 pub struct ArchiveConfig {
     pub io: IoChoice,
     pub segment_bytes: u64,
+    /// The `archive` label of its metrics: a process holds several archives (the consensus
+    /// block log's, the state store's bodies and receipts).
+    pub label: &'static str,
 }
 
 impl Default for ArchiveConfig {
@@ -92,6 +97,7 @@ impl Default for ArchiveConfig {
         Self {
             io: IoChoice::Auto,
             segment_bytes: SEGMENT_BYTES_DEFAULT,
+            label: LABEL_DEFAULT,
         }
     }
 }
@@ -175,6 +181,7 @@ pub struct Archive {
     dir: PathBuf,
     mode: IoMode,
     segment_bytes: u64,
+    label: &'static str,
     segments: Vec<Segment>,
     kinds: Vec<KindIndex>,
     /// Highest block appended (durable or not).
@@ -188,7 +195,7 @@ pub struct Archive {
 impl Archive {
     /// Opens (or creates) the archive in `dir`, truncating a torn tail, and starts its writer.
     pub fn open(dir: &Path, config: ArchiveConfig) -> Result<(Self, OpenReport), ArchiveError> {
-        metrics::register();
+        metrics::register(config.label);
         if !dir.exists() {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
             if let Some(parent) = dir.parent() {
@@ -206,10 +213,13 @@ impl Archive {
             archive.mode,
             dir.to_owned(),
             archive.durable.clone(),
+            config.label,
         )?);
-        ::metrics::gauge!(metrics::SEGMENTS).set(archive.segments.len() as f64);
+        ::metrics::gauge!(metrics::SEGMENTS, metrics::LABEL => config.label)
+            .set(archive.segments.len() as f64);
         if let Some(last) = archive.last_block {
-            ::metrics::gauge!(metrics::DURABLE_BLOCK).set(last as f64);
+            ::metrics::gauge!(metrics::DURABLE_BLOCK, metrics::LABEL => config.label)
+                .set(last as f64);
         }
         tracing::info!(target: "storage::archive", dir = %dir.display(), io = archive.mode.label(), segments = archive.segments.len(), last_block = ?archive.last_block, "block archive open");
         Ok((archive, report))
@@ -235,6 +245,7 @@ impl Archive {
             dir: dir.to_owned(),
             mode,
             segment_bytes: config.segment_bytes,
+            label: config.label,
             segments: Vec::new(),
             kinds: RecordKind::ALL
                 .iter()
@@ -426,8 +437,9 @@ impl Archive {
                 .map_err(io_err(&self.dir))?;
             self.segments.pop();
         }
-        ::metrics::counter!(metrics::TORN_TAIL_REPAIRS).increment(1);
-        ::metrics::counter!(metrics::TORN_TAIL_BYTES).increment(torn.bytes);
+        ::metrics::counter!(metrics::TORN_TAIL_REPAIRS, metrics::LABEL => self.label).increment(1);
+        ::metrics::counter!(metrics::TORN_TAIL_BYTES, metrics::LABEL => self.label)
+            .increment(torn.bytes);
         tracing::warn!(target: "storage::archive", path = %path.display(), bytes = torn.bytes, removed = torn.whole_segment, "truncated a torn tail of the block archive (a crash mid-append)");
         Ok(())
     }
@@ -504,8 +516,9 @@ impl Archive {
                     len: payload.len() as u32,
                 },
             );
-            ::metrics::counter!(metrics::APPENDS).increment(1);
-            ::metrics::counter!(metrics::APPEND_BYTES).increment(bytes.len() as u64);
+            ::metrics::counter!(metrics::APPENDS, metrics::LABEL => self.label).increment(1);
+            ::metrics::counter!(metrics::APPEND_BYTES, metrics::LABEL => self.label)
+                .increment(bytes.len() as u64);
             self.send(Write {
                 file,
                 offset,
@@ -541,7 +554,8 @@ impl Archive {
             },
             file: Some(file.clone()),
         });
-        ::metrics::gauge!(metrics::SEGMENTS).set(self.segments.len() as f64);
+        ::metrics::gauge!(metrics::SEGMENTS, metrics::LABEL => self.label)
+            .set(self.segments.len() as f64);
         self.send(Write {
             file,
             offset: 0,
@@ -636,7 +650,8 @@ impl Archive {
             .max()
             .map(|n| n - 1);
         self.durable.truncated(self.last_block);
-        ::metrics::gauge!(metrics::SEGMENTS).set(self.segments.len() as f64);
+        ::metrics::gauge!(metrics::SEGMENTS, metrics::LABEL => self.label)
+            .set(self.segments.len() as f64);
         tracing::warn!(target: "storage::archive", dir = %self.dir.display(), removed_from = cut, removed_to = last, "removed archive blocks that were never committed");
         Ok(())
     }
@@ -738,8 +753,10 @@ impl Archive {
             buf.drain(..RECORD_HEADER_BYTES);
             bytes += buf.len();
         }
-        ::metrics::counter!(metrics::READS).increment(bufs.len() as u64);
-        ::metrics::counter!(metrics::READ_BYTES).increment(bytes as u64);
+        ::metrics::counter!(metrics::READS, metrics::LABEL => self.label)
+            .increment(bufs.len() as u64);
+        ::metrics::counter!(metrics::READ_BYTES, metrics::LABEL => self.label)
+            .increment(bytes as u64);
         Ok(bufs)
     }
 }

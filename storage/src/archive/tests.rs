@@ -10,7 +10,11 @@ use std::{fs::OpenOptions, io::Write as _, os::unix::fs::FileExt};
 const KIND: RecordKind = RecordKind::Block;
 
 fn config(io: IoChoice, segment_bytes: u64) -> ArchiveConfig {
-    ArchiveConfig { io, segment_bytes }
+    ArchiveConfig {
+        io,
+        segment_bytes,
+        ..ArchiveConfig::default()
+    }
 }
 
 /// Block `n`'s payload: its size and content follow from `n` and `seed`.

@@ -61,6 +61,10 @@ impl Blocks {
         db: &Database<Env>,
     ) -> Result<Self, StorageError> {
         let dir = db_dir.join(ARCHIVE_DIR);
+        let config = ArchiveConfig {
+            label: ARCHIVE_DIR,
+            ..config
+        };
         let (mut archive, _) = Archive::open(&dir, config)?;
         let head = {
             let txn = db.begin_ro_txn()?;
