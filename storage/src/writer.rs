@@ -11,10 +11,11 @@ use crate::{
     tables::{HEAD_KEY, Tables},
     trie::{self, Leaves, TrieCursors, TrieInput},
 };
+use alloy_consensus::ReceiptEnvelope;
 use alloy_primitives::{Address, B256, keccak256};
 use alloy_rlp::Encodable;
 use alloy_trie::EMPTY_ROOT_HASH;
-use kestrel_types::{SealedBlock, StateChanges};
+use kestrel_types::{BlockNumber, RecoveredTx, SealedBlock, StateChanges};
 use libmdbx::{Database, RW, Table, Transaction, WriteFlags};
 use std::{borrow::Cow, collections::BTreeMap, time::Instant};
 
@@ -225,9 +226,25 @@ impl BlockWriter<'_> {
         Ok(update.root)
     }
 
+    /// Appends block `number`'s body and receipts to the block archive ahead of its
+    /// [`BlockWriter::insert_block`], whose append it then is: the commit stage has them before
+    /// the block's state root, so the archive's write and fsync run while
+    /// [`BlockWriter::apply_state`] computes it. `number` is the head's next block (or the one
+    /// after the last appended, for a transaction of several blocks).
+    pub fn append_body(
+        &mut self,
+        number: BlockNumber,
+        txs: &[RecoveredTx],
+        receipts: &[ReceiptEnvelope],
+    ) -> Result<(), StorageError> {
+        self.archive.append(number, txs, receipts)?;
+        self.appended = Some(number);
+        Ok(())
+    }
+
     /// Stores header and tx index, and moves the committed head to this block; appends body and
-    /// receipts to the block archive, whose writer stage writes and syncs them while this
-    /// transaction goes on (the rest of this block, the next blocks of the transaction).
+    /// receipts to the block archive (unless [`BlockWriter::append_body`] did), whose writer
+    /// stage writes and syncs them while this transaction goes on.
     ///
     /// Blocks are inserted in order: genesis first, then each child of the head.
     pub fn insert_block(&mut self, block: &SealedBlock) -> Result<(), StorageError> {
@@ -246,8 +263,10 @@ impl BlockWriter<'_> {
                 );
             }
         }
-        self.archive.append(block)?;
-        self.appended = Some(number);
+        if self.appended != Some(number) {
+            self.archive.append(number, &block.txs, &block.receipts)?;
+            self.appended = Some(number);
+        }
         let key = number.to_be_bytes();
         let mut header = Vec::with_capacity(block.header.length());
         block.header.encode(&mut header);

@@ -4,8 +4,9 @@
 //! transaction locations, history and the head stay in MDBX.
 //!
 //! A block's records (`Body`, then `Receipts`, the last one flagged: a block is whole or absent)
-//! are appended by [`crate::BlockWriter::insert_block`]; the archive's writer stage writes and
-//! fsyncs them while the commit thread goes on, and [`crate::BlockWriter::commit`] waits for
+//! are appended by [`crate::BlockWriter::insert_block`], or earlier by
+//! [`crate::BlockWriter::append_body`]; the archive's writer stage writes and fsyncs them while
+//! the commit thread goes on, and [`crate::BlockWriter::commit`] waits for
 //! them just before the MDBX commit. So the archive never lacks a committed block, and may hold
 //! blocks past the database's head only after a crash (or a writer dropped uncommitted): those
 //! are cut at open ([`Blocks::open`]) or before the block is appended again.
@@ -13,7 +14,8 @@
 mod migrate;
 
 use crate::{Env, StorageError, read_head, tables::Tables};
-use kestrel_types::SealedBlock;
+use alloy_consensus::ReceiptEnvelope;
+use kestrel_types::{BlockNumber, RecoveredTx};
 use libmdbx::Database;
 use parking_lot::RwLock;
 use std::{path::Path, time::Instant};
@@ -82,12 +84,17 @@ impl Blocks {
         })
     }
 
-    /// Queues `block`'s body and receipts for the writer stage; durable after
-    /// [`Blocks::wait_durable`]. The caller's transaction has the block's parent as its head.
-    pub fn append(&self, block: &SealedBlock) -> Result<(), StorageError> {
-        let number = block.number();
-        let body = codec::encode_body(&block.txs);
-        let receipts = codec::encode_receipts(&block.receipts);
+    /// Queues block `number`'s body and receipts for the writer stage; durable after
+    /// [`Blocks::wait_durable`]. The caller's transaction has the block's parent as its head (or
+    /// appended it just before).
+    pub fn append(
+        &self,
+        number: BlockNumber,
+        txs: &[RecoveredTx],
+        receipts: &[ReceiptEnvelope],
+    ) -> Result<(), StorageError> {
+        let body = codec::encode_body(txs);
+        let receipts = codec::encode_receipts(receipts);
         let mut archive = self.archive.write();
         if archive.last_block().is_some_and(|last| last >= number) {
             // Appended by a writer dropped without committing: never part of the chain.

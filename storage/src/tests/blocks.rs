@@ -13,7 +13,7 @@ use kestrel_types::{ChainSpec, SealedBlock, StateChanges};
 use std::path::Path;
 
 /// Genesis and `count` blocks of `txs` transfers each, the last three in one write transaction
-/// (as the commit stage groups them).
+/// with their bodies appended before their state roots (as the commit stage does).
 fn commit_chain(store: &Store, count: u64, txs: u64) -> Vec<SealedBlock> {
     let mut chain = vec![store.init_genesis(&ChainSpec::dev()).unwrap()];
     let mut nonce = 0;
@@ -30,6 +30,9 @@ fn commit_chain(store: &Store, count: u64, txs: u64) -> Vec<SealedBlock> {
     let mut writer = store.begin_block().unwrap();
     for _ in 0..count.min(3) {
         let block = next(chain.last().unwrap());
+        writer
+            .append_body(block.number(), &block.txs, &block.receipts)
+            .unwrap();
         writer.apply_state(&StateChanges::default()).unwrap();
         writer.insert_block(&block).unwrap();
         chain.push(block);
