@@ -13,17 +13,17 @@
 
 mod migrate;
 
-use crate::{Env, StorageError, read_head, tables::Tables};
+use crate::{
+    Env, StorageError,
+    archive::{Archive, ArchiveConfig, RecordKind},
+    codec, read_head,
+    tables::Tables,
+};
 use alloy_consensus::ReceiptEnvelope;
 use kestrel_types::{BlockNumber, RecoveredTx};
 use libmdbx::Database;
 use parking_lot::RwLock;
 use std::{path::Path, time::Instant};
-
-use crate::{
-    archive::{Archive, ArchiveConfig, RecordKind},
-    codec,
-};
 
 /// The archive's directory, inside the database's.
 pub const ARCHIVE_DIR: &str = "blocks";
