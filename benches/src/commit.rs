@@ -4,13 +4,20 @@
 //! committed into one store per window, the stores taking turns block by block so that a busy
 //! machine slows each alike. Reported per window: the time per block (median and p90) and the
 //! bytes the commit wrote (this process's `write_bytes` from `/proc/self/io`: the pages MDBX
-//! wrote back), and the database's size at the end. Bodies and receipts are not part of it (the
-//! blocks are empty): this is the state and history side of the commit.
+//! wrote back, and separately the bytes appended to the block archive, `<store>/blocks/`), and
+//! the database's size at the end. With `txs_per_block` 0 the blocks are empty: the state and
+//! history side of the commit only; otherwise each block carries that many transactions and
+//! receipts (an ERC-20 transfer's: one log), whose bytes go to the block archive.
 
-use alloy_primitives::{Address, Bytes, U256, keccak256};
-use kestrel_storage::{HistoryWindow, Store};
+use alloy_consensus::{
+    Eip658Value, Receipt, ReceiptEnvelope, ReceiptWithBloom, SignableTransaction, TxEip1559,
+    TxEnvelope,
+};
+use alloy_primitives::{Address, B256, Bytes, Log, Signature, TxKind, U256, keccak256};
+use kestrel_storage::{ARCHIVE_DIR, HistoryWindow, Store};
 use kestrel_types::{
-    AccountInfo, ChainSpec, SealedBlock, StateChanges, StorageChange, chain::GenesisAlloc,
+    AccountInfo, ChainSpec, RecoveredTx, SealedBlock, StateChanges, StorageChange,
+    chain::GenesisAlloc,
 };
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::index::sample};
 use serde_json::{Value, json};
@@ -25,6 +32,8 @@ pub struct Params {
     pub accounts_per_block: usize,
     /// Token slots each block changes.
     pub slots_per_block: usize,
+    /// Transactions (and receipts) each block carries.
+    pub txs_per_block: usize,
     pub blocks: u64,
 }
 
@@ -98,6 +107,42 @@ fn changes(params: &Params, rng: &mut StdRng, number: u64) -> StateChanges {
     out
 }
 
+/// Block `number`'s transactions and receipts: token transfers from distinct accounts, each
+/// receipt with one `Transfer` log. The signature is a fixed one and the sender is taken as
+/// given: the commit stores what execution verified, it does not recover.
+fn body(params: &Params, number: u64) -> (Vec<RecoveredTx>, Vec<ReceiptEnvelope>) {
+    (0..params.txs_per_block)
+        .map(|i| {
+            let sender = account(i % params.accounts);
+            let tx = TxEip1559 {
+                chain_id: 1337,
+                nonce: number,
+                gas_limit: 60_000,
+                max_fee_per_gas: 2_000_000_000,
+                max_priority_fee_per_gas: 1,
+                to: TxKind::Call(TOKEN),
+                input: Bytes::from(vec![0xa9; 68]),
+                ..Default::default()
+            };
+            let tx = TxEnvelope::from(tx.into_signed(Signature::test_signature()));
+            let log = Log::new_unchecked(
+                TOKEN,
+                vec![B256::repeat_byte(0xdd), sender.into_word(), B256::ZERO],
+                Bytes::from(vec![0; 32]),
+            );
+            let receipt = Receipt {
+                status: Eip658Value::Eip658(true),
+                cumulative_gas_used: 52_000 * (i as u64 + 1),
+                logs: vec![log],
+            };
+            (
+                RecoveredTx::new_unchecked(tx, sender),
+                ReceiptEnvelope::Eip1559(ReceiptWithBloom::from(receipt)),
+            )
+        })
+        .unzip()
+}
+
 /// Bytes this process has had written to storage so far.
 fn write_bytes() -> eyre::Result<u64> {
     let io = std::fs::read_to_string("/proc/self/io")?;
@@ -113,6 +158,7 @@ struct Run {
     store: Store,
     parent: SealedBlock,
     seconds: Vec<f64>,
+    /// Written by the process while this store committed, the archive's appends included.
     bytes: u64,
 }
 
@@ -137,12 +183,19 @@ pub fn run(dir: &Path, windows: &[HistoryWindow], params: &Params) -> eyre::Resu
     let count = runs.len();
     for number in 1..=params.blocks {
         let changes = changes(params, &mut rng, number);
+        let (txs, receipts) = body(params, number);
         // Each block a different store goes first, so none always follows another's writeback.
         for k in 0..count {
             let run = &mut runs[(k + number as usize) % count];
-            let block = run.parent.empty_child();
+            let block = SealedBlock {
+                txs: txs.clone(),
+                receipts: receipts.clone(),
+                ..run.parent.empty_child()
+            };
             let (before, started) = (write_bytes()?, Instant::now());
             let mut writer = run.store.begin_block()?;
+            // As the commit stage does: the body's fsync runs during the state root.
+            writer.append_body(number, &block.txs, &block.receipts)?;
             writer.apply_state(&changes)?;
             writer.insert_block(&block)?;
             writer.commit()?;
@@ -156,6 +209,10 @@ pub fn run(dir: &Path, windows: &[HistoryWindow], params: &Params) -> eyre::Resu
         .map(|mut run| {
             run.seconds.sort_by(f64::total_cmp);
             let at = |q: f64| run.seconds[((run.seconds.len() - 1) as f64 * q) as usize] * 1e3;
+            let mib_per_block = |bytes: u64| {
+                (bytes as f64 / params.blocks as f64 / 1048576.0 * 100.0).round() / 100.0
+            };
+            let archive = dir_size(&run._dir.path().join(ARCHIVE_DIR));
             json!({
                 "bench": "commit",
                 "history_blocks": run.window.to_string(),
@@ -163,9 +220,12 @@ pub fn run(dir: &Path, windows: &[HistoryWindow], params: &Params) -> eyre::Resu
                 "accounts": params.accounts,
                 "accounts_per_block": params.accounts_per_block,
                 "slots_per_block": params.slots_per_block,
+                "txs_per_block": params.txs_per_block,
                 "block_ms_p50": (at(0.5) * 10.0).round() / 10.0,
                 "block_ms_p90": (at(0.9) * 10.0).round() / 10.0,
-                "written_mib_per_block": (run.bytes as f64 / params.blocks as f64 / 1048576.0 * 100.0).round() / 100.0,
+                "written_mib_per_block": mib_per_block(run.bytes),
+                "archive_mib_per_block": mib_per_block(archive),
+                "mdbx_written_mib_per_block": mib_per_block(run.bytes.saturating_sub(archive)),
                 "db_mib": dir_size(run._dir.path()) >> 20,
             })
         })

@@ -33,9 +33,9 @@ pub fn stats(args: &DbStatsArgs) -> eyre::Result<()> {
         .fold((0, 0), |(e, b), t| (e + t.entries, b + t.bytes));
     println!("{:<24} {:>14} {:>16}", "all tables", entries, bytes);
     println!();
-    println!("{:<24} {:>14} {:>16}", "archive segment", "blocks", "bytes");
+    println!("{:<48} {:>14} {:>16}", "archive segment", "blocks", "bytes");
     for s in &stats.segments {
-        println!("{:<24} {:>14} {:>16}", s.file, s.blocks, s.bytes);
+        println!("{:<48} {:>14} {:>16}", s.file, s.blocks, s.bytes);
     }
     Ok(())
 }

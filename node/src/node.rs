@@ -15,7 +15,7 @@ use kestrel_pipeline::{
     state::LatestState,
     status::ChainStatus,
 };
-use kestrel_storage::{ChainView, Overlay, Store};
+use kestrel_storage::{ChainView, Durability, Overlay, Store};
 use kestrel_types::{ChainSpec, ExecutionResult, OrderedBlock};
 use std::{
     net::SocketAddr,
@@ -62,9 +62,13 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
 
     std::fs::create_dir_all(&args.datadir).wrap_err("creating datadir")?;
     let store = Arc::new(
-        Store::open(&args.datadir)
-            .wrap_err("opening database")?
-            .with_history(args.history_blocks),
+        Store::open_with_archive(
+            &args.datadir,
+            Durability::Durable,
+            validator::store::archive_config(),
+        )
+        .wrap_err("opening database")?
+        .with_history(args.history_blocks),
     );
     let genesis = store.init_genesis(&spec).wrap_err("initialising genesis")?;
     let head_number = store.view(|r| r.head())??.unwrap_or(0);

@@ -7,6 +7,18 @@ pub enum StorageError {
     /// The state of a block before the history window.
     #[error("state at block {requested} is pruned: the oldest block with state is {oldest}")]
     HistoryPruned { requested: u64, oldest: u64 },
+    #[error("block archive: {0}")]
+    Archive(#[from] crate::archive::ArchiveError),
+    /// The block archive lacks blocks the database committed: corruption (a damaged, replaced
+    /// or deleted archive directory), not a crash's leftovers.
+    #[error(
+        "the block archive in {dir} holds blocks {holds:?} (first, last) but the database's head is {head:?}: committed blocks are missing from it; restore the datadir from a backup"
+    )]
+    ArchiveBehind {
+        dir: std::path::PathBuf,
+        head: Option<u64>,
+        holds: Option<(u64, u64)>,
+    },
     #[error("database holds a different genesis (stored {stored}, expected {expected})")]
     GenesisMismatch {
         stored: alloy_primitives::B256,

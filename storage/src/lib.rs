@@ -1,11 +1,14 @@
-//! Kestrel's state store on MDBX: flat state (plain and hashed), trie branch nodes, blocks,
-//! receipts and indexes, plus the in-memory overlay of executed-but-uncommitted blocks.
+//! Kestrel's state store on MDBX: flat state (plain and hashed), trie branch nodes, headers and
+//! indexes, plus the in-memory overlay of executed-but-uncommitted blocks; block bodies and
+//! receipts in a block archive beside the database ([`blocks`]).
 //!
 //! One block is one MDBX write transaction: [`BlockWriter::apply_state`] writes the state and
-//! updates the tries incrementally (see [`trie`]), [`BlockWriter::insert_block`] the block, and
-//! [`BlockWriter::commit`] makes both durable at once.
+//! updates the tries incrementally (see [`trie`]), [`BlockWriter::insert_block`] the block (its
+//! body and receipts appended to the archive), and [`BlockWriter::commit`] makes both durable
+//! at once: the archive first, then the database.
 
 pub mod archive;
+mod blocks;
 mod codec;
 pub mod error;
 mod genesis;
@@ -19,6 +22,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
+pub use blocks::ARCHIVE_DIR;
 pub use codec::IndexedReceipt;
 pub use error::StorageError;
 pub use genesis::{genesis_changes, genesis_header, state_root_from_alloc};
@@ -29,6 +33,8 @@ pub use writer::BlockWriter;
 pub(crate) use writer::delete_prefix;
 
 use crate::{
+    archive::ArchiveConfig,
+    blocks::Blocks,
     codec::AccountRecord,
     tables::{HEAD_KEY, Tables},
 };
@@ -133,6 +139,7 @@ const CACHED_BLOCKS_MAX: usize = 32;
 /// The database. Cheap to share behind an `Arc`; many readers, one writer at a time.
 pub struct Store {
     db: Database<Env>,
+    archive: Blocks,
     blocks: BlockCache,
     history: HistoryWindow,
 }
@@ -162,6 +169,7 @@ impl BlockCache {
 pub struct Reader<'s> {
     txn: &'s Transaction<'s, RO, Env>,
     tables: Tables<'s>,
+    archive: &'s Blocks,
     blocks: &'s BlockCache,
 }
 
@@ -187,6 +195,7 @@ pub fn describe_metrics() {
         "Size of the database file after the last commit"
     );
     history::describe_metrics();
+    blocks::describe_metrics();
 }
 
 impl Store {
@@ -197,6 +206,16 @@ impl Store {
 
     /// Opens the database with the given commit durability.
     pub fn open_with(dir: &Path, durability: Durability) -> Result<Self, StorageError> {
+        Self::open_with_archive(dir, durability, ArchiveConfig::default())
+    }
+
+    /// Opens the database, and its block archive (in `dir`/[`ARCHIVE_DIR`]) with `archive`'s
+    /// I/O choice and segment size. The archive always syncs: a commit never outruns it.
+    pub fn open_with_archive(
+        dir: &Path,
+        durability: Durability,
+        archive: ArchiveConfig,
+    ) -> Result<Self, StorageError> {
         let sync_mode = match durability {
             Durability::Durable => SyncMode::Durable,
             Durability::Unsynced => SyncMode::SafeNoSync,
@@ -218,8 +237,10 @@ impl Store {
         tables::create_all(&txn)?;
         history::init(&txn, &Tables::open(&txn)?)?;
         txn.commit()?;
+        let archive = Blocks::open(dir, archive, &db)?;
         Ok(Self {
             db,
+            archive,
             blocks: BlockCache::default(),
             history: HistoryWindow::default(),
         })
@@ -268,6 +289,7 @@ impl Store {
         let reader = Reader {
             txn: &txn,
             tables: Tables::open(&txn)?,
+            archive: &self.archive,
             blocks: &self.blocks,
         };
         Ok(f(&reader))
@@ -278,6 +300,8 @@ impl Store {
         Ok(BlockWriter {
             txn: self.db.begin_rw_txn()?,
             db: &self.db,
+            archive: &self.archive,
+            appended: None,
             history: self.history,
             recorder: None,
         })
@@ -294,6 +318,12 @@ pub struct TableStats {
 }
 
 impl Reader<'_> {
+    /// Whether block `number` is committed in this snapshot: the archive may hold a block the
+    /// database has not committed yet (appended before its commit).
+    fn committed(&self, number: BlockNumber) -> Result<bool, StorageError> {
+        Ok(self.head()?.is_some_and(|head| number <= head))
+    }
+
     /// Entries and bytes of every table.
     pub fn table_stats(&self) -> Result<Vec<TableStats>, StorageError> {
         tables::ALL
@@ -410,14 +440,8 @@ impl ChainView for Reader<'_> {
         let hash = self
             .block_hash(number)?
             .ok_or_else(|| missing(tables::CANONICAL_HASHES))?;
-        let body = self
-            .txn
-            .get::<Cow<'_, [u8]>>(&self.tables.bodies, number.to_be_bytes())?
-            .ok_or_else(|| missing(tables::BODIES))?;
-        let txs = codec::decode_body(tables::BODIES, &body)?;
-        let receipts = self
-            .receipts(number)?
-            .ok_or_else(|| missing(tables::RECEIPTS))?;
+        let txs = codec::decode_body(blocks::BODY, &self.archive.body(number)?)?;
+        let receipts = codec::decode_receipts(blocks::RECEIPTS, &self.archive.receipts(number)?)?;
         let block = Arc::new(SealedBlock {
             hash,
             header,
@@ -429,10 +453,11 @@ impl ChainView for Reader<'_> {
     }
 
     fn receipts(&self, number: BlockNumber) -> Result<Option<Vec<ReceiptEnvelope>>, StorageError> {
-        self.txn
-            .get::<Cow<'_, [u8]>>(&self.tables.receipts, number.to_be_bytes())?
-            .map(|bytes| codec::decode_receipts(tables::RECEIPTS, &bytes))
-            .transpose()
+        if !self.committed(number)? {
+            return Ok(None);
+        }
+        let bytes = self.archive.receipts(number)?;
+        codec::decode_receipts(blocks::RECEIPTS, &bytes).map(Some)
     }
 
     fn tx_location(&self, hash: B256) -> Result<Option<(BlockNumber, u32)>, StorageError> {
@@ -450,11 +475,10 @@ impl ChainView for Reader<'_> {
         if let Some(block) = self.blocks.get(number) {
             return Ok(block.txs.get(index).cloned());
         }
-        self.txn
-            .get::<Cow<'_, [u8]>>(&self.tables.bodies, number.to_be_bytes())?
-            .map(|bytes| codec::decode_body_tx(tables::BODIES, &bytes, index))
-            .transpose()
-            .map(Option::flatten)
+        if !self.committed(number)? {
+            return Ok(None);
+        }
+        codec::decode_body_tx(blocks::BODY, &self.archive.body(number)?, index)
     }
 
     fn receipt(
@@ -465,11 +489,11 @@ impl ChainView for Reader<'_> {
         if let Some(block) = self.blocks.get(number) {
             return Ok(indexed_receipt(&block, index));
         }
-        self.txn
-            .get::<Cow<'_, [u8]>>(&self.tables.receipts, number.to_be_bytes())?
-            .map(|bytes| codec::decode_indexed_receipt(tables::RECEIPTS, &bytes, index))
-            .transpose()
-            .map(Option::flatten)
+        if !self.committed(number)? {
+            return Ok(None);
+        }
+        let bytes = self.archive.receipts(number)?;
+        codec::decode_indexed_receipt(blocks::RECEIPTS, &bytes, index)
     }
 }
 

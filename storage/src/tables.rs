@@ -1,4 +1,5 @@
-//! The MDBX tables. Keys and values are laid out in `codec`.
+//! The MDBX tables. Keys and values are laid out in `codec`. Bodies and receipts are in the
+//! store's block archive (`blocks`), not here.
 
 use libmdbx::{DatabaseKind, RW, Table, TableFlags, Transaction, TransactionKind};
 
@@ -22,10 +23,6 @@ pub(crate) const HEADERS: &str = "Headers";
 pub(crate) const CANONICAL_HASHES: &str = "CanonicalHashes";
 /// Block hash → block number.
 pub(crate) const BLOCK_NUMBERS: &str = "BlockNumbers";
-/// Block number → transactions with senders.
-pub(crate) const BODIES: &str = "Bodies";
-/// Block number → receipts.
-pub(crate) const RECEIPTS: &str = "Receipts";
 /// Transaction hash → block number ‖ index.
 pub(crate) const TX_LOCATIONS: &str = "TxLocations";
 /// address ‖ block → the account before that block changed it (empty: it did not exist).
@@ -50,7 +47,7 @@ pub(crate) const HISTORY_FROM_KEY: &[u8] = b"history_from";
 /// Metadata key of how far the change sets have been moved into the history tables.
 pub(crate) const HISTORY_INDEXED_KEY: &[u8] = b"history_indexed";
 
-pub(crate) const ALL: [&str; 19] = [
+pub(crate) const ALL: [&str; 17] = [
     PLAIN_ACCOUNTS,
     PLAIN_STORAGE,
     BYTECODES,
@@ -61,8 +58,6 @@ pub(crate) const ALL: [&str; 19] = [
     HEADERS,
     CANONICAL_HASHES,
     BLOCK_NUMBERS,
-    BODIES,
-    RECEIPTS,
     TX_LOCATIONS,
     ACCOUNT_HISTORY,
     STORAGE_HISTORY,
@@ -85,8 +80,6 @@ pub(crate) struct Tables<'t> {
     pub headers: Table<'t>,
     pub canonical_hashes: Table<'t>,
     pub block_numbers: Table<'t>,
-    pub bodies: Table<'t>,
-    pub receipts: Table<'t>,
     pub tx_locations: Table<'t>,
     pub account_history: Table<'t>,
     pub storage_history: Table<'t>,
@@ -112,8 +105,6 @@ impl<'t> Tables<'t> {
             headers: open(HEADERS)?,
             canonical_hashes: open(CANONICAL_HASHES)?,
             block_numbers: open(BLOCK_NUMBERS)?,
-            bodies: open(BODIES)?,
-            receipts: open(RECEIPTS)?,
             tx_locations: open(TX_LOCATIONS)?,
             account_history: open(ACCOUNT_HISTORY)?,
             storage_history: open(STORAGE_HISTORY)?,

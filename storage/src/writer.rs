@@ -1,19 +1,21 @@
 //! One block's write transaction: [`BlockWriter::apply_state`] writes the state and updates the
-//! tries incrementally, [`BlockWriter::insert_block`] the block and its history, and
-//! [`BlockWriter::commit`] makes both durable at once.
+//! tries incrementally, [`BlockWriter::insert_block`] the block and its history (its body and
+//! receipts to the block archive), and [`BlockWriter::commit`] makes both durable at once.
 
 use crate::{
     Env, HistoryWindow, StorageError,
+    blocks::Blocks,
     codec::{self, AccountRecord},
     history::{self, ChangeRecorder},
     read_block_hash, read_hashed_account, read_head,
     tables::{HEAD_KEY, Tables},
     trie::{self, Leaves, TrieCursors, TrieInput},
 };
+use alloy_consensus::ReceiptEnvelope;
 use alloy_primitives::{Address, B256, keccak256};
 use alloy_rlp::Encodable;
 use alloy_trie::EMPTY_ROOT_HASH;
-use kestrel_types::{SealedBlock, StateChanges};
+use kestrel_types::{BlockNumber, RecoveredTx, SealedBlock, StateChanges};
 use libmdbx::{Database, RW, Table, Transaction, WriteFlags};
 use std::{borrow::Cow, collections::BTreeMap, time::Instant};
 
@@ -22,6 +24,10 @@ use std::{borrow::Cow, collections::BTreeMap, time::Instant};
 pub struct BlockWriter<'s> {
     pub(crate) txn: Transaction<'s, RW, Env>,
     pub(crate) db: &'s Database<Env>,
+    pub(crate) archive: &'s Blocks,
+    /// The last block whose body and receipts this writer appended to the archive: the MDBX
+    /// commit waits until it is durable there.
+    pub(crate) appended: Option<u64>,
     pub(crate) history: HistoryWindow,
     /// What [`BlockWriter::apply_state`] overwrote, stored by [`BlockWriter::insert_block`] as
     /// the history of the block it inserts (not stored for a block never inserted).
@@ -220,7 +226,25 @@ impl BlockWriter<'_> {
         Ok(update.root)
     }
 
-    /// Stores header, body, receipts, tx index, and moves the committed head to this block.
+    /// Appends block `number`'s body and receipts to the block archive ahead of its
+    /// [`BlockWriter::insert_block`], whose append it then is: the commit stage has them before
+    /// the block's state root, so the archive's write and fsync run while
+    /// [`BlockWriter::apply_state`] computes it. `number` is the head's next block (or the one
+    /// after the last appended, for a transaction of several blocks).
+    pub fn append_body(
+        &mut self,
+        number: BlockNumber,
+        txs: &[RecoveredTx],
+        receipts: &[ReceiptEnvelope],
+    ) -> Result<(), StorageError> {
+        self.archive.append(number, txs, receipts)?;
+        self.appended = Some(number);
+        Ok(())
+    }
+
+    /// Stores header and tx index, and moves the committed head to this block; appends body and
+    /// receipts to the block archive (unless [`BlockWriter::append_body`] did), whose writer
+    /// stage writes and syncs them while this transaction goes on.
     ///
     /// Blocks are inserted in order: genesis first, then each child of the head.
     pub fn insert_block(&mut self, block: &SealedBlock) -> Result<(), StorageError> {
@@ -239,6 +263,10 @@ impl BlockWriter<'_> {
                 );
             }
         }
+        if self.appended != Some(number) {
+            self.archive.append(number, &block.txs, &block.receipts)?;
+            self.appended = Some(number);
+        }
         let key = number.to_be_bytes();
         let mut header = Vec::with_capacity(block.header.length());
         block.header.encode(&mut header);
@@ -250,14 +278,6 @@ impl BlockWriter<'_> {
             WriteFlags::UPSERT,
         )?;
         txn.put(&tables.block_numbers, block.hash, key, WriteFlags::UPSERT)?;
-        txn.put(
-            &tables.bodies,
-            key,
-            codec::encode_body(&block.txs),
-            WriteFlags::UPSERT,
-        )?;
-        let receipts = codec::encode_receipts(&block.receipts);
-        txn.put(&tables.receipts, key, receipts, WriteFlags::UPSERT)?;
         for (index, tx) in block.txs.iter().enumerate() {
             let location = codec::encode_tx_location(number, index as u32);
             txn.put(
@@ -275,8 +295,12 @@ impl BlockWriter<'_> {
         Ok(())
     }
 
-    /// Durably commits everything written through this writer.
+    /// Durably commits everything written through this writer: the blocks' archive records
+    /// first (a database head never runs ahead of the archive), then the MDBX transaction.
     pub fn commit(self) -> Result<(), StorageError> {
+        if let Some(number) = self.appended {
+            self.archive.wait_durable(number)?;
+        }
         let started = Instant::now();
         self.txn.commit()?;
         metrics::histogram!("kestrel_storage_commit_seconds")

@@ -68,6 +68,10 @@ struct CommitArgs {
     /// Token slots each block changes (the same block: about 5,000).
     #[arg(long, default_value_t = 5_000)]
     slots_per_block: usize,
+    /// Transactions and receipts each block carries (their bytes go to the block archive; 0:
+    /// empty blocks, the state and history side alone).
+    #[arg(long, default_value_t = 5_000)]
+    txs_per_block: usize,
     #[arg(long, default_value_t = 200)]
     blocks: u64,
     /// History windows to compare (`--history-blocks` values), one store each, same blocks.
@@ -348,6 +352,7 @@ fn commit(args: &CommitArgs) -> eyre::Result<()> {
         accounts: args.accounts,
         accounts_per_block: args.accounts_per_block,
         slots_per_block: args.slots_per_block,
+        txs_per_block: args.txs_per_block,
         blocks: args.blocks,
     };
     let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);

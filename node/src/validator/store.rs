@@ -178,7 +178,8 @@ pub fn configure_archive(io: IoChoice) -> Result<IoMode, StoreError> {
     Ok(mode)
 }
 
-fn archive_config() -> ArchiveConfig {
+/// The archive settings of this process, for every archive it opens (the state store's too).
+pub fn archive_config() -> ArchiveConfig {
     ARCHIVE_CONFIG.get().copied().unwrap_or_default()
 }
 
@@ -641,26 +642,28 @@ pub struct ArchiveSegment {
     pub bytes: u64,
 }
 
-/// The segments of `datadir`'s block archive, read without changing anything.
+/// The segments of `datadir`'s block archives, the consensus block log's and the state store's
+/// (bodies and receipts), read without changing anything. `file` is relative to the datadir.
 pub fn archive_stats(datadir: &Path) -> Result<Vec<ArchiveSegment>, StoreError> {
-    let dir = datadir.join(super::CONSENSUS_DIR).join(ARCHIVE_DIR);
-    let (archive, _) = Archive::open_read_only(&dir, archive_config())?;
-    let segments = archive.segments();
-    let end = archive.last_block().map_or(0, |last| last + 1);
-    Ok(segments
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
+    let dirs = [
+        Path::new(super::CONSENSUS_DIR).join(ARCHIVE_DIR),
+        PathBuf::from(kestrel_storage::ARCHIVE_DIR),
+    ];
+    let mut stats = Vec::new();
+    for dir in dirs {
+        let (archive, _) = Archive::open_read_only(&datadir.join(&dir), archive_config())?;
+        let segments = archive.segments();
+        let end = archive.last_block().map_or(0, |last| last + 1);
+        stats.extend(segments.iter().enumerate().map(|(i, s)| {
             let next = segments.get(i + 1).map_or(end, |n| n.first);
+            let name = s.path.file_name().unwrap_or_default();
             ArchiveSegment {
-                file: s
-                    .path
-                    .file_name()
-                    .map_or_else(String::new, |f| f.to_string_lossy().into_owned()),
+                file: dir.join(name).display().to_string(),
                 first_block: s.first,
                 blocks: next.saturating_sub(s.first),
                 bytes: s.bytes,
             }
-        })
-        .collect())
+        }));
+    }
+    Ok(stats)
 }

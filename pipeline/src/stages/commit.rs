@@ -104,6 +104,10 @@ impl CommitStage {
         let mut sealed_blocks = Vec::with_capacity(group.len());
         let mut writing = Duration::ZERO;
         for block in group {
+            // Body and receipts first: the archive writes and syncs them during the state root.
+            let started = Instant::now();
+            writer.append_body(block.header.number, &block.txs, &block.receipts)?;
+            writing += started.elapsed();
             let started = Instant::now();
             let state_root = writer.apply_state(&block.changes)?;
             metrics::histogram!("kestrel_stateroot_block_seconds")

@@ -29,17 +29,24 @@ pub const FLAG_LAST: u8 = 1;
 
 static CRC32C: Crc<u32, Table<16>> = Crc::<u32, Table<16>>::new(&crc::CRC_32_ISCSI);
 
-/// What a record holds. Stored as a byte so receipts and state change sets can join blocks in
-/// the same segments (they are the next records: `Receipts = 2`, `ChangeSet = 3`).
+/// What a record holds. Stored as a byte, so that new kinds join the same segments without a
+/// new segment version: a reader knows every kind before it, and an archive holds the kinds its
+/// owner writes (the consensus block log `Block`; the state store `Body` and `Receipts`). A
+/// binary older than a kind takes a record of it for a torn tail, so an archive with such
+/// records must not be opened by one (a datadir is not downgraded).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[repr(u8)]
 pub enum RecordKind {
     /// A finalized block as the block log keeps it: certificate, block, payload bytes, proof.
     Block = 1,
+    /// A committed block's transactions with their senders (the state store's body encoding).
+    Body = 2,
+    /// A committed block's receipts.
+    Receipts = 3,
 }
 
 impl RecordKind {
-    pub const ALL: [RecordKind; 1] = [RecordKind::Block];
+    pub const ALL: [RecordKind; 3] = [RecordKind::Block, RecordKind::Body, RecordKind::Receipts];
 
     pub fn from_byte(byte: u8) -> Option<Self> {
         Self::ALL.into_iter().find(|k| *k as u8 == byte)

@@ -1,7 +1,10 @@
-//! The archive's metrics (docs/metrics.md lists them).
+//! The archive's metrics (docs/metrics.md lists them), each labelled with its archive
+//! (`ArchiveConfig::label`).
 
 use std::time::Duration;
 
+/// The label naming the archive.
+pub const LABEL: &str = "archive";
 pub const APPENDS: &str = "kestrel_archive_appends_total";
 pub const APPEND_BYTES: &str = "kestrel_archive_append_bytes_total";
 pub const FSYNCS: &str = "kestrel_archive_fsyncs_total";
@@ -47,7 +50,7 @@ pub fn describe_metrics() {
 
 /// Every counter exported from open at 0, so that a series exists before its first event (a
 /// torn tail may never happen) and alerts can test it for `> 0`.
-pub(super) fn register() {
+pub(super) fn register(label: &'static str) {
     for name in [
         APPENDS,
         APPEND_BYTES,
@@ -57,11 +60,11 @@ pub(super) fn register() {
         TORN_TAIL_REPAIRS,
         TORN_TAIL_BYTES,
     ] {
-        metrics::counter!(name).increment(0);
+        metrics::counter!(name, LABEL => label).increment(0);
     }
 }
 
-pub(super) fn group_synced(elapsed: Duration) {
-    metrics::counter!(FSYNCS).increment(1);
-    metrics::histogram!(FSYNC_SECONDS).record(elapsed.as_secs_f64());
+pub(super) fn group_synced(label: &'static str, elapsed: Duration) {
+    metrics::counter!(FSYNCS, LABEL => label).increment(1);
+    metrics::histogram!(FSYNC_SECONDS, LABEL => label).record(elapsed.as_secs_f64());
 }

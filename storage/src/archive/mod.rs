@@ -47,6 +47,8 @@ use std::{
 };
 use writer::{Durable, Write, Writer};
 
+/// The metrics label of the consensus block log's archive, the first one Kestrel had.
+pub const LABEL_DEFAULT: &str = "consensus";
 /// Segment size after which the next block starts a new segment.
 pub const SEGMENT_BYTES_DEFAULT: u64 = 256 << 20;
 /// Records one `read_range` returns at most (callers bound their ranges below it: block sync
@@ -85,6 +87,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ArchiveError + '_ {
 pub struct ArchiveConfig {
     pub io: IoChoice,
     pub segment_bytes: u64,
+    /// The `archive` label of its metrics: a process holds several archives (the consensus
+    /// block log's, the state store's bodies and receipts).
+    pub label: &'static str,
 }
 
 impl Default for ArchiveConfig {
@@ -92,6 +97,7 @@ impl Default for ArchiveConfig {
         Self {
             io: IoChoice::Auto,
             segment_bytes: SEGMENT_BYTES_DEFAULT,
+            label: LABEL_DEFAULT,
         }
     }
 }
@@ -175,6 +181,7 @@ pub struct Archive {
     dir: PathBuf,
     mode: IoMode,
     segment_bytes: u64,
+    label: &'static str,
     segments: Vec<Segment>,
     kinds: Vec<KindIndex>,
     /// Highest block appended (durable or not).
@@ -188,7 +195,7 @@ pub struct Archive {
 impl Archive {
     /// Opens (or creates) the archive in `dir`, truncating a torn tail, and starts its writer.
     pub fn open(dir: &Path, config: ArchiveConfig) -> Result<(Self, OpenReport), ArchiveError> {
-        metrics::register();
+        metrics::register(config.label);
         if !dir.exists() {
             std::fs::create_dir_all(dir).map_err(io_err(dir))?;
             if let Some(parent) = dir.parent() {
@@ -206,10 +213,13 @@ impl Archive {
             archive.mode,
             dir.to_owned(),
             archive.durable.clone(),
+            config.label,
         )?);
-        ::metrics::gauge!(metrics::SEGMENTS).set(archive.segments.len() as f64);
+        ::metrics::gauge!(metrics::SEGMENTS, metrics::LABEL => config.label)
+            .set(archive.segments.len() as f64);
         if let Some(last) = archive.last_block {
-            ::metrics::gauge!(metrics::DURABLE_BLOCK).set(last as f64);
+            ::metrics::gauge!(metrics::DURABLE_BLOCK, metrics::LABEL => config.label)
+                .set(last as f64);
         }
         tracing::info!(target: "storage::archive", dir = %dir.display(), io = archive.mode.label(), segments = archive.segments.len(), last_block = ?archive.last_block, "block archive open");
         Ok((archive, report))
@@ -235,6 +245,7 @@ impl Archive {
             dir: dir.to_owned(),
             mode,
             segment_bytes: config.segment_bytes,
+            label: config.label,
             segments: Vec::new(),
             kinds: RecordKind::ALL
                 .iter()
@@ -426,8 +437,9 @@ impl Archive {
                 .map_err(io_err(&self.dir))?;
             self.segments.pop();
         }
-        ::metrics::counter!(metrics::TORN_TAIL_REPAIRS).increment(1);
-        ::metrics::counter!(metrics::TORN_TAIL_BYTES).increment(torn.bytes);
+        ::metrics::counter!(metrics::TORN_TAIL_REPAIRS, metrics::LABEL => self.label).increment(1);
+        ::metrics::counter!(metrics::TORN_TAIL_BYTES, metrics::LABEL => self.label)
+            .increment(torn.bytes);
         tracing::warn!(target: "storage::archive", path = %path.display(), bytes = torn.bytes, removed = torn.whole_segment, "truncated a torn tail of the block archive (a crash mid-append)");
         Ok(())
     }
@@ -504,8 +516,9 @@ impl Archive {
                     len: payload.len() as u32,
                 },
             );
-            ::metrics::counter!(metrics::APPENDS).increment(1);
-            ::metrics::counter!(metrics::APPEND_BYTES).increment(bytes.len() as u64);
+            ::metrics::counter!(metrics::APPENDS, metrics::LABEL => self.label).increment(1);
+            ::metrics::counter!(metrics::APPEND_BYTES, metrics::LABEL => self.label)
+                .increment(bytes.len() as u64);
             self.send(Write {
                 file,
                 offset,
@@ -541,7 +554,8 @@ impl Archive {
             },
             file: Some(file.clone()),
         });
-        ::metrics::gauge!(metrics::SEGMENTS).set(self.segments.len() as f64);
+        ::metrics::gauge!(metrics::SEGMENTS, metrics::LABEL => self.label)
+            .set(self.segments.len() as f64);
         self.send(Write {
             file,
             offset: 0,
@@ -563,6 +577,83 @@ impl Archive {
                 Ok(()) => unreachable!("nothing is durable up to u64::MAX"),
             }
         })
+    }
+
+    /// Removes every block after `keep` (every block for `None`) from the files and the index:
+    /// blocks appended whose commit elsewhere never happened (the state store appends a block's
+    /// records before its database commit). Waits for the writer first, so nothing queued lands
+    /// behind the cut.
+    pub fn truncate_after(&mut self, keep: Option<u64>) -> Result<(), ArchiveError> {
+        let Some(last) = self.last_block else {
+            return Ok(());
+        };
+        let cut = keep.map_or(0, |k| k + 1);
+        if cut > last {
+            return Ok(());
+        }
+        self.sync()?;
+        // Where the first removed block starts: its lowest record (no block before the
+        // archive's first: then everything goes).
+        let start = self
+            .kinds
+            .iter()
+            .filter_map(|index| index.get(cut.max(index.first)))
+            .min_by_key(|l| (l.segment, l.offset))
+            .expect("the archive holds block `last`");
+        for segment in self.segments.drain(start.segment as usize + 1..) {
+            std::fs::remove_file(&segment.info.path).map_err(io_err(&segment.info.path))?;
+        }
+        let segment = self.segments.pop().expect("the cut's segment");
+        if start.offset == SEGMENT_HEADER_BYTES as u64 {
+            std::fs::remove_file(&segment.info.path).map_err(io_err(&segment.info.path))?;
+        } else {
+            let path = &segment.info.path;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(io_err(path))?;
+            file.set_len(start.offset)
+                .and_then(|()| file.sync_all())
+                .map_err(io_err(path))?;
+            self.segments.push(Segment {
+                info: SegmentInfo {
+                    bytes: start.offset,
+                    ..segment.info
+                },
+                file: Some(Arc::new(file)),
+            });
+        }
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(&self.dir))?;
+        // The segment now last is appended to, so it is held open.
+        if let Some(last) = self.segments.last_mut().filter(|s| s.file.is_none()) {
+            let path = &last.info.path;
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(path)
+                .map_err(io_err(path))?;
+            last.file = Some(Arc::new(file));
+        }
+        for index in &mut self.kinds {
+            let keep_locs = cut.saturating_sub(index.first);
+            index
+                .locs
+                .truncate(usize::try_from(keep_locs).unwrap_or(usize::MAX));
+        }
+        self.last_block = self
+            .kinds
+            .iter()
+            .filter_map(KindIndex::next)
+            .max()
+            .map(|n| n - 1);
+        self.durable.truncated(self.last_block);
+        ::metrics::gauge!(metrics::SEGMENTS, metrics::LABEL => self.label)
+            .set(self.segments.len() as f64);
+        tracing::warn!(target: "storage::archive", dir = %self.dir.display(), removed_from = cut, removed_to = last, "removed archive blocks that were never committed");
+        Ok(())
     }
 
     /// Blocks until block `number` is durable.
@@ -662,8 +753,10 @@ impl Archive {
             buf.drain(..RECORD_HEADER_BYTES);
             bytes += buf.len();
         }
-        ::metrics::counter!(metrics::READS).increment(bufs.len() as u64);
-        ::metrics::counter!(metrics::READ_BYTES).increment(bytes as u64);
+        ::metrics::counter!(metrics::READS, metrics::LABEL => self.label)
+            .increment(bufs.len() as u64);
+        ::metrics::counter!(metrics::READ_BYTES, metrics::LABEL => self.label)
+            .increment(bytes as u64);
         Ok(bufs)
     }
 }

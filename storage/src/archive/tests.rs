@@ -10,7 +10,11 @@ use std::{fs::OpenOptions, io::Write as _, os::unix::fs::FileExt};
 const KIND: RecordKind = RecordKind::Block;
 
 fn config(io: IoChoice, segment_bytes: u64) -> ArchiveConfig {
-    ArchiveConfig { io, segment_bytes }
+    ArchiveConfig {
+        io,
+        segment_bytes,
+        ..ArchiveConfig::default()
+    }
 }
 
 /// Block `n`'s payload: its size and content follow from `n` and `seed`.
@@ -368,4 +372,69 @@ fn appends_are_grouped_and_durability_is_reported() {
     archive.sync().unwrap();
     assert_eq!(archive.durable_block(), Some(2_000));
     check_all(&archive, 1, &payloads);
+}
+
+/// Blocks of several records cut back to any block (a segment's middle, its first block, the
+/// archive's first, before it): what is left reads back, what was cut is gone, the files match
+/// a reopen, and appends go on from the cut.
+#[test]
+fn truncate_after_removes_the_later_blocks_and_appends_resume_there() {
+    let kinds = [RecordKind::Body, RecordKind::Receipts];
+    let record = |seed: u64, n: u64, kind: RecordKind| payload(seed ^ kind as u64, n, 150);
+    let append = |archive: &mut Archive, seed: u64, blocks: std::ops::RangeInclusive<u64>| {
+        for n in blocks {
+            let (body, receipts) = (record(seed, n, kinds[0]), record(seed, n, kinds[1]));
+            archive
+                .append(n, &[(kinds[0], &body), (kinds[1], &receipts)])
+                .unwrap();
+        }
+    };
+    for keep in [
+        None,
+        Some(2),
+        Some(5),
+        Some(9),
+        Some(13),
+        Some(19),
+        Some(20),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let open = || Archive::open(dir.path(), config(IoChoice::Auto, 1_000)).unwrap();
+        let (mut archive, _) = open();
+        append(&mut archive, 6, 3..=20);
+        archive.truncate_after(keep).unwrap();
+        let last = keep.filter(|k| *k >= 3);
+        assert_eq!(archive.last_block(), last, "keep {keep:?}");
+        archive.sync().unwrap();
+        assert_eq!(archive.durable_block(), last);
+        let check = |archive: &Archive| {
+            for n in 3..=last.unwrap_or(2) {
+                for kind in kinds {
+                    assert_eq!(archive.read(kind, n).unwrap(), record(6, n, kind));
+                }
+            }
+            let gone = last.map_or(3, |l| l + 1);
+            assert!(matches!(
+                archive.read(kinds[0], gone),
+                Err(ArchiveError::Missing { .. })
+            ));
+        };
+        check(&archive);
+        drop(archive);
+        let (mut archive, report) = open();
+        assert_eq!(
+            report.torn_bytes, 0,
+            "keep {keep:?}: the cut leaves whole files"
+        );
+        check(&archive);
+        let next = last.map_or(3, |l| l + 1);
+        append(&mut archive, 7, next..=next + 4);
+        archive.sync().unwrap();
+        drop(archive);
+        let (archive, _) = open();
+        assert_eq!(archive.last_block(), Some(next + 4));
+        for n in next..=next + 4 {
+            assert_eq!(archive.read(kinds[1], n).unwrap(), record(7, n, kinds[1]));
+        }
+    }
 }

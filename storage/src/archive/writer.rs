@@ -90,6 +90,11 @@ impl Durable {
         }
     }
 
+    /// The archive was cut back to `last` (nothing queued: the caller synced first).
+    pub fn truncated(&self, last: Option<u64>) {
+        self.state.lock().durable = last;
+    }
+
     /// A group is durable; it completed block `done`, if any.
     fn publish(&self, done: Option<u64>) {
         let mut state = self.state.lock();
@@ -117,7 +122,12 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn spawn(mode: IoMode, dir: PathBuf, durable: Arc<Durable>) -> Result<Self, ArchiveError> {
+    pub fn spawn(
+        mode: IoMode,
+        dir: PathBuf,
+        durable: Arc<Durable>,
+        label: &'static str,
+    ) -> Result<Self, ArchiveError> {
         let dir_file = File::open(&dir).map_err(|source| ArchiveError::Io {
             path: dir.clone(),
             source,
@@ -144,6 +154,7 @@ impl Writer {
                     dir: dir_file,
                     dir_path,
                     durable,
+                    label,
                 };
                 stage.run(rx);
             })
@@ -189,6 +200,7 @@ struct Stage {
     dir: File,
     dir_path: PathBuf,
     durable: Arc<Durable>,
+    label: &'static str,
 }
 
 impl Stage {
@@ -245,11 +257,12 @@ impl Stage {
         let dir = group.iter().any(|w| w.created).then_some(&self.dir);
         self.disk.write_and_sync(&ops, &files, dir)?;
         let elapsed = started.elapsed();
-        metrics::group_synced(elapsed);
+        metrics::group_synced(self.label, elapsed);
         let done = group.iter().filter_map(|w| w.completes).max();
         self.durable.publish(done);
         if let Some(done) = done {
-            ::metrics::gauge!(metrics::DURABLE_BLOCK).set(done as f64);
+            ::metrics::gauge!(metrics::DURABLE_BLOCK, metrics::LABEL => self.label)
+                .set(done as f64);
         }
         if elapsed > SLOW_SYNC {
             tracing::warn!(target: "storage::archive", writes = group.len(), bytes, elapsed_ms = elapsed.as_millis() as u64, "slow archive write and fsync");

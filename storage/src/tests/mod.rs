@@ -1,5 +1,6 @@
 //! Tests over a real MDBX database in a temporary directory.
 
+mod blocks;
 mod history;
 mod proof;
 mod state_root;

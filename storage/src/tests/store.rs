@@ -10,7 +10,7 @@ use alloy_primitives::{Address, B256, Bytes, Log, Signature, TxKind, U256, addre
 use kestrel_types::{AccountInfo, ChainSpec, RecoveredTx, SealedBlock, StateChanges};
 use std::sync::Arc;
 
-fn transfer(nonce: u64) -> RecoveredTx {
+pub(super) fn transfer(nonce: u64) -> RecoveredTx {
     let tx = TxEip1559 {
         chain_id: 1337,
         nonce,
@@ -25,7 +25,7 @@ fn transfer(nonce: u64) -> RecoveredTx {
     RecoveredTx::recover(tx).expect("test signature recovers")
 }
 
-fn receipt(cumulative_gas_used: u64) -> ReceiptEnvelope {
+pub(super) fn receipt(cumulative_gas_used: u64) -> ReceiptEnvelope {
     let log = Log::new_unchecked(
         Address::with_last_byte(9),
         vec![B256::repeat_byte(1)],
@@ -40,7 +40,7 @@ fn receipt(cumulative_gas_used: u64) -> ReceiptEnvelope {
 }
 
 /// The child of `parent` with `txs` and one receipt per transaction.
-fn child(parent: &SealedBlock, txs: Vec<RecoveredTx>) -> SealedBlock {
+pub(super) fn child(parent: &SealedBlock, txs: Vec<RecoveredTx>) -> SealedBlock {
     let receipts = (1..=txs.len() as u64)
         .map(|i| receipt(21_000 * i))
         .collect();
@@ -51,7 +51,7 @@ fn child(parent: &SealedBlock, txs: Vec<RecoveredTx>) -> SealedBlock {
     }
 }
 
-fn commit_block(store: &Store, block: &SealedBlock, changes: &StateChanges) {
+pub(super) fn commit_block(store: &Store, block: &SealedBlock, changes: &StateChanges) {
     let mut writer = store.begin_block().unwrap();
     writer.apply_state(changes).unwrap();
     writer.insert_block(block).unwrap();
