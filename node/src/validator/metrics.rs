@@ -11,7 +11,7 @@ pub const ORDERED_TXS: &str = "kestrel_ordering_txs_total";
 pub const PROPOSE_SECONDS: &str = "kestrel_ordering_propose_seconds";
 pub const SAFETY_PERSIST_SECONDS: &str = "kestrel_consensus_safety_persist_seconds";
 pub const SAFETY_PERSIST_BYTES: &str = "kestrel_consensus_safety_persist_bytes_total";
-pub const SENDERS_REUSED: &str = "kestrel_consensus_payload_senders_reused_total";
+pub use super::payload::SENDERS_REUSED;
 
 pub fn describe() {
     metrics::describe_counter!(

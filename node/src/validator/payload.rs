@@ -2,11 +2,14 @@
 //! execution needs that the block does not carry. The block gives height, round, timestamp and the
 //! delayed execution result; consensus names the payload by the hash of its encoding.
 
-use super::metrics::SENDERS_REUSED;
 use alloy_primitives::{Address, B256, Bytes, keccak256};
 use alloy_rlp::{Decodable, Encodable, RlpDecodable, RlpEncodable};
 use crossbeam_channel::{Receiver, Sender};
 use kestrel_consensus::bft::Block;
+
+/// Counter of senders taken from the pool (here, not in `metrics.rs`: the fuzz crate builds
+/// this file on its own).
+pub const SENDERS_REUSED: &str = "kestrel_consensus_payload_senders_reused_total";
 use kestrel_pipeline::{
     import::{ImportError, recover_senders},
     mempool::{BlockRules, PoolError, TxPool, check_static},
