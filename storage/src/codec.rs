@@ -3,8 +3,6 @@
 //! out when they equal the common default).
 
 use crate::StorageError;
-use alloy_consensus::ReceiptEnvelope;
-use alloy_eips::eip2718::{Decodable2718, Encodable2718};
 use alloy_primitives::{Address, B256, Bytes, U256};
 use alloy_trie::{BranchNodeCompact, EMPTY_ROOT_HASH, Nibbles, TrieAccount, TrieMask};
 use kestrel_types::{AccountInfo, BlockNumber, RecoveredTx, state::KECCAK_EMPTY};
@@ -53,7 +51,7 @@ pub(crate) const HASHED_KEY_LEN_MAX: usize = 64;
 /// Longest hashed-table value: an account record.
 pub(crate) const HASHED_VALUE_LEN_MAX: usize = ACCOUNT_RECORD_LEN_MAX;
 
-fn corrupt(table: &'static str, reason: impl Into<String>) -> StorageError {
+pub(crate) fn corrupt(table: &'static str, reason: impl Into<String>) -> StorageError {
     StorageError::Corrupt {
         table,
         reason: reason.into(),
@@ -322,35 +320,6 @@ pub(crate) fn decode_body(
     Ok(txs)
 }
 
-/// Receipts: per receipt `[length u32][EIP-2718 bytes]`.
-pub(crate) fn encode_receipts(receipts: &[ReceiptEnvelope]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for receipt in receipts {
-        out.extend_from_slice(&(receipt.encode_2718_len() as u32).to_be_bytes());
-        receipt.encode_2718(&mut out);
-    }
-    out
-}
-
-pub(crate) fn decode_receipts(
-    table: &'static str,
-    bytes: &[u8],
-) -> Result<Vec<ReceiptEnvelope>, StorageError> {
-    let mut receipts = Vec::new();
-    let mut rest = bytes;
-    while !rest.is_empty() {
-        let (mut raw, tail) = split_framed(table, rest)?;
-        let receipt =
-            ReceiptEnvelope::decode_2718(&mut raw).map_err(|e| corrupt(table, e.to_string()))?;
-        if !raw.is_empty() {
-            return Err(corrupt(table, "trailing bytes after receipt"));
-        }
-        receipts.push(receipt);
-        rest = tail;
-    }
-    Ok(receipts)
-}
-
 /// The one transaction at `index` of an encoded body, decoding none of the others (`None` past
 /// the end): a receipt lookup must not cost a whole block's decoding.
 pub(crate) fn decode_body_tx(
@@ -380,82 +349,7 @@ pub(crate) fn decode_body_tx(
     Ok(None)
 }
 
-/// A receipt of a block and what its JSON-RPC form needs from the block's earlier receipts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IndexedReceipt {
-    pub receipt: ReceiptEnvelope,
-    /// Cumulative gas of the block's earlier transactions (the receipt's own gas is the
-    /// difference).
-    pub gas_used_before: u64,
-    /// Logs of the block's earlier transactions: log indexes are block-wide.
-    pub logs_before: u64,
-}
-
-/// The receipt at `index` of an encoded receipt list, decoding only that one: the earlier ones
-/// are only walked for their cumulative gas and log counts (`None` past the end).
-pub(crate) fn decode_indexed_receipt(
-    table: &'static str,
-    bytes: &[u8],
-    index: usize,
-) -> Result<Option<IndexedReceipt>, StorageError> {
-    let mut rest = bytes;
-    let (mut gas_used_before, mut logs_before) = (0, 0);
-    for _ in 0..index {
-        if rest.is_empty() {
-            return Ok(None);
-        }
-        let (raw, tail) = split_framed(table, rest)?;
-        let (gas, logs) = receipt_gas_and_logs(raw).map_err(|e| corrupt(table, e.to_string()))?;
-        gas_used_before = gas;
-        logs_before += logs;
-        rest = tail;
-    }
-    if rest.is_empty() {
-        return Ok(None);
-    }
-    let (mut raw, _) = split_framed(table, rest)?;
-    let receipt =
-        ReceiptEnvelope::decode_2718(&mut raw).map_err(|e| corrupt(table, e.to_string()))?;
-    if !raw.is_empty() {
-        return Err(corrupt(table, "trailing bytes after receipt"));
-    }
-    Ok(Some(IndexedReceipt {
-        receipt,
-        gas_used_before,
-        logs_before,
-    }))
-}
-
-/// The cumulative gas and log count of an EIP-2718 receipt, read off its RLP
-/// (`[type] rlp([status, cumulative gas, bloom, [log, ...]])`) without building it.
-fn receipt_gas_and_logs(raw: &[u8]) -> alloy_rlp::Result<(u64, u64)> {
-    use alloy_rlp::{Decodable, Header};
-    let mut buf = raw;
-    // A typed receipt starts with its type byte; an RLP list starts at 0xc0.
-    if buf.first().is_some_and(|b| *b < 0x7f) {
-        buf = &buf[1..];
-    }
-    let mut fields = Header::decode_bytes(&mut buf, true)?;
-    // `Header::decode` checks that the payload is there (and leaves a single byte, its own
-    // payload, in place).
-    let skip = |buf: &mut &[u8]| -> alloy_rlp::Result<()> {
-        let header = Header::decode(buf)?;
-        *buf = &buf[header.payload_length..];
-        Ok(())
-    };
-    skip(&mut fields)?; // status
-    let gas = u64::decode(&mut fields)?;
-    skip(&mut fields)?; // bloom
-    let mut logs = Header::decode_bytes(&mut fields, true)?;
-    let mut count = 0;
-    while !logs.is_empty() {
-        skip(&mut logs)?;
-        count += 1;
-    }
-    Ok((gas, count))
-}
-
-fn split_framed<'a>(
+pub(crate) fn split_framed<'a>(
     table: &'static str,
     bytes: &'a [u8],
 ) -> Result<(&'a [u8], &'a [u8]), StorageError> {

@@ -23,7 +23,7 @@ mod writer;
 mod tests;
 
 pub use blocks::ARCHIVE_DIR;
-pub use codec::IndexedReceipt;
+pub use blocks::receipts::IndexedReceipt;
 pub use error::StorageError;
 pub use genesis::{genesis_changes, genesis_header, state_root_from_alloc};
 pub use history::{HISTORY_BLOCKS_DEFAULT, HistoryWindow, StateAt};
@@ -441,7 +441,7 @@ impl ChainView for Reader<'_> {
             .block_hash(number)?
             .ok_or_else(|| missing(tables::CANONICAL_HASHES))?;
         let txs = codec::decode_body(blocks::BODY, &self.archive.body(number)?)?;
-        let receipts = codec::decode_receipts(blocks::RECEIPTS, &self.archive.receipts(number)?)?;
+        let receipts = blocks::receipts::decode(blocks::RECEIPTS, &self.archive.receipts(number)?)?;
         let block = Arc::new(SealedBlock {
             hash,
             header,
@@ -457,7 +457,7 @@ impl ChainView for Reader<'_> {
             return Ok(None);
         }
         let bytes = self.archive.receipts(number)?;
-        codec::decode_receipts(blocks::RECEIPTS, &bytes).map(Some)
+        blocks::receipts::decode(blocks::RECEIPTS, &bytes).map(Some)
     }
 
     fn tx_location(&self, hash: B256) -> Result<Option<(BlockNumber, u32)>, StorageError> {
@@ -493,7 +493,7 @@ impl ChainView for Reader<'_> {
             return Ok(None);
         }
         let bytes = self.archive.receipts(number)?;
-        codec::decode_indexed_receipt(blocks::RECEIPTS, &bytes, index)
+        blocks::receipts::decode_indexed(blocks::RECEIPTS, &bytes, index)
     }
 }
 

@@ -7,7 +7,8 @@ it was served. `verify_against` checks a node against a snapshot of that: the he
 the highest block seen, every seen receipt is returned unchanged, and every seen block has the
 same hash and stateRoot. A crash loses the mempool, so on every attach the client re-reads nonces
 from the chain and resends, byte for byte, every transaction that was never receipted. After a
-drain, `check_accounting` checks that balances and nonces match exactly the receipts it saw.
+drain, `check_accounting` checks that balances and nonces match exactly the receipts it saw, at
+the head and at past blocks (historical state).
 Every check takes a `note` (the seed to replay with) that ends its failure message.
 """
 
@@ -39,6 +40,7 @@ CLIENT_ACK_TIMEOUT_S = 10.0
 MAX_FEE_WEI = 20 * 10**9
 TIP_WEI = 10**9
 TRANSFER_GAS = 21_000
+HISTORY_CHECKS = 6               # past blocks whose state check_accounting checks
 
 
 class RpcError(Exception):
@@ -296,31 +298,48 @@ def verify_chain_links(url: str, head: int, note: str = "") -> None:
 
 
 def check_accounting(url: str, client: Client, note: str = "") -> None:
-    """Balances and nonces are exactly what the receipted transfers imply."""
+    """Balances and nonces are exactly what the receipted transfers imply: at the head, and at
+    past blocks spread over the chain (historical state, rebuilt through every crash)."""
     session = requests.Session()
+    for h, tx in client.txs.items():
+        r = client.receipts[h]
+        assert r["status"] == 1, f"transfer {h} failed: {r} {note}"
+        assert r["gasUsed"] == TRANSFER_GAS
+    miners = {b["miner"].lower() for b in batch(
+        session, url, [("eth_getBlockByNumber", [hex(r["blockNumber"]), False])
+                       for r in list(client.receipts.values())[:20]])}
+    involved = {a.address.lower() for a in client.senders} | {r.lower() for r in client.recipients}
+    assert not miners & involved, "a sender or recipient is the coinbase: balances would include fees"
+    numbers = sorted({r["blockNumber"] for r in client.receipts.values()})
+    past = [numbers[i * (len(numbers) - 1) // (HISTORY_CHECKS - 1)] for i in range(HISTORY_CHECKS)] if numbers else []
+    for at in ["latest", *sorted(set(past))]:
+        _check_state_at(session, url, client, at, f"at block {at} {note}")
+
+
+def _check_state_at(session: requests.Session, url: str, client: Client, at, note: str) -> None:
+    """Every sender's nonce and balance and every recipient's balance at block `at` (a number, or
+    "latest" for all receipts) are what the receipts of the blocks up to it imply."""
     spent = {a.address: 0 for a in client.senders}
     received = {r: 0 for r in client.recipients}
     nonces = {a.address: set() for a in client.senders}
     for h, tx in client.txs.items():
         r = client.receipts[h]
-        assert r["status"] == 1, f"transfer {h} failed: {r} {note}"
-        assert r["gasUsed"] == TRANSFER_GAS
+        if at != "latest" and r["blockNumber"] > at:
+            continue
         spent[tx["sender"]] += tx["value"] + r["gasUsed"] * r["effectiveGasPrice"]
         received[tx["to"]] += tx["value"]
         nonces[tx["sender"]].add(tx["nonce"])
-    miners = {b["miner"].lower() for b in batch(
-        session, url, [("eth_getBlockByNumber", [hex(r["blockNumber"]), False])
-                       for r in list(client.receipts.values())[:20]])}
-    involved = {a.lower() for a in list(spent) + list(received)}
-    assert not miners & involved, "a sender or recipient is the coinbase: balances would include fees"
-    for addr in spent:
-        n = int(call(session, url, "eth_getTransactionCount", [addr, "latest"]), 16)
-        assert nonces[addr] == set(range(n)), f"{addr}: nonce {n}, receipted nonces {sorted(nonces[addr])}"
-        bal = int(call(session, url, "eth_getBalance", [addr, "latest"]), 16)
-        assert bal == DEV_BALANCE_WEI - spent[addr], f"{addr}: balance {bal} != {DEV_BALANCE_WEI - spent[addr]}"
-    for addr, value in received.items():
-        bal = int(call(session, url, "eth_getBalance", [addr, "latest"]), 16)
-        assert bal == value, f"recipient {addr}: balance {bal} != {value} {note}"
+    block = at if at == "latest" else hex(at)
+    calls = [("eth_getTransactionCount", [a, block]) for a in spent]
+    calls += [("eth_getBalance", [a, block]) for a in spent]
+    calls += [("eth_getBalance", [a, block]) for a in received]
+    answers = [int(x, 16) for x in batch(session, url, calls)]
+    counts, balances = answers[:len(spent)], answers[len(spent):]
+    for addr, n in zip(spent, counts):
+        assert nonces[addr] == set(range(n)), f"{addr}: nonce {n}, receipted nonces {sorted(nonces[addr])} {note}"
+    expected = [DEV_BALANCE_WEI - s for s in spent.values()] + list(received.values())
+    for addr, bal, want in zip([*spent, *received], balances, expected):
+        assert bal == want, f"{addr}: balance {bal} != {want} {note}"
 
 
 def drain(client: Client, note: str) -> dict:

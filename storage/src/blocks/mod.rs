@@ -12,6 +12,7 @@
 //! are cut at open ([`Blocks::open`]) or before the block is appended again.
 
 mod migrate;
+pub(crate) mod receipts;
 
 use crate::{
     Env, StorageError,
@@ -94,7 +95,7 @@ impl Blocks {
         receipts: &[ReceiptEnvelope],
     ) -> Result<(), StorageError> {
         let body = codec::encode_body(txs);
-        let receipts = codec::encode_receipts(receipts);
+        let receipts = receipts::encode(receipts);
         let mut archive = self.archive.write();
         if archive.last_block().is_some_and(|last| last >= number) {
             // Appended by a writer dropped without committing: never part of the chain.
@@ -121,7 +122,7 @@ impl Blocks {
         Ok(self.archive.read().read(RecordKind::Body, number)?)
     }
 
-    /// Block `number`'s encoded receipts (`codec::decode_receipts`), which must be committed.
+    /// Block `number`'s encoded receipts (`receipts::decode`), which must be committed.
     pub fn receipts(&self, number: u64) -> Result<Vec<u8>, StorageError> {
         Ok(self.archive.read().read(RecordKind::Receipts, number)?)
     }
