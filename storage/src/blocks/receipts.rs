@@ -1,8 +1,9 @@
 //! How a block's receipts are stored: per receipt `[length u32][type byte unless legacy]`
 //! `rlp([status, cumulative gas, [log, ...]])`, the EIP-2718 form without its 256-byte logs bloom.
 //! The bloom is a function of the logs, so it is recomputed when a receipt is read, as geth and
-//! reth store receipts; in a transfer/ERC-20 block it was over half the receipts' bytes (a
-//! 5,000-transaction block's record shrinks from about 1.7 MB to 0.45 MB).
+//! reth store receipts. An ERC-20 transfer's stored receipt shrinks from 436 to 176 bytes (bloom,
+//! its header, a longer list header), so a 5,000-transaction block's archive records (body and
+//! receipts) from 3.0 to 1.8 MiB (`kestrel-bench commit`, BENCHMARKS.md).
 //!
 //! Records written before this layout carry the bloom (the plain EIP-2718 form); both are read.
 //! The two differ in the third RLP item: a 256-byte string (the bloom) or a list (the logs).

@@ -123,10 +123,7 @@ fn archive_records_past_the_head_are_cut_at_open() {
     let store = Store::open_with(dir.path(), Durability::Unsynced).unwrap();
     assert_eq!(archive_last_block(dir.path()), Some(2), "and cut at open");
     assert_chain(&store, &chain);
-    commit_block(&store, &uncommitted, &StateChanges::default());
-    let mut chain = chain;
-    chain.push(uncommitted);
-    assert_chain(&store, &chain);
+    commit_and_check(&store, chain, uncommitted);
 }
 
 /// A writer dropped after `insert_block` (a block rejected late) leaves its archive records;
@@ -141,10 +138,14 @@ fn records_of_a_dropped_writer_are_not_served_and_are_replaced() {
     drop(writer);
     assert_chain(&store, &chain);
     let accepted = child(&chain[1], vec![transfer(1)]);
-    commit_block(&store, &accepted, &StateChanges::default());
-    let mut chain = chain;
-    chain.push(accepted);
-    assert_chain(&store, &chain);
+    commit_and_check(&store, chain, accepted);
+}
+
+/// Commits `block` on top of `chain` and checks the store serves the longer chain.
+fn commit_and_check(store: &Store, mut chain: Vec<SealedBlock>, block: SealedBlock) {
+    commit_block(store, &block, &StateChanges::default());
+    chain.push(block);
+    assert_chain(store, &chain);
 }
 
 #[test]
