@@ -1,4 +1,5 @@
 use super::*;
+use alloy_primitives::map::HashMap;
 use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
 use alloy_primitives::{Signature, TxKind, U256};
 
