@@ -296,6 +296,7 @@ async fn run(args: Args, txs: usize) -> eyre::Result<bool> {
             before: &before,
             contracts: &contracts,
             reserves_before: &reserves_before,
+            other_rpcs: &args.rpc[1..],
         },
     )
     .await?;

@@ -181,9 +181,9 @@ pub async fn read_reserves(client: &mut Client, pairs: &[Address]) -> eyre::Resu
 
 #[derive(Debug, Default, serde::Serialize)]
 pub struct Outcome {
-    /// Accepted by the node, never included, and unknown to it at the end.
+    /// Accepted by a node, never included, and unknown to every node at the end.
     pub lost: u64,
-    /// Accepted, not included by the end of the run, still held by the node (it fell behind).
+    /// Accepted, not included by the end of the run, still held by a node (it fell behind).
     pub pending: u64,
     /// Accepted, not included, behind a refused transaction of the same sender (a nonce gap the
     /// node rightly keeps waiting on).
@@ -204,6 +204,9 @@ pub struct Inputs<'a> {
     pub contracts: &'a Contracts,
     /// `swap`: each pair's reserves before the run.
     pub reserves_before: &'a [Reserves],
+    /// The other nodes' RPCs (the client asks the first): a transaction not included is lost
+    /// only if none of them knows it.
+    pub other_rpcs: &'a [String],
 }
 
 pub async fn check(client: &mut Client, inp: &Inputs<'_>) -> eyre::Result<Outcome> {
@@ -232,19 +235,34 @@ pub async fn check(client: &mut Client, inp: &Inputs<'_>) -> eyre::Result<Outcom
             missing.push(j);
         }
     }
-    // A node that still has the transaction fell behind; one that does not know it lost it.
-    let known = read_each(
-        client,
-        "eth_getTransactionByHash",
-        missing.iter().map(|&j| json!([t.hashes[j]])),
-    )
-    .await?;
-    let lost: Vec<usize> = missing
-        .iter()
-        .zip(&known)
-        .filter(|(_, tx)| tx.is_null())
-        .map(|(&j, _)| j)
-        .collect();
+    // A node that still has the transaction fell behind; it is lost only if no node knows it.
+    // (With several nodes, one that took a transaction may hold it unforwarded until it leads.)
+    let mut lost = missing.clone();
+    for node in 0..=inp.other_rpcs.len() {
+        if lost.is_empty() {
+            break;
+        }
+        let mut other;
+        let node_client = match node {
+            0 => &mut *client,
+            i => {
+                other = Client::new(&inp.other_rpcs[i - 1])?;
+                &mut other
+            }
+        };
+        let known = read_each(
+            node_client,
+            "eth_getTransactionByHash",
+            lost.iter().map(|&j| json!([t.hashes[j]])),
+        )
+        .await?;
+        lost = lost
+            .iter()
+            .zip(&known)
+            .filter(|(_, tx)| tx.is_null())
+            .map(|(&j, _)| j)
+            .collect();
+    }
     out.lost = lost.len() as u64;
     out.pending = (missing.len() - lost.len()) as u64;
     if out.lost > 0 {
@@ -254,7 +272,7 @@ pub async fn check(client: &mut Client, inp: &Inputs<'_>) -> eyre::Result<Outcom
             .map(|&j| t.hashes[j].to_string())
             .collect();
         out.problems.push(format!(
-            "lost {} transactions: the node accepted them, never included them and does not know them (e.g. {})",
+            "lost {} transactions: a node accepted them, none included them and none knows them (e.g. {})",
             out.lost,
             examples.join(", ")
         ));
@@ -269,7 +287,7 @@ pub async fn check(client: &mut Client, inp: &Inputs<'_>) -> eyre::Result<Outcom
     }
     if out.pending > 0 {
         out.problems.push(format!(
-            "{} accepted transactions were still pending in the node when the run ended (--drain-timeout)",
+            "{} accepted transactions were still pending in a node when the run ended (--drain-timeout)",
             out.pending
         ));
     }
