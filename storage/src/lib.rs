@@ -15,6 +15,7 @@ mod genesis;
 mod history;
 pub mod overlay;
 mod proof;
+pub mod snapshot;
 mod tables;
 mod trie;
 mod writer;

@@ -1,0 +1,304 @@
+use super::{
+    verify::{SnapshotError, expected_subtries, verify_chunk},
+    *,
+};
+use crate::{ChainView as _, Durability, Store};
+use alloy_primitives::{Bytes, U256, keccak256};
+use kestrel_types::{AccountInfo, ChainSpec, StateChanges, StorageChange, chain::GenesisAlloc};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use std::collections::BTreeMap;
+
+/// A store whose genesis holds `accounts` random accounts; every 50th has code and storage (one
+/// of them 2,000 slots, like a token).
+fn store_with(accounts: usize, seed: u64) -> (tempfile::TempDir, Store, B256) {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut spec = ChainSpec::dev();
+    for i in 0..accounts {
+        let address = Address::from(rng.random::<[u8; 20]>());
+        let (code, storage) = match i % 50 {
+            0 => {
+                let code = Bytes::from(vec![0x60, i as u8, 0x60, 0x00, 0x55]);
+                let slots = if i == 0 { 2_000 } else { 1 + i % 7 };
+                let storage: BTreeMap<U256, U256> = (0..slots)
+                    .map(|_| {
+                        (
+                            U256::from(rng.random::<u64>()),
+                            U256::from(1 + rng.random::<u32>()),
+                        )
+                    })
+                    .collect();
+                (Some(code), storage)
+            }
+            _ => (None, BTreeMap::new()),
+        };
+        let info = AccountInfo {
+            nonce: rng.random_range(0..5),
+            balance: U256::from(rng.random::<u64>()),
+            code_hash: code.as_ref().map_or(KECCAK_EMPTY, keccak256),
+        };
+        spec.alloc.insert(
+            address,
+            GenesisAlloc {
+                info,
+                code,
+                storage,
+            },
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), Durability::Unsynced).unwrap();
+    let root = store.init_genesis(&spec).unwrap().header.state_root;
+    (dir, store, root)
+}
+
+fn snapshot(store: &Store, depth: u8) -> (B256, Vec<Bytes>, Vec<StateChunk>) {
+    store
+        .view(|r| {
+            let (root, top) = r.snapshot_top(depth).unwrap();
+            let mut chunks = Vec::new();
+            r.snapshot_chunks::<StorageError>(depth, |c| {
+                chunks.push(c);
+                Ok(())
+            })
+            .unwrap();
+            (root, top, chunks)
+        })
+        .unwrap()
+}
+
+#[test]
+fn every_chunk_checks_out_against_the_state_root_at_each_depth() {
+    let (_dir, store, root) = store_with(3_000, 1);
+    for depth in 0..=2 {
+        let (served_root, top, chunks) = snapshot(&store, depth);
+        assert_eq!(served_root, root);
+        assert_eq!(chunks.len() as u32, chunk_count(depth));
+        let expected = expected_subtries(root, depth, &top).unwrap();
+        let mut accounts = 0;
+        for (i, chunk) in chunks.iter().enumerate() {
+            verify_chunk(depth, i as u32, expected[i], chunk)
+                .unwrap_or_else(|e| panic!("depth {depth}: {e}"));
+            accounts += chunk.accounts.len();
+        }
+        // The dev genesis's own accounts, and the random ones.
+        assert_eq!(
+            accounts,
+            ChainSpec::dev().alloc.len() + 3_000,
+            "depth {depth}"
+        );
+        // A chunk survives the wire.
+        let bytes = alloy_rlp::encode(&chunks[0]);
+        assert_eq!(
+            <StateChunk as alloy_rlp::Decodable>::decode(&mut bytes.as_slice()).unwrap(),
+            chunks[0]
+        );
+    }
+}
+
+#[test]
+fn a_bad_chunk_is_caught() {
+    let (_dir, store, root) = store_with(3_000, 2);
+    let depth = 2;
+    let (_, top, chunks) = snapshot(&store, depth);
+    let expected = expected_subtries(root, depth, &top).unwrap();
+    let with_storage = chunks
+        .iter()
+        .position(|c| c.accounts.iter().any(|a| a.storage.len() > 1))
+        .unwrap();
+    type Damage = fn(&mut StateChunk);
+    let damages: [(&str, Damage); 6] = [
+        ("a balance", |c| c.accounts[0].balance += U256::from(1)),
+        ("a nonce", |c| c.accounts[0].nonce += 1),
+        ("an account left out", |c| {
+            c.accounts.pop();
+        }),
+        ("two accounts swapped", |c| c.accounts.swap(0, 1)),
+        ("a code byte", |c| {
+            let a = c.accounts.iter_mut().find(|a| !a.code.is_empty()).unwrap();
+            a.code = Bytes::from([a.code.as_ref(), &[0]].concat());
+        }),
+        ("a slot's value", |c| {
+            let a = c.accounts.iter_mut().find(|a| a.storage.len() > 1).unwrap();
+            a.storage[1].value += U256::from(1);
+        }),
+    ];
+    for (what, damage) in damages {
+        let mut bad = chunks[with_storage].clone();
+        damage(&mut bad);
+        let err =
+            verify_chunk(depth, with_storage as u32, expected[with_storage], &bad).expect_err(what);
+        assert!(
+            matches!(
+                err,
+                SnapshotError::SubtrieMismatch { .. } | SnapshotError::Order { .. }
+            ),
+            "{what}: {err}"
+        );
+    }
+    // An account moved into another chunk does not belong there.
+    let mut other = chunks[with_storage ^ 1].clone();
+    other
+        .accounts
+        .push(chunks[with_storage].accounts[0].clone());
+    assert!(
+        verify_chunk(
+            depth,
+            (with_storage ^ 1) as u32,
+            expected[with_storage ^ 1],
+            &other
+        )
+        .is_err()
+    );
+    // A zero slot is never stored, so never served.
+    let mut zero = chunks[with_storage].clone();
+    let a = zero
+        .accounts
+        .iter_mut()
+        .find(|a| !a.storage.is_empty())
+        .unwrap();
+    a.storage[0].value = U256::ZERO;
+    assert!(matches!(
+        verify_chunk(depth, with_storage as u32, expected[with_storage], &zero),
+        Err(SnapshotError::SlotOrder { .. })
+    ));
+    // The right chunk under the wrong index.
+    assert!(matches!(
+        verify_chunk(depth, 7, expected[7], &chunks[8]),
+        Err(SnapshotError::WrongChunk { .. })
+    ));
+}
+
+#[test]
+fn a_top_that_does_not_hash_to_the_trusted_root_is_refused() {
+    let (_dir, store, root) = store_with(3_000, 3);
+    let (_, mut top, _) = snapshot(&store, 2);
+    // Another state's root: none of these nodes hashes to it.
+    assert!(matches!(
+        expected_subtries(keccak256(b"another state"), 2, &top),
+        Err(SnapshotError::MissingTopNode(..))
+    ));
+    // A node of the top left out.
+    top.pop();
+    assert!(matches!(
+        expected_subtries(root, 2, &top),
+        Err(SnapshotError::MissingTopNode(..))
+    ));
+}
+
+#[test]
+fn a_sparse_top_is_too_deep_for_that_many_chunks() {
+    let (_dir, store, root) = store_with(40, 4);
+    let (_, top, _) = snapshot(&store, 3);
+    assert!(matches!(
+        expected_subtries(root, 3, &top),
+        Err(SnapshotError::TooDeep(3, _))
+    ));
+    assert_eq!(depth_for(40), 0);
+    assert_eq!(depth_for(1_000_000), 2);
+    assert_eq!(depth_for(10_000_000), 3);
+    assert_eq!(depth_for(u64::MAX), SNAPSHOT_DEPTH_MAX);
+}
+
+#[test]
+fn chunk_of_takes_the_first_nibbles() {
+    let key = B256::from_slice(&[0xab; 32]);
+    assert_eq!(chunk_of(0, &key), 0);
+    assert_eq!(chunk_of(1, &key), 0xa);
+    assert_eq!(chunk_of(2, &key), 0xab);
+    assert_eq!(chunk_of(4, &key), 0xabab);
+    for depth in 0..=SNAPSHOT_DEPTH_MAX {
+        for index in [0, chunk_count(depth) - 1] {
+            assert_eq!(chunk_of(depth, &chunk_first_key(depth, index)), index);
+        }
+    }
+}
+
+/// After blocks that change, create, delete and wipe accounts and set and clear slots (the
+/// incrementally updated trie), the chunks still check out, and hold the whole state: a genesis
+/// made of them has the same root (what a syncing node rebuilds).
+#[test]
+fn chunks_after_blocks_rebuild_the_same_state() {
+    let (_dir, store, genesis_root) = store_with(2_000, 5);
+    let mut rng = StdRng::seed_from_u64(6);
+    let (_, _, chunks) = snapshot(&store, 1);
+    let existing: Vec<ChunkAccount> = chunks.into_iter().flat_map(|c| c.accounts).collect();
+    let mut parent = store
+        .view(|r| r.block(0).unwrap().unwrap())
+        .unwrap()
+        .as_ref()
+        .clone();
+    for _ in 0..3 {
+        let mut changes = StateChanges::default();
+        for _ in 0..200 {
+            let a = &existing[rng.random_range(0..existing.len())];
+            let info = (rng.random_range(0..10) > 0).then(|| AccountInfo {
+                nonce: a.nonce + 1,
+                balance: U256::from(rng.random::<u64>()),
+                code_hash: if a.code.is_empty() {
+                    KECCAK_EMPTY
+                } else {
+                    keccak256(&a.code)
+                },
+            });
+            changes.accounts.insert(a.address, info);
+            if let (Some(_), false) = (info, a.storage.is_empty()) {
+                let mut slots: BTreeMap<U256, U256> = a
+                    .storage
+                    .iter()
+                    .take(3)
+                    .map(|s| (U256::from_be_bytes(s.slot.0), U256::ZERO))
+                    .collect();
+                slots.insert(U256::from(rng.random::<u64>()), U256::from(7));
+                let wiped = rng.random_range(0..4) == 0;
+                changes
+                    .storage
+                    .insert(a.address, StorageChange { wiped, slots });
+            }
+        }
+        for _ in 0..50 {
+            let info = AccountInfo {
+                nonce: 0,
+                balance: U256::from(1 + rng.random::<u32>()),
+                code_hash: KECCAK_EMPTY,
+            };
+            changes
+                .accounts
+                .insert(Address::from(rng.random::<[u8; 20]>()), Some(info));
+        }
+        let block = parent.empty_child();
+        let mut writer = store.begin_block().unwrap();
+        writer.apply_state(&changes).unwrap();
+        writer.insert_block(&block).unwrap();
+        writer.commit().unwrap();
+        parent = block;
+    }
+    let (root, top, chunks) = snapshot(&store, 1);
+    assert_ne!(root, genesis_root, "the blocks changed the state");
+    let expected = expected_subtries(root, 1, &top).unwrap();
+    let mut alloc = BTreeMap::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        verify_chunk(1, i as u32, expected[i], chunk).unwrap();
+        for a in &chunk.accounts {
+            let code = (!a.code.is_empty()).then(|| a.code.clone());
+            let info = AccountInfo {
+                nonce: a.nonce,
+                balance: a.balance,
+                code_hash: code.as_ref().map_or(KECCAK_EMPTY, keccak256),
+            };
+            let storage = a
+                .storage
+                .iter()
+                .map(|s| (U256::from_be_bytes(s.slot.0), s.value))
+                .collect();
+            alloc.insert(
+                a.address,
+                GenesisAlloc {
+                    info,
+                    code,
+                    storage,
+                },
+            );
+        }
+    }
+    assert_eq!(crate::state_root_from_alloc(&alloc), root);
+}
