@@ -1,6 +1,6 @@
 use super::*;
-use alloy_primitives::map::HashMap;
 use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
+use alloy_primitives::map::HashMap;
 use alloy_primitives::{Signature, TxKind, U256};
 
 /// A real secp256k1-signed EIP-1559 transfer.
