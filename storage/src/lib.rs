@@ -122,7 +122,7 @@ const DB_GROWTH_STEP_MAX_BYTES: u64 = 4 << 30;
 /// The growth step of a database whose file is `file_bytes` long (see
 /// [`DB_GROWTH_STEP_MIN_BYTES`]), in whole MiB.
 fn growth_step_bytes(file_bytes: u64) -> u64 {
-    (file_bytes / 16 >> 20 << 20).clamp(DB_GROWTH_STEP_MIN_BYTES, DB_GROWTH_STEP_MAX_BYTES)
+    ((file_bytes / 16) >> 20 << 20).clamp(DB_GROWTH_STEP_MIN_BYTES, DB_GROWTH_STEP_MAX_BYTES)
 }
 
 /// MDBX's data file in a database directory.

@@ -11,8 +11,10 @@ use kestrel_types::{AccountInfo, ChainSpec, SealedBlock, chain::GenesisAlloc};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::{borrow::Cow, collections::BTreeMap};
 
-/// Every entry of every table.
-fn dump(store: &Store) -> BTreeMap<&'static str, Vec<(Vec<u8>, Vec<u8>)>> {
+/// Every entry (key, value) of every table, by table.
+type Tables = BTreeMap<&'static str, Vec<(Vec<u8>, Vec<u8>)>>;
+
+fn dump(store: &Store) -> Tables {
     let txn = store.db.begin_ro_txn().unwrap();
     tables::ALL
         .iter()
