@@ -8,8 +8,9 @@
 //!
 //! Reported per size: the time to build the allocation and to write it, the root, commit and
 //! root-plus-commit time per block (median and p90), the MDBX bytes written per block (this
-//! process's write calls less the archive's growth), the peak RSS of the state's write and,
-//! reset after it, of the blocks, and the datadir's size on disk. The last block's root is
+//! process's write calls less the archive's growth), the peak RSS of the state's write, the
+//! largest RSS after a block (and what is resident at the end, split into heap and mapped
+//! database pages), and the datadir's size on disk. The last block's root is
 //! checked against a root computed from scratch over the whole state.
 
 use crate::commit::{account, dir_size};
@@ -89,9 +90,8 @@ fn block(
             .flat_map(|(from, to, _)| [*from, *to])
             .chain([BENEFICIARY])
         {
-            if !accounts.contains_key(&address) {
-                let info = reader.account(address)?.unwrap_or_default();
-                accounts.insert(address, info);
+            if let std::collections::btree_map::Entry::Vacant(entry) = accounts.entry(address) {
+                entry.insert(reader.account(address)?.unwrap_or_default());
             }
         }
         Ok(())
@@ -144,20 +144,15 @@ fn written_bytes() -> eyre::Result<u64> {
         .ok_or_else(|| eyre::eyre!("no wchar in /proc/self/io"))
 }
 
-/// `VmHWM` (peak resident set) of this process, bytes.
-fn peak_rss() -> eyre::Result<u64> {
+/// A `kB` field of `/proc/self/status`, in bytes.
+fn status_bytes(field: &str) -> eyre::Result<u64> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map(|kib| kib << 10)
-        .ok_or_else(|| eyre::eyre!("no VmHWM in /proc/self/status"))
-}
-
-/// Resets `VmHWM` to the current RSS, so that the next peak is of what runs after.
-fn reset_peak_rss() -> eyre::Result<()> {
-    Ok(std::fs::write("/proc/self/clear_refs", "5")?)
+        .ok_or_else(|| eyre::eyre!("no {field} in /proc/self/status"))
 }
 
 /// Bytes the files under `dir` occupy on disk (sparse files count what is allocated).
@@ -215,15 +210,14 @@ pub fn run(dir: &Path, params: &Params) -> eyre::Result<Value> {
     })?;
     let build_s = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let build_peak_rss = peak_rss()?;
+    let build_peak_rss = status_bytes("VmHWM")?;
     let build_disk = disk_bytes(tmp.path());
     drop(spec);
-    reset_peak_rss()?;
 
     let archive = tmp.path().join(ARCHIVE_DIR);
     let mut rng = StdRng::seed_from_u64(1);
     let (mut root_s, mut commit_s, mut total_s) = (Vec::new(), Vec::new(), Vec::new());
-    let mut mdbx_bytes = 0;
+    let (mut mdbx_bytes, mut blocks_rss) = (0, 0);
     let mut root = parent.header.state_root;
     for number in 1..=params.blocks {
         let (txs, receipts, changes) = block(&store, params, &mut rng)?;
@@ -247,8 +241,13 @@ pub fn run(dir: &Path, params: &Params) -> eyre::Result<Value> {
         total_s.push((done - started).as_secs_f64());
         mdbx_bytes += (written_bytes()? - written).saturating_sub(dir_size(&archive) - archived);
         parent = block;
+        // Sampled after each block rather than `VmHWM` reset after the build: the allocation's
+        // freed memory is still resident for a while after it is dropped.
+        blocks_rss = blocks_rss.max(status_bytes("VmRSS")?);
     }
-    let blocks_peak_rss = peak_rss()?;
+    // What is resident at the end, split: the heap, and the database's pages mapped by reads
+    // (which the kernel may drop under memory pressure).
+    let (rss_anon, rss_file) = (status_bytes("RssAnon")?, status_bytes("RssFile")?);
 
     let started = Instant::now();
     let scratch = store.view(|reader| reader.state_root_from_scratch())??;
@@ -280,7 +279,9 @@ pub fn run(dir: &Path, params: &Params) -> eyre::Result<Value> {
         "root_commit_ms_p50": quantile(&mut total_s, 0.5),
         "root_commit_ms_p90": quantile(&mut total_s, 0.9),
         "mdbx_written_mib_per_block": mib(mdbx_bytes / params.blocks),
-        "blocks_peak_rss_mib": blocks_peak_rss >> 20,
+        "blocks_rss_max_mib": blocks_rss >> 20,
+        "end_rss_anon_mib": rss_anon >> 20,
+        "end_rss_file_mib": rss_file >> 20,
         "disk_mib": disk_bytes(tmp.path()) >> 20,
         "scratch_root_s": (scratch_root_s * 10.0).round() / 10.0,
         "state_root": root,

@@ -407,8 +407,8 @@ fn store(args: &StoreArgs) -> eyre::Result<()> {
             println!(
                 "{accounts} accounts: state written in {} s (allocation built in {} s, peak RSS \
                  {} MiB, {} MiB on disk); per block of {} transfers: root {} / {} ms, commit \
-                 {} / {} ms, root + commit {} / {} ms (p50 / p90), MDBX {} MiB written; peak RSS \
-                 {} MiB; datadir {} MiB",
+                 {} / {} ms, root + commit {} / {} ms (p50 / p90), MDBX {} MiB written; RSS up to \
+                 {} MiB (at the end: heap {} MiB, mapped database {} MiB); datadir {} MiB",
                 r["build_s"],
                 r["alloc_s"],
                 r["build_peak_rss_mib"],
@@ -421,7 +421,9 @@ fn store(args: &StoreArgs) -> eyre::Result<()> {
                 r["root_commit_ms_p50"],
                 r["root_commit_ms_p90"],
                 r["mdbx_written_mib_per_block"],
-                r["blocks_peak_rss_mib"],
+                r["blocks_rss_max_mib"],
+                r["end_rss_anon_mib"],
+                r["end_rss_file_mib"],
                 r["disk_mib"],
             );
         }
