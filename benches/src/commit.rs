@@ -40,7 +40,7 @@ pub struct Params {
 /// The token contract whose slots the blocks change.
 const TOKEN: Address = Address::repeat_byte(0x70);
 
-fn account(i: usize) -> Address {
+pub(crate) fn account(i: usize) -> Address {
     Address::from_word(keccak256((i as u64).to_be_bytes()))
 }
 
@@ -144,7 +144,7 @@ fn body(params: &Params, number: u64) -> (Vec<RecoveredTx>, Vec<ReceiptEnvelope>
 }
 
 /// Bytes this process has had written to storage so far.
-fn write_bytes() -> eyre::Result<u64> {
+pub(crate) fn write_bytes() -> eyre::Result<u64> {
     let io = std::fs::read_to_string("/proc/self/io")?;
     io.lines()
         .find_map(|l| l.strip_prefix("write_bytes:"))
@@ -232,7 +232,7 @@ pub fn run(dir: &Path, windows: &[HistoryWindow], params: &Params) -> eyre::Resu
         .collect())
 }
 
-fn dir_size(dir: &Path) -> u64 {
+pub(crate) fn dir_size(dir: &Path) -> u64 {
     std::fs::read_dir(dir)
         .into_iter()
         .flatten()

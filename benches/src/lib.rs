@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod commit;
+pub mod store;
 pub mod workload;
 
 use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};

@@ -205,3 +205,49 @@ fn archive_prints_one_verified_json_line_per_size_pattern_and_io_path() {
     assert!(paths.contains(&"pwrite"));
     assert_eq!(paths.contains(&"io_uring"), uring);
 }
+
+/// `kestrel-bench store` prints one line per state size, each with the state written, blocks
+/// committed on it and its last root equal to the root from scratch (else it fails).
+#[test]
+fn store_prints_one_checked_json_line_per_state_size() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(env!("CARGO_BIN_EXE_kestrel-bench"))
+        .args([
+            "store",
+            "--accounts",
+            "3000,20000",
+            "--txs-per-block",
+            "500",
+        ])
+        .args(["--blocks", "3"])
+        .args(["--dir".as_ref(), dir.path().as_os_str()])
+        .arg("--json")
+        .output()
+        .expect("kestrel-bench runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    for (line, accounts) in lines.iter().zip([3000, 20000]) {
+        assert_eq!(line["bench"], "store");
+        assert_eq!(line["accounts"], accounts);
+        assert_eq!(line["blocks"], 3);
+        for field in ["root_ms_p50", "commit_ms_p50", "root_commit_ms_p90"] {
+            assert!(line[field].as_f64().expect(field) > 0.0, "{line}");
+        }
+        // 500 transfers change about 1,000 accounts: some pages at least.
+        assert!(line["mdbx_written_mib_per_block"].as_f64().expect("mib") > 0.0);
+        assert!(line["blocks_rss_max_mib"].as_u64().expect("rss") > 0);
+    }
+    // Two different states.
+    assert_ne!(lines[0]["state_root"], lines[1]["state_root"]);
+    // Each store is removed once measured.
+    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+}

@@ -27,6 +27,9 @@ use std::{
     time::Duration,
 };
 
+/// Allocations from this size on log the progress of their write into a new datadir.
+const GENESIS_PROGRESS_ACCOUNTS_MIN: u64 = 1_000_000;
+
 /// Histogram buckets for every `_seconds` metric: 100 µs to 30 s.
 const SECONDS_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
@@ -70,7 +73,15 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
         .wrap_err("opening database")?
         .with_history(args.history_blocks),
     );
-    let genesis = store.init_genesis(&spec).wrap_err("initialising genesis")?;
+    let genesis = store
+        .init_genesis_with_progress(&spec, &mut |p| {
+            // Logged for large allocations only: 1,000,000 accounts take a few seconds, 10 million
+            // most of a minute, and a node silent that long looks stuck.
+            if p.total >= GENESIS_PROGRESS_ACCOUNTS_MIN {
+                tracing::info!(target: "node", phase = ?p.phase, done = p.done, total = p.total, "writing the genesis state");
+            }
+        })
+        .wrap_err("initialising genesis")?;
     let head_number = store.view(|r| r.head())??.unwrap_or(0);
     let head_hash = store
         .view(|r| r.block_hash(head_number))??

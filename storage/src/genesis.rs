@@ -31,13 +31,19 @@ pub fn state_root_from_alloc(alloc: &BTreeMap<Address, GenesisAlloc>) -> B256 {
 /// The genesis header of `spec`; its hash is the chain's genesis hash. Every field a genesis file
 /// sets comes from `spec.genesis`; the rest is what geth derives for a Cancun or Prague block 0.
 pub fn genesis_header(spec: &ChainSpec) -> Header {
+    genesis_header_with_root(spec, state_root_from_alloc(&spec.alloc))
+}
+
+/// The genesis header of `spec` with `state_root`, the root of its allocation computed
+/// elsewhere (by the bulk writer, which computes it as it writes the state).
+pub(crate) fn genesis_header_with_root(spec: &ChainSpec, state_root: B256) -> Header {
     let fields = &spec.genesis;
     let prague = spec.fork_at(fields.timestamp) >= Fork::Prague;
     Header {
         parent_hash: fields.parent_hash,
         ommers_hash: EMPTY_OMMER_ROOT_HASH,
         beneficiary: fields.coinbase,
-        state_root: state_root_from_alloc(&spec.alloc),
+        state_root,
         transactions_root: EMPTY_ROOT_HASH,
         receipts_root: EMPTY_ROOT_HASH,
         logs_bloom: Bloom::ZERO,

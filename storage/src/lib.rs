@@ -9,6 +9,7 @@
 
 pub mod archive;
 mod blocks;
+mod bulk;
 mod codec;
 pub mod error;
 mod genesis;
@@ -25,6 +26,7 @@ mod tests;
 
 pub use blocks::ARCHIVE_DIR;
 pub use blocks::receipts::IndexedReceipt;
+pub use bulk::{GenesisPhase, GenesisProgress};
 pub use error::StorageError;
 pub use genesis::{genesis_changes, genesis_header, state_root_from_alloc};
 pub use history::{HISTORY_BLOCKS_DEFAULT, HistoryWindow, StateAt};
@@ -44,7 +46,7 @@ use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
 use alloy_rlp::Decodable;
 use kestrel_types::{AccountInfo, BlockNumber, ChainSpec, RecoveredTx, SealedBlock};
 use libmdbx::{
-    Database, DatabaseOptions, Mode, RO, ReadWriteOptions, SyncMode, Table, Transaction,
+    Database, DatabaseOptions, Mode, PageSize, RO, ReadWriteOptions, SyncMode, Table, Transaction,
     TransactionKind,
 };
 use parking_lot::Mutex;
@@ -106,11 +108,31 @@ fn indexed_receipt(block: &SealedBlock, index: usize) -> Option<IndexedReceipt> 
     })
 }
 
-/// Largest database file: far above what a node needs, and only address space until used.
+/// Largest database file: 4 TiB, 40 times a 100 GiB state with its history, and half of what
+/// MDBX can address with 4 KiB pages (2^31 pages). Only address space until used.
 const DB_SIZE_MAX_BYTES: isize = 4 << 40;
-/// Step by which the file grows (it shrinks when twice this is free at its end): large enough
-/// that a block rarely remaps the file, small enough for test databases.
-const DB_GROWTH_STEP_BYTES: isize = 128 << 20;
+/// Bounds of the step by which the file grows (it shrinks when twice the step is free at its
+/// end). MDBX allocates each step on disk at once (`fallocate`), so a large fixed step would cost
+/// every small database (each test's) gigabytes; a small fixed one would extend a file past
+/// 100 GiB hundreds of times, each a commit that also pays for the extension, and leave it in as
+/// many extents. So the step is a sixteenth of the file as it is at open, within these bounds:
+/// 128 MiB for a new database, 4 GiB from 64 GiB on.
+const DB_GROWTH_STEP_MIN_BYTES: u64 = 128 << 20;
+const DB_GROWTH_STEP_MAX_BYTES: u64 = 4 << 30;
+/// The growth step of a database whose file is `file_bytes` long (see
+/// [`DB_GROWTH_STEP_MIN_BYTES`]), in whole MiB.
+fn growth_step_bytes(file_bytes: u64) -> u64 {
+    ((file_bytes / 16) >> 20 << 20).clamp(DB_GROWTH_STEP_MIN_BYTES, DB_GROWTH_STEP_MAX_BYTES)
+}
+
+/// MDBX's data file in a database directory.
+const DB_FILE: &str = "mdbx.dat";
+/// Page size of a new database. 4 KiB, not the OS page size MDBX defaults to (16 or 64 KiB on
+/// some ARM kernels): a block changes keys scattered over the whole state, each a dirty page
+/// written at commit, so the page is what a changed key costs in bytes written (263 MiB a block
+/// of 10,000 transfers at 10,000,000 accounts, BENCHMARKS.md); and DB_SIZE_MAX_BYTES stays within
+/// what MDBX addresses with them.
+const DB_PAGE_BYTES: usize = 4096;
 /// Concurrent read snapshots (RPC handlers, execution, state root). A reader past this fails
 /// (`MDBX_READERS_FULL`), so RPC bounds its own readers below it.
 pub const READERS_MAX: u32 = 256;
@@ -221,15 +243,18 @@ impl Store {
             Durability::Durable => SyncMode::Durable,
             Durability::Unsynced => SyncMode::SafeNoSync,
         };
+        let growth_step =
+            growth_step_bytes(std::fs::metadata(dir.join(DB_FILE)).map_or(0, |m| m.len()));
         let options = DatabaseOptions {
             max_tables: Some(TABLES_MAX),
             max_readers: Some(READERS_MAX),
+            page_size: Some(PageSize::Set(DB_PAGE_BYTES)),
             mode: Mode::ReadWrite(ReadWriteOptions {
                 sync_mode,
                 min_size: None,
                 max_size: Some(DB_SIZE_MAX_BYTES),
-                growth_step: Some(DB_GROWTH_STEP_BYTES),
-                shrink_threshold: Some(2 * DB_GROWTH_STEP_BYTES),
+                growth_step: Some(growth_step as isize),
+                shrink_threshold: Some(2 * growth_step as isize),
             }),
             ..Default::default()
         };
@@ -257,9 +282,22 @@ impl Store {
     /// Writes the genesis block and state if the database is empty; otherwise checks that the
     /// stored genesis is this spec's (`StorageError::GenesisMismatch` if not). Returns genesis.
     pub fn init_genesis(&self, spec: &ChainSpec) -> Result<SealedBlock, StorageError> {
-        let header = genesis_header(spec);
-        let expected = header.hash_slow();
+        self.init_genesis_with_progress(spec, &mut |_| {})
+    }
+
+    /// [`Store::init_genesis`], reporting the progress of the state's write (a 10,000,000-account
+    /// allocation takes about 25 s).
+    ///
+    /// The state goes in through the bulk writer (`bulk`: sorted appends, in transactions of a
+    /// bounded size), which writes exactly what [`BlockWriter::apply_state`] would, then the
+    /// genesis block's own transaction moves the head to it.
+    pub fn init_genesis_with_progress(
+        &self,
+        spec: &ChainSpec,
+        progress: &mut dyn FnMut(GenesisProgress),
+    ) -> Result<SealedBlock, StorageError> {
         if let Some(stored) = self.view(|r| r.block_hash(0))?? {
+            let expected = genesis_header(spec).hash_slow();
             if stored != expected {
                 return Err(StorageError::GenesisMismatch { stored, expected });
             }
@@ -267,18 +305,16 @@ impl Store {
             let block = block.expect("genesis hash is stored, so is its block");
             return Ok(Arc::unwrap_or_clone(block));
         }
-        let mut writer = self.begin_block()?;
-        let root = writer.apply_state(&genesis::genesis_changes(spec))?;
-        assert_eq!(
-            root, header.state_root,
-            "incremental genesis root differs from scratch root"
-        );
+        // The bulk writer computes the root as it writes: no second pass over the allocation.
+        let root = bulk::write_state(&self.db, &spec.alloc, bulk::CHUNK_ACCOUNTS, progress)?;
+        let header = genesis::genesis_header_with_root(spec, root);
         let block = SealedBlock {
-            hash: expected,
+            hash: header.hash_slow(),
             header,
             txs: Vec::new(),
             receipts: Vec::new(),
         };
+        let mut writer = self.begin_block()?;
         writer.insert_block(&block)?;
         writer.commit()?;
         Ok(block)

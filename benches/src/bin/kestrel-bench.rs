@@ -5,6 +5,7 @@
 //!     --executor sequential|parallel [--hot-ratio R] [--pairs P] [--runs K] --json
 //! kestrel-bench compare --workload ... --txs N --threads T [--runs K] --json
 //! kestrel-bench archive [--record-bytes 300,600000] [--blocks N] [--runs K] [--dir DIR] --json
+//! kestrel-bench store [--accounts 1000000,10000000] [--txs-per-block N] [--blocks N] [--dir DIR] --json
 //! ```
 //!
 //! `exec` builds a deterministic block and state (100,000 funded accounts by default), executes
@@ -13,7 +14,10 @@
 //! alternately on the same block and prints both with their ratio, so that a noisy machine
 //! affects both alike. `archive` measures the block archive's appends and fsyncs per second,
 //! io_uring against the pwrite fallback, alternately in one run (benches/src/archive.rs), and
-//! prints one line per record size, pattern and I/O path.
+//! prints one line per record size, pattern and I/O path. `store` writes a state of each size with
+//! the bulk genesis writer, commits blocks of random transfers on it and prints, per size, the
+//! time to write the state and the state root and durable commit time per block
+//! (benches/src/store.rs).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kestrel_benches::{
@@ -55,6 +59,29 @@ enum Command {
     Archive(ArchiveArgs),
     /// The commit's state and history work per block (time, bytes written), by history window.
     Commit(CommitArgs),
+    /// State root and durable commit per block of transfers, by state size.
+    Store(StoreArgs),
+}
+
+#[derive(Debug, Args)]
+struct StoreArgs {
+    /// State sizes (funded accounts), one store each, measured one after the other.
+    #[arg(long, value_delimiter = ',', default_values_t = [1_000_000usize, 10_000_000])]
+    accounts: Vec<usize>,
+    /// Transfers in each block (each changes its sender and its recipient).
+    #[arg(long, default_value_t = 10_000)]
+    txs_per_block: usize,
+    #[arg(long, default_value_t = 30)]
+    blocks: u64,
+    /// History window of the stores (`--history-blocks`).
+    #[arg(long, default_value_t = kestrel_storage::HistoryWindow::default())]
+    history_blocks: kestrel_storage::HistoryWindow,
+    /// Where the stores are written (the disk measured; default: the temp directory).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<std::path::PathBuf>,
+    /// One JSON line per state size instead of text (and no progress bar).
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -180,6 +207,7 @@ fn main() -> ExitCode {
         ),
         Command::Commit(args) => return exit_code(commit(args)),
         Command::Archive(args) => return exit_code(archive(args)),
+        Command::Store(args) => return exit_code(store(args)),
     };
     if block.runs == 0 {
         eprintln!("error: --runs must be at least 1");
@@ -358,6 +386,47 @@ fn commit(args: &CommitArgs) -> eyre::Result<()> {
     let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     for line in kestrel_benches::commit::run(&dir, &args.windows, &params)? {
         println!("{line}");
+    }
+    Ok(())
+}
+
+fn store(args: &StoreArgs) -> eyre::Result<()> {
+    let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
+    for &accounts in &args.accounts {
+        let params = kestrel_benches::store::Params {
+            accounts,
+            txs_per_block: args.txs_per_block,
+            blocks: args.blocks,
+            history: args.history_blocks,
+            progress: !args.json,
+        };
+        let r = kestrel_benches::store::run(&dir, &params)?;
+        if args.json {
+            println!("{r}");
+        } else {
+            println!(
+                "{accounts} accounts: state written in {} s (allocation built in {} s, peak RSS \
+                 {} MiB, {} MiB on disk); per block of {} transfers: root {} / {} ms, commit \
+                 {} / {} ms, root + commit {} / {} ms (p50 / p90), MDBX {} MiB written; RSS up to \
+                 {} MiB (at the end: heap {} MiB, mapped database {} MiB); datadir {} MiB",
+                r["build_s"],
+                r["alloc_s"],
+                r["build_peak_rss_mib"],
+                r["build_disk_mib"],
+                args.txs_per_block,
+                r["root_ms_p50"],
+                r["root_ms_p90"],
+                r["commit_ms_p50"],
+                r["commit_ms_p90"],
+                r["root_commit_ms_p50"],
+                r["root_commit_ms_p90"],
+                r["mdbx_written_mib_per_block"],
+                r["blocks_rss_max_mib"],
+                r["end_rss_anon_mib"],
+                r["end_rss_file_mib"],
+                r["disk_mib"],
+            );
+        }
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! Tests over a real MDBX database in a temporary directory.
 
 mod blocks;
+mod bulk;
 mod history;
 mod proof;
 mod state_root;

@@ -635,7 +635,7 @@ fn small_state_matches_alloy_roots() {
 
 /// The dev chain's genesis hash. Pinned so that any change to the genesis header or state root
 /// computation shows up here; the state root itself is checked against alloy's from-scratch
-/// root in `init_genesis`.
+/// root by `tests::bulk` and below.
 const DEV_GENESIS_HASH: B256 =
     alloy_primitives::b256!("0x7db882e2f96aeb3bd0f37b980147e815f2f14e47dbf9483a306a97a2a6d5c2f9");
 

@@ -328,3 +328,17 @@ fn readers_run_beside_a_writer_on_other_threads() {
     writer.commit().unwrap();
     assert_eq!(store.view(|r| r.head().unwrap()).unwrap(), Some(1));
 }
+
+#[test]
+fn the_growth_step_grows_with_the_database() {
+    use crate::{DB_GROWTH_STEP_MAX_BYTES, DB_GROWTH_STEP_MIN_BYTES, growth_step_bytes};
+    assert_eq!(growth_step_bytes(0), DB_GROWTH_STEP_MIN_BYTES);
+    assert_eq!(growth_step_bytes(1 << 30), DB_GROWTH_STEP_MIN_BYTES);
+    assert_eq!(growth_step_bytes(16 << 30), 1 << 30);
+    assert_eq!(growth_step_bytes((16 << 30) + 12345), 1 << 30);
+    assert_eq!(growth_step_bytes(100 << 30), DB_GROWTH_STEP_MAX_BYTES);
+    // A new database's file is one step: a test's store costs 128 MiB of disk, no more.
+    let (dir, _store) = super::temp_store();
+    let file = std::fs::metadata(dir.path().join(crate::DB_FILE)).unwrap();
+    assert!(file.len() <= DB_GROWTH_STEP_MIN_BYTES, "{}", file.len());
+}

@@ -1,0 +1,234 @@
+//! A whole state written at once into empty tables: the genesis allocation.
+//!
+//! [`BlockWriter::apply_state`](crate::BlockWriter::apply_state) puts each key where it belongs,
+//! a B-tree search and a random page per key, and keeps the whole state's dirty pages in one
+//! transaction: fine for a block, gigabytes of memory for 10,000,000 accounts. Here
+//! every table is filled in key order with MDBX's `APPEND` (a put at the end of the last page:
+//! no search, pages filled full): the plain tables in address order, then the hashed tables and
+//! both tries together in hashed order, the trie nodes built by a [`SortedTrie`] as the leaves go
+//! by. The work is cut into transactions of [`CHUNK_ACCOUNTS`] accounts, so the dirty pages held
+//! at once stay bounded. What it writes is what `apply_state` writes over empty tables, byte for
+//! byte (`tests::bulk` compares the two).
+//!
+//! The state is not visible until the genesis block's transaction moves the head (a store
+//! without a head has no state), so a crash midway leaves tables that [`write_state`] empties
+//! before it starts again.
+
+use crate::{
+    Env, StorageError,
+    codec::{self, AccountRecord},
+    tables::Tables,
+    trie::{NodeEntry, SortedTrie},
+};
+use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
+use alloy_trie::EMPTY_ROOT_HASH;
+use kestrel_types::chain::GenesisAlloc;
+use libmdbx::{Cursor, Database, RW, WriteFlags};
+use std::collections::BTreeMap;
+
+/// Accounts per write transaction: some 10 MB of dirty pages in the plain pass and 30 MB in the
+/// hashed pass with the tries (funded accounts without storage), and few enough commits (about
+/// 80 for 10,000,000 accounts) that their fsyncs do not matter.
+pub(crate) const CHUNK_ACCOUNTS: usize = 250_000;
+
+/// Which pass of a bulk state write is running.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenesisPhase {
+    /// Plain accounts, storage and code, in address order.
+    Plain,
+    /// Hashed accounts and storage with both tries, in hashed-address order.
+    Hashed,
+}
+
+/// How far a bulk state write has come: `done` of `total` accounts of `phase` are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GenesisProgress {
+    pub phase: GenesisPhase,
+    pub done: u64,
+    pub total: u64,
+}
+
+/// Writes `alloc` into the state tables of a store without a head (emptying them first) and
+/// returns its state root, `chunk_accounts` accounts per transaction ([`CHUNK_ACCOUNTS`] but in
+/// tests). Reports progress after each transaction.
+pub(crate) fn write_state(
+    db: &Database<Env>,
+    alloc: &BTreeMap<Address, GenesisAlloc>,
+    chunk_accounts: usize,
+    progress: &mut dyn FnMut(GenesisProgress),
+) -> Result<B256, StorageError> {
+    let total = alloc.len() as u64;
+    let txn = db.begin_rw_txn()?;
+    {
+        let tables = Tables::open(&txn)?;
+        for table in [
+            &tables.plain_accounts,
+            &tables.plain_storage,
+            &tables.bytecodes,
+            &tables.hashed_accounts,
+            &tables.hashed_storage,
+            &tables.account_trie,
+            &tables.storage_trie,
+        ] {
+            txn.clear_table(table)?;
+        }
+    }
+    txn.commit()?;
+
+    // Plain state, in address order (the allocation's).
+    let mut codes = BTreeMap::<B256, &Bytes>::new();
+    let mut accounts = alloc.iter().peekable();
+    let mut done = 0;
+    while accounts.peek().is_some() {
+        let txn = db.begin_rw_txn()?;
+        {
+            let tables = Tables::open(&txn)?;
+            let mut plain_accounts = txn.cursor(&tables.plain_accounts)?;
+            let mut plain_storage = txn.cursor(&tables.plain_storage)?;
+            for (address, account) in accounts.by_ref().take(chunk_accounts) {
+                let record = AccountRecord {
+                    info: account.info,
+                    storage_root: EMPTY_ROOT_HASH,
+                };
+                let (bytes, len) = record.encode();
+                plain_accounts.put(address.as_slice(), &bytes[..len], WriteFlags::APPEND)?;
+                for (slot, value) in nonzero(&account.storage) {
+                    let (bytes, len) = codec::encode_slot_value(value);
+                    let key = codec::plain_slot_key(address, slot);
+                    plain_storage.put(&key, &bytes[..len], WriteFlags::APPEND)?;
+                }
+                if let Some(code) = &account.code {
+                    let hash = keccak256(code);
+                    assert_eq!(
+                        hash, account.info.code_hash,
+                        "genesis code of {address} has another hash"
+                    );
+                    // As `StateChanges::insert_code`: empty code is not stored.
+                    if !code.is_empty() {
+                        codes.insert(hash, code);
+                    }
+                }
+                done += 1;
+            }
+        }
+        txn.commit()?;
+        progress(GenesisProgress {
+            phase: GenesisPhase::Plain,
+            done,
+            total,
+        });
+    }
+    let txn = db.begin_rw_txn()?;
+    {
+        let tables = Tables::open(&txn)?;
+        let mut bytecodes = txn.cursor(&tables.bytecodes)?;
+        for (hash, code) in codes {
+            bytecodes.put(hash.as_slice(), code, WriteFlags::APPEND)?;
+        }
+    }
+    txn.commit()?;
+
+    // Hashed state and tries, in hashed order.
+    let mut hashed: Vec<(B256, &Address, &GenesisAlloc)> = alloc
+        .iter()
+        .map(|(address, account)| (keccak256(address), address, account))
+        .collect();
+    hashed.sort_unstable_by_key(|(hashed_address, ..)| *hashed_address);
+    let mut account_trie = SortedTrie::new(&[]);
+    let mut account_nodes = NodeAppender::default();
+    let mut storage_nodes = NodeAppender::default();
+    let mut nodes = Vec::new();
+    let mut slots = Vec::new();
+    let mut leaf = Vec::with_capacity(128);
+    let mut done = 0;
+    for chunk in hashed.chunks(chunk_accounts) {
+        let txn = db.begin_rw_txn()?;
+        {
+            let tables = Tables::open(&txn)?;
+            let mut hashed_accounts = txn.cursor(&tables.hashed_accounts)?;
+            let mut hashed_storage = txn.cursor(&tables.hashed_storage)?;
+            let mut account_trie_table = txn.cursor(&tables.account_trie)?;
+            let mut storage_trie_table = txn.cursor(&tables.storage_trie)?;
+            for (hashed_address, _, account) in chunk {
+                slots.clear();
+                slots.extend(
+                    nonzero(&account.storage)
+                        .map(|(slot, value)| (keccak256(slot.to_be_bytes::<32>()), *value)),
+                );
+                slots.sort_unstable_by_key(|(hashed_slot, _)| *hashed_slot);
+                let mut storage_trie = SortedTrie::new(hashed_address.as_slice());
+                for (hashed_slot, value) in &slots {
+                    let (bytes, len) = codec::encode_slot_value(value);
+                    let key = codec::hashed_slot_key(hashed_address, hashed_slot);
+                    hashed_storage.put(&key, &bytes[..len], WriteFlags::APPEND)?;
+                    leaf.clear();
+                    alloy_rlp::Encodable::encode(value, &mut leaf);
+                    storage_trie.add_leaf(*hashed_slot, &leaf, &mut nodes);
+                    storage_nodes.put(&mut storage_trie_table, &mut nodes)?;
+                }
+                let storage_root = storage_trie.finish(&mut nodes);
+                storage_nodes.put(&mut storage_trie_table, &mut nodes)?;
+
+                let record = AccountRecord {
+                    info: account.info,
+                    storage_root,
+                };
+                let (bytes, len) = record.encode();
+                hashed_accounts.put(
+                    hashed_address.as_slice(),
+                    &bytes[..len],
+                    WriteFlags::APPEND,
+                )?;
+                record.trie_rlp(&mut leaf);
+                account_trie.add_leaf(*hashed_address, &leaf, &mut nodes);
+                account_nodes.put(&mut account_trie_table, &mut nodes)?;
+                done += 1;
+            }
+        }
+        txn.commit()?;
+        progress(GenesisProgress {
+            phase: GenesisPhase::Hashed,
+            done,
+            total,
+        });
+    }
+    let root = account_trie.finish(&mut nodes);
+    let txn = db.begin_rw_txn()?;
+    {
+        let tables = Tables::open(&txn)?;
+        account_nodes.put(&mut txn.cursor(&tables.account_trie)?, &mut nodes)?;
+    }
+    txn.commit()?;
+    Ok(root)
+}
+
+/// The slots `apply_state` would store: a zero value is no entry.
+fn nonzero(storage: &BTreeMap<U256, U256>) -> impl Iterator<Item = (&U256, &U256)> {
+    storage.iter().filter(|(_, value)| !value.is_zero())
+}
+
+/// Writes a trie's nodes to its table, appending all but its root: a trie hands its root node
+/// out last, but it sorts first under the trie's prefix, so it is the one put in place.
+#[derive(Default)]
+struct NodeAppender {
+    /// The greatest key written so far.
+    last: Vec<u8>,
+}
+
+impl NodeAppender {
+    fn put(
+        &mut self,
+        table: &mut Cursor<'_, RW>,
+        nodes: &mut Vec<NodeEntry>,
+    ) -> Result<(), StorageError> {
+        for (key, value) in nodes.drain(..) {
+            if key > self.last {
+                table.put(&key, &value, WriteFlags::APPEND)?;
+                self.last = key;
+            } else {
+                table.put(&key, &value, WriteFlags::UPSERT)?;
+            }
+        }
+        Ok(())
+    }
+}
