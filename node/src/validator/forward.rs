@@ -22,7 +22,11 @@ const FORWARD_QUEUE_MAX: usize = 16_384;
 /// How often newly admitted transactions are forwarded to the next leaders.
 const FORWARD_INTERVAL_MS: u64 = 50;
 /// Transactions go to the leaders of the current and this many next rounds.
-const FORWARD_LEADERS: u64 = 3;
+pub const FORWARD_LEADERS: u64 = 3;
+/// A full node forwards to the leaders of the round after its head and this many next: its head
+/// trails the validators' round by two or three rounds (a block is final once its child is
+/// certified), so it looks further ahead than a validator.
+pub const FULL_NODE_FORWARD_ROUNDS: u64 = FORWARD_LEADERS + 3;
 /// Hashes of transactions received by forwarding that are remembered, so they are not forwarded
 /// again; when full the set is cleared (a transaction forwarded twice is refused as known).
 const FORWARDED_IN_MAX: usize = 65_536;
@@ -41,17 +45,18 @@ pub fn describe_metrics() {
     );
 }
 
-/// The leaders of `round` and the `leaders` rounds after it, each once, without `me`.
+/// The leaders of `round` and the `leaders` rounds after it, each once, without `me` (a full
+/// node is none of them).
 fn targets(
     set: &ValidatorSet,
     round: Round,
-    me: ValidatorIndex,
+    me: Option<ValidatorIndex>,
     leaders: u64,
 ) -> Vec<ValidatorIndex> {
     let mut out = Vec::new();
     for r in round.0..=round.0 + leaders {
         let leader = set.leader(Round(r));
-        if leader != me && !out.contains(&leader) {
+        if Some(leader) != me && !out.contains(&leader) {
             out.push(leader);
         }
     }
@@ -96,15 +101,16 @@ impl Forwarder {
     }
 
     /// Every `FORWARD_INTERVAL_MS`: the transactions our RPC admitted since the last time, for
-    /// the leaders of the current and next rounds (they stay in our pool too: if those leaders
-    /// fail, we propose them when we lead). Returns the targets and the encoded batch.
+    /// the leaders of `round` and the `leaders` next rounds (they stay in our pool too: if those
+    /// leaders fail, we propose them when we lead). Returns the targets and the encoded batch.
     pub fn outgoing(
         &mut self,
         now: u64,
         pool: &TxPool,
         set: &ValidatorSet,
         round: Round,
-        me: ValidatorIndex,
+        me: Option<ValidatorIndex>,
+        leaders: u64,
     ) -> Option<(Vec<ValidatorIndex>, Bytes)> {
         if self.last_ms + FORWARD_INTERVAL_MS > now {
             return None;
@@ -119,10 +125,7 @@ impl Forwarder {
             return None;
         }
         metrics::counter!(FORWARDED_TOTAL).increment(txs.len() as u64);
-        Some((
-            targets(set, round, me, FORWARD_LEADERS),
-            Bytes::from(encode(&txs)),
-        ))
+        Some((targets(set, round, me, leaders), Bytes::from(encode(&txs))))
     }
 
     /// Transactions another validator forwarded: admitted through our ingress.
@@ -225,7 +228,7 @@ mod tests {
         let round = Round(10);
         let expected: Vec<_> = (10..=13).map(|r| set.leader(Round(r))).collect();
         let me = set.leader(Round(11));
-        let targets = targets(&set, round, me, 3);
+        let targets = targets(&set, round, Some(me), 3);
         assert_eq!(
             targets,
             expected
@@ -234,5 +237,8 @@ mod tests {
                 .collect::<Vec<_>>()
         );
         assert_eq!(targets.len(), 3, "3 of the 6 others");
+        // A full node is not in the set: every leader of those rounds.
+        let all: Vec<_> = (10..=13).map(|r| set.leader(Round(r))).collect();
+        assert_eq!(targets(&set, round, None, 3), all);
     }
 }

@@ -119,7 +119,8 @@ impl BlockSync {
     }
 }
 
-fn blocks_request(log_height: u64) -> Vec<u8> {
+/// A request for the finalized blocks after `log_height`, as many as an answer may hold.
+pub fn blocks_request(log_height: u64) -> Vec<u8> {
     SyncRequest::Blocks {
         from: log_height + 1,
         count: SYNC_BLOCKS_MAX as u16,
