@@ -26,7 +26,8 @@ import pytest
 from eth_hash.auto import keccak
 from eth_keys import keys
 
-from testnet import Sender, Testnet, assert_agree, series, wait_until
+from testnet import (Sender, Testnet, assert_agree, documented_metrics, exported_metrics, series,
+                     wait_until)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -86,6 +87,10 @@ def test_a_full_node_follows_and_forwards_what_it_is_sent(net):
         assert v.metric("kestrel_net_peers_connected") == 3
         assert v.metric("kestrel_net_full_nodes_connected") == 1
     assert full.metric("kestrel_net_peers_connected") == 4
+    # Every metric a full node exports is documented, its own among them.
+    undocumented = exported_metrics(full) - documented_metrics()
+    assert not undocumented, f"exported but not in docs/metrics.md: {sorted(undocumented)}"
+    assert full.metric("kestrel_full_node_lag_seconds") is not None
 
 
 class RawFullNode:

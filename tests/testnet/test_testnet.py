@@ -12,14 +12,13 @@ them back it resumes.
 
 from __future__ import annotations
 
-import re
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from testnet import Namespaces, Sender, Testnet, assert_agree, series, wait_until
+from testnet import (Namespaces, Sender, Testnet, assert_agree, documented_metrics, exported_metrics,
+                     series, wait_until)
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -128,10 +127,8 @@ def test_transactions_are_included_and_all_validators_agree(net):
 
 
 def test_validator_metrics_are_documented(net):
-    docs_path = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
-    docs = set(re.findall(r"^\|\s*`(kestrel_[a-z0-9_]+)`\s*\|", docs_path.read_text(), re.M))
-    text = requests.get(net[0].metrics_url, timeout=5).text
-    exported = set(re.findall(r"^# TYPE (kestrel_[a-z0-9_]+) ", text, re.M))
+    docs = documented_metrics()
+    exported = exported_metrics(net[0])
     assert not exported - docs, f"exported but not in docs/metrics.md: {sorted(exported - docs)}"
     for name in ("kestrel_consensus_round", "kestrel_consensus_height", "kestrel_consensus_votes_total",
                  "kestrel_consensus_commit_latency_seconds", "kestrel_net_peers_connected"):

@@ -260,6 +260,18 @@ def assert_agree(validators, up_to: int, timeout: float = 30.0) -> None:
         assert len(fields) == 1, f"block {n} differs: {fields}"
 
 
+def documented_metrics() -> set[str]:
+    """Metric names in the first column of docs/metrics.md's tables."""
+    docs = HERE.parents[1] / "docs" / "metrics.md"
+    return set(re.findall(r"^\|\s*`(kestrel_[a-z0-9_]+)`\s*\|", docs.read_text(), re.M))
+
+
+def exported_metrics(v) -> set[str]:
+    """Metric families on the node's endpoint."""
+    text = requests.get(v.metrics_url, timeout=5).text
+    return set(re.findall(r"^# TYPE (kestrel_[a-z0-9_]+) ", text, re.M))
+
+
 def series(v, name: str) -> dict[str, float]:
     """Every sample of `name` on the node's endpoint, by its label string."""
     text = requests.get(v.metrics_url, timeout=5).text
