@@ -17,6 +17,7 @@ MULTI_VALIDATOR_ONLY = {
     "kestrel_net_peers_connected",
     "kestrel_net_full_nodes_connected",
     "kestrel_full_node_lag_seconds",
+    "kestrel_full_node_results_checked_total",
     "kestrel_net_received_bytes_total",
     "kestrel_net_sent_bytes_total",
     "kestrel_net_outbound_queue_depth",

@@ -91,6 +91,9 @@ def test_a_full_node_follows_and_forwards_what_it_is_sent(net):
     undocumented = exported_metrics(full) - documented_metrics()
     assert not undocumented, f"exported but not in docs/metrics.md: {sorted(undocumented)}"
     assert full.metric("kestrel_full_node_lag_seconds") is not None
+    # Its execution results were checked against the certified ones the blocks carry, and agree.
+    assert full.metric("kestrel_full_node_results_checked_total") > 0
+    assert full.metric("kestrel_consensus_execution_result_mismatch_total") == 0
 
 
 class RawFullNode:

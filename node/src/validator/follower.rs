@@ -7,6 +7,8 @@
 //! anything is logged, and hands the blocks to execution through the same `Finality` a validator
 //! uses, so a full node's datadir is a validator's (log, archive, database) and restarts the same
 //! way. Transactions its RPC admits are forwarded to the leaders of the rounds after its head.
+//! Its own execution results are checked against those the finalized blocks carry (block N + D
+//! carries N's, which a quorum voted for), so a full node whose state diverged says so.
 //!
 //! Polling rather than being pushed blocks: a validator keeps no per-follower state, an answer is
 //! the validator's ordinary sync answer from its log, and a follower that fell behind (restart,
@@ -17,17 +19,21 @@ use super::{
     Wiring,
     finality::Finality,
     forward::{FULL_NODE_FORWARD_ROUNDS, Forwarder},
-    metrics::{FULL_NODE_LAG_SECONDS, SYNC_BLOCKS_TOTAL},
+    metrics::{FULL_NODE_LAG_SECONDS, FULL_NODE_RESULTS_CHECKED, SYNC_BLOCKS_TOTAL},
     sync::{REQUEST_RETRY_MS, blocks_request, verify_chain},
     transport::Transport,
     wire::SyncResponse,
 };
 use crossbeam_channel::Receiver;
-use kestrel_consensus::{Round, bft::ValidatorSet};
+use kestrel_consensus::{
+    Round,
+    bft::{ValidatorSet, metrics::RESULT_MISMATCH},
+};
 use kestrel_net::{Inbound, Kind, PeerClass, PeerId};
 use kestrel_pipeline::mempool::TxPool;
 use kestrel_types::ExecutionResult;
 use std::{
+    collections::BTreeMap,
     path::Path,
     sync::{
         Arc,
@@ -42,6 +48,49 @@ use std::{
 const POLL_INTERVAL_MS: u64 = 50;
 /// Longest sleep of the loop, so shutdown and forwarding are noticed.
 const IDLE_WAIT: Duration = Duration::from_millis(25);
+
+/// Results waiting for their counterpart (ours for a certified one, or the other way round);
+/// past it the oldest is dropped unchecked. Certified results arrive D blocks after the block,
+/// ours when it is executed: the two are a few blocks apart, unless execution falls far behind.
+const RESULTS_PENDING_MAX: usize = 4_096;
+
+/// Our execution results against the ones the validators certified.
+#[derive(Debug, Default)]
+struct ResultCheck {
+    certified: BTreeMap<u64, ExecutionResult>,
+    ours: BTreeMap<u64, ExecutionResult>,
+}
+
+impl ResultCheck {
+    /// A result a finalized block carries; the pair if ours for that block differs.
+    fn certified(&mut self, result: ExecutionResult) -> Option<(ExecutionResult, ExecutionResult)> {
+        Self::pair(&mut self.ours, &mut self.certified, result)
+    }
+
+    /// Our own result; the pair (ours, certified) if it differs from the certified one.
+    fn executed(&mut self, result: ExecutionResult) -> Option<(ExecutionResult, ExecutionResult)> {
+        Self::pair(&mut self.certified, &mut self.ours, result)
+            .map(|(certified, ours)| (ours, certified))
+    }
+
+    /// Matches `result` with its counterpart in `other`, or keeps it in `mine` until it comes.
+    /// Returns (counterpart, result) when they differ.
+    fn pair(
+        other: &mut BTreeMap<u64, ExecutionResult>,
+        mine: &mut BTreeMap<u64, ExecutionResult>,
+        result: ExecutionResult,
+    ) -> Option<(ExecutionResult, ExecutionResult)> {
+        let Some(counterpart) = other.remove(&result.number) else {
+            mine.insert(result.number, result);
+            if mine.len() > RESULTS_PENDING_MAX {
+                mine.pop_first();
+            }
+            return None;
+        };
+        metrics::counter!(FULL_NODE_RESULTS_CHECKED).increment(1);
+        (counterpart != result).then_some((counterpart, result))
+    }
+}
 
 /// Which validator to ask next, and when.
 #[derive(Debug, Default)]
@@ -96,6 +145,7 @@ pub struct Follower {
     finality: Finality,
     forwarder: Option<Forwarder>,
     poll: Poll,
+    results_check: ResultCheck,
 }
 
 impl Follower {
@@ -119,6 +169,7 @@ impl Follower {
             finality,
             forwarder: Some(Forwarder::spawn(w.ingress)?),
             poll: Poll::default(),
+            results_check: ResultCheck::default(),
         })
     }
 
@@ -132,9 +183,13 @@ impl Follower {
                     Ok(msg) => self.on_inbound(msg),
                     Err(_) => break,
                 },
-                // Nothing to check them against here: the validators compare execution results
-                // (each proposal carries one); a full node executes what they finalized.
-                recv(results) -> result => if result.is_err() { break },
+                recv(results) -> result => match result {
+                    Ok(result) => {
+                        let mismatch = self.results_check.executed(result);
+                        report(mismatch);
+                    }
+                    Err(_) => break,
+                },
                 default(IDLE_WAIT) => {}
             }
             self.tick(kestrel_types::now_ms());
@@ -206,7 +261,13 @@ impl Follower {
             self.poll.answered(msg.peer, false, now);
             return;
         }
-        let payloads = match verify_chain(self.finality.head(), &blocks, &self.set) {
+        // The transactions our RPC admitted keep the senders ingress recovered.
+        let payloads = match verify_chain(
+            self.finality.head(),
+            &blocks,
+            &self.set,
+            Some(&self.pool),
+        ) {
             Ok(payloads) => payloads,
             Err(err) => {
                 tracing::warn!(target: "node::full", peer = %msg.peer, %err, "rejected a block sync answer");
@@ -216,6 +277,9 @@ impl Follower {
         };
         let count = blocks.len() as u64;
         for (block, payload) in blocks.into_iter().zip(&payloads) {
+            if let Some(result) = block.block.delayed_result {
+                report(self.results_check.certified(result));
+            }
             self.finality.append(block, payload);
         }
         self.finality.sync_log();
@@ -227,9 +291,57 @@ impl Follower {
     }
 }
 
+/// A full node cannot stop voting as a validator does; it says so loudly and goes on serving
+/// what it executed (its operator decides: resync, or investigate).
+fn report(mismatch: Option<(ExecutionResult, ExecutionResult)>) {
+    let Some((ours, certified)) = mismatch else {
+        return;
+    };
+    metrics::counter!(RESULT_MISMATCH).increment(1);
+    tracing::error!(target: "node::full", number = ours.number, ours = %ours.block_hash, certified = %certified.block_hash, ours_root = %ours.state_root, certified_root = %certified.state_root, "our execution result differs from the one the validators certified");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloy_primitives::B256;
+
+    fn result(number: u64, root: u8) -> ExecutionResult {
+        ExecutionResult {
+            number,
+            block_hash: B256::repeat_byte(root),
+            state_root: B256::repeat_byte(root),
+            receipts_root: B256::ZERO,
+        }
+    }
+
+    #[test]
+    fn own_results_are_checked_against_certified_ones_in_either_order() {
+        let mut check = ResultCheck::default();
+        assert_eq!(
+            check.executed(result(1, 1)),
+            None,
+            "waits for the certified one"
+        );
+        assert_eq!(check.certified(result(1, 1)), None, "equal");
+        assert_eq!(check.certified(result(2, 2)), None);
+        assert_eq!(
+            check.executed(result(2, 9)),
+            Some((result(2, 9), result(2, 2))),
+            "(ours, certified)"
+        );
+        assert_eq!(check.executed(result(3, 3)), None);
+        assert_eq!(
+            check.certified(result(3, 4)),
+            Some((result(3, 3), result(3, 4)))
+        );
+        assert!(check.ours.is_empty() && check.certified.is_empty());
+        for n in 0..=RESULTS_PENDING_MAX as u64 {
+            check.executed(result(10 + n, 1));
+        }
+        assert_eq!(check.ours.len(), RESULTS_PENDING_MAX, "bounded");
+        assert!(!check.ours.contains_key(&10), "the oldest dropped");
+    }
 
     fn peers() -> Vec<PeerId> {
         (1..=3u8)

@@ -147,7 +147,8 @@ impl Driver {
             }
             return;
         }
-        let checked = match sync.on_blocks(self.finality.head(), blocks, &self.members.set) {
+        let (head, set) = (self.finality.head(), &self.members.set);
+        let checked = match sync.on_blocks(head, blocks, set, &self.pool) {
             Ok(checked) => checked,
             Err(err) => {
                 tracing::warn!(target: "node::validator", %err, "rejected a block sync response");
