@@ -415,7 +415,7 @@ impl Driver {
         }
         let (round, me) = (self.bft.round(), self.bft.me());
         let forwarder = self.forwarder.as_mut().expect("running");
-        if let Some((targets, bytes)) = forwarder.outgoing(
+        if let Some((targets, messages)) = forwarder.outgoing(
             now,
             &self.pool,
             &self.members.set,
@@ -424,7 +424,9 @@ impl Driver {
             FORWARD_LEADERS,
         ) {
             for to in targets {
-                self.send(to, Kind::TxForward, bytes.0.clone());
+                for message in &messages {
+                    self.send(to, Kind::TxForward, message.0.clone());
+                }
             }
         }
     }

@@ -216,7 +216,7 @@ impl Follower {
     fn forward(&mut self, now: u64) {
         let round = Round(self.finality.head().block.round.0 + 1);
         let forwarder = self.forwarder.as_mut().expect("running");
-        let Some((targets, bytes)) = forwarder.outgoing(
+        let Some((targets, messages)) = forwarder.outgoing(
             now,
             &self.pool,
             &self.set,
@@ -227,11 +227,10 @@ impl Follower {
             return;
         };
         for to in targets {
-            self.net.send(
-                &self.ids[usize::from(to.0)],
-                Kind::TxForward,
-                bytes.0.clone(),
-            );
+            for message in &messages {
+                let peer = &self.ids[usize::from(to.0)];
+                self.net.send(peer, Kind::TxForward, message.0.clone());
+            }
         }
     }
 
