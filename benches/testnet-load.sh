@@ -10,19 +10,28 @@
 #                                                    # validator 3 stopped 30 s into the load for
 #                                                    # 5 minutes, then restarted under the load:
 #                                                    # it must catch up and vote again
+#   FULL_NODES=1 LOAD_TO=full RATE=2000 benches/testnet-load.sh
+#                                                    # a full node follows the validators and
+#                                                    # takes all the load on its RPC (receipts
+#                                                    # served by it); LOAD_TO=validator sends it
+#                                                    # all to validator 0 instead, the default
+#                                                    # (validators) spreads it over them
 #   VALIDATORS, ACCOUNTS, DURATION, WORKLOAD, PAIRS, CONCURRENCY, BATCH, SEED, OUT, SKIP_BUILD=1,
 #   KESTREL_BIN, KESTREL_LOADGEN_BIN
 #
 # Writes into $OUT (default target/testnet-bench/<time>): genesis.json, the testnet directory
 # (configs, logs), kestrel.json/.svg (the loadgen report, finality as validator 0 serves it),
-# metrics-<i>.txt (each validator's /metrics after the run), cpu-seconds.txt (CPU seconds of
-# each validator and the loadgen) and summary.json. Exits non-zero if the loadgen's checks fail
-# (a lost transaction or a wrong balance) or the validators' heads differ at the end.
+# metrics-<i>.txt (each validator's /metrics after the run; full-<j>.txt, each full node's),
+# cpu-seconds.txt (CPU seconds of each node and the loadgen) and summary.json. Exits non-zero if
+# the loadgen's checks fail (a lost transaction or a wrong balance) or the nodes' heads differ at
+# the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$(pwd)"
 
 VALIDATORS="${VALIDATORS:-4}"
+FULL_NODES="${FULL_NODES:-0}"
+LOAD_TO="${LOAD_TO:-validators}"
 ACCOUNTS="${ACCOUNTS:-100000}"
 RATE="${RATE:-5250}"
 DURATION="${DURATION:-60}"
@@ -49,7 +58,7 @@ NET="$OUT/testnet"
 mkdir -p "$OUT"
 echo "testnet-load: results in $OUT"
 
-"$KESTREL" init-testnet --validators "$VALIDATORS" --out "$NET" --scrypt-light \
+"$KESTREL" init-testnet --validators "$VALIDATORS" --full-nodes "$FULL_NODES" --out "$NET" --scrypt-light \
   --base-p2p-port "$BASE_P2P_PORT" --base-rpc-port "$BASE_RPC_PORT" \
   --base-metrics-port "$BASE_METRICS_PORT" >"$OUT/init-testnet.log"
 "$LOADGEN" --genesis-out "$OUT/genesis.json" --workload "$WORKLOAD" --pairs "$PAIRS" \
@@ -62,17 +71,25 @@ genesis = json.load(open(bench))
 genesis["kestrel"] = json.load(open(net))["kestrel"]
 json.dump(genesis, open(net, "w"))
 EOF
-for ((i = 0; i < VALIDATORS; i++)); do
-  sed -i "s/^\[ordering\]$/[ordering]\nblock_time_ms = $BLOCK_TIME_MS\ngas_limit = $GAS_LIMIT/" \
-    "$NET/validator-$i/config.toml"
+for config in "$NET"/validator-*/config.toml "$NET"/full-*/config.toml; do
+  [ -f "$config" ] || continue
+  sed -i "s/^\[ordering\]$/[ordering]\nblock_time_ms = $BLOCK_TIME_MS\ngas_limit = $GAS_LIMIT/" "$config"
 done
 
 stop_testnet() { KESTREL_BIN="$KESTREL" deploy/testnet.sh stop "$NET" >/dev/null 2>&1 || true; }
 trap stop_testnet EXIT
-KESTREL_BIN="$KESTREL" deploy/testnet.sh "$VALIDATORS" "$NET"
+FULL_NODES="$FULL_NODES" KESTREL_BIN="$KESTREL" deploy/testnet.sh "$VALIDATORS" "$NET"
 
 RPCS=()
-for ((i = 0; i < VALIDATORS; i++)); do RPCS+=(--rpc "http://127.0.0.1:$((BASE_RPC_PORT + i))"); done
+case "$LOAD_TO" in
+  validators) for ((i = 0; i < VALIDATORS; i++)); do RPCS+=(--rpc "http://127.0.0.1:$((BASE_RPC_PORT + i))"); done ;;
+  validator) RPCS=(--rpc "http://127.0.0.1:$BASE_RPC_PORT") ;;
+  # Full nodes take the RPC ports after the validators' (init-testnet).
+  full)
+    [ "$FULL_NODES" -ge 1 ] || { echo "LOAD_TO=full needs FULL_NODES=1 or more" >&2; exit 2; }
+    RPCS=(--rpc "http://127.0.0.1:$((BASE_RPC_PORT + VALIDATORS))") ;;
+  *) echo "LOAD_TO is validators, validator or full, not $LOAD_TO" >&2; exit 2 ;;
+esac
 cpu_seconds() {
   awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo null
 }
@@ -106,14 +123,19 @@ for ((i = 0; i < VALIDATORS; i++)); do
   echo "validator-$i $(cpu_seconds "$(cat "$NET/validator-$i/node.pid")")" >>"$OUT/cpu-seconds.txt"
   curl -sf "http://127.0.0.1:$((BASE_METRICS_PORT + i))/metrics" >"$OUT/metrics-$i.txt" || true
 done
+for ((j = 0; j < FULL_NODES; j++)); do
+  echo "full-$j $(cpu_seconds "$(cat "$NET/full-$j/node.pid")")" >>"$OUT/cpu-seconds.txt"
+  curl -sf "http://127.0.0.1:$((BASE_METRICS_PORT + VALIDATORS + j))/metrics" >"$OUT/full-$j.txt" || true
+done
 echo "loadgen $(tail -1 "$OUT/loadgen-cpu.txt" | awk '{print $1 + $2}')" >>"$OUT/cpu-seconds.txt"
 
 [ -z "$DOWN" ] || echo "$DOWN" >"$OUT/down-validator.txt"
-# Every validator's block at validator 0's head: the same hash and state root.
-python3 - "$OUT" "$VALIDATORS" "$BASE_RPC_PORT" "$LOADGEN_RC" <<'EOF'
+# Every node's block at validator 0's head: the same hash and state root.
+python3 - "$OUT" "$VALIDATORS" "$BASE_RPC_PORT" "$LOADGEN_RC" "$FULL_NODES" "$LOAD_TO" <<'EOF'
 import json, sys, time, urllib.request
 from pathlib import Path
 out, n, base, rc = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+full_nodes, load_to = int(sys.argv[5]), sys.argv[6]
 def call(i, method, params):
     req = urllib.request.Request(f"http://127.0.0.1:{base + i}", method="POST",
         data=json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode(),
@@ -121,7 +143,7 @@ def call(i, method, params):
     return json.load(urllib.request.urlopen(req, timeout=10))["result"]
 head = int(call(0, "eth_blockNumber", []), 16)
 blocks = []
-for i in range(n):
+for i in range(n + full_nodes):
     # The others may be behind validator 0: a block or two, or a restarted one still executing
     # what it synced.
     for _ in range(1200):
@@ -133,7 +155,7 @@ for i in range(n):
 report = json.loads((out / "kestrel.json").read_text())
 f = report["figures"]
 summary = {
-    "validators": n, "head": head, "heads_equal": len(set(blocks)) == 1 and blocks[0] is not None,
+    "validators": n, "full_nodes": full_nodes, "load_to": load_to, "head": head, "heads_equal": len(set(blocks)) == 1 and blocks[0] is not None,
     "txs": f["txs"], "finalized": f["finalized"], "lost": report["verify"]["lost"],
     **{k: round(v, 1) if v else v for k, v in f["rates"].items()},
     "finality_p50_ms": (f["latency_to_finality"] or {}).get("p50_ms"),

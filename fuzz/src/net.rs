@@ -1,9 +1,9 @@
 //! Targets `net_frames` and `net_handshake`: the transport's first contact with a peer's bytes.
 
 use bytes::BytesMut;
-use kestrel_net::PeerId;
 use kestrel_net::frame::{self, FRAME_HEADER_BYTES, FrameReader};
 use kestrel_net::handshake::{self, HELLO_BYTES, Hello, Identity};
+use kestrel_net::{HandshakeError, PeerClass, PeerId};
 use monoio::BufResult;
 use monoio::buf::{IoBuf, IoBufMut, IoVecBuf, IoVecBufMut};
 use monoio::io::{AsyncReadRent, AsyncWriteRent};
@@ -89,12 +89,18 @@ pub fn handshake(data: &[u8]) {
     };
     let (ours_key, ours) = key(1);
     let known: Vec<PeerId> = [2, 3, 4].iter().map(|b| key(*b).1).collect();
-    let is_known = |peer: &PeerId| known.contains(peer);
+    let classify = |peer: &PeerId| {
+        if known.contains(peer) {
+            Ok(PeerClass::Validator)
+        } else {
+            Err(HandshakeError::UnknownPeer(*peer))
+        }
+    };
     let me = Identity {
         key: &ours_key,
         id: ours,
         network_id: NETWORK_ID,
-        is_known: &is_known,
+        classify: &classify,
     };
     let expected = match mode % 3 {
         0 => None,

@@ -3,6 +3,7 @@
 
 use std::io;
 
+use crate::frame::Kind;
 use crate::peer::PeerId;
 
 /// The network could not start.
@@ -22,7 +23,7 @@ pub enum NetError {
 /// A message could not be queued for sending.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SendError {
-    /// Not a configured validator.
+    /// Not a configured validator, nor a full node connected right now.
     #[error("unknown peer {0}")]
     UnknownPeer(PeerId),
     /// Larger than the frame cap; the peer would close the connection.
@@ -85,6 +86,9 @@ pub enum HandshakeError {
     NotDialer(PeerId),
     #[error("bad signature from {0}")]
     BadSignature(PeerId),
+    /// A key outside the validator set while `full_nodes_max` full nodes are connected.
+    #[error("{0} is not a validator and the full-node slots are taken")]
+    FullNodesMax(PeerId),
 }
 
 impl HandshakeError {
@@ -103,6 +107,7 @@ impl HandshakeError {
             HandshakeError::WrongPeer { .. } => "wrong_peer",
             HandshakeError::NotDialer(_) => "not_dialer",
             HandshakeError::BadSignature(_) => "bad_signature",
+            HandshakeError::FullNodesMax(_) => "full_nodes_max",
         }
     }
 }
@@ -118,4 +123,23 @@ pub(crate) enum ConnectionError {
     Truncated,
     #[error("handshake frame after the handshake")]
     UnexpectedFrame,
+    /// A full node sent a kind it may not send (consensus, or a sync response nobody asked of it).
+    #[error("a full node may not send {0:?} messages")]
+    KindNotAllowed(Kind),
+    /// A full node sent more than its rate allows.
+    #[error("over the full-node rate limit ({0})")]
+    RateLimited(&'static str),
+}
+
+impl ConnectionError {
+    /// Metric label of an error that is the peer's fault; `None` for a plain disconnect.
+    pub(crate) fn protocol_reason(&self) -> Option<&'static str> {
+        match self {
+            ConnectionError::Frame(frame) => Some(frame.reason()),
+            ConnectionError::UnexpectedFrame => Some("unexpected_frame"),
+            ConnectionError::KindNotAllowed(_) => Some("kind_not_allowed"),
+            ConnectionError::RateLimited(_) => Some("rate_limited"),
+            ConnectionError::Io(_) | ConnectionError::Truncated => None,
+        }
+    }
 }

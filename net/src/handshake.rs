@@ -1,4 +1,5 @@
-//! The handshake: each side proves it holds the validator key it claims.
+//! The handshake: each side proves it holds the key it claims, and the key decides the
+//! connection's class (validator or full node) for its whole life.
 //!
 //! Both sides send `Hello {network id, public key, fresh 32-byte challenge}` at once, then
 //! `Auth {signature}` over `keccak256(DOMAIN || peer's challenge || signer key || verifier key ||
@@ -13,7 +14,7 @@ use secp256k1::{Message, SECP256K1, SecretKey, ecdsa::Signature};
 
 use crate::error::{ConnectionError, HandshakeError};
 use crate::frame::{self, FrameReader, FrameType};
-use crate::peer::PeerId;
+use crate::peer::{PeerClass, PeerId};
 
 /// Separates these signatures from any other use of a validator key.
 const DOMAIN: &[u8] = b"kestrel-net/handshake/v1";
@@ -109,19 +110,20 @@ pub struct Identity<'a> {
     pub key: &'a SecretKey,
     pub id: PeerId,
     pub network_id: u64,
-    /// Is `peer` a validator we talk to (not ourselves)?
-    pub is_known: &'a dyn Fn(&PeerId) -> bool,
+    /// The class a connection with `peer` gets, or why it is refused (checked before we sign
+    /// anything for it).
+    pub classify: &'a dyn Fn(&PeerId) -> Result<PeerClass, HandshakeError>,
 }
 
 /// Runs the handshake on a fresh connection; `expected` is the validator we dialed, `None` when
-/// we accepted. Returns the authenticated peer. Public for the fuzz target
+/// we accepted. Returns the authenticated peer and its class. Public for the fuzz target
 /// (`fuzz/fuzz_targets/net_handshake.rs`), which runs it over a stream of arbitrary bytes.
 pub async fn run<S: AsyncReadRent + AsyncWriteRent>(
     stream: &mut S,
     reader: &mut FrameReader,
     me: &Identity<'_>,
     expected: Option<PeerId>,
-) -> Result<PeerId, HandshakeError> {
+) -> Result<(PeerId, PeerClass), HandshakeError> {
     let challenge: [u8; 32] = rand::random();
     let hello = Hello {
         network_id: me.network_id,
@@ -140,9 +142,7 @@ pub async fn run<S: AsyncReadRent + AsyncWriteRent>(
     if theirs.peer == me.id {
         return Err(HandshakeError::SelfConnection);
     }
-    if !(me.is_known)(&theirs.peer) {
-        return Err(HandshakeError::UnknownPeer(theirs.peer));
-    }
+    let class = (me.classify)(&theirs.peer)?;
     match expected {
         Some(expected) if expected != theirs.peer => {
             return Err(HandshakeError::WrongPeer {
@@ -150,8 +150,11 @@ pub async fn run<S: AsyncReadRent + AsyncWriteRent>(
                 actual: theirs.peer,
             });
         }
-        // Only the lower key of a pair dials; see `network`.
-        None if theirs.peer > me.id => return Err(HandshakeError::NotDialer(theirs.peer)),
+        // Only the lower key of a pair of validators dials; see `network`. A full node always
+        // dials: it is never dialed.
+        None if class == PeerClass::Validator && theirs.peer > me.id => {
+            return Err(HandshakeError::NotDialer(theirs.peer));
+        }
         _ => {}
     }
 
@@ -167,7 +170,7 @@ pub async fn run<S: AsyncReadRent + AsyncWriteRent>(
     if !verify_auth(&answer, me.network_id, &challenge, &theirs.peer, &me.id) {
         return Err(HandshakeError::BadSignature(theirs.peer));
     }
-    Ok(theirs.peer)
+    Ok((theirs.peer, class))
 }
 
 async fn write_frame<S: AsyncWriteRent>(
@@ -192,6 +195,10 @@ async fn expect_frame<S: AsyncReadRent>(
         Err(ConnectionError::Io(e)) => Err(HandshakeError::Io(e)),
         Err(ConnectionError::Frame(e)) => Err(HandshakeError::Frame(e)),
         Err(ConnectionError::UnexpectedFrame) => Err(HandshakeError::UnexpectedFrame),
+        // Raised by the connection's limits after the handshake, never by the frame reader.
+        Err(e @ (ConnectionError::KindNotAllowed(_) | ConnectionError::RateLimited(_))) => {
+            unreachable!("the frame reader returned {e}")
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! Validator-to-validator transport on monoio (io_uring, with an epoll fallback).
+//! Validator-to-validator transport on monoio (io_uring, with an epoll fallback), and the
+//! connections of full nodes to validators.
 //!
 //! TCP connections between validators identified by their secp256k1 keys, a versioned
 //! length-prefixed frame codec ([`frame`]), a handshake in which each side signs the other's fresh
@@ -13,6 +14,7 @@ mod config;
 mod error;
 pub mod frame;
 pub mod handshake;
+mod limit;
 mod metrics;
 mod network;
 mod peer;
@@ -23,11 +25,12 @@ mod signal;
 pub use crate::metrics::describe_metrics;
 pub use config::{
     BULK_QUEUE_MAX_DEFAULT, CONSENSUS_QUEUE_MAX_DEFAULT, FRAME_PAYLOAD_MAX_BYTES_DEFAULT,
-    HANDSHAKE_TIMEOUT_DEFAULT, INBOUND_QUEUE_MAX_DEFAULT, NetConfig, PREAUTH_MAX_DEFAULT,
-    PREAUTH_PER_IP_MAX_DEFAULT, PeerConfig,
+    FULL_NODE_FRAME_MAX_BYTES_DEFAULT, FULL_NODE_REQUESTS_PER_S_DEFAULT,
+    FULL_NODE_TX_BYTES_PER_S_DEFAULT, HANDSHAKE_TIMEOUT_DEFAULT, INBOUND_QUEUE_MAX_DEFAULT,
+    NetConfig, PREAUTH_MAX_DEFAULT, PREAUTH_PER_IP_MAX_DEFAULT, PeerConfig,
 };
 pub use error::{FrameError, HandshakeError, NetError, SendError};
 pub use frame::Kind;
 pub use network::{Driver, Inbound, Network, NetworkHandle};
-pub use peer::PeerId;
+pub use peer::{PeerClass, PeerId};
 pub use preauth::RESERVED_PER_VALIDATOR;

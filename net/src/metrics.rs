@@ -1,5 +1,6 @@
 //! Metric names (`kestrel_net_<what>_<unit>`) and their help text. Per-peer series are labelled
-//! with the peer's key: bounded by the validator set.
+//! with the peer's key: bounded by the validator set. Full nodes share one `peer` value
+//! (`full_nodes`), since anyone can make a key.
 
 use metrics::{describe_counter, describe_gauge};
 
@@ -14,6 +15,9 @@ pub(crate) const REPLACED_CONNECTIONS_TOTAL: &str = "kestrel_net_replaced_connec
 pub(crate) const DIAL_FAILURES_TOTAL: &str = "kestrel_net_dial_failures_total";
 pub(crate) const PREAUTH_CONNECTIONS: &str = "kestrel_net_preauth_connections";
 pub(crate) const PREAUTH_REJECTED_TOTAL: &str = "kestrel_net_preauth_rejected_total";
+pub(crate) const FULL_NODES_CONNECTED: &str = "kestrel_net_full_nodes_connected";
+/// The `peer` label of full nodes' series: all of them in one, since anyone can make a key.
+pub(crate) const FULL_NODES_LABEL: &str = "full_nodes";
 
 /// Registers help text with the installed recorder; call once after installing it.
 pub fn describe_metrics() {
@@ -43,7 +47,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         PROTOCOL_ERRORS_TOTAL,
-        "Connections closed for a bad frame after the handshake, by reason"
+        "Connections closed for a bad frame after the handshake (or a full node over its limits), by reason and class"
     );
     describe_counter!(
         REPLACED_CONNECTIONS_TOTAL,
@@ -60,5 +64,9 @@ pub fn describe_metrics() {
     describe_counter!(
         PREAUTH_REJECTED_TOTAL,
         "Accepted connections closed at once for want of a pre-authentication slot, by limit (per_ip, total)"
+    );
+    describe_gauge!(
+        FULL_NODES_CONNECTED,
+        "Full nodes (keys outside the validator set) with an authenticated connection"
     );
 }

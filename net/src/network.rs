@@ -7,6 +7,11 @@
 //! Only the lower key of a pair dials, so two validators never race two connections into
 //! existence: at most one carries traffic at a time and each peer's messages stay in order. When
 //! the dialer reconnects, the new connection replaces the old (see [`Local::activate`]).
+//!
+//! A key outside `peers` is a full node (`PeerClass::FullNode`), admitted up to `full_nodes_max`
+//! connections: its queue exists while it is connected, `broadcast` never reaches it, and its
+//! reader lets through only sync requests and forwarded transactions within its rates
+//! (`limit.rs`), closing the connection on anything else.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeSet, HashMap};
@@ -20,7 +25,7 @@ use std::sync::{
 };
 use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -34,12 +39,13 @@ use crate::error::{ConnectionError, HandshakeError, NetError, SendError};
 use crate::frame::FrameReader;
 use crate::frame::{self, FrameType, Kind};
 use crate::handshake::{self, Identity};
+use crate::limit::FullNodeLimits;
 use crate::metrics::{
-    DIAL_FAILURES_TOTAL, HANDSHAKE_FAILURES_TOTAL, PEERS_CONNECTED, PREAUTH_CONNECTIONS,
-    PREAUTH_REJECTED_TOTAL, PROTOCOL_ERRORS_TOTAL, RECEIVED_BYTES_TOTAL,
-    REPLACED_CONNECTIONS_TOTAL, SENT_BYTES_TOTAL,
+    DIAL_FAILURES_TOTAL, FULL_NODES_CONNECTED, FULL_NODES_LABEL, HANDSHAKE_FAILURES_TOTAL,
+    PEERS_CONNECTED, PREAUTH_CONNECTIONS, PREAUTH_REJECTED_TOTAL, PROTOCOL_ERRORS_TOTAL,
+    RECEIVED_BYTES_TOTAL, REPLACED_CONNECTIONS_TOTAL, SENT_BYTES_TOTAL,
 };
-use crate::peer::PeerId;
+use crate::peer::{PeerClass, PeerId};
 use crate::preauth::{Pool, PreAuthSlots};
 use crate::queue::PeerQueue;
 use crate::signal::Signal;
@@ -54,10 +60,13 @@ const GRACEFUL_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-/// A message from a validator.
+/// A message from a peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inbound {
     pub peer: PeerId,
+    /// Decided at the peer's handshake: a full node's messages are only ever sync requests and
+    /// forwarded transactions.
+    pub class: PeerClass,
     pub kind: Kind,
     pub payload: Bytes,
 }
@@ -74,7 +83,10 @@ pub enum Driver {
 struct Shared {
     local_id: PeerId,
     frame_payload_max_bytes: u32,
-    queues: HashMap<PeerId, PeerQueue>,
+    /// The validators' queues, for the network's life.
+    queues: HashMap<PeerId, Arc<PeerQueue>>,
+    /// The connected full nodes' queues, each from its connection to its disconnection.
+    full_nodes: Mutex<HashMap<PeerId, Arc<PeerQueue>>>,
     connected: Mutex<BTreeSet<PeerId>>,
     connected_count: Arc<AtomicUsize>,
     shutdown: Signal,
@@ -86,21 +98,29 @@ pub struct NetworkHandle {
     shared: Arc<Shared>,
 }
 
+impl Shared {
+    fn queue(&self, peer: &PeerId) -> Option<Arc<PeerQueue>> {
+        match self.queues.get(peer) {
+            Some(queue) => Some(queue.clone()),
+            None => self.full_nodes.lock().get(peer).cloned(),
+        }
+    }
+}
+
 impl NetworkHandle {
-    /// Queues `payload` for `peer`. Never blocks. A full consensus lane drops its oldest message
+    /// Queues `payload` for `peer` (a validator, or a full node while it is connected). Never blocks. A full consensus lane drops its oldest message
     /// and accepts this one; a full bulk lane refuses this one (`QueueFull`). Delivery is
     /// at most once: a message written to a connection that then breaks is lost.
     pub fn send(&self, peer: &PeerId, kind: Kind, payload: Bytes) -> Result<(), SendError> {
         self.check_len(&payload)?;
         let queue = self
             .shared
-            .queues
-            .get(peer)
+            .queue(peer)
             .ok_or(SendError::UnknownPeer(*peer))?;
         queue.push(kind, payload)
     }
 
-    /// Queues `payload` for every other validator. Fails only for a payload over the cap or after
+    /// Queues `payload` for every other validator (never a full node). Fails only for a payload over the cap or after
     /// shutdown; a peer whose bulk lane is full misses the message (counted in
     /// `kestrel_net_outbound_dropped_total`).
     pub fn broadcast(&self, kind: Kind, payload: Bytes) -> Result<(), SendError> {
@@ -117,6 +137,11 @@ impl NetworkHandle {
     /// Validators with an authenticated connection right now.
     pub fn connected_peers(&self) -> BTreeSet<PeerId> {
         self.shared.connected.lock().clone()
+    }
+
+    /// Full nodes with an authenticated connection right now.
+    pub fn connected_full_nodes(&self) -> Vec<PeerId> {
+        self.shared.full_nodes.lock().keys().copied().collect()
     }
 
     /// Our own validator id.
@@ -170,6 +195,16 @@ impl Network {
                 "pre-authentication slot bounds must be at least 1",
             ));
         }
+        if config.full_nodes_max > 0
+            && (config.full_node_requests_per_s == 0
+                || config.full_node_tx_bytes_per_s < config.full_node_frame_max_bytes)
+        {
+            // A full node's largest frame must fit in its byte bucket, or it could never be sent.
+            return Err(NetError::Config(
+                "full_node_requests_per_s must be > 0 and full_node_tx_bytes_per_s at least \
+                 full_node_frame_max_bytes",
+            ));
+        }
         if config.handshake_timeout.is_zero() {
             return Err(NetError::Config("handshake_timeout must be > 0"));
         }
@@ -195,7 +230,12 @@ impl Network {
             .map(|p| {
                 (
                     p.id,
-                    PeerQueue::new(p.id, config.consensus_queue_max, config.bulk_queue_max),
+                    Arc::new(PeerQueue::new(
+                        p.id,
+                        PeerClass::Validator,
+                        config.consensus_queue_max,
+                        config.bulk_queue_max,
+                    )),
                 )
             })
             .collect();
@@ -203,6 +243,7 @@ impl Network {
             local_id,
             frame_payload_max_bytes: config.frame_payload_max_bytes,
             queues,
+            full_nodes: Mutex::new(HashMap::new()),
             connected: Mutex::new(BTreeSet::new()),
             connected_count: config.connected_count.clone(),
             shutdown: Signal::default(),
@@ -258,6 +299,9 @@ impl Network {
         let shared = &self.handle.shared;
         shared.shutdown.fire();
         for queue in shared.queues.values() {
+            queue.close();
+        }
+        for queue in shared.full_nodes.lock().values() {
             queue.close();
         }
         if let Some(thread) = self.thread.take() {
@@ -331,17 +375,19 @@ struct Local {
 impl Local {
     fn new(config: NetConfig, shared: Arc<Shared>, inbound: Sender<Inbound>) -> Self {
         // Reserved slots for the validators that dial us (the lower keys), at their configured
-        // addresses: they get in however many other addresses flood the general pool.
+        // addresses: they get in however many other addresses flood the general pool. Nobody
+        // a full node follows dials it.
         let local_id = shared.local_id;
         let dialers = config
             .peers
             .iter()
-            .filter(|p| p.id < local_id)
+            .filter(|p| !config.full_node && p.id < local_id)
             .map(|p| p.addr.ip());
         let preauth = PreAuthSlots::new(config.preauth_max, config.preauth_per_ip_max, dialers);
         for pool in [Pool::General, Pool::Reserved] {
             metrics::gauge!(PREAUTH_CONNECTIONS, "pool" => pool.as_str()).set(0.0);
         }
+        metrics::gauge!(FULL_NODES_CONNECTED).set(0.0);
         Self {
             config,
             shared,
@@ -355,7 +401,13 @@ impl Local {
 
     async fn run(self: Rc<Self>, listener: TcpListener) {
         let local_id = self.shared.local_id;
-        for peer in self.config.peers.iter().filter(|p| p.id > local_id) {
+        let full_node = self.config.full_node;
+        for peer in self
+            .config
+            .peers
+            .iter()
+            .filter(|p| full_node || p.id > local_id)
+        {
             self.spawn(self.clone().dial_loop(peer.id, peer.addr));
         }
         loop {
@@ -408,7 +460,7 @@ impl Local {
             drop(slot);
             this.preauth_gauge(pool);
             match result {
-                Some(Ok(peer)) => this.connection(stream, reader, peer).await,
+                Some(Ok((peer, class))) => this.connection(stream, reader, peer, class).await,
                 Some(Err(e)) => handshake_failed(&e, addr),
                 None => {}
             }
@@ -420,19 +472,36 @@ impl Local {
             .set(self.preauth.held(pool) as f64);
     }
 
+    /// A configured peer is a validator; any other key a full node while there is room for one
+    /// (a full node already connected may reconnect: its new connection replaces the old).
+    fn classify(&self, peer: &PeerId) -> Result<PeerClass, HandshakeError> {
+        if self.shared.queues.contains_key(peer) {
+            return Ok(PeerClass::Validator);
+        }
+        if self.config.full_nodes_max == 0 {
+            return Err(HandshakeError::UnknownPeer(*peer));
+        }
+        let full_nodes = self.shared.full_nodes.lock();
+        if full_nodes.len() < self.config.full_nodes_max || full_nodes.contains_key(peer) {
+            Ok(PeerClass::FullNode)
+        } else {
+            Err(HandshakeError::FullNodesMax(*peer))
+        }
+    }
+
     /// The handshake under its timeout; `None` on shutdown.
     async fn handshake(
         &self,
         stream: &mut TcpStream,
         reader: &mut FrameReader,
         expected: Option<PeerId>,
-    ) -> Option<Result<PeerId, HandshakeError>> {
-        let is_known = |peer: &PeerId| self.shared.queues.contains_key(peer);
+    ) -> Option<Result<(PeerId, PeerClass), HandshakeError>> {
+        let classify = |peer: &PeerId| self.classify(peer);
         let me = Identity {
             key: &self.config.secret_key,
             id: self.shared.local_id,
             network_id: self.config.network_id,
-            is_known: &is_known,
+            classify: &classify,
         };
         let timed = monoio::time::timeout(
             self.config.handshake_timeout,
@@ -452,7 +521,8 @@ impl Local {
             match self.dial(peer, addr).await {
                 Some(Ok((stream, reader))) => {
                     backoff.reset();
-                    self.connection(stream, reader, peer).await;
+                    self.connection(stream, reader, peer, PeerClass::Validator)
+                        .await;
                 }
                 Some(Err(e)) => {
                     failures.increment(1);
@@ -492,33 +562,73 @@ impl Local {
         Some(verified.map(|_| (stream, reader)))
     }
 
-    /// Makes `conn_id` the peer's active connection. An older one is replaced (its writer sees
-    /// the queue change owner and stops): the peer only redials after losing its connection, so
-    /// the old one is dead on its side.
-    fn activate(&self, peer: PeerId, conn_id: u64) {
+    /// Makes `conn_id` the peer's active connection and returns its queue. An older one is
+    /// replaced (its writer sees the queue change owner and stops): the peer only redials after
+    /// losing its connection, so the old one is dead on its side. A full node gets a queue of its
+    /// own while connected; `None` when the full-node slots filled up during its handshake.
+    fn activate(&self, peer: PeerId, class: PeerClass, conn_id: u64) -> Option<Arc<PeerQueue>> {
+        let queue = match class {
+            PeerClass::Validator => self.shared.queues[&peer].clone(),
+            PeerClass::FullNode => {
+                let mut full_nodes = self.shared.full_nodes.lock();
+                if !full_nodes.contains_key(&peer) && full_nodes.len() >= self.config.full_nodes_max
+                {
+                    return None;
+                }
+                let queue = full_nodes
+                    .entry(peer)
+                    .or_insert_with(|| {
+                        Arc::new(PeerQueue::new(
+                            peer,
+                            PeerClass::FullNode,
+                            self.config.consensus_queue_max,
+                            self.config.bulk_queue_max,
+                        ))
+                    })
+                    .clone();
+                metrics::gauge!(FULL_NODES_CONNECTED).set(full_nodes.len() as f64);
+                queue
+            }
+        };
         if self.active.borrow_mut().insert(peer, conn_id).is_some() {
             metrics::counter!(REPLACED_CONNECTIONS_TOTAL).increment(1);
         }
-        self.shared.queues[&peer].set_owner(conn_id);
-        let mut connected = self.shared.connected.lock();
-        connected.insert(peer);
-        self.shared
-            .connected_count
-            .store(connected.len(), Ordering::Relaxed);
-        metrics::gauge!(PEERS_CONNECTED).set(connected.len() as f64);
-    }
-
-    fn deactivate(&self, peer: PeerId, conn_id: u64) {
-        self.shared.queues[&peer].release(conn_id);
-        let mut active = self.active.borrow_mut();
-        if active.get(&peer) == Some(&conn_id) {
-            active.remove(&peer);
+        queue.set_owner(conn_id);
+        if class == PeerClass::Validator {
             let mut connected = self.shared.connected.lock();
-            connected.remove(&peer);
+            connected.insert(peer);
             self.shared
                 .connected_count
                 .store(connected.len(), Ordering::Relaxed);
             metrics::gauge!(PEERS_CONNECTED).set(connected.len() as f64);
+        }
+        Some(queue)
+    }
+
+    fn deactivate(&self, peer: PeerId, class: PeerClass, queue: &PeerQueue, conn_id: u64) {
+        queue.release(conn_id);
+        let mut active = self.active.borrow_mut();
+        if active.get(&peer) != Some(&conn_id) {
+            return;
+        }
+        active.remove(&peer);
+        match class {
+            PeerClass::Validator => {
+                let mut connected = self.shared.connected.lock();
+                connected.remove(&peer);
+                self.shared
+                    .connected_count
+                    .store(connected.len(), Ordering::Relaxed);
+                metrics::gauge!(PEERS_CONNECTED).set(connected.len() as f64);
+            }
+            // What was queued for a full node is dropped with it: it re-asks after reconnecting.
+            PeerClass::FullNode => {
+                let mut full_nodes = self.shared.full_nodes.lock();
+                if let Some(queue) = full_nodes.remove(&peer) {
+                    queue.close();
+                }
+                metrics::gauge!(FULL_NODES_CONNECTED).set(full_nodes.len() as f64);
+            }
         }
     }
 
@@ -528,21 +638,31 @@ impl Local {
     /// writer stops between batches, it half-closes, and it keeps reading (and delivering) until
     /// the peer half-closes too. Reads are never cancelled while the
     /// connection is still in use: a cancelled read may drop bytes the kernel already returned.
-    async fn connection(&self, stream: TcpStream, mut reader: FrameReader, peer: PeerId) {
+    async fn connection(
+        &self,
+        stream: TcpStream,
+        mut reader: FrameReader,
+        peer: PeerId,
+        class: PeerClass,
+    ) {
         let conn_id = self.next_conn_id.get();
         self.next_conn_id.set(conn_id + 1);
-        self.activate(peer, conn_id);
-        debug!(target: "net::conn", %peer, conn_id, "connected");
+        let Some(queue) = self.activate(peer, class, conn_id) else {
+            metrics::counter!(HANDSHAKE_FAILURES_TOTAL, "reason" => "full_nodes_max").increment(1);
+            debug!(target: "net::conn", %peer, "full-node slots taken during its handshake, closing");
+            return;
+        };
+        debug!(target: "net::conn", %peer, class = class.as_str(), conn_id, "connected");
         let (mut read_half, mut write_half) = stream.into_split();
-        let read = self.read_loop(&mut read_half, &mut reader, peer);
+        let read = self.read_loop(&mut read_half, &mut reader, peer, class);
         let mut read = std::pin::pin!(read);
-        let mut write = Box::pin(self.write_loop(&mut write_half, peer, conn_id));
+        let mut write = Box::pin(self.write_loop(&mut write_half, &queue, peer, class, conn_id));
         let shutdown = &self.shared.shutdown;
         let ended = monoio::select! {
             r = &mut read => match r {
                 // The peer half-closed: finish the batch in flight, then half-close too.
                 Ok(()) => {
-                    self.shared.queues[&peer].release(conn_id);
+                    queue.release(conn_id);
                     monoio::select! {
                         w = &mut write => w,
                         _ = monoio::time::sleep(GRACEFUL_CLOSE_TIMEOUT) => Ok(()),
@@ -565,21 +685,14 @@ impl Local {
         match ended {
             Ok(()) => debug!(target: "net::conn", %peer, conn_id, "disconnected"),
             Err(e) => {
-                match &e {
-                    ConnectionError::Frame(frame) => {
-                        metrics::counter!(PROTOCOL_ERRORS_TOTAL, "reason" => frame.reason())
-                            .increment(1)
-                    }
-                    ConnectionError::UnexpectedFrame => {
-                        metrics::counter!(PROTOCOL_ERRORS_TOTAL, "reason" => "unexpected_frame")
-                            .increment(1)
-                    }
-                    ConnectionError::Io(_) | ConnectionError::Truncated => {}
+                if let Some(reason) = e.protocol_reason() {
+                    metrics::counter!(PROTOCOL_ERRORS_TOTAL, "reason" => reason, "class" => class.as_str())
+                        .increment(1);
                 }
-                info!(target: "net::conn", %peer, conn_id, error = %e, "connection closed");
+                info!(target: "net::conn", %peer, class = class.as_str(), conn_id, error = %e, "connection closed");
             }
         }
-        self.deactivate(peer, conn_id);
+        self.deactivate(peer, class, &queue, conn_id);
     }
 
     /// Half-closes and reads until the peer half-closes too, bounded in time.
@@ -601,9 +714,20 @@ impl Local {
         read_half: &mut impl AsyncReadRent,
         reader: &mut FrameReader,
         peer: PeerId,
+        class: PeerClass,
     ) -> Result<(), ConnectionError> {
-        let received = metrics::counter!(RECEIVED_BYTES_TOTAL, "peer" => peer.to_string());
-        let max = self.config.frame_payload_max_bytes;
+        let received = metrics::counter!(RECEIVED_BYTES_TOTAL, "peer" => peer_label(&peer, class));
+        let (max, mut limits) = match class {
+            PeerClass::Validator => (self.config.frame_payload_max_bytes, None),
+            PeerClass::FullNode => (
+                self.config.full_node_frame_max_bytes,
+                Some(FullNodeLimits::new(
+                    self.config.full_node_requests_per_s,
+                    self.config.full_node_tx_bytes_per_s,
+                    Instant::now(),
+                )),
+            ),
+        };
         loop {
             let Some((frame_type, payload)) = reader
                 .next(read_half, max, |n| received.increment(n as u64))
@@ -614,8 +738,12 @@ impl Local {
             let FrameType::App(kind) = frame_type else {
                 return Err(ConnectionError::UnexpectedFrame);
             };
+            if let Some(limits) = &mut limits {
+                limits.admit(kind, payload.len(), Instant::now())?;
+            }
             self.deliver(Inbound {
                 peer,
+                class,
                 kind,
                 payload,
             })
@@ -644,11 +772,12 @@ impl Local {
     async fn write_loop(
         &self,
         write_half: &mut impl AsyncWriteRent,
+        queue: &PeerQueue,
         peer: PeerId,
+        class: PeerClass,
         conn_id: u64,
     ) -> Result<(), ConnectionError> {
-        let sent = metrics::counter!(SENT_BYTES_TOTAL, "peer" => peer.to_string());
-        let queue = &self.shared.queues[&peer];
+        let sent = metrics::counter!(SENT_BYTES_TOTAL, "peer" => peer_label(&peer, class));
         let mut out = Vec::new();
         while let Some(batch) = queue.next_batch(conn_id, WRITE_BATCH_MAX_BYTES).await {
             out.clear();
@@ -660,6 +789,14 @@ impl Local {
             sent.increment(result? as u64);
         }
         Ok(())
+    }
+}
+
+/// A validator's series are its own; all full nodes share one (anyone can make a key).
+fn peer_label(peer: &PeerId, class: PeerClass) -> String {
+    match class {
+        PeerClass::Validator => peer.to_string(),
+        PeerClass::FullNode => FULL_NODES_LABEL.to_string(),
     }
 }
 

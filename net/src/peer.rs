@@ -49,3 +49,23 @@ impl fmt::Debug for PeerId {
         write!(f, "PeerId({self})")
     }
 }
+
+/// What a connection's key makes it, decided once, at the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerClass {
+    /// A key in `NetConfig::peers`: a validator (or, on a full node, one of the nodes it follows).
+    Validator,
+    /// Any other key, accepted up to `full_nodes_max`: a full node. It may send only sync
+    /// requests and forwarded transactions, under its own limits, and never reaches consensus.
+    FullNode,
+}
+
+impl PeerClass {
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerClass::Validator => "validator",
+            PeerClass::FullNode => "full_node",
+        }
+    }
+}

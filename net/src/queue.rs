@@ -21,15 +21,16 @@ use parking_lot::Mutex;
 
 use crate::error::SendError;
 use crate::frame::Kind;
-use crate::metrics::{OUTBOUND_DROPPED_TOTAL, OUTBOUND_QUEUE_DEPTH};
-use crate::peer::PeerId;
+use crate::metrics::{FULL_NODES_LABEL, OUTBOUND_DROPPED_TOTAL, OUTBOUND_QUEUE_DEPTH};
+use crate::peer::{PeerClass, PeerId};
 
 pub(crate) struct PeerQueue {
     peer: PeerId,
     consensus_max: usize,
     bulk_max: usize,
     state: Mutex<State>,
-    depth: Gauge,
+    /// None for a full node's queue: one gauge per connection would be an unbounded label.
+    depth: Option<Gauge>,
     dropped: [Counter; Kind::ALL.len()],
 }
 
@@ -43,8 +44,16 @@ struct State {
 }
 
 impl PeerQueue {
-    pub(crate) fn new(peer: PeerId, consensus_max: usize, bulk_max: usize) -> Self {
-        let label = peer.to_string();
+    pub(crate) fn new(
+        peer: PeerId,
+        class: PeerClass,
+        consensus_max: usize,
+        bulk_max: usize,
+    ) -> Self {
+        let label = match class {
+            PeerClass::Validator => peer.to_string(),
+            PeerClass::FullNode => FULL_NODES_LABEL.to_string(),
+        };
         Self {
             peer,
             consensus_max,
@@ -56,7 +65,8 @@ impl PeerQueue {
                 waker: None,
                 closed: false,
             }),
-            depth: metrics::gauge!(OUTBOUND_QUEUE_DEPTH, "peer" => label.clone()),
+            depth: (class == PeerClass::Validator)
+                .then(|| metrics::gauge!(OUTBOUND_QUEUE_DEPTH, "peer" => label.clone())),
             dropped: Kind::ALL.map(|kind| {
                 metrics::counter!(OUTBOUND_DROPPED_TOTAL, "peer" => label.clone(), "kind" => kind.as_str())
             }),
@@ -81,14 +91,19 @@ impl PeerQueue {
             }
             state.bulk.push_back((kind, payload));
         }
-        self.depth
-            .set((state.consensus.len() + state.bulk.len()) as f64);
+        self.set_depth(&state);
         let waker = state.waker.take();
         drop(state);
         if let Some(waker) = waker {
             waker.wake();
         }
         Ok(())
+    }
+
+    fn set_depth(&self, state: &State) {
+        if let Some(depth) = &self.depth {
+            depth.set((state.consensus.len() + state.bulk.len()) as f64);
+        }
     }
 
     /// Hands the queue to connection `conn_id`; a previous owner's writer sees it and stops.
@@ -153,8 +168,7 @@ impl PeerQueue {
                 bytes += next.1.len();
                 batch.push(next);
             }
-            self.depth
-                .set((state.consensus.len() + state.bulk.len()) as f64);
+            self.set_depth(&state);
             Poll::Ready(Some(batch))
         })
         .await
@@ -169,7 +183,12 @@ mod tests {
 
     fn queue(consensus_max: usize, bulk_max: usize) -> PeerQueue {
         let key = PublicKey::from_secret_key_global(&SecretKey::from_byte_array(&[7; 32]).unwrap());
-        PeerQueue::new(PeerId::from(key), consensus_max, bulk_max)
+        PeerQueue::new(
+            PeerId::from(key),
+            PeerClass::Validator,
+            consensus_max,
+            bulk_max,
+        )
     }
 
     fn drain(queue: &PeerQueue) -> Vec<(Kind, Bytes)> {

@@ -11,7 +11,8 @@ use crossbeam_channel::Receiver;
 use kestrel_net::frame::{self, FrameType, PROTOCOL_VERSION};
 use kestrel_net::handshake::{self, Hello};
 use kestrel_net::{
-    Inbound, Kind, NetConfig, Network, PeerConfig, PeerId, RESERVED_PER_VALIDATOR, SendError,
+    Inbound, Kind, NetConfig, Network, PeerClass, PeerConfig, PeerId, RESERVED_PER_VALIDATOR,
+    SendError,
 };
 use secp256k1::{PublicKey, SecretKey};
 
@@ -239,6 +240,7 @@ fn handshake_connects_and_messages_flow_both_ways() {
         recv(&rx_b),
         Inbound {
             peer: ha.local_id(),
+            class: PeerClass::Validator,
             kind: Kind::Consensus,
             payload: Bytes::from_static(b"vote")
         }
@@ -249,6 +251,7 @@ fn handshake_connects_and_messages_flow_both_ways() {
         recv(&rx_a),
         Inbound {
             peer: hb.local_id(),
+            class: PeerClass::Validator,
             kind: Kind::TxForward,
             payload: Bytes::from_static(b"tx")
         }
@@ -650,4 +653,172 @@ fn a_validator_listed_twice_is_a_config_error() {
     let peer = (secret(2), addr);
     let result = Network::start_on(bind(), config(secret(1), addr, &[peer, peer]));
     assert!(matches!(result, Err(kestrel_net::NetError::Config(_))));
+}
+
+/// A validator (seed 1) admitting `full_nodes_max` full nodes, with `tweak` applied, and its
+/// validator peer (seed 2) at an address nobody listens on.
+fn validator_admitting(
+    full_nodes_max: usize,
+    tweak: impl FnOnce(&mut NetConfig),
+) -> (Network, Receiver<Inbound>) {
+    let listener = bind();
+    let absent = bind().local_addr().unwrap();
+    let mut config = config(
+        secret(1),
+        listener.local_addr().unwrap(),
+        &[(secret(2), absent)],
+    );
+    config.full_nodes_max = full_nodes_max;
+    tweak(&mut config);
+    Network::start_on(listener, config).unwrap()
+}
+
+/// A full node (key `seed`) following `validator` through the real network.
+fn full_node(seed: u8, validator: &Network) -> (Network, Receiver<Inbound>) {
+    let mut config = config(
+        secret(seed),
+        bind().local_addr().unwrap(),
+        &[(secret(1), validator.local_addr())],
+    );
+    config.full_node = true;
+    Network::start(config).unwrap()
+}
+
+#[test]
+fn full_nodes_connect_up_to_the_limit_and_never_get_broadcasts() {
+    let (validator, rx) = validator_admitting(1, |_| {});
+    let handle = validator.handle();
+    let (full, full_rx) = full_node(50, &validator);
+    let full_id = full.handle().local_id();
+    wait_until("full node connected", || {
+        handle.connected_full_nodes() == vec![full_id]
+    });
+    // Its connection is not a validator's: consensus does not count it among the peers.
+    assert!(handle.connected_peers().is_empty());
+    assert!(full.handle().connected_peers().contains(&handle.local_id()));
+
+    full.handle()
+        .send(
+            &handle.local_id(),
+            Kind::SyncRequest,
+            Bytes::from_static(b"blocks?"),
+        )
+        .unwrap();
+    let got = recv(&rx);
+    assert_eq!((got.peer, got.class), (full_id, PeerClass::FullNode));
+    handle
+        .send(&full_id, Kind::SyncResponse, Bytes::from_static(b"blocks"))
+        .unwrap();
+    assert_eq!(recv(&full_rx).payload, Bytes::from_static(b"blocks"));
+    handle
+        .broadcast(Kind::Consensus, Bytes::from_static(b"proposal"))
+        .unwrap();
+    assert!(
+        full_rx.recv_timeout(Duration::from_millis(300)).is_err(),
+        "a broadcast reached a full node"
+    );
+
+    // The one slot is taken: a second full node is refused at the handshake, before our Auth.
+    let mut second = RawPeer::connect(validator.local_addr());
+    assert!(
+        second
+            .authenticate(id_of(&secret(51)), &secret(51))
+            .is_none()
+    );
+    assert_eq!(handle.connected_full_nodes(), vec![full_id]);
+
+    // Once the first one leaves, its slot is free again.
+    drop(full);
+    wait_until("full node gone", || {
+        handle.connected_full_nodes().is_empty()
+    });
+    let (_third, _) = full_node(52, &validator);
+    wait_until("another full node connected", || {
+        handle.connected_full_nodes().len() == 1
+    });
+}
+
+#[test]
+fn without_full_node_slots_other_keys_are_refused() {
+    let (validator, _rx) = validator_admitting(0, |_| {});
+    let mut raw = RawPeer::connect(validator.local_addr());
+    assert!(raw.authenticate(id_of(&secret(60)), &secret(60)).is_none());
+    assert!(validator.handle().connected_full_nodes().is_empty());
+}
+
+/// A full node played by hand: authenticated as key `seed`, then sending what it likes.
+fn raw_full_node(validator: &Network, seed: u8) -> RawPeer {
+    let mut raw = authenticated(validator, &secret(seed));
+    wait_until("full node connected", || {
+        validator
+            .handle()
+            .connected_full_nodes()
+            .contains(&id_of(&secret(seed)))
+    });
+    raw.send(FrameType::App(Kind::TxForward), b"txs");
+    raw
+}
+
+#[test]
+fn a_full_node_sending_consensus_or_sync_responses_is_disconnected_unheard() {
+    let (validator, rx) = validator_admitting(4, |_| {});
+    for kind in [Kind::Consensus, Kind::SyncResponse] {
+        let mut raw = raw_full_node(&validator, 70);
+        assert_eq!(recv(&rx).kind, Kind::TxForward);
+        raw.send(FrameType::App(kind), b"vote for me");
+        raw.expect_closed();
+        wait_until("full node dropped", || {
+            validator.handle().connected_full_nodes().is_empty()
+        });
+        assert!(
+            rx.recv_timeout(Duration::from_millis(100)).is_err(),
+            "a full node's {kind:?} message was delivered"
+        );
+    }
+}
+
+#[test]
+fn a_full_node_over_its_frame_cap_or_rates_is_disconnected() {
+    let (validator, rx) = validator_admitting(4, |c| {
+        c.full_node_frame_max_bytes = 1024;
+        c.full_node_tx_bytes_per_s = 4096;
+        c.full_node_requests_per_s = 20;
+    });
+    // A frame over the full nodes' cap, far under the validators'.
+    let mut raw = raw_full_node(&validator, 80);
+    assert_eq!(recv(&rx).kind, Kind::TxForward);
+    raw.send(FrameType::App(Kind::TxForward), &[0; 1025]);
+    raw.expect_closed();
+
+    // A flood of sync requests: the burst (a second's worth) passes, then it is cut off.
+    let mut raw = raw_full_node(&validator, 81);
+    assert_eq!(recv(&rx).kind, Kind::TxForward);
+    for _ in 0..100 {
+        let mut out = Vec::new();
+        frame::encode(FrameType::App(Kind::SyncRequest), b"blocks?", &mut out);
+        if raw.stream.write_all(&out).is_err() {
+            break;
+        }
+    }
+    raw.expect_closed();
+    let delivered = rx.try_iter().count();
+    assert!(
+        (20..=22).contains(&delivered),
+        "{delivered} flooded requests delivered"
+    );
+
+    // Forwarded transactions past the byte rate.
+    let mut raw = raw_full_node(&validator, 82);
+    assert_eq!(recv(&rx).kind, Kind::TxForward);
+    for _ in 0..8 {
+        let mut out = Vec::new();
+        frame::encode(FrameType::App(Kind::TxForward), &[0; 1000], &mut out);
+        if raw.stream.write_all(&out).is_err() {
+            break;
+        }
+    }
+    raw.expect_closed();
+    wait_until("full nodes dropped", || {
+        validator.handle().connected_full_nodes().is_empty()
+    });
 }

@@ -102,6 +102,10 @@ pub struct NodeArgs {
     /// A geth-style genesis JSON file.
     #[arg(long, value_name = "FILE")]
     pub genesis: Option<PathBuf>,
+    /// Run as a full node: no validator key; follow the genesis validators (`--p2p-peers`),
+    /// execute the finalized blocks they serve, serve JSON-RPC, forward transactions to them.
+    #[arg(long, conflicts_with = "dev")]
+    pub full: bool,
     /// Where the database lives.
     #[arg(long, value_name = "DIR", default_value = "./kestrel-data")]
     pub datadir: PathBuf,
@@ -213,9 +217,23 @@ pub struct NodeArgs {
     /// Validator p2p listen address (default: this validator's address in the genesis).
     #[arg(long, value_name = "ADDR:PORT")]
     pub p2p_listen: Option<SocketAddr>,
-    /// Validator p2p peers, comma-separated (default: the other validators in the genesis).
-    #[arg(long, value_name = "ADDR:PORT", value_delimiter = ',')]
+    /// Validator p2p peers, comma-separated, in genesis order (default: the other validators
+    /// in the genesis; on a full node, all of them).
+    #[arg(long, alias = "peers", value_name = "ADDR:PORT", value_delimiter = ',')]
     pub p2p_peers: Vec<SocketAddr>,
+    /// Full nodes (keys outside the validator set) this node accepts connections from at once;
+    /// 0 refuses them all.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub p2p_full_nodes_max: usize,
+    /// Largest message a full node may send (bytes); a larger one closes its connection.
+    #[arg(long, value_name = "BYTES", default_value_t = kestrel_net::FULL_NODE_FRAME_MAX_BYTES_DEFAULT)]
+    pub p2p_full_node_frame_max_bytes: u32,
+    /// Sync requests a second one full node may send; more close its connection.
+    #[arg(long, value_name = "N", default_value_t = kestrel_net::FULL_NODE_REQUESTS_PER_S_DEFAULT)]
+    pub p2p_full_node_requests_per_s: u32,
+    /// Forwarded-transaction bytes a second one full node may send; more close its connection.
+    #[arg(long, value_name = "BYTES", default_value_t = kestrel_net::FULL_NODE_TX_BYTES_PER_S_DEFAULT)]
+    pub p2p_full_node_tx_bytes_per_s: u32,
     /// Accepted p2p connections still in their handshake, from addresses other than the
     /// validators' (which have reserved slots); more are closed at once.
     #[arg(long, value_name = "N", default_value_t = kestrel_net::PREAUTH_MAX_DEFAULT)]
@@ -286,6 +304,10 @@ pub struct InitTestnetArgs {
     /// Number of validators.
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::testnet::VALIDATORS_MAX)))]
     pub validators: u16,
+    /// Number of full nodes (DIR/full-<j>, RPC and metrics on the ports after the validators');
+    /// the validators admit as many full-node connections.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=i64::from(crate::testnet::FULL_NODES_MAX)))]
+    pub full_nodes: u16,
     /// Directory to write into; it must not hold a testnet already.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,

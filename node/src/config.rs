@@ -33,6 +33,7 @@ pub enum ConfigError {
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    pub role: Option<Role>,
     pub dev: Option<bool>,
     pub genesis: Option<PathBuf>,
     pub datadir: Option<PathBuf>,
@@ -46,6 +47,16 @@ pub struct Config {
     pub validator: ValidatorSection,
     pub p2p: P2pSection,
     pub archive: ArchiveSection,
+}
+
+/// `role`: what the node is in the network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// A member of the genesis validator set (`[validator] key_file`).
+    Validator,
+    /// Follows the validators without a validator key (`kestrel node --full`).
+    Full,
 }
 
 /// `history_blocks`: a number of blocks, or `"all"`.
@@ -140,6 +151,10 @@ pub struct P2pSection {
     pub preauth_max: Option<usize>,
     pub preauth_per_ip: Option<usize>,
     pub handshake_timeout_ms: Option<u64>,
+    pub full_nodes_max: Option<usize>,
+    pub full_node_frame_max_bytes: Option<u32>,
+    pub full_node_requests_per_s: Option<u32>,
+    pub full_node_tx_bytes_per_s: Option<u32>,
 }
 
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -198,6 +213,7 @@ impl Config {
             fill!(dev, self.dev);
             fill!(genesis, self.genesis.map(Some));
         }
+        fill!(full, self.role.map(|role| role == Role::Full));
         fill!(datadir, self.datadir);
         fill!(min_free_disk_mb, self.min_free_disk_mb);
         fill!(history_blocks, self.history_blocks.map(HistoryWindow::from));
@@ -240,6 +256,19 @@ impl Config {
         fill!(p2p_preauth_max, self.p2p.preauth_max);
         fill!(p2p_preauth_per_ip, self.p2p.preauth_per_ip);
         fill!(p2p_handshake_timeout_ms, self.p2p.handshake_timeout_ms);
+        fill!(p2p_full_nodes_max, self.p2p.full_nodes_max);
+        fill!(
+            p2p_full_node_frame_max_bytes,
+            self.p2p.full_node_frame_max_bytes
+        );
+        fill!(
+            p2p_full_node_requests_per_s,
+            self.p2p.full_node_requests_per_s
+        );
+        fill!(
+            p2p_full_node_tx_bytes_per_s,
+            self.p2p.full_node_tx_bytes_per_s
+        );
         fill!(archive_io, self.archive.io);
     }
 }

@@ -1,5 +1,6 @@
-//! The validator set in a genesis file, and `kestrel init-testnet`, which writes a genesis and one
-//! directory per validator (config, keystore, its password file) for a testnet on one host.
+//! The validator set in a genesis file, and `kestrel init-testnet`, which writes a genesis, one
+//! directory per validator (config, keystore, its password file) and one per full node (config;
+//! its node key is generated at its first start) for a testnet on one host.
 //!
 //! The validator set sits in a top-level `kestrel` section of the geth-style genesis, which
 //! geth-style parsers (alloy's included) ignore:
@@ -7,7 +8,7 @@
 
 use crate::{
     cli::InitTestnetArgs,
-    config::{Config, MetricsSection, RpcSection, ValidatorSection},
+    config::{Config, MetricsSection, P2pSection, Role, RpcSection, ValidatorSection},
     keys::{self, KeyError, ValidatorKey, ValidatorPubkey},
 };
 use alloy_primitives::{Address, U256, keccak256};
@@ -23,6 +24,8 @@ use std::{
 
 /// Most validators a genesis may list (and `init-testnet --validators` accepts).
 pub const VALIDATORS_MAX: u16 = 100;
+/// Most full nodes `init-testnet --full-nodes` writes.
+pub const FULL_NODES_MAX: u16 = 100;
 /// Most prefunded accounts `init-testnet --accounts` writes.
 pub const ACCOUNTS_MAX: u32 = 10_000;
 /// Each testnet validator's stake (equal stakes: 1,000,000 ETH in wei).
@@ -129,9 +132,17 @@ pub struct TestnetValidator {
     pub metrics: SocketAddr,
 }
 
+/// What `init-testnet` wrote for one full node.
+#[derive(Debug)]
+pub struct TestnetFullNode {
+    pub dir: PathBuf,
+    pub rpc: SocketAddr,
+    pub metrics: SocketAddr,
+}
+
 /// Writes the testnet and prints where each validator listens.
 pub fn run(args: &InitTestnetArgs) -> Result<(), TestnetError> {
-    let validators = write(args)?;
+    let (validators, full_nodes) = write(args)?;
     println!(
         "wrote {}: chain id {}, {} validators, {} prefunded accounts",
         args.out.join("genesis.json").display(),
@@ -150,6 +161,14 @@ pub fn run(args: &InitTestnetArgs) -> Result<(), TestnetError> {
             v.metrics
         );
     }
+    for f in &full_nodes {
+        println!(
+            "{}  full node  rpc {}  metrics {}",
+            f.dir.display(),
+            f.rpc,
+            f.metrics
+        );
+    }
     if let Some(first) = validators.first() {
         println!(
             "start a validator with: kestrel node --config {}",
@@ -163,12 +182,17 @@ pub fn run(args: &InitTestnetArgs) -> Result<(), TestnetError> {
 pub const KEYSTORE_FILE: &str = "keystore.json";
 pub const PASSWORD_FILE: &str = "password.txt";
 
-/// Writes DIR/genesis.json, DIR/accounts.json and
-/// DIR/validator-<i>/{config.toml, keystore.json, password.txt}.
-pub fn write(args: &InitTestnetArgs) -> Result<Vec<TestnetValidator>, TestnetError> {
+/// Writes DIR/genesis.json, DIR/accounts.json,
+/// DIR/validator-<i>/{config.toml, keystore.json, password.txt} and DIR/full-<j>/config.toml.
+pub fn write(
+    args: &InitTestnetArgs,
+) -> Result<(Vec<TestnetValidator>, Vec<TestnetFullNode>), TestnetError> {
     let n = args.validators;
-    let ports = |base: u16, what: &str| {
-        (0..n)
+    // Full nodes take the RPC and metrics ports after the validators'; they need no p2p port
+    // (nobody dials a full node).
+    let nodes = n + args.full_nodes;
+    let ports = |base: u16, count: u16, what: &str| {
+        (0..count)
             .map(|i| {
                 base.checked_add(i)
                     .map(|port| SocketAddr::new(LOOPBACK, port))
@@ -178,16 +202,16 @@ pub fn write(args: &InitTestnetArgs) -> Result<Vec<TestnetValidator>, TestnetErr
             })
             .collect::<Result<Vec<_>, _>>()
     };
-    let p2p = ports(args.base_p2p_port, "p2p")?;
-    let rpc = ports(args.base_rpc_port, "rpc")?;
-    let metrics = ports(args.base_metrics_port, "metrics")?;
+    let p2p = ports(args.base_p2p_port, n, "p2p")?;
+    let mut rpc = ports(args.base_rpc_port, nodes, "rpc")?;
+    let mut metrics = ports(args.base_metrics_port, nodes, "metrics")?;
     let distinct: HashSet<u16> = p2p
         .iter()
         .chain(&rpc)
         .chain(&metrics)
         .map(|a| a.port())
         .collect();
-    if distinct.len() != 3 * usize::from(n) {
+    if distinct.len() != usize::from(n) + 2 * usize::from(nodes) {
         return Err(TestnetError::Ports(
             "the p2p, rpc and metrics port ranges overlap; choose bases further apart".into(),
         ));
@@ -203,19 +227,20 @@ pub fn write(args: &InitTestnetArgs) -> Result<Vec<TestnetValidator>, TestnetErr
         return Err(TestnetError::Exists { path: genesis_path });
     }
 
+    let full_rpc = rpc.split_off(usize::from(n));
+    let full_metrics = metrics.split_off(usize::from(n));
+    let write_config = |dir: &Path, config: &Config| {
+        let text = format!(
+            "# Written by `kestrel init-testnet`; docs/CONFIG.md lists every option.\n{}",
+            toml::to_string(config).expect("the config serializes")
+        );
+        let config_path = dir.join("config.toml");
+        std::fs::write(&config_path, text).map_err(io_err(&config_path))
+    };
     let mut written = Vec::with_capacity(usize::from(n));
     for (i, ((p2p, rpc), metrics)) in p2p.into_iter().zip(rpc).zip(metrics).enumerate() {
         let dir = args.out.join(format!("validator-{i}"));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|source| match source.kind() {
-                io::ErrorKind::AlreadyExists => TestnetError::Exists { path: dir.clone() },
-                _ => TestnetError::Io {
-                    path: dir.clone(),
-                    source,
-                },
-            })?;
+        create_node_dir(&dir)?;
         let key = ValidatorKey::generate();
         // A random password per validator, beside its keystore: on one host the pair protects
         // nothing the directory's mode does not, but the nodes start the way production ones do.
@@ -242,14 +267,13 @@ pub fn write(args: &InitTestnetArgs) -> Result<Vec<TestnetValidator>, TestnetErr
                 key_file: Some(KEYSTORE_FILE.into()),
                 password_file: Some(PASSWORD_FILE.into()),
             },
+            p2p: P2pSection {
+                full_nodes_max: (args.full_nodes > 0).then_some(usize::from(args.full_nodes)),
+                ..P2pSection::default()
+            },
             ..Config::default()
         };
-        let text = format!(
-            "# Written by `kestrel init-testnet`; docs/CONFIG.md lists every option.\n{}",
-            toml::to_string(&config).expect("the config serializes")
-        );
-        let config_path = dir.join("config.toml");
-        std::fs::write(&config_path, text).map_err(io_err(&config_path))?;
+        write_config(&dir, &config)?;
         let pubkey = key.public_key();
         written.push(TestnetValidator {
             dir,
@@ -262,6 +286,28 @@ pub fn write(args: &InitTestnetArgs) -> Result<Vec<TestnetValidator>, TestnetErr
             rpc,
             metrics,
         });
+    }
+
+    let mut full_nodes = Vec::with_capacity(usize::from(args.full_nodes));
+    for (j, (rpc, metrics)) in full_rpc.into_iter().zip(full_metrics).enumerate() {
+        let dir = args.out.join(format!("full-{j}"));
+        create_node_dir(&dir)?;
+        let config = Config {
+            role: Some(Role::Full),
+            genesis: Some("../genesis.json".into()),
+            datadir: Some("data".into()),
+            rpc: RpcSection {
+                http_addr: Some(rpc.ip()),
+                http_port: Some(rpc.port()),
+                ..RpcSection::default()
+            },
+            metrics: MetricsSection {
+                listen: Some(metrics),
+            },
+            ..Config::default()
+        };
+        write_config(&dir, &config)?;
+        full_nodes.push(TestnetFullNode { dir, rpc, metrics });
     }
 
     let accounts = testnet_accounts(args.accounts);
@@ -305,7 +351,23 @@ pub fn write(args: &InitTestnetArgs) -> Result<Vec<TestnetValidator>, TestnetErr
     let accounts_path = args.out.join("accounts.json");
     let text = serde_json::to_string_pretty(&listed).expect("the accounts serialize");
     std::fs::write(&accounts_path, text + "\n").map_err(io_err(&accounts_path))?;
-    Ok(written)
+    Ok((written, full_nodes))
+}
+
+/// A node's directory, private to its user, which must not exist yet.
+fn create_node_dir(dir: &Path) -> Result<(), TestnetError> {
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| match source.kind() {
+            io::ErrorKind::AlreadyExists => TestnetError::Exists {
+                path: dir.to_owned(),
+            },
+            _ => TestnetError::Io {
+                path: dir.to_owned(),
+                source,
+            },
+        })
 }
 
 /// The first `count` dev accounts: Hardhat's ten, then keys derived from a fixed string.
@@ -341,13 +403,18 @@ mod tests {
             base_metrics_port: 9100,
             accounts: 12,
             scrypt_light: true,
+            full_nodes: 0,
         }
     }
 
     #[test]
     fn testnet_genesis_is_a_chain_spec_with_its_validator_set() {
         let dir = tempfile::tempdir().unwrap();
-        let written = write(&args(dir.path(), 3)).unwrap();
+        let (written, full_nodes) = write(&InitTestnetArgs {
+            full_nodes: 2,
+            ..args(dir.path(), 3)
+        })
+        .unwrap();
         let genesis = dir.path().join("genesis.json");
         let spec = ChainSpec::from_genesis_file(&genesis).unwrap();
         assert_eq!(spec.chain_id, 4242);
@@ -364,6 +431,15 @@ mod tests {
             let config = Config::load(&v.dir.join("config.toml")).unwrap();
             assert_eq!(config.genesis, Some(v.dir.join("../genesis.json")));
             assert_eq!(config.rpc.http_port, Some(8545 + i as u16));
+            assert_eq!(config.p2p.full_nodes_max, Some(2));
+        }
+        // Full nodes: no key, the ports after the validators'.
+        for (j, f) in full_nodes.iter().enumerate() {
+            let config = Config::load(&f.dir.join("config.toml")).unwrap();
+            assert_eq!(config.role, Some(Role::Full));
+            assert_eq!(config.validator.key_file, None);
+            assert_eq!(config.rpc.http_port, Some(8548 + j as u16));
+            assert_eq!(config.metrics.listen.unwrap().port(), 9103 + j as u16);
         }
         let err = write(&args(dir.path(), 1)).unwrap_err();
         assert!(matches!(err, TestnetError::Exists { .. }), "{err}");

@@ -11,10 +11,13 @@ from metrics_util import REPO_ROOT, scrape
 DOCS = REPO_ROOT / "docs" / "metrics.md"
 # Series that exist only after a rare event, so a test node does not export them.
 EVENT_ONLY = {"kestrel_mempool_evicted_total", "kestrel_rpc_subscribers_dropped_total"}
-# Exported only by a validator of a multi-validator chain (tests/testnet checks those are
-# documented); the node under test is a --dev node.
+# Exported only by a validator of a multi-validator chain or a full node (tests/testnet checks
+# those are documented); the node under test is a --dev node.
 MULTI_VALIDATOR_ONLY = {
     "kestrel_net_peers_connected",
+    "kestrel_net_full_nodes_connected",
+    "kestrel_full_node_lag_seconds",
+    "kestrel_full_node_results_checked_total",
     "kestrel_net_received_bytes_total",
     "kestrel_net_sent_bytes_total",
     "kestrel_net_outbound_queue_depth",

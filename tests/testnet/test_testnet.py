@@ -12,14 +12,13 @@ them back it resumes.
 
 from __future__ import annotations
 
-import re
 import time
-from pathlib import Path
 
 import pytest
 import requests
 
-from testnet import Namespaces, Sender, Testnet, wait_until
+from testnet import (Namespaces, Sender, Testnet, assert_agree, documented_metrics, exported_metrics,
+                     series, wait_until)
 
 pytestmark = pytest.mark.timeout(420)
 
@@ -97,16 +96,6 @@ def views(net, hashes: list[str]) -> str:
     return "; ".join(out)
 
 
-def assert_agree(validators, up_to: int) -> None:
-    """Every validator has blocks 1..up_to, identical in hash, state root and receipts root."""
-    for v in validators:
-        wait_until(lambda: v.head() >= up_to, CATCH_UP_TIMEOUT_S, f"validator {v.index} at {up_to}")
-    for n in range(1, up_to + 1):
-        blocks = [v.block(n) for v in validators]
-        fields = {(b["hash"], b["stateRoot"], b["receiptsRoot"]) for b in blocks}
-        assert len(fields) == 1, f"block {n} differs: {fields}"
-
-
 def assert_receipts_agree(validators, hashes: list[str]) -> None:
     for h in hashes:
         receipts = [wait_receipts(v, [h])[0] for v in validators]
@@ -114,13 +103,6 @@ def assert_receipts_agree(validators, hashes: list[str]) -> None:
         seen = {tuple(r[k] for k in keys) for r in receipts}
         assert len(seen) == 1, f"receipt of {h} differs: {seen}"
         assert receipts[0]["status"] == "0x1"
-
-
-def series(v, name: str) -> dict[str, float]:
-    """Every sample of `name` on the validator's endpoint, by its label string."""
-    text = requests.get(v.metrics_url, timeout=5).text
-    return {m.group(1) or "": float(m.group(2))
-            for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.M)}
 
 
 def advances(v, blocks: int, timeout: float) -> int:
@@ -145,10 +127,8 @@ def test_transactions_are_included_and_all_validators_agree(net):
 
 
 def test_validator_metrics_are_documented(net):
-    docs_path = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
-    docs = set(re.findall(r"^\|\s*`(kestrel_[a-z0-9_]+)`\s*\|", docs_path.read_text(), re.M))
-    text = requests.get(net[0].metrics_url, timeout=5).text
-    exported = set(re.findall(r"^# TYPE (kestrel_[a-z0-9_]+) ", text, re.M))
+    docs = documented_metrics()
+    exported = exported_metrics(net[0])
     assert not exported - docs, f"exported but not in docs/metrics.md: {sorted(exported - docs)}"
     for name in ("kestrel_consensus_round", "kestrel_consensus_height", "kestrel_consensus_votes_total",
                  "kestrel_consensus_commit_latency_seconds", "kestrel_net_peers_connected"):

@@ -1,7 +1,8 @@
 """A testnet of real `kestrel node` validators, written by `kestrel init-testnet`.
 
 Each validator runs from its own config (validator-<i>/config.toml) with its own datadir and log
-file; ports are free loopback ports chosen at init. With `Namespaces`, each validator runs in a
+file; ports are free loopback ports chosen at init. With `full_nodes=K`, K full nodes
+(full-<j>/config.toml, `role = "full"`) follow them on loopback. With `Namespaces`, each validator runs in a
 network namespace of its own instead, behind a veth pair on a shared bridge whose egress `tc netem`
 delays by 20-50 ms (or not delayed, with `delay=None`, for kernels without sch_netem). Helpers read blocks and receipts over JSON-RPC. Every wait is bounded.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -62,9 +64,10 @@ def _free_range(n: int, taken: set[int]) -> int:
 
 
 class Validator(KestrelNode):
-    """One validator process of the testnet (reuses the e2e node's log handling)."""
+    """One validator process of the testnet (reuses the e2e node's log handling); a full node is
+    one too, whose `index` is its name ("full-0")."""
 
-    def __init__(self, index: int, directory: Path, rpc_port: int, extra_args: list[str],
+    def __init__(self, index: int | str, directory: Path, rpc_port: int, extra_args: list[str],
                  host: str = "127.0.0.1", prefix: list[str] | None = None):
         super().__init__(datadir=directory / "data", log_dir=directory / "logs", extra_args=extra_args)
         self.index = index
@@ -175,11 +178,15 @@ class Namespaces:
 
 class Testnet:
     __test__ = False  # not a pytest class, despite the name
-    def __init__(self, root: Path, n: int, extra_args: list[str], namespaces: Namespaces | None = None):
+    def __init__(self, root: Path, n: int, extra_args: list[str], namespaces: Namespaces | None = None,
+                 full_nodes: int = 0):
+        assert namespaces is None or full_nodes == 0, "full nodes run on loopback only"
         taken: set[int] = set()
-        p2p, rpc, metrics = (_free_range(n, taken) for _ in range(3))
+        p2p = _free_range(n, taken)
+        rpc, metrics = (_free_range(n + full_nodes, taken) for _ in range(2))
         subprocess.run(
             [str(kestrel_bin()), "init-testnet", "--validators", str(n), "--out", str(root),
+             "--full-nodes", str(full_nodes),
              "--base-p2p-port", str(p2p), "--base-rpc-port", str(rpc),
              "--base-metrics-port", str(metrics), "--chain-id", str(CHAIN_ID),
              # geth's light scrypt for the keystores: validators restart often here.
@@ -206,18 +213,24 @@ class Testnet:
             ]
         for i, v in enumerate(self.validators):
             v.metrics_port = metrics + i
+        self.full_nodes = [
+            Validator(f"full-{j}", root / f"full-{j}", rpc + n + j, extra_args) for j in range(full_nodes)
+        ]
+        for j, f in enumerate(self.full_nodes):
+            f.metrics_port = metrics + n + j
 
     def __getitem__(self, i: int) -> Validator:
         return self.validators[i]
 
     def start_all(self) -> None:
-        for v in self.validators:
+        nodes = self.validators + self.full_nodes
+        for v in nodes:
             v.start(wait=False)
-        for v in self.validators:
+        for v in nodes:
             v.wait_ready()
 
     def stop_all(self) -> list[int | None]:
-        return [v.stop(signal.SIGTERM) for v in self.validators]
+        return [v.stop(signal.SIGTERM) for v in self.validators + self.full_nodes]
 
     def running(self) -> list[Validator]:
         return [v for v in self.validators if v.running()]
@@ -235,6 +248,35 @@ def wait_until(predicate, timeout: float, what: str, poll: float = 0.2):
             last = e
         time.sleep(poll)
     raise TimeoutError(f"{what} not within {timeout}s (last: {last!r})")
+
+
+def assert_agree(validators, up_to: int, timeout: float = 30.0) -> None:
+    """Every node has blocks 1..up_to, identical in hash, state root and receipts root."""
+    for v in validators:
+        wait_until(lambda: v.head() >= up_to, timeout, f"validator {v.index} at {up_to}")
+    for n in range(1, up_to + 1):
+        blocks = [v.block(n) for v in validators]
+        fields = {(b["hash"], b["stateRoot"], b["receiptsRoot"]) for b in blocks}
+        assert len(fields) == 1, f"block {n} differs: {fields}"
+
+
+def documented_metrics() -> set[str]:
+    """Metric names in the first column of docs/metrics.md's tables."""
+    docs = HERE.parents[1] / "docs" / "metrics.md"
+    return set(re.findall(r"^\|\s*`(kestrel_[a-z0-9_]+)`\s*\|", docs.read_text(), re.M))
+
+
+def exported_metrics(v) -> set[str]:
+    """Metric families on the node's endpoint."""
+    text = requests.get(v.metrics_url, timeout=5).text
+    return set(re.findall(r"^# TYPE (kestrel_[a-z0-9_]+) ", text, re.M))
+
+
+def series(v, name: str) -> dict[str, float]:
+    """Every sample of `name` on the node's endpoint, by its label string."""
+    text = requests.get(v.metrics_url, timeout=5).text
+    return {m.group(1) or "": float(m.group(2))
+            for m in re.finditer(rf"^{name}(\{{[^}}]*\}})? (\S+)$", text, re.M)}
 
 
 class Sender:

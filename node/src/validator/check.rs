@@ -79,7 +79,7 @@ fn check(args: &CheckArgs) -> eyre::Result<Report> {
         if !proven {
             continue;
         }
-        let payloads = verify_chain(&head, &run, &set)
+        let payloads = verify_chain(&head, &run, &set, None)
             .wrap_err_with(|| format!("the block log from height {}", head.block.height + 1))?;
         report.commit_proofs += 1;
         for (synced, payload) in run.iter().zip(&payloads) {

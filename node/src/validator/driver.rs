@@ -27,7 +27,7 @@ use super::{
     builder::{Build, Builder},
     clock::Clock,
     finality::Finality,
-    forward::Forwarder,
+    forward::{FORWARD_LEADERS, Forwarder},
     metrics::EARLY_TIMEOUTS,
     payload::{Decoder, Payload},
     payloads::PayloadCache,
@@ -415,11 +415,18 @@ impl Driver {
         }
         let (round, me) = (self.bft.round(), self.bft.me());
         let forwarder = self.forwarder.as_mut().expect("running");
-        if let Some((targets, bytes)) =
-            forwarder.outgoing(now, &self.pool, &self.members.set, round, me)
-        {
+        if let Some((targets, messages)) = forwarder.outgoing(
+            now,
+            &self.pool,
+            &self.members.set,
+            round,
+            Some(me),
+            FORWARD_LEADERS,
+        ) {
             for to in targets {
-                self.send(to, Kind::TxForward, bytes.0.clone());
+                for message in &messages {
+                    self.send(to, Kind::TxForward, message.0.clone());
+                }
             }
         }
     }

@@ -16,13 +16,22 @@ use std::{collections::HashSet, thread};
 
 /// Transactions in one forwarded batch.
 pub const FORWARD_TXS_MAX: usize = 1_024;
+/// Bytes of transactions in one forwarded message: the transactions taken at once go out in as
+/// many messages as it takes. Well under the smallest frame cap a receiver applies (a
+/// validator's for full nodes, 4 MiB by default), which 1,024 transactions of up to 128 KiB
+/// (`TX_SIZE_MAX`) would pass, and the receiver would close the connection on.
+const FORWARD_MESSAGE_BYTES_MAX: usize = 1 << 20;
 /// Forwarded transactions waiting for this validator's ingress; more are dropped (the sender
 /// still holds them).
 const FORWARD_QUEUE_MAX: usize = 16_384;
 /// How often newly admitted transactions are forwarded to the next leaders.
 const FORWARD_INTERVAL_MS: u64 = 50;
 /// Transactions go to the leaders of the current and this many next rounds.
-const FORWARD_LEADERS: u64 = 3;
+pub const FORWARD_LEADERS: u64 = 3;
+/// A full node forwards to the leaders of the round after its head and this many next: its head
+/// trails the validators' round by two or three rounds (a block is final once its child is
+/// certified), so it looks further ahead than a validator.
+pub const FULL_NODE_FORWARD_ROUNDS: u64 = FORWARD_LEADERS + 3;
 /// Hashes of transactions received by forwarding that are remembered, so they are not forwarded
 /// again; when full the set is cleared (a transaction forwarded twice is refused as known).
 const FORWARDED_IN_MAX: usize = 65_536;
@@ -41,17 +50,18 @@ pub fn describe_metrics() {
     );
 }
 
-/// The leaders of `round` and the `leaders` rounds after it, each once, without `me`.
+/// The leaders of `round` and the `leaders` rounds after it, each once, without `me` (a full
+/// node is none of them).
 fn targets(
     set: &ValidatorSet,
     round: Round,
-    me: ValidatorIndex,
+    me: Option<ValidatorIndex>,
     leaders: u64,
 ) -> Vec<ValidatorIndex> {
     let mut out = Vec::new();
     for r in round.0..=round.0 + leaders {
         let leader = set.leader(Round(r));
-        if leader != me && !out.contains(&leader) {
+        if Some(leader) != me && !out.contains(&leader) {
             out.push(leader);
         }
     }
@@ -62,6 +72,25 @@ fn encode(txs: &[RecoveredTx]) -> Vec<u8> {
     let raw: Vec<Bytes> = txs.iter().map(RecoveredTx::encoded).collect();
     let mut out = Vec::with_capacity(raw.length());
     raw.encode(&mut out);
+    out
+}
+
+/// `txs` in order, as messages of at most `FORWARD_MESSAGE_BYTES_MAX` of transactions each (a
+/// transaction larger than that alone in one).
+fn messages(txs: &[RecoveredTx]) -> Vec<Bytes> {
+    let mut out = Vec::new();
+    let (mut start, mut size) = (0, 0);
+    for (i, tx) in txs.iter().enumerate() {
+        let len = tx.encoded().len();
+        if i > start && size + len > FORWARD_MESSAGE_BYTES_MAX {
+            out.push(Bytes::from(encode(&txs[start..i])));
+            (start, size) = (i, 0);
+        }
+        size += len;
+    }
+    if start < txs.len() {
+        out.push(Bytes::from(encode(&txs[start..])));
+    }
     out
 }
 
@@ -96,16 +125,18 @@ impl Forwarder {
     }
 
     /// Every `FORWARD_INTERVAL_MS`: the transactions our RPC admitted since the last time, for
-    /// the leaders of the current and next rounds (they stay in our pool too: if those leaders
-    /// fail, we propose them when we lead). Returns the targets and the encoded batch.
+    /// the leaders of `round` and the `leaders` next rounds (they stay in our pool too: if those
+    /// leaders fail, we propose them when we lead). Returns the targets and the messages to send
+    /// each of them.
     pub fn outgoing(
         &mut self,
         now: u64,
         pool: &TxPool,
         set: &ValidatorSet,
         round: Round,
-        me: ValidatorIndex,
-    ) -> Option<(Vec<ValidatorIndex>, Bytes)> {
+        me: Option<ValidatorIndex>,
+        leaders: u64,
+    ) -> Option<(Vec<ValidatorIndex>, Vec<Bytes>)> {
         if self.last_ms + FORWARD_INTERVAL_MS > now {
             return None;
         }
@@ -119,10 +150,7 @@ impl Forwarder {
             return None;
         }
         metrics::counter!(FORWARDED_TOTAL).increment(txs.len() as u64);
-        Some((
-            targets(set, round, me, FORWARD_LEADERS),
-            Bytes::from(encode(&txs)),
-        ))
+        Some((targets(set, round, me, leaders), messages(&txs)))
     }
 
     /// Transactions another validator forwarded: admitted through our ingress.
@@ -209,7 +237,51 @@ impl Admitter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
+    use alloy_primitives::{Address, Signature, TxKind};
     use kestrel_consensus::bft::ValidatorKey;
+
+    /// A real signed transaction with `calldata_bytes` of calldata.
+    fn tx(nonce: u64, calldata_bytes: usize) -> RecoveredTx {
+        let tx = TxEip1559 {
+            chain_id: 1337,
+            nonce,
+            gas_limit: 3_000_000,
+            max_fee_per_gas: 2_000_000_000,
+            to: TxKind::Call(Address::with_last_byte(1)),
+            input: vec![1; calldata_bytes].into(),
+            ..Default::default()
+        };
+        let secret = secp256k1::SecretKey::from_byte_array(&[7; 32]).unwrap();
+        let msg = secp256k1::Message::from_digest(tx.signature_hash().0);
+        let (rec, bytes) = secp256k1::SECP256K1
+            .sign_ecdsa_recoverable(&msg, &secret)
+            .serialize_compact();
+        let sig = Signature::from_bytes_and_parity(&bytes, i32::from(rec) != 0);
+        RecoveredTx::recover(TxEnvelope::Eip1559(tx.into_signed(sig))).unwrap()
+    }
+
+    #[test]
+    fn large_transactions_are_forwarded_in_messages_under_the_cap_in_order() {
+        let txs: Vec<_> = (0..24).map(|n| tx(n, 100_000)).collect();
+        let sent = messages(&txs);
+        assert_eq!(sent.len(), 3, "10 of 100 kB to a message");
+        let mut received = Vec::new();
+        for message in &sent {
+            assert!(
+                message.len() <= FORWARD_MESSAGE_BYTES_MAX + 64,
+                "{}",
+                message.len()
+            );
+            received.extend(decode(message).unwrap());
+        }
+        let expected: Vec<_> = txs.iter().map(RecoveredTx::encoded).collect();
+        assert_eq!(received, expected);
+        // Small ones travel together.
+        let small: Vec<_> = (0..1_024).map(|n| tx(n, 0)).collect();
+        assert_eq!(messages(&small).len(), 1);
+        assert!(messages(&[]).is_empty());
+    }
 
     #[test]
     fn forwarding_goes_to_the_next_leaders_only() {
@@ -225,14 +297,17 @@ mod tests {
         let round = Round(10);
         let expected: Vec<_> = (10..=13).map(|r| set.leader(Round(r))).collect();
         let me = set.leader(Round(11));
-        let targets = targets(&set, round, me, 3);
+        let others = targets(&set, round, Some(me), 3);
         assert_eq!(
-            targets,
+            others,
             expected
-                .into_iter()
+                .iter()
+                .copied()
                 .filter(|l| *l != me)
                 .collect::<Vec<_>>()
         );
-        assert_eq!(targets.len(), 3, "3 of the 6 others");
+        assert_eq!(others.len(), 3, "3 of the 6 others");
+        // A full node is none of them: every leader of those rounds.
+        assert_eq!(targets(&set, round, None, 3), expected);
     }
 }

@@ -8,7 +8,7 @@ use crate::validator::{
     wire::ConsensusEnvelope,
 };
 use kestrel_consensus::bft::{self, Event, Message, ValidatorIndex};
-use kestrel_net::{Inbound, Kind};
+use kestrel_net::{Inbound, Kind, PeerClass};
 use kestrel_types::ExecutionResult;
 
 /// What wakes the driver besides time.
@@ -36,20 +36,39 @@ impl Driver {
     }
 
     fn on_inbound(&mut self, msg: Inbound) {
+        if msg.class == PeerClass::FullNode {
+            return self.on_full_node(msg);
+        }
         let Some(from) = self.members.ids.iter().position(|id| *id == msg.peer) else {
             return;
         };
         let from = ValidatorIndex(from as u16);
         match msg.kind {
             Kind::Consensus => self.on_consensus(from, &msg.payload),
-            Kind::SyncRequest => self.on_sync_request(from, &msg.payload),
+            Kind::SyncRequest => self.on_sync_request(&msg.peer, &msg.payload),
             Kind::SyncResponse => self.on_sync_response(&msg.payload),
-            Kind::TxForward => {
-                let forwarder = self.forwarder.as_mut().expect("running");
-                if let Err(err) = forwarder.incoming(&msg.payload) {
-                    tracing::debug!(target: "node::validator", peer = %msg.peer, %err, "undecodable forwarded transactions")
-                }
+            Kind::TxForward => self.on_forwarded(&msg),
+        }
+    }
+
+    /// A full node is served blocks and may forward transactions; nothing it sends reaches
+    /// consensus. Its key is not in the validator set, so the state machine would refuse its
+    /// messages anyway, but it is never asked: the transport already closes a full node's
+    /// connection on any other kind.
+    fn on_full_node(&mut self, msg: Inbound) {
+        match msg.kind {
+            Kind::SyncRequest => self.on_sync_request(&msg.peer, &msg.payload),
+            Kind::TxForward => self.on_forwarded(&msg),
+            Kind::Consensus | Kind::SyncResponse => {
+                tracing::warn!(target: "node::validator", peer = %msg.peer, kind = ?msg.kind, "ignored a full node's message")
             }
+        }
+    }
+
+    fn on_forwarded(&mut self, msg: &Inbound) {
+        let forwarder = self.forwarder.as_mut().expect("running");
+        if let Err(err) = forwarder.incoming(&msg.payload) {
+            tracing::debug!(target: "node::validator", peer = %msg.peer, %err, "undecodable forwarded transactions")
         }
     }
 

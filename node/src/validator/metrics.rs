@@ -5,6 +5,8 @@ use kestrel_consensus::bft;
 
 pub const SYNC_BLOCKS_TOTAL: &str = "kestrel_sync_blocks_total";
 pub const SYNC_ACTIVE: &str = "kestrel_sync_active";
+pub const FULL_NODE_LAG_SECONDS: &str = "kestrel_full_node_lag_seconds";
+pub const FULL_NODE_RESULTS_CHECKED: &str = "kestrel_full_node_results_checked_total";
 pub const PAYLOADS_REJECTED: &str = "kestrel_consensus_payloads_rejected_total";
 pub const EARLY_TIMEOUTS: &str = "kestrel_consensus_early_timeouts_total";
 pub const ORDERED_TXS: &str = "kestrel_ordering_txs_total";
@@ -16,7 +18,15 @@ pub use super::payload::SENDERS_REUSED;
 pub fn describe() {
     metrics::describe_counter!(
         SYNC_BLOCKS_TOTAL,
-        "Finalized blocks fetched from peers by block sync"
+        "Finalized blocks fetched from peers by block sync (on a full node, every block it follows)"
+    );
+    metrics::describe_gauge!(
+        FULL_NODE_LAG_SECONDS,
+        "On a full node: age of its newest logged block (its proposal timestamp) when it arrived"
+    );
+    metrics::describe_counter!(
+        FULL_NODE_RESULTS_CHECKED,
+        "On a full node: its execution results compared with the ones the finalized blocks carry (a difference counts in kestrel_consensus_execution_result_mismatch_total)"
     );
     metrics::describe_gauge!(
         SYNC_ACTIVE,

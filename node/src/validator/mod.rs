@@ -1,6 +1,7 @@
 //! Ordering: a driver thread runs the BFT state machine and hands finalized blocks to the
 //! execution and commit stages. Every chain runs it, the dev chain too: a chain of one validator
-//! is a BFT chain with no peers, whose quorum is its own vote.
+//! is a BFT chain with no peers, whose quorum is its own vote. A full node (`--full`) runs a
+//! follower instead (`follower.rs`): block sync from the validators, no state machine.
 //!
 //! ```text
 //!  net (monoio) ──Inbound──▶ driver (Bft, timers, payloads, block log, sync) ──OrderedBlock──▶ execution
@@ -13,6 +14,7 @@ pub mod check;
 mod clock;
 mod driver;
 mod finality;
+mod follower;
 mod forward;
 mod metrics;
 mod payload;
@@ -55,15 +57,19 @@ const CONSENSUS_DIR: &str = "consensus";
 /// File under the datadir holding the key of a chain whose genesis names no validator (the dev
 /// chain): generated on first start, so a restart signs as the same validator.
 const OWN_KEY_FILE: &str = "validator.key";
+/// File under a full node's datadir holding its node key: its identity on the transport only
+/// (validators count full-node connections by it), generated on first start.
+const NODE_KEY_FILE: &str = "node.key";
 /// Stake of the only validator of a chain of one (any positive stake is the whole set's).
 const ALONE_STAKE_WEI: u64 = STAKE_UNIT_WEI;
 
-/// This node's place in the validator set.
+/// This node's place in the validator set, or outside it (a full node).
 pub struct Setup {
     key: ValidatorKey,
     validators: Vec<testnet::GenesisValidator>,
-    me: usize,
-    /// `None` for a set of one (no network).
+    /// This validator's index in the set; `None` on a full node.
+    me: Option<usize>,
+    /// `None` for a set of one that admits no full nodes (no network).
     network: Option<NetworkSetup>,
 }
 
@@ -78,6 +84,9 @@ impl Setup {
             .map(testnet::read_validators)
             .transpose()?
             .flatten();
+        if args.full {
+            return Self::full_node(args, validators);
+        }
         let key = match (&args.validator_key, &validators) {
             (Some(path), _) => ValidatorKey::load(path, args.password_file.as_deref())?,
             (None, Some(set)) => bail!(
@@ -85,7 +94,7 @@ impl Setup {
                  or [validator] key_file",
                 set.len()
             ),
-            (None, None) => own_key(&args.datadir)?,
+            (None, None) => own_key(&args.datadir, OWN_KEY_FILE)?,
         };
         let validators = validators.unwrap_or_else(|| vec![alone(&key)]);
         let me = validators
@@ -102,8 +111,8 @@ impl Setup {
                     key.public_key()
                 ),
             })?;
-        let network = if validators.len() > 1 {
-            Some(NetworkSetup::new(args, &validators, me)?)
+        let network = if validators.len() > 1 || args.p2p_full_nodes_max > 0 {
+            Some(NetworkSetup::new(args, &validators, Some(me))?)
         } else {
             if args.p2p_listen.is_some() || !args.p2p_peers.is_empty() {
                 tracing::warn!(target: "node::validator", "p2p listen and peers are ignored: a single validator has no peers");
@@ -114,8 +123,34 @@ impl Setup {
         Ok(Self {
             key,
             validators,
-            me,
+            me: Some(me),
             network,
+        })
+    }
+
+    /// A full node: the genesis's validators to follow, and the datadir's node key.
+    fn full_node(
+        args: &NodeArgs,
+        validators: Option<Vec<testnet::GenesisValidator>>,
+    ) -> eyre::Result<Self> {
+        let Some(validators) = validators else {
+            bail!(
+                "a full node follows validators: give a --genesis that lists them (kestrel.validators)"
+            );
+        };
+        if args.validator_key.is_some() {
+            bail!(
+                "a full node holds no validator key: drop --validator-key ([validator] key_file)"
+            );
+        }
+        let key = own_key(&args.datadir, NODE_KEY_FILE)?;
+        let network = NetworkSetup::new(args, &validators, None)?;
+        tracing::info!(target: "node::full", validators = validators.len(), node_key = %key.public_key(), listen = %network.listen, "full node");
+        Ok(Self {
+            key,
+            validators,
+            me: None,
+            network: Some(network),
         })
     }
 
@@ -187,13 +222,18 @@ pub fn start(setup: Setup, wiring: Wiring) -> eyre::Result<thread::JoinHandle<()
                 .iter()
                 .zip(addrs)
                 .enumerate()
-                .filter(|(i, _)| *i != setup.me)
+                .filter(|(i, _)| Some(*i) != setup.me)
                 .map(|(_, (v, addr))| PeerConfig {
                     id: peer_id(v),
                     addr: *addr,
                 })
                 .collect();
             let mut config = NetConfig::new(secret, wiring.spec.chain_id, listen, peers);
+            config.full_node = setup.me.is_none();
+            config.full_nodes_max = net.full_nodes.max;
+            config.full_node_frame_max_bytes = net.full_nodes.frame_max_bytes;
+            config.full_node_requests_per_s = net.full_nodes.requests_per_s;
+            config.full_node_tx_bytes_per_s = net.full_nodes.tx_bytes_per_s;
             config.preauth_max = net.preauth_max;
             config.preauth_per_ip_max = net.preauth_per_ip_max;
             config.handshake_timeout = net.handshake_timeout;
@@ -208,6 +248,12 @@ pub fn start(setup: Setup, wiring: Wiring) -> eyre::Result<thread::JoinHandle<()
     let dir = wiring.datadir.join(CONSENSUS_DIR);
     std::fs::create_dir_all(&dir).wrap_err("creating the consensus directory")?;
     let ids = setup.validators.iter().map(peer_id).collect();
+    if setup.me.is_none() {
+        let follower = follower::Follower::new(set, ids, transport, inbound, &dir, wiring)?;
+        return Ok(thread::Builder::new()
+            .name("follower".into())
+            .spawn(move || follower.run())?);
+    }
     let members = driver::Membership {
         key: bft::ValidatorKey::new(secret),
         set,
@@ -230,8 +276,15 @@ fn peer_id(v: &testnet::GenesisValidator) -> PeerId {
     PeerId::from_slice(&v.pubkey.to_bytes()).expect("a validated public key")
 }
 
-/// This validator's listen address and every validator's address, in genesis order.
-/// Where this validator listens and how it reaches and admits the others.
+/// `--p2p-full-nodes-max` and the limits of each full node's connection.
+struct FullNodeLimits {
+    max: usize,
+    frame_max_bytes: u32,
+    requests_per_s: u32,
+    tx_bytes_per_s: u32,
+}
+
+/// Where this node listens and how it reaches and admits the others.
 struct NetworkSetup {
     listen: SocketAddr,
     /// Every validator's address, in genesis order.
@@ -240,49 +293,60 @@ struct NetworkSetup {
     preauth_max: usize,
     preauth_per_ip_max: usize,
     handshake_timeout: Duration,
+    full_nodes: FullNodeLimits,
 }
 
 impl NetworkSetup {
+    /// `me`: this validator's index; `None` on a full node, which is not in the set.
     fn new(
         args: &NodeArgs,
         validators: &[testnet::GenesisValidator],
-        me: usize,
+        me: Option<usize>,
     ) -> eyre::Result<Self> {
         let mut addrs: Vec<SocketAddr> = validators.iter().map(|v| v.p2p).collect();
         // `--p2p-peers` gives the other validators' addresses in genesis order (e.g. behind NAT
-        // or in another network namespace than the genesis says).
+        // or in another network namespace than the genesis says); a full node's, all of them.
         if !args.p2p_peers.is_empty() {
-            if args.p2p_peers.len() != validators.len() - 1 {
+            let others = validators.len() - usize::from(me.is_some());
+            if args.p2p_peers.len() != others {
                 bail!(
-                    "--p2p-peers lists {} addresses; the genesis has {} other validators",
+                    "--p2p-peers lists {} addresses; the genesis has {others} other validators",
                     args.p2p_peers.len(),
-                    validators.len() - 1
                 );
             }
             let mut given = args.p2p_peers.iter();
             for (i, addr) in addrs.iter_mut().enumerate() {
-                if i != me {
+                if Some(i) != me {
                     *addr = *given.next().expect("counted above");
                 }
             }
         }
+        // A full node is dialed by nobody; it listens only for the full nodes it admits.
+        let default_listen = me.map_or(SocketAddr::from(([127, 0, 0, 1], 0)), |me| addrs[me]);
         Ok(Self {
-            listen: args.p2p_listen.unwrap_or(addrs[me]),
+            listen: args.p2p_listen.unwrap_or(default_listen),
             addrs,
             preauth_max: args.p2p_preauth_max,
             preauth_per_ip_max: args.p2p_preauth_per_ip,
             handshake_timeout: Duration::from_millis(args.p2p_handshake_timeout_ms),
+            full_nodes: FullNodeLimits {
+                max: args.p2p_full_nodes_max,
+                frame_max_bytes: args.p2p_full_node_frame_max_bytes,
+                requests_per_s: args.p2p_full_node_requests_per_s,
+                tx_bytes_per_s: args.p2p_full_node_tx_bytes_per_s,
+            },
         })
     }
 }
 
-/// The datadir's own validator key, generated (mode 0600) on first start.
-fn own_key(datadir: &Path) -> eyre::Result<ValidatorKey> {
-    let path = datadir.join(OWN_KEY_FILE);
+/// The datadir's own key in `file` (a dev chain's validator key, a full node's node key),
+/// generated (mode 0600) on first start.
+fn own_key(datadir: &Path, file: &str) -> eyre::Result<ValidatorKey> {
+    let path = datadir.join(file);
     if !path.exists() {
         std::fs::create_dir_all(datadir).wrap_err("creating datadir")?;
         ValidatorKey::generate().write_new(&path)?;
-        tracing::info!(target: "node::validator", path = %path.display(), "generated this chain's validator key");
+        tracing::info!(target: "node::validator", path = %path.display(), "generated this node's key");
     }
     Ok(ValidatorKey::load_own(&path)?)
 }

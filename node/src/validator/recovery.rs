@@ -18,8 +18,8 @@ use crate::validator::{
     wire::{SyncResponse, SyncedBlock},
 };
 use alloy_primitives::keccak256;
-use kestrel_consensus::bft::{Bft, Block, Event, SafetyState, ValidatorIndex};
-use kestrel_net::Kind;
+use kestrel_consensus::bft::{Bft, Block, Event, SafetyState};
+use kestrel_net::{Kind, PeerId};
 use kestrel_pipeline::mempool::TxPool;
 use std::time::Instant;
 
@@ -102,9 +102,12 @@ impl Driver {
         self.feed(Event::Start);
     }
 
-    pub(super) fn on_sync_request(&mut self, from: ValidatorIndex, bytes: &[u8]) {
+    /// A validator's or a full node's request.
+    pub(super) fn on_sync_request(&mut self, from: &PeerId, bytes: &[u8]) {
         match answer(bytes, self.finality.log(), &self.payloads) {
-            Ok(Some(response)) => self.send(from, Kind::SyncResponse, response.encode().into()),
+            Ok(Some(response)) => self
+                .net
+                .send(from, Kind::SyncResponse, response.encode().into()),
             Ok(None) => {}
             Err(err) => fatal(&format!("reading the block log: {err}")),
         }
@@ -144,7 +147,8 @@ impl Driver {
             }
             return;
         }
-        let checked = match sync.on_blocks(self.finality.head(), blocks, &self.members.set) {
+        let (head, set) = (self.finality.head(), &self.members.set);
+        let checked = match sync.on_blocks(head, blocks, set, &self.pool) {
             Ok(checked) => checked,
             Err(err) => {
                 tracing::warn!(target: "node::validator", %err, "rejected a block sync response");

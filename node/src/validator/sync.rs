@@ -13,6 +13,7 @@ use super::{
 use alloy_primitives::keccak256;
 use kestrel_consensus::bft::{self, SYNC_BLOCKS_MAX, ValidatorSet};
 use kestrel_net::PeerId;
+use kestrel_pipeline::mempool::TxPool;
 
 /// Ask another peer when one has not answered a sync or payload request in this long.
 pub const REQUEST_RETRY_MS: u64 = 1_000;
@@ -108,9 +109,10 @@ impl BlockSync {
         head: &bft::CommittedBlock,
         blocks: Vec<SyncedBlock>,
         set: &ValidatorSet,
+        pool: &TxPool,
     ) -> Result<Vec<(SyncedBlock, Payload)>, SyncError> {
         self.answered = true;
-        let payloads = verify_chain(head, &blocks, set)?;
+        let payloads = verify_chain(head, &blocks, set, Some(pool))?;
         self.nothing_newer = 0;
         // Until a peer has nothing more, ask again at once: an answer may be short of
         // SYNC_BLOCKS_MAX (its size bound) and the chain grows meanwhile.
@@ -119,7 +121,8 @@ impl BlockSync {
     }
 }
 
-fn blocks_request(log_height: u64) -> Vec<u8> {
+/// A request for the finalized blocks after `log_height`, as many as an answer may hold.
+pub fn blocks_request(log_height: u64) -> Vec<u8> {
     SyncRequest::Blocks {
         from: log_height + 1,
         count: SYNC_BLOCKS_MAX as u16,
@@ -198,11 +201,14 @@ pub enum SyncError {
 /// commit proof: a certificate alone would let a peer serve a block that was certified but then
 /// abandoned. Every block below it is final too, authenticated by the chain of hashes (each
 /// block's id covers its parent's QC). Any other proof is checked as well, since it is logged
-/// and served to others. Returns the decoded payloads.
+/// and served to others. Returns the decoded payloads; the senders of transactions `pool` holds
+/// are taken from it rather than recovered again (a full node's own submissions, a validator's
+/// forwarded ones: `Payload::decode_reusing`).
 pub fn verify_chain(
     head: &bft::CommittedBlock,
     blocks: &[SyncedBlock],
     set: &ValidatorSet,
+    pool: Option<&TxPool>,
 ) -> Result<Vec<Payload>, SyncError> {
     let mut parent = head.block.clone();
     for (i, b) in blocks.iter().enumerate() {
@@ -236,7 +242,11 @@ pub fn verify_chain(
             if keccak256(&b.payload) != b.block.payload_hash {
                 return Err(bad("hash differs from the block's".into()));
             }
-            Payload::decode(b.payload.clone()).map_err(|e| bad(e.to_string()))
+            Payload::decode_reusing(b.payload.clone(), |hashes| match pool {
+                Some(pool) => pool.known_senders(hashes),
+                None => vec![None; hashes.len()],
+            })
+            .map_err(|e| bad(e.to_string()))
         })
         .collect()
 }
@@ -359,26 +369,26 @@ mod tests {
         let set = set(&keys);
         let genesis = bft::CommittedBlock::genesis();
         let good = chain(&keys, 4, &[1, 2, 3]);
-        assert_eq!(verify_chain(&genesis, &good, &set).unwrap().len(), 3);
+        assert_eq!(verify_chain(&genesis, &good, &set, None).unwrap().len(), 3);
 
         // Certified but not final: the child that certifies the last block is two rounds
         // later (round 4 timed out), so another branch may have been finalized instead.
         let abandoned = chain(&keys, 5, &[1, 2, 3]);
         assert!(matches!(
-            verify_chain(&genesis, &abandoned, &set),
+            verify_chain(&genesis, &abandoned, &set, None),
             Err(SyncError::BadCommitProof { height: 3, .. })
         ));
         // Only a QC on the last block, as sync used to accept.
         let mut certified_only = good.clone();
         certified_only[2].proof = None;
         assert!(matches!(
-            verify_chain(&genesis, &certified_only, &set),
+            verify_chain(&genesis, &certified_only, &set, None),
             Err(SyncError::NoCommitProof { height: 3 })
         ));
         // Two of four signatures on the child are not a quorum.
         let weak = chain(&keys, 4, &[0, 3]);
         assert!(matches!(
-            verify_chain(&genesis, &weak, &set),
+            verify_chain(&genesis, &weak, &set, None),
             Err(SyncError::BadCommitProof { height: 3, .. })
         ));
         // A signature by a key outside the set.
@@ -396,30 +406,30 @@ mod tests {
         )
         .signature;
         assert!(matches!(
-            verify_chain(&genesis, &forged, &set),
+            verify_chain(&genesis, &forged, &set, None),
             Err(SyncError::BadCommitProof { .. })
         ));
         // The logged certificate must be the one the proof's child carries.
         let mut other_qc = good.clone();
         other_qc[2].qc = qc_for(&good[2].block, &[0, 1, 3], &keys);
         assert!(matches!(
-            verify_chain(&genesis, &other_qc, &set),
+            verify_chain(&genesis, &other_qc, &set, None),
             Err(SyncError::WrongCertificate { height: 3 })
         ));
         // A tampered middle block breaks the hash chain to the certified top.
         let mut tampered = good.clone();
         tampered[1].block.timestamp_ms += 1;
-        assert!(verify_chain(&genesis, &tampered, &set).is_err());
+        assert!(verify_chain(&genesis, &tampered, &set, None).is_err());
         // Blocks that do not start on our head.
         assert!(matches!(
-            verify_chain(&genesis, &good[1..], &set),
+            verify_chain(&genesis, &good[1..], &set, None),
             Err(SyncError::NotOurChain { height: 2 })
         ));
         // A payload that is not the one the block names.
         let mut swapped = good.clone();
         swapped[0].payload = Bytes::from_static(b"\xc0");
         assert!(matches!(
-            verify_chain(&genesis, &swapped, &set),
+            verify_chain(&genesis, &swapped, &set, None),
             Err(SyncError::BadPayload { height: 1, .. })
         ));
     }

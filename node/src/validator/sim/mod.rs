@@ -39,7 +39,7 @@ use super::{
 use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
 use alloy_primitives::{Address, B256, Bytes, Signature, TxKind, U256, keccak256};
 use kestrel_consensus::bft::{BlockId, ValidatorKey, ValidatorSet};
-use kestrel_net::{Inbound, Kind, PeerId};
+use kestrel_net::{Inbound, Kind, PeerClass, PeerId};
 use kestrel_storage::ChainView;
 use kestrel_types::{ChainSpec, RecoveredTx, chain::dev_accounts};
 use net::{Blown, Port};
@@ -406,6 +406,7 @@ impl Sim {
                 if self.nodes[to].incarnation == incarnation && self.reachable(from, to) {
                     let msg = Inbound {
                         peer: self.ids[from],
+                        class: PeerClass::Validator,
                         kind,
                         payload: bytes,
                     };
