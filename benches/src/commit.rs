@@ -3,12 +3,13 @@
 //! of one token contract, as ERC-20 transfers change balances) are applied, inserted and durably
 //! committed into one store per window, the stores taking turns block by block so that a busy
 //! machine slows each alike. Reported per window: the time per block (median and p90) and the
-//! bytes the commit wrote (this process's `write_bytes` from `/proc/self/io`: the pages MDBX
-//! wrote back, and separately the bytes appended to the block archive, `<store>/blocks/`), and
+//! bytes the commit wrote (what this process passed to write calls, `wchar` in `/proc/self/io`:
+//! MDBX's pages, and separately the bytes appended to the block archive, `<store>/blocks/`), and
 //! the database's size at the end. With `txs_per_block` 0 the blocks are empty: the state and
 //! history side of the commit only; otherwise each block carries that many transactions and
 //! receipts (an ERC-20 transfer's: one log), whose bytes go to the block archive.
 
+use crate::store::{mdbx_share, written_bytes};
 use alloy_consensus::{
     Eip658Value, Receipt, ReceiptEnvelope, ReceiptWithBloom, SignableTransaction, TxEip1559,
     TxEnvelope,
@@ -143,15 +144,6 @@ fn body(params: &Params, number: u64) -> (Vec<RecoveredTx>, Vec<ReceiptEnvelope>
         .unzip()
 }
 
-/// Bytes this process has had written to storage so far.
-pub(crate) fn write_bytes() -> eyre::Result<u64> {
-    let io = std::fs::read_to_string("/proc/self/io")?;
-    io.lines()
-        .find_map(|l| l.strip_prefix("write_bytes:"))
-        .and_then(|v| v.trim().parse().ok())
-        .ok_or_else(|| eyre::eyre!("no write_bytes in /proc/self/io"))
-}
-
 struct Run {
     window: HistoryWindow,
     _dir: tempfile::TempDir,
@@ -192,7 +184,7 @@ pub fn run(dir: &Path, windows: &[HistoryWindow], params: &Params) -> eyre::Resu
                 receipts: receipts.clone(),
                 ..run.parent.empty_child()
             };
-            let (before, started) = (write_bytes()?, Instant::now());
+            let (before, started) = (written_bytes()?, Instant::now());
             let mut writer = run.store.begin_block()?;
             // As the commit stage does: the body's fsync runs during the state root.
             writer.append_body(number, &block.txs, &block.receipts)?;
@@ -200,7 +192,7 @@ pub fn run(dir: &Path, windows: &[HistoryWindow], params: &Params) -> eyre::Resu
             writer.insert_block(&block)?;
             writer.commit()?;
             run.seconds.push(started.elapsed().as_secs_f64());
-            run.bytes += write_bytes()? - before;
+            run.bytes += written_bytes()? - before;
             run.parent = block;
         }
     }
@@ -225,7 +217,7 @@ pub fn run(dir: &Path, windows: &[HistoryWindow], params: &Params) -> eyre::Resu
                 "block_ms_p90": (at(0.9) * 10.0).round() / 10.0,
                 "written_mib_per_block": mib_per_block(run.bytes),
                 "archive_mib_per_block": mib_per_block(archive),
-                "mdbx_written_mib_per_block": mib_per_block(run.bytes.saturating_sub(archive)),
+                "mdbx_written_mib_per_block": mib_per_block(mdbx_share(run.bytes, archive)),
                 "db_mib": dir_size(run._dir.path()) >> 20,
             })
         })
