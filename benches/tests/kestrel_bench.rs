@@ -9,7 +9,8 @@ use kestrel_pipeline::{BlockInput, BlockOutput, Executor, InvalidTxPolicy, Seque
 use serde_json::Value;
 use std::process::Command;
 
-fn kestrel_bench(args: &[&str]) -> Value {
+/// Runs the real binary and parses every line it prints as JSON.
+fn kestrel_bench_lines(args: &[&str]) -> Vec<Value> {
     let out = Command::new(env!("CARGO_BIN_EXE_kestrel-bench"))
         .args(args)
         .output()
@@ -19,10 +20,17 @@ fn kestrel_bench(args: &[&str]) -> Value {
         "kestrel-bench {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let stdout = String::from_utf8(out.stdout).expect("utf-8");
-    let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.len(), 1, "--json prints one line: {stdout}");
-    serde_json::from_str(lines[0]).expect("a JSON line")
+    String::from_utf8(out.stdout)
+        .expect("utf-8")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect()
+}
+
+fn kestrel_bench(args: &[&str]) -> Value {
+    let mut lines = kestrel_bench_lines(args);
+    assert_eq!(lines.len(), 1, "--json prints one line: {lines:?}");
+    lines.pop().expect("one line")
 }
 
 #[test]
@@ -161,31 +169,20 @@ fn verify_rejects_wrong_results() {
 /// with io_uring's lines only where io_uring is there.
 #[test]
 fn archive_prints_one_verified_json_line_per_size_pattern_and_io_path() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(env!("CARGO_BIN_EXE_kestrel-bench"))
-        .args([
-            "archive",
-            "--record-bytes",
-            "300,20000",
-            "--blocks",
-            "50",
-            "--runs",
-            "1",
-        ])
-        .args(["--dir".as_ref(), dir.path().as_os_str()])
-        .arg("--json")
-        .output()
-        .expect("kestrel-bench runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<Value> = String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_str().expect("utf-8 temp dir");
+    let lines = kestrel_bench_lines(&[
+        "archive",
+        "--record-bytes",
+        "300,20000",
+        "--blocks",
+        "50",
+        "--runs",
+        "1",
+        "--dir",
+        dir,
+        "--json",
+    ]);
     let uring = kestrel_benches::archive::uring_available();
     assert_eq!(lines.len(), if uring { 8 } else { 4 }, "{lines:?}");
     for line in &lines {
@@ -210,30 +207,20 @@ fn archive_prints_one_verified_json_line_per_size_pattern_and_io_path() {
 /// committed on it and its last root equal to the root from scratch (else it fails).
 #[test]
 fn store_prints_one_checked_json_line_per_state_size() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(env!("CARGO_BIN_EXE_kestrel-bench"))
-        .args([
-            "store",
-            "--accounts",
-            "3000,20000",
-            "--txs-per-block",
-            "500",
-        ])
-        .args(["--blocks", "3"])
-        .args(["--dir".as_ref(), dir.path().as_os_str()])
-        .arg("--json")
-        .output()
-        .expect("kestrel-bench runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<Value> = String::from_utf8(out.stdout)
-        .expect("utf-8")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
-        .collect();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().to_str().expect("utf-8 temp dir");
+    let lines = kestrel_bench_lines(&[
+        "store",
+        "--accounts",
+        "3000,20000",
+        "--txs-per-block",
+        "500",
+        "--blocks",
+        "3",
+        "--dir",
+        dir,
+        "--json",
+    ]);
     assert_eq!(lines.len(), 2, "{lines:?}");
     for (line, accounts) in lines.iter().zip([3000, 20000]) {
         assert_eq!(line["bench"], "store");
@@ -249,5 +236,5 @@ fn store_prints_one_checked_json_line_per_state_size() {
     // Two different states.
     assert_ne!(lines[0]["state_root"], lines[1]["state_root"]);
     // Each store is removed once measured.
-    assert_eq!(std::fs::read_dir(dir.path()).expect("dir").count(), 0);
+    assert_eq!(std::fs::read_dir(tmp.path()).expect("dir").count(), 0);
 }

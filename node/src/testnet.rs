@@ -251,18 +251,7 @@ pub fn write(
             password.as_bytes(),
             keys::scrypt_params(args.scrypt_light),
         )?;
-        // Paths are relative to the config file, so the testnet directory can be moved.
         let config = Config {
-            genesis: Some("../genesis.json".into()),
-            datadir: Some("data".into()),
-            rpc: RpcSection {
-                http_addr: Some(rpc.ip()),
-                http_port: Some(rpc.port()),
-                ..RpcSection::default()
-            },
-            metrics: MetricsSection {
-                listen: Some(metrics),
-            },
             validator: ValidatorSection {
                 key_file: Some(KEYSTORE_FILE.into()),
                 password_file: Some(PASSWORD_FILE.into()),
@@ -271,7 +260,7 @@ pub fn write(
                 full_nodes_max: (args.full_nodes > 0).then_some(usize::from(args.full_nodes)),
                 ..P2pSection::default()
             },
-            ..Config::default()
+            ..node_config(rpc, metrics)
         };
         write_config(&dir, &config)?;
         let pubkey = key.public_key();
@@ -294,17 +283,7 @@ pub fn write(
         create_node_dir(&dir)?;
         let config = Config {
             role: Some(Role::Full),
-            genesis: Some("../genesis.json".into()),
-            datadir: Some("data".into()),
-            rpc: RpcSection {
-                http_addr: Some(rpc.ip()),
-                http_port: Some(rpc.port()),
-                ..RpcSection::default()
-            },
-            metrics: MetricsSection {
-                listen: Some(metrics),
-            },
-            ..Config::default()
+            ..node_config(rpc, metrics)
         };
         write_config(&dir, &config)?;
         full_nodes.push(TestnetFullNode { dir, rpc, metrics });
@@ -386,6 +365,25 @@ fn testnet_accounts(count: u32) -> Vec<(Address, alloy_primitives::B256)> {
 
 fn ether(eth: u64) -> U256 {
     U256::from(eth) * U256::from(10u64).pow(U256::from(18u64))
+}
+
+/// What every node of a testnet has in its config: the shared genesis and its own datadir,
+/// JSON-RPC and metrics ports. Paths are relative to the config file, so the testnet directory
+/// can be moved.
+fn node_config(rpc: SocketAddr, metrics: SocketAddr) -> Config {
+    Config {
+        genesis: Some("../genesis.json".into()),
+        datadir: Some("data".into()),
+        rpc: RpcSection {
+            http_addr: Some(rpc.ip()),
+            http_port: Some(rpc.port()),
+            ..RpcSection::default()
+        },
+        metrics: MetricsSection {
+            listen: Some(metrics),
+        },
+        ..Config::default()
+    }
 }
 
 #[cfg(test)]
