@@ -18,6 +18,11 @@ pub use executor::{
 };
 pub use parallel::{BlockStats, PARALLEL_MIN_TXS, ParallelExecutor};
 
+/// Senders recovered from signatures (secp256k1, ~30 µs each), by `path`: `ingress` (RPC and
+/// forwarded transactions) or `payload` (the transactions of payloads received, proposed or
+/// synced, whose sender the pool did not hold).
+pub const SENDER_RECOVERIES: &str = "kestrel_tx_sender_recoveries_total";
+
 /// Declares the pipeline's metrics with their help texts (see docs/metrics.md).
 pub fn describe_metrics() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
@@ -32,6 +37,10 @@ pub fn describe_metrics() {
     describe_gauge!(
         "kestrel_ingress_queue_depth",
         "Raw transactions waiting for sender recovery"
+    );
+    describe_counter!(
+        SENDER_RECOVERIES,
+        "Transaction senders recovered from their signatures, by path (ingress, payload)"
     );
     describe_counter!(
         "kestrel_mempool_admitted_total",

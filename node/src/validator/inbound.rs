@@ -131,6 +131,8 @@ impl Driver {
                 return;
             }
         };
+        // Recovery here is on the way to the vote; what the pool held was not.
+        tracing::debug!(target: "node::validator", height = block.height, txs = payload.tx_count(), recovered = payload.senders_recovered(), "payload decoded");
         let parent_fees = self.parent_known(block.parent()).map(|(_, fees)| fees);
         let (height, round) = (self.finality.height(), self.bft.round());
         match self

@@ -11,6 +11,7 @@ use kestrel_consensus::bft::Block;
 /// this file on its own).
 pub const SENDERS_REUSED: &str = "kestrel_consensus_payload_senders_reused_total";
 use kestrel_pipeline::{
+    SENDER_RECOVERIES,
     import::{ImportError, recover_senders},
     mempool::{BlockRules, PoolError, TxPool, check_static},
 };
@@ -65,6 +66,9 @@ struct Inner {
     txs: Vec<RecoveredTx>,
     bytes: Bytes,
     hash: B256,
+    /// Senders recovered when this validator decoded it (the others came from its pool; none
+    /// for a payload it built).
+    senders_recovered: usize,
 }
 
 impl Payload {
@@ -145,7 +149,11 @@ impl Payload {
             })
             .collect();
         metrics::counter!(SENDERS_REUSED).increment((hashes.len() - unknown.len()) as u64);
-        let payload = Self::from_parts(wire, txs, bytes);
+        metrics::counter!(SENDER_RECOVERIES, "path" => "payload").increment(unknown.len() as u64);
+        let mut payload = Self::from_parts(wire, txs, bytes);
+        Arc::get_mut(&mut payload.0)
+            .expect("not shared yet")
+            .senders_recovered = unknown.len();
         if payload.0.gas_committed > payload.0.gas_limit {
             return Err(PayloadError::GasOverLimit {
                 gas: payload.0.gas_committed,
@@ -181,6 +189,7 @@ impl Payload {
             txs,
             hash: keccak256(&bytes),
             bytes,
+            senders_recovered: 0,
         }))
     }
 
@@ -202,6 +211,11 @@ impl Payload {
 
     pub fn txs(&self) -> &[RecoveredTx] {
         &self.0.txs
+    }
+
+    /// How many of its senders decoding it recovered (the rest came from the pool).
+    pub fn senders_recovered(&self) -> usize {
+        self.0.senders_recovered
     }
 
     /// What the next block's base fee follows from.
@@ -442,6 +456,85 @@ mod tests {
         let (tag, result) = decoder.results().recv().unwrap();
         assert!(tag == 3 && matches!(result, Err(Rejected::Invalid(_))));
         decoder.shutdown();
+    }
+
+    /// The decoder takes from the pool the senders of the transactions it holds, pooled or in
+    /// flight, and recovers none of them; a transaction with other bytes (the same one signed
+    /// with the other parity) has another hash, so it is recovered and gets its own sender; a
+    /// broken signature still rejects the payload, also when the pool holds the transaction it
+    /// was made from.
+    #[test]
+    fn a_payload_of_pooled_transactions_is_decoded_without_recovery() {
+        let txs: Vec<RecoveredTx> = (0..5)
+            .map(|nonce| {
+                sign(
+                    TxEip1559 {
+                        chain_id: 1337,
+                        nonce,
+                        gas_limit: 21_000,
+                        max_fee_per_gas: 2_000_000_000,
+                        to: TxKind::Call(Address::with_last_byte(1)),
+                        ..Default::default()
+                    },
+                    TxEnvelope::Eip1559,
+                )
+            })
+            .collect();
+        let pool = Arc::new(TxPool::new());
+        // 0 and 1 in another leader's proposal; 2 and 3 in one that failed, back in the pool.
+        pool.on_proposed(1, &txs[..2]);
+        pool.on_proposed(1, &txs[2..4]);
+        pool.on_abandoned(&txs[2..4]);
+        let decoder = Decoder::inline(Arc::new(ChainSpec::dev()), pool);
+        let resigned = |tx: &RecoveredTx, sig: fn(Signature) -> Signature| {
+            let TxEnvelope::Eip1559(signed) = tx.tx().clone() else {
+                unreachable!()
+            };
+            let sig = sig(*signed.signature());
+            RecoveredTx::new_unchecked(
+                TxEnvelope::Eip1559(signed.strip_signature().into_signed(sig)),
+                Address::ZERO,
+            )
+        };
+        let decode = |txs: Vec<RecoveredTx>| {
+            let payload = Payload::build(Address::ZERO, 30_000_000, 1_000_000_000, txs);
+            assert!(decoder.submit(
+                (),
+                payload.hash(),
+                payload.bytes().clone(),
+                1_800_000_000_000
+            ));
+            decoder.results().try_recv().unwrap().1
+        };
+
+        let pooled = decode(txs[..4].to_vec()).unwrap();
+        assert_eq!(pooled.senders_recovered(), 0);
+        assert_eq!(pooled.txs(), &txs[..4]);
+
+        let other_parity = resigned(&txs[1], |s| Signature::new(s.r(), s.s(), !s.v()));
+        assert_ne!(other_parity.hash(), txs[1].hash());
+        let mixed = decode(vec![txs[0].clone(), other_parity, txs[4].clone()]).unwrap();
+        assert_eq!(
+            mixed.senders_recovered(),
+            2,
+            "the unknown one and the re-signed one"
+        );
+        assert_eq!(mixed.txs()[0].sender(), txs[0].sender());
+        assert_ne!(mixed.txs()[1].sender(), txs[1].sender());
+        assert_eq!(mixed.txs()[2].sender(), txs[4].sender());
+
+        let broken = resigned(&txs[2], |s| Signature::new(s.r(), U256::ZERO, s.v()));
+        let err = decode(vec![txs[2].clone(), broken]).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Rejected::Invalid(PayloadError::Sender(ImportError::Signature {
+                    index: 1,
+                    ..
+                }))
+            ),
+            "{err}"
+        );
     }
 
     /// Senders the pool knows are taken from it, the rest recovered, with the same payload as a

@@ -119,7 +119,9 @@ impl Driver {
                 let Some(height) = self.finality.wants(keccak256(&bytes)) else {
                     return;
                 };
-                match Payload::decode(bytes) {
+                // A payload asked for because its proposal never arrived: its transactions
+                // reached the pool all the same (forwarded, or by our RPC).
+                match Payload::decode_reusing(bytes, |hashes| self.pool.known_senders(hashes)) {
                     Ok(payload) => {
                         self.payloads.insert_fetched(height, payload);
                         self.process_commits();

@@ -5,7 +5,7 @@ use super::{PoolError, TxPool, Validator};
 use crate::{state::LatestState, status::ChainStatus};
 use alloy_primitives::{B256, Bytes};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use kestrel_types::RecoveredTx;
+use kestrel_types::{DecodedTx, RecoveredTx};
 use parking_lot::{Condvar, Mutex};
 use std::{
     sync::Arc,
@@ -158,13 +158,20 @@ impl IngressStage {
             let base_fee = ChainStatus::get(&self.status.next_base_fee);
             let now_secs = unix_secs();
             let now = Instant::now();
-            let recovered: Vec<(Request, Result<RecoveredTx, PoolError>)> = batch
-                .into_iter()
-                .map(|req| {
-                    let result = self.recover(req.raw.clone(), now_secs, base_fee);
-                    (req, result)
-                })
-                .collect();
+            // Refused before the database write fails: the blocks already ordered still commit.
+            let disk_low = self.status.disk_low();
+            let (results, recoveries) = recover_batch(
+                &self.validator,
+                &self.pool,
+                batch.iter().map(|req| req.raw.clone()),
+                disk_low,
+                now_secs,
+                base_fee,
+            );
+            metrics::counter!(crate::SENDER_RECOVERIES, "path" => "ingress")
+                .increment(recoveries as u64);
+            let recovered: Vec<(Request, Result<RecoveredTx, PoolError>)> =
+                batch.into_iter().zip(results).collect();
             let turn = ticket.turn();
             let admitted = self.state.with_view(|view| {
                 recovered
@@ -212,14 +219,49 @@ impl IngressStage {
             }
         }
     }
+}
 
-    fn recover(&self, raw: Bytes, now_secs: u64, base_fee: u64) -> Result<RecoveredTx, PoolError> {
-        // Refused before the database write fails: the blocks already ordered still commit.
-        if self.status.disk_low() {
-            return Err(PoolError::DiskLow);
-        }
-        decode_and_check(&self.validator, raw, now_secs, base_fee)
-    }
+/// A batch's transactions decoded, checked (`decode_checked`) and with their senders, in order,
+/// and how many senders were recovered. One the pool already holds, pooled or in flight, is
+/// refused as known before its sender is recovered: its hash is the keccak of the very bytes
+/// the pool's copy was decoded from (the decoder accepts only canonical encodings), signature
+/// included, so it is that transaction and would only be refused after ~30 µs of secp256k1.
+/// Under load these are mostly forwarded copies of transactions this validator first met in
+/// another leader's proposal, whose decoding recovered them.
+pub(super) fn recover_batch(
+    validator: &Validator,
+    pool: &TxPool,
+    raws: impl Iterator<Item = Bytes>,
+    disk_low: bool,
+    now_secs: u64,
+    base_fee: u64,
+) -> (Vec<Result<RecoveredTx, PoolError>>, usize) {
+    let decoded: Vec<Result<DecodedTx, PoolError>> = raws
+        .map(|raw| {
+            if disk_low {
+                return Err(PoolError::DiskLow);
+            }
+            decode_checked(validator, raw, now_secs, base_fee)
+        })
+        .collect();
+    let hashes: Vec<B256> = decoded
+        .iter()
+        .filter_map(|tx| Some(*tx.as_ref().ok()?.tx().tx_hash()))
+        .collect();
+    let mut known = pool.known_senders(&hashes).into_iter();
+    let mut recoveries = 0;
+    let results = decoded
+        .into_iter()
+        .map(|tx| {
+            let tx = tx?;
+            if known.next().expect("one answer a hash").is_some() {
+                return Err(PoolError::AlreadyKnown);
+            }
+            recoveries += 1;
+            RecoveredTx::recover(tx).map_err(|_| PoolError::InvalidSender)
+        })
+        .collect();
+    (results, recoveries)
 }
 
 /// What ingress does to a raw transaction before it looks at state: the size cap, EIP-2718
@@ -232,13 +274,24 @@ pub fn decode_and_check(
     now_secs: u64,
     base_fee: u64,
 ) -> Result<RecoveredTx, PoolError> {
+    let tx = decode_checked(validator, raw, now_secs, base_fee)?;
+    RecoveredTx::recover(tx).map_err(|_| PoolError::InvalidSender)
+}
+
+/// `decode_and_check` but the sender: what is checked before the pool is asked about the hash.
+fn decode_checked(
+    validator: &Validator,
+    raw: Bytes,
+    now_secs: u64,
+    base_fee: u64,
+) -> Result<DecodedTx, PoolError> {
     if raw.len() > super::TX_SIZE_MAX {
         return Err(PoolError::Oversized);
     }
     let len = raw.len();
     let tx = RecoveredTx::decode(raw).map_err(|e| PoolError::Decode(e.to_string()))?;
     validator.check_stateless(tx.tx(), len, now_secs, base_fee)?;
-    RecoveredTx::recover(tx).map_err(|_| PoolError::InvalidSender)
+    Ok(tx)
 }
 
 /// A bounded label for the rejection counter.

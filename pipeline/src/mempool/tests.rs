@@ -573,6 +573,61 @@ fn fresh_transactions_are_handed_out_once() {
     assert_eq!(pool.get(&b0.hash()), Some(b0));
 }
 
+/// Ingress refuses a transaction the pool holds, pooled or in flight, as known without
+/// recovering its sender: the hash is of the exact signed bytes. Different bytes (the same
+/// transaction signed with the other parity, or a broken signature) hash differently, so they
+/// are recovered, and get their own sender or none.
+#[test]
+fn ingress_recovers_only_transactions_the_pool_does_not_hold() {
+    use alloy_eips::eip2718::Encodable2718;
+    let pool = TxPool::new();
+    let (pooled, in_flight, new) = (
+        signed(21, 0, 1, 100),
+        signed(22, 0, 1, 100),
+        signed(23, 0, 1, 100),
+    );
+    pool.insert(pooled.clone(), 0, Instant::now()).unwrap();
+    pool.on_proposed(1, std::slice::from_ref(&in_flight));
+    let TxEnvelope::Eip1559(signed_tx) = pooled.tx().clone() else {
+        unreachable!()
+    };
+    let sig = *signed_tx.signature();
+    let resigned = |sig: Signature| -> alloy_primitives::Bytes {
+        TxEnvelope::Eip1559(signed_tx.tx().clone().into_signed(sig))
+            .encoded_2718()
+            .into()
+    };
+    let other_parity = resigned(Signature::new(sig.r(), sig.s(), !sig.v()));
+    let broken = resigned(Signature::new(sig.r(), U256::ZERO, sig.v()));
+    let validator = Validator::new(
+        std::sync::Arc::new(kestrel_types::ChainSpec::dev()),
+        30_000_000,
+    );
+    let raws = [
+        pooled.encoded(),
+        in_flight.encoded(),
+        new.encoded(),
+        other_parity,
+        broken,
+    ];
+    let (results, recoveries) = ingress::recover_batch(
+        &validator,
+        &pool,
+        raws.into_iter(),
+        false,
+        ingress::unix_secs(),
+        1,
+    );
+    assert_eq!(recoveries, 3, "the new one and the two with other bytes");
+    assert_eq!(results[0], Err(PoolError::AlreadyKnown));
+    assert_eq!(results[1], Err(PoolError::AlreadyKnown));
+    assert_eq!(results[2], Ok(new));
+    let flipped = results[3].clone().unwrap();
+    assert_ne!(flipped.hash(), pooled.hash());
+    assert_ne!(flipped.sender(), pooled.sender());
+    assert_eq!(results[4], Err(PoolError::InvalidSender));
+}
+
 mod model {
     //! The pool against a few-line reference model: per sender, the next nonce and the set
     //! of pooled nonces, with the limits and eviction order of the module docs.
