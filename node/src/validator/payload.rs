@@ -360,6 +360,12 @@ impl<T> Request<T> {
     fn decode(self, spec: &ChainSpec, pool: &TxPool) -> (T, Result<Payload, Rejected>) {
         let result = if keccak256(&self.bytes) == self.hash {
             Payload::decode_reusing(self.bytes, |hashes| pool.known_senders(hashes))
+                .inspect(|p| {
+                    // Its transactions may come again after they left the pool, or without
+                    // entering it (a proposal refused here, proposed again after its round
+                    // failed; forwarded copies arriving after the commit).
+                    pool.remember_senders(p.txs())
+                })
                 .and_then(|p| p.check_static(spec, self.timestamp_ms).map(|()| p))
                 .map_err(Rejected::from)
         } else {
@@ -513,15 +519,21 @@ mod tests {
 
         let other_parity = resigned(&txs[1], |s| Signature::new(s.r(), s.s(), !s.v()));
         assert_ne!(other_parity.hash(), txs[1].hash());
-        let mixed = decode(vec![txs[0].clone(), other_parity, txs[4].clone()]).unwrap();
+        let mixed = vec![txs[0].clone(), other_parity, txs[4].clone()];
+        let decoded = decode(mixed.clone()).unwrap();
         assert_eq!(
-            mixed.senders_recovered(),
+            decoded.senders_recovered(),
             2,
             "the unknown one and the re-signed one"
         );
-        assert_eq!(mixed.txs()[0].sender(), txs[0].sender());
-        assert_ne!(mixed.txs()[1].sender(), txs[1].sender());
-        assert_eq!(mixed.txs()[2].sender(), txs[4].sender());
+        assert_eq!(decoded.txs()[0].sender(), txs[0].sender());
+        assert_ne!(decoded.txs()[1].sender(), txs[1].sender());
+        assert_eq!(decoded.txs()[2].sender(), txs[4].sender());
+        // Proposed again (its round failed; it never entered the pool here): the senders
+        // recovered the first time are remembered.
+        let again = decode(mixed).unwrap();
+        assert_eq!(again.senders_recovered(), 0);
+        assert_eq!(again.txs(), decoded.txs());
 
         let broken = resigned(&txs[2], |s| Signature::new(s.r(), U256::ZERO, s.v()));
         let err = decode(vec![txs[2].clone(), broken]).unwrap_err();

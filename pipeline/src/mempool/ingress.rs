@@ -222,12 +222,13 @@ impl IngressStage {
 }
 
 /// A batch's transactions decoded, checked (`decode_checked`) and with their senders, in order,
-/// and how many senders were recovered. One the pool already holds, pooled or in flight, is
-/// refused as known before its sender is recovered: its hash is the keccak of the very bytes
-/// the pool's copy was decoded from (the decoder accepts only canonical encodings), signature
-/// included, so it is that transaction and would only be refused after ~30 µs of secp256k1.
-/// Under load these are mostly forwarded copies of transactions this validator first met in
-/// another leader's proposal, whose decoding recovered them.
+/// and how many senders were recovered. One the pool knows (`TxPool::known_senders`: pooled,
+/// in flight or recovered lately) is refused as known before its sender is recovered: its hash
+/// is the keccak of the very bytes the pool's copy was decoded from (the decoder accepts only
+/// canonical encodings), signature included, so it is that transaction, and would only be
+/// refused after ~30 µs of secp256k1. Under load these are mostly forwarded copies of
+/// transactions this validator first met in another leader's proposal. The senders recovered
+/// here are remembered for the copies still to come.
 pub(super) fn recover_batch(
     validator: &Validator,
     pool: &TxPool,
@@ -250,7 +251,7 @@ pub(super) fn recover_batch(
         .collect();
     let mut known = pool.known_senders(&hashes).into_iter();
     let mut recoveries = 0;
-    let results = decoded
+    let results: Vec<_> = decoded
         .into_iter()
         .map(|tx| {
             let tx = tx?;
@@ -261,6 +262,7 @@ pub(super) fn recover_batch(
             RecoveredTx::recover(tx).map_err(|_| PoolError::InvalidSender)
         })
         .collect();
+    pool.remember_senders(results.iter().flatten());
     (results, recoveries)
 }
 

@@ -25,10 +25,12 @@
 mod error;
 mod ingress;
 mod inner;
+mod senders;
 mod validate;
 
 pub use error::PoolError;
 pub use ingress::{INGRESS_QUEUE_MAX, IngressHandle, IngressStage, decode_and_check};
+pub use senders::SENDER_CACHE_SLOTS;
 pub use validate::{BlockRules, TX_SIZE_MAX, Validator, check_static, max_cost};
 
 use crate::state::LatestState;
@@ -36,6 +38,7 @@ use alloy_primitives::{Address, B256, U256};
 use inner::{Inner, SenderQueue};
 use kestrel_types::{BlockNumber, RecoveredTx};
 use parking_lot::Mutex;
+use senders::SenderCache;
 use std::time::{Duration, Instant};
 
 /// Most transactions the pool holds.
@@ -128,6 +131,8 @@ pub struct PoolSize {
 #[derive(Debug, Default)]
 pub struct TxPool {
     inner: Mutex<Inner>,
+    /// Senders of transactions recovered lately, also after they left the pool.
+    recent: SenderCache,
 }
 
 impl TxPool {
@@ -141,6 +146,7 @@ impl TxPool {
                 config,
                 ..Inner::default()
             }),
+            recent: SenderCache::default(),
         }
     }
 
@@ -159,20 +165,32 @@ impl TxPool {
     }
 
     /// The senders of the transactions with these hashes that are waiting in the pool or in
-    /// flight (`None` for the others), under one lock: each was recovered by ingress when the
-    /// transaction was admitted.
+    /// flight, or were recovered lately ([`TxPool::remember_senders`]); `None` for the others.
+    /// Each was recovered from the very bytes the hash is of (`senders.rs` says why that is
+    /// safe).
     pub fn known_senders(&self, hashes: &[B256]) -> Vec<Option<Address>> {
-        let inner = self.inner.lock();
-        hashes
-            .iter()
-            .map(|hash| {
-                inner
-                    .by_hash
-                    .get(hash)
-                    .copied()
-                    .or_else(|| inner.in_flight.get(hash).map(|f| f.tx.sender()))
-            })
-            .collect()
+        let mut senders: Vec<Option<Address>> = {
+            let inner = self.inner.lock();
+            hashes
+                .iter()
+                .map(|hash| {
+                    inner
+                        .by_hash
+                        .get(hash)
+                        .copied()
+                        .or_else(|| inner.in_flight.get(hash).map(|f| f.tx.sender()))
+                })
+                .collect()
+        };
+        self.recent.fill(hashes, &mut senders);
+        senders
+    }
+
+    /// Remembers the senders of `txs`, just recovered, for [`TxPool::known_senders`] after the
+    /// transactions have left the pool (or never entered it: another leader's proposal).
+    pub fn remember_senders<'a>(&self, txs: impl IntoIterator<Item = &'a RecoveredTx>) {
+        self.recent
+            .insert(txs.into_iter().map(|tx| (tx.hash(), tx.sender())));
     }
 
     /// The nonce the sender's next transaction should carry, counting its pending and in-flight

@@ -621,11 +621,31 @@ fn ingress_recovers_only_transactions_the_pool_does_not_hold() {
     assert_eq!(recoveries, 3, "the new one and the two with other bytes");
     assert_eq!(results[0], Err(PoolError::AlreadyKnown));
     assert_eq!(results[1], Err(PoolError::AlreadyKnown));
-    assert_eq!(results[2], Ok(new));
+    assert_eq!(results[2], Ok(new.clone()));
     let flipped = results[3].clone().unwrap();
     assert_ne!(flipped.hash(), pooled.hash());
     assert_ne!(flipped.sender(), pooled.sender());
     assert_eq!(results[4], Err(PoolError::InvalidSender));
+
+    // The new one is admitted, proposed and committed: gone from the pool, its sender is still
+    // known, so a late forwarded copy is refused without a recovery.
+    pool.insert(results[2].clone().unwrap(), 0, Instant::now())
+        .unwrap();
+    pool.take_block(2, &rules(1_000_000, 1), 10, &Rich);
+    pool.on_committed_reading(2, |_| 1);
+    assert_eq!(pool.get(&new.hash()), None);
+    let (results, recoveries) = ingress::recover_batch(
+        &validator,
+        &pool,
+        [new.encoded()].into_iter(),
+        false,
+        ingress::unix_secs(),
+        1,
+    );
+    assert_eq!(
+        (results, recoveries),
+        (vec![Err(PoolError::AlreadyKnown)], 0)
+    );
 }
 
 mod model {
