@@ -223,12 +223,14 @@ impl IngressStage {
 
 /// A batch's transactions decoded, checked (`decode_checked`) and with their senders, in order,
 /// and how many senders were recovered. One the pool knows (`TxPool::known_senders`: pooled,
-/// in flight or recovered lately) is refused as known before its sender is recovered: its hash
-/// is the keccak of the very bytes the pool's copy was decoded from (the decoder accepts only
-/// canonical encodings), signature included, so it is that transaction, and would only be
-/// refused after ~30 µs of secp256k1. Under load these are mostly forwarded copies of
-/// transactions this validator first met in another leader's proposal. The senders recovered
-/// here are remembered for the copies still to come.
+/// in flight or recovered lately) takes its sender from the pool instead of ~30 µs of
+/// secp256k1: its hash is the keccak of the very bytes the pool's copy was recovered from (the
+/// decoder accepts only canonical encodings), signature included, so it is that transaction
+/// with that sender. It is then admitted or refused as any other (the pool answers `already
+/// known` for one it holds; one refused earlier for its state, e.g. unfunded, may be admitted
+/// now). Under load these are mostly forwarded copies of transactions this validator first met
+/// in another leader's proposal. The senders recovered here are remembered for the copies
+/// still to come.
 pub(super) fn recover_batch(
     validator: &Validator,
     pool: &TxPool,
@@ -255,8 +257,8 @@ pub(super) fn recover_batch(
         .into_iter()
         .map(|tx| {
             let tx = tx?;
-            if known.next().expect("one answer a hash").is_some() {
-                return Err(PoolError::AlreadyKnown);
+            if let Some(sender) = known.next().expect("one answer a hash") {
+                return Ok(RecoveredTx::new_unchecked(tx, sender));
             }
             recoveries += 1;
             RecoveredTx::recover(tx).map_err(|_| PoolError::InvalidSender)
