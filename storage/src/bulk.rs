@@ -22,7 +22,7 @@ use crate::{
 };
 use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
 use alloy_trie::EMPTY_ROOT_HASH;
-use kestrel_types::chain::GenesisAlloc;
+use kestrel_types::{AccountInfo, chain::GenesisAlloc};
 use libmdbx::{Cursor, Database, RW, WriteFlags};
 use std::collections::BTreeMap;
 
@@ -145,10 +145,13 @@ pub(crate) fn write_state(
         let txn = db.begin_rw_txn()?;
         {
             let tables = Tables::open(&txn)?;
-            let mut hashed_accounts = txn.cursor(&tables.hashed_accounts)?;
-            let mut hashed_storage = txn.cursor(&tables.hashed_storage)?;
+            let mut cursors = HashedCursors {
+                accounts: txn.cursor(&tables.hashed_accounts)?,
+                storage: txn.cursor(&tables.hashed_storage)?,
+                storage_trie: txn.cursor(&tables.storage_trie)?,
+                storage_nodes: &mut storage_nodes,
+            };
             let mut account_trie_table = txn.cursor(&tables.account_trie)?;
-            let mut storage_trie_table = txn.cursor(&tables.storage_trie)?;
             for (hashed_address, _, account) in chunk {
                 slots.clear();
                 slots.extend(
@@ -156,29 +159,7 @@ pub(crate) fn write_state(
                         .map(|(slot, value)| (keccak256(slot.to_be_bytes::<32>()), *value)),
                 );
                 slots.sort_unstable_by_key(|(hashed_slot, _)| *hashed_slot);
-                let mut storage_trie = SortedTrie::new(hashed_address.as_slice());
-                for (hashed_slot, value) in &slots {
-                    let (bytes, len) = codec::encode_slot_value(value);
-                    let key = codec::hashed_slot_key(hashed_address, hashed_slot);
-                    hashed_storage.put(&key, &bytes[..len], WriteFlags::APPEND)?;
-                    leaf.clear();
-                    alloy_rlp::Encodable::encode(value, &mut leaf);
-                    storage_trie.add_leaf(*hashed_slot, &leaf, &mut nodes);
-                    storage_nodes.put(&mut storage_trie_table, &mut nodes)?;
-                }
-                let storage_root = storage_trie.finish(&mut nodes);
-                storage_nodes.put(&mut storage_trie_table, &mut nodes)?;
-
-                let record = AccountRecord {
-                    info: account.info,
-                    storage_root,
-                };
-                let (bytes, len) = record.encode();
-                hashed_accounts.put(
-                    hashed_address.as_slice(),
-                    &bytes[..len],
-                    WriteFlags::APPEND,
-                )?;
+                let record = cursors.put(hashed_address, account.info, &slots, &mut nodes)?;
                 record.trie_rlp(&mut leaf);
                 account_trie.add_leaf(*hashed_address, &leaf, &mut nodes);
                 account_nodes.put(&mut account_trie_table, &mut nodes)?;
@@ -202,6 +183,101 @@ pub(crate) fn write_state(
     Ok(root)
 }
 
+/// The cursors that one account's hashed entries and storage trie go through, in hashed-address
+/// order from one account to the next: the genesis writer's hashed pass, and state sync's chunks
+/// (`snapshot::restore`), write accounts alike.
+pub(crate) struct HashedCursors<'t, 'a> {
+    pub accounts: Cursor<'t, RW>,
+    pub storage: Cursor<'t, RW>,
+    pub storage_trie: Cursor<'t, RW>,
+    pub storage_nodes: &'a mut NodeAppender,
+}
+
+impl HashedCursors<'_, '_> {
+    /// Appends the account at `hashed_address` (after every one put before) with its `slots`
+    /// (hashed slot and value, in hashed-slot order, none zero) and its storage trie's nodes;
+    /// returns its record, with the storage root. `nodes` is scratch space.
+    pub fn put(
+        &mut self,
+        hashed_address: &B256,
+        info: AccountInfo,
+        slots: &[(B256, U256)],
+        nodes: &mut Vec<NodeEntry>,
+    ) -> Result<AccountRecord, StorageError> {
+        let mut storage_trie = SortedTrie::new(hashed_address.as_slice());
+        let mut leaf = Vec::with_capacity(33);
+        for (hashed_slot, value) in slots {
+            let (bytes, len) = codec::encode_slot_value(value);
+            let key = codec::hashed_slot_key(hashed_address, hashed_slot);
+            self.storage.put(&key, &bytes[..len], WriteFlags::APPEND)?;
+            leaf.clear();
+            alloy_rlp::Encodable::encode(value, &mut leaf);
+            storage_trie.add_leaf(*hashed_slot, &leaf, nodes);
+            self.storage_nodes.put(&mut self.storage_trie, nodes)?;
+        }
+        let storage_root = storage_trie.finish(nodes);
+        self.storage_nodes.put(&mut self.storage_trie, nodes)?;
+        let record = AccountRecord { info, storage_root };
+        let (bytes, len) = record.encode();
+        self.accounts
+            .put(hashed_address.as_slice(), &bytes[..len], WriteFlags::APPEND)?;
+        Ok(record)
+    }
+}
+
+/// Builds the account trie of the hashed accounts a store holds (its table empty) and returns
+/// the state root: one pass in hashed order, [`CHUNK_ACCOUNTS`] accounts per transaction. State
+/// sync writes accounts a chunk at a time, resumably, and their trie once all are in.
+pub(crate) fn account_trie(db: &Database<Env>) -> Result<B256, StorageError> {
+    let mut trie = SortedTrie::new(&[]);
+    let mut appender = NodeAppender::default();
+    let (mut nodes, mut leaf) = (Vec::new(), Vec::with_capacity(128));
+    let mut after: Option<B256> = None;
+    loop {
+        let txn = db.begin_rw_txn()?;
+        let mut read = 0;
+        {
+            let tables = Tables::open(&txn)?;
+            let mut table = txn.cursor(&tables.account_trie)?;
+            let mut accounts = txn.cursor(&tables.hashed_accounts)?;
+            let start = after.unwrap_or_default();
+            let mut entry = accounts
+                .set_range::<std::borrow::Cow<'_, [u8]>, std::borrow::Cow<'_, [u8]>>(
+                    start.as_slice(),
+                )?;
+            while let Some((key, value)) = entry {
+                let hashed = B256::try_from(key.as_ref()).map_err(|_| {
+                    codec::corrupt(crate::tables::HASHED_ACCOUNTS, "key not 32 bytes")
+                })?;
+                if after != Some(hashed) {
+                    if read == CHUNK_ACCOUNTS {
+                        break;
+                    }
+                    AccountRecord::decode(crate::tables::HASHED_ACCOUNTS, &value)?
+                        .trie_rlp(&mut leaf);
+                    trie.add_leaf(hashed, &leaf, &mut nodes);
+                    appender.put(&mut table, &mut nodes)?;
+                    after = Some(hashed);
+                    read += 1;
+                }
+                entry = accounts.next()?;
+            }
+        }
+        txn.commit()?;
+        if read < CHUNK_ACCOUNTS {
+            break;
+        }
+    }
+    let root = trie.finish(&mut nodes);
+    let txn = db.begin_rw_txn()?;
+    {
+        let tables = Tables::open(&txn)?;
+        appender.put(&mut txn.cursor(&tables.account_trie)?, &mut nodes)?;
+    }
+    txn.commit()?;
+    Ok(root)
+}
+
 /// The slots `apply_state` would store: a zero value is no entry.
 fn nonzero(storage: &BTreeMap<U256, U256>) -> impl Iterator<Item = (&U256, &U256)> {
     storage.iter().filter(|(_, value)| !value.is_zero())
@@ -210,13 +286,13 @@ fn nonzero(storage: &BTreeMap<U256, U256>) -> impl Iterator<Item = (&U256, &U256
 /// Writes a trie's nodes to its table, appending all but its root: a trie hands its root node
 /// out last, but it sorts first under the trie's prefix, so it is the one put in place.
 #[derive(Default)]
-struct NodeAppender {
+pub(crate) struct NodeAppender {
     /// The greatest key written so far.
     last: Vec<u8>,
 }
 
 impl NodeAppender {
-    fn put(
+    pub fn put(
         &mut self,
         table: &mut Cursor<'_, RW>,
         nodes: &mut Vec<NodeEntry>,

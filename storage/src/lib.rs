@@ -296,6 +296,11 @@ impl Store {
         spec: &ChainSpec,
         progress: &mut dyn FnMut(GenesisProgress),
     ) -> Result<SealedBlock, StorageError> {
+        assert_eq!(
+            self.view(|r| r.base())??,
+            0,
+            "a state-synced store has no genesis block"
+        );
         if let Some(stored) = self.view(|r| r.block_hash(0))?? {
             let expected = genesis_header(spec).hash_slow();
             if stored != expected {
@@ -357,8 +362,16 @@ pub struct TableStats {
 impl Reader<'_> {
     /// Whether block `number` is committed in this snapshot: the archive may hold a block the
     /// database has not committed yet (appended before its commit).
+    /// Blocks at or before a state-synced store's base have no body ([`Reader::base`]).
     fn committed(&self, number: BlockNumber) -> Result<bool, StorageError> {
-        Ok(self.head()?.is_some_and(|head| number <= head))
+        let base = snapshot::restore::read_base(self.txn, &self.tables)?;
+        Ok(snapshot::restore::has_body(base, self.head()?, number))
+    }
+
+    /// The first block whose state this store holds: 0, or the block a state sync started
+    /// from, before which it has no state, bodies or receipts (and headers only for its own).
+    pub fn base(&self) -> Result<BlockNumber, StorageError> {
+        snapshot::restore::read_base(self.txn, &self.tables)
     }
 
     /// Entries and bytes of every table.
@@ -466,6 +479,9 @@ impl ChainView for Reader<'_> {
     fn block(&self, number: BlockNumber) -> Result<Option<Arc<SealedBlock>>, StorageError> {
         if let Some(block) = self.blocks.get(number) {
             return Ok(Some(block));
+        }
+        if !self.committed(number)? {
+            return Ok(None);
         }
         let Some(header) = self.header(number)? else {
             return Ok(None);

@@ -16,6 +16,7 @@
 //! every code hash from its code. Nothing in a chunk is taken on trust, and no chunk depends on
 //! another, so chunks can come from different peers in any order.
 
+pub mod restore;
 pub mod verify;
 
 #[cfg(test)]
