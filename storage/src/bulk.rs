@@ -49,18 +49,7 @@ pub(crate) fn write_state(
     let total = alloc.len() as u64;
     let txn = db.begin_rw_txn()?;
     {
-        let tables = Tables::open(&txn)?;
-        for table in [
-            &tables.account_preimages,
-            &tables.slot_preimages,
-            &tables.bytecodes,
-            &tables.hashed_accounts,
-            &tables.hashed_storage,
-            &tables.account_trie,
-            &tables.storage_trie,
-        ] {
-            txn.clear_table(table)?;
-        }
+        clear_state(&txn, &Tables::open(&txn)?)?;
     }
     txn.commit()?;
 
@@ -247,6 +236,26 @@ pub(crate) fn account_trie(db: &Database<Env>) -> Result<B256, StorageError> {
     }
     txn.commit()?;
     Ok(root)
+}
+
+/// Empties every state table: what a write of a whole state starts from, whatever a write that
+/// stopped midway left.
+pub(crate) fn clear_state(
+    txn: &Transaction<'_, RW, Env>,
+    tables: &Tables<'_>,
+) -> Result<(), StorageError> {
+    for table in [
+        &tables.account_preimages,
+        &tables.slot_preimages,
+        &tables.bytecodes,
+        &tables.hashed_accounts,
+        &tables.hashed_storage,
+        &tables.account_trie,
+        &tables.storage_trie,
+    ] {
+        txn.clear_table(table)?;
+    }
+    Ok(())
 }
 
 /// The slots `apply_state` would store: a zero value is no entry.

@@ -21,7 +21,7 @@ use alloy_consensus::Header;
 use alloy_primitives::{B256, U256, keccak256};
 use alloy_rlp::Encodable;
 use kestrel_types::{AccountInfo, BlockNumber, state::KECCAK_EMPTY};
-use libmdbx::{Transaction, TransactionKind, WriteFlags};
+use libmdbx::{RW, Transaction, TransactionKind, WriteFlags};
 use std::borrow::Cow;
 
 /// Metadata key of a restore in progress: its [`RestoreTarget`] and the chunks written.
@@ -122,27 +122,12 @@ impl crate::Store {
         if let Some(head) = read_head(&txn, &tables)? {
             return Err(RestoreError::HasHead(head));
         }
-        for table in [
-            &tables.account_preimages,
-            &tables.slot_preimages,
-            &tables.bytecodes,
-            &tables.hashed_accounts,
-            &tables.hashed_storage,
-            &tables.account_trie,
-            &tables.storage_trie,
-        ] {
-            txn.clear_table(table)?;
-        }
+        bulk::clear_state(&txn, &tables)?;
         let progress = RestoreProgress {
             target,
             chunks_done: 0,
         };
-        txn.put(
-            &tables.metadata,
-            RESTORE_KEY,
-            progress.encode(),
-            WriteFlags::UPSERT,
-        )?;
+        write_progress(&txn, &tables, &progress)?;
         txn.commit()?;
         Ok(())
     }
@@ -194,12 +179,7 @@ impl crate::Store {
             }
             progress.chunks_done += 1;
         }
-        txn.put(
-            &tables.metadata,
-            RESTORE_KEY,
-            progress.encode(),
-            WriteFlags::UPSERT,
-        )?;
+        write_progress(&txn, &tables, &progress)?;
         drop((cursors, tables));
         txn.commit()?;
         Ok(progress.chunks_done)
@@ -268,6 +248,16 @@ fn read_progress<K: TransactionKind>(
     txn.get::<Cow<'_, [u8]>>(&tables.metadata, RESTORE_KEY)?
         .map(|bytes| RestoreProgress::decode(&bytes))
         .transpose()
+}
+
+fn write_progress(
+    txn: &Transaction<'_, RW, Env>,
+    tables: &Tables<'_>,
+    progress: &RestoreProgress,
+) -> Result<(), StorageError> {
+    let bytes = progress.encode();
+    txn.put(&tables.metadata, RESTORE_KEY, bytes, WriteFlags::UPSERT)?;
+    Ok(())
 }
 
 /// The base block: the first whose state this store has (0 unless made by state sync).
