@@ -18,6 +18,7 @@ use crate::{
     Env, StorageError,
     archive::{Archive, ArchiveConfig, RecordKind},
     codec, read_head,
+    snapshot::restore::read_base,
     tables::Tables,
 };
 use alloy_consensus::ReceiptEnvelope;
@@ -55,8 +56,9 @@ pub(crate) struct Blocks {
 }
 
 impl Blocks {
-    /// Opens the archive in `db_dir` and brings it level with the database's head: blocks past
-    /// the head are cut, the bodies and receipts of a datadir from before the archive are moved
+    /// Opens the archive in `db_dir` and brings it level with the database's head (it holds the
+    /// blocks from genesis, or those after a state-synced store's base): blocks past the head are
+    /// cut, the bodies and receipts of a datadir from before the archive are moved
     /// into it, and an archive still behind the head is an error (blocks committed are gone).
     pub fn open(
         db_dir: &Path,
@@ -69,15 +71,18 @@ impl Blocks {
             ..config
         };
         let (mut archive, _) = Archive::open(&dir, config)?;
-        let head = {
+        let (head, base) = {
             let txn = db.begin_ro_txn()?;
-            read_head(&txn, &Tables::open(&txn)?)?
+            let tables = Tables::open(&txn)?;
+            (read_head(&txn, &tables)?, read_base(&txn, &tables)?)
         };
         // Appended, then the process died before the database committed them.
         archive.truncate_after(head)?;
         migrate::legacy_tables(db, &mut archive)?;
         let holds = archive.first(RecordKind::Body).zip(archive.last_block());
-        if holds != head.map(|head| (0, head)) {
+        // Genesis has a body; a state-synced store's base block has none (`snapshot::restore`).
+        let first = if base == 0 { 0 } else { base + 1 };
+        if holds != head.filter(|head| *head >= first).map(|head| (first, head)) {
             return Err(StorageError::ArchiveBehind { dir, head, holds });
         }
         Ok(Self {

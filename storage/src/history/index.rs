@@ -94,6 +94,19 @@ pub(super) fn init(
     Ok(())
 }
 
+/// Starts the moving after `base`, whatever was recorded (a store that state sync fills).
+pub(super) fn start_at(
+    txn: &Transaction<'_, RW, Env>,
+    tables: &Tables<'_>,
+    base: BlockNumber,
+) -> Result<(), StorageError> {
+    Progress {
+        through: base,
+        range: 0,
+    }
+    .write(txn, tables)
+}
+
 /// The blocks whose change sets may still hold rows: those after the last whole batch moved.
 pub(super) fn unmoved<K: TransactionKind>(
     txn: &Transaction<'_, K, Env>,

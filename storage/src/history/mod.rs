@@ -146,6 +146,22 @@ pub(crate) fn init(
     index::init(txn, tables, head)
 }
 
+/// Makes `base` the first block with history in a database whose state starts there (state
+/// sync's): nothing before it is answerable, and change sets are moved from the blocks after it.
+pub(crate) fn start_at(
+    txn: &Transaction<'_, RW, Env>,
+    tables: &Tables<'_>,
+    base: BlockNumber,
+) -> Result<(), StorageError> {
+    txn.put(
+        &tables.metadata,
+        HISTORY_FROM_KEY,
+        base.to_be_bytes(),
+        WriteFlags::UPSERT,
+    )?;
+    index::start_at(txn, tables, base)
+}
+
 fn account_key(address: &Address, block: BlockNumber) -> [u8; 28] {
     let mut key = [0u8; 28];
     key[..20].copy_from_slice(address.as_slice());

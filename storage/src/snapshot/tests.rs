@@ -2,7 +2,7 @@ use super::{
     verify::{SnapshotError, expected_subtries, verify_chunk},
     *,
 };
-use crate::{ChainView as _, Durability, Store};
+use crate::{ChainView as _, Durability, StateView as _, Store, snapshot::restore::RestoreError};
 use alloy_primitives::{Bytes, U256, keccak256};
 use kestrel_types::{AccountInfo, ChainSpec, StateChanges, StorageChange, chain::GenesisAlloc};
 use rand::{Rng, SeedableRng, rngs::StdRng};
@@ -301,4 +301,184 @@ fn chunks_after_blocks_rebuild_the_same_state() {
         }
     }
     assert_eq!(crate::state_root_from_alloc(&alloc), root);
+}
+
+/// A source store at block 3 (genesis and three blocks that change state), its head's header
+/// and the hashes of blocks 0..3.
+fn source_at_block_3() -> (tempfile::TempDir, Store, alloy_consensus::Header, Vec<B256>) {
+    let (dir, store, _) = store_with(3_000, 11);
+    let mut parent = store.view(|r| r.block(0).unwrap().unwrap()).unwrap();
+    let mut hashes = vec![parent.hash];
+    for n in 1..=3u64 {
+        let mut changes = StateChanges::default();
+        changes.accounts.insert(
+            Address::repeat_byte(n as u8),
+            Some(AccountInfo {
+                nonce: n,
+                balance: U256::from(n),
+                code_hash: KECCAK_EMPTY,
+            }),
+        );
+        let mut writer = store.begin_block().unwrap();
+        let root = writer.apply_state(&changes).unwrap();
+        let block = with_root(parent.empty_child(), root);
+        writer.insert_block(&block).unwrap();
+        writer.commit().unwrap();
+        parent = store.view(|r| r.block(n).unwrap().unwrap()).unwrap();
+        hashes.push(parent.hash);
+    }
+    let header = parent.header.clone();
+    hashes.pop();
+    (dir, store, header, hashes)
+}
+
+fn with_root(mut block: crate::SealedBlock, root: B256) -> crate::SealedBlock {
+    block.header.state_root = root;
+    block.hash = block.header.hash_slow();
+    block
+}
+
+fn state_tables(store: &Store) -> Vec<(&'static str, u64)> {
+    let state = [
+        crate::tables::ACCOUNT_PREIMAGES,
+        crate::tables::SLOT_PREIMAGES,
+        crate::tables::BYTECODES,
+        crate::tables::HASHED_ACCOUNTS,
+        crate::tables::HASHED_STORAGE,
+        crate::tables::ACCOUNT_TRIE,
+        crate::tables::STORAGE_TRIE,
+    ];
+    let stats = store.view(|r| r.table_stats().unwrap()).unwrap();
+    stats
+        .into_iter()
+        .filter(|t| state.contains(&t.table))
+        .map(|t| (t.table, t.entries))
+        .collect()
+}
+
+/// State sync's store: chunks written across a restart, then the base block. It holds the
+/// source's state (same root, same entries in every state table), no body or state before its
+/// base, and takes the next block as any store does.
+#[test]
+fn a_restored_store_holds_the_state_from_its_base_block_on() {
+    use crate::snapshot::restore::RestoreTarget;
+    let (_src_dir, source, header, ancestors) = source_at_block_3();
+    let depth = 1;
+    let (root, _, chunks) = snapshot(&source, depth);
+    assert_eq!(root, header.state_root);
+    let target = RestoreTarget {
+        number: 3,
+        state_root: root,
+        depth,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open_with(dir.path(), Durability::Unsynced).unwrap();
+        store.restore_start(target).unwrap();
+        assert_eq!(store.restore_chunks(&chunks[..3]).unwrap(), 3);
+        assert_eq!(store.restore_chunks(&chunks[3..7]).unwrap(), 7);
+    }
+    // Reopened as after a restart: the restore goes on after chunk 6.
+    let store = Store::open_with(dir.path(), Durability::Unsynced).unwrap();
+    let progress = store.restore_progress().unwrap().unwrap();
+    assert_eq!((progress.target, progress.chunks_done), (target, 7));
+    assert!(matches!(
+        store.restore_chunks(&chunks[8..9]),
+        Err(RestoreError::OutOfOrder {
+            want: 7,
+            got: 8,
+            ..
+        })
+    ));
+    assert!(matches!(
+        store.restore_finish(&header, &ancestors),
+        Err(RestoreError::Incomplete { done: 7, count: 16 })
+    ));
+    assert_eq!(store.restore_chunks(&chunks[7..]).unwrap(), 16);
+    store.restore_finish(&header, &ancestors).unwrap();
+    assert_eq!(store.restore_progress().unwrap(), None);
+    assert_eq!(state_tables(&store), state_tables(&source));
+
+    store
+        .view(|r| {
+            assert_eq!((r.head().unwrap(), r.base().unwrap()), (Some(3), 3));
+            assert_eq!(r.state_root_from_scratch().unwrap(), root);
+            assert_eq!(r.header(3).unwrap(), Some(header.clone()));
+            assert_eq!(r.block_hash(1).unwrap(), Some(ancestors[1]));
+            assert_eq!(r.header(2).unwrap(), None, "only hashes below the base");
+            assert!(
+                r.block(3).unwrap().is_none(),
+                "the base block has no body here"
+            );
+            assert!(r.receipts(3).unwrap().is_none());
+            assert!(matches!(
+                r.state_at(2).err(),
+                Some(StorageError::HistoryPruned {
+                    requested: 2,
+                    oldest: 3
+                })
+            ));
+        })
+        .unwrap();
+    assert!(matches!(
+        store.restore_start(target),
+        Err(RestoreError::HasHead(3))
+    ));
+
+    // The next block goes on as on any store, and survives a reopen (the archive starts after
+    // the base).
+    let base = crate::SealedBlock {
+        hash: header.hash_slow(),
+        header,
+        txs: Vec::new(),
+        receipts: Vec::new(),
+    };
+    let mut changes = StateChanges::default();
+    let address = Address::repeat_byte(0xee);
+    let info = AccountInfo {
+        nonce: 1,
+        balance: U256::from(5),
+        code_hash: KECCAK_EMPTY,
+    };
+    changes.accounts.insert(address, Some(info));
+    let mut writer = store.begin_block().unwrap();
+    let next_root = writer.apply_state(&changes).unwrap();
+    let next = with_root(base.empty_child(), next_root);
+    writer.insert_block(&next).unwrap();
+    writer.commit().unwrap();
+    drop(store);
+    let store = Store::open_with(dir.path(), Durability::Unsynced).unwrap();
+    store
+        .view(|r| {
+            assert_eq!(r.block(4).unwrap().unwrap().hash, next.hash);
+            assert_eq!(r.state_root_from_scratch().unwrap(), next_root);
+            assert_eq!(r.account(address).unwrap(), Some(info));
+            let before = r.state_at(3).unwrap();
+            assert_eq!(crate::StateView::account(&before, address).unwrap(), None);
+        })
+        .unwrap();
+}
+
+/// A chunk damaged after it was checked (a bug, or the disk) is caught by the whole-root check.
+#[test]
+fn the_whole_root_is_checked_at_the_end() {
+    use crate::snapshot::restore::RestoreTarget;
+    let (_src_dir, source, header, ancestors) = source_at_block_3();
+    let (root, _, mut chunks) = snapshot(&source, 0);
+    chunks[0].accounts[10].balance += U256::from(1);
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), Durability::Unsynced).unwrap();
+    store
+        .restore_start(RestoreTarget {
+            number: 3,
+            state_root: root,
+            depth: 0,
+        })
+        .unwrap();
+    store.restore_chunks(&chunks).unwrap();
+    assert!(matches!(
+        store.restore_finish(&header, &ancestors),
+        Err(RestoreError::RootMismatch { want, .. }) if want == root
+    ));
+    assert_eq!(store.view(|r| r.head().unwrap()).unwrap(), None);
 }
