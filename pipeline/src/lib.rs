@@ -80,6 +80,10 @@ pub fn describe_metrics() {
     for action in ["waits", "dropped"] {
         metrics::counter!(mempool::UNPAYABLE, "action" => action).absolute(0);
     }
+    // A chain of one never recovers a payload's senders: 0 rather than absent there too.
+    for path in ["ingress", "payload"] {
+        metrics::counter!(SENDER_RECOVERIES, "path" => path).absolute(0);
+    }
     describe_gauge!(
         "kestrel_mempool_pending_txs",
         "Executable transactions in the pool"
