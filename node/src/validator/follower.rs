@@ -243,7 +243,8 @@ impl Follower {
         let now = kestrel_types::now_ms();
         let blocks = match SyncResponse::decode(&msg.payload) {
             Ok(SyncResponse::Blocks(blocks)) => blocks,
-            Ok(SyncResponse::Payload(_)) => return,
+            // Late answers to state sync, and payloads: nothing a follower asks for.
+            Ok(_) => return,
             Err(err) => {
                 tracing::debug!(target: "node::full", peer = %msg.peer, %err, "undecodable sync response");
                 self.poll.answered(msg.peer, false, now);

@@ -1,0 +1,676 @@
+//! State sync (`kestrel node --full --sync state`): a new node fetches the state of a recent
+//! finalized block from the validators, in chunks, instead of executing every block since
+//! genesis; then it follows the chain from that block as any full node does.
+//!
+//! 1. **Tops.** It asks every connected validator for the top of its snapshot
+//!    ([`SyncRequest::SnapshotTop`]; each serves a snapshot of its committed head, held in memory:
+//!    `serve.rs`), and keeps the answer that most validators gave alike (the same block, root,
+//!    chunking and top), or the one its own interrupted restore was of.
+//! 2. **Anchor.** Nothing in a top is trusted yet. It asks for the finalized blocks from the
+//!    snapshot's block `B` on ([`SyncRequest::Blocks`]) and checks them as block sync does: a
+//!    hash chain ending on a commit proof signed by a quorum of the genesis's validator set
+//!    (`sync::verify_chain`), until it holds block `B + D`, which carries `B`'s execution result
+//!    (block hash and state root) that a quorum voted for. The top's state root must be that
+//!    root, its newest header must hash to that block hash, and the older headers must chain to
+//!    it by their parent hashes.
+//! 3. **Chunks.** The top, hashed up to the trusted root, gives each chunk's subtrie hash
+//!    (`snapshot::verify::expected_subtries`). Chunks are asked of every validator that holds the
+//!    same snapshot, several in flight each, and each is checked on arrival against its subtrie
+//!    hash (`verify_chunk`): a validator that serves a bad one is dropped (asked nothing more for
+//!    this sync) and the chunk is asked of another. Checked chunks are written in index order
+//!    (`Store::restore_chunks`), with the count of chunks written in the same transaction: a
+//!    restart resumes after it if a validator still holds that snapshot, and starts over with a
+//!    new one if none does.
+//! 4. **Base.** The account trie is built from the written accounts and its root checked against
+//!    the trusted one once more (`Store::restore_finish`); block `B` starts the block log and
+//!    becomes the database's head and base. Block sync goes on from `B + 1`.
+
+pub mod serve;
+
+use super::{
+    metrics::SYNC_MODE,
+    store::ChainLog,
+    sync::{REQUEST_RETRY_MS, SyncError, verify_chain},
+    transport::Transport,
+    wire::{SnapshotTop, SyncRequest, SyncResponse, SyncedBlock},
+};
+use alloy_primitives::B256;
+use crossbeam_channel::Receiver;
+use kestrel_consensus::bft::{SYNC_BLOCKS_MAX, ValidatorSet};
+use kestrel_net::{Inbound, Kind, PeerClass, PeerId};
+use kestrel_storage::{
+    StorageError, Store,
+    snapshot::{
+        StateChunk, chunk_count,
+        restore::{BASE_ANCESTORS, RestoreError, RestoreTarget},
+        verify::{SnapshotError, expected_subtries, verify_chunk},
+    },
+};
+use kestrel_types::ExecutionResult;
+use std::{
+    collections::{BTreeMap, BTreeSet, VecDeque},
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+/// How long to collect snapshot tops after asking for them (a validator making its snapshot
+/// reads its whole state first: seconds at millions of accounts).
+const TOPS_WAIT_MS: u64 = 3_000;
+/// Look again for connected validators after this long.
+const PEERS_WAIT_MS: u64 = 100;
+/// Ask again for tops after this long without any answer.
+const TOPS_RETRY_MS: u64 = 5_000;
+/// Chunk requests in flight per validator.
+const CHUNKS_IN_FLIGHT_PER_PEER: usize = 4;
+/// Least time between two requests to one validator: 25 a second, half its
+/// `full_node_requests_per_s` (50), so that a sync is never cut off as a flood.
+const REQUEST_SPACING_MS: u64 = 40;
+/// A chunk not answered in this long is asked of another validator.
+const CHUNK_TIMEOUT_MS: u64 = 10_000;
+/// Validators that let this many chunk requests time out are not asked again in this round.
+const TIMEOUTS_MAX: u32 = 3;
+/// Checked chunks written per transaction at most (one fsync each).
+const CHUNKS_PER_WRITE_MAX: usize = 16;
+/// Checked chunks waiting for an earlier one before being written, at most: requests past it
+/// wait, so memory stays bounded whatever order answers come in.
+const CHUNKS_AHEAD_MAX: u32 = 256;
+/// Longest wait on the inbound channel, so timeouts and a stop are noticed.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
+
+const TARGET_BLOCK: &str = "kestrel_sync_target_block";
+const CHUNKS: &str = "kestrel_sync_state_chunks";
+const CHUNKS_DONE: &str = "kestrel_sync_state_chunks_done";
+const BYTES: &str = "kestrel_sync_state_bytes_total";
+const BAD_CHUNKS: &str = "kestrel_sync_state_bad_chunks_total";
+const PEERS_DROPPED: &str = "kestrel_sync_state_peers_dropped_total";
+const ACCOUNTS: &str = "kestrel_sync_state_accounts_total";
+
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        TARGET_BLOCK,
+        "The block whose state state sync fetches (0: none)"
+    );
+    metrics::describe_gauge!(CHUNKS, "Chunks of the snapshot state sync fetches");
+    metrics::describe_gauge!(
+        CHUNKS_DONE,
+        "Chunks of the snapshot checked and written by state sync"
+    );
+    metrics::describe_counter!(
+        BYTES,
+        metrics::Unit::Bytes,
+        "Bytes of state sync answers received (tops, chunks, anchor blocks)"
+    );
+    metrics::describe_counter!(
+        BAD_CHUNKS,
+        "State chunks that failed their check against the trusted state root"
+    );
+    metrics::describe_counter!(
+        PEERS_DROPPED,
+        "Validators state sync stopped asking because they served a bad chunk or top"
+    );
+    metrics::describe_counter!(ACCOUNTS, "Accounts written by state sync");
+    serve::describe_metrics();
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateSyncError {
+    #[error("restore: {0}")]
+    Restore(#[from] RestoreError),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("block log: {0}")]
+    Log(#[from] super::store::StoreError),
+    #[error("removing a block log started at another block: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("stopped")]
+    Stopped,
+}
+
+/// Why a validator's answer is not believed.
+#[derive(Debug, thiserror::Error)]
+enum Lie {
+    #[error("blocks from the snapshot's block: {0}")]
+    Chain(#[from] SyncError),
+    #[error("the first block answered is {got}, not the snapshot's {want}")]
+    WrongFirst { want: u64, got: u64 },
+    #[error("the top's state root is {top}, the finalized result says {result}")]
+    Root { top: B256, result: B256 },
+    #[error("the top's headers do not end on the finalized block {0} or do not chain")]
+    Headers(u64),
+    #[error("the top: {0}")]
+    Top(#[from] SnapshotError),
+}
+
+/// The validators state sync talks to, and what it counts of them.
+pub struct StateSync<'a> {
+    net: &'a dyn Transport,
+    inbound: &'a Receiver<Inbound>,
+    store: &'a Store,
+    set: &'a ValidatorSet,
+    stop: &'a AtomicBool,
+    /// Validators that served a bad top or chunk: never asked again.
+    dropped: BTreeSet<PeerId>,
+    bytes: u64,
+}
+
+impl<'a> StateSync<'a> {
+    pub fn new(
+        net: &'a dyn Transport,
+        inbound: &'a Receiver<Inbound>,
+        store: &'a Store,
+        set: &'a ValidatorSet,
+        stop: &'a AtomicBool,
+    ) -> Self {
+        describe_metrics();
+        Self {
+            net,
+            inbound,
+            store,
+            set,
+            stop,
+            dropped: BTreeSet::new(),
+            bytes: 0,
+        }
+    }
+
+    /// Syncs the state into the empty (or half-restored) store and starts the block log in
+    /// `log_dir` at its block; returns that block's number.
+    ///
+    /// `None` when the snapshots offered are of blocks below `min_height` (and no restore is
+    /// under way): executing that many blocks from genesis is the cheaper way.
+    pub fn run(mut self, log_dir: &Path, min_height: u64) -> Result<Option<u64>, StateSyncError> {
+        let started = Instant::now();
+        set_mode("state");
+        loop {
+            let (top, peers) = self.tops()?;
+            if top.height < min_height && self.store.restore_progress()?.is_none() {
+                tracing::info!(target: "node::statesync", block = top.height, min_height, "the chain is short: syncing from genesis instead");
+                set_mode("blocks");
+                return Ok(None);
+            }
+            let Some((base, result)) = self.anchor(&top, &peers)? else {
+                continue;
+            };
+            let expected = match check_top(&top, &result) {
+                Ok(expected) => expected,
+                Err(lie) => {
+                    for peer in &peers {
+                        self.drop_peer(peer, &lie.to_string());
+                    }
+                    continue;
+                }
+            };
+            let target = RestoreTarget {
+                number: top.height,
+                state_root: result.state_root,
+                depth: top.depth,
+            };
+            if !self.chunks(target, &expected, peers)? {
+                continue;
+            }
+            // The log first: a crash before the database's head moves leaves a complete
+            // restore, which the next start finishes with whichever snapshot it then finds.
+            let mut log = ChainLog::open(log_dir)?;
+            if log.height() != 0 && log.head().block.id() != base.block.id() {
+                drop(log);
+                std::fs::remove_dir_all(log_dir.join(super::store::ARCHIVE_DIR))?;
+                log = ChainLog::open(log_dir)?;
+            }
+            if log.height() == 0 {
+                log.start_at(&base)?;
+            }
+            let headers = &top.headers;
+            let ancestors: Vec<B256> = headers[..headers.len() - 1]
+                .iter()
+                .map(|h| h.hash_slow())
+                .collect();
+            self.store
+                .restore_finish(headers.last().expect("checked"), &ancestors)?;
+            tracing::info!(target: "node::statesync", block = top.height, root = %result.state_root, bytes = self.bytes, elapsed_s = started.elapsed().as_secs_f64(), "state sync done; block sync goes on from the next block");
+            set_mode("blocks");
+            return Ok(Some(top.height));
+        }
+    }
+
+    /// Waits for the next answer from a validator, up to `until`; `None` at `until`.
+    fn next_answer(
+        &mut self,
+        until: Instant,
+    ) -> Result<Option<(PeerId, SyncResponse)>, StateSyncError> {
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return Err(StateSyncError::Stopped);
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Ok(None);
+            }
+            let msg = match self.inbound.recv_timeout((until - now).min(IDLE_WAIT)) {
+                Ok(msg) => msg,
+                Err(_) => continue,
+            };
+            if msg.class != PeerClass::Validator || msg.kind != Kind::SyncResponse {
+                continue;
+            }
+            self.bytes += msg.payload.len() as u64;
+            metrics::counter!(BYTES).increment(msg.payload.len() as u64);
+            match SyncResponse::decode(&msg.payload) {
+                Ok(response) => return Ok(Some((msg.peer, response))),
+                Err(err) => {
+                    tracing::debug!(target: "node::statesync", peer = %msg.peer, %err, "undecodable answer")
+                }
+            }
+        }
+    }
+
+    fn peers(&self) -> Vec<PeerId> {
+        self.net
+            .connected_peers()
+            .into_iter()
+            .filter(|p| !self.dropped.contains(p))
+            .collect()
+    }
+
+    fn drop_peer(&mut self, peer: &PeerId, why: &str) {
+        if self.dropped.insert(*peer) {
+            metrics::counter!(PEERS_DROPPED).increment(1);
+            tracing::warn!(target: "node::statesync", %peer, why, "dropped a validator from state sync");
+        }
+    }
+
+    /// Asks every validator for its snapshot's top; the top most of them gave (or the one an
+    /// interrupted restore was of), with the validators that gave it.
+    fn tops(&mut self) -> Result<(SnapshotTop, Vec<PeerId>), StateSyncError> {
+        let resuming = self.store.restore_progress()?.map(|p| p.target);
+        loop {
+            let peers = self.peers();
+            if peers.is_empty() {
+                // Not connected yet (the handshakes take a moment after start).
+                self.next_answer(Instant::now() + Duration::from_millis(PEERS_WAIT_MS))?;
+                continue;
+            }
+            for peer in &peers {
+                self.net.send(
+                    peer,
+                    Kind::SyncRequest,
+                    SyncRequest::SnapshotTop.encode().into(),
+                );
+            }
+            let asked = Instant::now();
+            let mut until = asked + Duration::from_millis(TOPS_RETRY_MS);
+            let mut tops: Vec<(SnapshotTop, Vec<PeerId>)> = Vec::new();
+            while let Some((peer, answer)) = self.next_answer(until)? {
+                let SyncResponse::SnapshotTop(top) = answer else {
+                    continue;
+                };
+                if tops.is_empty() {
+                    until = Instant::now() + Duration::from_millis(TOPS_WAIT_MS);
+                }
+                match tops.iter_mut().find(|(t, _)| *t == *top) {
+                    Some((_, from)) if !from.contains(&peer) => from.push(peer),
+                    Some(_) => {}
+                    None => tops.push((*top, vec![peer])),
+                }
+                if tops.iter().map(|(_, from)| from.len()).sum::<usize>() == peers.len() {
+                    break;
+                }
+            }
+            let same_as_before = |t: &SnapshotTop| {
+                resuming.is_some_and(|r| {
+                    (r.number, r.state_root, r.depth) == (t.height, t.state_root, t.depth)
+                })
+            };
+            let best = tops
+                .into_iter()
+                .max_by_key(|(top, from)| (same_as_before(top), from.len(), top.height));
+            if let Some((top, from)) = best {
+                tracing::info!(target: "node::statesync", block = top.height, depth = top.depth, validators = from.len(), resuming = same_as_before(&top), "chose a snapshot");
+                metrics::gauge!(TARGET_BLOCK).set(top.height as f64);
+                return Ok((top, from));
+            }
+            tracing::info!(target: "node::statesync", validators = peers.len(), "no snapshot offered yet; asking again");
+        }
+    }
+
+    /// The finalized blocks from the snapshot's block to the one carrying its execution result,
+    /// checked; the snapshot's block and that result. `None` if none of `peers` gave them.
+    fn anchor(
+        &mut self,
+        top: &SnapshotTop,
+        peers: &[PeerId],
+    ) -> Result<Option<(SyncedBlock, ExecutionResult)>, StateSyncError> {
+        let mut base: Option<SyncedBlock> = None;
+        let mut tip: Option<SyncedBlock> = None;
+        let mut turn = 0;
+        let mut unanswered = 0;
+        loop {
+            let live: Vec<&PeerId> = peers.iter().filter(|p| !self.dropped.contains(p)).collect();
+            if live.is_empty() || unanswered > 2 * peers.len() + 10 {
+                return Ok(None);
+            }
+            let peer = *live[turn % live.len()];
+            turn += 1;
+            let from = tip.as_ref().map_or(top.height, |t| t.block.height + 1);
+            let request = SyncRequest::Blocks {
+                from,
+                count: SYNC_BLOCKS_MAX as u16,
+            };
+            self.net
+                .send(&peer, Kind::SyncRequest, request.encode().into());
+            let until = Instant::now() + Duration::from_millis(REQUEST_RETRY_MS);
+            let blocks = loop {
+                match self.next_answer(until)? {
+                    Some((from_peer, SyncResponse::Blocks(blocks))) if from_peer == peer => {
+                        break Some(blocks);
+                    }
+                    Some(_) => continue,
+                    None => break None,
+                }
+            };
+            let Some(mut blocks) = blocks else {
+                unanswered += 1;
+                continue;
+            };
+            if blocks.is_empty() {
+                // Nothing final after our tip yet: the result comes D blocks later.
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+            let checked = match &tip {
+                None => {
+                    let first = blocks.remove(0);
+                    if first.block.height != top.height {
+                        self.drop_peer(
+                            &peer,
+                            &Lie::WrongFirst {
+                                want: top.height,
+                                got: first.block.height,
+                            }
+                            .to_string(),
+                        );
+                        continue;
+                    }
+                    let proven = match (&first.proof, blocks.is_empty()) {
+                        (Some(proof), _) => {
+                            proof.verify(&first.block, self.set).map_err(|source| {
+                                SyncError::BadCommitProof {
+                                    height: first.block.height,
+                                    source,
+                                }
+                            })
+                        }
+                        (None, true) => Err(SyncError::NoCommitProof {
+                            height: first.block.height,
+                        }),
+                        (None, false) => Ok(()),
+                    };
+                    proven
+                        .and_then(|()| verify_chain(&first.committed(), &blocks, self.set, None))
+                        .map(|_| Some(first))
+                }
+                Some(tip) => verify_chain(&tip.committed(), &blocks, self.set, None).map(|_| None),
+            };
+            match checked {
+                Ok(first) => {
+                    if let Some(first) = first {
+                        base = Some(first);
+                    }
+                }
+                Err(err) => {
+                    self.drop_peer(&peer, &Lie::Chain(err).to_string());
+                    continue;
+                }
+            }
+            let result = blocks
+                .iter()
+                .filter_map(|b| b.block.delayed_result)
+                .find(|r| r.number == top.height);
+            if let Some(result) = result {
+                let base = base.expect("set with the first answer");
+                tracing::info!(target: "node::statesync", block = top.height, root = %result.state_root, "the snapshot's block is final and its result certified");
+                return Ok(Some((base, result)));
+            }
+            if let Some(last) = blocks.pop() {
+                tip = Some(last);
+            } else if tip.is_none() {
+                tip = base.clone();
+            }
+        }
+    }
+
+    /// Fetches, checks and writes every chunk of `target` not written yet. False if every
+    /// validator holding the snapshot was dropped or let it go first.
+    fn chunks(
+        &mut self,
+        target: RestoreTarget,
+        expected: &[Option<B256>],
+        peers: Vec<PeerId>,
+    ) -> Result<bool, StateSyncError> {
+        let count = chunk_count(target.depth);
+        let done = match self.store.restore_progress()? {
+            Some(p) if p.target == target => {
+                tracing::info!(target: "node::statesync", block = target.number, done = p.chunks_done, count, "resuming a state restore");
+                p.chunks_done
+            }
+            _ => {
+                self.store.restore_start(target)?;
+                0
+            }
+        };
+        metrics::gauge!(CHUNKS).set(f64::from(count));
+        metrics::gauge!(CHUNKS_DONE).set(f64::from(done));
+        let mut fetch = Fetch::new(done, count, peers);
+        let mut last_log = Instant::now();
+        while fetch.written < count {
+            let now = Instant::now();
+            for (peer, index) in fetch.requests(now, &self.dropped) {
+                let request = SyncRequest::StateChunk {
+                    height: target.number,
+                    depth: target.depth,
+                    index,
+                };
+                self.net
+                    .send(&peer, Kind::SyncRequest, request.encode().into());
+            }
+            if fetch.peers.is_empty() {
+                tracing::warn!(target: "node::statesync", block = target.number, written = fetch.written, "no validator serves this snapshot any more; choosing another");
+                return Ok(false);
+            }
+            let Some((peer, answer)) = self.next_answer(now + IDLE_WAIT)? else {
+                continue;
+            };
+            match answer {
+                SyncResponse::StateChunk(bytes) => {
+                    let chunk: StateChunk = match super::wire::decode_all(&bytes) {
+                        Ok(chunk) => chunk,
+                        Err(err) => {
+                            self.bad_chunk(&mut fetch, &peer, &err.to_string());
+                            continue;
+                        }
+                    };
+                    if !fetch.is_pending(&peer, chunk.index) {
+                        continue;
+                    }
+                    if let Err(err) = verify_chunk(
+                        target.depth,
+                        chunk.index,
+                        expected[chunk.index as usize],
+                        &chunk,
+                    ) {
+                        self.bad_chunk(&mut fetch, &peer, &err.to_string());
+                        continue;
+                    }
+                    fetch.received(&peer, chunk);
+                    self.write_ready(&mut fetch)?;
+                }
+                SyncResponse::SnapshotGone { held } => {
+                    tracing::info!(target: "node::statesync", %peer, held, "a validator no longer holds the snapshot");
+                    fetch.forget(&peer);
+                }
+                _ => {}
+            }
+            if last_log.elapsed() >= Duration::from_secs(5) {
+                last_log = Instant::now();
+                tracing::info!(target: "node::statesync", block = target.number, written = fetch.written, count, bytes = self.bytes, validators = fetch.peers.len(), "state sync progress");
+            }
+        }
+        Ok(true)
+    }
+
+    fn bad_chunk(&mut self, fetch: &mut Fetch, peer: &PeerId, why: &str) {
+        metrics::counter!(BAD_CHUNKS).increment(1);
+        fetch.forget(peer);
+        self.drop_peer(peer, why);
+    }
+
+    /// Writes the checked chunks that follow the last written one.
+    fn write_ready(&mut self, fetch: &mut Fetch) -> Result<(), StateSyncError> {
+        loop {
+            let mut batch = Vec::new();
+            while batch.len() < CHUNKS_PER_WRITE_MAX
+                && let Some(chunk) = fetch.ready.remove(&(fetch.written + batch.len() as u32))
+            {
+                batch.push(chunk);
+            }
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let accounts: usize = batch.iter().map(|c| c.accounts.len()).sum();
+            fetch.written = self.store.restore_chunks(&batch)?;
+            metrics::counter!(ACCOUNTS).increment(accounts as u64);
+            metrics::gauge!(CHUNKS_DONE).set(f64::from(fetch.written));
+        }
+    }
+}
+
+/// Sets `kestrel_sync_mode`: 1 for the mode the node is in, 0 for the others.
+pub fn set_mode(mode: &'static str) {
+    for m in ["state", "blocks", "following"] {
+        metrics::gauge!(SYNC_MODE, "mode" => m).set(if m == mode { 1.0 } else { 0.0 });
+    }
+}
+
+/// Checks a top against the finalized result of its block; each chunk's expected subtrie hash.
+fn check_top(top: &SnapshotTop, result: &ExecutionResult) -> Result<Vec<Option<B256>>, Lie> {
+    if top.state_root != result.state_root {
+        return Err(Lie::Root {
+            top: top.state_root,
+            result: result.state_root,
+        });
+    }
+    let headers = &top.headers;
+    let bad = || Lie::Headers(top.height);
+    let newest = headers.last().ok_or_else(bad)?;
+    let wanted = BASE_ANCESTORS.min(top.height) as usize + 1;
+    if headers.len() != wanted
+        || newest.number != top.height
+        || newest.hash_slow() != result.block_hash
+        || newest.state_root != result.state_root
+    {
+        return Err(bad());
+    }
+    for pair in headers.windows(2) {
+        if pair[1].parent_hash != pair[0].hash_slow() || pair[1].number != pair[0].number + 1 {
+            return Err(bad());
+        }
+    }
+    Ok(expected_subtries(result.state_root, top.depth, &top.top)?)
+}
+
+/// Which chunk is asked of whom: the chunks not yet asked, those in flight, and those checked
+/// but waiting for an earlier one to be written.
+struct Fetch {
+    /// Chunks to ask for, lowest first (requeued ones go to the front).
+    queue: VecDeque<u32>,
+    in_flight: BTreeMap<u32, (PeerId, Instant)>,
+    ready: BTreeMap<u32, StateChunk>,
+    written: u32,
+    /// Validators holding the snapshot, with when each was last asked and its timeouts.
+    peers: BTreeMap<PeerId, (Option<Instant>, u32)>,
+}
+
+impl Fetch {
+    fn new(written: u32, count: u32, peers: Vec<PeerId>) -> Self {
+        Self {
+            queue: (written..count).collect(),
+            in_flight: BTreeMap::new(),
+            ready: BTreeMap::new(),
+            written,
+            peers: peers.into_iter().map(|p| (p, (None, 0))).collect(),
+        }
+    }
+
+    /// The requests to send now: timed-out ones requeued, then for each validator with room
+    /// (in flight, spacing) the next chunk, within [`CHUNKS_AHEAD_MAX`] of the last written.
+    fn requests(&mut self, now: Instant, dropped: &BTreeSet<PeerId>) -> Vec<(PeerId, u32)> {
+        self.peers.retain(|p, _| !dropped.contains(p));
+        let timed_out: Vec<(u32, PeerId)> = self
+            .in_flight
+            .iter()
+            .filter(|(_, (_, at))| {
+                now.duration_since(*at) >= Duration::from_millis(CHUNK_TIMEOUT_MS)
+            })
+            .map(|(i, (p, _))| (*i, *p))
+            .collect();
+        for (index, peer) in timed_out {
+            self.in_flight.remove(&index);
+            self.queue.push_front(index);
+            if let Some((_, timeouts)) = self.peers.get_mut(&peer) {
+                *timeouts += 1;
+                if *timeouts >= TIMEOUTS_MAX {
+                    tracing::info!(target: "node::statesync", %peer, "a validator let chunk requests time out: not asked again this round");
+                    self.forget(&peer);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let peers: Vec<PeerId> = self.peers.keys().copied().collect();
+        for peer in peers {
+            let busy = self.in_flight.values().filter(|(p, _)| *p == peer).count();
+            let (last, _) = self.peers[&peer];
+            let spaced = last.is_none_or(|at| {
+                now.duration_since(at) >= Duration::from_millis(REQUEST_SPACING_MS)
+            });
+            if busy >= CHUNKS_IN_FLIGHT_PER_PEER || !spaced {
+                continue;
+            }
+            let Some(&index) = self.queue.front() else {
+                break;
+            };
+            if index >= self.written + CHUNKS_AHEAD_MAX {
+                break;
+            }
+            self.queue.pop_front();
+            self.in_flight.insert(index, (peer, now));
+            self.peers.get_mut(&peer).expect("listed").0 = Some(now);
+            out.push((peer, index));
+        }
+        out
+    }
+
+    fn is_pending(&self, peer: &PeerId, index: u32) -> bool {
+        self.in_flight.get(&index).is_some_and(|(p, _)| p == peer)
+    }
+
+    fn received(&mut self, peer: &PeerId, chunk: StateChunk) {
+        debug_assert!(self.is_pending(peer, chunk.index));
+        self.in_flight.remove(&chunk.index);
+        self.ready.insert(chunk.index, chunk);
+    }
+
+    /// Stops asking `peer`; what it had in flight goes back to the queue.
+    fn forget(&mut self, peer: &PeerId) {
+        self.peers.remove(peer);
+        let mine: Vec<u32> = self
+            .in_flight
+            .iter()
+            .filter(|(_, (p, _))| p == peer)
+            .map(|(i, _)| *i)
+            .collect();
+        for index in mine.into_iter().rev() {
+            self.in_flight.remove(&index);
+            self.queue.push_front(index);
+        }
+    }
+}
