@@ -17,6 +17,8 @@ pub enum WireError {
     Rlp(#[from] alloy_rlp::Error),
     #[error("{0} trailing bytes")]
     TrailingBytes(usize),
+    #[error("not the canonical encoding")]
+    NonCanonical,
     #[error("consensus message: {0}")]
     Consensus(String),
 }
@@ -123,8 +125,9 @@ pub enum SyncRequest {
     /// The payload with this hash (of a block consensus fetched without it).
     Payload(B256),
     /// The top of the peer's state snapshot (state sync, `statesync/`): the peer makes one of
-    /// its committed head if it holds none recent.
-    SnapshotTop,
+    /// its committed head if it holds none recent. `resume`: the block of the snapshot an
+    /// interrupted sync was fetching (0: none), which the peer gives if it still holds it.
+    SnapshotTop { resume: u64 },
     /// Chunk `index` of depth `depth` of the peer's snapshot of block `height`.
     StateChunk { height: u64, depth: u8, index: u32 },
 }
@@ -192,7 +195,9 @@ impl SyncRequest {
                 },
             ),
             Self::Payload(hash) => tagged(TAG_PAYLOAD, hash),
-            Self::SnapshotTop => vec![TAG_SNAPSHOT_TOP],
+            // No resume: the tag alone.
+            Self::SnapshotTop { resume: 0 } => vec![TAG_SNAPSHOT_TOP],
+            Self::SnapshotTop { resume } => tagged(TAG_SNAPSHOT_TOP, resume),
             Self::StateChunk {
                 height,
                 depth,
@@ -219,8 +224,12 @@ impl SyncRequest {
                 })
             }
             TAG_PAYLOAD => Ok(Self::Payload(decode_all(body)?)),
-            TAG_SNAPSHOT_TOP if body.is_empty() => Ok(Self::SnapshotTop),
-            TAG_SNAPSHOT_TOP => Err(WireError::TrailingBytes(body.len())),
+            TAG_SNAPSHOT_TOP if body.is_empty() => Ok(Self::SnapshotTop { resume: 0 }),
+            TAG_SNAPSHOT_TOP => match decode_all(body)? {
+                // Encoded as the tag alone: one encoding per message.
+                0 => Err(WireError::NonCanonical),
+                resume => Ok(Self::SnapshotTop { resume }),
+            },
             TAG_STATE_CHUNK => {
                 let w: StateChunkWire = decode_all(body)?;
                 Ok(Self::StateChunk {
@@ -292,7 +301,8 @@ mod tests {
         for req in [
             SyncRequest::Blocks { from: 7, count: 32 },
             SyncRequest::Payload(B256::repeat_byte(3)),
-            SyncRequest::SnapshotTop,
+            SyncRequest::SnapshotTop { resume: 0 },
+            SyncRequest::SnapshotTop { resume: 12_345 },
             SyncRequest::StateChunk {
                 height: 10_000,
                 depth: 2,
@@ -338,6 +348,10 @@ mod tests {
         assert!(matches!(
             SyncRequest::decode(&[9]),
             Err(WireError::UnknownTag(9))
+        ));
+        assert!(matches!(
+            SyncRequest::decode(&[TAG_SNAPSHOT_TOP, 0x80]),
+            Err(WireError::NonCanonical)
         ));
         let mut trailing = SyncRequest::Payload(B256::ZERO).encode();
         trailing.push(0);

@@ -59,8 +59,9 @@ use std::{
 const TOPS_WAIT_MS: u64 = 3_000;
 /// Look again for connected validators after this long.
 const PEERS_WAIT_MS: u64 = 100;
-/// Ask again for tops after this long without any answer.
-const TOPS_RETRY_MS: u64 = 5_000;
+/// Ask again for tops after this long without any answer: a validator first waits for its head
+/// to reach the next aligned block (`serve::SNAPSHOT_ALIGN_BLOCKS`), then reads its state.
+const TOPS_RETRY_MS: u64 = 30_000;
 /// Chunk requests in flight per validator.
 const CHUNKS_IN_FLIGHT_PER_PEER: usize = 4;
 /// Least time between two requests to one validator: 25 a second, half its
@@ -294,7 +295,11 @@ impl<'a> StateSync<'a> {
                 self.net.send(
                     peer,
                     Kind::SyncRequest,
-                    SyncRequest::SnapshotTop.encode().into(),
+                    SyncRequest::SnapshotTop {
+                        resume: resuming.map_or(0, |r| r.number),
+                    }
+                    .encode()
+                    .into(),
                 );
             }
             let asked = Instant::now();
@@ -613,8 +618,12 @@ impl Fetch {
             })
             .map(|(i, (p, _))| (*i, *p))
             .collect();
-        for (index, peer) in timed_out {
-            self.in_flight.remove(&index);
+        // Highest first, so that the queue's front is in order again.
+        for (index, peer) in timed_out.into_iter().rev() {
+            // Requeued already when its validator was passed over for an earlier timeout.
+            if self.in_flight.remove(&index).is_none() {
+                continue;
+            }
             self.queue.push_front(index);
             if let Some((_, timeouts)) = self.peers.get_mut(&peer) {
                 *timeouts += 1;
@@ -672,5 +681,174 @@ impl Fetch {
             self.in_flight.remove(&index);
             self.queue.push_front(index);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_consensus::Header;
+
+    fn peers(n: u8) -> Vec<PeerId> {
+        (1..=n)
+            .map(|i| {
+                let key = secp256k1::SecretKey::from_byte_array(&[i; 32]).unwrap();
+                PeerId::from(secp256k1::PublicKey::from_secret_key_global(&key))
+            })
+            .collect()
+    }
+
+    fn chunk(index: u32) -> StateChunk {
+        StateChunk {
+            depth: 1,
+            index,
+            accounts: Vec::new(),
+        }
+    }
+
+    /// Requests spread over the validators within their in-flight and spacing bounds; a dropped
+    /// validator's chunks go back to the front of the queue for the others, and a validator that
+    /// lets requests time out is passed over.
+    #[test]
+    fn chunks_are_spread_requeued_and_bounded() {
+        let peers = peers(2);
+        let mut fetch = Fetch::new(0, 16, peers.clone());
+        let t0 = Instant::now();
+        let none = BTreeSet::new();
+        let first = fetch.requests(t0, &none);
+        assert_eq!(first.len(), 2, "one each: then the spacing holds them");
+        assert!(fetch.requests(t0, &none).is_empty());
+        let mut at = t0;
+        for _ in 0..10 {
+            at += Duration::from_millis(REQUEST_SPACING_MS);
+            fetch.requests(at, &none);
+        }
+        assert_eq!(
+            fetch.in_flight.len(),
+            2 * CHUNKS_IN_FLIGHT_PER_PEER,
+            "in flight per validator bounded"
+        );
+        // A chunk answered by another validator than the one asked is not taken.
+        let (index, (asked, _)) = fetch
+            .in_flight
+            .iter()
+            .next()
+            .map(|(i, p)| (*i, *p))
+            .unwrap();
+        let other = peers.iter().find(|p| **p != asked).unwrap();
+        assert!(!fetch.is_pending(other, index));
+        fetch.received(&asked, chunk(index));
+        assert!(fetch.ready.contains_key(&index));
+
+        // The other validator is dropped (a bad chunk): its chunks are asked again, lowest first.
+        let theirs: Vec<u32> = fetch
+            .in_flight
+            .iter()
+            .filter(|(_, (p, _))| p == other)
+            .map(|(i, _)| *i)
+            .collect();
+        fetch.forget(other);
+        assert_eq!(
+            fetch
+                .queue
+                .iter()
+                .take(theirs.len())
+                .copied()
+                .collect::<Vec<_>>(),
+            theirs
+        );
+        let dropped = BTreeSet::from([*other]);
+        at += Duration::from_millis(REQUEST_SPACING_MS);
+        let next = fetch.requests(at, &dropped);
+        assert!(next.iter().all(|(p, _)| *p == asked), "{next:?}");
+
+        // Unanswered requests time out and are asked again; TIMEOUTS_MAX of them and the
+        // validator is not asked again.
+        let later = at + Duration::from_millis(CHUNK_TIMEOUT_MS);
+        fetch.requests(later, &dropped);
+        assert!(
+            fetch.peers.is_empty(),
+            "the only validator left let its requests time out"
+        );
+        assert!(fetch.in_flight.is_empty());
+        assert_eq!(fetch.queue.len() + fetch.ready.len(), 16);
+    }
+
+    /// A chunk is never asked for more than CHUNKS_AHEAD_MAX past the last one written, so the
+    /// chunks held in memory waiting for an earlier one stay bounded.
+    #[test]
+    fn fetching_stays_within_a_window_of_the_written_chunks() {
+        let mut fetch = Fetch::new(0, 4 * CHUNKS_AHEAD_MAX, peers(4));
+        let mut at = Instant::now();
+        let none = BTreeSet::new();
+        for _ in 0..2 * CHUNKS_AHEAD_MAX {
+            for (peer, index) in fetch.requests(at, &none) {
+                fetch.received(&peer, chunk(index));
+            }
+            at += Duration::from_millis(REQUEST_SPACING_MS);
+        }
+        assert_eq!(fetch.ready.len() as u32, CHUNKS_AHEAD_MAX);
+        assert_eq!(fetch.ready.keys().max(), Some(&(CHUNKS_AHEAD_MAX - 1)));
+    }
+
+    fn headers(n: u64) -> Vec<Header> {
+        let mut out: Vec<Header> = Vec::new();
+        for number in 0..=n {
+            out.push(Header {
+                number,
+                parent_hash: out.last().map_or(B256::ZERO, |h| h.hash_slow()),
+                state_root: B256::repeat_byte(number as u8),
+                ..Default::default()
+            });
+        }
+        out
+    }
+
+    /// A top is believed only as far as the certified result of its block: its root, its
+    /// newest header's hash, and the older headers' hash chain.
+    #[test]
+    fn a_top_must_match_the_certified_result() {
+        let headers = headers(5);
+        let newest = headers.last().unwrap();
+        let result = ExecutionResult {
+            number: 5,
+            block_hash: newest.hash_slow(),
+            state_root: newest.state_root,
+            receipts_root: B256::ZERO,
+        };
+        let top = SnapshotTop {
+            height: 5,
+            state_root: newest.state_root,
+            depth: 0,
+            top: Vec::new(),
+            headers: headers.clone(),
+        };
+        assert_eq!(
+            check_top(&top, &result).unwrap(),
+            vec![Some(newest.state_root)]
+        );
+
+        let wrong_root = SnapshotTop {
+            state_root: B256::repeat_byte(0xaa),
+            ..top.clone()
+        };
+        assert!(matches!(
+            check_top(&wrong_root, &result),
+            Err(Lie::Root { .. })
+        ));
+        let mut broken = top.clone();
+        broken.headers[2].gas_limit += 1;
+        assert!(matches!(check_top(&broken, &result), Err(Lie::Headers(5))));
+        let mut short = top.clone();
+        short.headers.remove(0);
+        assert!(matches!(check_top(&short, &result), Err(Lie::Headers(5))));
+        let other_block = ExecutionResult {
+            block_hash: B256::repeat_byte(1),
+            ..result
+        };
+        assert!(matches!(
+            check_top(&top, &other_block),
+            Err(Lie::Headers(5))
+        ));
     }
 }

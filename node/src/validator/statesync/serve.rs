@@ -10,7 +10,8 @@
 //! kept: about 80 bytes an account (80 MB for 1,000,000 accounts), until nobody asked for it for
 //! [`SNAPSHOT_IDLE_SECS`]. A snapshot that was just made, or that a sync is still reading, is
 //! given again to the next node that asks for a top ([`SNAPSHOT_FRESH_MS`], [`SNAPSHOT_BUSY_MS`]),
-//! so that nodes syncing at once, and a node resuming after a restart, find the same block.
+//! so that nodes syncing at once find the same block; and so is the one a node resuming after a
+//! restart asks for by its block, while it is held.
 //!
 //! Requests come from the consensus driver (or a follower) through a bounded channel; a full one
 //! drops the request, which the syncing node asks again after its timeout.
@@ -20,7 +21,7 @@ use alloy_primitives::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use kestrel_net::{Kind, NetworkHandle, PeerId};
 use kestrel_storage::{
-    ChainView, StorageError, Store,
+    ChainView, Reader, StorageError, Store,
     snapshot::{SNAPSHOT_DEPTH_MAX, StateChunk, depth_for, restore::BASE_ANCESTORS},
 };
 use std::{
@@ -36,6 +37,11 @@ pub const SNAPSHOT_FRESH_MS: u64 = 2_000;
 /// A snapshot a chunk was served from this recently is kept for the next top request too: a
 /// sync is reading it.
 pub const SNAPSHOT_BUSY_MS: u64 = 10_000;
+/// Snapshots are of blocks at multiples of this, so that validators asked at about the same
+/// time snapshot the same block: 16 blocks, 8 s at 500 ms blocks.
+pub const SNAPSHOT_ALIGN_BLOCKS: u64 = 16;
+/// Longest wait for the head to reach that block.
+const SNAPSHOT_ALIGN_WAIT_MS: u64 = 20_000;
 /// A snapshot nobody asked anything of for this long is dropped (its memory freed).
 const SNAPSHOT_IDLE_SECS: u64 = 60;
 /// Largest encoded chunk: under the 4 MiB frame cap of a full node's connection, with room for
@@ -131,7 +137,7 @@ impl SnapshotServer {
     /// thread; other requests are the caller's.
     pub fn offer(&self, peer: &PeerId, request: &[u8]) -> bool {
         let request = match SyncRequest::decode(request) {
-            Ok(r @ (SyncRequest::SnapshotTop | SyncRequest::StateChunk { .. })) => r,
+            Ok(r @ (SyncRequest::SnapshotTop { .. } | SyncRequest::StateChunk { .. })) => r,
             _ => return false,
         };
         match self.requests.try_send((*peer, request)) {
@@ -189,9 +195,10 @@ impl Serving {
     fn answer(&mut self, request: SyncRequest) -> Option<SyncResponse> {
         let now = Instant::now();
         match request {
-            SyncRequest::SnapshotTop => {
+            SyncRequest::SnapshotTop { resume } => {
                 let keep = self.held.as_ref().is_some_and(|h| {
-                    h.made.elapsed() < Duration::from_millis(SNAPSHOT_FRESH_MS)
+                    h.top.height == resume
+                        || h.made.elapsed() < Duration::from_millis(SNAPSHOT_FRESH_MS)
                         || h.last_chunk.is_some_and(|at| {
                             at.elapsed() < Duration::from_millis(SNAPSHOT_BUSY_MS)
                         })
@@ -234,72 +241,92 @@ impl Serving {
         }
     }
 
-    /// Reads the committed head's snapshot, at the depth for its size, or deeper if a chunk
-    /// would not fit a frame.
+    /// Reads the snapshot of the first committed head at or past the next multiple of
+    /// [`SNAPSHOT_ALIGN_BLOCKS`] (each validator then snapshots the same block, so a syncing node
+    /// can take chunks from all of them), at the depth for its size, or deeper if a chunk would
+    /// not fit a frame. The head is watched in read transactions a millisecond apart, and the
+    /// snapshot read in the one that first sees the head there; a head that does not get there
+    /// within [`SNAPSHOT_ALIGN_WAIT_MS`] (a stalled chain) is taken as it is.
     fn make(&self) -> Result<Held, ServeError> {
         let started = Instant::now();
-        let corrupt = self.corrupt;
-        let held = self.store.view(|r| -> Result<Held, ServeError> {
-            let height = r.head()?.ok_or(ServeError::Empty)?;
-            let accounts = r
-                .table_stats()?
-                .iter()
-                .find(|t| t.table == "PlainAccounts")
-                .map_or(0, |t| t.entries);
-            let mut depth = depth_for(accounts);
-            loop {
-                let (state_root, top) = r.snapshot_top(depth)?;
-                let mut chunks = Vec::new();
-                let mut largest = 0;
-                r.snapshot_chunks::<StorageError>(depth, |mut chunk| {
-                    if corrupt.is_some_and(|d| d.hits(chunk.index)) {
-                        damage(&mut chunk);
-                    }
-                    let bytes = Bytes::from(alloy_rlp::encode(&chunk));
-                    largest = largest.max(bytes.len());
-                    chunks.push(bytes);
-                    Ok(())
-                })?;
-                if largest > STATE_CHUNK_BYTES_MAX {
-                    if depth == SNAPSHOT_DEPTH_MAX {
-                        return Err(ServeError::ChunkTooLarge {
-                            height,
-                            depth,
-                            bytes: largest,
-                        });
-                    }
-                    depth += 1;
-                    continue;
+        let head = self.store.view(|r| r.head())??.ok_or(ServeError::Empty)?;
+        let target = head.next_multiple_of(SNAPSHOT_ALIGN_BLOCKS);
+        let held = loop {
+            let waited = started.elapsed() >= Duration::from_millis(SNAPSHOT_ALIGN_WAIT_MS);
+            if let Some(held) = self.store.view(|r| -> Result<Option<Held>, ServeError> {
+                let height = r.head()?.ok_or(ServeError::Empty)?;
+                if height < target && !waited {
+                    return Ok(None);
                 }
-                // The headers back to BASE_ANCESTORS before the head, as far as this node has
-                // them (a node that state-synced itself has only its base's and later ones).
-                let mut headers = Vec::new();
-                for number in (height.saturating_sub(BASE_ANCESTORS)..=height).rev() {
-                    match r.header(number)? {
-                        Some(header) => headers.push(header),
-                        None => break,
-                    }
-                }
-                headers.reverse();
-                return Ok(Held {
-                    top: SnapshotTop {
-                        height,
-                        state_root,
-                        depth,
-                        top,
-                        headers,
-                    },
-                    chunks,
-                    made: Instant::now(),
-                    last_chunk: None,
-                    last_request: Instant::now(),
-                });
+                self.read(r, height).map(Some)
+            })?? {
+                break held;
             }
-        })??;
+            thread::sleep(Duration::from_millis(1));
+        };
         metrics::counter!(SNAPSHOTS_MADE).increment(1);
         let bytes: usize = held.chunks.iter().map(|c| c.len()).sum();
         tracing::info!(target: "node::statesync", height = held.top.height, depth = held.top.depth, chunks = held.chunks.len(), bytes, elapsed_ms = started.elapsed().as_millis() as u64, "made a state snapshot to serve");
         Ok(held)
+    }
+
+    /// The snapshot of `r`, whose head is `height`.
+    fn read(&self, r: &Reader<'_>, height: u64) -> Result<Held, ServeError> {
+        let corrupt = self.corrupt;
+        let accounts = r
+            .table_stats()?
+            .iter()
+            .find(|t| t.table == "PlainAccounts")
+            .map_or(0, |t| t.entries);
+        let mut depth = depth_for(accounts);
+        loop {
+            let (state_root, top) = r.snapshot_top(depth)?;
+            let mut chunks = Vec::new();
+            let mut largest = 0;
+            r.snapshot_chunks::<StorageError>(depth, |mut chunk| {
+                if corrupt.is_some_and(|d| d.hits(chunk.index)) {
+                    damage(&mut chunk);
+                }
+                let bytes = Bytes::from(alloy_rlp::encode(&chunk));
+                largest = largest.max(bytes.len());
+                chunks.push(bytes);
+                Ok(())
+            })?;
+            if largest > STATE_CHUNK_BYTES_MAX {
+                if depth == SNAPSHOT_DEPTH_MAX {
+                    return Err(ServeError::ChunkTooLarge {
+                        height,
+                        depth,
+                        bytes: largest,
+                    });
+                }
+                depth += 1;
+                continue;
+            }
+            // The headers back to BASE_ANCESTORS before the head, as far as this node has
+            // them (a node that state-synced itself has only its base's and later ones).
+            let mut headers = Vec::new();
+            for number in (height.saturating_sub(BASE_ANCESTORS)..=height).rev() {
+                match r.header(number)? {
+                    Some(header) => headers.push(header),
+                    None => break,
+                }
+            }
+            headers.reverse();
+            return Ok(Held {
+                top: SnapshotTop {
+                    height,
+                    state_root,
+                    depth,
+                    top,
+                    headers,
+                },
+                chunks,
+                made: Instant::now(),
+                last_chunk: None,
+                last_request: Instant::now(),
+            });
+        }
     }
 }
 
