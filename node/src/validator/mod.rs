@@ -226,6 +226,7 @@ pub fn connect(setup: Setup, chain_id: u64, status: &ChainStatus) -> eyre::Resul
     kestrel_net::describe_metrics();
     metrics::describe();
     forward::describe_metrics();
+    statesync::init_metrics();
     let set = setup.validator_set()?;
     let secret = setup.key.secret_key();
     let (transport, inbound, handle): (Box<dyn Transport>, _, _) = match setup.network {

@@ -28,7 +28,7 @@
 pub mod serve;
 
 use super::{
-    metrics::SYNC_MODE,
+    metrics::{SYNC_BLOCKS_TOTAL, SYNC_MODE},
     store::ChainLog,
     sync::{REQUEST_RETRY_MS, SyncError, verify_chain},
     transport::Transport,
@@ -114,6 +114,25 @@ pub fn describe_metrics() {
     serve::describe_metrics();
 }
 
+/// Declares the sync metrics and starts them at 0 (mode `following`), so that dashboards and
+/// alerts see every node's series from start-up; state sync and the follower move them.
+pub fn init_metrics() {
+    describe_metrics();
+    metrics::gauge!(TARGET_BLOCK).set(0.0);
+    metrics::gauge!(CHUNKS).set(0.0);
+    metrics::gauge!(CHUNKS_DONE).set(0.0);
+    for counter in [
+        BYTES,
+        BAD_CHUNKS,
+        PEERS_DROPPED,
+        ACCOUNTS,
+        SYNC_BLOCKS_TOTAL,
+    ] {
+        metrics::counter!(counter).absolute(0);
+    }
+    set_mode("following");
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StateSyncError {
     #[error("restore: {0}")]
@@ -163,7 +182,6 @@ impl<'a> StateSync<'a> {
         set: &'a ValidatorSet,
         stop: &'a AtomicBool,
     ) -> Self {
-        describe_metrics();
         Self {
             net,
             inbound,

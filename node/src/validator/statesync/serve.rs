@@ -109,7 +109,6 @@ impl SnapshotServer {
     /// Starts the snapshot thread over `store`, answering through `net`. It ends when the
     /// server is dropped.
     pub fn spawn(store: Arc<Store>, net: NetworkHandle) -> std::io::Result<Self> {
-        describe_metrics();
         let corrupt = Damage::from_env();
         if let Some(damage) = corrupt {
             tracing::warn!(target: "node::statesync", ?damage, "TEST: serving damaged state chunks");
