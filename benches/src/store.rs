@@ -20,7 +20,7 @@ use alloy_consensus::{
 };
 use alloy_primitives::{Address, Signature, TxKind, U256};
 use kestrel_storage::{
-    ARCHIVE_DIR, GenesisPhase, GenesisProgress, HistoryWindow, StateView, Store,
+    ARCHIVE_DIR, GenesisProgress, HistoryWindow, StateView, Store,
     archive::{IoChoice, IoMode},
 };
 use kestrel_types::{
@@ -194,7 +194,7 @@ fn progress_bar(params: &Params) -> indicatif::ProgressBar {
     };
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:30}] {pos}/{len} accounts  {msg}",
+            "{elapsed_precise} [{bar:30}] {pos}/{len} accounts",
         )
         .expect("valid template")
         .progress_chars("=> "),
@@ -219,10 +219,6 @@ pub fn run(dir: &Path, params: &Params) -> eyre::Result<Value> {
     let bar = progress_bar(params);
     let started = Instant::now();
     let mut parent = store.init_genesis_with_progress(&spec, &mut |p: GenesisProgress| {
-        bar.set_message(match p.phase {
-            GenesisPhase::Plain => "plain state",
-            GenesisPhase::Hashed => "hashed state and tries",
-        });
         bar.set_position(p.done);
     })?;
     let build_s = started.elapsed().as_secs_f64();

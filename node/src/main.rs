@@ -21,7 +21,7 @@ use clap::{CommandFactory, FromArgMatches, parser::ValueSource};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> eyre::Result<()> {
-    memory::keep_freed_memory();
+    memory::setup_allocator();
     let matches = cli::Cli::command().get_matches();
     let cli = cli::Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     // A command whose stdout is its report logs to stderr.

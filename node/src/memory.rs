@@ -1,5 +1,5 @@
 //! The allocator's side of the node's memory. mimalloc keeps freed memory mapped for a while,
-//! which under load saves refaulting it ([`keep_freed_memory`]); past a soft limit on the
+//! which under load saves refaulting it ([`setup_allocator`]); past a soft limit on the
 //! process's own memory, a watchdog has it given back at once ([`spawn_watchdog`]), so that a
 //! burst (a transaction flood: RPC calls in flight, a full ingress queue and pool) does not leave
 //! the process holding its peak.
@@ -8,6 +8,8 @@ use std::{thread, time::Duration};
 
 /// `mi_option_purge_delay` in mimalloc v3's option numbering (the crate names only v2's).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+/// `mi_option_allow_thp` in mimalloc v3's numbering.
+const MI_OPTION_ALLOW_THP: libmimalloc_sys::mi_option_t = 43;
 /// mimalloc's default purge delay, which identifies the option above.
 const MI_PURGE_DELAY_DEFAULT_MS: std::ffi::c_long = 1_000;
 /// How long freed memory stays mapped before it goes back to the OS. Blocks live a few seconds in
@@ -15,12 +17,26 @@ const MI_PURGE_DELAY_DEFAULT_MS: std::ffi::c_long = 1_000;
 /// returned and faulted in again, zeroing (huge) pages: ~7% of the node's CPU under load.
 const PURGE_DELAY_MS: std::ffi::c_long = 10_000;
 
-pub fn keep_freed_memory() {
+/// Sets the allocator up for the node: freed memory kept mapped ([`PURGE_DELAY_MS`]), and no
+/// transparent huge pages.
+///
+/// mimalloc asks for huge pages on its arenas (`MADV_HUGEPAGE`), and a huge page stays resident
+/// while any 4 KiB of it is live, so memory freed after a burst was not given back: under the
+/// flood test, anonymous RSS peaked at 1,099 MiB with huge pages and 775 MiB without, the same
+/// run otherwise (docs/SECURITY.md, "Flood"), against about 380 MiB the heap held at its peak
+/// (heaptrack). Under the 10,000 TPS benchmark the node used no more CPU without them
+/// (BENCHMARKS.md). The prctl covers the arenas mimalloc mapped before `main` too.
+pub fn setup_allocator() {
     // SAFETY: reading and setting an allocator option is allowed at any time.
     unsafe {
         if libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) == MI_PURGE_DELAY_DEFAULT_MS {
             libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, PURGE_DELAY_MS);
         }
+        libmimalloc_sys::mi_option_set(MI_OPTION_ALLOW_THP, 0);
+    }
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        // Only an old kernel (before 3.15) lacks it; the node runs, holding more after bursts.
+        eprintln!("could not turn transparent huge pages off for the process: {e}");
     }
 }
 

@@ -218,7 +218,7 @@ fn init_genesis(store: &Store, spec: &ChainSpec) -> eyre::Result<()> {
             // Logged for large allocations only: 1,000,000 accounts take a few seconds, 10
             // million most of a minute, and a node silent that long looks stuck.
             if p.total >= GENESIS_PROGRESS_ACCOUNTS_MIN {
-                tracing::info!(target: "node", phase = ?p.phase, done = p.done, total = p.total, "writing the genesis state");
+                tracing::info!(target: "node", done = p.done, total = p.total, "writing the genesis state");
             }
         })
         .wrap_err("initialising genesis")?;

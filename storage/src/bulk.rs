@@ -4,10 +4,10 @@
 //! a B-tree search and a random page per key, and keeps the whole state's dirty pages in one
 //! transaction: fine for a block, gigabytes of memory for 10,000,000 accounts. Here
 //! every table is filled in key order with MDBX's `APPEND` (a put at the end of the last page:
-//! no search, pages filled full): the plain tables in address order, then the hashed tables and
-//! both tries together in hashed order, the trie nodes built by a [`SortedTrie`] as the leaves go
-//! by. The work is cut into transactions of [`CHUNK_ACCOUNTS`] accounts, so the dirty pages held
-//! at once stay bounded. What it writes is what `apply_state` writes over empty tables, byte for
+//! no search, pages filled full): the hashed tables, their preimages and both tries together in
+//! hashed order, the trie nodes built by a [`SortedTrie`] as the leaves go by. The work is cut
+//! into transactions of [`CHUNK_ACCOUNTS`] accounts, so the dirty pages held at once stay
+//! bounded. What it writes is what `apply_state` writes over empty tables, byte for
 //! byte (`tests::bulk` compares the two).
 //!
 //! The state is not visible until the genesis block's transaction moves the head (a store
@@ -21,29 +21,18 @@ use crate::{
     trie::{NodeEntry, SortedTrie},
 };
 use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
-use alloy_trie::EMPTY_ROOT_HASH;
 use kestrel_types::{AccountInfo, chain::GenesisAlloc};
-use libmdbx::{Cursor, Database, RW, WriteFlags};
+use libmdbx::{Cursor, Database, RW, Transaction, WriteFlags};
 use std::collections::BTreeMap;
 
-/// Accounts per write transaction: some 10 MB of dirty pages in the plain pass and 30 MB in the
-/// hashed pass with the tries (funded accounts without storage), and few enough commits (about
-/// 80 for 10,000,000 accounts) that their fsyncs do not matter.
+/// Accounts per write transaction: some 40 MB of dirty pages with the tries and preimages
+/// (funded accounts without storage), and few enough commits (40 for 10,000,000 accounts) that
+/// their fsyncs do not matter.
 pub(crate) const CHUNK_ACCOUNTS: usize = 250_000;
 
-/// Which pass of a bulk state write is running.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GenesisPhase {
-    /// Plain accounts, storage and code, in address order.
-    Plain,
-    /// Hashed accounts and storage with both tries, in hashed-address order.
-    Hashed,
-}
-
-/// How far a bulk state write has come: `done` of `total` accounts of `phase` are written.
+/// How far a bulk state write has come: `done` of `total` accounts are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GenesisProgress {
-    pub phase: GenesisPhase,
     pub done: u64,
     pub total: u64,
 }
@@ -60,71 +49,7 @@ pub(crate) fn write_state(
     let total = alloc.len() as u64;
     let txn = db.begin_rw_txn()?;
     {
-        let tables = Tables::open(&txn)?;
-        for table in [
-            &tables.plain_accounts,
-            &tables.plain_storage,
-            &tables.bytecodes,
-            &tables.hashed_accounts,
-            &tables.hashed_storage,
-            &tables.account_trie,
-            &tables.storage_trie,
-        ] {
-            txn.clear_table(table)?;
-        }
-    }
-    txn.commit()?;
-
-    // Plain state, in address order (the allocation's).
-    let mut codes = BTreeMap::<B256, &Bytes>::new();
-    let mut accounts = alloc.iter().peekable();
-    let mut done = 0;
-    while accounts.peek().is_some() {
-        let txn = db.begin_rw_txn()?;
-        {
-            let tables = Tables::open(&txn)?;
-            let mut plain_accounts = txn.cursor(&tables.plain_accounts)?;
-            let mut plain_storage = txn.cursor(&tables.plain_storage)?;
-            for (address, account) in accounts.by_ref().take(chunk_accounts) {
-                let record = AccountRecord {
-                    info: account.info,
-                    storage_root: EMPTY_ROOT_HASH,
-                };
-                let (bytes, len) = record.encode();
-                plain_accounts.put(address.as_slice(), &bytes[..len], WriteFlags::APPEND)?;
-                for (slot, value) in nonzero(&account.storage) {
-                    let (bytes, len) = codec::encode_slot_value(value);
-                    let key = codec::plain_slot_key(address, slot);
-                    plain_storage.put(&key, &bytes[..len], WriteFlags::APPEND)?;
-                }
-                if let Some(code) = &account.code {
-                    let hash = keccak256(code);
-                    assert_eq!(
-                        hash, account.info.code_hash,
-                        "genesis code of {address} has another hash"
-                    );
-                    // As `StateChanges::insert_code`: empty code is not stored.
-                    if !code.is_empty() {
-                        codes.insert(hash, code);
-                    }
-                }
-                done += 1;
-            }
-        }
-        txn.commit()?;
-        progress(GenesisProgress {
-            phase: GenesisPhase::Plain,
-            done,
-            total,
-        });
-    }
-    let txn = db.begin_rw_txn()?;
-    {
-        let tables = Tables::open(&txn)?;
-        let mut bytecodes = txn.cursor(&tables.bytecodes)?;
-        for (hash, code) in codes {
-            bytecodes.put(hash.as_slice(), code, WriteFlags::APPEND)?;
-        }
+        clear_state(&txn, &Tables::open(&txn)?)?;
     }
     txn.commit()?;
 
@@ -140,26 +65,34 @@ pub(crate) fn write_state(
     let mut nodes = Vec::new();
     let mut slots = Vec::new();
     let mut leaf = Vec::with_capacity(128);
+    let mut codes = BTreeMap::<B256, &Bytes>::new();
     let mut done = 0;
     for chunk in hashed.chunks(chunk_accounts) {
         let txn = db.begin_rw_txn()?;
         {
             let tables = Tables::open(&txn)?;
-            let mut cursors = HashedCursors {
-                accounts: txn.cursor(&tables.hashed_accounts)?,
-                storage: txn.cursor(&tables.hashed_storage)?,
-                storage_trie: txn.cursor(&tables.storage_trie)?,
-                storage_nodes: &mut storage_nodes,
-            };
+            let mut cursors = HashedCursors::open(&txn, &tables, &mut storage_nodes)?;
             let mut account_trie_table = txn.cursor(&tables.account_trie)?;
-            for (hashed_address, _, account) in chunk {
+            for (hashed_address, address, account) in chunk {
+                if let Some(code) = &account.code {
+                    let hash = keccak256(code);
+                    assert_eq!(
+                        hash, account.info.code_hash,
+                        "genesis code of {address} has another hash"
+                    );
+                    // As `StateChanges::insert_code`: empty code is not stored.
+                    if !code.is_empty() {
+                        codes.insert(hash, code);
+                    }
+                }
                 slots.clear();
                 slots.extend(
                     nonzero(&account.storage)
-                        .map(|(slot, value)| (keccak256(slot.to_be_bytes::<32>()), *value)),
+                        .map(|(slot, value)| (keccak256(slot.to_be_bytes::<32>()), *slot, *value)),
                 );
-                slots.sort_unstable_by_key(|(hashed_slot, _)| *hashed_slot);
-                let record = cursors.put(hashed_address, account.info, &slots, &mut nodes)?;
+                slots.sort_unstable_by_key(|(hashed_slot, ..)| *hashed_slot);
+                let record =
+                    cursors.put(hashed_address, address, account.info, &slots, &mut nodes)?;
                 record.trie_rlp(&mut leaf);
                 account_trie.add_leaf(*hashed_address, &leaf, &mut nodes);
                 account_nodes.put(&mut account_trie_table, &mut nodes)?;
@@ -167,49 +100,71 @@ pub(crate) fn write_state(
             }
         }
         txn.commit()?;
-        progress(GenesisProgress {
-            phase: GenesisPhase::Hashed,
-            done,
-            total,
-        });
+        progress(GenesisProgress { done, total });
     }
     let root = account_trie.finish(&mut nodes);
     let txn = db.begin_rw_txn()?;
     {
         let tables = Tables::open(&txn)?;
         account_nodes.put(&mut txn.cursor(&tables.account_trie)?, &mut nodes)?;
+        let mut bytecodes = txn.cursor(&tables.bytecodes)?;
+        for (hash, code) in codes {
+            bytecodes.put(hash.as_slice(), code, WriteFlags::APPEND)?;
+        }
     }
     txn.commit()?;
     Ok(root)
 }
 
-/// The cursors that one account's hashed entries and storage trie go through, in hashed-address
-/// order from one account to the next: the genesis writer's hashed pass, and state sync's chunks
-/// (`snapshot::restore`), write accounts alike.
+/// The cursors that one account's hashed entries, preimages and storage trie go through, in
+/// hashed-address order from one account to the next: the genesis writer's hashed pass, and
+/// state sync's chunks (`snapshot::restore`), write accounts alike.
 pub(crate) struct HashedCursors<'t, 'a> {
-    pub accounts: Cursor<'t, RW>,
-    pub storage: Cursor<'t, RW>,
-    pub storage_trie: Cursor<'t, RW>,
-    pub storage_nodes: &'a mut NodeAppender,
+    accounts: Cursor<'t, RW>,
+    storage: Cursor<'t, RW>,
+    account_preimages: Cursor<'t, RW>,
+    slot_preimages: Cursor<'t, RW>,
+    storage_trie: Cursor<'t, RW>,
+    storage_nodes: &'a mut NodeAppender,
 }
 
-impl HashedCursors<'_, '_> {
-    /// Appends the account at `hashed_address` (after every one put before) with its `slots`
-    /// (hashed slot and value, in hashed-slot order, none zero) and its storage trie's nodes;
-    /// returns its record, with the storage root. `nodes` is scratch space.
+/// A slot as [`HashedCursors::put`] takes it: its hash, the slot, its value (not zero).
+pub(crate) type HashedSlot = (B256, U256, U256);
+
+impl<'t, 'a> HashedCursors<'t, 'a> {
+    pub fn open(
+        txn: &'t Transaction<'_, RW, Env>,
+        tables: &Tables<'t>,
+        storage_nodes: &'a mut NodeAppender,
+    ) -> Result<Self, StorageError> {
+        Ok(Self {
+            accounts: txn.cursor(&tables.hashed_accounts)?,
+            storage: txn.cursor(&tables.hashed_storage)?,
+            account_preimages: txn.cursor(&tables.account_preimages)?,
+            slot_preimages: txn.cursor(&tables.slot_preimages)?,
+            storage_trie: txn.cursor(&tables.storage_trie)?,
+            storage_nodes,
+        })
+    }
+
+    /// Appends `address`, at `hashed_address` (after every one put before), with its `slots`
+    /// (in hashed-slot order), their preimages and its storage trie's nodes; returns its record,
+    /// with the storage root. `nodes` is scratch space.
     pub fn put(
         &mut self,
         hashed_address: &B256,
+        address: &Address,
         info: AccountInfo,
-        slots: &[(B256, U256)],
+        slots: &[HashedSlot],
         nodes: &mut Vec<NodeEntry>,
     ) -> Result<AccountRecord, StorageError> {
         let mut storage_trie = SortedTrie::new(hashed_address.as_slice());
         let mut leaf = Vec::with_capacity(33);
-        for (hashed_slot, value) in slots {
+        for (hashed_slot, slot, value) in slots {
             let (bytes, len) = codec::encode_slot_value(value);
             let key = codec::hashed_slot_key(hashed_address, hashed_slot);
             self.storage.put(&key, &bytes[..len], WriteFlags::APPEND)?;
+            (self.slot_preimages).put(&key, &slot.to_be_bytes::<32>(), WriteFlags::APPEND)?;
             leaf.clear();
             alloy_rlp::Encodable::encode(value, &mut leaf);
             storage_trie.add_leaf(*hashed_slot, &leaf, nodes);
@@ -221,6 +176,11 @@ impl HashedCursors<'_, '_> {
         let (bytes, len) = record.encode();
         self.accounts
             .put(hashed_address.as_slice(), &bytes[..len], WriteFlags::APPEND)?;
+        (self.account_preimages).put(
+            hashed_address.as_slice(),
+            address.as_slice(),
+            WriteFlags::APPEND,
+        )?;
         Ok(record)
     }
 }
@@ -276,6 +236,26 @@ pub(crate) fn account_trie(db: &Database<Env>) -> Result<B256, StorageError> {
     }
     txn.commit()?;
     Ok(root)
+}
+
+/// Empties every state table: what a write of a whole state starts from, whatever a write that
+/// stopped midway left.
+pub(crate) fn clear_state(
+    txn: &Transaction<'_, RW, Env>,
+    tables: &Tables<'_>,
+) -> Result<(), StorageError> {
+    for table in [
+        &tables.account_preimages,
+        &tables.slot_preimages,
+        &tables.bytecodes,
+        &tables.hashed_accounts,
+        &tables.hashed_storage,
+        &tables.account_trie,
+        &tables.storage_trie,
+    ] {
+        txn.clear_table(table)?;
+    }
+    Ok(())
 }
 
 /// The slots `apply_state` would store: a zero value is no entry.

@@ -1,6 +1,6 @@
-//! Kestrel's state store on MDBX: flat state (plain and hashed), trie branch nodes, headers and
-//! indexes, plus the in-memory overlay of executed-but-uncommitted blocks; block bodies and
-//! receipts in a block archive beside the database ([`blocks`]).
+//! Kestrel's state store on MDBX: flat state (by hashed key, with preimages), trie branch nodes,
+//! headers and indexes, plus the in-memory overlay of executed-but-uncommitted blocks; block
+//! bodies and receipts in a block archive beside the database ([`blocks`]).
 //!
 //! One block is one MDBX write transaction: [`BlockWriter::apply_state`] writes the state and
 //! updates the tries incrementally (see [`trie`]), [`BlockWriter::insert_block`] the block (its
@@ -15,6 +15,7 @@ pub mod error;
 mod genesis;
 mod history;
 pub mod overlay;
+mod preimages;
 mod proof;
 pub mod snapshot;
 mod tables;
@@ -26,7 +27,7 @@ mod tests;
 
 pub use blocks::ARCHIVE_DIR;
 pub use blocks::receipts::IndexedReceipt;
-pub use bulk::{GenesisPhase, GenesisProgress};
+pub use bulk::GenesisProgress;
 pub use error::StorageError;
 pub use genesis::{genesis_changes, genesis_header, state_root_from_alloc};
 pub use history::{HISTORY_BLOCKS_DEFAULT, HistoryWindow, StateAt};
@@ -261,6 +262,7 @@ impl Store {
         let db = Database::<Env>::open_with_options(dir, options)?;
         let txn = db.begin_rw_txn()?;
         tables::create_all(&txn)?;
+        preimages::migrate_plain_tables(&txn)?;
         history::init(&txn, &Tables::open(&txn)?)?;
         txn.commit()?;
         let archive = Blocks::open(dir, archive, &db)?;
@@ -409,24 +411,17 @@ impl Reader<'_> {
 
 impl StateView for Reader<'_> {
     fn account(&self, address: Address) -> Result<Option<AccountInfo>, StorageError> {
-        let Some(bytes) = self
-            .txn
-            .get::<Cow<'_, [u8]>>(&self.tables.plain_accounts, address)?
-        else {
-            return Ok(None);
-        };
-        Ok(Some(
-            AccountRecord::decode(tables::PLAIN_ACCOUNTS, &bytes)?.info,
-        ))
+        let hashed = keccak256(address);
+        Ok(read_hashed_account(self.txn, &self.tables.hashed_accounts, &hashed)?.map(|r| r.info))
     }
 
     fn storage(&self, address: Address, slot: U256) -> Result<U256, StorageError> {
-        let key = codec::plain_slot_key(&address, &slot);
+        let key = codec::hashed_slot_key(&keccak256(address), &keccak256(slot.to_be_bytes::<32>()));
         match self
             .txn
-            .get::<Cow<'_, [u8]>>(&self.tables.plain_storage, key)?
+            .get::<Cow<'_, [u8]>>(&self.tables.hashed_storage, key)?
         {
-            Some(bytes) => codec::decode_slot_value(tables::PLAIN_STORAGE, &bytes),
+            Some(bytes) => codec::decode_slot_value(tables::HASHED_STORAGE, &bytes),
             None => Ok(U256::ZERO),
         }
     }
@@ -439,10 +434,12 @@ impl StateView for Reader<'_> {
     }
 
     fn has_storage(&self, address: Address) -> Result<bool, StorageError> {
-        // Plain slot keys start with the address, and zero values are deleted, not stored.
-        let mut cursor = self.txn.cursor(&self.tables.plain_storage)?;
-        let first = cursor.set_range::<Cow<'_, [u8]>, ()>(address.as_slice())?;
-        Ok(first.is_some_and(|(key, ())| key.starts_with(address.as_slice())))
+        // Hashed slot keys start with the hashed address, and zero values are deleted, not
+        // stored.
+        let prefix = keccak256(address);
+        let mut cursor = self.txn.cursor(&self.tables.hashed_storage)?;
+        let first = cursor.set_range::<Cow<'_, [u8]>, ()>(prefix.as_slice())?;
+        Ok(first.is_some_and(|(key, ())| key.starts_with(prefix.as_slice())))
     }
 }
 

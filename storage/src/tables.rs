@@ -3,10 +3,10 @@
 
 use libmdbx::{DatabaseKind, RW, Table, TableFlags, Transaction, TransactionKind};
 
-/// address → account record (nonce, balance, code hash).
-pub(crate) const PLAIN_ACCOUNTS: &str = "PlainAccounts";
-/// address ‖ slot → value (zero values are deleted).
-pub(crate) const PLAIN_STORAGE: &str = "PlainStorage";
+/// keccak(address) → address, written when the account is created (`preimages`).
+pub(crate) const ACCOUNT_PREIMAGES: &str = "AccountPreimages";
+/// keccak(address) ‖ keccak(slot) → slot, written when the slot is first set.
+pub(crate) const SLOT_PREIMAGES: &str = "SlotPreimages";
 /// code hash → code.
 pub(crate) const BYTECODES: &str = "Bytecodes";
 /// keccak(address) → account record with its storage root.
@@ -48,8 +48,8 @@ pub(crate) const HISTORY_FROM_KEY: &[u8] = b"history_from";
 pub(crate) const HISTORY_INDEXED_KEY: &[u8] = b"history_indexed";
 
 pub(crate) const ALL: [&str; 17] = [
-    PLAIN_ACCOUNTS,
-    PLAIN_STORAGE,
+    ACCOUNT_PREIMAGES,
+    SLOT_PREIMAGES,
     BYTECODES,
     HASHED_ACCOUNTS,
     HASHED_STORAGE,
@@ -70,8 +70,8 @@ pub(crate) const ALL: [&str; 17] = [
 /// Handles of every table, opened once per transaction (an already-open handle is found
 /// lock-free by MDBX, so this costs a few hundred nanoseconds per table).
 pub(crate) struct Tables<'t> {
-    pub plain_accounts: Table<'t>,
-    pub plain_storage: Table<'t>,
+    pub account_preimages: Table<'t>,
+    pub slot_preimages: Table<'t>,
     pub bytecodes: Table<'t>,
     pub hashed_accounts: Table<'t>,
     pub hashed_storage: Table<'t>,
@@ -95,8 +95,8 @@ impl<'t> Tables<'t> {
     ) -> Result<Self, libmdbx::Error> {
         let open = |name| txn.open_table(Some(name));
         Ok(Self {
-            plain_accounts: open(PLAIN_ACCOUNTS)?,
-            plain_storage: open(PLAIN_STORAGE)?,
+            account_preimages: open(ACCOUNT_PREIMAGES)?,
+            slot_preimages: open(SLOT_PREIMAGES)?,
             bytecodes: open(BYTECODES)?,
             hashed_accounts: open(HASHED_ACCOUNTS)?,
             hashed_storage: open(HASHED_STORAGE)?,

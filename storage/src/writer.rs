@@ -7,12 +7,12 @@ use crate::{
     blocks::Blocks,
     codec::{self, AccountRecord},
     history::{self, ChangeRecorder},
-    read_block_hash, read_hashed_account, read_head,
+    preimages, read_block_hash, read_hashed_account, read_head,
     tables::{HEAD_KEY, Tables},
     trie::{self, Leaves, TrieCursors, TrieInput},
 };
 use alloy_consensus::ReceiptEnvelope;
-use alloy_primitives::{Address, B256, keccak256};
+use alloy_primitives::{B256, keccak256};
 use alloy_rlp::Encodable;
 use alloy_trie::EMPTY_ROOT_HASH;
 use kestrel_types::{BlockNumber, RecoveredTx, SealedBlock, StateChanges};
@@ -54,8 +54,8 @@ pub(crate) fn delete_prefix(
 }
 
 impl BlockWriter<'_> {
-    /// Applies one block's state changes (plain + hashed state, code), updates the trie
-    /// incrementally and returns the new state root.
+    /// Applies one block's state changes (hashed state, preimages of new keys, code), updates
+    /// the trie incrementally and returns the new state root.
     ///
     /// An account set to `None` loses its storage too, whatever slots the changes list for it.
     /// A storage change for an account the changes do not set must be to an existing account.
@@ -92,27 +92,25 @@ impl BlockWriter<'_> {
                 if let Some(history) = history {
                     history.all_slots(txn, &tables, address)?;
                 }
-                wipe_storage(txn, &tables, address, &hashed_address)?;
+                wipe_storage(txn, &tables, &hashed_address)?;
             }
             changed_slots.clear();
             for (slot, value) in &change.slots {
-                if let Some(history) = history {
-                    history.slot(txn, &tables, address, slot)?;
-                }
-                let plain_key = codec::plain_slot_key(address, slot);
                 let hashed_slot = keccak256(slot.to_be_bytes::<32>());
                 let hashed_key = codec::hashed_slot_key(&hashed_address, &hashed_slot);
+                let old = txn.get::<Cow<'_, [u8]>>(&tables.hashed_storage, hashed_key)?;
+                if let Some(history) = history {
+                    history.slot(address, slot, old.as_deref());
+                }
                 if value.is_zero() {
-                    txn.del(&tables.plain_storage, plain_key, None)?;
-                    txn.del(&tables.hashed_storage, hashed_key, None)?;
+                    if old.is_some() {
+                        txn.del(&tables.hashed_storage, hashed_key, None)?;
+                    }
                 } else {
+                    if old.is_none() {
+                        preimages::put_slot(txn, &tables, &hashed_key, slot)?;
+                    }
                     let (bytes, len) = codec::encode_slot_value(value);
-                    txn.put(
-                        &tables.plain_storage,
-                        plain_key,
-                        &bytes[..len],
-                        WriteFlags::UPSERT,
-                    )?;
                     txn.put(
                         &tables.hashed_storage,
                         hashed_key,
@@ -138,34 +136,25 @@ impl BlockWriter<'_> {
         let mut updates = Vec::with_capacity(changes.accounts.len() + storage_roots.len());
         for (address, account) in &changes.accounts {
             let hashed_address = keccak256(address);
+            let old = read_hashed_account(txn, &tables.hashed_accounts, &hashed_address)?;
             if let Some(history) = history {
-                history.account(txn, &tables, address)?;
+                history.account(address, old.as_ref());
                 if account.is_none() {
                     history.all_slots(txn, &tables, address)?;
                 }
             }
             let record = match account {
                 None => {
-                    txn.del(&tables.plain_accounts, address, None)?;
-                    wipe_storage(txn, &tables, address, &hashed_address)?;
+                    wipe_storage(txn, &tables, &hashed_address)?;
                     None
                 }
                 Some(info) => {
-                    let plain = AccountRecord {
-                        info: *info,
-                        storage_root: EMPTY_ROOT_HASH,
-                    };
-                    let (bytes, len) = plain.encode();
-                    txn.put(
-                        &tables.plain_accounts,
-                        address,
-                        &bytes[..len],
-                        WriteFlags::UPSERT,
-                    )?;
+                    if old.is_none() {
+                        preimages::put_account(txn, &tables, &hashed_address, address)?;
+                    }
                     let storage_root = match storage_roots.get(address) {
                         Some(root) => *root,
-                        None => read_hashed_account(txn, &tables.hashed_accounts, &hashed_address)?
-                            .map_or(EMPTY_ROOT_HASH, |old| old.storage_root),
+                        None => old.map_or(EMPTY_ROOT_HASH, |old| old.storage_root),
                     };
                     Some(AccountRecord {
                         info: *info,
@@ -311,14 +300,12 @@ impl BlockWriter<'_> {
     }
 }
 
-/// Deletes all storage of an account: plain, hashed, and its storage trie.
+/// Deletes all storage of an account: its slots and its storage trie (not the slots' preimages).
 fn wipe_storage(
     txn: &Transaction<'_, RW, Env>,
     tables: &Tables<'_>,
-    address: &Address,
     hashed_address: &B256,
 ) -> Result<(), StorageError> {
-    delete_prefix(txn, &tables.plain_storage, address.as_slice())?;
     delete_prefix(txn, &tables.hashed_storage, hashed_address.as_slice())?;
     delete_prefix(txn, &tables.storage_trie, hashed_address.as_slice())
 }

@@ -174,8 +174,12 @@ impl StateView for StateAt<'_, '_> {
         // (only contract creations at a past block ask, and most targets have neither).
         let mut slots = Vec::new();
         self.changed_slots(past, &address, &mut slots)?;
-        let mut cursor = self.reader.txn.cursor(&self.reader.tables.plain_storage)?;
-        prefixed_slots(&mut cursor, address.as_slice(), &mut slots)?;
+        let now = crate::preimages::slots_of(
+            self.reader.txn,
+            &self.reader.tables,
+            &alloy_primitives::keccak256(address),
+        )?;
+        slots.extend(now.into_iter().map(|(slot, _)| slot));
         slots.sort_unstable();
         slots.dedup();
         for slot in slots {

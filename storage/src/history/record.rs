@@ -1,11 +1,17 @@
 //! Recording a block's change set: the values it is about to overwrite, appended at the end of
 //! the change-set tables when the block is inserted.
 
-use crate::{Env, StorageError, codec, tables::Tables};
-use alloy_primitives::{Address, U256};
+use crate::{
+    Env, StorageError,
+    codec::{self, AccountRecord},
+    preimages,
+    tables::Tables,
+};
+use alloy_primitives::{Address, U256, keccak256};
+use alloy_trie::EMPTY_ROOT_HASH;
 use kestrel_types::BlockNumber;
 use libmdbx::{RW, Transaction, WriteFlags};
-use std::{borrow::Cow, collections::BTreeMap};
+use std::collections::BTreeMap;
 
 /// The values one block is about to overwrite, taken from the flat tables before it writes and
 /// appended to the change sets at its end ([`ChangeRecorder::write`]). Only the first value of each key counts: a slot
@@ -25,38 +31,26 @@ impl ChangeRecorder {
         }
     }
 
-    pub fn account(
-        &mut self,
-        txn: &Transaction<'_, RW, Env>,
-        tables: &Tables<'_>,
-        address: &Address,
-    ) -> Result<(), StorageError> {
-        if self.accounts.contains_key(address) {
-            return Ok(());
-        }
-        let old = txn.get::<Cow<'_, [u8]>>(&tables.plain_accounts, address)?;
-        self.accounts
-            .insert(*address, old.map_or_else(Vec::new, Cow::into_owned));
-        Ok(())
+    /// `address`'s value before the block: `old`, its stored record (`None`: it did not exist),
+    /// kept as the history stores accounts, without the storage root.
+    pub fn account(&mut self, address: &Address, old: Option<&AccountRecord>) {
+        self.accounts.entry(*address).or_insert_with(|| {
+            old.map_or_else(Vec::new, |old| {
+                let plain = AccountRecord {
+                    info: old.info,
+                    storage_root: EMPTY_ROOT_HASH,
+                };
+                let (bytes, len) = plain.encode();
+                bytes[..len].to_vec()
+            })
+        });
     }
 
-    pub fn slot(
-        &mut self,
-        txn: &Transaction<'_, RW, Env>,
-        tables: &Tables<'_>,
-        address: &Address,
-        slot: &U256,
-    ) -> Result<(), StorageError> {
-        if self.slots.contains_key(&(*address, *slot)) {
-            return Ok(());
-        }
-        let key = codec::plain_slot_key(address, slot);
-        let old = txn.get::<Cow<'_, [u8]>>(&tables.plain_storage, key)?;
-        self.slots.insert(
-            (*address, *slot),
-            old.map_or_else(Vec::new, Cow::into_owned),
-        );
-        Ok(())
+    /// The slot's value before the block: `old`, its stored value (`None`: zero).
+    pub fn slot(&mut self, address: &Address, slot: &U256, old: Option<&[u8]>) {
+        self.slots
+            .entry((*address, *slot))
+            .or_insert_with(|| old.map_or_else(Vec::new, <[u8]>::to_vec));
     }
 
     /// Every slot `address` holds: its storage is about to be wiped.
@@ -66,17 +60,8 @@ impl ChangeRecorder {
         tables: &Tables<'_>,
         address: &Address,
     ) -> Result<(), StorageError> {
-        let mut cursor = txn.cursor(&tables.plain_storage)?;
-        let mut entry = cursor.set_range::<Cow<'_, [u8]>, Cow<'_, [u8]>>(address.as_slice())?;
-        while let Some((key, value)) = entry {
-            if !key.starts_with(address.as_slice()) {
-                break;
-            }
-            let slot = U256::from_be_slice(&key[20..]);
-            self.slots
-                .entry((*address, slot))
-                .or_insert_with(|| value.into_owned());
-            entry = cursor.next()?;
+        for (slot, value) in preimages::slots_of(txn, tables, &keccak256(address))? {
+            self.slots.entry((*address, slot)).or_insert(value);
         }
         Ok(())
     }

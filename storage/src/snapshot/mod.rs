@@ -4,8 +4,8 @@
 //!
 //! **Chunks.** Chunk `i` of depth `d` holds every account whose hashed address starts with the
 //! `d` nibbles of `i` (16^d chunks), in hashed-key order, each with its code and all its storage
-//! slots: plain keys (address, slot), because the store keeps plain tables beside the hashed
-//! ones and a synced node must fill both.
+//! slots: plain keys (address, slot), read from the store's preimages, because a synced node
+//! keys its history by them and must fill its own preimages.
 //!
 //! **What a chunk is checked against.** The *top* of the account trie, its nodes on paths
 //! shorter than `d` ([`Reader::snapshot_top`]), hashes up to the state root of a block the
@@ -23,10 +23,10 @@ pub mod verify;
 mod tests;
 
 use crate::{
-    Reader, StorageError, codec,
+    Reader, StorageError, codec, preimages,
     trie::{self, Leaves, TrieCursors},
 };
-use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
+use alloy_primitives::{Address, B256, Bytes, U256};
 use alloy_rlp::{RlpDecodable, RlpEncodable};
 use kestrel_types::state::KECCAK_EMPTY;
 use std::borrow::Cow;
@@ -55,9 +55,6 @@ pub struct ChunkAccount {
     /// In hashed-slot order.
     pub storage: Vec<ChunkSlot>,
 }
-
-/// A chunk's accounts with their hashed addresses, before sorting.
-type Hashed = Vec<(B256, ChunkAccount)>;
 
 /// Chunk `index` of a snapshot of depth `depth`.
 #[derive(Debug, Clone, PartialEq, Eq, RlpEncodable, RlpDecodable)]
@@ -124,86 +121,63 @@ impl Reader<'_> {
         Ok((root, top))
     }
 
-    /// Every chunk of depth `depth` of this snapshot, in index order, handed to `each`. One pass
-    /// over the plain tables; the accounts are held in memory until the pass ends, so a state
-    /// too large for that is to be exported a range of chunks at a time (not needed yet).
+    /// Every chunk of depth `depth` of this snapshot, in index order, handed to `each`: one walk
+    /// over the hashed tables in key order, a chunk in memory at a time.
     pub fn snapshot_chunks<E: From<StorageError>>(
         &self,
         depth: u8,
         mut each: impl FnMut(StateChunk) -> Result<(), E>,
     ) -> Result<(), E> {
-        for (index, mut accounts) in self.accounts_by_chunk(depth)?.into_iter().enumerate() {
-            accounts.sort_unstable_by_key(|(hashed, _)| *hashed);
-            each(StateChunk {
-                depth,
-                index: index as u32,
-                accounts: accounts.into_iter().map(|(_, a)| a).collect(),
-            })?;
+        for index in 0..chunk_count(depth) {
+            each(self.snapshot_chunk(depth, index)?)?;
         }
         Ok(())
     }
 
-    /// Every account with its hashed address, in the chunk of depth `depth` it belongs to.
-    fn accounts_by_chunk(&self, depth: u8) -> Result<Vec<Hashed>, StorageError> {
-        let mut chunks: Vec<Hashed> = (0..chunk_count(depth)).map(|_| Vec::new()).collect();
-        let mut storage = self.plain_slots()?;
-        let mut accounts = self.txn.cursor(&self.tables.plain_accounts)?;
-        for entry in accounts.iter_start::<Cow<'_, [u8]>, Cow<'_, [u8]>>() {
-            let (key, value) = entry?;
-            let address = Address::try_from(key.as_ref()).map_err(|_| StorageError::Corrupt {
-                table: crate::tables::PLAIN_ACCOUNTS,
+    /// Chunk `index` of depth `depth` of this snapshot: the accounts under its prefix, read in
+    /// hashed order with the preimages of their addresses and slots.
+    pub fn snapshot_chunk(&self, depth: u8, index: u32) -> Result<StateChunk, StorageError> {
+        assert!(index < chunk_count(depth), "chunk {index} of depth {depth}");
+        let mut accounts = Vec::new();
+        let mut cursor = self.txn.cursor(&self.tables.hashed_accounts)?;
+        let first = chunk_first_key(depth, index);
+        let mut entry = cursor.set_range::<Cow<'_, [u8]>, Cow<'_, [u8]>>(first.as_slice())?;
+        while let Some((key, value)) = entry {
+            let hashed = B256::try_from(key.as_ref()).map_err(|_| StorageError::Corrupt {
+                table: crate::tables::HASHED_ACCOUNTS,
                 reason: format!("key of {} bytes", key.len()),
             })?;
-            let info = codec::AccountRecord::decode(crate::tables::PLAIN_ACCOUNTS, &value)?.info;
+            if chunk_of(depth, &hashed) != index {
+                break;
+            }
+            let info = codec::AccountRecord::decode(crate::tables::HASHED_ACCOUNTS, &value)?.info;
             let code = match info.code_hash {
                 KECCAK_EMPTY => Bytes::new(),
                 hash => self.code_of(hash)?,
             };
-            let mut slots = storage.remove(&address).unwrap_or_default();
-            slots.sort_by_cached_key(|s| keccak256(s.slot));
-            let hashed = keccak256(address);
-            chunks[chunk_of(depth, &hashed) as usize].push((
-                hashed,
-                ChunkAccount {
-                    address,
-                    nonce: info.nonce,
-                    balance: info.balance,
-                    code,
-                    storage: slots,
-                },
-            ));
+            let storage = preimages::slots_of(self.txn, &self.tables, &hashed)?
+                .into_iter()
+                .map(|(slot, value)| {
+                    Ok(ChunkSlot {
+                        slot: B256::from(slot),
+                        value: codec::decode_slot_value(crate::tables::HASHED_STORAGE, &value)?,
+                    })
+                })
+                .collect::<Result<_, StorageError>>()?;
+            accounts.push(ChunkAccount {
+                address: preimages::address_of(self.txn, &self.tables, &hashed)?,
+                nonce: info.nonce,
+                balance: info.balance,
+                code,
+                storage,
+            });
+            entry = cursor.next()?;
         }
-        assert!(
-            storage.is_empty(),
-            "storage of accounts that do not exist: {:?}",
-            storage.keys().take(3).collect::<Vec<_>>()
-        );
-        Ok(chunks)
-    }
-
-    /// Every set slot, by account.
-    fn plain_slots(
-        &self,
-    ) -> Result<alloy_primitives::map::HashMap<Address, Vec<ChunkSlot>>, StorageError> {
-        let mut slots: alloy_primitives::map::HashMap<Address, Vec<ChunkSlot>> = Default::default();
-        let mut cursor = self.txn.cursor(&self.tables.plain_storage)?;
-        for entry in cursor.iter_start::<Cow<'_, [u8]>, Cow<'_, [u8]>>() {
-            let (key, value) = entry?;
-            if key.len() != 52 {
-                return Err(StorageError::Corrupt {
-                    table: crate::tables::PLAIN_STORAGE,
-                    reason: format!("key of {} bytes", key.len()),
-                });
-            }
-            slots
-                .entry(Address::from_slice(&key[..20]))
-                .or_default()
-                .push(ChunkSlot {
-                    slot: B256::from_slice(&key[20..]),
-                    value: codec::decode_slot_value(crate::tables::PLAIN_STORAGE, &value)?,
-                });
-        }
-        Ok(slots)
+        Ok(StateChunk {
+            depth,
+            index,
+            accounts,
+        })
     }
 
     fn code_of(&self, hash: B256) -> Result<Bytes, StorageError> {

@@ -2,8 +2,8 @@
 //! synced one (its *base*): no block before it has a body, receipts or state here.
 //!
 //! Chunks are written in index order, so in hashed-address order: the hashed tables and every
-//! account's storage trie go in with MDBX appends (`bulk::HashedCursors`, the genesis writer's),
-//! the plain tables and code with ordinary puts (their order is the address's, not the hash's).
+//! account's storage trie and the keys' preimages go in with MDBX appends
+//! (`bulk::HashedCursors`, the genesis writer's), code with ordinary puts.
 //! Each call's chunks and the count of chunks written commit in one transaction, so a restart
 //! resumes after the last chunk written ([`Store::restore_progress`]). The account trie spans
 //! every chunk, so it is built once they are all in ([`Store::restore_finish`]), in one pass over
@@ -14,16 +14,14 @@ use super::{StateChunk, chunk_count};
 use crate::{
     Env, StorageError,
     bulk::{self, HashedCursors, NodeAppender},
-    codec::{self, AccountRecord},
-    read_head,
+    codec, read_head,
     tables::{self, HEAD_KEY, Tables},
 };
 use alloy_consensus::Header;
 use alloy_primitives::{B256, U256, keccak256};
 use alloy_rlp::Encodable;
-use alloy_trie::EMPTY_ROOT_HASH;
 use kestrel_types::{AccountInfo, BlockNumber, state::KECCAK_EMPTY};
-use libmdbx::{Transaction, TransactionKind, WriteFlags};
+use libmdbx::{RW, Transaction, TransactionKind, WriteFlags};
 use std::borrow::Cow;
 
 /// Metadata key of a restore in progress: its [`RestoreTarget`] and the chunks written.
@@ -124,27 +122,12 @@ impl crate::Store {
         if let Some(head) = read_head(&txn, &tables)? {
             return Err(RestoreError::HasHead(head));
         }
-        for table in [
-            &tables.plain_accounts,
-            &tables.plain_storage,
-            &tables.bytecodes,
-            &tables.hashed_accounts,
-            &tables.hashed_storage,
-            &tables.account_trie,
-            &tables.storage_trie,
-        ] {
-            txn.clear_table(table)?;
-        }
+        bulk::clear_state(&txn, &tables)?;
         let progress = RestoreProgress {
             target,
             chunks_done: 0,
         };
-        txn.put(
-            &tables.metadata,
-            RESTORE_KEY,
-            progress.encode(),
-            WriteFlags::UPSERT,
-        )?;
+        write_progress(&txn, &tables, &progress)?;
         txn.commit()?;
         Ok(())
     }
@@ -157,14 +140,7 @@ impl crate::Store {
         let tables = Tables::open(&txn)?;
         let mut progress = read_progress(&txn, &tables)?.ok_or(RestoreError::NotStarted)?;
         let mut storage_nodes = NodeAppender::default();
-        let mut cursors = HashedCursors {
-            accounts: txn.cursor(&tables.hashed_accounts)?,
-            storage: txn.cursor(&tables.hashed_storage)?,
-            storage_trie: txn.cursor(&tables.storage_trie)?,
-            storage_nodes: &mut storage_nodes,
-        };
-        let mut plain_accounts = txn.cursor(&tables.plain_accounts)?;
-        let mut plain_storage = txn.cursor(&tables.plain_storage)?;
+        let mut cursors = HashedCursors::open(&txn, &tables, &mut storage_nodes)?;
         let (mut slots, mut nodes) = (Vec::new(), Vec::new());
         for chunk in chunks {
             let depth = progress.target.depth;
@@ -190,36 +166,21 @@ impl crate::Store {
                     balance: account.balance,
                     code_hash,
                 };
-                // The plain record's storage root is not read (as the genesis writer's).
-                let (bytes, len) = AccountRecord {
-                    info,
-                    storage_root: EMPTY_ROOT_HASH,
-                }
-                .encode();
-                plain_accounts.put(
-                    account.address.as_slice(),
-                    &bytes[..len],
-                    WriteFlags::UPSERT,
-                )?;
                 slots.clear();
-                for slot in &account.storage {
-                    let (bytes, len) = codec::encode_slot_value(&slot.value);
-                    let key =
-                        codec::plain_slot_key(&account.address, &U256::from_be_bytes(slot.slot.0));
-                    plain_storage.put(&key, &bytes[..len], WriteFlags::UPSERT)?;
-                    slots.push((keccak256(slot.slot), slot.value));
-                }
-                cursors.put(&keccak256(account.address), info, &slots, &mut nodes)?;
+                slots.extend(account.storage.iter().map(|slot| {
+                    (
+                        keccak256(slot.slot),
+                        U256::from_be_bytes(slot.slot.0),
+                        slot.value,
+                    )
+                }));
+                let hashed_address = keccak256(account.address);
+                cursors.put(&hashed_address, &account.address, info, &slots, &mut nodes)?;
             }
             progress.chunks_done += 1;
         }
-        txn.put(
-            &tables.metadata,
-            RESTORE_KEY,
-            progress.encode(),
-            WriteFlags::UPSERT,
-        )?;
-        drop((cursors, plain_accounts, plain_storage, tables));
+        write_progress(&txn, &tables, &progress)?;
+        drop((cursors, tables));
         txn.commit()?;
         Ok(progress.chunks_done)
     }
@@ -287,6 +248,16 @@ fn read_progress<K: TransactionKind>(
     txn.get::<Cow<'_, [u8]>>(&tables.metadata, RESTORE_KEY)?
         .map(|bytes| RestoreProgress::decode(&bytes))
         .transpose()
+}
+
+fn write_progress(
+    txn: &Transaction<'_, RW, Env>,
+    tables: &Tables<'_>,
+    progress: &RestoreProgress,
+) -> Result<(), StorageError> {
+    let bytes = progress.encode();
+    txn.put(&tables.metadata, RESTORE_KEY, bytes, WriteFlags::UPSERT)?;
+    Ok(())
 }
 
 /// The base block: the first whose state this store has (0 unless made by state sync).

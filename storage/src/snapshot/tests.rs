@@ -340,8 +340,8 @@ fn with_root(mut block: crate::SealedBlock, root: B256) -> crate::SealedBlock {
 
 fn state_tables(store: &Store) -> Vec<(&'static str, u64)> {
     let state = [
-        crate::tables::PLAIN_ACCOUNTS,
-        crate::tables::PLAIN_STORAGE,
+        crate::tables::ACCOUNT_PREIMAGES,
+        crate::tables::SLOT_PREIMAGES,
         crate::tables::BYTECODES,
         crate::tables::HASHED_ACCOUNTS,
         crate::tables::HASHED_STORAGE,

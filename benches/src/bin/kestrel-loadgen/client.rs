@@ -1,5 +1,5 @@
 //! A lean JSON-RPC client: one HTTP/1.1 keep-alive connection per worker (hyper's connection
-//! API), reconnecting once when the server closed it. Standard Ethereum JSON-RPC only.
+//! API), reconnecting when the server closed it. Standard Ethereum JSON-RPC only.
 
 use eyre::{WrapErr, bail, eyre};
 use http_body_util::{BodyExt, Full};
@@ -46,6 +46,11 @@ impl Client {
     }
 
     /// POSTs `body` and returns the response body.
+    ///
+    /// A request is sent again, once, on a new connection only if it never left: the server
+    /// may close an idle keep-alive connection just before it is used. One that failed after
+    /// it was sent is not, since the node may have acted on it (a batch of transactions sent
+    /// twice comes back "nonce too low" for what the first one admitted).
     pub async fn post(&mut self, body: Bytes) -> eyre::Result<Bytes> {
         for attempt in 0..2 {
             let mut sender = match self.sender.take() {
@@ -57,11 +62,21 @@ impl Client {
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .body(Full::new(body.clone()))?;
             let exchange = async {
-                sender.ready().await?;
-                let response = sender.send_request(request).await?;
+                if let Err(e) = sender.ready().await {
+                    return Err(Failed::BeforeSending(e.into()));
+                }
+                let response = match sender.try_send_request(request).await {
+                    Ok(response) => response,
+                    Err(e) if e.message().is_some() => {
+                        return Err(Failed::BeforeSending(e.into_error().into()));
+                    }
+                    Err(e) => return Err(Failed::AfterSending(e.into_error().into())),
+                };
                 let status = response.status();
-                let bytes = response.into_body().collect().await?.to_bytes();
-                eyre::Ok((status, bytes))
+                let bytes = (response.into_body().collect().await)
+                    .map_err(|e| Failed::AfterSending(e.into()))?
+                    .to_bytes();
+                Ok((status, bytes))
             };
             match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
                 Ok(Ok((status, bytes))) => {
@@ -75,9 +90,8 @@ impl Client {
                     }
                     return Ok(bytes);
                 }
-                // The server may close an idle keep-alive connection: retry once on a new one.
-                Ok(Err(_)) if attempt == 0 => {}
-                Ok(Err(e)) => return Err(e),
+                Ok(Err(Failed::BeforeSending(_))) if attempt == 0 => {}
+                Ok(Err(Failed::BeforeSending(e) | Failed::AfterSending(e))) => return Err(e),
                 Err(_) => bail!("no answer from {} within {REQUEST_TIMEOUT:?}", self.url),
             }
         }
@@ -112,6 +126,12 @@ impl Client {
             .await?;
         parse_batch(&bytes, n)
     }
+}
+
+/// How an exchange failed: before the request left (safe to send again), or after.
+enum Failed {
+    BeforeSending(eyre::Report),
+    AfterSending(eyre::Report),
 }
 
 /// Takes `result` out of a response, or the error message.
@@ -169,4 +189,60 @@ pub fn quantity_u256(value: &Value) -> eyre::Result<alloy_primitives::U256> {
         .ok_or_else(|| eyre!("expected a hex quantity, got {value}"))?;
     alloy_primitives::U256::from_str_radix(s.trim_start_matches("0x"), 16)
         .map_err(|e| eyre!("quantity {s}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    /// Reads one HTTP request (headers and a Content-Length body); false if the peer closed.
+    async fn read_request(stream: &mut tokio::net::TcpStream) -> bool {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                if buf.len() >= end + 4 + len {
+                    return true;
+                }
+            }
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    }
+
+    /// A node that takes a request and drops the connection without answering may have acted
+    /// on it: the client reports the failure instead of sending the request a second time.
+    #[tokio::test]
+    async fn a_request_that_was_sent_is_not_sent_again() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = requests.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                if read_request(&mut stream).await {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+                stream.shutdown().await.ok();
+            }
+        });
+        let mut client = Client::new(&url).unwrap();
+        let result = client.post(Bytes::from_static(b"[]")).await;
+        assert!(result.is_err(), "no answer must be an error: {result:?}");
+        // A second request, had one been sent, would have been read by now.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(requests.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 }
