@@ -234,8 +234,11 @@ fn state_sync_wanted(args: &NodeArgs, store: &Store) -> eyre::Result<bool> {
         tracing::info!(target: "node", "a state sync was under way: resuming it");
         return Ok(true);
     }
+    if !args.full && args.sync != SyncMode::Full {
+        bail!("--sync state|auto is for full nodes (--full): a validator syncs by blocks");
+    }
     let empty = store.view(|r| r.head())??.is_none();
-    Ok(empty && args.full && args.sync != SyncMode::Full)
+    Ok(empty && args.sync != SyncMode::Full)
 }
 
 /// Execution and commit on their threads: finalized blocks in, execution results out.

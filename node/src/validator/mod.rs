@@ -283,9 +283,7 @@ pub fn state_sync(
     stop: &AtomicBool,
     min_height: u64,
 ) -> eyre::Result<()> {
-    if connected.me.is_some() {
-        bail!("state sync is for full nodes (--full): a validator syncs by blocks");
-    }
+    assert!(connected.me.is_none(), "state sync is a full node's");
     let dir = datadir.join(CONSENSUS_DIR);
     std::fs::create_dir_all(&dir).wrap_err("creating the consensus directory")?;
     let sync = statesync::StateSync::new(
