@@ -62,6 +62,11 @@ const PEERS_WAIT_MS: u64 = 100;
 /// Ask again for tops after this long without any answer: a validator first waits for its head
 /// to reach the next aligned block (`serve::SNAPSHOT_ALIGN_BLOCKS`), then reads its state.
 const TOPS_RETRY_MS: u64 = 30_000;
+/// Block requests for the anchor that may go unanswered before the snapshot is given up (and
+/// tops asked again).
+const ANCHOR_UNANSWERED_MAX: usize = 16;
+/// Ask again this long after an answer with no block past our tip.
+const ANCHOR_POLL_MS: u64 = 50;
 /// Chunk requests in flight per validator.
 const CHUNKS_IN_FLIGHT_PER_PEER: usize = 4;
 /// Least time between two requests to one validator: 25 a second, half its
@@ -369,7 +374,7 @@ impl<'a> StateSync<'a> {
         let mut unanswered = 0;
         loop {
             let live: Vec<&PeerId> = peers.iter().filter(|p| !self.dropped.contains(p)).collect();
-            if live.is_empty() || unanswered > 2 * peers.len() + 10 {
+            if live.is_empty() || unanswered > ANCHOR_UNANSWERED_MAX {
                 return Ok(None);
             }
             let peer = *live[turn % live.len()];
@@ -397,7 +402,7 @@ impl<'a> StateSync<'a> {
             };
             if blocks.is_empty() {
                 // Nothing final after our tip yet: the result comes D blocks later.
-                std::thread::sleep(Duration::from_millis(50));
+                std::thread::sleep(Duration::from_millis(ANCHOR_POLL_MS));
                 continue;
             }
             let checked = match &tip {

@@ -33,24 +33,24 @@ use std::{
 /// Requests waiting for the snapshot thread; past it they are dropped (and asked again).
 const REQUESTS_QUEUE_MAX: usize = 256;
 /// A snapshot this young is given to whoever asks for a top, rather than a new one made.
-pub const SNAPSHOT_FRESH_MS: u64 = 2_000;
+const SNAPSHOT_FRESH_MS: u64 = 2_000;
 /// A snapshot a chunk was served from this recently is kept for the next top request too: a
 /// sync is reading it.
-pub const SNAPSHOT_BUSY_MS: u64 = 10_000;
+const SNAPSHOT_BUSY_MS: u64 = 10_000;
 /// Snapshots are of blocks at multiples of this, so that validators asked at about the same
 /// time snapshot the same block: 16 blocks, 8 s at 500 ms blocks.
-pub const SNAPSHOT_ALIGN_BLOCKS: u64 = 16;
+const SNAPSHOT_ALIGN_BLOCKS: u64 = 16;
 /// Longest wait for the head to reach that block.
 const SNAPSHOT_ALIGN_WAIT_MS: u64 = 20_000;
 /// A snapshot nobody asked anything of for this long is dropped (its memory freed).
 const SNAPSHOT_IDLE_SECS: u64 = 60;
 /// Largest encoded chunk: under the 4 MiB frame cap of a full node's connection, with room for
 /// the frame and tag. A snapshot whose chunks are larger is cut deeper.
-pub const STATE_CHUNK_BYTES_MAX: usize = (4 << 20) - 4_096;
+const STATE_CHUNK_BYTES_MAX: usize = (4 << 20) - 4_096;
 /// Test only (tests/testnet): a chunk index, or `all`, that this node serves damaged (one
 /// balance off by one), so that a syncing node's check of each chunk can be seen catching a
 /// lying peer.
-pub const CORRUPT_CHUNK_ENV: &str = "KESTREL_TEST_CORRUPT_STATE_CHUNK";
+const CORRUPT_CHUNK_ENV: &str = "KESTREL_TEST_CORRUPT_STATE_CHUNK";
 
 /// Which chunks [`CORRUPT_CHUNK_ENV`] damages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
