@@ -492,6 +492,18 @@ impl<'a> StateSync<'a> {
         let mut last_log = Instant::now();
         while fetch.written < count {
             let now = Instant::now();
+            // A validator that disconnected has lost its requests: ask the others at once.
+            let connected = self.net.connected_peers();
+            let gone: Vec<PeerId> = fetch
+                .peers
+                .keys()
+                .filter(|p| !connected.contains(p))
+                .copied()
+                .collect();
+            for peer in gone {
+                tracing::info!(target: "node::statesync", %peer, "a validator disconnected: its chunks go to the others");
+                fetch.forget(&peer);
+            }
             for (peer, index) in fetch.requests(now, &self.dropped) {
                 let request = SyncRequest::StateChunk {
                     height: target.number,
