@@ -75,6 +75,7 @@ impl Damage {
 const SNAPSHOTS_MADE: &str = "kestrel_sync_snapshots_made_total";
 const CHUNKS_SERVED: &str = "kestrel_sync_state_chunks_served_total";
 
+/// Declares the serving side's metrics, at 0 from start-up.
 pub fn describe_metrics() {
     metrics::describe_counter!(
         SNAPSHOTS_MADE,
@@ -84,6 +85,8 @@ pub fn describe_metrics() {
         CHUNKS_SERVED,
         "State chunks this node served to syncing nodes"
     );
+    metrics::counter!(SNAPSHOTS_MADE).absolute(0);
+    metrics::counter!(CHUNKS_SERVED).absolute(0);
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -272,12 +275,7 @@ impl Serving {
     /// The snapshot of `r`, whose head is `height`.
     fn read(&self, r: &Reader<'_>, height: u64) -> Result<Held, ServeError> {
         let corrupt = self.corrupt;
-        let accounts = r
-            .table_stats()?
-            .iter()
-            .find(|t| t.table == "PlainAccounts")
-            .map_or(0, |t| t.entries);
-        let mut depth = depth_for(accounts);
+        let mut depth = depth_for(r.snapshot_accounts()?);
         loop {
             let (state_root, top) = r.snapshot_top(depth)?;
             let mut chunks = Vec::new();
