@@ -12,11 +12,15 @@ datadir and `--sync state`:
 - before its base it has nothing: no block (null), and historical state is refused with geth's
   wording;
 - it follows the chain from there: a transaction sent to it is included and its receipt served.
+
+A second full node stops dead in the middle of its state sync (a test-only exit once some chunks
+are written, as if killed) and, started again, resumes after the chunks it had written.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 import pytest
 import requests
@@ -31,12 +35,14 @@ CHUNKS = 16  # depth 1: 10,000 accounts at ~4,096 a chunk
 TIMEOUT_S = 60.0
 RECIPIENT = "0x000000000000000000000000000000000000bEEF"
 CORRUPT_ENV = "KESTREL_TEST_CORRUPT_STATE_CHUNK"
+EXIT_ENV = "KESTREL_TEST_STATE_SYNC_EXIT_AFTER_CHUNKS"
+EXIT_CODE = 75
 
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory):
     t = Testnet(tmp_path_factory.mktemp("testnet-statesync"), 4,
-                ["--block-time-ms", str(BLOCK_TIME_MS)], full_nodes=1,
+                ["--block-time-ms", str(BLOCK_TIME_MS)], full_nodes=2,
                 init_args=["--accounts", str(ACCOUNTS)])
     try:
         os.environ[CORRUPT_ENV] = "all"
@@ -108,3 +114,33 @@ def test_a_new_node_joins_by_state_sync_despite_a_lying_validator(net):
     wait_until(lambda: net[1].head() >= number, TIMEOUT_S, "validator 1 at the receipt's block")
     assert net[1].block(number)["stateRoot"] == full.block(number)["stateRoot"]
     assert full.call("eth_getBalance", [RECIPIENT, hex(number)]) == "0x7"
+
+
+def test_a_state_sync_killed_midway_resumes_after_its_written_chunks(net):
+    full = net.full_nodes[1]
+    full.extra_args = [*full.extra_args, "--sync", "state"]
+    os.environ[EXIT_ENV] = "1"
+    try:
+        full.start(wait=False)
+    finally:
+        del os.environ[EXIT_ENV]
+    assert full.proc.wait(timeout=TIMEOUT_S) == EXIT_CODE, full.log_tail()
+    first = full.log_path.read_text()
+    assert "TEST: exiting in the middle of the state sync" in first
+    block = int(re.search(r"chose a snapshot block=(\d+)", first).group(1))
+
+    full.start()
+    wait_until(lambda: full.head() > block, TIMEOUT_S, "the restarted node past its base")
+    second = full.log_path.read_text()
+    resumed = re.search(r"resuming a state restore block=(\d+) done=(\d+)", second)
+    assert resumed, "the restart did not resume"
+    assert int(resumed.group(1)) == block
+    done = int(resumed.group(2))
+    assert 1 <= done <= CHUNKS
+    # Only the chunks not written before the exit were written again.
+    written = metric(full, "kestrel_sync_state_accounts_total")
+    assert (written < ACCOUNTS) if done < CHUNKS else written == 0, (done, written)
+    assert metric(full, "kestrel_sync_state_chunks_done") == CHUNKS
+    n = full.head()
+    wait_until(lambda: net[1].head() >= n, TIMEOUT_S, "validator 1 at the full node's head")
+    assert full.block(n)["stateRoot"] == net[1].block(n)["stateRoot"]

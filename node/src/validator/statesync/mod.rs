@@ -177,7 +177,16 @@ pub struct StateSync<'a> {
     /// Validators that served a bad top or chunk: never asked again.
     dropped: BTreeSet<PeerId>,
     bytes: u64,
+    /// Test only ([`EXIT_AFTER_CHUNKS_ENV`]): stop the process dead once this many chunks are
+    /// written.
+    exit_after: Option<u32>,
 }
+
+/// Test only (tests/testnet): the process exits at once, as if killed, when this many chunks
+/// are written, so that a test can restart it and watch the sync resume.
+const EXIT_AFTER_CHUNKS_ENV: &str = "KESTREL_TEST_STATE_SYNC_EXIT_AFTER_CHUNKS";
+/// The exit code of that exit.
+const EXIT_AFTER_CHUNKS_CODE: i32 = 75;
 
 impl<'a> StateSync<'a> {
     pub fn new(
@@ -195,6 +204,9 @@ impl<'a> StateSync<'a> {
             stop,
             dropped: BTreeSet::new(),
             bytes: 0,
+            exit_after: std::env::var(EXIT_AFTER_CHUNKS_ENV)
+                .ok()
+                .and_then(|n| n.parse().ok()),
         }
     }
 
@@ -580,6 +592,10 @@ impl<'a> StateSync<'a> {
             fetch.written = self.store.restore_chunks(&batch)?;
             metrics::counter!(ACCOUNTS).increment(accounts as u64);
             metrics::gauge!(CHUNKS_DONE).set(f64::from(fetch.written));
+            if self.exit_after.is_some_and(|n| fetch.written >= n) {
+                tracing::warn!(target: "node::statesync", written = fetch.written, "TEST: exiting in the middle of the state sync");
+                std::process::exit(EXIT_AFTER_CHUNKS_CODE);
+            }
         }
     }
 }
