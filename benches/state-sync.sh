@@ -27,16 +27,9 @@ BLOCK_TIME_MS="${BLOCK_TIME_MS:-20}"
 SEED="${SEED:-1}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT="${OUT:-$TARGET/state-sync-bench/$(date -u +%Y%m%dT%H%M%SZ)}"
-BASE_P2P_PORT="${BASE_P2P_PORT:-31303}"
-BASE_RPC_PORT="${BASE_RPC_PORT:-18545}"
-BASE_METRICS_PORT="${BASE_METRICS_PORT:-19100}"
-JOIN_TIMEOUT_S="${JOIN_TIMEOUT_S:-1800}"
-for port in "$BASE_P2P_PORT" "$BASE_RPC_PORT" "$BASE_METRICS_PORT"; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "state-sync.sh: port $port is in use (another testnet run?)" >&2
-    exit 1
-  fi
-done
+# shellcheck source=benches/ports.sh
+source "$ROOT/benches/ports.sh"
+refuse_ports_in_use state-sync.sh
 
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --bin kestrel --bin kestrel-loadgen
 KESTREL="${KESTREL_BIN:-$TARGET/release/kestrel}"
