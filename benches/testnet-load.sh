@@ -46,18 +46,9 @@ BLOCK_TIME_MS="${BLOCK_TIME_MS:-500}"
 GAS_LIMIT="${GAS_LIMIT:-2000000000}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT="${OUT:-$TARGET/testnet-bench/$(date -u +%Y%m%dT%H%M%SZ)}"
-# Ports away from the defaults, so a testnet or dev node already running is not in the way.
-BASE_P2P_PORT="${BASE_P2P_PORT:-31303}"
-BASE_RPC_PORT="${BASE_RPC_PORT:-18545}"
-BASE_METRICS_PORT="${BASE_METRICS_PORT:-19100}"
-# Two runs on one host would share these ports, and one run's load generator would feed the
-# other's validators: refuse to start over a port in use.
-for port in "$BASE_P2P_PORT" "$BASE_RPC_PORT" "$BASE_METRICS_PORT"; do
-  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-    echo "testnet-load.sh: port $port is in use (another testnet run?); set BASE_P2P_PORT, BASE_RPC_PORT and BASE_METRICS_PORT" >&2
-    exit 1
-  fi
-done
+# shellcheck source=benches/ports.sh
+source "$ROOT/benches/ports.sh"
+refuse_ports_in_use testnet-load.sh
 
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release --bin kestrel --bin kestrel-loadgen
 KESTREL="${KESTREL_BIN:-$TARGET/release/kestrel}"

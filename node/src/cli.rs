@@ -106,6 +106,16 @@ pub struct NodeArgs {
     /// execute the finalized blocks they serve, serve JSON-RPC, forward transactions to them.
     #[arg(long, conflicts_with = "dev")]
     pub full: bool,
+    /// How a full node with an empty datadir gets the chain: `full` executes every block from
+    /// genesis; `state` fetches the state of a recent finalized block from the validators, then
+    /// the blocks after it; `auto` does `state` when that block is more than
+    /// `--sync-state-distance` blocks past genesis.
+    #[arg(long, value_enum, default_value_t = SyncMode::Full)]
+    pub sync: SyncMode,
+    /// With `--sync auto`: the least height of the validators' snapshot for which state sync
+    /// beats executing the blocks from genesis.
+    #[arg(long, value_name = "BLOCKS", default_value_t = 10_000)]
+    pub sync_state_distance: u64,
     /// Where the database lives.
     #[arg(long, value_name = "DIR", default_value = "./kestrel-data")]
     pub datadir: PathBuf,
@@ -341,6 +351,17 @@ pub enum ExecutorKind {
     /// Speculatively on `--exec-threads` workers, committed in block order (blocks under 64
     /// transactions still run sequentially).
     Parallel,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyncMode {
+    /// Every block from genesis.
+    Full,
+    /// The state of a recent finalized block, then the blocks after it.
+    State,
+    /// `state` when the chain is longer than `--sync-state-distance`, else `full`.
+    Auto,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]

@@ -4,7 +4,7 @@
 //! step. A flag given on the command line wins over the file, the file over the built-in default.
 //! Unknown keys are errors, so a misspelt option cannot be silently ignored.
 
-use crate::cli::{ArchiveIo, ExecutorKind, NodeArgs};
+use crate::cli::{ArchiveIo, ExecutorKind, NodeArgs, SyncMode};
 use alloy_primitives::Address;
 use kestrel_storage::HistoryWindow;
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,8 @@ pub enum ConfigError {
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub role: Option<Role>,
+    pub sync: Option<SyncMode>,
+    pub sync_state_distance: Option<u64>,
     pub dev: Option<bool>,
     pub genesis: Option<PathBuf>,
     pub datadir: Option<PathBuf>,
@@ -214,6 +216,8 @@ impl Config {
             fill!(genesis, self.genesis.map(Some));
         }
         fill!(full, self.role.map(|role| role == Role::Full));
+        fill!(sync, self.sync);
+        fill!(sync_state_distance, self.sync_state_distance);
         fill!(datadir, self.datadir);
         fill!(min_free_disk_mb, self.min_free_disk_mb);
         fill!(history_blocks, self.history_blocks.map(HistoryWindow::from));

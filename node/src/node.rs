@@ -1,6 +1,6 @@
 //! Wiring: opens the database, starts the stages, RPC and metrics, and shuts them down in order.
 
-use crate::cli::{ExecutorKind, NodeArgs};
+use crate::cli::{ExecutorKind, NodeArgs, SyncMode};
 use crate::{disk::DiskMonitor, validator};
 use alloy_primitives::B256;
 use crossbeam_channel::{Receiver, Sender};
@@ -73,25 +73,28 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
         .wrap_err("opening database")?
         .with_history(args.history_blocks),
     );
-    let genesis = store
-        .init_genesis_with_progress(&spec, &mut |p| {
-            // Logged for large allocations only: 1,000,000 accounts take a few seconds, 10 million
-            // most of a minute, and a node silent that long looks stuck.
-            if p.total >= GENESIS_PROGRESS_ACCOUNTS_MIN {
-                tracing::info!(target: "node", done = p.done, total = p.total, "writing the genesis state");
-            }
-        })
-        .wrap_err("initialising genesis")?;
-    let head_number = store.view(|r| r.head())??.unwrap_or(0);
-    let head_hash = store
-        .view(|r| r.block_hash(head_number))??
-        .expect("head hash exists");
-    tracing::info!(target: "node", chain_id = spec.chain_id, genesis = %genesis.hash, head = head_number, %head_hash, "database open");
-
-    let status = Arc::new(ChainStatus::default());
-    for field in [&status.proposed, &status.executed, &status.committed] {
-        ChainStatus::set(field, head_number);
+    // Genesis goes in before RPC answers (RPC serves committed blocks only), unless state sync
+    // fills the database: RPC answers meanwhile, so that `/health` says so (503, `syncing`).
+    let sync_state = state_sync_wanted(&args, &store)?;
+    if !sync_state {
+        init_genesis(&store, &spec)?;
     }
+    let status = Arc::new(ChainStatus::default());
+    let connected = validator::connect(setup, spec.chain_id, &status)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .thread_name("rpc")
+        .on_thread_park(crate::memory::collect_on_idle)
+        .build()?;
+    let signal = {
+        let stop = stop.clone();
+        runtime.spawn(async move {
+            wait_for_signal().await;
+            stop.store(true, Ordering::Release);
+        })
+    };
     let pool = Arc::new(TxPool::with_config(PoolConfig {
         txs_max: args.txpool_txs_max,
         sender_txs_max: args.txpool_sender_txs_max,
@@ -101,7 +104,56 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
         store: store.clone(),
         overlay: Arc::new(Overlay::default()),
     };
-    let stop = Arc::new(AtomicBool::new(false));
+    let (ingress, ingress_threads) = IngressStage {
+        pool: pool.clone(),
+        validator: Validator::new(spec.clone(), spec.gas_limit),
+        state: state.clone(),
+        status: status.clone(),
+    }
+    .spawn(args.ingress_threads);
+    let config = kestrel_rpc::RpcConfig {
+        addr: SocketAddr::new(args.http_addr, args.http_port),
+        // `/health` judges the head's age in block intervals.
+        block_time_ms: args.block_time_ms,
+        limits: args.rpc_limits(),
+        ws: args.ws(),
+        ..Default::default()
+    };
+    let ctx = kestrel_rpc::RpcContext {
+        store: store.clone(),
+        spec: spec.clone(),
+        pool: pool.clone(),
+        ingress: ingress.clone(),
+        status: status.clone(),
+    };
+    let (bound, server) = runtime
+        .block_on(kestrel_rpc::start(config, ctx))
+        .wrap_err("starting JSON-RPC")?;
+    tracing::info!(target: "node", %bound, "JSON-RPC listening");
+
+    if sync_state {
+        let min_height = match args.sync {
+            SyncMode::Auto => args.sync_state_distance,
+            _ => 0,
+        };
+        validator::state_sync(&connected, &store, &args.datadir, &stop, min_height)?;
+        if stop.load(Ordering::Acquire) {
+            tracing::info!(target: "node", "stopped during state sync; a restart resumes it");
+            return Ok(());
+        }
+        // `--sync auto` on a short chain.
+        if store.view(|r| r.head())??.is_none() {
+            init_genesis(&store, &spec)?;
+        }
+    }
+    let head_number = store.view(|r| r.head())??.unwrap_or(0);
+    let head_hash = store
+        .view(|r| r.block_hash(head_number))??
+        .expect("head hash exists");
+    tracing::info!(target: "node", chain_id = spec.chain_id, head = head_number, %head_hash, "database open");
+    for field in [&status.proposed, &status.executed, &status.committed] {
+        ChainStatus::set(field, head_number);
+    }
 
     let disk = DiskMonitor {
         datadir: args.datadir.clone(),
@@ -117,22 +169,14 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     };
     let stages = Stages::start(&spec, executor, &state, &pool, &status, head_hash);
 
-    let (ingress, ingress_threads) = IngressStage {
-        pool: pool.clone(),
-        validator: Validator::new(spec.clone(), spec.gas_limit),
-        state: state.clone(),
-        status: status.clone(),
-    }
-    .spawn(args.ingress_threads);
-
     let mut threads = vec![validator::start(
-        setup,
+        connected,
         validator::Wiring {
             spec: spec.clone(),
             store: store.clone(),
             state: state.clone(),
             pool: pool.clone(),
-            ingress: ingress.clone(),
+            ingress,
             status: status.clone(),
             results: stages.results,
             proposals: stages.blocks,
@@ -145,42 +189,13 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     )?];
     threads.extend(stages.threads);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .thread_name("rpc")
-        .on_thread_park(crate::memory::collect_on_idle)
-        .build()?;
-    let rpc_addr = SocketAddr::new(args.http_addr, args.http_port);
-    // `/health` judges the head's age in block intervals.
-    let block_time_ms = args.block_time_ms;
-    let rpc_limits = args.rpc_limits();
-    let ws = args.ws();
     runtime.block_on(async {
-        let ctx = kestrel_rpc::RpcContext {
-            store: store.clone(),
-            spec: spec.clone(),
-            pool,
-            ingress,
-            status,
-        };
-        let config = kestrel_rpc::RpcConfig {
-            addr: rpc_addr,
-            block_time_ms,
-            limits: rpc_limits,
-            ws,
-            ..Default::default()
-        };
-        let (bound, server) = kestrel_rpc::start(config, ctx)
-            .await
-            .wrap_err("starting JSON-RPC")?;
-        tracing::info!(target: "node", %bound, "JSON-RPC listening");
-        wait_for_signal().await;
+        // Until a signal: the stages run on their threads, RPC on the runtime's.
+        signal.await.ok();
         tracing::info!(target: "node", "shutting down: finishing in-flight blocks");
         server.stop().ok();
         server.stopped().await;
-        eyre::Ok(())
-    })?;
+    });
     drop(runtime);
     // The driver stops ordering; execution and commit drain what was finalized, then hang up.
     stop.store(true, Ordering::Release);
@@ -194,6 +209,36 @@ pub fn run(args: NodeArgs) -> eyre::Result<()> {
     drop(store);
     tracing::info!(target: "node", committed, "database closed");
     Ok(())
+}
+
+/// Writes the genesis block and state into an empty database, or checks the stored genesis.
+fn init_genesis(store: &Store, spec: &ChainSpec) -> eyre::Result<()> {
+    let genesis = store
+        .init_genesis_with_progress(spec, &mut |p| {
+            // Logged for large allocations only: 1,000,000 accounts take a few seconds, 10
+            // million most of a minute, and a node silent that long looks stuck.
+            if p.total >= GENESIS_PROGRESS_ACCOUNTS_MIN {
+                tracing::info!(target: "node", done = p.done, total = p.total, "writing the genesis state");
+            }
+        })
+        .wrap_err("initialising genesis")?;
+    tracing::info!(target: "node", genesis = %genesis.hash, "genesis");
+    Ok(())
+}
+
+/// Whether this start fills the database by state sync: a restore was under way when the node
+/// stopped (whatever the flags now say: the datadir is half written), or `--sync state|auto`
+/// on a full node whose database is empty.
+fn state_sync_wanted(args: &NodeArgs, store: &Store) -> eyre::Result<bool> {
+    if store.restore_progress()?.is_some() {
+        tracing::info!(target: "node", "a state sync was under way: resuming it");
+        return Ok(true);
+    }
+    if !args.full && args.sync != SyncMode::Full {
+        bail!("--sync state|auto is for full nodes (--full): a validator syncs by blocks");
+    }
+    let empty = store.view(|r| r.head())??.is_none();
+    Ok(empty && args.sync != SyncMode::Full)
 }
 
 /// Execution and commit on their threads: finalized blocks in, execution results out.

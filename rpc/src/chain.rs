@@ -14,11 +14,10 @@ use kestrel_storage::{ChainView, IndexedReceipt, StorageError};
 use kestrel_types::{BlockNumber, RecoveredTx, SealedBlock};
 use std::sync::Arc;
 
-/// The committed head.
+/// The committed head; none only while state sync fills the database (the node writes genesis
+/// before it serves RPC).
 pub(crate) fn head(chain: &impl ChainView) -> Result<BlockNumber, RpcError> {
-    Ok(chain
-        .head()?
-        .expect("the node writes genesis before it serves RPC"))
+    chain.head()?.ok_or(RpcError::Syncing)
 }
 
 /// The block number a tag names (see the crate docs); may be past the head.

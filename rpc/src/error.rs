@@ -47,6 +47,9 @@ pub enum RpcError {
     #[error("request timed out")]
     RequestTimeout,
 
+    /// The node has no committed block yet: it is filling its database by state sync.
+    #[error("the node is syncing: no block committed yet")]
+    Syncing,
     /// A state query for a block after the committed head, or an unknown block hash.
     #[error("header not found")]
     HeaderNotFound,

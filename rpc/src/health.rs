@@ -3,7 +3,8 @@
 //! node that stopped committing (stalled) and one still catching up after a restart (behind): in
 //! both, the newest block it serves was made too long ago. A chain still at its genesis block is
 //! judged from when this node started instead (the genesis was usually made long before): its
-//! first block is final only once its child is certified, a block time or so after start-up.
+//! first block is final only once its child is certified, a block time or so after start-up. A
+//! node with no committed block at all is filling its database by state sync: 503 `syncing`.
 
 use http::{Method, Response, StatusCode, header};
 use jsonrpsee::{
@@ -11,7 +12,10 @@ use jsonrpsee::{
     server::{HttpBody, HttpRequest},
 };
 use kestrel_pipeline::status::ChainStatus;
-use kestrel_storage::{ChainView as _, Store};
+use kestrel_storage::{
+    ChainView as _, Store,
+    snapshot::{chunk_count, restore::RestoreProgress},
+};
 use std::{
     future::Future,
     pin::Pin,
@@ -51,6 +55,21 @@ pub fn judge(head: u64, head_ms: u64, now_ms: u64, max_age_ms: u64) -> Health {
     Health { status, body }
 }
 
+/// A node without a committed block yet: one filling its database by state sync (`restore`:
+/// how far it is, once the first chunks are in).
+pub fn syncing(restore: Option<RestoreProgress>) -> Health {
+    let mut body = serde_json::json!({ "status": "syncing", "mode": "state" });
+    if let Some(p) = restore {
+        body["target"] = p.target.number.into();
+        body["chunks_done"] = p.chunks_done.into();
+        body["chunks"] = chunk_count(p.target.depth).into();
+    }
+    Health {
+        status: StatusCode::SERVICE_UNAVAILABLE,
+        body: body.to_string(),
+    }
+}
+
 #[derive(Clone)]
 pub struct HealthLayer {
     pub status: Arc<ChainStatus>,
@@ -78,6 +97,9 @@ pub struct HealthService<S> {
 
 impl HealthLayer {
     fn check(&self) -> Health {
+        if let Ok(Ok(None)) = self.store.view(|r| r.head()) {
+            return syncing(self.store.restore_progress().ok().flatten());
+        }
         let head = ChainStatus::get(&self.status.committed);
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -148,6 +170,26 @@ mod tests {
         let old = judge(7, now_ms - 6_000, now_ms, 5_000);
         assert_eq!(old.status, StatusCode::SERVICE_UNAVAILABLE);
         assert!(old.body.contains(r#""head_age_ms":6000"#), "{}", old.body);
+    }
+
+    #[test]
+    fn a_node_without_a_block_is_syncing() {
+        let h = syncing(None);
+        assert_eq!(h.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(h.body.contains(r#""status":"syncing""#), "{}", h.body);
+        let h = syncing(Some(RestoreProgress {
+            target: kestrel_storage::snapshot::restore::RestoreTarget {
+                number: 10_500,
+                state_root: Default::default(),
+                depth: 2,
+            },
+            chunks_done: 17,
+        }));
+        assert!(
+            h.body.contains(r#""chunks":256"#) && h.body.contains(r#""target":10500"#),
+            "{}",
+            h.body
+        );
     }
 
     #[test]

@@ -179,7 +179,7 @@ class Namespaces:
 class Testnet:
     __test__ = False  # not a pytest class, despite the name
     def __init__(self, root: Path, n: int, extra_args: list[str], namespaces: Namespaces | None = None,
-                 full_nodes: int = 0):
+                 full_nodes: int = 0, init_args: list[str] | None = None):
         assert namespaces is None or full_nodes == 0, "full nodes run on loopback only"
         taken: set[int] = set()
         p2p = _free_range(n, taken)
@@ -190,8 +190,8 @@ class Testnet:
              "--base-p2p-port", str(p2p), "--base-rpc-port", str(rpc),
              "--base-metrics-port", str(metrics), "--chain-id", str(CHAIN_ID),
              # geth's light scrypt for the keystores: validators restart often here.
-             "--scrypt-light"],
-            check=True, capture_output=True, timeout=30,
+             "--scrypt-light", *(init_args or [])],
+            check=True, capture_output=True, timeout=60,
         )
         self.root = root
         if namespaces is None:

@@ -105,6 +105,8 @@ pub struct Driver {
     forwarder: Option<Forwarder>,
     decoder: Option<Decoder<Pending>>,
     clock: Clock,
+    /// Where state sync requests go, on a validator that serves snapshots.
+    snapshots: Option<super::statesync::serve::SnapshotServer>,
 }
 
 impl Driver {
@@ -170,7 +172,13 @@ impl Driver {
             }),
             decoder: Some(decoder),
             clock,
+            snapshots: None,
         })
+    }
+
+    /// Serves state sync's snapshot requests through `server`.
+    pub fn serve_snapshots(&mut self, server: super::statesync::serve::SnapshotServer) {
+        self.snapshots = Some(server);
     }
 
     /// Runs until `stop` is set; then the execution queue's sender is dropped, so execution and

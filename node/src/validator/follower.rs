@@ -20,6 +20,7 @@ use super::{
     finality::Finality,
     forward::{FULL_NODE_FORWARD_ROUNDS, Forwarder},
     metrics::{FULL_NODE_LAG_SECONDS, FULL_NODE_RESULTS_CHECKED, SYNC_BLOCKS_TOTAL},
+    statesync,
     sync::{REQUEST_RETRY_MS, blocks_request, verify_chain},
     transport::Transport,
     wire::SyncResponse,
@@ -133,6 +134,53 @@ impl Poll {
     }
 }
 
+/// A follower whose newest block is older than this is catching up rather than following.
+const CATCH_UP_LAG_MS: u64 = 5_000;
+/// How often a catch-up logs its rate.
+const CATCH_UP_LOG_MS: u64 = 10_000;
+
+/// Whether the follower is catching up (its newest block seconds old) or at the head, for
+/// `kestrel_sync_mode` and a progress line with the rate while catching up.
+#[derive(Debug, Default)]
+struct CatchUp {
+    catching_up: bool,
+    /// Since the last progress line: when it was, and the blocks followed.
+    since_ms: u64,
+    blocks: u64,
+}
+
+impl CatchUp {
+    fn followed(&mut self, count: u64, height: u64, lag_ms: u64, now: u64) {
+        if lag_ms < CATCH_UP_LAG_MS {
+            self.at_head();
+            return;
+        }
+        if !self.catching_up {
+            *self = Self {
+                catching_up: true,
+                since_ms: now,
+                blocks: 0,
+            };
+            statesync::set_mode("blocks");
+        }
+        self.blocks += count;
+        let elapsed_ms = now.saturating_sub(self.since_ms);
+        if elapsed_ms >= CATCH_UP_LOG_MS {
+            let blocks_per_s = self.blocks as f64 * 1_000.0 / elapsed_ms as f64;
+            tracing::info!(target: "node::full", height, blocks_per_s, "catching up by block sync");
+            (self.since_ms, self.blocks) = (now, 0);
+        }
+    }
+
+    fn at_head(&mut self) {
+        if self.catching_up || self.since_ms == 0 {
+            statesync::set_mode("following");
+        }
+        self.catching_up = false;
+        self.since_ms = 1;
+    }
+}
+
 pub struct Follower {
     set: ValidatorSet,
     /// Transport ids, by validator index.
@@ -146,6 +194,7 @@ pub struct Follower {
     forwarder: Option<Forwarder>,
     poll: Poll,
     results_check: ResultCheck,
+    progress: CatchUp,
 }
 
 impl Follower {
@@ -170,6 +219,7 @@ impl Follower {
             forwarder: Some(Forwarder::spawn(w.ingress)?),
             poll: Poll::default(),
             results_check: ResultCheck::default(),
+            progress: CatchUp::default(),
         })
     }
 
@@ -243,7 +293,8 @@ impl Follower {
         let now = kestrel_types::now_ms();
         let blocks = match SyncResponse::decode(&msg.payload) {
             Ok(SyncResponse::Blocks(blocks)) => blocks,
-            Ok(SyncResponse::Payload(_)) => return,
+            // Late answers to state sync, and payloads: nothing a follower asks for.
+            Ok(_) => return,
             Err(err) => {
                 tracing::debug!(target: "node::full", peer = %msg.peer, %err, "undecodable sync response");
                 self.poll.answered(msg.peer, false, now);
@@ -258,6 +309,7 @@ impl Follower {
             .collect();
         if blocks.is_empty() {
             self.poll.answered(msg.peer, false, now);
+            self.progress.at_head();
             return;
         }
         // The transactions our RPC admitted keep the senders ingress recovered.
@@ -285,6 +337,8 @@ impl Follower {
         metrics::counter!(SYNC_BLOCKS_TOTAL).increment(count);
         self.poll.answered(msg.peer, true, now);
         let lag_ms = now.saturating_sub(self.finality.head().block.timestamp_ms);
+        self.progress
+            .followed(count, self.finality.height(), lag_ms, now);
         metrics::gauge!(FULL_NODE_LAG_SECONDS).set(lag_ms as f64 / 1_000.0);
         tracing::debug!(target: "node::full", height = self.finality.height(), blocks = count, "followed finalized blocks");
     }
@@ -312,6 +366,19 @@ mod tests {
             state_root: B256::repeat_byte(root),
             receipts_root: B256::ZERO,
         }
+    }
+
+    #[test]
+    fn catching_up_is_told_from_following_by_the_head_s_age() {
+        let mut progress = CatchUp::default();
+        progress.followed(10, 10, 100, 1_000);
+        assert!(!progress.catching_up);
+        progress.followed(500, 510, CATCH_UP_LAG_MS, 2_000);
+        assert!(progress.catching_up);
+        progress.followed(500, 1_010, CATCH_UP_LAG_MS, 2_000 + CATCH_UP_LOG_MS);
+        assert_eq!(progress.blocks, 0, "logged and counted afresh");
+        progress.at_head();
+        assert!(!progress.catching_up);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use kestrel_consensus::bft;
 
 pub const SYNC_BLOCKS_TOTAL: &str = "kestrel_sync_blocks_total";
 pub const SYNC_ACTIVE: &str = "kestrel_sync_active";
+pub const SYNC_MODE: &str = "kestrel_sync_mode";
 pub const FULL_NODE_LAG_SECONDS: &str = "kestrel_full_node_lag_seconds";
 pub const FULL_NODE_RESULTS_CHECKED: &str = "kestrel_full_node_results_checked_total";
 pub const PAYLOADS_REJECTED: &str = "kestrel_consensus_payloads_rejected_total";
@@ -31,6 +32,10 @@ pub fn describe() {
     metrics::describe_gauge!(
         SYNC_ACTIVE,
         "1 while this validator is catching up by block sync instead of taking part in consensus"
+    );
+    metrics::describe_gauge!(
+        SYNC_MODE,
+        "On a full node: 1 for the way it is getting the chain now (mode: state = state sync, blocks = block sync catching up, following = at the head), 0 for the others"
     );
     metrics::describe_counter!(
         PAYLOADS_REJECTED,

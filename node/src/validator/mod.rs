@@ -22,6 +22,7 @@ mod payloads;
 mod rounds;
 #[cfg(test)]
 mod sim;
+pub mod statesync;
 pub(crate) mod store;
 mod sync;
 mod transport;
@@ -31,7 +32,7 @@ use crate::{cli::NodeArgs, keys::ValidatorKey, testnet};
 use alloy_primitives::{Address, U256};
 use eyre::{WrapErr, bail, eyre};
 use kestrel_consensus::bft::{self, ValidatorId, ValidatorSet};
-use kestrel_net::{NetConfig, Network, PeerConfig, PeerId};
+use kestrel_net::{Inbound, NetConfig, Network, NetworkHandle, PeerConfig, PeerId};
 use kestrel_pipeline::{
     mempool::{IngressHandle, TxPool},
     state::LatestState,
@@ -205,16 +206,30 @@ pub struct Wiring {
     pub execution_delay: u64,
 }
 
-/// Starts the validator network and the driver thread. Call after the metrics recorder is
-/// installed (the network takes its per-peer metric handles at start).
-pub fn start(setup: Setup, wiring: Wiring) -> eyre::Result<thread::JoinHandle<()>> {
+/// The network, started before the driver so that state sync can use it first.
+pub struct Connected {
+    set: ValidatorSet,
+    /// Transport ids, by validator index.
+    ids: Vec<PeerId>,
+    transport: Box<dyn Transport>,
+    inbound: crossbeam_channel::Receiver<Inbound>,
+    /// What the snapshot thread answers through (`None` without a network).
+    handle: Option<NetworkHandle>,
+    secret: secp256k1::SecretKey,
+    me: Option<usize>,
+}
+
+/// Starts the validator network. Call after the metrics recorder is installed (the network
+/// takes its per-peer metric handles at start).
+pub fn connect(setup: Setup, chain_id: u64, status: &ChainStatus) -> eyre::Result<Connected> {
     bft::metrics::describe();
     kestrel_net::describe_metrics();
     metrics::describe();
     forward::describe_metrics();
+    statesync::init_metrics();
     let set = setup.validator_set()?;
     let secret = setup.key.secret_key();
-    let (transport, inbound): (Box<dyn Transport>, _) = match setup.network {
+    let (transport, inbound, handle): (Box<dyn Transport>, _, _) = match setup.network {
         Some(net) => {
             let (listen, addrs) = (net.listen, &net.addrs);
             let peers = setup
@@ -228,7 +243,7 @@ pub fn start(setup: Setup, wiring: Wiring) -> eyre::Result<thread::JoinHandle<()
                     addr: *addr,
                 })
                 .collect();
-            let mut config = NetConfig::new(secret, wiring.spec.chain_id, listen, peers);
+            let mut config = NetConfig::new(secret, chain_id, listen, peers);
             config.full_node = setup.me.is_none();
             config.full_nodes_max = net.full_nodes.max;
             config.full_node_frame_max_bytes = net.full_nodes.frame_max_bytes;
@@ -237,29 +252,83 @@ pub fn start(setup: Setup, wiring: Wiring) -> eyre::Result<thread::JoinHandle<()
             config.preauth_max = net.preauth_max;
             config.preauth_per_ip_max = net.preauth_per_ip_max;
             config.handshake_timeout = net.handshake_timeout;
-            config.connected_count = wiring.status.peers.clone();
+            config.connected_count = status.peers.clone();
             let (network, inbound) = Network::start(config)
                 .wrap_err_with(|| format!("starting the validator network on {listen}"))?;
             tracing::info!(target: "node::validator", listen = %network.local_addr(), driver = ?network.driver(), "validator network started");
-            (Box::new(NetTransport::new(network)), inbound)
+            let handle = network.handle();
+            (Box::new(NetTransport::new(network)), inbound, Some(handle))
         }
-        None => (Box::new(NoPeers), crossbeam_channel::never()),
+        None => (Box::new(NoPeers), crossbeam_channel::never(), None),
     };
+    Ok(Connected {
+        set,
+        ids: setup.validators.iter().map(peer_id).collect(),
+        transport,
+        inbound,
+        handle,
+        secret,
+        me: setup.me,
+    })
+}
+
+/// Fills the empty (or half-restored) database in `datadir` with the state of a recent
+/// finalized block fetched from the validators, and starts the block log at that block
+/// (`statesync/`), unless the validators' snapshots are of blocks below `min_height` (then
+/// the node starts from genesis) or `stop` is set first. A full node's only.
+pub fn state_sync(
+    connected: &Connected,
+    store: &Store,
+    datadir: &Path,
+    stop: &AtomicBool,
+    min_height: u64,
+) -> eyre::Result<()> {
+    assert!(connected.me.is_none(), "state sync is a full node's");
+    let dir = datadir.join(CONSENSUS_DIR);
+    std::fs::create_dir_all(&dir).wrap_err("creating the consensus directory")?;
+    let sync = statesync::StateSync::new(
+        connected.transport.as_ref(),
+        &connected.inbound,
+        store,
+        &connected.set,
+        stop,
+    );
+    match sync.run(&dir, min_height) {
+        Ok(_) | Err(statesync::StateSyncError::Stopped) => Ok(()),
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Starts the driver thread (a validator's consensus driver, or a full node's follower) over
+/// the network `connect` started.
+pub fn start(connected: Connected, wiring: Wiring) -> eyre::Result<thread::JoinHandle<()>> {
+    let Connected {
+        set,
+        ids,
+        transport,
+        inbound,
+        handle,
+        secret,
+        me,
+    } = connected;
     let dir = wiring.datadir.join(CONSENSUS_DIR);
     std::fs::create_dir_all(&dir).wrap_err("creating the consensus directory")?;
-    let ids = setup.validators.iter().map(peer_id).collect();
-    if setup.me.is_none() {
+    if me.is_none() {
         let follower = follower::Follower::new(set, ids, transport, inbound, &dir, wiring)?;
         return Ok(thread::Builder::new()
             .name("follower".into())
             .spawn(move || follower.run())?);
     }
+    let snapshots = handle
+        .map(|handle| statesync::serve::SnapshotServer::spawn(wiring.store.clone(), handle))
+        .transpose()
+        .wrap_err("starting the snapshot thread")?;
     let members = driver::Membership {
         key: bft::ValidatorKey::new(secret),
         set,
         ids,
     };
-    let driver = driver::Driver::new(
+    let mut driver = driver::Driver::new(
         members,
         transport,
         inbound,
@@ -267,6 +336,9 @@ pub fn start(setup: Setup, wiring: Wiring) -> eyre::Result<thread::JoinHandle<()
         wiring,
         clock::Clock::Wall,
     )?;
+    if let Some(snapshots) = snapshots {
+        driver.serve_snapshots(snapshots);
+    }
     Ok(thread::Builder::new()
         .name("consensus".into())
         .spawn(move || driver.run())?)

@@ -104,6 +104,13 @@ impl Driver {
 
     /// A validator's or a full node's request.
     pub(super) fn on_sync_request(&mut self, from: &PeerId, bytes: &[u8]) {
+        if self
+            .snapshots
+            .as_ref()
+            .is_some_and(|s| s.offer(from, bytes))
+        {
+            return;
+        }
         match answer(bytes, self.finality.log(), &self.payloads) {
             Ok(Some(response)) => self
                 .net
@@ -134,6 +141,12 @@ impl Driver {
                 }
             }
             Ok(SyncResponse::Blocks(blocks)) => self.on_synced_blocks(blocks),
+            // State sync's answers: a validator never asks (only a full node state-syncs).
+            Ok(
+                SyncResponse::SnapshotTop(_)
+                | SyncResponse::StateChunk(_)
+                | SyncResponse::SnapshotGone { .. },
+            ) => {}
             Err(err) => {
                 tracing::debug!(target: "node::validator", %err, "undecodable sync response")
             }

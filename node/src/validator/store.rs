@@ -23,7 +23,7 @@ use std::{
 
 const SAFETY_FILE: &str = "safety.rlp";
 /// The block archive's directory, beside the safety file.
-const ARCHIVE_DIR: &str = "archive";
+pub(super) const ARCHIVE_DIR: &str = "archive";
 /// The block log before the archive: moved into it at the first start.
 const LOG_FILE: &str = "blocks.log";
 /// `blocks.log` record header: body length (u32 BE), then the first 4 bytes of keccak256(body).
@@ -228,11 +228,9 @@ impl ChainLog {
             archive,
             head: CommittedBlock::genesis(),
         };
-        if let Some(first) = log.archive.first(RecordKind::Block)
-            && first != 1
-        {
-            return Err(log.corrupt(format!("the archive starts at block {first}, not 1")));
-        }
+        // A log that state sync started holds no block before its base (`ChainLog::start_at`);
+        // any other starts at block 1. Either way the archive checked that its blocks are
+        // consecutive, and the head is checked below.
         if log.height() > 0 {
             let head = log.read(log.height())?;
             if head.block.height != log.height() {
@@ -333,6 +331,19 @@ impl ChainLog {
         self.archive
             .append(block.block.height, &[(RecordKind::Block, &body)])?;
         self.head = block.committed();
+        Ok(())
+    }
+
+    /// Starts an empty log at `base`, the block whose state a state sync fetched
+    /// (`statesync/`), durably: the blocks after it are appended as after any head.
+    pub fn start_at(&mut self, base: &SyncedBlock) -> Result<(), StoreError> {
+        assert_eq!(self.height(), 0, "only an empty log starts at a base");
+        let mut body = Vec::with_capacity(base.length());
+        base.encode(&mut body);
+        self.archive
+            .append(base.block.height, &[(RecordKind::Block, &body)])?;
+        self.archive.sync()?;
+        self.head = base.committed();
         Ok(())
     }
 

@@ -142,6 +142,8 @@ pub fn answer(
         Ok(SyncRequest::Payload(hash)) => payloads
             .get(&hash)
             .map(|payload| SyncResponse::Payload(payload.bytes().clone())),
+        // The snapshot thread's (`statesync::serve`), where this node serves snapshots.
+        Ok(SyncRequest::SnapshotTop { .. } | SyncRequest::StateChunk { .. }) => None,
         Err(err) => {
             tracing::debug!(target: "node::validator", %err, "undecodable sync request");
             None

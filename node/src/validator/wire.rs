@@ -2,6 +2,7 @@
 //! payload, and block sync. Each message is one tag byte and an RLP body; consensus messages keep
 //! the consensus crate's own encoding inside.
 
+use alloy_consensus::Header;
 use alloy_primitives::{B256, Bytes};
 use alloy_rlp::{Decodable, Encodable, RlpDecodable, RlpEncodable};
 use kestrel_consensus::bft::{Block, CommitProof, CommittedBlock, Message, QuorumCert, Unverified};
@@ -16,6 +17,8 @@ pub enum WireError {
     Rlp(#[from] alloy_rlp::Error),
     #[error("{0} trailing bytes")]
     TrailingBytes(usize),
+    #[error("not the canonical encoding")]
+    NonCanonical,
     #[error("consensus message: {0}")]
     Consensus(String),
 }
@@ -121,6 +124,36 @@ pub enum SyncRequest {
     Blocks { from: u64, count: u16 },
     /// The payload with this hash (of a block consensus fetched without it).
     Payload(B256),
+    /// The top of the peer's state snapshot (state sync, `statesync/`): the peer makes one of
+    /// its committed head if it holds none recent. `resume`: the block of the snapshot an
+    /// interrupted sync was fetching (0: none), which the peer gives if it still holds it.
+    SnapshotTop { resume: u64 },
+    /// Chunk `index` of depth `depth` of the peer's snapshot of block `height`.
+    StateChunk { height: u64, depth: u8, index: u32 },
+}
+
+#[derive(RlpEncodable, RlpDecodable)]
+struct StateChunkWire {
+    height: u64,
+    depth: u8,
+    index: u32,
+}
+
+/// What a snapshot's chunks are checked against, as its holder claims it: the syncing node
+/// trusts none of it until block `height`'s state root and hash are proven by a finalized block
+/// that carries them (`statesync/`).
+#[derive(Debug, Clone, PartialEq, Eq, RlpEncodable, RlpDecodable)]
+pub struct SnapshotTop {
+    /// The block whose state the snapshot is.
+    pub height: u64,
+    pub state_root: B256,
+    /// Its chunking: 16^depth chunks.
+    pub depth: u8,
+    /// The account trie's nodes above `depth` (`Reader::snapshot_top`).
+    pub top: Vec<Bytes>,
+    /// The headers of up to `BASE_ANCESTORS` blocks before `height` and its own, oldest first:
+    /// the synced node's `BLOCKHASH` and its base header, checked by their hash chain.
+    pub headers: Vec<Header>,
 }
 
 #[derive(RlpEncodable, RlpDecodable)]
@@ -135,10 +168,21 @@ pub enum SyncResponse {
     /// Consecutive finalized blocks from the height asked for; empty when the peer has none.
     Blocks(Vec<SyncedBlock>),
     Payload(Bytes),
+    SnapshotTop(Box<SnapshotTop>),
+    /// The encoded `StateChunk` asked for (kept as received: its size counts toward the bytes
+    /// state sync moved).
+    StateChunk(Bytes),
+    /// The peer holds no snapshot of the height asked for; `held` is the one it holds (0: none).
+    SnapshotGone {
+        held: u64,
+    },
 }
 
 const TAG_BLOCKS: u8 = 0;
 const TAG_PAYLOAD: u8 = 1;
+const TAG_SNAPSHOT_TOP: u8 = 2;
+const TAG_STATE_CHUNK: u8 = 3;
+const TAG_SNAPSHOT_GONE: u8 = 4;
 
 impl SyncRequest {
     pub fn encode(&self) -> Vec<u8> {
@@ -151,6 +195,21 @@ impl SyncRequest {
                 },
             ),
             Self::Payload(hash) => tagged(TAG_PAYLOAD, hash),
+            // No resume: the tag alone.
+            Self::SnapshotTop { resume: 0 } => vec![TAG_SNAPSHOT_TOP],
+            Self::SnapshotTop { resume } => tagged(TAG_SNAPSHOT_TOP, resume),
+            Self::StateChunk {
+                height,
+                depth,
+                index,
+            } => tagged(
+                TAG_STATE_CHUNK,
+                &StateChunkWire {
+                    height: *height,
+                    depth: *depth,
+                    index: *index,
+                },
+            ),
         }
     }
 
@@ -165,6 +224,20 @@ impl SyncRequest {
                 })
             }
             TAG_PAYLOAD => Ok(Self::Payload(decode_all(body)?)),
+            TAG_SNAPSHOT_TOP if body.is_empty() => Ok(Self::SnapshotTop { resume: 0 }),
+            TAG_SNAPSHOT_TOP => match decode_all(body)? {
+                // Encoded as the tag alone: one encoding per message.
+                0 => Err(WireError::NonCanonical),
+                resume => Ok(Self::SnapshotTop { resume }),
+            },
+            TAG_STATE_CHUNK => {
+                let w: StateChunkWire = decode_all(body)?;
+                Ok(Self::StateChunk {
+                    height: w.height,
+                    depth: w.depth,
+                    index: w.index,
+                })
+            }
             other => Err(WireError::UnknownTag(other)),
         }
     }
@@ -175,6 +248,10 @@ impl SyncResponse {
         match self {
             Self::Blocks(blocks) => tagged(TAG_BLOCKS, blocks),
             Self::Payload(bytes) => tagged(TAG_PAYLOAD, bytes),
+            Self::SnapshotTop(top) => tagged(TAG_SNAPSHOT_TOP, top.as_ref()),
+            // Already an RLP item.
+            Self::StateChunk(chunk) => [&[TAG_STATE_CHUNK], &chunk[..]].concat(),
+            Self::SnapshotGone { held } => tagged(TAG_SNAPSHOT_GONE, held),
         }
     }
 
@@ -183,6 +260,11 @@ impl SyncResponse {
         match *tag {
             TAG_BLOCKS => Ok(Self::Blocks(decode_all(body)?)),
             TAG_PAYLOAD => Ok(Self::Payload(decode_all(body)?)),
+            TAG_SNAPSHOT_TOP => Ok(Self::SnapshotTop(Box::new(decode_all(body)?))),
+            TAG_STATE_CHUNK => Ok(Self::StateChunk(Bytes::copy_from_slice(body))),
+            TAG_SNAPSHOT_GONE => Ok(Self::SnapshotGone {
+                held: decode_all(body)?,
+            }),
             other => Err(WireError::UnknownTag(other)),
         }
     }
@@ -219,6 +301,13 @@ mod tests {
         for req in [
             SyncRequest::Blocks { from: 7, count: 32 },
             SyncRequest::Payload(B256::repeat_byte(3)),
+            SyncRequest::SnapshotTop { resume: 0 },
+            SyncRequest::SnapshotTop { resume: 12_345 },
+            SyncRequest::StateChunk {
+                height: 10_000,
+                depth: 2,
+                index: 255,
+            },
         ] {
             assert_eq!(SyncRequest::decode(&req.encode()).unwrap(), req);
         }
@@ -238,12 +327,31 @@ mod tests {
         for resp in [
             SyncResponse::Blocks(vec![block.clone(), with_proof, block]),
             SyncResponse::Payload(Bytes::from_static(b"xyz")),
+            SyncResponse::SnapshotTop(Box::new(SnapshotTop {
+                height: 7,
+                state_root: B256::repeat_byte(1),
+                depth: 1,
+                top: vec![Bytes::from_static(b"node")],
+                headers: vec![Header::default()],
+            })),
+            SyncResponse::StateChunk(Bytes::from(alloy_rlp::encode(
+                kestrel_storage::snapshot::StateChunk {
+                    depth: 1,
+                    index: 3,
+                    accounts: Vec::new(),
+                },
+            ))),
+            SyncResponse::SnapshotGone { held: 0 },
         ] {
             assert_eq!(SyncResponse::decode(&resp.encode()).unwrap(), resp);
         }
         assert!(matches!(
             SyncRequest::decode(&[9]),
             Err(WireError::UnknownTag(9))
+        ));
+        assert!(matches!(
+            SyncRequest::decode(&[TAG_SNAPSHOT_TOP, 0x80]),
+            Err(WireError::NonCanonical)
         ));
         let mut trailing = SyncRequest::Payload(B256::ZERO).encode();
         trailing.push(0);

@@ -101,6 +101,12 @@ pub fn depth_for(accounts: u64) -> u8 {
 }
 
 impl Reader<'_> {
+    /// How many accounts this snapshot holds (from the table's statistics: no walk), for
+    /// [`depth_for`].
+    pub fn snapshot_accounts(&self) -> Result<u64, StorageError> {
+        Ok(self.txn.table_stat(&self.tables.hashed_accounts)?.entries() as u64)
+    }
+
     /// The state root of this snapshot and the account trie's nodes on paths shorter than
     /// `depth` (RLP, sorted by path): what [`verify::expected_subtries`] checks chunks against.
     pub fn snapshot_top(&self, depth: u8) -> Result<(B256, Vec<Bytes>), StorageError> {

@@ -69,6 +69,9 @@ fn snapshot(store: &Store, depth: u8) -> (B256, Vec<Bytes>, Vec<StateChunk>) {
 #[test]
 fn every_chunk_checks_out_against_the_state_root_at_each_depth() {
     let (_dir, store, root) = store_with(3_000, 1);
+    // The dev accounts besides the 3,000.
+    let accounts = store.view(|r| r.snapshot_accounts().unwrap()).unwrap();
+    assert_eq!(accounts, 3_000 + ChainSpec::dev().alloc.len() as u64);
     for depth in 0..=2 {
         let (served_root, top, chunks) = snapshot(&store, depth);
         assert_eq!(served_root, root);

@@ -1,0 +1,692 @@
+//! State sync (`kestrel node --full --sync state`): a new node fetches the state of a recent
+//! finalized block from the validators, in chunks, instead of executing every block since
+//! genesis; then it follows the chain from that block as any full node does.
+//!
+//! 1. **Tops.** It asks every connected validator for the top of its snapshot
+//!    ([`SyncRequest::SnapshotTop`]; each serves a snapshot of its committed head, held in memory:
+//!    `serve.rs`), and keeps the answer that most validators gave alike (the same block, root,
+//!    chunking and top), or the one its own interrupted restore was of.
+//! 2. **Anchor.** Nothing in a top is trusted yet. It asks for the finalized blocks from the
+//!    snapshot's block `B` on ([`SyncRequest::Blocks`]) and checks them as block sync does: a
+//!    hash chain ending on a commit proof signed by a quorum of the genesis's validator set
+//!    (`sync::verify_chain`), until it holds block `B + D`, which carries `B`'s execution result
+//!    (block hash and state root) that a quorum voted for. The top's state root must be that
+//!    root, its newest header must hash to that block hash, and the older headers must chain to
+//!    it by their parent hashes.
+//! 3. **Chunks.** The top, hashed up to the trusted root, gives each chunk's subtrie hash
+//!    (`snapshot::verify::expected_subtries`). Chunks are asked of every validator that holds the
+//!    same snapshot, several in flight each, and each is checked on arrival against its subtrie
+//!    hash (`verify_chunk`): a validator that serves a bad one is dropped (asked nothing more for
+//!    this sync) and the chunk is asked of another. Checked chunks are written in index order
+//!    (`Store::restore_chunks`), with the count of chunks written in the same transaction: a
+//!    restart resumes after it if a validator still holds that snapshot, and starts over with a
+//!    new one if none does.
+//! 4. **Base.** The account trie is built from the written accounts and its root checked against
+//!    the trusted one once more (`Store::restore_finish`); block `B` starts the block log and
+//!    becomes the database's head and base. Block sync goes on from `B + 1`.
+
+mod fetch;
+pub mod serve;
+
+use self::fetch::Fetch;
+use super::{
+    metrics::{SYNC_BLOCKS_TOTAL, SYNC_MODE},
+    store::ChainLog,
+    sync::{REQUEST_RETRY_MS, SyncError, verify_chain},
+    transport::Transport,
+    wire::{SnapshotTop, SyncRequest, SyncResponse, SyncedBlock},
+};
+use alloy_primitives::B256;
+use crossbeam_channel::Receiver;
+use kestrel_consensus::bft::{SYNC_BLOCKS_MAX, ValidatorSet};
+use kestrel_net::{Inbound, Kind, PeerClass, PeerId};
+use kestrel_storage::{
+    StorageError, Store,
+    snapshot::{
+        StateChunk, chunk_count,
+        restore::{BASE_ANCESTORS, RestoreError, RestoreTarget},
+        verify::{SnapshotError, expected_subtries, verify_chunk},
+    },
+};
+use kestrel_types::ExecutionResult;
+use std::{
+    collections::BTreeSet,
+    path::Path,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+/// How long to collect snapshot tops after asking for them (a validator making its snapshot
+/// reads its whole state first: seconds at millions of accounts).
+const TOPS_WAIT_MS: u64 = 3_000;
+/// Look again for connected validators after this long.
+const PEERS_WAIT_MS: u64 = 100;
+/// Ask again for tops after this long without any answer: a validator first waits for its head
+/// to reach the next aligned block (`serve::SNAPSHOT_ALIGN_BLOCKS`), then reads its state.
+const TOPS_RETRY_MS: u64 = 30_000;
+/// Block requests for the anchor that may go unanswered before the snapshot is given up (and
+/// tops asked again).
+const ANCHOR_UNANSWERED_MAX: usize = 16;
+/// Ask again this long after an answer with no block past our tip.
+const ANCHOR_POLL_MS: u64 = 50;
+/// Checked chunks written per transaction at most (one fsync each).
+const CHUNKS_PER_WRITE_MAX: usize = 16;
+/// Longest wait on the inbound channel, so timeouts and a stop are noticed.
+const IDLE_WAIT: Duration = Duration::from_millis(20);
+
+const TARGET_BLOCK: &str = "kestrel_sync_target_block";
+const CHUNKS: &str = "kestrel_sync_state_chunks";
+const CHUNKS_DONE: &str = "kestrel_sync_state_chunks_done";
+const BYTES: &str = "kestrel_sync_state_bytes_total";
+const BAD_CHUNKS: &str = "kestrel_sync_state_bad_chunks_total";
+const PEERS_DROPPED: &str = "kestrel_sync_state_peers_dropped_total";
+const ACCOUNTS: &str = "kestrel_sync_state_accounts_total";
+
+pub fn describe_metrics() {
+    metrics::describe_gauge!(
+        TARGET_BLOCK,
+        "The block whose state state sync fetches (0: none)"
+    );
+    metrics::describe_gauge!(CHUNKS, "Chunks of the snapshot state sync fetches");
+    metrics::describe_gauge!(
+        CHUNKS_DONE,
+        "Chunks of the snapshot checked and written by state sync"
+    );
+    metrics::describe_counter!(
+        BYTES,
+        metrics::Unit::Bytes,
+        "Bytes of state sync answers received (tops, chunks, anchor blocks)"
+    );
+    metrics::describe_counter!(
+        BAD_CHUNKS,
+        "State chunks that failed their check against the trusted state root"
+    );
+    metrics::describe_counter!(
+        PEERS_DROPPED,
+        "Validators state sync stopped asking because they served a bad chunk or top"
+    );
+    metrics::describe_counter!(ACCOUNTS, "Accounts written by state sync");
+    serve::describe_metrics();
+}
+
+/// Declares the sync metrics and starts them at 0 (mode `following`), so that dashboards and
+/// alerts see every node's series from start-up; state sync and the follower move them.
+pub fn init_metrics() {
+    describe_metrics();
+    metrics::gauge!(TARGET_BLOCK).set(0.0);
+    metrics::gauge!(CHUNKS).set(0.0);
+    metrics::gauge!(CHUNKS_DONE).set(0.0);
+    for counter in [
+        BYTES,
+        BAD_CHUNKS,
+        PEERS_DROPPED,
+        ACCOUNTS,
+        SYNC_BLOCKS_TOTAL,
+    ] {
+        metrics::counter!(counter).absolute(0);
+    }
+    set_mode("following");
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateSyncError {
+    #[error("restore: {0}")]
+    Restore(#[from] RestoreError),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("block log: {0}")]
+    Log(#[from] super::store::StoreError),
+    #[error("removing a block log started at another block: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("stopped")]
+    Stopped,
+}
+
+/// Why a validator's answer is not believed.
+#[derive(Debug, thiserror::Error)]
+enum Lie {
+    #[error("blocks from the snapshot's block: {0}")]
+    Chain(#[from] SyncError),
+    #[error("the first block answered is {got}, not the snapshot's {want}")]
+    WrongFirst { want: u64, got: u64 },
+    #[error("the top's state root is {top}, the finalized result says {result}")]
+    Root { top: B256, result: B256 },
+    #[error("the top's headers do not end on the finalized block {0} or do not chain")]
+    Headers(u64),
+    #[error("the top: {0}")]
+    Top(#[from] SnapshotError),
+}
+
+/// The validators state sync talks to, and what it counts of them.
+pub struct StateSync<'a> {
+    net: &'a dyn Transport,
+    inbound: &'a Receiver<Inbound>,
+    store: &'a Store,
+    set: &'a ValidatorSet,
+    stop: &'a AtomicBool,
+    /// Validators that served a bad top or chunk: never asked again.
+    dropped: BTreeSet<PeerId>,
+    bytes: u64,
+    /// Test only ([`EXIT_AFTER_CHUNKS_ENV`]): stop the process dead once this many chunks are
+    /// written.
+    exit_after: Option<u32>,
+}
+
+/// Test only (tests/testnet): the process exits at once, as if killed, when this many chunks
+/// are written, so that a test can restart it and watch the sync resume.
+const EXIT_AFTER_CHUNKS_ENV: &str = "KESTREL_TEST_STATE_SYNC_EXIT_AFTER_CHUNKS";
+/// The exit code of that exit.
+const EXIT_AFTER_CHUNKS_CODE: i32 = 75;
+
+impl<'a> StateSync<'a> {
+    pub fn new(
+        net: &'a dyn Transport,
+        inbound: &'a Receiver<Inbound>,
+        store: &'a Store,
+        set: &'a ValidatorSet,
+        stop: &'a AtomicBool,
+    ) -> Self {
+        Self {
+            net,
+            inbound,
+            store,
+            set,
+            stop,
+            dropped: BTreeSet::new(),
+            bytes: 0,
+            exit_after: std::env::var(EXIT_AFTER_CHUNKS_ENV)
+                .ok()
+                .and_then(|n| n.parse().ok()),
+        }
+    }
+
+    /// Syncs the state into the empty (or half-restored) store and starts the block log in
+    /// `log_dir` at its block; returns that block's number.
+    ///
+    /// `None` when the snapshots offered are of blocks below `min_height` (and no restore is
+    /// under way): executing that many blocks from genesis is the cheaper way.
+    pub fn run(mut self, log_dir: &Path, min_height: u64) -> Result<Option<u64>, StateSyncError> {
+        let started = Instant::now();
+        set_mode("state");
+        loop {
+            let (top, peers) = self.tops()?;
+            if top.height < min_height && self.store.restore_progress()?.is_none() {
+                tracing::info!(target: "node::statesync", block = top.height, min_height, "the chain is short: syncing from genesis instead");
+                set_mode("blocks");
+                return Ok(None);
+            }
+            let Some((base, result)) = self.anchor(&top, &peers)? else {
+                continue;
+            };
+            let expected = match check_top(&top, &result) {
+                Ok(expected) => expected,
+                Err(lie) => {
+                    for peer in &peers {
+                        self.drop_peer(peer, &lie.to_string());
+                    }
+                    continue;
+                }
+            };
+            let target = RestoreTarget {
+                number: top.height,
+                state_root: result.state_root,
+                depth: top.depth,
+            };
+            if !self.chunks(target, &expected, peers)? {
+                continue;
+            }
+            // The log first: a crash before the database's head moves leaves a complete
+            // restore, which the next start finishes with whichever snapshot it then finds.
+            let mut log = ChainLog::open(log_dir)?;
+            if log.height() != 0 && log.head().block.id() != base.block.id() {
+                drop(log);
+                std::fs::remove_dir_all(log_dir.join(super::store::ARCHIVE_DIR))?;
+                log = ChainLog::open(log_dir)?;
+            }
+            if log.height() == 0 {
+                log.start_at(&base)?;
+            }
+            let headers = &top.headers;
+            let ancestors: Vec<B256> = headers[..headers.len() - 1]
+                .iter()
+                .map(|h| h.hash_slow())
+                .collect();
+            self.store
+                .restore_finish(headers.last().expect("checked"), &ancestors)?;
+            tracing::info!(target: "node::statesync", block = top.height, root = %result.state_root, bytes = self.bytes, elapsed_s = started.elapsed().as_secs_f64(), "state sync done; block sync goes on from the next block");
+            set_mode("blocks");
+            return Ok(Some(top.height));
+        }
+    }
+
+    /// Waits for the next answer from a validator, up to `until`; `None` at `until`.
+    fn next_answer(
+        &mut self,
+        until: Instant,
+    ) -> Result<Option<(PeerId, SyncResponse)>, StateSyncError> {
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return Err(StateSyncError::Stopped);
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Ok(None);
+            }
+            let msg = match self.inbound.recv_timeout((until - now).min(IDLE_WAIT)) {
+                Ok(msg) => msg,
+                Err(_) => continue,
+            };
+            if msg.class != PeerClass::Validator || msg.kind != Kind::SyncResponse {
+                continue;
+            }
+            self.bytes += msg.payload.len() as u64;
+            metrics::counter!(BYTES).increment(msg.payload.len() as u64);
+            match SyncResponse::decode(&msg.payload) {
+                Ok(response) => return Ok(Some((msg.peer, response))),
+                Err(err) => {
+                    tracing::debug!(target: "node::statesync", peer = %msg.peer, %err, "undecodable answer")
+                }
+            }
+        }
+    }
+
+    fn peers(&self) -> Vec<PeerId> {
+        self.net
+            .connected_peers()
+            .into_iter()
+            .filter(|p| !self.dropped.contains(p))
+            .collect()
+    }
+
+    fn drop_peer(&mut self, peer: &PeerId, why: &str) {
+        if self.dropped.insert(*peer) {
+            metrics::counter!(PEERS_DROPPED).increment(1);
+            tracing::warn!(target: "node::statesync", %peer, why, "dropped a validator from state sync");
+        }
+    }
+
+    /// Asks every validator for its snapshot's top; the top most of them gave (or the one an
+    /// interrupted restore was of), with the validators that gave it.
+    fn tops(&mut self) -> Result<(SnapshotTop, Vec<PeerId>), StateSyncError> {
+        let resuming = self.store.restore_progress()?.map(|p| p.target);
+        loop {
+            let peers = self.peers();
+            if peers.is_empty() {
+                // Not connected yet (the handshakes take a moment after start).
+                self.next_answer(Instant::now() + Duration::from_millis(PEERS_WAIT_MS))?;
+                continue;
+            }
+            for peer in &peers {
+                self.net.send(
+                    peer,
+                    Kind::SyncRequest,
+                    SyncRequest::SnapshotTop {
+                        resume: resuming.map_or(0, |r| r.number),
+                    }
+                    .encode()
+                    .into(),
+                );
+            }
+            let asked = Instant::now();
+            let mut until = asked + Duration::from_millis(TOPS_RETRY_MS);
+            let mut tops: Vec<(SnapshotTop, Vec<PeerId>)> = Vec::new();
+            while let Some((peer, answer)) = self.next_answer(until)? {
+                let SyncResponse::SnapshotTop(top) = answer else {
+                    continue;
+                };
+                if tops.is_empty() {
+                    until = Instant::now() + Duration::from_millis(TOPS_WAIT_MS);
+                }
+                match tops.iter_mut().find(|(t, _)| *t == *top) {
+                    Some((_, from)) if !from.contains(&peer) => from.push(peer),
+                    Some(_) => {}
+                    None => tops.push((*top, vec![peer])),
+                }
+                if tops.iter().map(|(_, from)| from.len()).sum::<usize>() == peers.len() {
+                    break;
+                }
+            }
+            let same_as_before = |t: &SnapshotTop| {
+                resuming.is_some_and(|r| {
+                    (r.number, r.state_root, r.depth) == (t.height, t.state_root, t.depth)
+                })
+            };
+            let best = tops
+                .into_iter()
+                .max_by_key(|(top, from)| (same_as_before(top), from.len(), top.height));
+            if let Some((top, from)) = best {
+                tracing::info!(target: "node::statesync", block = top.height, depth = top.depth, validators = from.len(), resuming = same_as_before(&top), "chose a snapshot");
+                metrics::gauge!(TARGET_BLOCK).set(top.height as f64);
+                return Ok((top, from));
+            }
+            tracing::info!(target: "node::statesync", validators = peers.len(), "no snapshot offered yet; asking again");
+        }
+    }
+
+    /// The finalized blocks from the snapshot's block to the one carrying its execution result,
+    /// checked; the snapshot's block and that result. `None` if none of `peers` gave them.
+    fn anchor(
+        &mut self,
+        top: &SnapshotTop,
+        peers: &[PeerId],
+    ) -> Result<Option<(SyncedBlock, ExecutionResult)>, StateSyncError> {
+        let mut base: Option<SyncedBlock> = None;
+        let mut tip: Option<SyncedBlock> = None;
+        let mut turn = 0;
+        let mut unanswered = 0;
+        loop {
+            let live: Vec<&PeerId> = peers.iter().filter(|p| !self.dropped.contains(p)).collect();
+            if live.is_empty() || unanswered > ANCHOR_UNANSWERED_MAX {
+                return Ok(None);
+            }
+            let peer = *live[turn % live.len()];
+            turn += 1;
+            let from = tip.as_ref().map_or(top.height, |t| t.block.height + 1);
+            let request = SyncRequest::Blocks {
+                from,
+                count: SYNC_BLOCKS_MAX as u16,
+            };
+            self.net
+                .send(&peer, Kind::SyncRequest, request.encode().into());
+            let until = Instant::now() + Duration::from_millis(REQUEST_RETRY_MS);
+            let blocks = loop {
+                match self.next_answer(until)? {
+                    Some((from_peer, SyncResponse::Blocks(blocks))) if from_peer == peer => {
+                        break Some(blocks);
+                    }
+                    Some(_) => continue,
+                    None => break None,
+                }
+            };
+            let Some(mut blocks) = blocks else {
+                unanswered += 1;
+                continue;
+            };
+            if blocks.is_empty() {
+                // Nothing final after our tip yet: the result comes D blocks later.
+                std::thread::sleep(Duration::from_millis(ANCHOR_POLL_MS));
+                continue;
+            }
+            let checked = match &tip {
+                None => {
+                    let first = blocks.remove(0);
+                    if first.block.height != top.height {
+                        self.drop_peer(
+                            &peer,
+                            &Lie::WrongFirst {
+                                want: top.height,
+                                got: first.block.height,
+                            }
+                            .to_string(),
+                        );
+                        continue;
+                    }
+                    let proven = match (&first.proof, blocks.is_empty()) {
+                        (Some(proof), _) => {
+                            proof.verify(&first.block, self.set).map_err(|source| {
+                                SyncError::BadCommitProof {
+                                    height: first.block.height,
+                                    source,
+                                }
+                            })
+                        }
+                        (None, true) => Err(SyncError::NoCommitProof {
+                            height: first.block.height,
+                        }),
+                        (None, false) => Ok(()),
+                    };
+                    proven
+                        .and_then(|()| verify_chain(&first.committed(), &blocks, self.set, None))
+                        .map(|_| Some(first))
+                }
+                Some(tip) => verify_chain(&tip.committed(), &blocks, self.set, None).map(|_| None),
+            };
+            match checked {
+                Ok(first) => {
+                    if let Some(first) = first {
+                        base = Some(first);
+                    }
+                }
+                Err(err) => {
+                    self.drop_peer(&peer, &Lie::Chain(err).to_string());
+                    continue;
+                }
+            }
+            let result = blocks
+                .iter()
+                .filter_map(|b| b.block.delayed_result)
+                .find(|r| r.number == top.height);
+            if let Some(result) = result {
+                let base = base.expect("set with the first answer");
+                tracing::info!(target: "node::statesync", block = top.height, root = %result.state_root, "the snapshot's block is final and its result certified");
+                return Ok(Some((base, result)));
+            }
+            if let Some(last) = blocks.pop() {
+                tip = Some(last);
+            } else if tip.is_none() {
+                tip = base.clone();
+            }
+        }
+    }
+
+    /// Fetches, checks and writes every chunk of `target` not written yet. False if every
+    /// validator holding the snapshot was dropped or let it go first.
+    fn chunks(
+        &mut self,
+        target: RestoreTarget,
+        expected: &[Option<B256>],
+        peers: Vec<PeerId>,
+    ) -> Result<bool, StateSyncError> {
+        let count = chunk_count(target.depth);
+        let done = match self.store.restore_progress()? {
+            Some(p) if p.target == target => {
+                tracing::info!(target: "node::statesync", block = target.number, done = p.chunks_done, count, "resuming a state restore");
+                p.chunks_done
+            }
+            _ => {
+                self.store.restore_start(target)?;
+                0
+            }
+        };
+        metrics::gauge!(CHUNKS).set(f64::from(count));
+        metrics::gauge!(CHUNKS_DONE).set(f64::from(done));
+        let mut fetch = Fetch::new(done, count, peers);
+        let mut last_log = Instant::now();
+        while fetch.written < count {
+            let now = Instant::now();
+            // A validator that disconnected has lost its requests: ask the others at once.
+            let connected = self.net.connected_peers();
+            let gone: Vec<PeerId> = fetch
+                .peers
+                .keys()
+                .filter(|p| !connected.contains(p))
+                .copied()
+                .collect();
+            for peer in gone {
+                tracing::info!(target: "node::statesync", %peer, "a validator disconnected: its chunks go to the others");
+                fetch.forget(&peer);
+            }
+            for (peer, index) in fetch.requests(now, &self.dropped) {
+                let request = SyncRequest::StateChunk {
+                    height: target.number,
+                    depth: target.depth,
+                    index,
+                };
+                self.net
+                    .send(&peer, Kind::SyncRequest, request.encode().into());
+            }
+            if fetch.peers.is_empty() {
+                tracing::warn!(target: "node::statesync", block = target.number, written = fetch.written, "no validator serves this snapshot any more; choosing another");
+                return Ok(false);
+            }
+            let Some((peer, answer)) = self.next_answer(now + IDLE_WAIT)? else {
+                continue;
+            };
+            match answer {
+                SyncResponse::StateChunk(bytes) => {
+                    let chunk: StateChunk = match super::wire::decode_all(&bytes) {
+                        Ok(chunk) => chunk,
+                        Err(err) => {
+                            self.bad_chunk(&mut fetch, &peer, &err.to_string());
+                            continue;
+                        }
+                    };
+                    if !fetch.is_pending(&peer, chunk.index) {
+                        continue;
+                    }
+                    if let Err(err) = verify_chunk(
+                        target.depth,
+                        chunk.index,
+                        expected[chunk.index as usize],
+                        &chunk,
+                    ) {
+                        self.bad_chunk(&mut fetch, &peer, &err.to_string());
+                        continue;
+                    }
+                    fetch.received(&peer, chunk);
+                    self.write_ready(&mut fetch)?;
+                }
+                SyncResponse::SnapshotGone { held } => {
+                    tracing::info!(target: "node::statesync", %peer, held, "a validator no longer holds the snapshot");
+                    fetch.forget(&peer);
+                }
+                _ => {}
+            }
+            if last_log.elapsed() >= Duration::from_secs(5) {
+                last_log = Instant::now();
+                tracing::info!(target: "node::statesync", block = target.number, written = fetch.written, count, bytes = self.bytes, validators = fetch.peers.len(), "state sync progress");
+            }
+        }
+        Ok(true)
+    }
+
+    fn bad_chunk(&mut self, fetch: &mut Fetch, peer: &PeerId, why: &str) {
+        metrics::counter!(BAD_CHUNKS).increment(1);
+        fetch.forget(peer);
+        self.drop_peer(peer, why);
+    }
+
+    /// Writes the checked chunks that follow the last written one.
+    fn write_ready(&mut self, fetch: &mut Fetch) -> Result<(), StateSyncError> {
+        loop {
+            let mut batch = Vec::new();
+            while batch.len() < CHUNKS_PER_WRITE_MAX
+                && let Some(chunk) = fetch.ready.remove(&(fetch.written + batch.len() as u32))
+            {
+                batch.push(chunk);
+            }
+            if batch.is_empty() {
+                return Ok(());
+            }
+            let accounts: usize = batch.iter().map(|c| c.accounts.len()).sum();
+            fetch.written = self.store.restore_chunks(&batch)?;
+            metrics::counter!(ACCOUNTS).increment(accounts as u64);
+            metrics::gauge!(CHUNKS_DONE).set(f64::from(fetch.written));
+            if self.exit_after.is_some_and(|n| fetch.written >= n) {
+                tracing::warn!(target: "node::statesync", written = fetch.written, "TEST: exiting in the middle of the state sync");
+                std::process::exit(EXIT_AFTER_CHUNKS_CODE);
+            }
+        }
+    }
+}
+
+/// Sets `kestrel_sync_mode`: 1 for the mode the node is in, 0 for the others.
+pub fn set_mode(mode: &'static str) {
+    for m in ["state", "blocks", "following"] {
+        metrics::gauge!(SYNC_MODE, "mode" => m).set(if m == mode { 1.0 } else { 0.0 });
+    }
+}
+
+/// Checks a top against the finalized result of its block; each chunk's expected subtrie hash.
+fn check_top(top: &SnapshotTop, result: &ExecutionResult) -> Result<Vec<Option<B256>>, Lie> {
+    if top.state_root != result.state_root {
+        return Err(Lie::Root {
+            top: top.state_root,
+            result: result.state_root,
+        });
+    }
+    let headers = &top.headers;
+    let bad = || Lie::Headers(top.height);
+    let newest = headers.last().ok_or_else(bad)?;
+    let wanted = BASE_ANCESTORS.min(top.height) as usize + 1;
+    if headers.len() != wanted
+        || newest.number != top.height
+        || newest.hash_slow() != result.block_hash
+        || newest.state_root != result.state_root
+    {
+        return Err(bad());
+    }
+    for pair in headers.windows(2) {
+        if pair[1].parent_hash != pair[0].hash_slow() || pair[1].number != pair[0].number + 1 {
+            return Err(bad());
+        }
+    }
+    Ok(expected_subtries(result.state_root, top.depth, &top.top)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use alloy_consensus::Header;
+
+    fn headers(n: u64) -> Vec<Header> {
+        let mut out: Vec<Header> = Vec::new();
+        for number in 0..=n {
+            out.push(Header {
+                number,
+                parent_hash: out.last().map_or(B256::ZERO, |h| h.hash_slow()),
+                state_root: B256::repeat_byte(number as u8),
+                ..Default::default()
+            });
+        }
+        out
+    }
+
+    /// A top is believed only as far as the certified result of its block: its root, its
+    /// newest header's hash, and the older headers' hash chain.
+    #[test]
+    fn a_top_must_match_the_certified_result() {
+        let headers = headers(5);
+        let newest = headers.last().unwrap();
+        let result = ExecutionResult {
+            number: 5,
+            block_hash: newest.hash_slow(),
+            state_root: newest.state_root,
+            receipts_root: B256::ZERO,
+        };
+        let top = SnapshotTop {
+            height: 5,
+            state_root: newest.state_root,
+            depth: 0,
+            top: Vec::new(),
+            headers: headers.clone(),
+        };
+        assert_eq!(
+            check_top(&top, &result).unwrap(),
+            vec![Some(newest.state_root)]
+        );
+
+        let wrong_root = SnapshotTop {
+            state_root: B256::repeat_byte(0xaa),
+            ..top.clone()
+        };
+        assert!(matches!(
+            check_top(&wrong_root, &result),
+            Err(Lie::Root { .. })
+        ));
+        let mut broken = top.clone();
+        broken.headers[2].gas_limit += 1;
+        assert!(matches!(check_top(&broken, &result), Err(Lie::Headers(5))));
+        let mut short = top.clone();
+        short.headers.remove(0);
+        assert!(matches!(check_top(&short, &result), Err(Lie::Headers(5))));
+        let other_block = ExecutionResult {
+            block_hash: B256::repeat_byte(1),
+            ..result
+        };
+        assert!(matches!(
+            check_top(&top, &other_block),
+            Err(Lie::Headers(5))
+        ));
+    }
+}
