@@ -20,6 +20,7 @@ mod proof;
 pub mod snapshot;
 mod tables;
 mod trie;
+mod tx_index;
 mod writer;
 
 #[cfg(test)]
@@ -41,6 +42,7 @@ use crate::{
     blocks::Blocks,
     codec::AccountRecord,
     tables::{HEAD_KEY, Tables},
+    tx_index::RecentTxs,
 };
 use alloy_consensus::{Header, ReceiptEnvelope};
 use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
@@ -166,6 +168,7 @@ pub struct Store {
     archive: Blocks,
     blocks: BlockCache,
     history: HistoryWindow,
+    tx_index: RecentTxs,
 }
 
 /// The most recent decoded blocks, by number. A committed block never changes (only finalized
@@ -195,6 +198,7 @@ pub struct Reader<'s> {
     tables: Tables<'s>,
     archive: &'s Blocks,
     blocks: &'s BlockCache,
+    tx_index: &'s RecentTxs,
 }
 
 /// Declares the storage metrics; call once after installing the recorder.
@@ -220,6 +224,7 @@ pub fn describe_metrics() {
     );
     history::describe_metrics();
     blocks::describe_metrics();
+    tx_index::describe_metrics();
 }
 
 impl Store {
@@ -266,11 +271,17 @@ impl Store {
         history::init(&txn, &Tables::open(&txn)?)?;
         txn.commit()?;
         let archive = Blocks::open(dir, archive, &db)?;
+        let tx_index = {
+            let txn = db.begin_ro_txn()?;
+            let tables = Tables::open(&txn)?;
+            RecentTxs::open(&txn, &tables, &archive, read_head(&txn, &tables)?)?
+        };
         Ok(Self {
             db,
             archive,
             blocks: BlockCache::default(),
             history: HistoryWindow::default(),
+            tx_index,
         })
     }
 
@@ -335,6 +346,7 @@ impl Store {
             tables: Tables::open(&txn)?,
             archive: &self.archive,
             blocks: &self.blocks,
+            tx_index: &self.tx_index,
         };
         Ok(f(&reader))
     }
@@ -348,6 +360,8 @@ impl Store {
             appended: None,
             history: self.history,
             recorder: None,
+            tx_index: &self.tx_index,
+            inserted: Vec::new(),
         })
     }
 }
@@ -511,6 +525,12 @@ impl ChainView for Reader<'_> {
     }
 
     fn tx_location(&self, hash: B256) -> Result<Option<(BlockNumber, u32)>, StorageError> {
+        let Some(head) = self.head()? else {
+            return Ok(None);
+        };
+        if let Some(location) = self.tx_index.get(&hash, head) {
+            return Ok(Some(location));
+        }
         self.txn
             .get::<Cow<'_, [u8]>>(&self.tables.tx_locations, hash)?
             .map(|bytes| codec::decode_tx_location(tables::TX_LOCATIONS, &bytes))
