@@ -617,7 +617,8 @@ fn a_bad_part_is_caught() {
     let middle = parts.len() / 2;
 
     type Damage = fn(&mut Vec<StatePart>, usize);
-    let framing: [(&str, Damage, fn(&SnapshotError) -> bool); 6] = [
+    type Expect = fn(&SnapshotError) -> bool;
+    let framing: [(&str, Damage, Expect); 6] = [
         (
             "a part left out",
             |p, m| {
