@@ -268,8 +268,8 @@ impl Serving {
 
     /// Reads the snapshot of the first committed head at or past the next multiple of
     /// [`SNAPSHOT_ALIGN_BLOCKS`] (each validator then snapshots the same block, so a syncing node
-    /// can take chunks from all of them), at the depth for its size, or deeper if a chunk would
-    /// not fit a frame. The head is watched in read transactions a millisecond apart, and the
+    /// can take chunks from all of them), at the depth for its size, each chunk in parts that fit
+    /// a frame. The head is watched in read transactions a millisecond apart, and the
     /// snapshot read in the one that first sees the head there; a head that does not get there
     /// within [`SNAPSHOT_ALIGN_WAIT_MS`] (a stalled chain) is taken as it is.
     fn make(&self) -> Result<Held, ServeError> {
