@@ -19,10 +19,11 @@
 //!    (`snapshot::parts`), all asked of the validator that served its part 0 and put together as
 //!    they come (`fetch.rs`). Each whole chunk is checked against its subtrie hash
 //!    (`verify_chunk`): a validator that serves a bad one, or a misframed part, is dropped (asked
-//!    nothing more for this sync) and the whole chunk is asked of another. Checked chunks are written in index order
-//!    (`Store::restore_chunks`), with the count of chunks written in the same transaction: a
-//!    restart resumes after it if a validator still holds that snapshot, and starts over with a
-//!    new one if none does.
+//!    nothing more for this sync) and the whole chunk is asked of another. Checked chunks are
+//!    written in index order (`Store::restore_chunks`), with the count of chunks written in the
+//!    same transaction: a restart resumes after it (whole chunks: a chunk half fetched is fetched
+//!    again) if a validator still holds that snapshot, and starts over with a new one if none
+//!    does.
 //! 4. **Base.** The account trie is built from the written accounts and its root checked against
 //!    the trusted one once more (`Store::restore_finish`); block `B` starts the block log and
 //!    becomes the database's head and base. Block sync goes on from `B + 1`.

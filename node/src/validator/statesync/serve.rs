@@ -7,8 +7,9 @@
 //! whole sync would keep every page the commits free meanwhile from being reused (the file grows
 //! with the chain's writes for as long as the sync lasts). So the snapshot is read once, in one
 //! read transaction (one pass over the hashed tables, `Reader::snapshot_chunks`), each chunk cut
-//! into its parts (`snapshot::parts::cut`) and encoded, and kept: about 35 bytes a funded account without code or storage (35 MB for 1,000,000 of them,
-//! BENCHMARKS.md), until nobody asked for it for [`SNAPSHOT_IDLE_SECS`]. It is of the first
+//! into its parts (`snapshot::parts::cut`) and encoded, and kept: about 35 bytes a funded account
+//! without code or storage (35 MB for 1,000,000 of them) and 38 a token's slot (BENCHMARKS.md),
+//! until nobody asked for it for [`SNAPSHOT_IDLE_SECS`]. It is of the first
 //! block at a multiple of [`SNAPSHOT_ALIGN_BLOCKS`] after the request, so that validators asked
 //! together snapshot the same block. A snapshot that was just made, or that a sync is still reading, is
 //! given again to the next node that asks for a top ([`SNAPSHOT_FRESH_MS`], [`SNAPSHOT_BUSY_MS`]),
