@@ -106,7 +106,7 @@ fn write_json(
     let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
     let head = genesis.to_string();
     // The object without its closing brace, then the alloc as its last member.
-    out.write_all(head[..head.len() - 1].as_bytes())?;
+    out.write_all(&head.as_bytes()[..head.len() - 1])?;
     out.write_all(b",\"alloc\":{")?;
     let mut first = true;
     for (address, entry) in alloc {
