@@ -5,7 +5,8 @@
 #   benches/e2e.sh                       # 100,000 senders, transfer/ERC-20 mix, 60 s at 10,250 tx/s
 #   DURATION=10 ACCOUNTS=10000 RATE=5000 benches/e2e.sh
 #   SKIP_ANVIL=1 benches/e2e.sh          # Kestrel only
-#   GENESIS_EXTRA_ACCOUNTS=9900000 SKIP_ANVIL=1 benches/e2e.sh  # the senders in a 10M-account state
+#   GENESIS_EXTRA_ACCOUNTS=9900000 START_TIMEOUT_S=900 SKIP_ANVIL=1 benches/e2e.sh
+#                                        # the senders in a 10M-account state (a ~700 MB genesis)
 #   WORKLOAD=swap PAIRS=10 benches/e2e.sh # Uniswap-V2-style swaps over 10 pairs
 #   KESTREL_BIN, KESTREL_LOADGEN_BIN     # other binaries than $CARGO_TARGET_DIR/release/*
 #   KESTREL_ARGS="--executor parallel"   # more `kestrel node` flags (word-split)
@@ -41,7 +42,7 @@ BLOCK_TIME_MS="${BLOCK_TIME_MS:-500}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT="${OUT:-$TARGET/e2e-bench/$(date -u +%Y%m%dT%H%M%SZ)}"
 ANVIL="${ANVIL:-$ROOT/tests/e2e/node_modules/.bin/anvil}"
-START_TIMEOUT_S=120
+START_TIMEOUT_S="${START_TIMEOUT_S:-120}"
 
 mkdir -p "$OUT"
 echo "e2e: results in $OUT"
