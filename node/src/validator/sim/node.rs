@@ -22,13 +22,14 @@ use kestrel_pipeline::{
     status::ChainStatus,
 };
 use kestrel_storage::{ChainView, Durability, Overlay, Store};
-use kestrel_types::{ChainSpec, ExecutionResult, OrderedBlock};
+use kestrel_types::{ChainSpec, ExecutionResult, OrderedBlock, SealedBlock};
 use std::{
     path::Path,
     sync::{Arc, atomic::AtomicU64},
     thread::JoinHandle,
-    time::Duration,
+    time::{Duration, Instant},
 };
+use tokio::sync::broadcast::{self, error::TryRecvError};
 
 /// Execution and commit of a handful of small blocks take milliseconds; this long means a stage
 /// died or hung.
@@ -52,6 +53,8 @@ pub struct Process {
     logged: Receiver<OrderedBlock>,
     execute: Sender<OrderedBlock>,
     results: Receiver<ExecutionResult>,
+    /// Blocks as the commit stage publishes them (`execute` waits for them).
+    committed: broadcast::Receiver<Arc<SealedBlock>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -67,6 +70,7 @@ impl Process {
         for field in [&status.proposed, &status.executed, &status.committed] {
             ChainStatus::set(field, head);
         }
+        let committed = status.committed_blocks.subscribe();
         let pool = Arc::new(TxPool::new());
         let state = LatestState {
             store: store.clone(),
@@ -113,6 +117,7 @@ impl Process {
             logged,
             execute: stages.blocks,
             results: stages.results,
+            committed,
             threads,
         })
     }
@@ -129,13 +134,36 @@ impl Process {
             self.execute.send(block).expect("execution stage running");
             sent += 1;
         }
-        (0..sent)
+        let results: Vec<ExecutionResult> = (0..sent)
             .map(|_| {
                 self.results
                     .recv_timeout(EXECUTION_WAIT)
                     .expect("execution and commit answer")
             })
-            .collect()
+            .collect();
+        // Results reach ordering before the commit; the simulation goes on once the blocks are
+        // committed (readable, the pool's nonces advanced), so that a run does not depend on
+        // the commit thread's timing.
+        if let Some(last) = results.last() {
+            self.wait_committed(last.number);
+        }
+        results
+    }
+
+    /// Waits until the commit stage has published block `number`.
+    fn wait_committed(&mut self, number: u64) {
+        let deadline = Instant::now() + EXECUTION_WAIT;
+        loop {
+            match self.committed.try_recv() {
+                Ok(block) if block.header.number >= number => return,
+                Ok(_) | Err(TryRecvError::Lagged(_)) => continue,
+                Err(TryRecvError::Empty) => {
+                    assert!(Instant::now() < deadline, "block {number} not committed");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(TryRecvError::Closed) => panic!("the commit stage is gone"),
+            }
+        }
     }
 
     /// Submits a raw transaction through the ingress stage, as RPC does.
@@ -155,13 +183,14 @@ impl Process {
             logged,
             execute,
             results,
+            committed,
             threads,
         } = self;
         drop((driver, ingress, logged, execute, runtime));
         for t in threads {
             t.join().expect("a stage panicked");
         }
-        drop(results);
+        drop((results, committed));
         assert_eq!(Arc::strong_count(&store), 1, "the database is still open");
     }
 }
