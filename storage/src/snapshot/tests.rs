@@ -61,6 +61,19 @@ fn store_with_token(
     (dir, store, root)
 }
 
+/// A fresh store that has started restoring block 3's state, of root `root`, at `depth`.
+fn restoring_store(root: B256, depth: u8) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), Durability::Unsynced).unwrap();
+    let target = crate::snapshot::restore::RestoreTarget {
+        number: 3,
+        state_root: root,
+        depth,
+    };
+    store.restore_start(target).unwrap();
+    (dir, store)
+}
+
 fn snapshot(store: &Store, depth: u8) -> (B256, Vec<Bytes>, Vec<StateChunk>) {
     store
         .view(|r| {
@@ -482,19 +495,10 @@ fn a_restored_store_holds_the_state_from_its_base_block_on() {
 /// A chunk damaged after it was checked (a bug, or the disk) is caught by the whole-root check.
 #[test]
 fn the_whole_root_is_checked_at_the_end() {
-    use crate::snapshot::restore::RestoreTarget;
     let (_src_dir, source, header, ancestors) = source_at_block_3();
     let (root, _, mut chunks) = snapshot(&source, 0);
     chunks[0].accounts[10].balance += U256::from(1);
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(dir.path(), Durability::Unsynced).unwrap();
-    store
-        .restore_start(RestoreTarget {
-            number: 3,
-            state_root: root,
-            depth: 0,
-        })
-        .unwrap();
+    let (_dir, store) = restoring_store(root, 0);
     store.restore_chunks(&chunks).unwrap();
     assert!(matches!(
         store.restore_finish(&header, &ancestors),
@@ -540,7 +544,6 @@ const PART_BUDGET_BYTES: usize = 64 << 10;
 /// trusted root.
 #[test]
 fn an_account_larger_than_a_part_round_trips_through_parts() {
-    use crate::snapshot::restore::RestoreTarget;
     let (_src_dir, source, header, ancestors) = source_at_block_3_with_token(20_000);
     let depth = 1;
     let (root, top, chunks) = snapshot(&source, depth);
@@ -577,15 +580,7 @@ fn an_account_larger_than_a_part_round_trips_through_parts() {
         assembled.push(chunk);
     }
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open_with(dir.path(), Durability::Unsynced).unwrap();
-    store
-        .restore_start(RestoreTarget {
-            number: 3,
-            state_root: root,
-            depth,
-        })
-        .unwrap();
+    let (_dir, store) = restoring_store(root, depth);
     assert_eq!(store.restore_chunks(&assembled).unwrap(), 16);
     store.restore_finish(&header, &ancestors).unwrap();
     assert_eq!(
