@@ -237,8 +237,9 @@ impl Admitter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloy_consensus::{SignableTransaction, TxEip1559, TxEnvelope};
-    use alloy_primitives::{Address, Signature, TxKind};
+    use crate::validator::test_tx::sign;
+    use alloy_consensus::{TxEip1559, TxEnvelope};
+    use alloy_primitives::{Address, TxKind};
     use kestrel_consensus::bft::ValidatorKey;
 
     /// A real signed transaction with `calldata_bytes` of calldata.
@@ -252,13 +253,7 @@ mod tests {
             input: vec![1; calldata_bytes].into(),
             ..Default::default()
         };
-        let secret = secp256k1::SecretKey::from_byte_array(&[7; 32]).unwrap();
-        let msg = secp256k1::Message::from_digest(tx.signature_hash().0);
-        let (rec, bytes) = secp256k1::SECP256K1
-            .sign_ecdsa_recoverable(&msg, &secret)
-            .serialize_compact();
-        let sig = Signature::from_bytes_and_parity(&bytes, i32::from(rec) != 0);
-        RecoveredTx::recover(TxEnvelope::Eip1559(tx.into_signed(sig))).unwrap()
+        sign(tx, TxEnvelope::Eip1559)
     }
 
     #[test]

@@ -25,6 +25,8 @@ mod sim;
 pub mod statesync;
 pub(crate) mod store;
 mod sync;
+#[cfg(test)]
+mod test_tx;
 mod transport;
 mod wire;
 

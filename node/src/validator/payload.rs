@@ -378,21 +378,9 @@ impl<T> Request<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validator::test_tx::sign;
     use alloy_consensus::{SignableTransaction, TxEip1559, TxEip7702, TxEnvelope};
     use alloy_primitives::{Signature, TxKind, U256};
-
-    fn sign<T: SignableTransaction<Signature>>(
-        tx: T,
-        wrap: fn(alloy_consensus::Signed<T>) -> TxEnvelope,
-    ) -> RecoveredTx {
-        let secret = secp256k1::SecretKey::from_slice(&[7; 32]).unwrap();
-        let msg = secp256k1::Message::from_digest(tx.signature_hash().0);
-        let (rec, bytes) = secp256k1::SECP256K1
-            .sign_ecdsa_recoverable(&msg, &secret)
-            .serialize_compact();
-        let sig = Signature::from_bytes_and_parity(&bytes, i32::from(rec) != 0);
-        RecoveredTx::recover(wrap(tx.into_signed(sig))).unwrap()
-    }
 
     /// A signed transfer of 1 wei from the test key, at `nonce`.
     fn transfer(nonce: u64) -> RecoveredTx {
