@@ -16,6 +16,9 @@
 //! (`TrieWalker` + `TrieNodeIter`), written as a recursion over the stored nodes, with leaf
 //! hashes added: without them every unchanged leaf beside a changed one (about ten per changed
 //! account in a 1M-account trie) is read and hashed again.
+//!
+//! Deep nodes that only sit above leaves are not stored at all ([`is_stored`]): they are rebuilt
+//! from the leaves under them, which lie side by side in the hashed table.
 
 use crate::{
     StorageError,
@@ -90,6 +93,31 @@ pub(crate) struct TrieUpdate {
     pub nodes_written: u64,
 }
 
+/// Below this depth every node the hash builder reports is stored.
+#[cfg(not(test))]
+const SPARSE_DEPTH: usize = 5;
+/// The tests' tries hold hundreds of keys, not millions: at depth 1 both kinds of level, stored
+/// whole and left out, occur in them.
+#[cfg(test)]
+const SPARSE_DEPTH: usize = 1;
+
+/// Whether the branch the hash builder reports at `path` goes into the node table.
+///
+/// A node at depth `SPARSE_DEPTH` or deeper with no stored node among its children is left out:
+/// the walk finds no node there and feeds the leaves under it instead, a dozen neighbours in the
+/// hashed table, on the page the changed leaf's own update dirties anyway. Such nodes are the
+/// trie's bottom level once a trie holds millions of keys (16^5 = 1,048,576 paths at depth 5),
+/// so many that a block's changed keys each dirty a node page of their own: at 10,000,000
+/// accounts about 18,000 of a block's pages. Shallower levels have at most 65,536 nodes, whose
+/// pages a block's changes share, and they keep their nodes and the leaf hashes stored in them.
+///
+/// Leaving a node out never hides a stored node below it (its children are not stored, so
+/// neither is anything under them), so the walk's rule holds: the first stored node under a path
+/// is the branch at that path or the one an extension from it leads to.
+pub(crate) fn is_stored(path: &Nibbles, branch: &BranchNodeCompact) -> bool {
+    path.len() < SPARSE_DEPTH || !branch.tree_mask.is_empty()
+}
+
 /// Updates the stored nodes of one trie after its hashed table changed at `input.changed`, and
 /// returns its root.
 pub(crate) fn update<E: DatabaseKind>(
@@ -102,7 +130,8 @@ pub(crate) fn update<E: DatabaseKind>(
     let mut walk = Walk::new(cursors, input, HashBuilder::default().with_updates(true));
     walk.descend(Nibbles::default())?;
     let root = walk.hb.root();
-    let (_, updates) = std::mem::take(&mut walk.hb).split();
+    let (_, mut updates) = std::mem::take(&mut walk.hb).split();
+    updates.retain(|path, branch| is_stored(path, branch));
 
     let mut nodes_written = 0;
     let mut key = Vec::with_capacity(input.prefix.len() + 64);
@@ -221,7 +250,10 @@ impl SortedTrie {
         };
         let start = out.len();
         let mut rlp = Vec::with_capacity(128);
-        for (path, branch) in updates.drain() {
+        for (path, branch) in updates
+            .drain()
+            .filter(|(path, branch)| is_stored(path, branch))
+        {
             let node = self.fed.stored_node(&path, branch, &mut rlp);
             let (mut key, mut value) = (Vec::new(), Vec::new());
             codec::node_key(&self.prefix, &path, &mut key);

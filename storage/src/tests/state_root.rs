@@ -78,7 +78,10 @@ fn scratch_trie(leaves: BTreeMap<B256, Vec<u8>>) -> ScratchTrie {
     }
     let root = hb.root();
     let (_, nodes) = hb.split();
-    let nodes = nodes.into_iter().collect();
+    let nodes = nodes
+        .into_iter()
+        .filter(|(path, branch)| crate::trie::is_stored(path, branch))
+        .collect();
     ScratchTrie {
         root,
         nodes,
