@@ -35,7 +35,7 @@ impl<'a> StorageCollisions<'a> {
 
     /// Whether the chain needs the hook on: see the module.
     pub(crate) fn needed(spec: &ChainSpec) -> bool {
-        spec.storage_only_accounts().next().is_some()
+        !spec.storage_only_accounts().is_empty()
     }
 
     /// The storage error a hook met, if any: execution after it is not to be trusted.

@@ -174,7 +174,7 @@ pub(super) struct Shared<'a> {
     /// The chain's storage-only genesis accounts, sorted (none on a real chain). A transaction
     /// that reads one leaves the block to the sequential executor, which alone implements
     /// EIP-7610's storage check (`collision.rs`).
-    storage_only: Box<[Address]>,
+    storage_only: &'a [Address],
     /// What the pre-execution system calls wrote (beacon roots, block hash history).
     pre: HashMap<Loc, Val>,
     beneficiary: Address,
@@ -257,7 +257,7 @@ fn execute_parallel(
         env,
         base: state,
         hashes,
-        storage_only: spec.storage_only_accounts().collect(),
+        storage_only: spec.storage_only_accounts(),
         pre,
         beneficiary: header.beneficiary,
         mv,
