@@ -19,7 +19,9 @@
 # anvil.json/.svg (kestrel-loadgen reports and charts), kestrel-metrics.txt (the node's /metrics
 # after the run), kestrel-rss.tsv (the node's VmRSS and RssAnon every second), cpu-seconds.txt
 # (CPU seconds of the node, the load generator and kestrel-wsbench over the Kestrel run: on a
-# 2-core machine the tools' share is the node's loss), logs, and summary.json with both side by
+# 2-core machine the tools' share is the node's loss), threads-cpu-{before,after}.txt (the
+# node's CPU seconds by thread before and after the load; their difference is summary.json's
+# cpu_seconds_by_thread), logs, and summary.json with both side by
 # side. Exits non-zero if the Kestrel run fails its checks (a lost
 # transaction or a wrong balance) or, with WS_SUBSCRIBERS, kestrel-wsbench fails its own (a head
 # or log not delivered, the slow subscriber not closed).
@@ -74,6 +76,18 @@ wait_rpc() {
 # CPU seconds (user + system) a live process has used: where the two cores went.
 cpu_seconds() {
   awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo null
+}
+
+# CPU seconds of a live process by thread name, numbered threads summed under their prefix
+# ("ingress-0", "kestrel-exec-1": "ingress", "kestrel-exec"): "name seconds" lines.
+thread_cpu_seconds() {
+  for stat in /proc/"$1"/task/*/stat; do
+    # "pid (name) state ...": the name may hold spaces, so split after its closing parenthesis.
+    sed -E 's/^[0-9]+ \((.*)\) (.*)$/\1\t\2/' "$stat" 2>/dev/null || true
+  done | awk -F'\t' -v hz="$(getconf CLK_TCK)" '{
+    name = $1; sub(/-?[0-9]+$/, "", name); gsub(/ /, "_", name)
+    split($2, f, " "); cpu[name] += (f[12] + f[13]) / hz
+  } END { for (n in cpu) printf "%s %.2f\n", n, cpu[n] }'
 }
 
 stop() {
@@ -134,12 +148,14 @@ if [ -n "$WS_SUBSCRIBERS" ]; then
   done
   echo "e2e: $(grep -m1 "subscribers ready" "$OUT/wsbench.log" || echo "kestrel-wsbench did not start")"
 fi
+thread_cpu_seconds "$KPID" >"$OUT/threads-cpu-before.txt"
 set +e
 /usr/bin/time -f "%U %S" -o "$OUT/loadgen-cpu.txt" \
   "$LOADGEN" --rpc "http://127.0.0.1:$PORT" "${LOAD[@]}" --label kestrel \
   --report "$OUT/kestrel.json" --chart "$OUT/kestrel.svg"
 KESTREL_RC=$?
 echo "kestrel $(cpu_seconds "$KPID")" >"$OUT/cpu-seconds.txt"
+thread_cpu_seconds "$KPID" >"$OUT/threads-cpu-after.txt"
 echo "loadgen $(tail -1 "$OUT/loadgen-cpu.txt" | awk '{print $1 + $2}')" >>"$OUT/cpu-seconds.txt"
 if [ -n "$WS_SUBSCRIBERS" ]; then
   echo "wsbench $(cpu_seconds "$WSPID")" >>"$OUT/cpu-seconds.txt"
@@ -214,6 +230,15 @@ if (out / "cpu-seconds.txt").exists():
     summary["cpu_seconds"] = {n: None if v == "null" else round(float(v), 1) for n, v in
                               (line.split() for line in
                                (out / "cpu-seconds.txt").read_text().splitlines())}
+before, after = (out / "threads-cpu-before.txt"), (out / "threads-cpu-after.txt")
+if before.exists() and after.exists():
+    # The node's CPU during the load (submission to drain) by thread: where each stage's time
+    # went. Threads that ended during the load are missing.
+    read = lambda p: {n: float(v) for n, v in (l.split() for l in p.read_text().splitlines())}
+    b, a = read(before), read(after)
+    used = {n: round(a[n] - b.get(n, 0.0), 1) for n in a}
+    summary["cpu_seconds_by_thread"] = dict(sorted(
+        ((n, v) for n, v in used.items() if v >= 0.1), key=lambda kv: -kv[1]))
 if (out / "ws.json").exists():
     ws = json.loads((out / "ws.json").read_text())
     lat = ws.get("head_latency") or {}
@@ -240,7 +265,7 @@ for k in keys:
     print(f"{k:22}" + "".join(f"{str(summary[n][k]):>14}" for n in names))
 if "included_tps_ratio_kestrel_over_anvil" in summary:
     print(f"included TPS ratio kestrel/anvil: {summary['included_tps_ratio_kestrel_over_anvil']}")
-for key in ("kestrel_memory", "cpu_seconds", "ws"):
+for key in ("kestrel_memory", "cpu_seconds", "cpu_seconds_by_thread", "ws"):
     if key in summary:
         print(f"{key}: {json.dumps(summary[key])}")
 EOF
