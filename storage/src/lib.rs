@@ -136,6 +136,13 @@ const DB_FILE: &str = "mdbx.dat";
 /// of 10,000 transfers at 10,000,000 accounts, BENCHMARKS.md); and DB_SIZE_MAX_BYTES stays within
 /// what MDBX addresses with them.
 const DB_PAGE_BYTES: usize = 4096;
+/// Page buffers MDBX keeps for the next write transaction instead of freeing them at commit
+/// (`MDBX_opt_dp_reserve_limit`; its default is about a thousand). A block of 10,000 transfers
+/// over 10,000,000 accounts dirties about 32,000 pages, each copied into a buffer: freed and
+/// allocated again every block, they cost page faults and the kernel's zeroing, 2-13 % of a
+/// block's root and commit there (BENCHMARKS.md). The buffers held add about 210 MiB of RSS
+/// once a block has dirtied that many pages (128 MiB of pages, and the allocator's share).
+const DB_DIRTY_PAGES_KEPT: u64 = 32_768;
 /// Concurrent read snapshots (RPC handlers, execution, state root). A reader past this fails
 /// (`MDBX_READERS_FULL`), so RPC bounds its own readers below it.
 pub const READERS_MAX: u32 = 256;
@@ -262,6 +269,7 @@ impl Store {
                 growth_step: Some(growth_step as isize),
                 shrink_threshold: Some(2 * growth_step as isize),
             }),
+            dp_reserve_limit: Some(DB_DIRTY_PAGES_KEPT),
             ..Default::default()
         };
         let db = Database::<Env>::open_with_options(dir, options)?;
