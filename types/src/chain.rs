@@ -358,6 +358,38 @@ mod tests {
     use super::*;
     use alloy_primitives::address;
 
+    /// The storage-only accounts are found once, and a clone finds its own: a spec cloned and
+    /// then given such an account (as tests and benches build theirs) reports it.
+    #[test]
+    fn storage_only_accounts_are_found_once_per_spec() {
+        let dev = ChainSpec::dev();
+        assert!(dev.storage_only_accounts().is_empty());
+        let mut spec = dev.clone();
+        let only_storage = Address::repeat_byte(0x77);
+        spec.alloc.insert(
+            only_storage,
+            GenesisAlloc {
+                info: AccountInfo::default(),
+                code: None,
+                storage: BTreeMap::from([(U256::from(1), U256::from(2))]),
+            },
+        );
+        let mut with_code = GenesisAlloc {
+            info: AccountInfo::default(),
+            code: Some(Bytes::from_static(&[0x00])),
+            storage: BTreeMap::from([(U256::from(1), U256::from(2))]),
+        };
+        spec.alloc
+            .insert(Address::repeat_byte(0x78), with_code.clone());
+        with_code.code = None;
+        with_code.info.nonce = 1;
+        spec.alloc.insert(Address::repeat_byte(0x79), with_code);
+        assert_eq!(spec.storage_only_accounts(), &[only_storage]);
+        assert_eq!(spec.storage_only_accounts(), &[only_storage]);
+        assert!(dev.storage_only_accounts().is_empty());
+        assert_eq!(spec, spec.clone());
+    }
+
     #[test]
     fn dev_accounts_are_the_hardhat_ones() {
         let accounts = dev_accounts();
