@@ -21,10 +21,9 @@
 # (CPU seconds of the node, the load generator and kestrel-wsbench over the Kestrel run: on a
 # 2-core machine the tools' share is the node's loss), threads-cpu-{before,after}.txt (the
 # node's CPU seconds by thread before and after the load; their difference is summary.json's
-# cpu_seconds_by_thread), logs, and summary.json with both side by
-# side. Exits non-zero if the Kestrel run fails its checks (a lost
-# transaction or a wrong balance) or, with WS_SUBSCRIBERS, kestrel-wsbench fails its own (a head
-# or log not delivered, the slow subscriber not closed).
+# cpu_seconds_by_thread), logs, and summary.json with both side by side. Exits non-zero if the
+# Kestrel run fails its checks (a lost transaction or a wrong balance) or, with WS_SUBSCRIBERS,
+# kestrel-wsbench fails its own (a head or log not delivered, the slow subscriber not closed).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT="$(pwd)"
