@@ -288,7 +288,7 @@ impl BlockWriter<'_> {
         if let Some(number) = self.appended {
             self.archive.wait_durable(number)?;
         }
-        let batch_end = {
+        let progress = {
             let tables = Tables::open(&self.txn)?;
             self.tx_index
                 .write_batch(&self.txn, &tables, &self.inserted)?
@@ -297,7 +297,7 @@ impl BlockWriter<'_> {
         self.txn.commit()?;
         metrics::histogram!("kestrel_storage_commit_seconds")
             .record(started.elapsed().as_secs_f64());
-        self.tx_index.committed(self.inserted, batch_end);
+        self.tx_index.committed(self.inserted, progress);
         let size = self.db.info()?.geometry().current_size();
         metrics::gauge!("kestrel_storage_db_size_bytes").set(size as f64);
         Ok(())

@@ -8,7 +8,7 @@ use super::{
 };
 use crate::{
     ChainView, Durability, Store, codec, tables,
-    tx_index::{BATCH_BLOCKS, TX_INDEX_NEXT_KEY},
+    tx_index::{BATCH_BLOCKS, PARTS, TX_INDEX_NEXT_KEY, part_of},
 };
 use alloy_primitives::B256;
 use kestrel_types::{ChainSpec, SealedBlock, StateChanges};
@@ -41,6 +41,12 @@ fn assert_all_found(store: &Store, blocks: &[SealedBlock]) {
         .unwrap();
 }
 
+/// How many of `blocks`' transactions are in the first `parts` ranges of hashes.
+fn in_parts(blocks: &[SealedBlock], parts: u8) -> u64 {
+    let hashes = blocks.iter().flat_map(|b| b.txs.iter().map(|tx| tx.hash()));
+    hashes.filter(|hash| part_of(hash) < parts).count() as u64
+}
+
 fn table_entries(store: &Store) -> u64 {
     store
         .view(|reader| {
@@ -63,23 +69,78 @@ fn locations_are_written_in_batches_and_found_before_and_after() {
     assert_eq!(table_entries(&store), 0, "no batch yet: all in memory");
     assert_all_found(&store, &blocks);
 
-    let more = commit_blocks(&store, blocks.last().unwrap(), 1);
-    let blocks = [blocks, more].concat();
+    // The commit that closes the batch writes its first range of hashes, each one after the
+    // next; the blocks they bring stay in memory.
+    let batch = commit_blocks(&store, blocks.last().unwrap(), 1);
+    let mut blocks = [blocks, batch].concat();
+    let batch = blocks.clone();
+    for parts in 1..=PARTS {
+        if parts > 1 {
+            let more = commit_blocks(&store, blocks.last().unwrap(), 1);
+            blocks.extend(more);
+        }
+        assert_eq!(
+            table_entries(&store),
+            in_parts(&batch, parts),
+            "{parts} parts"
+        );
+        assert_all_found(&store, &blocks);
+    }
     assert_eq!(table_entries(&store), 2 * (BATCH_BLOCKS - 1));
-    assert_all_found(&store, &blocks);
 
     let more = commit_blocks(&store, blocks.last().unwrap(), BATCH_BLOCKS + 3);
     let blocks = [blocks, more].concat();
     assert_eq!(table_entries(&store), 2 * (2 * BATCH_BLOCKS - 1));
     assert_all_found(&store, &blocks);
 
-    // Reopened, the three blocks after the last batch are read back from the archive.
+    // Reopened, the blocks after the last batch are read back from the archive.
     drop(store);
     let store = Store::open_with(dir.path(), Durability::Unsynced).unwrap();
     assert_all_found(&store, &blocks);
     let more = commit_blocks(&store, blocks.last().unwrap(), BATCH_BLOCKS);
     let blocks = [blocks, more].concat();
     assert_eq!(table_entries(&store), 2 * (3 * BATCH_BLOCKS - 1));
+    assert_all_found(&store, &blocks);
+}
+
+/// A batch half written when the store closes is written again from its first part (putting a
+/// location twice is harmless); one still unfinished when the next batch closes is finished by
+/// that commit.
+#[test]
+fn an_unfinished_batch_is_finished_after_reopening_or_by_the_next() {
+    let (dir, store) = temp_store();
+    let genesis = store.init_genesis(&ChainSpec::dev()).unwrap();
+    let blocks = commit_blocks(&store, &genesis, BATCH_BLOCKS - 1 + 2);
+    let written = table_entries(&store);
+    assert_eq!(written, in_parts(&blocks[..BATCH_BLOCKS as usize - 1], 3));
+
+    drop(store);
+    let store = Store::open_with(dir.path(), Durability::Unsynced).unwrap();
+    assert_all_found(&store, &blocks);
+    let more = commit_blocks(&store, blocks.last().unwrap(), 1);
+    let blocks = [blocks, more].concat();
+    assert!(
+        table_entries(&store) < 2 * blocks.len() as u64,
+        "a part, not all"
+    );
+
+    // A batch's worth of blocks in one commit: the open batch is finished (the one this commit
+    // closes is begun by the next).
+    let mut writer = store.begin_block().unwrap();
+    let mut parent = blocks.last().unwrap().clone();
+    let mut grouped = Vec::new();
+    for _ in 0..BATCH_BLOCKS {
+        let nonce = 2 * parent.header.number;
+        let block = child(&parent, vec![transfer(nonce), transfer(nonce + 1)]);
+        writer.apply_state(&StateChanges::default()).unwrap();
+        writer.insert_block(&block).unwrap();
+        grouped.push(block.clone());
+        parent = block;
+    }
+    writer.commit().unwrap();
+    let first_batch = 2 * blocks.len() as u64;
+    assert_eq!(table_entries(&store), first_batch);
+    let blocks = [blocks, grouped].concat();
     assert_all_found(&store, &blocks);
 }
 
@@ -108,7 +169,7 @@ fn a_reader_older_than_a_batch_still_finds_its_blocks() {
                 .unwrap();
         });
         open.recv().unwrap();
-        let more = commit_blocks(store, blocks.last().unwrap(), 1);
+        let more = commit_blocks(store, blocks.last().unwrap(), PARTS.into());
         assert_eq!(
             table_entries(store),
             2 * (BATCH_BLOCKS - 1),
@@ -146,8 +207,13 @@ fn a_store_written_before_batches_keeps_its_locations() {
     drop(store);
     let store = Store::open_with(dir.path(), Durability::Unsynced).unwrap();
     assert_all_found(&store, &blocks);
-    let more = commit_blocks(&store, blocks.last().unwrap(), BATCH_BLOCKS);
+    let more = commit_blocks(
+        &store,
+        blocks.last().unwrap(),
+        BATCH_BLOCKS + u64::from(PARTS) - 1,
+    );
     let blocks = [blocks, more].concat();
+    // The three old blocks, and the first batch's (from the reopened store's first commit).
     assert_eq!(table_entries(&store), 2 * (3 + BATCH_BLOCKS));
     assert_all_found(&store, &blocks);
 }
