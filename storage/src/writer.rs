@@ -275,10 +275,16 @@ impl BlockWriter<'_> {
         self.inserted
             .push((number, block.txs.iter().map(|tx| tx.hash()).collect()));
         txn.put(&tables.metadata, HEAD_KEY, key, WriteFlags::UPSERT)?;
+        let started = Instant::now();
         if let Some(recorder) = self.recorder.take() {
             recorder.write(txn, &tables, number)?;
+            metrics::histogram!(history::SECONDS, "step" => "record")
+                .record(started.elapsed().as_secs_f64());
         }
+        let started = Instant::now();
         history::prune(txn, &tables, self.history, number)?;
+        metrics::histogram!(history::SECONDS, "step" => "move")
+            .record(started.elapsed().as_secs_f64());
         Ok(())
     }
 

@@ -24,6 +24,8 @@ mod index;
 mod read;
 mod record;
 
+#[cfg(test)]
+pub(crate) use index::INDEX_BATCH_BLOCKS;
 pub use read::StateAt;
 pub(crate) use record::ChangeRecorder;
 
@@ -111,7 +113,15 @@ pub(crate) fn describe_metrics() {
         "kestrel_history_rows_pruned_total",
         "History entries deleted because their block left the history window"
     );
+    metrics::describe_histogram!(
+        SECONDS,
+        metrics::Unit::Seconds,
+        "Time a block's commit spends on history: writing its change set (step=record), moving change sets into the history tables and pruning (step=move)"
+    );
 }
+
+/// Histogram of the history's share of a block's commit, by `step`.
+pub(crate) const SECONDS: &str = "kestrel_history_seconds";
 
 /// The first block whose state is answerable.
 pub(crate) fn history_from<K: TransactionKind>(

@@ -9,11 +9,14 @@
 
 use super::{
     state_root::{Model, Pools, random_block},
+    store::{child, commit_block},
     temp_store,
 };
-use crate::{Durability, HistoryWindow, StateView, StorageError, Store};
+use crate::{
+    Durability, HistoryWindow, StateView, StorageError, Store, history::INDEX_BATCH_BLOCKS, tables,
+};
 use alloy_primitives::{Address, U256};
-use kestrel_types::{AccountInfo, ChainSpec, StateChanges};
+use kestrel_types::{AccountInfo, ChainSpec, StateChanges, StorageChange};
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::collections::BTreeMap;
@@ -207,4 +210,51 @@ fn history_starts_at_the_head_of_an_older_database() {
             ));
         })
         .unwrap();
+}
+
+/// Storage change-set rows not yet moved into the history tables.
+fn unmoved_slot_rows(store: &Store) -> u64 {
+    let stats = store.view(|reader| reader.table_stats().unwrap()).unwrap();
+    let changes = stats.iter().find(|s| s.table == tables::STORAGE_CHANGES);
+    changes.unwrap().entries
+}
+
+/// One contract whose slots change by the dozen every block (a token's balances): its rows move
+/// a share of the batch per commit, like everyone else's, not all in its address's one step.
+#[test]
+fn a_busy_contracts_slots_move_a_share_per_commit() {
+    const SLOTS: u64 = 64;
+    let (_dir, store) = temp_store();
+    let mut parent = store.init_genesis(&ChainSpec::dev()).unwrap();
+    let token = Address::repeat_byte(0x70);
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut unmoved = vec![unmoved_slot_rows(&store)];
+    for number in 1..=3 * INDEX_BATCH_BLOCKS {
+        let mut changes = StateChanges::default();
+        let account = AccountInfo::with_balance(U256::from(number));
+        changes.accounts.insert(token, Some(account));
+        let slots = (0..SLOTS)
+            .map(|_| (U256::from(rng.random::<u64>()), U256::from(number)))
+            .collect();
+        let change = StorageChange {
+            wiped: false,
+            slots,
+        };
+        changes.storage.insert(token, change);
+        let block = child(&parent, Vec::new());
+        commit_block(&store, &block, &changes);
+        unmoved.push(unmoved_slot_rows(&store));
+        parent = block;
+    }
+    // The first batch's blocks are written, then moved one step a commit from its last block on:
+    // a batch of SLOTS rows a block, a quarter (in the tests, four steps) of it a step.
+    let moved: Vec<u64> = unmoved.windows(2).map(|w| w[0] + SLOTS - w[1]).collect();
+    let batch = INDEX_BATCH_BLOCKS as usize;
+    assert!(moved[..batch - 1].iter().all(|m| *m == 0), "{moved:?}");
+    for (step, rows) in moved[batch - 1..].iter().enumerate() {
+        assert!(
+            (SLOTS / 2..=2 * SLOTS).contains(rows),
+            "step {step} moved {rows} rows, about {SLOTS} expected: {moved:?}"
+        );
+    }
 }
