@@ -1,6 +1,6 @@
 //! One block's write transaction: [`BlockWriter::apply_state`] writes the state and updates the
 //! tries incrementally, [`BlockWriter::insert_block`] the block and its history (its body and
-//! receipts to the block archive), and [`BlockWriter::commit`] makes both durable at once.
+//! receipts to the block archive), and [`BlockWriter::commit`] commits both at once.
 
 use crate::{
     Env, HistoryWindow, StorageError,
@@ -8,6 +8,7 @@ use crate::{
     codec::{self, AccountRecord},
     history::{self, ChangeRecorder},
     preimages, read_block_hash, read_hashed_account, read_head,
+    sync::Writing,
     tables::{HEAD_KEY, Tables},
     trie::{self, Leaves, TrieCursors, TrieInput},
 };
@@ -28,10 +29,14 @@ pub struct BlockWriter<'s> {
     /// The last block whose body and receipts this writer appended to the archive: the MDBX
     /// commit waits until it is durable there.
     pub(crate) appended: Option<u64>,
+    /// The last block inserted: the head once this writer commits.
+    pub(crate) inserted: Option<BlockNumber>,
     pub(crate) history: HistoryWindow,
     /// What [`BlockWriter::apply_state`] overwrote, stored by [`BlockWriter::insert_block`] as
     /// the history of the block it inserts (not stored for a block never inserted).
     pub(crate) recorder: Option<ChangeRecorder>,
+    /// Keeps the sync thread off MDBX's writer lock, which this transaction holds.
+    pub(crate) writing: Writing<'s>,
 }
 
 /// Deletes every entry whose key starts with `prefix`.
@@ -277,6 +282,7 @@ impl BlockWriter<'_> {
             )?;
         }
         txn.put(&tables.metadata, HEAD_KEY, key, WriteFlags::UPSERT)?;
+        self.inserted = Some(number);
         if let Some(recorder) = self.recorder.take() {
             recorder.write(txn, &tables, number)?;
         }
@@ -284,14 +290,17 @@ impl BlockWriter<'_> {
         Ok(())
     }
 
-    /// Durably commits everything written through this writer: the blocks' archive records
-    /// first (a database head never runs ahead of the archive), then the MDBX transaction.
+    /// Commits everything written through this writer: the blocks' archive records durable
+    /// first (a database head never runs ahead of the archive, even after a power loss), then
+    /// the MDBX transaction, into the OS page cache: the store's sync thread makes it durable
+    /// ([`crate::sync`]) while the next block goes on.
     pub fn commit(self) -> Result<(), StorageError> {
         if let Some(number) = self.appended {
             self.archive.wait_durable(number)?;
         }
         let started = Instant::now();
         self.txn.commit()?;
+        self.writing.committed(self.inserted);
         metrics::histogram!("kestrel_storage_commit_seconds")
             .record(started.elapsed().as_secs_f64());
         let size = self.db.info()?.geometry().current_size();
