@@ -27,12 +27,7 @@ use crate::{Env, StorageError};
 use kestrel_types::BlockNumber;
 use libmdbx::Database;
 use parking_lot::{Condvar, Mutex, MutexGuard};
-use std::{
-    fs::File,
-    sync::Arc,
-    thread::JoinHandle,
-    time::{Duration, Instant},
-};
+use std::{fs::File, sync::Arc, thread::JoinHandle, time::Instant};
 
 /// Commits that may be not durable before [`crate::Store::begin_block`] waits for the sync
 /// thread. Each is at most `COMMIT_GROUP_MAX` blocks that a power loss sends back to execution.
@@ -182,17 +177,17 @@ impl Syncer {
         let started = Instant::now();
         db.sync(true)?;
         let commits = state.commits;
-        self.steady(&mut state, commits, started.elapsed());
+        self.steady(&mut state, commits);
+        metrics::histogram!("kestrel_storage_sync_seconds").record(started.elapsed().as_secs_f64());
         Ok(state.durable)
     }
 
     /// Commits up to `commits` are durable.
-    fn steady(&self, state: &mut MutexGuard<'_, State>, commits: u64, took: Duration) {
+    fn steady(&self, state: &mut MutexGuard<'_, State>, commits: u64) {
         state.synced = commits;
         state.durable = state.head;
         state.stats.steady += 1;
         set_unsynced_gauge(state);
-        metrics::histogram!("kestrel_storage_sync_seconds").record(took.as_secs_f64());
         self.changed.notify_all();
     }
 
@@ -224,13 +219,16 @@ impl Syncer {
                 self.changed.wait(&mut state);
             }
             if state.commits != target {
+                metrics::histogram!("kestrel_storage_sync_seconds").record(took.as_secs_f64());
                 continue;
             }
             let started = Instant::now();
             if let Err(err) = db.sync(true) {
                 return self.fail(state, format!("steady commit: {err}"));
             }
-            self.steady(&mut state, target, took + started.elapsed());
+            self.steady(&mut state, target);
+            let took = took + started.elapsed();
+            metrics::histogram!("kestrel_storage_sync_seconds").record(took.as_secs_f64());
         }
     }
 
