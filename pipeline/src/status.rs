@@ -2,9 +2,13 @@
 
 use alloy_primitives::B256;
 use kestrel_types::{BlockNumber, ExecutionResult, SealedBlock};
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+use parking_lot::Mutex;
+use std::{
+    collections::BTreeMap,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    },
 };
 use tokio::sync::broadcast;
 
@@ -40,7 +44,43 @@ impl ChainStatus {
     pub fn disk_low(&self) -> bool {
         self.disk_low.load(Ordering::Relaxed)
     }
+
+    /// Publishes that `result` is verified (written by the validator driver), once its block is
+    /// committed: `Verified` names a block RPC serves, and ordering learns a result before the
+    /// commit that makes it readable.
+    pub fn verified(&self, result: ExecutionResult) {
+        let mut waiting = self.progress.verified_waiting.lock();
+        if result.number <= Self::get(&self.committed) {
+            self.progress.publish(BlockProgress::Verified(result));
+            return;
+        }
+        waiting.insert(result.number, result);
+        // A result exists only for a block executed and not yet committed: one commit group.
+        debug_assert!(
+            waiting.len() <= VERIFIED_WAITING_MAX,
+            "{} waiting",
+            waiting.len()
+        );
+    }
+
+    /// Block `number` is committed (written by the commit stage): RPC serves it from now on, and
+    /// a `Verified` that waited for it is published.
+    pub fn committed(&self, number: BlockNumber) {
+        // Set before the lock, so that `verified` either sees it or leaves its result for the
+        // drain below.
+        Self::set(&self.committed, number);
+        let mut waiting = self.progress.verified_waiting.lock();
+        while let Some(entry) = waiting.first_entry()
+            && *entry.key() <= number
+        {
+            self.progress
+                .publish(BlockProgress::Verified(entry.remove()));
+        }
+    }
 }
+
+/// Bound on verified results waiting for their commit (debug check): far above a commit group.
+const VERIFIED_WAITING_MAX: usize = 64;
 
 /// Where a block is between its proposal and a verified execution result: the commit states of
 /// `eth_subscribe("kestrelNewHeads")` (Monad's `monadNewHeads`).
@@ -79,22 +119,29 @@ pub const PROGRESS_BACKLOG: usize = 1_024;
 /// Blocks' progress for subscribers. Publishing never waits and costs nothing without
 /// subscribers.
 #[derive(Debug)]
-pub struct ProgressFeed(broadcast::Sender<BlockProgress>);
+pub struct ProgressFeed {
+    sender: broadcast::Sender<BlockProgress>,
+    /// Verified results of blocks not yet committed ([`ChainStatus::verified`]).
+    verified_waiting: Mutex<BTreeMap<BlockNumber, ExecutionResult>>,
+}
 
 impl Default for ProgressFeed {
     fn default() -> Self {
-        Self(broadcast::channel(PROGRESS_BACKLOG).0)
+        Self {
+            sender: broadcast::channel(PROGRESS_BACKLOG).0,
+            verified_waiting: Mutex::default(),
+        }
     }
 }
 
 impl ProgressFeed {
     pub fn publish(&self, progress: BlockProgress) {
         // No subscriber is not an error.
-        let _ = self.0.send(progress);
+        let _ = self.sender.send(progress);
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<BlockProgress> {
-        self.0.subscribe()
+        self.sender.subscribe()
     }
 }
 
@@ -122,5 +169,50 @@ impl CommittedFeed {
 
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<SealedBlock>> {
         self.0.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(number: BlockNumber) -> ExecutionResult {
+        ExecutionResult {
+            number,
+            block_hash: B256::with_last_byte(number as u8),
+            state_root: B256::ZERO,
+            receipts_root: B256::ZERO,
+        }
+    }
+
+    fn published(feed: &mut broadcast::Receiver<BlockProgress>) -> Vec<BlockNumber> {
+        std::iter::from_fn(|| feed.try_recv().ok())
+            .map(|progress| match progress {
+                BlockProgress::Verified(result) => result.number,
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_verified_result_is_published_once_its_block_is_committed() {
+        let status = ChainStatus::default();
+        let mut feed = status.progress.subscribe();
+        status.committed(5);
+        status.verified(result(5));
+        assert_eq!(published(&mut feed), [5], "committed already: at once");
+        status.verified(result(7));
+        status.verified(result(6));
+        assert_eq!(
+            published(&mut feed),
+            [] as [BlockNumber; 0],
+            "not readable yet"
+        );
+        status.committed(6);
+        assert_eq!(published(&mut feed), [6]);
+        status.committed(7);
+        assert_eq!(published(&mut feed), [7]);
+        status.committed(8);
+        assert_eq!(published(&mut feed), [] as [BlockNumber; 0]);
     }
 }

@@ -22,6 +22,7 @@ pub mod snapshot;
 mod sync;
 mod tables;
 mod trie;
+mod tx_index;
 mod writer;
 
 #[cfg(test)]
@@ -45,6 +46,7 @@ use crate::{
     codec::AccountRecord,
     sync::Syncer,
     tables::{HEAD_KEY, Tables},
+    tx_index::RecentTxs,
 };
 use alloy_consensus::{Header, ReceiptEnvelope};
 use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
@@ -177,6 +179,7 @@ pub struct Store {
     syncer: Arc<Syncer>,
     /// The sync thread (`Durability::Durable`), joined at drop.
     sync_thread: Option<JoinHandle<()>>,
+    tx_index: RecentTxs,
 }
 
 /// The most recent decoded blocks, by number. A committed block never changes (only finalized
@@ -206,6 +209,7 @@ pub struct Reader<'s> {
     tables: Tables<'s>,
     archive: &'s Blocks,
     blocks: &'s BlockCache,
+    tx_index: &'s RecentTxs,
 }
 
 /// Declares the storage metrics; call once after installing the recorder.
@@ -240,6 +244,7 @@ pub fn describe_metrics() {
     );
     history::describe_metrics();
     blocks::describe_metrics();
+    tx_index::describe_metrics();
 }
 
 impl Store {
@@ -282,6 +287,11 @@ impl Store {
         history::init(&txn, &Tables::open(&txn)?)?;
         txn.commit()?;
         let archive = Blocks::open(dir, archive, &db)?;
+        let tx_index = {
+            let txn = db.begin_ro_txn()?;
+            let tables = Tables::open(&txn)?;
+            RecentTxs::open(&txn, &tables, &archive, read_head(&txn, &tables)?)?
+        };
         // Everything committed before is durable from here: after a process crash MDBX keeps a
         // head that is not steady (the pages are in the page cache); this makes it steady.
         db.sync(true)?;
@@ -306,6 +316,7 @@ impl Store {
             history: HistoryWindow::default(),
             syncer,
             sync_thread,
+            tx_index,
         })
     }
 
@@ -388,6 +399,7 @@ impl Store {
             tables: Tables::open(&txn)?,
             archive: &self.archive,
             blocks: &self.blocks,
+            tx_index: &self.tx_index,
         };
         Ok(f(&reader))
     }
@@ -401,10 +413,11 @@ impl Store {
             db: &self.db,
             archive: &self.archive,
             appended: None,
-            inserted: None,
             history: self.history,
             recorder: None,
             writing,
+            tx_index: &self.tx_index,
+            inserted: Vec::new(),
         })
     }
 }
@@ -583,6 +596,12 @@ impl ChainView for Reader<'_> {
     }
 
     fn tx_location(&self, hash: B256) -> Result<Option<(BlockNumber, u32)>, StorageError> {
+        let Some(head) = self.head()? else {
+            return Ok(None);
+        };
+        if let Some(location) = self.tx_index.get(&hash, head) {
+            return Ok(Some(location));
+        }
         self.txn
             .get::<Cow<'_, [u8]>>(&self.tables.tx_locations, hash)?
             .map(|bytes| codec::decode_tx_location(tables::TX_LOCATIONS, &bytes))

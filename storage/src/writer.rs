@@ -11,6 +11,7 @@ use crate::{
     sync::Writing,
     tables::{HEAD_KEY, Tables},
     trie::{self, Leaves, TrieCursors, TrieInput},
+    tx_index::RecentTxs,
 };
 use alloy_consensus::ReceiptEnvelope;
 use alloy_primitives::{B256, keccak256};
@@ -29,12 +30,13 @@ pub struct BlockWriter<'s> {
     /// The last block whose body and receipts this writer appended to the archive: the MDBX
     /// commit waits until it is durable there.
     pub(crate) appended: Option<u64>,
-    /// The last block inserted: the head once this writer commits.
-    pub(crate) inserted: Option<BlockNumber>,
     pub(crate) history: HistoryWindow,
     /// What [`BlockWriter::apply_state`] overwrote, stored by [`BlockWriter::insert_block`] as
     /// the history of the block it inserts (not stored for a block never inserted).
     pub(crate) recorder: Option<ChangeRecorder>,
+    pub(crate) tx_index: &'s RecentTxs,
+    /// The transaction hashes of the blocks inserted, for the index once committed.
+    pub(crate) inserted: Vec<(BlockNumber, Vec<B256>)>,
     /// Keeps the sync thread off MDBX's writer lock, which this transaction holds.
     pub(crate) writing: Writing<'s>,
 }
@@ -272,17 +274,10 @@ impl BlockWriter<'_> {
             WriteFlags::UPSERT,
         )?;
         txn.put(&tables.block_numbers, block.hash, key, WriteFlags::UPSERT)?;
-        for (index, tx) in block.txs.iter().enumerate() {
-            let location = codec::encode_tx_location(number, index as u32);
-            txn.put(
-                &tables.tx_locations,
-                tx.hash(),
-                location,
-                WriteFlags::UPSERT,
-            )?;
-        }
+        // The transaction index takes them in batches (`tx_index`).
+        self.inserted
+            .push((number, block.txs.iter().map(|tx| tx.hash()).collect()));
         txn.put(&tables.metadata, HEAD_KEY, key, WriteFlags::UPSERT)?;
-        self.inserted = Some(number);
         if let Some(recorder) = self.recorder.take() {
             recorder.write(txn, &tables, number)?;
         }
@@ -298,11 +293,18 @@ impl BlockWriter<'_> {
         if let Some(number) = self.appended {
             self.archive.wait_durable(number)?;
         }
+        let batch_end = {
+            let tables = Tables::open(&self.txn)?;
+            self.tx_index
+                .write_batch(&self.txn, &tables, &self.inserted)?
+        };
         let started = Instant::now();
         self.txn.commit()?;
-        self.writing.committed(self.inserted);
+        self.writing
+            .committed(self.inserted.last().map(|(number, _)| *number));
         metrics::histogram!("kestrel_storage_commit_seconds")
             .record(started.elapsed().as_secs_f64());
+        self.tx_index.committed(self.inserted, batch_end);
         let size = self.db.info()?.geometry().current_size();
         metrics::gauge!("kestrel_storage_db_size_bytes").set(size as f64);
         Ok(())

@@ -322,10 +322,7 @@ impl Driver {
                 self.keep_voted(block)
             }
             Command::Proposed(block) => self.progress(CommitState::Proposed, &block),
-            Command::Verified(result) => {
-                let feed = &self.finality.status().progress;
-                feed.publish(BlockProgress::Verified(result));
-            }
+            Command::Verified(result) => self.finality.status().verified(result),
             Command::PersistSafety(state) => self.persist_safety(state),
             Command::Broadcast(message) => {
                 if let Message::Proposal(p) = &message {

@@ -394,20 +394,26 @@ mod tests {
         RecoveredTx::recover(wrap(tx.into_signed(sig))).unwrap()
     }
 
-    #[test]
-    fn a_payload_with_an_empty_authorization_list_is_refused() {
-        let base_fee = 1_000_000_000;
-        let transfer = sign(
+    /// A signed transfer of 1 wei from the test key, at `nonce`.
+    fn transfer(nonce: u64) -> RecoveredTx {
+        sign(
             TxEip1559 {
                 chain_id: 1337,
+                nonce,
                 gas_limit: 21_000,
-                max_fee_per_gas: 2 * u128::from(base_fee),
+                max_fee_per_gas: 2_000_000_000,
                 to: TxKind::Call(Address::with_last_byte(1)),
                 value: U256::from(1),
                 ..Default::default()
             },
             TxEnvelope::Eip1559,
-        );
+        )
+    }
+
+    #[test]
+    fn a_payload_with_an_empty_authorization_list_is_refused() {
+        let base_fee = 1_000_000_000;
+        let transfer = transfer(0);
         // The attack of issue 19: 25M gas of block space, dropped unpaid at execution.
         let empty_auth = sign(
             TxEip7702 {
@@ -471,21 +477,7 @@ mod tests {
     /// was made from.
     #[test]
     fn a_payload_of_pooled_transactions_is_decoded_without_recovery() {
-        let txs: Vec<RecoveredTx> = (0..5)
-            .map(|nonce| {
-                sign(
-                    TxEip1559 {
-                        chain_id: 1337,
-                        nonce,
-                        gas_limit: 21_000,
-                        max_fee_per_gas: 2_000_000_000,
-                        to: TxKind::Call(Address::with_last_byte(1)),
-                        ..Default::default()
-                    },
-                    TxEnvelope::Eip1559,
-                )
-            })
-            .collect();
+        let txs: Vec<RecoveredTx> = (0..5).map(transfer).collect();
         let pool = Arc::new(TxPool::new());
         // 0 and 1 in another leader's proposal; 2 and 3 in one that failed, back in the pool.
         pool.on_proposed(1, &txs[..2]);
@@ -553,19 +545,6 @@ mod tests {
     /// full decode; a bad signature is reported at its index in the payload.
     #[test]
     fn known_senders_are_reused_and_the_rest_recovered() {
-        let transfer = |nonce| {
-            sign(
-                TxEip1559 {
-                    chain_id: 1337,
-                    nonce,
-                    gas_limit: 21_000,
-                    max_fee_per_gas: 2_000_000_000,
-                    to: TxKind::Call(Address::with_last_byte(1)),
-                    ..Default::default()
-                },
-                TxEnvelope::Eip1559,
-            )
-        };
         let txs: Vec<RecoveredTx> = (0..4).map(transfer).collect();
         let payload = Payload::build(Address::ZERO, 30_000_000, 1_000_000_000, txs.clone());
         let full = Payload::decode(payload.bytes().clone()).unwrap();

@@ -1,7 +1,8 @@
 //! The state root and commit stage: applies each executed block to the database, computes its
 //! state root incrementally, seals the Ethereum header and commits the block atomically. Then the
-//! block leaves the overlay, its hash is published, the pool learns the new nonces and ordering
-//! receives the execution result for a later proposal to carry.
+//! block leaves the overlay, its hash is published and the pool learns the new nonces. Ordering
+//! receives each block's execution result (for a later proposal to carry) as soon as its header
+//! is sealed, before the commit.
 
 use crate::{mempool::TxPool, stages::RecentHashes, state::LatestState, status::ChainStatus};
 use alloy_primitives::B256;
@@ -56,7 +57,7 @@ impl CommitStage {
         let number = sealed.header.number;
         self.state.overlay.remove_through(number);
         self.hashes.insert(number, sealed.hash);
-        ChainStatus::set(&self.status.committed, number);
+        self.status.committed(number);
         // The pool's senders' nonces after this block. A sender with a transaction in it changed
         // its nonce here, so the block's own changes have it (`None`: the account is gone, nonce
         // 0 as the state would say). A sender can be done without one: all its transactions for
@@ -89,8 +90,6 @@ impl CommitStage {
             tracing::error!(target: "pipeline::commit", number, "pool nonces not advanced");
         }
         metrics::gauge!("kestrel_chain_committed_block").set(number as f64);
-        // The driver gone means shutdown; the result is then not needed.
-        let _ = self.results.send(sealed.result());
         tracing::info!(target: "pipeline::commit", number, hash = %sealed.hash, txs = sealed.txs.len(), gas = sealed.header.gas_used, "committed");
     }
 
@@ -124,6 +123,13 @@ impl CommitStage {
             let started = Instant::now();
             writer.insert_block(&sealed)?;
             writing += started.elapsed();
+            // Ordering learns the result now, not after the durable commit: a validator votes on
+            // proposal N only once it has N−D's result, and the flush (of this block and of the
+            // rest of its group) would delay that vote. The result is a function of the ordered
+            // blocks alone, so a crash before the commit loses nothing consensus relied on:
+            // recovery re-executes the block to the same result. A commit that fails stops the
+            // node. The driver gone means shutdown; the result is then not needed.
+            let _ = self.results.send(sealed.result());
             self.parent_hash = sealed.hash;
             sealed_blocks.push((sealed, block.changes));
         }

@@ -8,6 +8,7 @@ mod proof;
 mod state_root;
 mod store;
 mod sync;
+mod tx_index;
 
 use crate::{Durability, Store};
 use tempfile::TempDir;
