@@ -5,6 +5,7 @@
 #   benches/e2e.sh                       # 100,000 senders, transfer/ERC-20 mix, 60 s at 10,250 tx/s
 #   DURATION=10 ACCOUNTS=10000 RATE=5000 benches/e2e.sh
 #   SKIP_ANVIL=1 benches/e2e.sh          # Kestrel only
+#   GENESIS_EXTRA_ACCOUNTS=9900000 SKIP_ANVIL=1 benches/e2e.sh  # the senders in a 10M-account state
 #   WORKLOAD=swap PAIRS=10 benches/e2e.sh # Uniswap-V2-style swaps over 10 pairs
 #   KESTREL_BIN, KESTREL_LOADGEN_BIN     # other binaries than $CARGO_TARGET_DIR/release/*
 #   KESTREL_ARGS="--executor parallel"   # more `kestrel node` flags (word-split)
@@ -91,7 +92,7 @@ LOAD=(--workload "$WORKLOAD" --pairs "$PAIRS" --accounts "$ACCOUNTS" --seed "$SE
 
 "$LOADGEN" --genesis-out "$OUT/genesis.json" --workload "$WORKLOAD" --pairs "$PAIRS" \
   --accounts "$ACCOUNTS" --seed "$SEED" \
-  --genesis-gas-limit "$GAS_LIMIT"
+  --genesis-gas-limit "$GAS_LIMIT" --genesis-extra-accounts "${GENESIS_EXTRA_ACCOUNTS:-0}"
 
 # The node's memory every second until it exits: "seconds VmRSS_kB RssAnon_kB".
 sample_rss() {

@@ -2,14 +2,18 @@
 # A new full node joins by state sync a chain with a large state and a long history: time to
 # join and bytes moved (BENCHMARKS.md, "State sync").
 #
-#   benches/state-sync.sh                    # 2 validators, 1,000,000 funded accounts (a
-#                                            # `kestrel-loadgen --genesis-out` genesis), empty
-#                                            # 20 ms blocks until block 10,000, then the full node
+#   benches/state-sync.sh                    # 2 validators, 1,000,000 funded accounts and the
+#                                            # ERC-20 token holding a slot for each (a
+#                                            # `kestrel-loadgen --genesis-out` genesis), 20 ms
+#                                            # blocks until block 10,000, then the full node
 #   VALIDATORS=4 ACCOUNTS=100000 BLOCKS=2000 benches/state-sync.sh
 #   BLOCK_TIME_MS, SEED, OUT, SKIP_BUILD=1, KESTREL_BIN, KESTREL_LOADGEN_BIN
+#   LOAD_RATE=200 LOAD_SECONDS=60            # a light `--workload mixed` load (ETH and token
+#   LOAD_ACCOUNTS=10000                      # transfers among the genesis's first 10,000
+#                                            # senders) early in the chain; LOAD_RATE=0: none
 #
-# The blocks are empty: what the sync moves is the state (and the few blocks after its base),
-# and the chain's length only has to be there. The full node starts on an empty datadir with
+# What the sync moves is the state (and the few blocks after its base); the light load only
+# makes the chain's blocks and state not genesis's alone. The full node starts on an empty datadir with
 # `--sync state`; "joined" is its head within 10 blocks of validator 0's, after which its blocks
 # are compared with validator 0's. Take the lock first, as for every
 # testnet run on a shared host: `flock /tmp/kestrel-quiet benches/state-sync.sh`.
@@ -24,6 +28,10 @@ VALIDATORS="${VALIDATORS:-2}"
 ACCOUNTS="${ACCOUNTS:-1000000}"
 BLOCKS="${BLOCKS:-10000}"
 BLOCK_TIME_MS="${BLOCK_TIME_MS:-20}"
+JOIN_TIMEOUT_S="${JOIN_TIMEOUT_S:-1800}"
+LOAD_RATE="${LOAD_RATE:-200}"
+LOAD_SECONDS="${LOAD_SECONDS:-60}"
+LOAD_ACCOUNTS="${LOAD_ACCOUNTS:-10000}"
 SEED="${SEED:-1}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT="${OUT:-$TARGET/state-sync-bench/$(date -u +%Y%m%dT%H%M%SZ)}"
@@ -47,11 +55,6 @@ import json, sys
 bench, net = sys.argv[1], sys.argv[2]
 genesis = json.load(open(bench))
 genesis["kestrel"] = json.load(open(net))["kestrel"]
-# The loadgen's ERC-20 token holds a balance slot per sender: one account whose storage encodes
-# past a chunk's 4 MiB, which state sync cannot serve yet (docs/OPERATORS.md). The transfers
-# benchmark does not use it.
-genesis["alloc"] = {a: v for a, v in genesis["alloc"].items()
-                    if a.lower().removeprefix("0x") != "70" * 20}
 json.dump(genesis, open(net, "w"))
 EOF
 for config in "$NET"/validator-*/config.toml "$NET"/full-*/config.toml; do
@@ -85,8 +88,19 @@ rpc() { # url method params
 }
 head_of() { rpc "$1" eth_blockNumber '[]' | python3 -c 'import json,sys; print(int(json.load(sys.stdin)["result"], 16))'; }
 V0="http://127.0.0.1:$BASE_RPC_PORT"
+if [ "$LOAD_RATE" -gt 0 ]; then
+  until [ "$(head_of "$V0" 2>/dev/null || echo 0)" -ge 1 ]; do sleep 1; done
+  echo "state-sync: a light load, $LOAD_RATE tx/s for ${LOAD_SECONDS}s (loadgen.log)"
+  "$LOADGEN" --rpc "$V0" --workload mixed --genesis-funded --accounts "$LOAD_ACCOUNTS" --seed "$SEED" \
+    --rate "$LOAD_RATE" --duration "$LOAD_SECONDS" --quiet --report "$OUT/loadgen.json" \
+    >"$OUT/loadgen.log" 2>&1 &
+  LOAD_PID=$!
+fi
 echo "state-sync: waiting for block $BLOCKS"
 until [ "$(head_of "$V0" 2>/dev/null || echo 0)" -ge "$BLOCKS" ]; do sleep 5; done
+if [ -n "${LOAD_PID:-}" ]; then
+  wait "$LOAD_PID" || echo "state-sync: the load generator failed (loadgen.log)" >&2
+fi
 
 started=$(date +%s.%N)
 setsid "$KESTREL" node --config "$FULL/config.toml" --sync state >>"$FULL/node.log" 2>&1 </dev/null &
@@ -116,9 +130,12 @@ for n in $((base + 1)) "$check"; do
   [ "$a" = "$b" ] || { echo "state-sync: block $n differs: full $a, validator $b" >&2; exit 1; }
 done
 
-python3 - "$OUT" "$started" "$joined" "$base" "$check" "$ACCOUNTS" "$VALIDATORS" "$BLOCK_TIME_MS" "$FULL/node.log" <<'EOF'
+python3 - "$OUT" "$started" "$joined" "$base" "$check" "$ACCOUNTS" "$VALIDATORS" "$BLOCK_TIME_MS" "$FULL/node.log" "$NET/genesis.json" "$LOAD_RATE" "$LOAD_SECONDS" <<'EOF'
 import json, re, sys
-out, started, joined, base, check, accounts, validators, block_time_ms, log = sys.argv[1:]
+out, started, joined, base, check, accounts, validators, block_time_ms, log, genesis, load_rate, load_seconds = sys.argv[1:]
+# The loadgen's ERC-20 token (0x7070...70): the one account whose storage runs over many parts.
+token = next((v for a, v in json.load(open(genesis))["alloc"].items()
+              if a.lower().removeprefix("0x") == "70" * 20), {})
 metrics = {}
 for line in open(f"{out}/full-metrics.txt"):
     if line.startswith("#") or not line.strip():
@@ -131,6 +148,9 @@ summary = {
     "accounts": int(accounts),
     "validators": int(validators),
     "block_time_ms": int(block_time_ms),
+    "load_tx_per_s": int(load_rate),
+    "load_seconds": int(load_seconds) if int(load_rate) > 0 else 0,
+    "token_slots_at_genesis": len(token.get("storage", {})),
     "base_block": int(base),
     "checked_block": int(check),
     "join_seconds": round(float(joined) - float(started), 1),
@@ -139,6 +159,7 @@ summary = {
     "received_bytes_total": int(sum(v for k, v in metrics.items()
                                     if k.startswith("kestrel_net_received_bytes_total"))),
     "chunks": int(metrics.get("kestrel_sync_state_chunks", 0)),
+    "parts": int(metrics.get("kestrel_sync_state_parts_total", 0)),
     "accounts_written": int(metrics.get("kestrel_sync_state_accounts_total", 0)),
 }
 json.dump(summary, open(f"{out}/summary.json", "w"), indent=2)

@@ -122,7 +122,9 @@ fn body(params: &Params, number: u64) -> (Vec<RecoveredTx>, Vec<ReceiptEnvelope>
                 max_fee_per_gas: 2_000_000_000,
                 max_priority_fee_per_gas: 1,
                 to: TxKind::Call(TOKEN),
-                input: Bytes::from(vec![0xa9; 68]),
+                // Distinct calldata, so that each transaction has its own hash (and its own
+                // entry in the transaction index), as in a real block.
+                input: Bytes::from([[0xa9; 60].as_slice(), &(i as u64).to_be_bytes()].concat()),
                 ..Default::default()
             };
             let tx = TxEnvelope::from(tx.into_signed(Signature::test_signature()));

@@ -144,7 +144,7 @@ impl Driver {
             // State sync's answers: a validator never asks (only a full node state-syncs).
             Ok(
                 SyncResponse::SnapshotTop(_)
-                | SyncResponse::StateChunk(_)
+                | SyncResponse::StatePart(_)
                 | SyncResponse::SnapshotGone { .. },
             ) => {}
             Err(err) => {

@@ -143,7 +143,7 @@ pub fn answer(
             .get(&hash)
             .map(|payload| SyncResponse::Payload(payload.bytes().clone())),
         // The snapshot thread's (`statesync::serve`), where this node serves snapshots.
-        Ok(SyncRequest::SnapshotTop { .. } | SyncRequest::StateChunk { .. }) => None,
+        Ok(SyncRequest::SnapshotTop { .. } | SyncRequest::StatePart { .. }) => None,
         Err(err) => {
             tracing::debug!(target: "node::validator", %err, "undecodable sync request");
             None

@@ -128,15 +128,22 @@ pub enum SyncRequest {
     /// its committed head if it holds none recent. `resume`: the block of the snapshot an
     /// interrupted sync was fetching (0: none), which the peer gives if it still holds it.
     SnapshotTop { resume: u64 },
-    /// Chunk `index` of depth `depth` of the peer's snapshot of block `height`.
-    StateChunk { height: u64, depth: u8, index: u32 },
+    /// Part `part` of chunk `index` of depth `depth` of the peer's snapshot of block `height`
+    /// (`snapshot::parts`; a chunk that fits one message is its part 0 alone).
+    StatePart {
+        height: u64,
+        depth: u8,
+        index: u32,
+        part: u32,
+    },
 }
 
 #[derive(RlpEncodable, RlpDecodable)]
-struct StateChunkWire {
+struct StatePartWire {
     height: u64,
     depth: u8,
     index: u32,
+    part: u32,
 }
 
 /// What a snapshot's chunks are checked against, as its holder claims it: the syncing node
@@ -169,9 +176,9 @@ pub enum SyncResponse {
     Blocks(Vec<SyncedBlock>),
     Payload(Bytes),
     SnapshotTop(Box<SnapshotTop>),
-    /// The encoded `StateChunk` asked for (kept as received: its size counts toward the bytes
-    /// state sync moved).
-    StateChunk(Bytes),
+    /// The encoded `StatePart` asked for, which says which part of how many it is (kept as
+    /// received: its size counts toward the bytes state sync moved).
+    StatePart(Bytes),
     /// The peer holds no snapshot of the height asked for; `held` is the one it holds (0: none).
     SnapshotGone {
         held: u64,
@@ -181,7 +188,7 @@ pub enum SyncResponse {
 const TAG_BLOCKS: u8 = 0;
 const TAG_PAYLOAD: u8 = 1;
 const TAG_SNAPSHOT_TOP: u8 = 2;
-const TAG_STATE_CHUNK: u8 = 3;
+const TAG_STATE_PART: u8 = 3;
 const TAG_SNAPSHOT_GONE: u8 = 4;
 
 impl SyncRequest {
@@ -198,16 +205,18 @@ impl SyncRequest {
             // No resume: the tag alone.
             Self::SnapshotTop { resume: 0 } => vec![TAG_SNAPSHOT_TOP],
             Self::SnapshotTop { resume } => tagged(TAG_SNAPSHOT_TOP, resume),
-            Self::StateChunk {
+            Self::StatePart {
                 height,
                 depth,
                 index,
+                part,
             } => tagged(
-                TAG_STATE_CHUNK,
-                &StateChunkWire {
+                TAG_STATE_PART,
+                &StatePartWire {
                     height: *height,
                     depth: *depth,
                     index: *index,
+                    part: *part,
                 },
             ),
         }
@@ -230,12 +239,13 @@ impl SyncRequest {
                 0 => Err(WireError::NonCanonical),
                 resume => Ok(Self::SnapshotTop { resume }),
             },
-            TAG_STATE_CHUNK => {
-                let w: StateChunkWire = decode_all(body)?;
-                Ok(Self::StateChunk {
+            TAG_STATE_PART => {
+                let w: StatePartWire = decode_all(body)?;
+                Ok(Self::StatePart {
                     height: w.height,
                     depth: w.depth,
                     index: w.index,
+                    part: w.part,
                 })
             }
             other => Err(WireError::UnknownTag(other)),
@@ -250,7 +260,7 @@ impl SyncResponse {
             Self::Payload(bytes) => tagged(TAG_PAYLOAD, bytes),
             Self::SnapshotTop(top) => tagged(TAG_SNAPSHOT_TOP, top.as_ref()),
             // Already an RLP item.
-            Self::StateChunk(chunk) => [&[TAG_STATE_CHUNK], &chunk[..]].concat(),
+            Self::StatePart(part) => [&[TAG_STATE_PART], &part[..]].concat(),
             Self::SnapshotGone { held } => tagged(TAG_SNAPSHOT_GONE, held),
         }
     }
@@ -261,7 +271,7 @@ impl SyncResponse {
             TAG_BLOCKS => Ok(Self::Blocks(decode_all(body)?)),
             TAG_PAYLOAD => Ok(Self::Payload(decode_all(body)?)),
             TAG_SNAPSHOT_TOP => Ok(Self::SnapshotTop(Box::new(decode_all(body)?))),
-            TAG_STATE_CHUNK => Ok(Self::StateChunk(Bytes::copy_from_slice(body))),
+            TAG_STATE_PART => Ok(Self::StatePart(Bytes::copy_from_slice(body))),
             TAG_SNAPSHOT_GONE => Ok(Self::SnapshotGone {
                 held: decode_all(body)?,
             }),
@@ -303,10 +313,11 @@ mod tests {
             SyncRequest::Payload(B256::repeat_byte(3)),
             SyncRequest::SnapshotTop { resume: 0 },
             SyncRequest::SnapshotTop { resume: 12_345 },
-            SyncRequest::StateChunk {
+            SyncRequest::StatePart {
                 height: 10_000,
                 depth: 2,
                 index: 255,
+                part: 3,
             },
         ] {
             assert_eq!(SyncRequest::decode(&req.encode()).unwrap(), req);
@@ -334,10 +345,13 @@ mod tests {
                 top: vec![Bytes::from_static(b"node")],
                 headers: vec![Header::default()],
             })),
-            SyncResponse::StateChunk(Bytes::from(alloy_rlp::encode(
-                kestrel_storage::snapshot::StateChunk {
+            SyncResponse::StatePart(Bytes::from(alloy_rlp::encode(
+                kestrel_storage::snapshot::parts::StatePart {
                     depth: 1,
                     index: 3,
+                    part: 0,
+                    parts: 1,
+                    continues: false,
                     accounts: Vec::new(),
                 },
             ))),

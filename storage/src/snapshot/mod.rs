@@ -15,7 +15,12 @@
 //! ([`verify::verify_chunk`]), with every storage root computed from the slots it carries and
 //! every code hash from its code. Nothing in a chunk is taken on trust, and no chunk depends on
 //! another, so chunks can come from different peers in any order.
+//!
+//! **Parts.** A chunk travels in parts of at most a message's bytes ([`parts`]), an account's
+//! storage running on from one part into the next when it does not fit one: the chunking goes
+//! by address, so one account of a million slots is one chunk however deep the cut.
 
+pub mod parts;
 pub mod restore;
 pub mod verify;
 

@@ -1,4 +1,5 @@
 use super::{
+    parts::{self, Assembly, StatePart},
     verify::{SnapshotError, expected_subtries, verify_chunk},
     *,
 };
@@ -11,6 +12,15 @@ use std::collections::BTreeMap;
 /// A store whose genesis holds `accounts` random accounts; every 50th has code and storage (one
 /// of them 2,000 slots, like a token).
 fn store_with(accounts: usize, seed: u64) -> (tempfile::TempDir, Store, B256) {
+    store_with_token(accounts, seed, 2_000)
+}
+
+/// As [`store_with`], the token's slots `token_slots`.
+fn store_with_token(
+    accounts: usize,
+    seed: u64,
+    token_slots: usize,
+) -> (tempfile::TempDir, Store, B256) {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut spec = ChainSpec::dev();
     for i in 0..accounts {
@@ -18,7 +28,7 @@ fn store_with(accounts: usize, seed: u64) -> (tempfile::TempDir, Store, B256) {
         let (code, storage) = match i % 50 {
             0 => {
                 let code = Bytes::from(vec![0x60, i as u8, 0x60, 0x00, 0x55]);
-                let slots = if i == 0 { 2_000 } else { 1 + i % 7 };
+                let slots = if i == 0 { token_slots } else { 1 + i % 7 };
                 let storage: BTreeMap<U256, U256> = (0..slots)
                     .map(|_| {
                         (
@@ -309,7 +319,14 @@ fn chunks_after_blocks_rebuild_the_same_state() {
 /// A source store at block 3 (genesis and three blocks that change state), its head's header
 /// and the hashes of blocks 0..3.
 fn source_at_block_3() -> (tempfile::TempDir, Store, alloy_consensus::Header, Vec<B256>) {
-    let (dir, store, _) = store_with(3_000, 11);
+    source_at_block_3_with_token(2_000)
+}
+
+/// As [`source_at_block_3`], the token's slots `token_slots`.
+fn source_at_block_3_with_token(
+    token_slots: usize,
+) -> (tempfile::TempDir, Store, alloy_consensus::Header, Vec<B256>) {
+    let (dir, store, _) = store_with_token(3_000, 11, token_slots);
     let mut parent = store.view(|r| r.block(0).unwrap().unwrap()).unwrap();
     let mut hashes = vec![parent.hash];
     for n in 1..=3u64 {
@@ -484,4 +501,202 @@ fn the_whole_root_is_checked_at_the_end() {
         Err(RestoreError::RootMismatch { want, .. }) if want == root
     ));
     assert_eq!(store.view(|r| r.head().unwrap()).unwrap(), None);
+}
+
+/// The parts of every chunk of `chunks` at `budget` bytes, each encoded and decoded again.
+fn cut_all(chunks: &[StateChunk], budget: usize) -> Vec<Vec<StatePart>> {
+    chunks
+        .iter()
+        .map(|chunk| {
+            let parts = parts::cut(chunk.clone(), budget).unwrap();
+            parts
+                .iter()
+                .map(|part| {
+                    let bytes = alloy_rlp::encode(part);
+                    assert!(bytes.len() <= budget, "{} bytes", bytes.len());
+                    <StatePart as alloy_rlp::Decodable>::decode(&mut bytes.as_slice()).unwrap()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Puts `parts` together; the chunk, or the first error.
+fn assemble(depth: u8, index: u32, parts: Vec<StatePart>) -> Result<StateChunk, SnapshotError> {
+    let mut assembly = Assembly::new(depth, index);
+    for part in parts {
+        if let Some(chunk) = assembly.add(part)? {
+            return Ok(chunk);
+        }
+    }
+    panic!("no last part");
+}
+
+const PART_BUDGET_BYTES: usize = 64 << 10;
+
+/// An account of 20,000 slots (about 1.4 MB) does not fit a 64 KiB part: its chunk is cut into
+/// parts under the budget, the same way each time, its storage running on across parts; put
+/// back together, every chunk checks out against its subtrie and the restored state has the
+/// trusted root.
+#[test]
+fn an_account_larger_than_a_part_round_trips_through_parts() {
+    use crate::snapshot::restore::RestoreTarget;
+    let (_src_dir, source, header, ancestors) = source_at_block_3_with_token(20_000);
+    let depth = 1;
+    let (root, top, chunks) = snapshot(&source, depth);
+    let expected = expected_subtries(root, depth, &top).unwrap();
+    let all_parts = cut_all(&chunks, PART_BUDGET_BYTES);
+    assert_eq!(all_parts, cut_all(&chunks, PART_BUDGET_BYTES), "cut alike");
+    let (big, big_parts) = all_parts
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, p)| p.len())
+        .unwrap();
+    let big_bytes = alloy_rlp::encode(&chunks[big]).len();
+    assert!(
+        big_parts.len() >= big_bytes / PART_BUDGET_BYTES,
+        "{} parts",
+        big_parts.len()
+    );
+    assert!(
+        big_parts.len() <= big_bytes / (PART_BUDGET_BYTES * 9 / 10) + 1,
+        "parts filled: {} parts for {big_bytes} bytes",
+        big_parts.len()
+    );
+    // The token starts a part (or follows the accounts before it) and runs on through the rest.
+    let continued = big_parts.iter().filter(|p| p.continues).count();
+    assert!(
+        continued + 2 >= big_parts.len(),
+        "the token runs on: {continued}"
+    );
+    let mut assembled = Vec::new();
+    for (i, parts) in all_parts.into_iter().enumerate() {
+        let chunk = assemble(depth, i as u32, parts).unwrap();
+        assert_eq!(chunk, chunks[i]);
+        verify_chunk(depth, i as u32, expected[i], &chunk).unwrap();
+        assembled.push(chunk);
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open_with(dir.path(), Durability::Unsynced).unwrap();
+    store
+        .restore_start(RestoreTarget {
+            number: 3,
+            state_root: root,
+            depth,
+        })
+        .unwrap();
+    assert_eq!(store.restore_chunks(&assembled).unwrap(), 16);
+    store.restore_finish(&header, &ancestors).unwrap();
+    assert_eq!(
+        store
+            .view(|r| r.state_root_from_scratch().unwrap())
+            .unwrap(),
+        root
+    );
+    assert_eq!(state_tables(&store), state_tables(&source));
+}
+
+/// A damaged part spoils its whole chunk's check; parts out of order, of another chunk, with
+/// another count, or a continuation that continues nothing are refused as they come; a claimed
+/// count past the bound is refused at the first part; an account that cannot fit a part at all
+/// is not cut.
+#[test]
+fn a_bad_part_is_caught() {
+    let (_dir, store, root) = store_with_token(3_000, 12, 20_000);
+    let depth = 1;
+    let (_, top, chunks) = snapshot(&store, depth);
+    let expected = expected_subtries(root, depth, &top).unwrap();
+    let all_parts = cut_all(&chunks, PART_BUDGET_BYTES);
+    let big = (0..all_parts.len())
+        .max_by_key(|i| all_parts[*i].len())
+        .unwrap();
+    let parts = &all_parts[big];
+    let index = big as u32;
+    assert!(parts.len() > 3);
+    let middle = parts.len() / 2;
+
+    type Damage = fn(&mut Vec<StatePart>, usize);
+    type Expect = fn(&SnapshotError) -> bool;
+    let framing: [(&str, Damage, Expect); 6] = [
+        (
+            "a part left out",
+            |p, m| {
+                p.remove(m);
+            },
+            |e| matches!(e, SnapshotError::PartOrder { .. }),
+        ),
+        (
+            "a part twice",
+            |p, m| p.insert(m, p[m].clone()),
+            |e| matches!(e, SnapshotError::PartOrder { .. }),
+        ),
+        (
+            "another count",
+            |p, m| p[m].parts += 1,
+            |e| matches!(e, SnapshotError::PartCount { .. }),
+        ),
+        (
+            "a part of another chunk",
+            |p, m| p[m].index ^= 1,
+            |e| matches!(e, SnapshotError::WrongChunk { .. }),
+        ),
+        (
+            "a continuation of another account",
+            |p, m| p[m].accounts[0].address = Address::repeat_byte(7),
+            |e| matches!(e, SnapshotError::BadContinuation { .. }),
+        ),
+        (
+            "a continuation carrying a balance",
+            |p, m| p[m].accounts[0].balance = U256::from(1),
+            |e| matches!(e, SnapshotError::BadContinuation { .. }),
+        ),
+    ];
+    for (what, damage, expect) in framing {
+        let mut bad = parts.clone();
+        damage(&mut bad, middle);
+        let err = assemble(depth, index, bad).expect_err(what);
+        assert!(expect(&err), "{what}: {err}");
+    }
+
+    // A slot's value in a middle part: the parts fit together, the chunk does not check out.
+    let mut bad = parts.clone();
+    bad[middle].accounts[0].storage[0].value += U256::from(1);
+    let chunk = assemble(depth, index, bad).unwrap();
+    assert!(matches!(
+        verify_chunk(depth, index, expected[big], &chunk),
+        Err(SnapshotError::SubtrieMismatch { .. })
+    ));
+    // The slots split elsewhere between two parts is the same chunk: only the whole is judged.
+    let mut moved = parts.clone();
+    let slot = moved[middle].accounts[0].storage.remove(0);
+    moved[middle - 1]
+        .accounts
+        .last_mut()
+        .unwrap()
+        .storage
+        .push(slot);
+    assert_eq!(assemble(depth, index, moved).unwrap(), chunks[big]);
+
+    // A lying count is refused before anything is held for it.
+    let mut first = parts[0].clone();
+    first.parts = parts::STATE_PARTS_MAX + 1;
+    assert!(matches!(
+        Assembly::new(depth, index).add(first),
+        Err(SnapshotError::TooManyParts { .. })
+    ));
+    let mut starts_continued = parts[0].clone();
+    starts_continued.continues = true;
+    assert!(matches!(
+        Assembly::new(depth, index).add(starts_continued),
+        Err(SnapshotError::BadContinuation { .. })
+    ));
+    assert!(matches!(
+        parts::cut(chunks[big].clone(), 100),
+        Err(SnapshotError::AccountTooLarge { .. })
+    ));
+    // A chunk that fits is one part of exactly its accounts.
+    let small = parts::cut(chunks[big].clone(), 64 << 20).unwrap();
+    assert_eq!(small.len(), 1);
+    assert_eq!(small[0].accounts, chunks[big].accounts);
 }

@@ -27,6 +27,20 @@ pub enum SnapshotError {
     Order { index: u32, position: usize },
     #[error("chunk {index}: a slot of account {position} is zero or out of hashed-key order")]
     SlotOrder { index: u32, position: usize },
+    #[error("chunk {index}: part {got} where part {want} is next")]
+    PartOrder { index: u32, want: u32, got: u32 },
+    #[error("chunk {index}: a part says it is one of {got}, the first said {want}")]
+    PartCount { index: u32, want: u32, got: u32 },
+    #[error("chunk {index}: {parts} parts, not between 1 and STATE_PARTS_MAX")]
+    TooManyParts { index: u32, parts: u32 },
+    #[error("chunk {index}: part {part} continues no account or carries more than slots")]
+    BadContinuation { index: u32, part: u32 },
+    #[error("chunk {index}: account {address} alone does not fit a part of {bytes_max} bytes")]
+    AccountTooLarge {
+        index: u32,
+        address: alloy_primitives::Address,
+        bytes_max: usize,
+    },
     #[error(
         "chunk {index}: its accounts make subtrie {got:?}, the trusted state root says {want:?}"
     )]

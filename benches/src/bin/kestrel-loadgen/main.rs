@@ -77,6 +77,11 @@ struct Args {
     /// Gas limit written into `--genesis-out`.
     #[arg(long, default_value_t = 2_000_000_000)]
     genesis_gas_limit: u64,
+    /// Funded accounts `--genesis-out` adds beside the senders, which the load never touches:
+    /// the state's size around them (e.g. 9,900,000 with 100,000 senders for a
+    /// 10,000,000-account state).
+    #[arg(long, default_value_t = 0)]
+    genesis_extra_accounts: u64,
     /// Chain id for `--genesis-out` (a run asks the node).
     #[arg(long, default_value_t = 1337)]
     chain_id: u64,
@@ -134,6 +139,7 @@ fn main() -> eyre::Result<()> {
             args.pairs,
             args.chain_id,
             args.genesis_gas_limit,
+            args.genesis_extra_accounts,
         )?;
         println!(
             "wrote {} with {} funded senders and the token at {}",

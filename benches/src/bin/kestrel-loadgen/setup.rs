@@ -42,6 +42,7 @@ fn token_runtime() -> Vec<u8> {
 /// and B, of which every sender holds [`TOKEN_BALANCE`], and `pairs` pairs of them, each with
 /// [`PAIR_RESERVE`] of both, which every sender has approved for its own pair and the hot pair 0:
 /// the state the in-memory executor bench swaps on (`kestrel_benches::workload::deploy_pairs`).
+/// Plus `extra_accounts` funded accounts that send nothing: a large state around the senders.
 pub fn write_genesis(
     path: &Path,
     accounts: &[Account],
@@ -49,6 +50,7 @@ pub fn write_genesis(
     pairs: usize,
     chain_id: u64,
     gas_limit: u64,
+    extra_accounts: u64,
 ) -> eyre::Result<()> {
     let senders: Vec<Address> = accounts.iter().map(|a| a.address).collect();
     let mut state = MemState::default();
@@ -87,10 +89,56 @@ pub fn write_genesis(
         "mixHash": format!("{:#066x}", 0),
         "coinbase": Address::ZERO.to_string(),
         "baseFeePerGas": "0x3b9aca00",
-        "alloc": genesis_alloc(&state),
     });
-    std::fs::write(path, genesis.to_string())
+    write_json(path, &genesis, &genesis_alloc(&state), extra_accounts)
         .wrap_err_with(|| format!("writing {}", path.display()))
+}
+
+/// Writes `genesis` with `alloc` and `extra` more funded accounts as its `alloc`, streamed: a
+/// 10,000,000-account genesis is about 700 MB of JSON, too much to build as one `Value`.
+fn write_json(
+    path: &Path,
+    genesis: &Value,
+    alloc: &Map<String, Value>,
+    extra: u64,
+) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let head = genesis.to_string();
+    // The object without its closing brace, then the alloc as its last member.
+    out.write_all(&head.as_bytes()[..head.len() - 1])?;
+    out.write_all(b",\"alloc\":{")?;
+    let mut first = true;
+    for (address, entry) in alloc {
+        if !std::mem::take(&mut first) {
+            out.write_all(b",")?;
+        }
+        write!(out, "{}:{entry}", Value::String(address.clone()))?;
+    }
+    for i in 0..extra {
+        if !std::mem::take(&mut first) {
+            out.write_all(b",")?;
+        }
+        write!(
+            out,
+            "\"{}\":{{\"balance\":\"{:#x}\"}}",
+            extra_account(i),
+            EXTRA_BALANCE_WEI
+        )?;
+    }
+    out.write_all(b"}}")?;
+    out.flush()
+}
+
+/// Balance of each `--genesis-extra-accounts` account.
+const EXTRA_BALANCE_WEI: u64 = 1_000_000_000;
+
+/// The `i`th extra genesis account: an address nobody has the key of, apart from every sender's.
+fn extra_account(i: u64) -> Address {
+    let digest = alloy_primitives::keccak256(
+        [b"kestrel-loadgen extra".as_slice(), &i.to_be_bytes()].concat(),
+    );
+    Address::from_slice(&digest[12..])
 }
 
 /// `state` as a genesis `alloc`, sorted by address and slot.
@@ -453,3 +501,46 @@ const RATE_LIMITED: &str = "rate limit exceeded";
 /// How long to wait before asking again after a rate-limit refusal: a node's token bucket earns
 /// back a batch of [`READ_BATCH`] calls in 100 ms at its default 20,000 calls/s.
 const RATE_LIMITED_PAUSE: Duration = Duration::from_millis(250);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The streamed genesis is valid JSON holding the senders, the token, the dev accounts and
+    /// the extra accounts, each once; the extra ones are distinct and funded.
+    #[test]
+    fn a_genesis_with_extra_accounts_is_one_json_object_with_all_of_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("genesis.json");
+        let accounts = workload::derive_accounts(1, 3);
+        write_genesis(
+            &path,
+            &accounts,
+            Workload::Mixed,
+            1,
+            1337,
+            30_000_000,
+            1_000,
+        )
+        .unwrap();
+        let genesis: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(genesis["gasLimit"], "0x1c9c380");
+        let alloc = genesis["alloc"].as_object().unwrap();
+        let dev = kestrel_types::chain::dev_accounts().len();
+        assert_eq!(alloc.len(), dev + 3 + 1 + 1_000);
+        for account in &accounts {
+            assert!(alloc.contains_key(&account.address.to_string()));
+        }
+        assert!(
+            alloc[&TOKEN.to_string()]["storage"]
+                .as_object()
+                .unwrap()
+                .len()
+                >= 3
+        );
+        for i in [0, 999] {
+            let extra = &alloc[&extra_account(i).to_string()];
+            assert_eq!(extra["balance"], format!("{EXTRA_BALANCE_WEI:#x}"));
+        }
+    }
+}

@@ -15,12 +15,15 @@
 //!    it by their parent hashes.
 //! 3. **Chunks.** The top, hashed up to the trusted root, gives each chunk's subtrie hash
 //!    (`snapshot::verify::expected_subtries`). Chunks are asked of every validator that holds the
-//!    same snapshot, several in flight each, and each is checked on arrival against its subtrie
-//!    hash (`verify_chunk`): a validator that serves a bad one is dropped (asked nothing more for
-//!    this sync) and the chunk is asked of another. Checked chunks are written in index order
-//!    (`Store::restore_chunks`), with the count of chunks written in the same transaction: a
-//!    restart resumes after it if a validator still holds that snapshot, and starts over with a
-//!    new one if none does.
+//!    same snapshot, several in flight each; a chunk larger than a message comes in parts
+//!    (`snapshot::parts`), all asked of the validator that served its part 0 and put together as
+//!    they come (`fetch.rs`). Each whole chunk is checked against its subtrie hash
+//!    (`verify_chunk`): a validator that serves a bad one, or a misframed part, is dropped (asked
+//!    nothing more for this sync) and the whole chunk is asked of another. Checked chunks are
+//!    written in index order (`Store::restore_chunks`), with the count of chunks written in the
+//!    same transaction: a restart resumes after it (whole chunks: a chunk half fetched is fetched
+//!    again) if a validator still holds that snapshot, and starts over with a new one if none
+//!    does.
 //! 4. **Base.** The account trie is built from the written accounts and its root checked against
 //!    the trusted one once more (`Store::restore_finish`); block `B` starts the block log and
 //!    becomes the database's head and base. Block sync goes on from `B + 1`.
@@ -43,7 +46,8 @@ use kestrel_net::{Inbound, Kind, PeerClass, PeerId};
 use kestrel_storage::{
     StorageError, Store,
     snapshot::{
-        StateChunk, chunk_count,
+        chunk_count,
+        parts::StatePart,
         restore::{BASE_ANCESTORS, RestoreError, RestoreTarget},
         verify::{SnapshotError, expected_subtries, verify_chunk},
     },
@@ -79,6 +83,7 @@ const CHUNKS: &str = "kestrel_sync_state_chunks";
 const CHUNKS_DONE: &str = "kestrel_sync_state_chunks_done";
 const BYTES: &str = "kestrel_sync_state_bytes_total";
 const BAD_CHUNKS: &str = "kestrel_sync_state_bad_chunks_total";
+const PARTS: &str = "kestrel_sync_state_parts_total";
 const PEERS_DROPPED: &str = "kestrel_sync_state_peers_dropped_total";
 const ACCOUNTS: &str = "kestrel_sync_state_accounts_total";
 
@@ -99,7 +104,11 @@ pub fn describe_metrics() {
     );
     metrics::describe_counter!(
         BAD_CHUNKS,
-        "State chunks that failed their check against the trusted state root"
+        "State chunks that failed their check against the trusted state root, or whose parts did not fit together"
+    );
+    metrics::describe_counter!(
+        PARTS,
+        "Parts of state chunks taken by state sync (a chunk larger than a message comes in several)"
     );
     metrics::describe_counter!(
         PEERS_DROPPED,
@@ -119,6 +128,7 @@ pub fn init_metrics() {
     for counter in [
         BYTES,
         BAD_CHUNKS,
+        PARTS,
         PEERS_DROPPED,
         ACCOUNTS,
         SYNC_BLOCKS_TOTAL,
@@ -490,7 +500,7 @@ impl<'a> StateSync<'a> {
         };
         metrics::gauge!(CHUNKS).set(f64::from(count));
         metrics::gauge!(CHUNKS_DONE).set(f64::from(done));
-        let mut fetch = Fetch::new(done, count, peers);
+        let mut fetch = Fetch::new(target.depth, done, count, peers);
         let mut last_log = Instant::now();
         while fetch.written < count {
             let now = Instant::now();
@@ -506,11 +516,12 @@ impl<'a> StateSync<'a> {
                 tracing::info!(target: "node::statesync", %peer, "a validator disconnected: its chunks go to the others");
                 fetch.forget(&peer);
             }
-            for (peer, index) in fetch.requests(now, &self.dropped) {
-                let request = SyncRequest::StateChunk {
+            for (peer, index, part) in fetch.requests(now, &self.dropped) {
+                let request = SyncRequest::StatePart {
                     height: target.number,
                     depth: target.depth,
                     index,
+                    part,
                 };
                 self.net
                     .send(&peer, Kind::SyncRequest, request.encode().into());
@@ -523,27 +534,35 @@ impl<'a> StateSync<'a> {
                 continue;
             };
             match answer {
-                SyncResponse::StateChunk(bytes) => {
-                    let chunk: StateChunk = match super::wire::decode_all(&bytes) {
-                        Ok(chunk) => chunk,
+                SyncResponse::StatePart(bytes) => {
+                    let part: StatePart = match super::wire::decode_all(&bytes) {
+                        Ok(part) => part,
                         Err(err) => {
                             self.bad_chunk(&mut fetch, &peer, &err.to_string());
                             continue;
                         }
                     };
-                    if !fetch.is_pending(&peer, chunk.index) {
+                    if !fetch.is_pending(&peer, &part) {
                         continue;
                     }
-                    if let Err(err) = verify_chunk(
-                        target.depth,
-                        chunk.index,
-                        expected[chunk.index as usize],
-                        &chunk,
-                    ) {
+                    metrics::counter!(PARTS).increment(1);
+                    let index = part.index;
+                    let chunk = match fetch.received(part, Instant::now()) {
+                        Ok(Some(chunk)) => chunk,
+                        Ok(None) => continue,
+                        Err(err) => {
+                            self.bad_chunk(&mut fetch, &peer, &err.to_string());
+                            continue;
+                        }
+                    };
+                    if let Err(err) =
+                        verify_chunk(target.depth, index, expected[index as usize], &chunk)
+                    {
+                        fetch.requeue(index);
                         self.bad_chunk(&mut fetch, &peer, &err.to_string());
                         continue;
                     }
-                    fetch.received(&peer, chunk);
+                    fetch.ready.insert(index, chunk);
                     self.write_ready(&mut fetch)?;
                 }
                 SyncResponse::SnapshotGone { held } => {

@@ -6,9 +6,10 @@
 //! the head moved would never end on a busy chain, and holding an MDBX read transaction for the
 //! whole sync would keep every page the commits free meanwhile from being reused (the file grows
 //! with the chain's writes for as long as the sync lasts). So the snapshot is read once, in one
-//! read transaction (one pass over the hashed tables, `Reader::snapshot_chunks`), encoded, and
-//! kept: about 35 bytes a funded account without code or storage (35 MB for 1,000,000 of them,
-//! BENCHMARKS.md), until nobody asked for it for [`SNAPSHOT_IDLE_SECS`]. It is of the first
+//! read transaction (one pass over the hashed tables, `Reader::snapshot_chunks`), each chunk cut
+//! into its parts (`snapshot::parts::cut`) and encoded, and kept: about 35 bytes a funded account
+//! without code or storage (35 MB for 1,000,000 of them) and 38 a token's slot (BENCHMARKS.md),
+//! until nobody asked for it for [`SNAPSHOT_IDLE_SECS`]. It is of the first
 //! block at a multiple of [`SNAPSHOT_ALIGN_BLOCKS`] after the request, so that validators asked
 //! together snapshot the same block. A snapshot that was just made, or that a sync is still reading, is
 //! given again to the next node that asks for a top ([`SNAPSHOT_FRESH_MS`], [`SNAPSHOT_BUSY_MS`]),
@@ -24,7 +25,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use kestrel_net::{Kind, NetworkHandle, PeerId};
 use kestrel_storage::{
     ChainView, Reader, StorageError, Store,
-    snapshot::{SNAPSHOT_DEPTH_MAX, StateChunk, depth_for, restore::BASE_ANCESTORS},
+    snapshot::{
+        StateChunk, depth_for,
+        parts::{self, StatePart},
+        restore::BASE_ANCESTORS,
+        verify::SnapshotError,
+    },
 };
 use std::{
     sync::Arc,
@@ -46,11 +52,14 @@ const SNAPSHOT_ALIGN_BLOCKS: u64 = 16;
 const SNAPSHOT_ALIGN_WAIT_MS: u64 = 20_000;
 /// A snapshot nobody asked anything of for this long is dropped (its memory freed).
 const SNAPSHOT_IDLE_SECS: u64 = 60;
-/// Largest encoded chunk: under the 4 MiB frame cap of a full node's connection, with room for
-/// the frame and tag. A snapshot whose chunks are larger is cut deeper.
-const STATE_CHUNK_BYTES_MAX: usize = (4 << 20) - 4_096;
+/// Largest encoded part of a chunk: under the 4 MiB frame cap of a full node's connection, with
+/// room for the frame and tag. A chunk larger than this is served in several parts.
+const STATE_PART_BYTES_MAX: usize = (4 << 20) - 4_096;
+/// Test only (tests/testnet): a smaller part budget than [`STATE_PART_BYTES_MAX`], so that a
+/// small state's chunks are served in several parts.
+const PART_BYTES_ENV: &str = "KESTREL_TEST_STATE_PART_BYTES";
 /// Test only (tests/testnet): a chunk index, or `all`, that this node serves damaged (one
-/// balance off by one), so that a syncing node's check of each chunk can be seen catching a
+/// value off by one), so that a syncing node's check of each chunk can be seen catching a
 /// lying peer.
 const CORRUPT_CHUNK_ENV: &str = "KESTREL_TEST_CORRUPT_STATE_CHUNK";
 
@@ -97,12 +106,8 @@ pub enum ServeError {
     Storage(#[from] StorageError),
     #[error("the database has no committed block")]
     Empty,
-    #[error("a chunk of block {height} is {bytes} bytes even at depth {depth}")]
-    ChunkTooLarge {
-        height: u64,
-        depth: u8,
-        bytes: usize,
-    },
+    #[error("cutting a chunk into parts: {0}")]
+    Part(#[from] SnapshotError),
 }
 
 /// The handle the driver gives snapshot requests to.
@@ -118,6 +123,16 @@ impl SnapshotServer {
         if let Some(damage) = corrupt {
             tracing::warn!(target: "node::statesync", ?damage, "TEST: serving damaged state chunks");
         }
+        let part_bytes_max = match std::env::var(PART_BYTES_ENV)
+            .ok()
+            .and_then(|b| b.parse().ok())
+        {
+            Some(bytes) => {
+                tracing::warn!(target: "node::statesync", bytes, "TEST: a small state part budget");
+                bytes
+            }
+            None => STATE_PART_BYTES_MAX,
+        };
         let (requests, rx) = crossbeam_channel::bounded(REQUESTS_QUEUE_MAX);
         thread::Builder::new()
             .name("snapshots".into())
@@ -126,6 +141,7 @@ impl SnapshotServer {
                     store,
                     held: None,
                     corrupt,
+                    part_bytes_max,
                 }
                 .run(rx, |peer, response| {
                     let bytes = response.encode().into();
@@ -141,7 +157,7 @@ impl SnapshotServer {
     /// thread; other requests are the caller's.
     pub fn offer(&self, peer: &PeerId, request: &[u8]) -> bool {
         let request = match SyncRequest::decode(request) {
-            Ok(r @ (SyncRequest::SnapshotTop { .. } | SyncRequest::StateChunk { .. })) => r,
+            Ok(r @ (SyncRequest::SnapshotTop { .. } | SyncRequest::StatePart { .. })) => r,
             _ => return false,
         };
         match self.requests.try_send((*peer, request)) {
@@ -154,10 +170,10 @@ impl SnapshotServer {
     }
 }
 
-/// A snapshot held in memory: its top and every chunk, encoded.
+/// A snapshot held in memory: its top and every chunk's parts, encoded.
 struct Held {
     top: SnapshotTop,
-    chunks: Vec<Bytes>,
+    chunks: Vec<Vec<Bytes>>,
     made: Instant,
     last_chunk: Option<Instant>,
     last_request: Instant,
@@ -167,6 +183,8 @@ struct Serving {
     store: Arc<Store>,
     held: Option<Held>,
     corrupt: Option<Damage>,
+    /// The encoded size of a part at most ([`STATE_PART_BYTES_MAX`] but in tests).
+    part_bytes_max: usize,
 }
 
 impl Serving {
@@ -222,10 +240,11 @@ impl Serving {
                 held.last_request = now;
                 Some(SyncResponse::SnapshotTop(Box::new(held.top.clone())))
             }
-            SyncRequest::StateChunk {
+            SyncRequest::StatePart {
                 height,
                 depth,
                 index,
+                part,
             } => {
                 let Some(held) = self
                     .held
@@ -235,11 +254,14 @@ impl Serving {
                     let held = self.held.as_ref().map_or(0, |h| h.top.height);
                     return Some(SyncResponse::SnapshotGone { held });
                 };
-                let chunk = held.chunks.get(index as usize)?.clone();
+                let parts = held.chunks.get(index as usize)?;
+                let bytes = parts.get(part as usize)?.clone();
+                if part as usize + 1 == parts.len() {
+                    metrics::counter!(CHUNKS_SERVED).increment(1);
+                }
                 held.last_chunk = Some(now);
                 held.last_request = now;
-                metrics::counter!(CHUNKS_SERVED).increment(1);
-                Some(SyncResponse::StateChunk(chunk))
+                Some(SyncResponse::StatePart(bytes))
             }
             _ => None,
         }
@@ -247,8 +269,8 @@ impl Serving {
 
     /// Reads the snapshot of the first committed head at or past the next multiple of
     /// [`SNAPSHOT_ALIGN_BLOCKS`] (each validator then snapshots the same block, so a syncing node
-    /// can take chunks from all of them), at the depth for its size, or deeper if a chunk would
-    /// not fit a frame. The head is watched in read transactions a millisecond apart, and the
+    /// can take chunks from all of them), at the depth for its size, each chunk in parts that fit
+    /// a frame. The head is watched in read transactions a millisecond apart, and the
     /// snapshot read in the one that first sees the head there; a head that does not get there
     /// within [`SNAPSHOT_ALIGN_WAIT_MS`] (a stalled chain) is taken as it is.
     fn make(&self) -> Result<Held, ServeError> {
@@ -269,71 +291,76 @@ impl Serving {
             thread::sleep(Duration::from_millis(1));
         };
         metrics::counter!(SNAPSHOTS_MADE).increment(1);
-        let bytes: usize = held.chunks.iter().map(|c| c.len()).sum();
-        tracing::info!(target: "node::statesync", height = held.top.height, depth = held.top.depth, chunks = held.chunks.len(), bytes, elapsed_ms = started.elapsed().as_millis() as u64, "made a state snapshot to serve");
+        let bytes: usize = held.chunks.iter().flatten().map(|p| p.len()).sum();
+        let parts: usize = held.chunks.iter().map(Vec::len).sum();
+        tracing::info!(target: "node::statesync", height = held.top.height, depth = held.top.depth, chunks = held.chunks.len(), parts, bytes, elapsed_ms = started.elapsed().as_millis() as u64, "made a state snapshot to serve");
         Ok(held)
     }
 
-    /// The snapshot of `r`, whose head is `height`.
+    /// The snapshot of `r`, whose head is `height`, at the depth for its size: a chunk larger
+    /// than a message goes in parts, so size never asks for a deeper cut.
     fn read(&self, r: &Reader<'_>, height: u64) -> Result<Held, ServeError> {
         let corrupt = self.corrupt;
-        let mut depth = depth_for(r.snapshot_accounts()?);
-        loop {
-            let (state_root, top) = r.snapshot_top(depth)?;
-            let mut chunks = Vec::new();
-            let mut largest = 0;
-            r.snapshot_chunks::<StorageError>(depth, |mut chunk| {
-                if corrupt.is_some_and(|d| d.hits(chunk.index)) {
-                    damage(&mut chunk);
-                }
-                let bytes = Bytes::from(alloy_rlp::encode(&chunk));
-                largest = largest.max(bytes.len());
-                chunks.push(bytes);
-                Ok(())
-            })?;
-            if largest > STATE_CHUNK_BYTES_MAX {
-                if depth == SNAPSHOT_DEPTH_MAX {
-                    return Err(ServeError::ChunkTooLarge {
-                        height,
-                        depth,
-                        bytes: largest,
-                    });
-                }
-                depth += 1;
-                continue;
+        let depth = depth_for(r.snapshot_accounts()?);
+        let (state_root, top) = r.snapshot_top(depth)?;
+        let mut chunks = Vec::new();
+        r.snapshot_chunks::<ServeError>(depth, |mut chunk| {
+            if corrupt.is_some_and(|d| d.hits(chunk.index)) {
+                damage(&mut chunk);
             }
-            // The headers back to BASE_ANCESTORS before the head, as far as this node has
-            // them (a node that state-synced itself has only its base's and later ones).
-            let mut headers = Vec::new();
-            for number in (height.saturating_sub(BASE_ANCESTORS)..=height).rev() {
-                match r.header(number)? {
-                    Some(header) => headers.push(header),
-                    None => break,
-                }
+            let parts = parts::cut(chunk, self.part_bytes_max)?
+                .iter()
+                .map(|part: &StatePart| {
+                    let bytes = Bytes::from(alloy_rlp::encode(part));
+                    assert!(bytes.len() <= self.part_bytes_max, "a part past its budget");
+                    bytes
+                })
+                .collect();
+            chunks.push(parts);
+            Ok(())
+        })?;
+        // The headers back to BASE_ANCESTORS before the head, as far as this node has them (a
+        // node that state-synced itself has only its base's and later ones).
+        let mut headers = Vec::new();
+        for number in (height.saturating_sub(BASE_ANCESTORS)..=height).rev() {
+            match r.header(number)? {
+                Some(header) => headers.push(header),
+                None => break,
             }
-            headers.reverse();
-            return Ok(Held {
-                top: SnapshotTop {
-                    height,
-                    state_root,
-                    depth,
-                    top,
-                    headers,
-                },
-                chunks,
-                made: Instant::now(),
-                last_chunk: None,
-                last_request: Instant::now(),
-            });
         }
+        headers.reverse();
+        Ok(Held {
+            top: SnapshotTop {
+                height,
+                state_root,
+                depth,
+                top,
+                headers,
+            },
+            chunks,
+            made: Instant::now(),
+            last_chunk: None,
+            last_request: Instant::now(),
+        })
     }
 }
 
-/// The test-only damage ([`CORRUPT_CHUNK_ENV`]): the first account's balance one more, or an
-/// account added to an empty chunk.
+/// The test-only damage ([`CORRUPT_CHUNK_ENV`]): the last slot of the last account with storage
+/// one more (past the first part when that storage runs over several), else the first account's balance
+/// one more, or an account added to an empty chunk.
 fn damage(chunk: &mut StateChunk) {
+    let one = alloy_primitives::U256::from(1);
+    if let Some(slot) = chunk
+        .accounts
+        .iter_mut()
+        .rev()
+        .find_map(|a| a.storage.last_mut())
+    {
+        slot.value = slot.value.wrapping_add(one);
+        return;
+    }
     match chunk.accounts.first_mut() {
-        Some(account) => account.balance += alloy_primitives::U256::from(1),
+        Some(account) => account.balance += one,
         None => chunk
             .accounts
             .push(kestrel_storage::snapshot::ChunkAccount {
