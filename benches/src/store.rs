@@ -4,7 +4,11 @@
 //! are drawn from the whole state (so a block of 10,000 changes about 20,000 accounts, plus the
 //! fee recipient); the block's body is appended to the block archive first, then
 //! `apply_state` writes the state and computes the incremental root ("root"), then
-//! `insert_block` and the durable MDBX commit ("commit"), whose archive wait is included.
+//! `insert_block` and the MDBX commit ("commit"), whose archive wait is included. The commit
+//! returns with its pages in the page cache; the store's sync thread flushes them during the
+//! next blocks, and `begin_block` ("begin", not in root or commit) waits when it is
+//! `UNSYNCED_COMMITS_MAX` commits behind. Reported with it: the sync thread's flushes (count,
+//! mean, longest), the steady commits it made, and the final sync after the last block.
 //!
 //! Reported per size: the time to build the allocation and to write it, the root, commit and
 //! root-plus-commit time per block (median and p90), the MDBX bytes written per block (this
@@ -230,12 +234,16 @@ pub fn run(dir: &Path, params: &Params) -> eyre::Result<Value> {
     let archive = tmp.path().join(ARCHIVE_DIR);
     let mut rng = StdRng::seed_from_u64(1);
     let (mut root_s, mut commit_s, mut total_s) = (Vec::new(), Vec::new(), Vec::new());
+    let mut begin_s = Vec::new();
     let (mut mdbx_bytes, mut blocks_rss) = (0, 0);
     let mut root = parent.header.state_root;
     for number in 1..=params.blocks {
         let (txs, receipts, changes) = block(&store, params, &mut rng)?;
         let (written, archived) = (written_bytes()?, dir_size(&archive));
+        // Waits when the sync thread is `UNSYNCED_COMMITS_MAX` commits behind.
+        let begun = Instant::now();
         let mut writer = store.begin_block()?;
+        begin_s.push(begun.elapsed().as_secs_f64());
         // As the commit stage does: the body's write and fsync run during the state root.
         writer.append_body(number, &txs, &receipts)?;
         let started = Instant::now();
@@ -258,6 +266,11 @@ pub fn run(dir: &Path, params: &Params) -> eyre::Result<Value> {
         // freed memory is still resident for a while after it is dropped.
         blocks_rss = blocks_rss.max(status_bytes("VmRSS")?);
     }
+    // The sync thread's work: its flushes overlap the next blocks; what is left at the end.
+    let sync = store.sync_stats();
+    let started = Instant::now();
+    store.sync()?;
+    let final_sync_s = started.elapsed().as_secs_f64();
     // What is resident at the end, split: the heap, and the database's pages mapped by reads
     // (which the kernel may drop under memory pressure).
     let (rss_anon, rss_file) = (status_bytes("RssAnon")?, status_bytes("RssFile")?);
@@ -291,6 +304,15 @@ pub fn run(dir: &Path, params: &Params) -> eyre::Result<Value> {
         "commit_ms_p90": quantile(&mut commit_s, 0.9),
         "root_commit_ms_p50": quantile(&mut total_s, 0.5),
         "root_commit_ms_p90": quantile(&mut total_s, 0.9),
+        "begin_ms_p50": quantile(&mut begin_s, 0.5),
+        "begin_ms_max": quantile(&mut begin_s, 1.0),
+        "sync_flushes": sync.flushes,
+        "sync_flush_ms_mean": ms(sync.flush_seconds / sync.flushes.max(1) as f64),
+        "sync_flush_ms_max": ms(sync.flush_seconds_max),
+        "sync_steady": sync.steady,
+        "sync_waits": sync.waits,
+        "sync_wait_ms_total": ms(sync.wait_seconds),
+        "final_sync_ms": ms(final_sync_s),
         "mdbx_written_mib_per_block": mib(mdbx_bytes / params.blocks),
         "blocks_rss_max_mib": blocks_rss >> 20,
         "end_rss_anon_mib": rss_anon >> 20,

@@ -146,7 +146,7 @@ pub fn describe_metrics() {
     );
     describe_histogram!(
         "kestrel_commit_block_seconds",
-        "Time to write the blocks of one write transaction and durably commit it"
+        "Time to write the blocks of one write transaction and commit it (the store's sync thread then makes it durable)"
     );
     describe_histogram!(
         "kestrel_commit_group_blocks",

@@ -19,6 +19,11 @@ pub enum StorageError {
         head: Option<u64>,
         holds: Option<(u64, u64)>,
     },
+    /// The sync thread could not make commits durable: the store takes no more blocks.
+    #[error("database sync failed: {0}")]
+    SyncFailed(String),
+    #[error("starting the database sync thread: {0}")]
+    SyncStart(std::io::Error),
     #[error("database holds a different genesis (stored {stored}, expected {expected})")]
     GenesisMismatch {
         stored: alloy_primitives::B256,

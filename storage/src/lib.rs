@@ -4,8 +4,9 @@
 //!
 //! One block is one MDBX write transaction: [`BlockWriter::apply_state`] writes the state and
 //! updates the tries incrementally (see [`trie`]), [`BlockWriter::insert_block`] the block (its
-//! body and receipts appended to the archive), and [`BlockWriter::commit`] makes both durable
-//! at once: the archive first, then the database.
+//! body and receipts appended to the archive), and [`BlockWriter::commit`] commits both: the
+//! archive durable first, then the database's transaction, which the store's sync thread makes
+//! durable while the next block goes on ([`sync`]; [`Store::durable_head`]).
 
 pub mod archive;
 mod blocks;
@@ -18,6 +19,7 @@ pub mod overlay;
 mod preimages;
 mod proof;
 pub mod snapshot;
+mod sync;
 mod tables;
 mod trie;
 mod tx_index;
@@ -34,6 +36,7 @@ pub use genesis::{genesis_changes, genesis_header, state_root_from_alloc};
 pub use history::{HISTORY_BLOCKS_DEFAULT, HistoryWindow, StateAt};
 pub use overlay::{Layer, Overlay, OverlayView};
 pub use proof::{AccountProof, StorageProof};
+pub use sync::{SyncStats, UNSYNCED_COMMITS_MAX};
 pub use writer::BlockWriter;
 pub(crate) use writer::delete_prefix;
 
@@ -41,6 +44,7 @@ use crate::{
     archive::ArchiveConfig,
     blocks::Blocks,
     codec::AccountRecord,
+    sync::Syncer,
     tables::{HEAD_KEY, Tables},
     tx_index::RecentTxs,
 };
@@ -53,7 +57,9 @@ use libmdbx::{
     TransactionKind,
 };
 use parking_lot::Mutex;
-use std::{borrow::Cow, collections::BTreeMap, path::Path, sync::Arc};
+use std::{
+    borrow::Cow, collections::BTreeMap, fs::File, path::Path, sync::Arc, thread::JoinHandle,
+};
 
 /// Reads of account state. Implemented by a database snapshot, by the overlay, and by test fakes.
 /// `Sync`: the parallel executor's threads read the block's starting state directly.
@@ -154,15 +160,17 @@ const TABLES_MAX: u64 = 32;
 /// than the copy at commit.
 type Env = libmdbx::NoWriteMap;
 
-/// How commits reach the disk.
+/// How commits reach the disk. Either way a commit returns once its pages are in the OS page
+/// cache (MDBX's `SafeNoSync`): a process crash loses nothing committed, and the database stays
+/// consistent whatever happens.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// `commit` returns once the block is on disk: a crash at any moment loses nothing
-    /// committed.
+    /// The store's sync thread makes each commit durable while the next block goes on
+    /// ([`sync`]): a power loss takes back at most the commits after [`Store::durable_head`].
     #[default]
     Durable,
-    /// Commits are not flushed, so a crash may lose the latest ones (the database stays
-    /// consistent). Only for tests and benchmarks.
+    /// No sync thread: commits reach the disk at [`Store::sync`], at close, or when the kernel
+    /// writes them back. Only for tests and benchmarks.
     Unsynced,
 }
 
@@ -171,10 +179,13 @@ const CACHED_BLOCKS_MAX: usize = 32;
 
 /// The database. Cheap to share behind an `Arc`; many readers, one writer at a time.
 pub struct Store {
-    db: Database<Env>,
+    db: Arc<Database<Env>>,
     archive: Blocks,
     blocks: BlockCache,
     history: HistoryWindow,
+    syncer: Arc<Syncer>,
+    /// The sync thread (`Durability::Durable`), joined at drop.
+    sync_thread: Option<JoinHandle<()>>,
     tx_index: RecentTxs,
 }
 
@@ -213,7 +224,16 @@ pub fn describe_metrics() {
     metrics::describe_histogram!(
         "kestrel_storage_commit_seconds",
         metrics::Unit::Seconds,
-        "Time to durably commit one block's write transaction"
+        "Time to commit one block's write transaction: its pages written to the OS page cache (the sync thread makes them durable)"
+    );
+    metrics::describe_histogram!(
+        "kestrel_storage_sync_seconds",
+        metrics::Unit::Seconds,
+        "Time of the sync thread's flush of the database file (fdatasync of the pages committed since the last flush, and the steady meta page)"
+    );
+    metrics::describe_gauge!(
+        "kestrel_storage_unsynced_blocks",
+        "Blocks committed but not yet durable: what a power loss now would send back to execution"
     );
     metrics::describe_histogram!(
         "kestrel_storage_state_root_seconds",
@@ -252,10 +272,6 @@ impl Store {
         durability: Durability,
         archive: ArchiveConfig,
     ) -> Result<Self, StorageError> {
-        let sync_mode = match durability {
-            Durability::Durable => SyncMode::Durable,
-            Durability::Unsynced => SyncMode::SafeNoSync,
-        };
         let growth_step =
             growth_step_bytes(std::fs::metadata(dir.join(DB_FILE)).map_or(0, |m| m.len()));
         let options = DatabaseOptions {
@@ -263,7 +279,7 @@ impl Store {
             max_readers: Some(READERS_MAX),
             page_size: Some(PageSize::Set(DB_PAGE_BYTES)),
             mode: Mode::ReadWrite(ReadWriteOptions {
-                sync_mode,
+                sync_mode: SyncMode::SafeNoSync,
                 min_size: None,
                 max_size: Some(DB_SIZE_MAX_BYTES),
                 growth_step: Some(growth_step as isize),
@@ -284,13 +300,50 @@ impl Store {
             let tables = Tables::open(&txn)?;
             RecentTxs::open(&txn, &tables, &archive, read_head(&txn, &tables)?)?
         };
+        // Everything committed before is durable from here: after a process crash MDBX keeps a
+        // head that is not steady (the pages are in the page cache); this makes it steady.
+        db.sync(true)?;
+        let head = {
+            let txn = db.begin_ro_txn()?;
+            read_head(&txn, &Tables::open(&txn)?)?
+        };
+        let db = Arc::new(db);
+        let syncer = Arc::new(Syncer::new(head));
+        let sync_thread = match durability {
+            Durability::Durable => {
+                let data = File::open(dir.join(DB_FILE)).map_err(StorageError::SyncStart)?;
+                let thread = syncer.spawn(db.clone(), data);
+                Some(thread.map_err(StorageError::SyncStart)?)
+            }
+            Durability::Unsynced => None,
+        };
         Ok(Self {
             db,
             archive,
             blocks: BlockCache::default(),
             history: HistoryWindow::default(),
+            syncer,
+            sync_thread,
             tx_index,
         })
+    }
+
+    /// The last block that survives a power loss now; the head ([`ChainView::head`]) may be
+    /// up to [`UNSYNCED_COMMITS_MAX`] commits ahead of it. `None` before genesis is durable.
+    pub fn durable_head(&self) -> Option<BlockNumber> {
+        self.syncer.durable_head()
+    }
+
+    /// Makes everything committed durable before it returns, on the caller's thread (at
+    /// shutdown; after a state sync's restore). Returns the durable head. Waits for an open
+    /// [`BlockWriter`] to end: never call it while holding one.
+    pub fn sync(&self) -> Result<Option<BlockNumber>, StorageError> {
+        self.syncer.sync_now(&self.db)
+    }
+
+    /// What the sync thread has done since open.
+    pub fn sync_stats(&self) -> SyncStats {
+        self.syncer.stats()
     }
 
     /// Keeps the state of `window`'s blocks (default [`HISTORY_BLOCKS_DEFAULT`]); older history
@@ -359,8 +412,10 @@ impl Store {
         Ok(f(&reader))
     }
 
-    /// Starts the write transaction of the next block; waits while another one is open.
+    /// Starts the write transaction of the next block; waits while another one is open, and
+    /// while the sync thread is behind by [`UNSYNCED_COMMITS_MAX`] commits (see [`sync`]).
     pub fn begin_block(&self) -> Result<BlockWriter<'_>, StorageError> {
+        let writing = self.syncer.begin()?;
         Ok(BlockWriter {
             txn: self.db.begin_rw_txn()?,
             db: &self.db,
@@ -368,9 +423,25 @@ impl Store {
             appended: None,
             history: self.history,
             recorder: None,
+            writing,
             tx_index: &self.tx_index,
             inserted: Vec::new(),
         })
+    }
+}
+
+impl Drop for Store {
+    /// A clean stop loses nothing even to a power loss after it: the sync thread makes the last
+    /// commits durable before it exits, and the final sync covers transactions outside blocks
+    /// (genesis' bulk writes, a restore's chunks).
+    fn drop(&mut self) {
+        self.syncer.stop();
+        if let Some(thread) = self.sync_thread.take() {
+            thread.join().expect("the database sync thread panicked");
+        }
+        if let Err(err) = self.sync() {
+            tracing::error!(target: "storage::sync", %err, "final database sync failed");
+        }
     }
 }
 

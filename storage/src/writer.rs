@@ -1,6 +1,6 @@
 //! One block's write transaction: [`BlockWriter::apply_state`] writes the state and updates the
 //! tries incrementally, [`BlockWriter::insert_block`] the block and its history (its body and
-//! receipts to the block archive), and [`BlockWriter::commit`] makes both durable at once.
+//! receipts to the block archive), and [`BlockWriter::commit`] commits both at once.
 
 use crate::{
     Env, HistoryWindow, StorageError,
@@ -8,6 +8,7 @@ use crate::{
     codec::{self, AccountRecord},
     history::{self, ChangeRecorder},
     preimages, read_block_hash, read_hashed_account, read_head,
+    sync::Writing,
     tables::{HEAD_KEY, Tables},
     trie::{self, Leaves, TrieCursors, TrieInput},
     tx_index::RecentTxs,
@@ -36,6 +37,8 @@ pub struct BlockWriter<'s> {
     pub(crate) tx_index: &'s RecentTxs,
     /// The transaction hashes of the blocks inserted, for the index once committed.
     pub(crate) inserted: Vec<(BlockNumber, Vec<B256>)>,
+    /// Keeps the sync thread off MDBX's writer lock, which this transaction holds.
+    pub(crate) writing: Writing<'s>,
 }
 
 /// Deletes every entry whose key starts with `prefix`.
@@ -288,8 +291,10 @@ impl BlockWriter<'_> {
         Ok(())
     }
 
-    /// Durably commits everything written through this writer: the blocks' archive records
-    /// first (a database head never runs ahead of the archive), then the MDBX transaction.
+    /// Commits everything written through this writer: the blocks' archive records durable
+    /// first (a database head never runs ahead of the archive, even after a power loss), then
+    /// the MDBX transaction, into the OS page cache: the store's sync thread makes it durable
+    /// ([`crate::sync`]) while the next block goes on.
     pub fn commit(self) -> Result<(), StorageError> {
         if let Some(number) = self.appended {
             self.archive.wait_durable(number)?;
@@ -301,6 +306,8 @@ impl BlockWriter<'_> {
         };
         let started = Instant::now();
         self.txn.commit()?;
+        self.writing
+            .committed(self.inserted.last().map(|(number, _)| *number));
         metrics::histogram!("kestrel_storage_commit_seconds")
             .record(started.elapsed().as_secs_f64());
         self.tx_index.committed(self.inserted, progress);

@@ -59,7 +59,7 @@ enum Command {
     Archive(ArchiveArgs),
     /// The commit's state and history work per block (time, bytes written), by history window.
     Commit(CommitArgs),
-    /// State root and durable commit per block of transfers, by state size.
+    /// State root and commit per block of transfers (with the sync thread's flushes), by state size.
     Store(StoreArgs),
 }
 

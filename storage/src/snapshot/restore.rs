@@ -237,6 +237,9 @@ impl crate::Store {
         txn.del(&tables.metadata, RESTORE_KEY, None)?;
         crate::history::start_at(&txn, &tables, number)?;
         txn.commit()?;
+        // Not a block's commit, so the sync thread does not see it: synced here, the restore
+        // survives a power loss once it returns.
+        self.sync()?;
         Ok(())
     }
 }

@@ -126,6 +126,43 @@ fn archive_records_past_the_head_are_cut_at_open() {
     commit_and_check(&store, chain, uncommitted);
 }
 
+/// A power loss after commits the sync thread had not made durable: MDBX reopens at the last
+/// steady commit, several blocks behind the archive (durable before each commit). Here the
+/// blocks past the head are a dropped write transaction of three. The archive is cut to the
+/// head, and the blocks commit again (the node re-executes them from consensus' block log).
+#[test]
+fn archive_blocks_several_past_the_head_are_cut_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let (chain, lost) = {
+        let store = Store::open_with(dir.path(), Durability::Unsynced).unwrap();
+        let chain = commit_chain(&store, 2, 2);
+        let mut lost = vec![child(chain.last().unwrap(), vec![transfer(90)])];
+        for nonce in 91..93 {
+            lost.push(child(lost.last().unwrap(), vec![transfer(nonce)]));
+        }
+        let mut writer = store.begin_block().unwrap();
+        for block in &lost {
+            writer
+                .append_body(block.number(), &block.txs, &block.receipts)
+                .unwrap();
+            writer.apply_state(&StateChanges::default()).unwrap();
+            writer.insert_block(block).unwrap();
+        }
+        drop(writer);
+        (chain, lost)
+    };
+    assert_eq!(archive_last_block(dir.path()), Some(5));
+    let store = Store::open_with(dir.path(), Durability::Unsynced).unwrap();
+    assert_eq!(archive_last_block(dir.path()), Some(2), "cut to the head");
+    assert_chain(&store, &chain);
+    let mut chain = chain;
+    for block in lost {
+        commit_block(&store, &block, &StateChanges::default());
+        chain.push(block);
+    }
+    assert_chain(&store, &chain);
+}
+
 /// A writer dropped after `insert_block` (a block rejected late) leaves its archive records;
 /// they are not served, and the block's next append replaces them.
 #[test]

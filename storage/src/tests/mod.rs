@@ -7,6 +7,7 @@ mod preimages;
 mod proof;
 mod state_root;
 mod store;
+mod sync;
 mod tx_index;
 
 use crate::{Durability, Store};
