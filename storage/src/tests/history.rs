@@ -8,7 +8,7 @@
 //! print the case (its `seed` replays it); `SEED=<u64>` fixes proptest's own seed.
 
 use super::{
-    state_root::{Model, Pools, random_block},
+    model::{Model, Pools, random_block},
     store::{child, commit_block},
     temp_store,
 };

@@ -3,6 +3,7 @@
 mod blocks;
 mod bulk;
 mod history;
+mod model;
 mod preimages;
 mod proof;
 mod state_root;

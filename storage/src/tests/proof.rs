@@ -3,7 +3,7 @@
 //! a proof that verifies against the state root from scratch, with the value the store reads.
 
 use super::{
-    state_root::{Model, Pools, random_block},
+    model::{Model, Pools, random_block},
     temp_store,
 };
 use crate::StateView;
