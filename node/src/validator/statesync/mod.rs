@@ -295,31 +295,41 @@ impl<'a> StateSync<'a> {
     }
 
     /// Asks every validator for its snapshot's top; the top most of them gave (or the one an
-    /// interrupted restore was of), with the validators that gave it.
+    /// interrupted restore was of), with the validators that gave it. Validators that connect
+    /// while the tops come in are asked too, and the answers are awaited from every validator
+    /// not dropped, not only from those connected at first: a node started a moment ago has
+    /// handshaken with some of them only, and choosing among those alone took a snapshot that
+    /// the rest (their heads a block further, past the aligned one) did not hold.
     fn tops(&mut self) -> Result<(SnapshotTop, Vec<PeerId>), StateSyncError> {
         let resuming = self.store.restore_progress()?.map(|p| p.target);
+        let request = SyncRequest::SnapshotTop {
+            resume: resuming.map_or(0, |r| r.number),
+        }
+        .encode();
         loop {
-            let peers = self.peers();
-            if peers.is_empty() {
+            if self.peers().is_empty() {
                 // Not connected yet (the handshakes take a moment after start).
                 self.next_answer(Instant::now() + Duration::from_millis(PEERS_WAIT_MS))?;
                 continue;
             }
-            for peer in &peers {
-                self.net.send(
-                    peer,
-                    Kind::SyncRequest,
-                    SyncRequest::SnapshotTop {
-                        resume: resuming.map_or(0, |r| r.number),
-                    }
-                    .encode()
-                    .into(),
-                );
-            }
-            let asked = Instant::now();
-            let mut until = asked + Duration::from_millis(TOPS_RETRY_MS);
+            let expected = self.set.len().saturating_sub(self.dropped.len());
+            let mut asked: BTreeSet<PeerId> = BTreeSet::new();
+            let mut until = Instant::now() + Duration::from_millis(TOPS_RETRY_MS);
             let mut tops: Vec<(SnapshotTop, Vec<PeerId>)> = Vec::new();
-            while let Some((peer, answer)) = self.next_answer(until)? {
+            loop {
+                for peer in self.peers() {
+                    if asked.insert(peer) {
+                        self.net
+                            .send(&peer, Kind::SyncRequest, request.clone().into());
+                    }
+                }
+                let tick = until.min(Instant::now() + Duration::from_millis(PEERS_WAIT_MS));
+                let Some((peer, answer)) = self.next_answer(tick)? else {
+                    if Instant::now() >= until {
+                        break;
+                    }
+                    continue;
+                };
                 let SyncResponse::SnapshotTop(top) = answer else {
                     continue;
                 };
@@ -331,7 +341,7 @@ impl<'a> StateSync<'a> {
                     Some(_) => {}
                     None => tops.push((*top, vec![peer])),
                 }
-                if tops.iter().map(|(_, from)| from.len()).sum::<usize>() == peers.len() {
+                if tops.iter().map(|(_, from)| from.len()).sum::<usize>() >= expected {
                     break;
                 }
             }
@@ -348,7 +358,7 @@ impl<'a> StateSync<'a> {
                 metrics::gauge!(TARGET_BLOCK).set(top.height as f64);
                 return Ok((top, from));
             }
-            tracing::info!(target: "node::statesync", validators = peers.len(), "no snapshot offered yet; asking again");
+            tracing::info!(target: "node::statesync", validators = asked.len(), "no snapshot offered yet; asking again");
         }
     }
 
