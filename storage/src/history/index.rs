@@ -224,7 +224,14 @@ fn move_range(
 ) -> Result<(), StorageError> {
     let (first, end) = range_bounds(range);
     let account_bounds = ((range > 0).then_some([first]), end.map(|end| [end]));
-    let slot_bounds = storage_bounds(txn, tables, &blocks, range)?;
+    let mut slot_bounds = storage_bounds(txn, tables, &blocks, range)?;
+    if range == RANGES - 1 {
+        // The last step takes every storage row the batch still has, not only those from the
+        // last cut on: a batch half moved by a version that cut storage by address ranges would
+        // otherwise leave rows between its cut and ours behind, which no read looks for once
+        // the batch is done. Rows before the cut are gone already, so the seek costs nothing.
+        slot_bounds.0 = None;
+    }
     let mut accounts = Vec::new();
     let mut slots = Vec::new();
     for block in blocks {

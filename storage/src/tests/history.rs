@@ -16,7 +16,8 @@ use crate::{
     Durability, HistoryWindow, StateView, StorageError, Store, history::INDEX_BATCH_BLOCKS, tables,
 };
 use alloy_primitives::{Address, U256};
-use kestrel_types::{AccountInfo, ChainSpec, StateChanges, StorageChange};
+use kestrel_types::{AccountInfo, ChainSpec, SealedBlock, StateChanges, StorageChange};
+use libmdbx::WriteFlags;
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::collections::BTreeMap;
@@ -219,42 +220,77 @@ fn unmoved_slot_rows(store: &Store) -> u64 {
     changes.unwrap().entries
 }
 
+/// Slots of one contract changed by every block of the tests below: a token's balances.
+const TOKEN_SLOTS: u64 = 64;
+
+/// Commits a child of `parent` in which the token changes [`TOKEN_SLOTS`] random slots.
+fn commit_token_block(store: &Store, parent: &SealedBlock, rng: &mut StdRng) -> SealedBlock {
+    let token = Address::repeat_byte(0x70);
+    let number = parent.header.number + 1;
+    let mut changes = StateChanges::default();
+    let account = AccountInfo::with_balance(U256::from(number));
+    changes.accounts.insert(token, Some(account));
+    let slots = (0..TOKEN_SLOTS)
+        .map(|_| (U256::from(rng.random::<u64>()), U256::from(number)))
+        .collect();
+    let change = StorageChange {
+        wiped: false,
+        slots,
+    };
+    changes.storage.insert(token, change);
+    let block = child(parent, Vec::new());
+    commit_block(store, &block, &changes);
+    block
+}
+
 /// One contract whose slots change by the dozen every block (a token's balances): its rows move
 /// a share of the batch per commit, like everyone else's, not all in its address's one step.
 #[test]
 fn a_busy_contracts_slots_move_a_share_per_commit() {
-    const SLOTS: u64 = 64;
     let (_dir, store) = temp_store();
     let mut parent = store.init_genesis(&ChainSpec::dev()).unwrap();
-    let token = Address::repeat_byte(0x70);
     let mut rng = StdRng::seed_from_u64(7);
     let mut unmoved = vec![unmoved_slot_rows(&store)];
-    for number in 1..=3 * INDEX_BATCH_BLOCKS {
-        let mut changes = StateChanges::default();
-        let account = AccountInfo::with_balance(U256::from(number));
-        changes.accounts.insert(token, Some(account));
-        let slots = (0..SLOTS)
-            .map(|_| (U256::from(rng.random::<u64>()), U256::from(number)))
-            .collect();
-        let change = StorageChange {
-            wiped: false,
-            slots,
-        };
-        changes.storage.insert(token, change);
-        let block = child(&parent, Vec::new());
-        commit_block(&store, &block, &changes);
+    for _ in 0..3 * INDEX_BATCH_BLOCKS {
+        parent = commit_token_block(&store, &parent, &mut rng);
         unmoved.push(unmoved_slot_rows(&store));
-        parent = block;
     }
     // The first batch's blocks are written, then moved one step a commit from its last block on:
-    // a batch of SLOTS rows a block, a quarter (in the tests, four steps) of it a step.
-    let moved: Vec<u64> = unmoved.windows(2).map(|w| w[0] + SLOTS - w[1]).collect();
+    // a batch of TOKEN_SLOTS rows a block, a quarter (in the tests, four steps) of it a step.
+    let moved: Vec<u64> = unmoved
+        .windows(2)
+        .map(|w| w[0] + TOKEN_SLOTS - w[1])
+        .collect();
     let batch = INDEX_BATCH_BLOCKS as usize;
     assert!(moved[..batch - 1].iter().all(|m| *m == 0), "{moved:?}");
     for (step, rows) in moved[batch - 1..].iter().enumerate() {
         assert!(
-            (SLOTS / 2..=2 * SLOTS).contains(rows),
-            "step {step} moved {rows} rows, about {SLOTS} expected: {moved:?}"
+            (TOKEN_SLOTS / 2..=2 * TOKEN_SLOTS).contains(rows),
+            "step {step} moved {rows} rows, about {TOKEN_SLOTS} expected: {moved:?}"
         );
     }
+}
+
+/// A batch's last step takes every storage row the batch still has, also one before the ranges
+/// already moved (as a batch half moved by a version that cut its ranges elsewhere leaves).
+#[test]
+fn a_batchs_last_step_leaves_no_storage_row_behind() {
+    let (_dir, store) = temp_store();
+    let mut parent = store.init_genesis(&ChainSpec::dev()).unwrap();
+    let mut rng = StdRng::seed_from_u64(8);
+    // Blocks 1..=B are the first batch; its steps run at heads B..2B-1, the last at 2B-1.
+    for _ in 0..2 * INDEX_BATCH_BLOCKS - 2 {
+        parent = commit_token_block(&store, &parent, &mut rng);
+    }
+    let txn = store.db.begin_rw_txn().unwrap();
+    let tables = tables::Tables::open(&txn).unwrap();
+    let mut stray = [0u8; 60];
+    stray[..8].copy_from_slice(&2u64.to_be_bytes());
+    txn.put(&tables.storage_changes, stray, [], WriteFlags::UPSERT)
+        .unwrap();
+    txn.commit().unwrap();
+    commit_token_block(&store, &parent, &mut rng);
+    // Left: the rows of the blocks after the batch.
+    let after = INDEX_BATCH_BLOCKS - 1;
+    assert_eq!(unmoved_slot_rows(&store), after * TOKEN_SLOTS);
 }
