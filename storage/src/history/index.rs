@@ -234,20 +234,13 @@ fn move_range(
     }
     let mut accounts = Vec::new();
     let mut slots = Vec::new();
+    let (account_bounds, slot_bounds) = (slices(&account_bounds), slices(&slot_bounds));
     for block in blocks {
-        let bounds = (
-            account_bounds.0.as_ref().map(|k| &k[..]),
-            account_bounds.1.as_ref().map(|k| &k[..]),
-        );
-        for (key, old) in take_rows(txn, &tables.account_changes, block, bounds)? {
+        for (key, old) in take_rows(txn, &tables.account_changes, block, account_bounds)? {
             let address = Address::from_slice(&key[8..]);
             accounts.push((account_key(&address, block), old));
         }
-        let bounds = (
-            slot_bounds.0.as_ref().map(|k| &k[..]),
-            slot_bounds.1.as_ref().map(|k| &k[..]),
-        );
-        for (key, old) in take_rows(txn, &tables.storage_changes, block, bounds)? {
+        for (key, old) in take_rows(txn, &tables.storage_changes, block, slot_bounds)? {
             let address = Address::from_slice(&key[8..28]);
             let slot = U256::from_be_slice(&key[28..]);
             slots.push((slot_key(&address, &slot, block), old));
@@ -262,6 +255,13 @@ fn move_range(
         txn.put(&tables.storage_history, key, old, WriteFlags::UPSERT)?;
     }
     Ok(())
+}
+
+/// A range's bounds as [`take_rows`] takes them.
+fn slices<const N: usize>(
+    (start, end): &(Option<[u8; N]>, Option<[u8; N]>),
+) -> (Option<&[u8]>, Option<&[u8]>) {
+    (start.as_ref().map(|k| &k[..]), end.as_ref().map(|k| &k[..]))
 }
 
 /// A change-set row: its key and the value before the block.
