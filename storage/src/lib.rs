@@ -424,6 +424,7 @@ impl Store {
             history: self.history,
             recorder: None,
             writing,
+            state_written: false,
             tx_index: &self.tx_index,
             inserted: Vec::new(),
         })

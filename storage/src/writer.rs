@@ -10,7 +10,7 @@ use crate::{
     preimages, read_block_hash, read_hashed_account, read_head,
     sync::Writing,
     tables::{HEAD_KEY, Tables},
-    trie::{self, Leaves, TrieCursors, TrieInput},
+    trie::{self, Leaves, TrieCursors, TrieInput, Walked},
     tx_index::RecentTxs,
 };
 use alloy_consensus::ReceiptEnvelope;
@@ -39,6 +39,9 @@ pub struct BlockWriter<'s> {
     pub(crate) inserted: Vec<(BlockNumber, Vec<B256>)>,
     /// Keeps the sync thread off MDBX's writer lock, which this transaction holds.
     pub(crate) writing: Writing<'s>,
+    /// Whether [`BlockWriter::apply_state`] wrote state in this transaction: the account trie's
+    /// helper threads read the last commit, so they may only serve the first block.
+    pub(crate) state_written: bool,
 }
 
 /// Deletes every entry whose key starts with `prefix`.
@@ -70,6 +73,14 @@ impl BlockWriter<'_> {
     /// Records the values it overwrites as the history of the head's next block (none for
     /// genesis: nothing was before it), which `insert_block` stores.
     pub fn apply_state(&mut self, changes: &StateChanges) -> Result<B256, StorageError> {
+        self.apply_state_walked(changes).map(|(root, _)| root)
+    }
+
+    /// [`BlockWriter::apply_state`], and how it walked the account trie.
+    pub(crate) fn apply_state_walked(
+        &mut self,
+        changes: &StateChanges,
+    ) -> Result<(B256, Walked), StorageError> {
         let started = Instant::now();
         let txn = &self.txn;
         let tables = Tables::open(txn)?;
@@ -132,6 +143,7 @@ impl BlockWriter<'_> {
                 leaves: Leaves::Storage,
                 prefix: hashed_address.as_slice(),
                 changed: &changed_slots,
+                overlay: &[],
             };
             let update = trie::update(txn, &tables.storage_trie, &mut cursors, &input)?;
             nodes_written += update.nodes_written;
@@ -189,37 +201,56 @@ impl BlockWriter<'_> {
             ));
         }
         updates.sort_unstable_by_key(|(hashed, _)| *hashed);
-        let mut changed_accounts = Vec::with_capacity(updates.len());
-        for (hashed_address, record) in &updates {
-            match record {
-                None => {
-                    txn.del(&tables.hashed_accounts, hashed_address, None)?;
-                }
-                Some(record) => {
-                    let (bytes, len) = record.encode();
-                    let table = &tables.hashed_accounts;
-                    txn.put(table, hashed_address, &bytes[..len], WriteFlags::UPSERT)?;
+        let changed_accounts: Vec<B256> = updates.iter().map(|(hashed, _)| *hashed).collect();
+        let write_accounts = || -> Result<(), StorageError> {
+            for (hashed_address, record) in &updates {
+                match record {
+                    None => {
+                        txn.del(&tables.hashed_accounts, hashed_address, None)?;
+                    }
+                    Some(record) => {
+                        let (bytes, len) = record.encode();
+                        let table = &tables.hashed_accounts;
+                        txn.put(table, hashed_address, &bytes[..len], WriteFlags::UPSERT)?;
+                    }
                 }
             }
-            changed_accounts.push(*hashed_address);
-        }
-
-        let mut cursors = TrieCursors {
-            hashed: txn.cursor(&tables.hashed_accounts)?,
-            nodes: txn.cursor(&tables.account_trie)?,
+            Ok(())
         };
-        let input = TrieInput {
-            leaves: Leaves::Accounts,
-            prefix: &[],
-            changed: &changed_accounts,
+        let (update, walked) = if self.state_written {
+            // Helper threads would read the last commit, which lacks this transaction's blocks.
+            write_accounts()?;
+            let mut cursors = TrieCursors {
+                hashed: txn.cursor(&tables.hashed_accounts)?,
+                nodes: txn.cursor(&tables.account_trie)?,
+            };
+            let input = TrieInput {
+                leaves: Leaves::Accounts,
+                prefix: &[],
+                changed: &changed_accounts,
+                overlay: &[],
+            };
+            let update = trie::update(txn, &tables.account_trie, &mut cursors, &input)?;
+            (update, Walked::OneThread)
+        } else {
+            let input = TrieInput {
+                leaves: Leaves::Accounts,
+                prefix: &[],
+                changed: &changed_accounts,
+                overlay: &updates,
+            };
+            let (nodes, hashed) = (&tables.account_trie, &tables.hashed_accounts);
+            trie::update_accounts(self.db, txn, nodes, hashed, &input, write_accounts)?
         };
-        let update = trie::update(txn, &tables.account_trie, &mut cursors, &input)?;
+        self.state_written = true;
         nodes_written += update.nodes_written;
 
         metrics::counter!("kestrel_storage_trie_nodes_updated_total").increment(nodes_written);
+        metrics::counter!("kestrel_storage_account_trie_walks_total", "walk" => walked.label())
+            .increment(1);
         metrics::histogram!("kestrel_storage_state_root_seconds")
             .record(started.elapsed().as_secs_f64());
-        Ok(update.root)
+        Ok((update.root, walked))
     }
 
     /// Appends block `number`'s body and receipts to the block archive ahead of its

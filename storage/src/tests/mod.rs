@@ -4,6 +4,7 @@ mod blocks;
 mod bulk;
 mod history;
 mod model;
+mod parallel_root;
 mod preimages;
 mod proof;
 mod state_root;

@@ -2,7 +2,10 @@
 //! blocks they apply: a [`Model`] of plain maps (each storage trie rebuilt from scratch when its
 //! storage changes), key [`Pools`] with clustered hashes, and [`random_block`].
 
-use crate::codec::StoredNode;
+use crate::{
+    Store,
+    codec::{self, StoredNode},
+};
 use alloy_primitives::{Address, B256, Bytes, U256, keccak256};
 use alloy_trie::{
     BranchNodeCompact, EMPTY_ROOT_HASH, HashBuilder, Nibbles, TrieAccount, nodes::LeafNodeRef,
@@ -356,4 +359,29 @@ pub(super) fn random_block(
         changes.accounts.insert(address, Some(info));
     }
     changes
+}
+
+/// Every stored trie node: the account trie's and, by hashed address, the storage tries'.
+pub(super) fn stored_nodes(store: &Store) -> (StoredNodes, BTreeMap<B256, StoredNodes>) {
+    store
+        .view(|reader| {
+            let mut accounts = StoredNodes::new();
+            let mut cursor = reader.txn.cursor(&reader.tables.account_trie).unwrap();
+            for entry in cursor.iter_start::<Vec<u8>, Vec<u8>>() {
+                let (key, value) = entry.unwrap();
+                let path = codec::node_path("test", &key).unwrap();
+                accounts.insert(path, codec::decode_node("test", &value).unwrap());
+            }
+            let mut storage = BTreeMap::<B256, StoredNodes>::new();
+            let mut cursor = reader.txn.cursor(&reader.tables.storage_trie).unwrap();
+            for entry in cursor.iter_start::<Vec<u8>, Vec<u8>>() {
+                let (key, value) = entry.unwrap();
+                let path = codec::node_path("test", &key[32..]).unwrap();
+                let node = codec::decode_node("test", &value).unwrap();
+                let hashed = B256::from_slice(&key[..32]);
+                storage.entry(hashed).or_default().insert(path, node);
+            }
+            (accounts, storage)
+        })
+        .unwrap()
 }

@@ -6,12 +6,10 @@
 //! `SEED=<u64>` fixes proptest's own seed, `PROPTEST_CASES` changes the number of cases.
 
 use super::{
-    model::{Model, Pools, StoredNodes, check_nodes, random_block},
+    model::{Model, Pools, StoredNodes, check_nodes, random_block, stored_nodes},
     temp_store,
 };
-use crate::{
-    ChainView, Durability, StateView, Store, codec, genesis_header, state_root_from_alloc,
-};
+use crate::{ChainView, Durability, StateView, Store, genesis_header, state_root_from_alloc};
 use alloy_primitives::{Address, B256, Bytes, U256, address, keccak256};
 use alloy_trie::{
     EMPTY_ROOT_HASH, Nibbles, TrieAccount,
@@ -24,31 +22,6 @@ use kestrel_types::{
 use proptest::prelude::*;
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::collections::{BTreeMap, BTreeSet};
-
-/// Every stored trie node: the account trie's and, by hashed address, the storage tries'.
-fn stored_nodes(store: &Store) -> (StoredNodes, BTreeMap<B256, StoredNodes>) {
-    store
-        .view(|reader| {
-            let mut accounts = StoredNodes::new();
-            let mut cursor = reader.txn.cursor(&reader.tables.account_trie).unwrap();
-            for entry in cursor.iter_start::<Vec<u8>, Vec<u8>>() {
-                let (key, value) = entry.unwrap();
-                let path = codec::node_path("test", &key).unwrap();
-                accounts.insert(path, codec::decode_node("test", &value).unwrap());
-            }
-            let mut storage = BTreeMap::<B256, StoredNodes>::new();
-            let mut cursor = reader.txn.cursor(&reader.tables.storage_trie).unwrap();
-            for entry in cursor.iter_start::<Vec<u8>, Vec<u8>>() {
-                let (key, value) = entry.unwrap();
-                let path = codec::node_path("test", &key[32..]).unwrap();
-                let node = codec::decode_node("test", &value).unwrap();
-                let hashed = B256::from_slice(&key[..32]);
-                storage.entry(hashed).or_default().insert(path, node);
-            }
-            (accounts, storage)
-        })
-        .unwrap()
-}
 
 /// One generated case: the seed of its blocks, the pool sizes, and how many blocks.
 #[derive(Debug, Clone)]

@@ -71,6 +71,9 @@ impl Leaves {
     }
 }
 
+mod parallel;
+pub(crate) use parallel::{Walked, update_accounts};
+
 /// One trie to update: its leaves, its key prefix in both the hashed table and the node table
 /// (empty for the account trie, the hashed address for a storage trie), and the keys (hashed,
 /// below the prefix) that changed since the stored nodes were written, sorted.
@@ -78,6 +81,10 @@ pub(crate) struct TrieInput<'a> {
     pub leaves: Leaves,
     pub prefix: &'a [u8],
     pub changed: &'a [B256],
+    /// The new account records of `changed` (`None`: deleted), sorted by key, when the hashed
+    /// table read is a snapshot from before they were written ([`update_accounts`]): the walk
+    /// reads them in place of the table's. Empty when the table already holds them.
+    pub overlay: &'a [(B256, Option<AccountRecord>)],
 }
 
 /// The cursors a trie update reads through: over the hashed table of the leaves, and over the
@@ -130,32 +137,37 @@ pub(crate) fn update<E: DatabaseKind>(
     let mut walk = Walk::new(cursors, input, HashBuilder::default().with_updates(true));
     walk.descend(Nibbles::default())?;
     let root = walk.hb.root();
-    let (_, mut updates) = std::mem::take(&mut walk.hb).split();
-    updates.retain(|path, branch| is_stored(path, branch));
-
-    let mut nodes_written = 0;
-    let mut key = Vec::with_capacity(input.prefix.len() + 64);
-    for path in &walk.visited {
-        if !updates.contains_key(path) {
-            codec::node_key(input.prefix, path, &mut key);
-            let existed = txn.del(nodes_table, &key, None)?;
-            assert!(existed, "visited trie node {path:?} vanished");
-            nodes_written += 1;
-        }
-    }
-    let mut value = Vec::with_capacity(8 + 17 * 32);
-    let mut rlp = Vec::with_capacity(128);
-    for (path, branch) in updates {
-        let node = walk.fed.stored_node(&path, branch, &mut rlp);
-        codec::node_key(input.prefix, &path, &mut key);
-        codec::encode_node(&node, &mut value);
-        txn.put(nodes_table, &key, &value, WriteFlags::UPSERT)?;
-        nodes_written += 1;
-    }
+    let writes = walk.node_writes(|path| path);
     Ok(TrieUpdate {
         root,
-        nodes_written,
+        nodes_written: writes.apply(txn, nodes_table)?,
     })
+}
+
+/// What a walk changes in the node table: the nodes it visited that are gone (keys), and the
+/// nodes the hash builder rebuilt (sorted by key).
+#[derive(Default)]
+pub(crate) struct NodeWrites {
+    deleted: Vec<Vec<u8>>,
+    written: Vec<NodeEntry>,
+}
+
+impl NodeWrites {
+    /// Writes them; returns their number.
+    fn apply<E: DatabaseKind>(
+        &self,
+        txn: &Transaction<'_, RW, E>,
+        nodes_table: &Table<'_>,
+    ) -> Result<u64, StorageError> {
+        for key in &self.deleted {
+            let existed = txn.del(nodes_table, key, None)?;
+            assert!(existed, "visited trie node {key:x?} vanished");
+        }
+        for (key, value) in &self.written {
+            txn.put(nodes_table, key, value, WriteFlags::UPSERT)?;
+        }
+        Ok((self.deleted.len() + self.written.len()) as u64)
+    }
 }
 
 /// The root of one trie and the nodes on the paths to `targets` (hashed keys, sorted): each
@@ -173,6 +185,7 @@ pub(crate) fn proof<K: TransactionKind>(
         leaves,
         prefix,
         changed: targets,
+        overlay: &[],
     };
     let retainer = ProofRetainer::new(targets.iter().map(Nibbles::unpack).collect());
     let mut walk = Walk::new(
@@ -424,6 +437,15 @@ struct Walk<'a, 'c, 't, K: TransactionKind> {
     fed: Fed,
     /// Paths of the stored nodes whose children were fed to the hash builder.
     visited: Vec<Nibbles>,
+    /// Leading nibbles the hash builder does not see: 1 when it builds the subtree under one
+    /// child of the root as a trie of its own ([`parallel`]), else 0.
+    strip: usize,
+    /// The nibbles at index `strip` of the paths fed to the hash builder: with `strip` 1, two or
+    /// more mean the subtree's top node is a branch at the stripped nibble.
+    fed_under: TrieMask,
+    /// The results of the subtrees under the root's children that other walks built
+    /// ([`parallel`]), fed in place of descending into them.
+    subtrees: [Option<parallel::Top>; 16],
     key: Vec<u8>,
     value: Vec<u8>,
 }
@@ -437,9 +459,72 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
             hb,
             fed: Fed::default(),
             visited: Vec::new(),
+            strip: 0,
+            fed_under: TrieMask::default(),
+            subtrees: Default::default(),
             key: Vec::with_capacity(input.prefix.len() + 64),
             value: Vec::with_capacity(128),
         }
+    }
+
+    /// Feeds the leaf at `key`, its value in `self.value`.
+    fn feed_leaf(&mut self, key: B256) {
+        let path = Nibbles::unpack(key);
+        self.fed_under.set_bit(path.get_unchecked(self.strip));
+        self.hb.add_leaf(path.slice(self.strip..), &self.value);
+        self.fed.leaf(key, &self.value);
+    }
+
+    /// Feeds `hash` for the subtree at `path`; `leaf` if it is the hash of a leaf node.
+    fn feed_hash(&mut self, path: Nibbles, hash: B256, stored_below: bool, leaf: bool) {
+        self.fed_under.set_bit(path.get_unchecked(self.strip));
+        self.hb
+            .add_branch(path.slice(self.strip..), hash, stored_below);
+        self.fed.hashes.push(path);
+        if leaf {
+            self.fed.leaf_hashes.push(path);
+        }
+    }
+
+    /// The node-table changes for the nodes the hash builder rebuilt, their paths mapped by
+    /// `full` from the hash builder's (stripped) to the trie's.
+    fn node_writes(&mut self, full: impl Fn(Nibbles) -> Nibbles) -> NodeWrites {
+        let (_, updates) = std::mem::take(&mut self.hb).split();
+        let prefix = self.input.prefix;
+        let mut updates: Vec<(Nibbles, BranchNodeCompact)> = updates
+            .into_iter()
+            .map(|(path, branch)| (full(path), branch))
+            .filter(|(path, branch)| is_stored(path, branch))
+            .collect();
+        updates.sort_unstable_by_key(|(path, _)| *path);
+        let node_key = |path: &Nibbles| {
+            let mut key = Vec::with_capacity(prefix.len() + 64);
+            codec::node_key(prefix, path, &mut key);
+            key
+        };
+        let deleted = self
+            .visited
+            .iter()
+            .filter(|path| {
+                updates
+                    .binary_search_by(|(updated, _)| updated.cmp(path))
+                    .is_err()
+            })
+            .map(node_key)
+            .collect();
+        let mut rlp = Vec::with_capacity(128);
+        let written = updates
+            .into_iter()
+            .map(|(path, mut branch)| {
+                // The top of a subtree built as a trie of its own is that trie's root.
+                branch.root_hash = branch.root_hash.filter(|_| path.is_empty());
+                let node = self.fed.stored_node(&path, branch, &mut rlp);
+                let mut value = Vec::with_capacity(8 + 17 * 32);
+                codec::encode_node(&node, &mut value);
+                (node_key(&path), value)
+            })
+            .collect();
+        NodeWrites { deleted, written }
     }
 
     /// Feeds every key under `path` to the hash builder, given that a stored branch may lie at or
@@ -502,15 +587,18 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
                 // The hash is of a branch exactly at `child` (the hash builder clears the bit of
                 // an extension child), so it stays valid wherever the parent ends up.
                 let stored_below = branch.tree_mask.is_bit_set(nibble);
-                let hash = branch.hash_for_nibble(nibble);
-                self.hb.add_branch(child, hash, stored_below);
-                self.fed.hashes.push(child);
+                self.feed_hash(child, branch.hash_for_nibble(nibble), stored_below, false);
             } else if !changed && leaf_hashes_hold && node.leaf_mask.is_bit_set(nibble) {
-                self.hb.add_branch(child, node.leaf_hash(nibble), false);
-                self.fed.hashes.push(child);
-                self.fed.leaf_hashes.push(child);
+                self.feed_hash(child, node.leaf_hash(nibble), false, true);
             } else if branch.tree_mask.is_bit_set(nibble) {
-                self.descend(child)?;
+                match self.subtrees[usize::from(nibble)].take() {
+                    // Built by another walk: feeding its top branch's hash is feeding its leaves.
+                    Some(parallel::Top::Branch { hash, stored }) => {
+                        self.feed_hash(child, hash, stored, false)
+                    }
+                    Some(parallel::Top::Empty) => {}
+                    None => self.descend(child)?,
+                }
             } else {
                 self.emit_leaves(lo, hi)?;
             }
@@ -539,20 +627,40 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
         }
     }
 
-    /// Feeds the leaves with keys in `lo..=hi` from the hashed table.
+    /// Feeds the leaves with keys in `lo..=hi` from the hashed table, and from the overlay in
+    /// place of the table's where it has them.
     fn emit_leaves(&mut self, lo: B256, hi: B256) -> Result<(), StorageError> {
+        let overlay = self.input.overlay;
+        let mut new = overlay.partition_point(|(key, _)| *key < lo);
         let mut entry = self.first_entry_from(&lo)?;
-        while let Some((key, value)) = &entry {
-            let Some(hashed_key) = self.hashed_key(key)? else {
-                break;
+        loop {
+            let stored = match &entry {
+                Some((key, _)) => self.hashed_key(key)?.filter(|key| *key <= hi),
+                None => None,
             };
-            if hashed_key > hi {
-                break;
+            let next_new = overlay.get(new).filter(|(key, _)| *key <= hi);
+            let stored_first = match (stored, next_new) {
+                (None, None) => break,
+                (Some(key), next_new) => next_new.is_none_or(|(new_key, _)| key < *new_key),
+                (None, Some(_)) => false,
+            };
+            if stored_first {
+                let key = stored.expect("a stored key");
+                let (_, value) = entry.as_ref().expect("a stored key has an entry");
+                self.input.leaves.leaf_value(value, &mut self.value)?;
+                self.feed_leaf(key);
+                entry = self.cursors.hashed.next()?;
+            } else {
+                let (key, record) = next_new.expect("an overlay key");
+                if stored == Some(*key) {
+                    entry = self.cursors.hashed.next()?;
+                }
+                new += 1;
+                if let Some(record) = record {
+                    record.trie_rlp(&mut self.value);
+                    self.feed_leaf(*key);
+                }
             }
-            self.input.leaves.leaf_value(value, &mut self.value)?;
-            self.hb.add_leaf(Nibbles::unpack(hashed_key), &self.value);
-            self.fed.leaf(hashed_key, &self.value);
-            entry = self.cursors.hashed.next()?;
         }
         self.scanned = Some(Scanned {
             to: hi,
