@@ -7,17 +7,17 @@ use crate::{
     blocks::Blocks,
     codec::{self, AccountRecord},
     history::{self, ChangeRecorder},
-    preimages, read_block_hash, read_hashed_account, read_head,
+    preimages, read_block_hash, read_head,
     sync::Writing,
-    tables::{HEAD_KEY, Tables},
+    tables::{self, HEAD_KEY, Tables},
     trie::{self, Leaves, TrieCursors, TrieInput, Walked},
     tx_index::RecentTxs,
 };
 use alloy_consensus::ReceiptEnvelope;
-use alloy_primitives::{B256, keccak256};
+use alloy_primitives::{Address, B256, keccak256};
 use alloy_rlp::Encodable;
 use alloy_trie::EMPTY_ROOT_HASH;
-use kestrel_types::{BlockNumber, RecoveredTx, SealedBlock, StateChanges};
+use kestrel_types::{AccountInfo, BlockNumber, RecoveredTx, SealedBlock, StateChanges};
 use libmdbx::{Database, RW, Table, Transaction, WriteFlags};
 use std::{borrow::Cow, collections::BTreeMap, time::Instant};
 
@@ -42,6 +42,15 @@ pub struct BlockWriter<'s> {
     /// Whether [`BlockWriter::apply_state`] wrote state in this transaction: the account trie's
     /// helper threads read the last commit, so they may only serve the first block.
     pub(crate) state_written: bool,
+}
+
+/// What a block does to an account's record.
+enum AccountChange<'a> {
+    /// Sets its fields (`None`: deletes it and its storage); its storage root is the one its
+    /// storage changes gave, else its old one.
+    Set(Option<&'a AccountInfo>),
+    /// Only its storage changed: its new storage root beside its old fields.
+    StorageRoot,
 }
 
 /// Deletes every entry whose key starts with `prefix`.
@@ -151,103 +160,98 @@ impl BlockWriter<'_> {
         }
         drop(cursors);
 
-        // Accounts, in hashed order so that writes walk the hashed table front to back.
-        let mut updates = Vec::with_capacity(changes.accounts.len() + storage_roots.len());
-        for (address, account) in &changes.accounts {
-            let hashed_address = keccak256(address);
-            let old = read_hashed_account(txn, &tables.hashed_accounts, &hashed_address)?;
-            if let Some(history) = history {
-                history.account(address, old.as_ref());
-                if account.is_none() {
-                    history.all_slots(txn, &tables, address)?;
-                }
-            }
-            let record = match account {
-                None => {
-                    wipe_storage(txn, &tables, &hashed_address)?;
-                    None
-                }
-                Some(info) => {
-                    if old.is_none() {
-                        preimages::put_account(txn, &tables, &hashed_address, address)?;
+        // Accounts, in hashed order: records are read, written and walked front to back.
+        let mut accounts: Vec<(B256, &Address, AccountChange<'_>)> = changes
+            .accounts
+            .iter()
+            .map(|(address, info)| (address, AccountChange::Set(info.as_ref())))
+            .chain(
+                (storage_roots.keys())
+                    .filter(|address| !changes.accounts.contains_key(*address))
+                    .map(|address| (address, AccountChange::StorageRoot)),
+            )
+            .map(|(address, change)| (keccak256(address), address, change))
+            .collect();
+        accounts.sort_unstable_by_key(|(hashed, ..)| *hashed);
+        let changed_accounts: Vec<B256> = accounts.iter().map(|(hashed, ..)| *hashed).collect();
+        // Writes the new records of a run of `accounts` (their history and preimages recorded)
+        // and returns them. Each is written through the cursor its old record's read left on
+        // it: one B-tree search for both.
+        let mut cursor = txn.cursor(&tables.hashed_accounts)?;
+        let records = |range: std::ops::Range<usize>| -> Result<Vec<_>, StorageError> {
+            let mut records = Vec::with_capacity(range.len());
+            for (hashed_address, address, change) in &accounts[range] {
+                let old = cursor
+                    .set::<Cow<'_, [u8]>>(hashed_address.as_slice())?
+                    .map(|bytes| AccountRecord::decode(tables::HASHED_ACCOUNTS, &bytes))
+                    .transpose()?;
+                let record = match change {
+                    AccountChange::Set(account) => {
+                        if let Some(history) = history.as_mut() {
+                            history.account(address, old.as_ref());
+                            if account.is_none() {
+                                history.all_slots(txn, &tables, address)?;
+                            }
+                        }
+                        match account {
+                            None => {
+                                wipe_storage(txn, &tables, hashed_address)?;
+                                None
+                            }
+                            Some(info) => {
+                                if old.is_none() {
+                                    preimages::put_account(txn, &tables, hashed_address, address)?;
+                                }
+                                let storage_root = match storage_roots.get(*address) {
+                                    Some(root) => *root,
+                                    None => old.map_or(EMPTY_ROOT_HASH, |old| old.storage_root),
+                                };
+                                Some(AccountRecord {
+                                    info: **info,
+                                    storage_root,
+                                })
+                            }
+                        }
                     }
-                    let storage_root = match storage_roots.get(address) {
-                        Some(root) => *root,
-                        None => old.map_or(EMPTY_ROOT_HASH, |old| old.storage_root),
-                    };
-                    Some(AccountRecord {
-                        info: *info,
-                        storage_root,
-                    })
-                }
-            };
-            updates.push((hashed_address, record));
-        }
-        for (address, storage_root) in &storage_roots {
-            if changes.accounts.contains_key(address) {
-                continue;
-            }
-            let hashed_address = keccak256(address);
-            let old = read_hashed_account(txn, &tables.hashed_accounts, &hashed_address)?;
-            let Some(old) = old else {
-                panic!("storage changed for {address}, which does not exist");
-            };
-            updates.push((
-                hashed_address,
-                Some(AccountRecord {
-                    storage_root: *storage_root,
-                    ..old
-                }),
-            ));
-        }
-        updates.sort_unstable_by_key(|(hashed, _)| *hashed);
-        let changed_accounts: Vec<B256> = updates.iter().map(|(hashed, _)| *hashed).collect();
-        let write_accounts = || -> Result<(), StorageError> {
-            for (hashed_address, record) in &updates {
-                match record {
-                    None => {
-                        txn.del(&tables.hashed_accounts, hashed_address, None)?;
+                    AccountChange::StorageRoot => {
+                        let Some(old) = old else {
+                            panic!("storage changed for {address}, which does not exist");
+                        };
+                        Some(AccountRecord {
+                            storage_root: storage_roots[*address],
+                            ..old
+                        })
                     }
+                };
+                match &record {
                     Some(record) => {
                         let (bytes, len) = record.encode();
-                        let table = &tables.hashed_accounts;
-                        txn.put(table, hashed_address, &bytes[..len], WriteFlags::UPSERT)?;
+                        let flags = match old {
+                            Some(_) => WriteFlags::CURRENT,
+                            None => WriteFlags::UPSERT,
+                        };
+                        cursor.put(hashed_address.as_slice(), &bytes[..len], flags)?;
                     }
+                    None if old.is_some() => cursor.del(WriteFlags::empty())?,
+                    None => {}
                 }
+                records.push((*hashed_address, record));
             }
-            Ok(())
+            Ok(records)
         };
-        let (update, walked) = if self.state_written {
-            // Helper threads would read the last commit, which lacks this transaction's blocks.
-            write_accounts()?;
-            let mut cursors = TrieCursors {
-                hashed: txn.cursor(&tables.hashed_accounts)?,
-                nodes: txn.cursor(&tables.account_trie)?,
-            };
-            let input = TrieInput {
-                leaves: Leaves::Accounts,
-                prefix: &[],
-                changed: &changed_accounts,
-                overlay: &[],
-            };
-            let update = trie::update(txn, &tables.account_trie, &mut cursors, &input)?;
-            (update, Walked::OneThread)
-        } else {
-            let input = TrieInput {
-                leaves: Leaves::Accounts,
-                prefix: &[],
-                changed: &changed_accounts,
-                overlay: &updates,
-            };
-            let (nodes, hashed) = (&tables.account_trie, &tables.hashed_accounts);
-            trie::update_accounts(self.db, txn, nodes, hashed, &input, write_accounts)?
+        let accounts_tables = trie::AccountTables {
+            hashed: &tables.hashed_accounts,
+            nodes: &tables.account_trie,
         };
+        // Helper threads read the last commit, which lacks this transaction's earlier blocks.
+        let snapshot = (!self.state_written).then_some(self.db);
+        let (update, walked) =
+            trie::update_accounts(txn, snapshot, &accounts_tables, &changed_accounts, records)?;
         self.state_written = true;
         nodes_written += update.nodes_written;
-
-        metrics::counter!("kestrel_storage_trie_nodes_updated_total").increment(nodes_written);
         metrics::counter!("kestrel_storage_account_trie_walks_total", "walk" => walked.label())
             .increment(1);
+        metrics::counter!("kestrel_storage_trie_nodes_updated_total").increment(nodes_written);
         metrics::histogram!("kestrel_storage_state_root_seconds")
             .record(started.elapsed().as_secs_f64());
         Ok((update.root, walked))

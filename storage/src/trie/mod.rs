@@ -72,7 +72,7 @@ impl Leaves {
 }
 
 mod parallel;
-pub(crate) use parallel::{Walked, update_accounts};
+pub(crate) use parallel::{AccountTables, Walked, update_accounts};
 
 /// One trie to update: its leaves, its key prefix in both the hashed table and the node table
 /// (empty for the account trie, the hashed address for a storage trie), and the keys (hashed,

@@ -18,12 +18,15 @@
 //! (a single leaf, or an extension below it: only in small tries) has no hash to feed; then the
 //! whole trie is walked again on one thread.
 
-use super::{NodeWrites, TrieCursors, TrieInput, TrieUpdate, Walk, key_range};
-use crate::{Env, StorageError, tables};
+use super::{Leaves, NodeWrites, TrieCursors, TrieInput, TrieUpdate, Walk, key_range};
+use crate::{Env, StorageError, codec::AccountRecord, tables};
 use alloy_primitives::B256;
 use alloy_trie::{HashBuilder, Nibbles};
 use libmdbx::{Database, RW, Table, Transaction, TransactionKind};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::{ops::Range, sync::OnceLock};
+
+/// New account records by hashed address (`None`: deleted), sorted.
+pub(crate) type Overlay = Vec<(B256, Option<AccountRecord>)>;
 
 /// Fewer changed accounts than this are walked on one thread: the helper's start and its read
 /// transaction would cost more than it saves.
@@ -75,42 +78,78 @@ struct Subtree {
     writes: NodeWrites,
 }
 
-/// Writes the account records (`write_leaves`, the new records being `input.overlay`) and
-/// updates the account trie's stored nodes, the subtrees under the root's changed children
-/// walked on several threads when the block changed enough accounts. Returns the new root and
-/// how the trie was walked.
+/// The account trie's two tables.
+pub(crate) struct AccountTables<'a, 't> {
+    pub hashed: &'a Table<'t>,
+    pub nodes: &'a Table<'t>,
+}
+
+/// Updates the account trie's stored nodes after the accounts at the hashed addresses `changed`
+/// (sorted) changed; returns the new root and how the trie was walked. `records(range)` writes
+/// the new records of `changed[range]` (`None`: deleted) and returns them; it is called for
+/// consecutive ranges, in key order, before any walk through `txn`.
+///
+/// With `snapshot` (the database of `txn`, when its last commit is the state `txn` began from)
+/// and enough changes, the subtrees under the root's changed children are walked on several
+/// threads: helpers start on a subtree as soon as its records are known, while this thread gets
+/// the rest, then walks the subtrees left.
 pub(crate) fn update_accounts(
-    db: &Database<Env>,
     txn: &Transaction<'_, RW, Env>,
-    nodes_table: &Table<'_>,
-    hashed_table: &Table<'_>,
-    input: &TrieInput<'_>,
-    write_leaves: impl FnOnce() -> Result<(), StorageError>,
+    snapshot: Option<&Database<Env>>,
+    tables: &AccountTables<'_, '_>,
+    changed: &[B256],
+    mut records: impl FnMut(Range<usize>) -> Result<Overlay, StorageError>,
 ) -> Result<(TrieUpdate, Walked), StorageError> {
     let cursors = || -> Result<_, StorageError> {
         Ok(TrieCursors {
-            hashed: txn.cursor(hashed_table)?,
-            nodes: txn.cursor(nodes_table)?,
+            hashed: txn.cursor(tables.hashed)?,
+            nodes: txn.cursor(tables.nodes)?,
         })
+    };
+    let input = TrieInput {
+        leaves: Leaves::Accounts,
+        prefix: &[],
+        changed,
+        overlay: &[],
     };
     let walkers = std::thread::available_parallelism()
         .map_or(1, usize::from)
         .min(WALKERS_MAX);
-    let jobs = if walkers > 1 && input.changed.len() >= PARALLEL_CHANGED_MIN {
-        changed_stored_children(&mut cursors()?, input)?
-    } else {
-        Vec::new()
+    let jobs = match snapshot {
+        Some(_) if walkers > 1 && changed.len() >= PARALLEL_CHANGED_MIN => {
+            changed_stored_children(&mut cursors()?, &input)?
+        }
+        _ => Vec::new(),
     };
-    if jobs.len() < 2 {
-        write_leaves()?;
-        let update = super::update(txn, nodes_table, &mut cursors()?, input)?;
+    let (Some(db), 2..) = (snapshot, jobs.len()) else {
+        records(0..changed.len())?;
+        let update = super::update(txn, tables.nodes, &mut cursors()?, &input)?;
         return Ok((update, Walked::OneThread));
-    }
+    };
 
-    let next_job = AtomicUsize::new(0);
+    // The changed keys under each of the root's children, and their records once known.
+    let under: [Range<usize>; 16] = std::array::from_fn(|nibble| {
+        let first =
+            |nibble: usize| changed.partition_point(|key| usize::from(key[0] >> 4) < nibble);
+        first(nibble)..first(nibble + 1)
+    });
+    let overlays: [OnceLock<Overlay>; 16] = Default::default();
+    let subtree_input = |nibble: u8| {
+        let nibble = usize::from(nibble);
+        TrieInput {
+            leaves: Leaves::Accounts,
+            prefix: &[],
+            changed: &changed[under[nibble].clone()],
+            overlay: overlays[nibble]
+                .get()
+                .expect("a subtree is sent once its records are known"),
+        }
+    };
+    let (ready, jobs_ready) = crossbeam_channel::unbounded::<u8>();
     let mut subtrees = std::thread::scope(|scope| -> Result<Vec<Subtree>, StorageError> {
         let helpers = (1..walkers.min(jobs.len()))
             .map(|_| {
+                let jobs_ready = jobs_ready.clone();
                 std::thread::Builder::new()
                     .name("state-root".into())
                     .spawn_scoped(scope, || {
@@ -121,13 +160,40 @@ pub(crate) fn update_accounts(
                             nodes: snapshot
                                 .cursor(&snapshot.open_table(Some(tables::ACCOUNT_TRIE))?)?,
                         };
-                        build_subtrees(&mut cursors, input, &jobs, &next_job)
+                        let mut built = Vec::new();
+                        for nibble in jobs_ready {
+                            built.push(build_subtree(
+                                &mut cursors,
+                                &subtree_input(nibble),
+                                nibble,
+                            )?);
+                        }
+                        Ok::<_, StorageError>(built)
                     })
                     .map_err(StorageError::RootThread)
             })
             .collect::<Result<Vec<_>, _>>()?;
-        write_leaves()?;
-        let mut subtrees = build_subtrees(&mut cursors()?, input, &jobs, &next_job)?;
+        // Dropped on every way out of this scope, so that the helpers stop.
+        let ready = ready;
+        for (nibble, overlay) in overlays.iter().enumerate() {
+            let records = records(under[nibble].clone())?;
+            overlay.set(records).expect("each child's records once");
+            let nibble = nibble as u8;
+            if jobs.contains(&nibble) {
+                ready.send(nibble).expect("a receiver is held below");
+            }
+        }
+        drop(ready);
+        // The leaves are written: this thread's walks read them from its own transaction.
+        let mut cursors = cursors()?;
+        let mut subtrees = Vec::with_capacity(jobs.len());
+        for nibble in jobs_ready {
+            let input = TrieInput {
+                overlay: &[],
+                ..subtree_input(nibble)
+            };
+            subtrees.push(build_subtree(&mut cursors, &input, nibble)?);
+        }
         for helper in helpers {
             match helper.join() {
                 Ok(built) => subtrees.extend(built?),
@@ -140,12 +206,12 @@ pub(crate) fn update_accounts(
 
     let mut cursors = cursors()?;
     if subtrees.iter().any(|subtree| subtree.top.is_none()) {
-        let update = super::update(txn, nodes_table, &mut cursors, input)?;
+        let update = super::update(txn, tables.nodes, &mut cursors, &input)?;
         return Ok((update, Walked::Again));
     }
     let mut walk = Walk::new(
         &mut cursors,
-        input,
+        &input,
         HashBuilder::default().with_updates(true),
     );
     for subtree in &subtrees {
@@ -157,11 +223,11 @@ pub(crate) fn update_accounts(
         "the root's walk fed every subtree built"
     );
     let root = walk.hb.root();
-    let mut nodes_written = walk.node_writes(|path| path).apply(txn, nodes_table)?;
+    let mut nodes_written = walk.node_writes(|path| path).apply(txn, tables.nodes)?;
     // In key order: the root's node first, then the subtrees'.
     subtrees.sort_unstable_by_key(|subtree| subtree.nibble);
     for subtree in &subtrees {
-        nodes_written += subtree.writes.apply(txn, nodes_table)?;
+        nodes_written += subtree.writes.apply(txn, tables.nodes)?;
     }
     let update = TrieUpdate {
         root,
@@ -190,20 +256,6 @@ fn changed_stored_children<K: TransactionKind>(
             node.branch.tree_mask.is_bit_set(*nibble) && walk.any_changed(&lo, &hi)
         })
         .collect())
-}
-
-/// Builds the subtrees of `jobs` that no other thread took.
-fn build_subtrees<K: TransactionKind>(
-    cursors: &mut TrieCursors<'_, K>,
-    input: &TrieInput<'_>,
-    jobs: &[u8],
-    next_job: &AtomicUsize,
-) -> Result<Vec<Subtree>, StorageError> {
-    let mut built = Vec::new();
-    while let Some(&nibble) = jobs.get(next_job.fetch_add(1, Ordering::Relaxed)) {
-        built.push(build_subtree(cursors, input, nibble)?);
-    }
-    Ok(built)
 }
 
 /// Walks the subtree under the root's child `nibble` as a trie of its own.
