@@ -11,9 +11,8 @@ use jsonrpsee::{
     core::BoxError,
     server::{HttpBody, HttpRequest},
 };
-use kestrel_pipeline::status::ChainStatus;
 use kestrel_storage::{
-    ChainView as _, Store,
+    ChainView as _, StorageError, Store,
     snapshot::{chunk_count, restore::RestoreProgress},
 };
 use std::{
@@ -72,7 +71,6 @@ pub fn syncing(restore: Option<RestoreProgress>) -> Health {
 
 #[derive(Clone)]
 pub struct HealthLayer {
-    pub status: Arc<ChainStatus>,
     pub store: Arc<Store>,
     pub max_age_ms: u64,
     /// When this node started, in ms since the Unix epoch.
@@ -96,16 +94,21 @@ pub struct HealthService<S> {
 }
 
 impl HealthLayer {
+    /// Judges the store's head, read with its header in one read transaction: the pipeline's
+    /// committed head lags a state sync's base block, whose header alone the store holds.
     fn check(&self) -> Health {
-        if let Ok(Ok(None)) = self.store.view(|r| r.head()) {
-            return syncing(self.store.restore_progress().ok().flatten());
-        }
-        let head = ChainStatus::get(&self.status.committed);
+        let read = self.store.view(|r| -> Result<_, StorageError> {
+            let Some(head) = r.head()? else {
+                return Ok(None);
+            };
+            Ok(Some((head, r.header(head)?)))
+        });
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        match self.store.view(|r| r.header(head)) {
-            Ok(Ok(Some(header))) => {
+        match read {
+            Ok(Ok(None)) => syncing(self.store.restore_progress().ok().flatten()),
+            Ok(Ok(Some((head, Some(header))))) => {
                 // The header has second resolution: the head may be up to 1 s younger.
                 let mut head_ms = header.timestamp.saturating_mul(1000);
                 if head == 0 {
@@ -118,7 +121,6 @@ impl HealthLayer {
                 status: StatusCode::SERVICE_UNAVAILABLE,
                 body: serde_json::json!({
                     "status": "error",
-                    "head": head,
                     "error": format!("{other:?}"),
                 })
                 .to_string(),

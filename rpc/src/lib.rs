@@ -171,7 +171,6 @@ pub async fn start(
     config.limits.check()?;
     let limits = Arc::new(config.limits.clone());
     let health = health::HealthLayer {
-        status: ctx.status.clone(),
         store: ctx.store.clone(),
         max_age_ms: config.block_time_ms.saturating_mul(STALL_BLOCK_TIMES),
         started_ms: kestrel_types::now_ms(),

@@ -125,8 +125,9 @@ pub enum SyncRequest {
     /// The payload with this hash (of a block consensus fetched without it).
     Payload(B256),
     /// The top of the peer's state snapshot (state sync, `statesync/`): the peer makes one of
-    /// its committed head if it holds none recent. `resume`: the block of the snapshot an
-    /// interrupted sync was fetching (0: none), which the peer gives if it still holds it.
+    /// its committed head if it holds none recent. `resume` (0: none): the block of the
+    /// snapshot an interrupted sync was fetching, or the one the other validators offered,
+    /// which the peer gives if it still holds it, or makes if its head has not passed it.
     SnapshotTop { resume: u64 },
     /// Part `part` of chunk `index` of depth `depth` of the peer's snapshot of block `height`
     /// (`snapshot::parts`; a chunk that fits one message is its part 0 alone).

@@ -336,15 +336,12 @@ impl<'a> StateSync<'a> {
                 if tops.is_empty() {
                     until = Instant::now() + Duration::from_millis(TOPS_WAIT_MS);
                 }
-                match tops.iter_mut().find(|(t, _)| *t == *top) {
-                    Some((_, from)) if !from.contains(&peer) => from.push(peer),
-                    Some(_) => {}
-                    None => tops.push((*top, vec![peer])),
-                }
+                offered(&mut tops, peer, *top);
                 if tops.iter().map(|(_, from)| from.len()).sum::<usize>() >= expected {
                     break;
                 }
             }
+            self.align_tops(&mut tops)?;
             let same_as_before = |t: &SnapshotTop| {
                 resuming.is_some_and(|r| {
                     (r.number, r.state_root, r.depth) == (t.height, t.state_root, t.depth)
@@ -360,6 +357,47 @@ impl<'a> StateSync<'a> {
             }
             tracing::info!(target: "node::statesync", validators = asked.len(), "no snapshot offered yet; asking again");
         }
+    }
+
+    /// Asks the validators that offered an older snapshot than the newest offered for the
+    /// newest, by its block, and waits for their answers ([`TOPS_RETRY_MS`] at most). Validators
+    /// snapshot the next aligned block after their head when asked, so heads a block apart
+    /// around an aligned block offer blocks `SNAPSHOT_ALIGN_BLOCKS` apart; the ones behind can
+    /// still snapshot the newer block once their head reaches it, and chunks are then fetched
+    /// from all of them.
+    fn align_tops(
+        &mut self,
+        tops: &mut Vec<(SnapshotTop, Vec<PeerId>)>,
+    ) -> Result<(), StateSyncError> {
+        let Some(newest) = tops.iter().map(|(top, _)| top.height).max() else {
+            return Ok(());
+        };
+        let mut behind: BTreeSet<PeerId> = tops
+            .iter()
+            .filter(|(top, _)| top.height < newest)
+            .flat_map(|(_, from)| from.iter().copied())
+            .collect();
+        if behind.is_empty() {
+            return Ok(());
+        }
+        tracing::info!(target: "node::statesync", block = newest, validators = behind.len(), "asking the validators with an older snapshot for the newest");
+        let request = SyncRequest::SnapshotTop { resume: newest }.encode();
+        for peer in &behind {
+            self.net
+                .send(peer, Kind::SyncRequest, request.clone().into());
+        }
+        let until = Instant::now() + Duration::from_millis(TOPS_RETRY_MS);
+        while !behind.is_empty() {
+            let Some((peer, answer)) = self.next_answer(until)? else {
+                break;
+            };
+            if let SyncResponse::SnapshotTop(top) = answer
+                && behind.remove(&peer)
+            {
+                offered(tops, peer, *top);
+            }
+        }
+        Ok(())
     }
 
     /// Fetches, checks and writes every chunk of `target` not written yet. False if every
@@ -492,9 +530,57 @@ impl<'a> StateSync<'a> {
     }
 }
 
+/// Records that `peer` offers `top`, in place of what it offered before.
+fn offered(tops: &mut Vec<(SnapshotTop, Vec<PeerId>)>, peer: PeerId, top: SnapshotTop) {
+    for (_, from) in tops.iter_mut() {
+        from.retain(|p| *p != peer);
+    }
+    tops.retain(|(_, from)| !from.is_empty());
+    match tops.iter_mut().find(|(t, _)| *t == top) {
+        Some((_, from)) => from.push(peer),
+        None => tops.push((top, vec![peer])),
+    }
+}
+
 /// Sets `kestrel_sync_mode`: 1 for the mode the node is in, 0 for the others.
 pub fn set_mode(mode: &'static str) {
     for m in ["state", "blocks", "following"] {
         metrics::gauge!(SYNC_MODE, "mode" => m).set(if m == mode { 1.0 } else { 0.0 });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn top(height: u64) -> SnapshotTop {
+        SnapshotTop {
+            height,
+            state_root: B256::repeat_byte(height as u8),
+            depth: 1,
+            top: Vec::new(),
+            headers: Vec::new(),
+        }
+    }
+
+    fn peer(i: u8) -> PeerId {
+        let key = secp256k1::SecretKey::from_byte_array(&[i; 32]).unwrap();
+        PeerId::from(secp256k1::PublicKey::from_secret_key_global(&key))
+    }
+
+    #[test]
+    fn a_validator_asked_again_moves_to_the_snapshot_it_offers_now() {
+        let mut tops = Vec::new();
+        offered(&mut tops, peer(1), top(32));
+        offered(&mut tops, peer(2), top(48));
+        offered(&mut tops, peer(3), top(32));
+        offered(&mut tops, peer(3), top(32));
+        assert_eq!(
+            tops,
+            vec![(top(32), vec![peer(1), peer(3)]), (top(48), vec![peer(2)])]
+        );
+        offered(&mut tops, peer(1), top(48));
+        offered(&mut tops, peer(3), top(48));
+        assert_eq!(tops, vec![(top(48), vec![peer(2), peer(1), peer(3)])]);
     }
 }

@@ -63,6 +63,25 @@ const PART_BYTES_ENV: &str = "KESTREL_TEST_STATE_PART_BYTES";
 /// lying peer.
 const CORRUPT_CHUNK_ENV: &str = "KESTREL_TEST_CORRUPT_STATE_CHUNK";
 
+/// Whether `block` is one that validators snapshot.
+fn is_aligned(block: u64) -> bool {
+    block != 0 && block.is_multiple_of(SNAPSHOT_ALIGN_BLOCKS)
+}
+
+/// The block to snapshot at head `head` when asked for block `wanted` (0: none): `wanted` if it
+/// is aligned and not passed yet, nor more than two alignments ahead (a syncing node that found
+/// the other validators at the next aligned block while this one's head was just short of it);
+/// else the next aligned block. Heads a block apart at a multiple of the alignment otherwise
+/// snapshot blocks 16 apart.
+fn snapshot_target(head: u64, wanted: u64) -> u64 {
+    let within_reach = head <= wanted && wanted <= head + 2 * SNAPSHOT_ALIGN_BLOCKS;
+    if is_aligned(wanted) && within_reach {
+        wanted
+    } else {
+        head.next_multiple_of(SNAPSHOT_ALIGN_BLOCKS)
+    }
+}
+
 /// Which chunks [`CORRUPT_CHUNK_ENV`] damages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Damage {
@@ -219,16 +238,19 @@ impl Serving {
         match request {
             SyncRequest::SnapshotTop { resume } => {
                 let keep = self.held.as_ref().is_some_and(|h| {
-                    h.top.height == resume
-                        || h.made.elapsed() < Duration::from_millis(SNAPSHOT_FRESH_MS)
-                        || h.last_chunk.is_some_and(|at| {
-                            at.elapsed() < Duration::from_millis(SNAPSHOT_BUSY_MS)
-                        })
+                    let busy = h
+                        .last_chunk
+                        .is_some_and(|at| at.elapsed() < Duration::from_millis(SNAPSHOT_BUSY_MS));
+                    // A fresh snapshot of another block than the one asked for is not kept: the
+                    // asker found the other validators at that block.
+                    let fresh = h.made.elapsed() < Duration::from_millis(SNAPSHOT_FRESH_MS)
+                        && (resume == 0 || !is_aligned(resume));
+                    h.top.height == resume || fresh || busy
                 });
                 if !keep {
                     // Freed before the next one is read: never two in memory.
                     self.held = None;
-                    match self.make() {
+                    match self.make(resume) {
                         Ok(held) => self.held = Some(held),
                         Err(err) => {
                             tracing::warn!(target: "node::statesync", %err, "cannot make a state snapshot");
@@ -269,14 +291,15 @@ impl Serving {
 
     /// Reads the snapshot of the first committed head at or past the next multiple of
     /// [`SNAPSHOT_ALIGN_BLOCKS`] (each validator then snapshots the same block, so a syncing node
-    /// can take chunks from all of them), at the depth for its size, each chunk in parts that fit
-    /// a frame. The head is watched in read transactions a millisecond apart, and the
-    /// snapshot read in the one that first sees the head there; a head that does not get there
-    /// within [`SNAPSHOT_ALIGN_WAIT_MS`] (a stalled chain) is taken as it is.
-    fn make(&self) -> Result<Held, ServeError> {
+    /// can take chunks from all of them), or past `wanted` ([`snapshot_target`]), at the depth
+    /// for its size, each chunk in parts that fit a frame. The head is watched in read
+    /// transactions a millisecond apart, and the snapshot read in the one that first sees the
+    /// head there; a head that does not get there within [`SNAPSHOT_ALIGN_WAIT_MS`] (a stalled
+    /// chain) is taken as it is.
+    fn make(&self, wanted: u64) -> Result<Held, ServeError> {
         let started = Instant::now();
         let head = self.store.view(|r| r.head())??.ok_or(ServeError::Empty)?;
-        let target = head.next_multiple_of(SNAPSHOT_ALIGN_BLOCKS);
+        let target = snapshot_target(head, wanted);
         let held = loop {
             let waited = started.elapsed() >= Duration::from_millis(SNAPSHOT_ALIGN_WAIT_MS);
             if let Some(held) = self.store.view(|r| -> Result<Option<Held>, ServeError> {
@@ -370,5 +393,26 @@ fn damage(chunk: &mut StateChunk) {
                 code: Bytes::new(),
                 storage: Vec::new(),
             }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_snapshot_is_of_the_block_asked_for_when_it_can_be() {
+        let align = SNAPSHOT_ALIGN_BLOCKS;
+        // Not asked for one, or asked for an unaligned one: the next aligned block.
+        assert_eq!(snapshot_target(31, 0), 32);
+        assert_eq!(snapshot_target(32, 0), 32);
+        assert_eq!(snapshot_target(33, 0), 32 + align);
+        assert_eq!(snapshot_target(31, 40), 32);
+        // One block short of the aligned block when the others were past it: their block.
+        assert_eq!(snapshot_target(31, 32 + align), 32 + align);
+        assert_eq!(snapshot_target(32 + align, 32 + align), 32 + align);
+        // Passed (its state is gone), or too far ahead to wait for: the next aligned block.
+        assert_eq!(snapshot_target(33, 32), 32 + align);
+        assert_eq!(snapshot_target(31, 32 + 3 * align), 32);
     }
 }
