@@ -244,6 +244,10 @@ pub fn describe_metrics() {
         "kestrel_storage_trie_nodes_updated_total",
         "Trie branch nodes written or deleted by state root updates"
     );
+    metrics::describe_counter!(
+        "kestrel_storage_account_trie_walks_total",
+        "Account-trie updates by how they were walked: parallel (the root's subtrees on all cores), one_thread, or again (on one thread after a parallel walk found a subtree that is not a branch)"
+    );
     metrics::describe_gauge!(
         "kestrel_storage_db_size_bytes",
         metrics::Unit::Bytes,
