@@ -87,7 +87,8 @@ fn random_block(rng: &mut StdRng) -> StateChanges {
 }
 
 /// CPU time of this thread: `apply_state` runs on the calling thread, so this is its cost
-/// without the time other processes on a shared machine take from it.
+/// without the time other processes on a shared machine take from it, less the account trie's
+/// helper threads' (`kestrel_storage`'s parallel walk), which this does not count.
 fn thread_cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/thread-self/schedstat").expect("Linux schedstat");
     let nanos: u64 = stat
