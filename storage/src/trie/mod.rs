@@ -23,7 +23,7 @@
 use crate::{
     StorageError,
     codec::{self, AccountRecord, StoredNode},
-    tables::{self, Tables},
+    tables,
 };
 use alloy_primitives::{B256, U256};
 use alloy_trie::{
@@ -32,7 +32,6 @@ use alloy_trie::{
     proof::{ProofNodes, ProofRetainer},
 };
 use libmdbx::{Cursor, DatabaseKind, RW, Table, Transaction, TransactionKind, WriteFlags};
-use std::borrow::Cow;
 
 /// What the leaves of a trie are, and so how a hashed-table value becomes a leaf value.
 #[derive(Debug, Clone, Copy)]
@@ -72,7 +71,11 @@ impl Leaves {
 }
 
 mod parallel;
+mod scratch;
+mod sorted;
 pub(crate) use parallel::{AccountTables, Walked, update_accounts};
+pub(crate) use scratch::state_root_from_scratch;
+pub(crate) use sorted::{NodeEntry, SortedTrie};
 
 /// One trie to update: its leaves, its key prefix in both the hashed table and the node table
 /// (empty for the account trie, the hashed address for a storage trie), and the keys (hashed,
@@ -196,85 +199,6 @@ pub(crate) fn proof<K: TransactionKind>(
     walk.descend(Nibbles::default())?;
     let root = walk.hb.root();
     Ok((root, walk.hb.take_proof_nodes()))
-}
-
-/// A node-table entry: key (prefix ‖ nibble path) and encoded [`StoredNode`].
-pub(crate) type NodeEntry = (Vec<u8>, Vec<u8>);
-
-/// A trie built from nothing, its leaves given in key order, for a state written in bulk
-/// (`bulk`): it stores exactly the nodes [`update`] stores when every key is new, and hands them
-/// out sorted, a top-level subtree at a time, so that they can be appended to the node table.
-///
-/// Only the leaves of the subtree being fed are kept (a node's leaf hashes come from the leaves
-/// under it), plus the leaves that were alone under their first nibble: those are the root's
-/// single-leaf children, whose hashes the root node needs when it is built last.
-pub(crate) struct SortedTrie {
-    hb: HashBuilder,
-    fed: Fed,
-    prefix: Vec<u8>,
-    /// First nibble of the keys fed since the last hand-out.
-    subtree: Option<u8>,
-    /// Leaves in `fed` from earlier subtrees.
-    kept: usize,
-}
-
-impl SortedTrie {
-    /// An empty trie whose nodes are stored under `prefix` (see [`TrieInput::prefix`]).
-    pub fn new(prefix: &[u8]) -> Self {
-        Self {
-            hb: HashBuilder::default().with_updates(true),
-            fed: Fed::default(),
-            prefix: prefix.to_vec(),
-            subtree: None,
-            kept: 0,
-        }
-    }
-
-    /// Adds the leaf at `key` (greater than every key before it) with its RLP `value`, and moves
-    /// to `out` the nodes this completes, sorted by key.
-    pub fn add_leaf(&mut self, key: B256, value: &[u8], out: &mut Vec<NodeEntry>) {
-        let first_nibble = key[0] >> 4;
-        self.hb.add_leaf(Nibbles::unpack(key), value);
-        if self.subtree != Some(first_nibble) {
-            if self.subtree.is_some() {
-                // A key under another first nibble completes every node of the last subtree.
-                self.take_nodes(out);
-                if self.fed.leaf_keys.len() - self.kept > 1 {
-                    self.fed.truncate(self.kept);
-                }
-                self.kept = self.fed.leaf_keys.len();
-            }
-            self.subtree = Some(first_nibble);
-        }
-        self.fed.leaf(key, value);
-    }
-
-    /// The root; moves the remaining nodes to `out`, sorted by key. The root node (if the root
-    /// is a branch) sorts before the nodes handed out earlier.
-    pub fn finish(mut self, out: &mut Vec<NodeEntry>) -> B256 {
-        let root = self.hb.root();
-        self.take_nodes(out);
-        root
-    }
-
-    fn take_nodes(&mut self, out: &mut Vec<NodeEntry>) {
-        let Some(updates) = self.hb.updated_branch_nodes.as_mut() else {
-            return;
-        };
-        let start = out.len();
-        let mut rlp = Vec::with_capacity(128);
-        for (path, branch) in updates
-            .drain()
-            .filter(|(path, branch)| is_stored(path, branch))
-        {
-            let node = self.fed.stored_node(&path, branch, &mut rlp);
-            let (mut key, mut value) = (Vec::new(), Vec::new());
-            codec::node_key(&self.prefix, &path, &mut key);
-            codec::encode_node(&node, &mut value);
-            out.push((key, value));
-        }
-        out[start..].sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    }
 }
 
 /// A hashed-table entry read without allocating.
@@ -715,56 +639,6 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
         let first = changed.partition_point(|key| key < lo);
         first < changed.len() && changed[first] <= *hi
     }
-}
-
-/// The state root computed from the hashed tables alone, as if no trie node were stored and no
-/// account record kept its storage root: the reference the incremental root must equal. Reads
-/// the whole state.
-pub(crate) fn state_root_from_scratch<K: TransactionKind, E: DatabaseKind>(
-    txn: &Transaction<'_, K, E>,
-    tables: &Tables<'_>,
-) -> Result<B256, StorageError> {
-    let mut accounts = txn.cursor(&tables.hashed_accounts)?;
-    let mut storage = txn.cursor(&tables.hashed_storage)?;
-    let mut slot = storage.first::<Cow<'_, [u8]>, Cow<'_, [u8]>>()?;
-    let mut hb = HashBuilder::default();
-    let mut leaf = Vec::with_capacity(128);
-    for entry in accounts.iter_start::<Cow<'_, [u8]>, Cow<'_, [u8]>>() {
-        let (hashed_address, value) = entry?;
-        let mut record = AccountRecord::decode(tables::HASHED_ACCOUNTS, &value)?;
-        // Both tables are sorted by hashed address, so this account's slots come next.
-        let mut storage_hb = HashBuilder::default();
-        while let Some((key, value)) = &slot {
-            if key.len() != 64 || key[..32] < hashed_address[..] {
-                return Err(StorageError::Corrupt {
-                    table: tables::HASHED_STORAGE,
-                    reason: format!(
-                        "slot without account {}",
-                        alloy_primitives::hex::encode(key)
-                    ),
-                });
-            }
-            if key[..32] != hashed_address[..] {
-                break;
-            }
-            Leaves::Storage.leaf_value(value, &mut leaf)?;
-            storage_hb.add_leaf(Nibbles::unpack(&key[32..]), &leaf);
-            slot = storage.next()?;
-        }
-        record.storage_root = storage_hb.root();
-        record.trie_rlp(&mut leaf);
-        hb.add_leaf(Nibbles::unpack(&hashed_address), &leaf);
-    }
-    if let Some((key, _)) = slot {
-        return Err(StorageError::Corrupt {
-            table: tables::HASHED_STORAGE,
-            reason: format!(
-                "slot without account {}",
-                alloy_primitives::hex::encode(key)
-            ),
-        });
-    }
-    Ok(hb.root())
 }
 
 /// The smallest and the largest 32-byte key starting with `path`.
