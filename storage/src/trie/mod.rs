@@ -18,7 +18,8 @@
 //! account in a 1M-account trie) is read and hashed again.
 //!
 //! Deep nodes that only sit above leaves are not stored at all ([`is_stored`]): they are rebuilt
-//! from the leaves under them, which lie side by side in the hashed table.
+//! from the leaves under them, which lie side by side in the hashed table, and hashed apart from
+//! the hash builder, which is fed their hash ([`bottom`]).
 
 use crate::{
     StorageError,
@@ -70,7 +71,9 @@ impl Leaves {
     }
 }
 
+mod bottom;
 mod parallel;
+use bottom::Bottom;
 mod scratch;
 mod sorted;
 pub(crate) use parallel::{AccountTables, Walked, update_accounts};
@@ -370,6 +373,11 @@ struct Walk<'a, 'c, 't, K: TransactionKind> {
     /// The results of the subtrees under the root's children that other walks built
     /// ([`parallel`]), fed in place of descending into them.
     subtrees: [Option<parallel::Top>; 16],
+    /// Where the leaves of a subtree at or past [`SPARSE_DEPTH`] are gathered to be hashed
+    /// whole ([`bottom`]); `None` in a walk that keeps proof nodes, which needs every node.
+    bottom: Option<Bottom>,
+    /// Whether the leaves scanned go to `bottom` rather than to the hash builder.
+    gathering: bool,
     key: Vec<u8>,
     value: Vec<u8>,
 }
@@ -380,15 +388,56 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
             cursors,
             scanned: None,
             input,
-            hb,
             fed: Fed::default(),
             visited: Vec::new(),
             strip: 0,
             fed_under: TrieMask::default(),
             subtrees: Default::default(),
+            bottom: hb.updated_branch_nodes.is_some().then(Bottom::default),
+            gathering: false,
+            hb,
             key: Vec::with_capacity(input.prefix.len() + 64),
             value: Vec::with_capacity(128),
         }
+    }
+
+    /// Takes the leaf at `key` a scan found, its value in `self.value`: gathers it when the scan
+    /// is of a subtree to hash whole, else feeds it.
+    fn take_leaf(&mut self, key: B256) {
+        match &mut self.bottom {
+            Some(bottom) if self.gathering => bottom.push(key, &self.value),
+            _ => self.feed_leaf(key),
+        }
+    }
+
+    /// Feeds the subtree at `path`, under which nothing is stored: as its top branch's hash
+    /// when [`Bottom`] may hash it, else leaf by leaf. Not the hash builder's own root (a
+    /// subtree walk's `path` itself), which it must build.
+    fn emit_subtree(&mut self, path: Nibbles) -> Result<(), StorageError> {
+        let (lo, hi) = key_range(&path);
+        let hashable = path.len() >= SPARSE_DEPTH && path.len() > self.strip;
+        match &mut self.bottom {
+            Some(bottom) if hashable => bottom.clear(),
+            _ => return self.emit_leaves(lo, hi),
+        }
+        self.gathering = true;
+        let scanned = self.emit_leaves(lo, hi);
+        self.gathering = false;
+        scanned?;
+        let mut bottom = self.bottom.take().expect("matched above");
+        match bottom.top_branch(path.len()) {
+            Some(top) => self.feed_hash(path, top.hash, top.marked, false),
+            None => {
+                for i in 0..bottom.len() {
+                    let (key, value) = bottom.leaf(i);
+                    self.value.clear();
+                    self.value.extend_from_slice(value);
+                    self.feed_leaf(key);
+                }
+            }
+        }
+        self.bottom = Some(bottom);
+        Ok(())
     }
 
     /// Feeds the leaf at `key`, its value in `self.value`.
@@ -456,7 +505,7 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
     fn descend(&mut self, path: Nibbles) -> Result<(), StorageError> {
         let (lo, hi) = key_range(&path);
         let Some((node_path, node)) = self.first_node_under(&path)? else {
-            return self.emit_leaves(lo, hi);
+            return self.emit_subtree(path);
         };
         if node_path.len() == path.len() {
             return self.visit(node_path, node);
@@ -501,11 +550,10 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
         for nibble in 0..16u8 {
             let mut child = path;
             child.push_unchecked(nibble);
-            let (lo, hi) = key_range(&child);
             let changed = changed.is_bit_set(nibble);
             if !branch.state_mask.is_bit_set(nibble) {
                 if changed {
-                    self.emit_leaves(lo, hi)?;
+                    self.emit_subtree(child)?;
                 }
             } else if !changed && branch.hash_mask.is_bit_set(nibble) {
                 // The hash is of a branch exactly at `child` (the hash builder clears the bit of
@@ -524,7 +572,7 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
                     None => self.descend(child)?,
                 }
             } else {
-                self.emit_leaves(lo, hi)?;
+                self.emit_subtree(child)?;
             }
         }
         Ok(())
@@ -572,7 +620,7 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
                 let key = stored.expect("a stored key");
                 let (_, value) = entry.as_ref().expect("a stored key has an entry");
                 self.input.leaves.leaf_value(value, &mut self.value)?;
-                self.feed_leaf(key);
+                self.take_leaf(key);
                 entry = self.cursors.hashed.next()?;
             } else {
                 let (key, record) = next_new.expect("an overlay key");
@@ -582,7 +630,7 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
                 new += 1;
                 if let Some(record) = record {
                     record.trie_rlp(&mut self.value);
-                    self.feed_leaf(*key);
+                    self.take_leaf(*key);
                 }
             }
         }
