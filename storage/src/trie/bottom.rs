@@ -172,7 +172,7 @@ impl Bottom {
 }
 
 /// The nibble of `key` at index `i`.
-fn nibble(key: &B256, i: usize) -> u8 {
+pub(super) fn nibble(key: &B256, i: usize) -> u8 {
     let byte = key[i / 2];
     if i.is_multiple_of(2) {
         byte >> 4

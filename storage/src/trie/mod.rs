@@ -533,14 +533,12 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
     fn visit(&mut self, path: Nibbles, node: StoredNode) -> Result<(), StorageError> {
         self.visited.push(path);
         let branch = &node.branch;
+        // The children with a changed key below: the nibble after `path` of each changed key
+        // under it (one run of the sorted keys).
         let mut changed = TrieMask::default();
-        for nibble in 0..16u8 {
-            let mut child = path;
-            child.push_unchecked(nibble);
-            let (lo, hi) = key_range(&child);
-            if self.any_changed(&lo, &hi) {
-                changed.set_bit(nibble);
-            }
+        let (lo, hi) = key_range(&path);
+        for key in self.changed_in(&lo, &hi) {
+            changed.set_bit(bottom::nibble(key, path.len()));
         }
         // A stored leaf hash holds only while its leaf stays a child of this branch, and feeding
         // it as a hash must not change what the hash builder stores. An unchanged branch child
@@ -683,9 +681,15 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
     }
 
     fn any_changed(&self, lo: &B256, hi: &B256) -> bool {
+        !self.changed_in(lo, hi).is_empty()
+    }
+
+    /// The changed keys in `lo..=hi`.
+    fn changed_in(&self, lo: &B256, hi: &B256) -> &'a [B256] {
         let changed = self.input.changed;
         let first = changed.partition_point(|key| key < lo);
-        first < changed.len() && changed[first] <= *hi
+        let changed = &changed[first..];
+        &changed[..changed.partition_point(|key| key <= hi)]
     }
 }
 

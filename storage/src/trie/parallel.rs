@@ -14,9 +14,11 @@
 //! commit (a read transaction; the block's writer holds the only write transaction, so nothing
 //! was committed since it began) with the block's new account records laid over its hashed table
 //! ([`TrieInput::overlay`]). The writer's thread writes those records meanwhile, then walks
-//! subtrees too, through its own transaction. A subtree whose top is not a branch at the child
-//! (a single leaf, or an extension below it: only in small tries) has no hash to feed; then the
-//! whole trie is walked again on one thread.
+//! subtrees too, through its own transaction, and writes each subtree's nodes, its own and the
+//! helpers', as it is built (only the writer may). A subtree whose top is not a branch at the
+//! child (a single leaf, or an extension below it: only in small tries) has no hash to feed; then
+//! the whole trie is walked again on one thread, over the subtrees' nodes already written, which
+//! are right for the new state.
 
 use super::{Leaves, NodeWrites, TrieCursors, TrieInput, TrieUpdate, Walk, key_range};
 use crate::{Env, StorageError, codec::AccountRecord, tables};
@@ -92,7 +94,7 @@ pub(crate) struct AccountTables<'a, 't> {
 /// With `snapshot` (the database of `txn`, when its last commit is the state `txn` began from)
 /// and enough changes, the subtrees under the root's changed children are walked on several
 /// threads: helpers start on a subtree as soon as its records are known, while this thread gets
-/// the rest, then walks the subtrees left.
+/// the rest, then walks the subtrees left and writes each subtree's nodes as it is built.
 pub(crate) fn update_accounts(
     txn: &Transaction<'_, RW, Env>,
     snapshot: Option<&Database<Env>>,
@@ -146,13 +148,27 @@ pub(crate) fn update_accounts(
         }
     };
     let (ready, jobs_ready) = crossbeam_channel::unbounded::<u8>();
-    let mut subtrees = std::thread::scope(|scope| -> Result<Vec<Subtree>, StorageError> {
+    let (built, built_ready) = crossbeam_channel::unbounded::<Subtree>();
+    // Each subtree's node writes are applied as it comes in, on this thread between its own
+    // walks, while the helpers walk on (a subtree's nodes lie under its child alone, where no
+    // other walk reads). The root's walk reads only the root's node, written last.
+    let mut nodes_written = 0;
+    let mut tops: [Option<Option<Top>>; 16] = Default::default();
+    let mut take = |subtree: Subtree| -> Result<(), StorageError> {
+        nodes_written += subtree.writes.apply(txn, tables.nodes)?;
+        let top = &mut tops[usize::from(subtree.nibble)];
+        assert!(top.is_none(), "child {} built twice", subtree.nibble);
+        *top = Some(subtree.top);
+        Ok(())
+    };
+    std::thread::scope(|scope| -> Result<(), StorageError> {
         let helpers = (1..walkers.min(jobs.len()))
             .map(|_| {
-                let jobs_ready = jobs_ready.clone();
+                let (jobs_ready, built) = (jobs_ready.clone(), built.clone());
                 std::thread::Builder::new()
                     .name("state-root".into())
                     .spawn_scoped(scope, || {
+                        let built = built;
                         let snapshot = db.begin_ro_txn()?;
                         let mut cursors = TrieCursors {
                             hashed: snapshot
@@ -160,19 +176,18 @@ pub(crate) fn update_accounts(
                             nodes: snapshot
                                 .cursor(&snapshot.open_table(Some(tables::ACCOUNT_TRIE))?)?,
                         };
-                        let mut built = Vec::new();
                         for nibble in jobs_ready {
-                            built.push(build_subtree(
-                                &mut cursors,
-                                &subtree_input(nibble),
-                                nibble,
-                            )?);
+                            let subtree =
+                                build_subtree(&mut cursors, &subtree_input(nibble), nibble)?;
+                            // The receiver lives until every helper is joined.
+                            built.send(subtree).expect("the writer takes every subtree");
                         }
-                        Ok::<_, StorageError>(built)
+                        Ok::<_, StorageError>(())
                     })
                     .map_err(StorageError::RootThread)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        drop(built);
         // Dropped on every way out of this scope, so that the helpers stop.
         let ready = ready;
         for (nibble, overlay) in overlays.iter().enumerate() {
@@ -186,27 +201,33 @@ pub(crate) fn update_accounts(
         drop(ready);
         // The leaves are written: this thread's walks read them from its own transaction.
         let mut cursors = cursors()?;
-        let mut subtrees = Vec::with_capacity(jobs.len());
         for nibble in jobs_ready {
             let input = TrieInput {
                 overlay: &[],
                 ..subtree_input(nibble)
             };
-            subtrees.push(build_subtree(&mut cursors, &input, nibble)?);
+            take(build_subtree(&mut cursors, &input, nibble)?)?;
+            built_ready.try_iter().try_for_each(&mut take)?;
         }
         for helper in helpers {
             match helper.join() {
-                Ok(built) => subtrees.extend(built?),
+                Ok(done) => done?,
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         }
-        Ok(subtrees)
+        built_ready.try_iter().try_for_each(&mut take)
     })?;
+    let subtrees: Vec<(u8, Option<Top>)> = (0..16u8)
+        .filter_map(|nibble| Some((nibble, tops[usize::from(nibble)]?)))
+        .collect();
     assert_eq!(subtrees.len(), jobs.len(), "every changed child built once");
 
     let mut cursors = cursors()?;
-    if subtrees.iter().any(|subtree| subtree.top.is_none()) {
-        let update = super::update(txn, tables.nodes, &mut cursors, &input)?;
+    if subtrees.iter().any(|(_, top)| top.is_none()) {
+        // The subtrees' nodes written above are right for the new state, which is all the
+        // walk asks of the nodes it reads: it rebuilds every node on a changed path.
+        let mut update = super::update(txn, tables.nodes, &mut cursors, &input)?;
+        update.nodes_written += nodes_written;
         return Ok((update, Walked::Again));
     }
     let mut walk = Walk::new(
@@ -214,8 +235,8 @@ pub(crate) fn update_accounts(
         &input,
         HashBuilder::default().with_updates(true),
     );
-    for subtree in &subtrees {
-        walk.subtrees[usize::from(subtree.nibble)] = subtree.top;
+    for (nibble, top) in &subtrees {
+        walk.subtrees[usize::from(*nibble)] = *top;
     }
     walk.descend(Nibbles::default())?;
     assert!(
@@ -223,12 +244,7 @@ pub(crate) fn update_accounts(
         "the root's walk fed every subtree built"
     );
     let root = walk.hb.root();
-    let mut nodes_written = walk.node_writes(|path| path).apply(txn, tables.nodes)?;
-    // In key order: the root's node first, then the subtrees'.
-    subtrees.sort_unstable_by_key(|subtree| subtree.nibble);
-    for subtree in &subtrees {
-        nodes_written += subtree.writes.apply(txn, tables.nodes)?;
-    }
+    nodes_written += walk.node_writes(|path| path).apply(txn, tables.nodes)?;
     let update = TrieUpdate {
         root,
         nodes_written,
