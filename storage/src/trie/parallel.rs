@@ -13,9 +13,9 @@
 //! MDBX's write transaction can be read only by its own thread, so helper threads read the last
 //! commit (a read transaction; the block's writer holds the only write transaction, so nothing
 //! was committed since it began) with the block's new account records laid over its hashed table
-//! ([`TrieInput::overlay`]). The writer's thread writes those records meanwhile, then walks
-//! subtrees too, through its own transaction, and writes each subtree's nodes, its own and the
-//! helpers', as it is built (only the writer may). A subtree whose top is not a branch at the
+//! ([`TrieInput::overlay`]). The writer's thread writes those records meanwhile, then each
+//! subtree's nodes as it is built (only the writer may); it walks none itself, as reads through
+//! the write transaction cost more (each page looked up in its dirty-page list). A subtree whose top is not a branch at the
 //! child (a single leaf, or an extension below it: only in small tries) has no hash to feed; then
 //! the whole trie is walked again on one thread, over the subtrees' nodes already written, which
 //! are right for the new state.
@@ -38,7 +38,7 @@ const PARALLEL_CHANGED_MIN: usize = 1_000;
 #[cfg(test)]
 const PARALLEL_CHANGED_MIN: usize = 1;
 
-/// At most this many threads walk, the writer's included.
+/// At most this many helper threads walk (one a core).
 const WALKERS_MAX: usize = 8;
 
 /// How [`update_accounts`] walked the account trie.
@@ -93,8 +93,8 @@ pub(crate) struct AccountTables<'a, 't> {
 ///
 /// With `snapshot` (the database of `txn`, when its last commit is the state `txn` began from)
 /// and enough changes, the subtrees under the root's changed children are walked on several
-/// threads: helpers start on a subtree as soon as its records are known, while this thread gets
-/// the rest, then walks the subtrees left and writes each subtree's nodes as it is built.
+/// helper threads: each starts on a subtree as soon as its records are known, while this thread
+/// gets the rest, then writes each subtree's nodes as it is built.
 pub(crate) fn update_accounts(
     txn: &Transaction<'_, RW, Env>,
     snapshot: Option<&Database<Env>>,
@@ -149,9 +149,9 @@ pub(crate) fn update_accounts(
     };
     let (ready, jobs_ready) = crossbeam_channel::unbounded::<u8>();
     let (built, built_ready) = crossbeam_channel::unbounded::<Subtree>();
-    // Each subtree's node writes are applied as it comes in, on this thread between its own
-    // walks, while the helpers walk on (a subtree's nodes lie under its child alone, where no
-    // other walk reads). The root's walk reads only the root's node, written last.
+    // Each subtree's node writes are applied as it comes in, while the helpers walk on (a
+    // subtree's nodes lie under its child alone, where no other walk reads). The root's walk
+    // reads only the root's node, written last.
     let mut nodes_written = 0;
     let mut tops: [Option<Option<Top>>; 16] = Default::default();
     let mut take = |subtree: Subtree| -> Result<(), StorageError> {
@@ -162,7 +162,7 @@ pub(crate) fn update_accounts(
         Ok(())
     };
     std::thread::scope(|scope| -> Result<(), StorageError> {
-        let helpers = (1..walkers.min(jobs.len()))
+        let helpers = (0..walkers.min(jobs.len()))
             .map(|_| {
                 let (jobs_ready, built) = (jobs_ready.clone(), built.clone());
                 std::thread::Builder::new()
@@ -199,23 +199,15 @@ pub(crate) fn update_accounts(
             }
         }
         drop(ready);
-        // The leaves are written: this thread's walks read them from its own transaction.
-        let mut cursors = cursors()?;
-        for nibble in jobs_ready {
-            let input = TrieInput {
-                overlay: &[],
-                ..subtree_input(nibble)
-            };
-            take(build_subtree(&mut cursors, &input, nibble)?)?;
-            built_ready.try_iter().try_for_each(&mut take)?;
-        }
+        // Until every helper is done (each drops its sender then).
+        built_ready.iter().try_for_each(&mut take)?;
         for helper in helpers {
             match helper.join() {
                 Ok(done) => done?,
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         }
-        built_ready.try_iter().try_for_each(&mut take)
+        Ok(())
     })?;
     let subtrees: Vec<(u8, Option<Top>)> = (0..16u8)
         .filter_map(|nibble| Some((nibble, tops[usize::from(nibble)]?)))
