@@ -15,10 +15,10 @@
 //! was committed since it began) with the block's new account records laid over its hashed table
 //! ([`TrieInput::overlay`]). The writer's thread writes those records meanwhile, then each
 //! subtree's nodes as it is built (only the writer may); it walks none itself, as reads through
-//! the write transaction cost more (each page looked up in its dirty-page list). A subtree whose top is not a branch at the
-//! child (a single leaf, or an extension below it: only in small tries) has no hash to feed; then
-//! the whole trie is walked again on one thread, over the subtrees' nodes already written, which
-//! are right for the new state.
+//! the write transaction cost more (each page looked up in its dirty-page list). A subtree whose
+//! top is not a branch at the child (a single leaf, or an extension below it: only in small
+//! tries) has no hash to feed; then the whole trie is walked again on one thread, over the
+//! subtrees' nodes already written, which are right for the new state.
 
 use super::{Leaves, NodeWrites, TrieCursors, TrieInput, TrieUpdate, Walk, key_range};
 use crate::{Env, StorageError, codec::AccountRecord, tables};
