@@ -53,8 +53,8 @@ pub struct BlockOutput {
     pub receipts: Vec<ReceiptEnvelope>,
     /// Indexes into the input of the transactions included, in order.
     pub included: Vec<usize>,
-    /// Indexes of transactions left out under [`InvalidTxPolicy::Skip`], with the reason.
-    pub dropped: Vec<(usize, String)>,
+    /// Transactions left out under [`InvalidTxPolicy::Skip`].
+    pub dropped: Vec<Dropped>,
     pub gas_used: u64,
     pub blob_gas_used: u64,
     /// EIP-7685 requests hash (Prague and later).
@@ -156,7 +156,7 @@ impl Executor for SequentialExecutor {
             match executor.execute_transaction(recovered) {
                 Ok(_) => included.push(index),
                 Err(BlockExecutionError::Validation(err)) => match input.policy {
-                    InvalidTxPolicy::Skip => dropped.push((index, err.to_string())),
+                    InvalidTxPolicy::Skip => dropped.push(Dropped::new(index, &err)),
                     InvalidTxPolicy::Reject => {
                         return Err(ExecError::InvalidTx {
                             index,
@@ -192,13 +192,50 @@ pub(crate) fn block_state<'a>(
 }
 
 /// The [`BlockOutput`] of a finished block: alloy-evm's result plus the state changes in `db`.
+/// A transaction execution left out: its index in the block's input, the kind of error (a
+/// metric label) and the error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dropped {
+    pub index: usize,
+    /// `nonce_too_low` (a copy, or a nonce another transaction took), `nonce_too_high` (proposed
+    /// over a gap) or `other`.
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+impl Dropped {
+    /// Every `kind`.
+    pub const KINDS: [&'static str; 3] = ["nonce_too_low", "nonce_too_high", "other"];
+
+    fn new(index: usize, err: &BlockValidationError) -> Self {
+        let [too_low, too_high, other] = Dropped::KINDS;
+        let kind = match err {
+            BlockValidationError::InvalidTx { error, .. } if error.is_nonce_too_low() => too_low,
+            BlockValidationError::InvalidTx { error, .. }
+                if matches!(
+                    error.as_invalid_tx_err(),
+                    Some(InvalidTransaction::NonceTooHigh { .. })
+                ) =>
+            {
+                too_high
+            }
+            _ => other,
+        };
+        Dropped {
+            index,
+            kind,
+            reason: err.to_string(),
+        }
+    }
+}
+
 pub(crate) fn block_output(
     forks: &Hardforks,
     header: &Header,
     db: &mut State<StateDb<'_>>,
     result: BlockExecutionResult<ReceiptEnvelope>,
     included: Vec<usize>,
-    dropped: Vec<(usize, String)>,
+    dropped: Vec<Dropped>,
 ) -> BlockOutput {
     let requests_hash = forks
         .is_prague_active_at_timestamp(header.timestamp)

@@ -14,7 +14,7 @@ pub mod status;
 pub mod tx_encoding;
 
 pub use executor::{
-    BlockInput, BlockOutput, ExecError, Executor, InvalidTxPolicy, SequentialExecutor,
+    BlockInput, BlockOutput, Dropped, ExecError, Executor, InvalidTxPolicy, SequentialExecutor,
 };
 pub use parallel::{BlockStats, PARALLEL_MIN_TXS, ParallelExecutor};
 
@@ -56,7 +56,11 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "kestrel_mempool_evicted_total",
-        "Queued transactions evicted, by reason: gap_fill (their sender's next nonce came) or pool_full"
+        "Transactions dropped for room, by reason: gap_fill (their sender's next nonce came), pool_full or sender_full"
+    );
+    describe_counter!(
+        "kestrel_mempool_returned_total",
+        "Transactions back in the pool after leaving for a block that did not take them, by reason (abandoned, lost, not_executed)"
     );
     describe_counter!(
         "kestrel_mempool_expired_total",
@@ -76,6 +80,9 @@ pub fn describe_metrics() {
         "kestrel_ordering_invalid_txs_total",
     ] {
         metrics::counter!(name).absolute(0);
+    }
+    for kind in Dropped::KINDS {
+        metrics::counter!("kestrel_execution_dropped_txs_total", "reason" => kind).absolute(0);
     }
     for action in ["waits", "dropped"] {
         metrics::counter!(mempool::UNPAYABLE, "action" => action).absolute(0);
@@ -107,7 +114,7 @@ pub fn describe_metrics() {
     );
     describe_counter!(
         "kestrel_execution_dropped_txs_total",
-        "Transactions left out because they were invalid at execution"
+        "Transactions left out because they were invalid at execution, by reason (nonce_too_low, nonce_too_high, other)"
     );
     describe_counter!("kestrel_execution_gas_total", "Gas used by executed blocks");
     describe_counter!(

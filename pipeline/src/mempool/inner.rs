@@ -4,8 +4,11 @@
 
 use super::{
     ADMITTED_HASHES_MAX, BalanceOf, BlockRules, EVICTED, FRESH_TXS_MAX, PoolConfig, PoolError,
-    REPLACE_BUMP_PERCENT, UNPAYABLE, check_static, max_cost,
+    REPLACE_BUMP_PERCENT, REPLACED, RETURNED, UNPAYABLE, check_static, max_cost,
 };
+
+const EVICTED_POOL_FULL: &str = "pool_full";
+const EVICTED_SENDER_FULL: &str = "sender_full";
 use alloy_consensus::Transaction;
 use alloy_primitives::{Address, B256, U256, map::HashMap};
 use kestrel_types::{BlockNumber, RecoveredTx};
@@ -27,8 +30,8 @@ pub(super) struct SenderQueue {
     pub(super) txs: BTreeMap<u64, Pooled>,
     /// Highest proposed block holding one of this sender's transactions, until it commits.
     pub(super) in_flight_until: Option<BlockNumber>,
-    /// The nonce after this sender's last finalized transaction: an abandoned proposal's
-    /// transaction below it is stale and does not come back.
+    /// The nonce after this sender's last finalized transaction, until its blocks commit: a
+    /// transaction coming back below it waits for the commit without moving the next nonce.
     pub(super) finalized_next: u64,
 }
 
@@ -123,11 +126,11 @@ impl Inner {
         queue.in_flight_until = Some(queue.in_flight_until.map_or(number, |n| n.max(number)));
         if finalized {
             queue.finalized_next = queue.finalized_next.max(nonce + 1);
-            // Included, or replaced by what was included: either way stale now.
-            let stale: Vec<u64> = queue.txs.range(..=nonce).map(|(n, _)| *n).collect();
-            for n in stale {
-                self.remove_tx(sender, n);
-            }
+            // Its nonce is this transaction's now (a pooled one there is a copy or was replaced).
+            // Lower pooled nonces stay until the commit: a leader may have proposed this one
+            // without them (while they were in flight in a proposal that lost), and then
+            // execution drops it and they are still needed.
+            self.remove_tx(sender, nonce);
         } else if self.senders[&sender]
             .txs
             .get(&nonce)
@@ -151,22 +154,39 @@ impl Inner {
         }
     }
 
-    /// An abandoned proposal's transaction goes back to its sender's queue, unless a finalized
-    /// transaction or a newer one took its nonce, or the pool or the sender is full.
-    pub(super) fn put_back(&mut self, tx: RecoveredTx) {
+    /// A transaction that left for a block and did not make it into the chain (its proposal
+    /// was abandoned or lost, or execution dropped it) goes back to its sender's queue, unless
+    /// a newer transaction took its nonce, or the pool or the sender is full: the reason it
+    /// leaves is counted. Below its sender's finalized nonce it does not move the next nonce
+    /// back: it waits for the commit of that block to tell whether the nonce executed (then it
+    /// goes as stale) or execution dropped the finalized transaction (then it is proposed again).
+    pub(super) fn put_back(&mut self, tx: RecoveredTx, reason: &'static str) {
         let (sender, nonce, hash) = (tx.sender(), tx.nonce(), tx.hash());
         let full = self.by_hash.len() >= self.config.txs_max;
         let sender_max = self.config.sender_txs_max;
         let queue = self.senders.entry(sender).or_default();
-        if nonce < queue.finalized_next
-            || queue.txs.contains_key(&nonce)
-            || full
-            || queue.txs.len() >= sender_max
-        {
+        if queue.txs.contains_key(&nonce) {
+            // A newer transaction took its nonce while this one was away: it stands for it.
+            metrics::counter!(REPLACED).increment(1);
             self.forget_if_idle(sender);
             return;
         }
-        queue.next_nonce = queue.next_nonce.min(nonce);
+        let evicted = if full {
+            Some(EVICTED_POOL_FULL)
+        } else if queue.txs.len() >= sender_max {
+            Some(EVICTED_SENDER_FULL)
+        } else {
+            None
+        };
+        if let Some(evicted) = evicted {
+            tracing::debug!(target: "pipeline::mempool", %sender, nonce, evicted, "not put back");
+            metrics::counter!(EVICTED, "reason" => evicted).increment(1);
+            self.forget_if_idle(sender);
+            return;
+        }
+        if nonce >= queue.finalized_next {
+            queue.next_nonce = queue.next_nonce.min(nonce);
+        }
         queue.txs.insert(
             nonce,
             Pooled {
@@ -175,7 +195,7 @@ impl Inner {
             },
         );
         self.by_hash.insert(hash, sender);
-        metrics::counter!("kestrel_mempool_returned_total").increment(1);
+        metrics::counter!(RETURNED, "reason" => reason).increment(1);
     }
 
     pub(super) fn remember_fresh(&mut self, sender: Address, nonce: u64, hash: B256) {
@@ -206,7 +226,7 @@ impl Inner {
             .highest_queued()
             .expect("queued tx exists");
         self.remove_tx(sender, nonce);
-        metrics::counter!(EVICTED, "reason" => "pool_full").increment(1);
+        metrics::counter!(EVICTED, "reason" => EVICTED_POOL_FULL).increment(1);
         true
     }
 
@@ -331,7 +351,7 @@ impl Inner {
             self.by_hash.remove(&old_hash);
             self.by_hash.insert(hash, sender);
             self.remember_fresh(sender, nonce, hash);
-            metrics::counter!("kestrel_mempool_replaced_total").increment(1);
+            metrics::counter!(REPLACED).increment(1);
             return Ok(hash);
         }
         if queue.txs.len() >= sender_max {

@@ -7,7 +7,9 @@
 //! With several validators a proposal is not final when made: the transactions of any leader's
 //! proposal are in flight here too ([`TxPool::on_proposed`]), a finalized block advances its
 //! senders' nonces ([`TxPool::on_finalized`]), and the transactions of proposals that lost
-//! (another block was finalized at their height) come back to the pool.
+//! (another block was finalized at their height) come back to the pool. A transaction leaves
+//! for good only when a commit shows its nonce executed ([`TxPool::on_committed`]): one that a
+//! committed block did not execute comes back, so no leader's choice of fork loses it.
 //!
 //! Ordering includes only what execution will charge ([`TxPool::take_block`]): each transaction
 //! meets the static rules of the block ([`check_static`]) and its sender's balance, as last
@@ -110,9 +112,12 @@ impl Balances for LatestState {
 /// transactions in flight, does not cover them, by `action`: `waits` or `dropped`.
 pub const UNPAYABLE: &str = "kestrel_ordering_unpayable_txs_total";
 
-/// Evicted transactions, by `reason`: `gap_fill` (a sender at its limit sent its next nonce)
-/// or `pool_full`.
+/// Transactions dropped for room, by `reason`: `gap_fill` (a sender at its limit sent its next
+/// nonce), `pool_full` or `sender_full` (one coming back from a block finds no room).
 const EVICTED: &str = "kestrel_mempool_evicted_total";
+const REPLACED: &str = "kestrel_mempool_replaced_total";
+/// Transactions back in the pool after leaving for a block that did not take them, by reason.
+const RETURNED: &str = "kestrel_mempool_returned_total";
 
 /// The pooled transactions (`TxPool::content`), each sender's in nonce order.
 #[derive(Debug, Clone, Default)]
@@ -344,7 +349,7 @@ impl TxPool {
                 .is_some_and(|f| !f.finalized)
                 && let Some(f) = inner.in_flight.remove(&tx.hash())
             {
-                inner.put_back(f.tx);
+                inner.put_back(f.tx, "abandoned");
             }
         }
         inner.debug_check();
@@ -373,7 +378,7 @@ impl TxPool {
         // A hash marked under several blocks is listed more than once: removed the first time.
         for hash in lost {
             if let Some(f) = inner.in_flight.remove(&hash) {
-                inner.put_back(f.tx);
+                inner.put_back(f.tx, "lost");
             }
         }
         inner.debug_check();
@@ -400,10 +405,13 @@ impl TxPool {
         out
     }
 
-    /// Block `number` is committed: senders whose last in-flight block it was go back to their
-    /// nonce after it, which also un-sticks senders whose transactions were dropped at execution;
-    /// transactions below that nonce are gone for good. Their reserved costs are released with
-    /// them: the state now shows what they spent.
+    /// Block `number` is committed: its transactions and any other in flight under it leave
+    /// flight. One execution did not take (it dropped it, or it was in a proposal that lost and
+    /// is still here) goes back to the pool while its nonce is ahead of its sender's, so that
+    /// no leader's choice loses a transaction; pooled nonces below the sender's are gone for
+    /// good. Senders whose last in-flight block it was go back to their nonce after it, which
+    /// also un-sticks senders whose transactions were dropped at execution. Reserved costs are
+    /// released with the transactions: the state now shows what they spent.
     ///
     /// `block_nonce` is a sender's nonce from the block's own state changes (`None`: the block did
     /// not change its account); `state_nonces` reads the others' from the state, once for all of
@@ -417,26 +425,29 @@ impl TxPool {
     ) -> bool {
         let mut inner = self.inner.lock();
         // Every in-flight transaction and every sender's `in_flight_until` at or below `number`
-        // was marked under that block, so these are all candidates; a sender listed twice is
-        // done once.
-        let mut done = Vec::new();
+        // was marked under that block, so these are all candidates (entries may be stale); a
+        // sender listed twice is resolved once.
+        let mut senders = Vec::new();
         let mut seen: alloy_primitives::map::HashSet<Address> = Default::default();
-        for (_, sender) in inner
+        for (hash, sender) in inner
             .by_block
             .range(..=number)
             .flat_map(|(_, marked)| marked)
         {
-            if inner
+            let leaves = inner
+                .in_flight
+                .get(hash)
+                .is_some_and(|f| f.number <= number);
+            let done = inner
                 .senders
                 .get(sender)
-                .is_some_and(|q| q.in_flight_until.is_some_and(|n| n <= number))
-                && seen.insert(*sender)
-            {
-                done.push(*sender);
+                .is_some_and(|q| q.in_flight_until.is_some_and(|n| n <= number));
+            if (leaves || done) && seen.insert(*sender) {
+                senders.push(*sender);
             }
         }
-        let mut nonces: Vec<Option<u64>> = done.iter().map(|&s| block_nonce(s)).collect();
-        let unseen: Vec<Address> = done
+        let mut nonces: Vec<Option<u64>> = senders.iter().map(|&s| block_nonce(s)).collect();
+        let unseen: Vec<Address> = senders
             .iter()
             .zip(&nonces)
             .filter(|(_, n)| n.is_none())
@@ -452,27 +463,45 @@ impl TxPool {
                 *nonce = read.next();
             }
         }
+        let nonce_of: alloy_primitives::map::HashMap<Address, u64> = senders
+            .into_iter()
+            .zip(
+                nonces
+                    .into_iter()
+                    .map(|n| n.expect("every sender's nonce resolved")),
+            )
+            .collect();
         let later = inner.by_block.split_off(&(number + 1));
         let marked = std::mem::replace(&mut inner.by_block, later);
+        let mut left = Vec::new();
         for (hash, _) in marked.into_values().flatten() {
             if inner
                 .in_flight
                 .get(&hash)
                 .is_some_and(|f| f.number <= number)
             {
-                inner.in_flight.remove(&hash);
+                left.extend(inner.in_flight.remove(&hash).map(|f| f.tx));
             }
         }
-        for (sender, nonce) in done.into_iter().zip(nonces) {
-            let state_nonce = nonce.expect("every sender's nonce resolved");
+        for (&sender, &state_nonce) in &nonce_of {
             let queue = inner.senders.get_mut(&sender).expect("listed sender");
-            queue.in_flight_until = None;
-            queue.next_nonce = state_nonce;
+            if queue.in_flight_until.is_some_and(|n| n <= number) {
+                queue.in_flight_until = None;
+                queue.next_nonce = state_nonce;
+                queue.finalized_next = state_nonce;
+            }
             let stale: Vec<u64> = queue.txs.range(..state_nonce).map(|(n, _)| *n).collect();
             for nonce in stale {
                 inner.remove_tx(sender, nonce);
             }
-            inner.forget_if_idle(sender);
+        }
+        for tx in left {
+            if tx.nonce() >= nonce_of[&tx.sender()] {
+                inner.put_back(tx, "not_executed");
+            }
+        }
+        for sender in nonce_of.keys() {
+            inner.forget_if_idle(*sender);
         }
         inner.debug_check();
         true

@@ -45,8 +45,6 @@ impl ExecutionStage {
                 .record(started.elapsed().as_secs_f64());
             metrics::counter!("kestrel_execution_blocks_total").increment(1);
             metrics::counter!("kestrel_execution_txs_total").increment(block.txs.len() as u64);
-            metrics::counter!("kestrel_execution_dropped_txs_total")
-                .increment(block.dropped.len() as u64);
             metrics::counter!("kestrel_execution_gas_total").increment(block.header.gas_used);
             metrics::gauge!("kestrel_commit_queue_depth").set(self.executed.len() as f64);
             if self.executed.send(block).is_err() {
@@ -72,8 +70,10 @@ impl ExecutionStage {
             .iter()
             .map(|&i| proposal.txs[i].clone())
             .collect();
-        for (index, reason) in &output.dropped {
-            tracing::debug!(target: "pipeline::execution", tx = %proposal.txs[*index].hash(), %reason, "dropped at execution");
+        for d in &output.dropped {
+            tracing::debug!(target: "pipeline::execution", tx = %proposal.txs[d.index].hash(), reason = %d.reason, "dropped at execution");
+            metrics::counter!("kestrel_execution_dropped_txs_total", "reason" => d.kind)
+                .increment(1);
         }
         header.gas_used = output.gas_used;
         header.blob_gas_used = header.blob_gas_used.map(|_| output.blob_gas_used);
@@ -87,7 +87,7 @@ impl ExecutionStage {
         let dropped = output
             .dropped
             .iter()
-            .map(|(i, reason)| (proposal.txs[*i].hash(), reason.clone()))
+            .map(|d| (proposal.txs[d.index].hash(), d.reason.clone()))
             .collect();
         Ok(ExecutedBlock {
             header,

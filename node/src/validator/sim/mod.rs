@@ -23,7 +23,8 @@
 //! a validator's log never shrinks, across restarts too (monotonic finality), the committed
 //! blocks and state roots agree, and no transaction is in two committed blocks. At the end:
 //! after the faults stop, every validator finalizes and commits `LIVENESS_BLOCKS` beyond the
-//! highest height reached by then, within `LIVENESS_WINDOW_MS` (liveness).
+//! highest height reached by then, within `LIVENESS_WINDOW_MS` (liveness); in a run where no
+//! validator went down, every accepted transaction is committed in that window (nothing lost).
 //!
 //! `KESTREL_SIM_SEEDS=N` runs N seeds (default 1,000); `KESTREL_SIM_SEED=S` replays one. A
 //! failing seed panics with the command that replays it.
@@ -93,6 +94,9 @@ enum Violation {
     },
     /// The driver or a stage panicked, or a restart failed.
     Crashed { validator: usize, what: String },
+    /// With no validator ever down (no pool lost), accepted transactions were still not
+    /// committed at the end of the liveness window: `lost` of them, `first` the lowest index.
+    Lost { lost: usize, first: usize },
 }
 
 #[derive(Debug)]
@@ -209,6 +213,8 @@ struct Sim {
     ordered: HashMap<B256, u64>,
     included: HashMap<B256, u64>,
     txs: Vec<Bytes>,
+    /// Indexes of the transactions a validator accepted.
+    accepted: Vec<usize>,
     liveness_target: Option<u64>,
     outcome: Outcome,
     _dir: tempfile::TempDir,
@@ -291,6 +297,7 @@ impl Sim {
             queue: BinaryHeap::new(),
             ids: keys.iter().map(peer_id).collect(),
             txs: (0..sc.txs).map(|k| transfer(&spec, k)).collect(),
+            accepted: Vec::new(),
             spec,
             set,
             keys,
@@ -359,6 +366,15 @@ impl Sim {
             self.outcome.events += 1;
             self.event(q.ev)?;
         }
+        if self.pools_kept() {
+            let lost: Vec<usize> = self.not_included().collect();
+            if let Some(&first) = lost.first() {
+                return Err(Violation::Lost {
+                    lost: lost.len(),
+                    first,
+                });
+            }
+        }
         let needed = self.liveness_target.expect("healed");
         for (validator, n) in self.nodes.iter().enumerate() {
             if n.finalized < needed || n.committed < needed {
@@ -387,10 +403,22 @@ impl Sim {
         Ok(self.outcome)
     }
 
+    /// Live, and (when no pool was lost) every accepted transaction committed.
     fn live_enough(&self) -> bool {
         self.liveness_target.is_some_and(|needed| {
             (self.nodes.iter()).all(|n| n.finalized >= needed && n.committed >= needed)
-        })
+        }) && !(self.pools_kept() && self.not_included().next().is_some())
+    }
+
+    /// No validator went down: every accepted transaction is in some pool or block until
+    /// committed, so each must be committed once the faults stop.
+    fn pools_kept(&self) -> bool {
+        self.sc.crashes.is_empty() && self.sc.outage.is_none()
+    }
+
+    fn not_included(&self) -> impl Iterator<Item = usize> + '_ {
+        let hash = |k: usize| keccak256(&self.txs[k]);
+        (self.accepted.iter().copied()).filter(move |&k| !self.included.contains_key(&hash(k)))
     }
 
     fn event(&mut self, ev: Ev) -> Result<(), Violation> {
@@ -449,6 +477,7 @@ impl Sim {
                     && p.submit(raw).is_ok()
                 {
                     self.outcome.submitted += 1;
+                    self.accepted.push(tx);
                     // Forwarding goes out at the driver's next turn.
                     self.step(to, None)?;
                 }

@@ -362,10 +362,15 @@ fn commit_takes_nonces_from_the_block_and_reads_only_the_rest() {
     assert_eq!(pool.tracked_next_nonce(sender_b), Some(0));
     assert_eq!(pool.get(&a.hash()), None, "committed");
     assert_eq!(
+        pool.get(&b.hash()),
+        Some(b),
+        "not executed: back in the pool"
+    );
+    assert_eq!(
         pool.size(),
         PoolSize {
-            pending: 1,
-            queued: 1
+            pending: 3,
+            queued: 0
         }
     );
     // Nothing left to read: the state is not asked.
@@ -374,32 +379,72 @@ fn commit_takes_nonces_from_the_block_and_reads_only_the_rest() {
     pool.assert_invariants();
 }
 
+/// A transaction execution dropped comes back while its nonce is ahead of its sender's; a copy
+/// whose nonce executed does not.
 #[test]
-fn commit_resets_senders_whose_transactions_were_dropped() {
+fn transactions_dropped_at_execution_come_back_while_their_nonce_is_ahead() {
     let pool = TxPool::new();
     let sender = signed(4, 0, 1, 100).sender();
-    pool.insert(signed(4, 0, 1, 100), 0, Instant::now())
-        .unwrap();
-    pool.insert(signed(4, 1, 1, 100), 0, Instant::now())
-        .unwrap();
-    assert_eq!(pool.take_block(7, &rules(1_000_000, 1), 1, &Rich).len(), 1);
-    // The taken transaction was dropped at execution: the state nonce is still 0.
+    let (t0, t1) = (signed(4, 0, 1, 100), signed(4, 1, 1, 100));
+    pool.insert(t0.clone(), 0, Instant::now()).unwrap();
+    pool.insert(t1.clone(), 0, Instant::now()).unwrap();
+    assert_eq!(
+        pool.take_block(7, &rules(1_000_000, 1), 1, &Rich),
+        std::slice::from_ref(&t0)
+    );
+    // Dropped at execution: the state nonce is still 0.
     pool.on_committed_reading(7, |_| 0);
     assert_eq!(pool.tracked_next_nonce(sender), Some(0));
     assert_eq!(
         pool.size(),
         PoolSize {
-            pending: 0,
-            queued: 1
+            pending: 2,
+            queued: 0
         }
     );
-    // A new nonce-0 transaction fills the gap; both go out and commit.
-    pool.insert(signed(4, 0, 2, 100), 0, Instant::now())
-        .unwrap();
-    assert_eq!(pool.take_block(8, &rules(1_000_000, 1), 10, &Rich).len(), 2);
+    assert_eq!(
+        pool.take_block(8, &rules(1_000_000, 1), 10, &Rich),
+        [t0.clone(), t1.clone()]
+    );
+    // Another leader proposed t0 again for block 9; block 8 executed both, block 9 drops it.
+    pool.on_proposed(9, std::slice::from_ref(&t0));
     pool.on_committed_reading(8, |_| 2);
+    pool.on_committed_reading(9, |_| 2);
     assert_eq!(pool.size(), PoolSize::default());
     assert_eq!(pool.pending_nonce(sender), None);
+}
+
+/// A leader takes a sender's next nonce while the one before it is in flight in a proposal of
+/// another fork (its own, of a round that failed): the block is finalized, execution drops the
+/// transaction (nonce too high), and the proposal's transaction comes back only when its height
+/// is finalized. Neither is lost: both are proposed again.
+#[test]
+fn a_nonce_taken_over_a_gap_on_another_fork_loses_nothing() {
+    let pool = TxPool::new();
+    let (t0, t1) = (signed(14, 0, 1, 100), signed(14, 1, 1, 100));
+    pool.insert(t0.clone(), 0, Instant::now()).unwrap();
+    assert_eq!(
+        pool.take_block(5, &rules(1_000_000, 1), 10, &Rich),
+        std::slice::from_ref(&t0)
+    );
+    pool.insert(t1.clone(), 0, Instant::now()).unwrap();
+    assert_eq!(
+        pool.take_block(7, &rules(1_000_000, 1), 10, &Rich),
+        std::slice::from_ref(&t1)
+    );
+    pool.on_finalized(5, &[]);
+    pool.on_finalized(7, std::slice::from_ref(&t1));
+    assert_eq!(
+        pool.get(&t0.hash()),
+        Some(t0.clone()),
+        "waits for the commit"
+    );
+    pool.on_committed_reading(5, |_| 0);
+    pool.on_committed_reading(7, |_| 0);
+    assert_eq!(
+        pool.take_block(8, &rules(1_000_000, 1), 10, &Rich),
+        [t0, t1]
+    );
 }
 
 #[test]

@@ -258,3 +258,102 @@ proptest! {
         }
     }
 }
+
+/// Consensus seen by one pool, with forks: this node's proposals and other leaders' (of any
+/// pooled transactions), a proposal finalized at its height (the others up to it lose),
+/// abandoned rounds, and execution in order (a transaction executes only at its sender's
+/// nonce, else it is dropped).
+#[derive(Debug, Clone)]
+enum ForkEvent {
+    Insert(usize, u64),
+    Take,
+    Proposed(Vec<(usize, u64)>),
+    /// Finalizes the open proposal with this index (modulo how many are open).
+    Finalize(usize),
+    AbandonLast,
+    Commit,
+}
+
+fn fork_event() -> impl Strategy<Value = ForkEvent> {
+    let txs = || proptest::collection::vec((0..SENDERS, 0u64..7), 0..4);
+    prop_oneof![
+        4 => (0..SENDERS, 0u64..7).prop_map(|(s, n)| ForkEvent::Insert(s, n)),
+        2 => Just(ForkEvent::Take),
+        2 => txs().prop_map(ForkEvent::Proposed),
+        2 => (0usize..8).prop_map(ForkEvent::Finalize),
+        1 => Just(ForkEvent::AbandonLast),
+        1 => Just(ForkEvent::Commit),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// Whatever fork each proposal is on, an admitted transaction stays findable in the pool
+    /// (pooled or in flight) until its sender's executed nonce passes it: none is lost.
+    #[test]
+    fn no_admitted_transaction_is_lost_whatever_forks_leaders_build_on(
+        events in proptest::collection::vec(fork_event(), 1..100)
+    ) {
+        // Limits out of reach and no expiry: nothing may leave for room or age.
+        let pool = TxPool::new();
+        let keys = [60u8, 61, 62];
+        let tx = |(s, n): (usize, u64)| signed(keys[s], n, 1, 100);
+        let addrs: Vec<Address> = keys.iter().map(|k| signed(*k, 0, 1, 1).sender()).collect();
+        let sender = |a: Address| addrs.iter().position(|x| *x == a).expect("a test sender");
+        let mut block = 0u64;
+        // Proposals not finalized yet (height, transactions), finalized blocks not executed.
+        let mut open: Vec<(u64, Vec<RecoveredTx>)> = Vec::new();
+        let mut finalized: Vec<(u64, Vec<RecoveredTx>)> = Vec::new();
+        let mut last: Vec<RecoveredTx> = Vec::new();
+        let mut state = [0u64; SENDERS];
+        let mut admitted: HashSet<(usize, u64)> = HashSet::new();
+        for event in events {
+            match event {
+                ForkEvent::Insert(s, n) => {
+                    if pool.insert(tx((s, n)), state[s], Instant::now()).is_ok() {
+                        admitted.insert((s, n));
+                    }
+                }
+                ForkEvent::Take => {
+                    block += 1;
+                    last = pool.take_block(block, &rules(u64::MAX / 2, 1), 1_000, &Rich);
+                    open.push((block, last.clone()));
+                }
+                ForkEvent::Proposed(txs) => {
+                    block += 1;
+                    last = txs.into_iter().map(tx).collect();
+                    pool.on_proposed(block, &last);
+                    open.push((block, last.clone()));
+                }
+                ForkEvent::Finalize(i) => {
+                    if open.is_empty() {
+                        continue;
+                    }
+                    let (height, txs) = open.remove(i % open.len());
+                    open.retain(|(h, _)| *h > height);
+                    pool.on_finalized(height, &txs);
+                    finalized.push((height, txs));
+                }
+                ForkEvent::AbandonLast => pool.on_abandoned(&std::mem::take(&mut last)),
+                ForkEvent::Commit => {
+                    for (height, txs) in finalized.drain(..) {
+                        for t in &txs {
+                            let s = sender(t.sender());
+                            if t.nonce() == state[s] {
+                                state[s] += 1;
+                            }
+                        }
+                        pool.on_committed_reading(height, |a| state[sender(a)]);
+                    }
+                }
+            }
+            pool.assert_invariants();
+            for &(s, n) in &admitted {
+                prop_assert!(
+                    n < state[s] || pool.get(&tx((s, n)).hash()).is_some(),
+                    "sender {} nonce {} lost (state nonce {})", s, n, state[s]
+                );
+            }
+        }
+    }
+}
