@@ -21,7 +21,7 @@ use super::{
     forward::{FULL_NODE_FORWARD_ROUNDS, Forwarder},
     metrics::{FULL_NODE_LAG_SECONDS, FULL_NODE_RESULTS_CHECKED, SYNC_BLOCKS_TOTAL},
     statesync,
-    sync::{REQUEST_RETRY_MS, blocks_request, verify_chain},
+    sync::{REQUEST_RETRY_MS, Unproven, blocks_request},
     transport::Transport,
     wire::SyncResponse,
 };
@@ -193,6 +193,7 @@ pub struct Follower {
     finality: Finality,
     forwarder: Option<Forwarder>,
     poll: Poll,
+    unproven: Unproven,
     results_check: ResultCheck,
     progress: CatchUp,
 }
@@ -218,6 +219,7 @@ impl Follower {
             finality,
             forwarder: Some(Forwarder::spawn(w.ingress)?),
             poll: Poll::default(),
+            unproven: Unproven::default(),
             results_check: ResultCheck::default(),
             progress: CatchUp::default(),
         })
@@ -254,7 +256,7 @@ impl Follower {
     fn tick(&mut self, now: u64) {
         let peers: Vec<PeerId> = self.net.connected_peers().into_iter().collect();
         if let Some(peer) = self.poll.next(now, &peers) {
-            let request = blocks_request(self.finality.height());
+            let request = blocks_request(self.unproven.after(self.finality.height()));
             self.net.send(&peer, Kind::SyncRequest, request.into());
         }
         self.forward(now);
@@ -313,25 +315,21 @@ impl Follower {
             return;
         }
         // The transactions our RPC admitted keep the senders ingress recovered.
-        let payloads = match verify_chain(
-            self.finality.head(),
-            &blocks,
-            &self.set,
-            Some(&self.pool),
-        ) {
-            Ok(payloads) => payloads,
+        let head = self.finality.head();
+        let checked = match self.unproven.add(head, blocks, &self.set, Some(&self.pool)) {
+            Ok(checked) => checked,
             Err(err) => {
                 tracing::warn!(target: "node::full", peer = %msg.peer, %err, "rejected a block sync answer");
                 self.poll.answered(msg.peer, false, now);
                 return;
             }
         };
-        let count = blocks.len() as u64;
-        for (block, payload) in blocks.into_iter().zip(&payloads) {
+        let count = checked.len() as u64;
+        for (block, payload) in checked {
             if let Some(result) = block.block.delayed_result {
                 report(self.results_check.certified(result));
             }
-            self.finality.append(block, payload);
+            self.finality.append(block, &payload);
         }
         self.finality.sync_log();
         metrics::counter!(SYNC_BLOCKS_TOTAL).increment(count);

@@ -171,6 +171,9 @@ impl Driver {
             }
         };
         let count = checked.len();
+        if count == 0 {
+            return;
+        }
         for (block, payload) in checked {
             self.finality.append(block, &payload);
         }

@@ -63,6 +63,7 @@ pub struct BlockSync {
     certified: u64,
     /// Peers that answered they have nothing after our log since the last blocks came.
     nothing_newer: usize,
+    unproven: Unproven,
 }
 
 impl BlockSync {
@@ -73,6 +74,7 @@ impl BlockSync {
             answered: false,
             certified,
             nothing_newer: 0,
+            unproven: Unproven::default(),
         }
     }
 
@@ -97,13 +99,14 @@ impl BlockSync {
             return SyncStep::GiveUp;
         }
         match self.rotation.next(now, peers) {
-            Some(peer) => SyncStep::Ask(peer, blocks_request(log_height)),
+            Some(peer) => SyncStep::Ask(peer, blocks_request(self.unproven.after(log_height))),
             None => SyncStep::Wait,
         }
     }
 
     /// Checks a peer's answer against our log head; the blocks to log and execute, in order,
-    /// with their decoded payloads. An empty answer means the peer has nothing newer.
+    /// with their decoded payloads (none yet if they wait for a proof). An empty answer means
+    /// the peer has nothing newer.
     pub fn on_blocks(
         &mut self,
         head: &bft::CommittedBlock,
@@ -112,12 +115,12 @@ impl BlockSync {
         pool: &TxPool,
     ) -> Result<Vec<(SyncedBlock, Payload)>, SyncError> {
         self.answered = true;
-        let payloads = verify_chain(head, &blocks, set, Some(pool))?;
+        let checked = self.unproven.add(head, blocks, set, Some(pool))?;
         self.nothing_newer = 0;
         // Until a peer has nothing more, ask again at once: an answer may be short of
         // SYNC_BLOCKS_MAX (its size bound) and the chain grows meanwhile.
         self.rotation.asked_at_ms = 0;
-        Ok(blocks.into_iter().zip(payloads).collect())
+        Ok(checked)
     }
 }
 
@@ -138,7 +141,9 @@ pub fn answer(
     payloads: &PayloadCache,
 ) -> Result<Option<SyncResponse>, StoreError> {
     Ok(match SyncRequest::decode(request) {
-        Ok(SyncRequest::Blocks { from, count }) => Some(serve_blocks(log, from, count)?),
+        Ok(SyncRequest::Blocks { from, count }) => {
+            Some(serve_blocks(log, from, count, SYNC_RESPONSE_BYTES_MAX)?)
+        }
         Ok(SyncRequest::Payload(hash)) => payloads
             .get(&hash)
             .map(|payload| SyncResponse::Payload(payload.bytes().clone())),
@@ -151,27 +156,36 @@ pub fn answer(
     })
 }
 
-/// Our answer to a peer's request for blocks `from..from + count` of the log. The limits are
-/// soft: the answer ends on a block with a commit proof (every commit's last block, so at the
-/// latest the log head), since the asker checks finality on the last block it gets.
 /// Blocks one archive read for a sync answer asks for at most.
 const SERVE_READ_BATCH_MAX: usize = 16;
 
-fn serve_blocks(log: &ChainLog, from: u64, count: u16) -> Result<SyncResponse, StoreError> {
+/// Our answer to a peer's request for blocks `from..from + count` of the log. The count is
+/// soft: past it the answer goes on to a block with a commit proof (every commit's last block,
+/// so at the latest the log head), so that the asker can log what it gets. The size is not:
+/// blocks finalized together (one proof, on the last) after a stall can be larger than a frame,
+/// so an answer stops before `bytes_max` of payloads (with one block at least), proof or not,
+/// and the asker keeps the blocks until the proof comes ([`Unproven`]).
+fn serve_blocks(
+    log: &ChainLog,
+    from: u64,
+    count: u16,
+    bytes_max: usize,
+) -> Result<SyncResponse, StoreError> {
     let count = usize::from(count).min(SYNC_BLOCKS_MAX);
     let mut blocks: Vec<SyncedBlock> = Vec::new();
     let mut size = 0;
     let mut next = from.max(1);
-    // Read from the archive in batches of what is still wanted (one at a time once full, to
-    // reach a proof), so that a batch never reads much past the limits.
+    // Read from the archive in batches of what is still wanted (one at a time once the count
+    // is reached, to reach a proof), so that a batch never reads much past the limits.
     'answer: while next <= log.height() {
         let wanted = count
             .saturating_sub(blocks.len())
             .clamp(1, SERVE_READ_BATCH_MAX);
         let to = (next + wanted as u64 - 1).min(log.height());
         for block in log.read_range(next, to)? {
-            let full = blocks.len() >= count || size >= SYNC_RESPONSE_BYTES_MAX;
-            if full && blocks.last().is_some_and(|b| b.proof.is_some()) {
+            let counted = blocks.len() >= count && blocks.last().is_some_and(|b| b.proof.is_some());
+            let sized = !blocks.is_empty() && size + block.payload.len() > bytes_max;
+            if counted || sized {
                 break 'answer;
             }
             size += block.payload.len();
@@ -180,6 +194,56 @@ fn serve_blocks(log: &ChainLog, from: u64, count: u16) -> Result<SyncResponse, S
         next = to + 1;
     }
     Ok(SyncResponse::Blocks(blocks))
+}
+
+/// Most bytes of payloads kept waiting for their commit proof: far more than any run of blocks
+/// finalized together should hold, and bounded so a peer cannot fill our memory with blocks
+/// that never get one.
+const UNPROVEN_BYTES_MAX: usize = 512 << 20;
+
+/// Blocks after our log head that came without their commit proof yet (an answer stops at a
+/// size bound, not always at a proof: [`serve_blocks`]). Their hash links are checked as they
+/// come; they are logged once a block with a proof comes after them.
+#[derive(Debug, Default)]
+pub struct Unproven {
+    blocks: Vec<SyncedBlock>,
+}
+
+impl Unproven {
+    /// The height after which to ask for blocks: past those waiting here.
+    pub fn after(&self, log_height: u64) -> u64 {
+        self.blocks.last().map_or(log_height, |b| b.block.height)
+    }
+
+    /// Takes an answer's `blocks` (any at or below what we hold are skipped: answers to older
+    /// requests) after our log `head`: the blocks now proven final, checked and with their
+    /// decoded payloads, in order; the rest waits. On an error nothing waits any more (the
+    /// blocks are asked for again, from the next peer).
+    pub fn add(
+        &mut self,
+        head: &bft::CommittedBlock,
+        blocks: Vec<SyncedBlock>,
+        set: &ValidatorSet,
+        pool: Option<&TxPool>,
+    ) -> Result<Vec<(SyncedBlock, Payload)>, SyncError> {
+        let after = self.after(head.block.height);
+        let mut chain = std::mem::take(&mut self.blocks);
+        chain.extend(blocks.into_iter().skip_while(|b| b.block.height <= after));
+        let proven = chain
+            .iter()
+            .rposition(|b| b.proof.is_some())
+            .map_or(0, |i| i + 1);
+        let waiting = chain.split_off(proven);
+        let parent = chain.last().map_or(&head.block, |b| &b.block);
+        check_links(parent, &waiting, set, false)?;
+        let bytes: usize = waiting.iter().map(|b| b.payload.len()).sum();
+        if bytes > UNPROVEN_BYTES_MAX {
+            return Err(SyncError::TooMuchUnproven { bytes });
+        }
+        let payloads = verify_chain(head, &chain, set, pool)?;
+        self.blocks = waiting;
+        Ok(chain.into_iter().zip(payloads).collect())
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +261,8 @@ pub enum SyncError {
     },
     #[error("block {height}: payload: {reason}")]
     BadPayload { height: u64, reason: String },
+    #[error("{bytes} bytes of blocks without a commit proof")]
+    TooMuchUnproven { bytes: usize },
 }
 
 /// Blocks from sync must extend `head` one by one (hash links), and the last must carry a valid
@@ -212,28 +278,7 @@ pub fn verify_chain(
     set: &ValidatorSet,
     pool: Option<&TxPool>,
 ) -> Result<Vec<Payload>, SyncError> {
-    let mut parent = head.block.clone();
-    for (i, b) in blocks.iter().enumerate() {
-        let height = b.block.height;
-        if height != parent.height + 1 || b.block.parent() != parent.id() {
-            return Err(SyncError::NotOurChain { height });
-        }
-        // A block's certificate is its child's QC (the next block's, or the proof's).
-        let child = match (blocks.get(i + 1), &b.proof) {
-            (_, Some(proof)) => &proof.child,
-            (Some(next), None) => &next.block,
-            (None, None) => return Err(SyncError::NoCommitProof { height }),
-        };
-        if child.qc != b.qc {
-            return Err(SyncError::WrongCertificate { height });
-        }
-        if let Some(proof) = &b.proof {
-            proof
-                .verify(&b.block, set)
-                .map_err(|source| SyncError::BadCommitProof { height, source })?;
-        }
-        parent = b.block.clone();
-    }
+    check_links(&head.block, blocks, set, true)?;
     blocks
         .iter()
         .map(|b| {
@@ -251,6 +296,40 @@ pub fn verify_chain(
             .map_err(|e| bad(e.to_string()))
         })
         .collect()
+}
+
+/// `blocks` extend `parent` one by one, each certified by the next (or by its proof, checked);
+/// with `proof_at_end`, the last must have a proof.
+fn check_links(
+    parent: &bft::Block,
+    blocks: &[SyncedBlock],
+    set: &ValidatorSet,
+    proof_at_end: bool,
+) -> Result<(), SyncError> {
+    let mut parent = parent;
+    for (i, b) in blocks.iter().enumerate() {
+        let height = b.block.height;
+        if height != parent.height + 1 || b.block.parent() != parent.id() {
+            return Err(SyncError::NotOurChain { height });
+        }
+        // A block's certificate is its child's QC (the next block's, or the proof's).
+        let child = match (blocks.get(i + 1), &b.proof) {
+            (_, Some(proof)) => &proof.child,
+            (Some(next), None) => &next.block,
+            (None, None) if proof_at_end => return Err(SyncError::NoCommitProof { height }),
+            (None, None) => break,
+        };
+        if child.qc != b.qc {
+            return Err(SyncError::WrongCertificate { height });
+        }
+        if let Some(proof) = &b.proof {
+            proof
+                .verify(&b.block, set)
+                .map_err(|source| SyncError::BadCommitProof { height, source })?;
+        }
+        parent = &b.block;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -363,6 +442,84 @@ mod tests {
         let mut sync = BlockSync::start(1, 20);
         ask(&mut sync, 1);
         assert!(sync.on_nothing_newer(12, 8, 3));
+    }
+
+    /// Blocks finalized together can come in several answers (each under the size bound): they
+    /// wait until the one with the proof comes, then are logged together; an answer to an older
+    /// request is skipped, and a block off our chain drops what waited.
+    #[test]
+    fn blocks_without_their_proof_wait_for_it_across_answers() {
+        let keys = keys();
+        let set = set(&keys);
+        let genesis = bft::CommittedBlock::genesis();
+        let good = chain(&keys, 4, &[1, 2, 3]);
+        let mut unproven = Unproven::default();
+        let got = unproven
+            .add(&genesis, good[..1].to_vec(), &set, None)
+            .unwrap();
+        assert!(got.is_empty());
+        assert_eq!(unproven.after(0), 1);
+        let got = unproven
+            .add(&genesis, good[..2].to_vec(), &set, None)
+            .unwrap();
+        assert!(
+            got.is_empty(),
+            "block 1 again is skipped, block 2 waits too"
+        );
+        assert_eq!(unproven.after(0), 2);
+        let got = unproven
+            .add(&genesis, good[2..].to_vec(), &set, None)
+            .unwrap();
+        let heights: Vec<u64> = got.iter().map(|(b, _)| b.block.height).collect();
+        assert_eq!(heights, [1, 2, 3]);
+        assert_eq!(unproven.after(3), 3);
+
+        // A block that does not extend what waits: refused, and nothing waits any more.
+        let mut unproven = Unproven::default();
+        unproven
+            .add(&genesis, good[..1].to_vec(), &set, None)
+            .unwrap();
+        assert!(matches!(
+            unproven.add(&genesis, good[2..].to_vec(), &set, None),
+            Err(SyncError::WrongCertificate { height: 1 })
+        ));
+        assert_eq!(unproven.after(0), 0);
+    }
+
+    /// Blocks finalized under one proof that do not fit in one answer come in several, from the
+    /// served log to the asker's, and are logged when the proof comes; with room, one answer
+    /// goes past its count to the proof.
+    #[test]
+    fn a_run_of_blocks_larger_than_an_answer_comes_in_several() {
+        let keys = keys();
+        let set = set(&keys);
+        let good = chain(&keys, 4, &[1, 2, 3]);
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = ChainLog::open(dir.path()).unwrap();
+        for b in &good {
+            log.append(b).unwrap();
+        }
+        let serve = |from, count, bytes_max| match serve_blocks(&log, from, count, bytes_max) {
+            Ok(SyncResponse::Blocks(blocks)) => blocks,
+            other => panic!("{other:?}"),
+        };
+        let one_block = good[0].payload.len();
+        let genesis = bft::CommittedBlock::genesis();
+        let mut unproven = Unproven::default();
+        let mut logged = Vec::new();
+        for _ in 0..3 {
+            let blocks = serve(unproven.after(0) + 1, 32, one_block);
+            assert_eq!(blocks.len(), 1, "one block an answer");
+            logged.extend(unproven.add(&genesis, blocks, &set, None).unwrap());
+        }
+        let heights: Vec<u64> = logged.iter().map(|(b, _)| b.block.height).collect();
+        assert_eq!(heights, [1, 2, 3]);
+        assert_eq!(
+            serve(1, 1, SYNC_RESPONSE_BYTES_MAX),
+            good,
+            "on to the proof"
+        );
+        assert_eq!(serve(1, 1, 2 * one_block).len(), 2, "but not past the size");
     }
 
     #[test]

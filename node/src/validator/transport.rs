@@ -31,8 +31,13 @@ impl NetTransport {
 
 impl Transport for NetTransport {
     fn send(&self, to: &PeerId, kind: Kind, bytes: Bytes) {
-        if let Err(err) = self.handle.send(to, kind, bytes) {
-            tracing::debug!(target: "node::validator", peer = %to, %err, "send failed");
+        match self.handle.send(to, kind, bytes) {
+            Ok(()) => {}
+            // A message we built too large for a frame is a bug to see, not load to shed.
+            Err(err @ kestrel_net::SendError::PayloadTooLarge { .. }) => {
+                tracing::warn!(target: "node::validator", peer = %to, ?kind, %err, "send failed")
+            }
+            Err(err) => tracing::debug!(target: "node::validator", peer = %to, %err, "send failed"),
         }
     }
 
