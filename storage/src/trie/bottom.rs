@@ -13,6 +13,7 @@
 //! [`Shape`]). A subtree with a stored node in it, or whose top is a leaf or an extension, is fed
 //! leaf by leaf as before.
 
+use super::leaves::Leaves;
 use alloy_primitives::B256;
 use alloy_trie::{
     Nibbles, TrieMask,
@@ -23,10 +24,7 @@ use std::ops::Range;
 /// The leaves under one path, in key order, and the buffers their hashing reuses.
 #[derive(Default)]
 pub(super) struct Bottom {
-    keys: Vec<B256>,
-    /// The leaf values, back to back; `ends[i]` is where the `i`th ends.
-    values: Vec<u8>,
-    ends: Vec<usize>,
+    leaves: Leaves,
     /// The children of the branches being built, deepest last.
     stack: Vec<RlpNode>,
     rlp: Vec<u8>,
@@ -52,27 +50,21 @@ pub(super) struct TopBranch {
 
 impl Bottom {
     pub fn clear(&mut self) {
-        self.keys.clear();
-        self.values.clear();
-        self.ends.clear();
+        self.leaves.clear();
     }
 
     /// Adds the next leaf (keys come in ascending order).
     pub fn push(&mut self, key: B256, value: &[u8]) {
-        debug_assert!(self.keys.last().is_none_or(|last| *last < key));
-        self.keys.push(key);
-        self.values.extend_from_slice(value);
-        self.ends.push(self.values.len());
+        self.leaves.push(key, value);
     }
 
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.leaves.len()
     }
 
     /// The `i`th leaf.
     pub fn leaf(&self, i: usize) -> (B256, &[u8]) {
-        let start = i.checked_sub(1).map_or(0, |i| self.ends[i]);
-        (self.keys[i], &self.values[start..self.ends[i]])
+        self.leaves.leaf(i)
     }
 
     /// The hash of the subtree the leaves form below depth `depth` (all keys share their first
@@ -80,8 +72,10 @@ impl Bottom {
     /// stored: no branch in it has a tree-mask bit set, which with [`is_stored`](super::is_stored)
     /// at or past [`SPARSE_DEPTH`](super::SPARSE_DEPTH) means no node in it is written.
     pub fn top_branch(&mut self, depth: usize) -> Option<TopBranch> {
-        let n = self.keys.len();
-        if n < 2 || nibble(&self.keys[0], depth) == nibble(&self.keys[n - 1], depth) {
+        let n = self.leaves.len();
+        if n < 2
+            || nibble(&self.leaves.keys()[0], depth) == nibble(&self.leaves.keys()[n - 1], depth)
+        {
             return None;
         }
         self.stack.clear();
@@ -102,15 +96,16 @@ impl Bottom {
     fn node(&mut self, leaves: Range<usize>, depth: usize) -> (RlpNode, Shape) {
         let (first, last) = (leaves.start, leaves.end - 1);
         if first == last {
-            let start = first.checked_sub(1).map_or(0, |i| self.ends[i]);
-            let value = &self.values[start..self.ends[first]];
-            let key = Nibbles::unpack(self.keys[first]).slice(depth..);
+            let (key, value) = self.leaves.leaf(first);
+            let key = Nibbles::unpack(key).slice(depth..);
             self.rlp.clear();
             let node = LeafNodeRef::new(&key, value).rlp(&mut self.rlp);
             return (node, Shape::Leaf);
         }
         let shared = (depth..64)
-            .take_while(|&i| nibble(&self.keys[first], i) == nibble(&self.keys[last], i))
+            .take_while(|&i| {
+                nibble(&self.leaves.keys()[first], i) == nibble(&self.leaves.keys()[last], i)
+            })
             .count();
         let ((child, shape), _) = self.branch(leaves, depth + shared);
         if shared == 0 {
@@ -119,7 +114,7 @@ impl Bottom {
         let Shape::Branch { marked } = shape else {
             unreachable!("a branch is built at the first differing nibble")
         };
-        let key = Nibbles::unpack(self.keys[first]).slice(depth..depth + shared);
+        let key = Nibbles::unpack(self.leaves.keys()[first]).slice(depth..depth + shared);
         self.rlp.clear();
         let node = ExtensionNodeRef::new(&key, &child).rlp(&mut self.rlp);
         (node, Shape::Extension { marked })
@@ -136,9 +131,10 @@ impl Bottom {
         let base = self.stack.len();
         let mut start = leaves.start;
         while start < leaves.end {
-            let n = nibble(&self.keys[start], depth);
-            let end =
-                start + self.keys[start..leaves.end].partition_point(|key| nibble(key, depth) == n);
+            let n = nibble(&self.leaves.keys()[start], depth);
+            let end = start
+                + self.leaves.keys()[start..leaves.end]
+                    .partition_point(|key| nibble(key, depth) == n);
             let (child, shape) = self.node(start..end, depth + 1);
             state_mask.set_bit(n);
             match shape {

@@ -29,7 +29,6 @@ use crate::{
 use alloy_primitives::{B256, U256};
 use alloy_trie::{
     BranchNodeCompact, HashBuilder, Nibbles, TrieMask,
-    nodes::LeafNodeRef,
     proof::{ProofNodes, ProofRetainer},
 };
 use libmdbx::{Cursor, DatabaseKind, RW, Table, Transaction, TransactionKind, WriteFlags};
@@ -72,8 +71,11 @@ impl Leaves {
 }
 
 mod bottom;
+mod fed;
+mod leaves;
 mod parallel;
 use bottom::Bottom;
+use fed::Fed;
 mod scratch;
 mod sorted;
 pub(crate) use parallel::{AccountTables, Walked, update_accounts};
@@ -220,141 +222,6 @@ struct Scanned {
 /// leaves whose hash the walk took from its parent.
 const STEPS_BEFORE_SEEK: usize = 4;
 
-/// What the walk fed the hash builder, in key order: to tell afterwards which children of each
-/// rebuilt node are single leaves, and their hashes.
-#[derive(Default)]
-struct Fed {
-    leaf_keys: Vec<B256>,
-    /// The leaf values, back to back; `leaf_ends[i]` is where the `i`th ends.
-    leaf_values: Vec<u8>,
-    leaf_ends: Vec<usize>,
-    /// Paths of the hashes fed in place of subtrees (branches, and leaves with a stored hash).
-    hashes: Vec<Nibbles>,
-    /// The paths in `hashes` that are leaves.
-    leaf_hashes: Vec<Nibbles>,
-}
-
-impl Fed {
-    fn leaf(&mut self, key: B256, value: &[u8]) {
-        self.leaf_keys.push(key);
-        self.leaf_values.extend_from_slice(value);
-        self.leaf_ends.push(self.leaf_values.len());
-    }
-
-    /// Forgets every leaf after the first `leaves`.
-    fn truncate(&mut self, leaves: usize) {
-        self.leaf_keys.truncate(leaves);
-        self.leaf_ends.truncate(leaves);
-        self.leaf_values
-            .truncate(self.leaf_ends.last().copied().unwrap_or(0));
-    }
-
-    /// The node to store for a branch the hash builder rebuilt: its hash mask keeps only branch
-    /// children (a stored leaf hash was fed as a hash, so the hash builder counted it), and the
-    /// hashes of its single-leaf children go beside it.
-    fn stored_node(
-        &self,
-        path: &Nibbles,
-        branch: BranchNodeCompact,
-        rlp: &mut Vec<u8>,
-    ) -> StoredNode {
-        let (mut hash_mask, mut hashes) = (TrieMask::default(), Vec::new());
-        let (mut leaf_mask, mut leaf_hashes) = (TrieMask::default(), Vec::new());
-        let mut branch_hashes = branch.hashes.iter();
-        let under = self.under(path);
-        for nibble in branch.state_mask.iter() {
-            let mut child = *path;
-            child.push_unchecked(nibble);
-            if branch.hash_mask.is_bit_set(nibble) {
-                let hash = *branch_hashes.next().expect("a hash per hash-mask bit");
-                if self.leaf_hashes[under.leaf_hashes.clone()]
-                    .binary_search(&child)
-                    .is_ok()
-                {
-                    leaf_mask.set_bit(nibble);
-                    leaf_hashes.push(hash);
-                } else {
-                    hash_mask.set_bit(nibble);
-                    hashes.push(hash);
-                }
-            } else if !branch.tree_mask.is_bit_set(nibble)
-                && let Some(hash) = self.single_leaf_hash(&child, &under, rlp)
-            {
-                leaf_mask.set_bit(nibble);
-                leaf_hashes.push(hash);
-            }
-        }
-        let branch = BranchNodeCompact::new(
-            branch.state_mask,
-            branch.tree_mask,
-            hash_mask,
-            hashes,
-            branch.root_hash,
-        );
-        StoredNode {
-            branch,
-            leaf_mask,
-            leaf_hashes,
-        }
-    }
-
-    /// Where the leaves and hashes fed under `path` lie in `leaf_keys`, `hashes` and
-    /// `leaf_hashes` (each sorted, so each set is one run). A node's sixteen children are looked
-    /// up in these runs of a few entries: searched in the whole vectors, tens of thousands of
-    /// entries for a block, each lookup was a chain of cache misses, a tenth of the root's time
-    /// at 10,000,000 accounts.
-    fn under(&self, path: &Nibbles) -> Under {
-        let (lo, hi) = key_range(path);
-        let first = self.leaf_keys.partition_point(|key| *key < lo);
-        let keys = first..first + self.leaf_keys[first..].partition_point(|key| *key <= hi);
-        let run = |paths: &[Nibbles]| {
-            let first = paths.partition_point(|p| p < path);
-            first..first + paths[first..].partition_point(|p| p.starts_with(path))
-        };
-        Under {
-            keys,
-            hashes: run(&self.hashes),
-            leaf_hashes: run(&self.leaf_hashes),
-        }
-    }
-
-    /// The hash of the leaf node at `child`, if the only element fed under `child` was a leaf
-    /// (and its node is referenced by hash, not inlined). `under` is [`Fed::under`] of
-    /// `child`'s parent.
-    fn single_leaf_hash(&self, child: &Nibbles, under: &Under, rlp: &mut Vec<u8>) -> Option<B256> {
-        let (lo, hi) = key_range(child);
-        let keys = &self.leaf_keys[under.keys.clone()];
-        let at = keys.partition_point(|key| *key < lo);
-        if at == keys.len() || keys[at] > hi {
-            return None;
-        }
-        if keys.get(at + 1).is_some_and(|key| *key <= hi) {
-            return None;
-        }
-        let hashes = &self.hashes[under.hashes.clone()];
-        let hashed = hashes.partition_point(|hashed| hashed < child);
-        if hashes
-            .get(hashed)
-            .is_some_and(|hashed| hashed.starts_with(child))
-        {
-            return None;
-        }
-        let first = under.keys.start + at;
-        let start = first.checked_sub(1).map_or(0, |i| self.leaf_ends[i]);
-        let value = &self.leaf_values[start..self.leaf_ends[first]];
-        let key = Nibbles::unpack(self.leaf_keys[first]).slice(child.len()..);
-        rlp.clear();
-        LeafNodeRef::new(&key, value).rlp(rlp).as_hash()
-    }
-}
-
-/// Index ranges of what was fed under one path ([`Fed::under`]).
-struct Under {
-    keys: std::ops::Range<usize>,
-    hashes: std::ops::Range<usize>,
-    leaf_hashes: std::ops::Range<usize>,
-}
-
 struct Walk<'a, 'c, 't, K: TransactionKind> {
     cursors: &'a mut TrieCursors<'t, K>,
     /// Where the last leaf scan left the hashed cursor (`None` after the cursor moved otherwise).
@@ -445,7 +312,7 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
         let path = Nibbles::unpack(key);
         self.fed_under.set_bit(path.get_unchecked(self.strip));
         self.hb.add_leaf(path.slice(self.strip..), &self.value);
-        self.fed.leaf(key, &self.value);
+        self.fed.leaves.push(key, &self.value);
     }
 
     /// Feeds `hash` for the subtree at `path`; `leaf` if it is the hash of a leaf node.
@@ -694,7 +561,7 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
 }
 
 /// The smallest and the largest 32-byte key starting with `path`.
-fn key_range(path: &Nibbles) -> (B256, B256) {
+pub(super) fn key_range(path: &Nibbles) -> (B256, B256) {
     let mut lo = [0u8; 32];
     let mut hi = [0xffu8; 32];
     for (i, nibble) in path.iter().enumerate() {

@@ -47,14 +47,14 @@ impl SortedTrie {
             if self.subtree.is_some() {
                 // A key under another first nibble completes every node of the last subtree.
                 self.take_nodes(out);
-                if self.fed.leaf_keys.len() - self.kept > 1 {
-                    self.fed.truncate(self.kept);
+                if self.fed.leaves.len() - self.kept > 1 {
+                    self.fed.leaves.truncate(self.kept);
                 }
-                self.kept = self.fed.leaf_keys.len();
+                self.kept = self.fed.leaves.len();
             }
             self.subtree = Some(first_nibble);
         }
-        self.fed.leaf(key, value);
+        self.fed.leaves.push(key, value);
     }
 
     /// The root; moves the remaining nodes to `out`, sorted by key. The root node (if the root
