@@ -324,6 +324,7 @@ impl Bft {
             Message::Vote(v) => self.on_vote(now, v, out),
             Message::Timeout(t) => self.on_timeout(now, t, out),
             Message::Certificate(qc) => self.process_qc(now, &qc, out),
+            Message::TimeoutCertificate(tc) => self.process_tc(now, &tc, out),
             Message::BlockRequest(r) => self.on_block_request(from, r, out),
             Message::Blocks(blocks) => self.on_blocks(now, from, blocks, out),
         }
@@ -640,6 +641,9 @@ impl Bft {
     }
 
     fn on_timeout(&mut self, now: u64, t: Timeout, out: &mut Vec<Command>) {
+        if t.round < self.round && t.signer != self.me {
+            self.help_catch_up(t.signer, out);
+        }
         self.process_qc(now, &t.high_qc, out);
         if let Some(tc) = &t.last_tc {
             self.process_tc(now, tc, out);
@@ -690,6 +694,20 @@ impl Bft {
         };
         metrics::counter!(m::TCS).increment(1);
         self.process_tc(now, &tc, out);
+    }
+
+    /// `behind` timed out a round before ours: the certificate that moved us into our round
+    /// (the previous round's TC, or the QC our round follows) goes to it. It re-sends its
+    /// timeout until its round ends, so one answer a timeout is enough.
+    fn help_catch_up(&self, behind: ValidatorIndex, out: &mut Vec<Command>) {
+        let message = match &self.last_tc {
+            Some(tc) if tc.round.next() == self.round => Message::TimeoutCertificate(tc.clone()),
+            _ if self.high_qc.round.next() == self.round => {
+                Message::Certificate(self.high_qc.clone())
+            }
+            _ => return,
+        };
+        out.push(Command::SendTo(behind, message));
     }
 
     fn on_local_timeout(&mut self, now: u64, round: Round, out: &mut Vec<Command>) {

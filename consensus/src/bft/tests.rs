@@ -136,6 +136,7 @@ fn message() -> impl Strategy<Value = Message> {
         })),
         prop::collection::vec(block(), 0..3).prop_map(Message::Blocks),
         qc().prop_map(Message::Certificate),
+        tc().prop_map(Message::TimeoutCertificate),
     ]
 }
 
@@ -691,4 +692,66 @@ fn round_timeouts_double_while_rounds_end_without_a_qc() {
         now += 10;
     }
     assert_eq!(waits, [1_000, 1_000, 2_000, 4_000, 8_000, 8_000]);
+}
+
+/// Validator 0 is at round 2 through the TC of round 1; validator 3, rounds behind (it
+/// restarted inside round 1 and missed the TC), times out round 1 again. Validator 0 answers with
+/// the TC, and validator 3, fed it, enters round 2 at once rather than waiting for round 2's
+/// timeouts.
+#[test]
+fn a_validator_rounds_behind_gets_the_certificate_that_moved_the_others_on() {
+    let s = set(4);
+    let mut ahead = started_at_genesis(0, &s, 0);
+    let mut out = ahead.update(0, Event::Timeout { round: Round(1) });
+    let ours = out
+        .iter()
+        .find_map(|c| match c {
+            Command::Broadcast(Message::Timeout(t)) => Some(t.clone()),
+            _ => None,
+        })
+        .expect("we time out");
+    let timeout = |signer: u64| {
+        Timeout::new(
+            Round(1),
+            ours.high_qc.clone(),
+            None,
+            ValidatorIndex(signer as u16),
+            &key(signer),
+        )
+    };
+    for signer in [1, 2] {
+        let message = Unverified::new(Message::Timeout(timeout(signer)));
+        let from = ValidatorIndex(signer as u16);
+        out.extend(ahead.update(0, Event::Message { from, message }));
+    }
+    assert_eq!(ahead.round(), Round(2));
+    let behind = ValidatorIndex(3);
+    let answer = ahead.update(
+        10,
+        Event::Message {
+            from: behind,
+            message: Unverified::new(Message::Timeout(timeout(3))),
+        },
+    );
+    let tc = answer
+        .iter()
+        .find_map(|c| match c {
+            Command::SendTo(to, Message::TimeoutCertificate(tc)) if *to == behind => {
+                Some(tc.clone())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no TC for the validator behind: {answer:?}"));
+    assert_eq!(tc.round, Round(1));
+    // Validator 3 restarted at genesis; the TC moves it to round 2.
+    let mut lagging = started_at_genesis(3, &s, 0);
+    let message = Unverified::new(Message::TimeoutCertificate(tc));
+    lagging.update(
+        20,
+        Event::Message {
+            from: ValidatorIndex(0),
+            message,
+        },
+    );
+    assert_eq!(lagging.round(), Round(2));
 }

@@ -159,6 +159,11 @@ pub enum Message {
     /// is certified (and its parent final) a block time before the next proposal would tell
     /// them, which is that much off submission-to-finality.
     Certificate(QuorumCert),
+    /// A TC, sent to a validator whose timeout shows it rounds behind: the certificate that
+    /// moved us into our round moves it too, rather than its waiting for our next timeouts (a
+    /// validator that restarts or was cut off while a TC went round would otherwise wait out
+    /// whole backed-off rounds).
+    TimeoutCertificate(TimeoutCert),
     BlockRequest(BlockRequest),
     /// Answer to a [`BlockRequest`], newest first. Blocks are authenticated by hash against a
     /// certified id, not by signature, so the state machine checks them, not `verify`.
@@ -529,6 +534,7 @@ impl Unverified<Message> {
                 }
             }
             Message::Certificate(qc) => cache.check_qc(qc, set)?,
+            Message::TimeoutCertificate(tc) => cache.check_tc(tc, set)?,
             Message::BlockRequest(r) => {
                 if r.count == 0 {
                     return Err(VerifyError::BadStructure("block request for no blocks"));

@@ -19,6 +19,7 @@ const KIND_TIMEOUT: u8 = 3;
 const KIND_BLOCK_REQUEST: u8 = 4;
 const KIND_BLOCKS: u8 = 5;
 const KIND_CERTIFICATE: u8 = 6;
+const KIND_TIMEOUT_CERTIFICATE: u8 = 7;
 
 impl Message {
     pub fn encode_to_vec(&self) -> Vec<u8> {
@@ -30,6 +31,7 @@ impl Message {
             Message::BlockRequest(m) => push(&mut out, KIND_BLOCK_REQUEST, m),
             Message::Blocks(m) => push(&mut out, KIND_BLOCKS, m),
             Message::Certificate(m) => push(&mut out, KIND_CERTIFICATE, m),
+            Message::TimeoutCertificate(m) => push(&mut out, KIND_TIMEOUT_CERTIFICATE, m),
         }
         out
     }
@@ -62,6 +64,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Message, DecodeError> {
         KIND_BLOCK_REQUEST => Message::BlockRequest(Decodable::decode(&mut buf)?),
         KIND_BLOCKS => Message::Blocks(Decodable::decode(&mut buf)?),
         KIND_CERTIFICATE => Message::Certificate(Decodable::decode(&mut buf)?),
+        KIND_TIMEOUT_CERTIFICATE => Message::TimeoutCertificate(Decodable::decode(&mut buf)?),
         other => return Err(DecodeError::UnknownKind(other)),
     };
     if !buf.is_empty() {

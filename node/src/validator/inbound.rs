@@ -85,6 +85,7 @@ impl Driver {
             Message::Proposal(p) => Some(p.block.qc.height),
             Message::Timeout(t) => Some(t.high_qc.height),
             Message::Certificate(qc) => Some(qc.height),
+            Message::TimeoutCertificate(tc) => Some(tc.high_qc.height),
             _ => None,
         };
         if let Some(height) = certified_height {
