@@ -39,7 +39,12 @@ fn import(rlp: &[u8]) {
     assert_eq!(block.header.hash_slow(), keccak256(&header));
     let genesis = kestrel_storage::genesis_header(&SPEC);
     let _ = validate_header(&SPEC, &genesis, &block.header);
-    let decoded: Vec<_> = block.body.transactions.into_iter().map(Into::into).collect();
+    let decoded: Vec<_> = block
+        .body
+        .transactions
+        .into_iter()
+        .map(Into::into)
+        .collect();
     let _ = recover_senders(&decoded);
 }
 
@@ -61,7 +66,11 @@ fn payload(bytes: &[u8]) {
     for raw_tx in payload.txs() {
         // Each transaction travels with the bytes it was signed in.
         assert_eq!(raw_tx.hash(), keccak256(raw_tx.encoded()));
-        assert_eq!(raw_tx.tx().encoded_2718(), raw_tx.raw(), "kept a non-canonical encoding");
+        assert_eq!(
+            raw_tx.tx().encoded_2718(),
+            raw_tx.raw(),
+            "kept a non-canonical encoding"
+        );
     }
     let _ = payload.check_static(&SPEC, tx::NOW_SECS * 1000);
 }

@@ -412,6 +412,14 @@ impl Sim {
                 qcs.push(qc.clone());
             }
         };
+        let remember_tc = |tcs: &mut Vec<TimeoutCert>, tc: &TimeoutCert| {
+            if !tcs.contains(tc) {
+                if tcs.len() >= KNOWN_MAX {
+                    tcs.remove(0);
+                }
+                tcs.push(tc.clone());
+            }
+        };
         match message {
             Message::Proposal(p) => {
                 remember_qc(&mut self.qcs, &p.block.qc);
@@ -421,25 +429,16 @@ impl Sim {
                     }
                     self.blocks.push(p.block.clone());
                 }
-                if let Some(tc) = &p.last_tc
-                    && !self.tcs.contains(tc)
-                {
-                    if self.tcs.len() >= KNOWN_MAX {
-                        self.tcs.remove(0);
-                    }
-                    self.tcs.push(tc.clone());
+                if let Some(tc) = &p.last_tc {
+                    remember_tc(&mut self.tcs, tc);
                 }
             }
             Message::Certificate(qc) => remember_qc(&mut self.qcs, qc),
+            Message::TimeoutCertificate(tc) => remember_tc(&mut self.tcs, tc),
             Message::Timeout(t) => {
                 remember_qc(&mut self.qcs, &t.high_qc);
-                if let Some(tc) = &t.last_tc
-                    && !self.tcs.contains(tc)
-                {
-                    if self.tcs.len() >= KNOWN_MAX {
-                        self.tcs.remove(0);
-                    }
-                    self.tcs.push(tc.clone());
+                if let Some(tc) = &t.last_tc {
+                    remember_tc(&mut self.tcs, tc);
                 }
             }
             Message::Vote(_) | Message::BlockRequest(_) | Message::Blocks(_) => {}

@@ -38,7 +38,11 @@ pub fn ingress(raw: &[u8]) {
     // Keep what you received: the bytes a block carries and the hash the client computed are
     // those of the encoding it sent, so decoding must accept only the canonical one.
     assert_eq!(tx.raw(), raw, "did not keep the bytes it received");
-    assert_eq!(tx.tx().encoded_2718(), raw, "accepted a non-canonical encoding");
+    assert_eq!(
+        tx.tx().encoded_2718(),
+        raw,
+        "accepted a non-canonical encoding"
+    );
     assert_eq!(tx.hash(), keccak256(raw));
     assert_eq!(tx.encoded_len(), raw.len());
     // What ingress admitted, a block built at the same rules admits (validate.rs, payload.rs).
