@@ -643,6 +643,16 @@ fn rounds_and_heights_at_u64_max_from_a_byzantine_validator_do_not_overflow() {
     ));
 }
 
+/// The timeout we broadcast among `out`.
+fn broadcast_timeout(out: &[Command]) -> Timeout {
+    out.iter()
+        .find_map(|c| match c {
+            Command::Broadcast(Message::Timeout(t)) => Some(t.clone()),
+            _ => None,
+        })
+        .expect("we time out")
+}
+
 /// Rounds that end in a timeout certificate, one after another, each wait twice as long as the
 /// one before (after two at the configured timeout, up to 8x it). Without the back-off, blocks that take longer than the timeout to propose and vote
 /// for (a leader proposing the backlog after a stall) time out every round for ever.
@@ -659,13 +669,7 @@ fn round_timeouts_double_while_rounds_end_without_a_qc() {
                 round: Round(round),
             },
         );
-        let ours = out
-            .iter()
-            .find_map(|c| match c {
-                Command::Broadcast(Message::Timeout(t)) => Some(t.clone()),
-                _ => None,
-            })
-            .expect("we time out");
+        let ours = broadcast_timeout(&out);
         // Two others time out as we did: with ours, a quorum, so a TC and the next round.
         for signer in [1, 2] {
             let theirs = Timeout::new(
@@ -703,13 +707,7 @@ fn a_validator_rounds_behind_gets_the_certificate_that_moved_the_others_on() {
     let s = set(4);
     let mut ahead = started_at_genesis(0, &s, 0);
     let mut out = ahead.update(0, Event::Timeout { round: Round(1) });
-    let ours = out
-        .iter()
-        .find_map(|c| match c {
-            Command::Broadcast(Message::Timeout(t)) => Some(t.clone()),
-            _ => None,
-        })
-        .expect("we time out");
+    let ours = broadcast_timeout(&out);
     let timeout = |signer: u64| {
         Timeout::new(
             Round(1),
