@@ -753,3 +753,58 @@ fn a_validator_rounds_behind_gets_the_certificate_that_moved_the_others_on() {
     );
     assert_eq!(lagging.round(), Round(2));
 }
+
+/// Restarted in rounds it voted or timed out in before the stop (its safety state says round
+/// 2), a validator can give those rounds only its timeout: it sends it on entering each, and as
+/// the leader of one asks for no payload (a second block there would equivocate). Round 3 is
+/// new to it and runs as usual.
+#[test]
+fn a_validator_restarted_in_rounds_it_voted_in_times_them_out_at_once() {
+    let s = set(4);
+    let me = u64::from(s.leader(Round(1)).0);
+    let safety = SafetyState {
+        highest_voted_round: Round(2),
+        high_qc: QuorumCert::genesis(),
+    };
+    let config = Config {
+        round_timeout_ms: 1_000,
+        execution_delay: 3,
+    };
+    let mut bft = Bft::new(
+        config,
+        key(me),
+        s.clone(),
+        CommittedBlock::genesis(),
+        safety,
+    )
+    .unwrap();
+    let mut out = bft.update(0, Event::Start);
+    for round in 1..=2 {
+        let ours = broadcast_timeout(&out);
+        assert_eq!(ours.round, Round(round), "{out:?}");
+        assert!(
+            !out.iter()
+                .any(|c| matches!(c, Command::RequestPayload { .. })),
+            "no payload asked for in round {round}"
+        );
+        out.clear();
+        for signer in (0..4).filter(|i| *i != me).take(2) {
+            let theirs = Timeout::new(
+                Round(round),
+                ours.high_qc.clone(),
+                ours.last_tc.clone(),
+                ValidatorIndex(signer as u16),
+                &key(signer),
+            );
+            let message = Unverified::new(Message::Timeout(theirs));
+            let from = ValidatorIndex(signer as u16);
+            out.extend(bft.update(10 * round, Event::Message { from, message }));
+        }
+    }
+    assert_eq!(bft.round(), Round(3));
+    assert!(
+        !out.iter()
+            .any(|c| matches!(c, Command::Broadcast(Message::Timeout(t)) if t.round == Round(3))),
+        "round 3 waits for its proposal: {out:?}"
+    );
+}

@@ -1,9 +1,14 @@
 //! The leader's side of ordering: when consensus asks for a payload, build it a block time after
-//! the parent block, from the pool, under the static and reserve balance rules of the block.
+//! the parent block, from the pool, under the static and reserve balance rules of the block. A
+//! parent whose payload never reached us has it fetched from peers.
 
-use super::payload::Payload;
-use alloy_primitives::Address;
-use kestrel_consensus::{Round, bft::BlockId};
+use super::{payload::Payload, sync::PayloadWanted};
+use alloy_primitives::{Address, B256};
+use kestrel_consensus::{
+    Round,
+    bft::{Block, BlockId},
+};
+use kestrel_net::PeerId;
 use kestrel_pipeline::{
     mempool::{BlockRules, TxPool},
     state::LatestState,
@@ -20,6 +25,8 @@ pub struct Build {
 
 pub struct Builder {
     pending: Option<Build>,
+    /// The pending build's parent, while its payload is asked of one peer after another.
+    parent_wanted: Option<(Block, PayloadWanted)>,
     pub beneficiary: Address,
     pub block_time_ms: u64,
     pub spec: Arc<ChainSpec>,
@@ -38,6 +45,7 @@ impl Builder {
     ) -> Self {
         Self {
             pending: None,
+            parent_wanted: None,
             beneficiary,
             block_time_ms,
             spec,
@@ -48,10 +56,50 @@ impl Builder {
 
     pub fn request(&mut self, build: Build) {
         self.pending = Some(build);
+        self.parent_wanted = None;
     }
 
     pub fn cancel(&mut self) {
         self.pending = None;
+        self.parent_wanted = None;
+    }
+
+    /// The pending build's parent when its payload is not here (`parent` as for `due_ms`).
+    pub fn missing_parent(
+        &self,
+        parent: impl Fn(BlockId) -> Option<(u64, ParentFees)>,
+    ) -> Option<BlockId> {
+        let b = self.pending.as_ref()?;
+        parent(b.parent).is_none().then_some(b.parent)
+    }
+
+    /// A request for the payload of `parent` (the pending build's, held by consensus without
+    /// its payload) to the next peer, if the last one has had its time. Its proposal never
+    /// reached us (we were down or cut off when it was certified, or consensus fetched the
+    /// block as an ancestor, without its payload); waiting would cost the whole round, backed
+    /// off up to 16 s, so we ask, as finality asks for a finalized block's payload.
+    pub fn ask_parent(
+        &mut self,
+        now: u64,
+        peers: &[PeerId],
+        parent: &Block,
+    ) -> Option<(PeerId, Vec<u8>)> {
+        if self
+            .parent_wanted
+            .as_ref()
+            .is_none_or(|(b, _)| b.id() != parent.id())
+        {
+            let wanted = PayloadWanted::new(parent.payload_hash);
+            self.parent_wanted = Some((parent.clone(), wanted));
+        }
+        let (_, wanted) = self.parent_wanted.as_mut().expect("set above");
+        wanted.ask(now, peers)
+    }
+
+    /// The parent block whose payload is named `hash`, if we are asking for it.
+    pub fn wants(&self, hash: B256) -> Option<&Block> {
+        let (block, _) = self.parent_wanted.as_ref()?;
+        (block.payload_hash == hash).then_some(block)
     }
 
     /// When the pending build is due: a block time after its parent. None while the parent's
@@ -72,13 +120,14 @@ impl Builder {
         parent: impl Fn(BlockId) -> Option<(u64, ParentFees)>,
     ) -> Option<(Build, Payload)> {
         if self.pending.as_ref().is_some_and(|b| b.round != round) {
-            self.pending = None;
+            self.cancel();
         }
         let (timestamp_ms, fees) = parent(self.pending.as_ref()?.parent)?;
         if timestamp_ms + self.block_time_ms > now {
             return None;
         }
         let build = self.pending.take().expect("checked");
+        self.parent_wanted = None;
         let started = Instant::now();
         let base_fee = next_base_fee(fees);
         let gas_limit = self.spec.gas_limit;

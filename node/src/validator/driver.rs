@@ -28,7 +28,7 @@ use super::{
     clock::Clock,
     finality::Finality,
     forward::{FORWARD_LEADERS, Forwarder},
-    metrics::EARLY_TIMEOUTS,
+    metrics::{EARLY_TIMEOUTS, PARENT_PAYLOAD_REQUESTS},
     payload::{Decoder, Payload},
     payloads::PayloadCache,
     rounds::RoundWatch,
@@ -294,6 +294,13 @@ impl Driver {
         if let Some((peer, request)) = self.finality.ask_payload(now, &peers) {
             self.net.send(&peer, Kind::SyncRequest, request.into());
         }
+        if let Some(parent) = self.builder.missing_parent(|p| self.parent_known(p))
+            && let Some(block) = self.bft.block(parent)
+            && let Some((peer, request)) = self.builder.ask_parent(now, &peers, block)
+        {
+            metrics::counter!(PARENT_PAYLOAD_REQUESTS).increment(1);
+            self.net.send(&peer, Kind::SyncRequest, request.into());
+        }
         let step = match &mut self.sync {
             Some(sync) => sync.step(now, &peers, self.finality.height()),
             None => SyncStep::Wait,
@@ -343,14 +350,6 @@ impl Driver {
                 height,
                 parent,
             } => {
-                // A leader restarted within a round it already proposed in must not propose a
-                // second block there (it voted for the first). It times the round out at once
-                // (always safe: it only gives up its vote there) rather than a round timeout
-                // later; for a chain of one validator that is the whole restart delay.
-                if round <= self.safety.highest_voted_round {
-                    self.timers.push(Reverse((0, round.0)));
-                    return;
-                }
                 self.builder.request(Build {
                     round,
                     height,

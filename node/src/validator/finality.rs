@@ -4,11 +4,8 @@
 //! committed to the database before a stop are executed again.
 
 use super::{
-    payload::Payload,
-    payloads::PayloadCache,
-    store::ChainLog,
-    sync::Rotation,
-    wire::{SyncRequest, SyncedBlock},
+    payload::Payload, payloads::PayloadCache, store::ChainLog, sync::PayloadWanted,
+    wire::SyncedBlock,
 };
 use alloy_primitives::B256;
 use crossbeam_channel::{Sender, TrySendError};
@@ -30,7 +27,7 @@ pub struct Finality {
     executing: VecDeque<OrderedBlock>,
     blocks: Sender<OrderedBlock>,
     /// The payload of the first waiting commit, asked of one peer after another.
-    wanted: Option<(B256, Rotation)>,
+    wanted: Option<PayloadWanted>,
     /// Fees of the log head's block.
     head_fees: ParentFees,
     pool: Arc<TxPool>,
@@ -145,23 +142,20 @@ impl Finality {
         }
         self.sync_log();
         let hash = missing?;
-        if self.wanted.as_ref().is_none_or(|(h, _)| *h != hash) {
-            self.wanted = Some((hash, Rotation::default()));
+        if self.wanted.as_ref().is_none_or(|w| w.hash() != hash) {
+            self.wanted = Some(PayloadWanted::new(hash));
         }
         self.ask_payload(now, peers)
     }
 
     /// A request for the wanted payload to the next peer, if the last one has had its time.
     pub fn ask_payload(&mut self, now: u64, peers: &[PeerId]) -> Option<(PeerId, Vec<u8>)> {
-        let (hash, rotation) = self.wanted.as_mut()?;
-        let peer = rotation.next(now, peers)?;
-        Some((peer, SyncRequest::Payload(*hash).encode()))
+        self.wanted.as_mut()?.ask(now, peers)
     }
 
     /// The height of the block waiting for the payload named `hash`, if it is the wanted one.
     pub fn wants(&self, hash: B256) -> Option<u64> {
-        let (wanted, _) = self.wanted.as_ref()?;
-        (*wanted == hash)
+        (self.wanted.as_ref()?.hash() == hash)
             .then(|| self.commits.front().map(|(c, _)| c.block.height))
             .flatten()
     }

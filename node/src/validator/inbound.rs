@@ -7,7 +7,7 @@ use crate::validator::{
     payload::{Payload, Rejected},
     wire::ConsensusEnvelope,
 };
-use kestrel_consensus::bft::{self, Event, Message, ValidatorIndex};
+use kestrel_consensus::bft::{self, Block, Event, Message, ValidatorIndex};
 use kestrel_net::{Inbound, Kind, PeerClass};
 use kestrel_types::ExecutionResult;
 
@@ -134,11 +134,22 @@ impl Driver {
         };
         // Recovery here is on the way to the vote; what the pool held was not.
         tracing::debug!(target: "node::validator", height = block.height, txs = payload.tx_count(), recovered = payload.senders_recovered(), "payload decoded");
+        if self.keep_payload(&block, payload) {
+            self.feed(Event::Message {
+                from: pending.from,
+                message: pending.message,
+            });
+        }
+    }
+
+    /// Checks and keeps a proposed block's decoded payload (a proposal's, or the one a leader
+    /// fetched for the block it builds on); false if refused.
+    pub(in crate::validator) fn keep_payload(&mut self, block: &Block, payload: Payload) -> bool {
         let parent_fees = self.parent_known(block.parent()).map(|(_, fees)| fees);
         let (height, round) = (self.finality.height(), self.bft.round());
         match self
             .payloads
-            .accept(&block, payload.clone(), parent_fees, height, round)
+            .accept(block, payload.clone(), parent_fees, height, round)
         {
             // In flight here too: not proposed again by us, and back in the pool if it loses
             // (a proposal at or below our head already lost, or is final).
@@ -150,13 +161,10 @@ impl Driver {
             Err(refused) => {
                 tracing::warn!(target: "node::validator", height = block.height, ?refused, "payload refused");
                 metrics::counter!(PAYLOADS_REJECTED, "reason" => refused.reason()).increment(1);
-                return;
+                return false;
             }
         }
-        self.payloads.remember(&block);
-        self.feed(Event::Message {
-            from: pending.from,
-            message: pending.message,
-        });
+        self.payloads.remember(block);
+        true
     }
 }

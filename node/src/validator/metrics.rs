@@ -10,6 +10,7 @@ pub const FULL_NODE_LAG_SECONDS: &str = "kestrel_full_node_lag_seconds";
 pub const FULL_NODE_RESULTS_CHECKED: &str = "kestrel_full_node_results_checked_total";
 pub const PAYLOADS_REJECTED: &str = "kestrel_consensus_payloads_rejected_total";
 pub const EARLY_TIMEOUTS: &str = "kestrel_consensus_early_timeouts_total";
+pub const PARENT_PAYLOAD_REQUESTS: &str = "kestrel_consensus_parent_payload_requests_total";
 pub const ORDERED_TXS: &str = "kestrel_ordering_txs_total";
 pub const PROPOSE_SECONDS: &str = "kestrel_ordering_propose_seconds";
 pub const SAFETY_PERSIST_SECONDS: &str = "kestrel_consensus_safety_persist_seconds";
@@ -45,6 +46,10 @@ pub fn describe() {
         EARLY_TIMEOUTS,
         "Rounds timed out after a block time because their leader or the next leader was not connected"
     );
+    metrics::describe_counter!(
+        PARENT_PAYLOAD_REQUESTS,
+        "Requests a leader sent for the payload of the block it builds on, whose proposal never reached it"
+    );
     metrics::describe_counter!(ORDERED_TXS, "Transactions ordered into proposals");
     metrics::describe_histogram!(PROPOSE_SECONDS, "Time to build one proposal's payload");
     metrics::describe_histogram!(
@@ -60,6 +65,7 @@ pub fn describe() {
         "Transactions of received proposals whose sender came from this validator's pool instead of being recovered again"
     );
     metrics::counter!(EARLY_TIMEOUTS).absolute(0);
+    metrics::counter!(PARENT_PAYLOAD_REQUESTS).absolute(0);
     metrics::counter!(SENDERS_REUSED).absolute(0);
     // Exists from start-up at 0, so an alert on its increase sees the first mismatch.
     metrics::counter!(bft::metrics::RESULT_MISMATCH).absolute(0);

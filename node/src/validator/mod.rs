@@ -26,6 +26,8 @@ pub mod statesync;
 pub(crate) mod store;
 mod sync;
 #[cfg(test)]
+mod test_chain;
+#[cfg(test)]
 mod test_tx;
 mod transport;
 mod wire;

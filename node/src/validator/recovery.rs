@@ -122,24 +122,7 @@ impl Driver {
 
     pub(super) fn on_sync_response(&mut self, bytes: &[u8]) {
         match SyncResponse::decode(bytes) {
-            Ok(SyncResponse::Payload(bytes)) => {
-                let Some(height) = self.finality.wants(keccak256(&bytes)) else {
-                    return;
-                };
-                // A payload asked for because its proposal never arrived: its transactions
-                // reached the pool all the same (forwarded, or by our RPC).
-                match Payload::decode_reusing(bytes, |hashes| self.pool.known_senders(hashes)) {
-                    Ok(payload) => {
-                        self.payloads.insert_fetched(height, payload);
-                        self.process_commits();
-                    }
-                    // A finalized block's payload was checked by a quorum: a bad one is the
-                    // peer's fault, so ask another.
-                    Err(err) => {
-                        tracing::warn!(target: "node::validator", %err, "peer sent an invalid payload")
-                    }
-                }
-            }
+            Ok(SyncResponse::Payload(bytes)) => self.on_fetched_payload(bytes),
             Ok(SyncResponse::Blocks(blocks)) => self.on_synced_blocks(blocks),
             // State sync's answers: a validator never asks (only a full node state-syncs).
             Ok(
@@ -150,6 +133,34 @@ impl Driver {
             Err(err) => {
                 tracing::debug!(target: "node::validator", %err, "undecodable sync response")
             }
+        }
+    }
+
+    /// A payload asked for because its proposal never arrived: a finalized block's (for the
+    /// log) or the block a build waits on (for the build). Its transactions reached the pool
+    /// all the same (forwarded, or by our RPC).
+    fn on_fetched_payload(&mut self, bytes: alloy_primitives::Bytes) {
+        let hash = keccak256(&bytes);
+        let finalized = self.finality.wants(hash);
+        let parent = self.builder.wants(hash).cloned();
+        if finalized.is_none() && parent.is_none() {
+            return;
+        }
+        let payload = match Payload::decode_reusing(bytes, |h| self.pool.known_senders(h)) {
+            Ok(payload) => payload,
+            // A certified block's payload was checked by a quorum: a bad one is the peer's
+            // fault, so the next peer is asked.
+            Err(err) => {
+                return tracing::warn!(target: "node::validator", %err, "peer sent an invalid payload");
+            }
+        };
+        if let Some(block) = parent {
+            tracing::info!(target: "node::validator", height = block.height, "fetched the payload of the block to build on");
+            self.keep_payload(&block, payload.clone());
+        }
+        if let Some(height) = finalized {
+            self.payloads.insert_fetched(height, payload);
+            self.process_commits();
         }
     }
 

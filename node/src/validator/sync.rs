@@ -10,7 +10,7 @@ use super::{
     store::{ChainLog, StoreError},
     wire::{SyncRequest, SyncResponse, SyncedBlock},
 };
-use alloy_primitives::keccak256;
+use alloy_primitives::{B256, keccak256};
 use kestrel_consensus::bft::{self, SYNC_BLOCKS_MAX, ValidatorSet};
 use kestrel_net::PeerId;
 use kestrel_pipeline::mempool::TxPool;
@@ -40,6 +40,33 @@ impl Rotation {
         let peer = *peers.get(self.turn % peers.len().max(1))?;
         self.turn += 1;
         Some(peer)
+    }
+}
+
+/// A payload consensus named (by a block) that never reached us, asked of one connected peer
+/// after another until it comes.
+#[derive(Debug)]
+pub struct PayloadWanted {
+    hash: B256,
+    rotation: Rotation,
+}
+
+impl PayloadWanted {
+    pub fn new(hash: B256) -> Self {
+        Self {
+            hash,
+            rotation: Rotation::default(),
+        }
+    }
+
+    pub fn hash(&self) -> B256 {
+        self.hash
+    }
+
+    /// The request to send now, if the last peer asked has had its time.
+    pub fn ask(&mut self, now: u64, peers: &[PeerId]) -> Option<(PeerId, Vec<u8>)> {
+        let peer = self.rotation.next(now, peers)?;
+        Some((peer, SyncRequest::Payload(self.hash).encode()))
     }
 }
 
@@ -335,83 +362,14 @@ fn check_links(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use alloy_primitives::{Address, Bytes};
-    use kestrel_consensus::{
-        Round,
-        bft::{Block, CommitProof, QuorumCert, SignerSig, ValidatorIndex, ValidatorKey, Vote},
-    };
+    use crate::validator::test_chain::{keys, qc_for, set};
+    use alloy_primitives::Bytes;
+    use kestrel_consensus::bft::{ValidatorIndex, ValidatorKey, Vote};
 
-    fn keys() -> Vec<ValidatorKey> {
-        (1..=4u8)
-            .map(|i| ValidatorKey::new(secp256k1::SecretKey::from_byte_array(&[i; 32]).unwrap()))
-            .collect()
-    }
-
-    fn set(keys: &[ValidatorKey]) -> ValidatorSet {
-        ValidatorSet::new(keys.iter().map(|k| (k.id(), 1)).collect()).unwrap()
-    }
-
-    fn qc_for(block: &Block, signers: &[usize], keys: &[ValidatorKey]) -> QuorumCert {
-        QuorumCert {
-            round: block.round,
-            height: block.height,
-            block_id: block.id(),
-            signatures: signers
-                .iter()
-                .map(|&i| {
-                    let index = ValidatorIndex(i as u16);
-                    let vote = Vote::new(block.round, block.height, block.id(), index, &keys[i]);
-                    SignerSig {
-                        signer: index,
-                        signature: vote.signature,
-                    }
-                })
-                .collect(),
-        }
-    }
-
-    fn block(round: u64, height: u64, qc: QuorumCert, payload: &Payload) -> Block {
-        Block {
-            round: Round(round),
-            height,
-            author: ValidatorIndex((round % 4) as u16),
-            timestamp_ms: round * 1_000,
-            payload_hash: payload.hash(),
-            qc,
-            delayed_result: None,
-        }
-    }
-
-    /// Three blocks on genesis in rounds 1, 2, 3, each certified by the next one's QC; the last
-    /// with a commit proof: a child in `child_round` whose QC `child_signers` signed.
+    /// Three blocks on genesis, finalized by a child in `child_round` that `child_signers`
+    /// certified.
     fn chain(keys: &[ValidatorKey], child_round: u64, child_signers: &[usize]) -> Vec<SyncedBlock> {
-        let payload = Payload::build(Address::ZERO, 30_000_000, 1_000_000_000, Vec::new());
-        let mut qc = QuorumCert::genesis();
-        let mut blocks: Vec<Block> = Vec::new();
-        for height in 1..=3u64 {
-            let b = block(height, height, qc.clone(), &payload);
-            qc = qc_for(&b, &[0, 1, 2], keys);
-            blocks.push(b);
-        }
-        let child = block(child_round, 4, qc, &payload);
-        let proof = CommitProof {
-            child_qc: qc_for(&child, child_signers, keys),
-            child,
-        };
-        let n = blocks.len();
-        blocks
-            .iter()
-            .enumerate()
-            .map(|(i, b)| SyncedBlock {
-                block: b.clone(),
-                qc: match blocks.get(i + 1) {
-                    Some(next) => next.qc.clone(),
-                    None => proof.child.qc.clone(),
-                },
-                payload: payload.bytes().clone(),
-                proof: (i == n - 1).then(|| proof.clone()),
-            })
-            .collect()
+        crate::validator::test_chain::chain(keys, 3, child_round, child_signers)
     }
 
     #[test]
@@ -442,6 +400,32 @@ mod tests {
         let mut sync = BlockSync::start(1, 20);
         ask(&mut sync, 1);
         assert!(sync.on_nothing_newer(12, 8, 3));
+    }
+
+    #[test]
+    fn a_wanted_payload_is_asked_of_the_next_peer_when_one_does_not_answer() {
+        let peers: Vec<PeerId> = keys()
+            .iter()
+            .map(|k| PeerId::from_slice(&k.id().0).unwrap())
+            .collect();
+        let hash = B256::repeat_byte(7);
+        let mut wanted = PayloadWanted::new(hash);
+        let (first, request) = wanted.ask(1_000, &peers).expect("asked at once");
+        assert_eq!(
+            SyncRequest::decode(&request).unwrap(),
+            SyncRequest::Payload(hash)
+        );
+        let retry = 1_000 + REQUEST_RETRY_MS;
+        assert!(
+            wanted.ask(retry - 1, &peers).is_none(),
+            "the peer has its time"
+        );
+        let (second, _) = wanted.ask(retry, &peers).expect("the next peer");
+        assert_ne!(first, second);
+        assert!(
+            PayloadWanted::new(hash).ask(0, &[]).is_none(),
+            "nobody to ask"
+        );
     }
 
     /// Blocks finalized together can come in several answers (each under the size bound): they

@@ -188,6 +188,9 @@ struct Outcome {
     /// Crashes in the middle of a step (a blown fuse).
     mid_step: usize,
     events: u64,
+    /// Virtual time from the end of the faults until every validator was live (and, where
+    /// no pool was lost, every transaction committed): how long the faults' effects lasted.
+    recovered_ms: u64,
     /// Of the finalized blocks and the execution results: equal when a seed is replayed.
     digest: B256,
 }
@@ -366,6 +369,7 @@ impl Sim {
             self.outcome.events += 1;
             self.event(q.ev)?;
         }
+        self.outcome.recovered_ms = self.now.saturating_sub(self.sc.heal_ms);
         if self.pools_kept() {
             let lost: Vec<usize> = self.not_included().collect();
             if let Some(&first) = lost.first() {
@@ -805,10 +809,12 @@ fn sim_seeded_drivers() {
             .map(|_| {
                 s.spawn(|| {
                     let mut total = Outcome::default();
+                    // The longest recovery, and its seed (to replay it).
+                    let mut slowest = (0, 0);
                     loop {
                         let i = next.fetch_add(1, Ordering::Relaxed) as usize;
                         let Some(&seed) = seeds.get(i) else {
-                            return total;
+                            return (total, slowest);
                         };
                         // One failure stops the other workers too: its seed is the message.
                         let o = match std::panic::catch_unwind(|| run_seed(seed)) {
@@ -825,6 +831,8 @@ fn sim_seeded_drivers() {
                         total.mid_step += o.mid_step;
                         total.ordered_twice += o.ordered_twice;
                         total.events += o.events;
+                        total.recovered_ms += o.recovered_ms;
+                        slowest = slowest.max((o.recovered_ms, seed));
                     }
                 })
             })
@@ -835,11 +843,13 @@ fn sim_seeded_drivers() {
             .collect::<Vec<_>>()
     });
     let secs = started.elapsed().as_secs_f64();
-    let sum = |f: fn(&Outcome) -> u64| totals.iter().map(f).sum::<u64>();
+    let sum = |f: fn(&Outcome) -> u64| totals.iter().map(|(o, _)| f(o)).sum::<u64>();
+    let (slowest_ms, slowest_seed) = totals.iter().map(|(_, s)| *s).max().unwrap_or_default();
     println!(
         "{} seeds in {secs:.1} s ({:.1} seeds/s): {} blocks finalized, {} of {} transactions \
          included ({} ordered twice, dropped at execution), {} restarts ({} crashed mid-step), \
-         {} events",
+         {} events; recovery after the faults: mean {} ms, longest {slowest_ms} ms (seed \
+         {slowest_seed})",
         seeds.len(),
         seeds.len() as f64 / secs,
         sum(|o| o.height),
@@ -849,6 +859,7 @@ fn sim_seeded_drivers() {
         sum(|o| o.restarts as u64),
         sum(|o| o.mid_step as u64),
         sum(|o| o.events),
+        sum(|o| o.recovered_ms) / (seeds.len() as u64).max(1),
     );
 }
 

@@ -4,11 +4,11 @@
 
 use super::{StateSync, StateSyncError};
 use crate::validator::{
-    sync::{REQUEST_RETRY_MS, SyncError, verify_chain},
+    sync::{REQUEST_RETRY_MS, SyncError, Unproven},
     wire::{SnapshotTop, SyncRequest, SyncResponse, SyncedBlock},
 };
 use alloy_primitives::B256;
-use kestrel_consensus::bft::SYNC_BLOCKS_MAX;
+use kestrel_consensus::bft::{CommittedBlock, SYNC_BLOCKS_MAX, ValidatorSet};
 use kestrel_net::{Kind, PeerId};
 use kestrel_storage::snapshot::{
     restore::BASE_ANCESTORS,
@@ -46,8 +46,7 @@ impl StateSync<'_> {
         top: &SnapshotTop,
         peers: &[PeerId],
     ) -> Result<Option<(SyncedBlock, ExecutionResult)>, StateSyncError> {
-        let mut base: Option<SyncedBlock> = None;
-        let mut tip: Option<SyncedBlock> = None;
+        let mut chain = AnchorChain::new(top.height);
         let mut turn = 0;
         let mut unanswered = 0;
         loop {
@@ -57,9 +56,8 @@ impl StateSync<'_> {
             }
             let peer = *live[turn % live.len()];
             turn += 1;
-            let from = tip.as_ref().map_or(top.height, |t| t.block.height + 1);
             let request = SyncRequest::Blocks {
-                from,
+                from: chain.next_from(),
                 count: SYNC_BLOCKS_MAX as u16,
             };
             self.net
@@ -74,7 +72,7 @@ impl StateSync<'_> {
                     None => break None,
                 }
             };
-            let Some(mut blocks) = blocks else {
+            let Some(blocks) = blocks else {
                 unanswered += 1;
                 continue;
             };
@@ -83,66 +81,97 @@ impl StateSync<'_> {
                 std::thread::sleep(Duration::from_millis(ANCHOR_POLL_MS));
                 continue;
             }
-            let checked = match &tip {
-                None => {
-                    let first = blocks.remove(0);
-                    if first.block.height != top.height {
-                        self.drop_peer(
-                            &peer,
-                            &Lie::WrongFirst {
-                                want: top.height,
-                                got: first.block.height,
-                            }
-                            .to_string(),
-                        );
-                        continue;
-                    }
-                    let proven = match (&first.proof, blocks.is_empty()) {
-                        (Some(proof), _) => {
-                            proof.verify(&first.block, self.set).map_err(|source| {
-                                SyncError::BadCommitProof {
-                                    height: first.block.height,
-                                    source,
-                                }
-                            })
-                        }
-                        (None, true) => Err(SyncError::NoCommitProof {
-                            height: first.block.height,
-                        }),
-                        (None, false) => Ok(()),
-                    };
-                    proven
-                        .and_then(|()| verify_chain(&first.committed(), &blocks, self.set, None))
-                        .map(|_| Some(first))
+            match chain.add(blocks, self.set) {
+                Ok(Some((base, result))) => {
+                    tracing::info!(target: "node::statesync", block = top.height, root = %result.state_root, "the snapshot's block is final and its result certified");
+                    return Ok(Some((base, result)));
                 }
-                Some(tip) => verify_chain(&tip.committed(), &blocks, self.set, None).map(|_| None),
-            };
-            match checked {
-                Ok(first) => {
-                    if let Some(first) = first {
-                        base = Some(first);
-                    }
-                }
-                Err(err) => {
-                    self.drop_peer(&peer, &Lie::Chain(err).to_string());
-                    continue;
-                }
-            }
-            let result = blocks
-                .iter()
-                .filter_map(|b| b.block.delayed_result)
-                .find(|r| r.number == top.height);
-            if let Some(result) = result {
-                let base = base.expect("set with the first answer");
-                tracing::info!(target: "node::statesync", block = top.height, root = %result.state_root, "the snapshot's block is final and its result certified");
-                return Ok(Some((base, result)));
-            }
-            if let Some(last) = blocks.pop() {
-                tip = Some(last);
-            } else if tip.is_none() {
-                tip = base.clone();
+                Ok(None) => {}
+                Err(lie) => self.drop_peer(&peer, &lie.to_string()),
             }
         }
+    }
+}
+
+/// The chain from the snapshot's block as answers bring it. The block is believed once a commit
+/// proof covers it (its own, or a later block's through the hash links); blocks after the last
+/// final one wait for a proof (an answer stops at a size bound, not always on a proof:
+/// `sync::Unproven`), until a final block carries the snapshot block's execution result.
+struct AnchorChain {
+    height: u64,
+    /// The snapshot's block, as the first answer gave it.
+    base: Option<SyncedBlock>,
+    /// The last block known final, from the base on.
+    tip: Option<CommittedBlock>,
+    unproven: Unproven,
+}
+
+impl AnchorChain {
+    fn new(height: u64) -> Self {
+        Self {
+            height,
+            base: None,
+            tip: None,
+            unproven: Unproven::default(),
+        }
+    }
+
+    /// The first block to ask for.
+    fn next_from(&self) -> u64 {
+        match (&self.tip, &self.base) {
+            (Some(tip), _) => self.unproven.after(tip.block.height) + 1,
+            (None, Some(base)) => self.unproven.after(base.block.height) + 1,
+            (None, None) => self.height,
+        }
+    }
+
+    /// Takes a (non-empty) answer to `next_from`; the snapshot's block and its certified result
+    /// once a final block carries it. On a lie, what was not final is forgotten, to be asked of
+    /// the next peer.
+    fn add(
+        &mut self,
+        mut blocks: Vec<SyncedBlock>,
+        set: &ValidatorSet,
+    ) -> Result<Option<(SyncedBlock, ExecutionResult)>, Lie> {
+        if self.base.is_none() {
+            let first = blocks.remove(0);
+            if first.block.height != self.height {
+                return Err(Lie::WrongFirst {
+                    want: self.height,
+                    got: first.block.height,
+                });
+            }
+            if let Some(proof) = &first.proof {
+                proof
+                    .verify(&first.block, set)
+                    .map_err(|source| SyncError::BadCommitProof {
+                        height: first.block.height,
+                        source,
+                    })?;
+                self.tip = Some(first.committed());
+            }
+            self.base = Some(first);
+        }
+        let base = self.base.as_ref().expect("set above");
+        let head = self.tip.clone().unwrap_or_else(|| base.committed());
+        let proven = match self.unproven.add(&head, blocks, set, None) {
+            Ok(proven) => proven,
+            Err(err) => {
+                if self.tip.is_none() {
+                    self.base = None;
+                }
+                return Err(err.into());
+            }
+        };
+        let Some((last, _)) = proven.last() else {
+            return Ok(None);
+        };
+        self.tip = Some(last.committed());
+        let result = proven
+            .iter()
+            .filter_map(|(b, _)| b.block.delayed_result)
+            .find(|r| r.number == self.height);
+        Ok(result.map(|r| (base.clone(), r)))
     }
 }
 
@@ -179,7 +208,49 @@ pub(super) fn check_top(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::validator::test_chain::{chain, keys, result_of, set};
     use alloy_consensus::Header;
+
+    /// The blocks from the snapshot's block to the one with its result may come in several
+    /// answers, the first ending without a proof (answers stop at a size bound): the anchor
+    /// waits for the proof rather than drop the peer as a liar. A block off the chain drops
+    /// what was not final.
+    #[test]
+    fn the_anchor_waits_for_a_proof_that_comes_in_a_later_answer() {
+        let keys = keys();
+        let set = set(&keys);
+        // Block 4 carries block 1's result; block 5 has the commit proof.
+        let blocks = chain(&keys, 5, 6, &[1, 2, 3]);
+        let mut anchor = AnchorChain::new(1);
+        assert_eq!(anchor.next_from(), 1);
+        assert!(anchor.add(blocks[..2].to_vec(), &set).unwrap().is_none());
+        assert_eq!(anchor.next_from(), 3);
+        let (base, result) = anchor
+            .add(blocks[2..].to_vec(), &set)
+            .unwrap()
+            .expect("block 4 is final and carries the result");
+        assert_eq!(base.block, blocks[0].block);
+        assert_eq!(result, result_of(1));
+
+        let mut anchor = AnchorChain::new(1);
+        assert!(anchor.add(blocks[..1].to_vec(), &set).unwrap().is_none());
+        assert_eq!(anchor.next_from(), 2);
+        assert!(matches!(
+            anchor.add(blocks[2..].to_vec(), &set),
+            Err(Lie::Chain(_))
+        ));
+        assert_eq!(
+            anchor.next_from(),
+            1,
+            "the unproven first block is forgotten"
+        );
+
+        let mut anchor = AnchorChain::new(2);
+        assert!(matches!(
+            anchor.add(blocks.clone(), &set),
+            Err(Lie::WrongFirst { want: 2, got: 1 })
+        ));
+    }
 
     fn headers(n: u64) -> Vec<Header> {
         let mut out: Vec<Header> = Vec::new();
