@@ -1,11 +1,20 @@
-//! The BFT state machine: pacemaker (rounds, timeouts), voting and safety rules, vote and timeout
-//! aggregation, the two-chain commit rule, block sync and the delayed execution result check.
+//! The BFT state machine: events in, commands out; voting and safety rules, vote aggregation,
+//! the two-chain commit rule and the delayed execution result check. The pacemaker (rounds,
+//! timeouts, timeout certificates) is in `pacemaker.rs`, the block tree and fetching missing
+//! blocks in `tree.rs`.
 
-use super::SYNC_BLOCKS_MAX;
+#[path = "pacemaker.rs"]
+mod pacemaker;
+#[path = "tree.rs"]
+mod tree;
+
+pub use pacemaker::ROUND_TIMEOUT_MAX_FACTOR;
+use pacemaker::RoundTimeouts;
+
 use super::metrics as m;
 use super::types::{
-    Block, BlockId, BlockRequest, CertCache, CommitProof, Message, Proposal, QuorumCert, SignerSig,
-    Timeout, TimeoutCert, TimeoutSig, Unverified, Vote,
+    Block, BlockId, CertCache, CommitProof, Message, Proposal, QuorumCert, SignerSig, TimeoutCert,
+    Unverified, Vote,
 };
 use super::validators::{ValidatorIndex, ValidatorKey, ValidatorSet};
 use crate::Round;
@@ -17,13 +26,6 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 /// Votes and timeouts further than this many rounds ahead are dropped, so a Byzantine validator
 /// cannot fill memory with far-future rounds.
 const ROUNDS_AHEAD_MAX: u64 = 1_000;
-/// Uncommitted blocks held. A Byzantine leader can sign any number of blocks for its round, so
-/// beyond this new ones are dropped until a commit prunes the tree.
-const BLOCKS_MAX: usize = 4_096;
-/// Blocks held whose parent is still being fetched.
-const ORPHANS_MAX: usize = 256;
-/// Block ids being fetched.
-const WANTED_MAX: usize = 1_024;
 /// Committed blocks kept to answer sync requests (deeper sync is the driver's, from storage).
 const COMMITTED_KEPT: usize = 256;
 /// Own execution results and unchecked claims kept.
@@ -32,22 +34,10 @@ const RESULTS_KEPT: usize = 256;
 /// drift a little, but a far-future timestamp would drag every later block's along.
 pub const TIMESTAMP_AHEAD_MAX_MS: u64 = 5_000;
 
-/// Rounds in a row without a QC, beyond [`TIMEOUT_GRACE_ROUNDS`], double the round timeout, up to
-/// this many times: a chain whose blocks take longer to propose, check, persist and vote for
-/// than the timeout (a leader after a stall proposes the whole backlog) would otherwise time out
-/// every round for ever.
-const TIMEOUT_DOUBLINGS_MAX: u64 = 3;
-/// Rounds without a QC before the back-off starts: a crashed validator costs two such rounds per
-/// turn of the leader rotation (its own and the one whose votes go to it), which a longer
-/// timeout would not help.
-const TIMEOUT_GRACE_ROUNDS: u64 = 2;
-/// The longest a round waits, as a multiple of the configured timeout.
-pub const ROUND_TIMEOUT_MAX_FACTOR: u64 = 1 << TIMEOUT_DOUBLINGS_MAX;
-
 #[derive(Debug, Clone)]
 pub struct Config {
     /// How long a round waits for progress before this validator times out, while rounds get
-    /// QCs; doubled for each round in a row without one (at most [`TIMEOUT_DOUBLINGS_MAX`]).
+    /// QCs; doubled for each round in a row without one (at most 3 times: `pacemaker.rs`).
     pub round_timeout_ms: u64,
     /// D: the block at height N carries the execution result of block N − D.
     pub execution_delay: u64,
@@ -160,14 +150,6 @@ pub enum Command {
 struct RoundVotes {
     voters: HashSet<ValidatorIndex>,
     by_block: HashMap<BlockId, (BlockNumber, Vec<SignerSig>, u64)>,
-    done: bool,
-}
-
-#[derive(Debug)]
-struct RoundTimeouts {
-    sigs: Vec<TimeoutSig>,
-    stake: u64,
-    high_qc: QuorumCert,
     done: bool,
 }
 
@@ -336,49 +318,6 @@ impl Bft {
         }
     }
 
-    /// The current round's timeout: the configured one while rounds get QCs, doubled for each
-    /// further round without one (exponential back-off, as in HotStuff's and DiemBFT's
-    /// pacemakers), so that slow rounds eventually last long enough to finish.
-    fn round_timeout_ms(&self) -> u64 {
-        let without_qc = self.round.0.saturating_sub(self.high_qc.round.0 + 1);
-        let doublings = without_qc.saturating_sub(TIMEOUT_GRACE_ROUNDS);
-        self.config.round_timeout_ms << doublings.min(TIMEOUT_DOUBLINGS_MAX)
-    }
-
-    fn enter_round(&mut self, now: u64, out: &mut Vec<Command>) {
-        metrics::gauge!(m::ROUND).set(self.round.0 as f64);
-        out.push(Command::ScheduleTimeout {
-            round: self.round,
-            at_ms: now + self.round_timeout_ms(),
-        });
-        if self.round <= self.safety.highest_voted_round {
-            // Restarted in a round we voted or timed out in before the stop: we may neither
-            // vote nor propose here again, so our timeout is all we can give the round, and it
-            // goes now. After an outage of every validator, each such round otherwise cost the
-            // whole network a round timeout, backed off (simulation seed 5,902: 18 s).
-            self.on_local_timeout(now, self.round, out);
-            return;
-        }
-        if !self.halted && self.validators.leader(self.round) == self.me {
-            out.push(Command::RequestPayload {
-                round: self.round,
-                height: self.high_qc.height + 1,
-                parent: self.high_qc.block_id,
-            });
-        }
-    }
-
-    fn advance(&mut self, now: u64, round: Round, tc: Option<TimeoutCert>, out: &mut Vec<Command>) {
-        if round <= self.round {
-            return;
-        }
-        self.round = round;
-        self.last_tc = tc;
-        self.votes.retain(|r, _| r.0.saturating_add(1) >= round.0);
-        self.timeouts.retain(|r, _| *r >= round);
-        self.enter_round(now, out);
-    }
-
     /// A verified QC: raise the high QC, fetch its block if missing, commit, advance the round.
     fn process_qc(&mut self, now: u64, qc: &QuorumCert, out: &mut Vec<Command>) {
         if qc.round > self.high_qc.round {
@@ -393,13 +332,6 @@ impl Bft {
         }
     }
 
-    fn process_tc(&mut self, now: u64, tc: &TimeoutCert, out: &mut Vec<Command>) {
-        self.process_qc(now, &tc.high_qc, out);
-        if tc.round >= self.round {
-            self.advance(now, tc.round.next(), Some(tc.clone()), out);
-        }
-    }
-
     fn on_proposal(&mut self, now: u64, p: Proposal, out: &mut Vec<Command>) {
         self.process_qc(now, &p.block.qc, out);
         if let Some(tc) = &p.last_tc {
@@ -409,126 +341,6 @@ impl Bft {
             self.proposal_seen = self.round;
         }
         self.receive_block(now, p.block, out);
-    }
-
-    /// A block that is either signed by its leader or hash-linked to a certified id.
-    fn receive_block(&mut self, now: u64, block: Block, out: &mut Vec<Command>) {
-        if block.height <= self.root.block.height {
-            return;
-        }
-        if self.blocks.contains_key(&block.parent()) {
-            self.insert_blocks(now, block, out);
-        } else if self.orphan_count < ORPHANS_MAX {
-            // Its parent was requested when its QC was processed.
-            self.orphan_count += 1;
-            self.orphans.entry(block.parent()).or_default().push(block);
-        }
-    }
-
-    /// Insert `block` (whose parent is held) and every orphan that now connects.
-    fn insert_blocks(&mut self, now: u64, block: Block, out: &mut Vec<Command>) {
-        let mut work = vec![block];
-        while let Some(b) = work.pop() {
-            let id = b.id();
-            let Some(parent) = self.blocks.get(&b.parent()) else {
-                continue; // pruned by a commit on another branch meanwhile
-            };
-            if b.height != parent.height + 1
-                || b.height <= self.root.block.height
-                || self.blocks.len() >= BLOCKS_MAX
-            {
-                continue;
-            }
-            if self.blocks.insert(id, b.clone()).is_some() {
-                continue;
-            }
-            out.push(Command::Proposed(b.clone()));
-            self.wanted.remove(&id);
-            if let Some(children) = self.orphans.remove(&id) {
-                self.orphan_count -= children.len();
-                work.extend(children);
-            }
-            self.process_qc(now, &b.qc, out);
-            self.maybe_vote(now, &b, id, out);
-        }
-        let high_qc = self.high_qc.clone();
-        self.try_commit(now, &high_qc, out);
-    }
-
-    /// Ask a signer of `qc` (it voted, so it holds the block) for the block and its ancestors.
-    fn request_block(&mut self, qc: &QuorumCert, out: &mut Vec<Command>) {
-        if self.wanted.len() >= WANTED_MAX {
-            self.wanted.clear();
-        }
-        self.wanted.insert(qc.block_id);
-        let signers: Vec<_> = qc.signers().filter(|s| *s != self.me).collect();
-        if signers.is_empty() {
-            return;
-        }
-        // Rotate through the signers so a silent one does not stall sync.
-        let peer = signers[(self.round.0 as usize) % signers.len()];
-        let count = (qc.height - self.root.block.height).min(SYNC_BLOCKS_MAX as u64) as u16;
-        out.push(Command::SendTo(
-            peer,
-            Message::BlockRequest(BlockRequest {
-                block_id: qc.block_id,
-                count,
-            }),
-        ));
-    }
-
-    fn on_block_request(&mut self, from: ValidatorIndex, r: BlockRequest, out: &mut Vec<Command>) {
-        let mut blocks = Vec::new();
-        let mut id = r.block_id;
-        while blocks.len() < usize::from(r.count) {
-            let Some(b) = self.blocks.get(&id).or_else(|| self.history.get(&id)) else {
-                break;
-            };
-            id = b.parent();
-            blocks.push(b.clone());
-        }
-        if !blocks.is_empty() {
-            out.push(Command::SendTo(from, Message::Blocks(blocks)));
-        }
-    }
-
-    fn on_blocks(
-        &mut self,
-        now: u64,
-        from: ValidatorIndex,
-        blocks: Vec<Block>,
-        out: &mut Vec<Command>,
-    ) {
-        let mut lowest_missing = None;
-        for block in blocks {
-            let id = block.id();
-            // Only ids we asked for (named by a verified QC, or parents of such blocks, which
-            // the hash chain authenticates) are accepted: a forged block has another id.
-            if !self.wanted.remove(&id) || block.height <= self.root.block.height {
-                continue;
-            }
-            if self.blocks.contains_key(&block.parent()) {
-                self.insert_blocks(now, block, out);
-            } else {
-                self.wanted.insert(block.parent());
-                lowest_missing = Some((block.parent(), block.height - 1));
-                self.receive_block(now, block, out);
-            }
-        }
-        // The answer stopped short of a block we hold: ask the same peer for the rest.
-        if let Some((id, height)) = lowest_missing
-            && !self.blocks.contains_key(&id)
-            && height > self.root.block.height
-        {
-            let count = (height - self.root.block.height).min(SYNC_BLOCKS_MAX as u64) as u16;
-            out.push(Command::SendTo(
-                from,
-                Message::BlockRequest(BlockRequest {
-                    block_id: id,
-                    count,
-                }),
-            ));
-        }
     }
 
     /// Voting rule (two-chain HotStuff / Jolteon): vote once per round, only in the current
@@ -652,103 +464,6 @@ impl Bft {
         metrics::counter!(m::QCS).increment(1);
         out.push(Command::Broadcast(Message::Certificate(qc.clone())));
         self.process_qc(now, &qc, out);
-    }
-
-    fn on_timeout(&mut self, now: u64, t: Timeout, out: &mut Vec<Command>) {
-        if t.round < self.round && t.signer != self.me {
-            self.help_catch_up(t.signer, out);
-        }
-        self.process_qc(now, &t.high_qc, out);
-        if let Some(tc) = &t.last_tc {
-            self.process_tc(now, tc, out);
-        }
-        if t.round < self.round || t.round.0 > self.round.0.saturating_add(ROUNDS_AHEAD_MAX) {
-            return;
-        }
-        let quorum = self.validators.quorum_stake();
-        let stake = self.validators.stake(t.signer);
-        let rt = self
-            .timeouts
-            .entry(t.round)
-            .or_insert_with(|| RoundTimeouts {
-                sigs: Vec::new(),
-                stake: 0,
-                high_qc: t.high_qc.clone(),
-                done: false,
-            });
-        if rt.done || rt.sigs.iter().any(|s| s.signer == t.signer) {
-            return;
-        }
-        rt.sigs.push(TimeoutSig {
-            signer: t.signer,
-            high_qc_round: t.high_qc.round,
-            signature: t.signature,
-        });
-        rt.stake += stake;
-        if t.high_qc.round > rt.high_qc.round {
-            rt.high_qc = t.high_qc;
-        }
-        if rt.stake < quorum {
-            // f+1 timeouts include an honest one: the round is lost, so join now rather than
-            // wait out our own timer (Bracha-style; it keeps validators that entered the round
-            // late from costing everyone a second timeout).
-            let joined = rt.sigs.iter().any(|s| s.signer == self.me);
-            if !joined && t.round == self.round && rt.stake >= self.validators.validity_stake() {
-                self.on_local_timeout(now, t.round, out);
-            }
-            return;
-        }
-        rt.done = true;
-        let mut signatures = rt.sigs.clone();
-        signatures.sort_by_key(|s| s.signer);
-        let tc = TimeoutCert {
-            round: t.round,
-            high_qc: rt.high_qc.clone(),
-            signatures,
-        };
-        metrics::counter!(m::TCS).increment(1);
-        self.process_tc(now, &tc, out);
-    }
-
-    /// `behind` timed out a round before ours: the certificate that moved us into our round
-    /// (the previous round's TC, or the QC our round follows) goes to it. It re-sends its
-    /// timeout until its round ends, so one answer a timeout is enough.
-    fn help_catch_up(&self, behind: ValidatorIndex, out: &mut Vec<Command>) {
-        let message = match &self.last_tc {
-            Some(tc) if tc.round.next() == self.round => Message::TimeoutCertificate(tc.clone()),
-            _ if self.high_qc.round.next() == self.round => {
-                Message::Certificate(self.high_qc.clone())
-            }
-            _ => return,
-        };
-        out.push(Command::SendTo(behind, message));
-    }
-
-    fn on_local_timeout(&mut self, now: u64, round: Round, out: &mut Vec<Command>) {
-        if round != self.round || self.halted {
-            return;
-        }
-        if self.safety.highest_voted_round < round {
-            metrics::counter!(m::TIMEOUTS).increment(1);
-            if self.proposal_seen < round {
-                metrics::counter!(m::LEADER_FAILURES).increment(1);
-            }
-        }
-        // Timing out counts as voting: no vote in this round afterwards.
-        self.safety = SafetyState {
-            highest_voted_round: self.safety.highest_voted_round.max(round),
-            high_qc: self.high_qc.clone(),
-        };
-        out.push(Command::PersistSafety(self.safety.clone()));
-        let last_tc = self.last_tc.clone().filter(|tc| tc.round.next() == round);
-        let t = Timeout::new(round, self.high_qc.clone(), last_tc, self.me, &self.key);
-        out.push(Command::Broadcast(Message::Timeout(t.clone())));
-        // Keep re-sending until the round ends: a partition may have eaten this one.
-        out.push(Command::ScheduleTimeout {
-            round,
-            at_ms: now + self.round_timeout_ms(),
-        });
-        self.on_timeout(now, t, out);
     }
 
     fn on_payload(&mut self, now: u64, round: Round, payload_hash: B256, out: &mut Vec<Command>) {

@@ -294,13 +294,7 @@ impl Driver {
         if let Some((peer, request)) = self.finality.ask_payload(now, &peers) {
             self.net.send(&peer, Kind::SyncRequest, request.into());
         }
-        if let Some(parent) = self.builder.missing_parent(|p| self.parent_known(p))
-            && let Some(block) = self.bft.block(parent)
-            && let Some((peer, request)) = self.builder.ask_parent(now, &peers, block)
-        {
-            metrics::counter!(PARENT_PAYLOAD_REQUESTS).increment(1);
-            self.net.send(&peer, Kind::SyncRequest, request.into());
-        }
+        self.fetch_parent(now, &peers);
         let step = match &mut self.sync {
             Some(sync) => sync.step(now, &peers, self.finality.height()),
             None => SyncStep::Wait,
@@ -411,6 +405,28 @@ impl Driver {
     fn parent_known(&self, parent: BlockId) -> Option<(u64, ParentFees)> {
         let (head, fees) = (self.finality.head(), self.finality.head_fees());
         self.payloads.parent_known(head, fees, parent)
+    }
+
+    /// The pending build's parent without its payload here: asked of peers, unless the payload
+    /// came with the proposal and is still with the decoder (under load a QC can make us leader
+    /// before that finishes; a copy from a peer would be decoded twice).
+    fn fetch_parent(&mut self, now: u64, peers: &[PeerId]) {
+        let Some(parent) = self.builder.missing_parent(|p| self.parent_known(p)) else {
+            return;
+        };
+        let Some(block) = self.bft.block(parent) else {
+            return;
+        };
+        if self.payloads.contains(&block.payload_hash) {
+            // Fetched for finality, which does not record the block's facts.
+            let block = block.clone();
+            self.payloads.remember(&block);
+        } else if !self.payloads.is_decoding(&block.payload_hash)
+            && let Some((peer, request)) = self.builder.ask_parent(now, peers, block)
+        {
+            metrics::counter!(PARENT_PAYLOAD_REQUESTS).increment(1);
+            self.net.send(&peer, Kind::SyncRequest, request.into());
+        }
     }
 
     fn forward_txs(&mut self, now: u64) {

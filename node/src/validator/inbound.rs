@@ -98,15 +98,13 @@ impl Driver {
             let (hash, timestamp_ms) = (p.block.payload_hash, p.block.timestamp_ms);
             if !self.payloads.contains(&hash) {
                 // Decoded off this thread; consensus sees the proposal when it is done.
-                if let Some(bytes) = payload
-                    && !self.decoder.as_ref().expect("running").submit(
-                        Pending { from, message },
-                        hash,
-                        bytes,
-                        timestamp_ms,
-                    )
-                {
-                    metrics::counter!(PAYLOADS_REJECTED, "reason" => "busy").increment(1);
+                if let Some(bytes) = payload {
+                    let decoder = self.decoder.as_ref().expect("running");
+                    if decoder.submit(Pending { from, message }, hash, bytes, timestamp_ms) {
+                        self.payloads.decoding(hash, false);
+                    } else {
+                        metrics::counter!(PAYLOADS_REJECTED, "reason" => "busy").increment(1);
+                    }
                 }
                 return;
             }
@@ -117,13 +115,14 @@ impl Driver {
     }
 
     fn on_decoded(&mut self, pending: Pending, result: Result<Payload, Rejected>) {
-        if self.sync.is_some() {
-            return;
-        }
         let Message::Proposal(p) = pending.message.peek() else {
             unreachable!("only proposals are decoded")
         };
         let block = p.block.clone();
+        self.payloads.decoding(block.payload_hash, true);
+        if self.sync.is_some() {
+            return;
+        }
         let payload = match result {
             Ok(payload) => payload,
             Err(err) => {

@@ -9,7 +9,7 @@ use kestrel_consensus::{
     bft::{Block, BlockId, CommittedBlock},
 };
 use kestrel_types::{ParentFees, next_base_fee};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Payloads and block facts kept for blocks this far below the log head: a peer fetching a
 /// payload consensus gave it without one asks for a block it is about to finalize, and a peer
@@ -54,6 +54,8 @@ pub struct PayloadCache {
     known: HashMap<BlockId, Known>,
     /// Payload hash of the proposal seen (or made) in each round not yet over.
     by_round: BTreeMap<Round, B256>,
+    /// Payloads that came with a proposal and are with the decoder: not to be fetched again.
+    decoding: HashSet<B256>,
 }
 
 impl PayloadCache {
@@ -62,6 +64,7 @@ impl PayloadCache {
             by_hash: HashMap::new(),
             known: HashMap::new(),
             by_round: BTreeMap::new(),
+            decoding: HashSet::new(),
         }
     }
 
@@ -71,6 +74,20 @@ impl PayloadCache {
 
     pub fn contains(&self, hash: &B256) -> bool {
         self.by_hash.contains_key(hash)
+    }
+
+    /// A proposal's payload went to the decoder (`done` false) or came back from it.
+    pub fn decoding(&mut self, hash: B256, done: bool) {
+        if done {
+            self.decoding.remove(&hash);
+        } else {
+            self.decoding.insert(hash);
+        }
+    }
+
+    /// With the decoder: a request for it would only bring a copy.
+    pub fn is_decoding(&self, hash: &B256) -> bool {
+        self.decoding.contains(hash)
     }
 
     /// A payload this validator built as leader of `round`.
@@ -219,6 +236,17 @@ mod tests {
             cache.accept(&b, right, Some(parent), 0, Round(1)),
             Ok(false)
         );
+    }
+
+    #[test]
+    fn a_payload_is_decoding_from_submission_until_its_result() {
+        let mut cache = PayloadCache::new();
+        let hash = payload(1).hash();
+        assert!(!cache.is_decoding(&hash));
+        cache.decoding(hash, false);
+        assert!(cache.is_decoding(&hash) && !cache.contains(&hash));
+        cache.decoding(hash, true);
+        assert!(!cache.is_decoding(&hash));
     }
 
     #[test]
