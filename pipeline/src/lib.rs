@@ -36,7 +36,7 @@ pub fn describe_metrics() {
     );
     describe_gauge!(
         "kestrel_ingress_queue_depth",
-        "Raw transactions waiting for sender recovery"
+        "Raw transactions waiting for sender recovery, by source queue (rpc, forwarded)"
     );
     describe_counter!(
         SENDER_RECOVERIES,

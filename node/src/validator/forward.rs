@@ -205,7 +205,7 @@ impl Admitter {
                 runtime.block_on(async move {
                     while let Some(raw) = rx.recv().await {
                         let ingress = ingress.clone();
-                        tokio::spawn(async move { admitted(&ingress.submit(raw).await) });
+                        tokio::spawn(async move { admitted(&ingress.submit_forwarded(raw).await) });
                     }
                 })
             })?;
@@ -220,7 +220,9 @@ impl Admitter {
                     metrics::counter!(RECEIVED_TOTAL, "result" => "dropped").increment(1);
                 }
             }
-            Self::Inline { ingress, runtime } => admitted(&runtime.block_on(ingress.submit(raw))),
+            Self::Inline { ingress, runtime } => {
+                admitted(&runtime.block_on(ingress.submit_forwarded(raw)))
+            }
         }
     }
 
