@@ -653,6 +653,20 @@ fn broadcast_timeout(out: &[Command]) -> Timeout {
         .expect("we time out")
 }
 
+/// Validator `signer` times out as `ours` did (same round, high QC and TC); `bft` hears it.
+fn times_out_too(bft: &mut Bft, ours: &Timeout, signer: u64, now: u64) -> Vec<Command> {
+    let from = ValidatorIndex(signer as u16);
+    let theirs = Timeout::new(
+        ours.round,
+        ours.high_qc.clone(),
+        ours.last_tc.clone(),
+        from,
+        &key(signer),
+    );
+    let message = Unverified::new(Message::Timeout(theirs));
+    bft.update(now, Event::Message { from, message })
+}
+
 /// Rounds that end in a timeout certificate, one after another, each wait twice as long as the
 /// one before (after two at the configured timeout, up to 8x it). Without the back-off, blocks that take longer than the timeout to propose and vote
 /// for (a leader proposing the backlog after a stall) time out every round for ever.
@@ -672,16 +686,7 @@ fn round_timeouts_double_while_rounds_end_without_a_qc() {
         let ours = broadcast_timeout(&out);
         // Two others time out as we did: with ours, a quorum, so a TC and the next round.
         for signer in [1, 2] {
-            let theirs = Timeout::new(
-                Round(round),
-                ours.high_qc.clone(),
-                ours.last_tc.clone(),
-                ValidatorIndex(signer as u16),
-                &key(signer),
-            );
-            let message = Unverified::new(Message::Timeout(theirs));
-            let from = ValidatorIndex(signer as u16);
-            out.extend(bft.update(now, Event::Message { from, message }));
+            out.extend(times_out_too(&mut bft, &ours, signer, now));
         }
         let next = out
             .iter()
@@ -789,16 +794,7 @@ fn a_validator_restarted_in_rounds_it_voted_in_times_them_out_at_once() {
         );
         out.clear();
         for signer in (0..4).filter(|i| *i != me).take(2) {
-            let theirs = Timeout::new(
-                Round(round),
-                ours.high_qc.clone(),
-                ours.last_tc.clone(),
-                ValidatorIndex(signer as u16),
-                &key(signer),
-            );
-            let message = Unverified::new(Message::Timeout(theirs));
-            let from = ValidatorIndex(signer as u16);
-            out.extend(bft.update(10 * round, Event::Message { from, message }));
+            out.extend(times_out_too(&mut bft, &ours, signer, 10 * round));
         }
     }
     assert_eq!(bft.round(), Round(3));
