@@ -105,7 +105,8 @@ impl Builder {
     /// When the pending build is due: a block time after its parent. None while the parent's
     /// payload is not here (`parent` gives its timestamp and fees): its votes can form the QC
     /// that made us leader before our decoder finishes it, and the base fee depends on it, so we
-    /// wait (until the round ends) rather than let the round time out.
+    /// wait for it (the driver asks peers for it meanwhile, `ask_parent`) rather than propose
+    /// on a parent we cannot execute.
     pub fn due_ms(&self, parent: impl Fn(BlockId) -> Option<(u64, ParentFees)>) -> Option<u64> {
         let b = self.pending.as_ref()?;
         parent(b.parent).map(|(timestamp_ms, _)| timestamp_ms + self.block_time_ms)

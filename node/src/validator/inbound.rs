@@ -101,7 +101,7 @@ impl Driver {
                 if let Some(bytes) = payload {
                     let decoder = self.decoder.as_ref().expect("running");
                     if decoder.submit(Pending { from, message }, hash, bytes, timestamp_ms) {
-                        self.payloads.decoding(hash, false);
+                        self.payloads.decoder_took(hash);
                     } else {
                         metrics::counter!(PAYLOADS_REJECTED, "reason" => "busy").increment(1);
                     }
@@ -119,7 +119,7 @@ impl Driver {
             unreachable!("only proposals are decoded")
         };
         let block = p.block.clone();
-        self.payloads.decoding(block.payload_hash, true);
+        self.payloads.decoder_returned(&block.payload_hash);
         if self.sync.is_some() {
             return;
         }

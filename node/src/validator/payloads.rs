@@ -76,13 +76,14 @@ impl PayloadCache {
         self.by_hash.contains_key(hash)
     }
 
-    /// A proposal's payload went to the decoder (`done` false) or came back from it.
-    pub fn decoding(&mut self, hash: B256, done: bool) {
-        if done {
-            self.decoding.remove(&hash);
-        } else {
-            self.decoding.insert(hash);
-        }
+    /// A proposal's payload went to the decoder.
+    pub fn decoder_took(&mut self, hash: B256) {
+        self.decoding.insert(hash);
+    }
+
+    /// A proposal's payload came back from the decoder (decoded or rejected).
+    pub fn decoder_returned(&mut self, hash: &B256) {
+        self.decoding.remove(hash);
     }
 
     /// With the decoder: a request for it would only bring a copy.
@@ -243,9 +244,9 @@ mod tests {
         let mut cache = PayloadCache::new();
         let hash = payload(1).hash();
         assert!(!cache.is_decoding(&hash));
-        cache.decoding(hash, false);
+        cache.decoder_took(hash);
         assert!(cache.is_decoding(&hash) && !cache.contains(&hash));
-        cache.decoding(hash, true);
+        cache.decoder_returned(&hash);
         assert!(!cache.is_decoding(&hash));
     }
 
