@@ -4,7 +4,7 @@
 //! validator that received it to lead.
 
 use super::wire::{WireError, decode_all};
-use alloy_primitives::{B256, Bytes, keccak256};
+use alloy_primitives::{B256, Bytes};
 use alloy_rlp::Encodable;
 use kestrel_consensus::{
     Round,
@@ -12,7 +12,7 @@ use kestrel_consensus::{
 };
 use kestrel_pipeline::mempool::{IngressHandle, PoolError, TxPool};
 use kestrel_types::RecoveredTx;
-use std::{collections::HashSet, thread};
+use std::thread;
 
 /// Transactions in one forwarded batch.
 pub const FORWARD_TXS_MAX: usize = 1_024;
@@ -32,9 +32,6 @@ pub const FORWARD_LEADERS: u64 = 3;
 /// trails the validators' round by two or three rounds (a block is final once its child is
 /// certified), so it looks further ahead than a validator.
 pub const FULL_NODE_FORWARD_ROUNDS: u64 = FORWARD_LEADERS + 3;
-/// Hashes of transactions received by forwarding that are remembered, so they are not forwarded
-/// again; when full the set is cleared (a transaction forwarded twice is refused as known).
-const FORWARDED_IN_MAX: usize = 65_536;
 
 pub const FORWARDED_TOTAL: &str = "kestrel_txforward_sent_total";
 pub const RECEIVED_TOTAL: &str = "kestrel_txforward_received_total";
@@ -98,11 +95,11 @@ fn decode(bytes: &[u8]) -> Result<Vec<Bytes>, WireError> {
     decode_all(bytes)
 }
 
-/// Forwarding state: when we last forwarded, and what we received by forwarding (not sent on).
+/// Forwarding state: when we last forwarded. What other nodes forwarded is not sent on (the
+/// pool gives out only our clients' transactions, `TxPool::take_fresh`).
 pub struct Forwarder {
     admitter: Admitter,
     last_ms: u64,
-    received: HashSet<B256>,
 }
 
 impl Forwarder {
@@ -120,7 +117,6 @@ impl Forwarder {
         Self {
             admitter,
             last_ms: 0,
-            received: HashSet::new(),
         }
     }
 
@@ -141,11 +137,7 @@ impl Forwarder {
             return None;
         }
         self.last_ms = now;
-        let txs: Vec<_> = pool
-            .take_fresh(FORWARD_TXS_MAX)
-            .into_iter()
-            .filter(|tx| !self.received.contains(&tx.hash()))
-            .collect();
+        let txs = pool.take_fresh(FORWARD_TXS_MAX);
         if txs.is_empty() {
             return None;
         }
@@ -154,13 +146,8 @@ impl Forwarder {
     }
 
     /// Transactions another validator forwarded: admitted through our ingress.
-    pub fn incoming(&mut self, bytes: &[u8]) -> Result<(), WireError> {
-        let txs = decode(bytes)?;
-        if self.received.len() + txs.len() > FORWARDED_IN_MAX {
-            self.received.clear();
-        }
-        for raw in txs.into_iter().take(FORWARD_TXS_MAX) {
-            self.received.insert(keccak256(&raw));
+    pub fn incoming(&self, bytes: &[u8]) -> Result<(), WireError> {
+        for raw in decode(bytes)?.into_iter().take(FORWARD_TXS_MAX) {
             self.admitter.admit(raw);
         }
         Ok(())

@@ -31,6 +31,8 @@ const POOL_GAUGES_INTERVAL: Duration = Duration::from_millis(250);
 
 struct Request {
     raw: Bytes,
+    /// Another node forwarded it (not to be forwarded again).
+    forwarded: bool,
     reply: oneshot::Sender<Result<B256, PoolError>>,
 }
 
@@ -44,25 +46,30 @@ pub struct IngressHandle {
 impl IngressHandle {
     /// Submits a raw EIP-2718 transaction from our RPC; resolves once it is admitted or refused.
     pub async fn submit(&self, raw: Bytes) -> Result<B256, PoolError> {
-        Self::submit_to(&self.local, "rpc", raw).await
+        Self::submit_to(&self.local, false, raw).await
     }
 
     /// Submits a transaction another validator forwarded.
     pub async fn submit_forwarded(&self, raw: Bytes) -> Result<B256, PoolError> {
-        Self::submit_to(&self.forwarded, "forwarded", raw).await
+        Self::submit_to(&self.forwarded, true, raw).await
     }
 
     async fn submit_to(
         queue: &Sender<Request>,
-        source: &'static str,
+        forwarded: bool,
         raw: Bytes,
     ) -> Result<B256, PoolError> {
         let (reply, rx) = oneshot::channel();
-        match queue.try_send(Request { raw, reply }) {
+        match queue.try_send(Request {
+            raw,
+            forwarded,
+            reply,
+        }) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => return Err(PoolError::Busy),
             Err(TrySendError::Disconnected(_)) => return Err(PoolError::ShuttingDown),
         }
+        let source = if forwarded { "forwarded" } else { "rpc" };
         metrics::gauge!("kestrel_ingress_queue_depth", "source" => source).set(queue.len() as f64);
         rx.await.unwrap_or(Err(PoolError::ShuttingDown))
     }
@@ -263,7 +270,11 @@ impl IngressStage {
                             {
                                 return Err(PoolError::NonceTooLow);
                             }
-                            self.pool.insert(tx, state_nonce, now)
+                            if req.forwarded {
+                                self.pool.insert_forwarded(tx, state_nonce, now)
+                            } else {
+                                self.pool.insert(tx, state_nonce, now)
+                            }
                         });
                         (req.reply, result)
                     })
@@ -403,6 +414,7 @@ mod tests {
         let (reply, _) = oneshot::channel();
         Request {
             raw: Bytes::from_static(raw),
+            forwarded: false,
             reply,
         }
     }

@@ -33,6 +33,8 @@ pub(super) struct SenderQueue {
     /// The nonce after this sender's last finalized transaction, until its blocks commit: a
     /// transaction coming back below it waits for the commit without moving the next nonce.
     pub(super) finalized_next: u64,
+    /// `pending_len()` as last added to `Inner::pending` (`Inner::recount`).
+    pub(super) counted_pending: usize,
 }
 
 impl SenderQueue {
@@ -90,13 +92,29 @@ pub(super) struct Inner {
     pub(super) admitted_before: u64,
     /// When queued transactions are next looked at for expiry.
     pub(super) expiry_due: Option<Instant>,
+    /// The pending transactions of all senders (each sender's `counted_pending`): kept as
+    /// queues change so that `TxPool::size` does not walk every sender under the lock (a walk
+    /// of 100,000 senders took milliseconds, four times a second, blocking admission).
+    pub(super) pending: usize,
 }
 
 impl Inner {
+    /// Brings `pending` up to date with `sender`'s queue. Called after every change to a
+    /// queue's transactions or next nonce; calling it again changes nothing, and a missed call
+    /// fails `assert_invariants`.
+    pub(super) fn recount(&mut self, sender: Address) {
+        if let Some(q) = self.senders.get_mut(&sender) {
+            let now = q.pending_len();
+            self.pending = self.pending + now - q.counted_pending;
+            q.counted_pending = now;
+        }
+    }
+
     pub(super) fn remove_tx(&mut self, sender: Address, nonce: u64) -> Option<RecoveredTx> {
         let queue = self.senders.get_mut(&sender)?;
         let tx = queue.txs.remove(&nonce)?.tx;
         self.by_hash.remove(&tx.hash());
+        self.recount(sender);
         self.forget_if_idle(sender);
         Some(tx)
     }
@@ -108,7 +126,8 @@ impl Inner {
             .get(&sender)
             .is_some_and(|q| q.txs.is_empty() && q.in_flight_until.is_none())
         {
-            self.senders.remove(&sender);
+            let q = self.senders.remove(&sender).expect("checked above");
+            self.pending -= q.counted_pending;
         }
     }
 
@@ -152,6 +171,7 @@ impl Inner {
         } else if !entry.finalized {
             entry.number = entry.number.max(number);
         }
+        self.recount(sender);
     }
 
     /// A transaction that left for a block and did not make it into the chain (its proposal
@@ -195,14 +215,25 @@ impl Inner {
             },
         );
         self.by_hash.insert(hash, sender);
+        self.recount(sender);
         metrics::counter!(RETURNED, "reason" => reason).increment(1);
     }
 
-    pub(super) fn remember_fresh(&mut self, sender: Address, nonce: u64, hash: B256) {
-        if self.fresh.len() >= FRESH_TXS_MAX {
-            self.fresh.pop_front();
+    /// An admission: listed for subscribers and, if our clients sent it (`fresh`), for
+    /// forwarding to the next leaders.
+    pub(super) fn remember_admitted(
+        &mut self,
+        sender: Address,
+        nonce: u64,
+        hash: B256,
+        fresh: bool,
+    ) {
+        if fresh {
+            if self.fresh.len() >= FRESH_TXS_MAX {
+                self.fresh.pop_front();
+            }
+            self.fresh.push_back((sender, nonce, hash));
         }
-        self.fresh.push_back((sender, nonce, hash));
         if self.admitted.len() >= ADMITTED_HASHES_MAX {
             self.admitted.pop_front();
             self.admitted_before += 1;
@@ -274,8 +305,15 @@ impl Inner {
                 );
             }
             pooled += q.txs.len();
+            assert_eq!(
+                q.counted_pending,
+                q.pending_len(),
+                "uncounted change of {sender}"
+            );
         }
         assert_eq!(self.by_hash.len(), pooled, "stale hash index");
+        let pending: usize = self.senders.values().map(|q| q.counted_pending).sum();
+        assert_eq!(self.pending, pending, "pending count");
         assert!(pooled <= self.config.txs_max, "pool over its limit");
         let marked: std::collections::HashSet<(BlockNumber, B256)> = self
             .by_block
@@ -314,11 +352,28 @@ impl Inner {
 }
 
 impl Inner {
+    /// Admits `tx` (`state_nonce`: its sender's nonce in the latest state; `fresh`: our
+    /// clients sent it, so it is to be forwarded) or says why not.
     pub(super) fn insert(
         &mut self,
         tx: RecoveredTx,
         state_nonce: u64,
         now: Instant,
+        fresh: bool,
+    ) -> Result<B256, PoolError> {
+        let sender = tx.sender();
+        let result = self.admit(tx, state_nonce, now, fresh);
+        // The next nonce may have moved even when `tx` was refused.
+        self.recount(sender);
+        result
+    }
+
+    fn admit(
+        &mut self,
+        tx: RecoveredTx,
+        state_nonce: u64,
+        now: Instant,
+        fresh: bool,
     ) -> Result<B256, PoolError> {
         let (hash, sender, nonce) = (tx.hash(), tx.sender(), tx.nonce());
         if self.by_hash.contains_key(&hash) {
@@ -350,7 +405,7 @@ impl Inner {
             queue.txs.insert(nonce, pooled);
             self.by_hash.remove(&old_hash);
             self.by_hash.insert(hash, sender);
-            self.remember_fresh(sender, nonce, hash);
+            self.remember_admitted(sender, nonce, hash, fresh);
             metrics::counter!(REPLACED).increment(1);
             return Ok(hash);
         }
@@ -374,7 +429,7 @@ impl Inner {
         queue.next_nonce = queue.next_nonce.max(next_nonce);
         queue.txs.insert(nonce, pooled);
         self.by_hash.insert(hash, sender);
-        self.remember_fresh(sender, nonce, hash);
+        self.remember_admitted(sender, nonce, hash, fresh);
         metrics::counter!("kestrel_mempool_admitted_total").increment(1);
         Ok(hash)
     }
@@ -452,6 +507,7 @@ impl Inner {
             }
             let tx = queue.txs.remove(&nonce).expect("head tx exists").tx;
             self.by_hash.remove(&tx.hash());
+            self.recount(sender);
             self.by_block
                 .entry(number)
                 .or_default()

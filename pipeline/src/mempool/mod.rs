@@ -213,10 +213,9 @@ impl TxPool {
 
     pub fn size(&self) -> PoolSize {
         let inner = self.inner.lock();
-        let pending: usize = inner.senders.values().map(SenderQueue::pending_len).sum();
         PoolSize {
-            pending,
-            queued: inner.by_hash.len() - pending,
+            pending: inner.pending,
+            queued: inner.by_hash.len() - inner.pending,
         }
     }
 
@@ -254,17 +253,40 @@ impl TxPool {
         content
     }
 
-    /// Inserts a validated transaction admitted at `now`. `state_nonce` is the sender's nonce
-    /// in the latest state.
+    /// Inserts a validated transaction our clients sent, admitted at `now`. `state_nonce` is
+    /// the sender's nonce in the latest state. It is fresh: `take_fresh` gives it out once for
+    /// forwarding.
     pub(crate) fn insert(
         &self,
         tx: RecoveredTx,
         state_nonce: u64,
         now: Instant,
     ) -> Result<B256, PoolError> {
+        self.admit(tx, state_nonce, now, true)
+    }
+
+    /// As [`Self::insert`], for a transaction another node forwarded: not forwarded again (its
+    /// sender forwarded it to the leaders it had to reach; sending it on would bring every
+    /// other validator a second copy).
+    pub(crate) fn insert_forwarded(
+        &self,
+        tx: RecoveredTx,
+        state_nonce: u64,
+        now: Instant,
+    ) -> Result<B256, PoolError> {
+        self.admit(tx, state_nonce, now, false)
+    }
+
+    fn admit(
+        &self,
+        tx: RecoveredTx,
+        state_nonce: u64,
+        now: Instant,
+        fresh: bool,
+    ) -> Result<B256, PoolError> {
         let mut inner = self.inner.lock();
         let sender = tx.sender();
-        let result = inner.insert(tx, state_nonce, now);
+        let result = inner.insert(tx, state_nonce, now, fresh);
         if result.is_err() {
             inner.forget_if_idle(sender);
         }
@@ -384,8 +406,8 @@ impl TxPool {
         inner.debug_check();
     }
 
-    /// Up to `max` transactions admitted since the last call and still waiting in the pool,
-    /// oldest first (to forward them to the next leaders).
+    /// Up to `max` transactions our clients sent (`insert`) admitted since the last call and
+    /// still waiting in the pool, oldest first (to forward them to the next leaders).
     pub fn take_fresh(&self, max: usize) -> Vec<RecoveredTx> {
         let mut inner = self.inner.lock();
         let mut out = Vec::new();
@@ -491,6 +513,7 @@ impl TxPool {
                 queue.finalized_next = state_nonce;
             }
             let stale: Vec<u64> = queue.txs.range(..state_nonce).map(|(n, _)| *n).collect();
+            inner.recount(sender);
             for nonce in stale {
                 inner.remove_tx(sender, nonce);
             }

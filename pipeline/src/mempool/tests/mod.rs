@@ -618,5 +618,22 @@ fn fresh_transactions_are_handed_out_once() {
     assert_eq!(pool.get(&b0.hash()), Some(b0));
 }
 
+#[test]
+fn forwarded_transactions_are_pooled_but_not_handed_out_for_forwarding() {
+    let pool = TxPool::new();
+    let (a0, b0) = (signed(13, 0, 1, 100), signed(14, 0, 1, 100));
+    pool.insert_forwarded(a0.clone(), 0, Instant::now())
+        .unwrap();
+    pool.insert(b0.clone(), 0, Instant::now()).unwrap();
+    assert_eq!(
+        pool.take_fresh(10),
+        vec![b0.clone()],
+        "only our clients' one"
+    );
+    assert_eq!(pool.get(&a0.hash()), Some(a0.clone()));
+    // Both are admissions subscribers hear of.
+    assert_eq!(pool.admitted_since(0), (vec![a0.hash(), b0.hash()], 2));
+}
+
 mod model;
 mod recovery;
