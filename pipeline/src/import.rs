@@ -10,6 +10,7 @@
 //! dev-chain blocks follow the delayed-execution rules of docs/ARCHITECTURE.md instead (equal
 //! timestamps, base fee from committed gas) and do not go through here.
 
+use crate::mempool::{TxPool, recover_reusing};
 use crate::{
     deposits::DepositLayoutError,
     evm::{BlockHashes, blob_params},
@@ -23,7 +24,7 @@ use alloy_eips::{eip1559::BaseFeeParams, eip4844::DATA_GAS_PER_BLOB};
 use alloy_primitives::{B64, B256, Bloom, U256};
 use alloy_rlp::Decodable;
 use kestrel_storage::{StateView, StorageError};
-use kestrel_types::{ChainSpec, DecodedTx, Fork, RecoveredTx};
+use kestrel_types::{ChainSpec, DecodedTx, Fork, RecoveredTx, TxError};
 use revm::context::result::InvalidTransaction;
 
 /// Largest `extra_data` a header may carry (Yellow Paper, eq. 57).
@@ -399,39 +400,49 @@ const PARALLEL_RECOVERY_MIN_TXS: usize = 64;
 /// (~30 µs each with secp256k1: more than executing a transfer). The first invalid signature
 /// in block order is reported.
 pub fn recover_senders(txs: &[DecodedTx]) -> Result<Vec<RecoveredTx>, ImportError> {
-    let recover = |index: usize, tx: &DecodedTx| {
-        RecoveredTx::recover(tx.clone()).map_err(|err| ImportError::Signature {
-            index,
-            reason: err.to_string(),
-        })
+    recover_senders_reusing(txs.to_vec(), None).map(|(txs, _)| txs)
+}
+
+/// As [`recover_senders`], taking the senders `pool` knows from it (`recover_reusing`, on each
+/// core's part); also returns how many were recovered.
+pub fn recover_senders_reusing(
+    txs: Vec<DecodedTx>,
+    pool: Option<&TxPool>,
+) -> Result<(Vec<RecoveredTx>, usize), ImportError> {
+    let first_bad = |offset: usize, (txs, recovered): (Vec<Result<RecoveredTx, _>>, usize)| {
+        let txs = txs.into_iter().enumerate().map(|(i, tx)| {
+            tx.map_err(|err: TxError| ImportError::Signature {
+                index: offset + i,
+                reason: err.to_string(),
+            })
+        });
+        Ok::<_, ImportError>((txs.collect::<Result<Vec<_>, _>>()?, recovered))
     };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     if threads == 1 || txs.len() < PARALLEL_RECOVERY_MIN_TXS {
-        return txs
-            .iter()
-            .enumerate()
-            .map(|(i, tx)| recover(i, tx))
-            .collect();
+        return first_bad(0, recover_reusing(txs, pool));
     }
     let chunk = txs.len().div_ceil(threads);
+    let mut parts = Vec::with_capacity(threads);
+    let mut rest = txs;
+    while rest.len() > chunk {
+        let tail = rest.split_off(chunk);
+        parts.push(std::mem::replace(&mut rest, tail));
+    }
+    parts.push(rest);
     std::thread::scope(|scope| {
-        let chunks: Vec<_> = txs
-            .chunks(chunk)
-            .enumerate()
-            .map(|(c, part)| {
-                scope.spawn(move || {
-                    part.iter()
-                        .enumerate()
-                        .map(|(i, tx)| recover(c * chunk + i, tx))
-                        .collect::<Result<Vec<_>, _>>()
-                })
-            })
+        let parts: Vec<_> = parts
+            .into_iter()
+            .map(|part| scope.spawn(move || recover_reusing(part, pool)))
             .collect();
-        let mut recovered = Vec::with_capacity(txs.len());
-        for part in chunks {
-            recovered.extend(part.join().expect("sender recovery does not panic")?);
+        let (mut all, mut recovered) = (Vec::new(), 0);
+        for (c, part) in parts.into_iter().enumerate() {
+            let part = part.join().expect("sender recovery does not panic");
+            let (txs, n) = first_bad(c * chunk, part)?;
+            all.extend(txs);
+            recovered += n;
         }
-        Ok(recovered)
+        Ok((all, recovered))
     })
 }
 

@@ -12,7 +12,7 @@ use kestrel_consensus::bft::Block;
 pub const SENDERS_REUSED: &str = "kestrel_consensus_payload_senders_reused_total";
 use kestrel_pipeline::{
     SENDER_RECOVERIES,
-    import::{ImportError, recover_senders},
+    import::{ImportError, recover_senders_reusing},
     mempool::{BlockRules, PoolError, TxPool, check_static},
 };
 use kestrel_types::{BLOCK_TXS_MAX, ChainSpec, OrderedBlock, ParentFees, RecoveredTx};
@@ -94,18 +94,16 @@ impl Payload {
     /// cores for large payloads), so a block whose payload decodes is one every validator can
     /// execute identically.
     pub fn decode(bytes: Bytes) -> Result<Self, PayloadError> {
-        Self::decode_reusing(bytes, |hashes| vec![None; hashes.len()])
+        Self::decode_reusing(bytes, None)
     }
 
-    /// As [`Payload::decode`], but a transaction whose sender `known` gives (by hash) is not
+    /// As [`Payload::decode`], but a transaction whose sender `pool` knows (by hash) is not
     /// recovered again: the pool's, which this validator's own ingress recovered from the same
-    /// signed bytes (the hash covers the signature). Under load nearly every transaction of a
+    /// signed bytes (the hash covers the signature); those recovered here are left in the
+    /// pool's cache (`recover_senders_reusing`). Under load nearly every transaction of a
     /// proposal reached this validator first (submitted to it or forwarded), so this halves
     /// the sender recoveries of a validator that is not the leader.
-    pub fn decode_reusing(
-        bytes: Bytes,
-        known: impl FnOnce(&[B256]) -> Vec<Option<Address>>,
-    ) -> Result<Self, PayloadError> {
+    pub fn decode_reusing(bytes: Bytes, pool: Option<&TxPool>) -> Result<Self, PayloadError> {
         let mut buf = &bytes[..];
         let wire = PayloadWire::decode(&mut buf)?;
         if !buf.is_empty() {
@@ -123,37 +121,14 @@ impl Payload {
                     .map_err(|source| PayloadError::Tx { index, source })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let hashes: Vec<B256> = envelopes.iter().map(|tx| *tx.tx().tx_hash()).collect();
-        let senders = known(&hashes);
-        debug_assert_eq!(senders.len(), envelopes.len());
-        let unknown: Vec<usize> = (0..envelopes.len())
-            .filter(|&i| senders.get(i).copied().flatten().is_none())
-            .collect();
-        let to_recover: Vec<_> = unknown.iter().map(|&i| envelopes[i].clone()).collect();
-        let mut recovered = recover_senders(&to_recover)
-            .map_err(|err| match err {
-                // The index among those recovered, back to the payload's.
-                ImportError::Signature { index, reason } => ImportError::Signature {
-                    index: unknown[index],
-                    reason,
-                },
-                other => other,
-            })?
-            .into_iter();
-        let txs = envelopes
-            .into_iter()
-            .zip(senders)
-            .map(|(tx, sender)| match sender {
-                Some(sender) => RecoveredTx::new_unchecked(tx, sender),
-                None => recovered.next().expect("one recovered per unknown sender"),
-            })
-            .collect();
-        metrics::counter!(SENDERS_REUSED).increment((hashes.len() - unknown.len()) as u64);
-        metrics::counter!(SENDER_RECOVERIES, "path" => "payload").increment(unknown.len() as u64);
+        let count = envelopes.len();
+        let (txs, recovered) = recover_senders_reusing(envelopes, pool)?;
+        metrics::counter!(SENDERS_REUSED).increment((count - recovered) as u64);
+        metrics::counter!(SENDER_RECOVERIES, "path" => "payload").increment(recovered as u64);
         let mut payload = Self::from_parts(wire, txs, bytes);
         Arc::get_mut(&mut payload.0)
             .expect("not shared yet")
-            .senders_recovered = unknown.len();
+            .senders_recovered = recovered;
         if payload.0.gas_committed > payload.0.gas_limit {
             return Err(PayloadError::GasOverLimit {
                 gas: payload.0.gas_committed,
@@ -359,13 +334,7 @@ impl<T: Send + 'static> Decoder<T> {
 impl<T> Request<T> {
     fn decode(self, spec: &ChainSpec, pool: &TxPool) -> (T, Result<Payload, Rejected>) {
         let result = if keccak256(&self.bytes) == self.hash {
-            Payload::decode_reusing(self.bytes, |hashes| pool.known_senders(hashes))
-                .inspect(|p| {
-                    // Its transactions may come again after they left the pool, or without
-                    // entering it (a proposal refused here, proposed again after its round
-                    // failed; forwarded copies arriving after the commit).
-                    pool.remember_senders(p.txs())
-                })
+            Payload::decode_reusing(self.bytes, Some(pool))
                 .and_then(|p| p.check_static(spec, self.timestamp_ms).map(|()| p))
                 .map_err(Rejected::from)
         } else {
@@ -536,18 +505,16 @@ mod tests {
         let txs: Vec<RecoveredTx> = (0..4).map(transfer).collect();
         let payload = Payload::build(Address::ZERO, 30_000_000, 1_000_000_000, txs.clone());
         let full = Payload::decode(payload.bytes().clone()).unwrap();
-        let mut asked = Vec::new();
-        let reused = Payload::decode_reusing(payload.bytes().clone(), |hashes| {
-            asked = hashes.to_vec();
-            // The pool holds the even ones.
-            (0..hashes.len())
-                .map(|i| (i % 2 == 0).then(|| txs[i].sender()))
-                .collect()
-        })
-        .unwrap();
-        assert_eq!(asked, txs.iter().map(|tx| tx.hash()).collect::<Vec<_>>());
+        // The pool knows the even ones.
+        let pool = TxPool::new();
+        pool.remember_senders([&txs[0], &txs[2]]);
+        let reused = Payload::decode_reusing(payload.bytes().clone(), Some(&pool)).unwrap();
+        assert_eq!(reused.senders_recovered(), 2);
         assert_eq!(reused.txs(), full.txs());
         assert!(reused.txs().iter().all(|tx| tx.sender() == txs[0].sender()));
+        // The ones recovered are the pool's now.
+        let again = Payload::decode_reusing(payload.bytes().clone(), Some(&pool)).unwrap();
+        assert_eq!(again.senders_recovered(), 0);
 
         // Transaction 3's signature broken (s = 0): found while 0 and 2 come from the pool.
         let mut broken = PayloadWire::decode(&mut &payload.bytes()[..]).unwrap();
@@ -559,12 +526,9 @@ mod tests {
         broken.txs[3] = RecoveredTx::new_unchecked(forged, Address::ZERO).encoded();
         let mut bytes = Vec::new();
         broken.encode(&mut bytes);
-        let err = Payload::decode_reusing(bytes.into(), |hashes| {
-            (0..hashes.len())
-                .map(|i| (i % 2 == 0).then(|| txs[i].sender()))
-                .collect()
-        })
-        .unwrap_err();
+        let pool = TxPool::new();
+        pool.remember_senders([&txs[0], &txs[2]]);
+        let err = Payload::decode_reusing(bytes.into(), Some(&pool)).unwrap_err();
         assert!(
             matches!(
                 err,

@@ -146,7 +146,7 @@ impl Driver {
         if finalized.is_none() && parent.is_none() {
             return;
         }
-        let payload = match Payload::decode_reusing(bytes, |h| self.pool.known_senders(h)) {
+        let payload = match Payload::decode_reusing(bytes, Some(&self.pool)) {
             Ok(payload) => payload,
             // A certified block's payload was checked by a quorum: a bad one is the peer's
             // fault, so the next peer is asked.

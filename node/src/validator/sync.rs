@@ -316,11 +316,7 @@ pub fn verify_chain(
             if keccak256(&b.payload) != b.block.payload_hash {
                 return Err(bad("hash differs from the block's".into()));
             }
-            Payload::decode_reusing(b.payload.clone(), |hashes| match pool {
-                Some(pool) => pool.known_senders(hashes),
-                None => vec![None; hashes.len()],
-            })
-            .map_err(|e| bad(e.to_string()))
+            Payload::decode_reusing(b.payload.clone(), pool).map_err(|e| bad(e.to_string()))
         })
         .collect()
 }

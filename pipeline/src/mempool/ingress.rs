@@ -7,7 +7,7 @@
 //! load, 0.2 s on the one that was, so a load generator spread over the four RPCs sent 81 % to
 //! that one).
 
-use super::{PoolError, TxPool, Validator};
+use super::{PoolError, TxPool, Validator, recover_reusing};
 use crate::{state::LatestState, status::ChainStatus};
 use alloy_primitives::{B256, Bytes};
 use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
@@ -305,16 +305,16 @@ impl IngressStage {
     }
 }
 
-/// A batch's transactions decoded, checked (`decode_checked`) and with their senders, in order,
-/// and how many senders were recovered. One the pool knows (`TxPool::known_senders`: pooled,
-/// in flight or recovered lately) takes its sender from the pool instead of ~30 µs of
-/// secp256k1: its hash is the keccak of the very bytes the pool's copy was recovered from (the
-/// decoder accepts only canonical encodings), signature included, so it is that transaction
-/// with that sender. It is then admitted or refused as any other (the pool answers `already
-/// known` for one it holds; one refused earlier for its state, e.g. unfunded, may be admitted
-/// now). Under load these are mostly forwarded copies of transactions this validator first met
-/// in another leader's proposal. The senders recovered here are remembered for the copies
-/// still to come.
+/// A batch's transactions decoded, checked (`decode_checked`) and with their senders
+/// (`recover_reusing`), in order, and how many senders were recovered. One the pool knows
+/// (`TxPool::known_senders`: pooled, in flight or recovered lately) takes its sender from the
+/// pool instead of ~30 µs of secp256k1: its hash is the keccak of the very bytes the pool's
+/// copy was recovered from (the decoder accepts only canonical encodings), signature included,
+/// so it is that transaction with that sender. It is then admitted or refused as any other (the
+/// pool answers `already known` for one it holds; one refused earlier for its state, e.g.
+/// unfunded, may be admitted now). Under load these are mostly forwarded copies of transactions
+/// this validator first met in another leader's proposal. The senders recovered here are
+/// remembered for the copies still to come.
 pub(super) fn recover_batch(
     validator: &Validator,
     pool: &TxPool,
@@ -331,24 +331,22 @@ pub(super) fn recover_batch(
             decode_checked(validator, raw, now_secs, base_fee)
         })
         .collect();
-    let hashes: Vec<B256> = decoded
-        .iter()
-        .filter_map(|tx| Some(*tx.as_ref().ok()?.tx().tx_hash()))
-        .collect();
-    let mut known = pool.known_senders(&hashes).into_iter();
-    let mut recoveries = 0;
-    let results: Vec<_> = decoded
+    // The decoded ones go to recovery; each refused one keeps its place.
+    let mut valid = Vec::with_capacity(decoded.len());
+    let places: Vec<Result<(), PoolError>> = decoded
         .into_iter()
-        .map(|tx| {
-            let tx = tx?;
-            if let Some(sender) = known.next().expect("one answer a hash") {
-                return Ok(RecoveredTx::new_unchecked(tx, sender));
-            }
-            recoveries += 1;
-            RecoveredTx::recover(tx).map_err(|_| PoolError::InvalidSender)
+        .map(|tx| tx.map(|tx| valid.push(tx)))
+        .collect();
+    let (recovered, recoveries) = recover_reusing(valid, Some(pool));
+    let mut recovered = recovered.into_iter();
+    let results = places
+        .into_iter()
+        .map(|place| {
+            place?;
+            let tx = recovered.next().expect("one result a decoded transaction");
+            tx.map_err(|_| PoolError::InvalidSender)
         })
         .collect();
-    pool.remember_senders(results.iter().flatten());
     (results, recoveries)
 }
 

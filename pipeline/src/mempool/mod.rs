@@ -32,7 +32,7 @@ mod validate;
 
 pub use error::PoolError;
 pub use ingress::{INGRESS_QUEUE_MAX, IngressHandle, IngressStage, decode_and_check};
-pub use senders::SENDER_CACHE_SLOTS;
+pub use senders::{SENDER_CACHE_SLOTS, recover_reusing};
 pub use validate::{BlockRules, TX_SIZE_MAX, Validator, check_static, max_cost};
 
 use crate::state::LatestState;

@@ -7,9 +7,63 @@
 //! (the decoder accepts only canonical encodings), signature included: bytes with the same hash
 //! are the same transaction, whose sender a recovery of those bytes found. Only recoveries (and
 //! the pool, which holds only recovered transactions) fill it.
+//!
+//! `recover_reusing` is the one way ingress and the payload decoder get senders: from the pool
+//! or this cache when they can, recovered otherwise.
 
+use super::TxPool;
 use alloy_primitives::{Address, B256};
+use kestrel_types::{DecodedTx, RecoveredTx, TxError};
 use parking_lot::Mutex;
+
+/// Transactions recovered between two looks at the cache (`recover_reusing`).
+const RECOVERY_CHUNK_TXS: usize = 64;
+
+/// The senders of `txs`, in order, and how many were recovered. One `pool` knows
+/// (`TxPool::known_senders`) is taken from it; the rest are recovered a chunk at a time, the
+/// cache asked again before each chunk and given the chunk's recoveries at once. Ingress and
+/// the payload decoder meet the same transactions at the same moment (a leader proposes what
+/// it forwarded a moment before): recovering whole batches side by side, each unaware of the
+/// other's, recovered about one transaction in ten twice on a validator of four under load.
+pub fn recover_reusing(
+    txs: Vec<DecodedTx>,
+    pool: Option<&TxPool>,
+) -> (Vec<Result<RecoveredTx, TxError>>, usize) {
+    let hashes: Vec<B256> = txs.iter().map(|tx| *tx.tx().tx_hash()).collect();
+    let mut known = match pool {
+        Some(pool) => pool.known_senders(&hashes),
+        None => vec![None; txs.len()],
+    };
+    let mut out = Vec::with_capacity(txs.len());
+    let mut recovered = 0;
+    let mut txs = txs.into_iter();
+    for (hashes, known) in hashes
+        .chunks(RECOVERY_CHUNK_TXS)
+        .zip(known.chunks_mut(RECOVERY_CHUNK_TXS))
+    {
+        if let Some(pool) = pool {
+            pool.recent.fill(hashes, known);
+        }
+        let start = out.len();
+        for sender in known.iter() {
+            let tx = txs.next().expect("one transaction a hash");
+            out.push(match sender {
+                Some(sender) => Ok(RecoveredTx::new_unchecked(tx, *sender)),
+                None => {
+                    recovered += 1;
+                    RecoveredTx::recover(tx)
+                }
+            });
+        }
+        if let Some(pool) = pool {
+            let fresh = out[start..].iter().zip(known.iter());
+            pool.remember_senders(
+                fresh.filter_map(|(tx, k)| tx.as_ref().ok().filter(|_| k.is_none())),
+            );
+        }
+    }
+    (out, recovered)
+}
 
 /// Slots of the cache (52 bytes each, 6.8 MiB), allocated at the first insertion: at 5,000
 /// transactions a second, the last ~25 s of transactions, longer than a transaction takes from

@@ -82,3 +82,24 @@ fn ingress_recovers_only_transactions_the_pool_does_not_know() {
         Err(PoolError::NonceTooLow)
     );
 }
+
+/// Recovery asks the cache again before each chunk and leaves each chunk's senders in it, so
+/// a transaction met again later in the same batch (or by the payload decoder meanwhile) is
+/// not recovered twice.
+#[test]
+fn a_sender_recovered_earlier_in_a_batch_is_not_recovered_again() {
+    use kestrel_types::DecodedTx;
+    let decoded = |tx: &RecoveredTx| DecodedTx::from(tx.tx().clone());
+    let pool = TxPool::new();
+    let repeated = signed(24, 0, 1, 100);
+    let mut txs = vec![decoded(&repeated)];
+    txs.extend((1..200).map(|n| decoded(&signed(25, n, 1, 100))));
+    txs.push(decoded(&repeated));
+    let (out, recovered) = recover_reusing(txs, Some(&pool));
+    assert_eq!(recovered, 200, "the repeat came from the cache");
+    assert_eq!(out.len(), 201);
+    assert_eq!(out[200].as_ref().unwrap(), &repeated);
+    // Without a pool every sender is recovered.
+    let (_, recovered) = recover_reusing(vec![decoded(&repeated); 2], None);
+    assert_eq!(recovered, 2);
+}
