@@ -43,7 +43,7 @@ pub fn describe_metrics() {
     );
     metrics::describe_counter!(
         RECEIVED_TOTAL,
-        "Forwarded transactions received from other validators, by result (admitted, refused, dropped)"
+        "Forwarded transactions received from other validators, by result (admitted, refused, busy, dropped)"
     );
 }
 
@@ -173,11 +173,15 @@ enum Admitter {
     },
 }
 
+/// Counts a forwarded transaction by what ingress did with it. `busy` (ingress's forwarded
+/// queue full) is told apart from other refusals: it means the validator cannot keep up with
+/// the forwarded traffic, and each such transaction is recovered later from a proposal, on the
+/// vote path.
 fn admitted(result: &Result<B256, PoolError>) {
-    let result = if result.is_ok() {
-        "admitted"
-    } else {
-        "refused"
+    let result = match result {
+        Ok(_) => "admitted",
+        Err(PoolError::Busy) => "busy",
+        Err(_) => "refused",
     };
     metrics::counter!(RECEIVED_TOTAL, "result" => result).increment(1);
 }
