@@ -6,6 +6,7 @@
 //! kestrel-bench compare --workload ... --txs N --threads T [--runs K] --json
 //! kestrel-bench archive [--record-bytes 300,600000] [--blocks N] [--runs K] [--dir DIR] --json
 //! kestrel-bench store [--accounts 1000000,10000000] [--txs-per-block N] [--blocks N] [--dir DIR] --json
+//! kestrel-bench recover [--txs N] [--runs K] --json
 //! ```
 //!
 //! `exec` builds a deterministic block and state (100,000 funded accounts by default), executes
@@ -17,7 +18,8 @@
 //! prints one line per record size, pattern and I/O path. `store` writes a state of each size with
 //! the bulk genesis writer, commits blocks of random transfers on it and prints, per size, the
 //! time to write the state and the state root and durable commit time per block
-//! (benches/src/store.rs).
+//! (benches/src/store.rs). `recover` measures sender recovery on one thread as ingress does it
+//! (benches/src/recover.rs).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kestrel_benches::{
@@ -61,6 +63,21 @@ enum Command {
     Commit(CommitArgs),
     /// State root and commit per block of transfers (with the sync thread's flushes), by state size.
     Store(StoreArgs),
+    /// Sender recovery per second on one thread, as ingress recovers.
+    Recover(RecoverArgs),
+}
+
+#[derive(Debug, Args)]
+struct RecoverArgs {
+    /// Signed transfers (distinct senders) recovered in each run.
+    #[arg(long, default_value_t = 20_000)]
+    txs: usize,
+    /// Runs; the median is reported.
+    #[arg(long, default_value_t = 7)]
+    runs: usize,
+    /// One JSON line instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -208,6 +225,7 @@ fn main() -> ExitCode {
         Command::Commit(args) => return exit_code(commit(args)),
         Command::Archive(args) => return exit_code(archive(args)),
         Command::Store(args) => return exit_code(store(args)),
+        Command::Recover(args) => return exit_code(recover(args)),
     };
     if block.runs == 0 {
         eprintln!("error: --runs must be at least 1");
@@ -386,6 +404,40 @@ fn commit(args: &CommitArgs) -> eyre::Result<()> {
     let dir = args.dir.clone().unwrap_or_else(std::env::temp_dir);
     for line in kestrel_benches::commit::run(&dir, &args.windows, &params)? {
         println!("{line}");
+    }
+    Ok(())
+}
+
+fn recover(args: &RecoverArgs) -> eyre::Result<()> {
+    eyre::ensure!(
+        args.runs > 0 && args.txs > 0,
+        "--runs and --txs must be at least 1"
+    );
+    let mut runs = kestrel_benches::recover::run(args.txs, args.runs)?;
+    runs.sort_by(|a, b| a.seconds.total_cmp(&b.seconds));
+    let (median, fastest) = (runs[runs.len() / 2], runs[0]);
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "bench": "recover",
+                "txs": args.txs,
+                "runs": args.runs,
+                "recoveries_per_s_median": median.per_second().round(),
+                "us_each_median": (median.micros_each() * 100.0).round() / 100.0,
+                "us_each_fastest": (fastest.micros_each() * 100.0).round() / 100.0,
+            })
+        );
+    } else {
+        println!(
+            "{} senders recovered a second on one thread ({:.2} µs each; fastest run {:.2} µs), \
+             median of {} runs of {} transfers",
+            median.per_second().round(),
+            median.micros_each(),
+            fastest.micros_each(),
+            args.runs,
+            args.txs
+        );
     }
     Ok(())
 }
