@@ -416,6 +416,12 @@ impl Store {
         Ok(f(&reader))
     }
 
+    /// Keeps `block`, just committed, decoded for readers, as if one had read it (see
+    /// [`BlockCache`]).
+    pub fn cache_committed(&self, block: Arc<SealedBlock>) {
+        self.blocks.insert(block);
+    }
+
     /// Starts the write transaction of the next block; waits while another one is open, and
     /// while the sync thread is behind by [`UNSYNCED_COMMITS_MAX`] commits (see [`sync`]).
     pub fn begin_block(&self) -> Result<BlockWriter<'_>, StorageError> {

@@ -94,6 +94,31 @@ fn blocks_receipts_and_tx_index_round_trip() {
 }
 
 #[test]
+fn a_block_cached_at_commit_is_served_as_committed() {
+    let (_dir, store) = temp_store();
+    let genesis = store.init_genesis(&ChainSpec::dev()).unwrap();
+    let block = child(&genesis, vec![transfer(0), transfer(1)]);
+    commit_block(&store, &block, &StateChanges::default());
+    let committed = Arc::new(block.clone());
+    store.cache_committed(committed.clone());
+
+    store
+        .view(|reader| {
+            // The commit's own block, not one decoded from the archive.
+            assert!(Arc::ptr_eq(&committed, &reader.block(1).unwrap().unwrap()));
+            assert_eq!(
+                reader.transaction(1, 1).unwrap().as_ref(),
+                Some(&block.txs[1])
+            );
+            let receipt = reader.receipt(1, 1).unwrap().unwrap();
+            assert_eq!(receipt.receipt, block.receipts[1]);
+            assert_eq!(receipt.gas_used_before, 21_000);
+            assert_eq!(reader.receipts(1).unwrap(), Some(block.receipts.clone()));
+        })
+        .unwrap();
+}
+
+#[test]
 fn single_transactions_and_receipts_match_the_decoded_block() {
     let (_dir, store) = temp_store();
     let genesis = store.init_genesis(&ChainSpec::dev()).unwrap();
