@@ -179,6 +179,8 @@ pub struct Bft {
     orphan_count: usize,
     /// Ids requested from peers; only these are accepted from a `Blocks` answer.
     wanted: HashSet<BlockId>,
+    /// Block requests sent: picks the QC signer asked next (`request_block`).
+    block_requests: usize,
     history: HashMap<BlockId, Block>,
     history_order: VecDeque<BlockId>,
     votes: BTreeMap<Round, RoundVotes>,
@@ -234,6 +236,7 @@ impl Bft {
             orphans: HashMap::new(),
             orphan_count: 0,
             wanted: HashSet::new(),
+            block_requests: 0,
             history,
             history_order: VecDeque::from([root_id]),
             votes: BTreeMap::new(),

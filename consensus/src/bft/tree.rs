@@ -68,8 +68,12 @@ impl Bft {
         if signers.is_empty() {
             return;
         }
-        // Rotate through the signers so a silent one does not stall sync.
-        let peer = signers[(self.round.0 as usize) % signers.len()];
+        // Rotate through the signers with each request, so a silent one does not stall sync.
+        // Not with the round: a round without a quorum does not end, and its timeouts (whose
+        // high QC brings us here again) would ask the same dead signer each time while a live
+        // one holds the block (two of four validators down: a third stayed two blocks behind).
+        let peer = signers[self.block_requests % signers.len()];
+        self.block_requests = self.block_requests.wrapping_add(1);
         let count = (qc.height - self.root.block.height).min(SYNC_BLOCKS_MAX as u64) as u16;
         out.push(Command::SendTo(
             peer,

@@ -350,3 +350,40 @@ fn a_validator_restarted_in_rounds_it_voted_in_times_them_out_at_once() {
         "round 3 waits for its proposal: {out:?}"
     );
 }
+
+/// A validator missing the block a QC names asks the QC's signers in turn, one per request, also
+/// while its round cannot end. Rotating with the round, the timeouts of a round without a quorum
+/// (each bringing the QC again) asked the same signer each time: with two of four validators
+/// down, a third stayed two blocks behind the fourth, which held the block (testnet, netns).
+#[test]
+fn a_missing_block_is_asked_of_each_signer_in_turn_while_the_round_stands_still() {
+    let s = set(4);
+    let mut behind = started_at_genesis(1, &s, 0);
+    let b1 = block_at(1, QuorumCert::genesis(), &s);
+    let qc1 = certify(&b1, &[0, 2, 3]);
+    let mut asked = Vec::new();
+    for (i, now) in (0..6).zip((10..).step_by(1_000)) {
+        // Validator 0 alone times out round 2, again and again: no quorum, the round stays.
+        let timeout = Timeout::new(Round(2), qc1.clone(), None, ValidatorIndex(0), &key(0));
+        let out = behind.update(
+            now,
+            Event::Message {
+                from: ValidatorIndex(0),
+                message: Unverified::new(Message::Timeout(timeout)),
+            },
+        );
+        assert_eq!(behind.round(), Round(2), "timeout {i}");
+        asked.extend(out.iter().filter_map(|c| match c {
+            Command::SendTo(to, Message::BlockRequest(r)) if r.block_id == b1.id() => Some(to.0),
+            _ => None,
+        }));
+    }
+    assert_eq!(asked.len(), 6, "one request a timeout: {asked:?}");
+    for signer in [0, 2, 3] {
+        assert_eq!(
+            asked.iter().filter(|to| **to == signer).count(),
+            2,
+            "each signer asked twice in six requests: {asked:?}"
+        );
+    }
+}
