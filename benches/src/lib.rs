@@ -3,6 +3,7 @@
 
 pub mod archive;
 pub mod commit;
+pub mod pool;
 pub mod recover;
 pub mod store;
 pub mod workload;

@@ -7,6 +7,7 @@
 //! kestrel-bench archive [--record-bytes 300,600000] [--blocks N] [--runs K] [--dir DIR] --json
 //! kestrel-bench store [--accounts 1000000,10000000] [--txs-per-block N] [--blocks N] [--dir DIR] --json
 //! kestrel-bench recover [--txs N] [--runs K] --json
+//! kestrel-bench pool [--senders N] [--block-txs N] [--backlog N] [--blocks N] [--window N] --json
 //! ```
 //!
 //! `exec` builds a deterministic block and state (100,000 funded accounts by default), executes
@@ -19,7 +20,8 @@
 //! the bulk genesis writer, commits blocks of random transfers on it and prints, per size, the
 //! time to write the state and the state root and durable commit time per block
 //! (benches/src/store.rs). `recover` measures sender recovery on one thread as ingress does it
-//! (benches/src/recover.rs).
+//! (benches/src/recover.rs). `pool` drives the transaction pool block by block as a loaded validator
+//! does and reports the time `take_block` holds the pool's lock per block (benches/src/pool.rs).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kestrel_benches::{
@@ -65,6 +67,29 @@ enum Command {
     Store(StoreArgs),
     /// Sender recovery per second on one thread, as ingress recovers.
     Recover(RecoverArgs),
+    /// The transaction pool block by block as a loaded validator drives it: `take_block` per block.
+    Pool(PoolArgs),
+}
+
+#[derive(Debug, Args)]
+struct PoolArgs {
+    /// Senders, used round-robin.
+    #[arg(long, default_value_t = 100_000)]
+    senders: usize,
+    /// Transactions admitted and taken each block (20,000 tx/s at 400 ms blocks: 8,000).
+    #[arg(long, default_value_t = 8_000)]
+    block_txs: usize,
+    /// Pending transactions beyond a block's worth, waiting throughout.
+    #[arg(long, default_value_t = 0)]
+    backlog: usize,
+    #[arg(long, default_value_t = 60)]
+    blocks: u64,
+    /// Blocks a finalized block stays in flight before its commit.
+    #[arg(long, default_value_t = 3)]
+    window: u64,
+    /// One JSON line instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -226,6 +251,7 @@ fn main() -> ExitCode {
         Command::Archive(args) => return exit_code(archive(args)),
         Command::Store(args) => return exit_code(store(args)),
         Command::Recover(args) => return exit_code(recover(args)),
+        Command::Pool(args) => return exit_code(pool(args)),
     };
     if block.runs == 0 {
         eprintln!("error: --runs must be at least 1");
@@ -437,6 +463,53 @@ fn recover(args: &RecoverArgs) -> eyre::Result<()> {
             fastest.micros_each(),
             args.runs,
             args.txs
+        );
+    }
+    Ok(())
+}
+
+fn pool(args: &PoolArgs) -> eyre::Result<()> {
+    let params = kestrel_benches::pool::Params {
+        senders: args.senders,
+        block_txs: args.block_txs,
+        backlog: args.backlog,
+        blocks: args.blocks,
+        window: args.window,
+    };
+    let run = kestrel_benches::pool::run(&params)?;
+    let micros = |d: &[std::time::Duration], q: f64| {
+        let mut v: Vec<f64> = d.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+        v.sort_by(f64::total_cmp);
+        v[((v.len() - 1) as f64 * q).round() as usize].round()
+    };
+    // The first blocks fill the pipeline (nothing committed yet): left out.
+    let steady = (params.window as usize + 1).min(run.take.len() - 1);
+    let (take, cycle) = (&run.take[steady..], &run.cycle[steady..]);
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "bench": "pool",
+                "senders": args.senders,
+                "block_txs": args.block_txs,
+                "backlog": args.backlog,
+                "blocks": take.len(),
+                "take_block_us_p50": micros(take, 0.5),
+                "take_block_us_p90": micros(take, 0.9),
+                "cycle_us_p50": micros(cycle, 0.5),
+            })
+        );
+    } else {
+        println!(
+            "take_block: {} µs p50, {} µs p90 a block of {} ({} senders, backlog {}); whole \
+             cycle {} µs p50, over {} blocks",
+            micros(take, 0.5),
+            micros(take, 0.9),
+            args.block_txs,
+            args.senders,
+            args.backlog,
+            micros(cycle, 0.5),
+            take.len()
         );
     }
     Ok(())

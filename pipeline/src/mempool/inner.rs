@@ -2,6 +2,7 @@
 //! indexes over them; admission (`insert`) and ordering (`take_block`) on it, and the invariants
 //! that tie the indexes together.
 
+use super::in_flight::{InFlight, InFlightTxs};
 use super::{
     ADMITTED_HASHES_MAX, BalanceOf, BlockRules, EVICTED, FRESH_TXS_MAX, PoolConfig, PoolError,
     REPLACE_BUMP_PERCENT, REPLACED, RETURNED, UNPAYABLE, check_static, max_cost,
@@ -10,7 +11,10 @@ use super::{
 const EVICTED_POOL_FULL: &str = "pool_full";
 const EVICTED_SENDER_FULL: &str = "sender_full";
 use alloy_consensus::Transaction;
-use alloy_primitives::{Address, B256, U256, map::HashMap};
+use alloy_primitives::{
+    Address, B256, U256,
+    map::{HashMap, HashSet},
+};
 use kestrel_types::{BlockNumber, RecoveredTx};
 use std::{
     collections::{BTreeMap, BinaryHeap, VecDeque},
@@ -65,14 +69,6 @@ impl SenderQueue {
     }
 }
 
-#[derive(Debug)]
-pub(super) struct InFlight {
-    /// The highest block proposed with it, or the block that finalized it.
-    pub(super) number: BlockNumber,
-    pub(super) tx: RecoveredTx,
-    pub(super) finalized: bool,
-}
-
 #[derive(Debug, Default)]
 pub(super) struct Inner {
     pub(super) config: PoolConfig,
@@ -80,7 +76,7 @@ pub(super) struct Inner {
     pub(super) senders: HashMap<Address, SenderQueue>,
     /// Transactions in a proposal, until that block commits (so RPC can still find them) or
     /// loses (then they come back).
-    pub(super) in_flight: HashMap<B256, InFlight>,
+    pub(super) in_flight: InFlightTxs,
     /// Every (hash, sender) marked in flight, under the block it was marked for, until that
     /// block commits: lets commits and finality visit only the blocks in flight, not the pool.
     /// Entries may be stale (the transaction moved to a later block or left); readers check.
@@ -96,6 +92,9 @@ pub(super) struct Inner {
     /// queues change so that `TxPool::size` does not walk every sender under the lock (a walk
     /// of 100,000 senders took milliseconds, four times a second, blocking admission).
     pub(super) pending: usize,
+    /// The senders with a pending transaction (one at their next nonce), kept with `pending`:
+    /// ordering starts from these, not from every sender tracked (most are only in flight).
+    pub(super) ready: HashSet<Address>,
 }
 
 impl Inner {
@@ -107,6 +106,11 @@ impl Inner {
             let now = q.pending_len();
             self.pending = self.pending + now - q.counted_pending;
             q.counted_pending = now;
+            if now > 0 {
+                self.ready.insert(sender);
+            } else {
+                self.ready.remove(&sender);
+            }
         }
     }
 
@@ -128,6 +132,7 @@ impl Inner {
         {
             let q = self.senders.remove(&sender).expect("checked above");
             self.pending -= q.counted_pending;
+            self.ready.remove(&sender);
         }
     }
 
@@ -161,11 +166,9 @@ impl Inner {
             .entry(number)
             .or_default()
             .push((hash, sender));
-        let entry = self.in_flight.entry(hash).or_insert_with(|| InFlight {
-            number,
-            tx: tx.clone(),
-            finalized,
-        });
+        let entry = self
+            .in_flight
+            .get_or_insert(hash, || InFlight::new(number, tx.clone(), finalized));
         if finalized {
             (entry.number, entry.finalized) = (number, true);
         } else if !entry.finalized {
@@ -261,17 +264,6 @@ impl Inner {
         true
     }
 
-    /// The maximum cost of each sender's transactions in flight: what blocks not yet executed
-    /// may still take from its balance.
-    pub(super) fn reserved(&self) -> HashMap<Address, U256> {
-        let mut reserved: HashMap<Address, U256> = HashMap::default();
-        for f in self.in_flight.values() {
-            let reserve = reserved.entry(f.tx.sender()).or_default();
-            *reserve = reserve.saturating_add(max_cost(f.tx.tx()));
-        }
-        reserved
-    }
-
     /// Panics if the pool's indexes disagree (reth's `TxPool::assert_invariants`). Walks the
     /// whole pool: run after every mutation in debug builds and by the tests.
     #[cfg(any(test, debug_assertions))]
@@ -314,14 +306,22 @@ impl Inner {
         assert_eq!(self.by_hash.len(), pooled, "stale hash index");
         let pending: usize = self.senders.values().map(|q| q.counted_pending).sum();
         assert_eq!(self.pending, pending, "pending count");
+        let ready: HashSet<Address> = self
+            .senders
+            .iter()
+            .filter(|(_, q)| q.txs.contains_key(&q.next_nonce))
+            .map(|(sender, _)| *sender)
+            .collect();
+        assert_eq!(self.ready, ready, "ready senders");
         assert!(pooled <= self.config.txs_max, "pool over its limit");
         let marked: std::collections::HashSet<(BlockNumber, B256)> = self
             .by_block
             .iter()
             .flat_map(|(number, txs)| txs.iter().map(|(hash, _)| (*number, *hash)))
             .collect();
-        for (hash, f) in &self.in_flight {
-            let q = self.senders.get(&f.tx.sender());
+        self.in_flight.assert_invariants();
+        for (hash, f) in self.in_flight.iter() {
+            let q = self.senders.get(&f.tx().sender());
             assert!(
                 q.is_some_and(|q| q.in_flight_until.is_some()),
                 "in-flight {hash} of an untracked sender"
@@ -441,16 +441,17 @@ impl Inner {
         max_txs: usize,
         balance_of: BalanceOf<'_>,
     ) -> Vec<RecoveredTx> {
-        let mut reserved = self.reserved();
         // Read once per sender per block.
-        let mut balances: HashMap<Address, U256> = HashMap::default();
+        let mut balances: HashMap<Address, U256> =
+            HashMap::with_capacity_and_hasher(self.ready.len(), Default::default());
         // Heap of each sender's next executable transaction, by tip then arrival of the sender.
         // A fee cap below the base fee leaves a sender out here (it may fit a later block), so
         // the static check below never refuses a transaction for that.
         let mut heads: BinaryHeap<(u128, std::cmp::Reverse<u64>, Address)> = self
-            .senders
+            .ready
             .iter()
-            .filter_map(|(addr, q)| {
+            .filter_map(|addr| {
+                let q = &self.senders[addr];
                 let p = q.txs.get(&q.next_nonce)?;
                 Some((
                     tip(&p.tx, rules.base_fee)?,
@@ -481,7 +482,7 @@ impl Inner {
             }
             let cost = max_cost(tx.tx());
             let balance = *balances.entry(sender).or_insert_with(|| balance_of(sender));
-            let reserve = reserved.entry(sender).or_default();
+            let reserve = self.in_flight.reserved(sender);
             if reserve.saturating_add(cost) > balance {
                 // Execution might not be able to charge it. With the sender's blocks in flight
                 // it waits for them to execute (their actual cost is often below the maximum);
@@ -496,7 +497,6 @@ impl Inner {
                 metrics::counter!(UNPAYABLE, "action" => action).increment(1);
                 continue;
             }
-            *reserve += cost;
             gas_left -= tx.gas_limit();
             queue.next_nonce += 1;
             queue.in_flight_until = Some(queue.in_flight_until.map_or(number, |n| n.max(number)));
@@ -512,14 +512,8 @@ impl Inner {
                 .entry(number)
                 .or_default()
                 .push((tx.hash(), sender));
-            self.in_flight.insert(
-                tx.hash(),
-                InFlight {
-                    number,
-                    tx: tx.clone(),
-                    finalized: false,
-                },
-            );
+            self.in_flight
+                .insert(tx.hash(), InFlight::new(number, tx.clone(), false));
             taken.push(tx);
         }
         taken

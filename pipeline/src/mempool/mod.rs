@@ -25,6 +25,7 @@
 //! `account limit exceeded` and a full pool `txpool is full`.
 
 mod error;
+mod in_flight;
 mod ingress;
 mod inner;
 mod senders;
@@ -159,7 +160,7 @@ impl TxPool {
     pub fn get(&self, hash: &B256) -> Option<RecoveredTx> {
         let inner = self.inner.lock();
         if let Some(f) = inner.in_flight.get(hash) {
-            return Some(f.tx.clone());
+            return Some(f.tx().clone());
         }
         let sender = inner.by_hash.get(hash)?;
         inner.senders[sender]
@@ -183,7 +184,7 @@ impl TxPool {
                         .by_hash
                         .get(hash)
                         .copied()
-                        .or_else(|| inner.in_flight.get(hash).map(|f| f.tx.sender()))
+                        .or_else(|| inner.in_flight.get(hash).map(|f| f.tx().sender()))
                 })
                 .collect()
         };
@@ -256,7 +257,7 @@ impl TxPool {
     /// Inserts a validated transaction our clients sent, admitted at `now`. `state_nonce` is
     /// the sender's nonce in the latest state. It is fresh: `take_fresh` gives it out once for
     /// forwarding.
-    pub(crate) fn insert(
+    pub fn insert(
         &self,
         tx: RecoveredTx,
         state_nonce: u64,
@@ -371,7 +372,7 @@ impl TxPool {
                 .is_some_and(|f| !f.finalized)
                 && let Some(f) = inner.in_flight.remove(&tx.hash())
             {
-                inner.put_back(f.tx, "abandoned");
+                inner.put_back(f.into_tx(), "abandoned");
             }
         }
         inner.debug_check();
@@ -400,7 +401,7 @@ impl TxPool {
         // A hash marked under several blocks is listed more than once: removed the first time.
         for hash in lost {
             if let Some(f) = inner.in_flight.remove(&hash) {
-                inner.put_back(f.tx, "lost");
+                inner.put_back(f.into_tx(), "lost");
             }
         }
         inner.debug_check();
@@ -502,7 +503,7 @@ impl TxPool {
                 .get(&hash)
                 .is_some_and(|f| f.number <= number)
             {
-                left.extend(inner.in_flight.remove(&hash).map(|f| f.tx));
+                left.extend(inner.in_flight.remove(&hash).map(|f| f.into_tx()));
             }
         }
         for (&sender, &state_nonce) in &nonce_of {
