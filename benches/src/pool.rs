@@ -27,10 +27,12 @@ pub struct Params {
     pub window: u64,
 }
 
-/// Each block's time in `take_block` and in the whole cycle (admission, take, finality, commit).
+/// Each block's time in `take_block`, in finality and commit (`on_finalized`, `on_committed`
+/// of the block `window` below), and in the whole cycle (admission included).
 #[derive(Debug, Default)]
 pub struct PoolRun {
     pub take: Vec<Duration>,
+    pub settle: Vec<Duration>,
     pub cycle: Vec<Duration>,
 }
 
@@ -114,6 +116,7 @@ pub fn run(p: &Params) -> eyre::Result<PoolRun> {
             txs.len(),
             p.block_txs
         );
+        let settle = Instant::now();
         pool.on_finalized(number, &txs);
         blocks.insert(number, txs);
         if let Some(done) = number.checked_sub(p.window).filter(|n| *n > 0) {
@@ -130,6 +133,7 @@ pub fn run(p: &Params) -> eyre::Result<PoolRun> {
                 state_nonces[sender_index(sender)] = nonce;
             }
         }
+        run.settle.push(settle.elapsed());
         run.cycle.push(started.elapsed());
     }
     let size = pool.size();

@@ -484,7 +484,11 @@ fn pool(args: &PoolArgs) -> eyre::Result<()> {
     };
     // The first blocks fill the pipeline (nothing committed yet): left out.
     let steady = (params.window as usize + 1).min(run.take.len() - 1);
-    let (take, cycle) = (&run.take[steady..], &run.cycle[steady..]);
+    let (take, settle, cycle) = (
+        &run.take[steady..],
+        &run.settle[steady..],
+        &run.cycle[steady..],
+    );
     if args.json {
         println!(
             "{}",
@@ -496,18 +500,20 @@ fn pool(args: &PoolArgs) -> eyre::Result<()> {
                 "blocks": take.len(),
                 "take_block_us_p50": micros(take, 0.5),
                 "take_block_us_p90": micros(take, 0.9),
+                "finalize_commit_us_p50": micros(settle, 0.5),
                 "cycle_us_p50": micros(cycle, 0.5),
             })
         );
     } else {
         println!(
-            "take_block: {} µs p50, {} µs p90 a block of {} ({} senders, backlog {}); whole \
-             cycle {} µs p50, over {} blocks",
+            "take_block: {} µs p50, {} µs p90 a block of {} ({} senders, backlog {}); finality \
+             and commit {} µs p50; whole cycle {} µs p50, over {} blocks",
             micros(take, 0.5),
             micros(take, 0.9),
             args.block_txs,
             args.senders,
             args.backlog,
+            micros(settle, 0.5),
             micros(cycle, 0.5),
             take.len()
         );

@@ -6,7 +6,10 @@
 //! map of every sender: a quarter of `take_block` (`kestrel-bench pool`).
 
 use super::max_cost;
-use alloy_primitives::{Address, B256, U256, U512, map::HashMap};
+use alloy_primitives::{
+    Address, B256, U256, U512,
+    map::{Entry, HashMap},
+};
 use kestrel_types::{BlockNumber, RecoveredTx};
 
 #[derive(Debug)]
@@ -72,17 +75,20 @@ impl InFlightTxs {
         self.txs.iter()
     }
 
-    /// The entry of `hash`, put in flight by `new` if it was not.
+    /// The entry of `hash`, put in flight by `new` if it was not (then true).
     pub(super) fn get_or_insert(
         &mut self,
         hash: B256,
         new: impl FnOnce() -> InFlight,
-    ) -> &mut InFlight {
-        self.txs.entry(hash).or_insert_with(|| {
+    ) -> (&mut InFlight, bool) {
+        let mut inserted = false;
+        let entry = self.txs.entry(hash).or_insert_with(|| {
             let f = new();
             self.reserved.entry(f.tx.sender()).or_default().add(&f.tx);
+            inserted = true;
             f
-        })
+        });
+        (entry, inserted)
     }
 
     /// Puts `f` in flight; its hash was not.
@@ -93,7 +99,22 @@ impl InFlightTxs {
     }
 
     pub(super) fn remove(&mut self, hash: &B256) -> Option<InFlight> {
-        let f = self.txs.remove(hash)?;
+        self.remove_if(hash, |_| true)
+    }
+
+    /// Removes the entry of `hash` if `leaves` says so (one lookup for both).
+    pub(super) fn remove_if(
+        &mut self,
+        hash: &B256,
+        leaves: impl FnOnce(&InFlight) -> bool,
+    ) -> Option<InFlight> {
+        let Entry::Occupied(entry) = self.txs.entry(*hash) else {
+            return None;
+        };
+        if !leaves(entry.get()) {
+            return None;
+        }
+        let f = entry.remove();
         let sender = f.tx.sender();
         let reserve = self.reserved.get_mut(&sender).expect("sender in flight");
         reserve.txs -= 1;
@@ -155,7 +176,9 @@ mod tests {
         let mut in_flight = InFlightTxs::default();
         in_flight.insert(small.hash(), InFlight::new(1, small.clone(), false));
         assert_eq!(in_flight.reserved(sender), max_cost(small.tx()));
-        in_flight.get_or_insert(huge.hash(), || InFlight::new(2, huge.clone(), false));
+        let (_, inserted) =
+            in_flight.get_or_insert(huge.hash(), || InFlight::new(2, huge.clone(), false));
+        assert!(inserted);
         assert_eq!(
             in_flight.reserved(sender),
             U256::MAX,

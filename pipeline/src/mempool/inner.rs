@@ -17,7 +17,7 @@ use alloy_primitives::{
 };
 use kestrel_types::{BlockNumber, RecoveredTx};
 use std::{
-    collections::{BTreeMap, BinaryHeap, VecDeque},
+    collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque},
     time::Instant,
 };
 
@@ -81,6 +81,10 @@ pub(super) struct Inner {
     /// block commits: lets commits and finality visit only the blocks in flight, not the pool.
     /// Entries may be stale (the transaction moved to a later block or left); readers check.
     pub(super) by_block: BTreeMap<BlockNumber, Vec<(B256, Address)>>,
+    /// The blocks of `by_block` that may list a transaction in flight in no final block: the
+    /// only ones finality looks at for proposals that lost, where it walked every block in
+    /// flight (four blocks' transactions at every finalization under load).
+    pub(super) unfinalized: BTreeSet<BlockNumber>,
     /// Admitted since the last `take_fresh`, oldest first: sender, nonce, hash.
     pub(super) fresh: VecDeque<(Address, u64, B256)>,
     /// The latest admitted hashes, oldest first, and how many were admitted before the first.
@@ -162,19 +166,33 @@ impl Inner {
         {
             self.remove_tx(sender, nonce);
         }
-        self.by_block
-            .entry(number)
-            .or_default()
-            .push((hash, sender));
-        let entry = self
+        let (entry, inserted) = self
             .in_flight
             .get_or_insert(hash, || InFlight::new(number, tx.clone(), finalized));
+        let listed_under = (!inserted).then_some(entry.number);
         if finalized {
             (entry.number, entry.finalized) = (number, true);
         } else if !entry.finalized {
             entry.number = entry.number.max(number);
         }
+        // Listed once under the block it is in flight for: a leader's own block, taken and then
+        // finalized, was listed when taken (a second entry doubled the commit's work).
+        if listed_under != Some(entry.number) {
+            let (number, finalized) = (entry.number, entry.finalized);
+            self.list(number, hash, sender, finalized);
+        }
         self.recount(sender);
+    }
+
+    /// Lists a transaction in flight under block `number` (`finalized`: in that final block).
+    fn list(&mut self, number: BlockNumber, hash: B256, sender: Address, finalized: bool) {
+        self.by_block
+            .entry(number)
+            .or_default()
+            .push((hash, sender));
+        if !finalized {
+            self.unfinalized.insert(number);
+        }
     }
 
     /// A transaction that left for a block and did not make it into the chain (its proposal
@@ -325,6 +343,10 @@ impl Inner {
             assert!(
                 q.is_some_and(|q| q.in_flight_until.is_some()),
                 "in-flight {hash} of an untracked sender"
+            );
+            assert!(
+                f.finalized || self.unfinalized.contains(&f.number),
+                "in-flight {hash} of no final block, in a block finality skips"
             );
             assert!(
                 marked.contains(&(f.number, *hash)),
@@ -508,10 +530,7 @@ impl Inner {
             let tx = queue.txs.remove(&nonce).expect("head tx exists").tx;
             self.by_hash.remove(&tx.hash());
             self.recount(sender);
-            self.by_block
-                .entry(number)
-                .or_default()
-                .push((tx.hash(), sender));
+            self.list(number, tx.hash(), sender, false);
             self.in_flight
                 .insert(tx.hash(), InFlight::new(number, tx.clone(), false));
             taken.push(tx);

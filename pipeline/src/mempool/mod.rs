@@ -38,6 +38,7 @@ pub use validate::{BlockRules, TX_SIZE_MAX, Validator, check_static, max_cost};
 
 use crate::state::LatestState;
 use alloy_primitives::{Address, B256, U256};
+use in_flight::InFlight;
 use inner::{Inner, SenderQueue};
 use kestrel_types::{BlockNumber, RecoveredTx};
 use parking_lot::Mutex;
@@ -366,12 +367,7 @@ impl TxPool {
     pub fn on_abandoned(&self, txs: &[RecoveredTx]) {
         let mut inner = self.inner.lock();
         for tx in txs {
-            if inner
-                .in_flight
-                .get(&tx.hash())
-                .is_some_and(|f| !f.finalized)
-                && let Some(f) = inner.in_flight.remove(&tx.hash())
-            {
+            if let Some(f) = inner.in_flight.remove_if(&tx.hash(), |f| !f.finalized) {
                 inner.put_back(f.into_tx(), "abandoned");
             }
         }
@@ -386,10 +382,14 @@ impl TxPool {
         for tx in txs {
             inner.mark_in_flight(number, tx, true);
         }
-        let lost: Vec<B256> = inner
-            .by_block
-            .range(..=number)
-            .flat_map(|(_, marked)| marked)
+        // Every transaction in flight in no final block is listed under a block of
+        // `unfinalized`; at or below `number` none is left after this.
+        let later = inner.unfinalized.split_off(&(number + 1));
+        let unfinalized = std::mem::replace(&mut inner.unfinalized, later);
+        let lost: Vec<B256> = unfinalized
+            .iter()
+            .filter_map(|n| inner.by_block.get(n))
+            .flatten()
             .filter(|(hash, _)| {
                 inner
                     .in_flight
@@ -496,15 +496,16 @@ impl TxPool {
             .collect();
         let later = inner.by_block.split_off(&(number + 1));
         let marked = std::mem::replace(&mut inner.by_block, later);
+        // Whatever is listed at or below `number` leaves flight below.
+        inner.unfinalized = inner.unfinalized.split_off(&(number + 1));
         let mut left = Vec::new();
         for (hash, _) in marked.into_values().flatten() {
-            if inner
-                .in_flight
-                .get(&hash)
-                .is_some_and(|f| f.number <= number)
-            {
-                left.extend(inner.in_flight.remove(&hash).map(|f| f.into_tx()));
-            }
+            left.extend(
+                inner
+                    .in_flight
+                    .remove_if(&hash, |f| f.number <= number)
+                    .map(InFlight::into_tx),
+            );
         }
         for (&sender, &state_nonce) in &nonce_of {
             let queue = inner.senders.get_mut(&sender).expect("listed sender");
