@@ -50,7 +50,7 @@ use kestrel_pipeline::{
     status::ChainStatus,
 };
 use pubsub::EthPubSubApiServer as _;
-use std::{collections::HashSet, net::SocketAddr, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 use txpool::TxpoolApiServer as _;
 
 /// Default listen address: localhost only, geth's port.
@@ -180,7 +180,7 @@ pub async fn start(
         None => None,
     };
     let module = methods(ctx, &limits)?;
-    let methods: Arc<HashSet<&'static str>> = Arc::new(module.method_names().collect());
+    let methods = Arc::new(metrics::MethodMetrics::new(module.method_names()));
     let module = Methods::from(module);
 
     let server_config = ServerConfig::builder()
