@@ -16,6 +16,9 @@
 #                                                    # served by it); LOAD_TO=validator sends it
 #                                                    # all to validator 0 instead, the default
 #                                                    # (validators) spreads it over them
+#   EXECUTOR=sequential BLOCK_TIME_MS=200 RATE=5500 benches/testnet-load.sh
+#                                                    # every node's `[execution] executor`
+#                                                    # (default: the node's own, parallel)
 #   VALIDATORS, ACCOUNTS, DURATION, WORKLOAD, PAIRS, CONCURRENCY, BATCH, SEED, OUT, SKIP_BUILD=1,
 #   KESTREL_BIN, KESTREL_LOADGEN_BIN
 #
@@ -49,6 +52,7 @@ BLOCK_TIME_MS="${BLOCK_TIME_MS:-500}"
 # and the next blocks were larger still (BENCHMARKS.md, issue 17's four-validator rows of
 # 2026-12-05).
 GAS_LIMIT="${GAS_LIMIT:-300000000}"
+EXECUTOR="${EXECUTOR:-}"
 TARGET="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT="${OUT:-$TARGET/testnet-bench/$(date -u +%Y%m%dT%H%M%SZ)}"
 # shellcheck source=benches/ports.sh
@@ -78,6 +82,7 @@ EOF
 for config in "$NET"/validator-*/config.toml "$NET"/full-*/config.toml; do
   [ -f "$config" ] || continue
   sed -i "s/^\[ordering\]$/[ordering]\nblock_time_ms = $BLOCK_TIME_MS\ngas_limit = $GAS_LIMIT/" "$config"
+  [ -z "$EXECUTOR" ] || sed -i "s/^\[execution\]$/[execution]\nexecutor = \"$EXECUTOR\"/" "$config"
 done
 
 stop_testnet() { KESTREL_BIN="$KESTREL" deploy/testnet.sh stop "$NET" >/dev/null 2>&1 || true; }
