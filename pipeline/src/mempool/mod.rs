@@ -457,15 +457,20 @@ impl TxPool {
             .range(..=number)
             .flat_map(|(_, marked)| marked)
         {
-            let leaves = inner
-                .in_flight
-                .get(hash)
-                .is_some_and(|f| f.number <= number);
-            let done = inner
-                .senders
-                .get(sender)
-                .is_some_and(|q| q.in_flight_until.is_some_and(|n| n <= number));
-            if (leaves || done) && seen.insert(*sender) {
+            let leaves = || {
+                inner
+                    .in_flight
+                    .get(hash)
+                    .is_some_and(|f| f.number <= number)
+            };
+            let done = || {
+                inner
+                    .senders
+                    .get(sender)
+                    .is_some_and(|q| q.in_flight_until.is_some_and(|n| n <= number))
+            };
+            if !seen.contains(sender) && (leaves() || done()) {
+                seen.insert(*sender);
                 senders.push(*sender);
             }
         }
