@@ -238,3 +238,66 @@ fn store_prints_one_checked_json_line_per_state_size() {
     // Each store is removed once measured.
     assert_eq!(std::fs::read_dir(tmp.path()).expect("dir").count(), 0);
 }
+
+/// `kestrel-bench pool` drives the pool block by block and fails unless every block takes a
+/// block's worth and the pool ends holding exactly its backlog; it prints one line.
+#[test]
+fn pool_prints_one_json_line_after_its_own_checks() {
+    let line = kestrel_bench(&[
+        "pool",
+        "--senders",
+        "6000",
+        "--block-txs",
+        "500",
+        "--backlog",
+        "1000",
+        "--blocks",
+        "12",
+        "--json",
+    ]);
+    assert_eq!(line["bench"], "pool");
+    assert_eq!(line["block_txs"], 500);
+    // The first window + 1 blocks fill the pipeline and are left out.
+    assert_eq!(line["blocks"], 8, "{line}");
+    let us = |field: &str| {
+        line[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{field}: {line}"))
+    };
+    for field in [
+        "take_block_us_p50",
+        "finalize_commit_us_p50",
+        "cycle_us_p50",
+    ] {
+        assert!(us(field) > 0.0, "{line}");
+    }
+    assert!(us("take_block_us_p50") <= us("take_block_us_p90"), "{line}");
+    assert!(us("take_block_us_p50") < us("cycle_us_p50"), "{line}");
+}
+
+/// Senders that would send again while still in flight make no steady state: refused, with
+/// the reason, rather than measured.
+#[test]
+fn pool_refuses_too_few_senders() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kestrel-bench"))
+        .args(["pool", "--senders", "1000", "--block-txs", "500", "--json"])
+        .output()
+        .expect("kestrel-bench runs");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("too few senders"), "{stderr}");
+    assert!(out.stdout.is_empty(), "no figure printed");
+}
+
+/// `kestrel-bench recover` checks every recovered sender against its signer and prints one line.
+#[test]
+fn recover_prints_one_checked_json_line() {
+    let line = kestrel_bench(&["recover", "--txs", "300", "--runs", "3", "--json"]);
+    assert_eq!(line["bench"], "recover");
+    assert_eq!(line["txs"], 300);
+    let (median, fastest) = (
+        line["us_each_median"].as_f64().expect("median"),
+        line["us_each_fastest"].as_f64().expect("fastest"),
+    );
+    assert!(fastest > 0.0 && fastest <= median, "{line}");
+}
