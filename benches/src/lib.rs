@@ -47,6 +47,13 @@ impl StateView for MemState {
     }
 }
 
+/// The nearest-rank `q` quantile of `values` (sorts them): the figure the benches report as
+/// p50, p90 or max.
+pub fn quantile(values: &mut [f64], q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[((values.len() - 1) as f64 * q).round() as usize]
+}
+
 /// Block hashes for benches: a pure function of the number.
 pub struct FakeHashes;
 impl BlockHashes for FakeHashes {

@@ -283,10 +283,7 @@ pub fn run(dir: &Path, params: &Params) -> eyre::Result<Value> {
         "incremental root {root} differs from the root from scratch {scratch}"
     );
 
-    let quantile = |times: &mut Vec<f64>, q: f64| {
-        times.sort_by(f64::total_cmp);
-        ms(times[((times.len() - 1) as f64 * q).round() as usize])
-    };
+    let quantile = |times: &mut Vec<f64>, q: f64| ms(crate::quantile(times, q));
     let mib = |bytes: u64| (bytes as f64 / 1048576.0 * 10.0).round() / 10.0;
     Ok(json!({
         "bench": "store",

@@ -20,8 +20,9 @@
 //! the bulk genesis writer, commits blocks of random transfers on it and prints, per size, the
 //! time to write the state and the state root and durable commit time per block
 //! (benches/src/store.rs). `recover` measures sender recovery on one thread as ingress does it
-//! (benches/src/recover.rs). `pool` drives the transaction pool block by block as a loaded validator
-//! does and reports the time `take_block` holds the pool's lock per block (benches/src/pool.rs).
+//! (benches/src/recover.rs). `pool` drives the transaction pool block by block as a loaded
+//! validator does and reports the time `take_block` holds the pool's lock per block
+//! (benches/src/pool.rs).
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use kestrel_benches::{
@@ -479,8 +480,7 @@ fn pool(args: &PoolArgs) -> eyre::Result<()> {
     let run = kestrel_benches::pool::run(&params)?;
     let micros = |d: &[std::time::Duration], q: f64| {
         let mut v: Vec<f64> = d.iter().map(|d| d.as_secs_f64() * 1e6).collect();
-        v.sort_by(f64::total_cmp);
-        v[((v.len() - 1) as f64 * q).round() as usize].round()
+        kestrel_benches::quantile(&mut v, q).round()
     };
     // The first blocks fill the pipeline (nothing committed yet): left out.
     let steady = (params.window as usize + 1).min(run.take.len() - 1);
