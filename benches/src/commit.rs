@@ -2,7 +2,8 @@
 //! same random blocks (accounts changed, as transfers change senders and recipients, and slots
 //! of one token contract, as ERC-20 transfers change balances) are applied, inserted and durably
 //! committed into one store per window, the stores taking turns block by block so that a busy
-//! machine slows each alike. Reported per window: the time per block (median and p90) and the
+//! machine slows each alike. Reported per window: the time per block (median and p90), the median of
+//! its state part (changes applied and state root computed, `apply_state`), and the
 //! bytes the commit wrote (what this process passed to write calls, `wchar` in `/proc/self/io`:
 //! MDBX's pages, and separately the bytes appended to the block archive, `<store>/blocks/`), and
 //! the database's size at the end. With `txs_per_block` 0 the blocks are empty: the state and
@@ -152,6 +153,8 @@ struct Run {
     store: Store,
     parent: SealedBlock,
     seconds: Vec<f64>,
+    /// The state changes applied and the state root computed (`apply_state`), within `seconds`.
+    state_seconds: Vec<f64>,
     /// Written by the process while this store committed, the archive's appends included.
     bytes: u64,
 }
@@ -170,6 +173,7 @@ pub fn run(dir: &Path, windows: &[HistoryWindow], params: &Params) -> eyre::Resu
             store,
             parent,
             seconds: Vec::new(),
+            state_seconds: Vec::new(),
             bytes: 0,
         });
     }
@@ -190,7 +194,10 @@ pub fn run(dir: &Path, windows: &[HistoryWindow], params: &Params) -> eyre::Resu
             let mut writer = run.store.begin_block()?;
             // As the commit stage does: the body's fsync runs during the state root.
             writer.append_body(number, &block.txs, &block.receipts)?;
+            let state_started = Instant::now();
             writer.apply_state(&changes)?;
+            run.state_seconds
+                .push(state_started.elapsed().as_secs_f64());
             writer.insert_block(&block)?;
             writer.commit()?;
             run.seconds.push(started.elapsed().as_secs_f64());
@@ -202,7 +209,9 @@ pub fn run(dir: &Path, windows: &[HistoryWindow], params: &Params) -> eyre::Resu
         .into_iter()
         .map(|mut run| {
             run.seconds.sort_by(f64::total_cmp);
+            run.state_seconds.sort_by(f64::total_cmp);
             let at = |q: f64| run.seconds[((run.seconds.len() - 1) as f64 * q) as usize] * 1e3;
+            let state_ms_p50 = run.state_seconds[(run.state_seconds.len() - 1) / 2] * 1e3;
             let mib_per_block = |bytes: u64| {
                 (bytes as f64 / params.blocks as f64 / 1048576.0 * 100.0).round() / 100.0
             };
@@ -217,6 +226,7 @@ pub fn run(dir: &Path, windows: &[HistoryWindow], params: &Params) -> eyre::Resu
                 "txs_per_block": params.txs_per_block,
                 "block_ms_p50": (at(0.5) * 10.0).round() / 10.0,
                 "block_ms_p90": (at(0.9) * 10.0).round() / 10.0,
+                "state_ms_p50": (state_ms_p50 * 10.0).round() / 10.0,
                 "written_mib_per_block": mib_per_block(run.bytes),
                 "archive_mib_per_block": mib_per_block(archive),
                 "mdbx_written_mib_per_block": mib_per_block(mdbx_share(run.bytes, archive)),

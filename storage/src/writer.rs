@@ -10,7 +10,7 @@ use crate::{
     preimages, read_block_hash, read_head,
     sync::Writing,
     tables::{self, HEAD_KEY, Tables},
-    trie::{self, Leaves, TrieCursors, TrieInput, Walked},
+    trie::{self, InPlace, Leaves, Records, TrieCursors, TrieInput, Walked},
     tx_index::RecentTxs,
 };
 use alloy_consensus::ReceiptEnvelope;
@@ -109,7 +109,7 @@ impl BlockWriter<'_> {
             nodes: txn.cursor(&tables.storage_trie)?,
         };
         let mut storage_roots = BTreeMap::new();
-        let mut changed_slots = Vec::new();
+        let (mut slots, mut changed_slots, mut in_place) = (Vec::new(), Vec::new(), Vec::new());
         for (address, change) in &changes.storage {
             if changes.accounts.get(address) == Some(&None) {
                 continue;
@@ -121,38 +121,50 @@ impl BlockWriter<'_> {
                 }
                 wipe_storage(txn, &tables, &hashed_address)?;
             }
+            // In hashed order, each through the cursor its old value's read left on it: one
+            // B-tree search for both, on pages the slot before has mostly just visited.
+            slots.clear();
+            slots.extend(
+                (change.slots.iter())
+                    .map(|(slot, value)| (keccak256(slot.to_be_bytes::<32>()), slot, value)),
+            );
+            slots.sort_unstable_by_key(|(hashed_slot, ..)| *hashed_slot);
             changed_slots.clear();
-            for (slot, value) in &change.slots {
-                let hashed_slot = keccak256(slot.to_be_bytes::<32>());
+            in_place.clear();
+            for &(hashed_slot, slot, value) in &slots {
                 let hashed_key = codec::hashed_slot_key(&hashed_address, &hashed_slot);
-                let old = txn.get::<Cow<'_, [u8]>>(&tables.hashed_storage, hashed_key)?;
+                let old = cursors.hashed.set::<Cow<'_, [u8]>>(hashed_key.as_slice())?;
+                let existed = old.is_some();
                 if let Some(history) = history {
                     history.slot(address, slot, old.as_deref());
                 }
+                drop(old);
                 if value.is_zero() {
-                    if old.is_some() {
-                        txn.del(&tables.hashed_storage, hashed_key, None)?;
+                    if existed {
+                        cursors.hashed.del(WriteFlags::empty())?;
                     }
                 } else {
-                    if old.is_none() {
+                    if !existed {
                         preimages::put_slot(txn, &tables, &hashed_key, slot)?;
                     }
                     let (bytes, len) = codec::encode_slot_value(value);
-                    txn.put(
-                        &tables.hashed_storage,
-                        hashed_key,
-                        &bytes[..len],
-                        WriteFlags::UPSERT,
-                    )?;
+                    let flags = match existed {
+                        true => WriteFlags::CURRENT,
+                        false => WriteFlags::UPSERT,
+                    };
+                    cursors
+                        .hashed
+                        .put(hashed_key.as_slice(), &bytes[..len], flags)?;
                 }
                 changed_slots.push(hashed_slot);
+                in_place.push((existed && !value.is_zero()).then_some(InPlace::Slot(*value)));
             }
-            changed_slots.sort_unstable();
             let input = TrieInput {
                 leaves: Leaves::Storage,
                 prefix: hashed_address.as_slice(),
                 changed: &changed_slots,
                 overlay: &[],
+                in_place: &in_place,
             };
             let update = trie::update(txn, &tables.storage_trie, &mut cursors, &input)?;
             nodes_written += update.nodes_written;
@@ -178,8 +190,8 @@ impl BlockWriter<'_> {
         // and returns them. Each is written through the cursor its old record's read left on
         // it: one B-tree search for both.
         let mut cursor = txn.cursor(&tables.hashed_accounts)?;
-        let records = |range: std::ops::Range<usize>| -> Result<Vec<_>, StorageError> {
-            let mut records = Vec::with_capacity(range.len());
+        let records = |range: std::ops::Range<usize>| -> Result<Records, StorageError> {
+            let mut records = Records::with_capacity(range.len());
             for (hashed_address, address, change) in &accounts[range] {
                 let old = cursor
                     .set::<Cow<'_, [u8]>>(hashed_address.as_slice())?
@@ -235,7 +247,11 @@ impl BlockWriter<'_> {
                     None if old.is_some() => cursor.del(WriteFlags::empty())?,
                     None => {}
                 }
-                records.push((*hashed_address, record));
+                let in_place = match (&old, &record) {
+                    (Some(_), Some(record)) => Some(InPlace::Account(*record)),
+                    _ => None,
+                };
+                records.push(*hashed_address, record, in_place);
             }
             Ok(records)
         };

@@ -78,7 +78,7 @@ use bottom::Bottom;
 use fed::Fed;
 mod scratch;
 mod sorted;
-pub(crate) use parallel::{AccountTables, Walked, update_accounts};
+pub(crate) use parallel::{AccountTables, Records, Walked, update_accounts};
 pub(crate) use scratch::state_root_from_scratch;
 pub(crate) use sorted::{NodeEntry, SortedTrie};
 
@@ -93,6 +93,31 @@ pub(crate) struct TrieInput<'a> {
     /// table read is a snapshot from before they were written ([`update_accounts`]): the walk
     /// reads them in place of the table's. Empty when the table already holds them.
     pub overlay: &'a [(B256, Option<AccountRecord>)],
+    /// The new leaf of each key of `changed` that was in the trie before and still is, indexed
+    /// as `changed` (`None` for a key added or deleted); empty when the caller does not know.
+    /// Such a key, alone in a child its branch stored as a single leaf, is that leaf: the walk
+    /// feeds it without reading the hashed table ([`Walk::feed_in_place`]).
+    pub in_place: &'a [Option<InPlace>],
+}
+
+/// A changed key's new leaf, for a key whose value alone changed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum InPlace {
+    Slot(U256),
+    Account(AccountRecord),
+}
+
+impl InPlace {
+    /// The leaf's value as the trie holds it: what [`Leaves::leaf_value`] makes of the record.
+    fn leaf_value(&self, out: &mut Vec<u8>) {
+        match self {
+            InPlace::Slot(value) => {
+                out.clear();
+                alloy_rlp::Encodable::encode(value, out);
+            }
+            InPlace::Account(record) => record.trie_rlp(out),
+        }
+    }
 }
 
 /// The cursors a trie update reads through: over the hashed table of the leaves, and over the
@@ -144,6 +169,7 @@ pub(crate) fn update<E: DatabaseKind>(
     assert!(input.changed.is_sorted(), "changed keys must be sorted");
     let mut walk = Walk::new(cursors, input, HashBuilder::default().with_updates(true));
     walk.descend(Nibbles::default())?;
+    walk.count_in_place();
     let root = walk.hb.root();
     let writes = walk.node_writes(|path| path);
     Ok(TrieUpdate {
@@ -194,6 +220,7 @@ pub(crate) fn proof<K: TransactionKind>(
         prefix,
         changed: targets,
         overlay: &[],
+        in_place: &[],
     };
     let retainer = ProofRetainer::new(targets.iter().map(Nibbles::unpack).collect());
     let mut walk = Walk::new(
@@ -247,11 +274,18 @@ struct Walk<'a, 'c, 't, K: TransactionKind> {
     gathering: bool,
     key: Vec<u8>,
     value: Vec<u8>,
+    /// Leaves fed by [`Walk::feed_in_place`], for the metric.
+    fed_in_place: u64,
 }
 
 impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
     fn new(cursors: &'a mut TrieCursors<'t, K>, input: &'a TrieInput<'c>, hb: HashBuilder) -> Self {
+        assert!(
+            input.in_place.is_empty() || input.in_place.len() == input.changed.len(),
+            "in-place leaves are indexed as the changed keys"
+        );
         Self {
+            fed_in_place: 0,
             cursors,
             scanned: None,
             input,
@@ -313,6 +347,11 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
         self.fed_under.set_bit(path.get_unchecked(self.strip));
         self.hb.add_leaf(path.slice(self.strip..), &self.value);
         self.fed.leaves.push(key, &self.value);
+    }
+
+    fn count_in_place(&self) {
+        metrics::counter!("kestrel_storage_trie_leaves_in_place_total")
+            .increment(self.fed_in_place);
     }
 
     /// Feeds `hash` for the subtree at `path`; `leaf` if it is the hash of a leaf node.
@@ -427,6 +466,8 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
                 self.feed_hash(child, branch.hash_for_nibble(nibble), stored_below, false);
             } else if !changed && leaf_hashes_hold && node.leaf_mask.is_bit_set(nibble) {
                 self.feed_hash(child, node.leaf_hash(nibble), false, true);
+            } else if changed && node.leaf_mask.is_bit_set(nibble) && self.feed_in_place(&child) {
+                // The single leaf, its new value fed without a read.
             } else if branch.tree_mask.is_bit_set(nibble) {
                 match self.subtrees[usize::from(nibble)].take() {
                     // Built by another walk: feeding its top branch's hash is feeding its leaves.
@@ -441,6 +482,34 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
             }
         }
         Ok(())
+    }
+
+    /// Feeds the leaf under `child`, a child its branch stored as a single leaf, when the only
+    /// changed key under it was in the trie before and still is: the child then holds that key
+    /// alone (the one key it held is the only key under it that was in the trie), with its new
+    /// value. The hash builder gets what scanning the child would give it, without the scan's
+    /// seek in the hashed table. Returns whether it did.
+    fn feed_in_place(&mut self, child: &Nibbles) -> bool {
+        let in_place = self.input.in_place;
+        if in_place.is_empty() {
+            return false;
+        }
+        let (lo, hi) = key_range(child);
+        let changed = self.input.changed;
+        let first = changed.partition_point(|key| *key < lo);
+        let alone = changed.get(first + 1).is_none_or(|next| *next > hi);
+        let leaf = match in_place.get(first) {
+            Some(Some(leaf)) if alone => *leaf,
+            _ => return false,
+        };
+        debug_assert!(
+            (lo..=hi).contains(&changed[first]),
+            "a changed key under the child"
+        );
+        leaf.leaf_value(&mut self.value);
+        self.feed_leaf(changed[first]);
+        self.fed_in_place += 1;
+        true
     }
 
     /// The stored node with the smallest path starting with `path`: the branch at `path`, or the

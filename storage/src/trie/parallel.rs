@@ -20,7 +20,7 @@
 //! tries) has no hash to feed; then the whole trie is walked again on one thread, over the
 //! subtrees' nodes already written, which are right for the new state.
 
-use super::{Leaves, NodeWrites, TrieCursors, TrieInput, TrieUpdate, Walk, key_range};
+use super::{InPlace, Leaves, NodeWrites, TrieCursors, TrieInput, TrieUpdate, Walk, key_range};
 use crate::{Env, StorageError, codec::AccountRecord, tables};
 use alloy_primitives::B256;
 use alloy_trie::{HashBuilder, Nibbles};
@@ -29,6 +29,28 @@ use std::{ops::Range, sync::OnceLock};
 
 /// New account records by hashed address (`None`: deleted), sorted.
 pub(crate) type Overlay = Vec<(B256, Option<AccountRecord>)>;
+
+/// The new records of a run of changed accounts, and which of them changed in place
+/// ([`TrieInput::in_place`]).
+#[derive(Debug)]
+pub(crate) struct Records {
+    overlay: Overlay,
+    in_place: Vec<Option<InPlace>>,
+}
+
+impl Records {
+    pub fn with_capacity(len: usize) -> Self {
+        Self {
+            overlay: Vec::with_capacity(len),
+            in_place: Vec::with_capacity(len),
+        }
+    }
+
+    pub fn push(&mut self, key: B256, record: Option<AccountRecord>, in_place: Option<InPlace>) {
+        self.overlay.push((key, record));
+        self.in_place.push(in_place);
+    }
+}
 
 /// Fewer changed accounts than this are walked on one thread: the helper's start and its read
 /// transaction would cost more than it saves.
@@ -100,7 +122,7 @@ pub(crate) fn update_accounts(
     snapshot: Option<&Database<Env>>,
     tables: &AccountTables<'_, '_>,
     changed: &[B256],
-    mut records: impl FnMut(Range<usize>) -> Result<Overlay, StorageError>,
+    mut records: impl FnMut(Range<usize>) -> Result<Records, StorageError>,
 ) -> Result<(TrieUpdate, Walked), StorageError> {
     let cursors = || -> Result<_, StorageError> {
         Ok(TrieCursors {
@@ -113,6 +135,7 @@ pub(crate) fn update_accounts(
         prefix: &[],
         changed,
         overlay: &[],
+        in_place: &[],
     };
     let walkers = std::thread::available_parallelism()
         .map_or(1, usize::from)
@@ -124,7 +147,11 @@ pub(crate) fn update_accounts(
         _ => Vec::new(),
     };
     let (Some(db), 2..) = (snapshot, jobs.len()) else {
-        records(0..changed.len())?;
+        let records = records(0..changed.len())?;
+        let input = TrieInput {
+            in_place: &records.in_place,
+            ..input
+        };
         let update = super::update(txn, tables.nodes, &mut cursors()?, &input)?;
         return Ok((update, Walked::OneThread));
     };
@@ -135,16 +162,18 @@ pub(crate) fn update_accounts(
             |nibble: usize| changed.partition_point(|key| usize::from(key[0] >> 4) < nibble);
         first(nibble)..first(nibble + 1)
     });
-    let overlays: [OnceLock<Overlay>; 16] = Default::default();
+    let overlays: [OnceLock<Records>; 16] = Default::default();
     let subtree_input = |nibble: u8| {
         let nibble = usize::from(nibble);
+        let records = overlays[nibble]
+            .get()
+            .expect("a subtree is sent once its records are known");
         TrieInput {
             leaves: Leaves::Accounts,
             prefix: &[],
             changed: &changed[under[nibble].clone()],
-            overlay: overlays[nibble]
-                .get()
-                .expect("a subtree is sent once its records are known"),
+            overlay: &records.overlay,
+            in_place: &records.in_place,
         }
     };
     let (ready, jobs_ready) = crossbeam_channel::unbounded::<u8>();
@@ -217,7 +246,8 @@ pub(crate) fn update_accounts(
     let mut cursors = cursors()?;
     if subtrees.iter().any(|(_, top)| top.is_none()) {
         // The subtrees' nodes written above are right for the new state, which is all the
-        // walk asks of the nodes it reads: it rebuilds every node on a changed path.
+        // walk asks of the nodes it reads: it rebuilds every node on a changed path. No leaf is
+        // fed in place on this path, which only small tries take.
         let mut update = super::update(txn, tables.nodes, &mut cursors, &input)?;
         update.nodes_written += nodes_written;
         return Ok((update, Walked::Again));
@@ -276,6 +306,7 @@ fn build_subtree<K: TransactionKind>(
     let mut walk = Walk::new(cursors, input, HashBuilder::default().with_updates(true));
     walk.strip = 1;
     walk.descend(child)?;
+    walk.count_in_place();
     let hash = walk.hb.root();
     let top = match walk.fed_under.count_ones() {
         0 => Some(Top::Empty),
