@@ -249,6 +249,10 @@ pub fn describe_metrics() {
         "Changed trie leaves whose key was there before and stays (a value change), fed to the root computation without reading the hashed table"
     );
     metrics::describe_counter!(
+        "kestrel_storage_trie_nodes_rehashed_total",
+        "Stored trie branches rehashed from their stored children's hashes, every change under them a value change, without the hash builder"
+    );
+    metrics::describe_counter!(
         "kestrel_storage_account_trie_walks_total",
         "Account-trie updates by how they were walked: parallel (the root's subtrees on all cores), one_thread, or again (on one thread after a parallel walk found a subtree that is not a branch)"
     );

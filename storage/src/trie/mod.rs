@@ -74,8 +74,10 @@ mod bottom;
 mod fed;
 mod leaves;
 mod parallel;
+mod rehash;
 use bottom::Bottom;
 use fed::Fed;
+use rehash::Rehashed;
 mod scratch;
 mod sorted;
 pub(crate) use parallel::{AccountTables, Records, Walked, update_accounts};
@@ -276,6 +278,9 @@ struct Walk<'a, 'c, 't, K: TransactionKind> {
     value: Vec<u8>,
     /// Leaves fed by [`Walk::feed_in_place`], for the metric.
     fed_in_place: u64,
+    /// The stored branches rehashed without the hash builder ([`rehash`]); `None` in a walk
+    /// that keeps proof nodes.
+    rehashed: Option<Rehashed>,
 }
 
 impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
@@ -284,8 +289,10 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
             input.in_place.is_empty() || input.in_place.len() == input.changed.len(),
             "in-place leaves are indexed as the changed keys"
         );
+        let rehashed = (hb.updated_branch_nodes.is_some()).then(|| Rehashed::new(input.in_place));
         Self {
             fed_in_place: 0,
+            rehashed,
             cursors,
             scanned: None,
             input,
@@ -352,6 +359,8 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
     fn count_in_place(&self) {
         metrics::counter!("kestrel_storage_trie_leaves_in_place_total")
             .increment(self.fed_in_place);
+        let rehashed = self.rehashed.as_ref().map_or(0, |r| r.nodes.len());
+        metrics::counter!("kestrel_storage_trie_nodes_rehashed_total").increment(rehashed as u64);
     }
 
     /// Feeds `hash` for the subtree at `path`; `leaf` if it is the hash of a leaf node.
@@ -392,17 +401,21 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
             .map(node_key)
             .collect();
         let mut rlp = Vec::with_capacity(128);
-        let written = updates
+        let mut written = updates
             .into_iter()
             .map(|(path, mut branch)| {
                 // The top of a subtree built as a trie of its own is that trie's root.
                 branch.root_hash = branch.root_hash.filter(|_| path.is_empty());
-                let node = self.fed.stored_node(&path, branch, &mut rlp);
+                (path, self.fed.stored_node(&path, branch, &mut rlp))
+            })
+            .chain(self.rehashed.iter_mut().flat_map(|r| r.nodes.drain(..)))
+            .map(|(path, node)| {
                 let mut value = Vec::with_capacity(8 + 17 * 32);
                 codec::encode_node(&node, &mut value);
                 (node_key(&path), value)
             })
-            .collect();
+            .collect::<Vec<_>>();
+        written.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
         NodeWrites { deleted, written }
     }
 
@@ -414,6 +427,11 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
             return self.emit_subtree(path);
         };
         if node_path.len() == path.len() {
+            if let Some(hash) = self.rehash(node_path, &node)? {
+                // A stored branch: its parent's tree-mask bit stays set.
+                self.feed_hash(node_path, hash, true, false);
+                return Ok(());
+            }
             return self.visit(node_path, node);
         }
         // An extension led from `path` to the branch at `node_path`: every key under `path` was

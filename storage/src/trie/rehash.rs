@@ -1,0 +1,202 @@
+//! Stored nodes rehashed in place, without the hash builder.
+//!
+//! When every changed key under a stored branch was in the trie before and stays
+//! ([`TrieInput::in_place`](super::TrieInput::in_place)), the trie under it keeps its shape: the
+//! same keys, so the same nodes at the same paths with the same masks; only hashes change. The
+//! branch's new hash is then its children's references hashed together, the unchanged ones
+//! taken from the node as stored and the changed ones computed the same way below. Fed to the
+//! hash builder, every unchanged child of every branch on a changed path cost a trip through its
+//! stack (a quarter of a walk), and each rebuilt node a search of what was fed; here a branch
+//! costs its own RLP and one keccak. The walk feeds the hash builder the branch's new hash, as
+//! for an unchanged stored child, and writes the rehashed nodes itself.
+//!
+//! A branch with a child whose reference the node does not keep (an extension, or an inlined
+//! node) is left to the hash builder, and so are the branches above it; its children rehashed
+//! on the way are kept (`memo`), and the walk feeds their hashes when it visits the branch.
+
+use super::{Walk, key_range};
+use crate::{StorageError, codec::StoredNode};
+use alloy_primitives::{B256, map::HashMap};
+use alloy_trie::{
+    BranchNodeCompact, Nibbles, TrieMask,
+    nodes::{BranchNodeRef, LeafNodeRef, RlpNode},
+};
+use libmdbx::TransactionKind;
+
+/// A walk's rehashed nodes and the buffers their hashing reuses.
+#[derive(Default)]
+pub(super) struct Rehashed {
+    /// The nodes rehashed, by path, to be written.
+    pub nodes: Vec<(Nibbles, StoredNode)>,
+    /// Each stored branch tried: its new hash, or `None` if left to the hash builder.
+    memo: HashMap<Nibbles, Option<B256>>,
+    /// Changed keys that are not in place, counted over `changed`: `moved[i]` of the first `i`.
+    moved: Vec<u32>,
+    stack: Vec<RlpNode>,
+    rlp: Vec<u8>,
+}
+
+impl Rehashed {
+    /// For a walk whose changed keys' in-place leaves are `in_place` (indexed as the keys).
+    pub fn new(in_place: &[Option<super::InPlace>]) -> Self {
+        let mut moved = Vec::with_capacity(in_place.len() + 1);
+        moved.push(0);
+        let mut count = 0;
+        for leaf in in_place {
+            count += u32::from(leaf.is_none());
+            moved.push(count);
+        }
+        Self {
+            moved,
+            ..Self::default()
+        }
+    }
+}
+
+impl<K: TransactionKind> Walk<'_, '_, '_, K> {
+    /// The new hash of the stored branch `node` at `path`, with it and the stored branches under
+    /// it rehashed (recorded to be written), if every changed key under `path` is in place and
+    /// every child's reference is known; else `None`, and the hash builder must build it.
+    pub(super) fn rehash(
+        &mut self,
+        path: Nibbles,
+        node: &StoredNode,
+    ) -> Result<Option<B256>, StorageError> {
+        let Some(rehashed) = &self.rehashed else {
+            return Ok(None);
+        };
+        if let Some(known) = rehashed.memo.get(&path) {
+            return Ok(*known);
+        }
+        // The top of the walk is the hash builder's own root, which it must build.
+        if path.len() <= self.strip || rehashed.moved.len() != self.input.changed.len() + 1 {
+            return Ok(None);
+        }
+        let (lo, hi) = key_range(&path);
+        let changed = self.input.changed;
+        let first = changed.partition_point(|key| *key < lo);
+        let last = first + changed[first..].partition_point(|key| *key <= hi);
+        if rehashed.moved[last] != rehashed.moved[first] {
+            return Ok(None);
+        }
+        let hash = self.rehash_branch(path, node)?;
+        let rehashed = self.rehashed.as_mut().expect("checked above");
+        rehashed.memo.insert(path, hash);
+        Ok(hash)
+    }
+
+    /// [`Walk::rehash`] once the changes under `path` are known to be in place.
+    fn rehash_branch(
+        &mut self,
+        path: Nibbles,
+        node: &StoredNode,
+    ) -> Result<Option<B256>, StorageError> {
+        let branch = &node.branch;
+        let (lo, hi) = key_range(&path);
+        let mut changed = TrieMask::default();
+        for key in self.changed_in(&lo, &hi) {
+            changed.set_bit(super::bottom::nibble(key, path.len()));
+        }
+        let mut children = [B256::ZERO; 16];
+        let (mut hashes, mut leaf_hashes) = (Vec::new(), Vec::new());
+        for (i, nibble) in branch.state_mask.iter().enumerate() {
+            let mut child = path;
+            child.push_unchecked(nibble);
+            let changed = changed.is_bit_set(nibble);
+            let hash = if branch.hash_mask.is_bit_set(nibble) {
+                let hash = match changed {
+                    false => Some(branch.hash_for_nibble(nibble)),
+                    true => self.rehash_child(child, branch.tree_mask.is_bit_set(nibble))?,
+                };
+                let Some(hash) = hash else { return Ok(None) };
+                hashes.push(hash);
+                hash
+            } else if node.leaf_mask.is_bit_set(nibble) {
+                let hash = match changed {
+                    false => Some(node.leaf_hash(nibble)),
+                    true => self.in_place_leaf_hash(&child),
+                };
+                let Some(hash) = hash else { return Ok(None) };
+                leaf_hashes.push(hash);
+                hash
+            } else {
+                return Ok(None);
+            };
+            children[i] = hash;
+        }
+        let count = branch.state_mask.count_ones() as usize;
+        let rehashed = self.rehashed.as_mut().expect("rehash checked it");
+        rehashed.stack.clear();
+        (rehashed.stack).extend(children[..count].iter().map(RlpNode::word_rlp));
+        rehashed.rlp.clear();
+        let Some(hash) = BranchNodeRef::new(&rehashed.stack, branch.state_mask)
+            .rlp(&mut rehashed.rlp)
+            .as_hash()
+        else {
+            return Ok(None);
+        };
+        let stored = StoredNode {
+            branch: BranchNodeCompact::new(
+                branch.state_mask,
+                branch.tree_mask,
+                branch.hash_mask,
+                hashes,
+                None,
+            ),
+            leaf_mask: node.leaf_mask,
+            leaf_hashes,
+        };
+        debug_assert!(
+            super::is_stored(&path, &stored.branch),
+            "a stored branch stays stored"
+        );
+        rehashed.nodes.push((path, stored));
+        Ok(Some(hash))
+    }
+
+    /// The new hash of the changed branch exactly at `child` (its parent's hash-mask bit):
+    /// rehashed if it is stored, else hashed from its leaves. `marked`: the parent's tree-mask
+    /// bit, which the subtree must still earn.
+    fn rehash_child(&mut self, child: Nibbles, marked: bool) -> Result<Option<B256>, StorageError> {
+        if marked && let Some((node_path, node)) = self.first_node_under(&child)? {
+            if node_path != child {
+                return Ok(None);
+            }
+            return self.rehash(child, &node);
+        }
+        let (lo, hi) = key_range(&child);
+        self.bottom
+            .as_mut()
+            .expect("only an update walk rehashes")
+            .clear();
+        self.gathering = true;
+        let scanned = self.emit_leaves(lo, hi);
+        self.gathering = false;
+        scanned?;
+        let bottom = self.bottom.as_mut().expect("only an update walk rehashes");
+        Ok(bottom
+            .top_branch(child.len())
+            .filter(|top| top.marked == marked)
+            .map(|top| top.hash))
+    }
+
+    /// The new hash of the leaf at `child`, a single-leaf child whose key changed in place; `None`
+    /// if its node is now inlined.
+    fn in_place_leaf_hash(&mut self, child: &Nibbles) -> Option<B256> {
+        let (lo, hi) = key_range(child);
+        let changed = self.input.changed;
+        let first = changed.partition_point(|key| *key < lo);
+        debug_assert!(
+            changed.get(first + 1).is_none_or(|next| *next > hi),
+            "a single leaf changed in place has one changed key under it"
+        );
+        let leaf = self.input.in_place[first].expect("every change here is in place");
+        leaf.leaf_value(&mut self.value);
+        let key = Nibbles::unpack(changed[first]).slice(child.len()..);
+        let rehashed = self.rehashed.as_mut().expect("rehash checked it");
+        rehashed.rlp.clear();
+        LeafNodeRef::new(&key, &self.value)
+            .rlp(&mut rehashed.rlp)
+            .as_hash()
+    }
+}
