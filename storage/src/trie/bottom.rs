@@ -92,6 +92,23 @@ impl Bottom {
         })
     }
 
+    /// The reference to the subtree the leaves form below depth `depth` (all keys share their
+    /// first `depth` nibbles), as its parent's node holds it (inlined, or by hash), if the parent
+    /// keeps no hash of it and would set no tree-mask bit for it: an extension, or a leaf or a
+    /// branch short enough to be inlined, with nothing in it that the hash builder would store.
+    pub fn unkept_ref(&mut self, depth: usize) -> Option<RlpNode> {
+        if self.leaves.len() == 0 {
+            return None;
+        }
+        self.stack.clear();
+        let (node, shape) = self.node(0..self.leaves.len(), depth);
+        match shape {
+            Shape::Extension { marked: false } => Some(node),
+            Shape::Leaf | Shape::Branch { marked: false } if !node.is_hash() => Some(node),
+            _ => None,
+        }
+    }
+
     /// The node over `leaves` (sharing their first `depth` nibbles).
     fn node(&mut self, leaves: Range<usize>, depth: usize) -> (RlpNode, Shape) {
         let (first, last) = (leaves.start, leaves.end - 1);

@@ -10,9 +10,10 @@
 //! costs its own RLP and one keccak. The walk feeds the hash builder the branch's new hash, as
 //! for an unchanged stored child, and writes the rehashed nodes itself.
 //!
-//! A branch with a child whose reference the node does not keep (an extension, or an inlined
-//! node) is left to the hash builder, and so are the branches above it; its children rehashed
-//! on the way are kept (`memo`), and the walk feeds their hashes when it visits the branch.
+//! A child whose reference the node does not keep (an extension, or an inlined node) is hashed
+//! from its leaves, if nothing under it is stored. A branch with any other child the node keeps
+//! nothing of is left to the hash builder, and so are the branches above it; its children
+//! rehashed on the way are kept (`memo`), and the walk feeds their hashes when it visits it.
 
 use super::{Walk, key_range};
 use crate::{StorageError, codec::StoredNode};
@@ -79,8 +80,11 @@ impl<K: TransactionKind> Walk<'_, '_, '_, K> {
         if rehashed.moved[last] != rehashed.moved[first] {
             return Ok(None);
         }
+        let base = rehashed.stack.len();
         let hash = self.rehash_branch(path, node)?;
         let rehashed = self.rehashed.as_mut().expect("checked above");
+        // Left part way, the children's references pushed so far are dropped.
+        rehashed.stack.truncate(base);
         rehashed.memo.insert(path, hash);
         Ok(hash)
     }
@@ -97,20 +101,25 @@ impl<K: TransactionKind> Walk<'_, '_, '_, K> {
         for key in self.changed_in(&lo, &hi) {
             changed.set_bit(super::bottom::nibble(key, path.len()));
         }
-        let mut children = [B256::ZERO; 16];
+        let base = self
+            .rehashed
+            .as_ref()
+            .expect("rehash checked it")
+            .stack
+            .len();
         let (mut hashes, mut leaf_hashes) = (Vec::new(), Vec::new());
-        for (i, nibble) in branch.state_mask.iter().enumerate() {
+        for nibble in branch.state_mask.iter() {
             let mut child = path;
             child.push_unchecked(nibble);
             let changed = changed.is_bit_set(nibble);
-            let hash = if branch.hash_mask.is_bit_set(nibble) {
+            let reference = if branch.hash_mask.is_bit_set(nibble) {
                 let hash = match changed {
                     false => Some(branch.hash_for_nibble(nibble)),
                     true => self.rehash_child(child, branch.tree_mask.is_bit_set(nibble))?,
                 };
                 let Some(hash) = hash else { return Ok(None) };
                 hashes.push(hash);
-                hash
+                RlpNode::word_rlp(&hash)
             } else if node.leaf_mask.is_bit_set(nibble) {
                 let hash = match changed {
                     false => Some(node.leaf_hash(nibble)),
@@ -118,21 +127,22 @@ impl<K: TransactionKind> Walk<'_, '_, '_, K> {
                 };
                 let Some(hash) = hash else { return Ok(None) };
                 leaf_hashes.push(hash);
-                hash
+                RlpNode::word_rlp(&hash)
             } else {
-                return Ok(None);
+                match self.unkept_ref(child, branch.tree_mask.is_bit_set(nibble))? {
+                    Some(reference) => reference,
+                    None => return Ok(None),
+                }
             };
-            children[i] = hash;
+            let rehashed = self.rehashed.as_mut().expect("rehash checked it");
+            rehashed.stack.push(reference);
         }
-        let count = branch.state_mask.count_ones() as usize;
         let rehashed = self.rehashed.as_mut().expect("rehash checked it");
-        rehashed.stack.clear();
-        (rehashed.stack).extend(children[..count].iter().map(RlpNode::word_rlp));
         rehashed.rlp.clear();
-        let Some(hash) = BranchNodeRef::new(&rehashed.stack, branch.state_mask)
-            .rlp(&mut rehashed.rlp)
-            .as_hash()
-        else {
+        let node_rlp =
+            BranchNodeRef::new(&rehashed.stack[base..], branch.state_mask).rlp(&mut rehashed.rlp);
+        rehashed.stack.truncate(base);
+        let Some(hash) = node_rlp.as_hash() else {
             return Ok(None);
         };
         let stored = StoredNode {
@@ -154,6 +164,35 @@ impl<K: TransactionKind> Walk<'_, '_, '_, K> {
         Ok(Some(hash))
     }
 
+    /// The reference to the child at `child` of which its parent keeps nothing, from its leaves,
+    /// if nothing under it is stored (`marked`, the parent's tree-mask bit, unset) and it is
+    /// still one its parent keeps nothing of ([`unkept_ref`](super::bottom::Bottom::unkept_ref)).
+    fn unkept_ref(
+        &mut self,
+        child: Nibbles,
+        marked: bool,
+    ) -> Result<Option<RlpNode>, StorageError> {
+        if marked {
+            return Ok(None);
+        }
+        self.gather_leaves(&child)?;
+        let bottom = self.bottom.as_mut().expect("only an update walk rehashes");
+        Ok(bottom.unkept_ref(child.len()))
+    }
+
+    /// Reads the leaves under `path` into `bottom`.
+    fn gather_leaves(&mut self, path: &Nibbles) -> Result<(), StorageError> {
+        let (lo, hi) = key_range(path);
+        self.bottom
+            .as_mut()
+            .expect("only an update walk rehashes")
+            .clear();
+        self.gathering = true;
+        let scanned = self.emit_leaves(lo, hi);
+        self.gathering = false;
+        scanned
+    }
+
     /// The new hash of the changed branch exactly at `child` (its parent's hash-mask bit):
     /// rehashed if it is stored, else hashed from its leaves. `marked`: the parent's tree-mask
     /// bit, which the subtree must still earn.
@@ -164,15 +203,7 @@ impl<K: TransactionKind> Walk<'_, '_, '_, K> {
             }
             return self.rehash(child, &node);
         }
-        let (lo, hi) = key_range(&child);
-        self.bottom
-            .as_mut()
-            .expect("only an update walk rehashes")
-            .clear();
-        self.gathering = true;
-        let scanned = self.emit_leaves(lo, hi);
-        self.gathering = false;
-        scanned?;
+        self.gather_leaves(&child)?;
         let bottom = self.bottom.as_mut().expect("only an update walk rehashes");
         Ok(bottom
             .top_branch(child.len())
