@@ -457,13 +457,7 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
     fn visit(&mut self, path: Nibbles, node: StoredNode) -> Result<(), StorageError> {
         self.visited.push(path);
         let branch = &node.branch;
-        // The children with a changed key below: the nibble after `path` of each changed key
-        // under it (one run of the sorted keys).
-        let mut changed = TrieMask::default();
-        let (lo, hi) = key_range(&path);
-        for key in self.changed_in(&lo, &hi) {
-            changed.set_bit(bottom::nibble(key, path.len()));
-        }
+        let changed = self.changed_children(&path);
         // A stored leaf hash holds only while its leaf stays a child of this branch, and feeding
         // it as a hash must not change what the hash builder stores. An unchanged branch child
         // with a hash guarantees both: with the leaf, two children survive, so the branch stays,
@@ -632,6 +626,17 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
                 reason: format!("key of {} bytes", key.len()),
             }),
         }
+    }
+
+    /// The children of `path` with a changed key below them: the nibble after `path` of each
+    /// changed key under it (one run of the sorted keys).
+    fn changed_children(&self, path: &Nibbles) -> TrieMask {
+        let (lo, hi) = key_range(path);
+        let mut changed = TrieMask::default();
+        for key in self.changed_in(&lo, &hi) {
+            changed.set_bit(bottom::nibble(key, path.len()));
+        }
+        changed
     }
 
     fn any_changed(&self, lo: &B256, hi: &B256) -> bool {

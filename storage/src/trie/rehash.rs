@@ -19,7 +19,7 @@ use super::{Walk, key_range};
 use crate::{StorageError, codec::StoredNode};
 use alloy_primitives::{B256, map::HashMap};
 use alloy_trie::{
-    BranchNodeCompact, Nibbles, TrieMask,
+    BranchNodeCompact, Nibbles,
     nodes::{BranchNodeRef, LeafNodeRef, RlpNode},
 };
 use libmdbx::TransactionKind;
@@ -96,11 +96,7 @@ impl<K: TransactionKind> Walk<'_, '_, '_, K> {
         node: &StoredNode,
     ) -> Result<Option<B256>, StorageError> {
         let branch = &node.branch;
-        let (lo, hi) = key_range(&path);
-        let mut changed = TrieMask::default();
-        for key in self.changed_in(&lo, &hi) {
-            changed.set_bit(super::bottom::nibble(key, path.len()));
-        }
+        let changed = self.changed_children(&path);
         let base = self
             .rehashed
             .as_ref()
