@@ -24,6 +24,8 @@ pub enum StorageError {
     SyncFailed(String),
     #[error("starting the database sync thread: {0}")]
     SyncStart(std::io::Error),
+    #[error("re-reading the database file into the page cache: {0}")]
+    Recache(String),
     #[error("starting a state-root thread: {0}")]
     RootThread(std::io::Error),
     #[error("database holds a different genesis (stored {stored}, expected {expected})")]

@@ -240,6 +240,7 @@ impl crate::Store {
         // Not a block's commit, so the sync thread does not see it: synced here, the restore
         // survives a power loss once it returns.
         self.sync()?;
+        self.recache_pages()?;
         Ok(())
     }
 }
