@@ -188,6 +188,8 @@ pub struct Store {
     db: Arc<Database<Env>>,
     /// MDBX's data file, in the store's directory.
     data_file: PathBuf,
+    /// The account trie's bottom subtrees' top branches as of the last commit.
+    bottoms: Arc<trie::BottomCache>,
     archive: Blocks,
     blocks: BlockCache,
     history: HistoryWindow,
@@ -259,6 +261,14 @@ pub fn describe_metrics() {
     metrics::describe_counter!(
         "kestrel_storage_trie_nodes_rehashed_total",
         "Stored trie branches rehashed from their stored children's hashes, every change under them a value change, without the hash builder"
+    );
+    metrics::describe_counter!(
+        "kestrel_storage_trie_bottom_cache_hits_total",
+        "Account-trie bottom subtrees rehashed from their top branch kept in memory, without reading their leaves"
+    );
+    metrics::describe_gauge!(
+        "kestrel_storage_trie_bottom_cache_entries",
+        "Account-trie branches kept in memory: the bottom subtrees' top branches and the branches under them"
     );
     metrics::describe_counter!(
         "kestrel_storage_account_trie_walks_total",
@@ -341,8 +351,9 @@ impl Store {
             }
             Durability::Unsynced => None,
         };
-        Ok(Self {
+        let store = Self {
             db,
+            bottoms: Arc::default(),
             data_file: dir.join(DB_FILE),
             archive,
             blocks: BlockCache::default(),
@@ -350,7 +361,9 @@ impl Store {
             syncer,
             sync_thread,
             tx_index,
-        })
+        };
+        store.fill_bottoms()?;
+        Ok(store)
     }
 
     /// The last block that survives a power loss now; the head ([`ChainView::head`]) may be
@@ -422,7 +435,25 @@ impl Store {
         writer.insert_block(&block)?;
         writer.commit()?;
         self.recache_pages()?;
+        self.fill_bottoms()?;
         Ok(block)
+    }
+
+    /// Keeps the account trie's bottom subtrees' top branches as the last commit holds them
+    /// (`trie::BottomCache::fill`): at open, and after the state was written otherwise than by
+    /// blocks.
+    pub(crate) fn fill_bottoms(&self) -> Result<(), StorageError> {
+        let started = std::time::Instant::now();
+        let kept = self.bottoms.fill(&self.db)?;
+        if kept > 0 {
+            tracing::info!(
+                target: "storage",
+                kept,
+                seconds = started.elapsed().as_secs_f64(),
+                "account trie's bottom subtrees' top branches kept in memory"
+            );
+        }
+        Ok(())
     }
 
     /// After a bulk write (genesis, state sync): makes it durable, then has the OS cache the
@@ -479,6 +510,8 @@ impl Store {
             state_written: false,
             tx_index: &self.tx_index,
             inserted: Vec::new(),
+            bottoms: &self.bottoms,
+            block_tops: Vec::new(),
         })
     }
 }

@@ -42,6 +42,10 @@ pub struct BlockWriter<'s> {
     /// Whether [`BlockWriter::apply_state`] wrote state in this transaction: the account trie's
     /// helper threads read the last commit, so they may only serve the first block.
     pub(crate) state_written: bool,
+    /// The account trie's bottom subtrees' top branches as of the last commit, and what each
+    /// block of this transaction does to them, applied once it commits.
+    pub(crate) bottoms: &'s std::sync::Arc<trie::BottomCache>,
+    pub(crate) block_tops: Vec<trie::BlockTops>,
 }
 
 /// What a block does to an account's record.
@@ -261,8 +265,22 @@ impl BlockWriter<'_> {
         };
         // Helper threads read the last commit, which lacks this transaction's earlier blocks.
         let snapshot = (!self.state_written).then_some(self.db);
-        let (update, walked) =
-            trie::update_accounts(txn, snapshot, &accounts_tables, &changed_accounts, records)?;
+        let trie::AccountsUpdate {
+            update,
+            walked,
+            tops,
+        } = trie::update_accounts(
+            txn,
+            snapshot,
+            self.bottoms,
+            &accounts_tables,
+            &changed_accounts,
+            records,
+        )?;
+        self.block_tops.push(trie::BlockTops {
+            changed: changed_accounts,
+            tops,
+        });
         self.state_written = true;
         nodes_written += update.nodes_written;
         metrics::counter!("kestrel_storage_account_trie_walks_total", "walk" => walked.label())
@@ -357,6 +375,7 @@ impl BlockWriter<'_> {
         };
         let started = Instant::now();
         self.txn.commit()?;
+        self.bottoms.commit(self.block_tops);
         self.writing
             .committed(self.inserted.last().map(|(number, _)| *number));
         metrics::histogram!("kestrel_storage_commit_seconds")

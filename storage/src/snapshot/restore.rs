@@ -241,6 +241,8 @@ impl crate::Store {
         // survives a power loss once it returns.
         self.sync()?;
         self.recache_pages()?;
+        // The state came in chunks, not blocks: no top branch kept before it stands.
+        self.fill_bottoms()?;
         Ok(())
     }
 }

@@ -8,7 +8,7 @@ use super::{
 use crate::{Store, trie::Walked};
 use alloy_primitives::{Address, U256, keccak256};
 use kestrel_types::{AccountInfo, StateChanges};
-use rand::{SeedableRng, rngs::StdRng};
+use rand::{Rng, SeedableRng, rngs::StdRng};
 use std::collections::BTreeMap;
 
 /// Applies `changes` to `parallel` as the first block of its transaction (its account trie may
@@ -109,4 +109,112 @@ fn a_subtree_left_with_one_leaf_is_walked_again_on_one_thread() {
         Walked::Parallel,
         "an emptied child is fed as nothing"
     );
+}
+
+/// Value changes to accounts that exist (a transfer's): the changes the bottom subtrees' kept
+/// top branches serve.
+fn balance_changes(rng: &mut StdRng, model: &Model, count: usize) -> StateChanges {
+    let existing: Vec<(&Address, &AccountInfo)> = model.accounts.iter().collect();
+    let mut block = StateChanges::default();
+    for _ in 0..count.min(existing.len()) {
+        let (address, info) = existing[rng.random_range(0..existing.len())];
+        let info = AccountInfo {
+            balance: U256::from(rng.random::<u64>()),
+            nonce: info.nonce + 1,
+            ..*info
+        };
+        block.accounts.insert(*address, Some(info));
+    }
+    block
+}
+
+/// The bottom subtrees' top branches kept between blocks (`trie::bottom_cache`) against a store
+/// walked on one thread, which never uses them: the same roots and nodes, through blocks dropped
+/// uncommitted (their tops never kept) and transactions of two blocks (the second walked on one
+/// thread, its changes dropping the tops over them); and the kept tops are used.
+#[test]
+fn kept_top_branches_give_what_the_leaves_give() {
+    let mut found = 0;
+    for seed in 0..6 {
+        let mut rng = StdRng::seed_from_u64(100 + seed);
+        let pools = Pools::new(&mut rng, 300, 8);
+        let (_a, cached) = temp_store();
+        let (_b, single) = temp_store();
+        let mut model = Model::default();
+        for i in 0..60 {
+            let changes = match i % 3 {
+                0 => random_block(&mut rng, &pools, &model, 60),
+                _ => balance_changes(&mut rng, &model, 40),
+            };
+            match i % 7 {
+                5 => {
+                    let mut writer = cached.begin_block().unwrap();
+                    writer.apply_state(&changes).unwrap();
+                    drop(writer);
+                }
+                6 => {
+                    model.apply(&changes);
+                    let next = balance_changes(&mut rng, &model, 40);
+                    model.apply(&next);
+                    let mut writer = cached.begin_block().unwrap();
+                    writer.apply_state(&changes).unwrap();
+                    let cached_root = writer.apply_state(&next).unwrap();
+                    writer.commit().unwrap();
+                    let mut writer = single.begin_block().unwrap();
+                    writer.apply_state(&StateChanges::default()).unwrap();
+                    writer.apply_state(&changes).unwrap();
+                    let single_root = writer.apply_state(&next).unwrap();
+                    writer.commit().unwrap();
+                    let roots = [cached_root, single_root];
+                    assert_eq!(roots[0], roots[1], "seed {seed} block {i}: two-block root");
+                    assert_eq!(stored_nodes(&cached), stored_nodes(&single), "seed {seed}");
+                }
+                _ => {
+                    model.apply(&changes);
+                    apply_both(&cached, &single, &changes);
+                }
+            }
+        }
+        assert_eq!(
+            cached
+                .view(|reader| reader.state_root_from_scratch().unwrap())
+                .unwrap(),
+            model.state_trie().root
+        );
+        found += cached
+            .bottoms
+            .found
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(cached.bottoms.len() > 0, "seed {seed}: no top branch kept");
+    }
+    assert!(found > 200, "kept top branches found {found} times");
+}
+
+/// The top branches a store fills at open (`BottomCache::fill`, from the node and hashed tables)
+/// are the ones its blocks kept, and more: every kept one is found, equal, among them.
+#[test]
+fn top_branches_filled_at_open_are_the_ones_blocks_kept() {
+    let mut rng = StdRng::seed_from_u64(9);
+    let pools = Pools::new(&mut rng, 300, 8);
+    let (dir, store) = temp_store();
+    let mut model = Model::default();
+    for i in 0..40 {
+        let changes = match i % 3 {
+            0 => random_block(&mut rng, &pools, &model, 60),
+            _ => balance_changes(&mut rng, &model, 40),
+        };
+        model.apply(&changes);
+        let mut writer = store.begin_block().unwrap();
+        writer.apply_state(&changes).unwrap();
+        writer.commit().unwrap();
+    }
+    let kept = store.bottoms.entries();
+    drop(store);
+    let store = Store::open(dir.path()).unwrap();
+    let filled = store.bottoms.entries();
+    assert!(kept.len() > 3, "{} kept", kept.len());
+    assert!(filled.len() >= kept.len());
+    for (path, top) in &kept {
+        assert_eq!(filled.get(path), Some(top), "at {path:?}");
+    }
 }

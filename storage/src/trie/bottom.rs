@@ -13,7 +13,7 @@
 //! [`Shape`]). A subtree with a stored node in it, or whose top is a leaf or an extension, is fed
 //! leaf by leaf as before.
 
-use super::leaves::Leaves;
+use super::{bottom_cache::CachedTop, leaves::Leaves};
 use alloy_primitives::B256;
 use alloy_trie::{
     Nibbles, TrieMask,
@@ -28,6 +28,10 @@ pub(super) struct Bottom {
     /// The children of the branches being built, deepest last.
     stack: Vec<RlpNode>,
     rlp: Vec<u8>,
+    /// Whether [`Bottom::top_branch`] records the branches it builds, in `recorded`, for the
+    /// [`bottom_cache`](super::bottom_cache).
+    recording: bool,
+    pub recorded: Vec<(Nibbles, CachedTop)>,
 }
 
 /// What the hash builder's masks say of a node it built: for a branch, whether its tree or hash
@@ -79,6 +83,7 @@ impl Bottom {
             return None;
         }
         self.stack.clear();
+        self.recorded.clear();
         let (node, tree_mask) = self.branch(0..n, depth);
         if !tree_mask.is_empty() {
             return None;
@@ -90,6 +95,15 @@ impl Bottom {
             hash: node.0.as_hash()?,
             marked,
         })
+    }
+
+    /// [`Bottom::top_branch`], recording in `recorded` each branch it builds (the top one and
+    /// those under it) whose children are all referenced by hash, as the cache keeps them.
+    pub fn top_branch_recorded(&mut self, depth: usize) -> Option<TopBranch> {
+        self.recording = true;
+        let top = self.top_branch(depth);
+        self.recording = false;
+        top
     }
 
     /// The reference to the subtree the leaves form below depth `depth` (all keys share their
@@ -146,6 +160,7 @@ impl Bottom {
             TrieMask::default(),
         );
         let base = self.stack.len();
+        let mut leaf_mask = TrieMask::default();
         let mut start = leaves.start;
         while start < leaves.end {
             let n = nibble(&self.leaves.keys()[start], depth);
@@ -155,7 +170,7 @@ impl Bottom {
             let (child, shape) = self.node(start..end, depth + 1);
             state_mask.set_bit(n);
             match shape {
-                Shape::Leaf => {}
+                Shape::Leaf => leaf_mask.set_bit(n),
                 // A branch child sets the hash-mask bit when referenced by hash, and the
                 // tree-mask bit when the hash builder stores it; an extension clears the former
                 // and passes the latter on from the branch it leads to.
@@ -178,8 +193,23 @@ impl Bottom {
         }
         self.rlp.clear();
         let node = BranchNodeRef::new(&self.stack[base..], state_mask).rlp(&mut self.rlp);
-        self.stack.truncate(base);
         let marked = !tree_mask.is_empty() || !hash_mask.is_empty();
+        if self.recording
+            && let Some(hashes) = self.stack[base..]
+                .iter()
+                .map(RlpNode::as_hash)
+                .collect::<Option<Box<[B256]>>>()
+        {
+            let path = Nibbles::unpack(self.leaves.keys()[leaves.start]).slice(..depth);
+            let top = CachedTop {
+                state_mask,
+                leaf_mask,
+                marked,
+                hashes,
+            };
+            self.recorded.push((path, top));
+        }
+        self.stack.truncate(base);
         ((node, Shape::Branch { marked }), tree_mask)
     }
 }

@@ -71,6 +71,7 @@ impl Leaves {
 }
 
 mod bottom;
+mod bottom_cache;
 mod fed;
 mod leaves;
 mod parallel;
@@ -80,7 +81,8 @@ use fed::Fed;
 use rehash::Rehashed;
 mod scratch;
 mod sorted;
-pub(crate) use parallel::{AccountTables, Records, Walked, update_accounts};
+pub(crate) use bottom_cache::{BlockTops, BottomCache};
+pub(crate) use parallel::{AccountTables, AccountsUpdate, Records, Walked, update_accounts};
 pub(crate) use scratch::state_root_from_scratch;
 pub(crate) use sorted::{NodeEntry, SortedTrie};
 
@@ -361,6 +363,8 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
             .increment(self.fed_in_place);
         let rehashed = self.rehashed.as_ref().map_or(0, |r| r.nodes.len());
         metrics::counter!("kestrel_storage_trie_nodes_rehashed_total").increment(rehashed as u64);
+        let hits = self.rehashed.as_ref().map_or(0, |r| r.cache_hits);
+        metrics::counter!("kestrel_storage_trie_bottom_cache_hits_total").increment(hits);
     }
 
     /// Feeds `hash` for the subtree at `path`; `leaf` if it is the hash of a leaf node.

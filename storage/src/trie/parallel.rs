@@ -20,12 +20,19 @@
 //! tries) has no hash to feed; then the whole trie is walked again on one thread, over the
 //! subtrees' nodes already written, which are right for the new state.
 
-use super::{InPlace, Leaves, NodeWrites, TrieCursors, TrieInput, TrieUpdate, Walk, key_range};
+use super::{
+    InPlace, Leaves, NodeWrites, TrieCursors, TrieInput, TrieUpdate, Walk,
+    bottom_cache::{BottomCache, CachedTop},
+    key_range,
+};
 use crate::{Env, StorageError, codec::AccountRecord, tables};
 use alloy_primitives::B256;
 use alloy_trie::{HashBuilder, Nibbles};
 use libmdbx::{Database, RW, Table, Transaction, TransactionKind};
-use std::{ops::Range, sync::OnceLock};
+use std::{
+    ops::Range,
+    sync::{Arc, OnceLock},
+};
 
 /// New account records by hashed address (`None`: deleted), sorted.
 pub(crate) type Overlay = Vec<(B256, Option<AccountRecord>)>;
@@ -100,6 +107,16 @@ struct Subtree {
     nibble: u8,
     top: Option<Top>,
     writes: NodeWrites,
+    /// The bottom subtrees' top branches its walk built ([`bottom_cache`](super::bottom_cache)).
+    tops: Vec<(Nibbles, CachedTop)>,
+}
+
+/// What [`update_accounts`] did: the new root and node writes, how it walked, and the bottom
+/// subtrees' top branches its helpers built, for `cache` once the block commits.
+pub(crate) struct AccountsUpdate {
+    pub update: TrieUpdate,
+    pub walked: Walked,
+    pub tops: Vec<(Nibbles, CachedTop)>,
 }
 
 /// The account trie's two tables.
@@ -116,14 +133,16 @@ pub(crate) struct AccountTables<'a, 't> {
 /// With `snapshot` (the database of `txn`, when its last commit is the state `txn` began from)
 /// and enough changes, the subtrees under the root's changed children are walked on several
 /// helper threads: each starts on a subtree as soon as its records are known, while this thread
-/// gets the rest, then writes each subtree's nodes as it is built.
+/// gets the rest, then writes each subtree's nodes as it is built. The helpers rehash bottom
+/// subtrees from `cache`'s top branches (as of the last commit, which they read).
 pub(crate) fn update_accounts(
     txn: &Transaction<'_, RW, Env>,
     snapshot: Option<&Database<Env>>,
+    cache: &Arc<BottomCache>,
     tables: &AccountTables<'_, '_>,
     changed: &[B256],
     mut records: impl FnMut(Range<usize>) -> Result<Records, StorageError>,
-) -> Result<(TrieUpdate, Walked), StorageError> {
+) -> Result<AccountsUpdate, StorageError> {
     let cursors = || -> Result<_, StorageError> {
         Ok(TrieCursors {
             hashed: txn.cursor(tables.hashed)?,
@@ -153,7 +172,11 @@ pub(crate) fn update_accounts(
             ..input
         };
         let update = super::update(txn, tables.nodes, &mut cursors()?, &input)?;
-        return Ok((update, Walked::OneThread));
+        return Ok(AccountsUpdate {
+            update,
+            walked: Walked::OneThread,
+            tops: Vec::new(),
+        });
     };
 
     // The changed keys under each of the root's children, and their records once known.
@@ -183,8 +206,10 @@ pub(crate) fn update_accounts(
     // reads only the root's node, written last.
     let mut nodes_written = 0;
     let mut tops: [Option<Option<Top>>; 16] = Default::default();
-    let mut take = |subtree: Subtree| -> Result<(), StorageError> {
+    let mut cached_tops = Vec::new();
+    let mut take = |mut subtree: Subtree| -> Result<(), StorageError> {
         nodes_written += subtree.writes.apply(txn, tables.nodes)?;
+        cached_tops.append(&mut subtree.tops);
         let top = &mut tops[usize::from(subtree.nibble)];
         assert!(top.is_none(), "child {} built twice", subtree.nibble);
         *top = Some(subtree.top);
@@ -207,7 +232,7 @@ pub(crate) fn update_accounts(
                         };
                         for nibble in jobs_ready {
                             let subtree =
-                                build_subtree(&mut cursors, &subtree_input(nibble), nibble)?;
+                                build_subtree(&mut cursors, &subtree_input(nibble), nibble, cache)?;
                             // The receiver lives until every helper is joined.
                             built.send(subtree).expect("the writer takes every subtree");
                         }
@@ -250,7 +275,11 @@ pub(crate) fn update_accounts(
         // fed in place on this path, which only small tries take.
         let mut update = super::update(txn, tables.nodes, &mut cursors, &input)?;
         update.nodes_written += nodes_written;
-        return Ok((update, Walked::Again));
+        return Ok(AccountsUpdate {
+            update,
+            walked: Walked::Again,
+            tops: cached_tops,
+        });
     }
     let mut walk = Walk::new(
         &mut cursors,
@@ -271,7 +300,11 @@ pub(crate) fn update_accounts(
         root,
         nodes_written,
     };
-    Ok((update, Walked::Parallel))
+    Ok(AccountsUpdate {
+        update,
+        walked: Walked::Parallel,
+        tops: cached_tops,
+    })
 }
 
 /// The root's children with a changed key below them and a stored node (tree-mask bit set), if
@@ -301,9 +334,11 @@ fn build_subtree<K: TransactionKind>(
     cursors: &mut TrieCursors<'_, K>,
     input: &TrieInput<'_>,
     nibble: u8,
+    cache: &Arc<BottomCache>,
 ) -> Result<Subtree, StorageError> {
     let child = Nibbles::from_nibbles_unchecked([nibble]);
     let mut walk = Walk::new(cursors, input, HashBuilder::default().with_updates(true));
+    walk.use_bottom_cache(cache.clone());
     walk.strip = 1;
     walk.descend(child)?;
     walk.count_in_place();
@@ -322,9 +357,11 @@ fn build_subtree<K: TransactionKind>(
         }),
     };
     let writes = walk.node_writes(|path| child.join(&path));
+    let tops = walk.rehashed.map(|r| r.tops).unwrap_or_default();
     Ok(Subtree {
         nibble,
         top,
         writes,
+        tops,
     })
 }

@@ -15,7 +15,11 @@
 //! nothing of is left to the hash builder, and so are the branches above it; its children
 //! rehashed on the way are kept (`memo`), and the walk feeds their hashes when it visits it.
 
-use super::{Walk, key_range};
+use super::{
+    Walk,
+    bottom_cache::{BottomCache, CachedTop},
+    key_range,
+};
 use crate::{StorageError, codec::StoredNode};
 use alloy_primitives::{B256, map::HashMap};
 use alloy_trie::{
@@ -23,6 +27,7 @@ use alloy_trie::{
     nodes::{BranchNodeRef, LeafNodeRef, RlpNode},
 };
 use libmdbx::TransactionKind;
+use std::sync::Arc;
 
 /// A walk's rehashed nodes and the buffers their hashing reuses.
 #[derive(Default)]
@@ -35,6 +40,12 @@ pub(super) struct Rehashed {
     moved: Vec<u32>,
     stack: Vec<RlpNode>,
     rlp: Vec<u8>,
+    /// The bottom subtrees' top branches as of the last commit, in a walk that reads it.
+    cache: Option<Arc<BottomCache>>,
+    /// The top branches this walk built, for the cache once the block commits.
+    pub tops: Vec<(Nibbles, CachedTop)>,
+    /// Top branches rehashed from the cache, for the metric.
+    pub cache_hits: u64,
 }
 
 impl Rehashed {
@@ -55,6 +66,14 @@ impl Rehashed {
 }
 
 impl<K: TransactionKind> Walk<'_, '_, '_, K> {
+    /// Has this walk, which reads the last commit, rehash bottom subtrees from `cache`'s top
+    /// branches and keep those it builds ([`bottom_cache`](super::bottom_cache)).
+    pub(super) fn use_bottom_cache(&mut self, cache: Arc<BottomCache>) {
+        if let Some(rehashed) = &mut self.rehashed {
+            rehashed.cache = Some(cache);
+        }
+    }
+
     /// The new hash of the stored branch `node` at `path`, with it and the stored branches under
     /// it rehashed (recorded to be written), if every changed key under `path` is in place and
     /// every child's reference is known; else `None`, and the hash builder must build it.
@@ -177,7 +196,7 @@ impl<K: TransactionKind> Walk<'_, '_, '_, K> {
     }
 
     /// Reads the leaves under `path` into `bottom`.
-    fn gather_leaves(&mut self, path: &Nibbles) -> Result<(), StorageError> {
+    pub(super) fn gather_leaves(&mut self, path: &Nibbles) -> Result<(), StorageError> {
         let (lo, hi) = key_range(path);
         self.bottom
             .as_mut()
@@ -199,12 +218,73 @@ impl<K: TransactionKind> Walk<'_, '_, '_, K> {
             }
             return self.rehash(child, &node);
         }
+        if let Some(hash) = self.rehash_cached(&child, marked) {
+            return Ok(Some(hash));
+        }
         self.gather_leaves(&child)?;
         let bottom = self.bottom.as_mut().expect("only an update walk rehashes");
-        Ok(bottom
-            .top_branch(child.len())
-            .filter(|top| top.marked == marked)
-            .map(|top| top.hash))
+        let rehashed = self.rehashed.as_mut().expect("rehash checked it");
+        let top = match rehashed.cache {
+            Some(_) => bottom.top_branch_recorded(child.len()),
+            None => bottom.top_branch(child.len()),
+        };
+        let Some(top) = top.filter(|top| top.marked == marked) else {
+            return Ok(None);
+        };
+        rehashed.tops.append(&mut bottom.recorded);
+        Ok(Some(top.hash))
+    }
+
+    /// The new hash of the subtree at `child` from its top branch as the cache holds it, if it
+    /// does (with the parent's tree-mask bit `marked` it had) and each change under it is under
+    /// a single leaf or a branch the cache also holds, recursively; the new branches are kept
+    /// for the cache.
+    fn rehash_cached(&mut self, child: &Nibbles, marked: bool) -> Option<B256> {
+        let cache = self.rehashed.as_ref()?.cache.clone()?;
+        if cache.get(child, |top| top.marked)? != marked {
+            return None;
+        }
+        // All or nothing: a key under a top this block kept must find every kept branch on its
+        // path rebuilt (`BottomCache::commit` drops none over it).
+        let kept = self.rehashed.as_ref().expect("checked above").tops.len();
+        let hash = self.cached_branch_hash(&cache, child);
+        let rehashed = self.rehashed.as_mut().expect("checked above");
+        match hash {
+            Some(_) => rehashed.cache_hits += 1,
+            None => rehashed.tops.truncate(kept),
+        }
+        hash
+    }
+
+    /// The new hash of the branch at `path` that the cache holds, from its children's: the
+    /// changed ones rehashed (a leaf from its new value, a branch from the cache), the others
+    /// as kept.
+    fn cached_branch_hash(&mut self, cache: &BottomCache, path: &Nibbles) -> Option<B256> {
+        let mut top = cache.get(path, CachedTop::clone)?;
+        let changed = self.changed_children(path);
+        for (i, nibble) in top.state_mask.iter().enumerate() {
+            if !changed.is_bit_set(nibble) {
+                continue;
+            }
+            let mut below = *path;
+            below.push_unchecked(nibble);
+            top.hashes[i] = match top.leaf_mask.is_bit_set(nibble) {
+                true => self.in_place_leaf_hash(&below)?,
+                false => self.cached_branch_hash(cache, &below)?,
+            };
+        }
+        let rehashed = self.rehashed.as_mut().expect("a cached walk rehashes");
+        let base = rehashed.stack.len();
+        rehashed
+            .stack
+            .extend(top.hashes.iter().map(RlpNode::word_rlp));
+        rehashed.rlp.clear();
+        let hash = BranchNodeRef::new(&rehashed.stack[base..], top.state_mask)
+            .rlp(&mut rehashed.rlp)
+            .as_hash();
+        rehashed.stack.truncate(base);
+        rehashed.tops.push((*path, top));
+        hash
     }
 
     /// The new hash of the leaf at `child`, a single-leaf child whose key changed in place; `None`
