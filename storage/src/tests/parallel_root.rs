@@ -128,6 +128,15 @@ fn balance_changes(rng: &mut StdRng, model: &Model, count: usize) -> StateChange
     block
 }
 
+/// Block `i` of a run: every third one random (creations, deletions, storage), the others
+/// value changes to existing accounts.
+fn mixed_block(rng: &mut StdRng, pools: &Pools, model: &Model, i: usize) -> StateChanges {
+    match i % 3 {
+        0 => random_block(rng, pools, model, 60),
+        _ => balance_changes(rng, model, 40),
+    }
+}
+
 /// The bottom subtrees' top branches kept between blocks (`trie::bottom_cache`) against a store
 /// walked on one thread, which never uses them: the same roots and nodes, through blocks dropped
 /// uncommitted (their tops never kept) and transactions of two blocks (the second walked on one
@@ -142,10 +151,7 @@ fn kept_top_branches_give_what_the_leaves_give() {
         let (_b, single) = temp_store();
         let mut model = Model::default();
         for i in 0..60 {
-            let changes = match i % 3 {
-                0 => random_block(&mut rng, &pools, &model, 60),
-                _ => balance_changes(&mut rng, &model, 40),
-            };
+            let changes = mixed_block(&mut rng, &pools, &model, i);
             match i % 7 {
                 5 => {
                     let mut writer = cached.begin_block().unwrap();
@@ -199,10 +205,7 @@ fn top_branches_filled_at_open_are_the_ones_blocks_kept() {
     let (dir, store) = temp_store();
     let mut model = Model::default();
     for i in 0..40 {
-        let changes = match i % 3 {
-            0 => random_block(&mut rng, &pools, &model, 60),
-            _ => balance_changes(&mut rng, &model, 40),
-        };
+        let changes = mixed_block(&mut rng, &pools, &model, i);
         model.apply(&changes);
         let mut writer = store.begin_block().unwrap();
         writer.apply_state(&changes).unwrap();
