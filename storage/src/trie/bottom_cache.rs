@@ -110,18 +110,11 @@ impl BottomCache {
                     inner.tops.remove(&key.slice(..len));
                 }
             }
+            debug_assert!(
+                (block.tops.iter()).all(|(path, _)| built_where_changed(&block, path)),
+                "a top is built where a key changed, or under one that is"
+            );
             for (path, top) in block.tops {
-                debug_assert!(
-                    {
-                        let (lo, _) = super::key_range(&path);
-                        let at = block.changed.partition_point(|key| *key < lo);
-                        block
-                            .changed
-                            .get(at)
-                            .is_some_and(|key| Nibbles::unpack(key).starts_with(&path))
-                    },
-                    "a top is built where a key changed"
-                );
                 if inner.tops.len() < ENTRIES_MAX || inner.tops.contains_key(&path) {
                     inner.lengths |= 1 << path.len();
                     inner.tops.insert(path, top);
@@ -181,6 +174,22 @@ impl BottomCache {
         })?;
         Ok(self.inner.read().tops.len())
     }
+}
+
+/// Whether the branch at `path`, one of `block`'s tops (sorted), lies under one of them (or is
+/// one) with a changed key below it: a walk rebuilds a changed subtree whole, and keeps the
+/// branches under its top whether or not a key below them changed.
+fn built_where_changed(block: &BlockTops, path: &Nibbles) -> bool {
+    (0..=path.len()).any(|len| {
+        let prefix = path.slice(..len);
+        let (lo, _) = super::key_range(&prefix);
+        let at = block.changed.partition_point(|key| *key < lo);
+        block
+            .tops
+            .binary_search_by_key(&prefix, |(top, _)| *top)
+            .is_ok()
+            && (block.changed.get(at)).is_some_and(|key| Nibbles::unpack(key).starts_with(&prefix))
+    })
 }
 
 /// The bottom subtrees' top branches under the root's children taken from `next`, one child at
