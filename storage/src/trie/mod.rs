@@ -32,6 +32,7 @@ use alloy_trie::{
     proof::{ProofNodes, ProofRetainer},
 };
 use libmdbx::{Cursor, DatabaseKind, RW, Table, Transaction, TransactionKind, WriteFlags};
+use std::borrow::Cow;
 
 /// What the leaves of a trie are, and so how a hashed-table value becomes a leaf value.
 #[derive(Debug, Clone, Copy)]
@@ -183,7 +184,7 @@ pub(crate) fn update<E: DatabaseKind>(
 }
 
 /// What a walk changes in the node table: the nodes it visited that are gone (keys), and the
-/// nodes the hash builder rebuilt (sorted by key).
+/// nodes the hash builder rebuilt; each sorted by key.
 #[derive(Default)]
 pub(crate) struct NodeWrites {
     deleted: Vec<Vec<u8>>,
@@ -191,18 +192,25 @@ pub(crate) struct NodeWrites {
 }
 
 impl NodeWrites {
-    /// Writes them; returns their number.
+    /// Writes them; returns their number. Through one cursor, in key order: a key on the page
+    /// the one before it left the cursor on is found without a search from the tree's root
+    /// (at 10,000,000 accounts a block rewrites some 20,000 nodes, a few to a page).
     fn apply<E: DatabaseKind>(
         &self,
         txn: &Transaction<'_, RW, E>,
         nodes_table: &Table<'_>,
     ) -> Result<u64, StorageError> {
+        debug_assert!(
+            self.deleted.is_sorted() && self.written.is_sorted_by(|(a, _), (b, _)| a < b)
+        );
+        let mut cursor = txn.cursor(nodes_table)?;
         for key in &self.deleted {
-            let existed = txn.del(nodes_table, key, None)?;
+            let existed = cursor.set::<()>(key)?.is_some();
             assert!(existed, "visited trie node {key:x?} vanished");
+            cursor.del(WriteFlags::empty())?;
         }
         for (key, value) in &self.written {
-            txn.put(nodes_table, key, value, WriteFlags::UPSERT)?;
+            cursor.put(key, value, WriteFlags::UPSERT)?;
         }
         Ok((self.deleted.len() + self.written.len()) as u64)
     }
@@ -394,7 +402,7 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
             codec::node_key(prefix, path, &mut key);
             key
         };
-        let deleted = self
+        let mut deleted: Vec<Vec<u8>> = self
             .visited
             .iter()
             .filter(|path| {
@@ -420,6 +428,7 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
             })
             .collect::<Vec<_>>();
         written.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        deleted.sort_unstable();
         NodeWrites { deleted, written }
     }
 
@@ -539,7 +548,7 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
         match self
             .cursors
             .nodes
-            .set_range::<Vec<u8>, Vec<u8>>(&self.key)?
+            .set_range::<Cow<'_, [u8]>, Cow<'_, [u8]>>(&self.key)?
         {
             Some((key, value)) if key.starts_with(&self.key) => {
                 let node_path = codec::node_path(table, &key[self.input.prefix.len()..])?;
