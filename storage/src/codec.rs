@@ -69,7 +69,7 @@ pub(crate) struct AccountRecord {
 const HAS_CODE: u8 = 1;
 const HAS_STORAGE: u8 = 2;
 /// Flags byte, nonce length byte, nonce, balance, code hash, storage root.
-const ACCOUNT_RECORD_LEN_MAX: usize = 2 + 8 + 32 + 32 + 32;
+pub(crate) const ACCOUNT_RECORD_LEN_MAX: usize = 2 + 8 + 32 + 32 + 32;
 
 impl AccountRecord {
     /// `[flags][nonce length][nonce][balance][code hash if not empty][storage root if not empty]`
