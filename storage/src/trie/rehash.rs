@@ -241,13 +241,14 @@ impl<K: TransactionKind> Walk<'_, '_, '_, K> {
     /// for the cache.
     fn rehash_cached(&mut self, child: &Nibbles, marked: bool) -> Option<B256> {
         let cache = self.rehashed.as_ref()?.cache.clone()?;
-        if cache.get(child, |top| top.marked)? != marked {
+        let top = cache.get(child, CachedTop::clone)?;
+        if top.marked != marked {
             return None;
         }
         // All or nothing: a key under a top this block kept must find every kept branch on its
         // path rebuilt (`BottomCache::commit` drops none over it).
         let kept = self.rehashed.as_ref().expect("checked above").tops.len();
-        let hash = self.cached_branch_hash(&cache, child);
+        let hash = self.branch_hash_from(&cache, child, top);
         let rehashed = self.rehashed.as_mut().expect("checked above");
         match hash {
             Some(_) => rehashed.cache_hits += 1,
@@ -260,7 +261,17 @@ impl<K: TransactionKind> Walk<'_, '_, '_, K> {
     /// changed ones rehashed (a leaf from its new value, a branch from the cache), the others
     /// as kept.
     fn cached_branch_hash(&mut self, cache: &BottomCache, path: &Nibbles) -> Option<B256> {
-        let mut top = cache.get(path, CachedTop::clone)?;
+        let top = cache.get(path, CachedTop::clone)?;
+        self.branch_hash_from(cache, path, top)
+    }
+
+    /// [`Walk::cached_branch_hash`] of `top`, the cache's branch at `path`, already looked up.
+    fn branch_hash_from(
+        &mut self,
+        cache: &BottomCache,
+        path: &Nibbles,
+        mut top: CachedTop,
+    ) -> Option<B256> {
         let changed = self.changed_children(path);
         for (i, nibble) in top.state_mask.iter().enumerate() {
             if !changed.is_bit_set(nibble) {
