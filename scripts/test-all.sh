@@ -22,10 +22,11 @@ export KESTREL_BIN="${KESTREL_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/kes
 step "cargo test --workspace --release"
 cargo test --workspace --release -- --skip sim_seeded_drivers
 
-# The store's trie and cache check their invariants with debug_assert! (sorted writes, every
-# cached branch built where a key changed): off in the release build above, so once in debug.
-step "storage invariants: cargo test -p kestrel-storage (debug build: debug_assert! on)"
-cargo test -p kestrel-storage
+# The store's trie and cache, and the pool, check their invariants with debug_assert! (sorted
+# writes, every cached branch built where a key changed; the pool's indexes after every
+# mutation): off in the release build above, so once in debug.
+step "invariants: cargo test -p kestrel-storage -p kestrel-pipeline (debug build: debug_assert! on)"
+cargo test -p kestrel-storage -p kestrel-pipeline
 
 # Its own step, so its time shows: 1,000 seeds (KESTREL_SIM_SEEDS for more), docs/CONSENSUS.md.
 # --workspace keeps the features the step above built with, so nothing is rebuilt.
