@@ -231,7 +231,16 @@ pub(crate) fn read_head<K: TransactionKind>(
     txn: &Transaction<'_, K, Env>,
     tables: &Tables<'_>,
 ) -> Result<Option<BlockNumber>, StorageError> {
-    txn.get::<Cow<'_, [u8]>>(&tables.metadata, HEAD_KEY)?
+    read_metadata_number(txn, tables, HEAD_KEY)
+}
+
+/// The block number the metadata table holds at `key`, if any.
+pub(crate) fn read_metadata_number<K: TransactionKind>(
+    txn: &Transaction<'_, K, Env>,
+    tables: &Tables<'_>,
+    key: &[u8],
+) -> Result<Option<BlockNumber>, StorageError> {
+    txn.get::<Cow<'_, [u8]>>(&tables.metadata, key)?
         .map(|bytes| codec::decode_number(tables::METADATA, &bytes))
         .transpose()
 }

@@ -28,13 +28,13 @@ use crate::{
     Env, StorageError,
     blocks::{self, Blocks},
     codec,
-    tables::{self, Tables},
+    tables::Tables,
 };
 use alloy_primitives::{B256, map::HashMap};
 use kestrel_types::BlockNumber;
 use libmdbx::{RW, Transaction, TransactionKind, WriteFlags};
 use parking_lot::RwLock;
-use std::{borrow::Cow, collections::BTreeMap, time::Instant};
+use std::{collections::BTreeMap, time::Instant};
 
 /// Metadata key: the first block whose locations are not in `TxLocations` (absent in a store
 /// written before batches, whose table holds every committed block's).
@@ -237,9 +237,7 @@ fn read_next<K: TransactionKind>(
     txn: &Transaction<'_, K, Env>,
     tables: &Tables<'_>,
 ) -> Result<Option<BlockNumber>, StorageError> {
-    txn.get::<Cow<'_, [u8]>>(&tables.metadata, TX_INDEX_NEXT_KEY)?
-        .map(|bytes| codec::decode_number(tables::METADATA, &bytes))
-        .transpose()
+    crate::reader::read_metadata_number(txn, tables, TX_INDEX_NEXT_KEY)
 }
 
 fn put_next(

@@ -128,11 +128,7 @@ pub(crate) fn history_from<K: TransactionKind>(
     txn: &Transaction<'_, K, Env>,
     tables: &Tables<'_>,
 ) -> Result<BlockNumber, StorageError> {
-    Ok(txn
-        .get::<Cow<'_, [u8]>>(&tables.metadata, HISTORY_FROM_KEY)?
-        .map(|bytes| codec::decode_number(tables::METADATA, &bytes))
-        .transpose()?
-        .unwrap_or(0))
+    Ok(crate::reader::read_metadata_number(txn, tables, HISTORY_FROM_KEY)?.unwrap_or(0))
 }
 
 /// Marks where history starts in a database that did not record it: at its head, whose state

@@ -271,11 +271,7 @@ pub(crate) fn read_base<K: TransactionKind>(
     txn: &Transaction<'_, K, Env>,
     tables: &Tables<'_>,
 ) -> Result<BlockNumber, StorageError> {
-    Ok(txn
-        .get::<Cow<'_, [u8]>>(&tables.metadata, BASE_KEY)?
-        .map(|bytes| codec::decode_number(tables::METADATA, &bytes))
-        .transpose()?
-        .unwrap_or(0))
+    Ok(crate::reader::read_metadata_number(txn, tables, BASE_KEY)?.unwrap_or(0))
 }
 
 /// Whether block `number` has a body and receipts in a store whose base is `base` and head
