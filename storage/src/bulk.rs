@@ -255,6 +255,8 @@ pub(crate) fn clear_state(
     ] {
         txn.clear_table(table)?;
     }
+    // The account trie is written whole: none of its values wait in memory.
+    txn.del(&tables.metadata, crate::tables::DEFERRED_KEY, None)?;
     Ok(())
 }
 

@@ -183,6 +183,8 @@ pub struct Store {
     data_file: PathBuf,
     /// The account trie's bottom subtrees' top branches as of the last commit.
     bottoms: Arc<trie::BottomCache>,
+    /// The account trie's branches whose writes wait in memory for a checkpoint.
+    deferred: trie::DeferredNodes,
     archive: Blocks,
     blocks: BlockCache,
     history: HistoryWindow,
@@ -254,6 +256,14 @@ pub fn describe_metrics() {
         "kestrel_storage_trie_bottom_cache_entries",
         "Account-trie branches kept in memory: the bottom subtrees' top branches and the branches under them"
     );
+    metrics::describe_gauge!(
+        "kestrel_storage_trie_deferred_nodes",
+        "Account-trie depth-4 branches whose new value waits in memory for the next checkpoint (every 8th commit) instead of being written by each block"
+    );
+    metrics::describe_counter!(
+        "kestrel_storage_trie_deferred_written_total",
+        "Account-trie branches written to the database by checkpoints after waiting in memory"
+    );
     metrics::describe_counter!(
         "kestrel_storage_account_trie_walks_total",
         "Account-trie updates by how they were walked: parallel (the root's subtrees on all cores), one_thread, or again (on one thread after a parallel walk found a subtree that is not a branch)"
@@ -312,6 +322,7 @@ impl Store {
         preimages::migrate_plain_tables(&txn)?;
         history::init(&txn, &Tables::open(&txn)?)?;
         txn.commit()?;
+        trie::repair_deferred(&db)?;
         let archive = Blocks::open(dir, archive, &db)?;
         let tx_index = {
             let txn = db.begin_ro_txn()?;
@@ -338,6 +349,7 @@ impl Store {
         let store = Self {
             db,
             bottoms: Arc::default(),
+            deferred: trie::DeferredNodes::default(),
             data_file: dir.join(DB_FILE),
             archive,
             blocks: BlockCache::default(),
@@ -427,6 +439,8 @@ impl Store {
     /// (`trie::BottomCache::fill`): at open, and after the state was written otherwise than by
     /// blocks.
     pub(crate) fn fill_bottoms(&self) -> Result<(), StorageError> {
+        // Every node the table holds is current: written whole, or repaired at open.
+        self.deferred.reset();
         let started = std::time::Instant::now();
         let kept = self.bottoms.fill(&self.db)?;
         if kept > 0 {
@@ -462,8 +476,16 @@ impl Store {
 
     /// Runs `f` over one consistent snapshot.
     pub fn view<R>(&self, f: impl FnOnce(&Reader<'_>) -> R) -> Result<R, StorageError> {
-        let txn = self.db.begin_ro_txn()?;
+        // The account trie's deferred branches as of the commit it reads: kept for the last
+        // few commits, so a transaction that began before several more committed begins again.
+        let (txn, fresh) = loop {
+            let txn = self.db.begin_ro_txn()?;
+            if let Some(fresh) = self.deferred.view_at(txn.id()) {
+                break (txn, fresh);
+            }
+        };
         let reader = Reader {
+            fresh,
             txn: &txn,
             tables: Tables::open(&txn)?,
             archive: &self.archive,
@@ -483,8 +505,11 @@ impl Store {
     /// while the sync thread is behind by [`UNSYNCED_COMMITS_MAX`] commits (see [`sync`]).
     pub fn begin_block(&self) -> Result<BlockWriter<'_>, StorageError> {
         let writing = self.syncer.begin()?;
+        let txn = self.db.begin_rw_txn()?;
+        // The last commit's: no other write transaction can commit while this one is open.
+        let committed_view = self.deferred.latest();
         Ok(BlockWriter {
-            txn: self.db.begin_rw_txn()?,
+            txn,
             db: &self.db,
             archive: &self.archive,
             appended: None,
@@ -496,6 +521,9 @@ impl Store {
             inserted: Vec::new(),
             bottoms: &self.bottoms,
             block_tops: Vec::new(),
+            deferred: &self.deferred,
+            pending: std::cell::RefCell::new(committed_view.clone()),
+            committed_view,
         })
     }
 }
@@ -508,6 +536,10 @@ impl Drop for Store {
         self.syncer.stop();
         if let Some(thread) = self.sync_thread.take() {
             thread.join().expect("the database sync thread panicked");
+        }
+        // Spares the next open the account trie's rebuild.
+        if let Err(err) = self.deferred.checkpoint(&self.db) {
+            tracing::error!(target: "storage", %err, "writing the deferred account-trie branches failed");
         }
         if let Err(err) = self.sync() {
             tracing::error!(target: "storage::sync", %err, "final database sync failed");

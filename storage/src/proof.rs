@@ -50,6 +50,7 @@ impl Reader<'_> {
         let mut cursors = TrieCursors {
             hashed: self.txn.cursor(&self.tables.hashed_accounts)?,
             nodes: self.txn.cursor(&self.tables.account_trie)?,
+            fresh: trie::Fresh::View(self.fresh.clone()),
         };
         let (state_root, nodes) =
             trie::proof(&mut cursors, Leaves::Accounts, &[], &[hashed_address])?;
@@ -63,6 +64,7 @@ impl Reader<'_> {
             let mut cursors = TrieCursors {
                 hashed: self.txn.cursor(&self.tables.hashed_storage)?,
                 nodes: self.txn.cursor(&self.tables.storage_trie)?,
+                fresh: trie::Fresh::Nothing,
             };
             let (root, nodes) = trie::proof(
                 &mut cursors,

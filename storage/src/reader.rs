@@ -24,6 +24,8 @@ pub struct Reader<'s> {
     pub(crate) archive: &'s Blocks,
     pub(crate) blocks: &'s BlockCache,
     pub(crate) tx_index: &'s RecentTxs,
+    /// The account trie's deferred branches as of this snapshot's commit.
+    pub(crate) fresh: Arc<trie::View>,
 }
 
 /// One MDBX table's size: what `kestrel db stats` prints.

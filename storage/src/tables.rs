@@ -44,6 +44,9 @@ pub(crate) const METADATA: &str = "Metadata";
 pub(crate) const HEAD_KEY: &[u8] = b"head";
 /// Metadata key of the oldest block whose state the history tables can answer.
 pub(crate) const HISTORY_FROM_KEY: &[u8] = b"history_from";
+/// Metadata key present while the account-trie table holds stale values of branches kept in
+/// memory (`trie::deferred`): an open finding it rebuilds the account trie.
+pub(crate) const DEFERRED_KEY: &[u8] = b"account_trie_deferred";
 /// Metadata key of how far the change sets have been moved into the history tables.
 pub(crate) const HISTORY_INDEXED_KEY: &[u8] = b"history_indexed";
 

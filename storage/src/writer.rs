@@ -46,6 +46,11 @@ pub struct BlockWriter<'s> {
     /// block of this transaction does to them, applied once it commits.
     pub(crate) bottoms: &'s std::sync::Arc<trie::BottomCache>,
     pub(crate) block_tops: Vec<trie::BlockTops>,
+    /// The account trie's branches whose writes wait in memory: the views of the commits, the
+    /// last commit's (which this transaction started from), and this transaction's.
+    pub(crate) deferred: &'s trie::DeferredNodes,
+    pub(crate) committed_view: std::sync::Arc<trie::View>,
+    pub(crate) pending: trie::Pending,
 }
 
 /// What a block does to an account's record.
@@ -111,6 +116,7 @@ impl BlockWriter<'_> {
         let mut cursors = TrieCursors {
             hashed: txn.cursor(&tables.hashed_storage)?,
             nodes: txn.cursor(&tables.storage_trie)?,
+            fresh: trie::Fresh::Nothing,
         };
         let mut storage_roots = BTreeMap::new();
         let (mut slots, mut changed_slots, mut in_place) = (Vec::new(), Vec::new(), Vec::new());
@@ -262,6 +268,8 @@ impl BlockWriter<'_> {
         let accounts_tables = trie::AccountTables {
             hashed: &tables.hashed_accounts,
             nodes: &tables.account_trie,
+            pending: &self.pending,
+            committed: &self.committed_view,
         };
         // Helper threads read the last commit, which lacks this transaction's earlier blocks.
         let snapshot = (!self.state_written).then_some(self.db);
@@ -374,6 +382,8 @@ impl BlockWriter<'_> {
                 .write_batch(&self.txn, &tables, &self.inserted)?
         };
         let started = Instant::now();
+        let deferred = self.deferred;
+        deferred.prepare(&self.txn, &self.committed_view, self.pending.into_inner())?;
         // The cache's inserts (some 40,000 rebuilt branches a block at 10,000,000 accounts)
         // run beside MDBX's page writes, which keep one core in the kernel: no walk reads the
         // cache before this returns (only a later write transaction's helpers do).
@@ -389,6 +399,7 @@ impl BlockWriter<'_> {
             }
             committed.map_err(StorageError::from)
         });
+        deferred.committed(committed.is_ok());
         if committed.is_err() {
             // It now holds branches of a state that never committed.
             bottoms.clear();

@@ -121,6 +121,7 @@ impl Reader<'_> {
         let mut cursors = TrieCursors {
             hashed: self.txn.cursor(&self.tables.hashed_accounts)?,
             nodes: self.txn.cursor(&self.tables.account_trie)?,
+            fresh: trie::Fresh::View(self.fresh.clone()),
         };
         let (root, nodes) = trie::proof(&mut cursors, Leaves::Accounts, &[], &targets)?;
         let top = nodes

@@ -2,6 +2,7 @@
 
 mod blocks;
 mod bulk;
+mod deferred;
 mod history;
 mod model;
 mod parallel_root;

@@ -19,6 +19,7 @@ pub(super) type StoredNodes = BTreeMap<Nibbles, StoredNode>;
 
 /// A trie built from scratch: its root, the branch nodes the hash builder asks to store, and its
 /// leaves (hashed key → leaf value).
+#[derive(Clone)]
 pub(super) struct ScratchTrie {
     pub(super) root: B256,
     pub(super) nodes: Nodes,
@@ -95,7 +96,7 @@ fn scratch_storage_trie(slots: &BTreeMap<U256, U256>) -> ScratchTrie {
 
 /// The state as plain maps, with each account's storage trie rebuilt from scratch whenever the
 /// account's storage changes.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub(super) struct Model {
     pub(super) accounts: BTreeMap<Address, AccountInfo>,
     pub(super) storage: BTreeMap<Address, BTreeMap<U256, U256>>,
@@ -361,7 +362,8 @@ pub(super) fn random_block(
     changes
 }
 
-/// Every stored trie node: the account trie's and, by hashed address, the storage tries'.
+/// Every stored trie node: the account trie's (a branch whose write waits in memory with the
+/// value kept there) and, by hashed address, the storage tries'.
 pub(super) fn stored_nodes(store: &Store) -> (StoredNodes, BTreeMap<B256, StoredNodes>) {
     store
         .view(|reader| {
@@ -370,6 +372,10 @@ pub(super) fn stored_nodes(store: &Store) -> (StoredNodes, BTreeMap<B256, Stored
             for entry in cursor.iter_start::<Vec<u8>, Vec<u8>>() {
                 let (key, value) = entry.unwrap();
                 let path = codec::node_path("test", &key).unwrap();
+                let value = reader
+                    .fresh
+                    .get(&path)
+                    .map_or(value, |fresh| fresh.to_vec());
                 accounts.insert(path, codec::decode_node("test", &value).unwrap());
             }
             let mut storage = BTreeMap::<B256, StoredNodes>::new();

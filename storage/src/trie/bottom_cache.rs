@@ -18,7 +18,7 @@
 //! transaction dropped uncommitted leaves the cache as it was. Every bulk write of the state
 //! (genesis, a state sync's restore) starts from an empty cache.
 
-use super::{Leaves, TrieCursors, TrieInput, Walk};
+use super::{Fresh, Leaves, TrieCursors, TrieInput, Walk};
 use crate::{Env, StorageError, codec, tables};
 use alloy_primitives::{B256, map::HashMap};
 use alloy_trie::{HashBuilder, Nibbles, TrieMask};
@@ -203,6 +203,8 @@ fn fill_children(
     let mut cursors = TrieCursors {
         hashed: txn.cursor(&txn.open_table(Some(tables::HASHED_ACCOUNTS))?)?,
         nodes: txn.cursor(&nodes_table)?,
+        // Filled where nothing is deferred: at open, after a bulk write.
+        fresh: Fresh::Nothing,
     };
     let mut nodes = txn.cursor(&nodes_table)?;
     let input = TrieInput {

@@ -73,6 +73,7 @@ impl Leaves {
 
 mod bottom;
 mod bottom_cache;
+mod deferred;
 mod fed;
 mod leaves;
 mod parallel;
@@ -83,6 +84,7 @@ use rehash::Rehashed;
 mod scratch;
 mod sorted;
 pub(crate) use bottom_cache::{BlockTops, BottomCache};
+pub(crate) use deferred::{DeferredNodes, Fresh, Pending, View, repair as repair_deferred};
 pub(crate) use parallel::{AccountTables, AccountsUpdate, Records, Walked, update_accounts};
 pub(crate) use scratch::state_root_from_scratch;
 pub(crate) use sorted::{NodeEntry, SortedTrie};
@@ -126,10 +128,11 @@ impl InPlace {
 }
 
 /// The cursors a trie update reads through: over the hashed table of the leaves, and over the
-/// node table.
+/// node table, with the account trie's branches whose writes wait in memory ([`deferred`]).
 pub(crate) struct TrieCursors<'t, K: TransactionKind> {
     pub hashed: Cursor<'t, K>,
     pub nodes: Cursor<'t, K>,
+    pub fresh: Fresh<'t>,
 }
 
 /// The new root and the number of node writes and deletions.
@@ -177,9 +180,13 @@ pub(crate) fn update<E: DatabaseKind>(
     walk.count_in_place();
     let root = walk.hb.root();
     let writes = walk.node_writes(|path| path);
+    let pending = match cursors.fresh {
+        Fresh::Pending(pending) => Some(pending),
+        _ => None,
+    };
     Ok(TrieUpdate {
         root,
-        nodes_written: writes.apply(txn, nodes_table)?,
+        nodes_written: writes.apply(txn, nodes_table, pending)?,
     })
 }
 
@@ -189,16 +196,21 @@ pub(crate) fn update<E: DatabaseKind>(
 pub(crate) struct NodeWrites {
     deleted: Vec<Vec<u8>>,
     written: Vec<NodeEntry>,
+    /// Whether each of `written` replaces a node the walk read from the table.
+    replaces: Vec<bool>,
 }
 
 impl NodeWrites {
     /// Writes them; returns their number. Through one cursor, in key order: a key on the page
     /// the one before it left the cursor on is found without a search from the tree's root
-    /// (at 10,000,000 accounts a block rewrites some 20,000 nodes, a few to a page).
+    /// (at 10,000,000 accounts a block rewrites some 20,000 nodes, a few to a page). With
+    /// `pending` (the account trie's, in a block's write transaction), an in-place update of a
+    /// deferrable branch waits there instead ([`deferred`]).
     fn apply<E: DatabaseKind>(
         &self,
         txn: &Transaction<'_, RW, E>,
         nodes_table: &Table<'_>,
+        pending: Option<&Pending>,
     ) -> Result<u64, StorageError> {
         debug_assert!(
             self.deleted.is_sorted() && self.written.is_sorted_by(|(a, _), (b, _)| a < b)
@@ -208,9 +220,18 @@ impl NodeWrites {
             let existed = cursor.set::<()>(key)?.is_some();
             assert!(existed, "visited trie node {key:x?} vanished");
             cursor.del(WriteFlags::empty())?;
+            if let Some(pending) = pending {
+                deferred::deleted(pending, key);
+            }
         }
-        for (key, value) in &self.written {
-            cursor.put(key, value, WriteFlags::UPSERT)?;
+        for ((key, value), replaces) in self.written.iter().zip(&self.replaces) {
+            let deferred = match pending {
+                Some(pending) => deferred::defer(&mut cursor, pending, key, value, *replaces)?,
+                None => false,
+            };
+            if !deferred {
+                cursor.put(key, value, WriteFlags::UPSERT)?;
+            }
         }
         Ok((self.deleted.len() + self.written.len()) as u64)
     }
@@ -413,23 +434,40 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
             .map(node_key)
             .collect();
         let mut rlp = Vec::with_capacity(128);
+        // The walk visits in key order.
+        debug_assert!(self.visited.is_sorted());
+        let visited = &self.visited;
         let mut written = updates
             .into_iter()
             .map(|(path, mut branch)| {
                 // The top of a subtree built as a trie of its own is that trie's root.
                 branch.root_hash = branch.root_hash.filter(|_| path.is_empty());
-                (path, self.fed.stored_node(&path, branch, &mut rlp))
+                let replaces = visited.binary_search(&path).is_ok();
+                (
+                    path,
+                    self.fed.stored_node(&path, branch, &mut rlp),
+                    replaces,
+                )
             })
-            .chain(self.rehashed.iter_mut().flat_map(|r| r.nodes.drain(..)))
-            .map(|(path, node)| {
+            // A rehashed branch is one the walk read.
+            .chain(
+                (self.rehashed.iter_mut())
+                    .flat_map(|r| r.nodes.drain(..).map(|(p, n)| (p, n, true))),
+            )
+            .map(|(path, node, replaces)| {
                 let mut value = Vec::with_capacity(8 + 17 * 32);
                 codec::encode_node(&node, &mut value);
-                (node_key(&path), value)
+                ((node_key(&path), value), replaces)
             })
             .collect::<Vec<_>>();
-        written.sort_unstable_by(|(a, _), (b, _)| a.cmp(b));
+        written.sort_unstable_by(|((a, _), _), ((b, _), _)| a.cmp(b));
         deleted.sort_unstable();
-        NodeWrites { deleted, written }
+        let (written, replaces) = written.into_iter().unzip();
+        NodeWrites {
+            deleted,
+            written,
+            replaces,
+        }
     }
 
     /// Feeds every key under `path` to the hash builder, given that a stored branch may lie at or
@@ -552,7 +590,11 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
         {
             Some((key, value)) if key.starts_with(&self.key) => {
                 let node_path = codec::node_path(table, &key[self.input.prefix.len()..])?;
-                Ok(Some((node_path, codec::decode_node(table, &value)?)))
+                let node = match self.cursors.fresh.get(&node_path) {
+                    Some(fresh) => codec::decode_node(table, &fresh)?,
+                    None => codec::decode_node(table, &value)?,
+                };
+                Ok(Some((node_path, node)))
             }
             _ => Ok(None),
         }

@@ -23,6 +23,7 @@
 use super::{
     InPlace, Leaves, NodeWrites, TrieCursors, TrieInput, TrieUpdate, Walk,
     bottom_cache::{BottomCache, CachedTop},
+    deferred::{Fresh, Pending, View},
     key_range,
 };
 use crate::{Env, StorageError, codec::AccountRecord, tables};
@@ -119,10 +120,13 @@ pub(crate) struct AccountsUpdate {
     pub tops: Vec<(Nibbles, CachedTop)>,
 }
 
-/// The account trie's two tables.
+/// The account trie's two tables, and its deferred branches ([`deferred`](super::deferred)):
+/// the write transaction's, and the last commit's, which the helpers read.
 pub(crate) struct AccountTables<'a, 't> {
     pub hashed: &'a Table<'t>,
     pub nodes: &'a Table<'t>,
+    pub pending: &'a Pending,
+    pub committed: &'a Arc<View>,
 }
 
 /// Updates the account trie's stored nodes after the accounts at the hashed addresses `changed`
@@ -135,11 +139,11 @@ pub(crate) struct AccountTables<'a, 't> {
 /// helper threads: each starts on a subtree as soon as its records are known, while this thread
 /// gets the rest, then writes each subtree's nodes as it is built. The helpers rehash bottom
 /// subtrees from `cache`'s top branches (as of the last commit, which they read).
-pub(crate) fn update_accounts(
-    txn: &Transaction<'_, RW, Env>,
+pub(crate) fn update_accounts<'a>(
+    txn: &'a Transaction<'_, RW, Env>,
     snapshot: Option<&Database<Env>>,
     cache: &Arc<BottomCache>,
-    tables: &AccountTables<'_, '_>,
+    tables: &AccountTables<'a, '_>,
     changed: &[B256],
     mut records: impl FnMut(Range<usize>) -> Result<Records, StorageError>,
 ) -> Result<AccountsUpdate, StorageError> {
@@ -147,6 +151,7 @@ pub(crate) fn update_accounts(
         Ok(TrieCursors {
             hashed: txn.cursor(tables.hashed)?,
             nodes: txn.cursor(tables.nodes)?,
+            fresh: Fresh::Pending(tables.pending),
         })
     };
     let input = TrieInput {
@@ -207,8 +212,11 @@ pub(crate) fn update_accounts(
     let mut nodes_written = 0;
     let mut tops: [Option<Option<Top>>; 16] = Default::default();
     let mut cached_tops = Vec::new();
+    let committed = tables.committed;
     let mut take = |mut subtree: Subtree| -> Result<(), StorageError> {
-        nodes_written += subtree.writes.apply(txn, tables.nodes)?;
+        nodes_written += subtree
+            .writes
+            .apply(txn, tables.nodes, Some(tables.pending))?;
         cached_tops.append(&mut subtree.tops);
         let top = &mut tops[usize::from(subtree.nibble)];
         assert!(top.is_none(), "child {} built twice", subtree.nibble);
@@ -229,6 +237,7 @@ pub(crate) fn update_accounts(
                                 .cursor(&snapshot.open_table(Some(tables::HASHED_ACCOUNTS))?)?,
                             nodes: snapshot
                                 .cursor(&snapshot.open_table(Some(tables::ACCOUNT_TRIE))?)?,
+                            fresh: Fresh::View(committed.clone()),
                         };
                         for nibble in jobs_ready {
                             let subtree =
@@ -295,7 +304,8 @@ pub(crate) fn update_accounts(
         "the root's walk fed every subtree built"
     );
     let root = walk.hb.root();
-    nodes_written += walk.node_writes(|path| path).apply(txn, tables.nodes)?;
+    nodes_written +=
+        (walk.node_writes(|path| path)).apply(txn, tables.nodes, Some(tables.pending))?;
     let update = TrieUpdate {
         root,
         nodes_written,
