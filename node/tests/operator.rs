@@ -358,6 +358,24 @@ fn one_validator_testnet_runs_from_its_config() {
     let chain_id = wait_for_answer(&mut node, &log, || eth_chain_id(rpc_port));
     assert_eq!(chain_id, "0x7a69", "chain id 31337 from the genesis");
     assert!(vdir.join("data").is_dir(), "datadir relative to the config");
+    // A second process on the running node's datadir is refused before it writes anything.
+    let stats = kestrel(&[
+        "db",
+        "stats",
+        "--datadir",
+        vdir.join("data").to_str().unwrap(),
+    ]);
+    assert!(!stats.status.success());
+    assert!(
+        text(&stats.stderr).contains("is in use: another kestrel process has it open"),
+        "{}",
+        text(&stats.stderr)
+    );
+    assert_eq!(
+        eth_chain_id(rpc_port).as_deref(),
+        Some("0x7a69"),
+        "and the node goes on"
+    );
 
     let term = Command::new("kill")
         .args(["-TERM", &node.id().to_string()])

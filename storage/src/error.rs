@@ -28,6 +28,16 @@ pub enum StorageError {
     Recache(String),
     #[error("starting a state-root thread: {0}")]
     RootThread(std::io::Error),
+    /// Another process (or another open store in this one) has the directory open.
+    #[error(
+        "{dir} is in use: another kestrel process has it open (stop it first; `kestrel db` commands read a stopped node's datadir)"
+    )]
+    InUse { dir: std::path::PathBuf },
+    #[error("locking {path}: {source}")]
+    Lock {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("database holds a different genesis (stored {stored}, expected {expected})")]
     GenesisMismatch {
         stored: alloy_primitives::B256,

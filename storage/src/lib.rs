@@ -192,6 +192,37 @@ pub struct Store {
     /// The sync thread (`Durability::Durable`), joined at drop.
     sync_thread: Option<JoinHandle<()>>,
     tx_index: RecentTxs,
+    /// Held until the store is dropped (after `Drop::drop` ran), see [`LOCK_FILE`].
+    _lock: File,
+}
+
+/// The file in a store's directory that an open store holds an exclusive lock on: a second
+/// process (a second node, `kestrel db stats` on a running node's datadir) would otherwise
+/// write into the same database and archive, e.g. rebuild the account trie under the running
+/// node at open (`trie::deferred`) or cut archive records it has just appended.
+pub const LOCK_FILE: &str = "kestrel.lock";
+
+/// Takes `dir`'s lock (creating `dir` if needed), or fails with [`StorageError::InUse`].
+fn lock_dir(dir: &Path) -> Result<File, StorageError> {
+    let path = dir.join(LOCK_FILE);
+    let lock_error = |source| StorageError::Lock {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(lock_error)?;
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(lock_error)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StorageError::InUse {
+            dir: dir.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(lock_error(source)),
+    }
 }
 
 /// The most recent decoded blocks, by number. A committed block never changes (only finalized
@@ -296,6 +327,7 @@ impl Store {
         durability: Durability,
         archive: ArchiveConfig,
     ) -> Result<Self, StorageError> {
+        let lock = lock_dir(dir)?;
         let growth_step =
             growth_step_bytes(std::fs::metadata(dir.join(DB_FILE)).map_or(0, |m| m.len()));
         let options = DatabaseOptions {
@@ -357,6 +389,7 @@ impl Store {
             syncer,
             sync_thread,
             tx_index,
+            _lock: lock,
         };
         store.fill_bottoms()?;
         Ok(store)

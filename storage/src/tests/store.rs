@@ -367,3 +367,18 @@ fn the_growth_step_grows_with_the_database() {
     let file = std::fs::metadata(dir.path().join(crate::DB_FILE)).unwrap();
     assert!(file.len() <= DB_GROWTH_STEP_MIN_BYTES, "{}", file.len());
 }
+
+/// A second open of an open store's directory fails with `InUse` and changes nothing; once the
+/// first is dropped, the directory opens again.
+#[test]
+fn a_second_open_of_an_open_store_is_refused() {
+    let (dir, store) = super::temp_store();
+    let second = Store::open_with(dir.path(), crate::Durability::Unsynced);
+    assert!(
+        matches!(second, Err(crate::StorageError::InUse { .. })),
+        "{:?}",
+        second.err()
+    );
+    drop(store);
+    Store::open_with(dir.path(), crate::Durability::Unsynced).expect("reopens once closed");
+}
