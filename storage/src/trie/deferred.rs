@@ -19,8 +19,8 @@
 //! A crash between checkpoints leaves stale depth-4 values in the table. Every commit that
 //! leaves values deferred has [`DEFERRED_KEY`] in its metadata; an open that finds it rebuilds
 //! the account trie from the hashed accounts ([`repair`]: one pass over them, as a state sync's
-//! restore builds its trie)
-//! and checks the root against the head's header before anything reads the trie.
+//! restore builds its trie) and checks the root against the head's header before anything reads
+//! the trie.
 
 use crate::{
     Env, StorageError, bulk, codec,
