@@ -209,6 +209,12 @@ impl DeferredNodes {
         checkpoint: bool,
     ) -> Result<(), StorageError> {
         let tables = Tables::open(txn)?;
+        let written = match checkpoint {
+            true => pending.deferred,
+            false => 0,
+        };
+        // Every commit, so that the counter is exported from the start.
+        metrics::counter!("kestrel_storage_trie_deferred_written_total").increment(written as u64);
         let view = if checkpoint && !pending.is_empty() {
             let mut cursor = txn.cursor(&tables.account_trie)?;
             for (key, value) in pending.entries() {
@@ -218,8 +224,6 @@ impl DeferredNodes {
                 assert!(existed, "deferred trie node {key:x?} not in the table");
                 cursor.put(&key, value, WriteFlags::CURRENT)?;
             }
-            metrics::counter!("kestrel_storage_trie_deferred_written_total")
-                .increment(pending.deferred as u64);
             Arc::default()
         } else {
             pending
