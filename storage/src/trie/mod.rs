@@ -31,7 +31,7 @@ use alloy_trie::{
     BranchNodeCompact, HashBuilder, Nibbles, TrieMask,
     proof::{ProofNodes, ProofRetainer},
 };
-use libmdbx::{Cursor, DatabaseKind, RW, Table, Transaction, TransactionKind, WriteFlags};
+use libmdbx::{Cursor, DatabaseKind, RW, Table, Transaction, TransactionKind};
 use std::borrow::Cow;
 
 /// What the leaves of a trie are, and so how a hashed-table value becomes a leaf value.
@@ -83,11 +83,13 @@ use fed::Fed;
 use rehash::Rehashed;
 mod scratch;
 mod sorted;
+mod writes;
 pub(crate) use bottom_cache::{BlockTops, BottomCache};
 pub(crate) use deferred::{DeferredNodes, Fresh, Pending, View, repair as repair_deferred};
 pub(crate) use parallel::{AccountTables, AccountsUpdate, Records, Walked, update_accounts};
 pub(crate) use scratch::state_root_from_scratch;
 pub(crate) use sorted::{NodeEntry, SortedTrie};
+use writes::NodeWrites;
 
 /// One trie to update: its leaves, its key prefix in both the hashed table and the node table
 /// (empty for the account trie, the hashed address for a storage trie), and the keys (hashed,
@@ -188,53 +190,6 @@ pub(crate) fn update<E: DatabaseKind>(
         root,
         nodes_written: writes.apply(txn, nodes_table, pending)?,
     })
-}
-
-/// What a walk changes in the node table: the nodes it visited that are gone (keys), and the
-/// nodes the hash builder rebuilt; each sorted by key.
-#[derive(Default)]
-pub(crate) struct NodeWrites {
-    deleted: Vec<Vec<u8>>,
-    written: Vec<NodeEntry>,
-    /// Whether each of `written` replaces a node the walk read from the table.
-    replaces: Vec<bool>,
-}
-
-impl NodeWrites {
-    /// Writes them; returns their number. Through one cursor, in key order: a key on the page
-    /// the one before it left the cursor on is found without a search from the tree's root
-    /// (at 10,000,000 accounts a block rewrites some 20,000 nodes, a few to a page). With
-    /// `pending` (the account trie's, in a block's write transaction), an in-place update of a
-    /// deferrable branch waits there instead ([`deferred`]).
-    fn apply<E: DatabaseKind>(
-        &self,
-        txn: &Transaction<'_, RW, E>,
-        nodes_table: &Table<'_>,
-        pending: Option<&Pending>,
-    ) -> Result<u64, StorageError> {
-        debug_assert!(
-            self.deleted.is_sorted() && self.written.is_sorted_by(|(a, _), (b, _)| a < b)
-        );
-        let mut cursor = txn.cursor(nodes_table)?;
-        for key in &self.deleted {
-            let existed = cursor.set::<()>(key)?.is_some();
-            assert!(existed, "visited trie node {key:x?} vanished");
-            cursor.del(WriteFlags::empty())?;
-            if let Some(pending) = pending {
-                deferred::deleted(pending, key);
-            }
-        }
-        for ((key, value), replaces) in self.written.iter().zip(&self.replaces) {
-            let deferred = match pending {
-                Some(pending) => deferred::defer(&mut cursor, pending, key, value, *replaces)?,
-                None => false,
-            };
-            if !deferred {
-                cursor.put(key, value, WriteFlags::UPSERT)?;
-            }
-        }
-        Ok((self.deleted.len() + self.written.len()) as u64)
-    }
 }
 
 /// The root of one trie and the nodes on the paths to `targets` (hashed keys, sorted): each
@@ -423,7 +378,7 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
             codec::node_key(prefix, path, &mut key);
             key
         };
-        let mut deleted: Vec<Vec<u8>> = self
+        let deleted: Vec<Vec<u8>> = self
             .visited
             .iter()
             .filter(|path| {
@@ -437,7 +392,7 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
         // The walk visits in key order.
         debug_assert!(self.visited.is_sorted());
         let visited = &self.visited;
-        let mut written = updates
+        let written = updates
             .into_iter()
             .map(|(path, mut branch)| {
                 // The top of a subtree built as a trie of its own is that trie's root.
@@ -459,15 +414,8 @@ impl<'a, 'c, 't, K: TransactionKind> Walk<'a, 'c, 't, K> {
                 codec::encode_node(&node, &mut value);
                 ((node_key(&path), value), replaces)
             })
-            .collect::<Vec<_>>();
-        written.sort_unstable_by(|((a, _), _), ((b, _), _)| a.cmp(b));
-        deleted.sort_unstable();
-        let (written, replaces) = written.into_iter().unzip();
-        NodeWrites {
-            deleted,
-            written,
-            replaces,
-        }
+            .collect();
+        NodeWrites::new(deleted, written)
     }
 
     /// Feeds every key under `path` to the hash builder, given that a stored branch may lie at or
