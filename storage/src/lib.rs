@@ -21,6 +21,7 @@ mod preimages;
 mod proof;
 mod reader;
 pub mod snapshot;
+mod state_cache;
 mod sync;
 mod tables;
 mod trie;
@@ -185,6 +186,8 @@ pub struct Store {
     bottoms: Arc<trie::BottomCache>,
     /// The account trie's branches whose writes wait in memory for a checkpoint.
     deferred: trie::DeferredNodes,
+    /// Recently committed accounts and slots, for readers.
+    state_cache: state_cache::StateCache,
     archive: Blocks,
     blocks: BlockCache,
     history: HistoryWindow,
@@ -299,6 +302,18 @@ pub fn describe_metrics() {
         "kestrel_storage_account_trie_walks_total",
         "Account-trie updates by how they were walked: parallel (the root's subtrees on all cores), one_thread, or again (on one thread after a parallel walk found a subtree that is not a branch)"
     );
+    metrics::describe_counter!(
+        "kestrel_storage_state_cache_hits_total",
+        "Account and slot reads of the latest state answered by the cache of recently committed values, by kind"
+    );
+    metrics::describe_counter!(
+        "kestrel_storage_state_cache_misses_total",
+        "Account and slot reads of the latest state that read the database: not cached, or changed since the reader's snapshot"
+    );
+    metrics::describe_gauge!(
+        "kestrel_storage_state_cache_entries",
+        "Accounts and slots held by the cache of recently committed values, by kind"
+    );
     metrics::describe_gauge!(
         "kestrel_storage_db_size_bytes",
         metrics::Unit::Bytes,
@@ -382,6 +397,7 @@ impl Store {
             db,
             bottoms: Arc::default(),
             deferred: trie::DeferredNodes::default(),
+            state_cache: state_cache::StateCache::default(),
             data_file: dir.join(DB_FILE),
             archive,
             blocks: BlockCache::default(),
@@ -469,11 +485,12 @@ impl Store {
     }
 
     /// Keeps the account trie's bottom subtrees' top branches as the last commit holds them
-    /// (`trie::BottomCache::fill`): at open, and after the state was written otherwise than by
-    /// blocks.
+    /// (`trie::BottomCache::fill`) and empties the state cache: at open, and after the state was
+    /// written otherwise than by blocks.
     pub(crate) fn fill_bottoms(&self) -> Result<(), StorageError> {
         // Every node the table holds is current: written whole, or repaired at open.
         self.deferred.reset();
+        self.state_cache.clear();
         let started = std::time::Instant::now();
         let kept = self.bottoms.fill(&self.db)?;
         if kept > 0 {
@@ -519,6 +536,8 @@ impl Store {
         };
         let reader = Reader {
             fresh,
+            state_cache: &self.state_cache,
+            txn_id: txn.id(),
             txn: &txn,
             tables: Tables::open(&txn)?,
             archive: &self.archive,
@@ -557,6 +576,8 @@ impl Store {
             deferred: &self.deferred,
             pending: std::cell::RefCell::new(committed_view.clone()),
             committed_view,
+            state_cache: &self.state_cache,
+            cache_writes: Vec::new(),
         })
     }
 }

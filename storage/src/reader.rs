@@ -6,6 +6,7 @@ use crate::{
     blocks::{self, Blocks},
     codec::{self, AccountRecord},
     indexed_receipt, snapshot,
+    state_cache::StateCache,
     tables::{self, HEAD_KEY, Tables},
     trie,
     tx_index::RecentTxs,
@@ -26,6 +27,10 @@ pub struct Reader<'s> {
     pub(crate) tx_index: &'s RecentTxs,
     /// The account trie's deferred branches as of this snapshot's commit.
     pub(crate) fresh: Arc<trie::View>,
+    /// Recently committed accounts and slots, and this snapshot's commit (`txn`'s id), which
+    /// says which of them it may take.
+    pub(crate) state_cache: &'s StateCache,
+    pub(crate) txn_id: u64,
 }
 
 /// One MDBX table's size: what `kestrel db stats` prints.
@@ -85,13 +90,13 @@ impl Reader<'_> {
     }
 }
 
-impl StateView for Reader<'_> {
-    fn account(&self, address: Address) -> Result<Option<AccountInfo>, StorageError> {
+impl Reader<'_> {
+    fn read_account(&self, address: Address) -> Result<Option<AccountInfo>, StorageError> {
         let hashed = keccak256(address);
         Ok(read_hashed_account(self.txn, &self.tables.hashed_accounts, &hashed)?.map(|r| r.info))
     }
 
-    fn storage(&self, address: Address, slot: U256) -> Result<U256, StorageError> {
+    fn read_slot(&self, address: Address, slot: U256) -> Result<U256, StorageError> {
         let key = codec::hashed_slot_key(&keccak256(address), &keccak256(slot.to_be_bytes::<32>()));
         match self
             .txn
@@ -100,6 +105,37 @@ impl StateView for Reader<'_> {
             Some(bytes) => codec::decode_slot_value(tables::HASHED_STORAGE, &bytes),
             None => Ok(U256::ZERO),
         }
+    }
+}
+
+impl StateView for Reader<'_> {
+    fn account(&self, address: Address) -> Result<Option<AccountInfo>, StorageError> {
+        let Some(cached) = self.state_cache.account(&address, self.txn_id) else {
+            return self.read_account(address);
+        };
+        // Tests and debug builds check every value the cache serves against the database.
+        #[cfg(debug_assertions)]
+        assert_eq!(
+            cached,
+            self.read_account(address)?,
+            "state cache: account {address} at commit {}",
+            self.txn_id
+        );
+        Ok(cached)
+    }
+
+    fn storage(&self, address: Address, slot: U256) -> Result<U256, StorageError> {
+        let Some(cached) = self.state_cache.slot(&address, slot, self.txn_id) else {
+            return self.read_slot(address, slot);
+        };
+        #[cfg(debug_assertions)]
+        assert_eq!(
+            cached,
+            self.read_slot(address, slot)?,
+            "state cache: slot {slot} of {address} at commit {}",
+            self.txn_id
+        );
+        Ok(cached)
     }
 
     fn code(&self, code_hash: B256) -> Result<Option<Bytes>, StorageError> {

@@ -8,6 +8,7 @@ use crate::{
     codec::{self, AccountRecord},
     history::{self, ChangeRecorder},
     preimages, read_block_hash, read_head,
+    state_cache::{CacheWrite, StateCache},
     sync::Writing,
     tables::{self, HEAD_KEY, Tables},
     trie::{self, InPlace, Leaves, Records, TrieCursors, TrieInput, Walked},
@@ -51,6 +52,10 @@ pub struct BlockWriter<'s> {
     pub(crate) deferred: &'s trie::DeferredNodes,
     pub(crate) committed_view: std::sync::Arc<trie::View>,
     pub(crate) pending: trie::Pending,
+    /// The readers' cache of recent values, and what this transaction's blocks wrote, in order:
+    /// it takes them just before the commit.
+    pub(crate) state_cache: &'s StateCache,
+    pub(crate) cache_writes: Vec<CacheWrite>,
 }
 
 /// What a block does to an account's record.
@@ -62,23 +67,25 @@ enum AccountChange<'a> {
     StorageRoot,
 }
 
-/// Deletes every entry whose key starts with `prefix`.
+/// Deletes every entry whose key starts with `prefix`; returns how many there were.
 pub(crate) fn delete_prefix(
     txn: &Transaction<'_, RW, Env>,
     table: &Table<'_>,
     prefix: &[u8],
-) -> Result<(), StorageError> {
+) -> Result<usize, StorageError> {
     let mut cursor = txn.cursor(table)?;
     let mut entry = cursor.set_range::<Cow<'_, [u8]>, ()>(prefix)?;
+    let mut deleted = 0;
     while let Some((key, ())) = entry {
         if !key.starts_with(prefix) {
             break;
         }
         cursor.del(WriteFlags::empty())?;
+        deleted += 1;
         // After a deletion MDBX's next step lands on the entry that followed the deleted one.
         entry = cursor.next()?;
     }
-    Ok(())
+    Ok(deleted)
 }
 
 impl BlockWriter<'_> {
@@ -107,6 +114,17 @@ impl BlockWriter<'_> {
             self.recorder = read_head(txn, &tables)?.map(|head| ChangeRecorder::new(head + 1));
         }
         let history = &mut self.recorder;
+        let cache_writes = &mut self.cache_writes;
+        // At most one a changed account and slot: no reallocations of some 4 MiB a block.
+        cache_writes.reserve(
+            changes.accounts.len()
+                + changes.storage.len()
+                + changes
+                    .storage
+                    .values()
+                    .map(|change| change.slots.len())
+                    .sum::<usize>(),
+        );
 
         for (hash, code) in &changes.codes {
             txn.put(&tables.bytecodes, hash, code, WriteFlags::UPSERT)?;
@@ -129,7 +147,9 @@ impl BlockWriter<'_> {
                 if let Some(history) = history {
                     history.all_slots(txn, &tables, address)?;
                 }
-                wipe_storage(txn, &tables, &hashed_address)?;
+                if wipe_storage(txn, &tables, &hashed_address)? {
+                    cache_writes.push(CacheWrite::WipedStorage);
+                }
             }
             // In hashed order, each through the cursor its old value's read left on it: one
             // B-tree search for both, on pages the slot before has mostly just visited.
@@ -166,6 +186,7 @@ impl BlockWriter<'_> {
                         .hashed
                         .put(hashed_key.as_slice(), &bytes[..len], flags)?;
                 }
+                cache_writes.push(CacheWrite::Slot(*address, *slot, *value));
                 changed_slots.push(hashed_slot);
                 in_place.push((existed && !value.is_zero()).then_some(InPlace::Slot(*value)));
             }
@@ -217,7 +238,9 @@ impl BlockWriter<'_> {
                         }
                         match account {
                             None => {
-                                wipe_storage(txn, &tables, hashed_address)?;
+                                if wipe_storage(txn, &tables, hashed_address)? {
+                                    cache_writes.push(CacheWrite::WipedStorage);
+                                }
                                 None
                             }
                             Some(info) => {
@@ -257,6 +280,7 @@ impl BlockWriter<'_> {
                     None if old.is_some() => cursor.del(WriteFlags::empty())?,
                     None => {}
                 }
+                cache_writes.push(CacheWrite::Account(**address, record.map(|r| r.info)));
                 let in_place = match (&old, &record) {
                     (Some(_), Some(record)) => Some(InPlace::Account(*record)),
                     _ => None,
@@ -384,6 +408,9 @@ impl BlockWriter<'_> {
         let started = Instant::now();
         let deferred = self.deferred;
         deferred.prepare(&self.txn, &self.committed_view, self.pending.into_inner())?;
+        // Before MDBX commits: a reader of the new commit must not find the values it replaces.
+        let state_cache = self.state_cache;
+        state_cache.apply(self.txn.id(), &self.cache_writes);
         // The cache's inserts (some 40,000 rebuilt branches a block at 10,000,000 accounts)
         // run beside MDBX's page writes, which keep one core in the kernel: no walk reads the
         // cache before this returns (only a later write transaction's helpers do).
@@ -400,6 +427,7 @@ impl BlockWriter<'_> {
             committed.map_err(StorageError::from)
         });
         deferred.committed(committed.is_ok());
+        state_cache.committed(committed.is_ok());
         if committed.is_err() {
             // It now holds branches of a state that never committed.
             bottoms.clear();
@@ -417,11 +445,13 @@ impl BlockWriter<'_> {
 }
 
 /// Deletes all storage of an account: its slots and its storage trie (not the slots' preimages).
+/// Returns whether it had any slot.
 fn wipe_storage(
     txn: &Transaction<'_, RW, Env>,
     tables: &Tables<'_>,
     hashed_address: &B256,
-) -> Result<(), StorageError> {
-    delete_prefix(txn, &tables.hashed_storage, hashed_address.as_slice())?;
-    delete_prefix(txn, &tables.storage_trie, hashed_address.as_slice())
+) -> Result<bool, StorageError> {
+    let slots = delete_prefix(txn, &tables.hashed_storage, hashed_address.as_slice())?;
+    delete_prefix(txn, &tables.storage_trie, hashed_address.as_slice())?;
+    Ok(slots > 0)
 }

@@ -181,6 +181,8 @@ impl crate::Store {
         }
         write_progress(&txn, &tables, &progress)?;
         drop((cursors, tables));
+        // Values the cache may hold are not this state's (the cache answers for block writes).
+        self.state_cache.clear();
         txn.commit()?;
         Ok(progress.chunks_done)
     }

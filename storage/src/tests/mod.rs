@@ -8,6 +8,7 @@ mod model;
 mod parallel_root;
 mod preimages;
 mod proof;
+mod state_cache;
 mod state_root;
 mod store;
 mod sync;
