@@ -9,8 +9,9 @@
 //! that id. Every write of a key replaces its cached value (never an older one left behind
 //! beside it), so the newest value tagged at or before the reader's id is the one its snapshot
 //! holds, and a value tagged later means the key changed since: the reader goes to MDBX.
-//! For that, the values go in before MDBX commits (once the commit is visible no reader may find
-//! the previous value), and a failed commit empties the cache (MDBX gives the next write
+//! The values go in while MDBX commits, on another core: from before the commit until they are
+//! all in, a reader of that commit or a later one reads MDBX (`applying`), since it could find a
+//! value the commit replaced. A failed commit empties the cache (MDBX gives the next write
 //! transaction the failed one's id). State written otherwise than by blocks (genesis, a state
 //! sync's restore) empties it too.
 //!
@@ -54,9 +55,10 @@ struct Shard<K, V> {
 }
 
 impl<K: Hash + Eq, V: Copy> Shard<K, V> {
-    /// The key's value, if a reader at `reader_id` may take it.
-    fn get(&self, key: &K, reader_id: u64) -> Option<V> {
-        let found = self.map.get(key).filter(|tagged| tagged.since <= reader_id);
+    /// The key's value, if a reader at `reader_id` may take it (`None`: nothing may be taken).
+    fn get(&self, key: &K, reader_id: Option<u64>) -> Option<V> {
+        let found = reader_id
+            .and_then(|reader_id| (self.map.get(key)).filter(|tagged| tagged.since <= reader_id));
         let counter = match found {
             Some(_) => &self.hits,
             None => &self.misses,
@@ -108,7 +110,7 @@ impl<K: Hash + Eq, V: Copy> Shards<K, V> {
         }
     }
 
-    fn get(&self, shard: usize, key: &K, reader_id: u64) -> Option<V> {
+    fn get(&self, shard: usize, key: &K, reader_id: Option<u64>) -> Option<V> {
         self.shards[shard].read().get(key, reader_id)
     }
 
@@ -183,6 +185,9 @@ pub(crate) struct Lookups {
 pub struct StateCache {
     accounts: Shards<Address, Option<AccountInfo>>,
     slots: Shards<(Address, U256), U256>,
+    /// The id of the write transaction whose values are going in (`u64::MAX`: none): readers at
+    /// it or later take nothing from the cache meanwhile.
+    applying: AtomicU64,
 }
 
 impl Default for StateCache {
@@ -197,23 +202,38 @@ impl StateCache {
         Self {
             accounts: Shards::new(entries),
             slots: Shards::new(entries),
+            applying: AtomicU64::new(u64::MAX),
         }
     }
 
     /// `address`'s fields as a reader whose snapshot is commit `reader_id` sees them (`Some(None)`:
     /// it does not exist), if cached; `None`: read MDBX.
     pub(crate) fn account(&self, address: &Address, reader_id: u64) -> Option<Option<AccountInfo>> {
+        let reader_id = self.usable(reader_id);
         self.accounts.get(shard_of(address, 0), address, reader_id)
     }
 
     /// [`StateCache::account`] for a storage slot.
     pub(crate) fn slot(&self, address: &Address, slot: U256, reader_id: u64) -> Option<U256> {
+        let reader_id = self.usable(reader_id);
         self.slots
             .get(slot_shard(address, slot), &(*address, slot), reader_id)
     }
 
-    /// Takes the writes of the write transaction `txn_id` before it commits. Then
-    /// [`StateCache::committed`] with the outcome.
+    /// The newest commit whose values a reader at `reader_id` may take: its own, or none while
+    /// the values of a commit it sees are going in.
+    fn usable(&self, reader_id: u64) -> Option<u64> {
+        (reader_id < self.applying.load(Ordering::Acquire)).then_some(reader_id)
+    }
+
+    /// Before the write transaction `txn_id` commits: its readers take nothing from the cache
+    /// until [`StateCache::committed`]. Then [`StateCache::apply`], beside MDBX's commit.
+    pub(crate) fn begin_apply(&self, txn_id: u64) {
+        self.applying.store(txn_id, Ordering::SeqCst);
+    }
+
+    /// Takes the writes of the write transaction `txn_id`, which [`StateCache::begin_apply`]
+    /// announced.
     pub(crate) fn apply(&self, txn_id: u64, writes: &[CacheWrite]) {
         for write in writes {
             match *write {
@@ -236,6 +256,7 @@ impl StateCache {
         if !ok {
             self.clear();
         }
+        self.applying.store(u64::MAX, Ordering::Release);
         let lookups = self.lookups();
         for (kind, hits, misses, entries) in [
             (

@@ -53,7 +53,7 @@ pub struct BlockWriter<'s> {
     pub(crate) committed_view: std::sync::Arc<trie::View>,
     pub(crate) pending: trie::Pending,
     /// The readers' cache of recent values, and what this transaction's blocks wrote, in order:
-    /// it takes them just before the commit.
+    /// it takes them as the transaction commits.
     pub(crate) state_cache: &'s StateCache,
     pub(crate) cache_writes: Vec<CacheWrite>,
 }
@@ -408,17 +408,21 @@ impl BlockWriter<'_> {
         let started = Instant::now();
         let deferred = self.deferred;
         deferred.prepare(&self.txn, &self.committed_view, self.pending.into_inner())?;
-        // Before MDBX commits: a reader of the new commit must not find the values it replaces.
-        let state_cache = self.state_cache;
-        state_cache.apply(self.txn.id(), &self.cache_writes);
-        // The cache's inserts (some 40,000 rebuilt branches a block at 10,000,000 accounts)
-        // run beside MDBX's page writes, which keep one core in the kernel: no walk reads the
-        // cache before this returns (only a later write transaction's helpers do).
+        // The caches' inserts run beside MDBX's page writes, which keep one core in the kernel:
+        // the bottom cache's (some 40,000 rebuilt branches a block at 10,000,000 accounts), which
+        // no walk reads before this returns (only a later write transaction's helpers do), and
+        // the state cache's, whose readers of this commit read MDBX until they are in.
+        let (state_cache, cache_writes, txn_id) =
+            (self.state_cache, self.cache_writes, self.txn.id());
+        state_cache.begin_apply(txn_id);
         let (bottoms, block_tops) = (self.bottoms, self.block_tops);
         let committed = std::thread::scope(|scope| {
             let kept = std::thread::Builder::new()
-                .name("bottom-cache".into())
-                .spawn_scoped(scope, move || bottoms.commit(block_tops))
+                .name("commit-caches".into())
+                .spawn_scoped(scope, move || {
+                    bottoms.commit(block_tops);
+                    state_cache.apply(txn_id, &cache_writes);
+                })
                 .map_err(StorageError::RootThread)?;
             let committed = self.txn.commit();
             if let Err(panic) = kept.join() {
