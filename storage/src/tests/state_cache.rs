@@ -10,7 +10,10 @@ use super::{
 use crate::{StateView, Store, reader::Reader, state_cache::StateCache};
 use parking_lot::Mutex;
 use rand::{SeedableRng, rngs::StdRng};
-use std::collections::BTreeMap;
+use std::{
+    collections::BTreeMap,
+    sync::atomic::{AtomicBool, Ordering},
+};
 
 /// Every pool account and slot as `reader` reads them, against `model`.
 fn assert_reads(reader: &Reader<'_>, pools: &Pools, model: &Model, context: &str) {
@@ -33,6 +36,47 @@ fn assert_reads(reader: &Reader<'_>, pools: &Pools, model: &Model, context: &str
     }
 }
 
+/// A fresh store, its model and the random blocks' generator for `seed`, over `accounts` accounts
+/// with `slots` slots each.
+struct Case {
+    rng: StdRng,
+    pools: Pools,
+    _dir: tempfile::TempDir,
+    store: Store,
+    model: Model,
+}
+
+fn case(seed: u64, accounts: usize, slots: usize) -> Case {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let pools = Pools::new(&mut rng, accounts, slots);
+    let (_dir, store) = temp_store();
+    Case {
+        rng,
+        pools,
+        _dir,
+        store,
+        model: Model::default(),
+    }
+}
+
+impl Case {
+    fn commit_block(&mut self) {
+        commit_block(&self.store, &mut self.model, &mut self.rng, &self.pools);
+    }
+
+    /// [`assert_reads`] on a reader of the store's last commit.
+    fn assert_latest(&self, context: &str) {
+        assert_latest(&self.store, &self.pools, &self.model, context);
+    }
+}
+
+/// [`assert_reads`] on a reader of `store`'s last commit.
+fn assert_latest(store: &Store, pools: &Pools, model: &Model, context: &str) {
+    store
+        .view(|reader| assert_reads(reader, pools, model, context))
+        .unwrap();
+}
+
 /// Commits one random block to `store` and `model`.
 fn commit_block(store: &Store, model: &mut Model, rng: &mut StdRng, pools: &Pools) {
     let changes = random_block(rng, pools, model, 40);
@@ -46,24 +90,12 @@ fn commit_block(store: &Store, model: &mut Model, rng: &mut StdRng, pools: &Pool
 #[test]
 fn reads_after_each_commit_match_the_model_and_hit_the_cache() {
     for seed in 0..8u64 {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let pools = Pools::new(&mut rng, 200, 4);
-        let (_dir, store) = temp_store();
-        let mut model = Model::default();
+        let mut c = case(seed, 200, 4);
         for block in 0..40 {
-            commit_block(&store, &mut model, &mut rng, &pools);
-            store
-                .view(|reader| {
-                    assert_reads(
-                        reader,
-                        &pools,
-                        &model,
-                        &format!("seed {seed} block {block}"),
-                    )
-                })
-                .unwrap();
+            c.commit_block();
+            c.assert_latest(&format!("seed {seed} block {block}"));
         }
-        let lookups = store.state_cache.lookups();
+        let lookups = c.store.state_cache.lookups();
         assert!(
             lookups.account_hits > lookups.account_misses / 4 && lookups.slot_hits > 0,
             "seed {seed}: the cache served reads: {lookups:?}"
@@ -76,28 +108,23 @@ fn reads_after_each_commit_match_the_model_and_hit_the_cache() {
 #[test]
 fn a_reader_keeps_its_commits_values_through_later_commits() {
     for seed in 0..8u64 {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let pools = Pools::new(&mut rng, 200, 4);
-        let (_dir, store) = temp_store();
-        let mut model = Model::default();
+        let mut c = case(seed, 200, 4);
         for _ in 0..20 {
-            commit_block(&store, &mut model, &mut rng, &pools);
+            c.commit_block();
         }
-        store
+        c.store
             .view(|reader| {
-                assert_reads(reader, &pools, &model, &format!("seed {seed} before"));
-                let mut later = model.clone();
+                assert_reads(reader, &c.pools, &c.model, &format!("seed {seed} before"));
+                let mut later = c.model.clone();
                 std::thread::scope(|scope| {
                     scope.spawn(|| {
                         for _ in 0..20 {
-                            commit_block(&store, &mut later, &mut rng, &pools);
+                            commit_block(&c.store, &mut later, &mut c.rng, &c.pools);
                         }
                     });
                 });
-                assert_reads(reader, &pools, &model, &format!("seed {seed} after"));
-                store
-                    .view(|now| assert_reads(now, &pools, &later, &format!("seed {seed} now")))
-                    .unwrap();
+                assert_reads(reader, &c.pools, &c.model, &format!("seed {seed} after"));
+                assert_latest(&c.store, &c.pools, &later, &format!("seed {seed} now"));
             })
             .unwrap();
     }
@@ -107,22 +134,26 @@ fn a_reader_keeps_its_commits_values_through_later_commits() {
 /// third commits blocks: a value cached after MDBX made its commit visible would be caught.
 #[test]
 fn concurrent_readers_read_their_own_commit() {
-    let mut rng = StdRng::seed_from_u64(7);
-    let pools = Pools::new(&mut rng, 100, 3);
-    let (_dir, store) = temp_store();
-    let mut model = Model::default();
-    commit_block(&store, &mut model, &mut rng, &pools);
+    let mut c = case(7, 100, 3);
+    c.commit_block();
+    let Case {
+        rng,
+        pools,
+        store,
+        model,
+        ..
+    } = &mut c;
     // The model of each commit by its transaction id, recorded before the commit.
     let models = Mutex::new(BTreeMap::from([(
         store.view(|reader| reader.txn_id).unwrap(),
         model.clone(),
     )]));
-    let done = std::sync::atomic::AtomicBool::new(false);
+    let done = AtomicBool::new(false);
     std::thread::scope(|scope| {
         for _ in 0..2 {
             scope.spawn(|| {
                 let mut reads = 0;
-                while !done.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
+                while !done.load(Ordering::Relaxed) || reads == 0 {
                     store
                         .view(|reader| {
                             let model = {
@@ -131,12 +162,8 @@ fn concurrent_readers_read_their_own_commit() {
                                     models.range(..=reader.txn_id).next_back().unwrap();
                                 model.clone()
                             };
-                            assert_reads(
-                                reader,
-                                &pools,
-                                &model,
-                                &format!("commit {}", reader.txn_id),
-                            );
+                            let context = format!("commit {}", reader.txn_id);
+                            assert_reads(reader, pools, &model, &context);
                         })
                         .unwrap();
                     reads += 1;
@@ -144,14 +171,14 @@ fn concurrent_readers_read_their_own_commit() {
             });
         }
         for _ in 0..150 {
-            let changes = random_block(&mut rng, &pools, &model, 20);
+            let changes = random_block(rng, pools, model, 20);
             let mut writer = store.begin_block().unwrap();
             writer.apply_state(&changes).unwrap();
             model.apply(&changes);
             models.lock().insert(writer.txn.id(), model.clone());
             writer.commit().unwrap();
         }
-        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        done.store(true, Ordering::Relaxed);
     });
 }
 
@@ -160,26 +187,14 @@ fn concurrent_readers_read_their_own_commit() {
 #[test]
 fn a_writer_that_never_commits_caches_nothing() {
     for seed in 0..8u64 {
-        let mut rng = StdRng::seed_from_u64(seed);
-        let pools = Pools::new(&mut rng, 100, 3);
-        let (_dir, store) = temp_store();
-        let mut model = Model::default();
+        let mut c = case(seed, 100, 3);
         for block in 0..20 {
-            let abandoned = random_block(&mut rng, &pools, &model, 40);
-            let mut writer = store.begin_block().unwrap();
+            let abandoned = random_block(&mut c.rng, &c.pools, &c.model, 40);
+            let mut writer = c.store.begin_block().unwrap();
             writer.apply_state(&abandoned).unwrap();
             drop(writer);
-            commit_block(&store, &mut model, &mut rng, &pools);
-            store
-                .view(|reader| {
-                    assert_reads(
-                        reader,
-                        &pools,
-                        &model,
-                        &format!("seed {seed} block {block}"),
-                    )
-                })
-                .unwrap();
+            c.commit_block();
+            c.assert_latest(&format!("seed {seed} block {block}"));
         }
     }
 }
@@ -188,21 +203,16 @@ fn a_writer_that_never_commits_caches_nothing() {
 /// right.
 #[test]
 fn a_small_cache_stays_bounded_and_answers_right() {
-    let mut rng = StdRng::seed_from_u64(3);
-    let pools = Pools::new(&mut rng, 300, 4);
-    let (_dir, mut store) = temp_store();
-    store.state_cache = StateCache::new(256);
-    let mut model = Model::default();
+    let mut c = case(3, 300, 4);
+    c.store.state_cache = StateCache::new(256);
     for block in 0..40 {
-        commit_block(&store, &mut model, &mut rng, &pools);
-        store
-            .view(|reader| assert_reads(reader, &pools, &model, &format!("block {block}")))
-            .unwrap();
-        let lookups = store.state_cache.lookups();
+        c.commit_block();
+        c.assert_latest(&format!("block {block}"));
+        let lookups = c.store.state_cache.lookups();
         assert!(
             lookups.accounts <= 256 && lookups.slots <= 256,
             "block {block}: {lookups:?}"
         );
     }
-    assert!(store.state_cache.lookups().account_hits > 0);
+    assert!(c.store.state_cache.lookups().account_hits > 0);
 }
