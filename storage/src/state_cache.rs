@@ -30,8 +30,9 @@ use std::{
 /// Shards of each map: the lock a lookup takes is its shard's, shared with few other keys.
 const SHARDS: usize = 64;
 
-/// Accounts and slots kept, each (two generations of half as many): about 60 MiB each when
-/// full. A block of 10,000 transfers writes some 20,000 of each kind.
+/// Accounts and slots kept, each (two generations of half as many): up to about 125 MiB each
+/// when full (~120-byte entries in hash tables up to half empty). A block of 10,000 transfers
+/// writes some 20,000 accounts.
 const STATE_CACHE_ENTRIES: usize = 1 << 19;
 
 /// One value, the id of the write transaction that committed it, and the shard's generation it
