@@ -108,34 +108,49 @@ impl Reader<'_> {
     }
 }
 
-impl StateView for Reader<'_> {
-    fn account(&self, address: Address) -> Result<Option<AccountInfo>, StorageError> {
-        let Some(cached) = self.state_cache.account(&address, self.txn_id) else {
-            return self.read_account(address);
-        };
-        // Tests and debug builds check every value the cache serves against the database.
+impl Reader<'_> {
+    /// A value the state cache served for `what`: tests and debug builds check it against the
+    /// database (`read`).
+    fn served<T: PartialEq + std::fmt::Debug>(
+        &self,
+        cached: T,
+        read: impl FnOnce() -> Result<T, StorageError>,
+        what: std::fmt::Arguments<'_>,
+    ) -> Result<T, StorageError> {
         #[cfg(debug_assertions)]
         assert_eq!(
             cached,
-            self.read_account(address)?,
-            "state cache: account {address} at commit {}",
+            read()?,
+            "state cache: {what} at commit {}",
             self.txn_id
         );
+        #[cfg(not(debug_assertions))]
+        let _ = (read, what);
         Ok(cached)
+    }
+}
+
+impl StateView for Reader<'_> {
+    fn account(&self, address: Address) -> Result<Option<AccountInfo>, StorageError> {
+        match self.state_cache.account(&address, self.txn_id) {
+            Some(cached) => self.served(
+                cached,
+                || self.read_account(address),
+                format_args!("account {address}"),
+            ),
+            None => self.read_account(address),
+        }
     }
 
     fn storage(&self, address: Address, slot: U256) -> Result<U256, StorageError> {
-        let Some(cached) = self.state_cache.slot(&address, slot, self.txn_id) else {
-            return self.read_slot(address, slot);
-        };
-        #[cfg(debug_assertions)]
-        assert_eq!(
-            cached,
-            self.read_slot(address, slot)?,
-            "state cache: slot {slot} of {address} at commit {}",
-            self.txn_id
-        );
-        Ok(cached)
+        match self.state_cache.slot(&address, slot, self.txn_id) {
+            Some(cached) => self.served(
+                cached,
+                || self.read_slot(address, slot),
+                format_args!("slot {slot} of {address}"),
+            ),
+            None => self.read_slot(address, slot),
+        }
     }
 
     fn code(&self, code_hash: B256) -> Result<Option<Bytes>, StorageError> {
