@@ -25,6 +25,7 @@ mod logs;
 mod metrics;
 mod progress;
 mod pubsub;
+mod raw_batch;
 mod server;
 mod slots;
 mod trace;
@@ -179,6 +180,7 @@ pub async fn start(
         Some(ws) => Some((ws.clone(), ws_methods(ctx.clone(), &limits)?)),
         None => None,
     };
+    let ingress = ctx.ingress.clone();
     let module = methods(ctx, &limits)?;
     let methods = Arc::new(metrics::MethodMetrics::new(module.method_names()));
     let module = Methods::from(module);
@@ -194,11 +196,16 @@ pub async fn start(
         .build();
     let max_response_body_bytes = config.max_response_body_bytes as usize;
     let rate = Arc::new(limits::RateLimiter::new(limits.calls_per_s_per_ip));
+    let raw_txs = Arc::new(raw_batch::RawTxs {
+        ingress,
+        limiter: rate.clone(),
+    });
     let rpc_middleware = RpcServiceBuilder::new()
         .layer_fn(move |inner| metrics::RpcMetrics {
             inner,
             methods: methods.clone(),
             max_response_body_bytes,
+            raw_txs: raw_txs.clone(),
         })
         .layer_fn({
             let rate = rate.clone();

@@ -260,6 +260,17 @@ impl RateLimiter {
     pub fn per_s(&self) -> u32 {
         self.per_s
     }
+
+    /// EIP-1474's "limit exceeded" for a call over its caller's rate (counted as refused), or
+    /// `None`: it goes ahead, and is counted against the rate.
+    pub(crate) fn refuse(&self, req: &Request<'_>) -> Option<ErrorObject<'static>> {
+        let ip = req.extensions().get::<Caller>()?.ip;
+        if self.allow(ip, Instant::now()) {
+            return None;
+        }
+        m::rejected(m::Rejection::Rate);
+        Some(ErrorObject::from(RpcError::RateLimited(self.per_s)))
+    }
 }
 
 /// The client of a request: set by `server` on every HTTP request, and so found in the
@@ -303,12 +314,7 @@ where
 
     fn call<'a>(&self, req: Request<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
         let ip = req.extensions().get::<Caller>().map(|caller| caller.ip);
-        let allowed = ip.is_none_or(|ip| self.limiter.allow(ip, Instant::now()));
-        let refused = (!allowed).then(|| {
-            m::rejected(m::Rejection::Rate);
-            let err = RpcError::RateLimited(self.limiter.per_s());
-            (req.id.clone(), ErrorObject::from(err))
-        });
+        let refused = self.limiter.refuse(&req).map(|err| (req.id.clone(), err));
         let inner = self.inner.clone();
         async move {
             match (refused, ip) {

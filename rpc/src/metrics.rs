@@ -172,6 +172,17 @@ struct MethodHandles {
     duration: Histogram,
 }
 
+impl MethodHandles {
+    /// A call of `method` begun at `started` was answered with `response`.
+    fn answered(&self, method: &'static str, started: Instant, response: &MethodResponse) {
+        self.requests.increment(1);
+        self.duration.record(started.elapsed().as_secs_f64());
+        if let Some(code) = response.as_error_code() {
+            count_error(method, code);
+        }
+    }
+}
+
 impl MethodMetrics {
     pub(crate) fn new(methods: impl IntoIterator<Item = &'static str>) -> Self {
         Self(methods.into_iter().map(|m| (m, OnceLock::new())).collect())
@@ -197,6 +208,8 @@ pub(crate) struct RpcMetrics<S> {
     pub methods: Arc<MethodMetrics>,
     /// Bound on a batch's response, as the server enforces for its own batches.
     pub max_response_body_bytes: usize,
+    /// A batch's raw transactions are answered together (`raw_batch`).
+    pub raw_txs: Arc<crate::raw_batch::RawTxs>,
 }
 
 impl<S> RpcServiceT for RpcMetrics<S>
@@ -227,34 +240,33 @@ where
             };
             let started = Instant::now();
             let response = inner.call(req).await;
-            handles.requests.increment(1);
-            handles.duration.record(started.elapsed().as_secs_f64());
-            if let Some(code) = response.as_error_code() {
-                count_error(method, code);
-            }
+            handles.answered(method, started, &response);
             response
         }
     }
 
     /// jsonrpsee's own batch handling calls the inner service directly, bypassing `call` above;
-    /// this goes through `call`. The calls of a batch run concurrently, up to
-    /// [`BATCH_CALLS_CONCURRENT_MAX`] at once: a batch of `eth_sendRawTransaction`s then reaches
-    /// the ingress stage at once and is recovered in batches on its threads, rather than one
-    /// transaction per round trip, while a batch of 10,000 calls does not hold 10,000 calls'
-    /// state at once.
+    /// this goes through `call`. The batch's raw transactions are answered first, together
+    /// (`raw_batch`: they reach the ingress stage at once and are recovered in batches on its
+    /// threads). The other calls run concurrently, up to [`BATCH_CALLS_CONCURRENT_MAX`] at once,
+    /// so that a batch of 10,000 calls does not hold 10,000 calls' state at once.
     fn batch<'a>(&self, batch: Batch<'a>) -> impl Future<Output = MethodResponse> + Send + 'a {
         let service = self.clone();
         async move {
             let mut got_notification = false;
             let mut calls = Vec::new();
+            let mut raw_txs = Vec::new();
             for entry in batch.into_iter() {
                 match entry {
-                    Ok(BatchEntry::Call(req)) => calls.push(Ok(req)),
+                    Ok(BatchEntry::Call(req)) => match crate::raw_batch::raw_tx(&req) {
+                        Some(raw) => raw_txs.push((calls.len() + raw_txs.len(), req, raw)),
+                        None => calls.push((calls.len() + raw_txs.len(), Ok(req))),
+                    },
                     Ok(BatchEntry::Notification(n)) => {
                         got_notification = true;
                         service.notification(n).await;
                     }
-                    Err(err) => calls.push(Err(err.into_parts())),
+                    Err(err) => calls.push((calls.len() + raw_txs.len(), Err(err.into_parts()))),
                 }
             }
             // Answers as they complete, given up as soon as they outgrow the response limit: a
@@ -262,23 +274,40 @@ where
             // before the limit is checked.
             let limit = service.max_response_body_bytes;
             let mut answers: Vec<Option<MethodResponse>> = Vec::new();
-            answers.resize_with(calls.len(), || None);
-            let mut calls = calls.into_iter().enumerate();
+            answers.resize_with(calls.len() + raw_txs.len(), || None);
+            let mut answered_bytes = 0;
+            let mut take = |i: usize, response: MethodResponse| {
+                // Each answer and its separator, as the builder counts them.
+                answered_bytes += response.as_json().get().len() + 1;
+                answers[i] = Some(response);
+                answered_bytes <= limit
+            };
+            let too_big = || MethodResponse::error(Id::Null, reject_too_big_batch_response(limit));
+            if !raw_txs.is_empty() {
+                let (method, handles) = service
+                    .methods
+                    .get(crate::raw_batch::METHOD)
+                    .expect("eth_sendRawTransaction is registered");
+                let started = Instant::now();
+                for (i, response) in service.raw_txs.answer(raw_txs, limit).await {
+                    handles.answered(method, started, &response);
+                    if !take(i, response) {
+                        return too_big();
+                    }
+                }
+            }
+            let mut calls = calls.into_iter();
             let mut pending = FuturesUnordered::new();
             for (i, call) in calls.by_ref().take(BATCH_CALLS_CONCURRENT_MAX) {
                 pending.push(answer(service.clone(), i, call));
             }
-            let mut answered_bytes = 0;
             while let Some((i, response)) = pending.next().await {
                 if let Some((next, call)) = calls.next() {
                     pending.push(answer(service.clone(), next, call));
                 }
-                // Each answer and its separator, as the builder counts them.
-                answered_bytes += response.as_json().get().len() + 1;
-                if answered_bytes > limit {
-                    return MethodResponse::error(Id::Null, reject_too_big_batch_response(limit));
+                if !take(i, response) {
+                    return too_big();
                 }
-                answers[i] = Some(response);
             }
             let mut responses = BatchResponseBuilder::new_with_limit(limit);
             for response in answers.into_iter().flatten() {

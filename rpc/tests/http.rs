@@ -185,22 +185,8 @@ async fn basics_at_genesis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_transactions_reach_the_pool() {
     let node = start().await;
-    let (alice, key) = dev_accounts()[0];
-    let tx = TxEip1559 {
-        chain_id: 1337,
-        nonce: 0,
-        gas_limit: 21_000,
-        max_fee_per_gas: 10_000_000_000,
-        max_priority_fee_per_gas: 1_000_000_000,
-        to: TxKind::Call(Address::repeat_byte(1)),
-        value: U256::from(1),
-        ..TxEip1559::default()
-    };
-    let signature =
-        alloy_consensus::crypto::secp256k1::sign_message(key, tx.signature_hash()).unwrap();
-    let signed = TxEnvelope::Eip1559(tx.into_signed(signature));
-    let raw = format!("0x{}", hex::encode(signed.encoded_2718()));
-    let hash = json!(signed.tx_hash());
+    let (alice, _) = dev_accounts()[0];
+    let (raw, hash) = alice_transfer(0);
 
     assert_eq!(
         result(&node, "eth_sendRawTransaction", json!([raw])).await,
@@ -228,6 +214,84 @@ async fn raw_transactions_reach_the_pool() {
 
     let out = rpc(&node, "eth_sendRawTransaction", json!(["0xdeadbeef"])).await;
     assert_eq!(out["error"]["code"], -32000, "{out}");
+}
+
+/// Alice's transfer with `nonce`, signed, as `eth_sendRawTransaction` takes it, and its hash.
+fn alice_transfer(nonce: u64) -> (String, Value) {
+    let (_, key) = dev_accounts()[0];
+    let tx = TxEip1559 {
+        chain_id: 1337,
+        nonce,
+        gas_limit: 21_000,
+        max_fee_per_gas: 10_000_000_000,
+        max_priority_fee_per_gas: 1_000_000_000,
+        to: TxKind::Call(Address::repeat_byte(1)),
+        value: U256::from(1),
+        ..TxEip1559::default()
+    };
+    let signature =
+        alloy_consensus::crypto::secp256k1::sign_message(key, tx.signature_hash()).unwrap();
+    let signed = TxEnvelope::Eip1559(tx.into_signed(signature));
+    (
+        format!("0x{}", hex::encode(signed.encoded_2718())),
+        json!(signed.tx_hash()),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_of_raw_transactions_is_answered_call_by_call() {
+    let node = start().await;
+    let (first, first_hash) = alice_transfer(0);
+    let (second, second_hash) = alice_transfer(1);
+    let call = |id: Value, params: Value| json!({"jsonrpc": "2.0", "id": id, "method": "eth_sendRawTransaction", "params": params});
+    let batch = json!([
+        call(json!(1), json!([first])),
+        {"jsonrpc": "2.0", "id": 2, "method": "eth_chainId", "params": []},
+        call(json!("three"), json!([second])),
+        call(json!(4), json!([first])),
+        call(json!(5), json!(["0xdeadbeef"])),
+        call(json!(6), json!([first, "extra"])),
+        call(json!(7), json!([])),
+        call(json!(8), json!(["not hex"])),
+        {"jsonrpc": "2.0", "method": "eth_sendRawTransaction", "params": [second]},
+    ]);
+    let out = post(node.addr, batch.to_string()).await;
+    let out = out
+        .as_array()
+        .unwrap_or_else(|| panic!("not a batch response: {out}"));
+    // Every call answered once, the notification not at all.
+    assert_eq!(out.len(), 8, "{out:?}");
+    let by_id = |id: Value| {
+        let answers: Vec<_> = out.iter().filter(|r| r["id"] == id).collect();
+        assert_eq!(answers.len(), 1, "{id}: {out:?}");
+        answers[0].clone()
+    };
+    assert_eq!(by_id(json!(1))["result"], first_hash);
+    assert_eq!(by_id(json!(2))["result"], "0x539");
+    assert_eq!(by_id(json!("three"))["result"], second_hash);
+    // Answered as each would be alone.
+    let alone = |params: Value| rpc(&node, "eth_sendRawTransaction", params);
+    for (id, params) in [
+        (4, json!([first])),
+        (5, json!(["0xdeadbeef"])),
+        (6, json!([first, "extra"])),
+        (7, json!([])),
+        (8, json!(["not hex"])),
+    ] {
+        let batched = by_id(json!(id));
+        assert!(batched.get("error").is_some(), "{id}: {batched}");
+        assert_eq!(batched["error"], alone(params).await["error"], "{id}");
+    }
+    assert_eq!(error(&by_id(json!(4))), (-32000, "already known".into()));
+    assert_eq!(
+        result(
+            &node,
+            "eth_getTransactionCount",
+            json!([dev_accounts()[0].0, "pending"])
+        )
+        .await,
+        "0x2"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,4 +374,22 @@ async fn calls_over_the_ip_rate_are_refused_each_with_an_error() {
     tokio::time::sleep(std::time::Duration::from_millis(450)).await;
     let out = rpc(&node, "eth_chainId", json!([])).await;
     assert_eq!(out["result"], "0x539", "refilled: {out}");
+
+    // Raw transactions of a batch count against the rate one by one too.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let batch: Vec<Value> = (0..8)
+        .map(|nonce| {
+            let (raw, _) = alice_transfer(nonce);
+            json!({"jsonrpc": "2.0", "id": nonce, "method": "eth_sendRawTransaction", "params": [raw]})
+        })
+        .collect();
+    let answers = post(node.addr, Value::Array(batch).to_string()).await;
+    let answers = answers.as_array().unwrap();
+    assert_eq!(answers.len(), 8);
+    let refused: Vec<_> = answers
+        .iter()
+        .filter(|a| a.get("error").is_some())
+        .collect();
+    assert_eq!(refused.len(), 3, "{answers:?}");
+    assert!(refused.iter().all(|a| error(a).0 == -32005), "{answers:?}");
 }

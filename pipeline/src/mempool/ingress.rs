@@ -54,24 +54,57 @@ impl IngressHandle {
         Self::submit_to(&self.forwarded, true, raw).await
     }
 
+    /// Submits raw transactions from our RPC together (a batch's `eth_sendRawTransaction`
+    /// calls): all queued at once, then answered in order, each as [`Self::submit`] answers it.
+    /// A batch of calls each awaiting its own answer cost the RPC thread about as much as
+    /// ingress's work beside the signature (BENCHMARKS.md).
+    pub async fn submit_all(&self, raws: Vec<Bytes>) -> Vec<Result<B256, PoolError>> {
+        let queued: Vec<_> = raws
+            .into_iter()
+            .map(|raw| Self::enqueue(&self.local, false, raw))
+            .collect();
+        Self::queue_depth(&self.local, false);
+        let mut answers = Vec::with_capacity(queued.len());
+        for answer in queued {
+            answers.push(match answer {
+                Ok(rx) => rx.await.unwrap_or(Err(PoolError::ShuttingDown)),
+                Err(refused) => Err(refused),
+            });
+        }
+        answers
+    }
+
     async fn submit_to(
         queue: &Sender<Request>,
         forwarded: bool,
         raw: Bytes,
     ) -> Result<B256, PoolError> {
+        let rx = Self::enqueue(queue, forwarded, raw)?;
+        Self::queue_depth(queue, forwarded);
+        rx.await.unwrap_or(Err(PoolError::ShuttingDown))
+    }
+
+    /// Queues one transaction; its answer comes on the receiver.
+    fn enqueue(
+        queue: &Sender<Request>,
+        forwarded: bool,
+        raw: Bytes,
+    ) -> Result<oneshot::Receiver<Result<B256, PoolError>>, PoolError> {
         let (reply, rx) = oneshot::channel();
         match queue.try_send(Request {
             raw,
             forwarded,
             reply,
         }) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => return Err(PoolError::Busy),
-            Err(TrySendError::Disconnected(_)) => return Err(PoolError::ShuttingDown),
+            Ok(()) => Ok(rx),
+            Err(TrySendError::Full(_)) => Err(PoolError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(PoolError::ShuttingDown),
         }
+    }
+
+    fn queue_depth(queue: &Sender<Request>, forwarded: bool) {
         let source = if forwarded { "forwarded" } else { "rpc" };
         metrics::gauge!("kestrel_ingress_queue_depth", "source" => source).set(queue.len() as f64);
-        rx.await.unwrap_or(Err(PoolError::ShuttingDown))
     }
 }
 
