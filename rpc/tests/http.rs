@@ -355,17 +355,11 @@ async fn calls_over_the_ip_rate_are_refused_each_with_an_error() {
     let batch: Vec<Value> = (0..8)
         .map(|id| json!({"jsonrpc": "2.0", "id": id, "method": "eth_chainId", "params": []}))
         .collect();
-    let answers = post(node.addr, Value::Array(batch).to_string()).await;
-    let answers = answers.as_array().unwrap();
-    assert_eq!(answers.len(), 8);
-    let refused: Vec<_> = answers
-        .iter()
-        .filter(|a| a.get("error").is_some())
-        .collect();
+    let refused = refusals(&node, batch).await;
     // A burst of one second's worth, then nothing until the bucket refills.
-    assert_eq!(refused.len(), 3, "{answers:?}");
+    assert_eq!(refused.len(), 3, "{refused:?}");
     assert_eq!(
-        error(refused[0]),
+        error(&refused[0]),
         (
             -32005,
             "rate limit exceeded: at most 5 calls per second per IP address".into()
@@ -383,13 +377,20 @@ async fn calls_over_the_ip_rate_are_refused_each_with_an_error() {
             json!({"jsonrpc": "2.0", "id": nonce, "method": "eth_sendRawTransaction", "params": [raw]})
         })
         .collect();
+    let refused = refusals(&node, batch).await;
+    assert_eq!(refused.len(), 3, "{refused:?}");
+    assert!(refused.iter().all(|a| error(a).0 == -32005), "{refused:?}");
+}
+
+/// Posts `batch`, checks that each call was answered, and returns the answers that are errors.
+async fn refusals(node: &Node, batch: Vec<Value>) -> Vec<Value> {
+    let calls = batch.len();
     let answers = post(node.addr, Value::Array(batch).to_string()).await;
     let answers = answers.as_array().unwrap();
-    assert_eq!(answers.len(), 8);
-    let refused: Vec<_> = answers
+    assert_eq!(answers.len(), calls, "{answers:?}");
+    answers
         .iter()
         .filter(|a| a.get("error").is_some())
-        .collect();
-    assert_eq!(refused.len(), 3, "{answers:?}");
-    assert!(refused.iter().all(|a| error(a).0 == -32005), "{answers:?}");
+        .cloned()
+        .collect()
 }

@@ -194,9 +194,16 @@ impl Admitter {
             .name("txforward".into())
             .spawn(move || {
                 runtime.block_on(async move {
-                    while let Some(raw) = rx.recv().await {
-                        let ingress = ingress.clone();
-                        tokio::spawn(async move { admitted(&ingress.submit_forwarded(raw).await) });
+                    // What has come in goes to ingress together, answered in order by one task,
+                    // rather than a task and a wake-up a transaction.
+                    let mut raws = Vec::new();
+                    while rx.recv_many(&mut raws, FORWARD_TXS_MAX).await > 0 {
+                        let (ingress, raws) = (ingress.clone(), std::mem::take(&mut raws));
+                        tokio::spawn(async move {
+                            for result in ingress.submit_all_forwarded(raws).await {
+                                admitted(&result);
+                            }
+                        });
                     }
                 })
             })?;

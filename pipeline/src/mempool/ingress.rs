@@ -59,11 +59,24 @@ impl IngressHandle {
     /// A batch of calls each awaiting its own answer cost the RPC thread about as much as
     /// ingress's work beside the signature (BENCHMARKS.md).
     pub async fn submit_all(&self, raws: Vec<Bytes>) -> Vec<Result<B256, PoolError>> {
+        Self::submit_all_to(&self.local, false, raws).await
+    }
+
+    /// [`Self::submit_all`] for transactions other validators forwarded.
+    pub async fn submit_all_forwarded(&self, raws: Vec<Bytes>) -> Vec<Result<B256, PoolError>> {
+        Self::submit_all_to(&self.forwarded, true, raws).await
+    }
+
+    async fn submit_all_to(
+        queue: &Sender<Request>,
+        forwarded: bool,
+        raws: Vec<Bytes>,
+    ) -> Vec<Result<B256, PoolError>> {
         let queued: Vec<_> = raws
             .into_iter()
-            .map(|raw| Self::enqueue(&self.local, false, raw))
+            .map(|raw| Self::enqueue(queue, forwarded, raw))
             .collect();
-        Self::queue_depth(&self.local, false);
+        Self::queue_depth(queue, forwarded);
         let mut answers = Vec::with_capacity(queued.len());
         for answer in queued {
             answers.push(match answer {
