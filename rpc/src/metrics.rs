@@ -257,16 +257,18 @@ where
             let mut calls = Vec::new();
             let mut raw_txs = Vec::new();
             for entry in batch.into_iter() {
+                // The call's place among the answers.
+                let i = calls.len() + raw_txs.len();
                 match entry {
                     Ok(BatchEntry::Call(req)) => match crate::raw_batch::raw_tx(&req) {
-                        Some(raw) => raw_txs.push((calls.len() + raw_txs.len(), req, raw)),
-                        None => calls.push((calls.len() + raw_txs.len(), Ok(req))),
+                        Some(raw) => raw_txs.push((i, req, raw)),
+                        None => calls.push((i, Ok(req))),
                     },
                     Ok(BatchEntry::Notification(n)) => {
                         got_notification = true;
                         service.notification(n).await;
                     }
-                    Err(err) => calls.push((calls.len() + raw_txs.len(), Err(err.into_parts()))),
+                    Err(err) => calls.push((i, Err(err.into_parts()))),
                 }
             }
             // Answers as they complete, given up as soon as they outgrow the response limit: a

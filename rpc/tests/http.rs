@@ -255,17 +255,9 @@ async fn a_batch_of_raw_transactions_is_answered_call_by_call() {
         call(json!(8), json!(["not hex"])),
         {"jsonrpc": "2.0", "method": "eth_sendRawTransaction", "params": [second]},
     ]);
-    let out = post(node.addr, batch.to_string()).await;
-    let out = out
-        .as_array()
-        .unwrap_or_else(|| panic!("not a batch response: {out}"));
     // Every call answered once, the notification not at all.
-    assert_eq!(out.len(), 8, "{out:?}");
-    let by_id = |id: Value| {
-        let answers: Vec<_> = out.iter().filter(|r| r["id"] == id).collect();
-        assert_eq!(answers.len(), 1, "{id}: {out:?}");
-        answers[0].clone()
-    };
+    let out = batch_answers(&node, batch, 8).await;
+    let by_id = |id: Value| answer_to(&out, id);
     assert_eq!(by_id(json!(1))["result"], first_hash);
     assert_eq!(by_id(json!(2))["result"], "0x539");
     assert_eq!(by_id(json!("three"))["result"], second_hash);
@@ -324,17 +316,9 @@ async fn json_rpc_envelopes_are_geths() {
         {"jsonrpc": "2.0", "id": 5},
         {"jsonrpc": "2.0", "method": "eth_chainId", "params": []},
     ]);
-    let out = post(node.addr, batch.to_string()).await;
-    let out = out
-        .as_array()
-        .unwrap_or_else(|| panic!("not a batch response: {out}"));
     // The notification (no id) gets no answer.
-    assert_eq!(out.len(), 5, "{out:?}");
-    let by_id = |id: Value| {
-        out.iter()
-            .find(|r| r["id"] == id)
-            .unwrap_or_else(|| panic!("{id}: {out:?}"))
-    };
+    let out = batch_answers(&node, batch, 5).await;
+    let by_id = |id: Value| answer_to(&out, id);
     assert_eq!(by_id(json!(1))["result"], "0x539");
     assert_eq!(by_id(json!("two"))["result"], "1337");
     assert_eq!(by_id(json!(3))["error"]["code"], -32601);
@@ -382,15 +366,30 @@ async fn calls_over_the_ip_rate_are_refused_each_with_an_error() {
     assert!(refused.iter().all(|a| error(a).0 == -32005), "{refused:?}");
 }
 
+/// Posts `batch` and returns its answers, checking there are `answers` of them.
+async fn batch_answers(node: &Node, batch: Value, answers: usize) -> Vec<Value> {
+    let out = post(node.addr, batch.to_string()).await;
+    let out = out
+        .as_array()
+        .unwrap_or_else(|| panic!("not a batch response: {out}"))
+        .clone();
+    assert_eq!(out.len(), answers, "{out:?}");
+    out
+}
+
+/// The one answer to the call with `id`.
+fn answer_to(answers: &[Value], id: Value) -> Value {
+    let found: Vec<_> = answers.iter().filter(|a| a["id"] == id).collect();
+    assert_eq!(found.len(), 1, "{id}: {answers:?}");
+    found[0].clone()
+}
+
 /// Posts `batch`, checks that each call was answered, and returns the answers that are errors.
 async fn refusals(node: &Node, batch: Vec<Value>) -> Vec<Value> {
     let calls = batch.len();
-    let answers = post(node.addr, Value::Array(batch).to_string()).await;
-    let answers = answers.as_array().unwrap();
-    assert_eq!(answers.len(), calls, "{answers:?}");
-    answers
-        .iter()
+    batch_answers(node, Value::Array(batch), calls)
+        .await
+        .into_iter()
         .filter(|a| a.get("error").is_some())
-        .cloned()
         .collect()
 }
